@@ -1,0 +1,693 @@
+//! `gateway.yaml`: plain serde structs, every default in [`defaults`], and one validation pass
+//! that reports every problem with its path (`routes[2].upstream: no upstream named "ap"`).
+//!
+//! Loading never panics and never hands pingora a file it would panic on: certificate and key
+//! files are parsed here, so `gateway check` and `gateway run` fail with the same clear message.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Every default lives here, each with the reason for its value.
+pub mod defaults {
+    /// Where the development certificate is generated and kept between starts.
+    pub const STATE_DIR: &str = ".state";
+    /// nginx's `large_client_header_buffers` allows 4 x 8 KiB; HAProxy's `tune.bufsize` is 16 KiB.
+    /// 32 KiB total leaves room for big cookies while keeping a hostile client's cost small.
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    /// nginx `client_max_body_size` is 1 MiB, which breaks ordinary uploads in Rails/Laravel apps;
+    /// 10 MiB matches what most of those deployments set it to.
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    /// nginx `client_header_timeout` is 60 s per read; ours is a total deadline for the whole
+    /// header block (slow-header clients defeat a per-read timeout), and 20 s is plenty for a
+    /// real client on a bad network.
+    pub const HEADER_TIMEOUT_MS: u64 = 20_000;
+    /// nginx `keepalive_requests` default (1000 since 1.19.10): bounds per-connection memory.
+    pub const KEEPALIVE_REQUESTS: u32 = 1000;
+    /// nginx `keepalive_timeout` is 75 s, pingora's 60 s: keep pingora's.
+    pub const KEEPALIVE_TIMEOUT_S: u64 = 60;
+    /// nginx `proxy_connect_timeout` is 60 s, far too long to fail over; HAProxy users commonly
+    /// set `timeout connect 5s`. A local app that does not accept in 3 s is down.
+    pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+    /// nginx `proxy_read_timeout` default: the app may take this long between two reads.
+    pub const READ_TIMEOUT_MS: u64 = 60_000;
+    /// HAProxy's `inter 2s`, `rise 2`, `fall 3` defaults.
+    pub const HEALTH_INTERVAL_MS: u64 = 2_000;
+    pub const HEALTH_RISE: u32 = 2;
+    pub const HEALTH_FALL: u32 = 3;
+    /// A health probe that takes longer than this counts as failed.
+    pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
+    /// A month: long enough for browsers to remember, short enough to back out of a mistake.
+    pub const HSTS_MAX_AGE: u64 = 31_536_000;
+    /// pingora's graceful shutdown sleeps this long before stopping; 300 s is pingora's default
+    /// and far too long for a front door restarted by a deploy script.
+    pub const GRACE_PERIOD_S: u64 = 5;
+    /// Tunnelled WebSocket to the app: how long the app has to answer the upgrade.
+    pub const UPGRADE_TIMEOUT_MS: u64 = 10_000;
+    pub fn index() -> Vec<String> {
+        vec!["index.html".to_string()]
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Worker threads of the HTTPS service (pingora `threads`). Default: one per core.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Seconds to let in-flight requests finish on SIGTERM.
+    #[serde(default = "grace_default")]
+    pub grace_period_s: u64,
+}
+
+fn grace_default() -> u64 {
+    defaults::GRACE_PERIOD_S
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The main listener, TLS-terminated.
+    pub https: Option<String>,
+    /// Plain HTTP. With `https` set it only redirects there (308); without, it serves the routes.
+    pub http: Option<String>,
+    /// Health and (later) the publish API and metrics. Keep it on loopback.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chains; the first is the default for unknown or absent SNI. None configured:
+    /// a development certificate for localhost is generated into `state_dir`.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names this chain answers for (exact, or `*.example.com`). Empty: default only.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    #[serde(default = "hsts_age")]
+    pub max_age: u64,
+    #[serde(default)]
+    pub include_subdomains: bool,
+}
+
+fn hsts_age() -> u64 {
+    defaults::HSTS_MAX_AGE
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// Peers whose `X-Forwarded-For` is believed (a load balancer in front). Everyone else's is
+    /// replaced, so a client cannot forge its address to the app. Addresses or CIDR blocks.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "l_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "l_body_bytes")]
+    pub max_body_bytes: u64,
+    #[serde(default = "l_header_timeout")]
+    pub header_timeout_ms: u64,
+    #[serde(default = "l_keepalive_requests")]
+    pub keepalive_requests: u32,
+    #[serde(default = "l_keepalive_timeout")]
+    pub keepalive_timeout_s: u64,
+}
+
+fn l_header_bytes() -> usize {
+    defaults::MAX_HEADER_BYTES
+}
+fn l_body_bytes() -> u64 {
+    defaults::MAX_BODY_BYTES
+}
+fn l_header_timeout() -> u64 {
+    defaults::HEADER_TIMEOUT_MS
+}
+fn l_keepalive_requests() -> u32 {
+    defaults::KEEPALIVE_REQUESTS
+}
+fn l_keepalive_timeout() -> u64 {
+    defaults::KEEPALIVE_TIMEOUT_S
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: l_header_bytes(),
+            max_body_bytes: l_body_bytes(),
+            header_timeout_ms: l_header_timeout(),
+            keepalive_requests: l_keepalive_requests(),
+            keepalive_timeout_s: l_keepalive_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    /// Consistent hashing on the client address: sticky sessions for apps that keep state in
+    /// process memory.
+    IpHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default = "u_connect")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "u_read")]
+    pub read_timeout_ms: u64,
+}
+
+fn u_connect() -> u64 {
+    defaults::CONNECT_TIMEOUT_MS
+}
+fn u_read() -> u64 {
+    defaults::READ_TIMEOUT_MS
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `GET` this path and expect 2xx/3xx; absent: a TCP connect is the check.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "h_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "h_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "h_rise")]
+    pub rise: u32,
+    #[serde(default = "h_fall")]
+    pub fall: u32,
+}
+
+fn h_interval() -> u64 {
+    defaults::HEALTH_INTERVAL_MS
+}
+fn h_timeout() -> u64 {
+    defaults::HEALTH_TIMEOUT_MS
+}
+fn h_rise() -> u32 {
+    defaults::HEALTH_RISE
+}
+fn h_fall() -> u32 {
+    defaults::HEALTH_FALL
+}
+
+/// One routing rule. The first route whose `path` prefix (and `host`, if given) matches wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub path: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Serve files from a directory first (nginx `try_files $uri $uri/ @upstream`).
+    #[serde(default, rename = "static")]
+    pub static_files: Option<StaticFiles>,
+    /// Forward to this upstream pool (after static files, if both are set).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Hand the request to an in-process realtime service.
+    #[serde(default)]
+    pub realtime: Option<RealtimeKind>,
+    /// Tunnel WebSocket upgrades on this route to the upstream (Action Cable, Laravel Reverb).
+    #[serde(default = "defaults::yes")]
+    pub websocket: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealtimeKind {
+    /// A diagnostic service that exercises every shape of exchange the seam supports
+    /// (full, held, streamed, upgraded). For tests and for checking a deployment.
+    SeamTest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFiles {
+    pub root: PathBuf,
+    #[serde(default = "defaults::index")]
+    pub index: Vec<String>,
+    #[serde(default)]
+    pub cache_control: Option<String>,
+    /// Serve `file.br` / `file.gz` next to `file` when the client accepts them.
+    #[serde(default = "defaults::yes")]
+    pub precompressed: bool,
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{} problem(s) in {}:\n{}", .problems.len(), .path.display(), list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A parsed CIDR block (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a file. Relative paths in it are resolved against its folder,
+    /// so `gateway run --config /etc/gw/gateway.yaml` works from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Parse only: serde_yaml's message already names the field path and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for c in &mut self.tls.certificates {
+            fix(&mut c.cert);
+            fix(&mut c.key);
+        }
+        if let Some(d) = &mut self.tls.state_dir {
+            fix(d);
+        }
+        for r in &mut self.routes {
+            if let Some(s) = &mut r.static_files {
+                fix(&mut s.root);
+            }
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.tls
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
+    }
+
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.proxy
+            .trusted_proxies
+            .iter()
+            .filter_map(|s| Cidr::parse(s))
+            .collect()
+    }
+
+    /// Every problem in the file, each with its location. Empty means the file is good.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, message: String| out.push(Problem { path, message });
+
+        let l = &self.listen;
+        if l.https.is_none() && l.http.is_none() {
+            bad(
+                "listen".into(),
+                "at least one of `https` or `http` is required".into(),
+            );
+        }
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for (name, v) in [("https", &l.https), ("http", &l.http), ("admin", &l.admin)] {
+            let Some(v) = v else { continue };
+            match v.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if let Some((_, other)) = seen.iter().find(|(b, _)| *b == a) {
+                        bad(
+                            format!("listen.{name}"),
+                            format!("{a} is already used by listen.{other}"),
+                        );
+                    }
+                    seen.push((a, name));
+                }
+                Err(_) => bad(
+                    format!("listen.{name}"),
+                    format!("{v:?} is not an address like 127.0.0.1:8443"),
+                ),
+            }
+        }
+
+        for (i, c) in self.tls.certificates.iter().enumerate() {
+            let at = format!("tls.certificates[{i}]");
+            if let Err(e) = crate::tls::load_pair(&c.cert, &c.key) {
+                bad(at.clone(), e.to_string());
+            }
+            for (j, n) in c.server_names.iter().enumerate() {
+                if n.is_empty() || n.contains(' ') || n[1..].contains('*') {
+                    bad(
+                        format!("{at}.server_names[{j}]"),
+                        format!("{n:?} is not a host name"),
+                    );
+                }
+            }
+        }
+        if l.https.is_none() && !self.tls.certificates.is_empty() {
+            bad(
+                "tls.certificates".into(),
+                "certificates are configured but listen.https is not set".into(),
+            );
+        }
+        for (i, p) in self.proxy.trusted_proxies.iter().enumerate() {
+            if Cidr::parse(p).is_none() {
+                bad(
+                    format!("proxy.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an address or CIDR block"),
+                );
+            }
+        }
+
+        let lim = &self.limits;
+        if lim.max_header_bytes < 1024 {
+            bad(
+                "limits.max_header_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if lim.header_timeout_ms == 0 {
+            bad(
+                "limits.header_timeout_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if lim.keepalive_requests == 0 {
+            bad(
+                "limits.keepalive_requests".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        for (name, u) in &self.upstreams {
+            let at = format!("upstreams.{name}");
+            if u.servers.is_empty() {
+                bad(
+                    format!("{at}.servers"),
+                    "needs at least one server".into(),
+                );
+            }
+            for (i, s) in u.servers.iter().enumerate() {
+                if s.parse::<SocketAddr>().is_err() {
+                    bad(
+                        format!("{at}.servers[{i}]"),
+                        format!("{s:?} is not an address like 127.0.0.1:3000"),
+                    );
+                }
+            }
+            if u.connect_timeout_ms == 0 {
+                bad(
+                    format!("{at}.connect_timeout_ms"),
+                    "must be greater than 0".into(),
+                );
+            }
+            if u.read_timeout_ms == 0 {
+                bad(
+                    format!("{at}.read_timeout_ms"),
+                    "must be greater than 0".into(),
+                );
+            }
+            if let Some(h) = &u.health_check {
+                let at = format!("{at}.health_check");
+                if let Some(p) = &h.path {
+                    if !p.starts_with('/') {
+                        bad(format!("{at}.path"), format!("{p:?} must start with /"));
+                    }
+                }
+                if h.interval_ms < 100 {
+                    bad(
+                        format!("{at}.interval_ms"),
+                        "must be at least 100".into(),
+                    );
+                }
+                if h.timeout_ms == 0 {
+                    bad(
+                        format!("{at}.timeout_ms"),
+                        "must be greater than 0".into(),
+                    );
+                }
+                if h.rise == 0 {
+                    bad(format!("{at}.rise"), "must be at least 1".into());
+                }
+                if h.fall == 0 {
+                    bad(format!("{at}.fall"), "must be at least 1".into());
+                }
+            }
+        }
+
+        if self.routes.is_empty() {
+            bad("routes".into(), "at least one route is required".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if !r.path.starts_with('/') {
+                bad(
+                    format!("{at}.path"),
+                    format!("{:?} must start with /", r.path),
+                );
+            }
+            let targets = [
+                r.upstream.is_some() || r.static_files.is_some(),
+                r.realtime.is_some(),
+            ];
+            match targets.iter().filter(|t| **t).count() {
+                0 => bad(
+                    at.clone(),
+                    "needs a target: `upstream`, `static` or `realtime`".into(),
+                ),
+                1 => {}
+                _ => bad(
+                    at.clone(),
+                    "`realtime` cannot be combined with `upstream` or `static`".into(),
+                ),
+            }
+            if let Some(u) = &r.upstream {
+                if !self.upstreams.contains_key(u) {
+                    let known: Vec<_> = self.upstreams.keys().map(String::as_str).collect();
+                    bad(
+                        format!("{at}.upstream"),
+                        format!(
+                            "no upstream named {u:?} (known: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+            if let Some(s) = &r.static_files {
+                if !s.root.is_dir() {
+                    bad(
+                        format!("{at}.static.root"),
+                        format!("{} is not a directory", s.root.display()),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let c = Config::parse(yaml).expect("parses");
+        c.validate().iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let p = problems(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let p = problems(
+            r#"
+listen: {https: "nope", http: 127.0.0.1:8080, admin: 127.0.0.1:8080}
+proxy: {trusted_proxies: ["10.0.0.0/99"]}
+upstreams:
+  app: {servers: ["127.0.0.1"], health_check: {path: "ping", rise: 0}}
+routes:
+  - {path: /, upstream: app}
+  - {path: /x, upstream: app}
+  - {path: /y, upstream: ap}
+  - {path: z}
+"#,
+        );
+        let want = [
+            "listen.https: \"nope\" is not an address like 127.0.0.1:8443",
+            "listen.admin: 127.0.0.1:8080 is already used by listen.http",
+            "proxy.trusted_proxies[0]: \"10.0.0.0/99\" is not an address or CIDR block",
+            "upstreams.app.servers[0]: \"127.0.0.1\" is not an address like 127.0.0.1:3000",
+            "upstreams.app.health_check.path: \"ping\" must start with /",
+            "upstreams.app.health_check.rise: must be at least 1",
+            "routes[2].upstream: no upstream named \"ap\" (known: app)",
+            "routes[3].path: \"z\" must start with /",
+            "routes[3]: needs a target: `upstream`, `static` or `realtime`",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_location() {
+        let e = Config::parse("listen: {http: 127.0.0.1:8080}\nroutes: [{path: /, upstrem: app}]\n")
+            .unwrap_err();
+        assert!(e.contains("unknown field `upstrem`"), "{e}");
+        assert!(e.contains("routes[0]"), "{e}");
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::/0").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/33").is_none());
+    }
+}

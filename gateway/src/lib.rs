@@ -1,0 +1,21 @@
+//! The gateway: one process in place of stunnel -> HAProxy -> nginx (+ a Node Socket.IO server)
+//! in front of a Ruby or PHP app.
+//!
+//! A request flows one way: a listener ([`tls`] terminates HTTPS; [`redirect`] sends plain
+//! HTTP there) -> [`proxy`] applies the limits and asks the [`router`] -> the route's target:
+//! [`static_files`], a realtime service through the [`seam`], the app's WebSocket [`tunnel`],
+//! or an [`upstream`] pool with [`forwarding`] headers. [`config`] describes all of it and
+//! [`admin`] reports on it.
+
+pub mod admin;
+pub mod config;
+pub mod forwarding;
+pub mod proxy;
+pub mod redirect;
+pub mod router;
+pub mod seam;
+pub mod server;
+pub mod static_files;
+pub mod tls;
+pub mod tunnel;
+pub mod upstream;

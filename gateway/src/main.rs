@@ -1,0 +1,71 @@
+//! `gateway run` serves; `gateway check` validates a configuration without starting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "TLS, routing, static files, app proxy and realtime in one process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (for the default `run` command).
+    #[arg(long, short, default_value = "gateway.yaml", global = true)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start serving (the default).
+    Run,
+    /// Validate a configuration file, report every problem, and exit 2 if there is any.
+    Check,
+}
+
+/// Exit status for a configuration that does not pass: 2, like `nginx -t` failures in scripts
+/// that distinguish "bad config" (2) from "crashed" (1).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(match e {
+                ConfigError::Read { .. } => 1,
+                _ => EXIT_BAD_CONFIG,
+            });
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!("{}: ok", cli.config.display());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let server = match gateway::server::build(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("gateway: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(https) = &config.listen.https {
+                let port = https.rsplit_once(':').map(|(_, p)| p).unwrap_or("443");
+                tracing::info!("serving https://localhost:{port}/");
+            }
+            server.run_forever()
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The adapter between a pingora session and a realtime service (`realtime::seam`).
+//!
+//! The service runs as its own task and sees only plain values; this module feeds it the
+//! request body, writes whatever shape of answer it returns, and cancels it as soon as the
+//! client goes away, so a held long-poll or a dead SSE stream is freed at once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use realtime::seam::{Body, BodyError, Request, Response, Service};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How many body chunks may wait for a service that reads slowly; the client is then
+/// back-pressured by TCP rather than buffered here.
+const BODY_CHUNKS_IN_FLIGHT: usize = 4;
+/// The in-memory pipe between the client connection and an upgraded service (pingora's
+/// own WebSocket examples use 64 KiB, enough for a frame burst without unbounded buffering).
+const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
+
+/// Aborts the service's task when the exchange ends early (client gone, write failed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Run `service` for the request in `session`; returns when the exchange is over.
+pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<()> {
+    let head = session.req_header().as_owned_parts();
+    let upgrade = session.is_upgrade_req();
+    let (tx, body) = if upgrade {
+        // After the headers of an upgrade request come the upgraded protocol's bytes, not a
+        // body: nothing may read them before the 101 is written.
+        (None, Body::empty())
+    } else {
+        let (tx, body) = Body::channel(BODY_CHUNKS_IN_FLIGHT);
+        (Some(tx), body)
+    };
+    let req = Request {
+        head,
+        peer: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .copied(),
+        secure: is_tls(session),
+        body,
+    };
+    let mut task = AbortOnDrop(tokio::spawn(async move { service.call(req).await }));
+    let mut tx = tx;
+    let mut watching_client = !upgrade;
+
+    let response = loop {
+        if let Some(sender) = tx.clone() {
+            tokio::select! {
+                r = &mut task.0 => break r,
+                chunk = session.read_request_body() => match chunk {
+                    Ok(Some(bytes)) => {
+                        // A service that dropped its body no longer wants it: stop feeding.
+                        if sender.send(Ok(bytes)).await.is_err() {
+                            tx = None;
+                        }
+                    }
+                    Ok(None) => tx = None,
+                    Err(e) => {
+                        let _ = sender.send(Err(BodyError::Aborted(e.to_string()))).await;
+                        return Err(e);
+                    }
+                },
+            }
+        } else if watching_client {
+            tokio::select! {
+                r = &mut task.0 => break r,
+                idle = session.read_body_or_idle(true) => match idle {
+                    // The client hung up while the service was still deciding: cancel it.
+                    Err(_) => return Ok(()),
+                    // Pipelined bytes, not a hang-up: stop watching and just wait.
+                    Ok(_) => watching_client = false,
+                },
+            }
+        } else {
+            break (&mut task.0).await;
+        }
+    };
+    let response = response.map_err(|e| {
+        Error::explain(
+            ErrorType::InternalError,
+            format!("realtime service failed: {e}"),
+        )
+    })?;
+
+    match response {
+        Response::Full(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut head = ResponseHeader::from(parts);
+            head.insert_header("content-length", body.len().to_string())?;
+            session.write_response_header(Box::new(head), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        Response::Stream { head, mut body } => {
+            let mut head = ResponseHeader::from(head);
+            if !session.is_http2() && head.headers.get("content-length").is_none() {
+                // Without it an HTTP/1.1 stream is close-delimited and the connection is lost.
+                head.insert_header("transfer-encoding", "chunked")?;
+            }
+            session.write_response_header(Box::new(head), false).await?;
+            let mut client_open = true;
+            loop {
+                tokio::select! {
+                    chunk = body.recv() => match chunk {
+                        Some(bytes) => session.write_response_body(Some(bytes), false).await?,
+                        None => break,
+                    },
+                    gone = session.read_body_or_idle(true), if client_open => {
+                        if gone.is_err() {
+                            // Dropping `body` tells the producer at its next send.
+                            return Ok(());
+                        }
+                        client_open = false;
+                    }
+                }
+            }
+            session.write_response_body(None, true).await
+        }
+        Response::Upgrade { head, on_upgrade } => {
+            if !upgrade {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "realtime service answered 101 to a request that is not an upgrade",
+                );
+            }
+            let head = ResponseHeader::from(head);
+            // An upgraded connection is idle for as long as its users are: pingora's 60 s
+            // per-read timeout would kill every quiet WebSocket.
+            session.set_read_timeout(None);
+            session
+                .as_downstream_mut()
+                .write_response_header(Box::new(head))
+                .await?;
+            let (ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
+            let _service = AbortOnDrop(tokio::spawn(on_upgrade(theirs)));
+            pump(session, ours).await
+        }
+    }
+}
+
+pub fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some()
+}
+
+/// Move bytes both ways between an upgraded client connection and `io` until either side
+/// closes. Shared by the realtime services and the WebSocket tunnel to the app.
+pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut client_done = false;
+    loop {
+        tokio::select! {
+            from_client = session.read_request_body(), if !client_done => match from_client {
+                Ok(Some(bytes)) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // `read_request_body` keeps answering `None` after EOF: stop polling it.
+                Ok(None) | Err(_) => {
+                    client_done = true;
+                    let _ = wr.shutdown().await;
+                }
+            },
+            from_peer = rd.read(&mut buf) => match from_peer {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => {
+                    session
+                        .as_downstream_mut()
+                        .write_response_body(Bytes::copy_from_slice(&buf[..n]), false)
+                        .await?;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,1015 @@
+//! Static file serving that replaces nginx's `root` + `try_files $uri $uri/ @backend`.
+//!
+//! The module is split into a planner ([`StaticFiles::plan`]) and a reader
+//! ([`read_chunks`]) and knows nothing about pingora, so that every nginx-parity
+//! and security rule can be unit-tested against a temporary directory tree and
+//! the gateway stays the only place that talks to the proxy framework.
+//!
+//! Security model, in the order the rules are applied:
+//!
+//! * The request path is percent-decoded exactly once and then normalised, so
+//!   `%2e%2e` and `%2f` cannot smuggle `..` or extra segments past the check;
+//!   malformed escapes, NUL bytes, non-UTF-8 and backslashes are refused with
+//!   400 because no legitimate static URL contains them and other layers (the
+//!   backend behind the fall-through, Windows tooling) may read them differently.
+//! * A path that climbs above the root is a 400, like nginx, rather than a
+//!   fall-through: it is an attack or a broken client, never a backend route.
+//! * Dot segments (`/.env`, `/.git/config`) are treated as absent because nginx
+//!   sites almost always carry `location ~ /\.(?!well-known) { deny all; }`;
+//!   `.well-known` stays reachable for ACME challenges and similar.
+//! * Every candidate is canonicalised and must still lie under the canonical
+//!   root, so a symlink pointing outside is never served (it falls through).
+//! * Only regular files are served: opening a FIFO would block a worker and a
+//!   device could leak data, and directories are never listed, so a request can
+//!   never make us read a huge directory.
+//!
+//! The tree is assumed not to be writable by attackers while requests are
+//! served: the planner checks the path and the reader opens it later, so a
+//! concurrent symlink swap between the two is not defended against (that would
+//! need `openat2(RESOLVE_BENEATH)`).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::Metadata;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Value for the `Allow` header of a 405 [`Plan::Reject`]: RFC 9110 requires
+/// it and the planner cannot attach headers to a rejection.
+pub const ALLOW: &str = "GET, HEAD";
+
+/// Configuration for one static root.
+#[derive(Debug, Clone)]
+pub struct StaticOptions {
+    /// Directory to serve; canonicalised once so later prefix checks compare
+    /// like with like even when the configured path goes through symlinks.
+    pub root: PathBuf,
+    /// Index file names tried in order for a directory (nginx `index`).
+    pub index: Vec<String>,
+    /// Sent verbatim on every file response (200, 206, 304) when set.
+    pub cache_control: Option<String>,
+    /// Serve `file.br` / `file.gz` siblings when the client accepts them
+    /// (nginx `brotli_static` / `gzip_static`).
+    pub precompressed: bool,
+}
+
+impl StaticOptions {
+    /// nginx defaults: `index index.html`, no Cache-Control, no precompressed
+    /// siblings.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            index: vec!["index.html".to_owned()],
+            cache_control: None,
+            precompressed: false,
+        }
+    }
+}
+
+/// Why a static root cannot be used; only raised at construction so that a
+/// misconfiguration stops startup instead of turning into per-request 404s.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    #[error("static root {} does not exist", path.display())]
+    RootMissing { path: PathBuf },
+    #[error("static root {} is not a directory", path.display())]
+    RootNotDir { path: PathBuf },
+    #[error("cannot use static root {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache_control {value:?} is not a valid header value")]
+    InvalidCacheControl { value: String },
+    #[error("index name {name:?} must be a single plain file name")]
+    InvalidIndex { name: String },
+}
+
+/// What the gateway should do with a request.
+#[derive(Debug)]
+pub enum Plan {
+    /// No servable file here: fall through to the next target (nginx
+    /// `try_files` semantics).
+    NotFound,
+    /// Answer with this status and no body; `reason` is for the log only.
+    /// A 405 must carry `Allow: `[`ALLOW`].
+    Reject {
+        status: StatusCode,
+        reason: &'static str,
+    },
+    Serve(StaticResponse),
+}
+
+/// A complete response head plus where its body comes from.
+///
+/// `Content-Length` is present on every status except 304, where RFC 9110
+/// only allows it if it equals the 200's length and nginx omits it.
+#[derive(Debug)]
+pub struct StaticResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+/// Where the response bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// No bytes: HEAD, 301, 304, 416 and zero-length files.
+    Empty,
+    /// `len` bytes of the canonical file `path` starting at `offset`; read it
+    /// with [`read_chunks`]. `len` always equals the `Content-Length` sent.
+    File { path: PathBuf, offset: u64, len: u64 },
+}
+
+impl Body {
+    /// Opens the reader for a file body; `None` for [`Body::Empty`].
+    pub async fn reader(&self, chunk: usize) -> io::Result<Option<FileChunks>> {
+        match self {
+            Body::Empty => Ok(None),
+            Body::File { path, offset, len } => {
+                read_chunks(path, *offset, *len, chunk).await.map(Some)
+            }
+        }
+    }
+}
+
+/// Sequential reader over a byte range of one file.
+pub struct FileChunks {
+    file: tokio::fs::File,
+    remaining: u64,
+    chunk: usize,
+}
+
+impl fmt::Debug for FileChunks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileChunks")
+            .field("remaining", &self.remaining)
+            .field("chunk", &self.chunk)
+            .finish()
+    }
+}
+
+/// Opens `path` for streaming `len` bytes from `offset` in chunks of at most
+/// `chunk` bytes (0 is treated as 1).
+///
+/// The file is re-checked to be a regular file after opening because the
+/// plan was made earlier and a FIFO swapped in meanwhile would block forever.
+pub async fn read_chunks(path: &Path, offset: u64, len: u64, chunk: usize) -> io::Result<FileChunks> {
+    let mut file = tokio::fs::File::open(path).await?;
+    if !file.metadata().await?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "static body is no longer a regular file",
+        ));
+    }
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset)).await?;
+    }
+    Ok(FileChunks {
+        file,
+        remaining: len,
+        chunk: chunk.max(1),
+    })
+}
+
+impl FileChunks {
+    /// Next chunk, or `None` once `len` bytes were produced.
+    ///
+    /// A file that shrank since planning yields `UnexpectedEof` rather than a
+    /// short body: Content-Length was already promised, so the gateway must
+    /// abort the connection instead of finishing the response normally.
+    pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let want = usize::try_from(self.remaining).map_or(self.chunk, |r| r.min(self.chunk));
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            let n = self.file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "static file shrank while it was being served",
+                ));
+            }
+            filled += n;
+        }
+        self.remaining -= want as u64;
+        Ok(Some(buf.freeze()))
+    }
+
+    /// Bytes still to be produced.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
+
+/// Planner for one static root; cheap to clone and share between workers.
+#[derive(Debug, Clone)]
+pub struct StaticFiles {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    index: Vec<String>,
+    cache_control: Option<HeaderValue>,
+    precompressed: bool,
+}
+
+impl StaticFiles {
+    /// Validates the options once so that request handling never meets a bad
+    /// root, index name or header value.
+    pub fn new(opts: StaticOptions) -> Result<Self, StaticError> {
+        let root = match std::fs::canonicalize(&opts.root) {
+            Ok(root) => root,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StaticError::RootMissing { path: opts.root })
+            }
+            Err(source) => {
+                return Err(StaticError::Io {
+                    path: opts.root,
+                    source,
+                })
+            }
+        };
+        match std::fs::metadata(&root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(StaticError::RootNotDir { path: opts.root }),
+            Err(source) => {
+                return Err(StaticError::Io {
+                    path: opts.root,
+                    source,
+                })
+            }
+        }
+        for name in &opts.index {
+            let plain = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '\0']);
+            if !plain {
+                return Err(StaticError::InvalidIndex { name: name.clone() });
+            }
+        }
+        let cache_control = match opts.cache_control {
+            None => None,
+            Some(value) => match HeaderValue::from_str(&value) {
+                Ok(v) => Some(v),
+                Err(_) => return Err(StaticError::InvalidCacheControl { value }),
+            },
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                index: opts.index,
+                cache_control,
+                precompressed: opts.precompressed,
+            }),
+        })
+    }
+
+    /// The canonical root every served file lies under.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Decides what to answer.
+    ///
+    /// `path` is the raw request target as received (percent-encoded). A
+    /// `?query` suffix is accepted and only used to keep the query in a
+    /// directory redirect, as nginx does, so the gateway may pass either
+    /// `uri.path()` or `uri.path_and_query()`.
+    ///
+    /// All filesystem lookups for one request run in a single blocking task so
+    /// a request costs one hop to the blocking pool, not one per `stat`.
+    pub async fn plan(&self, method: &Method, path: &str, headers: &HeaderMap) -> Plan {
+        let (raw_path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        // Not a path (`*`, authority-form): no file can match, let the next
+        // target decide.
+        if !raw_path.starts_with('/') {
+            return Plan::NotFound;
+        }
+        let req = match parse_path(raw_path) {
+            Ok(req) => req,
+            Err(reason) => {
+                return Plan::Reject {
+                    status: StatusCode::BAD_REQUEST,
+                    reason,
+                }
+            }
+        };
+        if req.segments.iter().any(|s| is_hidden(s)) {
+            tracing::debug!(path = raw_path, "static: hidden path treated as absent");
+            return Plan::NotFound;
+        }
+
+        let inner = Arc::clone(&self.inner);
+        let segments = req.segments.clone();
+        let trailing_slash = req.trailing_slash;
+        let task = tokio::task::spawn_blocking(move || find(&inner, &segments, trailing_slash));
+        let found = match task.await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "static: lookup task failed");
+                return Plan::Reject {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "static lookup task failed",
+                };
+            }
+        };
+        if matches!(found, Lookup::NotFound) {
+            return Plan::NotFound;
+        }
+        // Checked only once something servable exists, so that e.g. a POST
+        // to an API route still falls through to the backend.
+        if method != Method::GET && method != Method::HEAD {
+            return Plan::Reject {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                reason: "only GET and HEAD are allowed on static files",
+            };
+        }
+        match found {
+            Lookup::NotFound => Plan::NotFound,
+            Lookup::Redirect => redirect(&req.segments, query),
+            Lookup::File(file) => self.respond(method, headers, file),
+        }
+    }
+
+    fn respond(&self, method: &Method, headers: &HeaderMap, file: FoundFile) -> Plan {
+        let is_head = method == Method::HEAD;
+        // RFC 9110 defines Range for GET only, so HEAD always describes the
+        // full 200 (nginx would answer HEAD with 206).
+        let range = if method == Method::GET {
+            headers.get(header::RANGE)
+        } else {
+            None
+        };
+        let has_sibling = file.br.is_some() || file.gz.is_some();
+
+        // Ranges are always served from the identity file: byte offsets into
+        // a compressed variant would only be valid for that exact encoding.
+        let encoded = if range.is_none() {
+            choose_encoding(headers, file.br.as_ref(), file.gz.as_ref())
+        } else {
+            None
+        };
+        let (selected, encoding) = match encoded {
+            Some((cand, enc)) => (cand, Some(enc)),
+            None => (&file.identity, None),
+        };
+
+        let etag = selected.etag();
+        let last_modified = selected.mtime.map(|secs| httpdate::fmt_http_date(from_secs(secs)));
+
+        // Fields that RFC 9110 §15.4.5 wants repeated on a 304.
+        let mut validators = HeaderMap::new();
+        if let Some(etag) = &etag {
+            insert_str(&mut validators, header::ETAG, &format!("\"{etag}\""));
+        }
+        if let Some(lm) = &last_modified {
+            insert_str(&mut validators, header::LAST_MODIFIED, lm);
+        }
+        if let Some(cc) = &self.inner.cache_control {
+            validators.insert(header::CACHE_CONTROL, cc.clone());
+        }
+        if has_sibling {
+            validators.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+
+        match preconditions(headers, etag.as_deref(), selected.mtime) {
+            Precondition::Failed => {
+                return Plan::Reject {
+                    status: StatusCode::PRECONDITION_FAILED,
+                    reason: "precondition failed",
+                }
+            }
+            Precondition::NotModified => {
+                return Plan::Serve(StaticResponse {
+                    status: StatusCode::NOT_MODIFIED,
+                    headers: validators,
+                    body: Body::Empty,
+                })
+            }
+            Precondition::Proceed => {}
+        }
+
+        let mut headers_out = validators;
+        headers_out.insert(header::CONTENT_TYPE, content_type(&file.logical));
+        headers_out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(enc) = encoding {
+            headers_out.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+        }
+
+        let size = selected.size;
+        let outcome = match range {
+            Some(value) if if_range_allows(headers, etag.as_deref(), selected.mtime) => {
+                value.to_str().map_or(RangeOutcome::Full, |v| parse_range(v, size))
+            }
+            _ => RangeOutcome::Full,
+        };
+
+        let (status, offset, len) = match outcome {
+            RangeOutcome::Full => (StatusCode::OK, 0, size),
+            RangeOutcome::Partial { start, end } => {
+                insert_str(
+                    &mut headers_out,
+                    header::CONTENT_RANGE,
+                    &format!("bytes {start}-{end}/{size}"),
+                );
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            RangeOutcome::Unsatisfiable => {
+                let mut h = HeaderMap::new();
+                insert_str(&mut h, header::CONTENT_RANGE, &format!("bytes */{size}"));
+                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+                return Plan::Serve(StaticResponse {
+                    status: StatusCode::RANGE_NOT_SATISFIABLE,
+                    headers: h,
+                    body: Body::Empty,
+                });
+            }
+        };
+        headers_out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let body = if is_head || len == 0 {
+            Body::Empty
+        } else {
+            Body::File {
+                path: selected.path.clone(),
+                offset,
+                len,
+            }
+        };
+        Plan::Serve(StaticResponse {
+            status,
+            headers: headers_out,
+            body,
+        })
+    }
+}
+
+/// The decoded, normalised request path.
+#[derive(Debug, PartialEq, Eq)]
+struct RequestPath {
+    segments: Vec<String>,
+    /// The client asked for a directory (`/dir/`, `/dir/.`): nginx then only
+    /// looks for an index and never serves a file of that name.
+    trailing_slash: bool,
+}
+
+/// Decodes once, then resolves `.`/`..` like nginx does, so every encoded
+/// form of a traversal is judged after decoding.
+fn parse_path(raw: &str) -> Result<RequestPath, &'static str> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let valid = bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !valid {
+                return Err("invalid percent-encoding in path");
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let decoded: Vec<u8> = percent_decode_str(raw).collect();
+    if decoded.contains(&0) {
+        return Err("NUL byte in path");
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| "path is not valid UTF-8")?;
+    if decoded.contains('\\') {
+        return Err("backslash in path");
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in decoded.split('/') {
+        trailing_slash = matches!(seg, "" | "." | "..");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err("path climbs above the root");
+                }
+            }
+            _ => segments.push(seg.to_owned()),
+        }
+    }
+    Ok(RequestPath {
+        segments,
+        trailing_slash,
+    })
+}
+
+fn is_hidden(segment: &str) -> bool {
+    segment.starts_with('.') && segment != ".well-known"
+}
+
+/// Characters escaped when a decoded segment is put back into a Location.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// Location is rebuilt from the normalised segments rather than the raw path
+/// so that `//evil.example` (which normalises to a local directory) cannot
+/// become a protocol-relative open redirect.
+fn redirect(segments: &[String], query: Option<&str>) -> Plan {
+    let mut location = String::new();
+    for seg in segments {
+        location.push('/');
+        location.extend(utf8_percent_encode(seg, SEGMENT));
+    }
+    location.push('/');
+    let with_query = match query {
+        Some(q) if !q.is_empty() => HeaderValue::from_str(&format!("{location}?{q}")).ok(),
+        _ => None,
+    };
+    let value = match with_query.map_or_else(|| HeaderValue::from_str(&location), Ok) {
+        Ok(v) => v,
+        Err(_) => {
+            return Plan::Reject {
+                status: StatusCode::BAD_REQUEST,
+                reason: "redirect location is not a valid header value",
+            }
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::LOCATION, value);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    Plan::Serve(StaticResponse {
+        status: StatusCode::MOVED_PERMANENTLY,
+        headers,
+        body: Body::Empty,
+    })
+}
+
+/// One servable regular file, as found on disk.
+#[derive(Debug, Clone)]
+struct Candidate {
+    path: PathBuf,
+    size: u64,
+    mtime: Option<u64>,
+}
+
+impl Candidate {
+    fn from_meta(path: PathBuf, meta: &Metadata) -> Self {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        Self {
+            path,
+            size: meta.len(),
+            mtime,
+        }
+    }
+
+    /// nginx's `"<mtime hex>-<size hex>"`, without the quotes, so caches that
+    /// already hold nginx-issued tags keep revalidating successfully.
+    fn etag(&self) -> Option<String> {
+        self.mtime.map(|m| format!("{m:x}-{:x}", self.size))
+    }
+}
+
+#[derive(Debug)]
+struct FoundFile {
+    /// Path as named by the request (or index), used for the Content-Type so
+    /// a symlink to an extension-less blob still gets the requested type.
+    logical: PathBuf,
+    identity: Candidate,
+    br: Option<Candidate>,
+    gz: Option<Candidate>,
+}
+
+#[derive(Debug)]
+enum Lookup {
+    NotFound,
+    Redirect,
+    File(FoundFile),
+}
+
+fn find(inner: &Inner, segments: &[String], trailing_slash: bool) -> Lookup {
+    let mut logical = inner.root.clone();
+    logical.extend(segments);
+    let Some((canon, meta)) = resolve(&inner.root, &logical) else {
+        return Lookup::NotFound;
+    };
+    if meta.is_dir() {
+        let index = inner.index.iter().find_map(|name| {
+            let candidate = logical.join(name);
+            match resolve(&inner.root, &candidate) {
+                Some((canon, meta)) if meta.is_file() => Some((candidate, canon, meta)),
+                _ => None,
+            }
+        });
+        return match index {
+            None => Lookup::NotFound,
+            Some(_) if !trailing_slash => Lookup::Redirect,
+            Some((logical, canon, meta)) => Lookup::File(found_file(inner, logical, canon, &meta)),
+        };
+    }
+    if !meta.is_file() || trailing_slash {
+        return Lookup::NotFound;
+    }
+    Lookup::File(found_file(inner, logical, canon, &meta))
+}
+
+fn found_file(inner: &Inner, logical: PathBuf, canon: PathBuf, meta: &Metadata) -> FoundFile {
+    let sibling = |ext: &str| -> Option<Candidate> {
+        if !inner.precompressed {
+            return None;
+        }
+        let mut name = OsString::from(logical.as_os_str());
+        name.push(ext);
+        match resolve(&inner.root, Path::new(&name)) {
+            Some((canon, meta)) if meta.is_file() => Some(Candidate::from_meta(canon, &meta)),
+            _ => None,
+        }
+    };
+    let br = sibling(".br");
+    let gz = sibling(".gz");
+    FoundFile {
+        identity: Candidate::from_meta(canon, meta),
+        br,
+        gz,
+        logical,
+    }
+}
+
+/// Canonicalises `path` and returns it with its metadata only if it still
+/// lies under `root`; anything unreadable counts as absent so the request
+/// falls through, as `try_files` does.
+fn resolve(root: &Path, path: &Path) -> Option<(PathBuf, Metadata)> {
+    let canon = match std::fs::canonicalize(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log_fs_error(path, &e);
+            return None;
+        }
+    };
+    if !canon.starts_with(root) {
+        tracing::warn!(
+            path = %path.display(),
+            target = %canon.display(),
+            "static: symlink resolves outside the root, not serving it"
+        );
+        return None;
+    }
+    match std::fs::metadata(&canon) {
+        Ok(meta) => Some((canon, meta)),
+        Err(e) => {
+            log_fs_error(&canon, &e);
+            None
+        }
+    }
+}
+
+fn log_fs_error(path: &Path, e: &io::Error) {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {}
+        io::ErrorKind::PermissionDenied => {
+            tracing::warn!(path = %path.display(), error = %e, "static: permission denied");
+        }
+        _ => tracing::debug!(path = %path.display(), error = %e, "static: lookup failed"),
+    }
+}
+
+fn from_secs(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Types nginx's `charset_types` would label, plus every `text/*`, so
+/// browsers never have to sniff the encoding of text we serve.
+fn content_type(logical: &Path) -> HeaderValue {
+    let Some(mime) = mime_guess::from_path(logical).first_raw() else {
+        return HeaderValue::from_static("application/octet-stream");
+    };
+    let wants_charset = mime.starts_with("text/")
+        || matches!(
+            mime,
+            "application/javascript"
+                | "application/xml"
+                | "application/rss+xml"
+                | "application/atom+xml"
+        );
+    if wants_charset {
+        HeaderValue::from_str(&format!("{mime}; charset=utf-8"))
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    } else {
+        HeaderValue::from_static(mime)
+    }
+}
+
+/// Quality in thousandths that the client gives `coding`; 0 means refused.
+///
+/// A missing header yields 0 even though RFC 9110 allows any coding then,
+/// because nginx's gzip_static does the same and clients such as plain curl
+/// would otherwise receive bytes they cannot read.
+fn coding_quality(headers: &HeaderMap, coding: &str) -> u16 {
+    let mut explicit: Option<u16> = None;
+    let mut star: Option<u16> = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            if name.is_empty() {
+                continue;
+            }
+            let mut q = 1000;
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        // An unreadable weight is taken as a refusal: the
+                        // identity file is always a safe answer.
+                        q = parse_q(v.trim()).unwrap_or(0);
+                    }
+                }
+            }
+            let slot = if name.eq_ignore_ascii_case(coding)
+                || (coding == "gzip" && name.eq_ignore_ascii_case("x-gzip"))
+            {
+                &mut explicit
+            } else if name == "*" {
+                &mut star
+            } else {
+                continue;
+            };
+            *slot = Some(slot.map_or(q, |old| old.max(q)));
+        }
+    }
+    explicit.or(star).unwrap_or(0)
+}
+
+fn parse_q(v: &str) -> Option<u16> {
+    let q: f32 = v.parse().ok()?;
+    if !q.is_finite() || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    // Bounded to 0..=1000 by the check above.
+    Some((q * 1000.0).round() as u16)
+}
+
+/// Highest-weighted acceptable sibling; brotli wins ties because it is the
+/// smaller encoding.
+fn choose_encoding<'a>(
+    headers: &HeaderMap,
+    br: Option<&'a Candidate>,
+    gz: Option<&'a Candidate>,
+) -> Option<(&'a Candidate, &'static str)> {
+    let br = br.map(|c| (c, "br", coding_quality(headers, "br")));
+    let gz = gz.map(|c| (c, "gzip", coding_quality(headers, "gzip")));
+    [br, gz]
+        .into_iter()
+        .flatten()
+        .filter(|(_, _, q)| *q > 0)
+        .fold(None, |best: Option<(&Candidate, &str, u16)>, cur| match best {
+            Some(b) if b.2 >= cur.2 => Some(b),
+            _ => Some(cur),
+        })
+        .map(|(c, enc, _)| (c, enc))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    Proceed,
+    NotModified,
+    Failed,
+}
+
+/// RFC 9110 §13.2.2 order. If-Modified-Since is honoured when the file is
+/// not newer than the date (nginx `if_modified_since before`), not only on an
+/// exact match (nginx's default `exact`), since caches legitimately send
+/// other dates they saw.
+fn preconditions(headers: &HeaderMap, etag: Option<&str>, mtime: Option<u64>) -> Precondition {
+    if let Some(list) = etag_list(headers, header::IF_MATCH) {
+        let ok = match list {
+            EtagList::Any => true,
+            EtagList::Tags(tags) => tags.iter().any(|(weak, t)| !weak && Some(*t) == etag),
+        };
+        if !ok {
+            return Precondition::Failed;
+        }
+    } else if let (Some(since), Some(m)) = (http_date(headers, header::IF_UNMODIFIED_SINCE), mtime) {
+        if m > since {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(list) = etag_list(headers, header::IF_NONE_MATCH) {
+        let matched = match list {
+            EtagList::Any => true,
+            EtagList::Tags(tags) => tags.iter().any(|(_, t)| Some(*t) == etag),
+        };
+        return if matched {
+            Precondition::NotModified
+        } else {
+            Precondition::Proceed
+        };
+    }
+    if let (Some(since), Some(m)) = (http_date(headers, header::IF_MODIFIED_SINCE), mtime) {
+        if m <= since {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
+}
+
+/// If-Range needs a strong match (RFC 9110 §13.1.5): a weak tag or a date
+/// other than the exact Last-Modified means the client's partial copy may be
+/// stale, so it gets the whole file instead.
+fn if_range_allows(headers: &HeaderMap, etag: Option<&str>, mtime: Option<u64>) -> bool {
+    let Some(value) = headers.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let value = value.trim();
+    if value.starts_with('"') || value.starts_with("W/") {
+        let mut tags = Vec::new();
+        return parse_tags(value, &mut tags)
+            && matches!(tags.as_slice(), [(false, t)] if Some(*t) == etag);
+    }
+    match (httpdate::parse_http_date(value), mtime) {
+        (Ok(date), Some(m)) => secs(date) == Some(m),
+        _ => false,
+    }
+}
+
+fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
+    let value = headers.get(name)?.to_str().ok()?;
+    secs(httpdate::parse_http_date(value.trim()).ok()?)
+}
+
+fn secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+enum EtagList<'a> {
+    Any,
+    /// `(weak, opaque tag without quotes)`.
+    Tags(Vec<(bool, &'a str)>),
+}
+
+/// All values of an If-Match / If-None-Match header; `None` when absent or
+/// malformed, so a garbled header is ignored rather than guessed at.
+fn etag_list(headers: &HeaderMap, name: HeaderName) -> Option<EtagList<'_>> {
+    let mut tags = Vec::new();
+    let mut seen = false;
+    for value in headers.get_all(name) {
+        seen = true;
+        let value = value.to_str().ok()?;
+        if value.trim() == "*" {
+            return Some(EtagList::Any);
+        }
+        if !parse_tags(value, &mut tags) {
+            return None;
+        }
+    }
+    seen.then_some(EtagList::Tags(tags))
+}
+
+/// Parses a comma-separated entity-tag list by hand because a quoted tag may
+/// itself contain commas.
+fn parse_tags<'a>(s: &'a str, out: &mut Vec<(bool, &'a str)>) -> bool {
+    let mut rest = s;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return true;
+        }
+        let weak = match rest.strip_prefix("W/") {
+            Some(r) => {
+                rest = r;
+                true
+            }
+            None => false,
+        };
+        let Some(r) = rest.strip_prefix('"') else {
+            return false;
+        };
+        let Some(end) = r.find('"') else {
+            return false;
+        };
+        out.push((weak, &r[..end]));
+        rest = &r[end + 1..];
+        if !(rest.is_empty() || rest.starts_with([' ', '\t', ','])) {
+            return false;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeOutcome {
+    Full,
+    Partial { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RangeSpec {
+    From(u64, Option<u64>),
+    Suffix(u64),
+}
+
+/// Single byte ranges only. A multi-range request is answered with the one
+/// satisfiable range if only one is, 416 if none is, and the full 200
+/// otherwise, instead of nginx's multipart/byteranges: RFC 9110 lets a server
+/// ignore Range, and multipart bodies are rarely wanted and easy to abuse.
+/// A syntactically invalid header or a unit other than `bytes` is ignored.
+fn parse_range(value: &str, size: u64) -> RangeOutcome {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return RangeOutcome::Full;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeOutcome::Full;
+    }
+    let mut specs = Vec::new();
+    for part in set.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match parse_spec(part) {
+            Some(spec) => specs.push(spec),
+            None => return RangeOutcome::Full,
+        }
+    }
+    if specs.is_empty() {
+        return RangeOutcome::Full;
+    }
+    let satisfiable: Vec<(u64, u64)> = specs
+        .iter()
+        .filter_map(|spec| match *spec {
+            RangeSpec::From(first, last) if first < size => {
+                Some((first, last.map_or(size - 1, |l| l.min(size - 1))))
+            }
+            RangeSpec::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size - 1)),
+            _ => None,
+        })
+        .collect();
+    match satisfiable.as_slice() {
+        [] => RangeOutcome::Unsatisfiable,
+        [(start, end)] => RangeOutcome::Partial {
+            start: *start,
+            end: *end,
+        },
+        _ => RangeOutcome::Full,
+    }
+}
+
+fn parse_spec(part: &str) -> Option<RangeSpec> {
+    let (first, last) = part.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return Some(RangeSpec::Suffix(parse_digits(last)?));
+    }
+    let first = parse_digits(first)?;
+    if last.is_empty() {
+        return Some(RangeSpec::From(first, None));
+    }
+    let last = parse_digits(last)?;
+    (last >= first).then_some(RangeSpec::From(first, Some(last)))
+}
+
+/// Saturates instead of failing on overflow: a huge position is simply past
+/// the end of any file, which the satisfiability check handles.
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.bytes().fold(0u64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
+}

@@ -1,0 +1,19 @@
+//! Engine.IO v4 codecs: packets, polling payloads, the `open` handshake and
+//! request validation, as pure functions with the reference server's
+//! (npm `engine.io` 6.6) wire behaviour.
+//!
+//! Transports own the I/O: a WebSocket feeds each frame to
+//! [`Packet::decode_text`] / [`Packet::decode_binary`] and sends
+//! [`Packet::to_ws_frame`]; polling decodes POST bodies with
+//! [`decode_payload`] and answers GETs with [`encode_payload`]. Sizes are
+//! bounded by the caller (`maxHttpBufferSize`) before anything is decoded.
+
+mod handshake;
+mod packet;
+mod payload;
+mod request;
+
+pub use handshake::Handshake;
+pub use packet::{DecodeError, Packet, WsFrame, PROBE};
+pub use payload::{decode_payload, encode_payload, encode_payload_capped, SEPARATOR};
+pub use request::{verify_request, EngineError, EngineRequest, Transport};

@@ -1,0 +1,9 @@
+//! The realtime service: one hub of topics, and the transports that ride on it.
+//!
+//! Nothing here knows about pingora: the gateway adapts its sessions to [`seam`].
+
+pub mod diag;
+pub mod engineio;
+pub mod hub;
+pub mod seam;
+pub mod socketio;

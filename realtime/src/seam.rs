@@ -1,0 +1,185 @@
+//! The seam between the gateway and the realtime transports.
+//!
+//! A transport sees a [`Request`] (head, peer, a body it reads at its own pace) and answers with
+//! one of three shapes of [`Response`]: a complete response, a stream of body chunks (long-poll
+//! held answers, Server-Sent Events), or an upgrade to a raw byte stream (WebSocket). The gateway
+//! owns the connection: it feeds the body in, writes what comes out, and drops the transport's
+//! future the moment the client goes away, so a held request never outlives its client.
+//!
+//! Nothing here knows about pingora; a test can drive a service with plain values.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+/// The client's side of an upgraded connection, after the `101` has been written.
+pub type Upgraded = tokio::io::DuplexStream;
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Runs on the upgraded stream once the gateway has switched protocols.
+pub type OnUpgrade = Box<dyn FnOnce(Upgraded) -> BoxFuture + Send + 'static>;
+
+pub struct Request {
+    pub head: http::request::Parts,
+    /// The client's address as the gateway saw it (not a forwarded header).
+    pub peer: Option<SocketAddr>,
+    /// Whether the client connection is TLS.
+    pub secure: bool,
+    pub body: Body,
+}
+
+impl Request {
+    /// A request with an empty body, for tests and for transports that build sub-requests.
+    pub fn new(head: http::request::Parts) -> Request {
+        Request {
+            head,
+            peer: None,
+            secure: false,
+            body: Body::empty(),
+        }
+    }
+
+    pub fn query(&self) -> &str {
+        self.head.uri.query().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// True for an HTTP/1.1 `Upgrade: websocket` request.
+    pub fn is_websocket_upgrade(&self) -> bool {
+        self.header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("client went away while sending the body: {0}")]
+    Aborted(String),
+}
+
+/// The request body, delivered chunk by chunk as the client sends it.
+pub struct Body {
+    rx: Option<mpsc::Receiver<Result<Bytes, BodyError>>>,
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body { rx: None }
+    }
+
+    /// A body fed by the gateway; it closes the sender at the end of the body.
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, BodyError>>, Body) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, Body { rx: Some(rx) })
+    }
+
+    pub fn from_bytes(bytes: Bytes) -> Body {
+        let (tx, body) = Body::channel(1);
+        // Capacity 1 and a fresh channel: this cannot fail.
+        let _ = tx.try_send(Ok(bytes));
+        body
+    }
+
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, BodyError>> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
+    }
+
+    /// The whole body, refused as soon as it passes `limit` bytes (not after buffering it all).
+    pub async fn collect(mut self, limit: usize) -> Result<Bytes, BodyError> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self.chunk().await {
+            let chunk = chunk?;
+            if buf.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+pub enum Response {
+    Full(http::Response<Bytes>),
+    /// Header now, body chunks as they come; the stream ends when the sender is dropped. When
+    /// the client goes away the receiver is dropped, so `send` fails and the producer stops.
+    Stream {
+        head: http::response::Parts,
+        body: mpsc::Receiver<Bytes>,
+    },
+    /// `head` must be a `101 Switching Protocols`; `on_upgrade` then owns the connection.
+    Upgrade {
+        head: http::response::Parts,
+        on_upgrade: OnUpgrade,
+    },
+}
+
+impl Response {
+    pub fn full(status: http::StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response {
+        let mut r = http::Response::new(body.into());
+        *r.status_mut() = status;
+        if let Ok(v) = http::HeaderValue::from_str(content_type) {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        Response::Full(r)
+    }
+
+    pub fn text(status: http::StatusCode, body: impl Into<Bytes>) -> Response {
+        Response::full(status, "text/plain; charset=utf-8", body)
+    }
+
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Response::Full(r) => r.status(),
+            Response::Stream { head, .. } | Response::Upgrade { head, .. } => head.status,
+        }
+    }
+}
+
+/// A realtime service mounted on a route.
+#[async_trait::async_trait]
+pub trait Service: Send + Sync + 'static {
+    async fn call(&self, req: Request) -> Response;
+}
+
+/// The `101` answer to a WebSocket upgrade request, or the `400` to send instead when the
+/// request is not a valid RFC 6455 handshake.
+pub fn websocket_accept(
+    req: &Request,
+    protocol: Option<&str>,
+) -> Result<http::response::Parts, Response> {
+    let bad = |why: &str| Response::text(http::StatusCode::BAD_REQUEST, format!("{why}\n"));
+    if req.head.method != http::Method::GET || !req.is_websocket_upgrade() {
+        return Err(bad("WebSocket upgrade expected"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(bad("Sec-WebSocket-Version 13 expected"));
+    }
+    let Some(key) = req.header("sec-websocket-key") else {
+        return Err(bad("Sec-WebSocket-Key missing"));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut b = http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        b = b.header(http::header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    match b.body(()) {
+        Ok(r) => Ok(r.into_parts().0),
+        Err(_) => Err(bad("invalid WebSocket handshake")),
+    }
+}
