@@ -127,7 +127,14 @@ impl Gateway {
         if method != http::Method::GET && method != http::Method::HEAD {
             return Ok(false);
         }
-        let path = req.uri.path().to_string();
+        // Only GET and HEAD look for files: other methods go to the app, which may well
+        // accept a POST to a path that also has a static file (nginx would answer 405).
+        let path = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let plan = files.plan(&method, &path, &req.headers).await;
         match plan {
             Plan::NotFound => Ok(false),

@@ -127,7 +127,11 @@ pub enum Body {
     Empty,
     /// `len` bytes of the canonical file `path` starting at `offset`; read it
     /// with [`read_chunks`]. `len` always equals the `Content-Length` sent.
-    File { path: PathBuf, offset: u64, len: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Body {
@@ -163,7 +167,12 @@ impl fmt::Debug for FileChunks {
 ///
 /// The file is re-checked to be a regular file after opening because the
 /// plan was made earlier and a FIFO swapped in meanwhile would block forever.
-pub async fn read_chunks(path: &Path, offset: u64, len: u64, chunk: usize) -> io::Result<FileChunks> {
+pub async fn read_chunks(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    chunk: usize,
+) -> io::Result<FileChunks> {
     let mut file = tokio::fs::File::open(path).await?;
     if !file.metadata().await?.is_file() {
         return Err(io::Error::new(
@@ -208,7 +217,8 @@ impl FileChunks {
         Ok(Some(buf.freeze()))
     }
 
-    /// Bytes still to be produced.
+    /// Lets the gateway log how much of a promised body was never sent when
+    /// it has to abort.
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
@@ -280,7 +290,8 @@ impl StaticFiles {
         })
     }
 
-    /// The canonical root every served file lies under.
+    /// Exposed for startup logs: the canonical form may differ from the
+    /// configured path, and it is the prefix every served file must have.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -374,7 +385,9 @@ impl StaticFiles {
         };
 
         let etag = selected.etag();
-        let last_modified = selected.mtime.map(|secs| httpdate::fmt_http_date(from_secs(secs)));
+        let last_modified = selected
+            .mtime
+            .map(|secs| httpdate::fmt_http_date(from_secs(secs)));
 
         // Fields that RFC 9110 §15.4.5 wants repeated on a 304.
         let mut validators = HeaderMap::new();
@@ -388,7 +401,7 @@ impl StaticFiles {
             validators.insert(header::CACHE_CONTROL, cc.clone());
         }
         if has_sibling {
-            validators.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            validators.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
 
         match preconditions(headers, etag.as_deref(), selected.mtime) {
@@ -417,9 +430,9 @@ impl StaticFiles {
 
         let size = selected.size;
         let outcome = match range {
-            Some(value) if if_range_allows(headers, etag.as_deref(), selected.mtime) => {
-                value.to_str().map_or(RangeOutcome::Full, |v| parse_range(v, size))
-            }
+            Some(value) if if_range_allows(headers, etag.as_deref(), selected.mtime) => value
+                .to_str()
+                .map_or(RangeOutcome::Full, |v| parse_range(v, size)),
             _ => RangeOutcome::Full,
         };
 
@@ -798,10 +811,13 @@ fn choose_encoding<'a>(
         .into_iter()
         .flatten()
         .filter(|(_, _, q)| *q > 0)
-        .fold(None, |best: Option<(&Candidate, &str, u16)>, cur| match best {
-            Some(b) if b.2 >= cur.2 => Some(b),
-            _ => Some(cur),
-        })
+        .fold(
+            None,
+            |best: Option<(&Candidate, &str, u16)>, cur| match best {
+                Some(b) if b.2 >= cur.2 => Some(b),
+                _ => Some(cur),
+            },
+        )
         .map(|(c, enc, _)| (c, enc))
 }
 
@@ -825,7 +841,8 @@ fn preconditions(headers: &HeaderMap, etag: Option<&str>, mtime: Option<u64>) ->
         if !ok {
             return Precondition::Failed;
         }
-    } else if let (Some(since), Some(m)) = (http_date(headers, header::IF_UNMODIFIED_SINCE), mtime) {
+    } else if let (Some(since), Some(m)) = (http_date(headers, header::IF_UNMODIFIED_SINCE), mtime)
+    {
         if m > since {
             return Precondition::Failed;
         }
@@ -1012,4 +1029,1035 @@ fn parse_digits(s: &str) -> Option<u64> {
     Some(s.bytes().fold(0u64, |acc, b| {
         acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Fixed mtime so ETag / Last-Modified values can be compared byte for byte.
+    const MTIME: u64 = 1_700_000_000; // 0x6553f100
+    const LAST_MODIFIED: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+    const HELLO_ETAG: &str = "\"6553f100-c\"";
+
+    /// Minimal temp dir so the tests need no extra dev-dependency.
+    struct TempTree {
+        path: PathBuf,
+    }
+
+    impl TempTree {
+        fn new() -> Self {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = std::env::temp_dir().join(format!(
+                "static-files-test-{}-{n}-{nanos}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            Self { path }
+        }
+    }
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+
+    fn write_at(path: &Path, contents: &[u8], mtime: u64) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::write(path, contents).expect("write file");
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open for mtime")
+            .set_modified(from_secs(mtime))
+            .expect("set mtime");
+    }
+
+    fn symlink(target: &str, link: &Path) {
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    /// The tree every test serves from; `www` is the root, `outside` is a
+    /// sibling that must never be reachable.
+    fn tree() -> TempTree {
+        let t = TempTree::new();
+        let www = t.path.join("www");
+        let w = |rel: &str, contents: &str| write_at(&www.join(rel), contents.as_bytes(), MTIME);
+        w("hello.txt", "hello world\n");
+        w("index.html", "<h1>root</h1>");
+        w("page.html", "<p>page</p>");
+        w("style.css", "body{}");
+        w("style.css.gz", "GZ");
+        w("app.js", "console.log(1);\n");
+        write_at(&www.join("app.js.br"), b"BR!", MTIME + 1);
+        w("app.js.gz", "GZIP");
+        w("module.mjs", "export {}");
+        w("feed.xml", "<rss/>");
+        w("image.png", "png");
+        w("data.json", "{}");
+        w("blob.qqqunknown", "???");
+        w("README", "readme");
+        w("empty.txt", "");
+        w("dir/index.html", "dir index");
+        w("dir/.hidden", "hidden");
+        w("dir/sub/file.txt", "sub file");
+        w("evil.com/index.html", "evil");
+        w("a b/index.html", "space");
+        w("café.txt", "coffee");
+        w(".env", "SECRET=1");
+        w(".git/config", "[core]");
+        w(".well-known/acme-challenge/token", "tok");
+        std::fs::create_dir_all(www.join("emptydir")).expect("emptydir");
+        std::fs::create_dir_all(www.join("idxdir/index.html")).expect("idxdir");
+        write_at(&t.path.join("outside/secret.txt"), b"secret", MTIME);
+        symlink("../outside/secret.txt", &www.join("link_out"));
+        symlink("../outside", &www.join("linkdir_out"));
+        symlink("hello.txt", &www.join("link_in"));
+        symlink("hello.txt", &www.join("alias.css"));
+        std::fs::create_dir_all(www.join("index_out")).expect("index_out");
+        symlink(
+            "../../outside/secret.txt",
+            &www.join("index_out/index.html"),
+        );
+        t
+    }
+
+    fn opts(t: &TempTree) -> StaticOptions {
+        StaticOptions::new(t.path.join("www"))
+    }
+
+    fn files(t: &TempTree) -> StaticFiles {
+        StaticFiles::new(opts(t)).expect("static files")
+    }
+
+    fn precompressed(t: &TempTree) -> StaticFiles {
+        let mut o = opts(t);
+        o.precompressed = true;
+        StaticFiles::new(o).expect("static files")
+    }
+
+    fn hdrs(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    async fn req(sf: &StaticFiles, method: Method, path: &str, pairs: &[(&str, &str)]) -> Plan {
+        sf.plan(&method, path, &hdrs(pairs)).await
+    }
+
+    async fn get(sf: &StaticFiles, path: &str, pairs: &[(&str, &str)]) -> Plan {
+        req(sf, Method::GET, path, pairs).await
+    }
+
+    #[track_caller]
+    fn served(plan: Plan) -> StaticResponse {
+        match plan {
+            Plan::Serve(r) => r,
+            other => panic!("expected Serve, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn not_found(plan: Plan) {
+        assert!(
+            matches!(plan, Plan::NotFound),
+            "expected NotFound, got {plan:?}"
+        );
+    }
+
+    #[track_caller]
+    fn rejected(plan: Plan, want: StatusCode) {
+        match plan {
+            Plan::Reject { status, .. } => assert_eq!(status, want),
+            other => panic!("expected Reject {want}, got {other:?}"),
+        }
+    }
+
+    fn h<'a>(r: &'a StaticResponse, name: &str) -> Option<&'a str> {
+        r.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
+    }
+
+    fn file_body(sf: &StaticFiles, rel: &str, offset: u64, len: u64) -> Body {
+        Body::File {
+            path: sf.root().join(rel),
+            offset,
+            len,
+        }
+    }
+
+    // ---- construction ----
+
+    #[test]
+    fn new_rejects_missing_root() {
+        let t = TempTree::new();
+        let err = StaticFiles::new(StaticOptions::new(t.path.join("nope"))).expect_err("missing");
+        assert!(matches!(err, StaticError::RootMissing { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn new_rejects_file_root() {
+        let t = TempTree::new();
+        write_at(&t.path.join("f"), b"x", MTIME);
+        let err = StaticFiles::new(StaticOptions::new(t.path.join("f"))).expect_err("file");
+        assert!(matches!(err, StaticError::RootNotDir { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn new_rejects_bad_cache_control_and_index() {
+        let t = tree();
+        let mut o = opts(&t);
+        o.cache_control = Some("bad\nvalue".into());
+        let err = StaticFiles::new(o).expect_err("cache-control");
+        assert!(
+            matches!(err, StaticError::InvalidCacheControl { .. }),
+            "{err:?}"
+        );
+        for bad in ["", ".", "..", "../secret", "a/b", "a\\b"] {
+            let mut o = opts(&t);
+            o.index = vec![bad.to_owned()];
+            let err = StaticFiles::new(o).expect_err("index");
+            assert!(
+                matches!(err, StaticError::InvalidIndex { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn root_is_canonicalized_through_symlink() {
+        let t = tree();
+        symlink("www", &t.path.join("rootlink"));
+        let sf = StaticFiles::new(StaticOptions::new(t.path.join("rootlink"))).expect("new");
+        let canon = std::fs::canonicalize(t.path.join("www")).expect("canon");
+        assert_eq!(sf.root(), canon.as_path());
+        let r = served(get(&sf, "/hello.txt", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12));
+    }
+
+    // ---- plain responses ----
+
+    #[tokio::test]
+    async fn full_response_headers_are_exact() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/hello.txt", &[]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(h(&r, "content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(h(&r, "content-length"), Some("12"));
+        assert_eq!(h(&r, "etag"), Some(HELLO_ETAG));
+        assert_eq!(h(&r, "last-modified"), Some(LAST_MODIFIED));
+        assert_eq!(h(&r, "accept-ranges"), Some("bytes"));
+        assert_eq!(h(&r, "cache-control"), None);
+        assert_eq!(h(&r, "vary"), None);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(r.headers.len(), 5);
+        assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12));
+    }
+
+    #[tokio::test]
+    async fn head_has_get_headers_and_no_body() {
+        let t = tree();
+        let sf = files(&t);
+        let g = served(get(&sf, "/hello.txt", &[]).await);
+        let r = served(req(&sf, Method::HEAD, "/hello.txt", &[]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers, g.headers);
+        assert_eq!(r.body, Body::Empty);
+    }
+
+    #[tokio::test]
+    async fn content_types() {
+        let t = tree();
+        let sf = files(&t);
+        let cases = [
+            ("/page.html", "text/html; charset=utf-8"),
+            ("/hello.txt", "text/plain; charset=utf-8"),
+            ("/style.css", "text/css; charset=utf-8"),
+            ("/app.js", "text/javascript; charset=utf-8"),
+            ("/module.mjs", "application/javascript; charset=utf-8"),
+            ("/feed.xml", "text/xml; charset=utf-8"),
+            ("/data.json", "application/json"),
+            ("/image.png", "image/png"),
+            ("/blob.qqqunknown", "application/octet-stream"),
+            ("/README", "application/octet-stream"),
+            // Type follows the requested name, not the symlink target.
+            ("/alias.css", "text/css; charset=utf-8"),
+        ];
+        for (path, want) in cases {
+            let r = served(get(&sf, path, &[]).await);
+            assert_eq!(h(&r, "content-type"), Some(want), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_control_from_options() {
+        let t = tree();
+        let mut o = opts(&t);
+        o.cache_control = Some("public, max-age=3600".into());
+        let sf = StaticFiles::new(o).expect("new");
+        let r = served(get(&sf, "/hello.txt", &[]).await);
+        assert_eq!(h(&r, "cache-control"), Some("public, max-age=3600"));
+        let r = served(get(&sf, "/hello.txt", &[("if-none-match", HELLO_ETAG)]).await);
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(h(&r, "cache-control"), Some("public, max-age=3600"));
+        let r = served(get(&sf, "/hello.txt", &[("range", "bytes=0-1")]).await);
+        assert_eq!(h(&r, "cache-control"), Some("public, max-age=3600"));
+    }
+
+    #[tokio::test]
+    async fn empty_file_has_zero_length_and_no_body() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/empty.txt", &[]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(h(&r, "content-length"), Some("0"));
+        assert_eq!(h(&r, "etag"), Some("\"6553f100-0\""));
+        assert_eq!(r.body, Body::Empty);
+    }
+
+    #[tokio::test]
+    async fn percent_encoded_names_are_decoded() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/caf%C3%A9.txt", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "café.txt", 0, 6));
+        let r = served(get(&sf, "/a%20b/", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "a b/index.html", 0, 5));
+        let r = served(get(&sf, "/hello.txt?v=3", &[]).await);
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn missing_file_falls_through() {
+        let t = tree();
+        let sf = files(&t);
+        not_found(get(&sf, "/nope.txt", &[]).await);
+        not_found(get(&sf, "/nope/deeper.txt", &[]).await);
+        not_found(get(&sf, "/hello.txt/x", &[]).await);
+        // Not origin-form: there is no file to look for.
+        not_found(get(&sf, "*", &[]).await);
+        not_found(get(&sf, "", &[]).await);
+    }
+
+    #[tokio::test]
+    async fn file_with_trailing_slash_falls_through() {
+        let t = tree();
+        let sf = files(&t);
+        not_found(get(&sf, "/hello.txt/", &[]).await);
+        not_found(get(&sf, "/hello.txt/.", &[]).await);
+    }
+
+    #[tokio::test]
+    async fn methods_other_than_get_head() {
+        let t = tree();
+        let sf = files(&t);
+        rejected(
+            req(&sf, Method::POST, "/hello.txt", &[]).await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
+        rejected(
+            req(&sf, Method::DELETE, "/", &[]).await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
+        rejected(
+            req(&sf, Method::PUT, "/dir", &[]).await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
+        // Nothing static here: the backend must still get the POST.
+        not_found(req(&sf, Method::POST, "/api/login", &[]).await);
+        not_found(req(&sf, Method::POST, "/emptydir/", &[]).await);
+        not_found(req(&sf, Method::POST, "/.env", &[]).await);
+        // Malformed paths are refused whatever the method.
+        rejected(
+            req(&sf, Method::POST, "/%00", &[]).await,
+            StatusCode::BAD_REQUEST,
+        );
+    }
+
+    // ---- directories ----
+
+    #[tokio::test]
+    async fn directory_index() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "index.html", 0, 13));
+        assert_eq!(h(&r, "content-type"), Some("text/html; charset=utf-8"));
+        let r = served(get(&sf, "/dir/", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "dir/index.html", 0, 9));
+        assert_eq!(h(&r, "etag"), Some("\"6553f100-9\""));
+        let r = served(get(&sf, "/dir/.", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "dir/index.html", 0, 9));
+    }
+
+    #[tokio::test]
+    async fn custom_index_list_is_tried_in_order() {
+        let t = tree();
+        let mut o = opts(&t);
+        o.index = vec!["missing.htm".into(), "file.txt".into()];
+        let sf = StaticFiles::new(o).expect("new");
+        let r = served(get(&sf, "/dir/sub/", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "dir/sub/file.txt", 0, 8));
+        assert_eq!(h(&r, "content-type"), Some("text/plain; charset=utf-8"));
+        let mut o = opts(&t);
+        o.index = vec![];
+        let sf = StaticFiles::new(o).expect("new");
+        not_found(get(&sf, "/dir/", &[]).await);
+        not_found(get(&sf, "/dir", &[]).await);
+    }
+
+    #[tokio::test]
+    async fn directory_without_slash_redirects() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/dir", &[]).await);
+        assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(h(&r, "location"), Some("/dir/"));
+        assert_eq!(h(&r, "content-length"), Some("0"));
+        assert_eq!(r.body, Body::Empty);
+        let r = served(get(&sf, "/dir?x=1&y=2", &[]).await);
+        assert_eq!(h(&r, "location"), Some("/dir/?x=1&y=2"));
+        let r = served(get(&sf, "/a%20b", &[]).await);
+        assert_eq!(h(&r, "location"), Some("/a%20b/"));
+        let r = served(req(&sf, Method::HEAD, "/dir", &[]).await);
+        assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    }
+
+    #[tokio::test]
+    async fn redirect_is_never_protocol_relative() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "//evil.com", &[]).await);
+        assert_eq!(h(&r, "location"), Some("/evil.com/"));
+        let r = served(get(&sf, "/%2fevil.com", &[]).await);
+        assert_eq!(h(&r, "location"), Some("/evil.com/"));
+        let r = served(get(&sf, "/./evil.com", &[]).await);
+        assert_eq!(h(&r, "location"), Some("/evil.com/"));
+    }
+
+    #[tokio::test]
+    async fn directory_without_index_falls_through() {
+        let t = tree();
+        let sf = files(&t);
+        not_found(get(&sf, "/dir/sub/", &[]).await);
+        not_found(get(&sf, "/dir/sub", &[]).await);
+        not_found(get(&sf, "/emptydir/", &[]).await);
+        not_found(get(&sf, "/emptydir", &[]).await);
+        // An "index.html" that is itself a directory is not an index.
+        not_found(get(&sf, "/idxdir/", &[]).await);
+        not_found(get(&sf, "/idxdir", &[]).await);
+    }
+
+    // ---- conditional requests ----
+
+    #[tokio::test]
+    async fn if_none_match() {
+        let t = tree();
+        let sf = files(&t);
+        for inm in [
+            HELLO_ETAG,
+            "\"other\", \"6553f100-c\"",
+            "W/\"6553f100-c\"",
+            "*",
+            "\"a,b\", W/\"6553f100-c\"",
+        ] {
+            let r = served(get(&sf, "/hello.txt", &[("if-none-match", inm)]).await);
+            assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{inm}");
+            assert_eq!(h(&r, "etag"), Some(HELLO_ETAG));
+            assert_eq!(h(&r, "last-modified"), Some(LAST_MODIFIED));
+            assert_eq!(h(&r, "content-length"), None);
+            assert_eq!(h(&r, "content-type"), None);
+            assert_eq!(r.body, Body::Empty);
+        }
+        // Split across several header lines.
+        let r = served(
+            get(
+                &sf,
+                "/hello.txt",
+                &[("if-none-match", "\"x\""), ("if-none-match", HELLO_ETAG)],
+            )
+            .await,
+        );
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        for inm in [
+            "\"6553f100-d\"",
+            "\"other\"",
+            "6553f100-c",
+            "\"unterminated",
+        ] {
+            let r = served(get(&sf, "/hello.txt", &[("if-none-match", inm)]).await);
+            assert_eq!(r.status, StatusCode::OK, "{inm}");
+        }
+        let r = served(
+            req(
+                &sf,
+                Method::HEAD,
+                "/hello.txt",
+                &[("if-none-match", HELLO_ETAG)],
+            )
+            .await,
+        );
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn if_modified_since() {
+        let t = tree();
+        let sf = files(&t);
+        for ims in [LAST_MODIFIED, "Wed, 15 Nov 2023 00:00:00 GMT"] {
+            let r = served(get(&sf, "/hello.txt", &[("if-modified-since", ims)]).await);
+            assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{ims}");
+            assert_eq!(h(&r, "etag"), Some(HELLO_ETAG));
+        }
+        for ims in ["Tue, 14 Nov 2023 22:13:19 GMT", "not a date"] {
+            let r = served(get(&sf, "/hello.txt", &[("if-modified-since", ims)]).await);
+            assert_eq!(r.status, StatusCode::OK, "{ims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn if_none_match_takes_precedence_over_if_modified_since() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(
+            get(
+                &sf,
+                "/hello.txt",
+                &[
+                    ("if-none-match", "\"stale\""),
+                    ("if-modified-since", LAST_MODIFIED),
+                ],
+            )
+            .await,
+        );
+        assert_eq!(r.status, StatusCode::OK);
+        let r = served(
+            get(
+                &sf,
+                "/hello.txt",
+                &[
+                    ("if-none-match", HELLO_ETAG),
+                    ("if-modified-since", "Tue, 14 Nov 2000 22:13:19 GMT"),
+                ],
+            )
+            .await,
+        );
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn if_match_and_if_unmodified_since() {
+        let t = tree();
+        let sf = files(&t);
+        for ok in [HELLO_ETAG, "*", "\"x\", \"6553f100-c\""] {
+            let r = served(get(&sf, "/hello.txt", &[("if-match", ok)]).await);
+            assert_eq!(r.status, StatusCode::OK, "{ok}");
+        }
+        for bad in ["\"x\"", "W/\"6553f100-c\""] {
+            rejected(
+                get(&sf, "/hello.txt", &[("if-match", bad)]).await,
+                StatusCode::PRECONDITION_FAILED,
+            );
+        }
+        rejected(
+            get(
+                &sf,
+                "/hello.txt",
+                &[("if-unmodified-since", "Tue, 14 Nov 2023 22:13:19 GMT")],
+            )
+            .await,
+            StatusCode::PRECONDITION_FAILED,
+        );
+        let r = served(get(&sf, "/hello.txt", &[("if-unmodified-since", LAST_MODIFIED)]).await);
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    // ---- ranges ----
+
+    #[tokio::test]
+    async fn single_ranges() {
+        let t = tree();
+        let sf = files(&t);
+        let cases = [
+            ("bytes=0-4", 0, 4),
+            ("bytes=6-", 6, 11),
+            ("bytes=-3", 9, 11),
+            ("bytes=-100", 0, 11),
+            ("bytes=5-100", 5, 11),
+            ("bytes=11-11", 11, 11),
+            ("BYTES = 1-2", 1, 2),
+            ("bytes=0-4, ", 0, 4),
+            ("bytes=0-1, 50-60", 0, 1),
+            ("bytes=0-99999999999999999999999", 0, 11),
+        ];
+        for (range, start, end) in cases {
+            let r = served(get(&sf, "/hello.txt", &[("range", range)]).await);
+            assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
+            let want = format!("bytes {start}-{end}/12");
+            assert_eq!(h(&r, "content-range"), Some(want.as_str()), "{range}");
+            let len = end - start + 1;
+            assert_eq!(
+                h(&r, "content-length"),
+                Some(len.to_string().as_str()),
+                "{range}"
+            );
+            assert_eq!(h(&r, "etag"), Some(HELLO_ETAG));
+            assert_eq!(h(&r, "accept-ranges"), Some("bytes"));
+            assert_eq!(h(&r, "content-type"), Some("text/plain; charset=utf-8"));
+            assert_eq!(r.body, file_body(&sf, "hello.txt", start, len), "{range}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unsatisfiable_ranges() {
+        let t = tree();
+        let sf = files(&t);
+        for range in [
+            "bytes=12-",
+            "bytes=12-20",
+            "bytes=-0",
+            "bytes=100-,200-300",
+            "bytes=99999999999999999999999-",
+        ] {
+            let r = served(get(&sf, "/hello.txt", &[("range", range)]).await);
+            assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+            assert_eq!(h(&r, "content-range"), Some("bytes */12"));
+            assert_eq!(h(&r, "content-length"), Some("0"));
+            assert_eq!(r.body, Body::Empty);
+        }
+        let r = served(get(&sf, "/empty.txt", &[("range", "bytes=0-")]).await);
+        assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(h(&r, "content-range"), Some("bytes */0"));
+    }
+
+    #[tokio::test]
+    async fn ignored_ranges_serve_full_file() {
+        let t = tree();
+        let sf = files(&t);
+        for range in [
+            "bytes=0-1,3-4", // several satisfiable ranges: no multipart
+            "bytes=-1,0-0",
+            "bytes=abc",
+            "bytes=5-1",
+            "bytes=1-2-3",
+            "bytes=",
+            "items=0-1",
+            "0-1",
+            "bytes=+1-2",
+        ] {
+            let r = served(get(&sf, "/hello.txt", &[("range", range)]).await);
+            assert_eq!(r.status, StatusCode::OK, "{range}");
+            assert_eq!(h(&r, "content-range"), None);
+            assert_eq!(h(&r, "content-length"), Some("12"));
+            assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12));
+        }
+        // Range is defined for GET only.
+        let r = served(req(&sf, Method::HEAD, "/hello.txt", &[("range", "bytes=0-1")]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(h(&r, "content-length"), Some("12"));
+    }
+
+    #[tokio::test]
+    async fn if_range() {
+        let t = tree();
+        let sf = files(&t);
+        for (if_range, partial) in [
+            (HELLO_ETAG, true),
+            (LAST_MODIFIED, true),
+            ("\"stale\"", false),
+            ("W/\"6553f100-c\"", false),
+            ("Tue, 14 Nov 2023 22:13:21 GMT", false),
+            ("garbage", false),
+        ] {
+            let r = served(
+                get(
+                    &sf,
+                    "/hello.txt",
+                    &[("range", "bytes=0-4"), ("if-range", if_range)],
+                )
+                .await,
+            );
+            if partial {
+                assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{if_range}");
+                assert_eq!(h(&r, "content-range"), Some("bytes 0-4/12"));
+            } else {
+                assert_eq!(r.status, StatusCode::OK, "{if_range}");
+                assert_eq!(h(&r, "content-length"), Some("12"));
+                assert_eq!(h(&r, "content-range"), None);
+            }
+        }
+    }
+
+    // ---- precompressed siblings ----
+
+    #[tokio::test]
+    async fn precompressed_selection() {
+        let t = tree();
+        let sf = precompressed(&t);
+        let cases = [
+            ("gzip, deflate, br", Some("br")),
+            ("br", Some("br")),
+            ("gzip", Some("gzip")),
+            ("x-gzip", Some("gzip")),
+            ("GZIP", Some("gzip")),
+            ("br;q=0, gzip", Some("gzip")),
+            ("br; q=0.0, gzip;q=0.1", Some("gzip")),
+            ("gzip;q=0.5, br;q=0.4", Some("gzip")),
+            ("gzip;q=0.5, br;q=0.5", Some("br")),
+            ("*", Some("br")),
+            ("*;q=0.5, br;q=0", Some("gzip")),
+            ("*;q=0", None),
+            ("identity", None),
+            ("deflate", None),
+            ("br;q=2", None),
+            ("br;q=abc", None),
+            ("", None),
+        ];
+        for (ae, want) in cases {
+            let r = served(get(&sf, "/app.js", &[("accept-encoding", ae)]).await);
+            assert_eq!(r.status, StatusCode::OK, "{ae}");
+            assert_eq!(h(&r, "content-encoding"), want, "{ae}");
+            assert_eq!(h(&r, "vary"), Some("Accept-Encoding"), "{ae}");
+            assert_eq!(
+                h(&r, "content-type"),
+                Some("text/javascript; charset=utf-8"),
+                "{ae}"
+            );
+            let (rel, etag, len) = match want {
+                Some("br") => ("app.js.br", "\"6553f101-3\"", 3),
+                Some("gzip") => ("app.js.gz", "\"6553f100-4\"", 4),
+                _ => ("app.js", "\"6553f100-10\"", 16),
+            };
+            assert_eq!(h(&r, "etag"), Some(etag), "{ae}");
+            assert_eq!(
+                h(&r, "content-length"),
+                Some(len.to_string().as_str()),
+                "{ae}"
+            );
+            assert_eq!(r.body, file_body(&sf, rel, 0, len), "{ae}");
+        }
+        // No Accept-Encoding at all: identity, still varying.
+        let r = served(get(&sf, "/app.js", &[]).await);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "vary"), Some("Accept-Encoding"));
+        let r = served(
+            get(
+                &sf,
+                "/app.js",
+                &[("accept-encoding", "br;q=0"), ("accept-encoding", "gzip")],
+            )
+            .await,
+        );
+        assert_eq!(h(&r, "content-encoding"), Some("gzip"));
+    }
+
+    #[tokio::test]
+    async fn precompressed_only_gz_and_none() {
+        let t = tree();
+        let sf = precompressed(&t);
+        let r = served(get(&sf, "/style.css", &[("accept-encoding", "br")]).await);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "vary"), Some("Accept-Encoding"));
+        assert_eq!(r.body, file_body(&sf, "style.css", 0, 6));
+        let r = served(get(&sf, "/style.css", &[("accept-encoding", "br, gzip")]).await);
+        assert_eq!(h(&r, "content-encoding"), Some("gzip"));
+        assert_eq!(h(&r, "content-type"), Some("text/css; charset=utf-8"));
+        assert_eq!(r.body, file_body(&sf, "style.css.gz", 0, 2));
+        // No sibling: no Vary.
+        let r = served(get(&sf, "/hello.txt", &[("accept-encoding", "br, gzip")]).await);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "vary"), None);
+    }
+
+    #[tokio::test]
+    async fn precompressed_disabled_ignores_siblings() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/app.js", &[("accept-encoding", "br, gzip")]).await);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "vary"), None);
+        assert_eq!(r.body, file_body(&sf, "app.js", 0, 16));
+    }
+
+    #[tokio::test]
+    async fn precompressed_head_conditional_and_range() {
+        let t = tree();
+        let sf = precompressed(&t);
+        let ae = ("accept-encoding", "br");
+        let r = served(req(&sf, Method::HEAD, "/app.js", &[ae]).await);
+        assert_eq!(h(&r, "content-encoding"), Some("br"));
+        assert_eq!(h(&r, "content-length"), Some("3"));
+        assert_eq!(r.body, Body::Empty);
+        let r = served(get(&sf, "/app.js", &[ae, ("if-none-match", "\"6553f101-3\"")]).await);
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(h(&r, "etag"), Some("\"6553f101-3\""));
+        assert_eq!(h(&r, "vary"), Some("Accept-Encoding"));
+        // The identity tag does not validate the brotli variant.
+        let r = served(get(&sf, "/app.js", &[ae, ("if-none-match", "\"6553f100-10\"")]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        // Ranges always come from the identity file.
+        let r = served(get(&sf, "/app.js", &[ae, ("range", "bytes=0-6")]).await);
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "content-range"), Some("bytes 0-6/16"));
+        assert_eq!(h(&r, "etag"), Some("\"6553f100-10\""));
+        assert_eq!(h(&r, "vary"), Some("Accept-Encoding"));
+        assert_eq!(r.body, file_body(&sf, "app.js", 0, 7));
+        // Even an ignored Range keeps the identity file, so If-Range tags
+        // always refer to the identity representation.
+        let r = served(get(&sf, "/app.js", &[ae, ("range", "bytes=0-1,4-5")]).await);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(h(&r, "content-encoding"), None);
+        // Directory index gets siblings too.
+        write_at(&t.path.join("www/dir/index.html.gz"), b"gzidx", MTIME);
+        let r = served(get(&sf, "/dir/", &[("accept-encoding", "gzip")]).await);
+        assert_eq!(h(&r, "content-encoding"), Some("gzip"));
+        assert_eq!(h(&r, "content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(r.body, file_body(&sf, "dir/index.html.gz", 0, 5));
+    }
+
+    #[tokio::test]
+    async fn precompressed_sibling_symlinked_outside_is_ignored() {
+        let t = tree();
+        let sf = precompressed(&t);
+        symlink("../outside/secret.txt", &t.path.join("www/hello.txt.gz"));
+        let r = served(get(&sf, "/hello.txt", &[("accept-encoding", "gzip")]).await);
+        assert_eq!(h(&r, "content-encoding"), None);
+        assert_eq!(h(&r, "vary"), None);
+        assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12));
+    }
+
+    // ---- security ----
+
+    #[tokio::test]
+    async fn dot_dot_that_climbs_is_rejected() {
+        let t = tree();
+        let sf = files(&t);
+        for path in [
+            "/../outside/secret.txt",
+            "/..",
+            "/dir/../../outside/secret.txt",
+            "/%2e%2e/outside/secret.txt",
+            "/%2E%2E/outside/secret.txt",
+            "/.%2e/outside/secret.txt",
+            "/%2e./outside/secret.txt",
+            "/dir/..%2f..%2foutside%2fsecret.txt",
+            "/dir%2f..%2f..%2foutside/secret.txt",
+            "/%2f..%2foutside/secret.txt",
+            "/./../outside/secret.txt",
+            "/dir/sub/../../../outside/secret.txt",
+        ] {
+            rejected(get(&sf, path, &[]).await, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[tokio::test]
+    async fn dot_dot_that_stays_inside_is_resolved() {
+        let t = tree();
+        let sf = files(&t);
+        for path in [
+            "/dir/../hello.txt",
+            "/dir/%2e%2e/hello.txt",
+            "/dir/sub/..%2f..%2fhello.txt",
+            "/./hello.txt",
+            "//hello.txt",
+        ] {
+            let r = served(get(&sf, path, &[]).await);
+            assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn backslashes_are_rejected() {
+        let t = tree();
+        let sf = files(&t);
+        for path in [
+            "/..\\outside\\secret.txt",
+            "/%5c..%5coutside%5csecret.txt",
+            "/dir\\index.html",
+            "/%5C",
+        ] {
+            rejected(get(&sf, path, &[]).await, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[tokio::test]
+    async fn nul_and_bad_encoding_are_rejected() {
+        let t = tree();
+        let sf = files(&t);
+        for path in [
+            "/%00",
+            "/hello.txt%00.html",
+            "/hello.txt%00",
+            "/hello%zz.txt",
+            "/hello.txt%",
+            "/hello.txt%4",
+            "/%g0",
+            "/%ff",
+            "/caf%C3.txt",
+        ] {
+            rejected(get(&sf, path, &[]).await, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[tokio::test]
+    async fn symlinks_outside_root_are_never_served() {
+        let t = tree();
+        let sf = files(&t);
+        not_found(get(&sf, "/link_out", &[]).await);
+        not_found(get(&sf, "/linkdir_out/secret.txt", &[]).await);
+        not_found(get(&sf, "/linkdir_out/", &[]).await);
+        // An index that escapes is no index at all.
+        not_found(get(&sf, "/index_out/", &[]).await);
+        not_found(get(&sf, "/index_out", &[]).await);
+        // Symlinks inside the root are fine and the canonical file is served.
+        let r = served(get(&sf, "/link_in", &[]).await);
+        assert_eq!(r.body, file_body(&sf, "hello.txt", 0, 12));
+        assert_eq!(h(&r, "etag"), Some(HELLO_ETAG));
+    }
+
+    #[tokio::test]
+    async fn hidden_files_are_absent() {
+        let t = tree();
+        let sf = files(&t);
+        for path in [
+            "/.env",
+            "/.git/config",
+            "/.git/",
+            "/.git",
+            "/dir/.hidden",
+            "/%2eenv",
+            "/%2Egit/config",
+            "/dir/../.env",
+            "/.well-known/../.env",
+        ] {
+            not_found(get(&sf, path, &[]).await);
+        }
+        let r = served(get(&sf, "/.well-known/acme-challenge/token", &[]).await);
+        assert_eq!(
+            r.body,
+            file_body(&sf, ".well-known/acme-challenge/token", 0, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn non_regular_files_are_absent() {
+        let t = tree();
+        let sf = files(&t);
+        let _listener =
+            std::os::unix::net::UnixListener::bind(t.path.join("www/sock")).expect("bind socket");
+        not_found(get(&sf, "/sock", &[]).await);
+        let fifo = t.path.join("www/fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            not_found(get(&sf, "/fifo", &[]).await);
+        }
+        symlink("/dev/null", &t.path.join("www/devnull"));
+        not_found(get(&sf, "/devnull", &[]).await);
+        // A symlink loop is an unreadable path, not an error page.
+        symlink("loop", &t.path.join("www/loop"));
+        not_found(get(&sf, "/loop", &[]).await);
+        not_found(get(&sf, "/loop/", &[]).await);
+    }
+
+    #[test]
+    fn parse_path_normalises() {
+        let p = parse_path("/a//b/./c/../d/").expect("ok");
+        assert_eq!(p.segments, ["a", "b", "d"]);
+        assert!(p.trailing_slash);
+        let p = parse_path("/a/b").expect("ok");
+        assert!(!p.trailing_slash);
+        let p = parse_path("/a/b/..").expect("ok");
+        assert_eq!(p.segments, ["a"]);
+        assert!(p.trailing_slash);
+        let p = parse_path("/").expect("ok");
+        assert!(p.segments.is_empty());
+        assert!(p.trailing_slash);
+    }
+
+    // ---- reader ----
+
+    #[tokio::test]
+    async fn read_chunks_streams_the_range() {
+        let t = tree();
+        let path = t.path.join("www/hello.txt");
+        let mut r = read_chunks(&path, 0, 12, 5).await.expect("open");
+        let mut got = Vec::new();
+        while let Some(chunk) = r.next().await.expect("read") {
+            assert!(chunk.len() <= 5);
+            got.push(chunk);
+        }
+        assert_eq!(got, [&b"hello"[..], b" worl", b"d\n"]);
+        assert_eq!(r.remaining(), 0);
+        assert!(r.next().await.expect("eof").is_none());
+
+        let mut r = read_chunks(&path, 6, 5, 64 * 1024).await.expect("open");
+        assert_eq!(
+            r.next().await.expect("read").as_deref(),
+            Some(&b"world"[..])
+        );
+        assert!(r.next().await.expect("eof").is_none());
+
+        // chunk 0 must not spin forever.
+        let mut r = read_chunks(&path, 0, 2, 0).await.expect("open");
+        assert_eq!(r.next().await.expect("read").as_deref(), Some(&b"h"[..]));
+        assert_eq!(r.next().await.expect("read").as_deref(), Some(&b"e"[..]));
+        assert!(r.next().await.expect("eof").is_none());
+    }
+
+    #[tokio::test]
+    async fn read_chunks_errors_when_file_shrank() {
+        let t = tree();
+        let path = t.path.join("www/hello.txt");
+        let mut r = read_chunks(&path, 0, 20, 8).await.expect("open");
+        assert_eq!(
+            r.next().await.expect("read").as_deref(),
+            Some(&b"hello wo"[..])
+        );
+        let err = r.next().await.expect_err("short file");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn read_chunks_refuses_non_regular_and_missing() {
+        let t = tree();
+        assert!(read_chunks(&t.path.join("www/dir"), 0, 1, 8).await.is_err());
+        assert!(read_chunks(&t.path.join("www/nope"), 0, 1, 8)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn plan_body_round_trips_through_reader() {
+        let t = tree();
+        let sf = files(&t);
+        let r = served(get(&sf, "/hello.txt", &[("range", "bytes=-6")]).await);
+        let mut reader = r.body.reader(4).await.expect("open").expect("file body");
+        let mut got = Vec::new();
+        while let Some(chunk) = reader.next().await.expect("read") {
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, b"world\n");
+        assert!(Body::Empty.reader(4).await.expect("empty").is_none());
+    }
 }

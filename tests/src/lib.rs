@@ -1,1 +1,464 @@
-//! e2e harness
+//! The end-to-end harness: start the real `gateway` and `backend-stub` binaries on free ports,
+//! wait until they answer (with a deadline), show their logs when a test fails, and kill them
+//! when the test is over.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), because
+//! `CARGO_BIN_EXE_*` is only set for a package's own binaries. `tests/run.sh` builds them
+//! before running the tests.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a binary may take to start listening (a debug build on a busy 2-core machine).
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `target/<profile>/<name>`, where this test executable's profile put it.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A fresh scratch directory under `target/e2e/`, removed when dropped (kept if the test fails).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = workspace_root().join("target/e2e").join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running binary. Its stdout and stderr go to a log file, printed if the test fails.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Wait until `addr` accepts TCP connections, or panic with the logs.
+    pub fn wait_for_port(&mut self, addr: SocketAddr) {
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited with {status} before listening on {addr}; its log:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            if start.elapsed() > READY_DEADLINE {
+                panic!(
+                    "{} did not listen on {addr} within {READY_DEADLINE:?}; its log:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send a signal (e.g. `libc::SIGTERM` = 15) by number.
+    pub fn signal(&self, sig: i32) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait up to `d` for the process to exit on its own.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}) -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.log.display(),
+                self.logs(),
+                self.name
+            );
+        }
+    }
+}
+
+/// A backend-stub instance (the stand-in for the Ruby/PHP app).
+pub struct Stub {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    _dir: Option<Scratch>,
+}
+
+impl Stub {
+    pub fn start(id: &str) -> Stub {
+        Stub::start_with(id, &[])
+    }
+
+    pub fn start_with(id: &str, extra: &[&str]) -> Stub {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Stub::start_on(id, addr, extra)
+    }
+
+    /// Start on a given address (to bring a killed backend back on the same port).
+    pub fn start_on(id: &str, addr: SocketAddr, extra: &[&str]) -> Stub {
+        let dir = Scratch::new(&format!("stub-{id}"));
+        let a = addr.to_string();
+        let mut args = vec!["--listen", &a, "--id", id];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(
+            &format!("backend-stub {id}"),
+            &binary("backend-stub"),
+            &args,
+            dir.path(),
+        );
+        proc.wait_for_port(addr);
+        Stub {
+            id: id.to_string(),
+            addr,
+            proc,
+            _dir: Some(dir),
+        }
+    }
+
+    /// What this instance received (its `/__log`), as JSON values.
+    pub async fn received(&self) -> Vec<serde_json::Value> {
+        let url = format!("http://{}/__log", self.addr);
+        reqwest::get(&url)
+            .await
+            .expect("stub /__log")
+            .json()
+            .await
+            .expect("stub /__log json")
+    }
+
+    /// Paths this instance received.
+    pub async fn paths(&self) -> Vec<String> {
+        self.received()
+            .await
+            .iter()
+            .filter_map(|r| r["path"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+/// The ports a gateway under test listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub https: u16,
+    pub http: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        Ports {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports::new()
+    }
+}
+
+/// A running gateway with the configuration a test wrote.
+pub struct Gateway {
+    pub ports: Ports,
+    pub dir: Scratch,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    /// Write `yaml` (after replacing `{https}`, `{http}`, `{admin}` with free ports and
+    /// `{public}` with the workspace's `public/`) and start the gateway on it.
+    pub fn start(yaml: &str) -> Gateway {
+        let ports = Ports::new();
+        let dir = Scratch::new("gateway");
+        let yaml = fill(yaml, &ports);
+        std::fs::write(dir.path().join("gateway.yaml"), &yaml).expect("write config");
+        let mut proc = Proc::spawn(
+            "gateway",
+            &binary("gateway"),
+            &["run", "--config", "gateway.yaml"],
+            dir.path(),
+        );
+        let wait_on = if yaml.contains("https:") {
+            ports.https
+        } else {
+            ports.http
+        };
+        proc.wait_for_port(([127, 0, 0, 1], wait_on).into());
+        if yaml.contains("admin:") {
+            proc.wait_for_port(([127, 0, 0, 1], ports.admin).into());
+        }
+        Gateway { ports, dir, proc }
+    }
+
+    pub fn https(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.ports.https)
+    }
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.http)
+    }
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.admin)
+    }
+    pub fn https_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.ports.https).into()
+    }
+}
+
+/// Replace the `{https}` / `{http}` / `{admin}` / `{public}` placeholders.
+pub fn fill(yaml: &str, ports: &Ports) -> String {
+    yaml.replace("{https}", &format!("127.0.0.1:{}", ports.https))
+        .replace("{http}", &format!("127.0.0.1:{}", ports.http))
+        .replace("{admin}", &format!("127.0.0.1:{}", ports.admin))
+        .replace("{public}", &workspace_root().join("public").display().to_string())
+}
+
+/// An HTTPS client that trusts the gateway's development certificate.
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("reqwest client")
+}
+
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+}
+
+/// Poll `check` every 100 ms until it is true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Raw bytes over TLS, for requests no well-behaved client would send. Returns everything
+/// the gateway answered until it closed the connection or `wait` passed.
+pub async fn raw_tls(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut tls = tls_connector()
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls handshake");
+    tls.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TLS connector that accepts any certificate (the tests check identity themselves).
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A WebSocket client over TLS to the gateway (certificate not checked).
+pub async fn websocket(
+    url: &str,
+    protocols: Option<&str>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request()?;
+    if let Some(p) = protocols {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            p.parse().expect("protocol header value"),
+        );
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_no_client_auth();
+    tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            config,
+        ))),
+    )
+    .await
+}

@@ -82,7 +82,13 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]
+            [
+                "maxPayload",
+                "pingInterval",
+                "pingTimeout",
+                "sid",
+                "upgrades"
+            ]
         );
         let back: Handshake = serde_json::from_str(&json).unwrap();
         assert_eq!(back, node_defaults("x", &["websocket"]));

@@ -15,5 +15,5 @@ mod request;
 
 pub use handshake::Handshake;
 pub use packet::{DecodeError, Packet, WsFrame, PROBE};
-pub use payload::{decode_payload, encode_payload, encode_payload_capped, SEPARATOR};
+pub use payload::{decode_payload, encode_payload, encode_payload_capped};
 pub use request::{verify_request, EngineError, EngineRequest, Transport};

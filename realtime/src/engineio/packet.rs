@@ -174,7 +174,10 @@ pub(crate) mod tests {
             ("4", Packet::Message(String::new())),
             ("5", Packet::Upgrade),
             ("6", Packet::Noop),
-            ("bAQID", Packet::MessageBinary(Bytes::from_static(&[1, 2, 3]))),
+            (
+                "bAQID",
+                Packet::MessageBinary(Bytes::from_static(&[1, 2, 3])),
+            ),
             ("b", Packet::MessageBinary(Bytes::new())),
         ];
         for (wire, packet) in cases {
@@ -193,7 +196,10 @@ pub(crate) mod tests {
             Packet::Ping(Some(PROBE.into())).to_ws_frame(),
             WsFrame::Text("2probe".into())
         );
-        assert_eq!(Packet::decode_text("3probe").unwrap().encode_text(), "3probe");
+        assert_eq!(
+            Packet::decode_text("3probe").unwrap().encode_text(),
+            "3probe"
+        );
     }
 
     #[test]
@@ -204,7 +210,10 @@ pub(crate) mod tests {
             (Packet::Ping(None), "2"),
             (Packet::Pong(None), "3"),
             (Packet::Message("wérld".into()), "4wérld"),
-            (Packet::MessageBinary(Bytes::from_static(&[1, 2, 3])), "bAQID"),
+            (
+                Packet::MessageBinary(Bytes::from_static(&[1, 2, 3])),
+                "bAQID",
+            ),
             (Packet::MessageBinary(Bytes::from_static(&[1, 2])), "bAQI="),
             (Packet::Upgrade, "5"),
             (Packet::Noop, "6"),
@@ -222,7 +231,10 @@ pub(crate) mod tests {
             Packet::MessageBinary(bin.clone()).to_ws_frame(),
             WsFrame::Binary(bin.clone())
         );
-        assert_eq!(Packet::decode_binary(bin.clone()), Packet::MessageBinary(bin));
+        assert_eq!(
+            Packet::decode_binary(bin.clone()),
+            Packet::MessageBinary(bin)
+        );
         assert_eq!(
             Packet::Message("4".into()).to_ws_frame(),
             WsFrame::Text("44".into())

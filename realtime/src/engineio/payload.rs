@@ -3,7 +3,7 @@
 use super::packet::{DecodeError, Packet};
 
 /// Record separator between packets of a polling payload.
-pub const SEPARATOR: char = '\u{1e}';
+const SEPARATOR: char = '\u{1e}';
 
 /// Joins packets into one polling body, as the reference server does for a GET
 /// (it sends its whole write buffer at once).

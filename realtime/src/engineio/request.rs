@@ -270,7 +270,12 @@ mod tests {
         let all = [
             (EngineError::UnknownTransport, 0, "Transport unknown", 400),
             (EngineError::UnknownSid, 1, "Session ID unknown", 400),
-            (EngineError::BadHandshakeMethod, 2, "Bad handshake method", 400),
+            (
+                EngineError::BadHandshakeMethod,
+                2,
+                "Bad handshake method",
+                400,
+            ),
             (EngineError::BadRequest, 3, "Bad request", 400),
             (EngineError::Forbidden(None), 4, "Forbidden", 403),
             (
@@ -333,8 +338,17 @@ mod tests {
 
     #[test]
     fn unknown_transport() {
-        for q in ["EIO=4", "EIO=4&transport=abc", "EIO=4&transport=webtransport", ""] {
-            assert_eq!(check(Method::GET, q, false), Err(EngineError::UnknownTransport), "{q}");
+        for q in [
+            "EIO=4",
+            "EIO=4&transport=abc",
+            "EIO=4&transport=webtransport",
+            "",
+        ] {
+            assert_eq!(
+                check(Method::GET, q, false),
+                Err(EngineError::UnknownTransport),
+                "{q}"
+            );
         }
         let only_ws = verify_request(
             &Method::GET,
@@ -351,7 +365,12 @@ mod tests {
     fn unknown_sid_on_get_and_post() {
         for m in [Method::GET, Method::POST] {
             assert_eq!(
-                check_session(m, "EIO=4&transport=polling&sid=nope", false, Transport::Polling),
+                check_session(
+                    m,
+                    "EIO=4&transport=polling&sid=nope",
+                    false,
+                    Transport::Polling
+                ),
                 Err(EngineError::UnknownSid)
             );
         }
@@ -359,21 +378,36 @@ mod tests {
 
     #[test]
     fn known_sid() {
-        let ok = check_session(Method::POST, "EIO=4&transport=polling&sid=abc", false, Transport::Polling);
+        let ok = check_session(
+            Method::POST,
+            "EIO=4&transport=polling&sid=abc",
+            false,
+            Transport::Polling,
+        );
         assert_eq!(ok.unwrap().sid.as_deref(), Some("abc"));
     }
 
     #[test]
     fn polling_after_upgrade_is_a_transport_mismatch() {
         assert_eq!(
-            check_session(Method::GET, "EIO=4&transport=polling&sid=abc", false, Transport::WebSocket),
+            check_session(
+                Method::GET,
+                "EIO=4&transport=polling&sid=abc",
+                false,
+                Transport::WebSocket
+            ),
             Err(EngineError::BadRequest)
         );
     }
 
     #[test]
     fn upgrade_from_polling_is_allowed() {
-        let ok = check_session(Method::GET, "EIO=4&transport=websocket&sid=abc", true, Transport::Polling);
+        let ok = check_session(
+            Method::GET,
+            "EIO=4&transport=websocket&sid=abc",
+            true,
+            Transport::Polling,
+        );
         assert_eq!(ok.unwrap().transport, Transport::WebSocket);
     }
 
@@ -389,7 +423,12 @@ mod tests {
 
     #[test]
     fn unsupported_protocol_versions() {
-        for q in ["transport=polling", "EIO=abc&transport=polling", "EIO=3&transport=polling", "EIO=4.0&transport=polling"] {
+        for q in [
+            "transport=polling",
+            "EIO=abc&transport=polling",
+            "EIO=3&transport=polling",
+            "EIO=4.0&transport=polling",
+        ] {
             assert_eq!(
                 check(Method::GET, q, false),
                 Err(EngineError::UnsupportedProtocolVersion),
@@ -413,7 +452,10 @@ mod tests {
         let default = refused(None).unwrap_err();
         assert_eq!(default.json_body(), r#"{"code":4,"message":"Forbidden"}"#);
         assert_eq!(default.http_status(), StatusCode::FORBIDDEN);
-        assert_eq!(refused(Some("bad origin")).unwrap_err().message(), "bad origin");
+        assert_eq!(
+            refused(Some("bad origin")).unwrap_err().message(),
+            "bad origin"
+        );
     }
 
     #[test]
@@ -432,17 +474,37 @@ mod tests {
     #[test]
     fn order_of_checks() {
         // transport before method and version
-        assert_eq!(check(Method::POST, "transport=abc", false), Err(EngineError::UnknownTransport));
+        assert_eq!(
+            check(Method::POST, "transport=abc", false),
+            Err(EngineError::UnknownTransport)
+        );
         // sid before version: EIO is not checked on existing sessions
         assert_eq!(
-            check_session(Method::GET, "EIO=3&transport=polling&sid=nope", false, Transport::Polling),
+            check_session(
+                Method::GET,
+                "EIO=3&transport=polling&sid=nope",
+                false,
+                Transport::Polling
+            ),
             Err(EngineError::UnknownSid)
         );
-        assert!(check_session(Method::GET, "transport=polling&sid=abc", false, Transport::Polling).is_ok());
+        assert!(check_session(
+            Method::GET,
+            "transport=polling&sid=abc",
+            false,
+            Transport::Polling
+        )
+        .is_ok());
         // method before version
-        assert_eq!(check(Method::POST, "transport=polling", false), Err(EngineError::BadHandshakeMethod));
+        assert_eq!(
+            check(Method::POST, "transport=polling", false),
+            Err(EngineError::BadHandshakeMethod)
+        );
         // websocket-without-upgrade before version
-        assert_eq!(check(Method::GET, "transport=websocket", false), Err(EngineError::BadRequest));
+        assert_eq!(
+            check(Method::GET, "transport=websocket", false),
+            Err(EngineError::BadRequest)
+        );
         // hook before version
         let r = verify_request(
             &Method::GET,
@@ -457,7 +519,9 @@ mod tests {
 
     #[test]
     fn empty_sid_is_a_handshake() {
-        assert!(check(Method::GET, "EIO=4&transport=polling&sid=", false).unwrap().is_handshake());
+        assert!(check(Method::GET, "EIO=4&transport=polling&sid=", false)
+            .unwrap()
+            .is_handshake());
     }
 
     #[test]
@@ -471,7 +535,12 @@ mod tests {
         );
         assert_eq!(form_decode("a+b%20c%zz%4"), "a b c%zz%4");
         assert_eq!(form_decode("%E2%82%AC%FF"), "€\u{fffd}");
-        let sid = check_session(Method::GET, "transport=polling&&sid=a%62c&", false, Transport::Polling);
+        let sid = check_session(
+            Method::GET,
+            "transport=polling&&sid=a%62c&",
+            false,
+            Transport::Polling,
+        );
         assert_eq!(sid.unwrap().sid.as_deref(), Some("abc"));
     }
 

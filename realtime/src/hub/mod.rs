@@ -1,0 +1,790 @@
+//! The hub: topics with sequence numbers and bounded history, shared by every
+//! realtime transport (Socket.IO rooms, raw WebSocket pub/sub, long-poll, SSE)
+//! and the HTTP publish API.
+//!
+//! # The promise
+//!
+//! A client that comes back with its last [`Position`] gets every later
+//! message exactly once, in order; when that is impossible (evicted from
+//! history, or the topic's [`Epoch`] changed) it gets an explicit
+//! [`JoinOutcome::Reset`] — never a silent gap.
+//!
+//! # How
+//!
+//! Each topic is one mutex around (epoch, seq, history, subscribers).
+//! [`Hub::publish`] assigns the next seq, records the message in history and
+//! `try_send`s an `Arc` of it to every subscriber queue, all under that lock;
+//! [`Subscriber::join`] computes the replay from history and registers the
+//! subscriber under the same lock. So a message is either in the replay or in
+//! the queue, never both, never neither.
+//!
+//! Nothing blocks or awaits under a lock, so the hub works from any number of
+//! tokio runtimes (or plain threads) at once. Lock order, to rule out
+//! deadlock: idempotency shard → topic-map shard → topic → subscriber; the
+//! subscriber registry is only taken alone. A subscriber's topics are
+//! detached one topic lock at a time, never nested.
+//!
+//! Memory is bounded everywhere: history per topic (count and bytes), queue
+//! per subscriber (a full queue disconnects the subscriber instead of
+//! growing), topics per hub and per subscriber, idempotency keys.
+//!
+//! Topic names are opaque strings chosen by callers (e.g. `sio:/chat:room1`).
+
+mod idempotency;
+mod message;
+mod position;
+mod subscriber;
+mod topic;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use thiserror::Error;
+
+pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
+pub use message::{Message, MessageId, Payload, SubscriberId};
+pub use position::{Epoch, Position, PositionParseError};
+pub use subscriber::{CloseReason, Closed, JoinOutcome, Subscriber};
+
+use idempotency::IdemShard;
+use subscriber::{Push, SubShared};
+use topic::Topic;
+
+/// Shards of the topic map and the idempotency store: lookups from many
+/// cores then rarely touch the same lock.
+const SHARDS: usize = 32;
+
+/// Hub limits. Every field has a default suited to a single gateway node.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Messages kept per topic for resumption. Default 1000: at a busy
+    /// room's 10 msg/s that covers ~100 s of disconnection (a network switch,
+    /// a laptop lid, a redeploy), while a room's history stays around 1 MB
+    /// for typical sub-KB messages. Beyond it clients get a Reset.
+    pub history_len: usize,
+    /// Approximate bytes kept per topic ([`Payload::approx_size`]); the
+    /// history is trimmed to whichever of the two bounds is tighter.
+    /// Default 1 MiB, so a few huge messages cannot pin a large history.
+    pub history_max_bytes: usize,
+    /// Live messages a subscriber may have queued before it counts as a
+    /// slow consumer and is closed. Default 1024: absorbs bursts of a
+    /// second or more while costing at most 8 KiB of pointers per connection
+    /// (messages themselves are shared with history).
+    pub queue_capacity: usize,
+    /// Topics that may exist at once; creating one more fails with
+    /// [`HubError::TooManyTopics`]. Default 100 000. Worst-case history
+    /// memory is `max_topics × history_max_bytes`, but idle topics are
+    /// swept and most topics hold far less.
+    pub max_topics: usize,
+    /// Topics one subscriber may be in at once. Default 1024.
+    pub max_topics_per_subscriber: usize,
+    /// A topic without subscribers and without publishes, joins or leaves
+    /// for this long is dropped by [`Hub::sweep`] (its next incarnation gets
+    /// a new epoch). Default 10 minutes: long enough for reconnecting clients
+    /// of a quiet room to resume.
+    pub idle_topic_ttl: Duration,
+    /// Idempotency keys remembered at most (over all topics). Default 100 000.
+    pub idempotency_capacity: usize,
+    /// How long an idempotency key is remembered at most. Default 10 minutes,
+    /// comfortably more than any sane client retry schedule.
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history_len: 1000,
+            history_max_bytes: 1 << 20,
+            queue_capacity: 1024,
+            max_topics: 100_000,
+            max_topics_per_subscriber: 1024,
+            idle_topic_ttl: Duration::from_secs(600),
+            idempotency_capacity: 100_000,
+            idempotency_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a hub operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// [`Hub::shutdown`] was called.
+    #[error("the realtime hub is shut down")]
+    ShutDown,
+    /// Creating the topic would exceed [`HubConfig::max_topics`].
+    #[error("too many topics (limit {limit})")]
+    TooManyTopics {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Joining would exceed [`HubConfig::max_topics_per_subscriber`].
+    #[error("subscriber is in too many topics (limit {limit})")]
+    TooManyJoins {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The subscriber is already in the topic.
+    #[error("subscriber already joined topic `{topic}`")]
+    AlreadyJoined {
+        /// The topic.
+        topic: String,
+    },
+    /// The hub closed the subscriber (slow consumer, shutdown).
+    #[error("subscriber is closed: {reason}")]
+    SubscriberClosed {
+        /// Why it was closed.
+        reason: CloseReason,
+    },
+    /// The idempotency key is longer than [`MAX_IDEMPOTENCY_KEY_LEN`].
+    #[error("idempotency key longer than {max} bytes")]
+    KeyTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// The idempotency key was used, within its window, for another topic.
+    #[error("idempotency key already used for topic `{topic}`")]
+    KeyConflict {
+        /// The topic it was first used for.
+        topic: String,
+    },
+}
+
+/// The seam for a future cross-node bus (e.g. Redis pub/sub).
+///
+/// [`Bus::on_publish`] sees every message published on this node (not those
+/// it injected itself through [`Hub::inject_remote`], so there are no
+/// loops). It is called under the topic's lock, hence in seq order per
+/// topic: it must not block and must not call back into the hub — hand the
+/// message to a channel and do the I/O elsewhere.
+///
+/// Remote messages are injected with [`Hub::inject_remote`] and get a local
+/// seq: positions are per node until a bus provides a global order.
+pub trait Bus: Send + Sync + 'static {
+    /// A message was published locally. Default: nothing.
+    fn on_publish(&self, msg: &Arc<Message>) {
+        let _ = msg;
+    }
+}
+
+/// The single-node bus: does nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoBus;
+
+impl Bus for NoBus {}
+
+/// Hub-wide counters, as plain atomics (read them with `Relaxed` loads or
+/// [`HubStats::snapshot`]).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Topics that exist now.
+    pub topics: AtomicU64,
+    /// Subscribers that exist now (open or closed, until dropped).
+    pub subscribers: AtomicU64,
+    /// Messages recorded (one per topic per publish, injected ones included).
+    pub published: AtomicU64,
+    /// Live messages enqueued to subscribers.
+    pub delivered: AtomicU64,
+    /// Messages handed out in join replays.
+    pub replayed: AtomicU64,
+    /// Joins answered with a Reset.
+    pub resets: AtomicU64,
+    /// Subscribers closed because their queue was full.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Topics dropped by [`Hub::sweep`].
+    pub topics_swept: AtomicU64,
+    /// Idempotent publishes answered from memory.
+    pub idempotent_hits: AtomicU64,
+}
+
+/// A copy of [`HubStats`] at one moment (fields read one by one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct HubStatsSnapshot {
+    pub topics: u64,
+    pub subscribers: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub replayed: u64,
+    pub resets: u64,
+    pub slow_consumer_disconnects: u64,
+    pub topics_swept: u64,
+    pub idempotent_hits: u64,
+}
+
+impl HubStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> HubStatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HubStatsSnapshot {
+            topics: get(&self.topics),
+            subscribers: get(&self.subscribers),
+            published: get(&self.published),
+            delivered: get(&self.delivered),
+            replayed: get(&self.replayed),
+            resets: get(&self.resets),
+            slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
+            topics_swept: get(&self.topics_swept),
+            idempotent_hits: get(&self.idempotent_hits),
+        }
+    }
+}
+
+/// State of one topic, from [`Hub::topic_info`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Subscribers registered.
+    pub subscribers: usize,
+    /// Current position (seq of the newest message).
+    pub position: Position,
+    /// Messages in history.
+    pub retained: usize,
+}
+
+/// Result of [`Hub::publish_idempotent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Where the message is (the original one's, for a duplicate).
+    pub position: Position,
+    /// True if the key was seen before and nothing was published.
+    pub duplicate: bool,
+}
+
+/// The hub. Cheap to clone (one `Arc`); every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: HubConfig,
+    bus: Arc<dyn Bus>,
+    hasher: RandomState,
+    topics: Box<[RwLock<HashMap<Arc<str>, Arc<Topic>>>]>,
+    idempotency: Box<[Mutex<IdemShard>]>,
+    /// Every live subscriber, so shutdown can reach those in no topic.
+    registry: Mutex<HashMap<SubscriberId, Arc<SubShared>>>,
+    shut_down: AtomicBool,
+    stats: HubStats,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.inner.config)
+            .field("stats", &self.inner.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(HubConfig::default())
+    }
+}
+
+impl Hub {
+    /// A single-node hub.
+    pub fn new(config: HubConfig) -> Self {
+        Hub::with_bus(config, Arc::new(NoBus))
+    }
+
+    /// A hub that reports local publishes to `bus`.
+    pub fn with_bus(config: HubConfig, bus: Arc<dyn Bus>) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                config,
+                bus,
+                hasher: RandomState::new(),
+                topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
+                idempotency: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                registry: Mutex::default(),
+                shut_down: AtomicBool::new(false),
+                stats: HubStats::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.inner.stats
+    }
+
+    /// A new subscriber with the configured queue capacity, in no topic yet.
+    pub fn subscribe(&self) -> Result<Subscriber, HubError> {
+        self.subscribe_with_capacity(self.inner.config.queue_capacity)
+    }
+
+    /// A new subscriber with its own queue capacity (at least 1), e.g. a
+    /// small one for a single long-poll request.
+    pub fn subscribe_with_capacity(&self, capacity: usize) -> Result<Subscriber, HubError> {
+        let shared = Arc::new(SubShared::new(capacity));
+        let mut registry = lock(&self.inner.registry);
+        // Checked under the registry lock, which shutdown also takes, so no
+        // subscriber escapes shutdown.
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(HubError::ShutDown);
+        }
+        registry.insert(shared.id, Arc::clone(&shared));
+        drop(registry);
+        self.inner.stats.subscribers.fetch_add(1, Ordering::Relaxed);
+        Ok(Subscriber {
+            shared,
+            hub: Arc::clone(&self.inner),
+        })
+    }
+
+    /// Publishes an event without attachments; see [`Hub::publish_payload`].
+    pub fn publish(
+        &self,
+        topic: &str,
+        event: impl Into<String>,
+        data: Value,
+        origin: Option<SubscriberId>,
+    ) -> Result<Position, HubError> {
+        self.publish_payload(topic, Payload::new(event, data), origin)
+    }
+
+    /// Publishes to `topic` (creating it if needed) and returns the message's
+    /// position once it is in history and in every subscriber's queue.
+    ///
+    /// Fan-out is a non-blocking enqueue of one `Arc` per subscriber; a
+    /// subscriber whose queue is full is closed as a slow consumer instead.
+    /// With no subscribers the message is still recorded, so a later join
+    /// with `since` catches up.
+    pub fn publish_payload(
+        &self,
+        topic: &str,
+        payload: Payload,
+        origin: Option<SubscriberId>,
+    ) -> Result<Position, HubError> {
+        let size = payload.approx_size();
+        self.inner.publish(
+            topic,
+            &Arc::new(payload),
+            size,
+            MessageId::generate(),
+            origin,
+            false,
+        )
+    }
+
+    /// Publishes one broadcast to several topics: each topic gets its own
+    /// seq, all copies share one [`MessageId`] (and one payload allocation),
+    /// so a subscriber in several of the topics can deliver it once.
+    ///
+    /// Topics are published one after another, not atomically. A topic
+    /// listed twice is published once; the returned positions follow the
+    /// input order (a repeated topic repeats its position).
+    pub fn publish_many<I, S>(
+        &self,
+        topics: I,
+        payload: Payload,
+        origin: Option<SubscriberId>,
+    ) -> Result<Vec<Position>, HubError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let topics: Vec<S> = topics.into_iter().collect();
+        let size = payload.approx_size();
+        let payload = Arc::new(payload);
+        let id = MessageId::generate();
+        let mut done: HashMap<&str, Position> = HashMap::with_capacity(topics.len());
+        let mut positions = Vec::with_capacity(topics.len());
+        for topic in &topics {
+            let topic = topic.as_ref();
+            let position = match done.get(topic) {
+                Some(p) => *p,
+                None => {
+                    let p = self.inner.publish(topic, &payload, size, id, origin, false)?;
+                    done.insert(topic, p);
+                    p
+                }
+            };
+            positions.push(position);
+        }
+        Ok(positions)
+    }
+
+    /// Publishes unless `key` was published before within the idempotency
+    /// window (see [`HubConfig::idempotency_ttl`] and
+    /// [`HubConfig::idempotency_capacity`]); then returns the original
+    /// position with `duplicate: true` and publishes nothing. Concurrent
+    /// calls with one key publish once. A key reused for another topic is a
+    /// [`HubError::KeyConflict`]; the payload is not compared.
+    pub fn publish_idempotent(
+        &self,
+        key: &str,
+        topic: &str,
+        payload: Payload,
+        origin: Option<SubscriberId>,
+    ) -> Result<Published, HubError> {
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(HubError::KeyTooLong {
+                max: MAX_IDEMPOTENCY_KEY_LEN,
+            });
+        }
+        let inner = &*self.inner;
+        let shard = &inner.idempotency[inner.shard_of(key)];
+        let mut memory = lock(shard);
+        let now = Instant::now();
+        memory.purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
+        if let Some(seen) = memory.get(key) {
+            if &*seen.topic != topic {
+                return Err(HubError::KeyConflict {
+                    topic: seen.topic.to_string(),
+                });
+            }
+            inner.stats.idempotent_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Published {
+                position: seen.position,
+                duplicate: true,
+            });
+        }
+        // The shard stays locked across the publish: that is what makes two
+        // racing retries publish once.
+        let position = self.publish_payload(topic, payload, origin)?;
+        if inner.idem_shard_capacity() > 0 {
+            memory.insert(key, Arc::from(topic), position, now);
+        }
+        Ok(Published {
+            position,
+            duplicate: false,
+        })
+    }
+
+    /// Publishes a message that a [`Bus`] received from another node. It gets
+    /// a local seq and is not reported back to the bus. `id` should be the
+    /// remote message's id, so multi-topic broadcasts stay recognisable.
+    pub fn inject_remote(
+        &self,
+        topic: &str,
+        payload: Arc<Payload>,
+        id: MessageId,
+    ) -> Result<Position, HubError> {
+        let size = payload.approx_size();
+        self.inner.publish(topic, &payload, size, id, None, true)
+    }
+
+    /// Subscribers and position of `topic`, if it exists (does not create it).
+    pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
+        let t = self.inner.lookup(topic)?;
+        let st = lock(&t.state);
+        if st.dead {
+            return None;
+        }
+        Some(TopicInfo {
+            subscribers: st.subscribers.len(),
+            position: st.position(),
+            retained: st.retained(),
+        })
+    }
+
+    /// Drops topics that have had no subscribers and no activity for
+    /// [`HubConfig::idle_topic_ttl`] before `now`, and forgets expired
+    /// idempotency keys. Returns the number of topics dropped. Run it
+    /// periodically (e.g. every 30 s) with `Instant::now()`.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let inner = &*self.inner;
+        for shard in inner.idempotency.iter() {
+            lock(shard).purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
+        }
+        let ttl = inner.config.idle_topic_ttl;
+        let mut dropped = 0;
+        for shard in inner.topics.iter() {
+            // Find candidates under the read lock, skipping busy topics (a
+            // topic whose lock is taken is not idle), so lookups in this shard
+            // are blocked only while actual idle topics are removed.
+            let candidates: Vec<Arc<Topic>> = read(shard)
+                .values()
+                .filter(|t| match t.state.try_lock() {
+                    Ok(mut st) => {
+                        st.prune_closed();
+                        st.is_idle(now, ttl)
+                    }
+                    Err(TryLockError::Poisoned(p)) => {
+                        let mut st = p.into_inner();
+                        st.prune_closed();
+                        st.is_idle(now, ttl)
+                    }
+                    Err(TryLockError::WouldBlock) => false,
+                })
+                .cloned()
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let mut map = write(shard);
+            for t in candidates {
+                let mut st = lock(&t.state);
+                st.prune_closed();
+                if st.dead || !st.is_idle(now, ttl) {
+                    continue;
+                }
+                if map.get(&*t.name).is_some_and(|cur| Arc::ptr_eq(cur, &t)) {
+                    map.remove(&*t.name);
+                    st.kill();
+                    dropped += 1;
+                }
+            }
+        }
+        let dropped_u64 = dropped as u64;
+        inner.stats.topics.fetch_sub(dropped_u64, Ordering::Relaxed);
+        inner.stats.topics_swept.fetch_add(dropped_u64, Ordering::Relaxed);
+        dropped
+    }
+
+    /// Closes every subscriber with [`CloseReason::Shutdown`] and refuses
+    /// new subscribers, joins and publishes from now on. Idempotent.
+    pub fn shutdown(&self) {
+        let inner = &*self.inner;
+        let subscribers: Vec<Arc<SubShared>> = {
+            let registry = lock(&inner.registry);
+            inner.shut_down.store(true, Ordering::Release);
+            registry.values().cloned().collect()
+        };
+        for sub in subscribers {
+            if let Some(topics) = sub.close(CloseReason::Shutdown) {
+                inner.detach(sub.id, &topics, None);
+            }
+        }
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Ordering::Acquire)
+    }
+}
+
+impl Inner {
+    fn shard_of(&self, name: &str) -> usize {
+        (self.hasher.hash_one(name) % SHARDS as u64) as usize
+    }
+
+    fn idem_shard_capacity(&self) -> usize {
+        self.config.idempotency_capacity.div_ceil(SHARDS)
+    }
+
+    fn check_open(&self) -> Result<(), HubError> {
+        if self.shut_down.load(Ordering::Acquire) {
+            Err(HubError::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<Topic>> {
+        read(&self.topics[self.shard_of(name)]).get(name).cloned()
+    }
+
+    fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, HubError> {
+        let shard = &self.topics[self.shard_of(name)];
+        if let Some(t) = read(shard).get(name) {
+            return Ok(Arc::clone(t));
+        }
+        let mut map = write(shard);
+        if let Some(t) = map.get(name) {
+            return Ok(Arc::clone(t));
+        }
+        let limit = self.config.max_topics;
+        if self.stats.topics.fetch_add(1, Ordering::Relaxed) >= limit as u64 {
+            self.stats.topics.fetch_sub(1, Ordering::Relaxed);
+            return Err(HubError::TooManyTopics { limit });
+        }
+        let t = Arc::new(Topic::new(name, Instant::now()));
+        map.insert(Arc::clone(&t.name), Arc::clone(&t));
+        Ok(t)
+    }
+
+    fn publish(
+        &self,
+        name: &str,
+        payload: &Arc<Payload>,
+        size: usize,
+        id: MessageId,
+        origin: Option<SubscriberId>,
+        remote: bool,
+    ) -> Result<Position, HubError> {
+        self.check_open()?;
+        loop {
+            let topic = self.topic_or_create(name)?;
+            let mut st = lock(&topic.state);
+            if st.dead {
+                // Swept between lookup and lock: look it up again.
+                continue;
+            }
+            st.seq += 1;
+            let msg = Arc::new(Message {
+                id,
+                topic: Arc::clone(&topic.name),
+                epoch: st.epoch,
+                seq: st.seq,
+                payload: Arc::clone(payload),
+                origin,
+                remote,
+                size,
+            });
+            st.record(
+                Arc::clone(&msg),
+                self.config.history_len,
+                self.config.history_max_bytes,
+            );
+            st.last_activity = Instant::now();
+            let mut delivered = 0u64;
+            let mut slow: Vec<(SubscriberId, HashSet<Arc<str>>)> = Vec::new();
+            st.subscribers.retain(|&sid, sub| match sub.try_push(&msg) {
+                Push::Delivered => {
+                    delivered += 1;
+                    true
+                }
+                Push::Full(topics) => {
+                    slow.push((sid, topics));
+                    false
+                }
+                Push::Gone => false,
+            });
+            if !remote {
+                self.bus.on_publish(&msg);
+            }
+            drop(st);
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+            self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+            if !slow.is_empty() {
+                self.stats
+                    .slow_consumer_disconnects
+                    .fetch_add(slow.len() as u64, Ordering::Relaxed);
+                for (sid, topics) in slow {
+                    self.detach(sid, &topics, Some(&topic.name));
+                }
+            }
+            return Ok(msg.position());
+        }
+    }
+
+    fn join(
+        &self,
+        sub: &Arc<SubShared>,
+        name: &str,
+        since: Option<Position>,
+    ) -> Result<JoinOutcome, HubError> {
+        self.check_open()?;
+        loop {
+            let topic = self.topic_or_create(name)?;
+            let mut st = lock(&topic.state);
+            if st.dead {
+                continue;
+            }
+            {
+                let mut ss = lock(&sub.state);
+                match ss.life {
+                    subscriber::Life::Open => {}
+                    subscriber::Life::Closed(reason) => {
+                        return Err(HubError::SubscriberClosed { reason })
+                    }
+                    subscriber::Life::Dropped => {
+                        return Err(HubError::SubscriberClosed {
+                            reason: CloseReason::Shutdown,
+                        })
+                    }
+                }
+                if ss.topics.contains(name) {
+                    return Err(HubError::AlreadyJoined {
+                        topic: name.to_owned(),
+                    });
+                }
+                let limit = self.config.max_topics_per_subscriber;
+                if ss.topics.len() >= limit {
+                    return Err(HubError::TooManyJoins { limit });
+                }
+                // Recorded under the subscriber lock together with the
+                // open-check: a concurrent close either sees this topic and
+                // detaches it, or happened first and we returned above.
+                ss.topics.insert(Arc::clone(&topic.name));
+            }
+            let outcome = st.resume(since);
+            st.subscribers.insert(sub.id, Arc::clone(sub));
+            st.last_activity = Instant::now();
+            drop(st);
+            match &outcome {
+                JoinOutcome::Resumed { replay, .. } => {
+                    self.stats
+                        .replayed
+                        .fetch_add(replay.len() as u64, Ordering::Relaxed);
+                }
+                JoinOutcome::Reset { .. } => {
+                    self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                }
+                JoinOutcome::Fresh { .. } => {}
+            }
+            return Ok(outcome);
+        }
+    }
+
+    fn leave(&self, sub: &SubShared, name: &str) -> bool {
+        // Topic lock first (same order as join) so a racing join and leave of
+        // one subscriber leave the topic map and the subscriber's set agreeing.
+        if let Some(topic) = self.lookup(name) {
+            let mut st = lock(&topic.state);
+            let was_in = lock(&sub.state).topics.remove(name);
+            if was_in {
+                st.subscribers.remove(&sub.id);
+                st.last_activity = Instant::now();
+            }
+            return was_in;
+        }
+        // No such topic: at most a stale entry (the subscriber was pruned and
+        // the topic swept).
+        lock(&sub.state).topics.remove(name)
+    }
+
+    /// Removes subscriber `id` from `topics` (except `skip`), one topic lock
+    /// at a time.
+    fn detach(&self, id: SubscriberId, topics: &HashSet<Arc<str>>, skip: Option<&Arc<str>>) {
+        let now = Instant::now();
+        for name in topics {
+            if skip.is_some_and(|s| s == name) {
+                continue;
+            }
+            if let Some(topic) = self.lookup(name) {
+                let mut st = lock(&topic.state);
+                if st.subscribers.remove(&id).is_some() {
+                    st.last_activity = now;
+                }
+            }
+        }
+    }
+
+    fn unregister(&self, id: SubscriberId) {
+        if lock(&self.registry).remove(&id).is_some() {
+            self.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Locks, ignoring poisoning: every critical section leaves the state
+/// consistent before anything that can panic (the bus callback at worst).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

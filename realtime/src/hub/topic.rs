@@ -1,0 +1,113 @@
+//! One topic: its sequence counter, bounded history and subscriber set, all
+//! behind one mutex so that publish (assign seq, record, fan out) and join
+//! (compute replay, register) are atomic with respect to each other.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::message::{Message, SubscriberId};
+use super::position::{Epoch, Position};
+use super::subscriber::{JoinOutcome, SubShared};
+
+pub(super) struct Topic {
+    pub(super) name: Arc<str>,
+    pub(super) state: Mutex<TopicState>,
+}
+
+impl Topic {
+    pub(super) fn new(name: &str, now: Instant) -> Self {
+        Topic {
+            name: Arc::from(name),
+            state: Mutex::new(TopicState {
+                epoch: Epoch::random(),
+                seq: 0,
+                history: VecDeque::new(),
+                history_bytes: 0,
+                subscribers: HashMap::new(),
+                last_activity: now,
+                dead: false,
+            }),
+        }
+    }
+}
+
+pub(super) struct TopicState {
+    pub(super) epoch: Epoch,
+    /// Seq of the newest message (0 before the first).
+    pub(super) seq: u64,
+    /// The newest messages, oldest first, contiguous and ending at `seq`.
+    history: VecDeque<Arc<Message>>,
+    history_bytes: usize,
+    pub(super) subscribers: HashMap<SubscriberId, Arc<SubShared>>,
+    pub(super) last_activity: Instant,
+    /// Set by sweep when the topic leaves the map: whoever still holds the
+    /// `Arc<Topic>` must look the name up again rather than publish into (or
+    /// join) an orphan.
+    pub(super) dead: bool,
+}
+
+impl TopicState {
+    pub(super) fn position(&self) -> Position {
+        Position::new(self.epoch, self.seq)
+    }
+
+    pub(super) fn retained(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Appends `msg` (which must carry seq `self.seq`) and evicts from the
+    /// front until both bounds hold. A message bigger than `max_bytes` is
+    /// evicted at once: a resume across it then gets an explicit Reset.
+    pub(super) fn record(&mut self, msg: Arc<Message>, max_len: usize, max_bytes: usize) {
+        self.history_bytes += msg.size;
+        self.history.push_back(msg);
+        while self.history.len() > max_len || self.history_bytes > max_bytes {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.size,
+                None => break,
+            }
+        }
+    }
+
+    /// What a subscriber joining now from `since` needs. Must be called under
+    /// the topic lock, together with registering the subscriber, so that the
+    /// replay ends exactly where live delivery begins.
+    pub(super) fn resume(&self, since: Option<Position>) -> JoinOutcome {
+        let current = self.position();
+        let Some(since) = since else {
+            return JoinOutcome::Fresh { position: current };
+        };
+        if since.epoch != self.epoch || since.seq > self.seq {
+            // Another incarnation, or a position this one never reached.
+            return JoinOutcome::Reset { current };
+        }
+        let missing = self.seq - since.seq;
+        if missing > self.history.len() as u64 {
+            // Part of the gap has been evicted.
+            return JoinOutcome::Reset { current };
+        }
+        let start = self.history.len() - missing as usize;
+        JoinOutcome::Resumed {
+            replay: self.history.range(start..).cloned().collect(),
+            position: current,
+        }
+    }
+
+    /// Drops subscribers that closed without detaching yet (a slow consumer
+    /// is removed from other topics lazily or by its own detach pass).
+    pub(super) fn prune_closed(&mut self) {
+        self.subscribers.retain(|_, s| s.is_open());
+    }
+
+    pub(super) fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
+        self.subscribers.is_empty() && now.saturating_duration_since(self.last_activity) >= ttl
+    }
+
+    /// Marks the topic dropped and frees its history.
+    pub(super) fn kill(&mut self) {
+        self.dead = true;
+        self.history = VecDeque::new();
+        self.history_bytes = 0;
+    }
+}
