@@ -100,9 +100,9 @@ async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     );
     assert!(out.contains("no peer certificate available"), "{out}");
     let (ok, out) = s_client("-tls1_2");
-    assert!(ok && out.contains("Protocol  : TLSv1.2"), "{out}");
+    assert!(ok && out.contains("New, TLSv1.2"), "{out}");
     let (ok, out) = s_client("-tls1_3");
-    assert!(ok && out.contains("Protocol  : TLSv1.3"), "{out}");
+    assert!(ok && out.contains("New, TLSv1.3"), "{out}");
 }
 
 #[tokio::test]

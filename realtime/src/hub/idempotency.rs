@@ -1,6 +1,7 @@
 //! Memory of recent idempotency keys for `Hub::publish_idempotent`.
 //!
-//! Bound: at most `capacity` keys in total (split evenly over the shards),
+//! Bound: at most `capacity` keys in total (split evenly over the shards,
+//! each holding `ceil(capacity / shards)`),
 //! each key at most [`MAX_KEY_LEN`] bytes, so memory stays under roughly
 //! `capacity × (MAX_KEY_LEN + topic name + 100)` bytes. Window: a key is
 //! recognised for `ttl` after its first publish, unless `capacity` newer keys

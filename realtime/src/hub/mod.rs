@@ -91,7 +91,8 @@ pub struct HubConfig {
     /// a new epoch). Default 10 minutes: long enough for reconnecting clients
     /// of a quiet room to resume.
     pub idle_topic_ttl: Duration,
-    /// Idempotency keys remembered at most (over all topics). Default 100 000.
+    /// Idempotency keys remembered at most (over all topics, rounded up to a
+    /// multiple of the 32 shards; 0 disables the memory). Default 100 000.
     pub idempotency_capacity: usize,
     /// How long an idempotency key is remembered at most. Default 10 minutes,
     /// comfortably more than any sane client retry schedule.
@@ -458,9 +459,8 @@ impl Hub {
         // The shard stays locked across the publish: that is what makes two
         // racing retries publish once.
         let position = self.publish_payload(topic, payload, origin)?;
-        if inner.idem_shard_capacity() > 0 {
-            memory.insert(key, Arc::from(topic), position, now);
-        }
+        memory.insert(key, Arc::from(topic), position, now);
+        memory.purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
         Ok(Published {
             position,
             duplicate: false,
