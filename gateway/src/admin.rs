@@ -46,9 +46,15 @@ impl ServeHttp for Admin {
                         )
                     })
                     .collect();
-                json(200, serde_json::json!({"status": "ok", "upstreams": upstreams}))
+                json(
+                    200,
+                    serde_json::json!({"status": "ok", "upstreams": upstreams}),
+                )
             }
-            _ => json(404, serde_json::json!({"error": format!("no such endpoint: {path}")})),
+            _ => json(
+                404,
+                serde_json::json!({"error": format!("no such endpoint: {path}")}),
+            ),
         }
     }
 }

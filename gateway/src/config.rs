@@ -348,7 +348,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -511,10 +513,7 @@ impl Config {
         for (name, u) in &self.upstreams {
             let at = format!("upstreams.{name}");
             if u.servers.is_empty() {
-                bad(
-                    format!("{at}.servers"),
-                    "needs at least one server".into(),
-                );
+                bad(format!("{at}.servers"), "needs at least one server".into());
             }
             for (i, s) in u.servers.iter().enumerate() {
                 if s.parse::<SocketAddr>().is_err() {
@@ -544,16 +543,10 @@ impl Config {
                     }
                 }
                 if h.interval_ms < 100 {
-                    bad(
-                        format!("{at}.interval_ms"),
-                        "must be at least 100".into(),
-                    );
+                    bad(format!("{at}.interval_ms"), "must be at least 100".into());
                 }
                 if h.timeout_ms == 0 {
-                    bad(
-                        format!("{at}.timeout_ms"),
-                        "must be greater than 0".into(),
-                    );
+                    bad(format!("{at}.timeout_ms"), "must be greater than 0".into());
                 }
                 if h.rise == 0 {
                     bad(format!("{at}.rise"), "must be at least 1".into());
@@ -670,8 +663,9 @@ routes:
 
     #[test]
     fn unknown_fields_are_refused_with_their_location() {
-        let e = Config::parse("listen: {http: 127.0.0.1:8080}\nroutes: [{path: /, upstrem: app}]\n")
-            .unwrap_err();
+        let e =
+            Config::parse("listen: {http: 127.0.0.1:8080}\nroutes: [{path: /, upstrem: app}]\n")
+                .unwrap_err();
         assert!(e.contains("unknown field `upstrem`"), "{e}");
         assert!(e.contains("routes[0]"), "{e}");
     }
@@ -684,7 +678,9 @@ routes:
         assert!(Cidr::parse("127.0.0.1")
             .unwrap()
             .contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("::/0").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("::/0")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
         assert!(Cidr::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));

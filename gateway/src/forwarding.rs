@@ -92,7 +92,10 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
 
     let keep = |req: &RequestHeader, name: &str| trusted && req.headers.get(name).is_some();
     if !keep(req, "x-forwarded-proto") {
-        let _ = req.insert_header("x-forwarded-proto", if client.tls { "https" } else { "http" });
+        let _ = req.insert_header(
+            "x-forwarded-proto",
+            if client.tls { "https" } else { "http" },
+        );
     }
     if !keep(req, "x-forwarded-host") {
         match req

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use gateway::config::{Config, ConfigError};
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "TLS, routing, static files, app proxy and realtime in one process")]
+#[command(
+    name = "gateway",
+    version,
+    about = "TLS, routing, static files, app proxy and realtime in one process"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

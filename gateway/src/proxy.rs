@@ -78,7 +78,9 @@ pub async fn respond(session: &mut Session, status: u16, reason: &str) -> Result
         }
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(head), head_only).await?;
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -159,11 +161,12 @@ impl Gateway {
                     }
                     static_files::Body::File { path, offset, len } => {
                         session.write_response_header(Box::new(head), false).await?;
-                        let mut reader = static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
-                            .await
-                            .map_err(|e| {
-                                Error::explain(ErrorType::FileReadError, e.to_string())
-                            })?;
+                        let mut reader =
+                            static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
+                                .await
+                                .map_err(|e| {
+                                    Error::explain(ErrorType::FileReadError, e.to_string())
+                                })?;
                         loop {
                             match reader.next().await {
                                 Ok(Some(chunk)) => {

@@ -29,7 +29,11 @@ impl ServeHttp for RedirectToHttps {
         };
         let name = match host.strip_prefix('[') {
             Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or(v6)),
-            None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).to_string(),
+            None => host
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(host)
+                .to_string(),
         };
         if name.is_empty() || name.contains(['/', '\\', '@', ' ']) {
             return plain(400, "400 Bad Request: invalid Host header\n".into());

@@ -43,10 +43,7 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
     };
     let req = Request {
         head,
-        peer: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .copied(),
+        peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
         secure: is_tls(session),
         body,
     };

@@ -80,12 +80,10 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         hsts,
     };
     let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(config.limits.keepalive_requests);
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "gateway",
-    );
+    // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
+    options.keepalive_request_limit = Some(config.limits.keepalive_requests.saturating_sub(1));
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(options);
     }
@@ -98,7 +96,10 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         tls.enable_h2();
         proxy.add_tls_with_settings(addr, None, tls);
         if let Some(http) = &config.listen.http {
-            let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(443);
+            let port = addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(443);
             let mut redirect = Service::new(
                 "http-redirect".to_string(),
                 pingora::apps::http_app::HttpServer::new_app(RedirectToHttps { https_port: port }),

@@ -91,7 +91,8 @@ pub fn dev_certificate(state_dir: &Path) -> Result<(CertifiedKey, PathBuf), TlsE
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+        let generated =
+            rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
         write_private(&key, generated.signing_key.serialize_pem().as_bytes())
             .map_err(|e| fail(e.to_string()))?;
         std::fs::write(&cert, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;

@@ -125,11 +125,7 @@ fn serialize(req: &RequestHeader) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
-    let target = req
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
@@ -149,10 +145,7 @@ async fn read_head(
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = upstream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| e.to_string())?;
+        let n = upstream.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("the app closed the connection before answering".into());
         }

@@ -249,8 +249,14 @@ mod tests {
     fn ip_hash_is_sticky_and_only_moves_clients_of_a_removed_server() {
         let p = pool(Balance::IpHash, 4);
         let ips: Vec<IpAddr> = (1..=200u8).map(|i| IpAddr::from([10, 0, 0, i])).collect();
-        let before: Vec<_> = ips.iter().map(|ip| p.select(Some(*ip), &[]).unwrap()).collect();
-        let again: Vec<_> = ips.iter().map(|ip| p.select(Some(*ip), &[]).unwrap()).collect();
+        let before: Vec<_> = ips
+            .iter()
+            .map(|ip| p.select(Some(*ip), &[]).unwrap())
+            .collect();
+        let again: Vec<_> = ips
+            .iter()
+            .map(|ip| p.select(Some(*ip), &[]).unwrap())
+            .collect();
         assert_eq!(before, again);
         assert!((0..4).all(|s| before.contains(&s)), "spreads over servers");
         p.servers[1].healthy.store(false, Ordering::Relaxed);

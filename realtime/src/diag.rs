@@ -120,7 +120,8 @@ impl Service for SeamTest {
                     head,
                     on_upgrade: Box::new(|io| {
                         Box::pin(async move {
-                            let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                            let mut ws =
+                                WebSocketStream::from_raw_socket(io, Role::Server, None).await;
                             while let Some(Ok(msg)) = ws.next().await {
                                 if msg.is_text() || msg.is_binary() {
                                     if ws.send(msg).await.is_err() {
@@ -133,7 +134,7 @@ impl Service for SeamTest {
                         })
                     }),
                 },
-                Err(resp) => resp,
+                Err(refusal) => refusal.into(),
             },
             "stats" => Response::full(
                 StatusCode::OK,
@@ -145,7 +146,10 @@ impl Service for SeamTest {
                 })
                 .to_string(),
             ),
-            _ => Response::text(StatusCode::NOT_FOUND, format!("no such diagnostic: {path}\n")),
+            _ => Response::text(
+                StatusCode::NOT_FOUND,
+                format!("no such diagnostic: {path}\n"),
+            ),
         }
     }
 }

@@ -153,21 +153,30 @@ pub trait Service: Send + Sync + 'static {
     async fn call(&self, req: Request) -> Response;
 }
 
-/// The `101` answer to a WebSocket upgrade request, or the `400` to send instead when the
-/// request is not a valid RFC 6455 handshake.
+/// Why a WebSocket handshake was refused: becomes a plain-text `400` with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal(pub &'static str);
+
+impl From<Refusal> for Response {
+    fn from(r: Refusal) -> Response {
+        Response::text(http::StatusCode::BAD_REQUEST, format!("{}\n", r.0))
+    }
+}
+
+/// The `101` answer to a WebSocket upgrade request, or why it is not a valid RFC 6455
+/// handshake.
 pub fn websocket_accept(
     req: &Request,
     protocol: Option<&str>,
-) -> Result<http::response::Parts, Response> {
-    let bad = |why: &str| Response::text(http::StatusCode::BAD_REQUEST, format!("{why}\n"));
+) -> Result<http::response::Parts, Refusal> {
     if req.head.method != http::Method::GET || !req.is_websocket_upgrade() {
-        return Err(bad("WebSocket upgrade expected"));
+        return Err(Refusal("WebSocket upgrade expected"));
     }
     if req.header("sec-websocket-version") != Some("13") {
-        return Err(bad("Sec-WebSocket-Version 13 expected"));
+        return Err(Refusal("Sec-WebSocket-Version 13 expected"));
     }
     let Some(key) = req.header("sec-websocket-key") else {
-        return Err(bad("Sec-WebSocket-Key missing"));
+        return Err(Refusal("Sec-WebSocket-Key missing"));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut b = http::Response::builder()
@@ -178,8 +187,7 @@ pub fn websocket_accept(
     if let Some(p) = protocol {
         b = b.header(http::header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    match b.body(()) {
-        Ok(r) => Ok(r.into_parts().0),
-        Err(_) => Err(bad("invalid WebSocket handshake")),
-    }
+    b.body(())
+        .map(|r| r.into_parts().0)
+        .map_err(|_| Refusal("invalid WebSocket handshake"))
 }

@@ -91,7 +91,10 @@ impl Proc {
         let child = Command::new(program)
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(out)
@@ -119,7 +122,9 @@ impl Proc {
 
     /// Exit status if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Wait until `addr` accepts TCP connections, or panic with the logs.
@@ -326,7 +331,10 @@ pub fn fill(yaml: &str, ports: &Ports) -> String {
     yaml.replace("{https}", &format!("127.0.0.1:{}", ports.https))
         .replace("{http}", &format!("127.0.0.1:{}", ports.http))
         .replace("{admin}", &format!("127.0.0.1:{}", ports.admin))
-        .replace("{public}", &workspace_root().join("public").display().to_string())
+        .replace(
+            "{public}",
+            &workspace_root().join("public").display().to_string(),
+        )
 }
 
 /// An HTTPS client that trusts the gateway's development certificate.

@@ -131,7 +131,10 @@ async fn the_app_sees_who_the_client_is_and_no_hop_by_hop_headers() {
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "shop.example");
-    assert!(h.get("x-private").is_none(), "Connection-listed header leaked");
+    assert!(
+        h.get("x-private").is_none(),
+        "Connection-listed header leaked"
+    );
     assert!(h.get("keep-alive").is_none(), "Keep-Alive leaked");
 }
 
@@ -153,7 +156,10 @@ async fn a_trusted_proxy_chain_is_kept() {
         .json()
         .await
         .expect("json");
-    assert_eq!(echo["headers"]["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    assert_eq!(
+        echo["headers"]["x-forwarded-for"],
+        "198.51.100.7, 127.0.0.1"
+    );
     assert_eq!(echo["headers"]["x-real-ip"], "198.51.100.7");
 }
 
@@ -205,7 +211,11 @@ async fn no_server_left_is_a_clear_503_and_a_silent_app_a_504() {
 
     let r = c.get(gw.https("/sleep/5000")).send().await.expect("get");
     assert_eq!(r.status(), 504);
-    assert!(r.text().await.expect("body").contains("did not answer in time"));
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("did not answer in time"));
 
     a.proc.kill();
     let r = c.get(gw.https("/ping")).send().await.expect("get");
@@ -257,9 +267,7 @@ async fn streaming_responses_are_not_buffered() {
     for format in ["sse", "chunked"] {
         let started = std::time::Instant::now();
         let mut r = client()
-            .get(gw.https(&format!(
-                "/stream?n=4&interval_ms=400&format={format}"
-            )))
+            .get(gw.https(&format!("/stream?n=4&interval_ms=400&format={format}")))
             .send()
             .await
             .expect("get");

@@ -153,7 +153,10 @@ async fn a_missing_certificate_is_a_clear_error_not_a_panic() {
             .expect("run gateway");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
-        assert!(err.contains("tls.certificates[0]: cannot read"), "{cmd}: {err}");
+        assert!(
+            err.contains("tls.certificates[0]: cannot read"),
+            "{cmd}: {err}"
+        );
         assert!(
             err.contains("tls.certificates[1]") && err.contains("no PEM certificate"),
             "{cmd}: {err}"

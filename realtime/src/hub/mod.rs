@@ -411,7 +411,9 @@ impl Hub {
             let position = match done.get(topic) {
                 Some(p) => *p,
                 None => {
-                    let p = self.inner.publish(topic, &payload, size, id, origin, false)?;
+                    let p = self
+                        .inner
+                        .publish(topic, &payload, size, id, origin, false)?;
                     done.insert(topic, p);
                     p
                 }
@@ -443,7 +445,11 @@ impl Hub {
         let shard = &inner.idempotency[inner.shard_of(key)];
         let mut memory = lock(shard);
         let now = Instant::now();
-        memory.purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
+        memory.purge(
+            now,
+            inner.config.idempotency_ttl,
+            inner.idem_shard_capacity(),
+        );
         if let Some(seen) = memory.get(key) {
             if &*seen.topic != topic {
                 return Err(HubError::KeyConflict {
@@ -460,7 +466,11 @@ impl Hub {
         // racing retries publish once.
         let position = self.publish_payload(topic, payload, origin)?;
         memory.insert(key, Arc::from(topic), position, now);
-        memory.purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
+        memory.purge(
+            now,
+            inner.config.idempotency_ttl,
+            inner.idem_shard_capacity(),
+        );
         Ok(Published {
             position,
             duplicate: false,
@@ -501,7 +511,11 @@ impl Hub {
     pub fn sweep(&self, now: Instant) -> usize {
         let inner = &*self.inner;
         for shard in inner.idempotency.iter() {
-            lock(shard).purge(now, inner.config.idempotency_ttl, inner.idem_shard_capacity());
+            lock(shard).purge(
+                now,
+                inner.config.idempotency_ttl,
+                inner.idem_shard_capacity(),
+            );
         }
         let ttl = inner.config.idle_topic_ttl;
         let mut dropped = 0;
@@ -544,7 +558,10 @@ impl Hub {
         }
         let dropped_u64 = dropped as u64;
         inner.stats.topics.fetch_sub(dropped_u64, Ordering::Relaxed);
-        inner.stats.topics_swept.fetch_add(dropped_u64, Ordering::Relaxed);
+        inner
+            .stats
+            .topics_swept
+            .fetch_add(dropped_u64, Ordering::Relaxed);
         dropped
     }
 

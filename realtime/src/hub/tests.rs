@@ -1,6 +1,6 @@
 //! Unit tests for the hub.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,10 @@ fn position_text_is_byte_exact_and_roundtrips() {
         let p = Position::new(Epoch::random(), rand::random());
         assert_eq!(p.to_string().parse::<Position>(), Ok(p));
     }
-    assert_eq!(format!("{:?}", Epoch::from_raw(1)), "Epoch(0000000000000001)");
+    assert_eq!(
+        format!("{:?}", Epoch::from_raw(1)),
+        "Epoch(0000000000000001)"
+    );
 }
 
 #[test]
@@ -220,7 +223,9 @@ fn join_at_current_position_replays_nothing() {
     let p = hub.publish("t", "e", json!(1), None).unwrap();
     let s = hub.subscribe().unwrap();
     let out = s.join("t", Some(p)).unwrap();
-    assert!(matches!(out, JoinOutcome::Resumed { ref replay, position } if replay.is_empty() && position == p));
+    assert!(
+        matches!(out, JoinOutcome::Resumed { ref replay, position } if replay.is_empty() && position == p)
+    );
 }
 
 #[test]
@@ -331,19 +336,23 @@ fn topic_and_join_limits() {
 
 // ---- Concurrency ---------------------------------------------------------
 
-/// Receives until `last` and checks that seqs run exactly `from+1..=last`.
-async fn expect_contiguous(sub: &Subscriber, replay: &[Arc<Message>], from: u64, last: u64) {
+/// Receives until `last` and checks that seqs run exactly `from+1..=last`;
+/// returns how many came live (through the queue).
+async fn expect_contiguous(sub: &Subscriber, replay: &[Arc<Message>], from: u64, last: u64) -> u64 {
     let mut next = from + 1;
     for m in replay {
         assert_eq!(m.seq, next, "replay");
         next += 1;
     }
+    let mut live = 0;
     while next <= last {
         let m = sub.recv().await.expect("not closed");
         assert_eq!(m.seq, next, "live");
         next += 1;
+        live += 1;
     }
     assert_eq!(sub.queued(), 0, "nothing after the last message");
+    live
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,14 +365,24 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
     });
     let first = hub.publish("t", "e", json!(1), None).unwrap();
     let epoch = first.epoch;
+    let joined = Arc::new(AtomicU64::new(0));
 
     let publisher = {
         let hub = hub.clone();
+        let joined = Arc::clone(&joined);
         tokio::spawn(async move {
             for i in 2..=N {
                 hub.publish("t", "e", json!(i), None).unwrap();
                 if i % 64 == 0 {
                     tokio::task::yield_now().await;
+                }
+                // Keep publishing only once joiner k has joined, so every
+                // joiner joins mid-stream and gets replay *and* live messages.
+                if i > 500 && (i - 500) % (N / 10) == 0 {
+                    let k = (i - 500) / (N / 10);
+                    while joined.load(Ordering::SeqCst) < k {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         })
@@ -372,6 +391,7 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
     let mut joiners = Vec::new();
     for j in 0..8u64 {
         let hub = hub.clone();
+        let joined = Arc::clone(&joined);
         joiners.push(tokio::spawn(async move {
             // Join at different moments, resuming from a recent position.
             let target = (j + 1) * N / 10;
@@ -389,12 +409,17 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
                 Some(Position::new(epoch, target - j * 100))
             };
             let out = sub.join("t", since).unwrap();
+            joined.fetch_add(1, Ordering::SeqCst);
             assert!(!out.is_reset());
             let from = match since {
-                Some(p) => p.seq,
+                Some(p) => {
+                    assert!(out.replay().len() >= (j * 100) as usize);
+                    p.seq
+                }
                 None => out.position().seq,
             };
-            expect_contiguous(&sub, out.replay(), from, N).await;
+            let live = expect_contiguous(&sub, out.replay(), from, N).await;
+            assert!(live > 0, "joined mid-stream");
         }));
     }
     publisher.await.unwrap();
@@ -652,7 +677,10 @@ fn publish_many_shares_one_message_id() {
     let positions = hub
         .publish_many(["a", "b", "a"], Payload::new("e", json!("hi")), None)
         .unwrap();
-    assert_eq!(positions.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 1]);
+    assert_eq!(
+        positions.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [1, 2, 1]
+    );
     assert_eq!(positions[0], positions[2]);
     let got = drain(&s);
     assert_eq!(got.len(), 2, "a repeated topic is published once");

@@ -1,0 +1,163 @@
+# Shared helpers for bench/*.sh (sourced, not run). Method: /work/shared/notes/benchmarking.md —
+# ratios within one run, interleaved rotated repetitions, medians, server CPU per operation from
+# /proc, a bounded wait for a quiet machine before each measurement.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET_DIR/release
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+# Servers started by the script: "name pid" lines; all stopped on exit.
+STARTED=()
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Install the Debian packages providing the given commands, if any is missing.
+ensure_pkgs() { # cmd:pkg ...
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} (apt-get)"
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        $sudo env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y "${missing[@]}" >&2 ||
+            { $sudo timeout 300 apt-get update >&2 &&
+              $sudo env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y "${missing[@]}" >&2; } ||
+            die "cannot install ${missing[*]}"
+    fi
+}
+
+# Release binaries of the workspace (gateway, backend-stub, and bench's ws-load when asked).
+build_bins() { # -p crate ...
+    log "cargo build --release $* (target dir $TARGET_DIR; cold build ~6 min on 2 cores)"
+    local i
+    for i in 1 2 3; do
+        (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR timeout 1200 cargo build --release --quiet "$@") && return 0
+        log "build failed (attempt $i; the tree may be mid-edit), retrying in 60 s"
+        sleep 60
+    done
+    die "release build failed"
+}
+
+# One self-signed ECDSA P-256 certificate for every TLS terminator (localhost, 127.0.0.1).
+make_cert() { # dir
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null || die "openssl failed"
+    cat "$1/cert.pem" "$1/key.pem" >"$1/both.pem" # stunnel/haproxy style
+}
+
+# Start a long-running server in its own process group; remember its pid.
+start() { # name logfile cmd...
+    local name=$1 logf=$2
+    shift 2
+    setsid "$@" >"$logf" 2>&1 </dev/null &
+    local pid=$!
+    STARTED+=("$name $pid")
+    eval "PID_${name//-/_}=$pid"
+    log "started $name (pid $pid): $*"
+}
+
+stop_all() {
+    local entry pid
+    for entry in "${STARTED[@]}"; do
+        pid=${entry#* }
+        # Each server was started with setsid: its pid is its process group id.
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    sleep 1
+    for entry in "${STARTED[@]}"; do
+        pid=${entry#* }
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    STARTED=()
+}
+
+# Wait (bounded) until a TCP port accepts connections.
+wait_port() { # port [secs]
+    local i
+    for ((i = 0; i < ${2:-20} * 10; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listening on port $1"
+}
+
+# utime+stime (ticks) of the given processes and all their descendants, threads included.
+tree_ticks() { # pid ...
+    awk -v roots="$*" '
+        FNR == 1 {
+            line = $0
+            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+            sub(/^.*\) /, "", line)          # skip "pid (comm) ", comm may hold spaces
+            split(line, f, " ")
+            ppid[pid] = f[2]; t[pid] = f[12] + f[13]
+        }
+        END {
+            n = split(roots, r, " ")
+            for (i = 1; i <= n; i++) inset[r[i]] = 1
+            changed = 1
+            while (changed) {
+                changed = 0
+                for (p in ppid) if (!(p in inset) && (ppid[p] in inset)) { inset[p] = 1; changed = 1 }
+            }
+            s = 0
+            for (p in inset) if (p in t) s += t[p]
+            print s
+        }' /proc/[0-9]*/stat 2>/dev/null
+}
+
+# Busy ticks of the whole machine (all cores).
+machine_busy() {
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# Wait until processes other than ours use < QUIET_PCT % of one core (sampled over 1 s),
+# for at most QUIET_MAX_S seconds. Prints the last sample (percent of one core).
+QUIET_PCT=${QUIET_PCT:-25}
+QUIET_MAX_S=${QUIET_MAX_S:-60}
+wait_quiet() { # our pids...
+    local start=$SECONDS b0 o0 b1 o1 pct
+    while :; do
+        b0=$(machine_busy); o0=$(tree_ticks "$@")
+        sleep 1
+        b1=$(machine_busy); o1=$(tree_ticks "$@")
+        pct=$(( (b1 - b0) - (o1 - o0) ))
+        pct=$(( pct * 100 / CLK_TCK ))
+        ((pct < 0)) && pct=0
+        if ((pct < QUIET_PCT)); then echo "$pct"; return 0; fi
+        if ((SECONDS - start >= QUIET_MAX_S)); then
+            log "machine not quiet after ${QUIET_MAX_S}s (others at ${pct}% of a core): measuring anyway"
+            echo "$pct"; return 0
+        fi
+    done
+}
+
+# The processes using the most CPU over the next second (what else ran).
+top_others() {
+    local a b
+    a=$(mktemp); b=$(mktemp)
+    awk 'FNR==1 { l=$0; c=$0; sub(/^.*\) /,"",l); sub(/^[0-9]+ \(/,"",c); sub(/\) .*$/,"",c);
+                  split(l,f," "); print FILENAME, c, f[12]+f[13] }' /proc/[0-9]*/stat 2>/dev/null | sort >"$a"
+    sleep 1
+    awk 'FNR==1 { l=$0; c=$0; sub(/^.*\) /,"",l); sub(/^[0-9]+ \(/,"",c); sub(/\) .*$/,"",c);
+                  split(l,f," "); print FILENAME, c, f[12]+f[13] }' /proc/[0-9]*/stat 2>/dev/null | sort >"$b"
+    join "$a" "$b" | awk -v hz="$CLK_TCK" '{ d = $5 - $3; if (d > 0) printf "%s %d%%\n", $2, d * 100 / hz }' |
+        sort -k2 -t' ' -rn | head -5 | paste -sd, -
+    rm -f "$a" "$b"
+}
+
+machine_facts() {
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); host: $(uname -n); kernel $(uname -r)"
+    echo "- nproc: $NPROC; CPU: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo)"
+    echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg); busiest other processes over 1 s: $(top_others || true)"
+}
+
+# Median of numbers on stdin ("-" and empty lines ignored).
+median() {
+    grep -v '^-*$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) { print "-"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine, and nothing that is
+# already there. Safe to run again.
+set -euo pipefail
+
+need=()
+command -v cmake   >/dev/null || need+=(cmake)      # pingora-core builds zlib-ng with it
+command -v openssl >/dev/null || need+=(openssl)    # TLS tests use `openssl s_client`
+command -v curl    >/dev/null || need+=(curl)
+command -v cc      >/dev/null || need+=(gcc)        # ring and zstd build C code
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]} with apt-get"
+  sudo_=""
+  [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing: install Rust from your distribution or rustup first" >&2
+  exit 1
+fi

@@ -1,0 +1,76 @@
+//! `gateway check`: every problem in a broken file, each with where it is; exit 2. The shipped
+//! `gateway.yaml` passes.
+
+use std::process::Command;
+
+use e2e::{binary, workspace_root, Scratch};
+
+fn check(dir: &std::path::Path, file: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(binary("gateway"))
+        .args(["check", "--config", file])
+        .current_dir(dir)
+        .output()
+        .expect("run gateway check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_configuration_passes() {
+    let (code, out, err) = check(&workspace_root(), "gateway.yaml");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("ok"));
+}
+
+#[test]
+fn a_broken_file_reports_every_problem_with_its_path() {
+    let dir = Scratch::new("check");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        r#"
+listen: {https: "127.0.0.1:99999", admin: 127.0.0.1:9090}
+upstreams:
+  app: {servers: [], health_check: {interval_ms: 5}}
+routes:
+  - {path: /, upstream: app}
+  - {path: /api, upstream: ap}
+  - {path: /files, static: {root: does-not-exist}}
+"#,
+    )
+    .expect("write");
+    let (code, _, err) = check(dir.path(), "bad.yaml");
+    assert_eq!(code, Some(2), "{err}");
+    for want in [
+        "listen.https: \"127.0.0.1:99999\" is not an address",
+        "upstreams.app.servers: needs at least one server",
+        "upstreams.app.health_check.interval_ms: must be at least 100",
+        "routes[1].upstream: no upstream named \"ap\" (known: app)",
+        "routes[2].static.root:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("5 problem(s)"), "{err}");
+}
+
+#[test]
+fn unknown_fields_and_syntax_errors_name_their_place() {
+    let dir = Scratch::new("check");
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        "listen: {https: 127.0.0.1:8443}\nroutes:\n  - {path: /, upstrem: app}\n",
+    )
+    .expect("write");
+    let (code, _, err) = check(dir.path(), "typo.yaml");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("routes[0]") && err.contains("unknown field `upstrem`"),
+        "{err}"
+    );
+
+    let (code, _, err) = check(dir.path(), "missing.yaml");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot read missing.yaml"), "{err}");
+}

@@ -1,0 +1,149 @@
+//! Hostile and broken requests. Every case has the same shape: send the raw bytes, check the
+//! status, check the app never saw it, then check that a fresh request still works.
+
+use std::time::Duration;
+
+use e2e::{client, raw_tls, tls_connector, Gateway, Stub};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn guarded(app: &Stub) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+limits: {{max_header_bytes: 4096, max_body_bytes: 1000, keepalive_requests: 3}}
+upstreams: {{app: {{servers: ["{}"]}}}}
+routes: [{{path: /, upstream: app}}]
+"#,
+        app.addr
+    ))
+}
+
+async fn still_works(gw: &Gateway) {
+    let r = client().get(gw.https("/ping")).send().await.expect("get");
+    assert_eq!(r.status(), 200, "a fresh request must still work");
+}
+
+async fn app_saw(app: &Stub, path: &str) -> bool {
+    app.paths().await.iter().any(|p| p == path)
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let app = Stub::start("app");
+    let gw = guarded(&app);
+    let big = "a".repeat(5000);
+    let req = format!("GET /big HTTP/1.1\r\nHost: x\r\nCookie: {big}\r\nConnection: close\r\n\r\n");
+    let out = raw_tls(gw.https_addr(), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(!app_saw(&app, "/big").await);
+    still_works(&gw).await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let app = Stub::start("app");
+    let gw = guarded(&app);
+    let req =
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n";
+    let out = raw_tls(gw.https_addr(), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(!app_saw(&app, "/upload").await);
+
+    // Chunked: no length up front, so the limit is enforced while the body streams.
+    let mut chunked =
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"190\r\n");
+        chunked.extend_from_slice(&[b'x'; 400]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let out = raw_tls(gw.https_addr(), &chunked, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    still_works(&gw).await;
+}
+
+#[tokio::test]
+async fn paths_that_climb_above_the_root_get_400() {
+    let app = Stub::start("app");
+    let gw = guarded(&app);
+    for path in ["/../etc/passwd", "/a/%2e%2e/%2e%2e/etc/passwd"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw_tls(gw.https_addr(), req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
+    }
+    assert!(app.paths().await.is_empty(), "the app saw a climbing path");
+    still_works(&gw).await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_http_gets_400_and_nothing_reaches_the_app() {
+    let app = Stub::start("app");
+    let gw = guarded(&app);
+    for junk in [
+        &b"\x16\x03\x01garbage\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+    ] {
+        let out = raw_tls(gw.https_addr(), junk, Duration::from_secs(5)).await;
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 400"),
+            "{:?}: {out}",
+            String::from_utf8_lossy(junk)
+        );
+    }
+    assert!(
+        app.paths().await.is_empty(),
+        "the app saw a malformed request"
+    );
+    still_works(&gw).await;
+}
+
+/// Send requests one after another on one TLS connection; count the answers before it closes.
+#[tokio::test]
+async fn a_connection_serves_at_most_keepalive_requests() {
+    let app = Stub::start("app");
+    let gw = guarded(&app);
+    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .expect("connect");
+    let mut tls = tls_connector()
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    let mut answered = 0;
+    for _ in 0..5 {
+        if tls
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let done = loop {
+            match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break true,
+                Ok(Ok(n)) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.ends_with(b"PONG. EOM.") {
+                        break false;
+                    }
+                }
+            }
+        };
+        if buf.ends_with(b"PONG. EOM.") {
+            answered += 1;
+        }
+        if done {
+            break;
+        }
+    }
+    assert_eq!(answered, 3, "keepalive_requests: 3");
+}
