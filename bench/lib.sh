@@ -137,15 +137,18 @@ wait_quiet() { # our pids...
 }
 
 # The processes using the most CPU over the next second (what else ran).
+snap() {
+    awk 'FNR == 1 { l = $0; c = $0; sub(/^.*\) /, "", l); sub(/^[0-9]+ \(/, "", c); sub(/\) .*$/, "", c)
+                    gsub(/ /, "_", c); split(l, f, " "); print FILENAME, c, f[12] + f[13] }' \
+        /proc/[0-9]*/stat 2>/dev/null | LC_ALL=C sort >"$1"
+}
 top_others() {
     local a b
     a=$(mktemp); b=$(mktemp)
-    awk 'FNR==1 { l=$0; c=$0; sub(/^.*\) /,"",l); sub(/^[0-9]+ \(/,"",c); sub(/\) .*$/,"",c);
-                  split(l,f," "); print FILENAME, c, f[12]+f[13] }' /proc/[0-9]*/stat 2>/dev/null | sort >"$a"
+    snap "$a"
     sleep 1
-    awk 'FNR==1 { l=$0; c=$0; sub(/^.*\) /,"",l); sub(/^[0-9]+ \(/,"",c); sub(/\) .*$/,"",c);
-                  split(l,f," "); print FILENAME, c, f[12]+f[13] }' /proc/[0-9]*/stat 2>/dev/null | sort >"$b"
-    join "$a" "$b" | awk -v hz="$CLK_TCK" '{ d = $5 - $3; if (d > 0) printf "%s %d%%\n", $2, d * 100 / hz }' |
+    snap "$b"
+    LC_ALL=C join "$a" "$b" | awk -v hz="$CLK_TCK" '{ d = $5 - $3; if (d > 0) printf "%s %d%%\n", $2, d * 100 / hz }' |
         sort -k2 -t' ' -rn | head -5 | paste -sd, -
     rm -f "$a" "$b"
 }
@@ -160,4 +163,92 @@ machine_facts() {
 median() {
     grep -v '^-*$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) { print "-"; exit }
         if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# nginx as a reverse proxy to the app at $3, in the usual production shape: upstream keepalive,
+# HTTP/1.1 to the app, forwarded headers, WebSocket upgrade on /cable with nginx's DEFAULT
+# proxy_read_timeout (60 s), access_log OFF (the gateway's access log is off too: RUST_LOG=warn).
+nginx_conf() { # dir name listen(addr:port) app(addr:port) tls(yes|no)
+    local dir=$1 name=$2 listen=$3 app=$4 tls=$5 ssl="" user=""
+    mkdir -p "$dir/$name"
+    [[ $(id -u) -eq 0 ]] && user="user root root;"
+    if [[ $tls == yes ]]; then
+        ssl="ssl;
+        ssl_certificate $dir/cert.pem;
+        ssl_certificate_key $dir/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 10m"
+    fi
+    cat >"$dir/$name.conf" <<NGINX
+$user
+worker_processes auto;
+daemon off;
+pid $dir/$name/nginx.pid;
+error_log $dir/$name/error.log warn;
+events { worker_connections 20000; }
+worker_rlimit_nofile 40000;
+http {
+    access_log off;
+    client_body_temp_path $dir/$name/body;
+    proxy_temp_path $dir/$name/proxy;
+    fastcgi_temp_path $dir/$name/fastcgi;
+    uwsgi_temp_path $dir/$name/uwsgi;
+    scgi_temp_path $dir/$name/scgi;
+    upstream app {
+        server $app;
+        keepalive 64;
+    }
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      close;
+    }
+    server {
+        listen $listen $ssl;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+        location /cable {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+NGINX
+    nginx -t -q -p "$dir/$name" -c "$dir/$name.conf" 2>&1 | grep -v 'could not open error log\|Permission denied' >&2 || true
+}
+
+# The bench gateway: one https listener, one pool with the one app server, one route `/`.
+gateway_conf() { # dir name https(addr:port) app(addr:port) threads [with_cable_route]
+    local cable=""
+    [[ ${6:-} == cable ]] && cable="
+  - path: /cable
+    upstream: app
+    websocket: true"
+    cat >"$1/$2.yaml" <<YAML
+listen:
+  https: $3
+tls:
+  certificates:
+    - cert: $1/cert.pem
+      key: $1/key.pem
+upstreams:
+  app:
+    servers: [$4]
+routes:$cable
+  - path: /
+    upstream: app
+threads: $5
+YAML
+    "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
 }

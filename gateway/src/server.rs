@@ -1,6 +1,7 @@
 //! Assembling the pingora server from a validated [`Config`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -11,6 +12,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::{Config, RealtimeKind};
+use crate::header_deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
@@ -82,11 +84,15 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
     options.keepalive_request_limit = Some(config.limits.keepalive_requests.saturating_sub(1));
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
-    if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(options);
-    }
+    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    http.server_options = Some(options);
+    let mut proxy = Service::new(
+        "gateway".to_string(),
+        HeaderDeadline {
+            inner: Arc::new(http),
+            timeout: Duration::from_millis(config.limits.header_timeout_ms),
+        },
+    );
 
     if let Some(addr) = &config.listen.https {
         let resolver = SniResolver::from_config(config)?;

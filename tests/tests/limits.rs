@@ -147,3 +147,71 @@ async fn a_connection_serves_at_most_keepalive_requests() {
     }
     assert_eq!(answered, 3, "keepalive_requests: 3");
 }
+
+/// Slowloris: a header block dribbled in byte by byte must not hold a connection past the
+/// total deadline, even though every single read is quick.
+#[tokio::test]
+async fn headers_that_arrive_too_slowly_get_408() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+limits: {{header_timeout_ms: 1000}}
+upstreams: {{app: {{servers: ["{}"]}}}}
+routes: [{{path: /, upstream: app}}]
+"#,
+        app.addr
+    ));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+            .await
+            .expect("connect");
+        tls_connector()
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("tls")
+    };
+    let mut slow = connect().await;
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    for _ in 0..30 {
+        if slow.write_all(b"X-A: b\r\n").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert!(!app_saw(&app, "/slow").await);
+
+    // The deadline covers a header block, not the idle time between keep-alive requests.
+    let mut patient = connect().await;
+    for _ in 0..2 {
+        patient
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 1024];
+        let n = patient.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("PONG. EOM."));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    still_works(&gw).await;
+}

@@ -8,11 +8,13 @@
 //! [`decode_payload`] and answers GETs with [`encode_payload`]. Sizes are
 //! bounded by the caller (`maxHttpBufferSize`) before anything is decoded.
 
+pub mod conn;
 mod handshake;
 mod packet;
 mod payload;
 mod request;
 
+pub use conn::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
 pub use handshake::Handshake;
 pub use packet::{DecodeError, Packet, WsFrame, PROBE};
 pub use payload::{decode_payload, encode_payload, encode_payload_capped};

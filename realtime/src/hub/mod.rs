@@ -265,11 +265,14 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// One shard of the topic map.
+type TopicMap = HashMap<Arc<str>, Arc<Topic>>;
+
 pub(crate) struct Inner {
     config: HubConfig,
     bus: Arc<dyn Bus>,
     hasher: RandomState,
-    topics: Box<[RwLock<HashMap<Arc<str>, Arc<Topic>>>]>,
+    topics: Box<[RwLock<TopicMap>]>,
     idempotency: Box<[Mutex<IdemShard>]>,
     /// Every live subscriber, so shutdown can reach those in no topic.
     registry: Mutex<HashMap<SubscriberId, Arc<SubShared>>>,

@@ -336,6 +336,13 @@ fn topic_and_join_limits() {
 
 // ---- Concurrency ---------------------------------------------------------
 
+/// Fails the test instead of hanging the whole test run if `f` stalls.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("stalled for 60 s")
+}
+
 /// Receives until `last` and checks that seqs run exactly `from+1..=last`;
 /// returns how many came live (through the queue).
 async fn expect_contiguous(sub: &Subscriber, replay: &[Arc<Message>], from: u64, last: u64) -> u64 {
@@ -358,6 +365,7 @@ async fn expect_contiguous(sub: &Subscriber, replay: &[Arc<Message>], from: u64,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
     const N: u64 = 20_000;
+    const JOINERS: u64 = 8;
     let hub = hub_with(|c| {
         c.history_len = N as usize;
         c.history_max_bytes = usize::MAX;
@@ -379,7 +387,7 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
                 // Keep publishing only once joiner k has joined, so every
                 // joiner joins mid-stream and gets replay *and* live messages.
                 if i > 500 && (i - 500) % (N / 10) == 0 {
-                    let k = (i - 500) / (N / 10);
+                    let k = ((i - 500) / (N / 10)).min(JOINERS);
                     while joined.load(Ordering::SeqCst) < k {
                         tokio::task::yield_now().await;
                     }
@@ -389,7 +397,7 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
     };
 
     let mut joiners = Vec::new();
-    for j in 0..8u64 {
+    for j in 0..JOINERS {
         let hub = hub.clone();
         let joined = Arc::clone(&joined);
         joiners.push(tokio::spawn(async move {
@@ -422,9 +430,9 @@ async fn stress_resume_under_concurrent_publishing_is_exactly_once_in_order() {
             assert!(live > 0, "joined mid-stream");
         }));
     }
-    publisher.await.unwrap();
+    within(publisher).await.unwrap();
     for j in joiners {
-        j.await.unwrap();
+        within(j).await.unwrap();
     }
     let stats = hub.stats().snapshot();
     assert_eq!(stats.published, N);
@@ -516,8 +524,8 @@ async fn sweeping_concurrently_never_drops_a_topic_with_subscribers() {
             }
         })
     };
-    expect_contiguous(&sub, &[], 0, N).await;
-    publisher.await.unwrap();
+    within(expect_contiguous(&sub, &[], 0, N)).await;
+    within(publisher).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let swept = sweeper.join().unwrap();
     assert!(swept > 0, "churn topic was swept");
@@ -535,7 +543,7 @@ async fn recv_waits_for_the_next_message() {
     };
     tokio::task::yield_now().await;
     hub.publish("t", "e", json!(1), None).unwrap();
-    assert_eq!(waiter.await.unwrap(), Ok(1));
+    assert_eq!(within(waiter).await.unwrap(), Ok(1));
 }
 
 #[test]
@@ -655,7 +663,7 @@ async fn shutdown_closes_everyone_and_refuses_new_work() {
     };
     assert_eq!(joined.recv().await.unwrap_err(), closed);
     assert_eq!(idle.recv().await.unwrap_err(), closed);
-    assert_eq!(waiter.await.unwrap().unwrap_err(), closed);
+    assert_eq!(within(waiter).await.unwrap().unwrap_err(), closed);
     assert_eq!(hub.topic_info("t").unwrap().subscribers, 0);
     assert_eq!(
         hub.publish("t", "e", json!(2), None),
@@ -775,7 +783,7 @@ async fn racing_idempotent_retries_publish_once() {
         .collect();
     let mut positions = Vec::new();
     for t in tasks {
-        positions.push(t.await.unwrap());
+        positions.push(within(t).await.unwrap());
     }
     assert!(positions.iter().all(|p| *p == positions[0]));
     assert_eq!(hub.topic_info("t").unwrap().position.seq, 1);

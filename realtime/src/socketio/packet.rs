@@ -366,9 +366,9 @@ pub(crate) mod tests {
             "4/random,{\"message\":\"Invalid namespace\"}",
             SioPacket::connect_error("/random", json!({"message": "Invalid namespace"})),
         );
-        // serde_json's map is sorted, so keys come out alphabetically.
+        // Keys keep their order (serde_json `preserve_order`), as in the reference server.
         vector(
-            "4{\"data\":{\"code\":7},\"message\":\"Not authorized\"}",
+            "4{\"message\":\"Not authorized\",\"data\":{\"code\":7}}",
             SioPacket::connect_error(
                 "/",
                 json!({"message": "Not authorized", "data": {"code": 7}}),

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# HTTPS keep-alive GET /ping: the gateway vs nginx alone vs the classic chain
+# (stunnel -> HAProxy -> nginx), with the app (backend-stub, plain HTTP) as the ceiling.
+# All measured in ONE run, interleaved repetitions with a rotated order; medians + all values.
+#
+#   bash bench/http.sh                       # from the repo root; ~6 min after the build
+#   REPS=3 DURATION=5 bash bench/http.sh     # quicker look
+#
+# Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),
+# WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2 1"),
+# QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s),
+# OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
+# Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+REPS=${REPS:-5}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+GW_THREADS=${GW_THREADS:-"2 1"}
+OUT_DIR=${OUT_DIR:-$REPO/bench/results}
+P_APP=18080 P_GW=18443 P_NGINX=18444 P_STUNNEL=18445 P_HAPROXY=18446 P_NGINX2=18447
+
+ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
+build_bins -p gateway -p backend-stub
+for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $((P_GW)) $((P_GW + 10)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
+done
+
+T=$(mktemp -d /tmp/bench-http.XXXXXX)
+trap 'stop_all; rm -rf "$T"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$OUT_DIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RAW=$OUT_DIR/http-$STAMP.tsv
+REPORT=$OUT_DIR/http-$STAMP.md
+make_cert "$T"
+
+# --- servers -------------------------------------------------------------------------------
+start app "$T/app.log" "$BIN/backend-stub" --listen 127.0.0.1:$P_APP --id bench --quiet
+wait_port $P_APP
+
+# Gateway variants: `threads: N` each on its own port (18443, 18453, ...), all -> the same app.
+declare -A URL PROXY_PIDS
+TARGETS=(direct)
+URL[direct]=http://127.0.0.1:$P_APP/ping
+i=0
+for n in $GW_THREADS; do
+    port=$((P_GW + 10 * i))
+    gateway_conf "$T" "gw-t$n" 127.0.0.1:$port 127.0.0.1:$P_APP "$n"
+    RUST_LOG=warn start "gw_t$n" "$T/gw-t$n.log" "$BIN/gateway" run --config "$T/gw-t$n.yaml"
+    wait_port $port
+    TARGETS+=("gw-t$n")
+    URL[gw-t$n]=https://127.0.0.1:$port/ping
+    eval "PROXY_PIDS[gw-t$n]=\$PID_gw_t$n"
+    i=$((i + 1))
+done
+
+nginx_conf "$T" nginx 127.0.0.1:$P_NGINX 127.0.0.1:$P_APP yes
+start nginx "$T/nginx.out" nginx -p "$T/nginx" -c "$T/nginx.conf"
+wait_port $P_NGINX
+TARGETS+=(nginx)
+URL[nginx]=https://127.0.0.1:$P_NGINX/ping
+PROXY_PIDS[nginx]=$PID_nginx
+
+# The classic chain: stunnel (TLS) -> HAProxy (http mode) -> nginx (proxy) -> app.
+nginx_conf "$T" nginx2 127.0.0.1:$P_NGINX2 127.0.0.1:$P_APP no
+start nginx2 "$T/nginx2.out" nginx -p "$T/nginx2" -c "$T/nginx2.conf"
+cat >"$T/haproxy.cfg" <<EOF
+global
+    maxconn 20000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:$P_HAPROXY
+    default_backend be
+backend be
+    http-reuse safe
+    server nginx 127.0.0.1:$P_NGINX2
+EOF
+start haproxy "$T/haproxy.log" haproxy -db -f "$T/haproxy.cfg"
+cat >"$T/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+[https]
+accept = 127.0.0.1:$P_STUNNEL
+connect = 127.0.0.1:$P_HAPROXY
+cert = $T/cert.pem
+key = $T/key.pem
+EOF
+start stunnel "$T/stunnel.log" stunnel "$T/stunnel.conf"
+wait_port $P_NGINX2; wait_port $P_HAPROXY; wait_port $P_STUNNEL
+TARGETS+=(chain)
+URL[chain]=https://127.0.0.1:$P_STUNNEL/ping
+PROXY_PIDS[chain]="$PID_stunnel $PID_haproxy $PID_nginx2"
+PROXY_PIDS[direct]=""
+
+ALL_PIDS=$(for e in "${STARTED[@]}"; do printf '%s ' "${e#* }"; done)
+for t in "${TARGETS[@]}"; do
+    body=$(curl -sk --max-time 5 "${URL[$t]}" || true)
+    [[ $body == "PONG. EOM." ]] || die "$t (${URL[$t]}) answered '$body', not 'PONG. EOM.'"
+done
+log "all ${#TARGETS[@]} targets answer: ${TARGETS[*]}"
+
+# --- measurement ---------------------------------------------------------------------------
+to_ms() { # wrk latency like 612.00us / 1.23ms / 1.01s
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0;
+        else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+run_wrk() { # url seconds outfile -> prints wrk's CPU ticks
+    sh -c 'timeout '"$(($2 + 30))"' wrk -t'"$WRK_THREADS"' -c'"$CONNS"' -d'"$2"'s --latency "$0" >"$1" 2>&1; cat /proc/$$/stat' \
+        "$1" "$3" | awk '{ l = $0; sub(/^.*\) /, "", l); split(l, f, " "); print f[14] + f[15] }'
+}
+
+printf 'rep\tpos\ttarget\trps\tp50_ms\tp99_ms\terrors\trequests\tproxy_ticks\tapp_ticks\twrk_ticks\tother_ticks\tquiet_pct\n' >"$RAW"
+
+measure() { # target rep pos
+    local t=$1 out="$T/wrk-$1-$2.txt" quiet b0 b1 p0 p1 a0 a1 w rps req p50 p99 errs non2xx
+    quiet=$(wait_quiet $ALL_PIDS)
+    b0=$(machine_busy); a0=$(tree_ticks "$PID_app")
+    p0=0; [[ -n ${PROXY_PIDS[$t]} ]] && p0=$(tree_ticks ${PROXY_PIDS[$t]})
+    w=$(run_wrk "${URL[$t]}" "$DURATION" "$out")
+    p1=0; [[ -n ${PROXY_PIDS[$t]} ]] && p1=$(tree_ticks ${PROXY_PIDS[$t]})
+    a1=$(tree_ticks "$PID_app"); b1=$(machine_busy)
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    req=$(awk '/requests in/ { print $1 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    errs=$(awk '/Socket errors/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' "$out")
+    errs=$((${errs:-0} + ${non2xx:-0}))
+    [[ -n $rps && -n $req ]] || { cat "$out" >&2; die "wrk failed on $t"; }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$t" "$rps" "$p50" "$p99" \
+        "$errs" "$req" $((p1 - p0)) $((a1 - a0)) "$w" $(((b1 - b0) - (p1 - p0) - (a1 - a0) - w)) "$quiet" >>"$RAW"
+    log "rep $2 #$3 $t: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs, proxy CPU $(((p1 - p0) * 1000000 / CLK_TCK / (req > 0 ? req : 1))) us/req"
+}
+
+FACTS=$(machine_facts)
+START_S=$SECONDS
+log "warm-up: 3 s on each target"
+for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" 3 "$T/warm.txt" >/dev/null; done
+n=${#TARGETS[@]}
+for ((r = 1; r <= REPS; r++)); do
+    for ((k = 0; k < n; k++)); do
+        measure "${TARGETS[$(((k + r - 1) % n))]}" "$r" "$((k + 1))"
+    done
+done
+ELAPSED=$((SECONDS - START_S))
+
+# --- report --------------------------------------------------------------------------------
+col() { # target column-name -> values of that column for the target, in rep order
+    awk -F'\t' -v t="$1" -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
+        $3 == t { print $k }' "$RAW"
+}
+us_per_req() { # target ticks-column
+    awk -F'\t' -v t="$1" -v c="$2" -v hz="$CLK_TCK" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
+        $3 == t { printf "%.1f\n", $k * 1000000 / hz / ($8 > 0 ? $8 : 1) }' "$RAW"
+}
+all() { paste -sd' ' - | sed 's/ /, /g'; }
+ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times less CPU a uses)
+    awk -F'\t' -v a="$1" -v b="$2" -v c="$3" -v hz="$CLK_TCK" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
+        { v = (c == "rps") ? $k : $k / ($8 > 0 ? $8 : 1) }
+        $3 == a { x[$1] = v } $3 == b { y[$1] = v }
+        END { for (r in x) if ((r in y) && y[r] > 0 && x[r] > 0) printf "%d %.3f\n", r, (c == "rps") ? x[r] / y[r] : y[r] / x[r] }' "$RAW" |
+        sort -n | awk '{ print $2 }'
+}
+{
+    echo "# HTTPS keep-alive GET /ping — $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "$FACTS"
+    echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
+    echo "- versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(stunnel -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2), gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')"
+    echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
+    echo "- proxy CPU = utime+stime of the proxy processes (gateway | nginx master+workers | stunnel+HAProxy+nginx), per request; app CPU = backend-stub's, per request"
+    echo
+    echo "| target | req/s median | req/s all | p50 ms | p99 ms | proxy CPU us/req | app CPU us/req | errors |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|"
+    for t in "${TARGETS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s (%s) | %s | %s |\n' "$t" \
+            "$(col "$t" rps | median)" "$(col "$t" rps | all)" \
+            "$(col "$t" p50_ms | median)" "$(col "$t" p99_ms | median)" \
+            "$(us_per_req "$t" proxy_ticks | median)" "$(us_per_req "$t" proxy_ticks | all)" \
+            "$(us_per_req "$t" app_ticks | median)" \
+            "$(col "$t" errors | awk '{ s += $1 } END { print s }')"
+    done
+    echo
+    echo "Ratios, computed within each repetition (median, then all):"
+    echo
+    echo "| ratio | median | all repetitions |"
+    echo "|---|---:|---|"
+    for t in "${TARGETS[@]}"; do
+        [[ $t == gw-* ]] || continue
+        for peer in chain nginx direct; do
+            printf '| %s / %s req/s | %s | %s |\n' "$t" "$peer" "$(ratio_per_rep "$t" $peer rps | median)" "$(ratio_per_rep "$t" $peer rps | all)"
+        done
+        for peer in chain nginx; do
+            printf '| %s CPU/req / %s CPU/req (x less CPU) | %s | %s |\n' "$peer" "$t" "$(ratio_per_rep "$t" $peer proxy_ticks | median)" "$(ratio_per_rep "$t" $peer proxy_ticks | all)"
+        done
+    done
+    printf '| nginx / chain req/s | %s | %s |\n' "$(ratio_per_rep nginx chain rps | median)" "$(ratio_per_rep nginx chain rps | all)"
+    echo
+    echo "Other processes' CPU during each measurement (ticks of ${CLK_TCK}/s, machine busy minus servers minus wrk): $(col gw-t2 other_ticks 2>/dev/null | all) (gw-t2 rows; all rows in the TSV)."
+    echo "wrk's own CPU, median share of the machine: $(awk -F'\t' -v d="$DURATION" -v hz="$CLK_TCK" -v np="$NPROC" 'NR > 1 { printf "%.0f\n", $11 * 100 / hz / d / np }' "$RAW" | median)%."
+    echo "Raw: $RAW"
+} | tee "$REPORT"
+log "report: $REPORT (measured part ${ELAPSED} s)"
