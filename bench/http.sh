@@ -23,7 +23,7 @@ OUT_DIR=${OUT_DIR:-$REPO/bench/results}
 P_APP=18080 P_GW=18443 P_NGINX=18444 P_STUNNEL=18445 P_HAPROXY=18446 P_NGINX2=18447
 
 ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
-build_bins -p gateway -p backend-stub
+build_bins -p gateway -p backend-stub -p bench
 for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $((P_GW)) $((P_GW + 10)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done

@@ -8,6 +8,8 @@ command -v cmake   >/dev/null || need+=(cmake)      # pingora-core builds zlib-n
 command -v openssl >/dev/null || need+=(openssl)    # TLS tests use `openssl s_client`
 command -v curl    >/dev/null || need+=(curl)
 command -v cc      >/dev/null || need+=(gcc)        # ring and zstd build C code
+command -v node    >/dev/null || need+=(nodejs)     # the official socket.io-client in tests
+command -v npm     >/dev/null || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get"
@@ -15,6 +17,14 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# JavaScript clients for the tests, and the Socket.IO client library the gateway serves,
+# exactly as pinned by the committed lockfile.
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ ! -d "$here/node_modules" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in tests/"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if ! command -v cargo >/dev/null; then

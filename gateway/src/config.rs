@@ -46,6 +46,14 @@ pub mod defaults {
     pub const GRACE_PERIOD_S: u64 = 5;
     /// Tunnelled WebSocket to the app: how long the app has to answer the upgrade.
     pub const UPGRADE_TIMEOUT_MS: u64 = 10_000;
+    /// The hub's own defaults (see `realtime::hub::HubConfig` for the reasoning).
+    pub const HUB_HISTORY: usize = 1000;
+    pub const HUB_SUBSCRIBER_QUEUE: usize = 1024;
+    /// nchan and most Comet servers answer an idle poll after about 30 s.
+    pub const LONGPOLL_WAIT_MS: u64 = 30_000;
+    /// Under the 60 s idle timeouts of common proxies.
+    pub const SSE_HEARTBEAT_MS: u64 = 15_000;
+    pub const SSE_RETRY_MS: u64 = 2_000;
     pub fn index() -> Vec<String> {
         vec!["index.html".to_string()]
     }
@@ -68,6 +76,9 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Settings of the in-process realtime services and their shared hub.
+    #[serde(default)]
+    pub realtime: Realtime,
     /// Worker threads of the HTTPS service (pingora `threads`). Default: one per core.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -261,12 +272,113 @@ pub struct Route {
     pub websocket: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RealtimeKind {
     /// A diagnostic service that exercises every shape of exchange the seam supports
     /// (full, held, streamed, upgraded). For tests and for checking a deployment.
     SeamTest,
+    /// Comet long-poll pub/sub: `…/s?t=<topic>` waits, `…/p?t=<topic>` publishes.
+    Longpoll,
+    /// Server-Sent Events: `…?topic=a&topic=b`.
+    Sse,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Realtime {
+    #[serde(default)]
+    pub hub: HubSettings,
+    #[serde(default)]
+    pub longpoll: LongPollSettings,
+    #[serde(default)]
+    pub sse: SseSettings,
+    #[serde(default)]
+    pub publish: PublishSettings,
+}
+
+/// The hub every realtime transport shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSettings {
+    /// Messages kept per topic so reconnecting clients can resume without a gap.
+    #[serde(default = "hub_history")]
+    pub history: usize,
+    /// Messages one subscriber may have waiting; a client that falls further behind is
+    /// disconnected (and counted) instead of growing memory.
+    #[serde(default = "hub_queue")]
+    pub subscriber_queue: usize,
+}
+
+fn hub_history() -> usize {
+    defaults::HUB_HISTORY
+}
+fn hub_queue() -> usize {
+    defaults::HUB_SUBSCRIBER_QUEUE
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            history: hub_history(),
+            subscriber_queue: hub_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPollSettings {
+    /// How long a poll is held before a 204.
+    #[serde(default = "lp_wait")]
+    pub wait_ms: u64,
+}
+
+fn lp_wait() -> u64 {
+    defaults::LONGPOLL_WAIT_MS
+}
+
+impl Default for LongPollSettings {
+    fn default() -> Self {
+        LongPollSettings { wait_ms: lp_wait() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseSettings {
+    /// Interval of the comment lines that keep idle streams alive through proxies.
+    #[serde(default = "sse_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// The `retry:` hint sent to browsers.
+    #[serde(default = "sse_retry")]
+    pub retry_ms: u64,
+}
+
+fn sse_heartbeat() -> u64 {
+    defaults::SSE_HEARTBEAT_MS
+}
+fn sse_retry() -> u64 {
+    defaults::SSE_RETRY_MS
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        SseSettings {
+            heartbeat_ms: sse_heartbeat(),
+            retry_ms: sse_retry(),
+        }
+    }
+}
+
+/// The app's publish API on the admin listener (`POST /publish`, `GET /topics/<topic>`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    /// Required as `Authorization: Bearer <token>` when set; mandatory when the admin listener
+    /// is not on a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,6 +600,36 @@ impl Config {
                     format!("{p:?} is not an address or CIDR block"),
                 );
             }
+        }
+
+        if let Some(admin) = l.admin.as_ref().and_then(|a| a.parse::<SocketAddr>().ok()) {
+            if !admin.ip().is_loopback() && self.realtime.publish.token.is_none() {
+                bad(
+                    "realtime.publish.token".into(),
+                    format!("required when listen.admin ({admin}) is not a loopback address: the publish API would be open to anyone"),
+                );
+            }
+        }
+        if self.realtime.hub.history == 0 {
+            bad("realtime.hub.history".into(), "must be at least 1".into());
+        }
+        if self.realtime.hub.subscriber_queue == 0 {
+            bad(
+                "realtime.hub.subscriber_queue".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.realtime.longpoll.wait_ms == 0 {
+            bad(
+                "realtime.longpoll.wait_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if self.realtime.sse.heartbeat_ms < 1000 {
+            bad(
+                "realtime.sse.heartbeat_ms".into(),
+                "must be at least 1000".into(),
+            );
         }
 
         let lim = &self.limits;

@@ -1,5 +1,6 @@
 //! Assembling the pingora server from a validated [`Config`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +42,79 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-fn realtime_service(kind: RealtimeKind) -> Arc<dyn realtime::seam::Service> {
-    match kind {
-        RealtimeKind::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
+/// Drops idle topics now and then, so a topic nobody uses stops holding memory.
+struct HubSweeper(realtime::hub::Hub);
+
+/// Often enough that an idle topic is freed within a couple of minutes of its TTL.
+const HUB_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[async_trait::async_trait]
+impl BackgroundService for HubSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HUB_SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let dropped = self.0.sweep(std::time::Instant::now());
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "idle topics dropped");
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.0.shutdown();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The realtime services, one instance per kind however many routes mount it, all on one hub.
+struct Realtime {
+    hub: realtime::hub::Hub,
+    services: std::sync::Mutex<BTreeMap<RealtimeKind, Arc<dyn realtime::seam::Service>>>,
+    config: crate::config::Realtime,
+}
+
+impl Realtime {
+    fn new(config: &crate::config::Realtime) -> Realtime {
+        let hub = realtime::hub::Hub::new(realtime::hub::HubConfig {
+            history_len: config.hub.history,
+            queue_capacity: config.hub.subscriber_queue,
+            ..realtime::hub::HubConfig::default()
+        });
+        Realtime {
+            hub,
+            services: std::sync::Mutex::new(BTreeMap::new()),
+            config: config.clone(),
+        }
+    }
+
+    fn service(&self, kind: RealtimeKind) -> Arc<dyn realtime::seam::Service> {
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        services
+            .entry(kind)
+            .or_insert_with(|| match kind {
+                RealtimeKind::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
+                RealtimeKind::Longpoll => Arc::new(realtime::longpoll::LongPoll::new(
+                    self.hub.clone(),
+                    realtime::longpoll::LongPollConfig {
+                        wait: Duration::from_millis(self.config.longpoll.wait_ms),
+                        ..Default::default()
+                    },
+                )),
+                RealtimeKind::Sse => Arc::new(realtime::sse::Sse::new(
+                    self.hub.clone(),
+                    realtime::sse::SseConfig {
+                        heartbeat: Duration::from_millis(self.config.sse.heartbeat_ms),
+                        retry: Duration::from_millis(self.config.sse.retry_ms),
+                    },
+                )),
+            })
+            .clone()
     }
 }
 
@@ -65,7 +136,8 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let router = Router::build(config, &realtime_service)?;
+    let rt = Realtime::new(&config.realtime);
+    let router = Router::build(config, &|kind| rt.service(kind))?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
     let hsts = config.tls.hsts.as_ref().map(|h| {
@@ -119,13 +191,23 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     server.add_service(proxy);
 
     if let Some(addr) = &config.listen.admin {
-        let mut admin = Service::new(
-            "admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(Admin { pools: admin_pools }),
-        );
+        let admin = Admin {
+            pools: admin_pools,
+            hub: rt.hub.clone(),
+            publish: Arc::new(realtime::publish::PublishApi::new(
+                rt.hub.clone(),
+                config.realtime.publish.token.clone(),
+            )),
+        };
+        let mut admin =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, admin, "admin");
         admin.add_tcp(addr);
         server.add_service(admin);
     }
+    server.add_service(background_service(
+        "hub sweeper",
+        HubSweeper(rt.hub.clone()),
+    ));
     server.add_service(background_service("health checks", HealthChecks(pools)));
     Ok(server)
 }

@@ -5,5 +5,10 @@
 pub mod diag;
 pub mod engineio;
 pub mod hub;
+pub mod longpoll;
+pub mod publish;
+pub mod query;
 pub mod seam;
 pub mod socketio;
+pub mod sse;
+pub mod text;

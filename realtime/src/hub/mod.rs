@@ -702,6 +702,23 @@ impl Inner {
         since: Option<Position>,
     ) -> Result<JoinOutcome, HubError> {
         self.check_open()?;
+        // Cheap early answers, so a closed or full subscriber does not create
+        // topics; the authoritative checks are repeated under the locks.
+        {
+            let ss = lock(&sub.state);
+            if let subscriber::Life::Closed(reason) = ss.life {
+                return Err(HubError::SubscriberClosed { reason });
+            }
+            if ss.topics.contains(name) {
+                return Err(HubError::AlreadyJoined {
+                    topic: name.to_owned(),
+                });
+            }
+            let limit = self.config.max_topics_per_subscriber;
+            if ss.topics.len() >= limit {
+                return Err(HubError::TooManyJoins { limit });
+            }
+        }
         loop {
             let topic = self.topic_or_create(name)?;
             let mut st = lock(&topic.state);

@@ -332,6 +332,11 @@ fn topic_and_join_limits() {
     );
     assert!(!s.is_joined("b"));
     assert_eq!(hub.topic_info("b").unwrap().subscribers, 0);
+    assert_eq!(
+        s.join("zzz", None).unwrap_err(),
+        HubError::TooManyJoins { limit: 1 }
+    );
+    assert_eq!(hub.topic_info("zzz"), None, "refused joins create nothing");
 }
 
 // ---- Concurrency ---------------------------------------------------------
@@ -499,27 +504,64 @@ async fn sweeping_concurrently_never_drops_a_topic_with_subscribers() {
     let sub = hub.subscribe().unwrap();
     let start = sub.join("t", None).unwrap().position();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeps = Arc::new(AtomicU64::new(0));
     let sweeper = {
         let hub = hub.clone();
         let stop = Arc::clone(&stop);
+        let sweeps = Arc::clone(&sweeps);
         std::thread::spawn(move || {
             let mut swept = 0;
             while !stop.load(Ordering::Relaxed) {
                 // Other topics come and go; "t" must stay.
                 hub.publish("churn", "e", json!(0), None).unwrap();
+                hub.publish("idle", "e", json!(0), None).unwrap();
                 swept += hub.sweep(Instant::now() + Duration::from_secs(1));
+                sweeps.fetch_add(1, Ordering::Relaxed);
             }
             swept
         })
     };
+    // Joins racing the sweeps: once joined, the incarnation joined into must
+    // be the one that receives the next publish, with no gap.
+    let churner = {
+        let hub = hub.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) || rounds < 100 {
+                let s = hub.subscribe().unwrap();
+                let joined = s.join("churn", None).unwrap().position();
+                let mine = hub.publish("churn", "mine", json!(rounds), None).unwrap();
+                assert_eq!(mine.epoch, joined.epoch, "topic swept under a subscriber");
+                let got = drain(&s);
+                assert!(!got.is_empty());
+                for (k, m) in got.iter().enumerate() {
+                    assert_eq!(
+                        m.position(),
+                        Position::new(joined.epoch, joined.seq + 1 + k as u64)
+                    );
+                }
+                assert!(got.iter().any(|m| m.position() == mine));
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     let publisher = {
         let hub = hub.clone();
+        let sweeps = Arc::clone(&sweeps);
         tokio::spawn(async move {
             for i in 1..=N {
                 let p = hub.publish("t", "e", json!(i), None).unwrap();
                 assert_eq!(p.epoch, start.epoch);
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
+                }
+                if i == N / 2 {
+                    // Make sure sweeps really overlap the publishing.
+                    while sweeps.load(Ordering::Relaxed) < 20 {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         })
@@ -528,7 +570,8 @@ async fn sweeping_concurrently_never_drops_a_topic_with_subscribers() {
     within(publisher).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let swept = sweeper.join().unwrap();
-    assert!(swept > 0, "churn topic was swept");
+    assert!(churner.join().unwrap() >= 100);
+    assert!(swept >= 20, "idle topics were swept");
     assert_eq!(hub.topic_info("t").unwrap().position.epoch, start.epoch);
 }
 

@@ -1,0 +1,625 @@
+//! One Engine.IO session, shared by the HTTP requests and the WebSocket that carry it.
+//!
+//! The session does no I/O of its own. Messages from the layer above stay in the bounded
+//! `outgoing` queue until a transport is actually writing them: a long-poll takes them inside
+//! the same poll that builds its response (so a poll abandoned by its client loses nothing), a
+//! WebSocket writer takes them as it sends. Heartbeats, `noop`s and messages a poll could not
+//! fit wait in `outbox`, which holds a handful of packets at most. One task per session
+//! ([`Session::drive`]) runs the heartbeat and the orderly close.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::conn::ConnTransport;
+use super::{
+    encode_payload_capped, CloseReason, ConnSender, EngineConfig, Frame, Packet, Transport,
+};
+
+/// The sessions of one server, by sid.
+pub(super) type Registry = Mutex<HashMap<Arc<str>, Arc<Session>>>;
+
+/// How long a session closed by the layer above waits for its client to collect what was
+/// queued before the close (and the `close` packet itself): node's polling `closeTimeout`.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Locks a std mutex, ignoring poisoning: every critical section here leaves the state
+/// consistent before anything that could panic, so a panicking holder cannot corrupt it.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Phase {
+    Open,
+    /// Closed by the layer above: what it queued before is still delivered, then `close`.
+    Draining(CloseReason),
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upgrade {
+    /// On polling, no probe under way.
+    None,
+    /// A probe WebSocket is open; it has not sent `2probe` yet.
+    Probing,
+    /// `3probe` sent: polls are ended with `noop` so that the client pauses polling.
+    Upgrading,
+    /// On WebSocket (upgraded, or opened directly): no further upgrade.
+    Done,
+}
+
+struct Heartbeat {
+    /// When the client last sent any packet (node's `lastPacketTime`): a client busy sending
+    /// is alive even if its pong is stuck behind its other traffic.
+    last_packet: Instant,
+    /// Whether the last ping was handed to a transport. A ping nobody collected means the
+    /// client stopped polling: that is a transport close, not a ping timeout.
+    ping_delivered: bool,
+}
+
+pub(super) struct State {
+    pub transport: Transport,
+    pub upgrade: Upgrade,
+    pub phase: Phase,
+    outbox: VecDeque<Packet>,
+    get_in_flight: bool,
+    post_in_flight: bool,
+    /// WebSocket close code chosen by whoever closed, when the reason alone does not say.
+    ws_close_code: Option<CloseCode>,
+    heartbeat: Heartbeat,
+}
+
+/// What to do with a packet received from the client.
+pub(super) enum Inbound {
+    Deliver(Frame),
+    Ignore,
+    /// The session is closed; stop reading.
+    Stop,
+}
+
+/// Outcome of trying to claim the session's single GET (or POST) slot.
+pub(super) enum Claim {
+    Claimed,
+    /// Another request of that kind is in flight: the client broke the protocol.
+    Overlap,
+    Gone,
+}
+
+/// What a poll answers.
+pub(super) enum PollAnswer {
+    Payload(String),
+    /// The session ended with nothing left for this client.
+    Gone,
+}
+
+/// What a WebSocket writer does next.
+pub(super) struct WsBatch {
+    pub packets: Vec<Packet>,
+    /// Send a close frame with this code after the packets, and stop.
+    pub close: Option<CloseCode>,
+    /// The close ends an orderly drain: the session is finished once it is written.
+    pub drained: bool,
+}
+
+pub(super) struct Session {
+    pub sid: Arc<str>,
+    pub config: Arc<EngineConfig>,
+    sender: ConnSender,
+    /// Towards the layer above; dropped at close so that its `Conn.incoming` ends.
+    incoming: Mutex<Option<mpsc::Sender<Frame>>>,
+    /// Messages from the layer above. Held (async lock) by the one transport writing them.
+    pub outgoing: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    state: Mutex<State>,
+    /// Bumped on every change a waiting transport may care about.
+    changed: watch::Sender<()>,
+    pong: Notify,
+    registry: Weak<Registry>,
+}
+
+impl Session {
+    pub(super) fn new(
+        sid: Arc<str>,
+        config: Arc<EngineConfig>,
+        transport: Transport,
+        conn: ConnTransport,
+        registry: Weak<Registry>,
+    ) -> Arc<Session> {
+        let ConnTransport {
+            outgoing,
+            incoming,
+            sender,
+        } = conn;
+        Arc::new(Session {
+            sid,
+            config,
+            sender,
+            incoming: Mutex::new(Some(incoming)),
+            outgoing: tokio::sync::Mutex::new(outgoing),
+            state: Mutex::new(State {
+                transport,
+                upgrade: match transport {
+                    Transport::Polling => Upgrade::None,
+                    Transport::WebSocket => Upgrade::Done,
+                },
+                phase: Phase::Open,
+                outbox: VecDeque::new(),
+                get_in_flight: false,
+                post_in_flight: false,
+                ws_close_code: None,
+                heartbeat: Heartbeat {
+                    last_packet: Instant::now(),
+                    ping_delivered: false,
+                },
+            }),
+            changed: watch::channel(()).0,
+            pong: Notify::new(),
+            registry,
+        })
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_replace(());
+    }
+
+    /// The transport requests must use, `None` once closed (the sid is then unknown).
+    pub(super) fn transport(&self) -> Option<Transport> {
+        let st = self.state();
+        match st.phase {
+            Phase::Closed(_) => None,
+            _ => Some(st.transport),
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.state().phase == Phase::Open
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        matches!(self.state().phase, Phase::Closed(_))
+    }
+
+    /// Queues a packet for whichever transport writes next (the `open` of a WebSocket session).
+    pub(super) fn push(&self, packet: Packet) {
+        self.state().outbox.push_back(packet);
+        self.notify();
+    }
+
+    /// Closes now, for a reason of the engine's own (ping timeout, protocol error, shutdown,
+    /// client close...). Nothing queued is sent any more: a pending poll gets `close` (`noop`
+    /// when the client itself closed, as node answers), a WebSocket gets a close frame.
+    pub(super) fn close(&self, reason: CloseReason) {
+        self.close_with_code(reason, None);
+    }
+
+    pub(super) fn close_with_code(&self, reason: CloseReason, code: Option<CloseCode>) {
+        {
+            let mut st = self.state();
+            if matches!(st.phase, Phase::Closed(_)) {
+                return;
+            }
+            st.phase = Phase::Closed(reason.clone());
+            st.ws_close_code = code;
+            st.outbox.clear();
+            if st.transport == Transport::Polling && st.get_in_flight {
+                st.outbox.push_back(if reason == CloseReason::ClientClose {
+                    Packet::Noop
+                } else {
+                    Packet::Close
+                });
+            }
+        }
+        self.finish(reason);
+    }
+
+    /// The last step of every close: the sid is forgotten, the layer above sees the end.
+    fn finish(&self, reason: CloseReason) {
+        lock(&self.incoming).take();
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry).remove(&self.sid);
+        }
+        self.sender.close(reason);
+        self.notify();
+    }
+
+    /// The drain after a close by the layer above is over: the `close` went out.
+    fn finish_drain(&self) {
+        let reason = {
+            let mut st = self.state();
+            let Phase::Draining(reason) = st.phase.clone() else {
+                return;
+            };
+            st.phase = Phase::Closed(reason.clone());
+            reason
+        };
+        self.finish(reason);
+    }
+
+    /// Resolves once the session is closed for good.
+    pub(super) async fn wait_closed(&self) {
+        self.wait_until(|st| matches!(st.phase, Phase::Closed(_)))
+            .await;
+    }
+
+    /// Resolves once the session is no longer open (draining or closed).
+    pub(super) async fn wait_not_open(&self) {
+        self.wait_until(|st| st.phase != Phase::Open).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&State) -> bool) {
+        let mut changes = self.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if done(&self.state()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn claim_get(&self) -> Claim {
+        let mut st = self.state();
+        if matches!(st.phase, Phase::Closed(_)) {
+            Claim::Gone
+        } else if st.get_in_flight {
+            Claim::Overlap
+        } else {
+            st.get_in_flight = true;
+            Claim::Claimed
+        }
+    }
+
+    pub(super) fn release_get(&self) {
+        self.state().get_in_flight = false;
+    }
+
+    pub(super) fn claim_post(&self) -> Claim {
+        let mut st = self.state();
+        if matches!(st.phase, Phase::Closed(_)) {
+            Claim::Gone
+        } else if st.post_in_flight {
+            Claim::Overlap
+        } else {
+            st.post_in_flight = true;
+            Claim::Claimed
+        }
+    }
+
+    pub(super) fn release_post(&self) {
+        self.state().post_in_flight = false;
+    }
+
+    /// A message a poll received from the queue while waiting; it goes out with the answer.
+    pub(super) fn push_message(&self, frame: Frame) {
+        self.state().outbox.push_back(frame_packet(frame));
+    }
+
+    pub(super) fn is_upgrading(&self) -> bool {
+        self.state().upgrade == Upgrade::Upgrading
+    }
+
+    /// Builds a poll's answer from what is queued, or `None` when there is nothing to say yet.
+    ///
+    /// Called from the poll's own future, which returns the response in the same step: the
+    /// packets leave the session only when the response is handed to the gateway.
+    pub(super) fn take_for_poll(
+        &self,
+        rx: &mut mpsc::Receiver<Frame>,
+        noop_due: bool,
+    ) -> Option<PollAnswer> {
+        let max = self.config.max_payload;
+        let mut st = self.state();
+        match st.phase.clone() {
+            Phase::Closed(_) if st.outbox.is_empty() => return Some(PollAnswer::Gone),
+            Phase::Closed(_) => {}
+            // The session moved to WebSocket under this poll: just end it.
+            _ if st.transport != Transport::Polling => {
+                return Some(PollAnswer::Payload(Packet::Noop.encode_text()));
+            }
+            Phase::Open => {
+                pull(&mut st.outbox, rx, max);
+                if st.outbox.is_empty() {
+                    if noop_due && st.upgrade == Upgrade::Upgrading {
+                        st.outbox.push_back(Packet::Noop);
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            Phase::Draining(_) => {
+                if pull(&mut st.outbox, rx, max) {
+                    st.outbox.push_back(Packet::Close);
+                }
+            }
+        }
+        let (body, n) = encode_payload_capped(st.outbox.make_contiguous(), max);
+        let mut sent_close = false;
+        for packet in st.outbox.drain(..n).collect::<Vec<_>>() {
+            match packet {
+                Packet::Ping(_) => st.heartbeat.ping_delivered = true,
+                Packet::Close => sent_close = true,
+                _ => {}
+            }
+        }
+        let drained = sent_close && matches!(st.phase, Phase::Draining(_));
+        drop(st);
+        if drained {
+            self.finish_drain();
+        }
+        Some(PollAnswer::Payload(body))
+    }
+
+    /// What a WebSocket writer sends next: queued control packets first, and everything left
+    /// in the queue when the layer above closed.
+    pub(super) fn take_for_ws(&self, rx: &mut mpsc::Receiver<Frame>) -> WsBatch {
+        let mut st = self.state();
+        let mut packets: Vec<Packet> = st.outbox.drain(..).collect();
+        if packets.iter().any(|p| matches!(p, Packet::Ping(_))) {
+            st.heartbeat.ping_delivered = true;
+        }
+        let (close, drained) = match &st.phase {
+            Phase::Open => (None, false),
+            Phase::Draining(_) => {
+                while let Ok(frame) = rx.try_recv() {
+                    packets.push(frame_packet(frame));
+                }
+                (Some(CloseCode::Normal), true)
+            }
+            Phase::Closed(reason) => {
+                packets.clear();
+                (Some(st.ws_close_code.unwrap_or(ws_close_code(reason))), false)
+            }
+        };
+        WsBatch {
+            packets,
+            close,
+            drained,
+        }
+    }
+
+    /// The close frame of a drain was written.
+    pub(super) fn ws_drained(&self) {
+        self.finish_drain();
+    }
+
+    /// Books a packet from the client and says what to do with it.
+    pub(super) fn on_packet(&self, packet: Packet) -> Inbound {
+        {
+            let mut st = self.state();
+            match st.phase {
+                Phase::Open => st.heartbeat.last_packet = Instant::now(),
+                // Only the client's own close still matters while draining.
+                Phase::Draining(_) if packet == Packet::Close => {
+                    drop(st);
+                    self.finish_drain();
+                    return Inbound::Stop;
+                }
+                Phase::Draining(_) => return Inbound::Ignore,
+                Phase::Closed(_) => return Inbound::Stop,
+            }
+        }
+        match packet {
+            Packet::Message(text) => Inbound::Deliver(Frame::Text(text)),
+            Packet::MessageBinary(bytes) => Inbound::Deliver(Frame::Binary(bytes)),
+            Packet::Pong(_) => {
+                self.pong.notify_one();
+                Inbound::Ignore
+            }
+            Packet::Close => {
+                self.close(CloseReason::ClientClose);
+                Inbound::Stop
+            }
+            // In v4 only the server pings (a probe is only valid on a probe WebSocket).
+            Packet::Ping(_) => {
+                self.close_with_code(
+                    CloseReason::TransportError("invalid heartbeat direction".into()),
+                    Some(CloseCode::Protocol),
+                );
+                Inbound::Stop
+            }
+            // node ignores these on an established transport.
+            Packet::Open(_) | Packet::Upgrade | Packet::Noop => Inbound::Ignore,
+        }
+    }
+
+    /// Hands a message to the layer above, waiting for room in its queue (that wait is the
+    /// back-pressure on the client). `false` when the session closed meanwhile.
+    pub(super) async fn deliver(&self, frame: Frame) -> bool {
+        let Some(tx) = lock(&self.incoming).clone() else {
+            return false;
+        };
+        tokio::select! {
+            sent = tx.send(frame) => sent.is_ok(),
+            () = self.wait_not_open() => false,
+        }
+    }
+
+    /// A probe WebSocket arrived; `false` if this session cannot upgrade now.
+    pub(super) fn begin_probe(&self) -> bool {
+        let mut st = self.state();
+        if st.phase != Phase::Open
+            || st.transport != Transport::Polling
+            || st.upgrade != Upgrade::None
+        {
+            return false;
+        }
+        st.upgrade = Upgrade::Probing;
+        true
+    }
+
+    /// `3probe` was sent: end the pending poll so the client can pause polling.
+    pub(super) fn probe_answered(&self) {
+        {
+            let mut st = self.state();
+            if st.upgrade != Upgrade::Probing && st.upgrade != Upgrade::Upgrading {
+                return;
+            }
+            st.upgrade = Upgrade::Upgrading;
+            if st.get_in_flight && st.outbox.is_empty() {
+                st.outbox.push_back(Packet::Noop);
+            }
+        }
+        self.notify();
+    }
+
+    /// `5` arrived on the probe: from now on the WebSocket carries the session.
+    pub(super) fn complete_upgrade(&self) -> bool {
+        {
+            let mut st = self.state();
+            if st.phase != Phase::Open
+                || !matches!(st.upgrade, Upgrade::Probing | Upgrade::Upgrading)
+            {
+                return false;
+            }
+            st.transport = Transport::WebSocket;
+            st.upgrade = Upgrade::Done;
+            // A noop meant for a poll has no business on the WebSocket.
+            st.outbox.retain(|p| *p != Packet::Noop);
+        }
+        self.notify();
+        true
+    }
+
+    /// The probe WebSocket went away without completing the upgrade.
+    pub(super) fn abort_probe(&self) {
+        {
+            let mut st = self.state();
+            if !matches!(st.upgrade, Upgrade::Probing | Upgrade::Upgrading) {
+                return;
+            }
+            st.upgrade = Upgrade::None;
+            st.outbox.retain(|p| *p != Packet::Noop);
+        }
+        self.notify();
+    }
+
+    /// The session's own task: pings every `pingInterval`, closes when no pong comes within
+    /// `pingTimeout`, and runs the orderly close when the layer above closes. Ends when the
+    /// session is closed, so it never outlives it.
+    pub(super) async fn drive(self: Arc<Self>) {
+        let interval = self.config.ping_interval;
+        let timeout = self.config.ping_timeout;
+        let mut next_ping = Instant::now() + interval;
+        loop {
+            tokio::select! {
+                () = sleep_until(next_ping) => {}
+                // A pong nobody asked for still restarts the interval, as node's `refresh()`.
+                () = self.pong.notified() => {
+                    next_ping = Instant::now() + interval;
+                    continue;
+                }
+                reason = self.sender.closed() => return self.on_closed(reason).await,
+            }
+            let open = {
+                let mut st = self.state();
+                if st.phase == Phase::Open {
+                    st.outbox.push_back(Packet::Ping(None));
+                    st.heartbeat.ping_delivered = false;
+                }
+                st.phase == Phase::Open
+            };
+            if !open {
+                // Closing: the close signal follows the phase change at once.
+                let reason = self.sender.closed().await;
+                return self.on_closed(reason).await;
+            }
+            self.notify();
+            let mut deadline = Instant::now() + timeout;
+            loop {
+                tokio::select! {
+                    () = self.pong.notified() => {
+                        next_ping = Instant::now() + interval;
+                        break;
+                    }
+                    () = sleep_until(deadline) => {
+                        let (last_packet, delivered) = {
+                            let st = self.state();
+                            (st.heartbeat.last_packet, st.heartbeat.ping_delivered)
+                        };
+                        // Any packet within the last `pingTimeout` proves the client alive.
+                        if last_packet + timeout > Instant::now() {
+                            deadline = last_packet + timeout;
+                            continue;
+                        }
+                        self.close(if delivered {
+                            CloseReason::PingTimeout
+                        } else {
+                            CloseReason::TransportClose
+                        });
+                        return;
+                    }
+                    reason = self.sender.closed() => return self.on_closed(reason).await,
+                }
+            }
+        }
+    }
+
+    /// The connection was closed: by the engine (nothing left to do) or by the layer above
+    /// (deliver what it queued before, then `close`, within [`DRAIN_TIMEOUT`]).
+    async fn on_closed(&self, reason: CloseReason) {
+        {
+            let mut st = self.state();
+            if st.phase != Phase::Open {
+                return;
+            }
+            st.phase = Phase::Draining(reason.clone());
+            // What the client sends from now on is dropped, as node does once `closing`.
+            lock(&self.incoming).take();
+            // A WebSocket is told to close once the drain is written: drop queued pings.
+            st.outbox.retain(|p| matches!(p, Packet::Message(_) | Packet::MessageBinary(_)));
+        }
+        self.notify();
+        let wait = self.wait_closed();
+        if tokio::time::timeout(DRAIN_TIMEOUT, wait).await.is_err() {
+            self.close(reason);
+        }
+    }
+}
+
+/// Moves messages from the queue to `outbox` until about `max` bytes are waiting (a poll
+/// answer is capped there anyway). True when the queue is empty.
+fn pull(outbox: &mut VecDeque<Packet>, rx: &mut mpsc::Receiver<Frame>, max: usize) -> bool {
+    let mut size: usize = outbox.iter().map(|p| p.encoded_len() + 1).sum();
+    while size <= max {
+        match rx.try_recv() {
+            Ok(frame) => {
+                let packet = frame_packet(frame);
+                size += packet.encoded_len() + 1;
+                outbox.push_back(packet);
+            }
+            Err(_) => return true,
+        }
+    }
+    rx.is_empty()
+}
+
+pub(super) fn frame_packet(frame: Frame) -> Packet {
+    match frame {
+        Frame::Text(text) => Packet::Message(text),
+        Frame::Binary(bytes) => Packet::MessageBinary(bytes),
+    }
+}
+
+/// The close code a WebSocket gets for a reason when nobody chose one.
+fn ws_close_code(reason: &CloseReason) -> CloseCode {
+    match reason {
+        CloseReason::ServerShutdown => CloseCode::Away,
+        CloseReason::ParseError(_) => CloseCode::Protocol,
+        CloseReason::SlowConsumer => CloseCode::Policy,
+        _ => CloseCode::Normal,
+    }
+}

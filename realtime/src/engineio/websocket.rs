@@ -1,0 +1,221 @@
+//! The WebSocket transport: one Engine.IO packet per frame, binary messages as binary frames.
+//!
+//! A session reaches it either directly (WebSocket handshake) or from polling through the
+//! probe: `2probe`/`3probe`, then `5` hands the session over ([`upgrade`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::session::{frame_packet, Inbound, Session};
+use super::{CloseReason, Packet, WsFrame, PROBE};
+use crate::seam::Upgraded;
+
+/// After a close frame, how long the other side gets to finish the closing handshake before
+/// the connection is dropped anyway: a peer that never answers must not pin the task.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Messages written between two flushes: batches a burst into few socket writes while
+/// keeping the time before the first one reaches the client short.
+const WRITE_BATCH: usize = 64;
+
+pub(super) type Ws = WebSocketStream<Upgraded>;
+
+/// The WebSocket over an upgraded connection. Frames and messages above `maxPayload` are
+/// refused by tungstenite before they are buffered (node's `ws` has the same limit).
+pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload));
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+}
+
+/// Closes a WebSocket that was accepted but cannot be used (node accepts, then closes: an
+/// upgrade for an upgraded sid, a probe while another is under way, `transport=polling`).
+pub(super) async fn refuse(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// A probe WebSocket for a polling session: answers `2probe`, and on `5` carries the
+/// session from then on. Anything else, or no `5` within `upgradeTimeout`, closes the probe
+/// and the session stays on polling.
+pub(super) async fn upgrade(session: Arc<Session>, mut ws: Ws) {
+    if !session.config.allow_upgrades || !session.begin_probe() {
+        return refuse(ws).await;
+    }
+    let _probe = AbortProbeOnDrop(&session);
+    let deadline = Instant::now() + session.config.upgrade_timeout;
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            () = sleep_until(deadline) => break,
+            () = session.wait_not_open() => break,
+        };
+        let packet = match msg {
+            Some(Ok(Message::Text(text))) => Packet::decode_text(text.as_str()),
+            // WebSocket-level ping/pong (tungstenite answers pings by itself).
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => break,
+        };
+        match packet {
+            Ok(Packet::Ping(Some(data))) if data == PROBE => {
+                let pong = Packet::Pong(Some(PROBE.into())).encode_text();
+                if ws.send(Message::text(pong)).await.is_err() {
+                    break;
+                }
+                session.probe_answered();
+            }
+            // node upgrades on `5` even without a probe before it.
+            Ok(Packet::Upgrade) => {
+                if session.complete_upgrade() {
+                    return run(session.clone(), ws).await;
+                }
+                break;
+            }
+            _ => break,
+        }
+    }
+    refuse(ws).await;
+}
+
+/// Puts the session back to plain polling when a probe ends without `5` (or is dropped).
+struct AbortProbeOnDrop<'a>(&'a Session);
+
+impl Drop for AbortProbeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abort_probe();
+    }
+}
+
+/// Closes the session when the WebSocket carrying it ends, including when the gateway drops
+/// this task because the client connection is gone.
+struct CloseOnDrop<'a>(&'a Session);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close(CloseReason::TransportClose);
+    }
+}
+
+/// Carries `session` over `ws` until either ends.
+pub(super) async fn run(session: Arc<Session>, ws: Ws) {
+    let _close = CloseOnDrop(&session);
+    let (mut sink, mut stream) = ws.split();
+    let reader = read_loop(&session, &mut stream);
+    let writer = write_loop(&session, &mut sink);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        // We sent a close frame: let the client's answer come in.
+        () = &mut writer => { let _ = timeout(CLOSE_GRACE, &mut reader).await; }
+        // The client is gone or broke the protocol: the session is closed, write the frame.
+        () = &mut reader => { let _ = timeout(CLOSE_GRACE, &mut writer).await; }
+    }
+}
+
+async fn read_loop(session: &Session, stream: &mut SplitStream<Ws>) {
+    while let Some(msg) = stream.next().await {
+        let packet = match msg {
+            Ok(Message::Text(text)) => match Packet::decode_text(text.as_str()) {
+                Ok(packet) => packet,
+                Err(e) => return session.close(CloseReason::ParseError(e.to_string())),
+            },
+            Ok(Message::Binary(bytes)) => Packet::decode_binary(bytes),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(WsError::Capacity(e)) => {
+                return session.close_with_code(
+                    CloseReason::TransportError(e.to_string()),
+                    Some(CloseCode::Size),
+                );
+            }
+            Err(e) => return session.close(CloseReason::TransportError(e.to_string())),
+        };
+        match session.on_packet(packet) {
+            Inbound::Deliver(frame) => {
+                // Not delivered while draining: dropped, as node ignores a closing socket's input.
+                if !session.deliver(frame).await && session.is_closed() {
+                    return;
+                }
+            }
+            Inbound::Ignore => {}
+            Inbound::Stop => return,
+        }
+    }
+    session.close(CloseReason::TransportClose);
+}
+
+async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
+    let mut changes = session.subscribe();
+    let mut rx = session.outgoing.lock().await;
+    let mut queue_open = true;
+    loop {
+        changes.borrow_and_update();
+        let batch = session.take_for_ws(&mut rx);
+        if !write_all(sink, batch.packets.iter()).await {
+            return session.close(CloseReason::TransportError("write error".into()));
+        }
+        if let Some(code) = batch.close {
+            let frame = CloseFrame {
+                code,
+                reason: "".into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            if batch.drained {
+                session.ws_drained();
+            }
+            return;
+        }
+        tokio::select! {
+            frame = rx.recv(), if queue_open => match frame {
+                Some(frame) => {
+                    let mut packets = vec![frame_packet(frame)];
+                    while packets.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(frame) => packets.push(frame_packet(frame)),
+                            Err(_) => break,
+                        }
+                    }
+                    if !write_all(sink, packets.iter()).await {
+                        return session.close(CloseReason::TransportError("write error".into()));
+                    }
+                }
+                None => queue_open = false,
+            },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes packets as frames with one flush at the end; `false` when the connection failed.
+async fn write_all<'a>(
+    sink: &mut SplitSink<Ws, Message>,
+    packets: impl ExactSizeIterator<Item = &'a Packet>,
+) -> bool {
+    if packets.len() == 0 {
+        return true;
+    }
+    for packet in packets {
+        let msg = match packet.to_ws_frame() {
+            WsFrame::Text(text) => Message::text(text),
+            WsFrame::Binary(bytes) => Message::binary(bytes),
+        };
+        if sink.feed(msg).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}

@@ -1,0 +1,310 @@
+//! Comet long-poll pub/sub over plain HTTP(S): `GET …/s?t=<topic>` is held until the next
+//! message on the topic; `POST …/p?t=<topic>` publishes the request body.
+//!
+//! A poll that carries the position it has seen (`since=<epoch>:<seq>`) gets every message
+//! after it at once, framed by [`encode_batch`], so a client polling in a loop misses nothing
+//! published between two polls; when that position cannot be served (evicted from history, or
+//! a new epoch after a restart) it gets `409` with the current position: the reset signal.
+//! A poll without `since` gets the next message as a plain body (the nchan-style shape).
+//!
+//! A waiting poll is a hub subscriber owned by the request's future: when the client goes
+//! away the gateway drops the future, and the subscriber is detached at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+
+use crate::hub::{Hub, JoinOutcome, Message, Position};
+use crate::seam::{Request, Response, Service};
+use crate::{query, text};
+
+/// nchan and most Comet servers answer an idle poll after about 30 s, safely under the 60 s
+/// idle timeouts of proxies and load balancers a poll may cross.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// A publish body larger than this is refused with 413: long-poll messages are notifications,
+/// not uploads. 1 MiB is nginx's `client_max_body_size` default, which bounds nchan publishers.
+pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
+/// Messages one batch answer carries at most; the client polls again (with the last position)
+/// for the rest, so a long absence cannot produce an unbounded response.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct LongPollConfig {
+    pub wait: Duration,
+    pub max_message: usize,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            wait: DEFAULT_WAIT,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+pub struct LongPoll {
+    hub: Hub,
+    config: LongPollConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("line {0}: expected `<epoch>:<seq> <length>`")]
+    Header(usize),
+    #[error("line {0}: invalid position")]
+    Position(usize),
+    #[error("body shorter than its announced length")]
+    Truncated,
+}
+
+/// A batch: for each message, a header line `<epoch>:<seq> <byte length>\n`, then the body and
+/// a `\n`. Length-prefixed so bodies may contain anything, newlines included.
+pub fn encode_batch(messages: &[(Position, String)]) -> String {
+    let mut out = String::new();
+    for (pos, body) in messages {
+        out.push_str(&format!("{pos} {}\n", body.len()));
+        out.push_str(body);
+        out.push('\n');
+    }
+    out
+}
+
+/// The inverse of [`encode_batch`], for clients and tests.
+pub fn decode_batch(mut s: &str) -> Result<Vec<(Position, String)>, FramingError> {
+    let mut out = Vec::new();
+    let mut line = 1;
+    while !s.is_empty() {
+        let (head, rest) = s.split_once('\n').ok_or(FramingError::Header(line))?;
+        let (pos, len) = head.split_once(' ').ok_or(FramingError::Header(line))?;
+        let pos: Position = pos.parse().map_err(|_| FramingError::Position(line))?;
+        let len: usize = len.parse().map_err(|_| FramingError::Header(line))?;
+        if rest.len() < len + 1 || !rest.is_char_boundary(len) || &rest[len..len + 1] != "\n" {
+            return Err(FramingError::Truncated);
+        }
+        out.push((pos, rest[..len].to_string()));
+        line += 1 + rest[..len].matches('\n').count() + 1;
+        s = &rest[len + 1..];
+    }
+    Ok(out)
+}
+
+fn with_position(mut resp: Response, topic: &str, pos: Position) -> Response {
+    if let Response::Full(r) = &mut resp {
+        let h = r.headers_mut();
+        let set = |h: &mut http::HeaderMap, k: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        };
+        set(h, "x-position", pos.to_string());
+        set(h, "x-epoch", pos.epoch.to_string());
+        set(h, "x-seq", pos.seq.to_string());
+        if let Ok(t) = HeaderValue::from_str(topic) {
+            h.insert("x-topic", t);
+        }
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+fn entry(m: &Message) -> (Position, String) {
+    (m.position(), text::body(m))
+}
+
+impl LongPoll {
+    pub fn new(hub: Hub, config: LongPollConfig) -> LongPoll {
+        LongPoll { hub, config }
+    }
+
+    async fn subscribe(&self, req: &Request) -> Response {
+        let q = req.query();
+        let Some(topic) = query::get(q, "t").filter(|t| !t.is_empty()) else {
+            return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
+        };
+        let since = match query::get(q, "since") {
+            None => None,
+            Some(s) => match s.parse::<Position>() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    return Response::text(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid since={s:?}: {e}\n"),
+                    )
+                }
+            },
+        };
+        let sub = match self.hub.subscribe() {
+            Ok(s) => s,
+            Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        };
+        let joined = match sub.join(&topic, since) {
+            Ok(j) => j,
+            Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        };
+        let batch = since.is_some();
+        match joined {
+            JoinOutcome::Reset { current } => {
+                tracing::info!(topic = %topic, since = ?since.map(|p| p.to_string()), current = %current, "long-poll reset");
+                return with_position(
+                    Response::text(
+                        StatusCode::CONFLICT,
+                        format!("reset: messages after {} are no longer available; continue from {current}\n", since.map(|p| p.to_string()).unwrap_or_default()),
+                    ),
+                    &topic,
+                    current,
+                );
+            }
+            JoinOutcome::Resumed { replay, .. } if !replay.is_empty() => {
+                let items: Vec<_> = replay.iter().take(MAX_BATCH).map(|m| entry(m)).collect();
+                let last = items.last().map(|(p, _)| *p);
+                let resp = Response::text(StatusCode::OK, encode_batch(&items));
+                return match last {
+                    Some(p) => with_position(resp, &topic, p),
+                    None => resp,
+                };
+            }
+            _ => {}
+        }
+        let current = joined.position();
+        let first = match tokio::time::timeout(self.config.wait, sub.recv()).await {
+            Err(_) => {
+                return with_position(
+                    Response::text(StatusCode::NO_CONTENT, Bytes::new()),
+                    &topic,
+                    current,
+                )
+            }
+            Ok(Err(closed)) => {
+                return Response::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("subscription closed: {}\n", closed.reason),
+                )
+            }
+            Ok(Ok(m)) => m,
+        };
+        if !batch {
+            let pos = first.position();
+            return with_position(
+                Response::text(StatusCode::OK, text::body(&first)),
+                &topic,
+                pos,
+            );
+        }
+        // Everything else already queued goes in the same answer.
+        let mut items = vec![entry(&first)];
+        while items.len() < MAX_BATCH {
+            match sub.try_recv() {
+                Ok(Some(m)) => items.push(entry(&m)),
+                _ => break,
+            }
+        }
+        let last = items.last().map(|(p, _)| *p).unwrap_or(current);
+        with_position(
+            Response::text(StatusCode::OK, encode_batch(&items)),
+            &topic,
+            last,
+        )
+    }
+
+    async fn publish(&self, req: Request) -> Response {
+        let Some(topic) = query::get(req.query(), "t").filter(|t| !t.is_empty()) else {
+            return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
+        };
+        let body = match req.body.collect(self.config.max_message).await {
+            Ok(b) => b,
+            Err(e) => return Response::text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+        };
+        let Ok(text) = String::from_utf8(body.to_vec()) else {
+            return Response::text(StatusCode::BAD_REQUEST, "the message must be UTF-8 text\n");
+        };
+        match self
+            .hub
+            .publish(&topic, "message", serde_json::Value::String(text), None)
+        {
+            Ok(pos) => with_position(
+                Response::text(StatusCode::OK, format!("published {pos}\n")),
+                &topic,
+                pos,
+            ),
+            Err(e) => Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Service for LongPoll {
+    async fn call(&self, req: Request) -> Response {
+        let last = req
+            .head
+            .uri
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        match (last.as_str(), &req.head.method) {
+            ("s", &http::Method::GET) => self.subscribe(&req).await,
+            ("p", &http::Method::POST) => self.publish(req).await,
+            ("s", _) | ("p", _) => Response::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET …/s?t=<topic> to wait and POST …/p?t=<topic> to publish\n",
+            ),
+            _ => Response::text(
+                StatusCode::NOT_FOUND,
+                format!("no such long-poll endpoint: {}\n", req.head.uri.path()),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for LongPoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongPoll")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Shared so several routes (`/s` and `/p`) can mount one service.
+pub type SharedLongPoll = Arc<LongPoll>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(s: &str) -> Position {
+        s.parse().expect("position")
+    }
+
+    #[test]
+    fn batch_framing_is_exact_and_roundtrips() {
+        let p1 = pos("00000000000000ab:1");
+        let p2 = pos("00000000000000ab:2");
+        let items = vec![(p1, "hello".to_string()), (p2, "two\nlines é".to_string())];
+        let wire = encode_batch(&items);
+        assert_eq!(wire, format!("{p1} 5\nhello\n{p2} 12\ntwo\nlines é\n"));
+        assert_eq!(decode_batch(&wire), Ok(items));
+        assert_eq!(decode_batch(""), Ok(vec![]));
+    }
+
+    #[test]
+    fn broken_batches_are_errors() {
+        assert_eq!(decode_batch("x"), Err(FramingError::Header(1)));
+        assert_eq!(
+            decode_batch("nope 3\nabc\n"),
+            Err(FramingError::Position(1))
+        );
+        let p = pos("00000000000000ab:1");
+        assert_eq!(
+            decode_batch(&format!("{p} 9\nabc\n")),
+            Err(FramingError::Truncated)
+        );
+        assert_eq!(
+            decode_batch(&format!("{p} 2\nabc\n")),
+            Err(FramingError::Truncated)
+        );
+    }
+}

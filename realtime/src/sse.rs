@@ -1,0 +1,269 @@
+//! Server-Sent Events: `GET …?topic=a&topic=b` streams every message of those topics as
+//! `text/event-stream`, each event with its topic as `event:` and its position as `id:`.
+//!
+//! Browsers resend the last `id` they saw as `Last-Event-ID` when they reconnect (a query
+//! parameter `lastEventId` works too, for clients that cannot set headers), and the stream
+//! resumes exactly after it. With one topic the id is the position, `<epoch>:<seq>`; with
+//! several it must carry every topic's position, so it is [`encode_ids`]' list of
+//! `<topic>@<epoch>:<seq>`. When a position cannot be served an `event: reset` says so, with
+//! the position the stream continues from: never a silent gap.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use tokio::sync::mpsc;
+
+use crate::hub::{Hub, JoinOutcome, Message, Position};
+use crate::seam::{Request, Response, Service};
+use crate::{query, text};
+
+/// Comment lines keep proxies and browsers from timing the stream out; 15 s is what most SSE
+/// servers use, well under common 60 s idle timeouts.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// The `retry:` hint: how long a browser waits before reconnecting (its default is ~3 s).
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
+/// Topics one stream may follow.
+pub const MAX_TOPICS: usize = 32;
+/// Events buffered between the stream's task and the connection; the hub's own per-subscriber
+/// queue absorbs bursts beyond this and closes a reader that cannot keep up.
+const WRITE_AHEAD: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            heartbeat: DEFAULT_HEARTBEAT,
+            retry: DEFAULT_RETRY,
+        }
+    }
+}
+
+pub struct Sse {
+    hub: Hub,
+    config: SseConfig,
+}
+
+/// Characters that would break the id list: its separators, and `%` itself.
+const ID_SET: &AsciiSet = &CONTROLS.add(b',').add(b'@').add(b'%').add(b' ');
+
+/// The event id for a set of topic positions.
+pub fn encode_ids(positions: &BTreeMap<String, Position>) -> String {
+    if positions.len() == 1 {
+        if let Some(p) = positions.values().next() {
+            return p.to_string();
+        }
+    }
+    positions
+        .iter()
+        .map(|(t, p)| format!("{}@{p}", utf8_percent_encode(t, ID_SET)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Positions from a `Last-Event-ID` for the requested `topics`. A bare position applies to a
+/// single-topic stream; unknown or malformed parts are ignored (the topic then starts live).
+pub fn decode_ids(id: &str, topics: &[String]) -> BTreeMap<String, Position> {
+    let mut out = BTreeMap::new();
+    let id = id.trim();
+    if !id.contains('@') {
+        if let (Ok(p), [only]) = (id.parse::<Position>(), topics) {
+            out.insert(only.clone(), p);
+        }
+        return out;
+    }
+    for part in id.split(',') {
+        let Some((t, p)) = part.rsplit_once('@') else {
+            continue;
+        };
+        let t = percent_decode_str(t).decode_utf8_lossy().into_owned();
+        if let (true, Ok(p)) = (topics.contains(&t), p.parse::<Position>()) {
+            out.insert(t, p);
+        }
+    }
+    out
+}
+
+/// One event in wire form. Every line of `data` becomes its own `data:` line.
+pub fn encode_event(id: Option<&str>, event: &str, data: &str) -> String {
+    let mut out = String::new();
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    out.push_str(&event.replace(['\n', '\r'], " "));
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.trim_end_matches('\r'));
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+impl Sse {
+    pub fn new(hub: Hub, config: SseConfig) -> Sse {
+        Sse { hub, config }
+    }
+}
+
+#[async_trait::async_trait]
+impl Service for Sse {
+    async fn call(&self, req: Request) -> Response {
+        if req.head.method != http::Method::GET {
+            return Response::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        let mut topics = query::all(req.query(), "topic");
+        topics.retain(|t| !t.is_empty());
+        topics.sort();
+        topics.dedup();
+        if topics.is_empty() {
+            return Response::text(
+                StatusCode::BAD_REQUEST,
+                "missing topic: use ?topic=<name> (repeat for several)\n",
+            );
+        }
+        if topics.len() > MAX_TOPICS {
+            return Response::text(
+                StatusCode::BAD_REQUEST,
+                format!("at most {MAX_TOPICS} topics per stream\n"),
+            );
+        }
+        let last_id = req
+            .header("last-event-id")
+            .map(str::to_string)
+            .or_else(|| query::get(req.query(), "lastEventId"));
+        let since = last_id
+            .as_deref()
+            .map(|id| decode_ids(id, &topics))
+            .unwrap_or_default();
+
+        let sub = match self.hub.subscribe() {
+            Ok(s) => s,
+            Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        };
+        let mut positions = BTreeMap::new();
+        let mut first = format!("retry: {}\n\n", self.config.retry.as_millis());
+        let mut replay: Vec<std::sync::Arc<Message>> = Vec::new();
+        for t in &topics {
+            match sub.join(t, since.get(t).copied()) {
+                Ok(JoinOutcome::Reset { current }) => {
+                    positions.insert(t.clone(), current);
+                    let data = serde_json::json!({
+                        "topic": t,
+                        "since": since.get(t).map(|p| p.to_string()),
+                        "position": current.to_string(),
+                    });
+                    first.push_str(&encode_event(None, "reset", &data.to_string()));
+                }
+                Ok(joined) => {
+                    positions.insert(t.clone(), joined.position());
+                    replay.extend(joined.replay().iter().cloned());
+                    if let JoinOutcome::Resumed { replay, .. } = &joined {
+                        if let Some(m) = replay.first() {
+                            // Replayed events must carry the positions as they were then.
+                            positions.insert(t.clone(), Position::new(m.epoch, m.seq - 1));
+                        }
+                    }
+                }
+                Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_AHEAD);
+        let heartbeat = self.config.heartbeat;
+        tokio::spawn(async move {
+            let mut positions = positions;
+            let mut emit = |m: &Message| {
+                positions.insert(m.topic.to_string(), m.position());
+                encode_event(Some(&encode_ids(&positions)), &m.topic, &text::body(m))
+            };
+            for m in &replay {
+                first.push_str(&emit(m));
+            }
+            if tx.send(Bytes::from(first)).await.is_err() {
+                return;
+            }
+            let mut tick = tokio::time::interval(heartbeat);
+            tick.tick().await;
+            loop {
+                let chunk = tokio::select! {
+                    m = sub.recv() => match m {
+                        Ok(m) => emit(&m),
+                        Err(closed) => {
+                            let data = serde_json::json!({"reason": closed.reason.to_string()});
+                            let _ = tx.send(Bytes::from(encode_event(None, "close", &data.to_string()))).await;
+                            return;
+                        }
+                    },
+                    _ = tick.tick() => ": keep-alive\n\n".to_string(),
+                    _ = tx.closed() => return,
+                };
+                if tx.send(Bytes::from(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let head = http::Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .header("cache-control", "no-cache, no-transform")
+            // nginx in front of us (or as a peer) must not buffer the stream.
+            .header("x-accel-buffering", "no")
+            .body(())
+            .map(|r| r.into_parts().0);
+        match head {
+            Ok(head) => Response::Stream { head, body: rx },
+            Err(_) => Response::text(StatusCode::INTERNAL_SERVER_ERROR, "no head\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(s: &str) -> Position {
+        s.parse().expect("position")
+    }
+
+    #[test]
+    fn events_are_framed_line_by_line() {
+        assert_eq!(
+            encode_event(Some("00000000000000ab:3"), "news", "a\nb"),
+            "id: 00000000000000ab:3\nevent: news\ndata: a\ndata: b\n\n"
+        );
+        assert_eq!(
+            encode_event(None, "reset", "{}"),
+            "event: reset\ndata: {}\n\n"
+        );
+    }
+
+    #[test]
+    fn ids_roundtrip_for_one_and_many_topics() {
+        let p = pos("00000000000000ab:3");
+        let q = pos("00000000000000cd:9");
+        let one: BTreeMap<_, _> = [("a".to_string(), p)].into();
+        assert_eq!(encode_ids(&one), "00000000000000ab:3");
+        assert_eq!(decode_ids("00000000000000ab:3", &["a".to_string()]), one);
+        let many: BTreeMap<_, _> = [("a,b".to_string(), p), ("c@d".to_string(), q)].into();
+        let id = encode_ids(&many);
+        assert_eq!(id, "a%2Cb@00000000000000ab:3,c%40d@00000000000000cd:9");
+        assert_eq!(
+            decode_ids(&id, &["a,b".to_string(), "c@d".to_string()]),
+            many
+        );
+        // Unknown topics and junk are ignored rather than refused.
+        assert!(decode_ids("zz@1:1,junk", &["a".to_string()]).is_empty());
+        assert!(decode_ids("00000000000000ab:3", &["a".into(), "b".into()]).is_empty());
+    }
+}

@@ -1,0 +1,410 @@
+//! Long-poll, Server-Sent Events and the app's publish API: one hub, no silent loss.
+
+use std::time::Duration;
+
+use e2e::{client, eventually, Gateway};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+listen: {https: "{https}", admin: "{admin}"}
+tls: {state_dir: state}
+realtime:
+  hub: {history: 20}
+  longpoll: {wait_ms: 1500}
+  sse: {heartbeat_ms: 1000}
+routes:
+  - {path: /s, realtime: longpoll}
+  - {path: /p, realtime: longpoll}
+  - {path: /events, realtime: sse}
+"#;
+
+async fn publish(gw: &Gateway, topic: &str, data: Value) -> Value {
+    client()
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": topic, "event": "note", "data": data}))
+        .send()
+        .await
+        .expect("publish")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn subscribers(gw: &Gateway, topic: &str) -> u64 {
+    let r = client()
+        .get(gw.admin(&format!("/topics/{topic}")))
+        .send()
+        .await
+        .expect("topic");
+    if r.status() == 404 {
+        return 0;
+    }
+    let v: Value = r.json().await.expect("json");
+    v["subscribers"].as_u64().unwrap_or(0)
+}
+
+async fn wait_subscribers(gw: &Gateway, topic: &str, n: u64) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        subscribers(gw, topic).await == n
+    })
+    .await
+}
+
+/// Parse `text/event-stream` text into (id, event, data) triples; comments are skipped.
+fn sse_events(text: &str) -> Vec<(Option<String>, String, String)> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .filter_map(|block| {
+            let (mut id, mut event, mut data) = (None, String::new(), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v.to_string());
+                }
+            }
+            (!event.is_empty()).then(|| (id, event, data.join("\n")))
+        })
+        .collect()
+}
+
+/// Read an SSE stream until `count` events arrived (or 5 s passed).
+async fn read_events(
+    resp: &mut reqwest::Response,
+    count: usize,
+) -> Vec<(Option<String>, String, String)> {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sse_events(&text).len() < count {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    sse_events(&text)
+}
+
+#[tokio::test]
+async fn a_held_poll_is_woken_by_a_publish_from_another_connection() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let poll = tokio::spawn({
+        let (c, url) = (c.clone(), gw.https("/s?t=room1"));
+        async move { c.get(url).send().await }
+    });
+    assert!(
+        wait_subscribers(&gw, "room1", 1).await,
+        "the poll never waited"
+    );
+    let r = c
+        .post(gw.https("/p?t=room1"))
+        .body("hello wörld")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+    let r = poll.await.expect("join").expect("poll");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.headers()["x-seq"], "1");
+    assert!(r.headers().contains_key("x-position"));
+    assert_eq!(r.text().await.expect("body"), "hello wörld");
+}
+
+#[tokio::test]
+async fn an_idle_poll_gets_204_and_a_poller_that_leaves_is_removed_at_once() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let started = std::time::Instant::now();
+    let r = c.get(gw.https("/s?t=quiet")).send().await.expect("poll");
+    assert_eq!(r.status(), 204);
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+
+    let gone = tokio::spawn({
+        let (c, url) = (
+            e2e::client_builder().http1_only().build().expect("client"),
+            gw.https("/s?t=leaving"),
+        );
+        async move { c.get(url).send().await }
+    });
+    assert!(wait_subscribers(&gw, "leaving", 1).await);
+    gone.abort();
+    // Removed as soon as the client hangs up, not when the 1.5 s wait would have ended.
+    let removed_at = std::time::Instant::now();
+    assert!(
+        wait_subscribers(&gw, "leaving", 0).await,
+        "a dead poller stayed"
+    );
+    assert!(removed_at.elapsed() < Duration::from_millis(1000));
+}
+
+#[tokio::test]
+async fn long_poll_requests_are_checked() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    for (method, path, status) in [
+        ("GET", "/s", 400),
+        ("POST", "/p", 400),
+        ("GET", "/s?t=x&since=garbage", 400),
+        ("GET", "/s/other", 404),
+        ("GET", "/p?t=x", 405),
+    ] {
+        let r = c
+            .request(method.parse().expect("method"), gw.https(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert!(
+            !r.text().await.expect("body").is_empty(),
+            "{path}: no reason given"
+        );
+    }
+    let r = c
+        .post(gw.https("/p?t=x"))
+        .body(vec![0xff, 0xfe])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400, "non-UTF-8 body");
+}
+
+/// A client polling in a loop with `since` sees every message exactly once, in order, even
+/// those published while it was between two polls.
+#[tokio::test]
+async fn polling_with_since_misses_nothing_and_gets_a_reset_beyond_history() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let first = publish(&gw, "feed", json!("m1")).await;
+    let mut since = first["position"].as_str().expect("position").to_string();
+    let mut seen = vec!["m1".to_string()];
+    let publisher = tokio::spawn({
+        let gw_admin = gw.admin("/publish");
+        async move {
+            for i in 2..=15 {
+                client()
+                    .post(&gw_admin)
+                    .json(&json!({"topic": "feed", "data": format!("m{i}")}))
+                    .send()
+                    .await
+                    .expect("publish");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+    while seen.len() < 15 {
+        let r = c
+            .get(gw.https(&format!("/s?t=feed&since={since}")))
+            .send()
+            .await
+            .expect("poll");
+        if r.status() == 204 {
+            continue;
+        }
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.expect("body");
+        let batch = realtime::longpoll::decode_batch(&body).expect("framing");
+        for (pos, text) in batch {
+            since = pos.to_string();
+            seen.push(text);
+        }
+        // Dawdle between polls so messages pile up and arrive as batches.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.await.expect("publisher");
+    let want: Vec<String> = (1..=15).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want, "missing, duplicated or out of order");
+
+    // 30 more: the history of 20 no longer holds what follows m15.
+    for i in 16..=45 {
+        publish(&gw, "feed", json!(format!("m{i}"))).await;
+    }
+    let r = c
+        .get(gw.https(&format!("/s?t=feed&since={since}")))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(r.status(), 409, "a gap must be announced");
+    assert!(r.headers()["x-position"]
+        .to_str()
+        .expect("pos")
+        .ends_with(":45"));
+}
+
+#[tokio::test]
+async fn sse_streams_resumes_from_last_event_id_and_signals_a_reset() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let mut stream = c
+        .get(gw.https("/events?topic=news"))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(
+        stream.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert!(stream.headers().get("content-encoding").is_none());
+    assert!(wait_subscribers(&gw, "news", 1).await);
+    for i in 1..=3 {
+        publish(&gw, "news", json!(format!("n{i}"))).await;
+    }
+    let events = read_events(&mut stream, 3).await;
+    assert_eq!(
+        events.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2", "n3"]
+    );
+    assert!(events.iter().all(|e| e.1 == "news"));
+    let second_id = events[1].0.clone().expect("id");
+    assert!(second_id.ends_with(":2"), "{second_id}");
+    drop(stream);
+
+    publish(&gw, "news", json!("n4")).await;
+    let mut resumed = c
+        .get(gw.https("/events?topic=news"))
+        .header("last-event-id", &second_id)
+        .send()
+        .await
+        .expect("sse");
+    let events = read_events(&mut resumed, 2).await;
+    assert_eq!(
+        events.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
+        ["n3", "n4"],
+        "resume must give exactly what followed the last id"
+    );
+
+    let epoch = second_id.split(':').next().expect("epoch");
+    let mut stale = c
+        .get(gw.https(&format!(
+            "/events?topic=news&lastEventId={}:1",
+            "f".repeat(epoch.len())
+        )))
+        .send()
+        .await
+        .expect("sse");
+    let events = read_events(&mut stale, 1).await;
+    assert_eq!(events[0].1, "reset", "{events:?}");
+    assert!(events[0].2.contains("\"position\""));
+}
+
+#[tokio::test]
+async fn one_publish_reaches_a_long_poll_and_two_sse_streams_at_once() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let poll = tokio::spawn({
+        let (c, url) = (c.clone(), gw.https("/s?t=all"));
+        async move { c.get(url).send().await }
+    });
+    let mut one = c
+        .get(gw.https("/events?topic=all"))
+        .send()
+        .await
+        .expect("sse");
+    let mut two = c
+        .get(gw.https("/events?topic=all&topic=other"))
+        .send()
+        .await
+        .expect("sse");
+    assert!(wait_subscribers(&gw, "all", 3).await);
+    let r = publish(&gw, "all", json!({"hello": "everyone"})).await;
+    assert_eq!(r["seq"], 1);
+    let body = poll
+        .await
+        .expect("join")
+        .expect("poll")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, r#"{"hello":"everyone"}"#);
+    assert_eq!(
+        read_events(&mut one, 1).await[0].2,
+        r#"{"hello":"everyone"}"#
+    );
+    let e = read_events(&mut two, 1).await;
+    assert_eq!(e[0].1, "all");
+    assert!(e[0].0.as_deref().unwrap_or("").starts_with("all@"), "{e:?}");
+}
+
+#[tokio::test]
+async fn the_publish_api_counts_a_retry_once_and_explains_errors() {
+    let gw = Gateway::start(CONFIG);
+    let c = client();
+    let send = |key: Option<&'static str>, body: &'static str| {
+        let mut r = c
+            .post(gw.admin("/publish"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        r.send()
+    };
+    let body = r#"{"topic":"orders","event":"created","data":{"id":7}}"#;
+    let a: Value = send(Some("order-7"), body)
+        .await
+        .expect("p")
+        .json()
+        .await
+        .expect("j");
+    let b: Value = send(Some("order-7"), body)
+        .await
+        .expect("p")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(a["seq"], 1);
+    assert_eq!(b["seq"], 1);
+    assert_eq!(b["duplicate"], true);
+    let info: Value = c
+        .get(gw.admin("/topics/orders"))
+        .send()
+        .await
+        .expect("t")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(info["seq"], 1, "the retry was published twice");
+
+    let r = send(None, "{not json").await.expect("p");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("j");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("invalid JSON"),
+        "{v}"
+    );
+    let r = c
+        .post(gw.admin("/publish"))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 413);
+    // And it still works.
+    let ok: Value = send(None, body).await.expect("p").json().await.expect("j");
+    assert_eq!(ok["seq"], 2);
+}
+
+#[tokio::test]
+async fn a_token_protects_the_publish_api() {
+    let gw =
+        Gateway::start(&CONFIG.replace("realtime:\n", "realtime:\n  publish: {token: s3cret}\n"));
+    let c = client();
+    let r = c
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": "t", "data": 1}))
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = c
+        .post(gw.admin("/publish"))
+        .bearer_auth("s3cret")
+        .json(&json!({"topic": "t", "data": 1}))
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 200);
+}
