@@ -69,7 +69,7 @@ nginx_conf "$T" nginx2 127.0.0.1:$P_NGINX2 127.0.0.1:$P_APP no
 start nginx2 "$T/nginx2.out" nginx -p "$T/nginx2" -c "$T/nginx2.conf"
 cat >"$T/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    maxconn 9000
 defaults
     mode http
     option http-keep-alive

@@ -186,8 +186,8 @@ worker_processes auto;
 daemon off;
 pid $dir/$name/nginx.pid;
 error_log $dir/$name/error.log warn;
-events { worker_connections 20000; }
-worker_rlimit_nofile 40000;
+events { worker_connections 9000; }
+worker_rlimit_nofile 19000;
 http {
     access_log off;
     client_body_temp_path $dir/$name/body;

@@ -54,6 +54,12 @@ pub mod defaults {
     /// Under the 60 s idle timeouts of common proxies.
     pub const SSE_HEARTBEAT_MS: u64 = 15_000;
     pub const SSE_RETRY_MS: u64 = 2_000;
+    /// tungstenite's own limit (64 MiB) is an upload limit; chat lines and events are small.
+    pub const WS_MAX_MESSAGE: usize = 64 * 1024;
+    /// Socket.IO's heartbeat: a ping every 25 s, 20 s to answer.
+    pub const WS_PING_INTERVAL_MS: u64 = 25_000;
+    pub const WS_PING_TIMEOUT_MS: u64 = 20_000;
+    pub const WS_QUEUE: usize = 256;
     pub fn index() -> Vec<String> {
         vec!["index.html".to_string()]
     }
@@ -282,6 +288,9 @@ pub enum RealtimeKind {
     Longpoll,
     /// Server-Sent Events: `…?topic=a&topic=b`.
     Sse,
+    /// A raw WebSocket endpoint (chat, pub/sub, or a broadcast room), configured under
+    /// `realtime.websocket.<route path>`.
+    Websocket,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -295,6 +304,64 @@ pub struct Realtime {
     pub sse: SseSettings,
     #[serde(default)]
     pub publish: PublishSettings,
+    /// Raw WebSocket endpoints, keyed by the `path` of the route that mounts them. A route with
+    /// `realtime: websocket` and no entry here gets the defaults.
+    #[serde(default)]
+    pub websocket: BTreeMap<String, WsSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsSettings {
+    /// Subprotocols offered: `beej-chat-protocol`, `pubsub.v1`.
+    #[serde(default = "ws_protocols")]
+    pub protocols: Vec<String>,
+    /// A client that asks for no subprotocol joins the endpoint's broadcast room.
+    #[serde(default = "defaults::yes")]
+    pub allow_plain: bool,
+    /// `Origin` values accepted (`*` for any); empty means same-origin only. Browsers send
+    /// cookies with cross-site WebSocket requests, so this is the CSRF check of WebSockets.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "ws_max_message")]
+    pub max_message_bytes: usize,
+    #[serde(default = "ws_ping_interval")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "ws_ping_timeout")]
+    pub ping_timeout_ms: u64,
+    /// Messages waiting for one client before it is closed as a slow reader (1013).
+    #[serde(default = "ws_queue")]
+    pub queue: usize,
+}
+
+fn ws_protocols() -> Vec<String> {
+    vec!["beej-chat-protocol".into(), "pubsub.v1".into()]
+}
+fn ws_max_message() -> usize {
+    defaults::WS_MAX_MESSAGE
+}
+fn ws_ping_interval() -> u64 {
+    defaults::WS_PING_INTERVAL_MS
+}
+fn ws_ping_timeout() -> u64 {
+    defaults::WS_PING_TIMEOUT_MS
+}
+fn ws_queue() -> usize {
+    defaults::WS_QUEUE
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            protocols: ws_protocols(),
+            allow_plain: true,
+            allowed_origins: Vec::new(),
+            max_message_bytes: ws_max_message(),
+            ping_interval_ms: ws_ping_interval(),
+            ping_timeout_ms: ws_ping_timeout(),
+            queue: ws_queue(),
+        }
+    }
 }
 
 /// The hub every realtime transport shares.
@@ -630,6 +697,45 @@ impl Config {
                 "realtime.sse.heartbeat_ms".into(),
                 "must be at least 1000".into(),
             );
+        }
+
+        for (path, ws) in &self.realtime.websocket {
+            let at = format!("realtime.websocket.{path}");
+            let mounted = self
+                .routes
+                .iter()
+                .any(|r| r.path == *path && r.realtime == Some(RealtimeKind::Websocket));
+            if !mounted {
+                bad(
+                    at.clone(),
+                    format!(
+                        "no route with path {path:?} and `realtime: websocket` uses these settings"
+                    ),
+                );
+            }
+            for (i, p) in ws.protocols.iter().enumerate() {
+                if p != "beej-chat-protocol" && p != "pubsub.v1" {
+                    bad(
+                        format!("{at}.protocols[{i}]"),
+                        format!("unknown subprotocol {p:?} (known: beej-chat-protocol, pubsub.v1)"),
+                    );
+                }
+            }
+            if ws.max_message_bytes < 16 {
+                bad(
+                    format!("{at}.max_message_bytes"),
+                    "must be at least 16".into(),
+                );
+            }
+            if ws.queue == 0 {
+                bad(format!("{at}.queue"), "must be at least 1".into());
+            }
+            if ws.ping_interval_ms < 100 || ws.ping_timeout_ms < 100 {
+                bad(
+                    format!("{at}"),
+                    "ping_interval_ms and ping_timeout_ms must be at least 100".into(),
+                );
+            }
         }
 
         let lim = &self.limits;

@@ -47,7 +47,7 @@ pub enum BuildError {
 impl Router {
     pub fn build(
         config: &Config,
-        realtime: &dyn Fn(RealtimeKind) -> Arc<dyn realtime::seam::Service>,
+        realtime: &dyn Fn(RealtimeKind, &str) -> Arc<dyn realtime::seam::Service>,
     ) -> Result<Router, BuildError> {
         let pools: BTreeMap<String, Arc<Pool>> = config
             .upstreams
@@ -57,7 +57,7 @@ impl Router {
         let mut routes = Vec::new();
         for (index, r) in config.routes.iter().enumerate() {
             let target = match r.realtime {
-                Some(kind) => Target::Realtime(realtime(kind)),
+                Some(kind) => Target::Realtime(realtime(kind, &r.path)),
                 None => Target::App {
                     files: match &r.static_files {
                         Some(s) => Some(Arc::new(

@@ -72,7 +72,8 @@ impl BackgroundService for HubSweeper {
 /// The realtime services, one instance per kind however many routes mount it, all on one hub.
 struct Realtime {
     hub: realtime::hub::Hub,
-    services: std::sync::Mutex<BTreeMap<RealtimeKind, Arc<dyn realtime::seam::Service>>>,
+    /// Keyed by kind, and by route path for the kinds configured per endpoint (WebSocket).
+    services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     config: crate::config::Realtime,
 }
 
@@ -90,13 +91,17 @@ impl Realtime {
         }
     }
 
-    fn service(&self, kind: RealtimeKind) -> Arc<dyn realtime::seam::Service> {
+    fn service(&self, kind: RealtimeKind, path: &str) -> Arc<dyn realtime::seam::Service> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = match kind {
+            RealtimeKind::Websocket => path.to_string(),
+            _ => String::new(),
+        };
         services
-            .entry(kind)
+            .entry((kind, key))
             .or_insert_with(|| match kind {
                 RealtimeKind::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
                 RealtimeKind::Longpoll => Arc::new(realtime::longpoll::LongPoll::new(
@@ -106,6 +111,22 @@ impl Realtime {
                         ..Default::default()
                     },
                 )),
+                RealtimeKind::Websocket => {
+                    let ws = self.config.websocket.get(path).cloned().unwrap_or_default();
+                    Arc::new(realtime::websocket::WsEndpoint::new(
+                        self.hub.clone(),
+                        &format!("ws:{path}"),
+                        realtime::websocket::WsConfig {
+                            protocols: ws.protocols,
+                            allow_plain: ws.allow_plain,
+                            allowed_origins: ws.allowed_origins,
+                            max_message: ws.max_message_bytes,
+                            ping_interval: Duration::from_millis(ws.ping_interval_ms),
+                            ping_timeout: Duration::from_millis(ws.ping_timeout_ms),
+                            queue: ws.queue,
+                        },
+                    ))
+                }
                 RealtimeKind::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
                     realtime::sse::SseConfig {
@@ -137,7 +158,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     server.bootstrap();
 
     let rt = Realtime::new(&config.realtime);
-    let router = Router::build(config, &|kind| rt.service(kind))?;
+    let router = Router::build(config, &|kind, path| rt.service(kind, path))?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
     let hsts = config.tls.hsts.as_ref().map(|h| {

@@ -12,3 +12,4 @@ pub mod seam;
 pub mod socketio;
 pub mod sse;
 pub mod text;
+pub mod websocket;

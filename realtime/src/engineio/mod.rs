@@ -8,14 +8,27 @@
 //! [`decode_payload`] and answers GETs with [`encode_payload`]. Sizes are
 //! bounded by the caller (`maxHttpBufferSize`) before anything is decoded.
 
+mod config;
 pub mod conn;
 mod handshake;
 mod packet;
 mod payload;
+mod polling;
 mod request;
+mod server;
+mod session;
+#[cfg(test)]
+mod tests;
+mod websocket;
 
+pub use config::{
+    AllowRequest, CorsConfig, CorsOrigin, EngineConfig, HandshakeRequest, DEFAULT_CORS_METHODS,
+    DEFAULT_IN_QUEUE, DEFAULT_MAX_PAYLOAD, DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
+};
 pub use conn::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
 pub use handshake::Handshake;
 pub use packet::{DecodeError, Packet, WsFrame, PROBE};
 pub use payload::{decode_payload, encode_payload, encode_payload_capped};
 pub use request::{verify_request, EngineError, EngineRequest, Transport};
+pub use server::EngineServer;

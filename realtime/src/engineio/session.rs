@@ -183,10 +183,6 @@ impl Session {
         }
     }
 
-    pub(super) fn is_open(&self) -> bool {
-        self.state().phase == Phase::Open
-    }
-
     pub(super) fn is_closed(&self) -> bool {
         matches!(self.state().phase, Phase::Closed(_))
     }
@@ -381,7 +377,10 @@ impl Session {
             }
             Phase::Closed(reason) => {
                 packets.clear();
-                (Some(st.ws_close_code.unwrap_or(ws_close_code(reason))), false)
+                (
+                    Some(st.ws_close_code.unwrap_or(ws_close_code(reason))),
+                    false,
+                )
             }
         };
         WsBatch {
@@ -580,7 +579,8 @@ impl Session {
             // What the client sends from now on is dropped, as node does once `closing`.
             lock(&self.incoming).take();
             // A WebSocket is told to close once the drain is written: drop queued pings.
-            st.outbox.retain(|p| matches!(p, Packet::Message(_) | Packet::MessageBinary(_)));
+            st.outbox
+                .retain(|p| matches!(p, Packet::Message(_) | Packet::MessageBinary(_)));
         }
         self.notify();
         let wait = self.wait_closed();

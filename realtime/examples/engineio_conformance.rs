@@ -1,0 +1,172 @@
+//! An Engine.IO echo server for the official protocol test suite
+//! (socketio/engine.io-protocol, `test-suite/`), which expects exactly this setup:
+//! `http://localhost:3000/engine.io/`, pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1e6,
+//! CORS `*`, every message echoed back.
+//!
+//! ```text
+//! cargo run -p realtime --example engineio_conformance [port]
+//! ```
+//!
+//! The HTTP/1.1 side is a minimal hyper shell that turns each exchange into a
+//! `realtime::seam::Request` and writes back whichever `Response` shape comes out, as the
+//! gateway does; it listens on loopback only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame as BodyFrame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use realtime::engineio::{Conn, ConnHandler, CorsConfig, EngineConfig, EngineServer};
+use realtime::seam::{Body, BodyError, Request, Response, Service};
+use tokio::net::TcpListener;
+
+/// The test suite's fixed URL.
+const DEFAULT_PORT: u16 = 3000;
+/// The suite's expected settings.
+const PING_INTERVAL: Duration = Duration::from_millis(300);
+const PING_TIMEOUT: Duration = Duration::from_millis(200);
+const MAX_PAYLOAD: usize = 1_000_000;
+/// Route prefix the suite uses (node's default `path`).
+const PATH: &str = "/engine.io/";
+/// Request body chunks buffered towards the engine, as the gateway's seam does.
+const BODY_CHUNKS_IN_FLIGHT: usize = 4;
+/// The in-memory pipe between an upgraded connection and the engine (as the gateway's).
+const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
+
+type OutBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Sends every message straight back.
+struct Echo;
+
+impl ConnHandler for Echo {
+    fn on_connection(&self, mut conn: Conn) {
+        tokio::spawn(async move {
+            while let Some(frame) = conn.incoming.recv().await {
+                if conn.sender.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port = match std::env::args().nth(1) {
+        Some(arg) => arg.parse()?,
+        None => DEFAULT_PORT,
+    };
+    let config = EngineConfig {
+        ping_interval: PING_INTERVAL,
+        ping_timeout: PING_TIMEOUT,
+        max_payload: MAX_PAYLOAD,
+        cors: Some(CorsConfig::any()),
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(EngineServer::new(config, Arc::new(Echo)));
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("engine.io conformance server on http://localhost:{port}{PATH}");
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| exchange(engine.clone(), peer, req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// One HTTP exchange through the seam. hyper drops this future when the client goes away,
+/// as the gateway does.
+async fn exchange(
+    engine: Arc<EngineServer>,
+    peer: SocketAddr,
+    mut req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<OutBody>, Infallible> {
+    if !req.uri().path().starts_with(PATH) {
+        return Ok(full(http::StatusCode::NOT_FOUND, Bytes::new()));
+    }
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut req));
+    let (head, incoming) = req.into_parts();
+    let body = if upgrade.is_some() {
+        Body::empty()
+    } else {
+        let (tx, body) = Body::channel(BODY_CHUNKS_IN_FLIGHT);
+        tokio::spawn(feed_body(incoming, tx));
+        body
+    };
+    let seam_req = Request {
+        head,
+        peer: Some(peer),
+        secure: false,
+        body,
+    };
+    Ok(match engine.call(seam_req).await {
+        Response::Full(resp) => resp.map(|b| Full::new(b).boxed_unsync()),
+        Response::Stream { head, body } => {
+            let chunks = futures_util::stream::unfold(body, |mut rx| async move {
+                let chunk = rx.recv().await?;
+                Some((Ok(BodyFrame::data(chunk)), rx))
+            });
+            hyper::Response::from_parts(head, StreamBody::new(chunks).boxed_unsync())
+        }
+        Response::Upgrade { head, on_upgrade } => {
+            let Some(upgrade) = upgrade else {
+                return Ok(full(http::StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
+            };
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else {
+                    return;
+                };
+                let (mut ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
+                let service = tokio::spawn(on_upgrade(theirs));
+                let mut client = TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut ours).await;
+                service.abort();
+            });
+            hyper::Response::from_parts(head, Full::new(Bytes::new()).boxed_unsync())
+        }
+    })
+}
+
+/// Moves the request body into the seam's channel until the engine stops wanting it.
+async fn feed_body(
+    mut incoming: Incoming,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>,
+) {
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(Ok(data)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(BodyError::Aborted(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+}
+
+fn full(status: http::StatusCode, body: Bytes) -> hyper::Response<OutBody> {
+    let mut resp = hyper::Response::new(Full::new(body).boxed_unsync());
+    *resp.status_mut() = status;
+    resp
+}

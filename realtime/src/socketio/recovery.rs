@@ -1,0 +1,531 @@
+//! What a socket has delivered, so that a multi-room broadcast arrives once
+//! and a client that lost its transport can be given exactly what it missed.
+//!
+//! # Offsets
+//!
+//! With recovery on, every event a socket receives through the hub (room
+//! broadcasts, app publishes, and `socket.emit`, which then goes through the
+//! socket's own room) carries an offset as its last argument: the decimal
+//! count of such events sent to this socket so far (`"1"`, `"2"`, …). The
+//! client echoes the last one it processed when it reconnects
+//! (`40{"pid":…,"offset":"17"}`).
+//!
+//! The offset alone names no hub position: a socket listens to several
+//! topics (its own room, the namespace, each joined room), each with its own
+//! sequence numbers. So each socket keeps a bounded log of the hub messages
+//! it processed, in processing order, each with its topic position, its
+//! [`MessageId`] and what became of it: sent as event number `c`, skipped
+//! as a duplicate of event `j` (the same broadcast reached it through
+//! another room first), or skipped for good (its own relay, a room it had
+//! left, a reserved event name).
+//!
+//! On reconnect with offset `k`, an entry counts as received if it was sent
+//! as event `c ≤ k`, or is a duplicate of event `j ≤ k`, or was skipped for
+//! good. Everything from the first entry that is not received onward is
+//! replayed: for each topic, the resume point is just before its first such
+//! entry (or its last processed position when it has none), and
+//! [`Subscriber::join`](crate::hub::Subscriber::join) with that position
+//! returns the topic's missed messages from history, including those
+//! published while the client was away. The per-topic replays are merged in
+//! the order the socket originally processed them (then by [`MessageId`]
+//! for messages it never saw), and go through the same filters again:
+//! duplicates of received events are recognised by the dedupe window, whose
+//! entries for events after `k` are forgotten first.
+//!
+//! Recovery is refused (the client gets a new session, as node does when its
+//! packet store no longer holds the offset) when `k` was never sent, when
+//! the log no longer holds an event after `k` (it holds
+//! [`RecoveryOptions::tracked_events`](super::RecoveryOptions::tracked_events)
+//! entries), or when a topic's history no longer reaches back to the resume
+//! point (the hub answers `Reset`).
+//!
+//! Offsets keep growing across recoveries, so an old offset never names a
+//! new event.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::hub::{Message, MessageId, Position, SubscriberId};
+
+/// Message ids a socket remembers to deliver a broadcast it receives
+/// through several rooms once. The copies of one broadcast are published
+/// back to back ([`Hub::publish_many`](crate::hub::Hub::publish_many)), so
+/// they reach the socket's queue within a few messages of each other; the
+/// window only has to outlast the socket's queue (1024 by default).
+pub const DEDUPE_WINDOW: usize = 1024;
+
+/// Subscriber ids a session remembers as "itself" across recoveries: a
+/// relay published by the previous incarnation may still sit in a replay.
+/// Older incarnations' messages are all behind the resume points.
+const ORIGINS_KEPT: usize = 4;
+
+/// What became of one processed hub message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Sent as event number `c` (its offset).
+    Sent(u64),
+    /// A second copy of the broadcast first sent as event `j`.
+    Dup(u64),
+    /// Never to be sent to this socket, whatever happens.
+    Skipped,
+}
+
+impl Status {
+    fn received_by(self, offset: u64) -> bool {
+        match self {
+            Status::Sent(c) | Status::Dup(c) => c <= offset,
+            Status::Skipped => true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LogEntry {
+    topic: Arc<str>,
+    position: Position,
+    id: MessageId,
+    status: Status,
+}
+
+#[derive(Debug)]
+struct DeliveryLog {
+    /// Offset of the newest sent event (0 before the first).
+    sent: u64,
+    /// Oldest offset still servable: every entry after that event is held.
+    floor: u64,
+    cap: usize,
+    entries: VecDeque<LogEntry>,
+}
+
+impl DeliveryLog {
+    fn push(&mut self, entry: LogEntry) {
+        self.entries.push_back(entry);
+        while self.entries.len() > self.cap {
+            if let Some(old) = self.entries.pop_front() {
+                // Skips are received whatever the offset; only an evicted
+                // sent event raises the floor.
+                if let Status::Sent(c) = old.status {
+                    self.floor = c;
+                }
+            }
+        }
+    }
+}
+
+/// What to do with one hub message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Skip,
+    /// Send it, with this offset appended when recovery is on.
+    Deliver { offset: Option<u64> },
+}
+
+/// A socket's delivery bookkeeping; lives in the socket's outbox lock while
+/// it is connected and in its [`Session`] while it is away.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    /// Last processed position per joined topic: anything at or before it is
+    /// stale (queued before a replay that already covered it).
+    positions: HashMap<Arc<str>, Position>,
+    recent: VecDeque<MessageId>,
+    /// Recent delivered ids → offset they went out with (0 without recovery).
+    recent_offsets: HashMap<MessageId, u64>,
+    origins: VecDeque<SubscriberId>,
+    log: Option<DeliveryLog>,
+}
+
+/// Where to resume each topic, and the original order of what follows.
+#[derive(Debug)]
+pub(crate) struct ResumePlan {
+    pub(crate) since: Vec<(Arc<str>, Position)>,
+    order: HashMap<MessageId, usize>,
+}
+
+impl Tracker {
+    /// `tracked`: the log capacity when recovery is on.
+    pub(crate) fn new(tracked: Option<usize>) -> Tracker {
+        Tracker {
+            positions: HashMap::new(),
+            recent: VecDeque::new(),
+            recent_offsets: HashMap::new(),
+            origins: VecDeque::new(),
+            log: tracked.map(|cap| DeliveryLog {
+                sent: 0,
+                floor: 0,
+                cap: cap.max(1),
+                entries: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Messages published by `id` are this socket's own and never come back
+    /// to it (a relay's "excluding the sender").
+    pub(crate) fn add_origin(&mut self, id: SubscriberId) {
+        self.origins.push_back(id);
+        while self.origins.len() > ORIGINS_KEPT {
+            self.origins.pop_front();
+        }
+    }
+
+    /// The socket's topic is now at `position` as far as it is concerned.
+    pub(crate) fn set_position(&mut self, topic: Arc<str>, position: Position) {
+        self.positions.insert(topic, position);
+    }
+
+    /// The socket left `topic`.
+    pub(crate) fn forget(&mut self, topic: &str) {
+        self.positions.remove(topic);
+    }
+
+    /// Decides on the next message from a joined topic (replay or live, in
+    /// per-topic order). `deliverable` is false for payloads that can never
+    /// be sent (a reserved event name).
+    pub(crate) fn decide(&mut self, msg: &Message, deliverable: bool) -> Decision {
+        if let Some(p) = self.positions.get(&*msg.topic) {
+            if p.epoch == msg.epoch && msg.seq <= p.seq {
+                return Decision::Skip;
+            }
+        }
+        self.positions
+            .insert(Arc::clone(&msg.topic), msg.position());
+        let own = msg.origin.is_some_and(|o| self.origins.contains(&o));
+        let (status, decision) = if own || !deliverable {
+            (Status::Skipped, Decision::Skip)
+        } else if let Some(&first) = self.recent_offsets.get(&msg.id) {
+            (Status::Dup(first), Decision::Skip)
+        } else {
+            let offset = self.log.as_mut().map(|log| {
+                log.sent += 1;
+                log.sent
+            });
+            self.remember(msg.id, offset.unwrap_or(0));
+            (
+                Status::Sent(offset.unwrap_or(0)),
+                Decision::Deliver { offset },
+            )
+        };
+        if let Some(log) = self.log.as_mut() {
+            log.push(LogEntry {
+                topic: Arc::clone(&msg.topic),
+                position: msg.position(),
+                id: msg.id,
+                status,
+            });
+        }
+        decision
+    }
+
+    fn remember(&mut self, id: MessageId, offset: u64) {
+        self.recent.push_back(id);
+        self.recent_offsets.insert(id, offset);
+        while self.recent.len() > DEDUPE_WINDOW {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_offsets.remove(&old);
+            }
+        }
+    }
+
+    /// Prepares a resume from `offset` for a session in `topics`: returns
+    /// where each topic resumes, and rewinds this tracker to that point (the
+    /// log and dedupe window forget what the client did not receive). `None`
+    /// if the offset cannot be served; the tracker is then unusable.
+    pub(crate) fn resume(&mut self, topics: &[Arc<str>], offset: u64) -> Option<ResumePlan> {
+        let log = self.log.as_mut()?;
+        if offset > log.sent || offset < log.floor {
+            return None;
+        }
+        let cut = log
+            .entries
+            .iter()
+            .position(|e| !e.status.received_by(offset))
+            .unwrap_or(log.entries.len());
+        let mut first_unreceived: HashMap<&str, Position> = HashMap::new();
+        let mut order = HashMap::new();
+        for (i, e) in log.entries.iter().enumerate().skip(cut) {
+            first_unreceived
+                .entry(&e.topic)
+                .or_insert_with(|| Position::new(e.position.epoch, e.position.seq.saturating_sub(1)));
+            order.entry(e.id).or_insert(i);
+        }
+        let mut since = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let p = match first_unreceived.get(&**topic) {
+                Some(p) => *p,
+                None => *self.positions.get(topic)?,
+            };
+            since.push((Arc::clone(topic), p));
+        }
+        log.entries.truncate(cut);
+        let keep: HashSet<&Arc<str>> = topics.iter().collect();
+        self.positions.retain(|t, _| keep.contains(t));
+        for (topic, p) in &since {
+            self.positions.insert(Arc::clone(topic), *p);
+        }
+        self.recent_offsets.retain(|_, c| *c <= offset);
+        let offsets = &self.recent_offsets;
+        self.recent.retain(|id| offsets.contains_key(id));
+        Some(ResumePlan { since, order })
+    }
+}
+
+impl ResumePlan {
+    /// Merges per-topic replays (each in topic order) into one delivery
+    /// order: what the socket had processed first comes first, then by
+    /// message id (publish order on this node). Per-topic order is kept.
+    pub(crate) fn merge(&self, replays: Vec<Vec<Arc<Message>>>) -> Vec<Arc<Message>> {
+        let total = replays.iter().map(Vec::len).sum();
+        let mut queues: Vec<VecDeque<Arc<Message>>> =
+            replays.into_iter().map(VecDeque::from).collect();
+        let key = |m: &Message| (self.order.get(&m.id).copied().unwrap_or(usize::MAX), m.id.raw());
+        let mut out = Vec::with_capacity(total);
+        loop {
+            let next = queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.front().map(|m| (key(m), i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            if let Some(m) = queues[i].pop_front() {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+/// A disconnected socket waiting for its client, keyed by its private id.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) sid: Arc<str>,
+    pub(crate) pid: Arc<str>,
+    /// Rooms by name, the socket's own id included.
+    pub(crate) rooms: Vec<String>,
+    pub(crate) tracker: Tracker,
+    pub(crate) since: Instant,
+}
+
+/// The sessions of one namespace, bounded in number and age.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    map: HashMap<Arc<str>, Session>,
+    /// Insertion order (and so expiry order: the duration is fixed).
+    order: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&mut self, session: Session, max: usize, ttl: std::time::Duration) {
+        self.expire(session.since, ttl);
+        while self.map.len() >= max.max(1) {
+            let Some((_, pid)) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&pid);
+        }
+        self.order.push_back((session.since, Arc::clone(&session.pid)));
+        self.map.insert(Arc::clone(&session.pid), session);
+    }
+
+    /// Takes the session `pid` if it has not expired at `now`.
+    pub(crate) fn take(
+        &mut self,
+        pid: &str,
+        now: Instant,
+        ttl: std::time::Duration,
+    ) -> Option<Session> {
+        self.expire(now, ttl);
+        self.map.remove(pid)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn expire(&mut self, now: Instant, ttl: std::time::Duration) {
+        while let Some((at, pid)) = self.order.front() {
+            if now.saturating_duration_since(*at) < ttl {
+                break;
+            }
+            // The map entry may be a newer session with the same pid (a
+            // recovered socket dropped again): only remove what expired.
+            if self.map.get(pid).is_some_and(|s| s.since == *at) {
+                self.map.remove(pid);
+            }
+            self.order.pop_front();
+        }
+        // Entries whose session was taken leave stale order records; they
+        // expire like the others, so the deque stays bounded by the rate of
+        // disconnections times the ttl.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, HubConfig, Subscriber};
+    use serde_json::json;
+
+    /// A hub, a subscriber in topics `a` and `b`, and the tracker fed from
+    /// their join positions.
+    fn setup(tracked: usize) -> (Hub, Subscriber, Tracker) {
+        let hub = Hub::new(HubConfig::default());
+        let sub = hub.subscribe().unwrap();
+        let mut t = Tracker::new(Some(tracked));
+        for topic in ["a", "b"] {
+            let out = sub.join(topic, None).unwrap();
+            t.set_position(Arc::from(topic), out.position());
+        }
+        (hub, sub, t)
+    }
+
+    fn drain(sub: &Subscriber) -> Vec<Arc<Message>> {
+        std::iter::from_fn(|| sub.try_recv().unwrap()).collect()
+    }
+
+    fn topics() -> Vec<Arc<str>> {
+        vec![Arc::from("a"), Arc::from("b")]
+    }
+
+    #[test]
+    fn dedupes_and_skips_stale() {
+        let (hub, sub, mut t) = setup(16);
+        hub.publish_many(["a", "b"], Payload::new("x", json!(1)), None).unwrap();
+        let got = drain(&sub);
+        assert_eq!(got.len(), 2);
+        assert_eq!(t.decide(&got[0], true), Decision::Deliver { offset: Some(1) });
+        assert_eq!(t.decide(&got[1], true), Decision::Skip);
+        // the same message again (a replay overlapping the queue) is stale
+        assert_eq!(t.decide(&got[0], true), Decision::Skip);
+        hub.publish("b", "y", json!(2), None).unwrap();
+        let got = drain(&sub);
+        assert_eq!(t.decide(&got[0], true), Decision::Deliver { offset: Some(2) });
+    }
+
+    #[test]
+    fn own_messages_and_reserved_names_are_skipped() {
+        let (hub, sub, mut t) = setup(16);
+        t.add_origin(sub.id());
+        hub.publish("a", "x", json!(1), Some(sub.id())).unwrap();
+        hub.publish("a", "y", json!(2), None).unwrap();
+        let got = drain(&sub);
+        assert_eq!(t.decide(&got[0], true), Decision::Skip);
+        assert_eq!(t.decide(&got[1], false), Decision::Skip);
+    }
+
+    #[test]
+    fn resume_replays_what_was_not_received_in_order() {
+        let (hub, sub, mut t) = setup(16);
+        hub.publish("a", "1", json!(null), None).unwrap(); // offset 1
+        hub.publish("b", "2", json!(null), None).unwrap(); // offset 2
+        hub.publish_many(["a", "b"], Payload::new("3", json!(null)), None)
+            .unwrap(); // offset 3 (+ a dup)
+        hub.publish("b", "4", json!(null), None).unwrap(); // offset 4
+        for m in drain(&sub) {
+            t.decide(&m, true);
+        }
+        // the client saw up to offset 2; then more was published meanwhile
+        hub.publish("a", "5", json!(null), None).unwrap();
+        drop(sub);
+        let plan = t.resume(&topics(), 2).unwrap();
+        let since: HashMap<_, _> = plan.since.iter().cloned().collect();
+        assert_eq!(since[&Arc::<str>::from("a")].seq, 1);
+        assert_eq!(since[&Arc::<str>::from("b")].seq, 1);
+
+        let sub = hub.subscribe().unwrap();
+        let replays = plan
+            .since
+            .iter()
+            .map(|(topic, p)| sub.join(topic, Some(*p)).unwrap().replay().to_vec())
+            .collect();
+        let delivered: Vec<(String, Decision)> = plan
+            .merge(replays)
+            .iter()
+            .map(|m| (m.event().to_owned(), t.decide(m, true)))
+            .collect();
+        let sent: Vec<(String, Option<u64>)> = delivered
+            .into_iter()
+            .filter_map(|(e, d)| match d {
+                Decision::Deliver { offset } => Some((e, offset)),
+                Decision::Skip => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("3".to_owned(), Some(5)),
+                ("4".to_owned(), Some(6)),
+                ("5".to_owned(), Some(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_of_a_received_event_stays_skipped() {
+        let (hub, sub, mut t) = setup(16);
+        hub.publish_many(["a", "b"], Payload::new("x", json!(null)), None)
+            .unwrap();
+        hub.publish("b", "y", json!(null), None).unwrap();
+        for m in drain(&sub) {
+            t.decide(&m, true);
+        }
+        // offsets: x = 1 (its copy in b a dup), y = 2; the client saw x only
+        let plan = t.resume(&topics(), 1).unwrap();
+        let sub = hub.subscribe().unwrap();
+        let replays = plan
+            .since
+            .iter()
+            .map(|(topic, p)| sub.join(topic, Some(*p)).unwrap().replay().to_vec())
+            .collect();
+        let sent: Vec<String> = plan
+            .merge(replays)
+            .iter()
+            .filter(|m| t.decide(m, true) != Decision::Skip)
+            .map(|m| m.event().to_owned())
+            .collect();
+        assert_eq!(sent, ["y"]);
+    }
+
+    #[test]
+    fn offsets_out_of_range_are_refused() {
+        let (hub, sub, t) = setup(2);
+        for i in 0..4 {
+            hub.publish("a", "x", json!(i), None).unwrap();
+        }
+        let got = drain(&sub);
+        let run = |offset| {
+            let mut t2 = Tracker::new(Some(2));
+            t2.positions = t.positions.clone();
+            for m in &got {
+                t2.decide(m, true);
+            }
+            t2.resume(&topics(), offset).is_some()
+        };
+        // the log holds the entries of offsets 3 and 4
+        assert!(!run(1));
+        assert!(run(2));
+        assert!(run(4));
+        assert!(!run(5));
+    }
+
+    #[test]
+    fn sessions_expire_and_are_bounded() {
+        let now = Instant::now();
+        let ttl = std::time::Duration::from_secs(10);
+        let mut s = Sessions::default();
+        let session = |pid: &str, since| Session {
+            sid: Arc::from("sid"),
+            pid: Arc::from(pid),
+            rooms: Vec::new(),
+            tracker: Tracker::new(None),
+            since,
+        };
+        s.insert(session("p1", now), 2, ttl);
+        s.insert(session("p2", now), 2, ttl);
+        s.insert(session("p3", now), 2, ttl);
+        assert_eq!(s.len(), 2);
+        assert!(s.take("p1", now, ttl).is_none());
+        assert!(s.take("p2", now, ttl).is_some());
+        assert!(s.take("p3", now + ttl, ttl).is_none());
+    }
+}

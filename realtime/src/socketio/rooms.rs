@@ -1,0 +1,119 @@
+//! How Socket.IO namespaces and rooms map onto hub topics, and the ids the
+//! server hands out.
+//!
+//! A room is a hub topic, so anything that publishes to the topic (the app's
+//! publish API, another transport, a bus from another node) reaches the
+//! room's sockets as an event, and a socket that comes back after a network
+//! drop can be replayed what it missed from the topic's history.
+//!
+//! | what | topic |
+//! |---|---|
+//! | room `r` of namespace `/chat` | `sio:/chat:r` |
+//! | every socket of `/chat` | `sio:/chat` |
+//! | the room named by a socket's id `X` | `sio:/chat:X` |
+//!
+//! A `%` or `:` inside a namespace name is percent-escaped (`%25`, `%3A`),
+//! so the first `:` after the namespace always separates it from the room:
+//! `/a:b` + room `c` and `/a` + room `b:c` stay two topics. Room names are
+//! taken verbatim.
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+
+/// Prefix of every topic the Socket.IO layer uses, so an operator can tell
+/// them apart from other transports' topics.
+pub const TOPIC_PREFIX: &str = "sio:";
+
+/// Random bytes in a socket id or session id: 15 bytes give node's 20
+/// base64url characters (its `base64id`) and 120 bits, unguessable.
+const ID_BYTES: usize = 15;
+
+/// Length of a generated id in characters.
+pub const ID_LEN: usize = 20;
+
+/// The topic every socket of `nsp` is subscribed to: namespace-wide
+/// broadcasts (`ns.emit`, relay without rooms) are published here once.
+pub fn namespace_topic(nsp: &str) -> String {
+    format!("{TOPIC_PREFIX}{}", escape_nsp(nsp))
+}
+
+/// The topic of room `room` in namespace `nsp`.
+pub fn room_topic(nsp: &str, room: &str) -> String {
+    format!("{TOPIC_PREFIX}{}:{room}", escape_nsp(nsp))
+}
+
+fn escape_nsp(nsp: &str) -> Cow<'_, str> {
+    if !nsp.contains(['%', ':']) {
+        return Cow::Borrowed(nsp);
+    }
+    let mut out = String::with_capacity(nsp.len() + 4);
+    for c in nsp.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A fresh socket id or private session id: 20 base64url characters like
+/// node's, never the Engine.IO sid (which would let anyone who sees a
+/// socket id hijack its transport).
+pub fn generate_id() -> String {
+    let mut bytes = [0u8; ID_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` has the shape of a generated id. Client-chosen rooms of this
+/// shape are refused: they could be another socket's private room.
+pub fn looks_like_id(s: &str) -> bool {
+    s.len() == ID_LEN
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Node's `io.of("chat")` means `/chat`.
+pub(super) fn normalize_nsp(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert_eq!(namespace_topic("/"), "sio:/");
+        assert_eq!(room_topic("/", "lobby"), "sio:/:lobby");
+        assert_eq!(room_topic("/chat", "a:b"), "sio:/chat:a:b");
+        assert_ne!(room_topic("/a:b", "c"), room_topic("/a", "b:c"));
+        assert_eq!(room_topic("/a:b%", "c"), "sio:/a%3Ab%25:c");
+        assert_ne!(namespace_topic("/a"), room_topic("/", "a"));
+    }
+
+    #[test]
+    fn ids() {
+        let a = generate_id();
+        assert_eq!(a.len(), ID_LEN);
+        assert!(looks_like_id(&a));
+        assert_ne!(a, generate_id());
+        assert!(!looks_like_id("lobby"));
+        assert!(!looks_like_id("aaaaaaaaaaaaaaaaaaa!"));
+    }
+
+    #[test]
+    fn namespace_paths() {
+        assert_eq!(normalize_nsp("chat"), "/chat");
+        assert_eq!(normalize_nsp("/"), "/");
+    }
+}

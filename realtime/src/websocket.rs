@@ -1,0 +1,681 @@
+//! Raw WebSocket endpoints (`/ws`), for clients that do not speak Socket.IO.
+//!
+//! The subprotocol the client asks for picks the behaviour:
+//! - `beej-chat-protocol`: a chat room of JSON messages `{"type": T, "payload": {...}}`
+//!   (`chat-join`, `chat-message`, and `chat-leave` sent by the server when a client goes).
+//! - `pubsub.v1` ([`PUBSUB`]): subscribe to hub topics with an optional resume position,
+//!   publish, and receive messages with topic, seq and epoch, or a reset when a gap cannot be
+//!   filled. The message shapes are [`PubSubIn`] and [`PubSubOut`].
+//! - none (when the endpoint allows it): one broadcast room where every client hears of each
+//!   arrival and departure by id and receives every message as `<id>: <text>`.
+//!
+//! Every endpoint checks `Origin` before the `101` (cross-site WebSocket hijacking), bounds
+//! message size (close 1009) and each client's queue (a slow reader is closed with 1013 and
+//! counted by the hub), pings idle clients, and closes with 1001 when the gateway shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::hub::{self, Hub, JoinOutcome, Position, Subscriber};
+use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
+
+pub const CHAT: &str = "beej-chat-protocol";
+pub const PUBSUB: &str = "pubsub.v1";
+
+/// Messages above this close the connection with 1009. tungstenite's default (64 MiB) is an
+/// upload limit, not a chat limit; 64 KiB is generous for chat lines and pub/sub events.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+/// Socket.IO's heartbeat values: a ping every 25 s, and 20 s to answer it.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Messages waiting for one slow reader before it is closed with 1013.
+pub const DEFAULT_QUEUE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Subprotocols this endpoint speaks (a subset of [`CHAT`], [`PUBSUB`]).
+    pub protocols: Vec<String>,
+    /// Whether a client that asks for no subprotocol joins the broadcast room.
+    pub allow_plain: bool,
+    /// Accepted `Origin` values (`*` for any). Empty: only same-origin requests (the Origin's
+    /// host equals the Host header) and clients that send no Origin (non-browsers).
+    pub allowed_origins: Vec<String>,
+    pub max_message: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub queue: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            protocols: vec![CHAT.to_string(), PUBSUB.to_string()],
+            allow_plain: true,
+            allowed_origins: Vec::new(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// One endpoint (one route).
+pub struct WsEndpoint {
+    hub: Hub,
+    config: Arc<WsConfig>,
+    /// Prefix of the hub topics of this endpoint's chat and broadcast rooms, so two endpoints
+    /// never share a room by accident.
+    name: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Chat,
+    PubSub,
+    Plain,
+}
+
+/// What a pub/sub client sends.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PubSubIn {
+    Subscribe {
+        topic: String,
+        #[serde(default)]
+        since: Option<String>,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        #[serde(default)]
+        event: Option<String>,
+        #[serde(default)]
+        data: Value,
+        /// Echoed in the `published` answer, so a client can match answers to requests.
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+/// What a pub/sub client receives.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum PubSubOut {
+    Subscribed {
+        topic: String,
+        position: String,
+    },
+    /// The resume position could not be served: messages were missed; live delivery goes on
+    /// from `position`.
+    Reset {
+        topic: String,
+        since: Option<String>,
+        position: String,
+    },
+    Unsubscribed {
+        topic: String,
+    },
+    Message {
+        topic: String,
+        event: String,
+        data: Value,
+        seq: u64,
+        epoch: String,
+        position: String,
+    },
+    Published {
+        topic: String,
+        seq: u64,
+        epoch: String,
+        position: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl PubSubOut {
+    fn text(&self) -> WsMessage {
+        WsMessage::text(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Why a chat message closes the connection (1007).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("missing field: {0}")]
+    Missing(&'static str),
+}
+
+/// What a chat message asks for; pure, so the protocol rules are tested without a socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChatAction {
+    /// Broadcast this (already trimmed) message.
+    Broadcast {
+        kind: &'static str,
+        payload: Value,
+        username: String,
+    },
+    /// Nothing to send (an empty message, dropped).
+    Drop,
+    /// An unknown type, logged and ignored.
+    Unknown(String),
+}
+
+pub fn chat_action(text: &str) -> Result<ChatAction, ChatError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ChatError::NotJson(e.to_string()))?;
+    let kind = v
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(ChatError::Missing("type"))?;
+    let field = |name: &'static str| {
+        v.get("payload")
+            .and_then(|p| p.get(name))
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_string())
+            .ok_or(ChatError::Missing(name))
+    };
+    match kind {
+        "chat-join" => {
+            let username = field("username")?;
+            Ok(ChatAction::Broadcast {
+                kind: "chat-join",
+                payload: json!({ "username": username }),
+                username,
+            })
+        }
+        "chat-message" => {
+            let username = field("username")?;
+            let message = field("message")?;
+            if message.is_empty() {
+                return Ok(ChatAction::Drop);
+            }
+            Ok(ChatAction::Broadcast {
+                kind: "chat-message",
+                payload: json!({ "username": username, "message": message }),
+                username,
+            })
+        }
+        other => Ok(ChatAction::Unknown(other.to_string())),
+    }
+}
+
+fn close(code: CloseCode, reason: &str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    }))
+}
+
+fn origin_allowed(config: &WsConfig, req: &Request) -> Result<(), String> {
+    let Some(origin) = req.header("origin") else {
+        return Ok(());
+    };
+    if config
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o == origin)
+    {
+        return Ok(());
+    }
+    if config.allowed_origins.is_empty() {
+        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+        if req
+            .header("host")
+            .is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+        {
+            return Ok(());
+        }
+    }
+    Err(origin.to_string())
+}
+
+impl WsEndpoint {
+    pub fn new(hub: Hub, name: &str, config: WsConfig) -> WsEndpoint {
+        WsEndpoint {
+            hub,
+            config: Arc::new(config),
+            name: Arc::from(name),
+        }
+    }
+
+    fn choose(&self, req: &Request) -> Result<(Mode, Option<String>), Box<Response>> {
+        let offered: Vec<String> = req
+            .head
+            .headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if offered.is_empty() {
+            if self.config.allow_plain {
+                return Ok((Mode::Plain, None));
+            }
+            return Err(Response::text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "a subprotocol is required: {}\n",
+                    self.config.protocols.join(", ")
+                ),
+            ));
+        }
+        for p in &offered {
+            if self.config.protocols.iter().any(|k| k == p) {
+                let mode = if p == CHAT { Mode::Chat } else { Mode::PubSub };
+                return Ok((mode, Some(p.clone())));
+            }
+        }
+        tracing::warn!(endpoint = %self.name, offered = %offered.join(", "), "websocket refused: Unknown protocol");
+        Err(Response::text(
+            StatusCode::BAD_REQUEST,
+            "Unknown protocol\n",
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Service for WsEndpoint {
+    async fn call(&self, req: Request) -> Response {
+        if let Err(origin) = origin_allowed(&self.config, &req) {
+            tracing::warn!(endpoint = %self.name, origin = %origin, "websocket refused: origin not allowed");
+            return Response::text(
+                StatusCode::FORBIDDEN,
+                format!("origin not allowed: {origin}\n"),
+            );
+        }
+        let (mode, protocol) = match self.choose(&req) {
+            Ok(m) => m,
+            Err(resp) => return *resp,
+        };
+        let head = match websocket_accept(&req, protocol.as_deref()) {
+            Ok(h) => h,
+            Err(refusal) => return refusal.into(),
+        };
+        let sub = match self.hub.subscribe_with_capacity(self.config.queue) {
+            Ok(s) => s,
+            Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        };
+        let conn = Connection {
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+            room: format!(
+                "{}:{}",
+                self.name,
+                if mode == Mode::Chat { "chat" } else { "plain" }
+            ),
+            id: format!("{:x}", sub.id().raw()),
+            sub,
+            mode,
+        };
+        Response::Upgrade {
+            head,
+            on_upgrade: Box::new(move |io| Box::pin(conn.run(io))),
+        }
+    }
+}
+
+struct Connection {
+    hub: Hub,
+    config: Arc<WsConfig>,
+    room: String,
+    id: String,
+    sub: Subscriber,
+    mode: Mode,
+}
+
+/// How a connection ended, for the close frame.
+enum End {
+    Close(CloseCode, String),
+    Gone,
+}
+
+impl Connection {
+    async fn run(self, io: Upgraded) {
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_message))
+            .max_frame_size(Some(self.config.max_message));
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+        let mut username: Option<String> = None;
+
+        if self.mode != Mode::PubSub && self.sub.join(&self.room, None).is_err() {
+            let _ = ws.send(close(CloseCode::Again, "server busy")).await;
+            return;
+        }
+        if self.mode == Mode::Plain {
+            let _ = self.hub.publish(
+                &self.room,
+                "text",
+                json!(format!("{} connected", self.id)),
+                None,
+            );
+        }
+
+        let end = self.serve(&mut ws, &mut username).await;
+        match self.mode {
+            Mode::Chat => {
+                if let Some(u) = username {
+                    let _ = self.hub.publish(
+                        &self.room,
+                        "chat-leave",
+                        json!({"username": u}),
+                        Some(self.sub.id()),
+                    );
+                }
+            }
+            Mode::Plain => {
+                let _ = self.hub.publish(
+                    &self.room,
+                    "text",
+                    json!(format!("{} disconnected", self.id)),
+                    Some(self.sub.id()),
+                );
+            }
+            Mode::PubSub => {}
+        }
+        if let End::Close(code, reason) = end {
+            let _ = ws.send(close(code, &reason)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+
+    async fn serve(
+        &self,
+        ws: &mut WebSocketStream<Upgraded>,
+        username: &mut Option<String>,
+    ) -> End {
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        let mut awaiting_pong: Option<tokio::time::Instant> = None;
+        loop {
+            let pong_deadline = async {
+                match awaiting_pong {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                incoming = ws.next() => match incoming {
+                    None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return End::Gone,
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::info!(endpoint = %self.room, error = %e, "websocket message too big: 1009");
+                        return End::Close(CloseCode::Size, format!("message too big (limit {} bytes)", self.config.max_message));
+                    }
+                    Some(Err(WsError::Utf8(_))) => return End::Close(CloseCode::Invalid, "invalid UTF-8".into()),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket protocol error");
+                        return End::Close(CloseCode::Protocol, "protocol error".into());
+                    }
+                    Some(Ok(WsMessage::Close(_))) => return End::Gone,
+                    Some(Ok(WsMessage::Pong(_))) => awaiting_pong = None,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Frame(_))) => {}
+                    Some(Ok(WsMessage::Binary(_))) if self.mode != Mode::Plain => {
+                        return End::Close(CloseCode::Unsupported, "text messages only".into());
+                    }
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        let text = String::from_utf8_lossy(&b).into_owned();
+                        if let Err(end) = self.on_text(ws, &text, username).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(WsMessage::Text(t))) => {
+                        if let Err(end) = self.on_text(ws, t.as_str(), username).await {
+                            return end;
+                        }
+                    }
+                },
+                msg = self.sub.recv() => match msg {
+                    Ok(m) => {
+                        if ws.send(self.render(&m)).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Err(closed) => return match closed.reason {
+                        hub::CloseReason::SlowConsumer => End::Close(CloseCode::Again, "slow consumer: messages were not read fast enough".into()),
+                        _ => End::Close(CloseCode::Away, "server shutting down".into()),
+                    },
+                },
+                _ = ping.tick() => {
+                    if awaiting_pong.is_none() {
+                        awaiting_pong = Some(tokio::time::Instant::now() + self.config.ping_timeout);
+                    }
+                    if ws.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                _ = pong_deadline => return End::Close(CloseCode::Policy, "ping timeout".into()),
+            }
+        }
+    }
+
+    fn render(&self, m: &hub::Message) -> WsMessage {
+        match self.mode {
+            Mode::Chat => {
+                WsMessage::text(json!({"type": m.event(), "payload": m.data()}).to_string())
+            }
+            Mode::Plain => WsMessage::text(crate::text::body(m)),
+            Mode::PubSub => {
+                let p = m.position();
+                PubSubOut::Message {
+                    topic: m.topic.to_string(),
+                    event: m.event().to_string(),
+                    data: m.data().clone(),
+                    seq: p.seq,
+                    epoch: p.epoch.to_string(),
+                    position: p.to_string(),
+                }
+                .text()
+            }
+        }
+    }
+
+    async fn on_text(
+        &self,
+        ws: &mut WebSocketStream<Upgraded>,
+        text: &str,
+        username: &mut Option<String>,
+    ) -> Result<(), End> {
+        match self.mode {
+            Mode::Plain => {
+                let line = format!("{}: {text}", self.id);
+                self.hub
+                    .publish(&self.room, "text", json!(line), Some(self.sub.id()))
+                    .map(|_| ())
+                    .map_err(|e| End::Close(CloseCode::Again, e.to_string()))
+            }
+            Mode::Chat => match chat_action(text) {
+                Ok(ChatAction::Broadcast {
+                    kind,
+                    payload,
+                    username: u,
+                }) => {
+                    *username = Some(u);
+                    self.hub
+                        .publish(&self.room, kind, payload, Some(self.sub.id()))
+                        .map(|_| ())
+                        .map_err(|e| End::Close(CloseCode::Again, e.to_string()))
+                }
+                Ok(ChatAction::Drop) => Ok(()),
+                Ok(ChatAction::Unknown(kind)) => {
+                    tracing::info!(endpoint = %self.room, kind = %kind, "chat: unknown message type ignored");
+                    Ok(())
+                }
+                Err(e) => Err(End::Close(CloseCode::Invalid, e.to_string())),
+            },
+            Mode::PubSub => {
+                let request: PubSubIn = serde_json::from_str(text)
+                    .map_err(|e| End::Close(CloseCode::Invalid, format!("invalid request: {e}")))?;
+                let answers = self.pubsub(request);
+                for a in answers {
+                    ws.send(a).await.map_err(|_| End::Gone)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn pubsub(&self, request: PubSubIn) -> Vec<WsMessage> {
+        match request {
+            PubSubIn::Subscribe { topic, since } => {
+                let parsed = match since.as_deref().map(str::parse::<Position>) {
+                    Some(Err(e)) => {
+                        return vec![PubSubOut::Error {
+                            message: format!("invalid since: {e}"),
+                        }
+                        .text()]
+                    }
+                    Some(Ok(p)) => Some(p),
+                    None => None,
+                };
+                match self.sub.join(&topic, parsed) {
+                    Ok(JoinOutcome::Reset { current }) => vec![PubSubOut::Reset {
+                        topic,
+                        since,
+                        position: current.to_string(),
+                    }
+                    .text()],
+                    Ok(joined) => {
+                        let mut out = vec![PubSubOut::Subscribed {
+                            topic,
+                            position: joined.position().to_string(),
+                        }
+                        .text()];
+                        out.extend(joined.replay().iter().map(|m| self.render(m)));
+                        out
+                    }
+                    Err(e) => vec![PubSubOut::Error {
+                        message: e.to_string(),
+                    }
+                    .text()],
+                }
+            }
+            PubSubIn::Unsubscribe { topic } => {
+                self.sub.leave(&topic);
+                vec![PubSubOut::Unsubscribed { topic }.text()]
+            }
+            PubSubIn::Publish {
+                topic,
+                event,
+                data,
+                id,
+            } => {
+                let event = event.unwrap_or_else(|| "message".to_string());
+                match self.hub.publish(&topic, event, data, Some(self.sub.id())) {
+                    Ok(p) => vec![PubSubOut::Published {
+                        topic,
+                        seq: p.seq,
+                        epoch: p.epoch.to_string(),
+                        position: p.to_string(),
+                        id,
+                    }
+                    .text()],
+                    Err(e) => vec![PubSubOut::Error {
+                        message: e.to_string(),
+                    }
+                    .text()],
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_messages_are_trimmed_and_empty_ones_dropped() {
+        assert_eq!(
+            chat_action(r#"{"type":"chat-join","payload":{"username":"  ann "}}"#),
+            Ok(ChatAction::Broadcast {
+                kind: "chat-join",
+                payload: json!({"username": "ann"}),
+                username: "ann".into()
+            })
+        );
+        assert_eq!(
+            chat_action(
+                r#"{"type":"chat-message","payload":{"username":"ann","message":"  hi \n"}}"#
+            ),
+            Ok(ChatAction::Broadcast {
+                kind: "chat-message",
+                payload: json!({"username": "ann", "message": "hi"}),
+                username: "ann".into()
+            })
+        );
+        assert_eq!(
+            chat_action(r#"{"type":"chat-message","payload":{"username":"ann","message":"   "}}"#),
+            Ok(ChatAction::Drop)
+        );
+        assert_eq!(
+            chat_action(r#"{"type":"typing","payload":{}}"#),
+            Ok(ChatAction::Unknown("typing".into()))
+        );
+    }
+
+    #[test]
+    fn broken_chat_messages_are_errors() {
+        assert!(matches!(chat_action("hello"), Err(ChatError::NotJson(_))));
+        assert_eq!(
+            chat_action(r#"{"payload":{}}"#),
+            Err(ChatError::Missing("type"))
+        );
+        assert_eq!(
+            chat_action(r#"{"type":"chat-message","payload":{"username":"a"}}"#),
+            Err(ChatError::Missing("message"))
+        );
+        assert_eq!(
+            chat_action(r#"{"type":"chat-join","payload":{"username":5}}"#),
+            Err(ChatError::Missing("username"))
+        );
+    }
+
+    #[test]
+    fn pubsub_messages_have_a_documented_shape() {
+        let sub: PubSubIn =
+            serde_json::from_str(r#"{"op":"subscribe","topic":"t","since":"00000000000000ab:3"}"#)
+                .expect("parses");
+        assert_eq!(
+            sub,
+            PubSubIn::Subscribe {
+                topic: "t".into(),
+                since: Some("00000000000000ab:3".into())
+            }
+        );
+        assert!(serde_json::from_str::<PubSubIn>(r#"{"op":"dance"}"#).is_err());
+        let out = serde_json::to_string(&PubSubOut::Message {
+            topic: "t".into(),
+            event: "e".into(),
+            data: json!([1]),
+            seq: 3,
+            epoch: "00000000000000ab".into(),
+            position: "00000000000000ab:3".into(),
+        })
+        .expect("serializes");
+        assert_eq!(
+            out,
+            r#"{"op":"message","topic":"t","event":"e","data":[1],"seq":3,"epoch":"00000000000000ab","position":"00000000000000ab:3"}"#
+        );
+    }
+}
