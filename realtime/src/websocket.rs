@@ -270,13 +270,13 @@ impl WsEndpoint {
             if self.config.allow_plain {
                 return Ok((Mode::Plain, None));
             }
-            return Err(Response::text(
+            return Err(Box::new(Response::text(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "a subprotocol is required: {}\n",
                     self.config.protocols.join(", ")
                 ),
-            ));
+            )));
         }
         for p in &offered {
             if self.config.protocols.iter().any(|k| k == p) {
@@ -285,10 +285,10 @@ impl WsEndpoint {
             }
         }
         tracing::warn!(endpoint = %self.name, offered = %offered.join(", "), "websocket refused: Unknown protocol");
-        Err(Response::text(
+        Err(Box::new(Response::text(
             StatusCode::BAD_REQUEST,
             "Unknown protocol\n",
-        ))
+        )))
     }
 }
 

@@ -1,0 +1,894 @@
+//! One client's presence in one namespace: events in both directions,
+//! acknowledgements, rooms, and the single ordered path every outgoing
+//! packet of the socket takes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+
+use super::namespace::{BroadcastOperator, Namespace, NsInner};
+use super::packet::{encode_parts, SioKind, SioPacket, RESERVED_EVENTS};
+use super::recovery::{Decision, Tracker};
+use super::rooms::room_topic;
+use super::server::ConnShared;
+use super::SioMessage;
+use crate::engineio::{CloseReason, HandshakeInfo};
+use crate::hub::{HubError, JoinOutcome, Message, Position, Subscriber, SubscriberId};
+
+/// Event name given to hub messages published without one (a raw pub/sub
+/// publish): the name Socket.IO clients conventionally listen to.
+pub const DEFAULT_EVENT: &str = "message";
+
+/// Packets a socket may queue while its connect handler runs (they go out
+/// right after the CONNECT reply). A handler that emits more than this is
+/// treated like a client that does not read: the connection is closed.
+pub const MAX_PRECONNECT_PACKETS: usize = 1024;
+
+/// Event or acknowledgement arguments: JSON values plus binary attachments.
+///
+/// Binaries stay beside the JSON: each `{"_placeholder":true,"num":i}`
+/// object in `values` stands for `binaries[i]`, exactly as on the wire, so
+/// a relay forwards both untouched. Build binary arguments with
+/// [`Args::binary`], which appends a placeholder and its attachment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Args {
+    pub values: Vec<Value>,
+    pub binaries: Vec<Bytes>,
+}
+
+impl Args {
+    /// No arguments.
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// Appends a JSON argument.
+    pub fn arg(mut self, value: impl Into<Value>) -> Args {
+        self.values.push(value.into());
+        self
+    }
+
+    /// Appends a binary argument (a placeholder in `values`, the bytes in
+    /// `binaries`).
+    pub fn binary(mut self, bytes: impl Into<Bytes>) -> Args {
+        self.values.push(placeholder(self.binaries.len()));
+        self.binaries.push(bytes.into());
+        self
+    }
+}
+
+/// The placeholder object standing for attachment `num`.
+pub fn placeholder(num: usize) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("_placeholder".into(), Value::Bool(true));
+    map.insert("num".into(), Value::from(num));
+    Value::Object(map)
+}
+
+impl From<Vec<Value>> for Args {
+    fn from(values: Vec<Value>) -> Args {
+        Args {
+            values,
+            binaries: Vec::new(),
+        }
+    }
+}
+
+/// A JSON array is the argument list; any other value is one argument.
+impl From<Value> for Args {
+    fn from(value: Value) -> Args {
+        match value {
+            Value::Array(values) => Args::from(values),
+            other => Args::from(vec![other]),
+        }
+    }
+}
+
+impl From<()> for Args {
+    fn from(_: ()) -> Args {
+        Args::default()
+    }
+}
+
+/// An event received from the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The event name. A numeric name (`42[42,"x"]`, legal on the wire) is
+    /// given as its JSON text (`"42"`).
+    pub name: String,
+    pub args: Args,
+}
+
+/// Why an emit failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EmitError {
+    /// The name is one the client reserves for its own events (`connect`,
+    /// `disconnect`, …): the client would mistake it for a state change.
+    #[error("`{0}` is a reserved event name")]
+    ReservedEvent(String),
+    /// The socket is disconnected.
+    #[error("socket disconnected")]
+    Disconnected,
+    /// The client's outgoing queue was full: the connection is now closed
+    /// as a slow consumer.
+    #[error("client does not keep up; connection closed")]
+    SlowConsumer,
+    /// Too many acknowledgements are awaited already.
+    #[error("too many pending acknowledgements (limit {limit})")]
+    TooManyPendingAcks { limit: usize },
+    /// The hub refused the publish.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Why [`Socket::emit_with_ack`] got no acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AckError {
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+    #[error("socket disconnected before acknowledging")]
+    Disconnected,
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RoomError {
+    #[error("socket disconnected")]
+    Disconnected,
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Why a socket left its namespace, with node's reason strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT for this namespace.
+    ClientNamespaceDisconnect,
+    /// [`Socket::disconnect`] was called.
+    ServerNamespaceDisconnect,
+    /// The whole connection ended.
+    Connection(CloseReason),
+}
+
+impl DisconnectReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::Connection(reason) => reason.as_str(),
+        }
+    }
+
+    /// Whether the session is kept for recovery: node's
+    /// `RECOVERABLE_DISCONNECT_REASONS` (the transport went away, not the
+    /// client or server by intent), plus a slow consumer, which is exactly
+    /// the client that recovery exists for.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            DisconnectReason::Connection(reason) => !matches!(reason, CloseReason::ParseError(_)),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type EventHandler = Arc<dyn Fn(&Socket, Event, Option<AckSender>) + Send + Sync>;
+type DisconnectHandler = Arc<dyn Fn(&Socket, &DisconnectReason) + Send + Sync>;
+
+#[derive(Default)]
+struct Handlers {
+    events: HashMap<String, EventHandler>,
+    fallback: Option<EventHandler>,
+    disconnect: Vec<DisconnectHandler>,
+}
+
+#[derive(Default)]
+struct Acks {
+    next_id: u64,
+    waiting: HashMap<u64, oneshot::Sender<Args>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The connect handler runs; packets wait in `pending`.
+    Connecting,
+    Connected,
+    Closed,
+}
+
+/// One encoded packet: the text message, then its binary messages.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) text: String,
+    pub(super) binaries: Vec<Bytes>,
+}
+
+impl Outgoing {
+    pub(super) fn packet(packet: SioPacket) -> Outgoing {
+        Outgoing {
+            text: SioMessage::from(packet).encode(),
+            binaries: Vec::new(),
+        }
+    }
+
+    /// An EVENT (BINARY_EVENT with binaries), written straight from borrowed
+    /// parts so fan-out never clones a payload's JSON.
+    fn event(
+        nsp: &str,
+        name: &str,
+        args: &[Value],
+        offset: Option<u64>,
+        id: Option<u64>,
+        binaries: Vec<Bytes>,
+    ) -> Outgoing {
+        let kind = if binaries.is_empty() {
+            SioKind::Event
+        } else {
+            SioKind::BinaryEvent
+        };
+        let mut text = encode_parts(kind, binaries.len(), nsp, id, None).into_bytes();
+        text.push(b'[');
+        // Writing JSON values to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut text, name);
+        for arg in args {
+            text.push(b',');
+            let _ = serde_json::to_writer(&mut text, arg);
+        }
+        if let Some(offset) = offset {
+            let _ = write!(text, ",\"{offset}\"");
+        }
+        text.push(b']');
+        Outgoing {
+            // serde_json writes UTF-8, and so does everything around it.
+            text: String::from_utf8(text).unwrap_or_default(),
+            binaries,
+        }
+    }
+
+    fn ack(nsp: &str, id: u64, args: Args) -> Outgoing {
+        let msg = SioMessage {
+            packet: SioPacket::ack(nsp, Value::Array(args.values), id),
+            binaries: args.binaries,
+        };
+        Outgoing {
+            text: msg.encode(),
+            binaries: msg.binaries,
+        }
+    }
+}
+
+/// The socket's single outgoing path and its delivery bookkeeping, under one
+/// lock: whoever holds it (the hub reader, an emit, a join with replay)
+/// writes complete packets in an order the tracker agrees with.
+pub(super) struct Outbox {
+    pub(super) phase: Phase,
+    pending: Vec<Outgoing>,
+    pub(super) tracker: Tracker,
+}
+
+pub(super) struct SocketInner {
+    pub(super) id: Arc<str>,
+    pub(super) pid: Option<Arc<str>>,
+    pub(super) ns: Arc<NsInner>,
+    pub(super) conn: Arc<ConnShared>,
+    pub(super) auth: Value,
+    pub(super) recovered: bool,
+    pub(super) sub_id: SubscriberId,
+    pub(super) sub: Mutex<Option<Arc<Subscriber>>>,
+    pub(super) outbox: Mutex<Outbox>,
+    handlers: Mutex<Handlers>,
+    acks: Mutex<Acks>,
+    pub(super) rooms: Mutex<BTreeSet<String>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A client's socket in one namespace. Cheap to clone; every clone is the
+/// same socket. Methods never block: emits and joins are non-blocking hub or
+/// queue operations, so they can be called from event handlers.
+#[derive(Clone)]
+pub struct Socket {
+    pub(super) inner: Arc<SocketInner>,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.inner.id)
+            .field("nsp", &self.inner.ns.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answers one client event that asked for an acknowledgement. Sending
+/// consumes it (a second answer is impossible, as in node); dropping it
+/// sends nothing. It can be moved into a spawned task.
+pub struct AckSender {
+    socket: Socket,
+    id: u64,
+}
+
+impl fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckSender").field("id", &self.id).finish()
+    }
+}
+
+impl AckSender {
+    /// Sends `3<nsp,><id>[args…]` (`6…` with binaries).
+    pub fn send(self, args: impl Into<Args>) -> Result<(), EmitError> {
+        let out = Outgoing::ack(&self.socket.inner.ns.path, self.id, args.into());
+        self.socket.inner.write(out)
+    }
+
+    /// The ack id the client chose.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SocketInner {
+    pub(super) fn new(
+        id: Arc<str>,
+        pid: Option<Arc<str>>,
+        ns: Arc<NsInner>,
+        conn: Arc<ConnShared>,
+        auth: Value,
+        recovered: bool,
+        sub: Arc<Subscriber>,
+        tracker: Tracker,
+    ) -> SocketInner {
+        SocketInner {
+            id,
+            pid,
+            ns,
+            conn,
+            auth,
+            recovered,
+            sub_id: sub.id(),
+            sub: Mutex::new(Some(sub)),
+            outbox: Mutex::new(Outbox {
+                phase: Phase::Connecting,
+                pending: Vec::new(),
+                tracker,
+            }),
+            handlers: Mutex::default(),
+            acks: Mutex::default(),
+            rooms: Mutex::default(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    fn subscriber(&self) -> Option<Arc<Subscriber>> {
+        lock(&self.sub).clone()
+    }
+
+    /// Writes one packet: queued while connecting, sent when connected.
+    pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
+        let mut outbox = lock(&self.outbox);
+        self.write_locked(&mut outbox, out)
+    }
+
+    fn write_locked(&self, outbox: &mut Outbox, out: Outgoing) -> Result<(), EmitError> {
+        match outbox.phase {
+            Phase::Connecting => {
+                if outbox.pending.len() >= MAX_PRECONNECT_PACKETS {
+                    self.conn.slow_consumer();
+                    return Err(EmitError::SlowConsumer);
+                }
+                outbox.pending.push(out);
+                Ok(())
+            }
+            Phase::Connected => self.conn.write(&out),
+            Phase::Closed => Err(EmitError::Disconnected),
+        }
+    }
+
+    /// Sends the CONNECT reply, then what the connect handler queued.
+    pub(super) fn finish_connect(&self) -> Result<(), EmitError> {
+        let mut data = serde_json::Map::new();
+        data.insert("sid".into(), Value::from(&*self.id));
+        if let Some(pid) = &self.pid {
+            data.insert("pid".into(), Value::from(&**pid));
+        }
+        let reply = Outgoing::packet(SioPacket::connect(
+            self.ns.path.as_str(),
+            Some(Value::Object(data)),
+        ));
+        let mut outbox = lock(&self.outbox);
+        if outbox.phase != Phase::Connecting {
+            return Err(EmitError::Disconnected);
+        }
+        self.conn.write(&reply)?;
+        outbox.phase = Phase::Connected;
+        for out in std::mem::take(&mut outbox.pending) {
+            self.conn.write(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one hub message from a topic the socket is in (live or
+    /// replayed), unless the tracker says it was handled already.
+    pub(super) fn deliver_locked(&self, outbox: &mut Outbox, msg: &Message) {
+        if outbox.phase == Phase::Closed {
+            return;
+        }
+        let name = if msg.event().is_empty() {
+            DEFAULT_EVENT
+        } else {
+            msg.event()
+        };
+        let deliverable = !RESERVED_EVENTS.contains(&name);
+        let Decision::Deliver { offset } = outbox.tracker.decide(msg, deliverable) else {
+            return;
+        };
+        let out = match msg.data() {
+            Value::Array(args) => Outgoing::event(
+                &self.ns.path,
+                name,
+                args,
+                offset,
+                None,
+                msg.attachments().to_vec(),
+            ),
+            one => Outgoing::event(
+                &self.ns.path,
+                name,
+                std::slice::from_ref(one),
+                offset,
+                None,
+                msg.attachments().to_vec(),
+            ),
+        };
+        // A failure closes the connection (slow consumer) or means it is
+        // closed already; the teardown that follows handles both.
+        let _ = self.write_locked(outbox, out);
+    }
+
+    /// A live message from the hub reader.
+    fn deliver_live(&self, msg: &Message) {
+        // Queued before a leave: no longer for this socket.
+        let joined = self.subscriber().is_some_and(|s| s.is_joined(&msg.topic));
+        if !joined {
+            return;
+        }
+        let mut outbox = lock(&self.outbox);
+        self.deliver_locked(&mut outbox, msg);
+    }
+
+    /// Ends the socket once: stops delivery, leaves every topic, drops
+    /// pending acks. Returns the tracker and rooms if it was connected.
+    pub(super) fn shut(&self, notify_client: bool) -> Option<(Tracker, Vec<String>)> {
+        let tracker = {
+            let mut outbox = lock(&self.outbox);
+            let was = outbox.phase;
+            if was == Phase::Closed {
+                return None;
+            }
+            if notify_client && was == Phase::Connected {
+                let _ = self
+                    .conn
+                    .write(&Outgoing::packet(SioPacket::disconnect(self.ns.path.as_str())));
+            }
+            outbox.phase = Phase::Closed;
+            outbox.pending.clear();
+            let tracker = std::mem::replace(&mut outbox.tracker, Tracker::new(None));
+            (was == Phase::Connected).then_some(tracker)
+        };
+        self.stop.send_replace(true);
+        if let Some(sub) = lock(&self.sub).take() {
+            // Detach now rather than when the reader task drops its clone.
+            for topic in sub.topics() {
+                sub.leave(&topic);
+            }
+        }
+        lock(&self.acks).waiting.clear();
+        let rooms: Vec<String> = lock(&self.rooms).iter().cloned().collect();
+        tracker.map(|t| (t, rooms))
+    }
+}
+
+impl Socket {
+    pub(super) fn from_inner(inner: SocketInner) -> Socket {
+        Socket {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The socket id: a fresh random id (never the Engine.IO sid), kept
+    /// across a recovery. The socket is in a room of that name.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The private session id sent with the CONNECT reply when recovery is
+    /// on; whoever knows it can take the session over, so never share it.
+    pub fn pid(&self) -> Option<&str> {
+        self.inner.pid.as_deref()
+    }
+
+    /// The namespace path (`/`, `/chat`).
+    pub fn nsp(&self) -> &str {
+        &self.inner.ns.path
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> Namespace {
+        Namespace {
+            inner: Arc::clone(&self.inner.ns),
+        }
+    }
+
+    /// The CONNECT packet's payload (`{}` when it had none), node's
+    /// `socket.handshake.auth`. With recovery it includes `pid`/`offset`.
+    pub fn auth(&self) -> &Value {
+        &self.inner.auth
+    }
+
+    /// The Engine.IO handshake request (headers, query, peer).
+    pub fn handshake(&self) -> &HandshakeInfo {
+        &self.inner.conn.info
+    }
+
+    /// Whether this socket resumed a previous session (same id, its rooms
+    /// back, missed events replayed). The client sees `socket.recovered`.
+    pub fn recovered(&self) -> bool {
+        self.inner.recovered
+    }
+
+    /// Whether the socket is connected (false while its connect handler
+    /// runs and after it is gone).
+    pub fn connected(&self) -> bool {
+        lock(&self.inner.outbox).phase == Phase::Connected
+    }
+
+    /// The hub subscriber id this socket publishes as (its relays carry it
+    /// as origin so they skip the sender).
+    pub fn subscriber_id(&self) -> SubscriberId {
+        self.inner.sub_id
+    }
+
+    /// Handles event `name` (replacing an earlier handler). Handlers run in
+    /// the connection's task, one event at a time in arrival order, so they
+    /// must not block: spawn a task for slow work (the [`AckSender`] and
+    /// the socket can be moved into it).
+    pub fn on<F>(&self, name: impl Into<String>, handler: F)
+    where
+        F: Fn(&Socket, Event, Option<AckSender>) + Send + Sync + 'static,
+    {
+        lock(&self.inner.handlers)
+            .events
+            .insert(name.into(), Arc::new(handler));
+    }
+
+    /// Handles every event that has no handler of its own (node's `onAny`
+    /// differs: it sees all events). Events with no handler at all are
+    /// dropped, unacknowledged, as in node.
+    pub fn on_fallback<F>(&self, handler: F)
+    where
+        F: Fn(&Socket, Event, Option<AckSender>) + Send + Sync + 'static,
+    {
+        lock(&self.inner.handlers).fallback = Some(Arc::new(handler));
+    }
+
+    /// Called once when the socket leaves the namespace, whatever the reason
+    /// (not when its connect handler refused it).
+    pub fn on_disconnect<F>(&self, handler: F)
+    where
+        F: Fn(&Socket, &DisconnectReason) + Send + Sync + 'static,
+    {
+        lock(&self.inner.handlers)
+            .disconnect
+            .push(Arc::new(handler));
+    }
+
+    /// Sends event `name` to this client.
+    ///
+    /// With recovery on it goes through the socket's own room (as node does)
+    /// so it gets an offset and is replayed if the client misses it; it is
+    /// then delivered by the socket's hub reader, shortly after this returns.
+    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<(), EmitError> {
+        check_name(name)?;
+        let args = args.into();
+        if self.inner.ns.options.recovery.is_some() {
+            let topic = room_topic(&self.inner.ns.path, &self.inner.id);
+            let payload = crate::hub::Payload::new(name, Value::Array(args.values))
+                .with_attachments(args.binaries);
+            self.inner.ns.hub.publish_payload(&topic, payload, None)?;
+            return Ok(());
+        }
+        let out = Outgoing::event(
+            &self.inner.ns.path,
+            name,
+            &args.values,
+            None,
+            None,
+            args.binaries,
+        );
+        self.inner.write(out)
+    }
+
+    /// Sends event `name` asking for an acknowledgement, and resolves with
+    /// the client's answer, or an error after `timeout` or on disconnect.
+    /// The packet is written before this returns; the future only waits.
+    /// Such events carry no offset and are not replayed (as in node).
+    pub fn emit_with_ack(
+        &self,
+        name: &str,
+        args: impl Into<Args>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Args, AckError>> + Send + 'static {
+        let sent = self.send_with_ack(name, args.into());
+        let socket = self.clone();
+        async move {
+            let (id, rx) = sent?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(args)) => Ok(args),
+                Ok(Err(_)) => Err(AckError::Disconnected),
+                Err(_) => {
+                    lock(&socket.inner.acks).waiting.remove(&id);
+                    Err(AckError::Timeout(timeout))
+                }
+            }
+        }
+    }
+
+    fn send_with_ack(
+        &self,
+        name: &str,
+        args: Args,
+    ) -> Result<(u64, oneshot::Receiver<Args>), AckError> {
+        check_name(name)?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut acks = lock(&self.inner.acks);
+            let limit = self.inner.ns.options.max_pending_acks;
+            if acks.waiting.len() >= limit {
+                return Err(EmitError::TooManyPendingAcks { limit }.into());
+            }
+            let id = acks.next_id;
+            acks.next_id += 1;
+            acks.waiting.insert(id, tx);
+            id
+        };
+        let out = Outgoing::event(
+            &self.inner.ns.path,
+            name,
+            &args.values,
+            None,
+            Some(id),
+            args.binaries,
+        );
+        if let Err(e) = self.inner.write(out) {
+            lock(&self.inner.acks).waiting.remove(&id);
+            return Err(e.into());
+        }
+        Ok((id, rx))
+    }
+
+    /// Joins `room` (no-op if already in it). Messages published to the room
+    /// from now on reach this socket.
+    pub fn join(&self, room: &str) -> Result<(), RoomError> {
+        self.join_with_history(room, 0).map(|_| ())
+    }
+
+    /// Joins `room` and first delivers up to `last` of its most recent
+    /// messages from the hub's history (fewer if history holds fewer), then
+    /// live ones, with no gap or duplicate in between. Returns how many
+    /// history messages were taken (before the socket's filters). No-op
+    /// returning 0 if the socket is already in the room.
+    pub fn join_with_history(&self, room: &str, last: usize) -> Result<usize, RoomError> {
+        let topic = room_topic(&self.inner.ns.path, room);
+        let replayed = self.inner.join_topic(&topic, last)?;
+        lock(&self.inner.rooms).insert(room.to_owned());
+        self.inner.ns.registry_join(room, &self.inner.id);
+        Ok(replayed)
+    }
+
+    /// Leaves `room`; returns whether the socket was in it.
+    pub fn leave(&self, room: &str) -> bool {
+        let topic = room_topic(&self.inner.ns.path, room);
+        if let Some(sub) = self.inner.subscriber() {
+            // Under the outbox lock, so the tracker and the hub agree.
+            let mut outbox = lock(&self.inner.outbox);
+            sub.leave(&topic);
+            outbox.tracker.forget(&topic);
+        }
+        let was_in = lock(&self.inner.rooms).remove(room);
+        self.inner.ns.registry_leave(room, &self.inner.id);
+        was_in
+    }
+
+    /// The rooms the socket is in, its own id included.
+    pub fn rooms(&self) -> BTreeSet<String> {
+        lock(&self.inner.rooms).clone()
+    }
+
+    /// A broadcast to the namespace that excludes this socket (node's
+    /// `socket.broadcast`).
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.inner.ns)).sender(self)
+    }
+
+    /// A broadcast to `room` that excludes this socket (node's `socket.to`).
+    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// Leaves the namespace: sends `1<nsp>` to the client, which does not
+    /// reconnect by itself (reason `io server disconnect`). The Engine.IO
+    /// connection and other namespaces stay.
+    pub fn disconnect(&self) {
+        self.close(DisconnectReason::ServerNamespaceDisconnect, true);
+    }
+
+    /// [`disconnect`](Self::disconnect), then closes the whole connection
+    /// (node's `socket.disconnect(true)`).
+    pub fn disconnect_and_close(&self) {
+        self.disconnect();
+        self.inner.conn.sender.close(CloseReason::ServerClose);
+    }
+
+    /// Ends the socket: unregisters it, keeps its session if the reason
+    /// allows recovery, runs the disconnect handlers.
+    pub(super) fn close(&self, reason: DisconnectReason, notify_client: bool) {
+        let Some((tracker, rooms)) = self.inner.shut(notify_client) else {
+            self.inner.ns.unregister(self);
+            self.inner.conn.forget(self);
+            return;
+        };
+        self.inner.ns.unregister(self);
+        self.inner.conn.forget(self);
+        if reason.is_recoverable() {
+            if let Some(pid) = &self.inner.pid {
+                self.inner
+                    .ns
+                    .keep_session(Arc::clone(&self.inner.id), Arc::clone(pid), rooms, tracker);
+            }
+        }
+        let handlers = std::mem::take(&mut lock(&self.inner.handlers).disconnect);
+        for handler in handlers {
+            handler(self, &reason);
+        }
+        // Nothing can call them any more; free what they capture.
+        *lock(&self.inner.handlers) = Handlers::default();
+    }
+
+    /// An EVENT from the client.
+    pub(super) fn on_event(&self, msg: SioMessage) {
+        let SioMessage { packet, binaries } = msg;
+        let mut values = match packet.data {
+            Some(Value::Array(values)) => values,
+            // The decoder only passes events with a non-empty array.
+            _ => return,
+        };
+        let name = match values.remove(0) {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let handler = {
+            let handlers = lock(&self.inner.handlers);
+            handlers
+                .events
+                .get(&name)
+                .or(handlers.fallback.as_ref())
+                .cloned()
+        };
+        let Some(handler) = handler else { return };
+        let ack = packet.id.map(|id| AckSender {
+            socket: self.clone(),
+            id,
+        });
+        handler(
+            self,
+            Event {
+                name,
+                args: Args { values, binaries },
+            },
+            ack,
+        );
+    }
+
+    /// An ACK from the client; unknown ids are ignored, as in node.
+    pub(super) fn on_ack(&self, msg: SioMessage) {
+        let Some(id) = msg.packet.id else { return };
+        let Some(tx) = lock(&self.inner.acks).waiting.remove(&id) else {
+            return;
+        };
+        let values = match msg.packet.data {
+            Some(Value::Array(values)) => values,
+            _ => Vec::new(),
+        };
+        let _ = tx.send(Args {
+            values,
+            binaries: msg.binaries,
+        });
+    }
+
+    /// Reads the socket's hub queue until the socket ends.
+    pub(super) async fn run_reader(self, sub: Arc<Subscriber>) {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                next = sub.recv() => match next {
+                    Ok(msg) => self.inner.deliver_live(&msg),
+                    Err(closed) => {
+                        // The hub dropped this subscriber: its queue filled
+                        // up (or the hub shut down). The socket cannot be
+                        // kept consistent without it, so the connection goes.
+                        match closed.reason {
+                            crate::hub::CloseReason::SlowConsumer => self.inner.conn.slow_consumer(),
+                            _ => self.inner.conn.sender.close(CloseReason::ServerShutdown),
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SocketInner {
+    /// Joins `topic` with up to `last` history messages, delivered in order
+    /// before anything live from it. Returns the history count.
+    pub(super) fn join_topic(&self, topic: &str, last: usize) -> Result<usize, RoomError> {
+        let sub = self.subscriber().ok_or(RoomError::Disconnected)?;
+        let since = if last == 0 {
+            None
+        } else {
+            self.ns.hub.topic_info(topic).map(|info| {
+                let back = (last as u64).min(info.retained as u64);
+                Position::new(info.position.epoch, info.position.seq - back)
+            })
+        };
+        let mut outbox = lock(&self.outbox);
+        if outbox.phase == Phase::Closed {
+            return Err(RoomError::Disconnected);
+        }
+        let outcome = match sub.join(topic, since) {
+            Ok(outcome) => outcome,
+            Err(HubError::AlreadyJoined { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        match &outcome {
+            JoinOutcome::Resumed { replay, .. } => {
+                if let Some(since) = since {
+                    outbox.tracker.set_position(Arc::clone(&topic), since);
+                }
+                for msg in replay {
+                    self.deliver_locked(&mut outbox, msg);
+                }
+            }
+            JoinOutcome::Fresh { .. } | JoinOutcome::Reset { .. } => {}
+        }
+        outbox.tracker.set_position(topic, outcome.position());
+        Ok(outcome.replay().len())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), EmitError> {
+    if RESERVED_EVENTS.contains(&name) {
+        return Err(EmitError::ReservedEvent(name.to_owned()));
+    }
+    Ok(())
+}
