@@ -732,7 +732,7 @@ impl Config {
             }
             if ws.ping_interval_ms < 100 || ws.ping_timeout_ms < 100 {
                 bad(
-                    format!("{at}"),
+                    at.clone(),
                     "ping_interval_ms and ping_timeout_ms must be at least 100".into(),
                 );
             }
