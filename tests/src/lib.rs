@@ -312,6 +312,29 @@ impl Gateway {
         Gateway { ports, dir, proc }
     }
 
+    /// Stop the gateway and start it again with the same configuration and ports (as a
+    /// deploy would): in-memory state, such as the hub's history, is gone.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let yaml = std::fs::read_to_string(self.dir.path().join("gateway.yaml")).expect("config");
+        self.proc = Proc::spawn(
+            "gateway (restarted)",
+            &binary("gateway"),
+            &["run", "--config", "gateway.yaml"],
+            self.dir.path(),
+        );
+        let port = if yaml.contains("https:") {
+            self.ports.https
+        } else {
+            self.ports.http
+        };
+        self.proc.wait_for_port(([127, 0, 0, 1], port).into());
+        if yaml.contains("admin:") {
+            self.proc
+                .wait_for_port(([127, 0, 0, 1], self.ports.admin).into());
+        }
+    }
+
     pub fn https(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.ports.https)
     }

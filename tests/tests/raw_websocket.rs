@@ -288,3 +288,106 @@ async fn shutdown_closes_websockets_with_1001() {
     assert_eq!(code, CloseCode::Away, "{reason}");
     gw.proc.wait_exit(Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn after_a_restart_every_transport_signals_a_reset() {
+    let mut gw = Gateway::start(&format!(
+        "{CONFIG}  - {{path: /s, realtime: longpoll}}\n  - {{path: /events, realtime: sse}}\n"
+    ));
+    let first: Value = client()
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": "news", "data": "before"}))
+        .send()
+        .await
+        .expect("publish")
+        .json()
+        .await
+        .expect("json");
+    let old = first["position"].as_str().expect("position").to_string();
+    gw.restart();
+    client()
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": "news", "data": "after"}))
+        .send()
+        .await
+        .expect("publish");
+
+    let mut ws = connect(&gw, Some("pubsub.v1")).await;
+    ws.send(send_json(
+        json!({"op": "subscribe", "topic": "news", "since": old}),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(next_json(&mut ws).await["op"], "reset", "websocket");
+
+    let r = client()
+        .get(gw.https(&format!("/s?t=news&since={old}")))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(r.status(), 409, "long-poll");
+
+    let mut sse = client()
+        .get(gw.https("/events?topic=news"))
+        .header("last-event-id", &old)
+        .send()
+        .await
+        .expect("sse");
+    let mut text = String::new();
+    while !text.contains("event: reset") {
+        match tokio::time::timeout(Duration::from_secs(5), sse.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("no reset event on SSE: {other:?} after {text:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_is_closed_with_1013_and_counted() {
+    let gw = Gateway::start(&CONFIG.replace(
+        "max_message_bytes: 1024}",
+        "max_message_bytes: 1024, queue: 16}",
+    ));
+    let mut slow = connect(&gw, Some("pubsub.v1")).await;
+    slow.send(send_json(json!({"op": "subscribe", "topic": "flood"})))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut slow).await["op"], "subscribed");
+    // Far more than socket buffers hold, while the client reads nothing.
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"topic": "flood", "data": format!("{i:0>900}")}))
+        .collect();
+    for _ in 0..20 {
+        let r = client()
+            .post(gw.admin("/publish"))
+            .json(&batch)
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(r.status(), 200);
+    }
+    // Now read: whatever was in flight, then the close.
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break f.code,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Again);
+    let health: Value = client()
+        .get(gw.admin("/healthz"))
+        .send()
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        health["hub"]["slow_consumer_disconnects"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{health}"
+    );
+}
