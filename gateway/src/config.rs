@@ -60,6 +60,15 @@ pub mod defaults {
     pub const WS_PING_INTERVAL_MS: u64 = 25_000;
     pub const WS_PING_TIMEOUT_MS: u64 = 20_000;
     pub const WS_QUEUE: usize = 256;
+    /// The reference Socket.IO server's (engine.io 6.6 / socket.io 4.8) defaults, so existing
+    /// clients see the timings they were tuned for.
+    pub const SIO_PING_INTERVAL_MS: u64 = 25_000;
+    pub const SIO_PING_TIMEOUT_MS: u64 = 20_000;
+    pub const SIO_MAX_PAYLOAD: u64 = 1_000_000;
+    pub const SIO_CONNECT_TIMEOUT_MS: u64 = 45_000;
+    pub const SIO_RECOVERY_MS: u64 = 120_000;
+    /// Where `npm ci` in tests/ puts the client library.
+    pub const SIO_CLIENT_DIR: &str = "tests/node_modules/socket.io-client/dist";
     pub fn index() -> Vec<String> {
         vec!["index.html".to_string()]
     }
@@ -291,6 +300,9 @@ pub enum RealtimeKind {
     /// A raw WebSocket endpoint (chat, pub/sub, or a broadcast room), configured under
     /// `realtime.websocket.<route path>`.
     Websocket,
+    /// Socket.IO v4 (Engine.IO v4 polling, WebSocket and upgrade), configured under
+    /// `realtime.socketio`.
+    Socketio,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -308,6 +320,98 @@ pub struct Realtime {
     /// `realtime: websocket` and no entry here gets the defaults.
     #[serde(default)]
     pub websocket: BTreeMap<String, WsSettings>,
+    #[serde(default)]
+    pub socketio: SocketIoSettings,
+}
+
+/// Socket.IO: Engine.IO timings (node's defaults), origins, recovery, and what each namespace
+/// does without any app code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIoSettings {
+    #[serde(default = "sio_ping_interval")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "sio_ping_timeout")]
+    pub ping_timeout_ms: u64,
+    /// `maxHttpBufferSize`: the largest message or polling POST (413 above).
+    #[serde(default = "sio_max_payload")]
+    pub max_payload_bytes: u64,
+    /// A connection that joins no namespace within this is closed.
+    #[serde(default = "sio_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// `Origin`s accepted on the handshake (403 otherwise) and answered with CORS headers.
+    /// Empty: any origin is accepted and no CORS headers are sent (same-origin pages only).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Connection state recovery: a client that lost its transport for less than this gets
+    /// its id, rooms and missed events back. Absent: off.
+    #[serde(default)]
+    pub recovery: Option<RecoverySettings>,
+    /// Where `socket.io.js` and friends are served from (socket.io-client's `dist/`).
+    #[serde(default = "sio_client_dir")]
+    pub client_dir: PathBuf,
+    /// Namespaces and their built-in behaviour; a client connecting to any other gets
+    /// `Invalid namespace`.
+    #[serde(default = "sio_namespaces")]
+    pub namespaces: BTreeMap<String, NamespaceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverySettings {
+    #[serde(default = "sio_recovery")]
+    pub max_disconnection_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSettings {
+    /// Broadcast every client event to the other sockets of the sender's rooms.
+    #[serde(default)]
+    pub relay: bool,
+    /// Replay the last N relayed events to a socket when it connects.
+    #[serde(default)]
+    pub history: usize,
+    /// Clients may `join` / `leave` rooms by name.
+    #[serde(default)]
+    pub client_rooms: bool,
+}
+
+fn sio_ping_interval() -> u64 {
+    defaults::SIO_PING_INTERVAL_MS
+}
+fn sio_ping_timeout() -> u64 {
+    defaults::SIO_PING_TIMEOUT_MS
+}
+fn sio_max_payload() -> u64 {
+    defaults::SIO_MAX_PAYLOAD
+}
+fn sio_connect_timeout() -> u64 {
+    defaults::SIO_CONNECT_TIMEOUT_MS
+}
+fn sio_recovery() -> u64 {
+    defaults::SIO_RECOVERY_MS
+}
+fn sio_client_dir() -> PathBuf {
+    PathBuf::from(defaults::SIO_CLIENT_DIR)
+}
+fn sio_namespaces() -> BTreeMap<String, NamespaceSettings> {
+    BTreeMap::from([("/".to_string(), NamespaceSettings::default())])
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        SocketIoSettings {
+            ping_interval_ms: sio_ping_interval(),
+            ping_timeout_ms: sio_ping_timeout(),
+            max_payload_bytes: sio_max_payload(),
+            connect_timeout_ms: sio_connect_timeout(),
+            allowed_origins: Vec::new(),
+            recovery: None,
+            client_dir: sio_client_dir(),
+            namespaces: sio_namespaces(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -586,6 +690,7 @@ impl Config {
         if let Some(d) = &mut self.tls.state_dir {
             fix(d);
         }
+        fix(&mut self.realtime.socketio.client_dir);
         for r in &mut self.routes {
             if let Some(s) = &mut r.static_files {
                 fix(&mut s.root);
@@ -736,6 +841,28 @@ impl Config {
                     "ping_interval_ms and ping_timeout_ms must be at least 100".into(),
                 );
             }
+        }
+
+        let sio = &self.realtime.socketio;
+        for (name, _) in &sio.namespaces {
+            if !name.starts_with('/') {
+                bad(
+                    format!("realtime.socketio.namespaces.{name}"),
+                    "a namespace starts with /".into(),
+                );
+            }
+        }
+        if sio.ping_interval_ms < 100 || sio.ping_timeout_ms < 100 {
+            bad(
+                "realtime.socketio".into(),
+                "ping_interval_ms and ping_timeout_ms must be at least 100".into(),
+            );
+        }
+        if sio.max_payload_bytes < 1024 {
+            bad(
+                "realtime.socketio.max_payload_bytes".into(),
+                "must be at least 1024".into(),
+            );
         }
 
         let lim = &self.limits;

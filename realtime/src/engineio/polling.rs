@@ -45,13 +45,10 @@ pub(super) async fn get(session: Arc<Session>, req: &Request) -> Response {
             return match answer {
                 PollAnswer::Payload(body) => payload_response(req, body),
                 PollAnswer::Gone => error_response(&EngineError::UnknownSid),
+                PollAnswer::Upgraded => error_response(&EngineError::BadRequest),
             };
         }
-        if session.is_upgrading() {
-            noop_at.get_or_insert_with(|| Instant::now() + UPGRADE_NOOP_INTERVAL);
-        } else {
-            noop_at = None;
-        }
+        noop_at = session.next_noop_tick(UPGRADE_NOOP_INTERVAL);
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {

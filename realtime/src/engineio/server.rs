@@ -104,8 +104,10 @@ impl Service for EngineServer {
 }
 
 impl Inner {
+    /// The session of a sid, unless it is gone or past its heartbeat deadline.
     fn session(&self, sid: &str) -> Option<Arc<Session>> {
-        lock(&self.registry).get(sid).cloned()
+        let session = lock(&self.registry).get(sid).cloned()?;
+        (!session.expire_if_due()).then_some(session)
     }
 
     fn shutting_down(&self) -> bool {
@@ -230,15 +232,20 @@ impl Inner {
             Err(refusal) => return refusal.into(),
         };
         let max_payload = self.config.max_payload;
+        // Reserved now, before the 101 goes out and the client can send anything else.
+        let probe = (transport == Transport::WebSocket)
+            .then(|| websocket::Probe::begin(session))
+            .flatten();
         Response::Upgrade {
             head,
             on_upgrade: Box::new(move |io| {
                 Box::pin(async move {
                     let ws = websocket::accept(io, max_payload).await;
-                    if transport == Transport::WebSocket {
-                        websocket::upgrade(session, ws).await;
-                    } else {
-                        websocket::refuse(ws).await;
+                    match probe {
+                        Some(probe) => websocket::upgrade(probe, ws).await,
+                        // node accepts, then closes: upgrading or upgraded already, upgrades
+                        // off, or `transport=polling`.
+                        None => websocket::refuse(ws).await,
                     }
                 })
             }),

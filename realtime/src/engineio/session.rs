@@ -26,6 +26,11 @@ pub(super) type Registry = Mutex<HashMap<Arc<str>, Arc<Session>>>;
 /// How long a session closed by the layer above waits for its client to collect what was
 /// queued before the close (and the `close` packet itself): node's polling `closeTimeout`.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the sid of a polling session closed by its client (`1` in a POST) stays known
+/// when no poll was pending, so that the client's own poll, sent alongside the close on
+/// another connection and overtaken by it, still gets its `noop` (as it would have, had it
+/// arrived first) instead of an error. Any other request, or a second poll, gets `400`.
+pub(super) const CLIENT_CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Locks a std mutex, ignoring poisoning: every critical section here leaves the state
 /// consistent before anything that could panic, so a panicking holder cannot corrupt it.
@@ -57,9 +62,20 @@ struct Heartbeat {
     /// When the client last sent any packet (node's `lastPacketTime`): a client busy sending
     /// is alive even if its pong is stuck behind its other traffic.
     last_packet: Instant,
+    /// When the pong of the outstanding ping is due, counted from when the ping was
+    /// scheduled (not from when a busy runtime got round to it); `None` when no ping waits.
+    pong_due: Option<Instant>,
     /// Whether the last ping was handed to a transport. A ping nobody collected means the
     /// client stopped polling: that is a transport close, not a ping timeout.
     ping_delivered: bool,
+}
+
+impl Heartbeat {
+    /// The moment the session is dead if nothing arrives: the pong's due time, pushed back
+    /// while other packets keep arriving (node's `checkPingTimeout`).
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.pong_due.map(|due| due.max(self.last_packet + timeout))
+    }
 }
 
 pub(super) struct State {
@@ -69,6 +85,12 @@ pub(super) struct State {
     outbox: VecDeque<Packet>,
     get_in_flight: bool,
     post_in_flight: bool,
+    /// When `3probe` was sent: polls are ended with `noop` on every [`super::polling::
+    /// UPGRADE_NOOP_INTERVAL`] tick from then on, as node's `check` timer does.
+    upgrading_since: Option<Instant>,
+    /// Closed by the client with no poll pending: the sid stays known until then for the
+    /// overtaken poll (see [`CLIENT_CLOSE_LINGER`]).
+    linger_until: Option<Instant>,
     /// WebSocket close code chosen by whoever closed, when the reason alone does not say.
     ws_close_code: Option<CloseCode>,
     heartbeat: Heartbeat,
@@ -95,6 +117,9 @@ pub(super) enum PollAnswer {
     Payload(String),
     /// The session ended with nothing left for this client.
     Gone,
+    /// The session moved to WebSocket while this poll waited: a poll from a client that did
+    /// not pause polling before `5`, answered as a poll arriving after the upgrade is.
+    Upgraded,
 }
 
 /// What a WebSocket writer does next.
@@ -108,6 +133,8 @@ pub(super) struct WsBatch {
 
 pub(super) struct Session {
     pub sid: Arc<str>,
+    /// When the handshake happened: the first ping is due `pingInterval` after it.
+    opened: Instant,
     pub config: Arc<EngineConfig>,
     sender: ConnSender,
     /// Towards the layer above; dropped at close so that its `Conn.incoming` ends.
@@ -136,6 +163,7 @@ impl Session {
         } = conn;
         Arc::new(Session {
             sid,
+            opened: Instant::now(),
             config,
             sender,
             incoming: Mutex::new(Some(incoming)),
@@ -150,9 +178,12 @@ impl Session {
                 outbox: VecDeque::new(),
                 get_in_flight: false,
                 post_in_flight: false,
+                upgrading_since: None,
+                linger_until: None,
                 ws_close_code: None,
                 heartbeat: Heartbeat {
                     last_packet: Instant::now(),
+                    pong_due: None,
                     ping_delivered: false,
                 },
             }),
@@ -178,9 +209,31 @@ impl Session {
     pub(super) fn transport(&self) -> Option<Transport> {
         let st = self.state();
         match st.phase {
+            Phase::Closed(_) if st.linger_until.is_some() => Some(Transport::Polling),
             Phase::Closed(_) => None,
             _ => Some(st.transport),
         }
+    }
+
+    /// Closes the session if its pong is overdue, and says whether it did. The heartbeat task
+    /// does this too, but a timer may fire a little late: a request must never find alive a
+    /// session that is past its deadline.
+    pub(super) fn expire_if_due(&self) -> bool {
+        let reason = {
+            let st = self.state();
+            match st.heartbeat.deadline(self.config.ping_timeout) {
+                Some(deadline) if st.phase == Phase::Open && deadline <= Instant::now() => {
+                    if st.heartbeat.ping_delivered {
+                        CloseReason::PingTimeout
+                    } else {
+                        CloseReason::TransportClose
+                    }
+                }
+                _ => return false,
+            }
+        };
+        self.close(reason);
+        true
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -209,25 +262,46 @@ impl Session {
             st.phase = Phase::Closed(reason.clone());
             st.ws_close_code = code;
             st.outbox.clear();
-            if st.transport == Transport::Polling && st.get_in_flight {
-                st.outbox.push_back(if reason == CloseReason::ClientClose {
-                    Packet::Noop
-                } else {
-                    Packet::Close
-                });
+            if st.transport == Transport::Polling {
+                let client_close = reason == CloseReason::ClientClose;
+                if st.get_in_flight {
+                    st.outbox.push_back(if client_close {
+                        Packet::Noop
+                    } else {
+                        Packet::Close
+                    });
+                } else if client_close {
+                    st.outbox.push_back(Packet::Noop);
+                    st.linger_until = Some(Instant::now() + CLIENT_CLOSE_LINGER);
+                }
             }
         }
         self.finish(reason);
     }
 
-    /// The last step of every close: the sid is forgotten, the layer above sees the end.
+    /// The last step of every close: the sid is forgotten (after the linger, if any), the
+    /// layer above sees the end.
     fn finish(&self, reason: CloseReason) {
         lock(&self.incoming).take();
-        if let Some(registry) = self.registry.upgrade() {
-            lock(&registry).remove(&self.sid);
+        if self.state().linger_until.is_none() {
+            self.unregister();
         }
         self.sender.close(reason);
         self.notify();
+    }
+
+    fn unregister(&self) {
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry).remove(&self.sid);
+        }
+    }
+
+    /// Ends a client-close linger: the overtaken poll came, or the time is up.
+    fn end_linger(&self) {
+        let lingering = self.state().linger_until.take().is_some();
+        if lingering {
+            self.unregister();
+        }
     }
 
     /// The drain after a close by the layer above is over: the `close` went out.
@@ -269,7 +343,7 @@ impl Session {
 
     pub(super) fn claim_get(&self) -> Claim {
         let mut st = self.state();
-        if matches!(st.phase, Phase::Closed(_)) {
+        if matches!(st.phase, Phase::Closed(_)) && st.linger_until.is_none() {
             Claim::Gone
         } else if st.get_in_flight {
             Claim::Overlap
@@ -304,8 +378,13 @@ impl Session {
         self.state().outbox.push_back(frame_packet(frame));
     }
 
-    pub(super) fn is_upgrading(&self) -> bool {
-        self.state().upgrade == Upgrade::Upgrading
+    /// While an upgrade is under way, the next tick at which a waiting poll gets `noop`.
+    pub(super) fn next_noop_tick(&self, interval: Duration) -> Option<Instant> {
+        let since = self.state().upgrading_since?;
+        let now = Instant::now();
+        let ticks = now.saturating_duration_since(since).as_nanos() / interval.as_nanos().max(1);
+        let ticks = u32::try_from(ticks.saturating_add(1)).unwrap_or(u32::MAX);
+        Some(since + interval.saturating_mul(ticks))
     }
 
     /// Builds a poll's answer from what is queued, or `None` when there is nothing to say yet.
@@ -322,10 +401,7 @@ impl Session {
         match st.phase.clone() {
             Phase::Closed(_) if st.outbox.is_empty() => return Some(PollAnswer::Gone),
             Phase::Closed(_) => {}
-            // The session moved to WebSocket under this poll: just end it.
-            _ if st.transport != Transport::Polling => {
-                return Some(PollAnswer::Payload(Packet::Noop.encode_text()));
-            }
+            _ if st.transport != Transport::Polling => return Some(PollAnswer::Upgraded),
             Phase::Open => {
                 pull(&mut st.outbox, rx, max);
                 if st.outbox.is_empty() {
@@ -352,9 +428,13 @@ impl Session {
             }
         }
         let drained = sent_close && matches!(st.phase, Phase::Draining(_));
+        let lingered = st.linger_until.is_some();
         drop(st);
         if drained {
             self.finish_drain();
+        }
+        if lingered {
+            self.end_linger();
         }
         Some(PollAnswer::Payload(body))
     }
@@ -415,6 +495,7 @@ impl Session {
             Packet::Message(text) => Inbound::Deliver(Frame::Text(text)),
             Packet::MessageBinary(bytes) => Inbound::Deliver(Frame::Binary(bytes)),
             Packet::Pong(_) => {
+                self.state().heartbeat.pong_due = None;
                 self.pong.notify_one();
                 Inbound::Ignore
             }
@@ -460,7 +541,7 @@ impl Session {
         true
     }
 
-    /// `3probe` was sent: end the pending poll so the client can pause polling.
+    /// `3probe` was sent: polls are now ended with `noop` so the client can pause polling.
     pub(super) fn probe_answered(&self) {
         {
             let mut st = self.state();
@@ -468,9 +549,7 @@ impl Session {
                 return;
             }
             st.upgrade = Upgrade::Upgrading;
-            if st.get_in_flight && st.outbox.is_empty() {
-                st.outbox.push_back(Packet::Noop);
-            }
+            st.upgrading_since.get_or_insert_with(Instant::now);
         }
         self.notify();
     }
@@ -486,6 +565,7 @@ impl Session {
             }
             st.transport = Transport::WebSocket;
             st.upgrade = Upgrade::Done;
+            st.upgrading_since = None;
             // A noop meant for a poll has no business on the WebSocket.
             st.outbox.retain(|p| *p != Packet::Noop);
         }
@@ -501,6 +581,7 @@ impl Session {
                 return;
             }
             st.upgrade = Upgrade::None;
+            st.upgrading_since = None;
             st.outbox.retain(|p| *p != Packet::Noop);
         }
         self.notify();
@@ -508,26 +589,28 @@ impl Session {
 
     /// The session's own task: pings every `pingInterval`, closes when no pong comes within
     /// `pingTimeout`, and runs the orderly close when the layer above closes. Ends when the
-    /// session is closed, so it never outlives it.
+    /// session is closed (and forgotten), so it never outlives it.
     pub(super) async fn drive(self: Arc<Self>) {
         let interval = self.config.ping_interval;
         let timeout = self.config.ping_timeout;
-        let mut next_ping = Instant::now() + interval;
+        let mut next_ping = self.opened + interval;
         loop {
             tokio::select! {
-                () = sleep_until(next_ping) => {}
+                biased;
+                reason = self.sender.closed() => return self.on_closed(reason).await,
                 // A pong nobody asked for still restarts the interval, as node's `refresh()`.
                 () = self.pong.notified() => {
                     next_ping = Instant::now() + interval;
                     continue;
                 }
-                reason = self.sender.closed() => return self.on_closed(reason).await,
+                () = sleep_until(next_ping) => {}
             }
             let open = {
                 let mut st = self.state();
                 if st.phase == Phase::Open {
                     st.outbox.push_back(Packet::Ping(None));
                     st.heartbeat.ping_delivered = false;
+                    st.heartbeat.pong_due = Some(next_ping + timeout);
                 }
                 st.phase == Phase::Open
             };
@@ -537,50 +620,54 @@ impl Session {
                 return self.on_closed(reason).await;
             }
             self.notify();
-            let mut deadline = Instant::now() + timeout;
             loop {
+                let deadline = self.state().heartbeat.deadline(timeout);
+                let Some(deadline) = deadline else {
+                    // The pong came before we got here.
+                    next_ping = Instant::now() + interval;
+                    break;
+                };
                 tokio::select! {
+                    biased;
+                    reason = self.sender.closed() => return self.on_closed(reason).await,
                     () = self.pong.notified() => {
                         next_ping = Instant::now() + interval;
                         break;
                     }
+                    // Pushed back if other packets came meanwhile; closes otherwise.
                     () = sleep_until(deadline) => {
-                        let (last_packet, delivered) = {
-                            let st = self.state();
-                            (st.heartbeat.last_packet, st.heartbeat.ping_delivered)
-                        };
-                        // Any packet within the last `pingTimeout` proves the client alive.
-                        if last_packet + timeout > Instant::now() {
-                            deadline = last_packet + timeout;
-                            continue;
-                        }
-                        self.close(if delivered {
-                            CloseReason::PingTimeout
-                        } else {
-                            CloseReason::TransportClose
-                        });
-                        return;
+                        self.expire_if_due();
                     }
-                    reason = self.sender.closed() => return self.on_closed(reason).await,
                 }
             }
         }
     }
 
-    /// The connection was closed: by the engine (nothing left to do) or by the layer above
-    /// (deliver what it queued before, then `close`, within [`DRAIN_TIMEOUT`]).
+    /// The connection was closed: by the engine (nothing left to do but end a linger) or by
+    /// the layer above (deliver what it queued before, then `close`, within
+    /// [`DRAIN_TIMEOUT`]).
     async fn on_closed(&self, reason: CloseReason) {
-        {
+        let linger = {
             let mut st = self.state();
-            if st.phase != Phase::Open {
-                return;
+            match st.phase {
+                Phase::Open => {
+                    st.phase = Phase::Draining(reason.clone());
+                    // What the client sends from now on is dropped, as node does once `closing`.
+                    lock(&self.incoming).take();
+                    // A WebSocket is told to close once the drain is written: drop queued pings.
+                    st.outbox
+                        .retain(|p| matches!(p, Packet::Message(_) | Packet::MessageBinary(_)));
+                    None
+                }
+                _ => match st.linger_until {
+                    Some(until) => Some(until),
+                    None => return,
+                },
             }
-            st.phase = Phase::Draining(reason.clone());
-            // What the client sends from now on is dropped, as node does once `closing`.
-            lock(&self.incoming).take();
-            // A WebSocket is told to close once the drain is written: drop queued pings.
-            st.outbox
-                .retain(|p| matches!(p, Packet::Message(_) | Packet::MessageBinary(_)));
+        };
+        if let Some(until) = linger {
+            sleep_until(until).await;
+            return self.end_linger();
         }
         self.notify();
         let wait = self.wait_closed();

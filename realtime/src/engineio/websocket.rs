@@ -46,14 +46,29 @@ pub(super) async fn refuse(mut ws: Ws) {
     .await;
 }
 
+/// An upgrade reserved on a polling session, from the upgrade request on: a second
+/// WebSocket, or a poll, sees the session as upgrading even before the first one has been
+/// switched. Dropped without `5` (probe closed, or the switch never happened), it puts the
+/// session back on plain polling.
+pub(super) struct Probe(Arc<Session>);
+
+impl Probe {
+    pub(super) fn begin(session: Arc<Session>) -> Option<Probe> {
+        (session.config.allow_upgrades && session.begin_probe()).then_some(Probe(session))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort_probe();
+    }
+}
+
 /// A probe WebSocket for a polling session: answers `2probe`, and on `5` carries the
 /// session from then on. Anything else, or no `5` within `upgradeTimeout`, closes the probe
 /// and the session stays on polling.
-pub(super) async fn upgrade(session: Arc<Session>, mut ws: Ws) {
-    if !session.config.allow_upgrades || !session.begin_probe() {
-        return refuse(ws).await;
-    }
-    let _probe = AbortProbeOnDrop(&session);
+pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
+    let session = probe.0.clone();
     let deadline = Instant::now() + session.config.upgrade_timeout;
     loop {
         let msg = tokio::select! {
@@ -78,7 +93,8 @@ pub(super) async fn upgrade(session: Arc<Session>, mut ws: Ws) {
             // node upgrades on `5` even without a probe before it.
             Ok(Packet::Upgrade) => {
                 if session.complete_upgrade() {
-                    return run(session.clone(), ws).await;
+                    drop(probe);
+                    return run(session, ws).await;
                 }
                 break;
             }
@@ -86,15 +102,6 @@ pub(super) async fn upgrade(session: Arc<Session>, mut ws: Ws) {
         }
     }
     refuse(ws).await;
-}
-
-/// Puts the session back to plain polling when a probe ends without `5` (or is dropped).
-struct AbortProbeOnDrop<'a>(&'a Session);
-
-impl Drop for AbortProbeOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.abort_probe();
-    }
 }
 
 /// Closes the session when the WebSocket carrying it ends, including when the gateway drops

@@ -6,15 +6,48 @@
 //! [`SioMessage`] comes out once its attachments are in. Output: send
 //! [`SioMessage::encode`] as a text message, then each of its `binaries`.
 //!
+//! On top of the codec, [`SocketIo`] is the server: it implements
+//! [`ConnHandler`](crate::engineio::ConnHandler), multiplexes namespaces
+//! over each Engine.IO connection, maps rooms to hub topics
+//! ([`room_topic`]), and offers node's connection state recovery
+//! (see the `recovery` module docs for the offset design) and built-in
+//! behaviours ([`NamespaceBehaviour`]).
+//!
 //! Abuse limits: the attachment count is capped by the decoder
 //! ([`DEFAULT_MAX_ATTACHMENTS`]), JSON nesting by serde_json's recursion limit
 //! (128), and frame sizes by the transport before anything reaches here.
 
+mod behaviour;
 mod binary;
+mod namespace;
+mod options;
 mod packet;
+mod recovery;
+mod rooms;
+mod server;
+mod socket;
 
+#[cfg(test)]
+mod server_tests;
+
+pub use behaviour::{
+    attach, conformance_options, install_behaviour, install_conformance, NamespaceBehaviour,
+    CONFORMANCE_CONNECT_TIMEOUT, MAX_CLIENT_ROOMS, MAX_ROOM_NAME_LEN,
+};
 pub use binary::{BinaryReassembler, Reassembly, SioDecoder, SioMessage};
+pub use namespace::{BroadcastOperator, ConnectError, ConnectFuture, Namespace};
+pub use options::{
+    RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
+    DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,
+};
 pub use packet::{SioError, SioKind, SioPacket, DEFAULT_MAX_ATTACHMENTS, RESERVED_EVENTS};
+pub use recovery::DEDUPE_WINDOW;
+pub use rooms::{generate_id, looks_like_id, namespace_topic, room_topic, ID_LEN, TOPIC_PREFIX};
+pub use server::{SocketIo, SocketIoStats};
+pub use socket::{
+    placeholder, AckError, AckSender, Args, DisconnectReason, EmitError, Event, RoomError, Socket,
+    DEFAULT_EVENT, MAX_PRECONNECT_PACKETS,
+};
 
 #[cfg(test)]
 mod tests {

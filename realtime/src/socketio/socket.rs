@@ -419,6 +419,11 @@ impl SocketInner {
         }
         self.conn.write(&reply)?;
         outbox.phase = Phase::Connected;
+        // Counted under the outbox lock, like the decrement in `shut`.
+        self.ns
+            .stats
+            .sockets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for out in std::mem::take(&mut outbox.pending) {
             self.conn.write(&out)?;
         }
@@ -490,6 +495,12 @@ impl SocketInner {
             }
             outbox.phase = Phase::Closed;
             outbox.pending.clear();
+            if was == Phase::Connected {
+                self.ns
+                    .stats
+                    .sockets
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let tracker = std::mem::replace(&mut outbox.tracker, Tracker::new(None));
             (was == Phase::Connected).then_some(tracker)
         };

@@ -1,0 +1,571 @@
+//! Namespaces: the connect handler, the local room registry, recovery
+//! sessions, and broadcasts.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use super::options::SocketIoOptions;
+use super::recovery::{Session, Sessions, Tracker};
+use super::rooms::{namespace_topic, room_topic};
+use super::server::{ConnShared, SocketIoStats};
+use super::socket::{lock, Args, EmitError, RoomError, Socket, SocketInner};
+use crate::hub::{Hub, JoinOutcome, Payload, Position, SubscriberId};
+
+/// A connect handler's refusal, sent to the client as
+/// `4<nsp,>{"message":…,"data":…}` (node's `next(err)` in a middleware,
+/// with `err.data`). The client gets a `connect_error` with them.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl ConnectError {
+    pub fn new(message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: Value) -> ConnectError {
+        self.data = Some(data);
+        self
+    }
+
+    /// The CONNECT_ERROR payload: `message` first, `data` only when set
+    /// (node's JSON drops an undefined `data`).
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        map.insert("message".into(), Value::from(self.message.as_str()));
+        if let Some(data) = &self.data {
+            map.insert("data".into(), data.clone());
+        }
+        Value::Object(map)
+    }
+}
+
+/// What a connect handler returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<(), ConnectError>> + Send>>;
+
+pub(super) type ConnectHandler = Arc<dyn Fn(Socket) -> ConnectFuture + Send + Sync>;
+
+/// Local membership, for `except` and for listing sockets: which sockets of
+/// this node are in which room (node's in-memory adapter).
+#[derive(Default)]
+struct Registry {
+    sockets: HashMap<Arc<str>, Socket>,
+    rooms: HashMap<String, HashSet<Arc<str>>>,
+}
+
+pub(super) struct NsInner {
+    pub(super) path: String,
+    /// Every socket of the namespace is in this topic.
+    pub(super) topic: Arc<str>,
+    pub(super) hub: Hub,
+    pub(super) options: Arc<SocketIoOptions>,
+    pub(super) stats: Arc<SocketIoStats>,
+    on_connect: Mutex<ConnectHandler>,
+    connect_history: AtomicUsize,
+    registry: Mutex<Registry>,
+    sessions: Mutex<Sessions>,
+}
+
+/// A namespace. Cheap to clone; every clone is the same namespace.
+#[derive(Clone)]
+pub struct Namespace {
+    pub(super) inner: Arc<NsInner>,
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespace")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Namespace {
+    pub(super) fn new(
+        path: String,
+        hub: Hub,
+        options: Arc<SocketIoOptions>,
+        stats: Arc<SocketIoStats>,
+        on_connect: ConnectHandler,
+    ) -> Namespace {
+        Namespace {
+            inner: Arc::new(NsInner {
+                topic: Arc::from(namespace_topic(&path)),
+                path,
+                hub,
+                options,
+                stats,
+                on_connect: Mutex::new(on_connect),
+                connect_history: AtomicUsize::new(0),
+                registry: Mutex::default(),
+                sessions: Mutex::default(),
+            }),
+        }
+    }
+
+    pub(super) fn set_handler(&self, handler: ConnectHandler) {
+        *lock(&self.inner.on_connect) = handler;
+    }
+
+    /// The path (`/`, `/chat`).
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The hub topic every socket of the namespace listens to: a publish to
+    /// it reaches them all.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The hub topic of `room` in this namespace.
+    pub fn room_topic(&self, room: &str) -> String {
+        room_topic(&self.inner.path, room)
+    }
+
+    /// Each new (not recovered) socket first gets up to `last` of the most
+    /// recent messages of the namespace topic from the hub's history, before
+    /// live ones. 0 (the default) turns it off.
+    pub fn set_connect_history(&self, last: usize) {
+        self.inner.connect_history.store(last, Ordering::Relaxed);
+    }
+
+    /// A broadcast to the whole namespace.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.inner))
+    }
+
+    /// A broadcast to `room` (add more with [`BroadcastOperator::to`]).
+    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// A broadcast to the namespace except `room`.
+    pub fn except(&self, room: impl Into<String>) -> BroadcastOperator {
+        self.broadcast().except(room)
+    }
+
+    /// Sends `name` to every socket of the namespace (one hub publish).
+    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<Vec<Position>, EmitError> {
+        self.broadcast().emit(name, args)
+    }
+
+    /// The connected sockets of this namespace on this node.
+    pub fn sockets(&self) -> Vec<Socket> {
+        lock(&self.inner.registry)
+            .sockets
+            .values()
+            .filter(|s| s.connected())
+            .cloned()
+            .collect()
+    }
+
+    /// The socket with id `id`, if connected to this node.
+    pub fn socket(&self, id: &str) -> Option<Socket> {
+        lock(&self.inner.registry)
+            .sockets
+            .get(id)
+            .filter(|s| s.connected())
+            .cloned()
+    }
+
+    /// Sessions kept for recovery right now.
+    pub fn kept_sessions(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+}
+
+impl NsInner {
+    pub(super) fn connect_handler(&self) -> ConnectHandler {
+        Arc::clone(&lock(&self.on_connect))
+    }
+
+    pub(super) fn registry_join(&self, room: &str, sid: &Arc<str>) {
+        lock(&self.registry)
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(Arc::clone(sid));
+    }
+
+    pub(super) fn registry_leave(&self, room: &str, sid: &str) {
+        let mut reg = lock(&self.registry);
+        if let Some(members) = reg.rooms.get_mut(room) {
+            members.remove(sid);
+            if members.is_empty() {
+                reg.rooms.remove(room);
+            }
+        }
+    }
+
+    fn register(&self, socket: &Socket) {
+        lock(&self.registry)
+            .sockets
+            .insert(Arc::clone(&socket.inner.id), socket.clone());
+    }
+
+    pub(super) fn unregister(&self, socket: &Socket) {
+        let rooms = socket.rooms();
+        let mut reg = lock(&self.registry);
+        let is_this = reg
+            .sockets
+            .get(socket.id())
+            .is_some_and(|s| Arc::ptr_eq(&s.inner, &socket.inner));
+        if !is_this {
+            return;
+        }
+        reg.sockets.remove(socket.id());
+        for room in rooms {
+            if let Some(members) = reg.rooms.get_mut(&room) {
+                members.remove(socket.id());
+                if members.is_empty() {
+                    reg.rooms.remove(&room);
+                }
+            }
+        }
+    }
+
+    pub(super) fn keep_session(
+        &self,
+        sid: Arc<str>,
+        pid: Arc<str>,
+        rooms: Vec<String>,
+        tracker: Tracker,
+    ) {
+        let Some(opts) = &self.options.recovery else {
+            return;
+        };
+        let session = Session {
+            sid,
+            pid,
+            rooms,
+            tracker,
+            since: Instant::now(),
+        };
+        lock(&self.sessions).insert(
+            session,
+            opts.max_sessions,
+            opts.max_disconnection_duration,
+        );
+        self.stats.sessions_kept.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new socket for a CONNECT: the recovered session when the auth
+    /// payload names one that can be served, else a fresh one. The socket is
+    /// registered and reading the hub, still connecting (its packets wait
+    /// for [`SocketInner::finish_connect`]).
+    pub(super) fn create_socket(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: Value,
+    ) -> Result<Socket, RoomError> {
+        if let Some(socket) = self.try_recover(conn, &auth)? {
+            self.start(&socket);
+            return Ok(socket);
+        }
+        let id: Arc<str> = Arc::from(super::rooms::generate_id());
+        let pid = self
+            .options
+            .recovery
+            .as_ref()
+            .map(|_| Arc::from(super::rooms::generate_id()));
+        let sub = Arc::new(self.hub.subscribe()?);
+        let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
+        tracker.add_origin(sub.id());
+        let socket = Socket::from_inner(SocketInner::new(
+            Arc::clone(&id),
+            pid,
+            Arc::clone(self),
+            Arc::clone(conn),
+            auth,
+            false,
+            sub,
+            tracker,
+        ));
+        let joined = socket
+            .inner
+            .join_topic(&self.topic, self.connect_history.load(Ordering::Relaxed))
+            .and_then(|_| socket.join(&id));
+        if let Err(e) = joined {
+            socket.inner.shut(false);
+            return Err(e);
+        }
+        self.start(&socket);
+        Ok(socket)
+    }
+
+    fn start(&self, socket: &Socket) {
+        self.register(socket);
+        if let Some(sub) = lock(&socket.inner.sub).clone() {
+            tokio::spawn(socket.clone().run_reader(sub));
+        }
+    }
+
+    /// Node's `restoreSession`: `Ok(None)` when there is nothing to recover
+    /// (the caller then makes a fresh socket).
+    fn try_recover(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+    ) -> Result<Option<Socket>, RoomError> {
+        let Some(opts) = &self.options.recovery else {
+            return Ok(None);
+        };
+        let Some(pid) = auth.get("pid").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let failed = || {
+            self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        };
+        // Node requires the offset; a client that never received an event
+        // has none to send, and "nothing received" is offset 0.
+        let offset = match auth.get("offset") {
+            None => Some(0),
+            Some(Value::String(s)) => parse_offset(s),
+            Some(_) => None,
+        };
+        let session = lock(&self.sessions).take(pid, Instant::now(), opts.max_disconnection_duration);
+        let (Some(mut session), Some(offset)) = (session, offset) else {
+            return failed();
+        };
+        if lock(&self.registry).sockets.contains_key(&session.sid) {
+            return failed();
+        }
+        let mut topics: Vec<Arc<str>> = vec![Arc::clone(&self.topic)];
+        topics.extend(
+            session
+                .rooms
+                .iter()
+                .map(|room| Arc::from(room_topic(&self.path, room))),
+        );
+        let Some(plan) = session.tracker.resume(&topics, offset) else {
+            return failed();
+        };
+        let sub = Arc::new(self.hub.subscribe()?);
+        session.tracker.add_origin(sub.id());
+        let socket = Socket::from_inner(SocketInner::new(
+            session.sid,
+            Some(session.pid),
+            Arc::clone(self),
+            Arc::clone(conn),
+            auth.clone(),
+            true,
+            Arc::clone(&sub),
+            session.tracker,
+        ));
+        {
+            let mut outbox = lock(&socket.inner.outbox);
+            let mut replays = Vec::with_capacity(plan.since.len());
+            for (topic, since) in &plan.since {
+                match sub.join(topic, Some(*since)) {
+                    Ok(JoinOutcome::Resumed { replay, .. }) => replays.push(replay),
+                    // History no longer reaches back: not recoverable.
+                    Ok(_) | Err(_) => {
+                        drop(outbox);
+                        socket.inner.shut(false);
+                        return failed();
+                    }
+                }
+            }
+            for msg in plan.merge(replays) {
+                socket.inner.deliver_locked(&mut outbox, &msg);
+            }
+        }
+        for room in session.rooms {
+            self.registry_join(&room, &socket.inner.id);
+            lock(&socket.inner.rooms).insert(room);
+        }
+        Ok(Some(socket))
+    }
+}
+
+fn parse_offset(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A broadcast being built: `to` rooms (union; none = the whole namespace),
+/// minus `except` rooms, minus the sender for a socket's broadcast.
+///
+/// Without `except`, it is one hub publish per target topic (the
+/// namespace topic, or each room's topic) sharing one message id, so a
+/// socket in several target rooms gets it once, and anything else
+/// subscribed to those topics (other transports, a bus) gets it too. With
+/// `except`, the recipients are computed from this node's room registry and
+/// the message is published to each recipient's own room (node's in-memory
+/// adapter does the same walk); other transports then do not see it.
+#[derive(Clone)]
+pub struct BroadcastOperator {
+    ns: Arc<NsInner>,
+    rooms: BTreeSet<String>,
+    except: BTreeSet<String>,
+    sender: Option<(SubscriberId, Arc<str>)>,
+}
+
+impl fmt::Debug for BroadcastOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastOperator")
+            .field("nsp", &self.ns.path)
+            .field("rooms", &self.rooms)
+            .field("except", &self.except)
+            .field("sender", &self.sender.as_ref().map(|s| &s.1))
+            .finish()
+    }
+}
+
+impl BroadcastOperator {
+    pub(super) fn new(ns: Arc<NsInner>) -> BroadcastOperator {
+        BroadcastOperator {
+            ns,
+            rooms: BTreeSet::new(),
+            except: BTreeSet::new(),
+            sender: None,
+        }
+    }
+
+    pub(super) fn sender(mut self, socket: &Socket) -> BroadcastOperator {
+        self.sender = Some((socket.subscriber_id(), Arc::clone(&socket.inner.id)));
+        self
+    }
+
+    /// Adds a target room.
+    pub fn to(mut self, room: impl Into<String>) -> BroadcastOperator {
+        self.rooms.insert(room.into());
+        self
+    }
+
+    /// Adds target rooms.
+    pub fn to_rooms<I, S>(mut self, rooms: I) -> BroadcastOperator
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rooms.extend(rooms.into_iter().map(Into::into));
+        self
+    }
+
+    /// Excludes the sockets in `room`.
+    pub fn except(mut self, room: impl Into<String>) -> BroadcastOperator {
+        self.except.insert(room.into());
+        self
+    }
+
+    /// Excludes the sockets in each of `rooms`.
+    pub fn except_rooms<I, S>(mut self, rooms: I) -> BroadcastOperator
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.except.extend(rooms.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sends the event. Returns the hub position of each copy: one per
+    /// target room in the rooms' sorted order, or one for the namespace
+    /// topic; with `except`, one per recipient.
+    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<Vec<Position>, EmitError> {
+        if super::packet::RESERVED_EVENTS.contains(&name) {
+            return Err(EmitError::ReservedEvent(name.to_owned()));
+        }
+        let args = args.into();
+        let payload = Payload::new(name, Value::Array(args.values)).with_attachments(args.binaries);
+        let origin = self.sender.as_ref().map(|(id, _)| *id);
+        let topics: Vec<String> = if !self.except.is_empty() {
+            self.recipients()
+                .iter()
+                .map(|sid| room_topic(&self.ns.path, sid))
+                .collect()
+        } else if self.rooms.is_empty() {
+            vec![self.ns.topic.to_string()]
+        } else {
+            self.rooms
+                .iter()
+                .map(|room| room_topic(&self.ns.path, room))
+                .collect()
+        };
+        if topics.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.ns.hub.publish_many(topics, payload, origin)?)
+    }
+
+    /// The sockets of this node the broadcast would reach.
+    pub fn sockets(&self) -> Vec<Socket> {
+        let ids = self.recipients();
+        let reg = lock(&self.ns.registry);
+        ids.iter()
+            .filter_map(|id| reg.sockets.get(id))
+            .filter(|s| s.connected())
+            .cloned()
+            .collect()
+    }
+
+    fn recipients(&self) -> BTreeSet<Arc<str>> {
+        let reg = lock(&self.ns.registry);
+        let mut ids: BTreeSet<Arc<str>> = if self.rooms.is_empty() {
+            reg.sockets.keys().cloned().collect()
+        } else {
+            self.rooms
+                .iter()
+                .filter_map(|room| reg.rooms.get(room))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        for room in &self.except {
+            if let Some(members) = reg.rooms.get(room) {
+                for id in members {
+                    ids.remove(id);
+                }
+            }
+        }
+        if let Some((_, sid)) = &self.sender {
+            ids.remove(sid);
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_parse_strictly() {
+        assert_eq!(parse_offset("0"), Some(0));
+        assert_eq!(parse_offset("17"), Some(17));
+        for bad in ["", "-1", "1.5", " 1", "Q80WZks", "99999999999999999999999"] {
+            assert_eq!(parse_offset(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn connect_error_json_keeps_node_key_order() {
+        let e = ConnectError::new("Not authorized").with_data(serde_json::json!({"code": 7}));
+        assert_eq!(
+            e.to_json().to_string(),
+            r#"{"message":"Not authorized","data":{"code":7}}"#
+        );
+        assert_eq!(
+            ConnectError::new("x").to_json().to_string(),
+            r#"{"message":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! The Socket.IO server: one task per Engine.IO connection that decodes
+//! packets, multiplexes namespaces and enforces the protocol's state rules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::namespace::{ConnectError, ConnectFuture, ConnectHandler, Namespace};
+use super::options::SocketIoOptions;
+use super::packet::{SioError, SioKind, SioPacket};
+use super::rooms::normalize_nsp;
+use super::socket::{lock, DisconnectReason, EmitError, Outgoing, Socket};
+use super::{SioDecoder, SioMessage};
+use crate::engineio::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
+use crate::hub::Hub;
+
+/// Counters, as plain atomics (`Relaxed` loads).
+#[derive(Debug, Default)]
+pub struct SocketIoStats {
+    /// Engine.IO connections being served now.
+    pub connections: AtomicU64,
+    /// Sockets connected now (over all namespaces).
+    pub sockets: AtomicU64,
+    /// Connections closed because their outgoing queue was full, or the hub
+    /// dropped one of their sockets as a slow consumer.
+    pub slow_consumers: AtomicU64,
+    /// Connections closed for a protocol violation (undecodable packet,
+    /// packet for a namespace not joined, second CONNECT).
+    pub protocol_errors: AtomicU64,
+    /// Connections closed because no namespace was joined in time.
+    pub connect_timeouts: AtomicU64,
+    /// CONNECTs to a namespace that does not exist.
+    pub invalid_namespaces: AtomicU64,
+    /// CONNECTs refused by a connect handler.
+    pub rejected: AtomicU64,
+    /// Sockets that resumed their session.
+    pub recovered: AtomicU64,
+    /// CONNECTs naming a session that could not be resumed (unknown,
+    /// expired, offset not servable); they got a new session.
+    pub recovery_failures: AtomicU64,
+    /// Sessions stored for recovery after a transport loss.
+    pub sessions_kept: AtomicU64,
+}
+
+/// Why a connection was closed as broken.
+#[derive(Debug, Error)]
+enum ProtocolError {
+    #[error(transparent)]
+    Codec(#[from] SioError),
+    /// Node's "invalid state": a CONNECT for a namespace already joined, or
+    /// anything else for a namespace not joined.
+    #[error("invalid state: {kind:?} packet for namespace {nsp}")]
+    InvalidState { kind: SioKind, nsp: String },
+}
+
+/// The connection as its sockets see it: the sender, serialized so the
+/// frames of one packet (text, then its binaries) are never interleaved
+/// with another packet's.
+pub(super) struct ConnShared {
+    pub(super) sender: ConnSender,
+    pub(super) info: Arc<HandshakeInfo>,
+    write_lock: Mutex<()>,
+    sockets: Mutex<HashMap<String, Socket>>,
+    stats: Arc<SocketIoStats>,
+}
+
+impl ConnShared {
+    /// Queues a packet without waiting. A full queue means the client does
+    /// not read: the connection is closed as a slow consumer rather than
+    /// buffered without bound.
+    pub(super) fn write(&self, out: &Outgoing) -> Result<(), EmitError> {
+        let _guard = lock(&self.write_lock);
+        let frames = std::iter::once(Frame::Text(out.text.clone()))
+            .chain(out.binaries.iter().cloned().map(Frame::Binary));
+        for frame in frames {
+            match self.sender.try_send(frame) {
+                Ok(()) => {}
+                Err(SendError::Full) => {
+                    self.slow_consumer();
+                    return Err(EmitError::SlowConsumer);
+                }
+                Err(SendError::Closed) => return Err(EmitError::Disconnected),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn slow_consumer(&self) {
+        if !self.sender.is_closed() {
+            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("socket.io: closing a slow consumer");
+        }
+        self.sender.close(CloseReason::SlowConsumer);
+    }
+
+    fn socket(&self, nsp: &str) -> Option<Socket> {
+        lock(&self.sockets).get(nsp).cloned()
+    }
+
+    /// Drops `socket` from the connection's namespaces (if it is still the
+    /// one there).
+    pub(super) fn forget(&self, socket: &Socket) {
+        let mut sockets = lock(&self.sockets);
+        let is_this = sockets
+            .get(socket.nsp())
+            .is_some_and(|s| Arc::ptr_eq(&s.inner, &socket.inner));
+        if is_this {
+            sockets.remove(socket.nsp());
+        }
+    }
+}
+
+struct IoInner {
+    hub: Hub,
+    options: Arc<SocketIoOptions>,
+    stats: Arc<SocketIoStats>,
+    namespaces: RwLock<HashMap<String, Namespace>>,
+}
+
+/// The Socket.IO server: namespaces over one hub. Hand it to the Engine.IO
+/// server as its [`ConnHandler`]. Cheap to clone.
+///
+/// ```no_run
+/// use realtime::hub::Hub;
+/// use realtime::socketio::{Args, SocketIo, SocketIoOptions};
+///
+/// let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+/// io.namespace("/chat", |socket| async move {
+///     socket.join("lobby").ok();
+///     socket.on("say", |socket, event, ack| {
+///         let _ = socket.to("lobby").emit("said", event.args);
+///         if let Some(ack) = ack {
+///             let _ = ack.send(Args::new().arg("ok"));
+///         }
+///     });
+///     Ok(())
+/// });
+/// ```
+#[derive(Clone)]
+pub struct SocketIo {
+    inner: Arc<IoInner>,
+}
+
+impl fmt::Debug for SocketIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketIo")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SocketIo {
+    pub fn new(hub: Hub, options: SocketIoOptions) -> SocketIo {
+        SocketIo {
+            inner: Arc::new(IoInner {
+                hub,
+                options: Arc::new(options),
+                stats: Arc::default(),
+                namespaces: RwLock::default(),
+            }),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn options(&self) -> &SocketIoOptions {
+        &self.inner.options
+    }
+
+    pub fn stats(&self) -> &SocketIoStats {
+        &self.inner.stats
+    }
+
+    /// Registers namespace `path` (`chat` means `/chat`) with its connect
+    /// handler, or replaces the handler of an existing one.
+    ///
+    /// The handler runs for every CONNECT to the namespace, before the
+    /// client is answered: it sees the auth payload ([`Socket::auth`]) and
+    /// the handshake, registers event handlers, may join rooms and emit
+    /// (those packets follow the CONNECT reply), and returns `Err` to refuse
+    /// the client with a CONNECT_ERROR. While it runs, the connection's other
+    /// packets wait, so it must not wait for this client (no
+    /// `emit_with_ack` awaited inside).
+    pub fn namespace<F, Fut>(&self, path: &str, on_connect: F) -> Namespace
+    where
+        F: Fn(Socket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
+    {
+        let handler: ConnectHandler = Arc::new(move |socket| -> ConnectFuture { Box::pin(on_connect(socket)) });
+        let path = normalize_nsp(path);
+        let mut map = self
+            .inner
+            .namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ns) = map.get(&path) {
+            ns.set_handler(handler);
+            return ns.clone();
+        }
+        let ns = Namespace::new(
+            path.clone(),
+            self.inner.hub.clone(),
+            Arc::clone(&self.inner.options),
+            Arc::clone(&self.inner.stats),
+            handler,
+        );
+        map.insert(path, ns.clone());
+        ns
+    }
+
+    /// The namespace at `path`, if registered.
+    pub fn of(&self, path: &str) -> Option<Namespace> {
+        self.inner.namespace(&normalize_nsp(path))
+    }
+}
+
+impl IoInner {
+    fn namespace(&self, path: &str) -> Option<Namespace> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned()
+    }
+}
+
+impl ConnHandler for SocketIo {
+    fn on_connection(&self, conn: Conn) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(run_connection(Arc::clone(&self.inner), conn));
+            }
+            Err(_) => {
+                tracing::error!("socket.io: on_connection called outside a tokio runtime");
+                conn.sender.close(CloseReason::ServerShutdown);
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, then ends its sockets.
+async fn run_connection(io: Arc<IoInner>, conn: Conn) {
+    let Conn {
+        info,
+        mut incoming,
+        sender,
+        ..
+    } = conn;
+    let shared = Arc::new(ConnShared {
+        sender,
+        info,
+        write_lock: Mutex::new(()),
+        sockets: Mutex::default(),
+        stats: Arc::clone(&io.stats),
+    });
+    io.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut decoder = SioDecoder::new(io.options.max_attachments);
+    let connect_timeout = tokio::time::sleep(io.options.connect_timeout);
+    tokio::pin!(connect_timeout);
+    // Node clears the timer at the first successful connect.
+    let mut joined_once = false;
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = shared.sender.closed() => break reason,
+            _ = &mut connect_timeout, if !joined_once => {
+                io.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                shared.sender.close(CloseReason::ServerClose);
+            }
+            frame = incoming.recv() => {
+                let Some(frame) = frame else {
+                    shared.sender.close(CloseReason::TransportClose);
+                    continue;
+                };
+                let decoded = match frame {
+                    Frame::Text(text) => decoder.decode_text(&text),
+                    Frame::Binary(bytes) => decoder.decode_binary(bytes),
+                };
+                let result = match decoded {
+                    Ok(Some(msg)) => dispatch(&io, &shared, msg, &mut joined_once).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = result {
+                    io.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("socket.io: closing connection: {e}");
+                    shared.sender.close(CloseReason::ParseError(e.to_string()));
+                }
+            }
+        }
+    };
+    let sockets: Vec<Socket> = lock(&shared.sockets).drain().map(|(_, s)| s).collect();
+    for socket in sockets {
+        socket.close(DisconnectReason::Connection(reason.clone()), false);
+    }
+    io.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn dispatch(
+    io: &Arc<IoInner>,
+    shared: &Arc<ConnShared>,
+    msg: SioMessage,
+    joined_once: &mut bool,
+) -> Result<(), ProtocolError> {
+    let socket = shared.socket(&msg.packet.nsp);
+    match (msg.packet.kind, socket) {
+        (SioKind::Connect, None) => {
+            let SioPacket { nsp, data, .. } = msg.packet;
+            if connect(io, shared, nsp, data).await {
+                *joined_once = true;
+            }
+            Ok(())
+        }
+        (SioKind::Event | SioKind::BinaryEvent, Some(socket)) => {
+            socket.on_event(msg);
+            Ok(())
+        }
+        (SioKind::Ack | SioKind::BinaryAck, Some(socket)) => {
+            socket.on_ack(msg);
+            Ok(())
+        }
+        (SioKind::Disconnect, Some(socket)) => {
+            socket.close(DisconnectReason::ClientNamespaceDisconnect, false);
+            Ok(())
+        }
+        (kind, _) => Err(ProtocolError::InvalidState {
+            kind,
+            nsp: msg.packet.nsp,
+        }),
+    }
+}
+
+/// Handles a CONNECT for a namespace this connection has not joined;
+/// returns whether the socket is now connected.
+async fn connect(
+    io: &Arc<IoInner>,
+    shared: &Arc<ConnShared>,
+    nsp: String,
+    auth: Option<Value>,
+) -> bool {
+    let refuse = |nsp: &str, error: &ConnectError| {
+        let packet = SioPacket::connect_error(nsp, error.to_json());
+        let _ = shared.write(&Outgoing::packet(packet));
+    };
+    let Some(ns) = io.namespace(&nsp) else {
+        io.stats.invalid_namespaces.fetch_add(1, Ordering::Relaxed);
+        refuse(&nsp, &ConnectError::new("Invalid namespace"));
+        return false;
+    };
+    let auth = auth.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+    let socket = match ns.inner.create_socket(shared, auth) {
+        Ok(socket) => socket,
+        Err(e) => {
+            refuse(&nsp, &ConnectError::new(e.to_string()));
+            return false;
+        }
+    };
+    lock(&shared.sockets).insert(nsp.clone(), socket.clone());
+    let handler = ns.inner.connect_handler();
+    let outcome = tokio::select! {
+        outcome = handler(socket.clone()) => Some(outcome),
+        _ = shared.sender.closed() => None,
+    };
+    match outcome {
+        Some(Ok(())) => {
+            if socket.inner.finish_connect().is_err() {
+                socket.close(DisconnectReason::ServerNamespaceDisconnect, false);
+                return false;
+            }
+            if socket.recovered() {
+                io.stats.recovered.fetch_add(1, Ordering::Relaxed);
+            }
+            true
+        }
+        Some(Err(error)) => {
+            io.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            socket.close(DisconnectReason::ServerNamespaceDisconnect, false);
+            refuse(&nsp, &error);
+            false
+        }
+        // The connection went away meanwhile; the loop sees it next.
+        None => {
+            socket.close(DisconnectReason::Connection(CloseReason::TransportClose), false);
+            false
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Socket.IO through the real gateway over TLS, driven by the official `socket.io-client`
+//! (npm, pinned by tests/package-lock.json) in all three transport modes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e::{client, workspace_root, Gateway};
+use serde_json::{json, Value};
+
+const MODES: [&str; 3] = ["polling", "websocket", "upgrade"];
+
+fn config() -> String {
+    let client_dir = workspace_root().join("tests/node_modules/socket.io-client/dist");
+    format!(
+        r#"
+listen: {{https: "{{https}}", admin: "{{admin}}"}}
+tls: {{state_dir: state}}
+realtime:
+  socketio:
+    allowed_origins: ["https://good.example"]
+    recovery: {{max_disconnection_ms: 60000}}
+    client_dir: {}
+    namespaces:
+      "/": {{relay: true, history: 50, client_rooms: true}}
+      "/other": {{relay: true}}
+routes:
+  - {{path: /socket.io/, realtime: socketio}}
+"#,
+        client_dir.display()
+    )
+}
+
+/// Run one scenario of tests/js/socketio.mjs against `gw`; the JSON it printed.
+fn scenario(gw: &Gateway, name: &str, mode: &str) -> Value {
+    let out = Command::new("node")
+        .arg(workspace_root().join("tests/js/socketio.mjs"))
+        .args([name, &gw.https(""), mode])
+        .output()
+        .expect("run node (tests/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "{name}/{mode}: no JSON result\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "{name}/{mode} failed: {v}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
+fn want_transport(mode: &str) -> &'static str {
+    if mode == "polling" {
+        "polling"
+    } else {
+        "websocket"
+    }
+}
+
+#[test]
+fn two_clients_relay_with_the_sender_excluded_and_an_acked_seq() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "relay", mode);
+        assert_eq!(v["transportA"], want_transport(mode), "{mode}: {v}");
+        assert_eq!(v["bGot"], json!([[{"text": "hi", "n": 1}]]), "{mode}: {v}");
+        assert_eq!(v["aGot"], json!([]), "{mode}: the sender got its own message");
+        assert_eq!(v["ack"][0]["seq"], 1, "{mode}: {v}");
+        assert_ne!(v["aId"], v["bId"]);
+    }
+}
+
+#[test]
+fn a_late_joiner_sees_the_history() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "history", mode);
+        assert_eq!(
+            v["got"],
+            json!([[{"n": 1}], [{"n": 2}], [{"n": 3}]]),
+            "{mode}: {v}"
+        );
+    }
+}
+
+#[test]
+fn clients_join_and_leave_rooms_and_relay_stays_in_them() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "rooms", mode);
+        assert_eq!(v["joinA"][0]["ok"], true, "{mode}: {v}");
+        assert_eq!(v["leave"][0]["ok"], true, "{mode}: {v}");
+        assert_eq!(v["cGot"], json!([["to r1"]]), "{mode}: {v}");
+        assert_eq!(v["bGot"], json!([]), "{mode}: r2 heard r1: {v}");
+    }
+}
+
+#[test]
+fn binary_payloads_arrive_intact() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "binary", mode);
+        assert_eq!(v["bytes"], json!([0, 1, 2, 253, 254, 255]), "{mode}: {v}");
+        assert_eq!(v["second"], "second", "{mode}: {v}");
+        assert_eq!(v["name"], "x.bin");
+    }
+}
+
+#[test]
+fn two_namespaces_share_one_connection_and_unknown_ones_are_refused() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "namespaces", mode);
+        assert_eq!(v["sameEngine"], true);
+        assert_eq!(v["peerGot"], json!([["in other"]]), "{mode}: {v}");
+        assert_eq!(v["unknownError"], "Invalid namespace", "{mode}: {v}");
+    }
+}
+
+#[test]
+fn a_foreign_origin_gets_connect_error() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "origin", mode);
+        assert_eq!(v["refused"], true, "{mode}: {v}");
+        assert!(
+            !v["message"].as_str().unwrap_or("").is_empty(),
+            "{mode}: {v}"
+        );
+    }
+}
+
+#[test]
+fn a_dropped_transport_recovers_its_state_and_missed_events() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "recovery", mode);
+        assert_eq!(v["recovered"], true, "{mode}: {v}");
+        assert_eq!(v["sameId"], true, "{mode}: {v}");
+        let texts: Vec<&str> = v["bGot"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e[0].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(texts, ["before", "missed 1", "missed 2"], "{mode}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn the_client_library_is_served() {
+    let gw = Gateway::start(&config());
+    let c = client();
+    for name in ["socket.io.js", "socket.io.min.js", "socket.io.min.js.map"] {
+        let r = c
+            .get(gw.https(&format!("/socket.io/{name}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{name}");
+        assert!(r.bytes().await.expect("body").len() > 1000);
+    }
+    let r = c
+        .get(gw.https("/socket.io/socket.io.js"))
+        .send()
+        .await
+        .expect("get");
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .contains("javascript"));
+}
+
+/// One publish from the app reaches a Socket.IO room, a long-poll, an SSE stream and a raw
+/// WebSocket pub/sub subscriber.
+#[tokio::test]
+async fn one_publish_reaches_all_four_transports() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cfg = config().replace(
+        "routes:\n",
+        "routes:\n  - {path: /s, realtime: longpoll}\n  - {path: /events, realtime: sse}\n  - {path: /ws, realtime: websocket}\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let c = client();
+
+    let mut node = Command::new("node")
+        .arg(workspace_root().join("tests/js/socketio.mjs"))
+        .args(["listen", &gw.https(""), "websocket"])
+        .env("ROOM", "news")
+        .env("EVENT", "note")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().expect("a line").expect("utf-8");
+    assert!(ready.contains("ready"), "{ready}");
+
+    let poll = tokio::spawn({
+        let (c, url) = (c.clone(), gw.https("/s?t=news"));
+        async move { c.get(url).send().await }
+    });
+    let mut sse = c
+        .get(gw.https("/events?topic=news"))
+        .send()
+        .await
+        .expect("sse");
+    let url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
+    let (mut ws, _) = e2e::websocket(&url, Some("pubsub.v1")).await.expect("ws");
+    ws.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#))
+        .await
+        .expect("send");
+    ws.next().await.expect("subscribed").expect("frame");
+    let ready = e2e::eventually(Duration::from_secs(5), || async {
+        let v: Value = c
+            .get(gw.admin("/topics/news"))
+            .send()
+            .await
+            .expect("topic")
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        v["subscribers"] == 4
+    })
+    .await;
+    assert!(ready, "not every transport subscribed");
+
+    let r = c
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": "news", "event": "note", "data": {"headline": "hello"}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+
+    let sio = lines.next().expect("a result").expect("utf-8");
+    let sio: Value = serde_json::from_str(&sio).expect("json");
+    assert_eq!(sio["data"], json!({"headline": "hello"}), "socket.io");
+    let _ = node.wait();
+    let body = poll.await.expect("join").expect("poll").text().await.expect("body");
+    assert_eq!(body, r#"{"headline":"hello"}"#, "long-poll");
+    let mut text = String::new();
+    while !text.contains("headline") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+            .await
+            .expect("sse in time")
+            .expect("sse")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let m = ws.next().await.expect("message").expect("frame");
+    let m: Value = serde_json::from_str(m.to_text().expect("text")).expect("json");
+    assert_eq!(m["data"], json!({"headline": "hello"}), "websocket");
+}
