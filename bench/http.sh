@@ -52,7 +52,7 @@ for n in $GW_THREADS; do
     RUST_LOG=warn start "gw_t$n" "$T/gw-t$n.log" "$BIN/gateway" run --config "$T/gw-t$n.yaml"
     wait_port $port
     TARGETS+=("gw-t$n")
-    URL[gw-t$n]=https://127.0.0.1:$port/ping
+    URL[gw-t$n]=https://localhost:$port/ping
     eval "PROXY_PIDS[gw-t$n]=\$PID_gw_t$n"
     i=$((i + 1))
 done
@@ -61,7 +61,7 @@ nginx_conf "$T" nginx 127.0.0.1:$P_NGINX 127.0.0.1:$P_APP yes
 start nginx "$T/nginx.out" nginx -p "$T/nginx" -c "$T/nginx.conf"
 wait_port $P_NGINX
 TARGETS+=(nginx)
-URL[nginx]=https://127.0.0.1:$P_NGINX/ping
+URL[nginx]=https://localhost:$P_NGINX/ping
 PROXY_PIDS[nginx]=$PID_nginx
 
 # The classic chain: stunnel (TLS) -> HAProxy (http mode) -> nginx (proxy) -> app.
@@ -99,7 +99,7 @@ EOF
 start stunnel "$T/stunnel.log" stunnel "$T/stunnel.conf"
 wait_port $P_NGINX2; wait_port $P_HAPROXY; wait_port $P_STUNNEL
 TARGETS+=(chain)
-URL[chain]=https://127.0.0.1:$P_STUNNEL/ping
+URL[chain]=https://localhost:$P_STUNNEL/ping
 PROXY_PIDS[chain]="$PID_stunnel $PID_haproxy $PID_nginx2"
 PROXY_PIDS[direct]=""
 

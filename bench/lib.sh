@@ -56,19 +56,25 @@ start() { # name logfile cmd...
     shift 2
     setsid "$@" >"$logf" 2>&1 </dev/null &
     local pid=$!
+    disown "$pid" # no "Killed" notices from bash when it is stopped
     STARTED+=("$name $pid")
     eval "PID_${name//-/_}=$pid"
     log "started $name (pid $pid): $*"
 }
 
 stop_all() {
-    local entry pid
+    local entry pid i alive
     for entry in "${STARTED[@]}"; do
         pid=${entry#* }
         # Each server was started with setsid: its pid is its process group id.
         kill -TERM -- "-$pid" 2>/dev/null || true
     done
-    sleep 1
+    for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful exit
+        alive=0
+        for entry in "${STARTED[@]}"; do kill -0 "${entry#* }" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
     for entry in "${STARTED[@]}"; do
         pid=${entry#* }
         kill -KILL -- "-$pid" 2>/dev/null || true
@@ -249,6 +255,7 @@ routes:$cable
   - path: /
     upstream: app
 threads: $5
+grace_period_s: 1
 YAML
     "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
 }

@@ -16,6 +16,7 @@ pub mod redirect;
 pub mod router;
 pub mod seam;
 pub mod server;
+pub mod socketio;
 pub mod static_files;
 pub mod tls;
 pub mod tunnel;

@@ -127,6 +127,10 @@ impl Realtime {
                         },
                     ))
                 }
+                RealtimeKind::Socketio => Arc::new(crate::socketio::build(
+                    self.hub.clone(),
+                    &self.config.socketio,
+                )),
                 RealtimeKind::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
                     realtime::sse::SseConfig {

@@ -256,11 +256,7 @@ impl NsInner {
             tracker,
             since: Instant::now(),
         };
-        lock(&self.sessions).insert(
-            session,
-            opts.max_sessions,
-            opts.max_disconnection_duration,
-        );
+        lock(&self.sessions).insert(session, opts.max_sessions, opts.max_disconnection_duration);
         self.stats.sessions_kept.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -339,7 +335,8 @@ impl NsInner {
             Some(Value::String(s)) => parse_offset(s),
             Some(_) => None,
         };
-        let session = lock(&self.sessions).take(pid, Instant::now(), opts.max_disconnection_duration);
+        let session =
+            lock(&self.sessions).take(pid, Instant::now(), opts.max_disconnection_duration);
         let (Some(mut session), Some(offset)) = (session, offset) else {
             return failed();
         };

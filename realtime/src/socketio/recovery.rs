@@ -119,7 +119,9 @@ impl DeliveryLog {
 pub(crate) enum Decision {
     Skip,
     /// Send it, with this offset appended when recovery is on.
-    Deliver { offset: Option<u64> },
+    Deliver {
+        offset: Option<u64>,
+    },
 }
 
 /// A socket's delivery bookkeeping; lives in the socket's outbox lock while
@@ -244,9 +246,9 @@ impl Tracker {
         let mut first_unreceived: HashMap<&str, Position> = HashMap::new();
         let mut order = HashMap::new();
         for (i, e) in log.entries.iter().enumerate().skip(cut) {
-            first_unreceived
-                .entry(&e.topic)
-                .or_insert_with(|| Position::new(e.position.epoch, e.position.seq.saturating_sub(1)));
+            first_unreceived.entry(&e.topic).or_insert_with(|| {
+                Position::new(e.position.epoch, e.position.seq.saturating_sub(1))
+            });
             order.entry(e.id).or_insert(i);
         }
         let mut since = Vec::with_capacity(topics.len());
@@ -278,7 +280,12 @@ impl ResumePlan {
         let total = replays.iter().map(Vec::len).sum();
         let mut queues: Vec<VecDeque<Arc<Message>>> =
             replays.into_iter().map(VecDeque::from).collect();
-        let key = |m: &Message| (self.order.get(&m.id).copied().unwrap_or(usize::MAX), m.id.raw());
+        let key = |m: &Message| {
+            (
+                self.order.get(&m.id).copied().unwrap_or(usize::MAX),
+                m.id.raw(),
+            )
+        };
         let mut out = Vec::with_capacity(total);
         loop {
             let next = queues
@@ -323,7 +330,8 @@ impl Sessions {
             };
             self.map.remove(&pid);
         }
-        self.order.push_back((session.since, Arc::clone(&session.pid)));
+        self.order
+            .push_back((session.since, Arc::clone(&session.pid)));
         self.map.insert(Arc::clone(&session.pid), session);
     }
 
@@ -390,16 +398,23 @@ mod tests {
     #[test]
     fn dedupes_and_skips_stale() {
         let (hub, sub, mut t) = setup(16);
-        hub.publish_many(["a", "b"], Payload::new("x", json!(1)), None).unwrap();
+        hub.publish_many(["a", "b"], Payload::new("x", json!(1)), None)
+            .unwrap();
         let got = drain(&sub);
         assert_eq!(got.len(), 2);
-        assert_eq!(t.decide(&got[0], true), Decision::Deliver { offset: Some(1) });
+        assert_eq!(
+            t.decide(&got[0], true),
+            Decision::Deliver { offset: Some(1) }
+        );
         assert_eq!(t.decide(&got[1], true), Decision::Skip);
         // the same message again (a replay overlapping the queue) is stale
         assert_eq!(t.decide(&got[0], true), Decision::Skip);
         hub.publish("b", "y", json!(2), None).unwrap();
         let got = drain(&sub);
-        assert_eq!(t.decide(&got[0], true), Decision::Deliver { offset: Some(2) });
+        assert_eq!(
+            t.decide(&got[0], true),
+            Decision::Deliver { offset: Some(2) }
+        );
     }
 
     #[test]

@@ -73,8 +73,7 @@ pub fn generate_id() -> String {
 /// shape are refused: they could be another socket's private room.
 pub fn looks_like_id(s: &str) -> bool {
     s.len() == ID_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 

@@ -16,7 +16,9 @@ use super::packet::{SioError, SioKind, SioPacket};
 use super::rooms::normalize_nsp;
 use super::socket::{lock, DisconnectReason, EmitError, Outgoing, Socket};
 use super::{SioDecoder, SioMessage};
-use crate::engineio::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
+use crate::engineio::{
+    CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError,
+};
 use crate::hub::Hub;
 
 /// Counters, as plain atomics (`Relaxed` loads).
@@ -193,7 +195,8 @@ impl SocketIo {
         F: Fn(Socket) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
     {
-        let handler: ConnectHandler = Arc::new(move |socket| -> ConnectFuture { Box::pin(on_connect(socket)) });
+        let handler: ConnectHandler =
+            Arc::new(move |socket| -> ConnectFuture { Box::pin(on_connect(socket)) });
         let path = normalize_nsp(path);
         let mut map = self
             .inner
@@ -387,7 +390,10 @@ async fn connect(
         }
         // The connection went away meanwhile; the loop sees it next.
         None => {
-            socket.close(DisconnectReason::Connection(CloseReason::TransportClose), false);
+            socket.close(
+                DisconnectReason::Connection(CloseReason::TransportClose),
+                false,
+            );
             false
         }
     }

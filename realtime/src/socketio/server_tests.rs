@@ -1,0 +1,960 @@
+//! The server driven through in-memory Engine.IO connections, asserting the
+//! exact frames a client would see. Text frames are shown with the
+//! Engine.IO `4` (message) prefix, as on a WebSocket.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::engineio::conn::{pair, ConnTransport};
+use crate::engineio::{CloseReason, ConnHandler, Frame, HandshakeInfo, Transport};
+use crate::hub::{Hub, HubConfig, Payload};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn info() -> HandshakeInfo {
+    HandshakeInfo {
+        headers: http::HeaderMap::new(),
+        query: "EIO=4&transport=websocket&room=blue".into(),
+        peer: None,
+        secure: false,
+        transport: Transport::Websocket,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Wire {
+    Text(String),
+    Bin(Vec<u8>),
+}
+
+struct Client {
+    t: ConnTransport,
+}
+
+impl Client {
+    fn open(io: &SocketIo) -> Client {
+        Client::open_with(io, 256)
+    }
+
+    fn open_with(io: &SocketIo, out_capacity: usize) -> Client {
+        let (conn, t) = pair(Arc::from("engine-sid"), info(), out_capacity, 64);
+        io.on_connection(conn);
+        Client { t }
+    }
+
+    /// Sends an Engine.IO message written as on the wire (`4…`).
+    async fn send(&self, wire: &str) {
+        let text = wire.strip_prefix('4').expect("an Engine.IO message");
+        self.t
+            .incoming
+            .send(Frame::Text(text.to_owned()))
+            .await
+            .expect("connection open");
+    }
+
+    async fn send_bin(&self, bytes: &[u8]) {
+        self.t
+            .incoming
+            .send(Frame::Binary(Bytes::copy_from_slice(bytes)))
+            .await
+            .expect("connection open");
+    }
+
+    async fn recv(&mut self) -> Wire {
+        match tokio::time::timeout(WAIT, self.t.outgoing.recv()).await {
+            Ok(Some(Frame::Text(t))) => Wire::Text(format!("4{t}")),
+            Ok(Some(Frame::Binary(b))) => Wire::Bin(b.to_vec()),
+            Ok(None) => panic!("outgoing queue closed"),
+            Err(_) => panic!("nothing received within {WAIT:?}"),
+        }
+    }
+
+    async fn text(&mut self) -> String {
+        match self.recv().await {
+            Wire::Text(t) => t,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    async fn expect(&mut self, wire: &str) {
+        assert_eq!(self.text().await, wire);
+    }
+
+    async fn expect_bin(&mut self, bytes: &[u8]) {
+        assert_eq!(self.recv().await, Wire::Bin(bytes.to_vec()));
+    }
+
+    /// Asserts that nothing more is sent for a while.
+    async fn quiet(&mut self) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(frame) = self.t.outgoing.try_recv() {
+            panic!("unexpected frame {frame:?}");
+        }
+    }
+
+    async fn closed(&self) -> CloseReason {
+        tokio::time::timeout(WAIT, self.t.sender.closed())
+            .await
+            .expect("connection closed in time")
+    }
+
+    /// Sends a CONNECT (`40…`) and returns the reply's JSON; panics on
+    /// anything but a CONNECT reply for `nsp`.
+    async fn connect(&mut self, connect: &str) -> Value {
+        self.send(connect).await;
+        let reply = self.text().await;
+        let nsp_part = connect[2..].split(['{']).next().unwrap_or("");
+        let nsp_part = if nsp_part.is_empty() || nsp_part.ends_with(',') {
+            nsp_part.to_owned()
+        } else {
+            format!("{nsp_part},")
+        };
+        let prefix = format!("40{nsp_part}");
+        let json = reply
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("expected a CONNECT reply, got {reply}"));
+        serde_json::from_str(json).expect("JSON")
+    }
+}
+
+fn sid(reply: &Value) -> String {
+    reply["sid"].as_str().expect("sid").to_owned()
+}
+
+fn conformance() -> SocketIo {
+    let io = SocketIo::new(Hub::default(), conformance_options());
+    install_conformance(&io);
+    io
+}
+
+/// A namespace whose connect handler hands each socket to the test.
+fn capture(io: &SocketIo, path: &str) -> mpsc::UnboundedReceiver<Socket> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    io.namespace(path, move |socket| {
+        let _ = tx.send(socket);
+        std::future::ready(Ok(()))
+    });
+    rx
+}
+
+async fn next_socket(rx: &mut mpsc::UnboundedReceiver<Socket>) -> Socket {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a socket in time")
+        .expect("namespace alive")
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
+// ---- connect / namespaces ----
+
+#[tokio::test]
+async fn connect_to_the_main_namespace_with_and_without_auth() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    let reply = c.connect("40").await;
+    let keys: Vec<&String> = reply.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["sid"]);
+    let id = sid(&reply);
+    assert_eq!(id.len(), ID_LEN);
+    assert_ne!(id, "engine-sid");
+    c.expect(r#"42["auth",{}]"#).await;
+
+    let mut c = Client::open(&io);
+    c.connect(r#"40{"token":"123"}"#).await;
+    c.expect(r#"42["auth",{"token":"123"}]"#).await;
+}
+
+#[tokio::test]
+async fn connect_to_a_custom_namespace() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    let reply = c.connect("40/custom,").await;
+    assert_eq!(reply.as_object().unwrap().len(), 1);
+    c.expect(r#"42/custom,["auth",{}]"#).await;
+
+    let mut c = Client::open(&io);
+    c.connect(r#"40/custom,{"token":"abc"}"#).await;
+    c.expect(r#"42/custom,["auth",{"token":"abc"}]"#).await;
+}
+
+#[tokio::test]
+async fn unknown_namespace_is_refused_but_the_connection_stays() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    c.send("40/random").await;
+    c.expect(r#"44/random,{"message":"Invalid namespace"}"#)
+        .await;
+    assert!(!c.t.sender.is_closed());
+    c.connect("40").await;
+    c.expect(r#"42["auth",{}]"#).await;
+    assert_eq!(io.stats().invalid_namespaces.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn connect_handler_can_refuse_with_message_and_data() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    io.namespace("/private", |socket| async move {
+        let query_ok = socket.handshake().query.contains("room=blue");
+        match socket.auth().get("token").and_then(Value::as_str) {
+            Some("secret") if query_ok => Ok(()),
+            _ => Err(ConnectError::new("Not authorized").with_data(json!({"code": 7}))),
+        }
+    });
+    let mut c = Client::open(&io);
+    c.send(r#"40/private,{"token":"nope"}"#).await;
+    c.expect(r#"44/private,{"message":"Not authorized","data":{"code":7}}"#)
+        .await;
+    assert!(!c.t.sender.is_closed());
+    // refused is not joined: a retry is a CONNECT again, not a second one
+    c.connect(r#"40/private,{"token":"secret"}"#).await;
+    assert_eq!(io.stats().rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(io.stats().sockets.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn namespaces_are_multiplexed_and_left_one_by_one() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    let main = sid(&c.connect("40").await);
+    c.expect(r#"42["auth",{}]"#).await;
+    let custom = sid(&c.connect("40/custom").await);
+    c.expect(r#"42/custom,["auth",{}]"#).await;
+    assert_ne!(main, custom);
+
+    c.send(r#"42/custom,["message","to custom"]"#).await;
+    c.expect(r#"42/custom,["message-back","to custom"]"#).await;
+    c.send("41/custom").await;
+    c.send(r#"42["message","message to main namespace"]"#).await;
+    c.expect(r#"42["message-back","message to main namespace"]"#)
+        .await;
+    // /custom is left: an event for it is a protocol violation
+    c.send(r#"42/custom,["message","x"]"#).await;
+    assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+}
+
+// ---- events and acks ----
+
+#[tokio::test]
+async fn plain_event_round_trip() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.expect(r#"42["auth",{}]"#).await;
+    c.send(r#"42["message",1,"2",{"3":[true]}]"#).await;
+    c.expect(r#"42["message-back",1,"2",{"3":[true]}]"#).await;
+}
+
+#[tokio::test]
+async fn binary_event_round_trip() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.expect(r#"42["auth",{}]"#).await;
+    c.send(r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+        .await;
+    c.send_bin(&[1, 2, 3]).await;
+    c.send_bin(&[4, 5, 6]).await;
+    c.expect(r#"452-["message-back",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+        .await;
+    c.expect_bin(&[1, 2, 3]).await;
+    c.expect_bin(&[4, 5, 6]).await;
+}
+
+#[tokio::test]
+async fn client_acks_plain_and_binary() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.expect(r#"42["auth",{}]"#).await;
+    c.send(r#"42456["message-with-ack",1,"2",{"3":[false]}]"#)
+        .await;
+    c.expect(r#"43456[1,"2",{"3":[false]}]"#).await;
+    c.send(r#"452-789["message-with-ack",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+        .await;
+    c.send_bin(&[1, 2, 3]).await;
+    c.send_bin(&[4, 5, 6]).await;
+    c.expect(r#"462-789[{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+        .await;
+    c.expect_bin(&[1, 2, 3]).await;
+    c.expect_bin(&[4, 5, 6]).await;
+}
+
+#[tokio::test]
+async fn server_acks_resolve_time_out_and_fail_on_disconnect() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut sockets = capture(&io, "/");
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    let socket = next_socket(&mut sockets).await;
+
+    let answer = socket.emit_with_ack("ping", json!([1]), WAIT);
+    c.expect(r#"420["ping",1]"#).await;
+    c.send(r#"430["pong",{"a":true}]"#).await;
+    assert_eq!(answer.await, Ok(Args::from(json!(["pong", {"a": true}]))));
+
+    // binary answer, and binary arguments out
+    let answer = socket.emit_with_ack("file", Args::new().arg("x").binary(&b"\x09"[..]), WAIT);
+    c.expect(r#"451-1["file","x",{"_placeholder":true,"num":0}]"#)
+        .await;
+    c.expect_bin(&[9]).await;
+    c.send(r#"461-1[{"_placeholder":true,"num":0}]"#).await;
+    c.send_bin(&[7, 7]).await;
+    let got = answer.await.unwrap();
+    assert_eq!(got.values, [placeholder(0)]);
+    assert_eq!(got.binaries, [Bytes::from_static(&[7, 7])]);
+
+    // an unknown ack id is ignored
+    c.send(r#"4399[]"#).await;
+
+    let answer = socket.emit_with_ack("late", (), Duration::from_millis(20));
+    c.expect(r#"422["late"]"#).await;
+    assert_eq!(
+        answer.await,
+        Err(AckError::Timeout(Duration::from_millis(20)))
+    );
+
+    let answer = socket.emit_with_ack("never", (), WAIT);
+    c.expect(r#"423["never"]"#).await;
+    socket.disconnect();
+    c.expect("41").await;
+    assert_eq!(answer.await, Err(AckError::Disconnected));
+    assert_eq!(socket.emit("after", ()), Err(EmitError::Disconnected));
+}
+
+#[tokio::test]
+async fn reserved_names_cannot_be_emitted() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut sockets = capture(&io, "/");
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    let socket = next_socket(&mut sockets).await;
+    assert_eq!(
+        socket.emit("disconnect", ()),
+        Err(EmitError::ReservedEvent("disconnect".into()))
+    );
+    assert!(socket.namespace().emit("connect", ()).is_err());
+    c.quiet().await;
+}
+
+// ---- protocol violations and lifecycle ----
+
+#[tokio::test]
+async fn invalid_packets_close_the_connection() {
+    let io = conformance();
+    for bad in [
+        "4abc",
+        "42{}",
+        r#"42abc["message-with-ack",1]"#,
+        r#"42["disconnect"]"#,
+    ] {
+        let mut c = Client::open(&io);
+        c.connect("40").await;
+        c.expect(r#"42["auth",{}]"#).await;
+        c.send(bad).await;
+        assert!(
+            matches!(c.closed().await, CloseReason::ParseError(_)),
+            "{bad}"
+        );
+    }
+    // before any CONNECT too, and a binary frame nobody announced
+    let c = Client::open(&io);
+    c.send("4abc").await;
+    assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+    let c = Client::open(&io);
+    c.send_bin(&[1]).await;
+    assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+    assert_eq!(io.stats().protocol_errors.load(Ordering::Relaxed), 6);
+}
+
+#[tokio::test]
+async fn a_packet_before_connect_closes_the_connection() {
+    let io = conformance();
+    let c = Client::open(&io);
+    c.send(r#"42["message",1]"#).await;
+    assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+}
+
+#[tokio::test]
+async fn second_connect_to_a_joined_namespace_closes_the_connection() {
+    let io = conformance();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.expect(r#"42["auth",{}]"#).await;
+    c.send("40").await;
+    assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+}
+
+#[tokio::test]
+async fn client_disconnect_leaves_the_namespace_only() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reasons);
+    io.namespace("/", move |socket| {
+        let seen = Arc::clone(&seen);
+        socket.on_disconnect(move |_, reason| seen.lock().unwrap().push(reason.to_string()));
+        std::future::ready(Ok(()))
+    });
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.send("41").await;
+    eventually(|| reasons.lock().unwrap().len() == 1).await;
+    assert_eq!(reasons.lock().unwrap()[0], "client namespace disconnect");
+    assert!(!c.t.sender.is_closed());
+    c.quiet().await;
+    // and may join again
+    c.connect("40").await;
+    drop(c);
+    eventually(|| reasons.lock().unwrap().len() == 2).await;
+    assert_eq!(reasons.lock().unwrap()[1], "transport close");
+    eventually(|| io.stats().connections.load(Ordering::Relaxed) == 0).await;
+    assert_eq!(io.stats().sockets.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn server_disconnect_sends_disconnect_for_the_namespace() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let mut admin = capture(&io, "/admin");
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.connect("40/admin,").await;
+    let main_socket = next_socket(&mut main).await;
+    let admin_socket = next_socket(&mut admin).await;
+    admin_socket.disconnect();
+    c.expect("41/admin,").await;
+    assert!(!c.t.sender.is_closed());
+    assert!(io.of("/admin").unwrap().sockets().is_empty());
+    main_socket.disconnect_and_close();
+    c.expect("41").await;
+    assert_eq!(c.closed().await, CloseReason::ServerClose);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_closes_a_silent_connection() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    capture(&io, "/");
+    let start = tokio::time::Instant::now();
+    let silent = Client::open(&io);
+    let mut joined = Client::open(&io);
+    joined.connect("40").await;
+    let reason = tokio::time::timeout(Duration::from_secs(60), silent.t.sender.closed())
+        .await
+        .expect("closed");
+    assert_eq!(reason, CloseReason::ServerClose);
+    let waited = start.elapsed();
+    assert!(
+        waited >= DEFAULT_CONNECT_TIMEOUT
+            && waited < DEFAULT_CONNECT_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!joined.t.sender.is_closed());
+    assert_eq!(io.stats().connect_timeouts.load(Ordering::Relaxed), 1);
+
+    // the conformance setting
+    let io = conformance();
+    let start = tokio::time::Instant::now();
+    let silent = Client::open(&io);
+    silent.closed().await;
+    assert!(start.elapsed() >= CONFORMANCE_CONNECT_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_as_slow_consumer() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut sockets = capture(&io, "/");
+    let mut c = Client::open_with(&io, 4);
+    c.connect("40").await;
+    let socket = next_socket(&mut sockets).await;
+    let mut failed = None;
+    for i in 0..10 {
+        if let Err(e) = socket.emit("tick", json!([i])) {
+            failed = Some(e);
+            break;
+        }
+    }
+    assert_eq!(failed, Some(EmitError::SlowConsumer));
+    assert_eq!(c.closed().await, CloseReason::SlowConsumer);
+    assert_eq!(io.stats().slow_consumers.load(Ordering::Relaxed), 1);
+
+    // the same through the hub (room broadcasts are delivered by a reader)
+    let mut c = Client::open_with(&io, 4);
+    c.connect("40").await;
+    let _socket = next_socket(&mut sockets).await;
+    let ns = io.of("/").unwrap();
+    for i in 0..10 {
+        ns.emit("tick", json!([i])).unwrap();
+    }
+    assert_eq!(c.closed().await, CloseReason::SlowConsumer);
+    assert_eq!(io.stats().slow_consumers.load(Ordering::Relaxed), 2);
+}
+
+// ---- rooms and broadcasts ----
+
+/// Three clients in `/`: A in rooms r1 and r2, B in r1, C in none.
+async fn three_clients(io: &SocketIo) -> ([Client; 3], [Socket; 3]) {
+    let mut rx = capture(io, "/");
+    let mut clients = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::open(io);
+        c.connect("40").await;
+        clients.push(c);
+        sockets.push(next_socket(&mut rx).await);
+    }
+    sockets[0].join("r1").unwrap();
+    sockets[0].join("r2").unwrap();
+    sockets[1].join("r1").unwrap();
+    let clients: [Client; 3] = clients.try_into().unwrap_or_else(|_| unreachable!());
+    let sockets: [Socket; 3] = sockets.try_into().unwrap_or_else(|_| unreachable!());
+    (clients, sockets)
+}
+
+#[tokio::test]
+async fn broadcasts_to_rooms_once_except_and_without_the_sender() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], [sa, sb, sc]) = three_clients(&io).await;
+    let ns = io.of("/").unwrap();
+    assert_eq!(sa.rooms().into_iter().collect::<Vec<_>>(), {
+        let mut v = vec!["r1".to_owned(), "r2".to_owned(), sa.id().to_owned()];
+        v.sort();
+        v
+    });
+
+    // union, and A (in both) gets it once
+    let positions = ns.to("r1").to("r2").emit("ev", json!([1])).unwrap();
+    assert_eq!(positions.len(), 2);
+    a.expect(r#"42["ev",1]"#).await;
+    b.expect(r#"42["ev",1]"#).await;
+    c.quiet().await;
+    a.quiet().await;
+
+    // except
+    ns.to("r1").except("r2").emit("ev", json!([2])).unwrap();
+    b.expect(r#"42["ev",2]"#).await;
+    ns.except("r1").emit("ev", json!([3])).unwrap();
+    c.expect(r#"42["ev",3]"#).await;
+    a.quiet().await;
+    b.quiet().await;
+
+    // the sender is left out
+    sa.broadcast().emit("ev", json!([4])).unwrap();
+    b.expect(r#"42["ev",4]"#).await;
+    c.expect(r#"42["ev",4]"#).await;
+    sa.to("r1").emit("ev", json!([5])).unwrap();
+    b.expect(r#"42["ev",5]"#).await;
+    sb.to("r1").except("r2").emit("ev", json!([6])).unwrap();
+    a.quiet().await;
+    b.quiet().await;
+    c.quiet().await;
+
+    // each socket is in the room named by its id
+    ns.to(sc.id()).emit("ev", json!([7])).unwrap();
+    c.expect(r#"42["ev",7]"#).await;
+    assert_eq!(ns.to("r1").sockets().len(), 2);
+
+    // leave
+    assert!(sa.leave("r1"));
+    assert!(!sa.leave("r1"));
+    ns.to("r1").emit("ev", json!([8])).unwrap();
+    b.expect(r#"42["ev",8]"#).await;
+    a.quiet().await;
+}
+
+#[tokio::test]
+async fn app_publishes_to_a_room_topic_reach_its_sockets() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], _) = three_clients(&io).await;
+    let hub = io.hub().clone();
+    let topic = room_topic("/", "r1");
+    assert_eq!(topic, "sio:/:r1");
+
+    hub.publish(&topic, "news", json!({"a": 1}), None).unwrap();
+    a.expect(r#"42["news",{"a":1}]"#).await;
+    b.expect(r#"42["news",{"a":1}]"#).await;
+    hub.publish(&topic, "pair", json!([1, "two"]), None)
+        .unwrap();
+    a.expect(r#"42["pair",1,"two"]"#).await;
+    b.expect(r#"42["pair",1,"two"]"#).await;
+    // no event name: "message"; a reserved one is not delivered
+    hub.publish(&topic, "", json!("hi"), None).unwrap();
+    hub.publish(&topic, "disconnect", json!(null), None)
+        .unwrap();
+    a.expect(r#"42["message","hi"]"#).await;
+    b.expect(r#"42["message","hi"]"#).await;
+    // binary attachments
+    let payload = Payload::new("blob", json!([placeholder(0)]))
+        .with_attachments(vec![Bytes::from_static(&[0xff])]);
+    hub.publish_payload(&topic, payload, None).unwrap();
+    a.expect(r#"451-["blob",{"_placeholder":true,"num":0}]"#)
+        .await;
+    a.expect_bin(&[0xff]).await;
+    b.expect(r#"451-["blob",{"_placeholder":true,"num":0}]"#)
+        .await;
+    b.expect_bin(&[0xff]).await;
+    c.quiet().await;
+    // the namespace topic reaches everyone
+    hub.publish(&namespace_topic("/"), "all", json!(null), None)
+        .unwrap();
+    for client in [&mut a, &mut b, &mut c] {
+        client.expect(r#"42["all",null]"#).await;
+    }
+}
+
+#[tokio::test]
+async fn custom_namespace_events_carry_the_namespace() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut rx = capture(&io, "/chat");
+    let mut c = Client::open(&io);
+    c.connect("40/chat,").await;
+    let socket = next_socket(&mut rx).await;
+    socket.emit("hello", json!(["w"])).unwrap();
+    c.expect(r#"42/chat,["hello","w"]"#).await;
+    io.hub()
+        .publish(&room_topic("/chat", socket.id()), "direct", json!(1), None)
+        .unwrap();
+    c.expect(r#"42/chat,["direct",1]"#).await;
+}
+
+// ---- behaviours ----
+
+fn behaviour_io(b: NamespaceBehaviour) -> SocketIo {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    install_behaviour(&io, "/", b);
+    io
+}
+
+#[tokio::test]
+async fn relay_broadcasts_to_others_and_acks_the_seq() {
+    let io = behaviour_io(NamespaceBehaviour {
+        relay: true,
+        ..Default::default()
+    });
+    let mut a = Client::open(&io);
+    let mut b = Client::open(&io);
+    let mut c = Client::open(&io);
+    for client in [&mut a, &mut b, &mut c] {
+        client.connect("40").await;
+    }
+    a.send(r#"421["chat","hi"]"#).await;
+    a.expect(r#"431[{"seq":1}]"#).await;
+    b.expect(r#"42["chat","hi"]"#).await;
+    c.expect(r#"42["chat","hi"]"#).await;
+    b.send(r#"42["chat","yo"]"#).await;
+    a.expect(r#"42["chat","yo"]"#).await;
+    c.expect(r#"42["chat","yo"]"#).await;
+    c.send(r#"4255["chat","again"]"#).await;
+    c.expect(r#"4355[{"seq":3}]"#).await;
+    a.expect(r#"42["chat","again"]"#).await;
+    b.expect(r#"42["chat","again"]"#).await;
+    // binary is relayed as is
+    a.send(r#"451-["file",{"_placeholder":true,"num":0}]"#)
+        .await;
+    a.send_bin(&[1, 2]).await;
+    b.expect(r#"451-["file",{"_placeholder":true,"num":0}]"#)
+        .await;
+    b.expect_bin(&[1, 2]).await;
+    a.quiet().await;
+    // join/leave are plain events without client rooms
+    a.send(r#"42["join","r"]"#).await;
+    b.expect(r#"42["join","r"]"#).await;
+}
+
+#[tokio::test]
+async fn history_is_replayed_to_a_late_joiner_before_live_events() {
+    let io = behaviour_io(NamespaceBehaviour {
+        relay: true,
+        history: 2,
+        client_rooms: false,
+    });
+    let mut a = Client::open(&io);
+    a.connect("40").await;
+    for i in 1..=3 {
+        a.send(&format!(r#"42["chat",{i}]"#)).await;
+    }
+    // wait until the three are in the hub
+    eventually(|| {
+        io.hub()
+            .topic_info(&namespace_topic("/"))
+            .is_some_and(|t| t.position.seq == 3)
+    })
+    .await;
+    let mut late = Client::open(&io);
+    late.connect("40").await;
+    late.expect(r#"42["chat",2]"#).await;
+    late.expect(r#"42["chat",3]"#).await;
+    a.send(r#"42["chat",4]"#).await;
+    late.expect(r#"42["chat",4]"#).await;
+    late.quiet().await;
+    a.quiet().await;
+}
+
+#[tokio::test]
+async fn client_rooms_join_leave_and_scope_the_relay() {
+    let io = behaviour_io(NamespaceBehaviour {
+        relay: true,
+        history: 1,
+        client_rooms: true,
+    });
+    let mut a = Client::open(&io);
+    let mut b = Client::open(&io);
+    let mut c = Client::open(&io);
+    for client in [&mut a, &mut b, &mut c] {
+        client.connect("40").await;
+    }
+    a.send(r#"421["join","room1"]"#).await;
+    a.expect(r#"431[{"ok":true,"room":"room1"}]"#).await;
+    b.send(r#"422["join","room1"]"#).await;
+    b.expect(r#"432[{"ok":true,"room":"room1"}]"#).await;
+
+    a.send(r#"423["chat","in room1"]"#).await;
+    a.expect(r#"433[{"seq":1}]"#).await;
+    b.expect(r#"42["chat","in room1"]"#).await;
+    c.quiet().await;
+
+    // a late room joiner gets the room's history (1)
+    c.send(r#"42["join","room1"]"#).await;
+    c.expect(r#"42["chat","in room1"]"#).await;
+
+    // several rooms: once per socket, seqs per room
+    a.send(r#"424["join","room2"]"#).await;
+    a.expect(r#"434[{"ok":true,"room":"room2"}]"#).await;
+    a.send(r#"425["chat","both"]"#).await;
+    a.expect(r#"435[{"seq":2,"rooms":{"room1":2,"room2":1}}]"#)
+        .await;
+    b.expect(r#"42["chat","both"]"#).await;
+    c.expect(r#"42["chat","both"]"#).await;
+    b.quiet().await;
+
+    // leave
+    b.send(r#"426["leave","room1"]"#).await;
+    b.expect(r#"436[{"ok":true,"room":"room1"}]"#).await;
+    // b is in no client room now: its relay goes namespace-wide
+    b.send(r#"42["chat","from b"]"#).await;
+    a.expect(r#"42["chat","from b"]"#).await;
+    c.expect(r#"42["chat","from b"]"#).await;
+
+    // refusals
+    a.send(r#"427["join",5]"#).await;
+    a.expect(r#"437[{"ok":false,"error":"room name must be a string"}]"#)
+        .await;
+    a.send(r#"428["join","AAAAAAAAAAAAAAAAAAAA"]"#).await;
+    a.expect(r#"438[{"ok":false,"room":"AAAAAAAAAAAAAAAAAAAA","error":"reserved room name"}]"#)
+        .await;
+    a.send(r#"429["join",""]"#).await;
+    a.expect(r#"439[{"ok":false,"room":"","error":"empty room name"}]"#)
+        .await;
+}
+
+// ---- connection state recovery ----
+
+fn recovery_io(hub: Hub) -> (SocketIo, mpsc::UnboundedReceiver<Socket>) {
+    let io = SocketIo::new(hub, SocketIoOptions::with_recovery());
+    let (tx, rx) = mpsc::unbounded_channel();
+    io.namespace("/", move |socket| {
+        if !socket.recovered() {
+            socket.join("r").expect("join");
+        }
+        let _ = tx.send(socket);
+        std::future::ready(Ok(()))
+    });
+    (io, rx)
+}
+
+#[tokio::test]
+async fn recovery_restores_sid_rooms_and_missed_events_in_order() {
+    let hub = Hub::default();
+    let (io, mut rx) = recovery_io(hub.clone());
+    let mut c = Client::open(&io);
+    let reply = c.connect("40").await;
+    let keys: Vec<&String> = reply.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["sid", "pid"]);
+    let (id, pid) = (sid(&reply), reply["pid"].as_str().unwrap().to_owned());
+    let socket = next_socket(&mut rx).await;
+    assert!(!socket.recovered());
+
+    let room = room_topic("/", "r");
+    hub.publish(&room, "ev", json!([1]), None).unwrap();
+    socket.emit("direct", json!(["d"])).unwrap();
+    hub.publish(&room, "ev", json!([2]), None).unwrap();
+    c.expect(r#"42["ev",1,"1"]"#).await;
+    c.expect(r#"42["direct","d","2"]"#).await;
+    // "3" was written but the client never processed it
+    c.expect(r#"42["ev",2,"3"]"#).await;
+
+    c.t.sender.close(CloseReason::TransportClose);
+    let ns = io.of("/").unwrap();
+    eventually(|| ns.kept_sessions() == 1).await;
+    hub.publish(&room, "ev", json!([3]), None).unwrap();
+    ns.emit("all", json!([4])).unwrap();
+
+    let mut c = Client::open(&io);
+    let reply = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"2"}}"#))
+        .await;
+    assert_eq!(reply, json!({"sid": id, "pid": pid}));
+    c.expect(r#"42["ev",2,"4"]"#).await;
+    c.expect(r#"42["ev",3,"5"]"#).await;
+    c.expect(r#"42["all",4,"6"]"#).await;
+    c.quiet().await;
+
+    let socket = next_socket(&mut rx).await;
+    assert!(socket.recovered());
+    assert_eq!(socket.id(), id);
+    assert!(socket.rooms().contains("r"));
+    hub.publish(&room, "ev", json!([5]), None).unwrap();
+    c.expect(r#"42["ev",5,"7"]"#).await;
+    assert_eq!(io.stats().recovered.load(Ordering::Relaxed), 1);
+
+    // a session is used once
+    c.t.sender.close(CloseReason::PingTimeout);
+    eventually(|| ns.kept_sessions() == 1).await;
+    let mut c = Client::open(&io);
+    let again = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"7"}}"#))
+        .await;
+    assert_eq!(sid(&again), id);
+    let mut c2 = Client::open(&io);
+    let other = c2
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"7"}}"#))
+        .await;
+    assert_ne!(sid(&other), id);
+}
+
+#[tokio::test]
+async fn unservable_recoveries_get_a_new_session() {
+    let hub = Hub::new(HubConfig {
+        history_len: 2,
+        ..HubConfig::default()
+    });
+    let (io, _rx) = recovery_io(hub.clone());
+    let ns = io.of("/").unwrap();
+
+    // unknown pid
+    let mut c = Client::open(&io);
+    let reply = c.connect(r#"40{"pid":"nope","offset":"1"}"#).await;
+    assert_ne!(reply["pid"], "nope");
+
+    // offset evicted from the room's history
+    let mut c = Client::open(&io);
+    let reply = c.connect("40").await;
+    let (id, pid) = (sid(&reply), reply["pid"].as_str().unwrap().to_owned());
+    let room = room_topic("/", "r");
+    hub.publish(&room, "ev", json!(1), None).unwrap();
+    c.expect(r#"42["ev",1,"1"]"#).await;
+    c.t.sender.close(CloseReason::TransportClose);
+    eventually(|| ns.kept_sessions() == 1).await;
+    for i in 2..=4 {
+        hub.publish(&room, "ev", json!(i), None).unwrap();
+    }
+    let mut c = Client::open(&io);
+    let reply = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"1"}}"#))
+        .await;
+    assert_ne!(sid(&reply), id);
+    assert_ne!(reply["pid"], pid.as_str());
+
+    // a garbage offset
+    let reply = {
+        let mut c = Client::open(&io);
+        let first = c.connect("40").await;
+        c.t.sender.close(CloseReason::TransportClose);
+        eventually(|| ns.kept_sessions() == 1).await;
+        let mut c = Client::open(&io);
+        let pid = first["pid"].as_str().unwrap();
+        (
+            sid(&first),
+            c.connect(&format!(r#"40{{"pid":"{pid}","offset":"Q80WZks"}}"#))
+                .await,
+        )
+    };
+    assert_ne!(reply.0, sid(&reply.1));
+
+    // not kept after a deliberate disconnect
+    let mut c = Client::open(&io);
+    let first = c.connect("40").await;
+    c.send("41").await;
+    c.quiet().await;
+    let pid = first["pid"].as_str().unwrap();
+    let reply = c.connect(&format!(r#"40{{"pid":"{pid}"}}"#)).await;
+    assert_ne!(sid(&reply), sid(&first));
+    assert!(io.stats().recovery_failures.load(Ordering::Relaxed) >= 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_expire_after_the_max_disconnection_duration() {
+    let (io, _rx) = recovery_io(Hub::default());
+    let ns = io.of("/").unwrap();
+    let mut c = Client::open(&io);
+    let first = c.connect("40").await;
+    c.t.sender.close(CloseReason::TransportClose);
+    eventually(|| ns.kept_sessions() == 1).await;
+    tokio::time::sleep(DEFAULT_MAX_DISCONNECTION_DURATION).await;
+    let pid = first["pid"].as_str().unwrap();
+    let mut c = Client::open(&io);
+    // no event was ever received: no offset, which means offset 0
+    let reply = c.connect(&format!(r#"40{{"pid":"{pid}"}}"#)).await;
+    assert_ne!(sid(&reply), sid(&first));
+
+    let mut c = Client::open(&io);
+    let first = c.connect("40").await;
+    c.t.sender.close(CloseReason::TransportClose);
+    eventually(|| ns.kept_sessions() >= 1).await;
+    tokio::time::sleep(DEFAULT_MAX_DISCONNECTION_DURATION - Duration::from_secs(1)).await;
+    let pid = first["pid"].as_str().unwrap();
+    let mut c = Client::open(&io);
+    let reply = c.connect(&format!(r#"40{{"pid":"{pid}"}}"#)).await;
+    assert_eq!(sid(&reply), sid(&first));
+}
+
+#[tokio::test]
+async fn recovery_replays_a_relay_to_others_but_not_the_sender() {
+    let hub = Hub::default();
+    let io = SocketIo::new(hub.clone(), SocketIoOptions::with_recovery());
+    install_behaviour(
+        &io,
+        "/",
+        NamespaceBehaviour {
+            relay: true,
+            ..Default::default()
+        },
+    );
+    let mut a = Client::open(&io);
+    let mut b = Client::open(&io);
+    a.connect("40").await;
+    let b_first = b.connect("40").await;
+    a.send(r#"42["chat",1]"#).await;
+    b.expect(r#"42["chat",1,"1"]"#).await;
+    b.t.sender.close(CloseReason::TransportClose);
+    let ns = io.of("/").unwrap();
+    eventually(|| ns.kept_sessions() == 1).await;
+    a.send(r#"421["chat",2]"#).await;
+    a.expect(r#"431[{"seq":2}]"#).await;
+    let pid = b_first["pid"].as_str().unwrap();
+    let mut b = Client::open(&io);
+    let reply = b
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"1"}}"#))
+        .await;
+    assert_eq!(reply["sid"], b_first["sid"]);
+    b.expect(r#"42["chat",2,"2"]"#).await;
+    // and b's own relays still skip b after its recovery
+    b.send(r#"42["chat",3]"#).await;
+    a.expect(r#"42["chat",3,"1"]"#).await;
+    b.quiet().await;
+}

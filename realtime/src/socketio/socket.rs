@@ -489,9 +489,9 @@ impl SocketInner {
                 return None;
             }
             if notify_client && was == Phase::Connected {
-                let _ = self
-                    .conn
-                    .write(&Outgoing::packet(SioPacket::disconnect(self.ns.path.as_str())));
+                let _ = self.conn.write(&Outgoing::packet(SioPacket::disconnect(
+                    self.ns.path.as_str(),
+                )));
             }
             outbox.phase = Phase::Closed;
             outbox.pending.clear();
@@ -770,9 +770,12 @@ impl Socket {
         self.inner.conn.forget(self);
         if reason.is_recoverable() {
             if let Some(pid) = &self.inner.pid {
-                self.inner
-                    .ns
-                    .keep_session(Arc::clone(&self.inner.id), Arc::clone(pid), rooms, tracker);
+                self.inner.ns.keep_session(
+                    Arc::clone(&self.inner.id),
+                    Arc::clone(pid),
+                    rooms,
+                    tracker,
+                );
             }
         }
         let handlers = std::mem::take(&mut lock(&self.inner.handlers).disconnect);
