@@ -371,7 +371,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Hub, HubConfig, Subscriber};
+    use crate::hub::{Hub, HubConfig, Payload, Subscriber};
     use serde_json::json;
 
     /// A hub, a subscriber in topics `a` and `b`, and the tracker fed from

@@ -23,7 +23,7 @@ fn info() -> HandshakeInfo {
         query: "EIO=4&transport=websocket&room=blue".into(),
         peer: None,
         secure: false,
-        transport: Transport::Websocket,
+        transport: Transport::WebSocket,
     }
 }
 
@@ -444,35 +444,39 @@ async fn server_disconnect_sends_disconnect_for_the_namespace() {
     assert_eq!(c.closed().await, CloseReason::ServerClose);
 }
 
-#[tokio::test(start_paused = true)]
+/// Real (short) time: the crate's tokio has no `test-util` to pause it.
+#[tokio::test]
 async fn connect_timeout_closes_a_silent_connection() {
-    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    assert_eq!(
+        SocketIoOptions::default().connect_timeout,
+        Duration::from_millis(45_000)
+    );
+    let timeout = Duration::from_millis(200);
+    let io = SocketIo::new(
+        Hub::default(),
+        SocketIoOptions {
+            connect_timeout: timeout,
+            ..SocketIoOptions::default()
+        },
+    );
     capture(&io, "/");
     let start = tokio::time::Instant::now();
     let silent = Client::open(&io);
     let mut joined = Client::open(&io);
     joined.connect("40").await;
-    let reason = tokio::time::timeout(Duration::from_secs(60), silent.t.sender.closed())
-        .await
-        .expect("closed");
-    assert_eq!(reason, CloseReason::ServerClose);
+    assert_eq!(silent.closed().await, CloseReason::ServerClose);
     let waited = start.elapsed();
-    assert!(
-        waited >= DEFAULT_CONNECT_TIMEOUT
-            && waited < DEFAULT_CONNECT_TIMEOUT + Duration::from_secs(1),
-        "{waited:?}"
-    );
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(waited >= timeout && waited < timeout * 5, "{waited:?}");
+    tokio::time::sleep(timeout * 2).await;
     assert!(!joined.t.sender.is_closed());
     assert_eq!(io.stats().connect_timeouts.load(Ordering::Relaxed), 1);
 
-    // the conformance setting
+    // the conformance setting (the suite waits for this close)
     let io = conformance();
     let start = tokio::time::Instant::now();
     let silent = Client::open(&io);
     silent.closed().await;
     assert!(start.elapsed() >= CONFORMANCE_CONNECT_TIMEOUT);
-    assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -897,15 +901,30 @@ async fn unservable_recoveries_get_a_new_session() {
     assert!(io.stats().recovery_failures.load(Ordering::Relaxed) >= 4);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn sessions_expire_after_the_max_disconnection_duration() {
-    let (io, _rx) = recovery_io(Hub::default());
+    assert_eq!(
+        RecoveryOptions::default().max_disconnection_duration,
+        Duration::from_millis(120_000)
+    );
+    let ttl = Duration::from_millis(300);
+    let io = SocketIo::new(
+        Hub::default(),
+        SocketIoOptions {
+            recovery: Some(RecoveryOptions {
+                max_disconnection_duration: ttl,
+                ..RecoveryOptions::default()
+            }),
+            ..SocketIoOptions::default()
+        },
+    );
+    capture(&io, "/");
     let ns = io.of("/").unwrap();
     let mut c = Client::open(&io);
     let first = c.connect("40").await;
     c.t.sender.close(CloseReason::TransportClose);
     eventually(|| ns.kept_sessions() == 1).await;
-    tokio::time::sleep(DEFAULT_MAX_DISCONNECTION_DURATION).await;
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
     let pid = first["pid"].as_str().unwrap();
     let mut c = Client::open(&io);
     // no event was ever received: no offset, which means offset 0
@@ -915,12 +934,12 @@ async fn sessions_expire_after_the_max_disconnection_duration() {
     let mut c = Client::open(&io);
     let first = c.connect("40").await;
     c.t.sender.close(CloseReason::TransportClose);
-    eventually(|| ns.kept_sessions() >= 1).await;
-    tokio::time::sleep(DEFAULT_MAX_DISCONNECTION_DURATION - Duration::from_secs(1)).await;
-    let pid = first["pid"].as_str().unwrap();
+    let pid = first["pid"].as_str().unwrap().to_owned();
+    tokio::time::sleep(ttl / 3).await;
     let mut c = Client::open(&io);
     let reply = c.connect(&format!(r#"40{{"pid":"{pid}"}}"#)).await;
     assert_eq!(sid(&reply), sid(&first));
+    assert_eq!(reply["pid"], pid.as_str());
 }
 
 #[tokio::test]
