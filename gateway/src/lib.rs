@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod forwarding;
 pub mod header_deadline;
+pub mod probe;
 pub mod proxy;
 pub mod redirect;
 pub mod router;

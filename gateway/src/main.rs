@@ -26,6 +26,22 @@ enum Command {
     Run,
     /// Validate a configuration file, report every problem, and exit 2 if there is any.
     Check,
+    /// Check a deployment end to end from outside: /ping, the app's WebSocket (with an idle
+    /// wait), and Socket.IO handshake, polling and upgrade. Ends with "It worked." or the first
+    /// failure, and a non-zero exit.
+    Probe {
+        /// The deployment's base URL, e.g. https://example.com or https://localhost:8443
+        url: String,
+        /// Accept any certificate (self-signed, the development certificate).
+        #[arg(long)]
+        insecure: bool,
+        /// The app's WebSocket path.
+        #[arg(long, default_value = "/cable")]
+        ws_path: String,
+        /// The Socket.IO path.
+        #[arg(long, default_value = "/socket.io/")]
+        socketio_path: String,
+    },
 }
 
 /// Exit status for a configuration that does not pass: 2, like `nginx -t` failures in scripts
@@ -43,6 +59,39 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    if let Some(Command::Probe {
+        url,
+        insecure,
+        ws_path,
+        socketio_path,
+    }) = &cli.command
+    {
+        let mut opts = gateway::probe::Options::new(url.clone());
+        opts.insecure = *insecure;
+        opts.ws_path = ws_path.clone();
+        opts.socketio_path = socketio_path.clone();
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("gateway: cannot start a runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(gateway::probe::run(&opts)) {
+            Ok(()) => {
+                println!("It worked.");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("Failed: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -58,6 +107,8 @@ fn main() -> ExitCode {
             println!("{}: ok", cli.config.display());
             ExitCode::SUCCESS
         }
+        // Answered before any configuration is read.
+        Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Run => {
             let server = match gateway::server::build(&config) {
                 Ok(s) => s,
