@@ -844,7 +844,7 @@ impl Config {
         }
 
         let sio = &self.realtime.socketio;
-        for (name, _) in &sio.namespaces {
+        for name in sio.namespaces.keys() {
             if !name.starts_with('/') {
                 bad(
                     format!("realtime.socketio.namespaces.{name}"),
