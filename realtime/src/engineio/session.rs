@@ -605,6 +605,15 @@ impl Session {
                 }
                 () = sleep_until(next_ping) => {}
             }
+            // The layer above dropped its `Conn` without closing it: nobody will ever read
+            // this session again, so it is closed as if the layer above had closed it.
+            let abandoned = lock(&self.incoming)
+                .as_ref()
+                .is_some_and(|tx| tx.is_closed());
+            if abandoned {
+                self.sender.close(CloseReason::ServerClose);
+                continue;
+            }
             let open = {
                 let mut st = self.state();
                 if st.phase == Phase::Open {
@@ -645,8 +654,15 @@ impl Session {
 
     /// The connection was closed: by the engine (nothing left to do but end a linger) or by
     /// the layer above (deliver what it queued before, then `close`, within
-    /// [`DRAIN_TIMEOUT`]).
+    /// [`DRAIN_TIMEOUT`]; at once for a slow consumer, whose queue is the problem, and for a
+    /// shutdown).
     async fn on_closed(&self, reason: CloseReason) {
+        if matches!(
+            reason,
+            CloseReason::SlowConsumer | CloseReason::ServerShutdown
+        ) {
+            self.close(reason.clone());
+        }
         let linger = {
             let mut st = self.state();
             match st.phase {
@@ -706,7 +722,8 @@ fn ws_close_code(reason: &CloseReason) -> CloseCode {
     match reason {
         CloseReason::ServerShutdown => CloseCode::Away,
         CloseReason::ParseError(_) => CloseCode::Protocol,
-        CloseReason::SlowConsumer => CloseCode::Policy,
+        // 1013 "try again later", as the gateway's other WebSockets close slow readers.
+        CloseReason::SlowConsumer => CloseCode::Again,
         _ => CloseCode::Normal,
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -101,6 +102,8 @@ pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
             _ => break,
         }
     }
+    // Back to plain polling before the closing handshake, which may take a while.
+    drop(probe);
     refuse(ws).await;
 }
 
@@ -139,6 +142,9 @@ async fn read_loop(session: &Session, stream: &mut SplitStream<Ws>) {
             Ok(Message::Binary(bytes)) => Packet::decode_binary(bytes),
             Ok(Message::Close(_)) => break,
             Ok(_) => continue,
+            // The peer vanished without a closing handshake: still just the transport gone.
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+            | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break,
             Err(WsError::Capacity(e)) => {
                 return session.close_with_code(
                     CloseReason::TransportError(e.to_string()),

@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value};
 
 use super::namespace::Namespace;
 use super::options::SocketIoOptions;
-use super::rooms::looks_like_id;
+use super::rooms::{looks_like_id, TOPIC_PREFIX};
 use super::server::SocketIo;
 use super::socket::{AckSender, Args, Event, Socket};
 
@@ -106,7 +106,9 @@ fn room_arg(event: &Event) -> Result<&str, &'static str> {
     match event.args.values.first() {
         Some(Value::String(room)) if room.is_empty() => Err("empty room name"),
         Some(Value::String(room)) if room.len() > MAX_ROOM_NAME_LEN => Err("room name too long"),
-        Some(Value::String(room)) if looks_like_id(room) => Err("reserved room name"),
+        Some(Value::String(room)) if looks_like_id(room) || room.starts_with(TOPIC_PREFIX) => {
+            Err("reserved room name")
+        }
         Some(Value::String(room)) => Ok(room),
         _ => Err("room name must be a string"),
     }

@@ -6,12 +6,31 @@
 //! [`SioMessage`] comes out once its attachments are in. Output: send
 //! [`SioMessage::encode`] as a text message, then each of its `binaries`.
 //!
-//! On top of the codec, [`SocketIo`] is the server: it implements
-//! [`ConnHandler`](crate::engineio::ConnHandler), multiplexes namespaces
-//! over each Engine.IO connection, maps rooms to hub topics
-//! ([`room_topic`]), and offers node's connection state recovery
-//! (see the `recovery` module docs for the offset design) and built-in
-//! behaviours ([`NamespaceBehaviour`]).
+//! On top of the codec, [`SocketIo`] is the server (node's `socket.io` 4.8
+//! behaviour): it implements [`ConnHandler`](crate::engineio::ConnHandler),
+//! multiplexes namespaces over each Engine.IO connection, offers node's
+//! connection state recovery ([`RecoveryOptions`]) and built-in behaviours
+//! ([`NamespaceBehaviour`], [`install_conformance`]).
+//!
+//! # Rooms are hub topics
+//!
+//! Room `r` of namespace `/chat` is topic `sio:/chat:r` ([`room_topic`]);
+//! every socket of `/chat` also listens to `sio:/chat` ([`namespace_topic`])
+//! and to the room named by its own id. Whatever publishes to those topics
+//! (the app's publish API, another transport) reaches the sockets as an
+//! event, mapped from the hub [`Payload`](crate::hub::Payload) as:
+//!
+//! * event name = `payload.event` (`"message"` when empty; a reserved name
+//!   such as `connect` is not delivered);
+//! * arguments = the elements of `payload.data` when it is a JSON array,
+//!   else `payload.data` as the single argument (`null` included);
+//! * binary arguments = `payload.attachments`, referenced from the data by
+//!   `{"_placeholder":true,"num":i}` objects.
+//!
+//! Broadcasts from this library publish the same way (data = the argument
+//! array), so every subscriber of a topic sees one shape. One broadcast to
+//! several rooms shares a [`MessageId`](crate::hub::MessageId) and reaches a
+//! socket in several of them once.
 //!
 //! Abuse limits: the attachment count is capped by the decoder
 //! ([`DEFAULT_MAX_ATTACHMENTS`]), JSON nesting by serde_json's recursion limit

@@ -16,8 +16,8 @@ use super::options::SocketIoOptions;
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::{namespace_topic, room_topic};
 use super::server::{ConnShared, SocketIoStats};
-use super::socket::{lock, Args, EmitError, RoomError, Socket, SocketInner};
-use crate::hub::{Hub, JoinOutcome, Payload, Position, SubscriberId};
+use super::socket::{event_head, lock, Args, EmitError, Identity, RoomError, Socket, SocketInner};
+use crate::hub::{Hub, JoinOutcome, Message, MessageId, Payload, Position, SubscriberId};
 
 /// A connect handler's refusal, sent to the client as
 /// `4<nsp,>{"message":…,"data":…}` (node's `next(err)` in a middleware,
@@ -78,6 +78,20 @@ pub(super) struct NsInner {
     connect_history: AtomicUsize,
     registry: Mutex<Registry>,
     sessions: Mutex<Sessions>,
+    encoded: Mutex<EncodeCache>,
+}
+
+/// Broadcasts encoded recently, so a message fanned out to thousands of
+/// sockets is serialized once, not once per socket (node encodes a
+/// broadcast once too). A few slots, because each socket's reader works
+/// through its queue on its own: readers of two interleaved broadcasts
+/// would evict a single slot at every message.
+const ENCODE_CACHE_SLOTS: usize = 8;
+
+#[derive(Default)]
+struct EncodeCache {
+    slots: [Option<(MessageId, Arc<str>)>; ENCODE_CACHE_SLOTS],
+    next: usize,
 }
 
 /// A namespace. Cheap to clone; every clone is the same namespace.
@@ -113,6 +127,7 @@ impl Namespace {
                 connect_history: AtomicUsize::new(0),
                 registry: Mutex::default(),
                 sessions: Mutex::default(),
+                encoded: Mutex::default(),
             }),
         }
     }
@@ -190,6 +205,36 @@ impl Namespace {
 }
 
 impl NsInner {
+    /// The shared part of the event packet for hub message `msg` (see
+    /// [`event_head`]). A message id names one payload wherever it was
+    /// published, so it is the cache key.
+    pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
+        {
+            let cache = lock(&self.encoded);
+            let hit = cache.slots.iter().flatten().find(|(id, _)| *id == msg.id);
+            if let Some((_, head)) = hit {
+                return Arc::clone(head);
+            }
+        }
+        let attachments = msg.attachments().len();
+        let head: Arc<str> = match msg.data() {
+            Value::Array(args) => event_head(&self.path, name, args, None, attachments),
+            one => event_head(
+                &self.path,
+                name,
+                std::slice::from_ref(one),
+                None,
+                attachments,
+            ),
+        }
+        .into();
+        let mut cache = lock(&self.encoded);
+        let slot = cache.next;
+        cache.slots[slot] = Some((msg.id, Arc::clone(&head)));
+        cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
+        head
+    }
+
     pub(super) fn connect_handler(&self) -> ConnectHandler {
         Arc::clone(&lock(&self.on_connect))
     }
@@ -282,13 +327,16 @@ impl NsInner {
         let sub = Arc::new(self.hub.subscribe()?);
         let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
         tracker.add_origin(sub.id());
-        let socket = Socket::from_inner(SocketInner::new(
-            Arc::clone(&id),
+        let who = Identity {
+            id: Arc::clone(&id),
             pid,
+            auth,
+            recovered: false,
+        };
+        let socket = Socket::from_inner(SocketInner::new(
+            who,
             Arc::clone(self),
             Arc::clone(conn),
-            auth,
-            false,
             sub,
             tracker,
         ));
@@ -355,13 +403,16 @@ impl NsInner {
         };
         let sub = Arc::new(self.hub.subscribe()?);
         session.tracker.add_origin(sub.id());
+        let who = Identity {
+            id: session.sid,
+            pid: Some(session.pid),
+            auth: auth.clone(),
+            recovered: true,
+        };
         let socket = Socket::from_inner(SocketInner::new(
-            session.sid,
-            Some(session.pid),
+            who,
             Arc::clone(self),
             Arc::clone(conn),
-            auth.clone(),
-            true,
             Arc::clone(&sub),
             session.tracker,
         ));

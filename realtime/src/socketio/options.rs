@@ -35,6 +35,22 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 pub const DEFAULT_MAX_PENDING_ACKS: usize = 1024;
 
 /// Connection state recovery (node ≥ 4.6 `connectionStateRecovery`).
+///
+/// The CONNECT reply carries a private session id (`pid`), and every event
+/// a socket gets through the hub (room and namespace broadcasts, app
+/// publishes, and [`Socket::emit`](super::Socket::emit), which then goes
+/// through the socket's own room) carries an offset as its last argument:
+/// the decimal count of such events sent to the socket (`"1"`, `"2"`, …;
+/// never reused). Events with an ack request carry none, as in node.
+///
+/// When the transport drops (not on a deliberate disconnect), the session
+/// (id, rooms, delivery log) is kept for `max_disconnection_duration`. A
+/// CONNECT with `{"pid":…,"offset":…}` within that time gets the same `sid`
+/// and `pid` back (which is what makes the client's `socket.recovered`
+/// true), its rooms, and every event it missed, in order, from the hub
+/// history of each of its topics: the delivery log maps the offset to a
+/// resume position per topic. An offset that cannot be served (older than
+/// the log, or history evicted) yields a new session, never a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryOptions {
     /// How long a session is kept after its transport dropped.

@@ -8,9 +8,15 @@
 //!
 //! | what | topic |
 //! |---|---|
+//! | room `r` of the main namespace `/` | `r`, the topic itself |
 //! | room `r` of namespace `/chat` | `sio:/chat:r` |
 //! | every socket of `/chat` | `sio:/chat` |
-//! | the room named by a socket's id `X` | `sio:/chat:X` |
+//! | the room named by a socket's id `X` | `sio:/chat:X` (`X` in `/`) |
+//!
+//! Rooms of the main namespace are plain topics so that the app publishing to topic `news`
+//! (with the publish API, a long-poll `POST`, a pub/sub WebSocket) reaches the sockets in room
+//! `news`: one name for one audience on every transport. Topics starting with
+//! [`TOPIC_PREFIX`] are reserved for the layer's own use; clients cannot join such rooms.
 //!
 //! A `%` or `:` inside a namespace name is percent-escaped (`%25`, `%3A`),
 //! so the first `:` after the namespace always separates it from the room:
@@ -42,6 +48,9 @@ pub fn namespace_topic(nsp: &str) -> String {
 
 /// The topic of room `room` in namespace `nsp`.
 pub fn room_topic(nsp: &str, room: &str) -> String {
+    if nsp == "/" {
+        return room.to_string();
+    }
     format!("{TOPIC_PREFIX}{}:{room}", escape_nsp(nsp))
 }
 
@@ -93,7 +102,7 @@ mod tests {
     #[test]
     fn topic_names() {
         assert_eq!(namespace_topic("/"), "sio:/");
-        assert_eq!(room_topic("/", "lobby"), "sio:/:lobby");
+        assert_eq!(room_topic("/", "lobby"), "lobby");
         assert_eq!(room_topic("/chat", "a:b"), "sio:/chat:a:b");
         assert_ne!(room_topic("/a:b", "c"), room_topic("/a", "b:c"));
         assert_eq!(room_topic("/a:b%", "c"), "sio:/a%3Ab%25:c");

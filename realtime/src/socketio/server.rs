@@ -75,10 +75,10 @@ impl ConnShared {
     /// Queues a packet without waiting. A full queue means the client does
     /// not read: the connection is closed as a slow consumer rather than
     /// buffered without bound.
-    pub(super) fn write(&self, out: &Outgoing) -> Result<(), EmitError> {
+    pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
         let _guard = lock(&self.write_lock);
-        let frames = std::iter::once(Frame::Text(out.text.clone()))
-            .chain(out.binaries.iter().cloned().map(Frame::Binary));
+        let frames = std::iter::once(Frame::Text(out.text))
+            .chain(out.binaries.into_iter().map(Frame::Binary));
         for frame in frames {
             match self.sender.try_send(frame) {
                 Ok(()) => {}
@@ -350,7 +350,7 @@ async fn connect(
 ) -> bool {
     let refuse = |nsp: &str, error: &ConnectError| {
         let packet = SioPacket::connect_error(nsp, error.to_json());
-        let _ = shared.write(&Outgoing::packet(packet));
+        let _ = shared.write(Outgoing::packet(packet));
     };
     let Some(ns) = io.namespace(&nsp) else {
         io.stats.invalid_namespaces.fetch_add(1, Ordering::Relaxed);
@@ -373,12 +373,17 @@ async fn connect(
     };
     match outcome {
         Some(Ok(())) => {
-            if socket.inner.finish_connect().is_err() {
-                socket.close(DisconnectReason::ServerNamespaceDisconnect, false);
-                return false;
-            }
             if socket.recovered() {
                 io.stats.recovered.fetch_add(1, Ordering::Relaxed);
+            }
+            if socket.inner.finish_connect().is_err() {
+                // The connection is closed (or closing as a slow consumer).
+                let reason = shared
+                    .sender
+                    .close_reason()
+                    .unwrap_or(CloseReason::ServerClose);
+                socket.close(DisconnectReason::Connection(reason), false);
+                return false;
             }
             true
         }

@@ -587,7 +587,7 @@ async fn app_publishes_to_a_room_topic_reach_its_sockets() {
     let ([mut a, mut b, mut c], _) = three_clients(&io).await;
     let hub = io.hub().clone();
     let topic = room_topic("/", "r1");
-    assert_eq!(topic, "sio:/:r1");
+    assert_eq!(topic, "r1", "rooms of the main namespace are plain topics");
 
     hub.publish(&topic, "news", json!({"a": 1}), None).unwrap();
     a.expect(r#"42["news",{"a":1}]"#).await;
@@ -634,6 +634,45 @@ async fn custom_namespace_events_carry_the_namespace() {
         .publish(&room_topic("/chat", socket.id()), "direct", json!(1), None)
         .unwrap();
     c.expect(r#"42/chat,["direct",1]"#).await;
+
+    // rooms are per namespace
+    let mut main_rx = capture(&io, "/");
+    c.connect("40").await;
+    let main = next_socket(&mut main_rx).await;
+    main.join("r").unwrap();
+    socket.join("r").unwrap();
+    io.of("/").unwrap().to("r").emit("x", json!([1])).unwrap();
+    c.expect(r#"42["x",1]"#).await;
+    io.of("/chat")
+        .unwrap()
+        .to("r")
+        .emit("x", json!([2]))
+        .unwrap();
+    c.expect(r#"42/chat,["x",2]"#).await;
+    c.quiet().await;
+}
+
+#[tokio::test]
+async fn numeric_event_names_reach_handlers_as_text() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    io.namespace("/", move |socket| {
+        let log = Arc::clone(&log);
+        socket.on_fallback(move |_, event, _| log.lock().unwrap().push(event));
+        std::future::ready(Ok(()))
+    });
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.send(r#"42[42,"x"]"#).await;
+    eventually(|| seen.lock().unwrap().len() == 1).await;
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        Event {
+            name: "42".into(),
+            args: Args::from(json!(["x"])),
+        }
+    );
 }
 
 // ---- behaviours ----

@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -218,6 +217,45 @@ pub(super) struct Outgoing {
     pub(super) binaries: Vec<Bytes>,
 }
 
+/// An event packet's text up to, not including, the closing `]` of its
+/// arguments: the part every recipient of a broadcast shares (each may
+/// append its own offset).
+pub(super) fn event_head(
+    nsp: &str,
+    name: &str,
+    args: &[Value],
+    id: Option<u64>,
+    attachments: usize,
+) -> String {
+    let kind = if attachments == 0 {
+        SioKind::Event
+    } else {
+        SioKind::BinaryEvent
+    };
+    let mut text = encode_parts(kind, attachments, nsp, id, None).into_bytes();
+    text.push(b'[');
+    // Writing JSON values to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut text, name);
+    for arg in args {
+        text.push(b',');
+        let _ = serde_json::to_writer(&mut text, arg);
+    }
+    // serde_json writes UTF-8, and so does everything around it.
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Completes an [`event_head`], with the offset as last argument if any.
+fn close_event(head: &str, offset: Option<u64>) -> String {
+    let mut text = String::with_capacity(head.len() + 24);
+    text.push_str(head);
+    if let Some(offset) = offset {
+        // Writing to a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut text, format_args!(",\"{offset}\""));
+    }
+    text.push(']');
+    text
+}
+
 impl Outgoing {
     pub(super) fn packet(packet: SioPacket) -> Outgoing {
         Outgoing {
@@ -236,26 +274,9 @@ impl Outgoing {
         id: Option<u64>,
         binaries: Vec<Bytes>,
     ) -> Outgoing {
-        let kind = if binaries.is_empty() {
-            SioKind::Event
-        } else {
-            SioKind::BinaryEvent
-        };
-        let mut text = encode_parts(kind, binaries.len(), nsp, id, None).into_bytes();
-        text.push(b'[');
-        // Writing JSON values to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut text, name);
-        for arg in args {
-            text.push(b',');
-            let _ = serde_json::to_writer(&mut text, arg);
-        }
-        if let Some(offset) = offset {
-            let _ = write!(text, ",\"{offset}\"");
-        }
-        text.push(b']');
+        let head = event_head(nsp, name, args, id, binaries.len());
         Outgoing {
-            // serde_json writes UTF-8, and so does everything around it.
-            text: String::from_utf8(text).unwrap_or_default(),
+            text: close_event(&head, offset),
             binaries,
         }
     }
@@ -279,6 +300,14 @@ pub(super) struct Outbox {
     pub(super) phase: Phase,
     pending: Vec<Outgoing>,
     pub(super) tracker: Tracker,
+}
+
+/// Who a new socket is: fresh ids, or a recovered session's.
+pub(super) struct Identity {
+    pub(super) id: Arc<str>,
+    pub(super) pid: Option<Arc<str>>,
+    pub(super) auth: Value,
+    pub(super) recovered: bool,
 }
 
 pub(super) struct SocketInner {
@@ -347,22 +376,19 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SocketInner {
     pub(super) fn new(
-        id: Arc<str>,
-        pid: Option<Arc<str>>,
+        who: Identity,
         ns: Arc<NsInner>,
         conn: Arc<ConnShared>,
-        auth: Value,
-        recovered: bool,
         sub: Arc<Subscriber>,
         tracker: Tracker,
     ) -> SocketInner {
         SocketInner {
-            id,
-            pid,
+            id: who.id,
+            pid: who.pid,
             ns,
             conn,
-            auth,
-            recovered,
+            auth: who.auth,
+            recovered: who.recovered,
             sub_id: sub.id(),
             sub: Mutex::new(Some(sub)),
             outbox: Mutex::new(Outbox {
@@ -397,7 +423,7 @@ impl SocketInner {
                 outbox.pending.push(out);
                 Ok(())
             }
-            Phase::Connected => self.conn.write(&out),
+            Phase::Connected => self.conn.write(out),
             Phase::Closed => Err(EmitError::Disconnected),
         }
     }
@@ -417,15 +443,18 @@ impl SocketInner {
         if outbox.phase != Phase::Connecting {
             return Err(EmitError::Disconnected);
         }
-        self.conn.write(&reply)?;
+        // Connected (and counted, under the outbox lock like the decrement
+        // in `shut`) before the reply is out, so whoever sees the reply sees
+        // the socket connected. If the write fails the connection is
+        // closing, and its teardown ends the socket as a connected one.
         outbox.phase = Phase::Connected;
-        // Counted under the outbox lock, like the decrement in `shut`.
         self.ns
             .stats
             .sockets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.conn.write(reply)?;
         for out in std::mem::take(&mut outbox.pending) {
-            self.conn.write(&out)?;
+            self.conn.write(out)?;
         }
         Ok(())
     }
@@ -445,23 +474,10 @@ impl SocketInner {
         let Decision::Deliver { offset } = outbox.tracker.decide(msg, deliverable) else {
             return;
         };
-        let out = match msg.data() {
-            Value::Array(args) => Outgoing::event(
-                &self.ns.path,
-                name,
-                args,
-                offset,
-                None,
-                msg.attachments().to_vec(),
-            ),
-            one => Outgoing::event(
-                &self.ns.path,
-                name,
-                std::slice::from_ref(one),
-                offset,
-                None,
-                msg.attachments().to_vec(),
-            ),
+        let head = self.ns.event_head(msg, name);
+        let out = Outgoing {
+            text: close_event(&head, offset),
+            binaries: msg.attachments().to_vec(),
         };
         // A failure closes the connection (slow consumer) or means it is
         // closed already; the teardown that follows handles both.
@@ -469,14 +485,13 @@ impl SocketInner {
     }
 
     /// A live message from the hub reader.
-    fn deliver_live(&self, msg: &Message) {
-        // Queued before a leave: no longer for this socket.
-        let joined = self.subscriber().is_some_and(|s| s.is_joined(&msg.topic));
-        if !joined {
-            return;
-        }
+    fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
         let mut outbox = lock(&self.outbox);
-        self.deliver_locked(&mut outbox, msg);
+        // Queued before a leave: no longer for this socket. Checked under
+        // the outbox lock, which `leave` holds while it leaves.
+        if sub.is_joined(&msg.topic) {
+            self.deliver_locked(&mut outbox, msg);
+        }
     }
 
     /// Ends the socket once: stops delivery, leaves every topic, drops
@@ -489,7 +504,7 @@ impl SocketInner {
                 return None;
             }
             if notify_client && was == Phase::Connected {
-                let _ = self.conn.write(&Outgoing::packet(SioPacket::disconnect(
+                let _ = self.conn.write(Outgoing::packet(SioPacket::disconnect(
                     self.ns.path.as_str(),
                 )));
             }
@@ -762,8 +777,12 @@ impl Socket {
     /// allows recovery, runs the disconnect handlers.
     pub(super) fn close(&self, reason: DisconnectReason, notify_client: bool) {
         let Some((tracker, rooms)) = self.inner.shut(notify_client) else {
+            // Refused, or closed already: no disconnect handlers, but drop
+            // what a refused connect handler registered (it may hold clones
+            // of this socket).
             self.inner.ns.unregister(self);
             self.inner.conn.forget(self);
+            *lock(&self.inner.handlers) = Handlers::default();
             return;
         };
         self.inner.ns.unregister(self);
@@ -844,7 +863,7 @@ impl Socket {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 next = sub.recv() => match next {
-                    Ok(msg) => self.inner.deliver_live(&msg),
+                    Ok(msg) => self.inner.deliver_live(&sub, &msg),
                     Err(closed) => {
                         // The hub dropped this subscriber: its queue filled
                         // up (or the hub shut down). The socket cannot be
