@@ -7,6 +7,10 @@
 //! [`Packet::to_ws_frame`]; polling decodes POST bodies with
 //! [`decode_payload`] and answers GETs with [`encode_payload`]. Sizes are
 //! bounded by the caller (`maxHttpBufferSize`) before anything is decoded.
+//!
+//! [`EngineServer`] puts them to work: a [`crate::seam::Service`] that runs
+//! handshakes, long-polling, WebSocket and the upgrade between them, and
+//! hands each connection to a [`ConnHandler`] as a [`Conn`].
 
 mod config;
 pub mod conn;

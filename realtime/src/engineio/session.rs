@@ -39,7 +39,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     Open,
     /// Closed by the layer above: what it queued before is still delivered, then `close`.
     Draining(CloseReason),
@@ -47,7 +47,7 @@ pub(super) enum Phase {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Upgrade {
+enum Upgrade {
     /// On polling, no probe under way.
     None,
     /// A probe WebSocket is open; it has not sent `2probe` yet.
@@ -78,15 +78,15 @@ impl Heartbeat {
     }
 }
 
-pub(super) struct State {
-    pub transport: Transport,
-    pub upgrade: Upgrade,
-    pub phase: Phase,
+struct State {
+    transport: Transport,
+    upgrade: Upgrade,
+    phase: Phase,
     outbox: VecDeque<Packet>,
     get_in_flight: bool,
     post_in_flight: bool,
-    /// When `3probe` was sent: polls are ended with `noop` on every [`super::polling::
-    /// UPGRADE_NOOP_INTERVAL`] tick from then on, as node's `check` timer does.
+    /// When `3probe` was sent: polls are ended with `noop` on every tick of the polling
+    /// transport's `UPGRADE_NOOP_INTERVAL` from then on, as node's `check` timer does.
     upgrading_since: Option<Instant>,
     /// Closed by the client with no poll pending: the sid stays known until then for the
     /// overtaken poll (see [`CLIENT_CLOSE_LINGER`]).
@@ -193,7 +193,7 @@ impl Session {
         })
     }
 
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
 
@@ -413,7 +413,9 @@ impl Session {
                 }
             }
             Phase::Draining(_) => {
-                if pull(&mut st.outbox, rx, max) {
+                // The close goes last, once everything queued before it is out (it may take
+                // more than one poll when the queue is larger than `maxPayload`).
+                if pull(&mut st.outbox, rx, max) && st.outbox.back() != Some(&Packet::Close) {
                     st.outbox.push_back(Packet::Close);
                 }
             }

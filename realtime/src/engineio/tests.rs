@@ -1155,3 +1155,21 @@ async fn slow_consumer_is_closed_at_once_with_1013() {
     assert_eq!(error_code(&h.get(&sid).await), 1);
     assert_eq!(h.server.session_count(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn server_close_drain_spanning_several_polls_sends_one_close() {
+    let mut h = Harness::new(EngineConfig {
+        max_payload: 10,
+        ..EngineConfig::default()
+    });
+    let (sid, conn) = h.open_polling().await;
+    for m in ["aaaa", "bbbb", "cccc"] {
+        conn.sender.try_send(Frame::Text(m.into())).unwrap();
+    }
+    conn.sender.close(CloseReason::ServerClose);
+    settle().await;
+    assert_eq!(h.get(&sid).await.body, "4aaaa");
+    assert_eq!(h.get(&sid).await.body, "4bbbb");
+    assert_eq!(h.get(&sid).await.body, "4cccc\u{1e}1");
+    assert_eq!(error_code(&h.get(&sid).await), 1);
+}

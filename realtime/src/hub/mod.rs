@@ -493,6 +493,28 @@ impl Hub {
         self.inner.publish(topic, &payload, size, id, None, true)
     }
 
+    /// Drops `topic` now if nobody is subscribed to it, instead of waiting for [`Hub::sweep`].
+    /// For topics that cannot matter once their subscriber is gone (a Socket.IO socket's own
+    /// room when its session is not kept for recovery): without it, a busy site's connection
+    /// churn would fill `max_topics` with dead rooms between two sweeps. Its history goes
+    /// with it, and a later incarnation gets a new epoch, as after a sweep.
+    pub fn drop_if_unused(&self, topic: &str) -> bool {
+        let inner = &*self.inner;
+        let mut map = write(&inner.topics[inner.shard_of(topic)]);
+        let Some(t) = map.get(topic).cloned() else {
+            return false;
+        };
+        let mut st = lock(&t.state);
+        st.prune_closed();
+        if st.dead || !st.subscribers.is_empty() {
+            return false;
+        }
+        map.remove(topic);
+        st.kill();
+        inner.stats.topics.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
     /// Subscribers and position of `topic`, if it exists (does not create it).
     pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
         let t = self.inner.lookup(topic)?;

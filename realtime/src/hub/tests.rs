@@ -907,3 +907,19 @@ fn sweep_prunes_closed_subscribers_left_behind() {
     assert_eq!(hub.topic_info("t").unwrap().subscribers, 1);
     assert_eq!(hub.sweep(Instant::now()), 1);
 }
+
+#[test]
+fn drop_if_unused_removes_only_topics_nobody_is_in() {
+    let hub = Hub::default();
+    let sub = hub.subscribe().expect("subscribe");
+    sub.join("busy", None).expect("join");
+    hub.publish("idle", "e", serde_json::json!(1), None)
+        .expect("publish");
+    assert!(!hub.drop_if_unused("busy"), "a subscribed topic stays");
+    assert!(hub.drop_if_unused("idle"));
+    assert!(hub.topic_info("idle").is_none());
+    assert!(!hub.drop_if_unused("never-existed"));
+    sub.leave("busy");
+    assert!(hub.drop_if_unused("busy"));
+    assert_eq!(hub.stats().snapshot().topics, 0);
+}

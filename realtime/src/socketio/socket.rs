@@ -526,6 +526,12 @@ impl SocketInner {
                 sub.leave(&topic);
             }
         }
+        if self.ns.options.recovery.is_none() {
+            // Nobody can ever be in this socket's own room again.
+            self.ns
+                .hub
+                .drop_if_unused(&super::rooms::room_topic(&self.ns.path, &self.id));
+        }
         lock(&self.acks).waiting.clear();
         let rooms: Vec<String> = lock(&self.rooms).iter().cloned().collect();
         tracker.map(|t| (t, rooms))
