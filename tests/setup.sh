@@ -10,6 +10,9 @@ command -v curl    >/dev/null || need+=(curl)
 command -v cc      >/dev/null || need+=(gcc)        # ring and zstd build C code
 command -v node    >/dev/null || need+=(nodejs)     # the official socket.io-client in tests
 command -v npm     >/dev/null || need+=(npm)
+# php-fpm for the FastCGI tests (started by the tests themselves, never as a service).
+compgen -G '/usr/sbin/php-fpm*' >/dev/null || command -v php-fpm >/dev/null || need+=(php-fpm)
+[ -x /usr/bin/chromium ]      || need+=(chromium) # the demo page's browser tests (playwright-core)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get"

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,12 @@ pub const MAX_TICKS: u64 = 1_000_000;
 static X_BACKEND_ID: HeaderName = HeaderName::from_static("x-backend-id");
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
+/// Largest request body `/publish-demo` keeps (its optional `{"text": ...}`).
+pub const MAX_PUBLISH_DEMO_BODY: usize = 64 * 1024;
+
+/// Where the gateway's publish API is by default (the shipped admin listener).
+pub const DEFAULT_PUBLISH_URL: &str = "http://127.0.0.1:9090/publish";
+
 /// Period of the `/bytes` pattern: byte `i` is `i % 251`.
 const PATTERN_PERIOD: usize = 251;
 /// A whole number of periods, so every chunk cut from the start of
@@ -61,6 +68,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Suppress the per-request stderr line (for benchmarks).
     pub quiet: bool,
+    /// The gateway's publish API, called by `POST /publish-demo`.
+    pub publish_url: String,
 }
 
 /// Shared state; cloned per request, so it is a single `Arc`.
@@ -73,6 +82,9 @@ struct Shared {
     workers: Option<Arc<Semaphore>>,
     quiet: bool,
     log: RequestLog,
+    publish_url: String,
+    /// Announcements published through `/publish-demo` so far.
+    published: AtomicU64,
     /// Flips to `true` on SIGTERM/SIGINT; WebSocket sessions watch it to
     /// say goodbye, and `main` waits until every clone is dropped.
     shutdown: watch::Receiver<bool>,
@@ -89,6 +101,8 @@ pub fn router(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
         workers: config.workers.map(|n| Arc::new(Semaphore::new(n))),
         quiet: config.quiet,
         log: RequestLog::new(),
+        publish_url: config.publish_url,
+        published: AtomicU64::new(0),
         shutdown,
     };
     Ok(Router::new()
@@ -155,9 +169,19 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
     let (mut parts, body) = req.into_parts();
     let mut body = body.into_data_stream();
     let mut body_len: u64 = 0;
+    // Only `/publish-demo` looks at what was sent; everything else counts it.
+    let keep_body = parts.uri.path() == "/publish-demo";
+    let mut kept = Vec::new();
     while let Some(chunk) = body.next().await {
         match chunk {
-            Ok(chunk) => body_len += chunk.len() as u64,
+            Ok(chunk) => {
+                body_len += chunk.len() as u64;
+                if keep_body && kept.len() + chunk.len() <= MAX_PUBLISH_DEMO_BODY {
+                    kept.extend_from_slice(&chunk);
+                } else if keep_body {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+                }
+            }
             Err(err) => {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -179,6 +203,8 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
         sleep(ms).await
     } else if path == "/stream" {
         ticks(uri.query().unwrap_or(""), permit)
+    } else if path == "/publish-demo" {
+        publish_demo(app, &parts.method, &kept).await
     } else if path == "/cable" {
         // The slot is released once the handshake answer is produced: like
         // Action Cable's hijacked sockets, an open WebSocket holds no worker.
@@ -266,6 +292,54 @@ fn version_str(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3.0",
         _ => "unknown",
     }
+}
+
+/// `POST /publish-demo`: the app publishing to the browser, as a Rails or
+/// Laravel controller would: one POST to the gateway's publish API with
+/// `{"topic":"announcements","event":"announcement","data":{"text","from"}}`.
+/// The text is the request's `{"text": ...}` if it sent one. Answers 202 with
+/// the publish API's JSON, or 502 `{"error": ...}` if the gateway refused or
+/// could not be reached.
+async fn publish_demo(app: &AppState, method: &Method, body: &[u8]) -> Response {
+    if method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let n = app.0.published.fetch_add(1, Ordering::Relaxed) + 1;
+    let asked = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let text = asked.unwrap_or_else(|| format!("Hello from the app ({}, #{n})", app.0.id));
+    let message = serde_json::json!({
+        "topic": "announcements",
+        "event": "announcement",
+        "data": {"text": text, "from": app.0.id},
+    });
+    let error =
+        match crate::publish::post_json(&app.0.publish_url, message.to_string().as_bytes()).await {
+            Ok((status, answer)) if (200..300).contains(&status) => {
+                return (
+                    StatusCode::ACCEPTED,
+                    [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                    answer,
+                )
+                    .into_response();
+            }
+            Ok((status, answer)) => format!(
+                "the publish API answered {status}: {}",
+                String::from_utf8_lossy(&answer).trim()
+            ),
+            Err(err) => err,
+        };
+    tracing::warn!("publish-demo failed: {error}");
+    let body = serde_json::json!({ "error": error }).to_string();
+    (
+        StatusCode::BAD_GATEWAY,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
 }
 
 /// `/bytes/N`: N bytes of the `i % 251` pattern, streamed from a static

@@ -1,11 +1,13 @@
 //! `backend-stub`: a small HTTP server standing in for the Ruby/PHP app
 //! behind the gateway, so gateway tests can run against a real process.
 //!
-//! Usage: `backend-stub --listen ADDR --id NAME [--workers N] [--quiet]`.
+//! Usage: `backend-stub --listen ADDR --id NAME [--workers N] [--quiet]
+//! [--publish-url URL]`.
 //! Once bound it prints `backend-stub NAME listening on ADDR` (the actual
 //! address, so `--listen 127.0.0.1:0` works) as its only stdout line.
 
 mod app;
+mod publish;
 mod reqlog;
 #[cfg(test)]
 mod tests;
@@ -41,6 +43,10 @@ struct Cli {
     /// take to finish before the process exits anyway.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     shutdown_grace_ms: u64,
+    /// The gateway's publish API, which `POST /publish-demo` calls
+    /// (plain http:// only).
+    #[arg(long, default_value = app::DEFAULT_PUBLISH_URL, value_name = "URL")]
+    publish_url: String,
 }
 
 #[tokio::main]
@@ -56,11 +62,13 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    publish::parse_url(&cli.publish_url).map_err(|e| anyhow::anyhow!("--publish-url: {e}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = app::Config {
         id: cli.id.clone(),
         workers: cli.workers.map(|n| n as usize),
         quiet: cli.quiet,
+        publish_url: cli.publish_url.clone(),
     };
     let router = app::router(config, shutdown_rx.clone())?;
 

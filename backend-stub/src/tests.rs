@@ -15,11 +15,16 @@ use crate::app::{router, Config};
 
 /// Serves a fresh stub (its own request log) and returns its address.
 async fn spawn(workers: Option<usize>) -> SocketAddr {
+    spawn_with(workers, crate::app::DEFAULT_PUBLISH_URL).await
+}
+
+async fn spawn_with(workers: Option<usize>, publish_url: &str) -> SocketAddr {
     let (tx, rx) = watch::channel(false);
     let config = Config {
         id: "stub-test".to_owned(),
         workers,
         quiet: true,
+        publish_url: publish_url.to_owned(),
     };
     let app = router(config, rx).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -434,4 +439,123 @@ async fn cable_echoes_websocket_messages() {
     let plain = get(addr, "/cable").await;
     assert_eq!(plain.status, 426);
     assert_eq!(plain.header("x-backend-id"), Some("stub-test"));
+}
+
+/// A one-shot stand-in for the gateway's publish API: accepts one request,
+/// hands it over, answers `status` with `body` (chunked, as a streaming
+/// server might).
+async fn fake_publish_api(
+    status: &'static str,
+    body: &'static str,
+) -> (String, tokio::sync::oneshot::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/publish", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut conn = BufReader::new(tcp);
+        let mut head = String::new();
+        let mut length = 0usize;
+        loop {
+            let line = read_line(&mut conn).await;
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+            head.push_str(&line);
+            head.push('\n');
+        }
+        let mut body_in = vec![0; length];
+        conn.read_exact(&mut body_in).await.expect("body");
+        let _ = tx.send(format!("{head}\n{}", String::from_utf8_lossy(&body_in)));
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        conn.get_mut()
+            .write_all(answer.as_bytes())
+            .await
+            .expect("answer");
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn publish_demo_calls_the_publish_api() {
+    let (url, seen) = fake_publish_api("200 OK", r#"{"topic":"announcements","seq":1}"#).await;
+    let addr = spawn_with(None, &url).await;
+    let body = r#"{"text":"  release at five "}"#;
+    let resp = request(
+        addr,
+        "POST",
+        "/publish-demo",
+        &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.json()["seq"], 1);
+    let seen = seen.await.expect("the publish API was called");
+    assert!(seen.starts_with("POST /publish HTTP/1.1\n"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{seen}"
+    );
+    let sent: Value = serde_json::from_str(seen.split("\n\n").nth(1).expect("body")).expect("json");
+    assert_eq!(
+        sent,
+        serde_json::json!({"topic": "announcements", "event": "announcement",
+                           "data": {"text": "release at five", "from": "stub-test"}})
+    );
+
+    // No text asked for: the stub makes one up.
+    let (url, seen) = fake_publish_api("200 OK", "{}").await;
+    let addr = spawn_with(None, &url).await;
+    assert_eq!(
+        request(addr, "POST", "/publish-demo", "Content-Length: 0\r\n\r\n")
+            .await
+            .status,
+        202
+    );
+    let seen = seen.await.expect("called");
+    let sent: Value = serde_json::from_str(seen.split("\n\n").nth(1).expect("body")).expect("json");
+    assert!(
+        sent["data"]["text"]
+            .as_str()
+            .expect("text")
+            .contains("stub-test"),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn publish_demo_reports_a_refusal_or_an_unreachable_gateway_as_502() {
+    let (url, _seen) = fake_publish_api("401 Unauthorized", r#"{"error":"token"}"#).await;
+    let addr = spawn_with(None, &url).await;
+    let resp = request(addr, "POST", "/publish-demo", "Content-Length: 0\r\n\r\n").await;
+    assert_eq!(resp.status, 502);
+    let error = resp.json()["error"].as_str().expect("error").to_owned();
+    assert!(error.contains("401") && error.contains("token"), "{error}");
+
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/publish", closed.local_addr().expect("addr"));
+    drop(closed);
+    let addr = spawn_with(None, &url).await;
+    let resp = request(addr, "POST", "/publish-demo", "Content-Length: 0\r\n\r\n").await;
+    assert_eq!(resp.status, 502);
+    assert!(resp.json()["error"]
+        .as_str()
+        .expect("error")
+        .contains("connect"));
+
+    assert_eq!(get(addr, "/publish-demo").await.status, 405);
 }

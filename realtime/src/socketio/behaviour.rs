@@ -185,6 +185,9 @@ pub fn conformance_options() -> SocketIoOptions {
     }
 }
 
+/// See [`install_conformance`]: keeps `auth` out of the CONNECT reply's TCP segment.
+const CONFORMANCE_AUTH_DELAY: Duration = Duration::from_millis(10);
+
 /// The reference server of the socket.io-protocol test-suite: namespaces
 /// `/` and `/custom`; on connect, emit `auth` with the CONNECT payload;
 /// answer `message` with `message-back` (same arguments); acknowledge
@@ -192,7 +195,15 @@ pub fn conformance_options() -> SocketIoOptions {
 pub fn install_conformance(io: &SocketIo) {
     for path in ["/", "/custom"] {
         io.namespace(path, |socket| {
-            let _ = socket.emit("auth", Args::from(vec![socket.auth().clone()]));
+            // The suite reads one WebSocket message per `await` and attaches its next listener
+            // only afterwards, so `auth` must not reach it in the same TCP segment as the
+            // CONNECT reply (node's separate socket writes happen to avoid that). A few ms
+            // later it is a separate write; the order is unchanged.
+            let s = socket.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CONFORMANCE_AUTH_DELAY).await;
+                let _ = s.emit("auth", Args::from(vec![s.auth().clone()]));
+            });
             socket.on("message", |socket, event, _| {
                 let _ = socket.emit("message-back", event.args);
             });

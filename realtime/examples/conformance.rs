@@ -1,10 +1,13 @@
-//! An Engine.IO echo server for the official protocol test suite
-//! (socketio/engine.io-protocol, `test-suite/`), which expects exactly this setup:
-//! `http://localhost:3000/engine.io/`, pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1e6,
-//! CORS `*`, every message echoed back.
+//! The conformance server for the official protocol test suites (socketio/engine.io-protocol
+//! and socketio/socket.io-protocol, folder `test-suite/`), which expect exactly this setup on
+//! `http://localhost:3000`: a raw Engine.IO echo at `/engine.io/`, and Socket.IO at
+//! `/socket.io/` with namespaces `/` and `/custom` (emit `auth` with the handshake auth on
+//! connect, answer `message` with `message-back`, ack `message-with-ack` with the same args);
+//! pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1e6, connectTimeout 1000 ms, CORS `*`,
+//! recovery off. Everything comes from the library API.
 //!
 //! ```text
-//! cargo run -p realtime --example engineio_conformance [port]
+//! cargo run -p realtime --example conformance [port]
 //! ```
 //!
 //! The HTTP/1.1 side is a minimal hyper shell that turns each exchange into a
@@ -24,7 +27,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use realtime::engineio::{Conn, ConnHandler, CorsConfig, EngineConfig, EngineServer};
+use realtime::hub::Hub;
 use realtime::seam::{Body, BodyError, Request, Response, Service};
+use realtime::socketio::{conformance_options, install_conformance, SocketIo};
 use tokio::net::TcpListener;
 
 /// The test suite's fixed URL.
@@ -33,8 +38,9 @@ const DEFAULT_PORT: u16 = 3000;
 const PING_INTERVAL: Duration = Duration::from_millis(300);
 const PING_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_PAYLOAD: usize = 1_000_000;
-/// Route prefix the suite uses (node's default `path`).
-const PATH: &str = "/engine.io/";
+/// Route prefixes the suites use (node's default `path`s).
+const ENGINE_PATH: &str = "/engine.io/";
+const SOCKETIO_PATH: &str = "/socket.io/";
 /// Request body chunks buffered towards the engine, as the gateway's seam does.
 const BODY_CHUNKS_IN_FLIGHT: usize = 4;
 /// The in-memory pipe between an upgraded connection and the engine (as the gateway's).
@@ -70,14 +76,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cors: Some(CorsConfig::any()),
         ..EngineConfig::default()
     };
-    let engine = Arc::new(EngineServer::new(config, Arc::new(Echo)));
+    let engine = Arc::new(EngineServer::new(config.clone(), Arc::new(Echo)));
+    let io = SocketIo::new(Hub::default(), conformance_options());
+    install_conformance(&io);
+    let socketio = Arc::new(EngineServer::new(config, Arc::new(io)));
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("engine.io conformance server on http://localhost:{port}{PATH}");
+    println!("conformance server on http://localhost:{port}{ENGINE_PATH} and {SOCKETIO_PATH}");
     loop {
         let (stream, peer) = listener.accept().await?;
-        let engine = engine.clone();
+        let (engine, socketio) = (engine.clone(), socketio.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| exchange(engine.clone(), peer, req));
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let target = if req.uri().path().starts_with(SOCKETIO_PATH) {
+                    Some(socketio.clone())
+                } else if req.uri().path().starts_with(ENGINE_PATH) {
+                    Some(engine.clone())
+                } else {
+                    None
+                };
+                exchange(target, peer, req)
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
@@ -89,13 +107,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// One HTTP exchange through the seam. hyper drops this future when the client goes away,
 /// as the gateway does.
 async fn exchange(
-    engine: Arc<EngineServer>,
+    engine: Option<Arc<EngineServer>>,
     peer: SocketAddr,
     mut req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<OutBody>, Infallible> {
-    if !req.uri().path().starts_with(PATH) {
+    let Some(engine) = engine else {
         return Ok(full(http::StatusCode::NOT_FOUND, Bytes::new()));
-    }
+    };
     let upgrade = req
         .headers()
         .get(http::header::UPGRADE)
