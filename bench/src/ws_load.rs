@@ -339,7 +339,7 @@ async fn burst(
     max_secs: u64,
 ) -> serde_json::Value {
     let next = Arc::new(AtomicUsize::new(0));
-    let results: Arc<Mutex<Vec<(Result<(), Fail>, f64, Option<Fail>)>>> =
+    let results: Arc<Mutex<Vec<SessionResult>>> =
         Arc::new(Mutex::new(Vec::with_capacity(sessions)));
     let started = Instant::now();
     let hard = started + Duration::from_secs(max_secs);
@@ -525,3 +525,6 @@ async fn main() -> anyhow::Result<()> {
     println!("{out}");
     Ok(())
 }
+
+/// One session's outcome, its duration in ms, and the failure of its idle check if any.
+type SessionResult = (Result<(), Fail>, f64, Option<Fail>);

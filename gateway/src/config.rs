@@ -216,10 +216,27 @@ pub enum Balance {
     IpHash,
 }
 
+/// How the gateway talks to an upstream pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 to `host:port` servers (Puma, Unicorn, Octane, ...).
+    #[default]
+    Http,
+    /// FastCGI to php-fpm: `host:port` or `unix:/path/to/php-fpm.sock` servers.
+    Fastcgi,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// `host:port`; with `protocol: fastcgi` also `unix:/path/to/socket`.
     pub servers: Vec<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Where the PHP scripts are (required with `protocol: fastcgi`).
+    #[serde(default)]
+    pub fastcgi: Option<FastCgi>,
     #[serde(default)]
     pub balance: Balance,
     #[serde(default)]
@@ -228,6 +245,29 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     #[serde(default = "u_read")]
     pub read_timeout_ms: u64,
+}
+
+/// The PHP side of a FastCGI pool: nginx's `root`, `index` and
+/// `try_files $uri $uri/ /index.php?$query_string`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastCgi {
+    /// The document root as php-fpm sees it (`DOCUMENT_ROOT`, the start of `SCRIPT_FILENAME`).
+    /// It must be readable here too: a script is only run when the file exists.
+    pub root: PathBuf,
+    /// Tried in a directory (`/admin/` runs `admin/index.php` if it exists).
+    #[serde(default = "fcgi_index")]
+    pub index: String,
+    /// What runs when no file matches (Laravel's and Symfony's `/index.php`).
+    #[serde(default = "fcgi_front")]
+    pub front_controller: String,
+}
+
+fn fcgi_index() -> String {
+    "index.php".to_string()
+}
+fn fcgi_front() -> String {
+    "/index.php".to_string()
 }
 
 fn u_connect() -> u64 {
@@ -696,6 +736,26 @@ impl Config {
                 fix(&mut s.root);
             }
         }
+        for u in self.upstreams.values_mut() {
+            if let Some(f) = &mut u.fastcgi {
+                fix(&mut f.root);
+            }
+            // Socket paths become absolute (the server connects to them from any directory).
+            for s in &mut u.servers {
+                if let Some(p) = s.strip_prefix("unix:") {
+                    let p = PathBuf::from(p);
+                    if p.is_relative() && !p.as_os_str().is_empty() {
+                        let mut abs = base.join(p);
+                        if abs.is_relative() {
+                            if let Ok(cwd) = std::env::current_dir() {
+                                abs = cwd.join(abs);
+                            }
+                        }
+                        *s = format!("unix:{}", abs.display());
+                    }
+                }
+            }
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -890,11 +950,71 @@ impl Config {
             if u.servers.is_empty() {
                 bad(format!("{at}.servers"), "needs at least one server".into());
             }
+            let fastcgi = u.protocol == Protocol::Fastcgi;
             for (i, s) in u.servers.iter().enumerate() {
-                if s.parse::<SocketAddr>().is_err() {
-                    bad(
+                match s.strip_prefix("unix:") {
+                    Some(p) if fastcgi && !p.starts_with('/') => bad(
                         format!("{at}.servers[{i}]"),
-                        format!("{s:?} is not an address like 127.0.0.1:3000"),
+                        format!(
+                            "{s:?}: a Unix socket needs a path, like unix:/run/php/php-fpm.sock"
+                        ),
+                    ),
+                    Some(_) if fastcgi => {}
+                    Some(_) => bad(
+                        format!("{at}.servers[{i}]"),
+                        format!("{s:?}: Unix sockets are only supported with `protocol: fastcgi`"),
+                    ),
+                    None if s.parse::<SocketAddr>().is_err() => bad(
+                        format!("{at}.servers[{i}]"),
+                        if fastcgi {
+                            format!("{s:?} is not an address like 127.0.0.1:9000 or unix:/run/php/php-fpm.sock")
+                        } else {
+                            format!("{s:?} is not an address like 127.0.0.1:3000")
+                        },
+                    ),
+                    None => {}
+                }
+            }
+            match (&u.fastcgi, fastcgi) {
+                (None, true) => bad(
+                    format!("{at}.fastcgi"),
+                    "required with `protocol: fastcgi`: {root: /path/to/app/public}".into(),
+                ),
+                (Some(_), false) => bad(
+                    format!("{at}.fastcgi"),
+                    "only used with `protocol: fastcgi`".into(),
+                ),
+                (Some(f), true) => {
+                    if !f.root.is_dir() {
+                        bad(
+                            format!("{at}.fastcgi.root"),
+                            format!("{} is not a directory", f.root.display()),
+                        );
+                    }
+                    let plain = !f.index.is_empty()
+                        && !f.index.contains(['/', '\\', '\0'])
+                        && f.index.ends_with(".php");
+                    if !plain {
+                        bad(
+                            format!("{at}.fastcgi.index"),
+                            format!("{:?} must be a plain file name ending in .php", f.index),
+                        );
+                    }
+                    let fc = &f.front_controller;
+                    if !fc.starts_with('/') || !fc.ends_with(".php") || fc.contains("/.") {
+                        bad(
+                            format!("{at}.fastcgi.front_controller"),
+                            format!("{fc:?} must be a path like /index.php"),
+                        );
+                    }
+                }
+                (None, false) => {}
+            }
+            if fastcgi {
+                if let Some(p) = u.health_check.as_ref().and_then(|h| h.path.as_ref()) {
+                    bad(
+                        format!("{at}.health_check.path"),
+                        format!("{p:?}: a FastCGI pool is checked by connecting; remove `path`"),
                     );
                 }
             }
@@ -974,6 +1094,19 @@ impl Config {
                     );
                 }
             }
+            let behind = r.upstream.as_ref().and_then(|u| self.upstreams.get(u));
+            if let (Some(s), Some(u)) = (&r.static_files, behind) {
+                if u.protocol == Protocol::Fastcgi {
+                    for (j, name) in s.index.iter().enumerate() {
+                        if name.to_ascii_lowercase().ends_with(".php") {
+                            bad(
+                                format!("{at}.static.index[{j}]"),
+                                format!("{name:?} would be served as source code: PHP index files belong in upstreams.{}.fastcgi.index", r.upstream.as_deref().unwrap_or("")),
+                            );
+                        }
+                    }
+                }
+            }
             if let Some(s) = &r.static_files {
                 if !s.root.is_dir() {
                     bad(
@@ -1034,6 +1167,49 @@ routes:
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn fastcgi_pools_are_validated() {
+        let root = std::env::temp_dir();
+        let ok = problems(&format!(
+            "listen: {{http: 127.0.0.1:8080}}\nupstreams: {{php: {{protocol: fastcgi, servers: [unix:/run/php/php-fpm.sock, 127.0.0.1:9000], fastcgi: {{root: {}}}}}}}\nroutes: [{{path: /, upstream: php}}]\n",
+            root.display()
+        ));
+        assert!(ok.is_empty(), "{ok:?}");
+        let p = problems(&format!(
+            r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  php: {{protocol: fastcgi, servers: ["unix:run/x.sock", "nope"], health_check: {{path: /ping}}}}
+  php2: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: /no/such/dir, index: a/b.php, front_controller: index.php}}}}
+  app: {{servers: ["unix:/tmp/puma.sock"], fastcgi: {{root: {root}}}}}
+routes:
+  - {{path: /, upstream: php2, static: {{root: {root}, index: [index.php]}}}}
+"#,
+            root = root.display()
+        ));
+        let want = [
+            "upstreams.php.servers[0]: \"unix:run/x.sock\": a Unix socket needs a path, like unix:/run/php/php-fpm.sock",
+            "upstreams.php.servers[1]: \"nope\" is not an address like 127.0.0.1:9000 or unix:/run/php/php-fpm.sock",
+            "upstreams.php.fastcgi: required with `protocol: fastcgi`: {root: /path/to/app/public}",
+            "upstreams.php.health_check.path: \"/ping\": a FastCGI pool is checked by connecting; remove `path`",
+            "upstreams.php2.fastcgi.root: /no/such/dir is not a directory",
+            "upstreams.php2.fastcgi.index: \"a/b.php\" must be a plain file name ending in .php",
+            "upstreams.php2.fastcgi.front_controller: \"index.php\" must be a path like /index.php",
+            "upstreams.app.servers[0]: \"unix:/tmp/puma.sock\": Unix sockets are only supported with `protocol: fastcgi`",
+            "upstreams.app.fastcgi: only used with `protocol: fastcgi`",
+            "routes[0].static.index[0]: \"index.php\" would be served as source code: PHP index files belong in upstreams.php2.fastcgi.index",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+        let e = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {php: {protocol: fastcgi, servers: [], fastcgi: {root: /, frontcontroller: /i.php}}}\nroutes: []\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `frontcontroller`"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
 use crate::upstream::{InFlight, Pool};
-use crate::{forwarding, seam, tunnel};
+use crate::{fastcgi, forwarding, seam, tunnel};
 
 /// Static files are sent in pieces of this size: large enough for few syscalls, small enough
 /// that a thousand concurrent downloads stay within tens of MiB.
@@ -254,8 +254,11 @@ impl ProxyHttp for Gateway {
                 pool,
                 websocket,
             } => {
+                let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
                 if let Some(files) = files {
-                    if self.serve_static(session, files, ctx).await? {
+                    // PHP source is never a static file when php-fpm is behind.
+                    let php = fastcgi && fastcgi::is_php_path(session.req_header().uri.path());
+                    if !php && self.serve_static(session, files, ctx).await? {
                         return Ok(true);
                     }
                 }
@@ -265,6 +268,44 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 };
                 ctx.pool = Some(pool.clone());
+                if fastcgi {
+                    ctx.served_by = "fastcgi";
+                    if session.is_upgrade_req() {
+                        // FastCGI has no upgrades (nginx would drop `Upgrade` and run PHP, whose
+                        // answer no WebSocket client can use): say so plainly.
+                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, "upgrade request on a FastCGI route");
+                        respond(
+                            session,
+                            501,
+                            "upgrades are not supported by a FastCGI upstream",
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                    let mut req = session.req_header().clone();
+                    forwarding::request(&mut req, &self.client(ctx), false);
+                    let mut server = None;
+                    let outcome = fastcgi::serve(
+                        session,
+                        fastcgi::Call {
+                            pool,
+                            req: &req,
+                            client: ctx.client,
+                            tls: ctx.tls,
+                            max_body: self.limits.max_body_bytes,
+                            hsts: self.hsts.as_deref().filter(|_| ctx.tls),
+                            server: &mut server,
+                        },
+                    )
+                    .await;
+                    ctx.current = server;
+                    if let Err(failure) = outcome? {
+                        let status = failure.status();
+                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %req.uri, status, error = %failure.describe(), "fastcgi request failed");
+                        respond(session, status, failure.public_reason()).await?;
+                    }
+                    return Ok(true);
+                }
                 if session.is_upgrade_req() {
                     if !*websocket {
                         ctx.served_by = "router";
@@ -317,7 +358,10 @@ impl ProxyHttp for Gateway {
         };
         ctx.current = Some(i);
         ctx.in_flight = Some(pool.begin(i));
-        let mut peer = HttpPeer::new(pool.servers[i].addr, false, String::new());
+        let Some(addr) = pool.servers[i].addr.inet() else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "not a TCP server");
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);

@@ -20,6 +20,10 @@ const BODY_CHUNKS_IN_FLIGHT: usize = 4;
 /// own WebSocket examples use 64 KiB, enough for a frame burst without unbounded buffering).
 const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
 
+/// How long an unread request body is drained after an early answer (nginx
+/// `lingering_timeout` is 5 s between reads; this bounds the whole drain).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Aborts the service's task when the exchange ends early (client gone, write failed).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -50,6 +54,7 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
     let mut task = AbortOnDrop(tokio::spawn(async move { service.call(req).await }));
     let mut tx = tx;
     let mut watching_client = !upgrade;
+    let mut body_finished = upgrade || session.is_body_done();
 
     let response = loop {
         if let Some(sender) = tx.clone() {
@@ -62,14 +67,18 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
                             tx = None;
                         }
                     }
-                    Ok(None) => tx = None,
+                    Ok(None) => {
+                        tx = None;
+                        body_finished = true;
+                    }
                     Err(e) => {
                         let _ = sender.send(Err(BodyError::Aborted(e.to_string()))).await;
                         return Err(e);
                     }
                 },
             }
-        } else if watching_client {
+        } else if watching_client && body_finished {
+            // Only once the body is read: an idle probe would otherwise eat body bytes.
             tokio::select! {
                 r = &mut task.0 => break r,
                 idle = session.read_body_or_idle(true) => match idle {
@@ -83,6 +92,13 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
             break (&mut task.0).await;
         }
     };
+    // The service answered before the client finished sending its body (a 413, a 401): the
+    // connection cannot be reused, and the rest of the body must still be read, or a client
+    // that sends the whole body before reading never sees the answer (nginx's lingering close).
+    let unread_body = !body_finished;
+    if unread_body {
+        session.set_keepalive(None);
+    }
     let response = response.map_err(|e| {
         Error::explain(
             ErrorType::InternalError,
@@ -96,7 +112,11 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
             let mut head = ResponseHeader::from(parts);
             head.insert_header("content-length", body.len().to_string())?;
             session.write_response_header(Box::new(head), false).await?;
-            session.write_response_body(Some(body), true).await
+            session.write_response_body(Some(body), true).await?;
+            if unread_body {
+                let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+            }
+            Ok(())
         }
         Response::Stream { head, mut body } => {
             let mut head = ResponseHeader::from(head);

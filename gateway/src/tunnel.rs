@@ -46,7 +46,9 @@ pub async fn run(
         let Some(i) = pool.select(client, &tried) else {
             return Ok(Err(Failure::NoHealthyServer));
         };
-        let addr = pool.servers[i].addr;
+        let Some(addr) = pool.servers[i].addr.inet() else {
+            return Ok(Err(Failure::NoHealthyServer));
+        };
         match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => break (s, addr),
             Ok(Err(e)) => {

@@ -7,18 +7,54 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Balance, HealthCheck, Upstream};
+use crate::config::{Balance, HealthCheck, Protocol, Upstream};
+
+/// Where a server listens: TCP, or (FastCGI pools only) a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Addr {
+    /// `host:port` or `unix:/path`.
+    pub fn parse(s: &str) -> Option<Addr> {
+        match s.strip_prefix("unix:") {
+            Some(p) if p.starts_with('/') => Some(Addr::Unix(PathBuf::from(p))),
+            Some(_) => None,
+            None => s.parse().ok().map(Addr::Tcp),
+        }
+    }
+
+    /// The TCP address; HTTP pools only have these (validation refuses Unix sockets there).
+    pub fn inet(&self) -> Option<SocketAddr> {
+        match self {
+            Addr::Tcp(a) => Some(*a),
+            Addr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
 
 /// One server of a pool, with the state the selection and the health checker share.
 #[derive(Debug)]
 pub struct Server {
-    pub addr: SocketAddr,
+    pub addr: Addr,
     healthy: AtomicBool,
     /// Requests in flight, for `least_conn`.
     active: AtomicUsize,
@@ -40,6 +76,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health: Option<HealthCheck>,
+    /// Set for `protocol: fastcgi` pools: the script rules and the idle connections.
+    pub fastcgi: Option<crate::fastcgi::Backend>,
     next: AtomicUsize,
 }
 
@@ -65,7 +103,7 @@ impl Pool {
             servers: cfg
                 .servers
                 .iter()
-                .filter_map(|s| s.parse().ok())
+                .filter_map(|s| Addr::parse(s))
                 .map(|addr| Server {
                     addr,
                     // Servers start up so the gateway serves at once; the first failed checks
@@ -79,6 +117,12 @@ impl Pool {
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             health: cfg.health_check.clone(),
+            fastcgi: match (cfg.protocol, &cfg.fastcgi) {
+                (Protocol::Fastcgi, Some(f)) => {
+                    Some(crate::fastcgi::Backend::new(f, cfg.servers.len()))
+                }
+                _ => None,
+            },
             next: AtomicUsize::new(0),
         }
     }
@@ -161,7 +205,7 @@ impl Pool {
                 async move {
                     let ok = tokio::time::timeout(
                         Duration::from_millis(hc.timeout_ms),
-                        probe(s.addr, hc.path.as_deref()),
+                        probe(&s.addr, hc.path.as_deref()),
                     )
                     .await
                     .unwrap_or(false);
@@ -175,7 +219,7 @@ impl Pool {
     }
 }
 
-fn score(ip: IpAddr, server: &SocketAddr) -> u64 {
+fn score(ip: IpAddr, server: &Addr) -> u64 {
     // SipHash with fixed keys: the same client maps to the same server across restarts.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ip.hash(&mut h);
@@ -184,7 +228,11 @@ fn score(ip: IpAddr, server: &SocketAddr) -> u64 {
 }
 
 /// One health probe: a TCP connect, or `GET path` answered with 2xx/3xx.
-async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
+async fn probe(addr: &Addr, path: Option<&str>) -> bool {
+    let addr = match addr {
+        Addr::Tcp(a) => *a,
+        Addr::Unix(p) => return tokio::net::UnixStream::connect(p).await.is_ok(),
+    };
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
@@ -216,6 +264,8 @@ mod tests {
     fn pool(balance: Balance, n: usize) -> Arc<Pool> {
         let cfg = Upstream {
             servers: (0..n).map(|i| format!("127.0.0.1:{}", 3000 + i)).collect(),
+            protocol: Protocol::Http,
+            fastcgi: None,
             balance,
             health_check: None,
             connect_timeout_ms: 1,

@@ -408,6 +408,11 @@ pub async fn raw_tls(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 
 /// A TLS connector that accepts any certificate (the tests check identity themselves).
 pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(insecure_tls())
+}
+
+/// A rustls client configuration that accepts any server certificate.
+pub fn insecure_tls() -> std::sync::Arc<rustls::ClientConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -415,7 +420,7 @@ pub fn tls_connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
         .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    std::sync::Arc::new(config)
 }
 
 #[derive(Debug)]
@@ -476,20 +481,142 @@ pub async fn websocket(
             p.parse().expect("protocol header value"),
         );
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
-        .with_no_client_auth();
     tokio_tungstenite::connect_async_tls_with_config(
         req,
         None,
         false,
-        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
-            config,
-        ))),
+        Some(tokio_tungstenite::Connector::Rustls(insecure_tls())),
     )
     .await
+}
+
+/// Debian's php-fpm binary (`/usr/sbin/php-fpm8.2` and the like, or `php-fpm` on `PATH`).
+pub fn php_fpm_binary() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/sbin")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("php-fpm"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    if let Some(p) = found.pop() {
+        return p;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("php-fpm"))
+                .find(|p| p.is_file())
+        })
+        .expect("php-fpm is not installed: run tests/setup.sh (apt-get install php-fpm)")
+}
+
+/// A php-fpm master with its own configuration, on a Unix socket in a scratch directory.
+/// Never a system service: it runs in the foreground and is stopped when dropped.
+pub struct PhpFpm {
+    pub socket: PathBuf,
+    pub dir: Scratch,
+    proc: Option<Proc>,
+}
+
+impl PhpFpm {
+    /// Start with `pool_extra` appended to the `[www]` pool section (e.g. `php_admin_value`s).
+    pub fn start(pool_extra: &str) -> PhpFpm {
+        use std::os::unix::fs::MetadataExt;
+        let dir = Scratch::new("php-fpm");
+        let socket = dir.path().join("php-fpm.sock");
+        let root = std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false);
+        let conf = format!(
+            "[global]\n\
+             error_log = /proc/self/fd/2\n\
+             daemonize = no\n\
+             pid = {dir}/php-fpm.pid\n\
+             \n\
+             [www]\n\
+             {user}\
+             listen = {socket}\n\
+             pm = static\n\
+             pm.max_children = 4\n\
+             access.log = {dir}/access.log\n\
+             access.format = \"%m %{{REQUEST_URI}}e %s\"\n\
+             catch_workers_output = yes\n\
+             {pool_extra}\n",
+            dir = dir.path().display(),
+            socket = socket.display(),
+            user = if root {
+                "user = root\ngroup = root\n"
+            } else {
+                ""
+            },
+        );
+        let conf_path = dir.path().join("php-fpm.conf");
+        std::fs::write(&conf_path, conf).expect("write php-fpm.conf");
+        let conf_arg = conf_path.display().to_string();
+        let prefix = dir.path().display().to_string();
+        let mut args = vec!["-F", "-y", conf_arg.as_str(), "-p", prefix.as_str()];
+        if root {
+            args.push("-R");
+        }
+        let mut proc = Proc::spawn("php-fpm", &php_fpm_binary(), &args, dir.path());
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = proc.exited() {
+                panic!("php-fpm exited with {status}; its log:\n{}", proc.logs());
+            }
+            if start.elapsed() > READY_DEADLINE {
+                panic!(
+                    "php-fpm did not listen on {} within {READY_DEADLINE:?}; its log:\n{}",
+                    socket.display(),
+                    proc.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PhpFpm {
+            socket,
+            dir,
+            proc: Some(proc),
+        }
+    }
+
+    /// `unix:/path/to/php-fpm.sock`, for `upstreams.NAME.servers`.
+    pub fn server(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// Requests php-fpm has answered (its access log: `METHOD REQUEST_URI STATUS` lines).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.as_ref().map(|p| p.logs()).unwrap_or_default()
+    }
+
+    /// Stop the master and its workers (SIGTERM; SIGKILL if it takes more than 5 s). Killing
+    /// only the master would leave its workers accepting on the socket. The log stays
+    /// available (and is printed if the test fails).
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            if p.exited().is_none() {
+                p.signal(15);
+                if p.wait_exit(Duration::from_secs(5)).is_none() {
+                    p.kill();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PhpFpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -26,6 +26,12 @@ fn the_shipped_configuration_passes() {
 }
 
 #[test]
+fn the_php_example_configuration_passes() {
+    let (code, out, err) = check(&workspace_root(), "examples/php/gateway.yaml");
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+#[test]
 fn a_broken_file_reports_every_problem_with_its_path() {
     let dir = Scratch::new("check");
     std::fs::write(

@@ -1,0 +1,45 @@
+<?php
+// A front controller in the style of Laravel's public/index.php: every URL without a file
+// behind it ends up here, with the original URL in REQUEST_URI.
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+
+function page(string $title, string $body): void {
+    header('Content-Type: text/html; charset=utf-8');
+    echo "<!doctype html><title>" . htmlspecialchars($title) . "</title>"
+        . "<link rel=stylesheet href=/style.css><h1>" . htmlspecialchars($title) . "</h1>$body";
+}
+
+switch ($path) {
+case '/':
+    page('PHP behind the gateway', '<ul>'
+        . '<li><a href="/hello">/hello</a>: plain text</li>'
+        . '<li><a href="/posts/42?sort=new">/posts/42?sort=new</a>: a pretty URL</li>'
+        . '<li><a href="/server">/server</a>: what PHP sees in $_SERVER</li>'
+        . '<li><a href="/style.css">/style.css</a>: a static file, served without PHP</li>'
+        . '<li><a href="/missing.php">/missing.php</a>: 404 without PHP</li>'
+        . '</ul><form method=post action=/upload enctype=multipart/form-data>'
+        . '<input type=file name=f> <button>Upload</button></form>');
+    break;
+case '/hello':
+    header('Content-Type: text/plain');
+    echo "Hello from PHP\n";
+    break;
+case '/server':
+    header('Content-Type: application/json');
+    echo json_encode($_SERVER, JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES);
+    break;
+case '/upload':
+    $f = $_FILES['f'] ?? null;
+    page('Upload', $f && $f['error'] === UPLOAD_ERR_OK
+        ? '<p>' . htmlspecialchars($f['name']) . ': ' . $f['size'] . ' bytes, md5 '
+          . md5_file($f['tmp_name']) . '</p>'
+        : '<p>No file.</p>');
+    break;
+default:
+    if (preg_match('#^/posts/(\d+)$#', $path, $m)) {
+        page("Post {$m[1]}", '<p>Query: <code>' . htmlspecialchars($_SERVER['QUERY_STRING']) . '</code></p>');
+        break;
+    }
+    http_response_code(404);
+    page('Not found', '<p>No route for <code>' . htmlspecialchars($path) . '</code>.</p>');
+}

@@ -1,0 +1,1179 @@
+//! FastCGI upstreams (php-fpm), answered from `request_filter` like the WebSocket tunnel.
+//!
+//! What nginx does with `fastcgi_params`, `fastcgi_pass` and the usual Laravel location
+//! (`try_files $uri $uri/ /index.php?$query_string`, `location ~ \.php$`), in one place:
+//!
+//! * a request whose path ends in `.php` runs that script when the file exists under the
+//!   root, and is a 404 without touching php-fpm otherwise; the path is never split into
+//!   script + `PATH_INFO`, so `/uploads/evil.jpg/x.php` runs nothing (the `cgi.fix_pathinfo`
+//!   hole); the route's static files never serve a `.php` path (see [`is_php_path`]);
+//! * `/dir/` runs `dir/<index>` when it exists;
+//! * anything else runs the front controller, with `REQUEST_URI` as the client sent it.
+//!
+//! The codec is ours rather than the `fastcgi-client` crate's (0.12): that crate reports a
+//! connection closed before `FCGI_END_REQUEST` as a normal end of the response stream (a
+//! php-fpm worker killed mid-answer would look like a complete, truncated answer), takes
+//! parameters as UTF-8 strings only (header values are bytes), and needs the request body as
+//! a `futures-io` reader. The protocol is small: the codec below is pure functions with
+//! byte-exact tests.
+//!
+//! The request body is streamed to php-fpm as it arrives when its length is known; a body of
+//! unknown length (chunked, HTTP/2 without `Content-Length`) is read first, up to
+//! `limits.max_body_bytes`, because PHP reads exactly `CONTENT_LENGTH` bytes of input (nginx
+//! buffers such bodies too). The response is streamed back as php-fpm writes it.
+//!
+//! Connections are opened with `FCGI_KEEP_CONN` and kept for the next request after a clean
+//! `FCGI_END_REQUEST` (a few per server, for a short idle time: each idle connection holds a
+//! php-fpm worker). One that php-fpm closed meanwhile is noticed before use and replaced.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::upstream::{Addr, Pool};
+
+// ---------------------------------------------------------------------------------------------
+// The codec (FastCGI 1.0 specification, sections 3 and 5).
+
+const VERSION_1: u8 = 1;
+const BEGIN_REQUEST: u8 = 1;
+const END_REQUEST: u8 = 3;
+const PARAMS: u8 = 4;
+const STDIN: u8 = 5;
+const STDOUT: u8 = 6;
+const STDERR: u8 = 7;
+const RESPONDER: u16 = 1;
+const FLAG_KEEP_CONN: u8 = 1;
+/// One request per connection at a time, as nginx does: the id is always 1.
+const REQUEST_ID: u16 = 1;
+/// A record's content is at most 65535 bytes.
+const MAX_CONTENT: usize = 65535;
+
+/// Append one record (header, content, padding to a multiple of 8 as nginx does).
+fn record(out: &mut Vec<u8>, kind: u8, content: &[u8]) {
+    debug_assert!(content.len() <= MAX_CONTENT);
+    let len = content.len() as u16;
+    let padding = (8 - content.len() % 8) % 8;
+    out.extend_from_slice(&[VERSION_1, kind]);
+    out.extend_from_slice(&REQUEST_ID.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[padding as u8, 0]);
+    out.extend_from_slice(content);
+    out.extend_from_slice(&[0u8; 8][..padding]);
+}
+
+/// `FCGI_BEGIN_REQUEST` for a responder.
+pub fn begin_request(out: &mut Vec<u8>, keep_conn: bool) {
+    let mut body = [0u8; 8];
+    body[..2].copy_from_slice(&RESPONDER.to_be_bytes());
+    body[2] = if keep_conn { FLAG_KEEP_CONN } else { 0 };
+    record(out, BEGIN_REQUEST, &body);
+}
+
+fn nv_length(out: &mut Vec<u8>, n: usize) {
+    if n < 128 {
+        out.push(n as u8);
+    } else {
+        out.extend_from_slice(&((n as u32) | 0x8000_0000).to_be_bytes());
+    }
+}
+
+/// The parameters as `FCGI_PARAMS` records, then the empty record that ends them.
+pub fn params(out: &mut Vec<u8>, pairs: &[(String, Vec<u8>)]) {
+    let mut stream = Vec::new();
+    for (name, value) in pairs {
+        nv_length(&mut stream, name.len());
+        nv_length(&mut stream, value.len());
+        stream.extend_from_slice(name.as_bytes());
+        stream.extend_from_slice(value);
+    }
+    for chunk in stream.chunks(MAX_CONTENT) {
+        record(out, PARAMS, chunk);
+    }
+    record(out, PARAMS, &[]);
+}
+
+/// Request body bytes as `FCGI_STDIN` records; an empty `data` is the end of the body.
+pub fn stdin(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        record(out, STDIN, &[]);
+    }
+    for chunk in data.chunks(MAX_CONTENT) {
+        record(out, STDIN, chunk);
+    }
+}
+
+/// A record from php-fpm.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// `FCGI_END_REQUEST`: `protocol_status` 0 is `FCGI_REQUEST_COMPLETE`.
+    End {
+        app_status: u32,
+        protocol_status: u8,
+    },
+}
+
+/// Splits php-fpm's byte stream into records.
+#[derive(Default)]
+pub struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete record, `Ok(None)` when more bytes are needed.
+    pub fn next_record(&mut self) -> std::result::Result<Option<Record>, String> {
+        loop {
+            if self.buf.len() < 8 {
+                return Ok(None);
+            }
+            let h = &self.buf[..8];
+            if h[0] != VERSION_1 {
+                return Err(format!("unknown FastCGI version {}", h[0]));
+            }
+            let kind = h[1];
+            let id = u16::from_be_bytes([h[2], h[3]]);
+            let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+            let padding = h[6] as usize;
+            if self.buf.len() < 8 + len + padding {
+                return Ok(None);
+            }
+            self.buf.advance(8);
+            let content = self.buf.split_to(len).freeze();
+            self.buf.advance(padding);
+            if id != REQUEST_ID {
+                return Err(format!("record for unknown request id {id}"));
+            }
+            return match kind {
+                STDOUT => Ok(Some(Record::Stdout(content))),
+                STDERR => Ok(Some(Record::Stderr(content))),
+                END_REQUEST if content.len() >= 5 => Ok(Some(Record::End {
+                    app_status: u32::from_be_bytes([
+                        content[0], content[1], content[2], content[3],
+                    ]),
+                    protocol_status: content[4],
+                })),
+                END_REQUEST => Err("short FCGI_END_REQUEST".into()),
+                // Management records (FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE) are not ours.
+                _ => continue,
+            };
+        }
+    }
+
+    /// Bytes received after the last complete record.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// The CGI response head php-fpm writes on stdout: `Status:` and the other header lines,
+/// up to the first empty line. `Ok(None)` while incomplete; on success also how many bytes
+/// of `buf` the head took.
+pub fn parse_head(buf: &[u8]) -> std::result::Result<Option<(ResponseHeader, usize)>, String> {
+    // The head ends at the first empty line ("\r\n\r\n" or "\n\n").
+    let mut end = None;
+    let mut line_start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            let line = &buf[line_start..i];
+            if line.is_empty() || line == b"\r" {
+                end = Some((line_start, i + 1));
+                break;
+            }
+            line_start = i + 1;
+        }
+    }
+    let Some((head_end, consumed)) = end else {
+        return Ok(None);
+    };
+    let mut status: Option<u16> = None;
+    let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
+    for line in buf[..head_end].split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let colon = line.iter().position(|b| *b == b':').ok_or_else(|| {
+            format!(
+                "header line without ':': {:?}",
+                String::from_utf8_lossy(line)
+            )
+        })?;
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"status") {
+            let code = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (100..1000).contains(c))
+                .ok_or_else(|| format!("bad Status: {:?}", String::from_utf8_lossy(value)))?;
+            status = Some(code);
+        } else {
+            headers.push((name, value));
+        }
+    }
+    // CGI 1.1 §6.2.3: a Location without a Status is a redirect.
+    let status = status.unwrap_or_else(|| {
+        if headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(b"location"))
+        {
+            302
+        } else {
+            200
+        }
+    });
+    let mut head = ResponseHeader::build(status, Some(headers.len())).map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_bytes(value).map_err(|e| e.to_string())?;
+        head.append_header(name, value).map_err(|e| e.to_string())?;
+    }
+    Ok(Some((head, consumed)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which script runs.
+
+/// Whether a request path (as received, percent-encoded) names a PHP script. Such paths are
+/// never served as static files on a FastCGI route: that would publish the source.
+pub fn is_php_path(raw_path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    last.to_ascii_lowercase().ends_with(".php")
+}
+
+/// The script a request runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Script {
+    Run {
+        /// `SCRIPT_NAME` and `DOCUMENT_URI`, e.g. `/index.php`.
+        name: String,
+        /// `SCRIPT_FILENAME`: root + name.
+        filename: PathBuf,
+    },
+    /// A `.php` path with no such file (or outside the root): 404, php-fpm is not asked.
+    Missing,
+    /// Not a usable path (bad escapes, NUL, `..` after decoding): 400.
+    BadPath,
+}
+
+/// nginx's `try_files $uri $uri/ <front>` with `index <index>` and `location ~ \.php$`, for
+/// the percent-encoded request path. Touches the file system: call off the async threads.
+pub fn resolve(root: &Path, index: &str, front: &str, raw_path: &str) -> Script {
+    let Ok(decoded) = percent_encoding::percent_decode_str(raw_path).decode_utf8() else {
+        return Script::BadPath;
+    };
+    if !decoded.starts_with('/') || decoded.contains(['\0', '\\']) {
+        return Script::BadPath;
+    }
+    let mut segments = Vec::new();
+    for s in decoded.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => return Script::BadPath,
+            s => segments.push(s),
+        }
+    }
+    let hidden = segments.iter().any(|s| s.starts_with('.'));
+    let front_controller = || Script::Run {
+        name: front.to_string(),
+        filename: root.join(front.trim_start_matches('/')),
+    };
+    let under_root = |p: &Path| {
+        std::fs::canonicalize(p)
+            .map(|c| c.starts_with(root) && c.is_file())
+            .unwrap_or(false)
+    };
+    if is_php_path(raw_path) {
+        let name = format!("/{}", segments.join("/"));
+        // Exactly `.php` (not `.PHP`): php-fpm's `security.limit_extensions` default.
+        if hidden || !name.ends_with(".php") {
+            return Script::Missing;
+        }
+        let filename = root.join(&name[1..]);
+        return if under_root(&filename) {
+            Script::Run { name, filename }
+        } else {
+            Script::Missing
+        };
+    }
+    if !hidden && decoded.ends_with('/') {
+        let mut name = format!("/{}", segments.join("/"));
+        if !name.ends_with('/') {
+            name.push('/');
+        }
+        name.push_str(index);
+        let filename = root.join(&name[1..]);
+        if under_root(&filename) {
+            return Script::Run { name, filename };
+        }
+    }
+    front_controller()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parameters.
+
+/// What the parameters are made of, gathered from the session.
+pub struct RequestInfo<'a> {
+    /// After [`crate::forwarding::request`]: hop-by-hop headers gone, `X-Forwarded-*` and
+    /// `X-Real-IP` set.
+    pub req: &'a RequestHeader,
+    pub script: (&'a str, &'a Path),
+    pub document_root: &'a Path,
+    pub tls: bool,
+    pub peer: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+    /// `CONTENT_LENGTH`; `None` sends it empty (no body).
+    pub content_length: Option<u64>,
+}
+
+/// nginx's `fastcgi_params` plus `SCRIPT_FILENAME` and `PATH_INFO`, and `HTTP_*` for each
+/// header.
+pub fn build_params(i: &RequestInfo<'_>) -> Vec<(String, Vec<u8>)> {
+    let req = i.req;
+    let h = |name: &str| {
+        req.headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default()
+    };
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let host = req
+        .headers
+        .get("host")
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()));
+    let server_name = host
+        .as_deref()
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(|h| match h.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6).to_string(),
+            None => h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h).to_string(),
+        })
+        .or_else(|| i.server.map(|s| s.ip().to_string()))
+        .unwrap_or_default();
+    let remote = req
+        .headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<IpAddr>().ok())
+        .or(i.peer.map(|p| p.ip()));
+    let protocol = match req.version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    let s = |v: &str| v.as_bytes().to_vec();
+    let mut p: Vec<(String, Vec<u8>)> = vec![
+        ("SCRIPT_FILENAME".into(), s(&i.script.1.to_string_lossy())),
+        ("QUERY_STRING".into(), s(req.uri.query().unwrap_or(""))),
+        ("REQUEST_METHOD".into(), s(req.method.as_str())),
+        ("CONTENT_TYPE".into(), h("content-type")),
+        (
+            "CONTENT_LENGTH".into(),
+            i.content_length
+                .map(|n| s(&n.to_string()))
+                .unwrap_or_default(),
+        ),
+        ("SCRIPT_NAME".into(), s(i.script.0)),
+        ("PATH_INFO".into(), Vec::new()),
+        ("REQUEST_URI".into(), s(target)),
+        ("DOCUMENT_URI".into(), s(i.script.0)),
+        (
+            "DOCUMENT_ROOT".into(),
+            s(&i.document_root.to_string_lossy()),
+        ),
+        ("SERVER_PROTOCOL".into(), s(protocol)),
+        (
+            "REQUEST_SCHEME".into(),
+            s(if i.tls { "https" } else { "http" }),
+        ),
+        ("GATEWAY_INTERFACE".into(), s("CGI/1.1")),
+        (
+            "SERVER_SOFTWARE".into(),
+            s(concat!("gateway/", env!("CARGO_PKG_VERSION"))),
+        ),
+        (
+            "REMOTE_ADDR".into(),
+            s(&remote.map(|a| a.to_string()).unwrap_or_default()),
+        ),
+        (
+            "REMOTE_PORT".into(),
+            s(&i.peer.map(|a| a.port().to_string()).unwrap_or_default()),
+        ),
+        (
+            "SERVER_ADDR".into(),
+            s(&i.server.map(|a| a.ip().to_string()).unwrap_or_default()),
+        ),
+        (
+            "SERVER_PORT".into(),
+            s(&i.server.map(|a| a.port().to_string()).unwrap_or_default()),
+        ),
+        ("SERVER_NAME".into(), s(&server_name)),
+        // PHP built with --enable-force-cgi-redirect wants it (nginx's fastcgi_params).
+        ("REDIRECT_STATUS".into(), s("200")),
+    ];
+    if i.tls {
+        p.push(("HTTPS".into(), s("on")));
+    }
+    if req.headers.get("host").is_none() {
+        if let Some(host) = host {
+            p.push(("HTTP_HOST".into(), host));
+        }
+    }
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        // nginx ignores names with underscores (`underscores_in_headers off`): `X_Real_IP`
+        // would otherwise land on HTTP_X_REAL_IP next to the real one. `Proxy` is httpoxy.
+        if n.contains('_') || n == "proxy" {
+            continue;
+        }
+        let sep: &[u8] = if n == "cookie" { b"; " } else { b", " };
+        let mut value = Vec::new();
+        for (k, v) in req.headers.get_all(name).iter().enumerate() {
+            if k > 0 {
+                value.extend_from_slice(sep);
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        p.push((
+            format!("HTTP_{}", n.to_ascii_uppercase().replace('-', "_")),
+            value,
+        ));
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections.
+
+/// Idle connections kept per server. Each one holds a php-fpm worker while it waits, so few.
+const MAX_IDLE: usize = 8;
+/// An idle connection older than this is closed rather than reused (and frees its worker).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The CGI response head must fit in this (nginx `fastcgi_buffer_size` is 4-8 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+enum Io {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Io {
+    async fn connect(addr: &Addr) -> std::io::Result<Io> {
+        Ok(match addr {
+            Addr::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a).await?;
+                let _ = s.set_nodelay(true);
+                Io::Tcp(s)
+            }
+            Addr::Unix(p) => Io::Unix(tokio::net::UnixStream::connect(p).await?),
+        })
+    }
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Io::Tcp(s) => s.write_all(b).await,
+            Io::Unix(s) => s.write_all(b).await,
+        }
+    }
+    async fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.read(b).await,
+            Io::Unix(s) => s.read(b).await,
+        }
+    }
+    /// An idle connection is only usable if php-fpm has neither closed it nor written to it.
+    fn still_open(&self) -> bool {
+        let mut b = [0u8; 1];
+        let r = match self {
+            Io::Tcp(s) => s.try_read(&mut b),
+            Io::Unix(s) => s.try_read(&mut b),
+        };
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+struct Idle {
+    io: Io,
+    since: Instant,
+}
+
+/// A FastCGI pool's script rules and idle connections (one list per server).
+pub struct Backend {
+    /// Canonical, so a script's canonical path can be checked against it.
+    pub root: PathBuf,
+    pub index: String,
+    pub front_controller: String,
+    idle: Vec<Mutex<Vec<Idle>>>,
+    /// Per server: requests sent on a new connection and not answered yet. php-fpm workers
+    /// serve one connection at a time and stay with a kept connection, so while a new one
+    /// waits in php-fpm's accept queue, finished connections are closed instead of kept:
+    /// that frees a worker for it (a burst above `pm.max_children` would otherwise wait for
+    /// the idle timeout).
+    waiting: Vec<AtomicUsize>,
+}
+
+/// Counts a request in [`Backend::waiting`] until php-fpm starts answering it.
+struct Waiting<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: Option<&'a AtomicUsize>) -> Self {
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Waiting(counter)
+    }
+    fn done(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("root", &self.root)
+            .field("index", &self.index)
+            .field("front_controller", &self.front_controller)
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(cfg: &crate::config::FastCgi, servers: usize) -> Backend {
+        Backend {
+            root: std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone()),
+            index: cfg.index.clone(),
+            front_controller: cfg.front_controller.clone(),
+            idle: (0..servers).map(|_| Mutex::new(Vec::new())).collect(),
+            waiting: (0..servers).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    fn take_idle(&self, server: usize) -> Option<Io> {
+        let mut list = self
+            .idle
+            .get(server)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() < IDLE_TIMEOUT && c.io.still_open() {
+                return Some(c.io);
+            }
+            tracing::debug!(server, "fastcgi: an idle connection was closed or expired");
+        }
+        None
+    }
+
+    /// Close the connections idle for longer than [`IDLE_TIMEOUT`], freeing their workers.
+    fn prune(&self, server: usize) {
+        if let Some(list) = self.idle.get(server) {
+            let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT);
+        }
+    }
+
+    /// Keep a connection for the next request, unless a request is waiting for a worker.
+    fn put_idle(&self, server: usize, io: Io) {
+        if self
+            .waiting
+            .get(server)
+            .is_some_and(|w| w.load(Ordering::Relaxed) > 0)
+        {
+            return;
+        }
+        if let Some(list) = self.idle.get(server) {
+            let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT);
+            if list.len() < MAX_IDLE {
+                list.push(Idle {
+                    io,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One exchange.
+
+/// Why a request could not be answered by php-fpm; the caller answers with [`Failure::status`].
+pub enum Failure {
+    NoHealthyServer,
+    /// No such script: php-fpm was not asked.
+    Missing,
+    BadPath,
+    TooLarge,
+    Connect(String, String),
+    Timeout(String),
+    BadAnswer(String, String),
+}
+
+impl Failure {
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::NoHealthyServer => 503,
+            Failure::Missing => 404,
+            Failure::BadPath => 400,
+            Failure::TooLarge => 413,
+            Failure::Timeout(_) => 504,
+            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::NoHealthyServer => "no healthy php-fpm server".into(),
+            Failure::Missing => "no such script".into(),
+            Failure::BadPath => "bad path".into(),
+            Failure::TooLarge => "request body too large".into(),
+            Failure::Timeout(a) => format!("{a} did not answer in time"),
+            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
+            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
+        }
+    }
+
+    /// What the client is told (the details are for the log).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Failure::NoHealthyServer => "no healthy app server",
+            Failure::Missing => "no such file",
+            Failure::BadPath => "bad path",
+            Failure::TooLarge => "request body too large",
+            Failure::Timeout(_) => "the app did not answer in time",
+            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
+        }
+    }
+}
+
+/// What [`serve`] needs besides the session.
+pub struct Call<'a> {
+    pub pool: &'a Arc<Pool>,
+    /// The request with forwarding headers applied.
+    pub req: &'a RequestHeader,
+    pub client: Option<IpAddr>,
+    pub tls: bool,
+    pub max_body: u64,
+    pub hsts: Option<&'a str>,
+    /// The server that answered, for the access log.
+    pub server: &'a mut Option<usize>,
+}
+
+/// Answer the request through php-fpm. `Ok(Err(_))` when nothing was sent to the client
+/// yet and the caller should answer with the failure's status.
+pub async fn serve(
+    session: &mut Session,
+    call: Call<'_>,
+) -> Result<std::result::Result<(), Failure>> {
+    let pool = call.pool;
+    let Some(backend) = pool.fastcgi.as_ref() else {
+        return Ok(Err(Failure::NoHealthyServer));
+    };
+
+    let raw_path = call.req.uri.path().to_string();
+    let (root, index, front) = (
+        backend.root.clone(),
+        backend.index.clone(),
+        backend.front_controller.clone(),
+    );
+    let script = tokio::task::spawn_blocking(move || resolve(&root, &index, &front, &raw_path))
+        .await
+        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+    let (name, filename) = match script {
+        Script::Run { name, filename } => (name, filename),
+        Script::Missing => return Ok(Err(Failure::Missing)),
+        Script::BadPath => return Ok(Err(Failure::BadPath)),
+    };
+
+    // A body of unknown length is read whole first: PHP reads exactly CONTENT_LENGTH bytes.
+    let declared: Option<u64> = call
+        .req
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let mut buffered: Option<Vec<u8>> = None;
+    if declared.is_none() {
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if (body.len() + chunk.len()) as u64 > call.max_body {
+                return Ok(Err(Failure::TooLarge));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        buffered = Some(body);
+    }
+    let content_length = match (&buffered, declared) {
+        (_, Some(n)) => Some(n),
+        (Some(b), None) if !b.is_empty() => Some(b.len() as u64),
+        _ => None,
+    };
+
+    let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let server_addr = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let params = build_params(&RequestInfo {
+        req: call.req,
+        script: (&name, &filename),
+        document_root: &backend.root,
+        tls: call.tls,
+        peer,
+        server: server_addr,
+        content_length,
+    });
+    let mut head_out = Vec::with_capacity(4096);
+    begin_request(&mut head_out, true);
+    self::params(&mut head_out, &params);
+    if let Some(body) = &buffered {
+        stdin(&mut head_out, body);
+        if !body.is_empty() {
+            stdin(&mut head_out, &[]);
+        }
+    }
+
+    // Pick a server and send the head; a connect failure moves on to the next server, and a
+    // reused connection that fails on the first write is replaced by a new one.
+    let timeout = pool.read_timeout;
+    let mut tried = Vec::new();
+    // A kept connection may have been closed by php-fpm just as it was picked (a worker that
+    // reached `pm.max_requests`): the request is then sent again on a new connection, which
+    // is only possible when the body was not streamed, so those requests never reuse one.
+    let streamed = buffered.is_none() && declared.unwrap_or(0) > 0;
+    let mut allow_idle = !streamed;
+    'attempt: loop {
+        let (mut io, i, addr, reused) = loop {
+            let Some(i) = pool.select(call.client, &tried) else {
+                return Ok(Err(Failure::NoHealthyServer));
+            };
+            let addr = pool.servers[i].addr.clone();
+            if let Some(mut io) = allow_idle.then(|| backend.take_idle(i)).flatten() {
+                if let Ok(Ok(())) = tokio::time::timeout(timeout, io.write_all(&head_out)).await {
+                    tracing::debug!(upstream = %pool.name, server = %addr, "fastcgi: reusing a connection");
+                    break (io, i, addr, true);
+                }
+            }
+            let connected = tokio::time::timeout(pool.connect_timeout, Io::connect(&addr)).await;
+            let failure = match connected {
+                Ok(Ok(mut io)) => {
+                    match tokio::time::timeout(timeout, io.write_all(&head_out)).await {
+                        Ok(Ok(())) => break (io, i, addr, false),
+                        Ok(Err(e)) => Failure::Connect(addr.to_string(), e.to_string()),
+                        Err(_) => Failure::Timeout(addr.to_string()),
+                    }
+                }
+                Ok(Err(e)) => Failure::Connect(addr.to_string(), e.to_string()),
+                Err(_) => Failure::Connect(addr.to_string(), "connect timed out".into()),
+            };
+            tracing::warn!(upstream = %pool.name, server = %addr, error = %failure.describe(), "fastcgi: connect failed");
+            tried.push(i);
+            if pool.select(call.client, &tried).is_none() {
+                return Ok(Err(failure));
+            }
+        };
+        *call.server = Some(i);
+        let _in_flight = pool.begin(i);
+        let mut waiting = Waiting::new((!reused).then(|| &backend.waiting[i]));
+
+        // Stream the body of known length.
+        if buffered.is_none() {
+            let expected = declared.unwrap_or(0);
+            let mut sent = 0u64;
+            let mut out = Vec::with_capacity(READ_CHUNK + 64);
+            while let Some(chunk) = session.read_request_body().await? {
+                sent += chunk.len() as u64;
+                if sent > expected || sent > call.max_body {
+                    return Ok(Err(Failure::TooLarge));
+                }
+                out.clear();
+                stdin(&mut out, &chunk);
+                match tokio::time::timeout(timeout, io.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
+                    }
+                    Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
+                }
+            }
+            if sent < expected {
+                return Error::e_explain(ErrorType::ReadError, "client body ended early");
+            }
+            out.clear();
+            stdin(&mut out, &[]);
+            match tokio::time::timeout(timeout, io.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string()))),
+                Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
+            }
+        }
+
+        // Relay the answer.
+        let head_only = call.req.method == http::Method::HEAD;
+        let mut decoder = Decoder::default();
+        let mut stdout_head: Vec<u8> = Vec::new();
+        let mut head_sent = false;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut received = false;
+        loop {
+            let n = match tokio::time::timeout(timeout, io.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) if reused && !received => {
+                    tracing::debug!(upstream = %pool.name, server = %addr, "fastcgi: a kept connection was closed, sending again on a new one");
+                    allow_idle = false;
+                    continue 'attempt;
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) if !head_sent => {
+                    return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
+                }
+                Err(_) if !head_sent => return Ok(Err(Failure::Timeout(addr.to_string()))),
+                Ok(Err(e)) => {
+                    return Error::e_explain(ErrorType::ReadError, format!("fastcgi {addr}: {e}"))
+                }
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        format!("fastcgi {addr}: answer stalled"),
+                    )
+                }
+            };
+            if n == 0 {
+                let why = "closed the connection before the end of the answer";
+                if head_sent {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        format!("fastcgi {addr}: {why}"),
+                    );
+                }
+                return Ok(Err(Failure::BadAnswer(addr.to_string(), why.into())));
+            }
+            received = true;
+            waiting.done();
+            decoder.push(&buf[..n]);
+            loop {
+                let record = match decoder.next_record() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) if !head_sent => {
+                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e)))
+                    }
+                    Err(e) => {
+                        return Error::e_explain(
+                            ErrorType::InvalidHTTPHeader,
+                            format!("fastcgi {addr}: {e}"),
+                        )
+                    }
+                };
+                match record {
+                    Record::Stderr(text) => {
+                        for line in String::from_utf8_lossy(&text)
+                            .lines()
+                            .filter(|l| !l.trim().is_empty())
+                        {
+                            tracing::warn!(upstream = %pool.name, server = %addr, path = %call.req.uri, "php: {line}");
+                        }
+                    }
+                    Record::Stdout(data) if head_sent => {
+                        if !head_only && !data.is_empty() {
+                            session.write_response_body(Some(data), false).await?;
+                        }
+                    }
+                    Record::Stdout(data) => {
+                        stdout_head.extend_from_slice(&data);
+                        match parse_head(&stdout_head) {
+                            Ok(None) if stdout_head.len() > MAX_HEAD => {
+                                return Ok(Err(Failure::BadAnswer(
+                                    addr.to_string(),
+                                    "response head too large".into(),
+                                )))
+                            }
+                            Ok(None) => {}
+                            Err(e) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e))),
+                            Ok(Some((mut head, used))) => {
+                                crate::forwarding::response(&mut head);
+                                if let Some(h) = call.hsts {
+                                    head.insert_header("strict-transport-security", h)?;
+                                }
+                                session
+                                    .write_response_header(Box::new(head), head_only)
+                                    .await?;
+                                head_sent = true;
+                                let rest = Bytes::copy_from_slice(&stdout_head[used..]);
+                                stdout_head = Vec::new();
+                                if !head_only && !rest.is_empty() {
+                                    session.write_response_body(Some(rest), false).await?;
+                                }
+                            }
+                        }
+                    }
+                    Record::End {
+                        app_status,
+                        protocol_status,
+                    } => {
+                        if !head_sent {
+                            return Ok(Err(Failure::BadAnswer(
+                            addr.to_string(),
+                            format!("ended (status {protocol_status}, app status {app_status}) without a response head"),
+                        )));
+                        }
+                        if !head_only {
+                            session.write_response_body(None, true).await?;
+                        }
+                        if protocol_status == 0 && decoder.pending() == 0 {
+                            backend.put_idle(i, io);
+                            // Once traffic stops, nothing would take or prune the list: the
+                            // timer frees the workers those connections hold.
+                            let pool = pool.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(IDLE_TIMEOUT + Duration::from_millis(50)).await;
+                                if let Some(b) = &pool.fastcgi {
+                                    b.prune(i);
+                                }
+                            });
+                        } else {
+                            tracing::debug!(upstream = %pool.name, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+                        }
+                        return Ok(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_byte_exact() {
+        let mut out = Vec::new();
+        begin_request(&mut out, true);
+        assert_eq!(out, [1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]);
+
+        let mut out = Vec::new();
+        params(&mut out, &[("A".into(), b"bc".to_vec())]);
+        // header, content "\x01\x02Abc" (5 bytes) padded to 8, then the empty PARAMS record.
+        assert_eq!(
+            out,
+            [
+                1, 4, 0, 1, 0, 5, 3, 0, 1, 2, b'A', b'b', b'c', 0, 0, 0, //
+                1, 4, 0, 1, 0, 0, 0, 0
+            ]
+        );
+
+        let mut out = Vec::new();
+        stdin(&mut out, b"12345678");
+        stdin(&mut out, b"");
+        assert_eq!(
+            out,
+            [
+                1, 5, 0, 1, 0, 8, 0, 0, b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8', 1, 5, 0, 1,
+                0, 0, 0, 0
+            ]
+        );
+    }
+
+    #[test]
+    fn long_names_and_values_use_four_byte_lengths() {
+        let value = vec![b'x'; 200];
+        let mut out = Vec::new();
+        params(&mut out, &[("N".into(), value.clone())]);
+        assert_eq!(&out[8..14], &[1, 0x80, 0, 0, 200, b'N']);
+        assert_eq!(&out[14..214], &value[..]);
+        let len = u16::from_be_bytes([out[4], out[5]]) as usize;
+        assert_eq!(len, 1 + 4 + 1 + 200);
+    }
+
+    #[test]
+    fn big_bodies_are_split_into_records_of_at_most_65535_bytes() {
+        let body = vec![7u8; 70_000];
+        let mut out = Vec::new();
+        stdin(&mut out, &body);
+        assert_eq!(&out[..8], &[1, 5, 0, 1, 0xff, 0xff, 1, 0]);
+        let second = 8 + 65535 + 1;
+        let rest = 70_000 - 65535;
+        assert_eq!(
+            &out[second..second + 8],
+            &[
+                1,
+                5,
+                0,
+                1,
+                (rest >> 8) as u8,
+                rest as u8,
+                ((8 - rest % 8) % 8) as u8,
+                0
+            ]
+        );
+    }
+
+    #[test]
+    fn decoder_handles_split_input_padding_and_end() {
+        let mut wire = Vec::new();
+        record(&mut wire, STDOUT, b"Status: 201\r\n\r\nhi");
+        record(&mut wire, STDERR, b"oops");
+        record(&mut wire, END_REQUEST, &[0, 0, 0, 3, 0, 0, 0, 0]);
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for b in &wire {
+            d.push(&[*b]);
+            while let Some(r) = d.next_record().expect("valid") {
+                got.push(r);
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                Record::Stdout(Bytes::from_static(b"Status: 201\r\n\r\nhi")),
+                Record::Stderr(Bytes::from_static(b"oops")),
+                Record::End {
+                    app_status: 3,
+                    protocol_status: 0
+                },
+            ]
+        );
+        assert_eq!(d.pending(), 0);
+        let mut d = Decoder::default();
+        d.push(&[2, 6, 0, 1, 0, 0, 0, 0]);
+        assert!(d.next_record().is_err());
+    }
+
+    #[test]
+    fn head_status_and_repeated_headers() {
+        let raw = b"Status: 201 Created\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-type: text/html\r\n\r\nbody";
+        let (head, used) = parse_head(raw).expect("valid").expect("complete");
+        assert_eq!(head.status.as_u16(), 201);
+        let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(&raw[used..], b"body");
+        assert!(head.headers.get("status").is_none());
+
+        let (head, used) = parse_head(b"Location: /x\n\nrest").unwrap().unwrap();
+        assert_eq!(head.status.as_u16(), 302);
+        assert_eq!(used, 14);
+        assert!(parse_head(b"Content-Type: text/plain\r\n")
+            .unwrap()
+            .is_none());
+        assert!(parse_head(b"Status: abc\r\n\r\n").is_err());
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+        let (head, _) = parse_head(b"X-A: 1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.status.as_u16(), 200);
+    }
+
+    fn tree() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gw-fcgi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("admin")).unwrap();
+        std::fs::create_dir_all(dir.join("uploads")).unwrap();
+        std::fs::write(dir.join("index.php"), "<?php").unwrap();
+        std::fs::write(dir.join("info.php"), "<?php").unwrap();
+        std::fs::write(dir.join("admin/index.php"), "<?php").unwrap();
+        std::fs::write(dir.join("uploads/evil.jpg"), "<?php").unwrap();
+        std::fs::canonicalize(dir).unwrap()
+    }
+
+    #[test]
+    fn scripts_are_resolved_like_the_laravel_location() {
+        let root = tree();
+        let r = |p: &str| resolve(&root, "index.php", "/index.php", p);
+        let front = Script::Run {
+            name: "/index.php".into(),
+            filename: root.join("index.php"),
+        };
+        assert_eq!(r("/hello"), front);
+        assert_eq!(r("/"), front);
+        assert_eq!(
+            r("/info.php"),
+            Script::Run {
+                name: "/info.php".into(),
+                filename: root.join("info.php")
+            }
+        );
+        assert_eq!(
+            r("/admin/"),
+            Script::Run {
+                name: "/admin/index.php".into(),
+                filename: root.join("admin/index.php")
+            }
+        );
+        assert_eq!(r("/missing.php"), Script::Missing);
+        assert_eq!(r("/uploads/evil.jpg/x.php"), Script::Missing);
+        assert_eq!(r("/uploads/evil.jpg%2Fx.php"), Script::Missing);
+        assert_eq!(r("/info.PHP"), Script::Missing);
+        assert_eq!(r("/a%2F..%2F..%2Fetc/passwd.php"), Script::BadPath);
+        assert_eq!(r("/x%00.php"), Script::BadPath);
+        assert_eq!(r("/.hidden.php"), Script::Missing);
+        assert!(is_php_path("/a/b.php"));
+        assert!(is_php_path("/a/b.ph%70"));
+        assert!(is_php_path("/B.PHP"));
+        assert!(!is_php_path("/b.php/x"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn params_follow_fastcgi_params() {
+        let mut req = RequestHeader::build("POST", b"/p/q?x=1&y=2", None).unwrap();
+        req.insert_header("host", "example.com:8443").unwrap();
+        req.insert_header("content-type", "text/plain").unwrap();
+        req.insert_header("x-real-ip", "203.0.113.5").unwrap();
+        req.append_header("cookie", "a=1").unwrap();
+        req.append_header("cookie", "b=2").unwrap();
+        req.insert_header("x_real_ip", "6.6.6.6").unwrap();
+        req.insert_header("proxy", "http://evil").unwrap();
+        let root = PathBuf::from("/srv/app/public");
+        let p = build_params(&RequestInfo {
+            req: &req,
+            script: ("/index.php", &root.join("index.php")),
+            document_root: &root,
+            tls: true,
+            peer: Some("127.0.0.1:5555".parse().unwrap()),
+            server: Some("127.0.0.1:8443".parse().unwrap()),
+            content_length: Some(3),
+        });
+        let get = |k: &str| {
+            p.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(
+            get("SCRIPT_FILENAME").as_deref(),
+            Some("/srv/app/public/index.php")
+        );
+        assert_eq!(get("SCRIPT_NAME").as_deref(), Some("/index.php"));
+        assert_eq!(get("REQUEST_URI").as_deref(), Some("/p/q?x=1&y=2"));
+        assert_eq!(get("QUERY_STRING").as_deref(), Some("x=1&y=2"));
+        assert_eq!(get("CONTENT_LENGTH").as_deref(), Some("3"));
+        assert_eq!(get("HTTPS").as_deref(), Some("on"));
+        assert_eq!(get("REMOTE_ADDR").as_deref(), Some("203.0.113.5"));
+        assert_eq!(get("REMOTE_PORT").as_deref(), Some("5555"));
+        assert_eq!(get("SERVER_NAME").as_deref(), Some("example.com"));
+        assert_eq!(get("SERVER_PORT").as_deref(), Some("8443"));
+        assert_eq!(get("HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
+        assert_eq!(get("HTTP_X_REAL_IP").as_deref(), Some("203.0.113.5"));
+        assert_eq!(get("HTTP_PROXY"), None);
+        assert_eq!(p.iter().filter(|(n, _)| n == "HTTP_X_REAL_IP").count(), 1);
+    }
+}

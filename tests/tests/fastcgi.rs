@@ -1,0 +1,488 @@
+//! FastCGI upstreams: the gateway in front of a real php-fpm (Debian's `php-fpm` package), on a
+//! Unix socket, over TLS, with a Laravel-style front controller.
+
+use e2e::{client, eventually, Gateway, PhpFpm, Scratch};
+use std::time::Duration;
+
+const FRONT_CONTROLLER: &str = r#"<?php
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+switch ($path) {
+case '/hello':
+    header('Content-Type: text/plain');
+    echo "Hello from PHP";
+    break;
+case '/params':
+    header('Content-Type: application/json');
+    echo json_encode($_SERVER);
+    break;
+case '/upload':
+    $body = file_get_contents('php://input');
+    header('Content-Type: application/json');
+    echo json_encode(['bytes' => strlen($body), 'md5' => md5($body)]);
+    break;
+case '/created':
+    header('Status: 201 Created');
+    setcookie('a', '1');
+    setcookie('b', '2');
+    echo "created";
+    break;
+case '/slow':
+    sleep(3);
+    echo "late";
+    break;
+case '/pid':
+    echo getmypid();
+    break;
+case '/nap':
+    usleep(200000);
+    echo "rested";
+    break;
+case '/stderr':
+    error_log("note from php for the gateway log");
+    echo "logged";
+    break;
+default:
+    header('Content-Type: text/plain');
+    echo "front controller: $path";
+}
+"#;
+
+struct Site {
+    gw: Gateway,
+    fpm: PhpFpm,
+    _root: Scratch,
+}
+
+/// php-fpm, a document root with a front controller, a direct script, a static file and an
+/// "uploaded" image with PHP in it, and the gateway in front (health checks optional).
+fn site(health_check: &str) -> Site {
+    site_with(health_check, "")
+}
+
+fn site_with(health_check: &str, fpm_extra: &str) -> Site {
+    let fpm = PhpFpm::start(&format!(
+        "php_admin_value[post_max_size] = 64M\nphp_admin_value[upload_max_filesize] = 64M\n{fpm_extra}"
+    ));
+    let root = Scratch::new("php-public");
+    let r = root.path();
+    std::fs::write(r.join("index.php"), FRONT_CONTROLLER).expect("write");
+    std::fs::write(r.join("direct.php"), "<?php echo 'direct script ran';").expect("write");
+    std::fs::write(r.join("style.css"), "body{}\n").expect("write");
+    std::fs::create_dir_all(r.join("uploads")).expect("dir");
+    std::fs::write(r.join("uploads/evil.jpg"), "<?php echo 'EXECUTED'; ?>\n").expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+    read_timeout_ms: 20000
+    {health_check}
+  php_impatient:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}, index: index.php, front_controller: /index.php}}
+    read_timeout_ms: 1000
+routes:
+  - path: /slow
+    upstream: php_impatient
+  - path: /
+    static: {{root: {root}}}
+    upstream: php
+"#,
+        server = fpm.server(),
+        root = r.display(),
+    ));
+    Site {
+        gw,
+        fpm,
+        _root: root,
+    }
+}
+
+#[tokio::test]
+async fn pretty_urls_reach_the_front_controller() {
+    let s = site("");
+    let c = client();
+    let r = c.get(s.gw.https("/hello")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/plain"));
+    assert_eq!(r.text().await.expect("body"), "Hello from PHP");
+
+    let r = c
+        .get(s.gw.https("/blog/2024/hello-world?page=2"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.expect("body"),
+        "front controller: /blog/2024/hello-world"
+    );
+
+    let r = c.get(s.gw.https("/direct.php")).send().await.expect("get");
+    assert_eq!(r.text().await.expect("body"), "direct script ran");
+
+    // HTTP/1.1 (the default client speaks HTTP/2), and HEAD.
+    let h1 = e2e::client_builder().http1_only().build().expect("client");
+    let r = h1.get(s.gw.https("/params")).send().await.expect("get");
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["SERVER_PROTOCOL"], "HTTP/1.1");
+    let r = h1.head(s.gw.https("/hello")).send().await.expect("head");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "");
+    let r = h1.get(s.gw.https("/hello")).send().await.expect("get");
+    assert_eq!(r.text().await.expect("body"), "Hello from PHP");
+    assert!(
+        s.fpm.access_log().contains("GET /hello 200"),
+        "{}",
+        s.fpm.access_log()
+    );
+}
+
+#[tokio::test]
+async fn php_sees_the_fastcgi_params() {
+    let s = site("");
+    let r = client()
+        .post(s.gw.https("/params?x=1&y=two"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-custom-header", "custom value")
+        .header("cookie", "session=abc")
+        .body("a=b")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let protocol = match r.version() {
+        reqwest::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    let v: serde_json::Value = r.json().await.expect("json");
+    let root = std::fs::canonicalize(s._root.path()).expect("root");
+    let root = root.display().to_string();
+    let want = [
+        ("SCRIPT_FILENAME", format!("{root}/index.php")),
+        ("SCRIPT_NAME", "/index.php".to_string()),
+        ("PATH_INFO", String::new()),
+        ("QUERY_STRING", "x=1&y=two".into()),
+        ("REQUEST_METHOD", "POST".into()),
+        ("CONTENT_TYPE", "application/x-www-form-urlencoded".into()),
+        ("CONTENT_LENGTH", "3".into()),
+        ("REQUEST_URI", "/params?x=1&y=two".into()),
+        ("DOCUMENT_URI", "/index.php".into()),
+        ("DOCUMENT_ROOT", root.clone()),
+        ("SERVER_PROTOCOL", protocol.into()),
+        ("REQUEST_SCHEME", "https".into()),
+        ("HTTPS", "on".into()),
+        ("GATEWAY_INTERFACE", "CGI/1.1".into()),
+        ("REMOTE_ADDR", "127.0.0.1".into()),
+        ("SERVER_ADDR", "127.0.0.1".into()),
+        ("SERVER_PORT", s.gw.ports.https.to_string()),
+        ("SERVER_NAME", "127.0.0.1".into()),
+        ("HTTP_X_CUSTOM_HEADER", "custom value".into()),
+        ("HTTP_COOKIE", "session=abc".into()),
+        ("HTTP_HOST", format!("127.0.0.1:{}", s.gw.ports.https)),
+        ("HTTP_X_FORWARDED_PROTO", "https".into()),
+        ("HTTP_X_FORWARDED_FOR", "127.0.0.1".into()),
+    ];
+    for (k, want) in want {
+        assert_eq!(v[k].as_str(), Some(want.as_str()), "{k} in {v:#}");
+    }
+    assert!(v["SERVER_SOFTWARE"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("gateway/")));
+    let port: u16 = v["REMOTE_PORT"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("REMOTE_PORT");
+    assert!(port > 0);
+}
+
+#[tokio::test]
+async fn static_files_and_missing_scripts_never_reach_php_fpm() {
+    let s = site("");
+    let c = client();
+    let r = c.get(s.gw.https("/style.css")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("etag"), "served as a static file");
+    assert_eq!(r.text().await.expect("body"), "body{}\n");
+
+    let r = c.get(s.gw.https("/missing.php")).send().await.expect("get");
+    assert_eq!(r.status(), 404);
+
+    // The cgi.fix_pathinfo hole: nothing may run the "image".
+    for path in ["/uploads/evil.jpg/x.php", "/uploads/evil.jpg%2Fx.php"] {
+        let r = c.get(s.gw.https(path)).send().await.expect("get");
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(!r.text().await.expect("body").contains("EXECUTED"));
+    }
+    // PHP source is never served as a file.
+    let r = c.get(s.gw.https("/index.php")).send().await.expect("get");
+    let body = r.text().await.expect("body");
+    assert!(!body.contains("<?php"), "source served: {body}");
+    let r = c
+        .get(s.gw.https("/direct.ph%70"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.text().await.expect("body"), "direct script ran");
+
+    let log = s.fpm.access_log();
+    for p in ["style.css", "missing.php", "evil.jpg"] {
+        assert!(!log.contains(p), "php-fpm saw {p}:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn status_header_and_repeated_cookies_arrive() {
+    let s = site("");
+    let r = client()
+        .get(s.gw.https("/created"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 201);
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(!r.headers().contains_key("status"));
+    assert_eq!(r.text().await.expect("body"), "created");
+}
+
+#[tokio::test]
+async fn a_10_mib_upload_arrives_intact() {
+    let s = site("");
+    let body: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let c = client();
+    let r = c
+        .post(s.gw.https("/upload"))
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["bytes"], body.len());
+    assert_eq!(v["md5"], format!("{:032x}", md5(&body)));
+
+    // Chunked (no Content-Length): read whole, then sent with its length.
+    let stream = futures_util::stream::iter(
+        body.chunks(100_000)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let r = c
+        .post(s.gw.https("/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("post chunked");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["bytes"], body.len());
+}
+
+#[tokio::test]
+async fn connections_to_php_fpm_are_reused() {
+    let s = site("");
+    let c = client();
+    // php-fpm's idle workers take turns accepting new connections, so sequential requests
+    // on new connections land on different workers; on a kept connection, on the same one.
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let r = c.get(s.gw.https("/pid")).send().await.expect("get");
+        pids.insert(r.text().await.expect("body"));
+    }
+    assert_eq!(pids.len(), 1, "workers: {pids:?}");
+}
+
+#[tokio::test]
+async fn connections_closed_by_php_fpm_are_replaced() {
+    // Each worker exits after one request, closing the kept connection behind it.
+    let s = site_with("", "pm.max_requests = 1\n");
+    let c = client();
+    for i in 0..15 {
+        let r = c.get(s.gw.https("/hello")).send().await.expect("get");
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.expect("body"), "Hello from PHP");
+    }
+}
+
+#[tokio::test]
+async fn a_burst_above_max_children_is_served_without_waiting_for_idle_timeouts() {
+    // Two workers, eight concurrent requests: kept connections must not hold the workers
+    // the queued connections need.
+    let s = site_with("", "pm.max_children = 2\n");
+    let c = client();
+    let started = std::time::Instant::now();
+    let all = (0..8).map(|_| {
+        let c = c.clone();
+        let url = s.gw.https("/nap");
+        async move {
+            let r = c.get(url).send().await.expect("get");
+            (r.status(), r.text().await.expect("body"))
+        }
+    });
+    for (status, body) in futures_util::future::join_all(all).await {
+        assert_eq!(status, 200);
+        assert_eq!(body, "rested");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn php_fpm_down_is_502_and_unhealthy_is_503() {
+    let mut s = site("");
+    s.fpm.stop();
+    let r = client()
+        .get(s.gw.https("/hello"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 502);
+
+    let mut s = site("health_check: {interval_ms: 100, timeout_ms: 500, rise: 1, fall: 1}");
+    s.fpm.stop();
+    let c = client();
+    let url = s.gw.https("/hello");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(&url)
+                .send()
+                .await
+                .map(|r| r.status() == 503)
+                .unwrap_or(false)
+        })
+        .await,
+        "no 503 once php-fpm failed its health checks"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_refused_on_a_fastcgi_route() {
+    let s = site("");
+    let url = format!("wss://127.0.0.1:{}/chat", s.gw.ports.https);
+    match e2e::websocket(&url, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 501),
+        other => panic!("expected a 501, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let r = client()
+        .get(s.gw.https("/hello"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_slow_script_is_504() {
+    let s = site("");
+    let started = std::time::Instant::now();
+    let r = client().get(s.gw.https("/slow")).send().await.expect("get");
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_millis(2900));
+}
+
+#[tokio::test]
+async fn php_stderr_is_logged() {
+    let s = site("");
+    let r = client()
+        .get(s.gw.https("/stderr"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.text().await.expect("body"), "logged");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.gw.proc
+                .logs()
+                .contains("note from php for the gateway log")
+        })
+        .await,
+        "gateway log:\n{}",
+        s.gw.proc.logs()
+    );
+}
+
+/// MD5 (RFC 1321), so the test needs no extra crate.
+fn md5(data: &[u8]) -> u128 {
+    const S: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_le_bytes());
+    let (mut a0, mut b0, mut c0, mut d0) =
+        (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
+    for chunk in msg.chunks(64) {
+        let m: Vec<u32> = chunk
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(S[i]));
+        }
+        a0 = a0.wrapping_add(a);
+        b0 = b0.wrapping_add(b);
+        c0 = c0.wrapping_add(c);
+        d0 = d0.wrapping_add(d);
+    }
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a0.to_le_bytes());
+    out[4..8].copy_from_slice(&b0.to_le_bytes());
+    out[8..12].copy_from_slice(&c0.to_le_bytes());
+    out[12..].copy_from_slice(&d0.to_le_bytes());
+    u128::from_be_bytes(out)
+}
+
+#[test]
+fn md5_matches_rfc_1321() {
+    assert_eq!(
+        format!("{:032x}", md5(b"")),
+        "d41d8cd98f00b204e9800998ecf8427e"
+    );
+    assert_eq!(
+        format!(
+            "{:032x}",
+            md5(b"The quick brown fox jumps over the lazy dog")
+        ),
+        "9e107d9d372bb6826bd81d3542a419d6"
+    );
+}
