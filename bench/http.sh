@@ -11,8 +11,9 @@
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s),
 # OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
 # Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
-set -euo pipefail
+set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'log "stopped by an error at line $LINENO: $BASH_COMMAND"' ERR
 
 REPS=${REPS:-5}
 DURATION=${DURATION:-10}

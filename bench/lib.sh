@@ -94,10 +94,11 @@ wait_port() { # port [secs]
 
 # utime+stime (ticks) of the given processes and all their descendants, threads included.
 tree_ticks() { # pid ...
-    awk -v roots="$*" '
-        FNR == 1 {
-            line = $0
-            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+    # cat, not awk on the files: a process may exit between the glob and the read (mawk would
+    # then stop with an error).
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
+        {
+            line = $0; pid = $1
             sub(/^.*\) /, "", line)          # skip "pid (comm) ", comm may hold spaces
             split(line, f, " ")
             ppid[pid] = f[2]; t[pid] = f[12] + f[13]
@@ -113,7 +114,7 @@ tree_ticks() { # pid ...
             s = 0
             for (p in inset) if (p in t) s += t[p]
             print s
-        }' /proc/[0-9]*/stat 2>/dev/null
+        }'
 }
 
 # Busy ticks of the whole machine (all cores).
@@ -144,9 +145,9 @@ wait_quiet() { # our pids...
 
 # The processes using the most CPU over the next second (what else ran).
 snap() {
-    awk 'FNR == 1 { l = $0; c = $0; sub(/^.*\) /, "", l); sub(/^[0-9]+ \(/, "", c); sub(/\) .*$/, "", c)
-                    gsub(/ /, "_", c); split(l, f, " "); print FILENAME, c, f[12] + f[13] }' \
-        /proc/[0-9]*/stat 2>/dev/null | LC_ALL=C sort >"$1"
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+        awk '{ l = $0; c = $0; sub(/^.*\) /, "", l); sub(/^[0-9]+ \(/, "", c); sub(/\) .*$/, "", c)
+               gsub(/ /, "_", c); split(l, f, " "); print $1, c, f[12] + f[13] }' | LC_ALL=C sort >"$1"
 }
 top_others() {
     local a b
@@ -258,4 +259,21 @@ threads: $5
 grace_period_s: 1
 YAML
     "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
+}
+
+# Resident memory (KiB) of the given processes and their descendants.
+tree_rss_kb() { # pid ...
+    local pids p s=0 v
+    pids=$({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
+        { pid = $1; l = $0; sub(/^.*\) /, "", l); split(l, f, " "); ppid[pid] = f[2] }
+        END { n = split(roots, r, " "); for (i = 1; i <= n; i++) inset[r[i]] = 1
+              changed = 1
+              while (changed) { changed = 0
+                  for (p in ppid) if (!(p in inset) && (ppid[p] in inset)) { inset[p] = 1; changed = 1 } }
+              for (p in inset) if (p in ppid) print p }')
+    for p in $pids; do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+        s=$((s + ${v:-0}))
+    done
+    echo "$s"
 }

@@ -6,17 +6,21 @@
 #   2. idle: IDLE_SESSIONS sessions per target held idle IDLE_SECS, then each must still echo
 #      (nginx keeps its DEFAULT proxy_read_timeout of 60 s: that is the point of the comparison).
 #      The three targets' idle runs go on at the same time, so this part takes ~IDLE_SECS.
+#   0. first, on the fresh servers: memory per idle session (RSS of the proxy, before and with
+#      MEM_SESSIONS open idle sessions; the app's own for `direct`).
 #
 #   bash bench/ws_passthrough.sh                    # from the repo root; ~2 min + IDLE_SECS (300)
 #   IDLE_SECS=90 bash bench/ws_passthrough.sh       # quicker, still past nginx's 60 s
 #   SKIP_IDLE=1 bash bench/ws_passthrough.sh        # burst only
 #
-# Settings (environment): SESSIONS (10000), CONCURRENCY (50), REPS (3), IDLE_SESSIONS (20),
+# Settings (environment): MEM_SESSIONS (1000; 0 skips), SESSIONS (10000), CONCURRENCY (50), REPS (3), IDLE_SESSIONS (20),
 # IDLE_SECS (300), SKIP_IDLE, GW_THREADS (2), TIMEOUT_MS per step (5000), QUIET_PCT,
 # QUIET_MAX_S, OUT_DIR (bench/results), CARGO_TARGET_DIR.
-set -euo pipefail
+set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'log "stopped by an error at line $LINENO: $BASH_COMMAND"' ERR
 
+MEM_SESSIONS=${MEM_SESSIONS:-1000}
 SESSIONS=${SESSIONS:-10000}
 CONCURRENCY=${CONCURRENCY:-50}
 REPS=${REPS:-3}
@@ -33,7 +37,7 @@ build_bins -p gateway -p backend-stub -p bench
 for p in $P_APP $P_GW $P_NGINX; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
-need=$((CONCURRENCY * 3 + 3 * IDLE_SESSIONS + 100))
+need=$((CONCURRENCY * 3 + 3 * IDLE_SESSIONS + 2 * MEM_SESSIONS + 100))
 (($(ulimit -n) >= need)) || ulimit -n "$need" 2>/dev/null || die "ulimit -n is $(ulimit -n); need $need"
 
 T=$(mktemp -d /tmp/bench-ws.XXXXXX)
@@ -70,6 +74,28 @@ for t in "${TARGETS[@]}"; do
     [[ $(jnum "$out" lost) == 0 ]] || die "$t (${URL[$t]}) does not echo: $out"
 done
 log "all targets echo: ${TARGETS[*]}"
+
+# --- 0. memory per idle session, on the fresh servers ---------------------------------------
+MEM_LINES=()
+if ((MEM_SESSIONS > 0)); then
+    for t in "${TARGETS[@]}"; do
+        pids=${PROXY_PIDS[$t]:-$PID_app}
+        r0=$(tree_rss_kb $pids)
+        $WS --url "${URL[$t]}" --label "$t" idle --sessions "$MEM_SESSIONS" --idle-secs 4 \
+            >"$T/mem-$t.json" 2>"$T/mem-$t.err" &
+        wl=$!
+        for ((i = 0; i < 600; i++)); do # all open within 60 s, or measure what is open
+            grep -q 'open and echoing' "$T/mem-$t.err" && break
+            sleep 0.1
+        done
+        sleep 1
+        r1=$(tree_rss_kb $pids)
+        wait "$wl" || true
+        opened=$((MEM_SESSIONS - $(jnum "$(tail -1 "$T/mem-$t.json")" open_failed)))
+        MEM_LINES+=("$t $r0 $r1 $opened")
+        log "memory $t: RSS $r0 KiB -> $r1 KiB with $opened idle sessions: $(((r1 - r0) / (opened > 0 ? opened : 1))) KiB each"
+    done
+fi
 
 # --- 1. burst ------------------------------------------------------------------------------
 printf 'rep\tpos\ttarget\tsessions\tok\tlost\tclose_unclean\tsecs\tsessions_per_s\topen_echo_ms_p50\topen_echo_ms_p99\tproxy_ticks\tapp_ticks\tclient_ticks\tquiet_pct\tfailures\n' >"$RAW"
@@ -159,6 +185,18 @@ ratio_per_rep() { # a b column
     printf '| nginx CPU / gw CPU per session | %s | %s |\n' "$(ratio_per_rep nginx gw proxy_ticks | median)" "$(ratio_per_rep nginx gw proxy_ticks | all)"
     echo
     echo "Failure kinds per measurement: $(awk -F'\t' 'NR > 1 && ($6 > 0 || $7 > 0) { printf "rep %s %s: %s; ", $1, $3, $16 }' "$RAW")"
+    if ((${#MEM_LINES[@]})); then
+        echo
+        echo "Memory per idle session, fresh servers, $MEM_SESSIONS sessions (proxy RSS; for direct, the app's):"
+        echo
+        echo "| target | RSS before KiB | RSS with sessions KiB | KiB per session |"
+        echo "|---|---:|---:|---:|"
+        for line in "${MEM_LINES[@]}"; do
+            read -r t r0 r1 opened <<<"$line"
+            printf '| %s | %s | %s | %s |\n' "$t" "$r0" "$r1" \
+                "$(awk -v a="$r0" -v b="$r1" -v n="$opened" 'BEGIN { printf "%.1f", (b - a) / (n > 0 ? n : 1) }')"
+        done
+    fi
     if ((${#IDLE_LINES[@]})); then
         echo
         echo "Idle: $IDLE_SESSIONS sessions per target, one echo each, then ${IDLE_SECS} s without a frame, then one echo each."

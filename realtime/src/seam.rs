@@ -18,6 +18,11 @@ use tokio::sync::mpsc;
 /// The client's side of an upgraded connection, after the `101` has been written.
 pub type Upgraded = tokio::io::DuplexStream;
 
+/// tungstenite allocates its read buffer up front at 128 KiB per connection, which dominated
+/// the memory of an idle WebSocket; messages larger than this are still read (the buffer is
+/// a chunk size, not a limit).
+pub const WS_READ_BUFFER: usize = 4 * 1024;
+
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Runs on the upgraded stream once the gateway has switched protocols.

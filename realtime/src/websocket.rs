@@ -326,6 +326,13 @@ impl Service for WsEndpoint {
             sub,
             mode,
         };
+        // Join the room before the 101 goes out: a client that sees its connection open must
+        // already hear everything said in the room from then on.
+        if conn.mode != Mode::PubSub {
+            if let Err(e) = conn.sub.join(&conn.room, None) {
+                return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+            }
+        }
         Response::Upgrade {
             head,
             on_upgrade: Box::new(move |io| Box::pin(conn.run(io))),
@@ -351,15 +358,12 @@ enum End {
 impl Connection {
     async fn run(self, io: Upgraded) {
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(crate::seam::WS_READ_BUFFER)
             .max_message_size(Some(self.config.max_message))
             .max_frame_size(Some(self.config.max_message));
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         let mut username: Option<String> = None;
 
-        if self.mode != Mode::PubSub && self.sub.join(&self.room, None).is_err() {
-            let _ = ws.send(close(CloseCode::Again, "server busy")).await;
-            return;
-        }
         if self.mode == Mode::Plain {
             let _ = self.hub.publish(
                 &self.room,

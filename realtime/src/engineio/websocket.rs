@@ -32,6 +32,7 @@ pub(super) type Ws = WebSocketStream<Upgraded>;
 /// refused by tungstenite before they are buffered (node's `ws` has the same limit).
 pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
     let config = WebSocketConfig::default()
+        .read_buffer_size(crate::seam::WS_READ_BUFFER)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload));
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
