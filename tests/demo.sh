@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 
 bash tests/setup.sh
 cargo build --release --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 
 for port in 3000 3001; do
-  ./target/release/backend-stub --listen "127.0.0.1:$port" --id "app-$port" --quiet &
+  "$bin/backend-stub" --listen "127.0.0.1:$port" --id "app-$port" --quiet &
   pids+=($!)
 done
 
@@ -20,4 +21,4 @@ echo
 echo "  Open https://localhost:8443/ (a development certificate is created in .state/;"
 echo "  accept it in the browser once). Admin: http://127.0.0.1:9090/healthz"
 echo
-./target/release/gateway run --config gateway.yaml
+"$bin/gateway" run --config gateway.yaml
