@@ -15,9 +15,9 @@
 # Settings (environment): REPS (3), SUBS (10000), MESSAGES (50), LP_WINDOW (1), SSE_WINDOW (1),
 # PAYLOAD (32 bytes), HOLD (3 s), GW_THREADS (2), NGINX_WORKERS (2), KINDS ("longpoll sse"),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
-# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 900 s),
-# RETRIES (2: a measurement disturbed by other processes, > QUIET_PCT % of a core during it, is
-# taken again), OUT_DIR (bench/results), CARGO_TARGET_DIR.
+# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 600 s in
+# all), RETRIES (2: a measurement disturbed by other processes, > QUIET_PCT % of a core during it, is
+# taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results), CARGO_TARGET_DIR.
 # Needs: cargo; installs nginx and libnginx-mod-nchan with apt-get when missing.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -148,24 +148,33 @@ stop_server() { # name: that server's process group only
     kill -KILL -- "-$pid" 2>/dev/null || true
 }
 record() { printf '%s\n' "${1%\}},\"case\":\"$2\",\"rep\":$3,\"pos\":$4,\"quiet_pct\":$5,\"others\":\"$6\"}" >>"$RAW"; }
-# The other benchmark scripts of this repository load the same 2 cores: wait (bounded) until
-# none of them runs before each measurement.
-PEER_MAX_S=${PEER_MAX_S:-900}
+# The other benchmark scripts of this repository load the same 2 cores: wait until none of them
+# runs before each measurement, PEER_MAX_S seconds at most over the whole run.
+PEER_MAX_S=${PEER_MAX_S:-600}
+PEER_WAITED=0
 wait_peers() {
     local t0=$SECONDS
     while pgrep -f 'bench/(http|ws_passthrough)\.sh' >/dev/null; do
-        if ((SECONDS - t0 >= PEER_MAX_S)); then
-            log "bench/http.sh or bench/ws_passthrough.sh still running after ${PEER_MAX_S} s: measuring anyway"
-            return 0
+        if ((PEER_WAITED + SECONDS - t0 >= PEER_MAX_S)); then
+            log "bench/http.sh or bench/ws_passthrough.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
+            break
         fi
-        ((SECONDS - t0)) || log "waiting for bench/http.sh / bench/ws_passthrough.sh to finish (at most ${PEER_MAX_S} s)"
+        ((SECONDS - t0)) || log "waiting for bench/http.sh / bench/ws_passthrough.sh to finish"
         sleep 5
     done
+    PEER_WAITED=$((PEER_WAITED + SECONDS - t0))
 }
 # A measurement during which other processes used more than QUIET_PCT % of a core (read by the
 # client over the measured window) is taken again, at most RETRIES times; the last one counts.
+# RETRIES_MAX bounds the repeats over the whole run (so the script stays within its time).
 RETRIES=${RETRIES:-2}
-disturbed() { awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }'; }
+RETRIES_MAX=${RETRIES_MAX:-4}
+RETRIED=0
+disturbed() {
+    ((RETRIED < RETRIES_MAX)) || return 1
+    awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }' || return 1
+    RETRIED=$((RETRIED + 1))
+}
 jnum() { echo "$1" | sed -n 's/.*"'"$2"'":\([-0-9.eE+]*\).*/\1/p' | head -1; }
 RT="$BIN/rt-load --sources 64 --connect-concurrency 200"
 FACTS=$(machine_facts)
@@ -203,7 +212,7 @@ for ((r = 1; r <= REPS; r++)); do
             others=$(top_others || true)
             measure "${c%-*}" "${c##*-}" "$r" "$((k + 1))" "$SUBS" "$MESSAGES"
             out=$OUT
-            disturbed "$out" && ((a <= RETRIES)) || break
+            ((a <= RETRIES)) && disturbed "$out" || break
             log "rep $r $c: other processes used $(jnum "$out" others_cpu_pct)% of a core during the measurement: measuring again"
         done
         record "${out%\}},\"attempts\":$a}" "$c" "$r" "$((k + 1))" "$quiet" "$others"
@@ -255,7 +264,7 @@ hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
         printf '| %s nchan memory / gateway memory per subscriber (RSS) | %s | %s | |\n' "$kind" "$(ratios "$kind-gw" "$kind-nchan" rss_per_sub_kib 1 | median)" "$(ratios "$kind-gw" "$kind-nchan" rss_per_sub_kib 1 | all)"
     done
     echo
-    echo "Other processes: during each counted measurement (% of a core, from /proc), and the busiest over 1 s just before it; attempts > 1 = taken again after a disturbed one: $(sed -n 's/.*"others_cpu_pct":\([0-9.]*\).*"attempts":\([0-9]*\),"case":"\([^"]*\)","rep":\([0-9]*\),"pos":[0-9]*,"quiet_pct":\([0-9]*\),"others":"\([^"]*\)".*/rep \4 \3: \1% (attempts \2, before: \5% [\6])/p' "$RAW" | awk '{ $3 = sprintf("%.0f%%", $3) } 1' | paste -sd';' - | sed 's/;/; /g')"
+    echo "Other processes: during each counted measurement (% of a core, from /proc), and the busiest over 1 s just before it; attempts > 1 = taken again after a disturbed one: $(sed -n 's/.*"others_cpu_pct":\([0-9.]*\).*"attempts":\([0-9]*\),"case":"\([^"]*\)","rep":\([0-9]*\),"pos":[0-9]*,"quiet_pct":\([0-9]*\),"others":"\([^"]*\)".*/rep \4 \3: \1% (attempts \2, before: \5% [\6])/p' "$RAW" | awk '{ $4 = sprintf("%.0f%%", $4) } 1' | paste -sd';' - | sed 's/;/; /g')"
     echo
     echo "Raw (one JSON object per measurement): \`$(basename "$RAW")\`"
 } | tee "$REPORT"
