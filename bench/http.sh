@@ -3,7 +3,7 @@
 # (stunnel -> HAProxy -> nginx), with the app (backend-stub, plain HTTP) as the ceiling.
 # All measured in ONE run, interleaved repetitions with a rotated order; medians + all values.
 #
-#   bash bench/http.sh                       # from the repo root; ~6 min after the build
+#   bash bench/http.sh                       # from the repo root; ~6.5 min once built (cold build ~6-11 min)
 #   REPS=3 DURATION=5 bash bench/http.sh     # quicker look
 #
 # Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),

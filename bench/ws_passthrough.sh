@@ -9,7 +9,7 @@
 #   0. first, on the fresh servers: memory per idle session (RSS of the proxy, before and with
 #      MEM_SESSIONS open idle sessions; the app's own for `direct`).
 #
-#   bash bench/ws_passthrough.sh                    # from the repo root; ~2 min + IDLE_SECS (300)
+#   bash bench/ws_passthrough.sh                    # from the repo root; ~1.5 min + IDLE_SECS (300) once built
 #   IDLE_SECS=90 bash bench/ws_passthrough.sh       # quicker, still past nginx's 60 s
 #   SKIP_IDLE=1 bash bench/ws_passthrough.sh        # burst only
 #
@@ -75,6 +75,8 @@ for t in "${TARGETS[@]}"; do
 done
 log "all targets echo: ${TARGETS[*]}"
 
+RUN_S0=$SECONDS
+FACTS=$(machine_facts)
 # --- 0. memory per idle session, on the fresh servers ---------------------------------------
 MEM_LINES=()
 if ((MEM_SESSIONS > 0)); then
@@ -118,7 +120,6 @@ burst() { # target rep pos
     log "rep $2 #$3 $t: $(jnum "$out" ok) ok, $(jnum "$out" lost) lost, $(jnum "$out" sessions_per_s) sessions/s [$fails]"
 }
 
-FACTS=$(machine_facts)
 START_S=$SECONDS
 n=${#TARGETS[@]}
 for ((r = 1; r <= REPS; r++)); do
@@ -142,7 +143,7 @@ if [[ -z $SKIP_IDLE ]]; then
         log "idle $t: $(tail -1 "$T/idle-$t.json")"
     done
 fi
-ELAPSED=$((SECONDS - START_S))
+ELAPSED=$((SECONDS - RUN_S0))
 
 # --- report --------------------------------------------------------------------------------
 col() {
@@ -165,7 +166,7 @@ ratio_per_rep() { # a b column
     echo "$FACTS"
     echo "- client: ws-load (bench/src/ws_load.rs; tokio-tungstenite + rustls, TLS resumption on, certificate not verified), per-step timeout ${TIMEOUT_MS} ms"
     echo "- targets: direct = backend-stub's /cable echo, plain ws (the ceiling); gw = gateway \`threads: $GW_THREADS\` wss -> tunnel -> app; nginx = nginx alone wss -> app (default proxy_read_timeout 60 s)"
-    echo "- burst: $SESSIONS sessions at concurrency $CONCURRENCY, $REPS repetitions, order rotated; took ${BURST_S} s. Whole run ${ELAPSED} s."
+    echo "- burst: $SESSIONS sessions at concurrency $CONCURRENCY, $REPS repetitions, order rotated; took ${BURST_S} s. Whole run (memory, burst, idle; servers up, build done) ${ELAPSED} s."
     echo
     echo "| target | lost (all reps) | close unclean | sessions/s median | sessions/s all | open+echo p50 ms | p99 ms | proxy CPU us/session (all) | app CPU us/session |"
     echo "|---|---|---:|---:|---|---:|---:|---:|---:|"
@@ -184,7 +185,8 @@ ratio_per_rep() { # a b column
     printf '| gw / direct sessions/s | %s | %s |\n' "$(ratio_per_rep gw direct sessions_per_s | median)" "$(ratio_per_rep gw direct sessions_per_s | all)"
     printf '| nginx CPU / gw CPU per session | %s | %s |\n' "$(ratio_per_rep nginx gw proxy_ticks | median)" "$(ratio_per_rep nginx gw proxy_ticks | all)"
     echo
-    echo "Failure kinds per measurement: $(awk -F'\t' 'NR > 1 && ($6 > 0 || $7 > 0) { printf "rep %s %s: %s; ", $1, $3, $16 }' "$RAW")"
+    fk=$(awk -F'\t' 'NR > 1 && ($6 > 0 || $7 > 0) { printf "rep %s %s: %s; ", $1, $3, $16 }' "$RAW")
+    echo "Failure kinds per measurement: ${fk:-none}"
     if ((${#MEM_LINES[@]})); then
         echo
         echo "Memory per idle session, fresh servers, $MEM_SESSIONS sessions (proxy RSS; for direct, the app's):"
