@@ -1,5 +1,5 @@
 //! The admin listener: health for load balancers and deploy scripts, and the app's publish
-//! API (`POST /publish`, `GET /topics/<topic>`). Bind it to loopback, or set a token.
+//! API (`POST /publish`, `POST /emit`, `GET /topics/<topic>`). Bind it to loopback, or set a token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ impl ProxyHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
-            "/publish" => crate::seam::serve(session, self.publish.clone()).await?,
+            "/publish" | "/emit" => crate::seam::serve(session, self.publish.clone()).await?,
             p if p.starts_with("/topics/") => {
                 crate::seam::serve(session, self.publish.clone()).await?
             }

@@ -44,12 +44,6 @@ enum Command {
     },
 }
 
-/// glibc's allocator showed as ~10% of the gateway's CPU under keep-alive load (malloc,
-/// free and consolidation of the many small per-request allocations); mimalloc's thread-local
-/// free lists make those nearly free.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status for a configuration that does not pass: 2, like `nginx -t` failures in scripts
 /// that distinguish "bad config" (2) from "crashed" (1).
 const EXIT_BAD_CONFIG: u8 = 2;

@@ -74,6 +74,8 @@ struct Realtime {
     hub: realtime::hub::Hub,
     /// Keyed by kind, and by route path for the kinds configured per endpoint (WebSocket).
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
+    /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
+    socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
     config: crate::config::Realtime,
 }
 
@@ -87,6 +89,7 @@ impl Realtime {
         Realtime {
             hub,
             services: std::sync::Mutex::new(BTreeMap::new()),
+            socketio: std::sync::OnceLock::new(),
             config: config.clone(),
         }
     }
@@ -127,10 +130,11 @@ impl Realtime {
                         },
                     ))
                 }
-                RealtimeKind::Socketio => Arc::new(crate::socketio::build(
-                    self.hub.clone(),
-                    &self.config.socketio,
-                )),
+                RealtimeKind::Socketio => {
+                    let service = crate::socketio::build(self.hub.clone(), &self.config.socketio);
+                    let _ = self.socketio.set(service.io().clone());
+                    Arc::new(service)
+                }
                 RealtimeKind::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
                     realtime::sse::SseConfig {
@@ -219,10 +223,16 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         let admin = Admin {
             pools: admin_pools,
             hub: rt.hub.clone(),
-            publish: Arc::new(realtime::publish::PublishApi::new(
-                rt.hub.clone(),
-                config.realtime.publish.token.clone(),
-            )),
+            publish: Arc::new({
+                let api = realtime::publish::PublishApi::new(
+                    rt.hub.clone(),
+                    config.realtime.publish.token.clone(),
+                );
+                match rt.socketio.get() {
+                    Some(io) => api.with_socketio(io.clone()),
+                    None => api,
+                }
+            }),
         };
         let mut admin =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, admin, "admin");

@@ -38,6 +38,8 @@ const CLIENT_FILES: &[(&str, &str)] = &[
 const CLIENT_CACHE_CONTROL: &str = "public, max-age=3600";
 
 pub struct SocketIoService {
+    /// Kept beside the engine for the admin listener's `POST /emit`.
+    io: SocketIo,
     engine: EngineServer,
     client_dir: PathBuf,
 }
@@ -96,12 +98,17 @@ pub fn build(hub: Hub, s: &SocketIoSettings) -> SocketIoService {
         ..EngineConfig::default()
     };
     SocketIoService {
-        engine: EngineServer::new(config, Arc::new(io)),
+        engine: EngineServer::new(config, Arc::new(io.clone())),
+        io,
         client_dir: s.client_dir.clone(),
     }
 }
 
 impl SocketIoService {
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
     async fn client_file(&self, name: &str, content_type: &str) -> Response {
         let path = self.client_dir.join(name);
         match tokio::fs::read(&path).await {

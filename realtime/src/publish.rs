@@ -6,13 +6,25 @@
 //! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. An
 //! `Idempotency-Key` header makes a retried publish count once. `GET /topics/<topic>` tells
 //! subscribers and position.
+//!
+//! `POST /emit` with `{"namespace": "/", "room": "...", "event": "...", "data": ..., "timeout_ms":
+//! N}` sends a Socket.IO event to the sockets of a room (or a whole namespace) asking each for an
+//! acknowledgement, and answers with what each socket acknowledged once all have answered or the
+//! timeout has passed: node's `io.to(room).timeout(N).emitWithAck(...)` for an app that is not
+//! written in JavaScript. Such events bypass the hub (see
+//! [`BroadcastOperator::emit_with_ack`](crate::socketio::BroadcastOperator::emit_with_ack)).
 
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use std::time::Duration;
+
+use base64::Engine as _;
+
 use crate::hub::{Hub, Payload};
 use crate::seam::{BodyError, Request, Response, Service};
+use crate::socketio::{AckError, Args, SocketIo, RESERVED_EVENTS};
 
 /// A publish request larger than this is refused with 413 (nginx's `client_max_body_size`
 /// default); a message that big belongs in the app's storage, with a link in the message.
@@ -21,12 +33,35 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const MAX_BATCH: usize = 1000;
 /// The event name when a publish does not give one.
 pub const DEFAULT_EVENT: &str = "message";
+/// The longest an `/emit` may wait for acknowledgements: the request holds an app worker for
+/// that long, and a minute is already beyond any proxy's default read timeout in front of it.
+pub const MAX_EMIT_TIMEOUT_MS: u64 = 60_000;
 
 pub struct PublishApi {
     hub: Hub,
     /// Required as `Authorization: Bearer <token>` when set.
     token: Option<String>,
     max_body: usize,
+    /// Where `/emit` sends its events; `None` when Socket.IO is not enabled.
+    socketio: Option<SocketIo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Emit {
+    #[serde(default = "root_namespace")]
+    namespace: String,
+    /// The whole namespace when absent.
+    #[serde(default)]
+    room: Option<String>,
+    event: String,
+    #[serde(default)]
+    data: Value,
+    timeout_ms: u64,
+}
+
+fn root_namespace() -> String {
+    "/".to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +100,105 @@ impl PublishApi {
             hub,
             token,
             max_body: DEFAULT_MAX_BODY,
+            socketio: None,
         }
+    }
+
+    /// Enables `POST /emit` on `io`'s namespaces.
+    pub fn with_socketio(mut self, io: SocketIo) -> PublishApi {
+        self.socketio = Some(io);
+        self
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request,
+        expected: &str,
+    ) -> Result<T, Response> {
+        let body = match req.body.collect(self.max_body).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge { limit }) => {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {limit} bytes"),
+                ))
+            }
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        serde_json::from_slice(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {e} (expected {expected})"),
+            )
+        })
+    }
+
+    async fn emit(&self, req: Request) -> Response {
+        let Some(io) = &self.socketio else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "Socket.IO is not enabled: /emit needs a route with `realtime: socketio`",
+            );
+        };
+        let emit: Emit = match self
+            .read_json(
+                req,
+                r#"{"namespace": "/", "room": "...", "event": "...", "data": ..., "timeout_ms": N}"#,
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(response) => return response,
+        };
+        if emit.event.is_empty() || RESERVED_EVENTS.contains(&emit.event.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("event: {:?} is empty or reserved", emit.event),
+            );
+        }
+        if emit.timeout_ms == 0 || emit.timeout_ms > MAX_EMIT_TIMEOUT_MS {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout_ms: must be between 1 and {MAX_EMIT_TIMEOUT_MS}"),
+            );
+        }
+        let Some(ns) = io.of(&emit.namespace) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such namespace: {}", emit.namespace),
+            );
+        };
+        let target = match &emit.room {
+            Some(room) => ns.to(room.clone()),
+            None => ns.broadcast(),
+        };
+        let answers = target
+            .emit_with_ack(
+                &emit.event,
+                Args::new().arg(emit.data),
+                Duration::from_millis(emit.timeout_ms),
+            )
+            .await;
+        let sockets = answers.len();
+        let mut acks = Vec::new();
+        let mut failed = Vec::new();
+        for (socket, outcome) in answers {
+            match outcome {
+                Ok(args) => acks.push(ack_json(&socket, args)),
+                Err(e) => {
+                    let reason = match e {
+                        AckError::Timeout(_) => "timeout".to_string(),
+                        AckError::Disconnected => "disconnected".to_string(),
+                        AckError::Emit(e) => e.to_string(),
+                    };
+                    failed.push(json!({"socket": socket, "error": reason}));
+                }
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            json!({"sockets": sockets, "acks": acks, "failed": failed}),
+        )
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -79,26 +212,15 @@ impl PublishApi {
 
     async fn publish(&self, req: Request) -> Response {
         let key = req.header("idempotency-key").map(str::to_string);
-        let body = match req.body.collect(self.max_body).await {
+        let parsed: Body = match self
+            .read_json(
+                req,
+                r#"{"topic": "...", "event": "...", "data": ...} or an array of them"#,
+            )
+            .await
+        {
             Ok(b) => b,
-            Err(BodyError::TooLarge { limit }) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {limit} bytes"),
-                )
-            }
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        };
-        let parsed: Body = match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "invalid JSON: {e} (expected {{\"topic\": \"...\", \"event\": \"...\", \"data\": ...}} or an array of them)"
-                    ),
-                )
-            }
+            Err(response) => return response,
         };
         let (items, batch) = match parsed {
             Body::One(p) => (vec![p], false),
@@ -188,6 +310,21 @@ impl PublishApi {
     }
 }
 
+/// One socket's acknowledgement as JSON: its arguments, with binary ones (placeholders on the
+/// wire) given base64-encoded in `binary`, indexed by the placeholders' `num`.
+fn ack_json(socket: &str, args: Args) -> Value {
+    let mut answer = json!({"socket": socket, "args": args.values});
+    if !args.binaries.is_empty() {
+        let engine = base64::engine::general_purpose::STANDARD;
+        answer["binary"] = args
+            .binaries
+            .iter()
+            .map(|b| Value::String(engine.encode(b)))
+            .collect();
+    }
+    answer
+}
+
 #[async_trait::async_trait]
 impl Service for PublishApi {
     async fn call(&self, req: Request) -> Response {
@@ -207,6 +344,12 @@ impl Service for PublishApi {
             return match req.head.method {
                 http::Method::POST => self.publish(req).await,
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /publish"),
+            };
+        }
+        if path == "/emit" {
+            return match req.head.method {
+                http::Method::POST => self.emit(req).await,
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /emit"),
             };
         }
         if let Some(name) = path.strip_prefix("/topics/") {
@@ -247,6 +390,32 @@ mod tests {
             ),
             _ => panic!("a full response"),
         }
+    }
+
+    #[tokio::test]
+    async fn emit_without_socketio_is_a_clear_404() {
+        let api = PublishApi::new(Hub::default(), None);
+        let body = r#"{"event":"x","timeout_ms":100}"#;
+        let (s, v) = call(&api, request("POST", "/emit", &[], body)).await;
+        assert_eq!(s, 404, "{v}");
+        assert!(v["error"].as_str().unwrap_or("").contains("not enabled"));
+        let (s, _) = call(&api, request("GET", "/emit", &[], "")).await;
+        assert_eq!(s, 405);
+    }
+
+    #[tokio::test]
+    async fn emit_to_an_empty_room_answers_at_once() {
+        let hub = Hub::default();
+        let io = SocketIo::new(hub.clone(), Default::default());
+        io.namespace("/", |_| std::future::ready(Ok(())));
+        let api = PublishApi::new(hub, None).with_socketio(io);
+        let body = r#"{"room":"nobody","event":"x","timeout_ms":60000}"#;
+        let (s, v) = call(&api, request("POST", "/emit", &[], body)).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v, json!({"sockets": 0, "acks": [], "failed": []}));
+        let over = r#"{"event":"x","timeout_ms":60001}"#;
+        let (s, v) = call(&api, request("POST", "/emit", &[], over)).await;
+        assert_eq!(s, 400, "{v}");
     }
 
     #[tokio::test]

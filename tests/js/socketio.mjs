@@ -138,6 +138,28 @@ const scenarios = {
     await sleep(500);
     return { recovered: b.recovered, sameId: b.id === firstId, bGot };
   },
+
+  // The app asks the sockets of a room for an acknowledgement (POST /emit on the admin
+  // listener, node's io.to(room).timeout(ms).emitWithAck()): each answer reaches the app, a
+  // socket that does not answer is reported, sockets outside the room see nothing.
+  async serverAck() {
+    const a = connect(), b = connect(), c = connect();
+    await Promise.all([ready(a), ready(b), ready(c)]);
+    await a.timeout(5000).emitWithAck("join", "desk");
+    await b.timeout(5000).emitWithAck("join", "desk");
+    const aGot = [];
+    a.on("confirm", (data, ack) => { aGot.push(data); ack({ who: "a", got: data }); });
+    const bGot = collect(b, "confirm"); // b gets the event but never acknowledges it
+    const cGot = collect(c, "confirm");
+    const res = await fetch(process.env.ADMIN_URL + "/emit", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ room: "desk", event: "confirm", data: { order: 42 }, timeout_ms: 1500 }),
+    });
+    const answer = await res.json();
+    await sleep(200);
+    return { status: res.status, answer, aId: a.id, bId: b.id, aGot, bGot, cGot };
+  },
 };
 
 // For tests that publish from outside: join a room, say so, then wait for the app's event.

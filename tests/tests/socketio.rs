@@ -36,6 +36,7 @@ fn scenario(gw: &Gateway, name: &str, mode: &str) -> Value {
     let out = Command::new("node")
         .arg(workspace_root().join("tests/js/socketio.mjs"))
         .args([name, &gw.https(""), mode])
+        .env("ADMIN_URL", gw.admin(""))
         .output()
         .expect("run node (tests/setup.sh installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -167,6 +168,67 @@ fn a_dropped_transport_recovers_its_state_and_missed_events() {
         // Each event carried its offset, which the client sent back to resume.
         assert!(v["bGot"][0][1].is_string(), "{mode}: no offset: {v}");
     }
+}
+
+#[test]
+fn the_app_asks_a_room_for_acknowledgements_and_gets_each_answer() {
+    for mode in MODES {
+        let gw = Gateway::start(&config());
+        let v = scenario(&gw, "serverAck", mode);
+        assert_eq!(v["status"], 200, "{mode}: {v}");
+        let answer = &v["answer"];
+        // Both sockets of the room were asked; c, outside it, was not.
+        assert_eq!(answer["sockets"], 2, "{mode}: {v}");
+        assert_eq!(
+            answer["acks"],
+            json!([{"socket": v["aId"], "args": [{"who": "a", "got": {"order": 42}}]}]),
+            "{mode}: {v}"
+        );
+        assert_eq!(
+            answer["failed"],
+            json!([{"socket": v["bId"], "error": "timeout"}]),
+            "{mode}: {v}"
+        );
+        assert_eq!(v["aGot"], json!([{"order": 42}]), "{mode}: {v}");
+        assert_eq!(firsts(&v["bGot"]), [json!({"order": 42})], "{mode}: {v}");
+        assert_eq!(v["cGot"], json!([]), "{mode}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn emit_refuses_bad_requests_clearly() {
+    let gw = Gateway::start(&config());
+    let c = client();
+    for (body, status, needle) in [
+        (r#"{"event":"x","data":1}"#, 400, "timeout_ms"),
+        (r#"{"event":"x","timeout_ms":0}"#, 400, "timeout_ms"),
+        (r#"{"event":"connect","timeout_ms":100}"#, 400, "reserved"),
+        (r#"{"namespace":"/nope","event":"x","timeout_ms":100}"#, 404, "no such namespace"),
+        ("not json", 400, "invalid JSON"),
+    ] {
+        let r = c
+            .post(gw.admin("/emit"))
+            .body(body)
+            .send()
+            .await
+            .expect("admin reachable");
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().await.expect("json error");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(needle),
+            "{body}: {v}"
+        );
+    }
+    // Nobody in the room: answered at once, nothing to wait for.
+    let r = c
+        .post(gw.admin("/emit"))
+        .body(r#"{"room":"empty","event":"x","timeout_ms":60000}"#)
+        .send()
+        .await
+        .expect("admin reachable");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v, json!({"sockets": 0, "acks": [], "failed": []}));
 }
 
 #[tokio::test]

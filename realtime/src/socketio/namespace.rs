@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -16,7 +17,9 @@ use super::options::SocketIoOptions;
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::{namespace_topic, room_topic};
 use super::server::{ConnShared, SocketIoStats};
-use super::socket::{event_head, lock, Args, EmitError, Identity, RoomError, Socket, SocketInner};
+use super::socket::{
+    event_head, lock, AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner,
+};
 use crate::hub::{Hub, JoinOutcome, Message, MessageId, Payload, Position, SubscriberId};
 
 /// A connect handler's refusal, sent to the client as
@@ -552,6 +555,33 @@ impl BroadcastOperator {
             return Ok(Vec::new());
         }
         Ok(self.ns.hub.publish_many(topics, payload, origin)?)
+    }
+
+    /// Sends the event to every socket of this node the broadcast reaches, each asked for an
+    /// acknowledgement (node's `io.to(room).timeout(t).emitWithAck(...)`), and resolves once
+    /// all have answered or `timeout` has passed, with each socket's id and outcome.
+    ///
+    /// Unlike [`BroadcastOperator::emit`] this does not go through the hub: an ack is a
+    /// conversation with one connected socket, so such events get no sequence number, are not
+    /// kept in history and are not replayed on recovery (as in node), and other transports
+    /// never see them.
+    pub fn emit_with_ack(
+        &self,
+        name: &str,
+        args: impl Into<Args>,
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<(String, Result<Args, AckError>)>> + Send + 'static {
+        let args = args.into();
+        let waits: Vec<_> = self
+            .sockets()
+            .into_iter()
+            .map(|socket| {
+                let id = socket.id().to_string();
+                let answer = socket.emit_with_ack(name, args.clone(), timeout);
+                async move { (id, answer.await) }
+            })
+            .collect();
+        futures_util::future::join_all(waits)
     }
 
     /// The sockets of this node the broadcast would reach.
