@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -176,7 +176,9 @@ pub fn is_tls(session: &Session) -> bool {
 /// closes. Shared by the realtime services and the WebSocket tunnel to the app.
 pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Result<()> {
     let (mut rd, mut wr) = tokio::io::split(io);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Read into spare capacity and hand the filled part over without a copy; nothing is
+    // zeroed up front, so an idle connection's buffer stays mostly untouched (not resident).
+    let mut buf = BytesMut::new();
     let mut client_done = false;
     loop {
         tokio::select! {
@@ -192,15 +194,27 @@ pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Re
                     let _ = wr.shutdown().await;
                 }
             },
-            from_peer = rd.read(&mut buf) => match from_peer {
+            from_peer = read_some(&mut rd, &mut buf) => match from_peer {
                 Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => {
+                Ok(_) => {
                     session
                         .as_downstream_mut()
-                        .write_response_body(Bytes::copy_from_slice(&buf[..n]), false)
+                        .write_response_body(buf.split().freeze(), false)
                         .await?;
                 }
             },
         }
     }
+}
+
+/// Most bytes one read from a realtime service (or the app's WebSocket) takes: a large message
+/// goes out in pieces of this size, a small one as it is.
+const PUMP_READ_BYTES: usize = 16 * 1024;
+
+/// One read into `buf`'s spare capacity. `reserve` reuses the allocation once the previous
+/// chunk has been written out and dropped.
+async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(PUMP_READ_BYTES);
+    let mut limited = (&mut *rd).take(PUMP_READ_BYTES as u64);
+    limited.read_buf(buf).await
 }
