@@ -203,6 +203,8 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
         sleep(ms).await
     } else if path == "/stream" {
         ticks(uri.query().unwrap_or(""), permit)
+    } else if path == "/accel" {
+        accel(&uri)
     } else if path == "/publish-demo" {
         publish_demo(app, &parts.method, &kept).await
     } else if path == "/cable" {
@@ -340,6 +342,47 @@ async fn publish_demo(app: &AppState, method: &Method, body: &[u8]) -> Response 
         body,
     )
         .into_response()
+}
+
+/// The body of `/accel`: a front server that honours `X-Accel-Redirect` must never show it.
+pub const ACCEL_BODY: &str = "THE APP'S OWN BODY: A FRONT SERVER MUST NEVER SEND THIS\n";
+
+/// `/accel?x-accel-redirect=/protected/a.txt&content-disposition=...`: an app handing a
+/// download to its front server, as Rails' `send_file` or Laravel's `download` do behind
+/// nginx. Every query pair becomes a response header (the value URL-decoded once, so a test
+/// can send any raw value, `%2e%2e` included); the answer also sets a cookie and
+/// `Cache-Control: private` (unless the query gives them), and carries [`ACCEL_BODY`].
+fn accel(uri: &axum::http::Uri) -> Response {
+    let pairs = match axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        Ok(q) => q.0,
+        Err(err) => return bad_request(format!("bad query: {err}")),
+    };
+    let mut response = text(StatusCode::OK, ACCEL_BODY);
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::SET_COOKIE,
+        HeaderValue::from_static("download=granted; Path=/; HttpOnly"),
+    );
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=60"),
+    );
+    let mut seen: Vec<HeaderName> = Vec::new();
+    for (name, value) in pairs {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) else {
+            return bad_request(format!("not a header: {name}: {value:?}"));
+        };
+        // The first value given replaces the default; later ones are appended.
+        if !seen.contains(&name) {
+            headers.remove(&name);
+            seen.push(name.clone());
+        }
+        headers.append(name, value);
+    }
+    response
 }
 
 /// `/bytes/N`: N bytes of the `i % 251` pattern, streamed from a static

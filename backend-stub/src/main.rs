@@ -2,7 +2,8 @@
 //! behind the gateway, so gateway tests can run against a real process.
 //!
 //! Usage: `backend-stub --listen ADDR --id NAME [--workers N] [--quiet]
-//! [--publish-url URL]`.
+//! [--publish-url URL]`, where ADDR is `host:port` or a Unix socket,
+//! `unix:/path` (or Puma's spelling, `unix:///path`).
 //! Once bound it prints `backend-stub NAME listening on ADDR` (the actual
 //! address, so `--listen 127.0.0.1:0` works) as its only stdout line.
 
@@ -26,7 +27,8 @@ use tokio::time::{timeout_at, Instant};
 #[derive(Debug, Parser)]
 #[command(about = "HTTP backend stub for gateway tests")]
 struct Cli {
-    /// Address to listen on, e.g. 127.0.0.1:9001 (port 0 picks a free one).
+    /// Address to listen on, e.g. 127.0.0.1:9001 (port 0 picks a free one),
+    /// or a Unix socket: unix:/run/app.sock (also unix:///run/app.sock).
     #[arg(long)]
     listen: String,
     /// Backend name, sent as `X-Backend-Id` and reported by `/echo`.
@@ -72,26 +74,56 @@ async fn main() -> anyhow::Result<()> {
     };
     let router = app::router(config, shutdown_rx.clone())?;
 
-    let listener = tokio::net::TcpListener::bind(&cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let local = listener.local_addr()?;
-    // Streamed ticks are small writes; Nagle would hold them back.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {err}");
-        }
-    });
-
     let mut stop_rx = shutdown_rx;
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = stop_rx.wait_for(|stopping| *stopping).await;
-    });
-    let mut server = tokio::spawn(server.into_future());
+    };
+    let unix = unix_path(&cli.listen);
+    let (mut server, local) = match unix {
+        Some(path) => {
+            // A socket file left by a previous run would make bind fail; anything else at
+            // that path is not ours to remove.
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on {}", cli.listen))?;
+            // No peer address on a Unix socket: `/echo` reports `peer: null`.
+            let server =
+                axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stopped);
+            (tokio::spawn(server.into_future()), format!("unix:{path}"))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(&cli.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cli.listen))?;
+            let local = listener.local_addr()?;
+            // Streamed ticks are small writes; Nagle would hold them back.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {err}");
+                }
+            });
+            let server = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped);
+            (tokio::spawn(server.into_future()), local.to_string())
+        }
+    };
+    // Like Puma, leave no socket file behind on a clean exit.
+    struct RemoveSocket<'a>(Option<&'a str>);
+    impl Drop for RemoveSocket<'_> {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _remove_socket = RemoveSocket(unix);
 
     // The readiness line a harness waits for: only after bind succeeded.
     {
@@ -125,6 +157,12 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The socket path of `unix:/path` or `unix:///path`.
+fn unix_path(listen: &str) -> Option<&str> {
+    let rest = listen.strip_prefix("unix:")?;
+    Some(rest.strip_prefix("//").unwrap_or(rest))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

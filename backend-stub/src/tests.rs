@@ -202,6 +202,63 @@ async fn echo_reports_request() {
 }
 
 #[tokio::test]
+async fn accel_answers_with_the_headers_the_query_names() {
+    let addr = spawn(None).await;
+    let resp = get(
+        addr,
+        "/accel?x-accel-redirect=/protected/%252e%252e/secret&content-type=application/pdf&content-disposition=attachment%3B%20filename%3D%22r.pdf%22",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("x-accel-redirect"),
+        Some("/protected/%2e%2e/secret"),
+        "decoded once, so any raw value can be sent"
+    );
+    assert_eq!(resp.header("content-type"), Some("application/pdf"));
+    assert_eq!(
+        resp.header("content-disposition"),
+        Some("attachment; filename=\"r.pdf\"")
+    );
+    assert_eq!(resp.header("cache-control"), Some("private, max-age=60"));
+    assert!(resp.header("set-cookie").is_some());
+    assert_eq!(resp.text(), crate::app::ACCEL_BODY);
+    assert_eq!(get(addr, "/accel?x-bad%0A=1").await.status, 400);
+}
+
+#[tokio::test]
+async fn listens_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("stub-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sock = dir.join("app.sock");
+    let (tx, rx) = watch::channel(false);
+    let config = Config {
+        id: "uds".to_owned(),
+        workers: None,
+        quiet: true,
+        publish_url: crate::app::DEFAULT_PUBLISH_URL.to_owned(),
+    };
+    let app = router(config, rx).expect("valid config");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    tokio::spawn(async move {
+        let _tx = tx;
+        axum::serve(listener, app.into_make_service()).await
+    });
+    let mut conn = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.expect("read");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"peer\":null"), "{out}");
+    assert!(out.contains("x-backend-id: uds"), "{out}");
+}
+
+#[tokio::test]
 async fn bytes_pattern_and_limits() {
     let addr = spawn(None).await;
     // Longer than one internal chunk, so the pattern must continue across.

@@ -94,6 +94,10 @@ pub struct Config {
     /// Settings of the in-process realtime services and their shared hub.
     #[serde(default)]
     pub realtime: Realtime,
+    /// Directories served only when the app says so (`X-Accel-Redirect` / `X-Sendfile`), and
+    /// never to a request from outside (nginx `location /protected/ { internal; }`).
+    #[serde(default)]
+    pub internal_locations: Vec<InternalLocation>,
     /// Worker threads of the HTTPS service (pingora `threads`). Default: one per core.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -220,7 +224,7 @@ pub enum Balance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
-    /// HTTP/1.1 to `host:port` servers (Puma, Unicorn, Octane, ...).
+    /// HTTP/1.1 to `host:port` or Unix socket servers (Puma, Unicorn, Octane, ...).
     #[default]
     Http,
     /// FastCGI to php-fpm: `host:port` or `unix:/path/to/php-fpm.sock` servers.
@@ -230,7 +234,7 @@ pub enum Protocol {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `host:port`; with `protocol: fastcgi` also `unix:/path/to/socket`.
+    /// `host:port`, or a Unix socket: `unix:/path/to/socket` (also Puma's `unix:///path`).
     pub servers: Vec<String>,
     #[serde(default)]
     pub protocol: Protocol,
@@ -245,6 +249,18 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     #[serde(default = "u_read")]
     pub read_timeout_ms: u64,
+}
+
+/// A directory the app hands files out of: it answers with `X-Accel-Redirect: <path>/<file>`
+/// (or `X-Sendfile: <root>/<file>`) after checking permissions, and the gateway serves the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalLocation {
+    /// The URL prefix the app's `X-Accel-Redirect` values start with, like `/protected/`.
+    pub path: String,
+    /// The directory behind it. It must not be inside a static or PHP document root, where
+    /// its files would be public under another URL.
+    pub root: PathBuf,
 }
 
 /// The PHP side of a FastCGI pool: nginx's `root`, `index` and
@@ -642,6 +658,17 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with the final NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// The path of a `unix:` server: `unix:/run/app.sock`, or the URL form Puma prints,
+/// `unix:///run/app.sock` (where `unix://tmp/app.sock` is relative, as Puma reads it).
+/// `None` for a TCP address.
+pub fn unix_socket_path(server: &str) -> Option<&str> {
+    let rest = server.strip_prefix("unix:")?;
+    Some(rest.strip_prefix("//").unwrap_or(rest))
+}
+
 /// A parsed CIDR block (`10.0.0.0/8`, `::1/128`, or a bare address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -740,21 +767,25 @@ impl Config {
             if let Some(f) = &mut u.fastcgi {
                 fix(&mut f.root);
             }
-            // Socket paths become absolute (the server connects to them from any directory).
+            // Socket paths become absolute (the server connects to them from any directory),
+            // and Puma's `unix:///path` becomes `unix:/path`.
             for s in &mut u.servers {
-                if let Some(p) = s.strip_prefix("unix:") {
-                    let p = PathBuf::from(p);
+                if let Some(p) = unix_socket_path(s) {
+                    let mut p = PathBuf::from(p);
                     if p.is_relative() && !p.as_os_str().is_empty() {
-                        let mut abs = base.join(p);
-                        if abs.is_relative() {
+                        p = base.join(p);
+                        if p.is_relative() {
                             if let Ok(cwd) = std::env::current_dir() {
-                                abs = cwd.join(abs);
+                                p = cwd.join(p);
                             }
                         }
-                        *s = format!("unix:{}", abs.display());
                     }
+                    *s = format!("unix:{}", p.display());
                 }
             }
+        }
+        for l in &mut self.internal_locations {
+            fix(&mut l.root);
         }
     }
 
@@ -951,25 +982,31 @@ impl Config {
                 bad(format!("{at}.servers"), "needs at least one server".into());
             }
             let fastcgi = u.protocol == Protocol::Fastcgi;
+            let example = if fastcgi {
+                "unix:/run/php/php-fpm.sock"
+            } else {
+                "unix:/run/app/puma.sock"
+            };
             for (i, s) in u.servers.iter().enumerate() {
-                match s.strip_prefix("unix:") {
-                    Some(p) if fastcgi && !p.starts_with('/') => bad(
+                match unix_socket_path(s) {
+                    Some(p) if !p.starts_with('/') => bad(
+                        format!("{at}.servers[{i}]"),
+                        format!("{s:?}: a Unix socket needs a path, like {example}"),
+                    ),
+                    Some(p) if p.len() > MAX_UNIX_PATH => bad(
                         format!("{at}.servers[{i}]"),
                         format!(
-                            "{s:?}: a Unix socket needs a path, like unix:/run/php/php-fpm.sock"
+                            "{s:?}: the path is {} bytes long; a Unix socket address holds at most {MAX_UNIX_PATH}",
+                            p.len()
                         ),
                     ),
-                    Some(_) if fastcgi => {}
-                    Some(_) => bad(
-                        format!("{at}.servers[{i}]"),
-                        format!("{s:?}: Unix sockets are only supported with `protocol: fastcgi`"),
-                    ),
+                    Some(_) => {}
                     None if s.parse::<SocketAddr>().is_err() => bad(
                         format!("{at}.servers[{i}]"),
                         if fastcgi {
-                            format!("{s:?} is not an address like 127.0.0.1:9000 or unix:/run/php/php-fpm.sock")
+                            format!("{s:?} is not an address like 127.0.0.1:9000 or {example}")
                         } else {
-                            format!("{s:?} is not an address like 127.0.0.1:3000")
+                            format!("{s:?} is not an address like 127.0.0.1:3000 or {example}")
                         },
                     ),
                     None => {}
@@ -1048,6 +1085,88 @@ impl Config {
                 }
                 if h.fall == 0 {
                     bad(format!("{at}.fall"), "must be at least 1".into());
+                }
+            }
+        }
+
+        // Where files are public: an internal root inside one of these would be too.
+        let public: Vec<(String, PathBuf)> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let s = r.static_files.as_ref()?;
+                Some((
+                    format!("routes[{i}].static.root"),
+                    s.root.canonicalize().ok()?,
+                ))
+            })
+            .chain(self.upstreams.iter().filter_map(|(name, u)| {
+                let f = u.fastcgi.as_ref()?;
+                Some((
+                    format!("upstreams.{name}.fastcgi.root"),
+                    f.root.canonicalize().ok()?,
+                ))
+            }))
+            .collect();
+        for (i, l) in self.internal_locations.iter().enumerate() {
+            let at = format!("internal_locations[{i}]");
+            let p = &l.path;
+            let plain = !p.contains(['%', '?', '#', '\\', '\0', ' '])
+                && !p.contains("//")
+                && !p.split('/').any(|s| s == "." || s == "..");
+            if !p.starts_with('/') || !p.ends_with('/') || p == "/" {
+                bad(
+                    format!("{at}.path"),
+                    format!("{p:?} must be a prefix like /protected/ (starting and ending with /, and not / alone)"),
+                );
+            } else if !plain {
+                bad(
+                    format!("{at}.path"),
+                    format!("{p:?} must be a plain path: no . or .. segments, //, %, ?, #, spaces or backslashes"),
+                );
+            }
+            for (j, other) in self.internal_locations[..i].iter().enumerate() {
+                if p.starts_with(&other.path) || other.path.starts_with(p.as_str()) {
+                    bad(
+                        format!("{at}.path"),
+                        format!(
+                            "{p:?} overlaps internal_locations[{j}].path {:?}",
+                            other.path
+                        ),
+                    );
+                }
+            }
+            match l.root.canonicalize() {
+                Ok(root) if root.is_dir() => {
+                    for (name, dir) in &public {
+                        if root.starts_with(dir) {
+                            bad(
+                                format!("{at}.root"),
+                                format!(
+                                    "{} is inside {name} ({}), where its files are public; move it out",
+                                    l.root.display(),
+                                    dir.display()
+                                ),
+                            );
+                        }
+                    }
+                }
+                _ => bad(
+                    format!("{at}.root"),
+                    format!("{} is not a directory", l.root.display()),
+                ),
+            }
+            for (k, r) in self.routes.iter().enumerate() {
+                let under = r.path.starts_with(p.as_str()) || r.path == p.trim_end_matches('/');
+                if under && p.len() > 1 {
+                    bad(
+                        format!("routes[{k}].path"),
+                        format!(
+                            "{:?} is inside internal_locations[{i}].path {p:?}, which requests from outside never reach",
+                            r.path
+                        ),
+                    );
                 }
             }
         }
@@ -1156,7 +1275,7 @@ routes:
             "listen.https: \"nope\" is not an address like 127.0.0.1:8443",
             "listen.admin: 127.0.0.1:8080 is already used by listen.http",
             "proxy.trusted_proxies[0]: \"10.0.0.0/99\" is not an address or CIDR block",
-            "upstreams.app.servers[0]: \"127.0.0.1\" is not an address like 127.0.0.1:3000",
+            "upstreams.app.servers[0]: \"127.0.0.1\" is not an address like 127.0.0.1:3000 or unix:/run/app/puma.sock",
             "upstreams.app.health_check.path: \"ping\" must start with /",
             "upstreams.app.health_check.rise: must be at least 1",
             "routes[2].upstream: no upstream named \"ap\" (known: app)",
@@ -1197,7 +1316,6 @@ routes:
             "upstreams.php2.fastcgi.root: /no/such/dir is not a directory",
             "upstreams.php2.fastcgi.index: \"a/b.php\" must be a plain file name ending in .php",
             "upstreams.php2.fastcgi.front_controller: \"index.php\" must be a path like /index.php",
-            "upstreams.app.servers[0]: \"unix:/tmp/puma.sock\": Unix sockets are only supported with `protocol: fastcgi`",
             "upstreams.app.fastcgi: only used with `protocol: fastcgi`",
             "routes[0].static.index[0]: \"index.php\" would be served as source code: PHP index files belong in upstreams.php2.fastcgi.index",
         ];
@@ -1210,6 +1328,112 @@ routes:
         )
         .unwrap_err();
         assert!(e.contains("unknown field `frontcontroller`"), "{e}");
+    }
+
+    #[test]
+    fn http_pools_take_unix_sockets_in_both_spellings() {
+        let long = format!("unix:/{}", "x".repeat(120));
+        let p = problems(&format!(
+            r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  puma: {{servers: ["unix:/run/app/puma.sock", "unix:///run/app/puma2.sock", 127.0.0.1:3000], health_check: {{path: /up}}}}
+  bad: {{servers: ["unix:", "unix://", "unix:puma.sock", "{long}"]}}
+routes: [{{path: /, upstream: puma}}]
+"#
+        ));
+        let want = [
+            "upstreams.bad.servers[0]: \"unix:\": a Unix socket needs a path, like unix:/run/app/puma.sock",
+            "upstreams.bad.servers[1]: \"unix://\": a Unix socket needs a path, like unix:/run/app/puma.sock",
+            "upstreams.bad.servers[2]: \"unix:puma.sock\": a Unix socket needs a path, like unix:/run/app/puma.sock",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert!(
+            p.iter().any(|x| x.starts_with("upstreams.bad.servers[3]")
+                && x.ends_with(
+                    "the path is 121 bytes long; a Unix socket address holds at most 107"
+                )),
+            "{p:#?}"
+        );
+        assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn relative_unix_sockets_are_resolved_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("config-uds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("gateway.yaml");
+        std::fs::write(
+            &file,
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [\"unix://tmp/puma.sock\", \"unix:///run/puma.sock\", \"unix:.run/x.sock\"]}}\nroutes: [{path: /, upstream: app}]\n",
+        )
+        .expect("write");
+        let c = Config::load(&file).expect("loads");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            c.upstreams["app"].servers,
+            [
+                format!("unix:{}", dir.join("tmp/puma.sock").display()),
+                "unix:/run/puma.sock".to_string(),
+                format!("unix:{}", dir.join(".run/x.sock").display()),
+            ]
+        );
+    }
+
+    #[test]
+    fn internal_locations_are_validated() {
+        let base = std::env::temp_dir().join(format!("config-internal-{}", std::process::id()));
+        for d in ["public/files", "private", "php/public"] {
+            std::fs::create_dir_all(base.join(d)).expect("dir");
+        }
+        let b = base.display();
+        let ok = problems(&format!(
+            "listen: {{http: 127.0.0.1:8080}}\ninternal_locations: [{{path: /protected/, root: {b}/private}}]\nroutes: [{{path: /, static: {{root: {b}/public}}}}]\n"
+        ));
+        assert!(ok.is_empty(), "{ok:?}");
+        let p = problems(&format!(
+            r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {b}/php/public}}}}
+internal_locations:
+  - {{path: /protected, root: {b}/private}}
+  - {{path: /, root: {b}/private}}
+  - {{path: /a/../b/, root: {b}/private}}
+  - {{path: /files/, root: {b}/public/files}}
+  - {{path: /files/more/, root: {b}/php/public}}
+  - {{path: /gone/, root: {b}/nope}}
+routes:
+  - {{path: /gone/x, upstream: php}}
+  - {{path: /, static: {{root: {b}/public}}}}
+"#
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        let want = [
+            "internal_locations[0].path: \"/protected\" must be a prefix like /protected/ (starting and ending with /, and not / alone)".to_string(),
+            "internal_locations[1].path: \"/\" must be a prefix like /protected/ (starting and ending with /, and not / alone)".to_string(),
+            "internal_locations[2].path: \"/a/../b/\" must be a plain path: no . or .. segments, //, %, ?, #, spaces or backslashes".to_string(),
+            format!("internal_locations[3].root: {b}/public/files is inside routes[1].static.root ({b}/public), where its files are public; move it out"),
+            "internal_locations[4].path: \"/files/more/\" overlaps internal_locations[3].path \"/files/\"".to_string(),
+            format!("internal_locations[4].root: {b}/php/public is inside upstreams.php.fastcgi.root ({b}/php/public), where its files are public; move it out"),
+            format!("internal_locations[5].root: {b}/nope is not a directory"),
+            "routes[0].path: \"/gone/x\" is inside internal_locations[5].path \"/gone/\", which requests from outside never reach".to_string(),
+        ];
+        for w in &want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        // `/` as a location also swallows every route.
+        let extra: Vec<_> = p.iter().filter(|x| !want.contains(x)).collect();
+        assert!(
+            extra
+                .iter()
+                .all(|x| x.contains("internal_locations[1].path \"/\"")
+                    || x.contains("overlaps internal_locations[1]")
+                    || x.contains("overlaps internal_locations[0]")),
+            "{extra:#?}"
+        );
     }
 
     #[test]

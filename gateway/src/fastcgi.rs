@@ -671,6 +671,15 @@ impl Failure {
     }
 }
 
+/// How [`serve`] ended when php-fpm answered.
+pub enum Answer {
+    /// The answer was relayed to the client.
+    Sent,
+    /// PHP answered with `X-Accel-Redirect` or `X-Sendfile` (this head; its body is not
+    /// wanted): the caller serves the file. Nothing was sent to the client yet.
+    NamesAFile(Box<ResponseHeader>),
+}
+
 /// What [`serve`] needs besides the session.
 pub struct Call<'a> {
     pub pool: &'a Arc<Pool>,
@@ -689,7 +698,7 @@ pub struct Call<'a> {
 pub async fn serve(
     session: &mut Session,
     call: Call<'_>,
-) -> Result<std::result::Result<(), Failure>> {
+) -> Result<std::result::Result<Answer, Failure>> {
     let pool = call.pool;
     let Some(backend) = pool.fastcgi.as_ref() else {
         return Ok(Err(Failure::NoHealthyServer));
@@ -911,6 +920,36 @@ pub async fn serve(
                             }
                             Ok(None) => {}
                             Err(e) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e))),
+                            Ok(Some((head, _))) if crate::accel::names_a_file(&head) => {
+                                // PHP's body is not wanted. The connection is kept when the
+                                // end of the request came with the head (the usual case for a
+                                // header-only answer); otherwise it is closed, which is what
+                                // nginx does to the upstream after an X-Accel-Redirect.
+                                let mut ended = false;
+                                while let Ok(Some(r)) = decoder.next_record() {
+                                    match r {
+                                        Record::End {
+                                            protocol_status, ..
+                                        } => {
+                                            ended = protocol_status == 0 && decoder.pending() == 0;
+                                            break;
+                                        }
+                                        Record::Stderr(text) => {
+                                            for line in String::from_utf8_lossy(&text)
+                                                .lines()
+                                                .filter(|l| !l.trim().is_empty())
+                                            {
+                                                tracing::warn!(upstream = %pool.name, server = %addr, path = %call.req.uri, "php: {line}");
+                                            }
+                                        }
+                                        Record::Stdout(_) => {}
+                                    }
+                                }
+                                if ended {
+                                    keep(pool, backend, i, io);
+                                }
+                                return Ok(Ok(Answer::NamesAFile(Box::new(head))));
+                            }
                             Ok(Some((mut head, used))) => {
                                 crate::forwarding::response(&mut head);
                                 if let Some(h) = call.hsts {
@@ -942,25 +981,30 @@ pub async fn serve(
                             session.write_response_body(None, true).await?;
                         }
                         if protocol_status == 0 && decoder.pending() == 0 {
-                            backend.put_idle(i, io);
-                            // Once traffic stops, nothing would take or prune the list: the
-                            // timer frees the workers those connections hold.
-                            let pool = pool.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(IDLE_TIMEOUT + Duration::from_millis(50)).await;
-                                if let Some(b) = &pool.fastcgi {
-                                    b.prune(i);
-                                }
-                            });
+                            keep(pool, backend, i, io);
                         } else {
                             tracing::debug!(upstream = %pool.name, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
                         }
-                        return Ok(Ok(()));
+                        return Ok(Ok(Answer::Sent));
                     }
                 }
             }
         }
     }
+}
+
+/// Keep a connection whose request ended cleanly for the next request.
+fn keep(pool: &Arc<Pool>, backend: &Backend, i: usize, io: Io) {
+    backend.put_idle(i, io);
+    // Once traffic stops, nothing would take or prune the list: the timer frees the workers
+    // those connections hold.
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_millis(50)).await;
+        if let Some(b) = &pool.fastcgi {
+            b.prune(i);
+        }
+    });
 }
 
 #[cfg(test)]

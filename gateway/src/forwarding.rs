@@ -114,13 +114,28 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     }
 }
 
-/// Drop hop-by-hop headers from the app's answer (except on a 101, where they are the point).
+/// nginx's instructions from the app to the proxy (`proxy_hide_header` defaults): never for
+/// the client. `X-Accel-Redirect` itself is acted upon before this (see `accel`).
+const PROXY_CONTROL: &[&str] = &[
+    "x-accel-buffering",
+    "x-accel-charset",
+    "x-accel-expires",
+    "x-accel-limit-rate",
+];
+
+/// Drop hop-by-hop headers and nginx's proxy controls from the app's answer (except on a
+/// 101, where the hop-by-hop headers are the point).
 pub fn response(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
     let listed = connection_listed(resp.headers.get("connection"));
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+    for name in HOP_BY_HOP
+        .iter()
+        .chain(PROXY_CONTROL)
+        .map(|s| s.to_string())
+        .chain(listed)
+    {
         resp.remove_header(name.as_str());
     }
 }

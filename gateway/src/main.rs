@@ -53,7 +53,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
+                // pingora's HTTP/1 server warns when a second response head is written; the
+                // gateway does that on purpose for X-Accel-Redirect answers (the file's head
+                // is sent first, the app's is then skipped: see `accel` and `proxy`), and it
+                // is that module's only warning.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,pingora=warn,pingora_core::protocols::http::v1::server=error",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

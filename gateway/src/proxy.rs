@@ -12,10 +12,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::accel::{self, Directive, Internal};
 use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
-use crate::upstream::{InFlight, Pool};
+use crate::upstream::{Addr, InFlight, Pool};
 use crate::{fastcgi, forwarding, seam, tunnel};
 
 /// Static files are sent in pieces of this size: large enough for few syscalls, small enough
@@ -28,6 +29,8 @@ pub struct Gateway {
     pub trusted: Vec<Cidr>,
     /// The `Strict-Transport-Security` value, when HSTS is on.
     pub hsts: Option<String>,
+    /// Where `X-Accel-Redirect` / `X-Sendfile` answers are served from.
+    pub internal: Internal,
 }
 
 /// Per-request state.
@@ -46,6 +49,8 @@ pub struct Ctx {
     /// Set when the request was answered here (static file, realtime, error) so the access
     /// log can name it.
     served_by: &'static str,
+    /// The app named a file and it was answered from here: the app's body is dropped.
+    accel: bool,
 }
 
 impl Ctx {
@@ -152,41 +157,108 @@ impl Gateway {
                 for (k, v) in resp.headers.iter() {
                     head.append_header(k.clone(), v.clone())?;
                 }
-                if let Some(h) = &self.hsts {
-                    head.insert_header("strict-transport-security", h.as_str())?;
-                }
-                match resp.body {
-                    static_files::Body::Empty => {
-                        session.write_response_header(Box::new(head), true).await?;
-                    }
-                    static_files::Body::File { path, offset, len } => {
-                        session.write_response_header(Box::new(head), false).await?;
-                        let mut reader =
-                            static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
-                                .await
-                                .map_err(|e| {
-                                    Error::explain(ErrorType::FileReadError, e.to_string())
-                                })?;
-                        loop {
-                            match reader.next().await {
-                                Ok(Some(chunk)) => {
-                                    session.write_response_body(Some(chunk), false).await?
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    return Error::e_explain(
-                                        ErrorType::FileReadError,
-                                        e.to_string(),
-                                    )
-                                }
-                            }
-                        }
-                        session.write_response_body(None, true).await?;
-                    }
-                }
+                self.send_file(session, head, resp.body).await?;
                 Ok(true)
             }
         }
+    }
+
+    /// Write a file answer planned by [`static_files`]: its head, then its bytes in chunks.
+    async fn send_file(
+        &self,
+        session: &mut Session,
+        mut head: ResponseHeader,
+        body: static_files::Body,
+    ) -> Result<()> {
+        if let Some(h) = &self.hsts {
+            head.insert_header("strict-transport-security", h.as_str())?;
+        }
+        match body {
+            static_files::Body::Empty => {
+                session.write_response_header(Box::new(head), true).await?;
+            }
+            static_files::Body::File { path, offset, len } => {
+                session.write_response_header(Box::new(head), false).await?;
+                let mut reader = static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
+                    .await
+                    .map_err(|e| Error::explain(ErrorType::FileReadError, e.to_string()))?;
+                loop {
+                    match reader.next().await {
+                        Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                        Ok(None) => break,
+                        Err(e) => return Error::e_explain(ErrorType::FileReadError, e.to_string()),
+                    }
+                }
+                session.write_response_body(None, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The app answered with `X-Accel-Redirect` or `X-Sendfile`: answer with that file (or
+    /// a 404 when the header names nothing servable) instead of the app's body.
+    async fn serve_accel(
+        &self,
+        session: &mut Session,
+        app: &ResponseHeader,
+        directive: Directive,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.served_by = "accel";
+        ctx.accel = true;
+        let route = ctx.route.clone();
+        let route = route.as_deref().unwrap_or("-");
+        let upstream = ctx.upstream_name().to_string();
+        let (location, path, header, value) = match directive {
+            Directive::Refuse {
+                header,
+                value,
+                reason,
+            } => {
+                tracing::warn!(route, upstream = %upstream, header, value = %value, reason, "the app's file redirect was refused");
+                return respond(session, 404, "no such file").await;
+            }
+            Directive::Serve {
+                location,
+                path,
+                header,
+                value,
+            } => (location, path, header, value),
+        };
+        let req = session.req_header();
+        let plan = self
+            .internal
+            .plan(location, &path, &req.method, &req.headers)
+            .await;
+        let (status, reason) = match plan {
+            Plan::Serve(resp) => {
+                let mut app = app.clone();
+                forwarding::response(&mut app);
+                let head = accel::response_head(&app, &resp)?;
+                return self.send_file(session, head, resp.body).await;
+            }
+            Plan::NotFound => (
+                404,
+                "no such file (missing, a directory, hidden, or a symlink out of the root)",
+            ),
+            // A failed If-Match / If-Unmodified-Since is the client's answer to give.
+            Plan::Reject { status, reason } if status == http::StatusCode::PRECONDITION_FAILED => {
+                return respond(session, status.as_u16(), reason).await;
+            }
+            Plan::Reject { status, reason } if status.is_server_error() => (500, reason),
+            Plan::Reject { reason, .. } => (404, reason),
+        };
+        tracing::warn!(route, upstream = %upstream, header, value = %value, location = self.internal.name(location), status, reason, "the app's file redirect names nothing to serve");
+        respond(
+            session,
+            status,
+            if status == 404 {
+                "no such file"
+            } else {
+                "cannot read the file"
+            },
+        )
+        .await
     }
 }
 
@@ -235,6 +307,13 @@ impl ProxyHttp for Gateway {
             respond(session, 400, "bad path").await?;
             return Ok(true);
         };
+        if self.internal.hides(&path) {
+            // Only the app hands these files out (X-Accel-Redirect), whatever route matches.
+            ctx.served_by = "router";
+            tracing::warn!(client = ?ctx.client, path = %req.uri.path(), "request from outside for an internal location");
+            respond(session, 404, "no route for this path").await?;
+            return Ok(true);
+        }
         let host = host_of(req);
         let Some(route) = self.router.find(host.as_deref(), &path) else {
             ctx.served_by = "router";
@@ -284,6 +363,7 @@ impl ProxyHttp for Gateway {
                     }
                     let mut req = session.req_header().clone();
                     forwarding::request(&mut req, &self.client(ctx), false);
+                    self.internal.tell_the_app(&mut req);
                     let mut server = None;
                     let outcome = fastcgi::serve(
                         session,
@@ -299,10 +379,18 @@ impl ProxyHttp for Gateway {
                     )
                     .await;
                     ctx.current = server;
-                    if let Err(failure) = outcome? {
-                        let status = failure.status();
-                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %req.uri, status, error = %failure.describe(), "fastcgi request failed");
-                        respond(session, status, failure.public_reason()).await?;
+                    match outcome? {
+                        Ok(fastcgi::Answer::Sent) => {}
+                        Ok(fastcgi::Answer::NamesAFile(app)) => {
+                            if let Some(d) = self.internal.directive(&app) {
+                                self.serve_accel(session, &app, d, ctx).await?;
+                            }
+                        }
+                        Err(failure) => {
+                            let status = failure.status();
+                            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %req.uri, status, error = %failure.describe(), "fastcgi request failed");
+                            respond(session, status, failure.public_reason()).await?;
+                        }
                     }
                     return Ok(true);
                 }
@@ -315,6 +403,7 @@ impl ProxyHttp for Gateway {
                     ctx.served_by = "tunnel";
                     let mut req = session.req_header().clone();
                     forwarding::request(&mut req, &self.client(ctx), true);
+                    self.internal.tell_the_app(&mut req);
                     if let Err(failure) = tunnel::run(session, pool, ctx.client, &req).await? {
                         let status = failure.status();
                         tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, status, error = %failure.describe(), "websocket tunnel failed");
@@ -358,10 +447,18 @@ impl ProxyHttp for Gateway {
         };
         ctx.current = Some(i);
         ctx.in_flight = Some(pool.begin(i));
-        let Some(addr) = pool.servers[i].addr.inet() else {
-            return Error::e_explain(ErrorType::HTTPStatus(502), "not a TCP server");
+        let mut peer = match &pool.servers[i].addr {
+            Addr::Tcp(addr) => HttpPeer::new(*addr, false, String::new()),
+            Addr::Unix(path) => {
+                let Some(path) = path.to_str() else {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        "socket path is not UTF-8",
+                    );
+                };
+                HttpPeer::new_uds(path, false, String::new())?
+            }
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
@@ -398,15 +495,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         forwarding::request(upstream_request, &self.client(ctx), false);
+        self.internal.tell_the_app(upstream_request);
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(directive) = self.internal.directive(upstream_response) {
+            // The whole answer (the file, or a 404) is written here. pingora then finds a
+            // response already sent and skips the app's head (H2 silently; H1 with a warning,
+            // silenced in main.rs), and `response_body_filter` drops the app's body.
+            return self
+                .serve_accel(session, upstream_response, directive, ctx)
+                .await;
+        }
         forwarding::response(upstream_response);
         if ctx.tls {
             if let Some(h) = &self.hsts {
@@ -414,6 +520,19 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.accel {
+            *body = None;
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -27,6 +27,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Routes(#[from] crate::router::BuildError),
+    #[error(transparent)]
+    Internal(#[from] crate::accel::BuildError),
 }
 
 /// Runs every pool's health checks until shutdown.
@@ -194,6 +196,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         limits: config.limits.clone(),
         trusted: config.trusted_proxies(),
         hsts,
+        internal: crate::accel::Internal::from_config(&config.internal_locations)?,
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.

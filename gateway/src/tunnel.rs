@@ -6,7 +6,7 @@
 //! connection, waits for the app's answer, relays it, and on a 101 pumps bytes both ways until
 //! either side closes, with no read timeout.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +14,9 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::upstream::Pool;
+use crate::upstream::{Addr, Pool};
 
 /// The app's response head to an upgrade must fit in this (nginx `proxy_buffer_size`-like).
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -29,9 +28,9 @@ const UPGRADE_ANSWER_TIMEOUT: Duration =
 /// Why a tunnel could not be opened; mapped to 502/503/504 by the caller.
 pub enum Failure {
     NoHealthyServer,
-    Connect(SocketAddr, String),
-    Timeout(SocketAddr),
-    BadAnswer(SocketAddr, String),
+    Connect(Addr, String),
+    Timeout(Addr),
+    BadAnswer(Addr, String),
 }
 
 /// Open the tunnel and run it to the end. `req` already carries the forwarding headers.
@@ -46,10 +45,8 @@ pub async fn run(
         let Some(i) = pool.select(client, &tried) else {
             return Ok(Err(Failure::NoHealthyServer));
         };
-        let Some(addr) = pool.servers[i].addr.inet() else {
-            return Ok(Err(Failure::NoHealthyServer));
-        };
-        match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr)).await {
+        let addr = pool.servers[i].addr.clone();
+        match tokio::time::timeout(pool.connect_timeout, addr.connect()).await {
             Ok(Ok(s)) => break (s, addr),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %pool.name, server = %addr, error = %e, "websocket tunnel: connect failed, trying another server");
@@ -66,8 +63,6 @@ pub async fn run(
             }
         }
     };
-    let _ = upstream.set_nodelay(true);
-
     let head = serialize(req);
     if let Err(e) = upstream.write_all(&head).await {
         return Ok(Err(Failure::Connect(addr, e.to_string())));
@@ -142,7 +137,7 @@ fn serialize(req: &RequestHeader) -> Vec<u8> {
 
 /// Read the app's response head; returns it and any bytes that followed it.
 async fn read_head(
-    upstream: &mut TcpStream,
+    upstream: &mut (impl AsyncRead + Unpin),
 ) -> std::result::Result<(ResponseHeader, Bytes), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];

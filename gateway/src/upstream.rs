@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Balance, HealthCheck, Protocol, Upstream};
 
-/// Where a server listens: TCP, or (FastCGI pools only) a Unix socket.
+/// Where a server listens: TCP, or a Unix socket (php-fpm, or Puma's `bind unix://...`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {
     Tcp(SocketAddr),
@@ -24,20 +24,76 @@ pub enum Addr {
 }
 
 impl Addr {
-    /// `host:port` or `unix:/path`.
+    /// `host:port`, `unix:/path` or `unix:///path`.
     pub fn parse(s: &str) -> Option<Addr> {
-        match s.strip_prefix("unix:") {
+        match crate::config::unix_socket_path(s) {
             Some(p) if p.starts_with('/') => Some(Addr::Unix(PathBuf::from(p))),
             Some(_) => None,
             None => s.parse().ok().map(Addr::Tcp),
         }
     }
 
-    /// The TCP address; HTTP pools only have these (validation refuses Unix sockets there).
-    pub fn inet(&self) -> Option<SocketAddr> {
-        match self {
-            Addr::Tcp(a) => Some(*a),
-            Addr::Unix(_) => None,
+    /// Open a connection, for the health checks and the WebSocket tunnel.
+    pub async fn connect(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Addr::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a).await?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            Addr::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await?),
+        })
+    }
+}
+
+/// A connection to a server, whichever kind of socket it is.
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -227,20 +283,21 @@ fn score(ip: IpAddr, server: &Addr) -> u64 {
     h.finish()
 }
 
-/// One health probe: a TCP connect, or `GET path` answered with 2xx/3xx.
+/// One health probe: a connect, or `GET path` answered with 2xx/3xx.
 async fn probe(addr: &Addr, path: Option<&str>) -> bool {
-    let addr = match addr {
-        Addr::Tcp(a) => *a,
-        Addr::Unix(p) => return tokio::net::UnixStream::connect(p).await.is_ok(),
-    };
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+    let Ok(mut stream) = addr.connect().await else {
         return false;
     };
     let Some(path) = path else {
         return true;
     };
+    // A Unix socket has no host name; app servers accept any Host on one.
+    let host = match addr {
+        Addr::Tcp(a) => a.to_string(),
+        Addr::Unix(_) => "localhost".to_string(),
+    };
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gateway-health-check\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gateway-health-check\r\nConnection: close\r\n\r\n"
     );
     if stream.write_all(req.as_bytes()).await.is_err() {
         return false;
@@ -316,6 +373,59 @@ mod tests {
                 assert_eq!(now, *was, "a client not on the removed server moved");
             }
         }
+    }
+
+    #[test]
+    fn addresses_tcp_and_both_unix_spellings() {
+        assert_eq!(
+            Addr::parse("127.0.0.1:3000"),
+            Some(Addr::Tcp("127.0.0.1:3000".parse().unwrap()))
+        );
+        let puma = Some(Addr::Unix(PathBuf::from("/run/app/puma.sock")));
+        assert_eq!(Addr::parse("unix:/run/app/puma.sock"), puma);
+        assert_eq!(Addr::parse("unix:///run/app/puma.sock"), puma);
+        assert_eq!(Addr::parse("unix:relative.sock"), None);
+        assert_eq!(Addr::parse("unix://tmp/puma.sock"), None);
+        assert_eq!(Addr::parse("localhost"), None);
+        assert_eq!(
+            Addr::parse("unix:///run/app/puma.sock")
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("unix:/run/app/puma.sock")
+        );
+    }
+
+    #[tokio::test]
+    async fn http_health_checks_work_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("probe-uds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("app.sock");
+        let addr = Addr::Unix(sock.clone());
+        assert!(!probe(&addr, Some("/ping")).await, "no socket file yet");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for answer in ["HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 503 Busy\r\n\r\n"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                s.write_all(answer.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        assert!(probe(&addr, Some("/ping")).await);
+        assert!(
+            !probe(&addr, Some("/ping")).await,
+            "a 503 is a failed check"
+        );
+        let seen = server.await.unwrap();
+        assert!(
+            seen[0].starts_with("GET /ping HTTP/1.1\r\nHost: localhost\r\n"),
+            "{seen:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

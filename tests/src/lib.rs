@@ -255,6 +255,52 @@ impl Stub {
     }
 }
 
+/// A backend-stub on a Unix socket, as Puma is with `bind "unix:///run/app/puma.sock"`.
+pub struct UnixStub {
+    pub id: String,
+    pub socket: PathBuf,
+    pub proc: Proc,
+}
+
+impl UnixStub {
+    /// Listen on `socket` (given as Puma prints it, `unix://` + the absolute path) and wait
+    /// until it accepts connections.
+    pub fn start(id: &str, socket: &Path) -> UnixStub {
+        let dir = socket.parent().expect("a socket path has a folder");
+        let listen = format!("unix://{}", socket.display());
+        let mut proc = Proc::spawn(
+            &format!("backend-stub {id} (unix)"),
+            &binary("backend-stub"),
+            &["--listen", &listen, "--id", id],
+            dir,
+        );
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Some(status) = proc.exited() {
+                panic!(
+                    "{} exited with {status}; its log:\n{}",
+                    proc.name,
+                    proc.logs()
+                );
+            }
+            if start.elapsed() > READY_DEADLINE {
+                panic!(
+                    "{} did not listen on {} within {READY_DEADLINE:?}; its log:\n{}",
+                    proc.name,
+                    socket.display(),
+                    proc.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        UnixStub {
+            id: id.to_string(),
+            socket: socket.to_path_buf(),
+            proc,
+        }
+    }
+}
+
 /// The ports a gateway under test listens on.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {

@@ -17,6 +17,9 @@ case '/':
         . '<li><a href="/server">/server</a>: what PHP sees in $_SERVER</li>'
         . '<li><a href="/style.css">/style.css</a>: a static file, served without PHP</li>'
         . '<li><a href="/missing.php">/missing.php</a>: 404 without PHP</li>'
+        . '<li><a href="/download/report.txt">/download/report.txt</a>: a protected file, '
+        . 'handed out with X-Accel-Redirect (<a href="/protected/report.txt">/protected/report.txt</a> '
+        . 'itself is a 404)</li>'
         . '</ul><form method=post action=/upload enctype=multipart/form-data>'
         . '<input type=file name=f> <button>Upload</button></form>');
     break;
@@ -36,6 +39,23 @@ case '/upload':
         : '<p>No file.</p>');
     break;
 default:
+    if (preg_match('#^/download/([^/]+)$#', $path, $m)) {
+        // A real app checks here that the user may have this file. PHP only names it: the
+        // gateway serves it from its internal location /protected/ (examples/php/protected/),
+        // with Range and ETag, and keeps the headers set here.
+        $name = rawurldecode($m[1]);
+        if (!preg_match('/^[A-Za-z0-9][A-Za-z0-9._-]*$/', $name)) {
+            http_response_code(404);
+            page('Not found', '<p>No such download.</p>');
+            break;
+        }
+        header('Content-Type: text/plain; charset=utf-8');
+        header('Content-Disposition: attachment; filename="' . $name . '"');
+        header('X-Accel-Redirect: /protected/' . rawurlencode($name));
+        // Never sent: the gateway answers with the file instead of this body.
+        echo "If you can read this, the front server ignored X-Accel-Redirect.\n";
+        break;
+    }
     if (preg_match('#^/posts/(\d+)$#', $path, $m)) {
         page("Post {$m[1]}", '<p>Query: <code>' . htmlspecialchars($_SERVER['QUERY_STRING']) . '</code></p>');
         break;
