@@ -4,10 +4,12 @@
 //! A request flows one way: a listener ([`tls`] terminates HTTPS; [`redirect`] sends plain
 //! HTTP there) -> [`proxy`] applies the limits and asks the [`router`] -> the route's target:
 //! [`static_files`], a realtime service through the [`seam`], the app's WebSocket [`tunnel`],
-//! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm). [`config`] describes all of it and
-//! [`admin`] reports on it.
+//! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm).
+//! Answers from files and the app are compressed on the way out ([`compression`]). [`config`]
+//! describes all of it and [`admin`] reports on it.
 
 pub mod admin;
+pub mod compression;
 pub mod config;
 pub mod fastcgi;
 pub mod forwarding;

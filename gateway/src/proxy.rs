@@ -12,6 +12,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::compression::{self, Encoder, Settings};
 use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
@@ -46,6 +47,10 @@ pub struct Ctx {
     /// Set when the request was answered here (static file, realtime, error) so the access
     /// log can name it.
     served_by: &'static str,
+    /// The route's compression settings (`None`: off for this route).
+    compression: Option<Arc<Settings>>,
+    /// The proxied answer's body is being compressed.
+    encoder: Option<Encoder>,
 }
 
 impl Ctx {
@@ -155,10 +160,34 @@ impl Gateway {
                 if let Some(h) = &self.hsts {
                     head.insert_header("strict-transport-security", h.as_str())?;
                 }
-                match resp.body {
-                    static_files::Body::Empty => {
-                        session.write_response_header(Box::new(head), true).await?;
+                // A precompressed sibling already carries its Content-Encoding, so only the
+                // identity file is ever compressed here.
+                let mut encoder = None;
+                if let Some(settings) = &ctx.compression {
+                    let req = compression::Request::from(session.req_header());
+                    match &resp.not_modified_identity {
+                        Some((content_type, len)) => {
+                            let mut full = http::HeaderMap::new();
+                            full.insert(http::header::CONTENT_TYPE, content_type.clone());
+                            full.insert(http::header::CONTENT_LENGTH, (*len).into());
+                            let d = compression::decide(settings, req, http::StatusCode::OK, &full);
+                            compression::apply_not_modified(d, &mut head)?;
+                        }
+                        None => {
+                            let d = compression::decide(settings, req, resp.status, &head.headers);
+                            encoder = compression::apply(settings, d, &mut head)?;
+                        }
                     }
+                }
+                match resp.body {
+                    static_files::Body::Empty => match encoder.as_mut() {
+                        None => session.write_response_header(Box::new(head), true).await?,
+                        Some(e) => {
+                            let end = e.finish().map_err(compression::error)?;
+                            session.write_response_header(Box::new(head), false).await?;
+                            session.write_response_body(Some(end), true).await?;
+                        }
+                    },
                     static_files::Body::File { path, offset, len } => {
                         session.write_response_header(Box::new(head), false).await?;
                         let mut reader =
@@ -170,7 +199,15 @@ impl Gateway {
                         loop {
                             match reader.next().await {
                                 Ok(Some(chunk)) => {
-                                    session.write_response_body(Some(chunk), false).await?
+                                    // A file is read as fast as the client takes it: no flush
+                                    // per chunk, the encoder emits full blocks.
+                                    let out = match encoder.as_mut() {
+                                        Some(e) => e.encode(&chunk).map_err(compression::error)?,
+                                        None => chunk,
+                                    };
+                                    if !out.is_empty() {
+                                        session.write_response_body(Some(out), false).await?
+                                    }
                                 }
                                 Ok(None) => break,
                                 Err(e) => {
@@ -181,7 +218,11 @@ impl Gateway {
                                 }
                             }
                         }
-                        session.write_response_body(None, true).await?;
+                        let end = match encoder.as_mut() {
+                            Some(e) => Some(e.finish().map_err(compression::error)?),
+                            None => None,
+                        };
+                        session.write_response_body(end, true).await?;
                     }
                 }
                 Ok(true)
@@ -253,7 +294,9 @@ impl ProxyHttp for Gateway {
                 files,
                 pool,
                 websocket,
+                compression,
             } => {
+                ctx.compression = compression.clone();
                 let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
                 if let Some(files) = files {
                     // PHP source is never a static file when php-fpm is behind.
@@ -294,6 +337,7 @@ impl ProxyHttp for Gateway {
                             tls: ctx.tls,
                             max_body: self.limits.max_body_bytes,
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
+                            compression: ctx.compression.as_deref(),
                             server: &mut server,
                         },
                     )
@@ -403,7 +447,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -413,7 +457,38 @@ impl ProxyHttp for Gateway {
                 upstream_response.insert_header("strict-transport-security", h.as_str())?;
             }
         }
+        // Called again for the final header after a 1xx, which decides afresh.
+        if let Some(settings) = &ctx.compression {
+            let d = compression::decide(
+                settings,
+                session.req_header().into(),
+                upstream_response.status,
+                &upstream_response.headers,
+            );
+            ctx.encoder = compression::apply(settings, d, upstream_response)?;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // Each piece pingora read from the app is flushed to the client as it comes: an app
+        // that streams (a progress page, a chunked export) is not held back by the encoder.
+        if let Some(e) = ctx.encoder.as_mut() {
+            let out = e
+                .piece(body.as_deref(), end_of_stream)
+                .map_err(compression::error)?;
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+            if end_of_stream {
+                ctx.encoder = None;
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
