@@ -73,15 +73,16 @@ pub mod defaults {
     /// of any gain; 256 (the h5bp nginx configuration's value) skips bodies that barely shrink
     /// and costs nothing worth saving: they fit in one packet either way.
     pub const COMPRESSION_MIN_LENGTH: u64 = 256;
-    /// nginx's `gzip_comp_level` is 1; 5 measured about 30 % smaller than 1 on JavaScript and
-    /// HTML at about a third of the speed (~60-200 MB/s a core), and 6-9 gain under 2 % more
-    /// for up to twice the CPU.
+    /// nginx's `gzip_comp_level` is 1; measured with `bench --bin compress-cost` (see
+    /// BENCHMARKS.md), 5 makes JavaScript and HTML 25-33 % smaller than 1 at about a third of
+    /// its speed (~80-150 MB/s a core), and 6-9 gain under 2 % more for up to 4x the CPU.
     pub const GZIP_LEVEL: u32 = 5;
-    /// The nginx brotli module's `brotli_comp_level` is 6; on the fly, 4 costs about what gzip
-    /// 5 costs in CPU and compresses as well or better, while 5-6 took 1.5-2x the time and
-    /// 1.5-2x the memory per stream for 5-8 % less. Files that are served often should be
-    /// precompressed (`file.br` at 11) instead.
-    pub const BROTLI_LEVEL: u32 = 4;
+    /// The nginx brotli module's `brotli_comp_level` is 6. With the `brotli` crate, level 4
+    /// compressed JavaScript no better than gzip 5 for up to twice its CPU; 5 is the lowest
+    /// level that beats gzip 5 (4-11 % smaller, 2-3x its CPU, 1.1-2.8 MiB per stream against
+    /// gzip's 0.4), and 6 adds under 2 % for 15-20 % more CPU and 1 MiB more. Files served
+    /// often are better precompressed (`file.br` at 11).
+    pub const BROTLI_LEVEL: u32 = 5;
     /// brotli first: it is smaller at the same cost, so it wins a tie.
     pub fn compression_algorithms() -> Vec<String> {
         vec!["br".to_string(), "gzip".to_string()]
