@@ -266,7 +266,7 @@ pub enum Decision {
     /// without `Vary`, since no client would get anything else.
     Untouched,
     /// A candidate, but this request gets identity (no acceptable coding, HEAD, a range,
-    /// HTTP/1.0): only `Vary: Accept-Encoding`, so caches keep the variants apart (nginx
+    /// HTTP/1.0, the client's own `no-transform`): only `Vary: Accept-Encoding`, so caches keep the variants apart (nginx
     /// `gzip_vary on`).
     Identity,
     Compress(Coding),
@@ -329,9 +329,11 @@ pub fn decide(
     // A HEAD answer has no body to compress; a range is about the identity bytes (and the
     // gateway never turns a 200 into a 206 itself); HTTP/1.0 has no chunked framing for a
     // body whose length is no longer known (nginx `gzip_http_version 1.1`).
+    // A client's own `Cache-Control: no-transform` asks for the content unchanged too.
     if req.method == Method::HEAD
         || req.headers.contains_key(header::RANGE)
         || req.version < Version::HTTP_11
+        || has_token(req.headers, header::CACHE_CONTROL, "no-transform")
     {
         return Decision::Identity;
     }
@@ -816,6 +818,19 @@ mod tests {
         );
         assert_eq!(
             decide_for("GET", Version::HTTP_10, gzip, 200, html),
+            Identity
+        );
+        assert_eq!(
+            decide_for(
+                "GET",
+                v11,
+                &[
+                    ("accept-encoding", "gzip"),
+                    ("cache-control", "no-transform")
+                ],
+                200,
+                html
+            ),
             Identity
         );
         assert_eq!(decide_for("GET", v11, &[], 200, html), Identity);
