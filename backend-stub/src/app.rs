@@ -36,6 +36,11 @@ pub const MAX_TICKS: u64 = 1_000_000;
 static X_BACKEND_ID: HeaderName = HeaderName::from_static("x-backend-id");
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
+/// Largest body `/body/N` will produce (it is built in memory).
+pub const MAX_TEXT_BODY: u64 = 16 * 1024 * 1024;
+/// Frame size of a `/body/N?framing=chunked` answer.
+const TEXT_FRAME: usize = 4096;
+
 /// Largest request body `/publish-demo` keeps (its optional `{"text": ...}`).
 pub const MAX_PUBLISH_DEMO_BODY: usize = 64 * 1024;
 
@@ -197,6 +202,8 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
         echo(app, &parts, body_len, peer)
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         bytes(n, permit)
+    } else if let Some(n) = path.strip_prefix("/body/") {
+        text_body(n, &uri)
     } else if let Some(code) = path.strip_prefix("/status/") {
         status(code)
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
@@ -420,6 +427,92 @@ fn bytes(n: &str, permit: Option<OwnedSemaphorePermit>) -> Response {
         Body::from_stream(chunks),
     )
         .into_response()
+}
+
+/// The body of `/body/N`: numbered lines of text (compressible, but not a single repeated
+/// byte), cut to exactly `len` bytes.
+pub fn text_of(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut line = 0u64;
+    while out.len() < len {
+        line += 1;
+        out.extend_from_slice(
+            format!(
+                "{line:06} the quick brown fox jumps over the lazy dog {}\n",
+                line * 7919 % 1000
+            )
+            .as_bytes(),
+        );
+    }
+    out.truncate(len);
+    out
+}
+
+/// `/body/N?type=T&header=Name:%20Value&framing=chunked`: N bytes of [`text_of`] with the
+/// given `Content-Type` (default `text/plain; charset=utf-8`) and extra headers (repeatable:
+/// `Cache-Control: no-transform`, `Content-Encoding: gzip`, `ETag: "v1"`, ...), framed with
+/// `Content-Length` or, with `framing=chunked`, streamed in 4 KiB frames of unknown length.
+/// What a proxy in front may or may not compress.
+fn text_body(n: &str, uri: &axum::http::Uri) -> Response {
+    let len: u64 = match n.parse() {
+        Ok(len) if len <= MAX_TEXT_BODY => len,
+        Ok(_) => return bad_request(format!("at most {MAX_TEXT_BODY} bytes")),
+        Err(_) => return bad_request(format!("invalid byte count: {n:?}")),
+    };
+    let query = match axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return bad_request(format!("bad query: {e}")),
+    };
+    let mut content_type = HeaderValue::from_static("text/plain; charset=utf-8");
+    let mut extra = Vec::new();
+    let mut chunked = false;
+    for (key, value) in query {
+        match key.as_str() {
+            "type" => match HeaderValue::from_str(&value) {
+                Ok(v) => content_type = v,
+                Err(_) => return bad_request(format!("invalid type: {value:?}")),
+            },
+            "header" => {
+                let parsed = value.split_once(':').and_then(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.trim().as_bytes()).ok()?,
+                        HeaderValue::from_str(v.trim()).ok()?,
+                    ))
+                });
+                match parsed {
+                    Some(pair) => extra.push(pair),
+                    None => {
+                        return bad_request(format!("header must be Name: Value, got {value:?}"))
+                    }
+                }
+            }
+            "framing" => match value.as_str() {
+                "length" => chunked = false,
+                "chunked" => chunked = true,
+                _ => {
+                    return bad_request(format!("framing must be length or chunked, got {value:?}"))
+                }
+            },
+            _ => {}
+        }
+    }
+    // Bounded by MAX_TEXT_BODY above.
+    let body = Bytes::from(text_of(len as usize));
+    let mut response = if chunked {
+        let frames: Vec<Result<Bytes, Infallible>> = (0..body.len())
+            .step_by(TEXT_FRAME)
+            .map(|at| Ok(body.slice(at..(at + TEXT_FRAME).min(body.len()))))
+            .collect();
+        Body::from_stream(stream::iter(frames)).into_response()
+    } else {
+        body.into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    for (name, value) in extra {
+        headers.append(name, value);
+    }
+    response
 }
 
 /// `/status/N`: any final status 200..=599, body `status N\n` (empty for

@@ -284,6 +284,53 @@ async fn bytes_pattern_and_limits() {
 }
 
 #[tokio::test]
+async fn text_body_with_chosen_type_headers_and_framing() {
+    let addr = spawn(None).await;
+    let resp = get(addr, "/body/1000").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(resp.header("content-length"), Some("1000"));
+    assert_eq!(resp.body, crate::app::text_of(1000));
+    assert!(resp.text().starts_with("000001 the quick brown fox"));
+
+    let resp = get(
+        addr,
+        "/body/10000?type=text/event-stream&header=Cache-Control:%20no-transform&header=ETag:%20%22v1%22&framing=chunked",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    assert_eq!(resp.header("cache-control"), Some("no-transform"));
+    assert_eq!(resp.header("etag"), Some("\"v1\""));
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(resp.body, crate::app::text_of(10000));
+
+    // The stub does not encode: a Content-Encoding header is only a label.
+    let resp = get(
+        addr,
+        "/body/300?header=Content-Encoding:gzip&type=image/png",
+    )
+    .await;
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.header("content-type"), Some("image/png"));
+    assert_eq!(resp.body.len(), 300);
+
+    assert_eq!(get(addr, "/body/0").await.body.len(), 0);
+    for bad in [
+        "/body/x",
+        "/body/16777217",
+        "/body/10?header=nocolon",
+        "/body/10?framing=maybe",
+    ] {
+        assert_eq!(get(addr, bad).await.status, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn status_codes() {
     let addr = spawn(None).await;
     let resp = get(addr, "/status/418").await;

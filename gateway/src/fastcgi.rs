@@ -38,6 +38,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::compression;
 use crate::upstream::{Addr, Pool};
 
 // ---------------------------------------------------------------------------------------------
@@ -689,6 +690,8 @@ pub struct Call<'a> {
     pub tls: bool,
     pub max_body: u64,
     pub hsts: Option<&'a str>,
+    /// On-the-fly compression of the answer; `None` when off for this route.
+    pub compression: Option<&'a crate::compression::Settings>,
     /// The server that answered, for the access log.
     pub server: &'a mut Option<usize>,
 }
@@ -844,6 +847,7 @@ pub async fn serve(
         let mut decoder = Decoder::default();
         let mut stdout_head: Vec<u8> = Vec::new();
         let mut head_sent = false;
+        let mut encoder: Option<compression::Encoder> = None;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut received = false;
         loop {
@@ -906,7 +910,13 @@ pub async fn serve(
                     }
                     Record::Stdout(data) if head_sent => {
                         if !head_only && !data.is_empty() {
-                            session.write_response_body(Some(data), false).await?;
+                            let out = match encoder.as_mut() {
+                                Some(e) => e.encode(&data).map_err(compression::error)?,
+                                None => data,
+                            };
+                            if !out.is_empty() {
+                                session.write_response_body(Some(out), false).await?;
+                            }
                         }
                     }
                     Record::Stdout(data) => {
@@ -955,6 +965,15 @@ pub async fn serve(
                                 if let Some(h) = call.hsts {
                                     head.insert_header("strict-transport-security", h)?;
                                 }
+                                if let Some(settings) = call.compression {
+                                    let d = compression::decide(
+                                        settings,
+                                        call.req.into(),
+                                        head.status,
+                                        &head.headers,
+                                    );
+                                    encoder = compression::apply(settings, d, &mut head)?;
+                                }
                                 session
                                     .write_response_header(Box::new(head), head_only)
                                     .await?;
@@ -962,7 +981,13 @@ pub async fn serve(
                                 let rest = Bytes::copy_from_slice(&stdout_head[used..]);
                                 stdout_head = Vec::new();
                                 if !head_only && !rest.is_empty() {
-                                    session.write_response_body(Some(rest), false).await?;
+                                    let out = match encoder.as_mut() {
+                                        Some(e) => e.encode(&rest).map_err(compression::error)?,
+                                        None => rest,
+                                    };
+                                    if !out.is_empty() {
+                                        session.write_response_body(Some(out), false).await?;
+                                    }
                                 }
                             }
                         }
@@ -978,7 +1003,11 @@ pub async fn serve(
                         )));
                         }
                         if !head_only {
-                            session.write_response_body(None, true).await?;
+                            let end = match encoder.as_mut() {
+                                Some(e) => Some(e.finish().map_err(compression::error)?),
+                                None => None,
+                            };
+                            session.write_response_body(end, true).await?;
                         }
                         if protocol_status == 0 && decoder.pending() == 0 {
                             keep(pool, backend, i, io);
@@ -987,6 +1016,14 @@ pub async fn serve(
                         }
                         return Ok(Ok(Answer::Sent));
                     }
+                }
+            }
+            // What php-fpm has sent so far reaches the client now (a PHP `flush()` is not
+            // held back by the encoder); records that arrived together are one piece.
+            if let Some(e) = encoder.as_mut() {
+                let out = e.flush().map_err(compression::error)?;
+                if !out.is_empty() {
+                    session.write_response_body(Some(out), false).await?;
                 }
             }
         }

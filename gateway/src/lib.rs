@@ -5,11 +5,13 @@
 //! HTTP there) -> [`proxy`] applies the limits and asks the [`router`] -> the route's target:
 //! [`static_files`], a realtime service through the [`seam`], the app's WebSocket [`tunnel`],
 //! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm), whose
-//! `X-Accel-Redirect` answers are served from internal locations by [`accel`]. [`config`]
+//! `X-Accel-Redirect` answers are served from internal locations by [`accel`]. Answers from files
+//! and the app are compressed on the way out ([`compression`]). [`config`]
 //! describes all of it and [`admin`] reports on it.
 
 pub mod accel;
 pub mod admin;
+pub mod compression;
 pub mod config;
 pub mod fastcgi;
 pub mod forwarding;

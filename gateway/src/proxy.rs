@@ -13,6 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::accel::{self, Directive, Internal};
+use crate::compression::{self, Encoder, Settings};
 use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
@@ -51,6 +52,10 @@ pub struct Ctx {
     served_by: &'static str,
     /// The app named a file and it was answered from here: the app's body is dropped.
     accel: bool,
+    /// The route's compression settings (`None`: off for this route).
+    compression: Option<Arc<Settings>>,
+    /// The proxied answer's body is being compressed.
+    encoder: Option<Encoder>,
 }
 
 impl Ctx {
@@ -157,26 +162,53 @@ impl Gateway {
                 for (k, v) in resp.headers.iter() {
                     head.append_header(k.clone(), v.clone())?;
                 }
-                self.send_file(session, head, resp.body).await?;
+                // A precompressed sibling already carries its Content-Encoding, so only the
+                // identity file is ever compressed here.
+                let mut encoder = None;
+                if let Some(settings) = &ctx.compression {
+                    let req = compression::Request::from(session.req_header());
+                    match &resp.not_modified_identity {
+                        Some((content_type, len)) => {
+                            let mut full = http::HeaderMap::new();
+                            full.insert(http::header::CONTENT_TYPE, content_type.clone());
+                            full.insert(http::header::CONTENT_LENGTH, (*len).into());
+                            let d = compression::decide(settings, req, http::StatusCode::OK, &full);
+                            compression::apply_not_modified(d, &mut head)?;
+                        }
+                        None => {
+                            let d = compression::decide(settings, req, resp.status, &head.headers);
+                            encoder = compression::apply(settings, d, &mut head)?;
+                        }
+                    }
+                }
+                self.send_file(session, head, resp.body, encoder).await?;
                 Ok(true)
             }
         }
     }
 
     /// Write a file answer planned by [`static_files`]: its head, then its bytes in chunks.
+    /// Writes a file answer; with `encoder`, compressed on the way (a file is read as fast as
+    /// the client takes it: no flush per chunk, the encoder emits full blocks).
     async fn send_file(
         &self,
         session: &mut Session,
         mut head: ResponseHeader,
         body: static_files::Body,
+        mut encoder: Option<Encoder>,
     ) -> Result<()> {
         if let Some(h) = &self.hsts {
             head.insert_header("strict-transport-security", h.as_str())?;
         }
         match body {
-            static_files::Body::Empty => {
-                session.write_response_header(Box::new(head), true).await?;
-            }
+            static_files::Body::Empty => match encoder.as_mut() {
+                None => session.write_response_header(Box::new(head), true).await?,
+                Some(e) => {
+                    let end = e.finish().map_err(compression::error)?;
+                    session.write_response_header(Box::new(head), false).await?;
+                    session.write_response_body(Some(end), true).await?;
+                }
+            },
             static_files::Body::File { path, offset, len } => {
                 session.write_response_header(Box::new(head), false).await?;
                 let mut reader = static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
@@ -184,12 +216,24 @@ impl Gateway {
                     .map_err(|e| Error::explain(ErrorType::FileReadError, e.to_string()))?;
                 loop {
                     match reader.next().await {
-                        Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                        Ok(Some(chunk)) => {
+                            let out = match encoder.as_mut() {
+                                Some(e) => e.encode(&chunk).map_err(compression::error)?,
+                                None => chunk,
+                            };
+                            if !out.is_empty() {
+                                session.write_response_body(Some(out), false).await?
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => return Error::e_explain(ErrorType::FileReadError, e.to_string()),
                     }
                 }
-                session.write_response_body(None, true).await?;
+                let end = match encoder.as_mut() {
+                    Some(e) => Some(e.finish().map_err(compression::error)?),
+                    None => None,
+                };
+                session.write_response_body(end, true).await?;
             }
         }
         Ok(())
@@ -235,7 +279,7 @@ impl Gateway {
                 let mut app = app.clone();
                 forwarding::response(&mut app);
                 let head = accel::response_head(&app, &resp)?;
-                return self.send_file(session, head, resp.body).await;
+                return self.send_file(session, head, resp.body, None).await;
             }
             Plan::NotFound => (
                 404,
@@ -332,7 +376,9 @@ impl ProxyHttp for Gateway {
                 files,
                 pool,
                 websocket,
+                compression,
             } => {
+                ctx.compression = compression.clone();
                 let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
                 if let Some(files) = files {
                     // PHP source is never a static file when php-fpm is behind.
@@ -374,6 +420,7 @@ impl ProxyHttp for Gateway {
                             tls: ctx.tls,
                             max_body: self.limits.max_body_bytes,
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
+                            compression: ctx.compression.as_deref(),
                             server: &mut server,
                         },
                     )
@@ -519,6 +566,16 @@ impl ProxyHttp for Gateway {
                 upstream_response.insert_header("strict-transport-security", h.as_str())?;
             }
         }
+        // Called again for the final header after a 1xx, which decides afresh.
+        if let Some(settings) = &ctx.compression {
+            let d = compression::decide(
+                settings,
+                session.req_header().into(),
+                upstream_response.status,
+                &upstream_response.headers,
+            );
+            ctx.encoder = compression::apply(settings, d, upstream_response)?;
+        }
         Ok(())
     }
 
@@ -526,11 +583,23 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if ctx.accel {
             *body = None;
+            return Ok(None);
+        }
+        // Each piece pingora read from the app is flushed to the client as it comes: an app
+        // that streams (a progress page, a chunked export) is not held back by the encoder.
+        if let Some(e) = ctx.encoder.as_mut() {
+            let out = e
+                .piece(body.as_deref(), end_of_stream)
+                .map_err(compression::error)?;
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+            if end_of_stream {
+                ctx.encoder = None;
+            }
         }
         Ok(None)
     }

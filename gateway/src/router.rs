@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::compression::Settings;
 use crate::config::{Config, RealtimeKind};
 use crate::static_files::{StaticFiles, StaticOptions};
 use crate::upstream::Pool;
@@ -17,6 +18,8 @@ pub enum Target {
         files: Option<Arc<StaticFiles>>,
         pool: Option<Arc<Pool>>,
         websocket: bool,
+        /// On-the-fly compression of what the files and the pool answer; `None` when off.
+        compression: Option<Arc<Settings>>,
     },
     /// An in-process realtime service, reached through the seam.
     Realtime(Arc<dyn realtime::seam::Service>),
@@ -54,6 +57,7 @@ impl Router {
             .iter()
             .map(|(name, u)| (name.clone(), Arc::new(Pool::from_config(name, u))))
             .collect();
+        let compression = Settings::from_config(&config.compression).map(Arc::new);
         let mut routes = Vec::new();
         for (index, r) in config.routes.iter().enumerate() {
             let target = match r.realtime {
@@ -73,6 +77,7 @@ impl Router {
                     },
                     pool: r.upstream.as_ref().and_then(|u| pools.get(u).cloned()),
                     websocket: r.websocket,
+                    compression: compression.clone().filter(|_| r.compression != Some(false)),
                 },
             };
             routes.push(Route {

@@ -42,6 +42,8 @@ use http::{Method, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::compression::{self, Coding};
+
 /// Value for the `Allow` header of a 405 [`Plan::Reject`]: RFC 9110 requires
 /// it and the planner cannot attach headers to a rejection.
 pub const ALLOW: &str = "GET, HEAD";
@@ -118,6 +120,10 @@ pub struct StaticResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Body,
+    /// On a 304 for the identity file: the `Content-Type` and `Content-Length` its 200 would
+    /// carry, so that on-the-fly compression can give the 304 the same `Vary` and (weak) ETag
+    /// as the 200 it stands for.
+    pub not_modified_identity: Option<(HeaderValue, u64)>,
 }
 
 /// Where the response bytes come from.
@@ -416,6 +422,9 @@ impl StaticFiles {
                     status: StatusCode::NOT_MODIFIED,
                     headers: validators,
                     body: Body::Empty,
+                    not_modified_identity: encoding
+                        .is_none()
+                        .then(|| (content_type(&file.logical), selected.size)),
                 })
             }
             Precondition::Proceed => {}
@@ -455,6 +464,7 @@ impl StaticFiles {
                     status: StatusCode::RANGE_NOT_SATISFIABLE,
                     headers: h,
                     body: Body::Empty,
+                    not_modified_identity: None,
                 });
             }
         };
@@ -472,6 +482,7 @@ impl StaticFiles {
             status,
             headers: headers_out,
             body,
+            not_modified_identity: None,
         })
     }
 }
@@ -581,6 +592,7 @@ fn redirect(segments: &[String], query: Option<&str>) -> Plan {
         status: StatusCode::MOVED_PERMANENTLY,
         headers,
         body: Body::Empty,
+        not_modified_identity: None,
     })
 }
 
@@ -748,77 +760,28 @@ fn content_type(logical: &Path) -> HeaderValue {
     }
 }
 
-/// Quality in thousandths that the client gives `coding`; 0 means refused.
-///
-/// A missing header yields 0 even though RFC 9110 allows any coding then,
-/// because nginx's gzip_static does the same and clients such as plain curl
-/// would otherwise receive bytes they cannot read.
-fn coding_quality(headers: &HeaderMap, coding: &str) -> u16 {
-    let mut explicit: Option<u16> = None;
-    let mut star: Option<u16> = None;
-    for value in headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            if name.is_empty() {
-                continue;
-            }
-            let mut q = 1000;
-            for param in parts {
-                if let Some((k, v)) = param.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        // An unreadable weight is taken as a refusal: the
-                        // identity file is always a safe answer.
-                        q = parse_q(v.trim()).unwrap_or(0);
-                    }
-                }
-            }
-            let slot = if name.eq_ignore_ascii_case(coding)
-                || (coding == "gzip" && name.eq_ignore_ascii_case("x-gzip"))
-            {
-                &mut explicit
-            } else if name == "*" {
-                &mut star
-            } else {
-                continue;
-            };
-            *slot = Some(slot.map_or(q, |old| old.max(q)));
-        }
-    }
-    explicit.or(star).unwrap_or(0)
-}
-
-fn parse_q(v: &str) -> Option<u16> {
-    let q: f32 = v.parse().ok()?;
-    if !q.is_finite() || !(0.0..=1.0).contains(&q) {
-        return None;
-    }
-    // Bounded to 0..=1000 by the check above.
-    Some((q * 1000.0).round() as u16)
-}
-
-/// Highest-weighted acceptable sibling; brotli wins ties because it is the
-/// smaller encoding.
+/// The precompressed sibling the client weights highest (see
+/// [`compression::negotiate`]: `q`-values, `*`, `identity`; brotli wins ties because it is
+/// the smaller encoding). No `Accept-Encoding` gets the identity file, as with nginx's
+/// gzip_static.
 fn choose_encoding<'a>(
     headers: &HeaderMap,
     br: Option<&'a Candidate>,
     gz: Option<&'a Candidate>,
 ) -> Option<(&'a Candidate, &'static str)> {
-    let br = br.map(|c| (c, "br", coding_quality(headers, "br")));
-    let gz = gz.map(|c| (c, "gzip", coding_quality(headers, "gzip")));
-    [br, gz]
-        .into_iter()
-        .flatten()
-        .filter(|(_, _, q)| *q > 0)
-        .fold(
-            None,
-            |best: Option<(&Candidate, &str, u16)>, cur| match best {
-                Some(b) if b.2 >= cur.2 => Some(b),
-                _ => Some(cur),
-            },
-        )
-        .map(|(c, enc, _)| (c, enc))
+    let mut offered = Vec::with_capacity(2);
+    if br.is_some() {
+        offered.push(Coding::Brotli);
+    }
+    if gz.is_some() {
+        offered.push(Coding::Gzip);
+    }
+    let coding = compression::negotiate(headers, &offered)?;
+    let candidate = match coding {
+        Coding::Brotli => br?,
+        Coding::Gzip => gz?,
+    };
+    Some((candidate, coding.token()))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1485,6 +1448,12 @@ mod tests {
             assert_eq!(h(&r, "content-length"), None);
             assert_eq!(h(&r, "content-type"), None);
             assert_eq!(r.body, Body::Empty);
+            // What the 200 would have been, for on-the-fly compression to mark the 304 alike.
+            assert_eq!(
+                r.not_modified_identity,
+                Some((HeaderValue::from_static("text/plain; charset=utf-8"), 12)),
+                "{inm}"
+            );
         }
         // Split across several header lines.
         let r = served(
@@ -1809,6 +1778,7 @@ mod tests {
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         assert_eq!(h(&r, "etag"), Some("\"6553f101-3\""));
         assert_eq!(h(&r, "vary"), Some("Accept-Encoding"));
+        assert_eq!(r.not_modified_identity, None, "a precompressed variant");
         // The identity tag does not validate the brotli variant.
         let r = served(get(&sf, "/app.js", &[ae, ("if-none-match", "\"6553f100-10\"")]).await);
         assert_eq!(r.status, StatusCode::OK);
