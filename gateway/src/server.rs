@@ -217,7 +217,11 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
             .expect("TlsSettings::intermediate only stores its arguments");
         tls.set_cert_resolver(Arc::new(resolver));
         tls.enable_h2();
-        proxy.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(listener_buffers()));
+        proxy.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(tls)
+                .l4_buffer(listener_buffers()),
+        );
         if let Some(http) = &config.listen.http {
             let port = addr
                 .rsplit_once(':')

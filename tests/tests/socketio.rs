@@ -203,7 +203,11 @@ async fn emit_refuses_bad_requests_clearly() {
         (r#"{"event":"x","data":1}"#, 400, "timeout_ms"),
         (r#"{"event":"x","timeout_ms":0}"#, 400, "timeout_ms"),
         (r#"{"event":"connect","timeout_ms":100}"#, 400, "reserved"),
-        (r#"{"namespace":"/nope","event":"x","timeout_ms":100}"#, 404, "no such namespace"),
+        (
+            r#"{"namespace":"/nope","event":"x","timeout_ms":100}"#,
+            404,
+            "no such namespace",
+        ),
         ("not json", 400, "invalid JSON"),
     ] {
         let r = c
