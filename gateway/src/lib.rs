@@ -4,10 +4,13 @@
 //! A request flows one way: a listener ([`tls`] terminates HTTPS; [`redirect`] sends plain
 //! HTTP there) -> [`proxy`] applies the limits and asks the [`router`] -> the route's target:
 //! [`static_files`], a realtime service through the [`seam`], the app's WebSocket [`tunnel`],
-//! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm). [`config`] describes all of it and
+//! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm), with
+//! the request body held whole first and the answer read ahead of slow clients ([`buffering`],
+//! [`relay`]). [`config`] describes all of it and
 //! [`admin`] reports on it.
 
 pub mod admin;
+pub mod buffering;
 pub mod config;
 pub mod fastcgi;
 pub mod forwarding;
@@ -15,6 +18,7 @@ pub mod header_deadline;
 pub mod probe;
 pub mod proxy;
 pub mod redirect;
+pub mod relay;
 pub mod router;
 pub mod seam;
 pub mod server;

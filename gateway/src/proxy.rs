@@ -12,11 +12,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::buffering::{self, Body, BodyLimits};
 use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
 use crate::upstream::{InFlight, Pool};
-use crate::{fastcgi, forwarding, seam, tunnel};
+use crate::{fastcgi, forwarding, relay, seam, tunnel};
 
 /// Static files are sent in pieces of this size: large enough for few syscalls, small enough
 /// that a thousand concurrent downloads stay within tens of MiB.
@@ -28,6 +29,10 @@ pub struct Gateway {
     pub trusted: Vec<Cidr>,
     /// The `Strict-Transport-Security` value, when HSTS is on.
     pub hsts: Option<String>,
+    /// Where held bodies spill to disk.
+    pub temp_dir: Arc<std::path::PathBuf>,
+    /// Connections to the app for requests whose body is held (see [`relay`]).
+    pub connector: pingora::connectors::http::v1::Connector,
 }
 
 /// Per-request state.
@@ -110,6 +115,39 @@ fn host_of(req: &RequestHeader) -> Option<String> {
 }
 
 impl Gateway {
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.limits.max_body_bytes,
+            memory: self.limits.client_body_buffer_bytes,
+            timeout: Duration::from_millis(self.limits.client_body_timeout_ms),
+            min_rate: self.limits.client_body_min_rate,
+        }
+    }
+
+    /// Read the whole request body, or answer why not (`None`).
+    async fn hold_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Body>> {
+        match buffering::read_body(session, &self.body_limits(), &self.temp_dir).await {
+            Ok(body) => {
+                ctx.body_bytes = body.len();
+                if body.spilled() {
+                    tracing::debug!(route = ctx.route.as_deref().unwrap_or("-"), bytes = body.len(), "request body held in a temporary file");
+                }
+                Ok(Some(body))
+            }
+            Err(failure) => {
+                let status = failure.status();
+                ctx.served_by = "limit";
+                tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
+                if status > 0 {
+                    respond(session, status, failure.public_reason()).await?;
+                } else {
+                    session.set_keepalive(None);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
         forwarding::Client {
             ip: ctx.client,
@@ -253,6 +291,8 @@ impl ProxyHttp for Gateway {
                 files,
                 pool,
                 websocket,
+                request_buffering,
+                response_buffering,
             } => {
                 let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
                 if let Some(files) = files {
@@ -268,6 +308,16 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 };
                 ctx.pool = Some(pool.clone());
+                let upgrade = session.is_upgrade_req();
+                // The body is read whole before the app is asked, so a slow upload costs the
+                // gateway a little memory or disk instead of an app worker.
+                let mut held = None;
+                if *request_buffering && !upgrade && buffering::has_body(session) {
+                    match self.hold_body(session, ctx).await? {
+                        Some(body) => held = Some(body),
+                        None => return Ok(true),
+                    }
+                }
                 if fastcgi {
                     ctx.served_by = "fastcgi";
                     if session.is_upgrade_req() {
@@ -293,6 +343,7 @@ impl ProxyHttp for Gateway {
                             client: ctx.client,
                             tls: ctx.tls,
                             max_body: self.limits.max_body_bytes,
+                            body: held.as_ref(),
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
                             server: &mut server,
                         },
@@ -319,6 +370,36 @@ impl ProxyHttp for Gateway {
                         let status = failure.status();
                         tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, status, error = %failure.describe(), "websocket tunnel failed");
                         respond(session, status, &failure.describe()).await?;
+                    }
+                    return Ok(true);
+                }
+                if held.is_some() || *response_buffering {
+                    let mut req = session.req_header().clone();
+                    forwarding::request(&mut req, &self.client(ctx), false);
+                    let mut server = None;
+                    let outcome = relay::forward(
+                        session,
+                        relay::Call {
+                            pool,
+                            connector: &self.connector,
+                            req,
+                            body: held.as_ref(),
+                            client: ctx.client,
+                            hsts: self.hsts.as_deref().filter(|_| ctx.tls),
+                            buffering: response_buffering.then(|| relay::ResponseBuffering {
+                                memory: self.limits.response_buffer_bytes,
+                                max_file: self.limits.response_temp_file_bytes,
+                                dir: self.temp_dir.clone(),
+                            }),
+                            server: &mut server,
+                        },
+                    )
+                    .await;
+                    ctx.current = server;
+                    if let Err(failure) = outcome? {
+                        let status = failure.status();
+                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %session.req_header().uri, status, error = %failure.describe(), "proxy error");
+                        respond(session, status, failure.public_reason()).await?;
                     }
                     return Ok(true);
                 }
@@ -366,9 +447,7 @@ impl ProxyHttp for Gateway {
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);
-        // Idle keep-alive connections to the app are closed before a typical app server's own
-        // keep-alive timeout (Puma: 20 s) so we never write to a connection it is closing.
-        peer.options.idle_timeout = Some(Duration::from_secs(15));
+        peer.options.idle_timeout = Some(relay::IDLE_TIMEOUT);
         Ok(Box::new(peer))
     }
 

@@ -17,6 +17,10 @@ pub enum Target {
         files: Option<Arc<StaticFiles>>,
         pool: Option<Arc<Pool>>,
         websocket: bool,
+        /// Hold the whole request body before asking the app.
+        request_buffering: bool,
+        /// Read the app's answer ahead of a slow client.
+        response_buffering: bool,
     },
     /// An in-process realtime service, reached through the seam.
     Realtime(Arc<dyn realtime::seam::Service>),
@@ -73,6 +77,8 @@ impl Router {
                     },
                     pool: r.upstream.as_ref().and_then(|u| pools.get(u).cloned()),
                     websocket: r.websocket,
+                    request_buffering: r.request_buffering(),
+                    response_buffering: r.response_buffering,
                 },
             };
             routes.push(Route {
