@@ -174,7 +174,10 @@ async fn echo_reports_request() {
     assert_eq!(json["headers"]["host"], "stub");
     assert_eq!(json["body_len"], 5);
     // sha1("hello")
-    assert_eq!(json["body_sha1"], "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d");
+    assert_eq!(
+        json["body_sha1"],
+        "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+    );
     assert_eq!(json["version"], "HTTP/1.1");
     assert!(json["peer"]
         .as_str()

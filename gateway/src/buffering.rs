@@ -173,11 +173,10 @@ pub struct BodyLimits {
 /// second per `min_rate` bytes, so a large upload on a slow link keeps going while a client
 /// trickling a few bytes a second is cut off.
 pub fn body_deadline(start: Instant, limits: &BodyLimits, received: u64) -> Instant {
-    let earned = if limits.min_rate == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(received.saturating_mul(1000) / limits.min_rate)
-    };
+    let earned = received
+        .saturating_mul(1000)
+        .checked_div(limits.min_rate)
+        .map_or(Duration::ZERO, Duration::from_millis);
     start + limits.timeout + earned
 }
 
@@ -223,7 +222,10 @@ impl std::fmt::Display for BodyFailure {
         match self {
             BodyFailure::TooLarge(n) => write!(f, "request body over {n} bytes"),
             BodyFailure::Timeout { received } => {
-                write!(f, "request body incomplete at the deadline ({received} bytes received)")
+                write!(
+                    f,
+                    "request body incomplete at the deadline ({received} bytes received)"
+                )
             }
             BodyFailure::Client(e) => write!(f, "reading the request body: {e}"),
             BodyFailure::Disk(e) => write!(f, "writing the request body to a temporary file: {e}"),
@@ -446,7 +448,11 @@ mod tests {
         assert!(b.spilled());
         assert_eq!(b.len(), want.len() as u64);
         assert_eq!(collect(&b).await, want);
-        assert_eq!(collect(&b).await, want, "a second replay (a retry) sees the same bytes");
+        assert_eq!(
+            collect(&b).await,
+            want,
+            "a second replay (a retry) sees the same bytes"
+        );
     }
 
     #[tokio::test]
@@ -498,7 +504,10 @@ mod tests {
             timeout: Duration::from_secs(60),
             min_rate: 500,
         };
-        assert_eq!(body_deadline(start, &limits, 0), start + Duration::from_secs(60));
+        assert_eq!(
+            body_deadline(start, &limits, 0),
+            start + Duration::from_secs(60)
+        );
         assert_eq!(
             body_deadline(start, &limits, 5_000),
             start + Duration::from_secs(70)
@@ -522,7 +531,8 @@ mod tests {
         r.insert_header("content-type", "Text/Event-Stream; charset=utf-8")
             .expect("h");
         assert!(!response_may_buffer(&r));
-        r.insert_header("content-type", "application/json").expect("h");
+        r.insert_header("content-type", "application/json")
+            .expect("h");
         r.insert_header("x-accel-buffering", "no").expect("h");
         assert!(!response_may_buffer(&r));
         r.insert_header("x-accel-buffering", "yes").expect("h");

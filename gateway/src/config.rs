@@ -1226,10 +1226,17 @@ impl Config {
                     "needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)".into(),
                 );
             }
+            if r.response_buffering && behind.is_some_and(|u| u.protocol == Protocol::Fastcgi) {
+                bad(
+                    format!("{at}.response_buffering"),
+                    "not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)".into(),
+                );
+            }
             if r.realtime.is_some() && (r.response_buffering || r.request_buffering_set.is_some()) {
                 bad(
                     at.clone(),
-                    "`request_buffering` and `response_buffering` only apply to `upstream` routes".into(),
+                    "`request_buffering` and `response_buffering` only apply to `upstream` routes"
+                        .into(),
                 );
             }
             if let Some(s) = &r.static_files {
@@ -1335,6 +1342,45 @@ routes:
         )
         .unwrap_err();
         assert!(e.contains("unknown field `frontcontroller`"), "{e}");
+    }
+
+    #[test]
+    fn buffering_options_are_validated() {
+        let root = std::env::temp_dir();
+        let c = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        )
+        .expect("parses");
+        assert!(c.routes[0].request_buffering(), "on by default");
+        assert!(!c.routes[0].response_buffering, "off by default");
+        assert_eq!(c.temp_dir(), PathBuf::from(".state/tmp"));
+        let p = problems(&format!(
+            r#"
+listen: {{http: 127.0.0.1:8080}}
+limits: {{client_body_buffer_bytes: 10, client_body_timeout_ms: 0, response_buffer_bytes: 0}}
+upstreams:
+  app: {{servers: [127.0.0.1:3000]}}
+  php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {root}}}}}
+routes:
+  - {{path: /a, upstream: app, request_buffering: false, response_buffering: true}}
+  - {{path: /p, upstream: php, response_buffering: true}}
+  - {{path: /s, realtime: sse, request_buffering: true}}
+  - {{path: /, upstream: app, request_buffering: false}}
+"#,
+            root = root.display()
+        ));
+        let want = [
+            "limits.client_body_buffer_bytes: must be at least 1024",
+            "limits.client_body_timeout_ms: must be greater than 0",
+            "limits.response_buffer_bytes: must be at least 1024",
+            "routes[0].response_buffering: needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)",
+            "routes[1].response_buffering: not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)",
+            "routes[2]: `request_buffering` and `response_buffering` only apply to `upstream` routes",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
     }
 
     #[test]

@@ -130,7 +130,11 @@ impl Gateway {
             Ok(body) => {
                 ctx.body_bytes = body.len();
                 if body.spilled() {
-                    tracing::debug!(route = ctx.route.as_deref().unwrap_or("-"), bytes = body.len(), "request body held in a temporary file");
+                    tracing::debug!(
+                        route = ctx.route.as_deref().unwrap_or("-"),
+                        bytes = body.len(),
+                        "request body held in a temporary file"
+                    );
                 }
                 Ok(Some(body))
             }

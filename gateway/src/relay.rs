@@ -25,7 +25,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::buffering::{self, Body, Fifo};
-use crate::upstream::Pool;
+use crate::upstream::{InFlight, Pool};
 
 /// Keep-alive connections to the app are closed before a typical app server's own keep-alive
 /// timeout (Puma: 20 s), so a request is never written to a connection it is closing.
@@ -114,8 +114,9 @@ pub fn upstream_request(mut req: RequestHeader, body_len: Option<u64>) -> Result
 
 /// What happened on one connection.
 enum Sent {
-    /// The answer's head arrived.
-    Answered(Box<Upstream>),
+    /// The answer's head arrived; `false`: the connection must not be kept (the request was
+    /// not fully sent).
+    Answered(Box<Upstream>, bool),
     /// A kept connection that the app had already closed: nothing reached it.
     Stale,
     Failed(Failure),
@@ -134,8 +135,15 @@ async fn send(
         _ => Failure::BadAnswer(addr.to_string(), e.to_string()),
     };
     if let Err(e) = up.write_request_header(Box::new(req.clone())).await {
-        return if reused { Sent::Stale } else { Sent::Failed(fail(e)) };
+        return if reused {
+            Sent::Stale
+        } else {
+            Sent::Failed(fail(e))
+        };
     }
+    // An app may answer before it has read the whole body (a 413 of its own) and close: that
+    // answer is still relayed, on a connection that is not kept.
+    let mut cut_short = None;
     if let Some(body) = body.filter(|b| !b.is_empty()) {
         let mut first = true;
         let mut replay = body.replay();
@@ -151,22 +159,27 @@ async fn send(
                 }
             };
             if let Err(e) = up.write_body(&chunk).await {
-                return if reused && first {
-                    Sent::Stale
-                } else {
-                    Sent::Failed(fail(e))
-                };
+                if reused && first {
+                    return Sent::Stale;
+                }
+                cut_short = Some(e);
+                break;
             }
             first = false;
         }
     }
-    if let Err(e) = up.finish_body().await {
-        return Sent::Failed(fail(e));
+    if cut_short.is_none() {
+        if let Err(e) = up.finish_body().await {
+            cut_short = Some(e);
+        }
     }
     loop {
         match up.read_response().await {
             Ok(_) => {}
             Err(e) => {
+                if let Some(write_error) = cut_short {
+                    return Sent::Failed(fail(write_error));
+                }
                 let nothing = matches!(
                     e.etype(),
                     ErrorType::ConnectionClosed | ErrorType::ConnectError | ErrorType::ReadError
@@ -182,10 +195,8 @@ async fn send(
             // Interim answers (100 Continue, 103 Early Hints) are not relayed: the body was
             // already taken from the client.
             Some(100..=199) => continue,
-            Some(_) => return Sent::Answered(Box::new(up)),
-            None => {
-                return Sent::Failed(Failure::BadAnswer(addr.to_string(), "no status".into()))
-            }
+            Some(_) => return Sent::Answered(Box::new(up), cut_short.is_none()),
+            None => return Sent::Failed(Failure::BadAnswer(addr.to_string(), "no status".into())),
         }
     }
 }
@@ -212,7 +223,7 @@ pub async fn forward(
 
     let mut tried = Vec::new();
     let mut stale = 0;
-    let (mut up, i, peer, _in_flight) = loop {
+    let (mut up, i, peer, in_flight, keep) = loop {
         let Some(i) = pool.select(call.client, &tried) else {
             return Ok(Err(Failure::NoHealthyServer));
         };
@@ -246,7 +257,7 @@ pub async fn forward(
         let in_flight = pool.begin(i);
         let reused = reused && stale < STALE_RETRIES;
         match send(up, &req, call.body, reused, idempotent, &addr.to_string()).await {
-            Sent::Answered(up) => break (*up, i, peer, in_flight),
+            Sent::Answered(up, keep) => break (*up, i, peer, in_flight, keep),
             Sent::Stale => {
                 tracing::debug!(upstream = %pool.name, server = %addr, "a kept connection was closed by the app; sending again");
                 stale += 1;
@@ -282,8 +293,10 @@ pub async fn forward(
         head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     session.write_response_header(Box::new(head), done).await?;
+    let connector = call.connector;
+    let kept = keep.then_some((connector, &peer));
     if done {
-        release(call.connector, up, &peer).await;
+        release(kept, up).await;
         return Ok(Ok(()));
     }
 
@@ -297,11 +310,11 @@ pub async fn forward(
                 }
             }
             session.write_response_body(None, true).await?;
-            release(call.connector, up, &peer).await;
+            release(kept, up).await;
         }
         Some(b) => {
             let fifo = Fifo::new(b.memory, b.max_file, b.dir);
-            let peak = buffered(session, up, fifo, call.connector, &peer).await?;
+            let peak = buffered(session, up, fifo, kept, in_flight).await?;
             if peak > 0 {
                 tracing::debug!(upstream = %pool.name, on_disk = peak, "answer buffered through a temporary file");
             }
@@ -310,15 +323,18 @@ pub async fn forward(
     Ok(Ok(()))
 }
 
-async fn release(connector: &Connector, up: Upstream, peer: &HttpPeer) {
-    connector
-        .release_http_session(up, peer, Some(IDLE_TIMEOUT))
-        .await;
+/// Back to the pool for the next request, unless the exchange left it unusable (`None`: it is
+/// closed).
+async fn release(pool: Option<(&Connector, &HttpPeer)>, up: Upstream) {
+    if let Some((connector, peer)) = pool {
+        connector
+            .release_http_session(up, peer, Some(IDLE_TIMEOUT))
+            .await;
+    }
 }
 
-type Write<'s> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (&'s mut Session, Result<()>)> + Send + 's>,
->;
+type Write<'s> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (&'s mut Session, Result<()>)> + Send + 's>>;
 
 fn write<'s>(session: &'s mut Session, chunk: Bytes) -> Write<'s> {
     Box::pin(async move {
@@ -328,16 +344,18 @@ fn write<'s>(session: &'s mut Session, chunk: Bytes) -> Write<'s> {
 }
 
 /// Read the app's answer into `fifo` as fast as it comes while the client is fed from the other
-/// end; the app's connection is released (and its worker free) as soon as the answer is in.
-/// Returns the most bytes that waited on disk.
+/// end; the app's connection is released (and its worker free) as soon as the answer is in, and
+/// the server stops counting the request as in flight (`least_conn`). Returns the most bytes
+/// that waited on disk.
 async fn buffered(
     session: &mut Session,
     up: Upstream,
     mut fifo: Fifo,
-    connector: &Connector,
-    peer: &HttpPeer,
+    kept: Option<(&Connector, &HttpPeer)>,
+    in_flight: InFlight,
 ) -> Result<u64> {
     let mut up = Some(up);
+    let mut in_flight = Some(in_flight);
     // The client session is either idle here or lent to the write in progress.
     let mut idle: Option<&mut Session> = Some(session);
     let mut writing: Option<Write<'_>> = None;
@@ -392,7 +410,8 @@ async fn buffered(
                 }
                 if let Some(mut u) = up.take() {
                     if u.is_body_done() {
-                        release(connector, u, peer).await;
+                        release(kept, u).await;
+                        drop(in_flight.take());
                     } else {
                         up = Some(u);
                     }
@@ -410,7 +429,8 @@ mod tests {
     fn the_app_gets_the_held_length_and_no_client_framing() {
         let mut req = RequestHeader::build("POST", b"/upload", None).expect("req");
         req.insert_header("host", "example.com").expect("h");
-        req.insert_header("transfer-encoding", "chunked").expect("h");
+        req.insert_header("transfer-encoding", "chunked")
+            .expect("h");
         req.insert_header("expect", "100-continue").expect("h");
         let up = upstream_request(req, Some(12345)).expect("rewritten");
         assert_eq!(up.headers["content-length"], "12345");

@@ -65,7 +65,10 @@ async fn posts_seen(app: &Stub) -> usize {
 
 /// `n` clients that each announce a 1000-byte upload and send it 5 bytes every half second
 /// (what `slowhttptest -B` does), until `stop` flips. Returns once all have sent their headers.
-async fn slow_uploaders(gw: &Gateway, n: usize) -> (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
+async fn slow_uploaders(
+    gw: &Gateway,
+    n: usize,
+) -> (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -105,7 +108,11 @@ async fn slow_uploaders(gw: &Gateway, n: usize) -> (watch::Sender<bool>, Vec<tok
         async move { started.load(Ordering::Relaxed) == n }
     })
     .await;
-    assert!(all, "only {} of {n} slow clients got going", started.load(Ordering::Relaxed));
+    assert!(
+        all,
+        "only {} of {n} slow clients got going",
+        started.load(Ordering::Relaxed)
+    );
     (stop_tx, tasks)
 }
 
@@ -140,7 +147,10 @@ async fn two_hundred_slow_uploads_do_not_starve_an_app_with_two_workers() {
         .filter(|t| t.is_some_and(|t| t < Duration::from_secs(1)))
         .count();
     eprintln!("normal requests during 200 slow uploads: {times:?}");
-    assert!(fast >= 9, "normal requests during 200 slow uploads: {times:?}");
+    assert!(
+        fast >= 9,
+        "normal requests during 200 slow uploads: {times:?}"
+    );
     assert_eq!(
         posts_seen(&app).await,
         0,
@@ -163,7 +173,10 @@ async fn without_request_buffering_the_same_slow_uploads_starve_the_app() {
     let (stop, tasks) = slow_uploaders(&gw, 200).await;
     // The uploads reach the app as soon as their headers do, and take both workers.
     assert!(
-        eventually(Duration::from_secs(10), || async { posts_seen(&app).await >= 2 }).await,
+        eventually(Duration::from_secs(10), || async {
+            posts_seen(&app).await >= 2
+        })
+        .await,
         "the unbuffered uploads never reached the app"
     );
 
@@ -209,14 +222,20 @@ async fn a_body_over_the_limit_is_refused_and_never_reaches_the_app() {
     let chunks = (0..15).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 10_000]));
     let r = client()
         .post(gw.https("/echo/h2"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
     }
 
-    assert_eq!(posts_seen(&app).await, 0, "an oversized body reached the app");
+    assert_eq!(
+        posts_seen(&app).await,
+        0,
+        "an oversized body reached the app"
+    );
     let ok = client()
         .post(gw.https("/echo/small"))
         .body(vec![1u8; 99_000])
@@ -248,7 +267,11 @@ async fn a_body_that_stops_arriving_gets_408_and_a_steady_slow_one_gets_through(
         "cut after {:?}",
         started.elapsed()
     );
-    assert_eq!(posts_seen(&app).await, 0, "an incomplete body reached the app");
+    assert_eq!(
+        posts_seen(&app).await,
+        0,
+        "an incomplete body reached the app"
+    );
 
     // 2,000 bytes a second for 3 s: past the 1 s base, but every 500 bytes earn a second.
     let mut tls = connect(&gw).await;
@@ -292,14 +315,19 @@ async fn large_and_chunked_uploads_arrive_intact_with_a_content_length() {
     // as nginx gives it, and no chunked framing.
     let body = pattern(300_000);
     for (name, c) in [
-        ("h1-chunked", client_builder().http1_only().build().expect("client")),
+        (
+            "h1-chunked",
+            client_builder().http1_only().build().expect("client"),
+        ),
         ("h2-stream", client()),
     ] {
         let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
             body.chunks(7_000).map(|c| Ok(c.to_vec())).collect();
         let r = c
             .post(gw.https(&format!("/echo/{name}")))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
             .send()
             .await
             .expect("post");
@@ -348,7 +376,10 @@ async fn expect_100_continue_is_answered_by_the_gateway() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"body_len\":5"), "{text}");
-    assert!(!text.contains("\"expect\""), "the app was sent Expect: {text}");
+    assert!(
+        !text.contains("\"expect\""),
+        "the app was sent Expect: {text}"
+    );
 }
 
 /// 48 MiB: more than the loopback socket buffers between the app, the gateway and the client
@@ -375,7 +406,11 @@ async fn second_request_while_a_client_reads_slowly(route: &str, path: &str) -> 
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let answered = normal_request(&gw, Duration::from_secs(3)).await.is_some();
     drop(slow);
     (head, answered)
@@ -434,7 +469,10 @@ async fn event_streams_and_x_accel_buffering_no_are_never_buffered() {
         !head.to_ascii_lowercase().contains("x-accel-buffering"),
         "the app's X-Accel-Buffering reached the client: {head}"
     );
-    assert!(!answered, "an answer marked X-Accel-Buffering: no was buffered");
+    assert!(
+        !answered,
+        "an answer marked X-Accel-Buffering: no was buffered"
+    );
 
     let (head, answered) = second_request_while_a_client_reads_slowly(
         buffered,
@@ -461,5 +499,40 @@ async fn event_streams_and_x_accel_buffering_no_are_never_buffered() {
         first_at + Duration::from_millis(800) < started.elapsed(),
         "first event after {first_at:?}, stream done after {:?}",
         started.elapsed()
+    );
+}
+
+/// A held body can be sent again: an upload whose first server refuses the connection goes to
+/// the next one, whatever its method (pingora alone retries only what it has not streamed).
+#[tokio::test]
+async fn a_held_upload_goes_to_another_server_when_a_connect_fails() {
+    let live = Stub::start("live");
+    let dead = format!("127.0.0.1:{}", e2e::free_port());
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams: {{app: {{servers: ["{dead}", "{}"], connect_timeout_ms: 1000}}}}
+routes: [{{path: /, upstream: app}}]
+"#,
+        live.addr
+    ));
+    let body = pattern(200_000);
+    for _ in 0..4 {
+        let r = client()
+            .post(gw.https("/echo/retry"))
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200);
+        let echo: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(echo["id"], "live");
+        assert_eq!(echo["body_sha1"], sha1_hex(&body));
+    }
+    assert_eq!(posts_seen(&live).await, 4);
+    assert!(
+        gw.proc.logs().contains("connect failed"),
+        "no request met the dead server first"
     );
 }
