@@ -141,10 +141,13 @@ impl Gateway {
             Err(failure) => {
                 let status = failure.status();
                 ctx.served_by = "limit";
-                tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
                 if status > 0 {
+                    tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
                     respond(session, status, failure.public_reason()).await?;
                 } else {
+                    // A client that left in the middle of its upload: nothing to answer, and
+                    // not worth a warning each (a slow-upload attack ends with hundreds).
+                    tracing::info!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, error = %failure, "client left during its upload");
                     session.set_keepalive(None);
                 }
                 Ok(None)

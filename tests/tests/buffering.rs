@@ -310,6 +310,9 @@ async fn large_and_chunked_uploads_arrive_intact_with_a_content_length() {
     assert_eq!(echo["body_len"], big.len());
     assert_eq!(echo["body_sha1"], sha1_hex(&big));
     assert_eq!(echo["headers"]["content-length"], big.len().to_string());
+    // Held requests carry the same forwarding headers as streamed ones.
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(echo["headers"]["x-real-ip"], "127.0.0.1");
 
     // Chunked over HTTP/1.1 and a length-less HTTP/2 stream: the app gets a Content-Length,
     // as nginx gives it, and no chunked framing.
