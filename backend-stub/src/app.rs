@@ -22,6 +22,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::{stream, StreamExt};
+use sha1::Digest as _;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::reqlog::{HeaderListJson, HeadersJson, RequestLog};
@@ -177,10 +178,13 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
     // Only `/publish-demo` looks at what was sent; everything else counts it.
     let keep_body = parts.uri.path() == "/publish-demo";
     let mut kept = Vec::new();
+    // `/echo` reports a digest, so a test can tell the body arrived intact.
+    let mut digest = sha1::Sha1::new();
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(chunk) => {
                 body_len += chunk.len() as u64;
+                digest.update(&chunk);
                 if keep_body && kept.len() + chunk.len() <= MAX_PUBLISH_DEMO_BODY {
                     kept.extend_from_slice(&chunk);
                 } else if keep_body {
@@ -199,9 +203,14 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
     let uri = parts.uri.clone();
     let path = uri.path();
     if path == "/echo" || path.starts_with("/echo/") {
-        echo(app, &parts, body_len, peer)
+        let sha1 = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        echo(app, &parts, (body_len, &sha1), peer)
     } else if let Some(n) = path.strip_prefix("/bytes/") {
-        bytes(n, permit)
+        bytes(n, uri.query().unwrap_or(""), permit)
     } else if let Some(n) = path.strip_prefix("/body/") {
         text_body(n, &uri)
     } else if let Some(code) = path.strip_prefix("/status/") {
@@ -258,11 +267,18 @@ struct EchoJson<'a> {
     headers: HeadersJson<'a>,
     header_list: HeaderListJson<'a>,
     body_len: u64,
+    /// SHA-1 of the body, lower-case hex.
+    body_sha1: &'a str,
     peer: Option<SocketAddr>,
     version: &'static str,
 }
 
-fn echo(app: &AppState, parts: &Parts, body_len: u64, peer: Option<SocketAddr>) -> Response {
+fn echo(
+    app: &AppState,
+    parts: &Parts,
+    (body_len, body_sha1): (u64, &str),
+    peer: Option<SocketAddr>,
+) -> Response {
     let view = EchoJson {
         id: &app.0.id,
         method: parts.method.as_str(),
@@ -271,6 +287,7 @@ fn echo(app: &AppState, parts: &Parts, body_len: u64, peer: Option<SocketAddr>) 
         headers: HeadersJson(&parts.headers),
         header_list: HeaderListJson(&parts.headers),
         body_len,
+        body_sha1,
         peer,
         version: version_str(parts.version),
     };
@@ -395,13 +412,29 @@ fn accel(uri: &axum::http::Uri) -> Response {
 /// `/bytes/N`: N bytes of the `i % 251` pattern, streamed from a static
 /// buffer so even 100 MiB costs no allocation. The worker slot is held
 /// until the last byte has been handed to the connection, as a Puma worker
-/// writing to a slow client would be.
-fn bytes(n: &str, permit: Option<OwnedSemaphorePermit>) -> Response {
+/// writing to a slow client would be. `?content_type=T` replaces the
+/// `application/octet-stream` type and `?x_accel_buffering=V` adds that
+/// header (what an app sends to keep its answer out of proxy buffers).
+fn bytes(n: &str, query: &str, permit: Option<OwnedSemaphorePermit>) -> Response {
     let len: u64 = match n.parse() {
         Ok(len) if len <= MAX_BYTES => len,
         Ok(_) => return bad_request(format!("at most {MAX_BYTES} bytes")),
         Err(_) => return bad_request(format!("invalid byte count: {n:?}")),
     };
+    let mut content_type = HeaderValue::from_static("application/octet-stream");
+    let mut accel = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = match HeaderValue::from_str(&value.replace("%2F", "/").replace("%2f", "/")) {
+            Ok(v) => v,
+            Err(_) => return bad_request(format!("{key}: not a header value: {value:?}")),
+        };
+        match key {
+            "content_type" => content_type = value,
+            "x_accel_buffering" => accel = Some(value),
+            _ => {}
+        }
+    }
     let chunks = stream::unfold((len, permit), |(remaining, permit)| async move {
         if remaining == 0 {
             return None;
@@ -415,18 +448,21 @@ fn bytes(n: &str, permit: Option<OwnedSemaphorePermit>) -> Response {
     });
     // A streamed body has no size hint, so state the length explicitly;
     // hyper then frames with Content-Length instead of chunked encoding.
-    (
+    let mut response = (
         StatusCode::OK,
         [
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
+            (CONTENT_TYPE, content_type),
             (CONTENT_LENGTH, HeaderValue::from(len)),
         ],
         Body::from_stream(chunks),
     )
-        .into_response()
+        .into_response();
+    if let Some(v) = accel {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-accel-buffering"), v);
+    }
+    response
 }
 
 /// The body of `/body/N`: numbered lines of text (compressible, but not a single repeated

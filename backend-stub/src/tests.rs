@@ -173,6 +173,11 @@ async fn echo_reports_request() {
     assert_eq!(json["headers"]["x-rep"], "one, two");
     assert_eq!(json["headers"]["host"], "stub");
     assert_eq!(json["body_len"], 5);
+    // sha1("hello")
+    assert_eq!(
+        json["body_sha1"],
+        "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+    );
     assert_eq!(json["version"], "HTTP/1.1");
     assert!(json["peer"]
         .as_str()
@@ -276,6 +281,15 @@ async fn bytes_pattern_and_limits() {
         .iter()
         .enumerate()
         .all(|(i, &b)| b == (i % 251) as u8));
+
+    let typed = get(
+        addr,
+        "/bytes/10?content_type=text%2Fevent-stream&x_accel_buffering=no",
+    )
+    .await;
+    assert_eq!(typed.header("content-type"), Some("text/event-stream"));
+    assert_eq!(typed.header("x-accel-buffering"), Some("no"));
+    assert_eq!(typed.body.len(), 10);
 
     let empty = get(addr, "/bytes/0").await;
     assert_eq!((empty.status, empty.body.len()), (200, 0));

@@ -24,6 +24,28 @@ pub mod defaults {
     /// header block (slow-header clients defeat a per-read timeout), and 20 s is plenty for a
     /// real client on a bad network.
     pub const HEADER_TIMEOUT_MS: u64 = 20_000;
+    /// nginx `client_body_buffer_size` is 8 or 16 KiB (two pages), so most JSON and form posts
+    /// touch the disk there. 64 KiB keeps nearly all of them in memory (it is also pingora's
+    /// own retry buffer), and a body only takes memory as fast as it arrives: 1,000 uploads in
+    /// flight cost at most 64 MiB before the rest spills to temporary files.
+    pub const CLIENT_BODY_BUFFER_BYTES: usize = 64 * 1024;
+    /// nginx `client_body_timeout` is 60 s between two reads, so a client sending a byte every
+    /// 59 s keeps a connection forever. Ours is a total deadline of 60 s for the body, moved
+    /// forward by one second per [`CLIENT_BODY_MIN_RATE`] bytes received (Apache
+    /// mod_reqtimeout's `MinRate`), so a large upload on a slow link still finishes while a
+    /// trickle is cut off.
+    pub const CLIENT_BODY_TIMEOUT_MS: u64 = 60_000;
+    /// Apache mod_reqtimeout's `MinRate=500`: bytes per second that earn one more second.
+    pub const CLIENT_BODY_MIN_RATE: u64 = 500;
+    /// nginx `proxy_buffers` is 8 x 4/8 KiB plus `proxy_buffer_size`; a typical HTML page or
+    /// JSON answer is larger than that and would go through a temporary file. 256 KiB keeps
+    /// most answers in memory; larger ones spill.
+    pub const RESPONSE_BUFFER_BYTES: usize = 256 * 1024;
+    /// nginx `proxy_max_temp_file_size` (1 GiB): past this much unsent answer on disk, the app
+    /// is read only as fast as the client takes it.
+    pub const RESPONSE_TEMP_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+    /// Below the state directory, so one setting says where the gateway writes.
+    pub const TEMP_SUBDIR: &str = "tmp";
     /// nginx `keepalive_requests` default (1000 since 1.19.10): bounds per-connection memory.
     pub const KEEPALIVE_REQUESTS: u32 = 1000;
     /// nginx `keepalive_timeout` is 75 s, pingora's 60 s: keep pingora's.
@@ -215,6 +237,11 @@ pub struct Proxy {
     /// replaced, so a client cannot forge its address to the app. Addresses or CIDR blocks.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Where buffered request and response bodies spill to disk (nginx
+    /// `client_body_temp_path` / `proxy_temp_path`). Default: `tmp/` in `tls.state_dir`.
+    /// Files there have no name (they disappear when closed, even after a crash).
+    #[serde(default)]
+    pub temp_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +257,22 @@ pub struct Limits {
     pub keepalive_requests: u32,
     #[serde(default = "l_keepalive_timeout")]
     pub keepalive_timeout_s: u64,
+    /// A buffered request body is kept in memory up to this, then in a temporary file.
+    #[serde(default = "l_body_buffer")]
+    pub client_body_buffer_bytes: usize,
+    /// Time allowed for a buffered request body (408 after), plus one second per
+    /// `client_body_min_rate` bytes received.
+    #[serde(default = "l_body_timeout")]
+    pub client_body_timeout_ms: u64,
+    #[serde(default = "l_body_rate")]
+    pub client_body_min_rate: u64,
+    /// A buffered response is kept in memory up to this, then in a temporary file.
+    #[serde(default = "l_response_buffer")]
+    pub response_buffer_bytes: usize,
+    /// Most unsent response kept on disk per request; past it the app is read only as fast as
+    /// the client reads.
+    #[serde(default = "l_response_temp")]
+    pub response_temp_file_bytes: u64,
 }
 
 fn l_header_bytes() -> usize {
@@ -247,6 +290,21 @@ fn l_keepalive_requests() -> u32 {
 fn l_keepalive_timeout() -> u64 {
     defaults::KEEPALIVE_TIMEOUT_S
 }
+fn l_body_buffer() -> usize {
+    defaults::CLIENT_BODY_BUFFER_BYTES
+}
+fn l_body_timeout() -> u64 {
+    defaults::CLIENT_BODY_TIMEOUT_MS
+}
+fn l_body_rate() -> u64 {
+    defaults::CLIENT_BODY_MIN_RATE
+}
+fn l_response_buffer() -> usize {
+    defaults::RESPONSE_BUFFER_BYTES
+}
+fn l_response_temp() -> u64 {
+    defaults::RESPONSE_TEMP_FILE_BYTES
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -256,6 +314,11 @@ impl Default for Limits {
             header_timeout_ms: l_header_timeout(),
             keepalive_requests: l_keepalive_requests(),
             keepalive_timeout_s: l_keepalive_timeout(),
+            client_body_buffer_bytes: l_body_buffer(),
+            client_body_timeout_ms: l_body_timeout(),
+            client_body_min_rate: l_body_rate(),
+            response_buffer_bytes: l_response_buffer(),
+            response_temp_file_bytes: l_response_temp(),
         }
     }
 }
@@ -440,6 +503,27 @@ pub struct Route {
     /// itself, or streams that must not wait in an encoder). Default: the global setting.
     #[serde(default)]
     pub compression: Option<bool>,
+    /// Read the whole request body before the app sees the request (nginx
+    /// `proxy_request_buffering`), so a slow upload holds no app worker: Puma, Unicorn and
+    /// php-fpm have a few each. Off streams the body to the app as it arrives. Default: on
+    /// (see [`Route::request_buffering`]).
+    #[serde(default, rename = "request_buffering")]
+    pub request_buffering_set: Option<bool>,
+    /// Read the app's answer as fast as it comes and feed the client from the gateway (nginx
+    /// `proxy_buffering`), so a slow reader holds no app worker. Never for
+    /// `text/event-stream` or when the app sends `X-Accel-Buffering: no`. Off by default: it
+    /// costs the gateway memory and disk per slow reader, and most answers fit in the socket
+    /// buffers anyway; turn it on for routes with large answers. Needs `request_buffering`.
+    #[serde(default)]
+    pub response_buffering: bool,
+}
+
+impl Route {
+    /// On unless turned off: every app route benefits, and the realtime services read their
+    /// own bodies (a WebSocket upgrade has none to buffer).
+    pub fn request_buffering(&self) -> bool {
+        self.request_buffering_set.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -856,6 +940,9 @@ impl Config {
         if let Some(d) = &mut self.tls.state_dir {
             fix(d);
         }
+        if let Some(d) = &mut self.proxy.temp_dir {
+            fix(d);
+        }
         fix(&mut self.realtime.socketio.client_dir);
         for r in &mut self.routes {
             if let Some(s) = &mut r.static_files {
@@ -893,6 +980,14 @@ impl Config {
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
+    }
+
+    /// Where buffered bodies spill to disk.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.proxy
+            .temp_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join(defaults::TEMP_SUBDIR))
     }
 
     pub fn trusted_proxies(&self) -> Vec<Cidr> {
@@ -1110,6 +1205,24 @@ impl Config {
             bad(
                 "limits.header_timeout_ms".into(),
                 "must be greater than 0".into(),
+            );
+        }
+        if lim.client_body_buffer_bytes < 1024 {
+            bad(
+                "limits.client_body_buffer_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if lim.client_body_timeout_ms == 0 {
+            bad(
+                "limits.client_body_timeout_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if lim.response_buffer_bytes < 1024 {
+            bad(
+                "limits.response_buffer_bytes".into(),
+                "must be at least 1024".into(),
             );
         }
         if lim.keepalive_requests == 0 {
@@ -1375,6 +1488,25 @@ impl Config {
                     "realtime answers are never compressed; remove it".into(),
                 );
             }
+            if r.response_buffering && !r.request_buffering() {
+                bad(
+                    format!("{at}.response_buffering"),
+                    "needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)".into(),
+                );
+            }
+            if r.response_buffering && behind.is_some_and(|u| u.protocol == Protocol::Fastcgi) {
+                bad(
+                    format!("{at}.response_buffering"),
+                    "not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)".into(),
+                );
+            }
+            if r.realtime.is_some() && (r.response_buffering || r.request_buffering_set.is_some()) {
+                bad(
+                    at.clone(),
+                    "`request_buffering` and `response_buffering` only apply to `upstream` routes"
+                        .into(),
+                );
+            }
             if let Some(s) = &r.static_files {
                 if !s.root.is_dir() {
                     bad(
@@ -1637,6 +1769,45 @@ routes:
         let e =
             Config::parse("listen: {http: 127.0.0.1:8080}\ncompression: {level: 3}\n").unwrap_err();
         assert!(e.contains("unknown field `level`"), "{e}");
+    }
+
+    #[test]
+    fn buffering_options_are_validated() {
+        let root = std::env::temp_dir();
+        let c = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        )
+        .expect("parses");
+        assert!(c.routes[0].request_buffering(), "on by default");
+        assert!(!c.routes[0].response_buffering, "off by default");
+        assert_eq!(c.temp_dir(), PathBuf::from(".state/tmp"));
+        let p = problems(&format!(
+            r#"
+listen: {{http: 127.0.0.1:8080}}
+limits: {{client_body_buffer_bytes: 10, client_body_timeout_ms: 0, response_buffer_bytes: 0}}
+upstreams:
+  app: {{servers: [127.0.0.1:3000]}}
+  php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {root}}}}}
+routes:
+  - {{path: /a, upstream: app, request_buffering: false, response_buffering: true}}
+  - {{path: /p, upstream: php, response_buffering: true}}
+  - {{path: /s, realtime: sse, request_buffering: true}}
+  - {{path: /, upstream: app, request_buffering: false}}
+"#,
+            root = root.display()
+        ));
+        let want = [
+            "limits.client_body_buffer_bytes: must be at least 1024",
+            "limits.client_body_timeout_ms: must be greater than 0",
+            "limits.response_buffer_bytes: must be at least 1024",
+            "routes[0].response_buffering: needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)",
+            "routes[1].response_buffering: not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)",
+            "routes[2]: `request_buffering` and `response_buffering` only apply to `upstream` routes",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
     }
 
     #[test]

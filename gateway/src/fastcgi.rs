@@ -689,6 +689,8 @@ pub struct Call<'a> {
     pub client: Option<IpAddr>,
     pub tls: bool,
     pub max_body: u64,
+    /// The body, when the gateway already holds it whole (request buffering).
+    pub body: Option<&'a crate::buffering::Body>,
     pub hsts: Option<&'a str>,
     /// On-the-fly compression of the answer; `None` when off for this route.
     pub compression: Option<&'a crate::compression::Settings>,
@@ -729,8 +731,9 @@ pub async fn serve(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
+    let held = call.body;
     let mut buffered: Option<Vec<u8>> = None;
-    if declared.is_none() {
+    if declared.is_none() && held.is_none() {
         let mut body = Vec::new();
         while let Some(chunk) = session.read_request_body().await? {
             if (body.len() + chunk.len()) as u64 > call.max_body {
@@ -741,6 +744,7 @@ pub async fn serve(
         buffered = Some(body);
     }
     let content_length = match (&buffered, declared) {
+        _ if held.is_some() => held.map(|b| b.len()).filter(|n| *n > 0),
         (_, Some(n)) => Some(n),
         (Some(b), None) if !b.is_empty() => Some(b.len() as u64),
         _ => None,
@@ -774,7 +778,7 @@ pub async fn serve(
     // A kept connection may have been closed by php-fpm just as it was picked (a worker that
     // reached `pm.max_requests`): the request is then sent again on a new connection, which
     // is only possible when the body was not streamed, so those requests never reuse one.
-    let streamed = buffered.is_none() && declared.unwrap_or(0) > 0;
+    let streamed = buffered.is_none() && held.is_none() && declared.unwrap_or(0) > 0;
     let mut allow_idle = !streamed;
     'attempt: loop {
         let (mut io, i, addr, reused) = loop {
@@ -810,8 +814,40 @@ pub async fn serve(
         let _in_flight = pool.begin(i);
         let mut waiting = Waiting::new((!reused).then(|| &backend.waiting[i]));
 
-        // Stream the body of known length.
-        if buffered.is_none() {
+        // Send the held body from memory and its temporary file.
+        if let Some(body) = held.filter(|b| !b.is_empty()) {
+            let mut replay = body.replay();
+            let mut out = Vec::with_capacity(MAX_CONTENT + 64);
+            loop {
+                let chunk = match replay.next().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Error::e_explain(
+                            ErrorType::FileReadError,
+                            format!("reading the held body back: {e}"),
+                        )
+                    }
+                };
+                out.clear();
+                stdin(&mut out, &chunk);
+                match tokio::time::timeout(timeout, io.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
+                    }
+                    Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
+                }
+            }
+            out.clear();
+            stdin(&mut out, &[]);
+            match tokio::time::timeout(timeout, io.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string()))),
+                Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
+            }
+        } else if buffered.is_none() && held.is_none() {
+            // Stream the body of known length.
             let expected = declared.unwrap_or(0);
             let mut sent = 0u64;
             let mut out = Vec::with_capacity(READ_CHUNK + 64);

@@ -173,8 +173,9 @@ impl AsyncWrite for Deadlined {
             if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") {
                 this.phase = Phase::Upgraded;
                 this.timer = None;
-            } else if this.phase == Phase::Body {
-                // A response is going out: the next bytes from the client start a new request.
+            } else if this.phase == Phase::Body && !is_interim(data) {
+                // A response is going out: the next bytes from the client start a new request
+                // (not after a `100 Continue`, which asks for this request's body).
                 this.phase = Phase::Idle;
             }
         }
@@ -198,7 +199,7 @@ impl AsyncWrite for Deadlined {
             if self.phase != Phase::Upgraded && first.starts_with(b"HTTP/1.1 101") {
                 self.phase = Phase::Upgraded;
                 self.timer = None;
-            } else if self.phase == Phase::Body {
+            } else if self.phase == Phase::Body && !is_interim(first) {
                 self.phase = Phase::Idle;
             }
         }
@@ -208,6 +209,14 @@ impl AsyncWrite for Deadlined {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// A 1xx answer other than 101 (`100 Continue`, `103 Early Hints`): more follows for the
+/// same request.
+fn is_interim(data: &[u8]) -> bool {
+    data.len() >= 12
+        && (data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1"))
+        && &data[9..12] != b"101"
 }
 
 #[async_trait]
@@ -305,6 +314,15 @@ mod tests {
         m.scan(b"\nbody");
         assert_eq!(m.phase, Phase::Body);
         assert!(m.timer.is_none());
+    }
+
+    #[test]
+    fn only_informational_answers_other_than_101_are_interim() {
+        assert!(is_interim(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(is_interim(b"HTTP/1.1 103 Early Hints\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 1"));
     }
 
     #[tokio::test]

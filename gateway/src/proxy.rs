@@ -13,12 +13,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::accel::{self, Directive, Internal};
+use crate::buffering::{self, Body, BodyLimits};
 use crate::compression::{self, Encoder, Settings};
 use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
 use crate::static_files::{self, Plan};
-use crate::upstream::{Addr, InFlight, Pool};
-use crate::{fastcgi, forwarding, seam, tunnel};
+use crate::upstream::{InFlight, Pool};
+use crate::{fastcgi, forwarding, relay, seam, tunnel};
 
 /// Static files are sent in pieces of this size: large enough for few syscalls, small enough
 /// that a thousand concurrent downloads stay within tens of MiB.
@@ -32,6 +33,10 @@ pub struct Gateway {
     pub hsts: Option<String>,
     /// Where `X-Accel-Redirect` / `X-Sendfile` answers are served from.
     pub internal: Internal,
+    /// Where held bodies spill to disk.
+    pub temp_dir: Arc<std::path::PathBuf>,
+    /// Connections to the app for requests whose body is held (see [`relay`]).
+    pub connector: pingora::connectors::http::v1::Connector,
 }
 
 /// Per-request state.
@@ -120,6 +125,46 @@ fn host_of(req: &RequestHeader) -> Option<String> {
 }
 
 impl Gateway {
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.limits.max_body_bytes,
+            memory: self.limits.client_body_buffer_bytes,
+            timeout: Duration::from_millis(self.limits.client_body_timeout_ms),
+            min_rate: self.limits.client_body_min_rate,
+        }
+    }
+
+    /// Read the whole request body, or answer why not (`None`).
+    async fn hold_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Body>> {
+        match buffering::read_body(session, &self.body_limits(), &self.temp_dir).await {
+            Ok(body) => {
+                ctx.body_bytes = body.len();
+                if body.spilled() {
+                    tracing::debug!(
+                        route = ctx.route.as_deref().unwrap_or("-"),
+                        bytes = body.len(),
+                        "request body held in a temporary file"
+                    );
+                }
+                Ok(Some(body))
+            }
+            Err(failure) => {
+                let status = failure.status();
+                ctx.served_by = "limit";
+                if status > 0 {
+                    tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
+                    respond(session, status, failure.public_reason()).await?;
+                } else {
+                    // A client that left in the middle of its upload: nothing to answer, and
+                    // not worth a warning each (a slow-upload attack ends with hundreds).
+                    tracing::info!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, error = %failure, "client left during its upload");
+                    session.set_keepalive(None);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
         forwarding::Client {
             ip: ctx.client,
@@ -377,6 +422,8 @@ impl ProxyHttp for Gateway {
                 pool,
                 websocket,
                 compression,
+                request_buffering,
+                response_buffering,
             } => {
                 ctx.compression = compression.clone();
                 let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
@@ -393,6 +440,16 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 };
                 ctx.pool = Some(pool.clone());
+                let upgrade = session.is_upgrade_req();
+                // The body is read whole before the app is asked, so a slow upload costs the
+                // gateway a little memory or disk instead of an app worker.
+                let mut held = None;
+                if *request_buffering && !upgrade && buffering::has_body(session) {
+                    match self.hold_body(session, ctx).await? {
+                        Some(body) => held = Some(body),
+                        None => return Ok(true),
+                    }
+                }
                 if fastcgi {
                     ctx.served_by = "fastcgi";
                     if session.is_upgrade_req() {
@@ -419,6 +476,7 @@ impl ProxyHttp for Gateway {
                             client: ctx.client,
                             tls: ctx.tls,
                             max_body: self.limits.max_body_bytes,
+                            body: held.as_ref(),
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
                             compression: ctx.compression.as_deref(),
                             server: &mut server,
@@ -458,6 +516,47 @@ impl ProxyHttp for Gateway {
                     }
                     return Ok(true);
                 }
+                if held.is_some() || *response_buffering {
+                    let mut req = session.req_header().clone();
+                    forwarding::request(&mut req, &self.client(ctx), false);
+                    self.internal.tell_the_app(&mut req);
+                    let mut server = None;
+                    let outcome = relay::forward(
+                        session,
+                        relay::Call {
+                            pool,
+                            connector: &self.connector,
+                            req,
+                            body: held.as_ref(),
+                            client: ctx.client,
+                            hsts: self.hsts.as_deref().filter(|_| ctx.tls),
+                            buffering: response_buffering.then(|| relay::ResponseBuffering {
+                                memory: self.limits.response_buffer_bytes,
+                                max_file: self.limits.response_temp_file_bytes,
+                                dir: self.temp_dir.clone(),
+                            }),
+                            internal: &self.internal,
+                            compression: ctx.compression.as_deref(),
+                            server: &mut server,
+                        },
+                    )
+                    .await;
+                    ctx.current = server;
+                    match outcome? {
+                        Ok(relay::Answer::Sent) => {}
+                        Ok(relay::Answer::NamesAFile(app)) => {
+                            if let Some(d) = self.internal.directive(&app) {
+                                self.serve_accel(session, &app, d, ctx).await?;
+                            }
+                        }
+                        Err(failure) => {
+                            let status = failure.status();
+                            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %session.req_header().uri, status, error = %failure.describe(), "proxy error");
+                            respond(session, status, failure.public_reason()).await?;
+                        }
+                    }
+                    return Ok(true);
+                }
                 Ok(false)
             }
         }
@@ -494,25 +593,12 @@ impl ProxyHttp for Gateway {
         };
         ctx.current = Some(i);
         ctx.in_flight = Some(pool.begin(i));
-        let mut peer = match &pool.servers[i].addr {
-            Addr::Tcp(addr) => HttpPeer::new(*addr, false, String::new()),
-            Addr::Unix(path) => {
-                let Some(path) = path.to_str() else {
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(502),
-                        "socket path is not UTF-8",
-                    );
-                };
-                HttpPeer::new_uds(path, false, String::new())?
-            }
-        };
+        let mut peer = pool.servers[i].addr.http_peer()?;
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);
-        // Idle keep-alive connections to the app are closed before a typical app server's own
-        // keep-alive timeout (Puma: 20 s) so we never write to a connection it is closing.
-        peer.options.idle_timeout = Some(Duration::from_secs(15));
+        peer.options.idle_timeout = Some(relay::IDLE_TIMEOUT);
         Ok(Box::new(peer))
     }
 

@@ -20,6 +20,10 @@ pub enum Target {
         websocket: bool,
         /// On-the-fly compression of what the files and the pool answer; `None` when off.
         compression: Option<Arc<Settings>>,
+        /// Hold the whole request body before asking the app.
+        request_buffering: bool,
+        /// Read the app's answer ahead of a slow client.
+        response_buffering: bool,
     },
     /// An in-process realtime service, reached through the seam.
     Realtime(Arc<dyn realtime::seam::Service>),
@@ -78,6 +82,8 @@ impl Router {
                     pool: r.upstream.as_ref().and_then(|u| pools.get(u).cloned()),
                     websocket: r.websocket,
                     compression: compression.clone().filter(|_| r.compression != Some(false)),
+                    request_buffering: r.request_buffering(),
+                    response_buffering: r.response_buffering,
                 },
             };
             routes.push(Route {

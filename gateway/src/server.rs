@@ -29,6 +29,11 @@ pub enum StartError {
     Routes(#[from] crate::router::BuildError),
     #[error(transparent)]
     Internal(#[from] crate::accel::BuildError),
+    #[error("temporary directory {}: {source}", .path.display())]
+    TempDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs every pool's health checks until shutdown.
@@ -191,12 +196,20 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         }
         v
     });
+    let temp = config.temp_dir();
+    let temp_dir = crate::buffering::prepare_dir(&temp)
+        .map_err(|source| StartError::TempDir { path: temp, source })?;
+    let connector = pingora::connectors::http::v1::Connector::new(Some(
+        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+    ));
     let gateway = Gateway {
         router,
         limits: config.limits.clone(),
         trusted: config.trusted_proxies(),
         hsts,
         internal: crate::accel::Internal::from_config(&config.internal_locations)?,
+        temp_dir: Arc::new(temp_dir),
+        connector,
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.

@@ -33,6 +33,21 @@ impl Addr {
         }
     }
 
+    /// The pingora peer for an HTTP connection to this server (TCP or Unix socket).
+    pub fn http_peer(&self) -> pingora::Result<pingora::upstreams::peer::HttpPeer> {
+        use pingora::upstreams::peer::HttpPeer;
+        match self {
+            Addr::Tcp(addr) => Ok(HttpPeer::new(*addr, false, String::new())),
+            Addr::Unix(path) => match path.to_str() {
+                Some(path) => HttpPeer::new_uds(path, false, String::new()),
+                None => pingora::Error::e_explain(
+                    pingora::ErrorType::HTTPStatus(502),
+                    "socket path is not UTF-8",
+                ),
+            },
+        }
+    }
+
     /// Open a connection, for the health checks and the WebSocket tunnel.
     pub async fn connect(&self) -> std::io::Result<Stream> {
         Ok(match self {

@@ -509,3 +509,46 @@ routes:
     assert!(log.contains("GET /download/nothing.txt 200"), "{log}");
     assert!(!log.contains("/protected/"), "{log}");
 }
+
+#[tokio::test]
+async fn an_upload_answered_with_a_file_gets_the_file() {
+    // A POST's body is held and relayed by the gateway itself: the app's X-Accel-Redirect
+    // answer is honoured on that path too, and the app's mapping headers reach it.
+    let s = site();
+    let url = accel_url(&s, "x-accel-redirect", "/protected/report.txt", DOWNLOAD);
+    for c in [
+        client(),
+        client_builder().http1_only().build().expect("client"),
+    ] {
+        let r = c
+            .post(&url)
+            .body("export=q1&format=csv")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-disposition"],
+            "attachment; filename=\"q1-report.csv\""
+        );
+        assert!(
+            r.headers().get("x-accel-redirect").is_none(),
+            "the header leaked"
+        );
+        let body = r.bytes().await.expect("body");
+        assert_eq!(
+            body.as_ref(),
+            s.report.as_slice(),
+            "the file, byte for byte"
+        );
+    }
+    // Traversal is refused on this path as on the other.
+    let bad = accel_url(&s, "x-accel-redirect", "/protected/../secret.txt", &[]);
+    let r = client().post(&bad).body("x=1").send().await.expect("post");
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.expect("body");
+    assert!(
+        !body.contains("SECRET") && !body.contains(APP_BODY),
+        "{body}"
+    );
+}

@@ -563,3 +563,46 @@ routes:
     assert_eq!(r.decoded(), b"tiny");
     drop(fpm);
 }
+
+#[tokio::test]
+async fn answers_to_held_uploads_and_buffered_answers_are_compressed_too() {
+    // A request with a body is held whole and relayed by the gateway itself (not pingora's
+    // proxy path); a route with response buffering reads the answer ahead. Both compress.
+    let s = site();
+    let path = "/body/20000?type=text/html;%20charset=utf-8";
+    let want = original(&s.app, path).await;
+    let buffered = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams: {{app: {{servers: ["{app}"]}}}}
+routes:
+  - {{path: /, upstream: app, response_buffering: true}}
+"#,
+        app = s.app.addr
+    ));
+    for (proto, c) in clients() {
+        for (gw, what) in [(&s.gw, "held upload"), (&buffered, "buffered answer")] {
+            for coding in ["gzip", "br"] {
+                let r = c
+                    .post(gw.https(path))
+                    .header("accept-encoding", coding)
+                    .body("form=data&more=fields")
+                    .send()
+                    .await
+                    .expect("post");
+                let at = format!("{proto} {what} {coding}");
+                assert_eq!(r.status(), 200, "{at}");
+                let encoding = r
+                    .headers()
+                    .get("content-encoding")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                assert_eq!(encoding.as_deref(), Some(coding), "{at}");
+                let body = r.bytes().await.expect("body");
+                assert!(body.len() < want.len() / 3, "{at}: hardly compressed");
+                assert_eq!(decode(encoding.as_deref(), &body), want, "{at}");
+            }
+        }
+    }
+}

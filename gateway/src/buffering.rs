@@ -1,0 +1,541 @@
+//! Bodies held by the gateway on behalf of the app: a request body read whole before the app
+//! sees the request (nginx `proxy_request_buffering`), and an answer read from the app faster
+//! than a slow client takes it (nginx `proxy_buffering`). Both live in memory up to a limit and
+//! in an unnamed temporary file beyond it.
+//!
+//! The files are made with `O_TMPFILE` (`tempfile::tempfile_in`): mode 0600, no name in the
+//! directory, gone when the last descriptor closes, so a crash leaves nothing behind and no
+//! other process can open one by name. File reads and writes are positional (`pread`/`pwrite`)
+//! and run on tokio's blocking pool.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+use tokio::time::Instant;
+
+/// Pieces read back from a temporary file: the size of the chunks the app and clients get.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// Create the spill directory (0700: the bodies are the clients' private data).
+pub fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // Fail at start, not at the first large upload, when the directory is not usable.
+    drop(tempfile::tempfile_in(dir)?);
+    Ok(dir.to_path_buf())
+}
+
+async fn new_file(dir: &Arc<PathBuf>) -> io::Result<Arc<File>> {
+    let dir = dir.clone();
+    blocking(move || tempfile::tempfile_in(dir.as_path()).map(Arc::new)).await
+}
+
+async fn write_at(file: &Arc<File>, data: Bytes, pos: u64) -> io::Result<()> {
+    let file = file.clone();
+    blocking(move || file.write_all_at(&data, pos)).await
+}
+
+async fn read_at(file: &Arc<File>, pos: u64, len: usize) -> io::Result<Bytes> {
+    let file = file.clone();
+    blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
+        file.read_exact_at(&mut buf, pos)?;
+        Ok(buf.freeze())
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies.
+
+/// A request body held whole: the first `memory` bytes in memory, the rest in a temporary file.
+pub struct Body {
+    mem: Vec<Bytes>,
+    mem_len: usize,
+    memory: usize,
+    file: Option<Arc<File>>,
+    file_len: u64,
+    dir: Arc<PathBuf>,
+}
+
+impl Body {
+    pub fn new(memory: usize, dir: Arc<PathBuf>) -> Body {
+        Body {
+            mem: Vec::new(),
+            mem_len: 0,
+            memory,
+            file: None,
+            file_len: 0,
+            dir,
+        }
+    }
+
+    pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() && self.mem_len + chunk.len() <= self.memory {
+            self.mem_len += chunk.len();
+            self.mem.push(chunk);
+            return Ok(());
+        }
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let f = new_file(&self.dir).await?;
+                self.file = Some(f.clone());
+                f
+            }
+        };
+        let n = chunk.len() as u64;
+        write_at(&file, chunk, self.file_len).await?;
+        self.file_len += n;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.mem_len as u64 + self.file_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether part of it went to disk.
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The body from its first byte; can be started again (a request sent a second time).
+    pub fn replay(&self) -> Replay<'_> {
+        Replay {
+            body: self,
+            next_mem: 0,
+            file_pos: 0,
+        }
+    }
+}
+
+pub struct Replay<'a> {
+    body: &'a Body,
+    next_mem: usize,
+    file_pos: u64,
+}
+
+impl Replay<'_> {
+    pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if let Some(b) = self.body.mem.get(self.next_mem) {
+            self.next_mem += 1;
+            return Ok(Some(b.clone()));
+        }
+        let Some(file) = &self.body.file else {
+            return Ok(None);
+        };
+        let left = self.body.file_len - self.file_pos;
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(FILE_CHUNK as u64) as usize;
+        let chunk = read_at(file, self.file_pos, n).await?;
+        self.file_pos += n as u64;
+        Ok(Some(chunk))
+    }
+}
+
+/// How a request body is read.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    pub memory: usize,
+    pub timeout: Duration,
+    /// Bytes per second that earn one more second (0: a fixed deadline).
+    pub min_rate: u64,
+}
+
+/// When the body must be complete, given how much of it has arrived: the base timeout plus one
+/// second per `min_rate` bytes, so a large upload on a slow link keeps going while a client
+/// trickling a few bytes a second is cut off.
+pub fn body_deadline(start: Instant, limits: &BodyLimits, received: u64) -> Instant {
+    let earned = received
+        .saturating_mul(1000)
+        .checked_div(limits.min_rate)
+        .map_or(Duration::ZERO, Duration::from_millis);
+    start + limits.timeout + earned
+}
+
+/// Why a body could not be held.
+#[derive(Debug)]
+pub enum BodyFailure {
+    /// More than `max_bytes` (413).
+    TooLarge(u64),
+    /// The deadline passed (408).
+    Timeout { received: u64 },
+    /// The client went away or sent a broken body (nothing to answer).
+    Client(Box<pingora::Error>),
+    /// The temporary file could not be written (500).
+    Disk(io::Error),
+}
+
+impl BodyFailure {
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyFailure::TooLarge(_) => 413,
+            BodyFailure::Timeout { .. } => 408,
+            BodyFailure::Client(e) => match e.etype() {
+                pingora::ErrorType::ReadTimedout => 408,
+                pingora::ErrorType::ReadError | pingora::ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            BodyFailure::Disk(_) => 500,
+        }
+    }
+
+    pub fn public_reason(&self) -> &'static str {
+        match self.status() {
+            413 => "request body too large",
+            408 => "request body took too long to arrive",
+            500 => "the request body could not be stored",
+            _ => "bad request body",
+        }
+    }
+}
+
+impl std::fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyFailure::TooLarge(n) => write!(f, "request body over {n} bytes"),
+            BodyFailure::Timeout { received } => {
+                write!(
+                    f,
+                    "request body incomplete at the deadline ({received} bytes received)"
+                )
+            }
+            BodyFailure::Client(e) => write!(f, "reading the request body: {e}"),
+            BodyFailure::Disk(e) => write!(f, "writing the request body to a temporary file: {e}"),
+        }
+    }
+}
+
+/// Whether the request announces a body (`Content-Length` above 0, any `Transfer-Encoding`, or
+/// an HTTP/2 stream still open after the headers).
+pub fn has_body(session: &mut Session) -> bool {
+    !session.is_body_empty()
+}
+
+/// Read the whole request body. `Expect: 100-continue` is answered first, since the client
+/// waits for it before sending and the app will not be asked.
+pub async fn read_body(
+    session: &mut Session,
+    limits: &BodyLimits,
+    dir: &Arc<PathBuf>,
+) -> Result<Body, BodyFailure> {
+    let start = Instant::now();
+    let mut body = Body::new(limits.memory, dir.clone());
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && !session.is_body_done() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(BodyFailure::Client)?;
+    }
+    loop {
+        let deadline = body_deadline(start, limits, body.len());
+        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Err(_) => {
+                return Err(BodyFailure::Timeout {
+                    received: body.len(),
+                })
+            }
+            Ok(Err(e)) => return Err(BodyFailure::Client(e)),
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        if body.len() + chunk.len() as u64 > limits.max_bytes {
+            return Err(BodyFailure::TooLarge(limits.max_bytes));
+        }
+        body.push(chunk).await.map_err(BodyFailure::Disk)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies.
+
+/// First in, first out: what the app sent and the client has not taken yet. New data goes to
+/// memory until `memory` is reached, then to the file until the file has been read to its end
+/// (so the order is kept: memory holds the older part, the file the newer).
+pub struct Fifo {
+    mem: VecDeque<Bytes>,
+    mem_len: usize,
+    memory: usize,
+    file: Option<Arc<File>>,
+    read_pos: u64,
+    write_pos: u64,
+    max_file: u64,
+    dir: Arc<PathBuf>,
+    /// Most bytes ever waiting on disk at once, for the log.
+    pub peak_on_disk: u64,
+}
+
+impl Fifo {
+    pub fn new(memory: usize, max_file: u64, dir: Arc<PathBuf>) -> Fifo {
+        Fifo {
+            mem: VecDeque::new(),
+            mem_len: 0,
+            memory,
+            file: None,
+            read_pos: 0,
+            write_pos: 0,
+            max_file,
+            dir,
+            peak_on_disk: 0,
+        }
+    }
+
+    fn on_disk(&self) -> u64 {
+        self.write_pos - self.read_pos
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn len(&self) -> u64 {
+        self.mem_len as u64 + self.on_disk()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// No room for more: read the app only as fast as the client reads.
+    pub fn is_full(&self) -> bool {
+        self.mem_len >= self.memory && self.on_disk() >= self.max_file
+    }
+
+    pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.on_disk() == 0 && self.mem_len + chunk.len() <= self.memory {
+            self.mem_len += chunk.len();
+            self.mem.push_back(chunk);
+            return Ok(());
+        }
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let f = new_file(&self.dir).await?;
+                self.file = Some(f.clone());
+                f
+            }
+        };
+        let n = chunk.len() as u64;
+        write_at(&file, chunk, self.write_pos).await?;
+        self.write_pos += n;
+        self.peak_on_disk = self.peak_on_disk.max(self.on_disk());
+        Ok(())
+    }
+
+    pub async fn pop(&mut self) -> io::Result<Option<Bytes>> {
+        if let Some(b) = self.mem.pop_front() {
+            self.mem_len -= b.len();
+            return Ok(Some(b));
+        }
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let left = self.on_disk();
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(FILE_CHUNK as u64) as usize;
+        let chunk = read_at(file, self.read_pos, n).await?;
+        self.read_pos += n as u64;
+        if self.read_pos == self.write_pos {
+            // Drained: the file is written from its start again, and new data goes to memory.
+            self.read_pos = 0;
+            self.write_pos = 0;
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// Whether an answer may be buffered: never a stream of events (each must reach the browser
+/// when it is sent), and never when the app says so with `X-Accel-Buffering: no` (nginx's
+/// convention, which Rails' and Laravel's streaming helpers send).
+pub fn response_may_buffer(resp: &pingora::http::ResponseHeader) -> bool {
+    let event_stream = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        });
+    let app_says_no = resp
+        .headers
+        .get_all("x-accel-buffering")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    !event_stream && !app_says_no
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Arc<PathBuf> {
+        Arc::new(std::env::temp_dir())
+    }
+
+    fn pattern(n: usize, seed: u8) -> Bytes {
+        Bytes::from(
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    async fn collect(body: &Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut r = body.replay();
+        while let Some(c) = r.next().await.expect("read") {
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_body_under_the_limit_stays_in_memory() {
+        let mut b = Body::new(1024, dir());
+        b.push(pattern(500, 1)).await.expect("push");
+        b.push(pattern(524, 2)).await.expect("push");
+        assert!(!b.spilled());
+        assert_eq!(b.len(), 1024);
+        let mut want = pattern(500, 1).to_vec();
+        want.extend_from_slice(&pattern(524, 2));
+        assert_eq!(collect(&b).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_spills_and_replays_intact_twice() {
+        let mut b = Body::new(1000, dir());
+        let mut want = Vec::new();
+        for i in 0..50 {
+            let c = pattern(7001, i);
+            want.extend_from_slice(&c);
+            b.push(c).await.expect("push");
+        }
+        assert!(b.spilled());
+        assert_eq!(b.len(), want.len() as u64);
+        assert_eq!(collect(&b).await, want);
+        assert_eq!(
+            collect(&b).await,
+            want,
+            "a second replay (a retry) sees the same bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_fifo_keeps_order_across_memory_and_disk() {
+        let mut f = Fifo::new(10_000, u64::MAX, dir());
+        let mut want = Vec::new();
+        let mut got = Vec::new();
+        // Interleave pushes and pops so data moves memory -> disk -> memory again.
+        for round in 0..20u8 {
+            for i in 0..5u8 {
+                let c = pattern(3000 + usize::from(i) * 100, round.wrapping_add(i));
+                want.extend_from_slice(&c);
+                f.push(c).await.expect("push");
+            }
+            for _ in 0..(round % 4) {
+                if let Some(c) = f.pop().await.expect("pop") {
+                    got.extend_from_slice(&c);
+                }
+            }
+        }
+        assert!(f.peak_on_disk > 0, "the test should have used the file");
+        while let Some(c) = f.pop().await.expect("pop") {
+            got.extend_from_slice(&c);
+        }
+        assert!(f.is_empty());
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes came out in another order");
+    }
+
+    #[tokio::test]
+    async fn the_fifo_is_full_only_when_memory_and_file_are() {
+        let mut f = Fifo::new(100, 1000, dir());
+        f.push(pattern(100, 0)).await.expect("push");
+        assert!(!f.is_full());
+        f.push(pattern(999, 0)).await.expect("push");
+        assert!(!f.is_full());
+        f.push(pattern(1, 0)).await.expect("push");
+        assert!(f.is_full());
+        f.pop().await.expect("pop");
+        assert!(!f.is_full());
+    }
+
+    #[test]
+    fn the_body_deadline_moves_with_the_bytes_received() {
+        let start = Instant::now();
+        let limits = BodyLimits {
+            max_bytes: u64::MAX,
+            memory: 1024,
+            timeout: Duration::from_secs(60),
+            min_rate: 500,
+        };
+        assert_eq!(
+            body_deadline(start, &limits, 0),
+            start + Duration::from_secs(60)
+        );
+        assert_eq!(
+            body_deadline(start, &limits, 5_000),
+            start + Duration::from_secs(70)
+        );
+        let fixed = BodyLimits {
+            min_rate: 0,
+            ..limits
+        };
+        assert_eq!(
+            body_deadline(start, &fixed, 1 << 30),
+            start + Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn event_streams_and_x_accel_buffering_no_are_never_buffered() {
+        use pingora::http::ResponseHeader;
+        let mut r = ResponseHeader::build(200, None).expect("head");
+        r.insert_header("content-type", "text/html").expect("h");
+        assert!(response_may_buffer(&r));
+        r.insert_header("content-type", "Text/Event-Stream; charset=utf-8")
+            .expect("h");
+        assert!(!response_may_buffer(&r));
+        r.insert_header("content-type", "application/json")
+            .expect("h");
+        r.insert_header("x-accel-buffering", "no").expect("h");
+        assert!(!response_may_buffer(&r));
+        r.insert_header("x-accel-buffering", "yes").expect("h");
+        assert!(response_may_buffer(&r));
+    }
+}
