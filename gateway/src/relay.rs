@@ -294,13 +294,14 @@ pub async fn forward(
     if call.internal.directive(&head).is_some() {
         return Ok(Ok(Answer::NamesAFile(Box::new(head))));
     }
+    // Decided before the forwarding rules strip the app's `X-Accel-Buffering`.
+    let buffer = call
+        .buffering
+        .filter(|_| buffering::response_may_buffer(&head) && !head_only);
     crate::forwarding::response(&mut head);
     if let Some(h) = call.hsts {
         head.insert_header("strict-transport-security", h)?;
     }
-    let buffer = call
-        .buffering
-        .filter(|_| buffering::response_may_buffer(&head) && !head_only);
     head.remove_header("x-accel-buffering");
     let no_body = head_only || matches!(head.status.as_u16(), 204 | 304);
     let done = no_body || up.is_body_done();
