@@ -15,7 +15,7 @@
 # Settings (environment): REPS (3), SUBS (10000), MESSAGES (50), LP_WINDOW (1), SSE_WINDOW (1),
 # PAYLOAD (32 bytes), HOLD (3 s), GW_THREADS (2), NGINX_WORKERS (2), KINDS ("longpoll sse"),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
-# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 600 s in
+# for the other bench/*.sh scripts to finish before each measurement, at most 600 s in
 # all), RETRIES (2: a measurement disturbed by other processes, > QUIET_PCT % of a core during it, is
 # taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results), CARGO_TARGET_DIR.
 # Needs: cargo; installs nginx and libnginx-mod-nchan with apt-get when missing.
@@ -47,7 +47,7 @@ if [[ ! -f $NCHAN_SO ]]; then
           $sudo env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y libnginx-mod-nchan >&2; } ||
         die "cannot install libnginx-mod-nchan"
 fi
-build_bins -p gateway -p bench
+build_bins -p gateway -p backend-stub -p bench # the set bench/http.sh builds: no rebuild from feature unification between scripts
 for p in $P_GW $P_ADM $P_NCHAN; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
@@ -154,12 +154,12 @@ PEER_MAX_S=${PEER_MAX_S:-600}
 PEER_WAITED=0
 wait_peers() {
     local t0=$SECONDS
-    while pgrep -f 'bench/(http|ws_passthrough)\.sh' >/dev/null; do
+    while pgrep -f 'bench/(http|ws_passthrough|socketio|php)\.sh' >/dev/null; do
         if ((PEER_WAITED + SECONDS - t0 >= PEER_MAX_S)); then
-            log "bench/http.sh or bench/ws_passthrough.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
+            log "another bench/*.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
             break
         fi
-        ((SECONDS - t0)) || log "waiting for bench/http.sh / bench/ws_passthrough.sh to finish"
+        ((SECONDS - t0)) || log "waiting for another bench/*.sh (http, ws_passthrough, socketio, php) to finish"
         sleep 5
     done
     PEER_WAITED=$((PEER_WAITED + SECONDS - t0))
@@ -239,7 +239,7 @@ hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
     echo
     echo "$FACTS"
     echo "- command: \`bash bench/pubsub.sh\` (REPS=$REPS SUBS=$SUBS MESSAGES=$MESSAGES LP_WINDOW=$LP_WINDOW SSE_WINDOW=$SSE_WINDOW PAYLOAD=$PAYLOAD HOLD=$HOLD GW_THREADS=$GW_THREADS NGINX_WORKERS=$NGINX_WORKERS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
-    echo "- client: \`rt-load hub-fanout\` (bench/src/rt_load.rs: raw HTTP/1.1 on tokio, 64 loopback source addresses); servers: gateway \`threads: $GW_THREADS\`, plain HTTP; $(nginx -v 2>&1 | sed 's/.*: //') + nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), \`worker_processes $NGINX_WORKERS\`, plain HTTP; a fresh server per measurement"
+    echo "- client: \`rt-load hub-fanout\` (bench/src/rt_load.rs: raw HTTP/1.1 on tokio, 64 loopback source addresses); servers: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes') \`threads: $GW_THREADS\`, plain HTTP; $(nginx -v 2>&1 | sed 's/.*: //') + nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), \`worker_processes $NGINX_WORKERS\`, plain HTTP; a fresh server per measurement"
     echo
     echo "| case | deliveries/s median | all reps | missing (all reps) | reconnects | p50 ms | p99 ms | server CPU us/delivery median (all) | server CPU % | client CPU % | others CPU % (all) | KiB/subscriber RSS median (all) | PSS median |"
     echo "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|---:|"
