@@ -260,7 +260,7 @@ ratios() { # a b key [invert]
 }
 hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
 {
-    echo "### Long-poll / SSE run ($TRANSPORT) $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "### Long-poll / SSE run, $TRANSPORT, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "$FACTS"
     echo "- command: \`bash bench/pubsub.sh\` (TLS=$TLS REPS=$REPS SUBS=$SUBS MESSAGES=$MESSAGES LP_WINDOW=$LP_WINDOW SSE_WINDOW=$SSE_WINDOW PAYLOAD=$PAYLOAD HOLD=$HOLD GW_THREADS=$GW_THREADS NGINX_WORKERS=$NGINX_WORKERS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
