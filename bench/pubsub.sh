@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Long-poll and SSE fan-out: the gateway vs nchan (Debian libnginx-mod-nchan), both plain HTTP,
-# measured in ONE run, interleaved repetitions with a rotated order; medians + all values.
+# Long-poll and SSE fan-out: the gateway vs nchan (Debian libnginx-mod-nchan), both plain HTTP
+# (or both HTTPS with TLS=yes: same certificate, the client speaks TLS 1.3), measured in ONE
+# run, interleaved repetitions with a rotated order; medians + all values.
 # Each measurement starts a fresh server, opens SUBS subscribers on a new topic (long-poll: each
 # holds a GET; SSE: each holds an event stream), waits until the server counts all of them,
 # holds HOLD s and reads the server's memory (-> memory per subscriber), then one publisher
@@ -11,11 +12,12 @@
 #
 #   bash bench/pubsub.sh                      # from the repo root; ~6 min after the build
 #   REPS=1 SUBS=2000 bash bench/pubsub.sh     # quicker look
+#   TLS=yes bash bench/pubsub.sh              # both servers over TLS
 #
 # Settings (environment): REPS (3), SUBS (10000), MESSAGES (50), LP_WINDOW (1), SSE_WINDOW (1),
-# PAYLOAD (32 bytes), HOLD (3 s), GW_THREADS (2), NGINX_WORKERS (2), KINDS ("longpoll sse"),
+# PAYLOAD (32 bytes), HOLD (3 s), GW_THREADS (2), NGINX_WORKERS (2), KINDS ("longpoll sse"), TLS (no),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
-# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 600 s in
+# for the other bench/*.sh scripts to finish before each measurement, at most 600 s in
 # all), RETRIES (2: a measurement disturbed by other processes, > QUIET_PCT % of a core during it, is
 # taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results), CARGO_TARGET_DIR.
 # Needs: cargo; installs nginx and libnginx-mod-nchan with apt-get when missing.
@@ -32,6 +34,8 @@ HOLD=${HOLD:-3}
 GW_THREADS=${GW_THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 KINDS=${KINDS:-longpoll sse}
+TLS=${TLS:-no}
+[[ $TLS == yes || $TLS == no ]] || die "TLS must be yes or no"
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
 P_GW=19401 P_ADM=19411 P_NCHAN=19402
 NCHAN_SO=/usr/lib/nginx/modules/ngx_nchan_module.so
@@ -47,7 +51,7 @@ if [[ ! -f $NCHAN_SO ]]; then
           $sudo env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y libnginx-mod-nchan >&2; } ||
         die "cannot install libnginx-mod-nchan"
 fi
-build_bins -p gateway -p bench
+build_bins -p gateway -p backend-stub -p bench # the set bench/http.sh builds: no rebuild from feature unification between scripts
 for p in $P_GW $P_ADM $P_NCHAN; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
@@ -59,16 +63,37 @@ trap 'stop_all; rm -rf "$T"' EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$OUT_DIR"
 STAMP=$(date +%Y%m%d-%H%M%S)
-RAW=$OUT_DIR/pubsub-$STAMP.jsonl
-REPORT=$OUT_DIR/pubsub-$STAMP.md
+NAME=pubsub
+[[ $TLS == yes ]] && NAME=pubsub-tls
+RAW=$OUT_DIR/$NAME-$STAMP.jsonl
+REPORT=$OUT_DIR/$NAME-$STAMP.md
 : >"$RAW"
 
-# The gateway: plain HTTP, long-poll (/s, /p) and SSE (/events) on the hub; admin for the
+# With TLS=yes both servers get the same self-signed ECDSA P-256 certificate.
+GW_LISTEN="http: 127.0.0.1:$P_GW" GW_TLS="" NCHAN_SSL="" TRANSPORT="plain HTTP" RT_TLS=""
+if [[ $TLS == yes ]]; then
+    make_cert "$T"
+    GW_LISTEN="https: 127.0.0.1:$P_GW"
+    GW_TLS="tls:
+  certificates:
+    - cert: $T/cert.pem
+      key: $T/key.pem"
+    NCHAN_SSL="ssl;
+        ssl_certificate $T/cert.pem;
+        ssl_certificate_key $T/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m"
+    TRANSPORT="HTTPS (TLS 1.3, same ECDSA P-256 certificate)"
+    RT_TLS="--tls"
+fi
+
+# The gateway: long-poll (/s, /p) and SSE (/events) on the hub; admin (plain, loopback) for the
 # subscriber count. Hub defaults (history 1000, subscriber queue 1024).
 cat >"$T/gw.yaml" <<YAML
 listen:
-  http: 127.0.0.1:$P_GW
+  $GW_LISTEN
   admin: 127.0.0.1:$P_ADM
+$GW_TLS
 realtime:
   hub: { history: 1000, subscriber_queue: 1024 }
   longpoll: { wait_ms: 30000 }
@@ -108,7 +133,7 @@ http {
     uwsgi_temp_path $T/nchan/uwsgi;
     scgi_temp_path $T/nchan/scgi;
     server {
-        listen 127.0.0.1:$P_NCHAN backlog=4096;
+        listen 127.0.0.1:$P_NCHAN backlog=4096 $NCHAN_SSL;
         location ~ ^/lp/(\w+)$ {
             nchan_subscriber longpoll;
             nchan_channel_id \$1;
@@ -154,12 +179,12 @@ PEER_MAX_S=${PEER_MAX_S:-600}
 PEER_WAITED=0
 wait_peers() {
     local t0=$SECONDS
-    while pgrep -f 'bench/(http|ws_passthrough)\.sh' >/dev/null; do
+    while pgrep -f 'bench/(http|ws_passthrough|socketio|php)\.sh' >/dev/null; do
         if ((PEER_WAITED + SECONDS - t0 >= PEER_MAX_S)); then
-            log "bench/http.sh or bench/ws_passthrough.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
+            log "another bench/*.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
             break
         fi
-        ((SECONDS - t0)) || log "waiting for bench/http.sh / bench/ws_passthrough.sh to finish"
+        ((SECONDS - t0)) || log "waiting for another bench/*.sh (http, ws_passthrough, socketio, php) to finish"
         sleep 5
     done
     PEER_WAITED=$((PEER_WAITED + SECONDS - t0))
@@ -186,7 +211,7 @@ measure() { # kind server rep pos subs messages -> the client's JSON in $OUT (no
     start_server "$srv"
     local args=(--server gateway --addr 127.0.0.1:$P_GW --admin 127.0.0.1:$P_ADM)
     [[ $srv == nchan ]] && args=(--server nchan --addr 127.0.0.1:$P_NCHAN)
-    OUT=$(timeout 400 $RT --label "$kind-$srv" --pids "$SPID" hub-fanout --kind "$kind" "${args[@]}" \
+    OUT=$(timeout 400 $RT --label "$kind-$srv" --pids "$SPID" hub-fanout --kind "$kind" "${args[@]}" $RT_TLS \
         --topic "$topic" --subs "$5" --messages "$6" --window "$window" --payload-bytes "$PAYLOAD" \
         --hold-secs "$HOLD" --max-secs 240 | tail -1) || OUT='{"label":"'$kind-$srv'","mode":"hub-fanout","failed":1}'
     stop_server "$srv"
@@ -235,11 +260,11 @@ ratios() { # a b key [invert]
 }
 hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
 {
-    echo "### Long-poll / SSE run $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "### Long-poll / SSE run, $TRANSPORT, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "$FACTS"
-    echo "- command: \`bash bench/pubsub.sh\` (REPS=$REPS SUBS=$SUBS MESSAGES=$MESSAGES LP_WINDOW=$LP_WINDOW SSE_WINDOW=$SSE_WINDOW PAYLOAD=$PAYLOAD HOLD=$HOLD GW_THREADS=$GW_THREADS NGINX_WORKERS=$NGINX_WORKERS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
-    echo "- client: \`rt-load hub-fanout\` (bench/src/rt_load.rs: raw HTTP/1.1 on tokio, 64 loopback source addresses); servers: gateway \`threads: $GW_THREADS\`, plain HTTP; $(nginx -v 2>&1 | sed 's/.*: //') + nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), \`worker_processes $NGINX_WORKERS\`, plain HTTP; a fresh server per measurement"
+    echo "- command: \`bash bench/pubsub.sh\` (TLS=$TLS REPS=$REPS SUBS=$SUBS MESSAGES=$MESSAGES LP_WINDOW=$LP_WINDOW SSE_WINDOW=$SSE_WINDOW PAYLOAD=$PAYLOAD HOLD=$HOLD GW_THREADS=$GW_THREADS NGINX_WORKERS=$NGINX_WORKERS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
+    echo "- client: \`rt-load hub-fanout\` (bench/src/rt_load.rs: raw HTTP/1.1 on tokio, 64 loopback source addresses); servers: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes') \`threads: $GW_THREADS\`, $TRANSPORT; $(nginx -v 2>&1 | sed 's/.*: //') + nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), \`worker_processes $NGINX_WORKERS\`, $TRANSPORT; a fresh server per measurement"
     echo
     echo "| case | deliveries/s median | all reps | missing (all reps) | reconnects | p50 ms | p99 ms | server CPU us/delivery median (all) | server CPU % | client CPU % | others CPU % (all) | KiB/subscriber RSS median (all) | PSS median |"
     echo "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|---:|"

@@ -14,7 +14,8 @@
 //!   HTTP publisher publishing K messages ("k send_us pad"), at most `window` messages ahead of
 //!   the slowest subscriber. Long-poll subscribers poll again with their position (gateway:
 //!   `since=<X-Position>`; nchan: `If-Modified-Since` / `If-None-Match`), so nothing published
-//!   between two polls is lost. Also the server's memory per held subscriber.
+//!   between two polls is lost. Plain HTTP, or HTTPS with `--tls`. Also the server's memory per
+//!   held subscriber.
 //!
 //! Server CPU is utime+stime of `--pids` and all their descendants from /proc (read by this
 //! process at the exact edges of the measured window); memory is the sum of their Rss and Pss
@@ -114,9 +115,12 @@ enum Mode {
         server: HubServer,
         #[arg(long, value_enum)]
         kind: HubKind,
-        /// IP:PORT of the plain HTTP listener (subscribe and publish).
+        /// IP:PORT of the HTTP listener (subscribe and publish).
         #[arg(long)]
         addr: SocketAddr,
+        /// Speak TLS to `addr` (HTTPS); the gateway's admin listener stays plain HTTP.
+        #[arg(long)]
+        tls: bool,
         /// IP:PORT of the gateway's admin listener (subscriber count); gateway only.
         #[arg(long)]
         admin: Option<SocketAddr>,
@@ -340,6 +344,19 @@ impl Net {
     }
 }
 
+/// TLS 1.2/1.3 by rustls (ring), certificate not verified, ALPN http/1.1 only.
+fn tls_connector() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Ws = WebSocketStream<Box<dyn Io>>;
@@ -363,17 +380,7 @@ impl SioTarget {
         let addr: SocketAddr = hostport
             .parse()
             .with_context(|| format!("{hostport}: expected IP:PORT"))?;
-        let tls = tls.then(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            TlsConnector::from(Arc::new(config))
-        });
+        let tls = tls.then(tls_connector);
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         let path = path.trim_end_matches('/');
         let ws_url = format!("{scheme}://{hostport}/{path}/?EIO=4&transport=websocket");
@@ -832,18 +839,42 @@ impl Head {
 }
 
 struct Conn {
-    s: TcpStream,
+    s: Box<dyn Io>,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl Conn {
-    fn new(s: TcpStream) -> Conn {
+    fn new(s: Box<dyn Io>) -> Conn {
         Conn {
             s,
             buf: Vec::with_capacity(2048),
             pos: 0,
         }
+    }
+
+    /// TCP, then TLS when `tls` is given.
+    async fn open(net: &Net, addr: SocketAddr, tls: Option<&TlsConnector>) -> anyhow::Result<Conn> {
+        let tcp = net.connect(addr).await?;
+        let io: Box<dyn Io> = match tls {
+            Some(tls) => Box::new(
+                tokio::time::timeout(
+                    net.step,
+                    tls.connect(ServerName::try_from("localhost")?, tcp),
+                )
+                .await
+                .map_err(|_| anyhow!("tls timeout"))?
+                .context("tls")?,
+            ),
+            None => Box::new(tcp),
+        };
+        Ok(Conn::new(io))
+    }
+
+    /// Write a whole request (flushed: over TLS the record must leave now).
+    async fn send(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(b).await?;
+        self.s.flush().await
     }
 
     fn avail(&self) -> &[u8] {
@@ -979,6 +1010,14 @@ struct HubTarget {
     kind: HubKind,
     addr: SocketAddr,
     topic: String,
+    /// Subscribers, the publisher and nchan's channel info over TLS (the admin stays plain).
+    tls: Option<TlsConnector>,
+}
+
+impl HubTarget {
+    async fn open(&self, net: &Net) -> anyhow::Result<Conn> {
+        Conn::open(net, self.addr, self.tls.as_ref()).await
+    }
 }
 
 impl HubTarget {
@@ -1102,8 +1141,8 @@ async fn longpoll_subscriber(ctx: SubCtx) -> SubResult {
             if !first {
                 r.reconnects += 1;
             }
-            match net.connect(target.addr).await {
-                Ok(s) => conn = Some(Conn::new(s)),
+            match target.open(&net).await {
+                Ok(c) => conn = Some(c),
                 Err(e) => {
                     r.errors.push(format!("connect: {e:#}"));
                     if r.errors.len() > 50 {
@@ -1118,7 +1157,7 @@ async fn longpoll_subscriber(ctx: SubCtx) -> SubResult {
         let batch = st.position.is_some();
         let req = target.subscribe_request(&st);
         r.requests += 1;
-        if let Err(e) = c.s.write_all(req.as_bytes()).await {
+        if let Err(e) = c.send(req.as_bytes()).await {
             r.errors.push(format!("write: {e}"));
             conn = None;
             continue;
@@ -1221,8 +1260,8 @@ async fn sse_subscriber(ctx: SubCtx) -> SubResult {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut c = match net.connect(target.addr).await {
-            Ok(s) => Conn::new(s),
+        let mut c = match target.open(&net).await {
+            Ok(c) => c,
             Err(e) => {
                 r.errors.push(format!("connect: {e:#}"));
                 continue;
@@ -1230,7 +1269,7 @@ async fn sse_subscriber(ctx: SubCtx) -> SubResult {
         };
         r.requests += 1;
         let req = target.subscribe_request(&LpState::default());
-        if let Err(e) = c.s.write_all(req.as_bytes()).await {
+        if let Err(e) = c.send(req.as_bytes()).await {
             r.errors.push(format!("write: {e}"));
             continue;
         }
@@ -1299,9 +1338,10 @@ async fn server_subscribers(
     admin: Option<SocketAddr>,
     net: &Net,
 ) -> anyhow::Result<usize> {
-    let (addr, req) = match target.server {
+    let (addr, tls, req) = match target.server {
         HubServer::Gateway => (
             admin.ok_or_else(|| anyhow!("--admin is required for the gateway"))?,
+            None,
             format!(
                 "GET /topics/{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                 target.topic
@@ -1309,14 +1349,15 @@ async fn server_subscribers(
         ),
         HubServer::Nchan => (
             target.addr,
+            target.tls.as_ref(),
             format!(
                 "GET /pub/{} HTTP/1.1\r\nHost: localhost\r\nAccept: text/json\r\nConnection: close\r\n\r\n",
                 target.topic
             ),
         ),
     };
-    let mut c = Conn::new(net.connect(addr).await?);
-    c.s.write_all(req.as_bytes()).await?;
+    let mut c = Conn::open(net, addr, tls).await?;
+    c.send(req.as_bytes()).await?;
     let head = c.head().await?;
     let body = c.body(&head).await?;
     if head.status == 404 {
@@ -1334,6 +1375,7 @@ async fn hub_fanout(
     server: HubServer,
     kind: HubKind,
     addr: SocketAddr,
+    tls: bool,
     admin: Option<SocketAddr>,
     topic: &str,
     subs: usize,
@@ -1348,6 +1390,7 @@ async fn hub_fanout(
         kind,
         addr,
         topic: topic.to_string(),
+        tls: tls.then(tls_connector),
     };
     let tally = Tally::new(messages, subs);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1399,7 +1442,7 @@ async fn hub_fanout(
     let counted_after_hold = server_subscribers(&target, admin, &net).await.unwrap_or(0);
 
     // The publisher: one keep-alive connection, one POST at a time.
-    let mut publisher = Conn::new(net.connect(addr).await.context("publisher")?);
+    let mut publisher = target.open(&net).await.context("publisher")?;
     let pad = "x".repeat(payload_bytes);
     let stall = Duration::from_millis(cli.stall_ms);
     let hard = Instant::now() + Duration::from_secs(max_secs);
@@ -1420,7 +1463,7 @@ async fn hub_fanout(
         let body = format!("{k} {} {pad}", now_us(tally.base));
         let req = target.publish_request(&body);
         let res = async {
-            publisher.s.write_all(req.as_bytes()).await?;
+            publisher.send(req.as_bytes()).await?;
             let head = publisher.head().await?;
             let _ = publisher.body(&head).await?;
             anyhow::Ok(head.status)
@@ -1434,7 +1477,7 @@ async fn hub_fanout(
             }
             Err(e) => {
                 publish_errors.push(format!("{e:#}"));
-                publisher = Conn::new(net.connect(addr).await.context("publisher")?);
+                publisher = target.open(&net).await.context("publisher")?;
             }
         }
     }
@@ -1467,7 +1510,7 @@ async fn hub_fanout(
     let server_s = (s1 - s0) as f64 / CLK_TCK;
     let client_s = (c1 - c0) as f64 / CLK_TCK;
     let per = |a: u64, b: u64| (a as f64 - b as f64) / subs as f64;
-    Ok(json!({
+    let mut out = json!({
         "label": cli.label, "mode": "hub-fanout", "server": format!("{server:?}"), "kind": format!("{kind:?}"),
         "subs": subs, "counted": counted, "counted_after_hold": counted_after_hold,
         "open_secs": open_secs, "messages_sent": sent, "window": window,
@@ -1488,7 +1531,10 @@ async fn hub_fanout(
         "rss0_kib": rss0, "rss1_kib": rss1, "pss0_kib": pss0, "pss1_kib": pss1,
         "rss_per_sub_kib": per(rss1, rss0), "pss_per_sub_kib": per(pss1, pss0),
         "errors": error_kinds(&errors), "publish_errors": error_kinds(&publish_errors),
-    }))
+    });
+    // Apart: one more key in the literal above exceeds json!'s macro recursion limit.
+    out["tls"] = json!(tls);
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1534,6 +1580,7 @@ fn main() -> anyhow::Result<()> {
                 server,
                 kind,
                 addr,
+                tls,
                 admin,
                 topic,
                 subs,
@@ -1549,6 +1596,7 @@ fn main() -> anyhow::Result<()> {
                     *server,
                     *kind,
                     *addr,
+                    *tls,
                     *admin,
                     topic,
                     *subs,

@@ -180,6 +180,29 @@ impl Decoder {
     }
 }
 
+/// Whether an answer must be sent chunked. PHP sends a `Content-Length` only when the script
+/// sets one; without it pingora writes an HTTP/1.1 body close-delimited, so the client loses
+/// its keep-alive connection (a new TCP + TLS handshake per request) while the head still says
+/// `Connection: keep-alive`, which strict clients (wrk) treat as an error. nginx chunk-encodes
+/// such answers (`chunked_transfer_encoding on`); so do we. Not for HTTP/2 (framed anyway),
+/// HTTP/1.0 clients (no chunked), HEAD, or answers that carry no body (1xx, 204, 304).
+pub fn needs_chunking(
+    version: http::Version,
+    http2: bool,
+    head_only: bool,
+    head: &ResponseHeader,
+) -> bool {
+    let bodiless = head.status.is_informational()
+        || head.status == http::StatusCode::NO_CONTENT
+        || head.status == http::StatusCode::NOT_MODIFIED;
+    !http2
+        && version == http::Version::HTTP_11
+        && !head_only
+        && !bodiless
+        && head.headers.get(http::header::CONTENT_LENGTH).is_none()
+        && head.headers.get(http::header::TRANSFER_ENCODING).is_none()
+}
+
 /// The CGI response head php-fpm writes on stdout: `Status:` and the other header lines,
 /// up to the first empty line. `Ok(None)` while incomplete; on success also how many bytes
 /// of `buf` the head took.
@@ -1010,6 +1033,14 @@ pub async fn serve(
                                     );
                                     encoder = compression::apply(settings, d, &mut head)?;
                                 }
+                                if needs_chunking(
+                                    call.req.version,
+                                    session.is_http2(),
+                                    head_only,
+                                    &head,
+                                ) {
+                                    head.insert_header("transfer-encoding", "chunked")?;
+                                }
                                 session
                                     .write_response_header(Box::new(head), head_only)
                                     .await?;
@@ -1083,6 +1114,37 @@ fn keep(pool: &Arc<Pool>, backend: &Backend, i: usize, io: Io) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head(text: &str) -> ResponseHeader {
+        match parse_head(text.as_bytes()) {
+            Ok(Some((h, _))) => h,
+            other => panic!("{text:?} did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_without_a_length_are_chunked_on_http_1_1_only() {
+        use http::Version;
+        let plain = head("Content-Type: text/plain\r\n\r\n");
+        assert!(needs_chunking(Version::HTTP_11, false, false, &plain));
+        // HTTP/2 frames the body itself; HTTP/1.0 clients cannot read chunked; HEAD has no body.
+        assert!(!needs_chunking(Version::HTTP_2, true, false, &plain));
+        assert!(!needs_chunking(Version::HTTP_10, false, false, &plain));
+        assert!(!needs_chunking(Version::HTTP_11, false, true, &plain));
+        // A length (or the script's own framing) is kept as it is.
+        let sized = head("Content-Length: 5\r\n\r\n");
+        assert!(!needs_chunking(Version::HTTP_11, false, false, &sized));
+        let framed = head("Transfer-Encoding: chunked\r\n\r\n");
+        assert!(!needs_chunking(Version::HTTP_11, false, false, &framed));
+        // Answers that never have a body.
+        for status in ["204 No Content", "304 Not Modified"] {
+            let h = head(&format!("Status: {status}\r\n\r\n"));
+            assert!(
+                !needs_chunking(Version::HTTP_11, false, false, &h),
+                "{status}"
+            );
+        }
+    }
 
     #[test]
     fn records_are_byte_exact() {

@@ -311,6 +311,53 @@ async fn connections_to_php_fpm_are_reused() {
 }
 
 #[tokio::test]
+async fn answers_without_a_length_keep_the_http_1_1_connection() {
+    // PHP sends no Content-Length for an `echo`. Over HTTP/1.1 the gateway must frame the body
+    // itself (chunked, as nginx does) so that the same connection serves the next request:
+    // browsers and wrk rely on it, and a close-delimited body under `Connection: keep-alive`
+    // costs a new TLS handshake per request (wrk counts every one as a read error).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = site("");
+    let tcp = tokio::net::TcpStream::connect(s.gw.https_addr())
+        .await
+        .expect("connect");
+    // No ALPN: HTTP/1.1.
+    let mut tls = e2e::tls_connector()
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls handshake");
+    for round in 1..=3 {
+        tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the connection was not kept: {e}"));
+        // One answer: up to the last chunk, or whatever came before the gateway closed.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !answer.ends_with(b"0\r\n\r\n") {
+            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 200"),
+            "round {round}: {answer}"
+        );
+        assert!(
+            answer.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "round {round}: {answer}"
+        );
+        assert!(answer.contains("hello from php"), "round {round}: {answer}");
+        assert!(answer.ends_with("0\r\n\r\n"), "round {round}: {answer}");
+    }
+}
+
+#[tokio::test]
 async fn connections_closed_by_php_fpm_are_replaced() {
     // Each worker exits after one request, closing the kept connection behind it.
     let s = site_with("", "pm.max_requests = 1\n");
