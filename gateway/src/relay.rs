@@ -37,40 +37,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 const STALE_RETRIES: usize = 2;
 
 /// Why the app was not asked or did not answer; nothing was sent to the client yet.
-#[derive(Debug)]
-pub enum Failure {
-    NoHealthyServer,
-    Connect(String, String),
-    Timeout(String),
-    BadAnswer(String, String),
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::NoHealthyServer => 503,
-            Failure::Timeout(_) => 504,
-            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NoHealthyServer => "no healthy server".into(),
-            Failure::Timeout(a) => format!("{a} did not answer in time"),
-            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
-            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
-        }
-    }
-
-    pub fn public_reason(&self) -> &'static str {
-        match self {
-            Failure::NoHealthyServer => "no healthy app server",
-            Failure::Timeout(_) => "the app did not answer in time",
-            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
-        }
-    }
-}
+pub use crate::upstream::Failure;
 
 /// Response buffering settings, when the route has it on.
 /// How [`forward`] ended when the app answered.

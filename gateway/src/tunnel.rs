@@ -16,7 +16,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::upstream::{Addr, Pool};
+use crate::upstream::Pool;
 
 /// The app's response head to an upgrade must fit in this (nginx `proxy_buffer_size`-like).
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -25,13 +25,7 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const UPGRADE_ANSWER_TIMEOUT: Duration =
     Duration::from_millis(crate::config::defaults::UPGRADE_TIMEOUT_MS);
 
-/// Why a tunnel could not be opened; mapped to 502/503/504 by the caller.
-pub enum Failure {
-    NoHealthyServer,
-    Connect(Addr, String),
-    Timeout(Addr),
-    BadAnswer(Addr, String),
-}
+pub use crate::upstream::Failure;
 
 /// Open the tunnel and run it to the end. `req` already carries the forwarding headers.
 pub async fn run(
@@ -52,26 +46,26 @@ pub async fn run(
                 tracing::warn!(upstream = %pool.name, server = %addr, error = %e, "websocket tunnel: connect failed, trying another server");
                 tried.push(i);
                 if tried.len() == pool.servers.len() {
-                    return Ok(Err(Failure::Connect(addr, e.to_string())));
+                    return Ok(Err(Failure::Connect(addr.to_string(), e.to_string())));
                 }
             }
             Err(_) => {
                 tried.push(i);
                 if tried.len() == pool.servers.len() {
-                    return Ok(Err(Failure::Timeout(addr)));
+                    return Ok(Err(Failure::Timeout(addr.to_string())));
                 }
             }
         }
     };
     let head = serialize(req);
     if let Err(e) = upstream.write_all(&head).await {
-        return Ok(Err(Failure::Connect(addr, e.to_string())));
+        return Ok(Err(Failure::Connect(addr.to_string(), e.to_string())));
     }
 
     let (resp, leftover) =
         match tokio::time::timeout(UPGRADE_ANSWER_TIMEOUT, read_head(&mut upstream)).await {
-            Err(_) => return Ok(Err(Failure::Timeout(addr))),
-            Ok(Err(why)) => return Ok(Err(Failure::BadAnswer(addr, why))),
+            Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
+            Ok(Err(why)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), why))),
             Ok(Ok(r)) => r,
         };
 
@@ -164,25 +158,6 @@ async fn read_head(
             Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,
             Ok(httparse::Status::Partial) => return Err("response head too large".into()),
             Err(e) => return Err(format!("invalid response: {e}")),
-        }
-    }
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::NoHealthyServer => 503,
-            Failure::Timeout(_) => 504,
-            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NoHealthyServer => "no healthy server".into(),
-            Failure::Timeout(a) => format!("{a} did not answer in time"),
-            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
-            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
         }
     }
 }

@@ -457,3 +457,40 @@ mod tests {
         assert!(p.servers[0].is_healthy());
     }
 }
+
+/// Why the app could not be asked or did not answer, on any path that talks to a pool (the
+/// WebSocket tunnel, held requests); mapped to 502/503/504. Addresses as shown in logs.
+#[derive(Debug)]
+pub enum Failure {
+    NoHealthyServer,
+    Connect(String, String),
+    Timeout(String),
+    BadAnswer(String, String),
+}
+
+impl Failure {
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::NoHealthyServer => 503,
+            Failure::Timeout(_) => 504,
+            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::NoHealthyServer => "no healthy server".into(),
+            Failure::Timeout(a) => format!("{a} did not answer in time"),
+            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
+            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
+        }
+    }
+
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Failure::NoHealthyServer => "no healthy app server",
+            Failure::Timeout(_) => "the app did not answer in time",
+            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
+        }
+    }
+}
