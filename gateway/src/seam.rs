@@ -1,8 +1,9 @@
 //! The adapter between a pingora session and a realtime service (`realtime::seam`).
 //!
-//! The service runs as its own task and sees only plain values; this module feeds it the
-//! request body, writes whatever shape of answer it returns, and cancels it as soon as the
-//! client goes away, so a held long-poll or a dead SSE stream is freed at once.
+//! The service sees only plain values; this module feeds it the request body (from its own
+//! task when there is one, inline otherwise), writes whatever shape of answer it returns, and
+//! cancels it as soon as the client goes away, so a held long-poll or a dead SSE stream is
+//! freed at once.
 
 use std::sync::Arc;
 
@@ -37,6 +38,32 @@ impl<T> Drop for AbortOnDrop<T> {
 pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<()> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
+    let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let secure = is_tls(session);
+    if !upgrade && session.is_body_done() {
+        // A bodiless request (every long-poll, every SSE subscription) runs right here: no
+        // task to spawn and wake on another thread, no body channel. Measured on held
+        // long-polls, the spawn made the gateway switch threads 27x as often as nchan.
+        let req = Request {
+            head,
+            peer,
+            secure,
+            body: Body::empty(),
+        };
+        let call = service.call(req);
+        tokio::pin!(call);
+        let response = tokio::select! {
+            r = &mut call => r,
+            idle = session.read_body_or_idle(true) => match idle {
+                // The client hung up while the service was still deciding: dropping the
+                // future cancels it.
+                Err(_) => return Ok(()),
+                // Pipelined bytes, not a hang-up: stop watching and just wait.
+                Ok(_) => call.await,
+            },
+        };
+        return respond(session, response, false, false).await;
+    }
     let (tx, body) = if upgrade {
         // After the headers of an upgrade request come the upgraded protocol's bytes, not a
         // body: nothing may read them before the 101 is written.
@@ -47,8 +74,8 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
     };
     let req = Request {
         head,
-        peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
-        secure: is_tls(session),
+        peer,
+        secure,
         body,
     };
     let mut task = AbortOnDrop(tokio::spawn(async move { service.call(req).await }));
@@ -105,7 +132,17 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
             format!("realtime service failed: {e}"),
         )
     })?;
+    respond(session, response, upgrade, unread_body).await
+}
 
+/// Write the service's answer, whatever its shape. `unread_body`: the client is still sending
+/// a body nobody will read (drained briefly after the answer, never reused).
+async fn respond(
+    session: &mut Session,
+    response: Response,
+    upgrade: bool,
+    unread_body: bool,
+) -> Result<()> {
     match response {
         Response::Full(resp) => {
             let (parts, body) = resp.into_parts();
