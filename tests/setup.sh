@@ -8,6 +8,7 @@ command -v cmake   >/dev/null || need+=(cmake)      # pingora-core builds zlib-n
 command -v openssl >/dev/null || need+=(openssl)    # TLS tests use `openssl s_client`
 command -v curl    >/dev/null || need+=(curl)
 command -v cc      >/dev/null || need+=(gcc)        # ring and zstd build C code
+command -v make    >/dev/null || need+=(make)       # jemalloc (the gateway's allocator) builds with it
 command -v node    >/dev/null || need+=(nodejs)     # the official socket.io-client in tests
 command -v npm     >/dev/null || need+=(npm)
 # php-fpm for the FastCGI tests (started by the tests themselves, never as a service).

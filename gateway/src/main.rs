@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, ConfigError};
 
+/// jemalloc, measured side by side with glibc malloc on the same source (bench/pubsub.sh over
+/// HTTPS, 10,000 subscribers): 37% less CPU per long-poll delivery (51 vs 81 us), the same
+/// memory per subscriber, ~5% more per idle WebSocket. mimalloc was dropped earlier: it made
+/// every idle connection 2.5x bigger.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
