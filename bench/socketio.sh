@@ -37,7 +37,7 @@ P_TLS=19301 P_PLAIN=19302 P_NODE=19303 P_ADM_TLS=19311 P_ADM_PLAIN=19312
 RUN_START=$SECONDS
 
 ensure_pkgs openssl:openssl node:nodejs npm:npm
-build_bins -p gateway -p bench
+build_bins -p gateway -p backend-stub -p bench # the set the other scripts build: no rebuild from feature unification
 log "npm ci in bench/node (socket.io pinned by package-lock.json)"
 (cd "$REPO/bench/node" && timeout 300 npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci failed in bench/node"
 for p in $P_TLS $P_PLAIN $P_NODE $P_ADM_TLS $P_ADM_PLAIN; do
