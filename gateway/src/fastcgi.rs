@@ -733,14 +733,14 @@ pub async fn serve(
     };
 
     let raw_path = call.req.uri.path().to_string();
-    let (root, index, front) = (
-        backend.root.clone(),
-        backend.index.clone(),
-        backend.front_controller.clone(),
+    // Inline, like the static lookup: a `realpath` or two on a local filesystem costs less
+    // than a hop to the blocking pool and back.
+    let script = resolve(
+        &backend.root,
+        &backend.index,
+        &backend.front_controller,
+        &raw_path,
     );
-    let script = tokio::task::spawn_blocking(move || resolve(&root, &index, &front, &raw_path))
-        .await
-        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
     let (name, filename) = match script {
         Script::Run { name, filename } => (name, filename),
         Script::Missing => return Ok(Err(Failure::Missing)),
