@@ -50,6 +50,10 @@ pub mod defaults {
     pub const KEEPALIVE_REQUESTS: u32 = 1000;
     /// nginx `keepalive_timeout` is 75 s, pingora's 60 s: keep pingora's.
     pub const KEEPALIVE_TIMEOUT_S: u64 = 60;
+    /// nginx `send_timeout`: a client that takes none of a pending answer for 60 s is gone
+    /// (pingora has no write timeout at all, so a client that never reads would hold its
+    /// connection, its answer and, unbuffered, the app's worker forever).
+    pub const SEND_TIMEOUT_MS: u64 = 60_000;
     /// nginx `proxy_connect_timeout` is 60 s, far too long to fail over; HAProxy users commonly
     /// set `timeout connect 5s`. A local app that does not accept in 3 s is down.
     pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -255,8 +259,13 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     #[serde(default = "l_keepalive_requests")]
     pub keepalive_requests: u32,
+    /// Idle time allowed between requests on a client connection; 0 turns keep-alive off.
     #[serde(default = "l_keepalive_timeout")]
     pub keepalive_timeout_s: u64,
+    /// Longest a write to a client may wait for the client to take bytes; the connection is
+    /// closed after it.
+    #[serde(default = "l_send_timeout")]
+    pub send_timeout_ms: u64,
     /// A buffered request body is kept in memory up to this, then in a temporary file.
     #[serde(default = "l_body_buffer")]
     pub client_body_buffer_bytes: usize,
@@ -290,6 +299,9 @@ fn l_keepalive_requests() -> u32 {
 fn l_keepalive_timeout() -> u64 {
     defaults::KEEPALIVE_TIMEOUT_S
 }
+fn l_send_timeout() -> u64 {
+    defaults::SEND_TIMEOUT_MS
+}
 fn l_body_buffer() -> usize {
     defaults::CLIENT_BODY_BUFFER_BYTES
 }
@@ -314,6 +326,7 @@ impl Default for Limits {
             header_timeout_ms: l_header_timeout(),
             keepalive_requests: l_keepalive_requests(),
             keepalive_timeout_s: l_keepalive_timeout(),
+            send_timeout_ms: l_send_timeout(),
             client_body_buffer_bytes: l_body_buffer(),
             client_body_timeout_ms: l_body_timeout(),
             client_body_min_rate: l_body_rate(),
@@ -1207,6 +1220,12 @@ impl Config {
                 "must be greater than 0".into(),
             );
         }
+        if lim.send_timeout_ms == 0 {
+            bad(
+                "limits.send_timeout_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
         if lim.client_body_buffer_bytes < 1024 {
             bad(
                 "limits.client_body_buffer_bytes".into(),
@@ -1784,7 +1803,7 @@ routes:
         let p = problems(&format!(
             r#"
 listen: {{http: 127.0.0.1:8080}}
-limits: {{client_body_buffer_bytes: 10, client_body_timeout_ms: 0, response_buffer_bytes: 0}}
+limits: {{client_body_buffer_bytes: 10, client_body_timeout_ms: 0, response_buffer_bytes: 0, send_timeout_ms: 0}}
 upstreams:
   app: {{servers: [127.0.0.1:3000]}}
   php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {root}}}}}
@@ -1800,6 +1819,7 @@ routes:
             "limits.client_body_buffer_bytes: must be at least 1024",
             "limits.client_body_timeout_ms: must be greater than 0",
             "limits.response_buffer_bytes: must be at least 1024",
+            "limits.send_timeout_ms: must be greater than 0",
             "routes[0].response_buffering: needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)",
             "routes[1].response_buffering: not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)",
             "routes[2]: `request_buffering` and `response_buffering` only apply to `upstream` routes",

@@ -75,6 +75,18 @@ impl Ctx {
     }
 }
 
+/// The configured connection timeouts, applied to every request (pingora's own are fixed: 60 s
+/// keep-alive and no write timeout).
+fn connection_limits(session: &mut Session, limits: &Limits) {
+    // pingora turns keep-alive off for `Connection: close` and while shutting down: keep that.
+    // 0 means off, as in nginx (pingora would read it as "forever").
+    if session.get_keepalive().is_some() {
+        let idle = limits.keepalive_timeout_s;
+        session.set_keepalive((idle > 0).then_some(idle));
+    }
+    session.set_write_timeout(Some(Duration::from_millis(limits.send_timeout_ms)));
+}
+
 /// A short, plain answer with a reason, for every error the gateway produces itself.
 pub async fn respond(session: &mut Session, status: u16, reason: &str) -> Result<()> {
     let phrase = http::StatusCode::from_u16(status)
@@ -364,6 +376,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        connection_limits(session, &self.limits);
         ctx.client = session
             .client_addr()
             .and_then(|a| a.as_inet())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{client, raw_tls, tls_connector, Gateway, Stub};
+use e2e::{client, raw_tls, tls_connector, Gateway, Scratch, Stub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn guarded(app: &Stub) -> Gateway {
@@ -214,4 +214,109 @@ routes: [{{path: /, upstream: app}}]
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     still_works(&gw).await;
+}
+
+/// A TLS connection to `addr` for raw exchanges.
+async fn tls_to(
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tls_connector()
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls handshake")
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_after_the_configured_time() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+limits: {{keepalive_timeout_s: 1}}
+upstreams: {{app: {{servers: ["{}"]}}}}
+routes: [{{path: /, upstream: app}}]
+"#,
+        app.addr
+    ));
+    let mut conn = tls_to(gw.https_addr()).await;
+    conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.contains("PONG. EOM."), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+
+    // Idle past the limit: the gateway hangs up (with pingora's fixed 60 s it would not).
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), conn.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open after 8 s"
+    );
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    still_works(&gw).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    const BIG: usize = 48 * 1024 * 1024;
+    let root = Scratch::new("send-timeout");
+    std::fs::write(root.path().join("big.bin"), vec![7u8; BIG]).expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+limits: {{send_timeout_ms: 1000}}
+routes: [{{path: /, static: {{root: {}}}}}]
+"#,
+        root.path().display()
+    ));
+
+    // The timeout is per write, not per answer: a client that keeps reading gets it all, even
+    // when the whole download takes longer than the timeout.
+    let r = client()
+        .get(gw.https("/big.bin"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body").len(), BIG);
+
+    // A client that asks and then reads nothing: once the socket buffers are full, the
+    // gateway's writes wait, and after send_timeout_ms it closes the connection.
+    let mut stalled = tls_to(gw.https_addr()).await;
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "the stalled connection was never closed");
+    assert!(
+        got.len() < BIG,
+        "the stalled client still got the whole file ({} bytes)",
+        got.len()
+    );
+    assert!(String::from_utf8_lossy(&got[..12.min(got.len())]).starts_with("HTTP/1.1 200"));
+    still_works_static(&gw).await;
+}
+
+async fn still_works_static(gw: &Gateway) {
+    let r = client()
+        .get(gw.https("/missing"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404, "a fresh request must still be answered");
 }
