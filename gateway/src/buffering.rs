@@ -378,6 +378,118 @@ impl Fifo {
     }
 }
 
+type Write<'s> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (&'s mut Session, pingora::Result<()>)> + Send + 's>>;
+
+fn write(session: &mut Session, chunk: Bytes) -> Write<'_> {
+    Box::pin(async move {
+        let r = session.write_response_body(Some(chunk), false).await;
+        (session, r)
+    })
+}
+
+/// Feeds a client from a [`Fifo`] while its owner reads the app's answer into it as fast as the
+/// app writes: the app's connection (and worker) is free as soon as its answer is in, however
+/// slowly the client reads. The answer's head must already be sent.
+pub struct Feeder<'s> {
+    fifo: Fifo,
+    /// The client session: here while no write is in progress, lent to `writing` otherwise.
+    idle: Option<&'s mut Session>,
+    writing: Option<Write<'s>>,
+}
+
+impl<'s> Feeder<'s> {
+    pub fn new(session: &'s mut Session, fifo: Fifo) -> Feeder<'s> {
+        Feeder {
+            fifo,
+            idle: Some(session),
+            writing: None,
+        }
+    }
+
+    /// Queue a piece of the answer (to memory, or to the temporary file past the memory limit).
+    pub async fn push(&mut self, chunk: Bytes) -> pingora::Result<()> {
+        self.fifo.push(chunk).await.map_err(|e| {
+            pingora::Error::explain(
+                pingora::ErrorType::FileWriteError,
+                format!("buffering the answer: {e}"),
+            )
+        })
+    }
+
+    /// Await `read` (a read from the app) while sending what is queued to the client; `read`
+    /// waits while the queue is full, so the app is then read only as fast as the client reads.
+    pub async fn read<F: std::future::Future>(&mut self, read: F) -> pingora::Result<F::Output> {
+        tokio::pin!(read);
+        loop {
+            self.start_write().await?;
+            let Feeder {
+                fifo,
+                idle,
+                writing,
+            } = self;
+            let reading = !fifo.is_full();
+            tokio::select! {
+                r = &mut read, if reading => return Ok(r),
+                (s, r) = async {
+                    match writing.as_mut() {
+                        Some(w) => w.await,
+                        None => std::future::pending().await,
+                    }
+                }, if writing.is_some() => {
+                    *writing = None;
+                    r?;
+                    *idle = Some(s);
+                }
+                // Unreachable (a full queue always has a write in progress); wait for the app
+                // rather than spin.
+                else => return Ok((&mut read).await),
+            }
+        }
+    }
+
+    /// The app is done: send the rest and end the answer. Returns the most bytes that waited
+    /// on disk.
+    pub async fn finish(mut self) -> pingora::Result<u64> {
+        loop {
+            if let Some(w) = self.writing.take() {
+                let (s, r) = w.await;
+                r?;
+                self.idle = Some(s);
+            }
+            self.start_write().await?;
+            if self.writing.is_none() {
+                break;
+            }
+        }
+        if let Some(s) = self.idle.take() {
+            s.write_response_body(None, true).await?;
+        }
+        Ok(self.fifo.peak_on_disk)
+    }
+
+    /// Lend the idle session to a write of the next queued piece, if there is one.
+    async fn start_write(&mut self) -> pingora::Result<()> {
+        if self.writing.is_some() {
+            return Ok(());
+        }
+        let Some(s) = self.idle.take() else {
+            return Ok(());
+        };
+        match self.fifo.pop().await {
+            Ok(Some(chunk)) => self.writing = Some(write(s, chunk)),
+            Ok(None) => self.idle = Some(s),
+            Err(e) => {
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::FileReadError,
+                    format!("reading a buffered answer back: {e}"),
+                )
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether an answer may be buffered: never a stream of events (each must reach the browser
 /// when it is sent), and never when the app says so with `X-Accel-Buffering: no` (nginx's
 /// convention, which Rails' and Laravel's streaming helpers send).

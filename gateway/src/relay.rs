@@ -25,7 +25,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::accel::Internal;
-use crate::buffering::{self, Body, Fifo};
+use crate::buffering::{self, Body, Feeder, Fifo};
 use crate::compression::{self, Encoder, Settings};
 use crate::upstream::{InFlight, Pool};
 
@@ -350,103 +350,30 @@ async fn release(pool: Option<(&Connector, &HttpPeer)>, up: Upstream) {
     }
 }
 
-type Write<'s> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (&'s mut Session, Result<()>)> + Send + 's>>;
-
-fn write<'s>(session: &'s mut Session, chunk: Bytes) -> Write<'s> {
-    Box::pin(async move {
-        let r = session.write_response_body(Some(chunk), false).await;
-        (session, r)
-    })
-}
-
 /// Read the app's answer into `fifo` as fast as it comes while the client is fed from the other
 /// end; the app's connection is released (and its worker free) as soon as the answer is in, and
 /// the server stops counting the request as in flight (`least_conn`). Returns the most bytes
 /// that waited on disk.
 async fn buffered(
     session: &mut Session,
-    up: Upstream,
-    mut fifo: Fifo,
+    mut up: Upstream,
+    fifo: Fifo,
     kept: Option<(&Connector, &HttpPeer)>,
     in_flight: InFlight,
     mut encoder: Option<Encoder>,
 ) -> Result<u64> {
-    let mut up = Some(up);
-    let mut in_flight = Some(in_flight);
-    // The client session is either idle here or lent to the write in progress.
-    let mut idle: Option<&mut Session> = Some(session);
-    let mut writing: Option<Write<'_>> = None;
+    let mut feeder = Feeder::new(session, fifo);
     loop {
-        if writing.is_none() {
-            if let Some(s) = idle.take() {
-                match fifo.pop().await {
-                    Ok(Some(chunk)) => writing = Some(write(s, chunk)),
-                    Ok(None) if up.is_none() => {
-                        s.write_response_body(None, true).await?;
-                        return Ok(fifo.peak_on_disk);
-                    }
-                    Ok(None) => idle = Some(s),
-                    Err(e) => {
-                        return Error::e_explain(
-                            ErrorType::FileReadError,
-                            format!("reading a buffered answer back: {e}"),
-                        )
-                    }
-                }
-            }
+        match feeder.read(up.read_body_bytes()).await? {
+            Ok(Some(c)) => feeder.push(encoded(&mut encoder, Some(c), false)?).await?,
+            Ok(None) => {}
+            Err(e) => return Err(e.into_up()),
         }
-        let reading = up.is_some() && !fifo.is_full();
-        tokio::select! {
-            (s, r) = async {
-                match writing.as_mut() {
-                    Some(w) => w.await,
-                    None => std::future::pending().await,
-                }
-            }, if writing.is_some() => {
-                writing = None;
-                r?;
-                idle = Some(s);
-            }
-            chunk = async {
-                match up.as_mut() {
-                    Some(u) => u.read_body_bytes().await,
-                    None => std::future::pending().await,
-                }
-            }, if reading => {
-                match chunk {
-                    Ok(Some(c)) => {
-                        let c = encoded(&mut encoder, Some(c), false)?;
-                        if !c.is_empty() {
-                            if let Err(e) = fifo.push(c).await {
-                                return Error::e_explain(
-                                    ErrorType::FileWriteError,
-                                    format!("buffering the answer: {e}"),
-                                );
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(e.into_up()),
-                }
-                if let Some(mut u) = up.take() {
-                    if u.is_body_done() {
-                        release(kept, u).await;
-                        drop(in_flight.take());
-                        let end = encoded(&mut encoder, None, true)?;
-                        if !end.is_empty() {
-                            if let Err(e) = fifo.push(end).await {
-                                return Error::e_explain(
-                                    ErrorType::FileWriteError,
-                                    format!("buffering the answer: {e}"),
-                                );
-                            }
-                        }
-                    } else {
-                        up = Some(u);
-                    }
-                }
-            }
+        if up.is_body_done() {
+            release(kept, up).await;
+            drop(in_flight);
+            feeder.push(encoded(&mut encoder, None, true)?).await?;
+            return feeder.finish().await;
         }
     }
 }
