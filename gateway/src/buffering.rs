@@ -378,8 +378,16 @@ impl Fifo {
     }
 }
 
-type Write<'s> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (&'s mut Session, pingora::Result<()>)> + Send + 's>>;
+/// Where and how much of an answer a route with `response_buffering` may hold.
+pub struct ResponseBuffering {
+    pub memory: usize,
+    pub max_file: u64,
+    pub dir: Arc<PathBuf>,
+}
+
+type Write<'s> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (&'s mut Session, pingora::Result<()>)> + Send + 's>,
+>;
 
 fn write(session: &mut Session, chunk: Bytes) -> Write<'_> {
     Box::pin(async move {

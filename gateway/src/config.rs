@@ -1513,12 +1513,6 @@ impl Config {
                     "needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)".into(),
                 );
             }
-            if r.response_buffering && behind.is_some_and(|u| u.protocol == Protocol::Fastcgi) {
-                bad(
-                    format!("{at}.response_buffering"),
-                    "not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)".into(),
-                );
-            }
             if r.realtime.is_some() && (r.response_buffering || r.request_buffering_set.is_some()) {
                 bad(
                     at.clone(),
@@ -1821,7 +1815,6 @@ routes:
             "limits.response_buffer_bytes: must be at least 1024",
             "limits.send_timeout_ms: must be greater than 0",
             "routes[0].response_buffering: needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)",
-            "routes[1].response_buffering: not supported with a FastCGI upstream yet (its answer is streamed as php-fpm writes it)",
             "routes[2]: `request_buffering` and `response_buffering` only apply to `upstream` routes",
         ];
         for w in want {

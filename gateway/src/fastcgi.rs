@@ -38,8 +38,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::buffering::{Feeder, Fifo};
 use crate::compression;
-use crate::upstream::{Addr, Pool};
+use crate::upstream::{Addr, InFlight, Pool};
 
 // ---------------------------------------------------------------------------------------------
 // The codec (FastCGI 1.0 specification, sections 3 and 5).
@@ -725,6 +726,9 @@ pub struct Call<'a> {
     pub hsts: Option<&'a str>,
     /// On-the-fly compression of the answer; `None` when off for this route.
     pub compression: Option<&'a crate::compression::Settings>,
+    /// Read php-fpm's answer as fast as it comes and feed the client from memory or a
+    /// temporary file (`None`: stream it at the client's pace).
+    pub buffering: Option<crate::buffering::ResponseBuffering>,
     /// The server that answered, for the access log.
     pub server: &'a mut Option<usize>,
 }
@@ -842,7 +846,7 @@ pub async fn serve(
             }
         };
         *call.server = Some(i);
-        let _in_flight = pool.begin(i);
+        let in_flight = pool.begin(i);
         let mut waiting = Waiting::new((!reused).then(|| &backend.waiting[i]));
 
         // Send the held body from memory and its temporary file.
@@ -1027,6 +1031,11 @@ pub async fn serve(
                                 return Ok(Ok(Answer::NamesAFile(Box::new(head))));
                             }
                             Ok(Some((mut head, used))) => {
+                                // Decided before the forwarding rules strip the app's
+                                // `X-Accel-Buffering`.
+                                let buffer = call.buffering.as_ref().filter(|_| {
+                                    !head_only && crate::buffering::response_may_buffer(&head)
+                                });
                                 crate::forwarding::response(&mut head);
                                 if let Some(h) = call.hsts {
                                     head.insert_header("strict-transport-security", h)?;
@@ -1054,6 +1063,24 @@ pub async fn serve(
                                 head_sent = true;
                                 let rest = Bytes::copy_from_slice(&stdout_head[used..]);
                                 stdout_head = Vec::new();
+                                if let Some(b) = buffer {
+                                    let fifo = Fifo::new(b.memory, b.max_file, b.dir.clone());
+                                    let mut tail = Tail {
+                                        feeder: Feeder::new(session, fifo),
+                                        io,
+                                        decoder,
+                                        encoder,
+                                        timeout,
+                                        addr: &addr,
+                                        pool,
+                                        backend,
+                                        server: i,
+                                        in_flight,
+                                        path: &call.req.uri,
+                                    };
+                                    tail.push(rest).await?;
+                                    return tail.run().await.map(|()| Ok(Answer::Sent));
+                                }
                                 if !head_only && !rest.is_empty() {
                                     let out = match encoder.as_mut() {
                                         Some(e) => e.encode(&rest).map_err(compression::error)?,
@@ -1101,6 +1128,127 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// The rest of an answer that is buffered (`response_buffering`), from just after its head:
+/// php-fpm is read as fast as it writes while the client is fed from memory or a temporary
+/// file, so the worker is free for the next request as soon as PHP is done.
+struct Tail<'a, 's> {
+    feeder: Feeder<'s>,
+    io: Io,
+    decoder: Decoder,
+    encoder: Option<compression::Encoder>,
+    timeout: Duration,
+    addr: &'a Addr,
+    pool: &'a Arc<Pool>,
+    backend: &'a Backend,
+    server: usize,
+    in_flight: InFlight,
+    path: &'a http::Uri,
+}
+
+impl Tail<'_, '_> {
+    async fn push(&mut self, data: Bytes) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let out = match self.encoder.as_mut() {
+            Some(e) => e.encode(&data).map_err(compression::error)?,
+            None => data,
+        };
+        self.feeder.push(out).await
+    }
+
+    async fn run(mut self) -> Result<()> {
+        loop {
+            while let Some(record) = self.decoder.next_record().map_err(|e| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("fastcgi {}: {e}", self.addr),
+                )
+            })? {
+                match record {
+                    Record::Stderr(text) => {
+                        for line in String::from_utf8_lossy(&text)
+                            .lines()
+                            .filter(|l| !l.trim().is_empty())
+                        {
+                            tracing::warn!(upstream = %self.pool.name, server = %self.addr, path = %self.path, "php: {line}");
+                        }
+                    }
+                    Record::Stdout(data) => self.push(data).await?,
+                    Record::End {
+                        protocol_status, ..
+                    } => return self.end(protocol_status).await,
+                }
+            }
+            // What php-fpm sent so far is one piece, as on the streaming path.
+            if let Some(e) = self.encoder.as_mut() {
+                let out = e.flush().map_err(compression::error)?;
+                self.feeder.push(out).await?;
+            }
+            let (io, decoder, timeout) = (&mut self.io, &mut self.decoder, self.timeout);
+            // Lazy: the timeout starts when the read does, not while a full queue waits for
+            // the client.
+            let read = async move {
+                tokio::time::timeout(timeout, io.read_buf(decoder.spare(READ_CHUNK))).await
+            };
+            match self.feeder.read(read).await? {
+                Ok(Ok(0)) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        format!(
+                            "fastcgi {}: closed the connection before the end of the answer",
+                            self.addr
+                        ),
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Error::e_explain(
+                        ErrorType::ReadError,
+                        format!("fastcgi {}: {e}", self.addr),
+                    )
+                }
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        format!("fastcgi {}: answer stalled", self.addr),
+                    )
+                }
+            }
+        }
+    }
+
+    /// php-fpm is done: its connection is kept or closed now, then the client gets the rest.
+    async fn end(mut self, protocol_status: u8) -> Result<()> {
+        if let Some(e) = self.encoder.as_mut() {
+            let end = e.finish().map_err(compression::error)?;
+            self.feeder.push(end).await?;
+        }
+        let Tail {
+            feeder,
+            io,
+            decoder,
+            pool,
+            backend,
+            server,
+            in_flight,
+            addr,
+            ..
+        } = self;
+        if protocol_status == 0 && decoder.pending() == 0 {
+            keep(pool, backend, server, io);
+        } else {
+            tracing::debug!(upstream = %pool.name, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+        }
+        drop(in_flight);
+        let peak = feeder.finish().await?;
+        if peak > 0 {
+            tracing::debug!(upstream = %pool.name, on_disk = peak, "answer buffered through a temporary file");
+        }
+        Ok(())
     }
 }
 

@@ -177,6 +177,15 @@ impl Gateway {
         }
     }
 
+    /// The limits of a route's answer buffering (`response_buffering: true`).
+    fn response_buffering(&self) -> buffering::ResponseBuffering {
+        buffering::ResponseBuffering {
+            memory: self.limits.response_buffer_bytes,
+            max_file: self.limits.response_temp_file_bytes,
+            dir: self.temp_dir.clone(),
+        }
+    }
+
     fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
         forwarding::Client {
             ip: ctx.client,
@@ -492,6 +501,7 @@ impl ProxyHttp for Gateway {
                             body: held.as_ref(),
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
                             compression: ctx.compression.as_deref(),
+                            buffering: response_buffering.then(|| self.response_buffering()),
                             server: &mut server,
                         },
                     )
@@ -543,11 +553,7 @@ impl ProxyHttp for Gateway {
                             body: held.as_ref(),
                             client: ctx.client,
                             hsts: self.hsts.as_deref().filter(|_| ctx.tls),
-                            buffering: response_buffering.then(|| relay::ResponseBuffering {
-                                memory: self.limits.response_buffer_bytes,
-                                max_file: self.limits.response_temp_file_bytes,
-                                dir: self.temp_dir.clone(),
-                            }),
+                            buffering: response_buffering.then(|| self.response_buffering()),
                             internal: &self.internal,
                             compression: ctx.compression.as_deref(),
                             server: &mut server,

@@ -50,12 +50,6 @@ pub enum Answer {
     NamesAFile(Box<ResponseHeader>),
 }
 
-pub struct ResponseBuffering {
-    pub memory: usize,
-    pub max_file: u64,
-    pub dir: Arc<std::path::PathBuf>,
-}
-
 pub struct Call<'a> {
     pub pool: &'a Arc<Pool>,
     pub connector: &'a Connector,
@@ -65,7 +59,7 @@ pub struct Call<'a> {
     pub body: Option<&'a Body>,
     pub client: Option<IpAddr>,
     pub hsts: Option<&'a str>,
-    pub buffering: Option<ResponseBuffering>,
+    pub buffering: Option<buffering::ResponseBuffering>,
     /// Where `X-Accel-Redirect` / `X-Sendfile` answers are served from.
     pub internal: &'a Internal,
     /// The route's compression settings (`None`: off).

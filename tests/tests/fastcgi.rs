@@ -533,3 +533,128 @@ fn md5_matches_rfc_1321() {
         "9e107d9d372bb6826bd81d3542a419d6"
     );
 }
+
+/// 48 MiB: more than the socket buffers between php-fpm, the gateway and the client hold, so an
+/// unbuffered answer keeps PHP's worker writing until the client reads.
+const LARGE_MIB: usize = 48;
+
+const BIG_ANSWERS: &str = r#"<?php
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+if (str_ends_with($path, '/large')) {
+    header('Content-Type: application/octet-stream');
+    $mib = str_repeat('x', 1 << 20);
+    for ($i = 0; $i < LARGE_MIB; $i++) { echo $mib; }
+} elseif (str_ends_with($path, '/pattern')) {
+    header('Content-Type: application/octet-stream');
+    $n = (int) $_GET['n'];
+    $out = '';
+    for ($i = 0; $i < $n; $i++) { $out .= chr($i % 251); }
+    echo $out;
+} else {
+    echo "hello";
+}
+"#;
+
+/// php-fpm with ONE worker behind two routes to the same pool: `/buffered/` with response
+/// buffering, `/` without.
+fn one_worker_site() -> (Gateway, PhpFpm, Scratch) {
+    let fpm = PhpFpm::start("pm.max_children = 1");
+    let root = Scratch::new("php-one-worker");
+    let script = BIG_ANSWERS.replace("LARGE_MIB", &LARGE_MIB.to_string());
+    std::fs::write(root.path().join("index.php"), script).expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+limits: {{response_buffer_bytes: 65536}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+routes:
+  - {{path: /buffered/, upstream: php, response_buffering: true}}
+  - {{path: /, upstream: php}}
+"#,
+        server = fpm.server(),
+        root = root.path().display(),
+    ));
+    (gw, fpm, root)
+}
+
+/// A client asks for `path` and reads only the first 64 KiB of the answer. Returns the head it
+/// got and whether another request was answered within 3 s meanwhile.
+async fn another_request_while_a_client_reads_slowly(gw: &Gateway, path: &str) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .expect("connect");
+    let mut slow = e2e::tls_connector()
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls handshake");
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while got.len() < 64 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .expect("the answer starts")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(3),
+        client().get(gw.https("/hello")).send(),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
+    drop(slow);
+    (head, answered)
+}
+
+#[tokio::test]
+async fn response_buffering_frees_the_only_php_worker_from_a_slow_reader() {
+    let (gw, _fpm, _root) = one_worker_site();
+    let (head, answered) =
+        another_request_while_a_client_reads_slowly(&gw, "/buffered/large").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        answered,
+        "php-fpm's only worker was still busy feeding a slow client through a buffering route"
+    );
+
+    // The same answer unbuffered keeps the worker writing for as long as the client dawdles.
+    let (gw, _fpm, _root) = one_worker_site();
+    let (head, answered) = another_request_while_a_client_reads_slowly(&gw, "/large").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !answered,
+        "without response buffering the slow reader should hold the only worker"
+    );
+
+    // A buffered answer larger than its memory part (64 KiB here) arrives whole, as PHP wrote it.
+    let n = 3_000_000;
+    let body = client()
+        .get(gw.https(&format!("/buffered/pattern?n={n}")))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body.len(), n);
+    assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+}
