@@ -438,18 +438,53 @@ where
 /// the gateway answered until it closed the connection or `wait` passed.
 pub async fn raw_tls(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(addr).await;
+    tls.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A raw TLS connection (SNI `localhost`, no ALPN: HTTP/1.1), for exchanges a client library
+/// would hide: slow or partial requests, reads at the test's own pace.
+pub async fn tls_connect(addr: SocketAddr) -> TlsClient {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut tls = tls_connector()
+    tls_connector()
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").expect("name"),
             tcp,
         )
         .await
-        .expect("tls handshake");
-    tls.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+        .expect("tls handshake")
+}
+
+pub type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A client that asks for `path` and then reads only the first 64 KiB of the answer: returns
+/// the connection (still open, unread) and the answer's head.
+pub async fn slow_reader(addr: SocketAddr, path: &str) -> (TlsClient, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tls_connect(addr).await;
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while got.len() < 64 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .expect("the answer starts")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (slow, head)
 }
 
 /// A TLS connector that accepts any certificate (the tests check identity themselves).

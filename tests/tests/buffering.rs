@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{client, client_builder, eventually, raw_tls, tls_connector, Gateway, Stub};
+use e2e::{client, client_builder, eventually, raw_tls, Gateway, Stub};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -29,19 +29,10 @@ routes:
     )
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type Tls = e2e::TlsClient;
 
 async fn connect(gw: &Gateway) -> Tls {
-    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
-        .await
-        .expect("connect");
-    tls_connector()
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("tls handshake")
+    e2e::tls_connect(gw.https_addr()).await
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -77,14 +68,7 @@ async fn slow_uploaders(
         let started = started.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let mut tls = tls_connector()
-                .connect(
-                    rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-                    tcp,
-                )
-                .await
-                .expect("tls handshake");
+            let mut tls = e2e::tls_connect(addr).await;
             tls.write_all(
                 b"POST /echo/upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
             )
@@ -394,26 +378,7 @@ const LARGE: usize = 48 * 1024 * 1024;
 async fn second_request_while_a_client_reads_slowly(route: &str, path: &str) -> (String, bool) {
     let app = Stub::start_with("app", &["--workers", "1"]);
     let gw = Gateway::start(&config(&app, "", route));
-    let mut slow = connect(&gw).await;
-    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    while got.len() < 64 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
-            .await
-            .expect("the answer starts")
-            .expect("read");
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let (slow, head) = e2e::slow_reader(gw.https_addr(), path).await;
     let answered = normal_request(&gw, Duration::from_secs(3)).await.is_some();
     drop(slow);
     (head, answered)

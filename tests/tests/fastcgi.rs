@@ -318,17 +318,7 @@ async fn answers_without_a_length_keep_the_http_1_1_connection() {
     // costs a new TLS handshake per request (wrk counts every one as a read error).
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = site("");
-    let tcp = tokio::net::TcpStream::connect(s.gw.https_addr())
-        .await
-        .expect("connect");
-    // No ALPN: HTTP/1.1.
-    let mut tls = e2e::tls_connector()
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("tls handshake");
+    let mut tls = e2e::tls_connect(s.gw.https_addr()).await;
     for round in 1..=3 {
         tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
@@ -585,36 +575,7 @@ routes:
 /// A client asks for `path` and reads only the first 64 KiB of the answer. Returns the head it
 /// got and whether another request was answered within 3 s meanwhile.
 async fn another_request_while_a_client_reads_slowly(gw: &Gateway, path: &str) -> (String, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
-        .await
-        .expect("connect");
-    let mut slow = e2e::tls_connector()
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("tls handshake");
-    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    while got.len() < 64 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
-            .await
-            .expect("the answer starts")
-            .expect("read");
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let (slow, head) = e2e::slow_reader(gw.https_addr(), path).await;
     let answered = tokio::time::timeout(
         Duration::from_secs(3),
         client().get(gw.https("/hello")).send(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{client, raw_tls, tls_connector, Gateway, Scratch, Stub};
+use e2e::{client, raw_tls, Gateway, Scratch, Stub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn guarded(app: &Stub) -> Gateway {
@@ -106,16 +106,7 @@ async fn garbage_instead_of_http_gets_400_and_nothing_reaches_the_app() {
 async fn a_connection_serves_at_most_keepalive_requests() {
     let app = Stub::start("app");
     let gw = guarded(&app);
-    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
-        .await
-        .expect("connect");
-    let mut tls = tls_connector()
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("tls");
+    let mut tls = e2e::tls_connect(gw.https_addr()).await;
     let mut answered = 0;
     for _ in 0..5 {
         if tls
@@ -163,18 +154,7 @@ routes: [{{path: /, upstream: app}}]
 "#,
         app.addr
     ));
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(gw.https_addr())
-            .await
-            .expect("connect");
-        tls_connector()
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-                tcp,
-            )
-            .await
-            .expect("tls")
-    };
+    let connect = || e2e::tls_connect(gw.https_addr());
     let mut slow = connect().await;
     let started = std::time::Instant::now();
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
@@ -216,20 +196,6 @@ routes: [{{path: /, upstream: app}}]
     still_works(&gw).await;
 }
 
-/// A TLS connection to `addr` for raw exchanges.
-async fn tls_to(
-    addr: std::net::SocketAddr,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tls_connector()
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("tls handshake")
-}
-
 #[tokio::test]
 async fn idle_keepalive_connections_are_closed_after_the_configured_time() {
     let app = Stub::start("app");
@@ -243,7 +209,7 @@ routes: [{{path: /, upstream: app}}]
 "#,
         app.addr
     ));
-    let mut conn = tls_to(gw.https_addr()).await;
+    let mut conn = e2e::tls_connect(gw.https_addr()).await;
     conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
@@ -294,7 +260,7 @@ routes: [{{path: /, static: {{root: {}}}}}]
 
     // A client that asks and then reads nothing: once the socket buffers are full, the
     // gateway's writes wait, and after send_timeout_ms it closes the connection.
-    let mut stalled = tls_to(gw.https_addr()).await;
+    let mut stalled = e2e::tls_connect(gw.https_addr()).await;
     stalled
         .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
