@@ -34,6 +34,16 @@ pub fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// The temporary file a body spills to, made on first use.
+async fn spill_file(file: &mut Option<Arc<File>>, dir: &Arc<PathBuf>) -> io::Result<Arc<File>> {
+    if let Some(f) = file {
+        return Ok(f.clone());
+    }
+    let f = new_file(dir).await?;
+    *file = Some(f.clone());
+    Ok(f)
+}
+
 async fn new_file(dir: &Arc<PathBuf>) -> io::Result<Arc<File>> {
     let dir = dir.clone();
     blocking(move || tempfile::tempfile_in(dir.as_path()).map(Arc::new)).await
@@ -96,14 +106,7 @@ impl Body {
             self.mem.push(chunk);
             return Ok(());
         }
-        let file = match &self.file {
-            Some(f) => f.clone(),
-            None => {
-                let f = new_file(&self.dir).await?;
-                self.file = Some(f.clone());
-                f
-            }
-        };
+        let file = spill_file(&mut self.file, &self.dir).await?;
         let n = chunk.len() as u64;
         write_at(&file, chunk, self.file_len).await?;
         self.file_len += n;
@@ -339,14 +342,7 @@ impl Fifo {
             self.mem.push_back(chunk);
             return Ok(());
         }
-        let file = match &self.file {
-            Some(f) => f.clone(),
-            None => {
-                let f = new_file(&self.dir).await?;
-                self.file = Some(f.clone());
-                f
-            }
-        };
+        let file = spill_file(&mut self.file, &self.dir).await?;
         let n = chunk.len() as u64;
         write_at(&file, chunk, self.write_pos).await?;
         self.write_pos += n;
