@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::buffering::{Feeder, Fifo};
 use crate::compression;
-use crate::upstream::{Addr, InFlight, Pool};
+use crate::upstream::{Addr, Failure, InFlight, Pool};
 
 // ---------------------------------------------------------------------------------------------
 // The codec (FastCGI 1.0 specification, sections 3 and 5).
@@ -654,55 +654,6 @@ impl Backend {
 
 // ---------------------------------------------------------------------------------------------
 // One exchange.
-
-/// Why a request could not be answered by php-fpm; the caller answers with [`Failure::status`].
-pub enum Failure {
-    NoHealthyServer,
-    /// No such script: php-fpm was not asked.
-    Missing,
-    BadPath,
-    TooLarge,
-    Connect(String, String),
-    Timeout(String),
-    BadAnswer(String, String),
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::NoHealthyServer => 503,
-            Failure::Missing => 404,
-            Failure::BadPath => 400,
-            Failure::TooLarge => 413,
-            Failure::Timeout(_) => 504,
-            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NoHealthyServer => "no healthy php-fpm server".into(),
-            Failure::Missing => "no such script".into(),
-            Failure::BadPath => "bad path".into(),
-            Failure::TooLarge => "request body too large".into(),
-            Failure::Timeout(a) => format!("{a} did not answer in time"),
-            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
-            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
-        }
-    }
-
-    /// What the client is told (the details are for the log).
-    pub fn public_reason(&self) -> &'static str {
-        match self {
-            Failure::NoHealthyServer => "no healthy app server",
-            Failure::Missing => "no such file",
-            Failure::BadPath => "bad path",
-            Failure::TooLarge => "request body too large",
-            Failure::Timeout(_) => "the app did not answer in time",
-            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
-        }
-    }
-}
 
 /// How [`serve`] ended when php-fpm answered.
 pub enum Answer {

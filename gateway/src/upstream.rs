@@ -459,13 +459,20 @@ mod tests {
 }
 
 /// Why the app could not be asked or did not answer, on any path that talks to a pool (the
-/// WebSocket tunnel, held requests); mapped to 502/503/504. Addresses as shown in logs.
+/// WebSocket tunnel, held requests, php-fpm): 502/503/504, or a request refused on the way
+/// there. Addresses as shown in logs.
 #[derive(Debug)]
 pub enum Failure {
     NoHealthyServer,
     Connect(String, String),
     Timeout(String),
     BadAnswer(String, String),
+    /// No script for the path (FastCGI): php-fpm was not asked.
+    Missing,
+    /// A path that cannot name a script (FastCGI).
+    BadPath,
+    /// The streamed request body went past its length or the limit.
+    TooLarge,
 }
 
 impl Failure {
@@ -474,6 +481,9 @@ impl Failure {
             Failure::NoHealthyServer => 503,
             Failure::Timeout(_) => 504,
             Failure::Connect(..) | Failure::BadAnswer(..) => 502,
+            Failure::Missing => 404,
+            Failure::BadPath => 400,
+            Failure::TooLarge => 413,
         }
     }
 
@@ -483,14 +493,21 @@ impl Failure {
             Failure::Timeout(a) => format!("{a} did not answer in time"),
             Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
             Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
+            Failure::Missing => "no such script".into(),
+            Failure::BadPath => "bad path".into(),
+            Failure::TooLarge => "request body too large".into(),
         }
     }
 
+    /// What the client is told (the details are for the log).
     pub fn public_reason(&self) -> &'static str {
         match self {
             Failure::NoHealthyServer => "no healthy app server",
             Failure::Timeout(_) => "the app did not answer in time",
             Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
+            Failure::Missing => "no such file",
+            Failure::BadPath => "bad path",
+            Failure::TooLarge => "request body too large",
         }
     }
 }
