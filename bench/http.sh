@@ -8,6 +8,8 @@
 #
 # Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),
 # WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2 1"),
+# BASE_GATEWAY (a gateway binary of an earlier commit, measured as `base-tN` beside `gw-tN` with
+# the first GW_THREADS value: "is this change slower?" read within one run),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s),
 # OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
 # Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
@@ -57,6 +59,17 @@ for n in $GW_THREADS; do
     eval "PROXY_PIDS[gw-t$n]=\$PID_gw_t$n"
     i=$((i + 1))
 done
+if [[ -n ${BASE_GATEWAY:-} ]]; then
+    [[ -x $BASE_GATEWAY ]] || die "BASE_GATEWAY=$BASE_GATEWAY is not an executable"
+    n=${GW_THREADS%% *}
+    port=$((P_GW + 100))
+    gateway_conf "$T" "base-t$n" 127.0.0.1:$port 127.0.0.1:$P_APP "$n"
+    RUST_LOG=warn start "base_t$n" "$T/base-t$n.log" "$BASE_GATEWAY" run --config "$T/base-t$n.yaml"
+    wait_port $port
+    TARGETS+=("base-t$n")
+    URL[base-t$n]=https://localhost:$port/ping
+    eval "PROXY_PIDS[base-t$n]=\$PID_base_t$n"
+fi
 
 nginx_conf "$T" nginx 127.0.0.1:$P_NGINX 127.0.0.1:$P_APP yes
 start nginx "$T/nginx.out" nginx -p "$T/nginx" -c "$T/nginx.conf"
@@ -181,6 +194,7 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
     echo "$FACTS"
     echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
     echo "- versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(stunnel -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2), gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')"
+    [[ -n ${BASE_GATEWAY:-} ]] && echo "- base-tN = BASE_GATEWAY ($BASE_GATEWAY, $("$BASE_GATEWAY" --version 2>/dev/null || echo 'version unknown')), same config as gw-tN"
     echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
     echo "- proxy CPU = utime+stime of the proxy processes (gateway | nginx master+workers | stunnel+HAProxy+nginx), per request; app CPU = backend-stub's, per request"
     echo
@@ -208,6 +222,11 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
             printf '| %s CPU/req / %s CPU/req (x less CPU) | %s | %s |\n' "$peer" "$t" "$(ratio_per_rep "$t" $peer proxy_ticks | median)" "$(ratio_per_rep "$t" $peer proxy_ticks | all)"
         done
     done
+    if [[ -n ${BASE_GATEWAY:-} ]]; then
+        n=${GW_THREADS%% *}
+        printf '| gw-t%s / base-t%s req/s (this tree / BASE_GATEWAY) | %s | %s |\n' "$n" "$n" "$(ratio_per_rep "gw-t$n" "base-t$n" rps | median)" "$(ratio_per_rep "gw-t$n" "base-t$n" rps | all)"
+        printf '| base-t%s CPU/req / gw-t%s CPU/req (x less CPU) | %s | %s |\n' "$n" "$n" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | median)" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | all)"
+    fi
     printf '| nginx / chain req/s | %s | %s |\n' "$(ratio_per_rep nginx chain rps | median)" "$(ratio_per_rep nginx chain rps | all)"
     echo
     echo "Other processes' CPU during each measurement (ticks of ${CLK_TCK}/s, machine busy minus servers minus wrk): $(col gw-t2 other_ticks 2>/dev/null | all) (gw-t2 rows; all rows in the TSV)."

@@ -14,6 +14,8 @@
 #
 # Settings (environment): REPS (3), CLIENTS (1000), EVENTS (2000), WINDOW (32), PAYLOAD (32 bytes),
 # IDLE_STEPS ("1000,10000"), IDLE_HOLD (10 s), GW_THREADS (2), SKIP_FANOUT, SKIP_IDLE,
+# BASE_GATEWAY (a gateway binary of an earlier commit, measured over TLS as `base-tls` beside
+# gw-tls with the same config: "is this change slower or bigger?" read within one run),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
 # for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 900 s),
 # RETRIES (2: a fan-out measurement disturbed by other processes, > QUIET_PCT % of a core during it,
@@ -33,14 +35,14 @@ GW_THREADS=${GW_THREADS:-2}
 SKIP_FANOUT=${SKIP_FANOUT:-}
 SKIP_IDLE=${SKIP_IDLE:-}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
-P_TLS=19301 P_PLAIN=19302 P_NODE=19303 P_ADM_TLS=19311 P_ADM_PLAIN=19312
+P_TLS=19301 P_PLAIN=19302 P_NODE=19303 P_BASE=19304 P_ADM_TLS=19311 P_ADM_PLAIN=19312 P_ADM_BASE=19314
 RUN_START=$SECONDS
 
 ensure_pkgs openssl:openssl node:nodejs npm:npm
 build_bins -p gateway -p backend-stub -p bench # the set the other scripts build: no rebuild from feature unification
 log "npm ci in bench/node (socket.io pinned by package-lock.json)"
 (cd "$REPO/bench/node" && timeout 300 npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci failed in bench/node"
-for p in $P_TLS $P_PLAIN $P_NODE $P_ADM_TLS $P_ADM_PLAIN; do
+for p in $P_TLS $P_PLAIN $P_NODE $P_BASE $P_ADM_TLS $P_ADM_PLAIN $P_ADM_BASE; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
 # 10,000 connections: the client and each server need one descriptor per connection.
@@ -93,11 +95,19 @@ URL[gw-tls]=wss://127.0.0.1:$P_TLS/socket.io/
 URL[gw-plain]=ws://127.0.0.1:$P_PLAIN/socket.io/
 URL[node]=ws://127.0.0.1:$P_NODE/socket.io/
 PORT[gw-tls]=$P_TLS PORT[gw-plain]=$P_PLAIN PORT[node]=$P_NODE
+if [[ -n ${BASE_GATEWAY:-} ]]; then
+    [[ -x $BASE_GATEWAY ]] || die "BASE_GATEWAY=$BASE_GATEWAY is not an executable"
+    sio_gateway_conf base-tls https $P_BASE $P_ADM_BASE
+    TARGETS+=(base-tls)
+    URL[base-tls]=wss://127.0.0.1:$P_BASE/socket.io/
+    PORT[base-tls]=$P_BASE
+fi
 
 start_target() { # target -> pid in $SPID
     local t=$1 name=${1//-/_}
     case $t in
         node) start "$name" "$T/$t.log" node "$REPO/bench/node/server.js" "$P_NODE" 127.0.0.1 ;;
+        base-*) RUST_LOG=warn start "$name" "$T/$t.log" "$BASE_GATEWAY" run --config "$T/$t.yaml" ;;
         *) RUST_LOG=warn start "$name" "$T/$t.log" "$BIN/gateway" run --config "$T/$t.yaml" ;;
     esac
     wait_port "${PORT[$t]}"
@@ -256,6 +266,10 @@ hit_below() { awk -v t="$2" '{ print ($1 + 0 <= t ? "hit" : "missed") }' <<<"$1"
             printf '| %s / node deliveries/s | %s | %s | >= 5x: %s |\n' "$g" "$m" "$(ratios sio-fanout "$g" node deliveries_per_s | all)" "$(hit "$m" 5)"
             printf '| node / %s server CPU per delivery | %s | %s | |\n' "$g" "$(ratios sio-fanout "$g" node server_us_per_delivery 1 | median)" "$(ratios sio-fanout "$g" node server_us_per_delivery 1 | all)"
         done
+        if [[ -n ${BASE_GATEWAY:-} ]]; then
+            printf '| gw-tls / base-tls deliveries/s (this tree / BASE_GATEWAY) | %s | %s | |\n' "$(ratios sio-fanout gw-tls base-tls deliveries_per_s | median)" "$(ratios sio-fanout gw-tls base-tls deliveries_per_s | all)"
+            printf '| base-tls / gw-tls server CPU per delivery | %s | %s | |\n' "$(ratios sio-fanout gw-tls base-tls server_us_per_delivery 1 | median)" "$(ratios sio-fanout gw-tls base-tls server_us_per_delivery 1 | all)"
+        fi
         echo
         echo "Other processes: during each counted measurement (% of a core, from /proc), and the busiest over 1 s just before it; attempts > 1 = taken again after a disturbed one: $(grep '"mode":"sio-fanout"' "$RAW" | sed -n 's/.*"label":"\([^"]*\)".*"others_cpu_pct":\([0-9.]*\).*"attempts":\([0-9]*\),"rep":\([0-9]*\),"pos":\([0-9]*\),"quiet_pct":\([0-9]*\),"others":"\([^"]*\)".*/rep \4 \1: \2% (attempts \3, before: \6% [\7])/p' | awk '{ $4 = sprintf("%.0f%%", $4) } 1' | paste -sd';' - | sed 's/;/; /g')"
     fi
@@ -281,6 +295,11 @@ hit_below() { awk -v t="$2" '{ print ($1 + 0 <= t ? "hit" : "missed") }' <<<"$1"
                 printf '| %s / node | %s | %s | %s | %s |\n' "$g" "$nn" "$m" "$(idle_ratios "$g" node "$nn" rss_per_conn_kib | all)" "$(hit_below "$m" 0.2)"
             done
         done
+        if [[ -n ${BASE_GATEWAY:-} ]]; then
+            for nn in ${IDLE_STEPS//,/ }; do
+                printf '| gw-tls / base-tls (this tree / BASE_GATEWAY) | %s | %s | %s | |\n' "$nn" "$(idle_ratios gw-tls base-tls "$nn" rss_per_conn_kib | median)" "$(idle_ratios gw-tls base-tls "$nn" rss_per_conn_kib | all)"
+            done
+        fi
     fi
     echo
     echo "Raw (one JSON object per measurement): \`$(basename "$RAW")\`"
