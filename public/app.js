@@ -290,11 +290,11 @@
   }
 
   if (typeof io !== "function") {
-    // The gateway serves the client from realtime.socketio.client_dir (`npm ci` in tests/).
+    // The gateway serves the client library itself (built in, or realtime.socketio.client_dir).
     setState(els.appState, "no Socket.IO client");
     if (mode === "socketio") {
       setState(els.state, "disconnected");
-      flash("/socket.io/socket.io.js did not load: is realtime.socketio.client_dir set?");
+      flash("/socket.io/socket.io.js did not load: is the /socket.io/ route mounted?");
       return;
     }
   }

@@ -93,8 +93,6 @@ pub mod defaults {
     pub const SIO_MAX_PAYLOAD: u64 = 1_000_000;
     pub const SIO_CONNECT_TIMEOUT_MS: u64 = 45_000;
     pub const SIO_RECOVERY_MS: u64 = 120_000;
-    /// Where `npm ci` in tests/ puts the client library.
-    pub const SIO_CLIENT_DIR: &str = "tests/node_modules/socket.io-client/dist";
     /// nginx's `gzip_min_length` is 20 bytes, where gzip's own 18 bytes of framing eat most
     /// of any gain; 256 (the h5bp nginx configuration's value) skips bodies that barely shrink
     /// and costs nothing worth saving: they fit in one packet either way.
@@ -599,9 +597,10 @@ pub struct SocketIoSettings {
     /// its id, rooms and missed events back. Absent: off.
     #[serde(default)]
     pub recovery: Option<RecoverySettings>,
-    /// Where `socket.io.js` and friends are served from (socket.io-client's `dist/`).
-    #[serde(default = "sio_client_dir")]
-    pub client_dir: PathBuf,
+    /// Serve `socket.io.js` and friends from this folder (a socket.io-client `dist/`) instead
+    /// of the copy built into the binary. Absent: the built-in one.
+    #[serde(default)]
+    pub client_dir: Option<PathBuf>,
     /// Namespaces and their built-in behaviour; a client connecting to any other gets
     /// `Invalid namespace`.
     #[serde(default = "sio_namespaces")]
@@ -644,9 +643,6 @@ fn sio_connect_timeout() -> u64 {
 fn sio_recovery() -> u64 {
     defaults::SIO_RECOVERY_MS
 }
-fn sio_client_dir() -> PathBuf {
-    PathBuf::from(defaults::SIO_CLIENT_DIR)
-}
 fn sio_namespaces() -> BTreeMap<String, NamespaceSettings> {
     BTreeMap::from([("/".to_string(), NamespaceSettings::default())])
 }
@@ -660,7 +656,7 @@ impl Default for SocketIoSettings {
             connect_timeout_ms: sio_connect_timeout(),
             allowed_origins: Vec::new(),
             recovery: None,
-            client_dir: sio_client_dir(),
+            client_dir: None,
             namespaces: sio_namespaces(),
         }
     }
@@ -956,7 +952,9 @@ impl Config {
         if let Some(d) = &mut self.proxy.temp_dir {
             fix(d);
         }
-        fix(&mut self.realtime.socketio.client_dir);
+        if let Some(d) = &mut self.realtime.socketio.client_dir {
+            fix(d);
+        }
         for r in &mut self.routes {
             if let Some(s) = &mut r.static_files {
                 fix(&mut s.root);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::StatusCode;
 use realtime::engineio::{CorsConfig, CorsOrigin, EngineConfig, EngineServer};
 use realtime::hub::Hub;
@@ -16,32 +17,56 @@ use realtime::socketio::{
 
 use crate::config::SocketIoSettings;
 
-/// The files of socket.io-client's `dist/` that a page may load, with their types.
-const CLIENT_FILES: &[(&str, &str)] = &[
-    ("socket.io.js", "application/javascript; charset=utf-8"),
-    ("socket.io.js.map", "application/json"),
-    ("socket.io.min.js", "application/javascript; charset=utf-8"),
-    ("socket.io.min.js.map", "application/json"),
-    (
-        "socket.io.esm.min.js",
-        "application/javascript; charset=utf-8",
-    ),
-    ("socket.io.esm.min.js.map", "application/json"),
-    (
-        "socket.io.msgpack.min.js",
-        "application/javascript; charset=utf-8",
-    ),
-    ("socket.io.msgpack.min.js.map", "application/json"),
+/// The socket.io-client release embedded in the binary (gateway/assets/socket.io-client/,
+/// the npm package's `dist/`, MIT). The e2e tests load the same version (tests/package-lock.json):
+/// a unit test below keeps the two in step.
+pub const CLIENT_VERSION: &str = "4.8.4";
+
+const JS: &str = "application/javascript; charset=utf-8";
+const MAP: &str = "application/json";
+
+/// One file of the client library: its name under `/socket.io/`, type and embedded bytes.
+struct ClientFile {
+    name: &'static str,
+    content_type: &'static str,
+    bytes: &'static [u8],
+}
+
+macro_rules! client_file {
+    ($name:literal, $ty:expr) => {
+        ClientFile {
+            name: $name,
+            content_type: $ty,
+            bytes: include_bytes!(concat!("../assets/socket.io-client/", $name)),
+        }
+    };
+}
+
+/// The files of socket.io-client's `dist/` that a page may load (what Node's `serveClient` serves).
+const CLIENT_FILES: &[ClientFile] = &[
+    client_file!("socket.io.js", JS),
+    client_file!("socket.io.js.map", MAP),
+    client_file!("socket.io.min.js", JS),
+    client_file!("socket.io.min.js.map", MAP),
+    client_file!("socket.io.esm.min.js", JS),
+    client_file!("socket.io.esm.min.js.map", MAP),
+    client_file!("socket.io.msgpack.min.js", JS),
+    client_file!("socket.io.msgpack.min.js.map", MAP),
 ];
 
-/// The client library changes only with a deploy: let browsers keep it for an hour.
-const CLIENT_CACHE_CONTROL: &str = "public, max-age=3600";
+/// The client library changes only when the gateway is upgraded, and its URL carries no version:
+/// a day keeps pages from fetching it again while an upgrade still reaches every browser by the
+/// next day; the ETag turns each later check into a 304. (Node's `serveClient` sends an ETag and
+/// `max-age=0`, so every page load costs a round trip.)
+const CLIENT_CACHE_CONTROL: &str = "public, max-age=86400";
 
 pub struct SocketIoService {
     /// Kept beside the engine for the admin listener's `POST /emit`.
     io: SocketIo,
     engine: EngineServer,
-    client_dir: PathBuf,
+    /// `realtime.socketio.client_dir`: serve the client library from there instead of the
+    /// embedded copy (another version, or a custom build).
+    client_dir: Option<PathBuf>,
 }
 
 /// Build the Socket.IO service on `hub` from its settings.
@@ -109,28 +134,25 @@ impl SocketIoService {
         &self.io
     }
 
-    async fn client_file(&self, name: &str, content_type: &str) -> Response {
-        let path = self.client_dir.join(name);
+    async fn client_file(&self, file: &ClientFile, if_none_match: Option<&[u8]>) -> Response {
+        let Some(dir) = &self.client_dir else {
+            let etag = embedded_etag(file);
+            return client_answer(file, Bytes::from_static(file.bytes), &etag, if_none_match);
+        };
+        let path = dir.join(file.name);
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
-                let mut r = http::Response::new(bytes::Bytes::from(bytes));
-                let h = r.headers_mut();
-                if let Ok(v) = http::HeaderValue::from_str(content_type) {
-                    h.insert(http::header::CONTENT_TYPE, v);
-                }
-                h.insert(
-                    http::header::CACHE_CONTROL,
-                    http::HeaderValue::from_static(CLIENT_CACHE_CONTROL),
-                );
-                Response::Full(r)
+                let etag = format!("\"{:016x}\"", fnv1a(&bytes));
+                client_answer(file, Bytes::from(bytes), &etag, if_none_match)
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "socket.io client library not found");
+                tracing::warn!(path = %path.display(), error = %e, "socket.io client library not found in client_dir");
                 Response::text(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "{name} is not installed at {}: run `npm ci` in tests/ (tests/setup.sh does), or set realtime.socketio.client_dir\n",
-                        self.client_dir.display()
+                        "{} is not in realtime.socketio.client_dir ({}); remove the setting to serve the built-in socket.io-client {CLIENT_VERSION}\n",
+                        file.name,
+                        dir.display()
                     ),
                 )
             }
@@ -138,15 +160,96 @@ impl SocketIoService {
     }
 }
 
+/// The embedded files' ETag: the release and the file's length name its bytes exactly.
+fn embedded_etag(file: &ClientFile) -> String {
+    format!("\"socket.io-client-{CLIENT_VERSION}-{}\"", file.bytes.len())
+}
+
+/// FNV-1a over a file read from `client_dir`: an ETag that changes when the file does (no
+/// cryptographic strength needed, and no hashing crate for it).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// 200 with the file, or 304 when the client already holds this ETag (RFC 9110 §13.1.2; a
+/// weak comparison, so `W/` forms and lists match as nginx's `if_none_match` does).
+fn client_answer(
+    file: &ClientFile,
+    body: Bytes,
+    etag: &str,
+    if_none_match: Option<&[u8]>,
+) -> Response {
+    let fresh = if_none_match.is_some_and(|v| etag_matches(v, etag));
+    let mut r = http::Response::new(if fresh { Bytes::new() } else { body });
+    if fresh {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(file.content_type),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static(CLIENT_CACHE_CONTROL),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(etag) {
+        h.insert(http::header::ETAG, v);
+    }
+    Response::Full(r)
+}
+
+fn etag_matches(if_none_match: &[u8], etag: &str) -> bool {
+    let Ok(v) = std::str::from_utf8(if_none_match) else {
+        return false;
+    };
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    v.trim() == "*" || v.split(',').any(|t| bare(t) == bare(etag))
+}
+
 #[async_trait::async_trait]
 impl Service for SocketIoService {
     async fn call(&self, req: Request) -> Response {
         let last = req.head.uri.path().rsplit('/').next().unwrap_or("");
-        if let Some((name, ty)) = CLIENT_FILES.iter().find(|(n, _)| *n == last) {
+        if let Some(file) = CLIENT_FILES.iter().find(|f| f.name == last) {
             if req.head.method == http::Method::GET || req.head.method == http::Method::HEAD {
-                return self.client_file(name, ty).await;
+                let inm = req.head.headers.get(http::header::IF_NONE_MATCH);
+                return self.client_file(file, inm.map(|v| v.as_bytes())).await;
             }
         }
         self.engine.call(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_client_is_the_version_the_tests_pin() {
+        let lock = include_str!("../../tests/package-lock.json");
+        let lock: serde_json::Value = serde_json::from_str(lock).expect("tests/package-lock.json");
+        let pinned = &lock["packages"]["node_modules/socket.io-client"]["version"];
+        assert_eq!(pinned.as_str(), Some(CLIENT_VERSION));
+        let readme = include_str!("../assets/socket.io-client/README.md");
+        assert!(readme.contains(&format!("socket.io-client {CLIENT_VERSION}")));
+        let js = std::str::from_utf8(CLIENT_FILES[0].bytes).expect("socket.io.js is UTF-8");
+        assert!(
+            js.contains(&format!("Socket.IO v{CLIENT_VERSION}")),
+            "socket.io.js banner"
+        );
+    }
+
+    #[test]
+    fn etags_compare_weakly_and_by_list() {
+        let e = "\"socket.io-client-4.8.4-10\"";
+        assert!(etag_matches(b"\"socket.io-client-4.8.4-10\"", e));
+        assert!(etag_matches(b"W/\"socket.io-client-4.8.4-10\"", e));
+        assert!(etag_matches(b"\"x\", \"socket.io-client-4.8.4-10\"", e));
+        assert!(etag_matches(b"*", e));
+        assert!(!etag_matches(b"\"socket.io-client-4.8.3-10\"", e));
+        assert!(!etag_matches(&[0xff, 0xfe], e));
     }
 }

@@ -13,7 +13,6 @@ use e2e::{eventually, workspace_root, Gateway, Stub};
 use serde_json::Value;
 
 fn config(app: &[std::net::SocketAddr]) -> String {
-    let client_dir = workspace_root().join("tests/node_modules/socket.io-client/dist");
     let servers: Vec<String> = app.iter().map(|a| a.to_string()).collect();
     format!(
         r#"
@@ -33,7 +32,6 @@ realtime:
   socketio:
     allowed_origins: ["https://{{https}}"]
     recovery: {{max_disconnection_ms: 120000}}
-    client_dir: {client_dir}
     namespaces:
       "/": {{relay: true, history: 50, client_rooms: true}}
 routes:
@@ -47,7 +45,6 @@ routes:
     upstream: app
 "#,
         servers = servers.join(", "),
-        client_dir = client_dir.display(),
     )
 }
 

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use e2e::{binary, workspace_root, Gateway, Stub};
+use e2e::{binary, Gateway, Stub};
 
 fn demo(a: &Stub, b: &Stub) -> Gateway {
     Gateway::start(&format!(
@@ -13,18 +13,13 @@ tls: {{state_dir: state}}
 upstreams: {{app: {{servers: ["{}", "{}"]}}}}
 realtime:
   socketio:
-    client_dir: {}
     namespaces: {{"/": {{relay: true}}}}
 routes:
   - {{path: /socket.io/, realtime: socketio}}
   - {{path: /cable, upstream: app}}
   - {{path: /, upstream: app}}
 "#,
-        a.addr,
-        b.addr,
-        workspace_root()
-            .join("tests/node_modules/socket.io-client/dist")
-            .display()
+        a.addr, b.addr,
     ))
 }
 

@@ -10,25 +10,23 @@ use serde_json::{json, Value};
 
 const MODES: [&str; 3] = ["polling", "websocket", "upgrade"];
 
+/// No `client_dir`: the gateway serves the socket.io-client built into it, and the official
+/// client the scenarios load from npm is the same release.
 fn config() -> String {
-    let client_dir = workspace_root().join("tests/node_modules/socket.io-client/dist");
-    format!(
-        r#"
-listen: {{https: "{{https}}", admin: "{{admin}}"}}
-tls: {{state_dir: state}}
+    r#"
+listen: {https: "{https}", admin: "{admin}"}
+tls: {state_dir: state}
 realtime:
   socketio:
     allowed_origins: ["https://good.example"]
-    recovery: {{max_disconnection_ms: 60000}}
-    client_dir: {}
+    recovery: {max_disconnection_ms: 60000}
     namespaces:
-      "/": {{relay: true, history: 50, client_rooms: true}}
-      "/other": {{relay: true}}
+      "/": {relay: true, history: 50, client_rooms: true}
+      "/other": {relay: true}
 routes:
-  - {{path: /socket.io/, realtime: socketio}}
-"#,
-        client_dir.display()
-    )
+  - {path: /socket.io/, realtime: socketio}
+"#
+    .to_string()
 }
 
 /// Run one scenario of tests/js/socketio.mjs against `gw`; the JSON it printed.
@@ -235,28 +233,88 @@ async fn emit_refuses_bad_requests_clearly() {
     assert_eq!(v, json!({"sockets": 0, "acks": [], "failed": []}));
 }
 
+/// A gateway copied onto a server with no npm folder beside it (the test runs it from an empty
+/// scratch folder) still serves the client library, byte for byte the npm release the tests
+/// pin, with a day of caching and an ETag that turns a reload into a 304.
 #[tokio::test]
-async fn the_client_library_is_served() {
+async fn the_client_library_is_served_from_the_binary() {
     let gw = Gateway::start(&config());
     let c = client();
-    for name in ["socket.io.js", "socket.io.min.js", "socket.io.min.js.map"] {
+    let dist = workspace_root().join("tests/node_modules/socket.io-client/dist");
+    for name in [
+        "socket.io.js",
+        "socket.io.min.js",
+        "socket.io.min.js.map",
+        "socket.io.esm.min.js",
+    ] {
         let r = c
             .get(gw.https(&format!("/socket.io/{name}")))
             .send()
             .await
             .expect("get");
         assert_eq!(r.status(), 200, "{name}");
-        assert!(r.bytes().await.expect("body").len() > 1000);
+        let npm = std::fs::read(dist.join(name)).expect("npm ci in tests/ installs the client");
+        assert_eq!(
+            r.bytes().await.expect("body").as_ref(),
+            npm.as_slice(),
+            "{name}"
+        );
     }
     let r = c
         .get(gw.https("/socket.io/socket.io.js"))
         .send()
         .await
         .expect("get");
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap_or("")
-        .contains("javascript"));
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(header("content-type").contains("javascript"));
+    assert_eq!(header("cache-control"), "public, max-age=86400");
+    let etag = header("etag");
+    assert!(etag.starts_with("\"socket.io-client-4.8.4-"), "etag {etag}");
+    let again = c
+        .get(gw.https("/socket.io/socket.io.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.expect("body").is_empty());
+}
+
+/// `client_dir` still overrides the built-in copy (another version, a custom build).
+#[tokio::test]
+async fn client_dir_overrides_the_built_in_client() {
+    let own = e2e::Scratch::new("client-dir");
+    std::fs::write(own.path().join("socket.io.js"), "/* a custom build */").expect("write");
+    let cfg = config().replace(
+        "    namespaces:\n",
+        &format!(
+            "    client_dir: {}\n    namespaces:\n",
+            own.path().display()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let c = client();
+    let r = c
+        .get(gw.https("/socket.io/socket.io.js"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("etag"));
+    assert_eq!(r.text().await.expect("body"), "/* a custom build */");
+    let missing = c
+        .get(gw.https("/socket.io/socket.io.min.js"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.expect("body").contains("client_dir"));
 }
 
 /// One publish from the app reaches a Socket.IO room, a long-poll, an SSE stream and a raw
