@@ -1047,7 +1047,7 @@ impl Config {
                 bad(at.clone(), e.to_string());
             }
             for (j, n) in c.server_names.iter().enumerate() {
-                if n.is_empty() || n.contains(' ') || n[1..].contains('*') {
+                if !is_server_name(n) {
                     bad(
                         format!("{at}.server_names[{j}]"),
                         format!("{n:?} is not a host name"),
@@ -1531,6 +1531,22 @@ impl Config {
     }
 }
 
+/// A certificate's server name: a DNS name (letters, digits, `-`, `_`; IDNs in their `xn--`
+/// form, as SNI carries them), optionally a wildcard as the whole first label (`*.example.com`),
+/// as nginx's `server_name` and rustls' SNI matching take them.
+fn is_server_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1578,6 +1594,43 @@ routes:
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn server_names_are_dns_names_and_odd_ones_are_problems_not_panics() {
+        for ok in [
+            "example.com",
+            "*.example.com",
+            "localhost",
+            "xn--bcher-kva.example",
+            "a_b.example",
+        ] {
+            assert!(is_server_name(ok), "{ok}");
+        }
+        // "é..." starts with a two-byte character: slicing off one byte used to panic.
+        for bad in [
+            "",
+            "é.example",
+            "a b",
+            "*",
+            "*.",
+            "a.*.b",
+            "**.x",
+            "a..b",
+            ".a",
+            "x*.a",
+        ] {
+            assert!(!is_server_name(bad), "{bad:?}");
+        }
+        let p = problems(
+            "listen: {https: 127.0.0.1:8443}\ntls: {certificates: [{cert: /nonexistent.pem, key: /nonexistent.key, server_names: [\"é.example\"]}]}\nroutes: []\n",
+        );
+        assert!(
+            p.iter()
+                .any(|x| x
+                    == "tls.certificates[0].server_names[0]: \"é.example\" is not a host name"),
+            "{p:#?}"
+        );
     }
 
     #[test]

@@ -162,37 +162,49 @@ async fn http(t: &Target, method: &str, path: &str, body: &str) -> Result<(u16, 
                 Ok(0)
             }
         })?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", &text[..text.len().min(80)]))?;
+    parse_answer(&raw)
+}
+
+/// Status and body (de-chunked, then decoded as UTF-8 with replacement) of one raw HTTP/1.1
+/// answer. Works on bytes: chunk sizes count bytes, and a server's odd bytes must give a
+/// readable failure, not a panic on a cut inside a character.
+fn parse_answer(raw: &[u8]) -> Result<(u16, String), Failure> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let start = String::from_utf8_lossy(&raw[..raw.len().min(80)]);
+        return Err(format!("not an HTTP answer: {start:?}"));
+    };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let body = &raw[end + 4..];
     let status: u16 = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let body = if head
+    let chunked = head
         .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
         dechunk(body)
     } else {
-        body.to_string()
+        body.to_vec()
     };
-    Ok((status, body))
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&s[..eol]).unwrap_or("").trim();
+        let size = size.split(';').next().unwrap_or("");
+        let rest = &s[eol + 2..];
+        let Ok(n) = usize::from_str_radix(size, 16) else {
             break;
         };
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -354,5 +366,32 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_byte_exactly() {
+        let (status, body) =
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("ok");
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\n\r\n";
+        assert_eq!(parse_answer(chunked).expect("chunked").1, "abc");
+    }
+
+    /// Both used to panic: a cut at byte 80 inside a two-byte character, and a one-byte chunk
+    /// holding half of one (chunk sizes count bytes, the old code counted in decoded text).
+    #[test]
+    fn odd_bytes_give_a_failure_or_replacement_not_a_panic() {
+        let mut junk = b"x".to_vec();
+        junk.extend("é".repeat(60).as_bytes());
+        let e = parse_answer(&junk).expect_err("no header block");
+        assert!(e.starts_with("not an HTTP answer: \"xé"), "{e}");
+        let half = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n";
+        assert_eq!(parse_answer(half).expect("chunked").1, "é");
+        assert!(parse_answer(b"garbage\r\n\r\n").is_err());
     }
 }
