@@ -931,9 +931,9 @@ impl Config {
         }
     }
 
-    /// Parse only: serde_yaml's message already names the field path and line.
+    /// Parse only: serde_yaml_ng's message already names the field path and line.
     pub fn parse(text: &str) -> Result<Config, String> {
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -4,6 +4,7 @@
 //! panics on a bad file, and a front door must fail with a sentence, not a backtrace.
 
 use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,7 +28,7 @@ pub enum TlsError {
     #[error("{path}: not valid PEM: {source}")]
     Pem {
         path: PathBuf,
-        source: std::io::Error,
+        source: rustls::pki_types::pem::Error,
     },
     #[error("{key} does not fit {cert}: {reason}")]
     Mismatch {
@@ -49,7 +50,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|source| TlsError::Pem {
             path: cert.to_path_buf(),
@@ -60,14 +61,20 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
             path: cert.to_path_buf(),
         });
     }
-    let private: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Pem {
-            path: key.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey {
-            path: key.to_path_buf(),
-        })?;
+    let private = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => {
+            return Err(TlsError::NoKey {
+                path: key.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(TlsError::Pem {
+                path: key.to_path_buf(),
+                source,
+            })
+        }
+    };
     CertifiedKey::from_der(chain, private, &default_provider()).map_err(|e| TlsError::Mismatch {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
