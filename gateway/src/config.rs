@@ -65,7 +65,8 @@ pub mod defaults {
     pub const HEALTH_FALL: u32 = 3;
     /// A health probe that takes longer than this counts as failed.
     pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
-    /// A month: long enough for browsers to remember, short enough to back out of a mistake.
+    /// A year (31,536,000 s): the minimum the HSTS preload list accepts, and what Mozilla's
+    /// server-side TLS guidelines recommend; HSTS is off unless `tls.hsts` is set.
     pub const HSTS_MAX_AGE: u64 = 31_536_000;
     /// pingora's graceful shutdown sleeps this long before stopping; 300 s is pingora's default
     /// and far too long for a front door restarted by a deploy script.
@@ -192,7 +193,8 @@ pub struct Listen {
     pub https: Option<String>,
     /// Plain HTTP. With `https` set it only redirects there (308); without, it serves the routes.
     pub http: Option<String>,
-    /// Health and (later) the publish API and metrics. Keep it on loopback.
+    /// Health (`/healthz`) and the app's publish API (`/publish`, `/emit`, `/topics/`).
+    /// Keep it on loopback, or set `realtime.publish.token`.
     pub admin: Option<String>,
 }
 

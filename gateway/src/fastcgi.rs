@@ -306,7 +306,9 @@ pub enum Script {
 }
 
 /// nginx's `try_files $uri $uri/ <front>` with `index <index>` and `location ~ \.php$`, for
-/// the percent-encoded request path. Touches the file system: call off the async threads.
+/// the percent-encoded request path. Touches the file system (a few stat/realpath calls); it
+/// runs inline on the request's task, which measured cheaper than two hand-offs to the
+/// blocking pool (BENCHMARKS.md, PHP).
 pub fn resolve(root: &Path, index: &str, front: &str, raw_path: &str) -> Script {
     let Ok(decoded) = percent_encoding::percent_decode_str(raw_path).decode_utf8() else {
         return Script::BadPath;

@@ -64,8 +64,9 @@ pub struct StaticOptions {
 }
 
 impl StaticOptions {
-    /// nginx defaults: `index index.html`, no Cache-Control, no precompressed
-    /// siblings.
+    /// nginx's defaults: `index index.html`, no Cache-Control, no precompressed siblings.
+    /// (A route's `static:` block in gateway.yaml turns `precompressed` on unless told
+    /// otherwise: see `config::StaticFiles`.)
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
