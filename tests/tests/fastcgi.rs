@@ -619,3 +619,63 @@ async fn response_buffering_frees_the_only_php_worker_from_a_slow_reader() {
     assert_eq!(body.len(), n);
     assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
 }
+
+/// examples/php as README describes it, in front of a real php-fpm: `/params/<anything>` is
+/// PHP's `$_SERVER` as JSON, `POST /upload` with a raw body answers its size and MD5, and
+/// `robots.txt` is a static file that PHP never sees.
+#[tokio::test]
+async fn the_php_example_answers_its_documented_contract() {
+    let example = e2e::workspace_root().join("examples/php");
+    let fpm = PhpFpm::start("php_admin_value[post_max_size] = 64M\n");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}/public, index: index.php, front_controller: /index.php}}
+routes:
+  - path: /
+    static: {{root: {root}/public}}
+    upstream: php
+"#,
+        server = fpm.server(),
+        root = example.display(),
+    ));
+    let c = client();
+    let r = c
+        .get(gw.https("/params/a/b%20c?x=1"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.expect("$_SERVER as JSON");
+    assert_eq!(v["REQUEST_URI"], "/params/a/b%20c?x=1");
+    assert_eq!(v["QUERY_STRING"], "x=1");
+    assert_eq!(v["REQUEST_METHOD"], "GET");
+
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = c
+        .post(gw.https("/upload"))
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["bytes"], body.len());
+    assert_eq!(v["md5"], format!("{:032x}", md5(&body)));
+
+    let r = c.get(gw.https("/robots.txt")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    let expected = std::fs::read_to_string(example.join("public/robots.txt")).expect("robots");
+    assert_eq!(r.text().await.expect("body"), expected);
+    let log = fpm.access_log();
+    assert!(log.contains("GET /params/a/b%20c?x=1 200"), "{log}");
+    assert!(log.contains("POST /upload 200"), "{log}");
+    assert!(!log.contains("robots"), "{log}");
+}
