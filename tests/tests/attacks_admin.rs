@@ -175,3 +175,33 @@ async fn a_dns_rebinding_page_is_refused() {
         assert_eq!(status, 200, "{host}: {answer}");
     }
 }
+
+#[tokio::test]
+async fn the_demo_pages_app_panel_still_publishes_through_the_app() {
+    // The demo page asks the app (`POST /publish-demo`, same origin as the page), and the app
+    // calls the publish API as any backend does: JSON, by address, no Origin.
+    let app_addr: SocketAddr = format!("127.0.0.1:{}", e2e::free_port())
+        .parse()
+        .expect("addr");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}", admin: "{{admin}}"}}
+tls: {{state_dir: state}}
+upstreams: {{app: {{servers: ["{app_addr}"]}}}}
+routes:
+  - {{path: /, upstream: app}}
+"#
+    ));
+    let publish_url = gw.admin("/publish");
+    let _app = e2e::Stub::start_on("app", app_addr, &["--publish-url", &publish_url]);
+    let origin = format!("https://localhost:{}", gw.ports.https);
+    let r = client()
+        .post(gw.https("/publish-demo"))
+        .header("origin", origin)
+        .json(&json!({"text": "from the page"}))
+        .send()
+        .await
+        .expect("publish-demo");
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    assert_eq!(published(&gw).await, 1);
+}

@@ -11,13 +11,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Send `request` on a fresh TLS connection; everything the gateway answered until it closed
-/// the connection or `wait` passed.
+/// Send `request` on a fresh TLS connection; the gateway's answer: its head and, when it
+/// says its length, its body (the connection may be kept open), else everything until it
+/// closed the connection or `wait` passed.
 async fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     let mut tls = tls_connect(addr).await;
     tls.write_all(request).await.expect("write");
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&out);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())
+                    .flatten()
+            });
+            if length.is_some_and(|len| body.len() >= len) {
+                return;
+            }
+        }
+    })
+    .await;
     String::from_utf8_lossy(&out).into_owned()
 }
 
