@@ -205,3 +205,29 @@ routes:
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
     assert_eq!(published(&gw).await, 1);
 }
+
+#[tokio::test]
+async fn a_publish_with_a_transfer_coding_other_than_chunked_is_refused() {
+    let gw = Gateway::start(CONFIG);
+    let host = format!("127.0.0.1:{}", gw.ports.admin);
+    let chunk = format!("{:x}\r\n{MESSAGE}\r\n0\r\n\r\n", MESSAGE.len());
+    let (status, answer) = admin(
+        addr(&gw),
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: gzip, chunked\r\n\r\n{chunk}"
+        ),
+    )
+    .await;
+    assert_eq!(status, 501, "{answer}");
+    assert_eq!(published(&gw).await, 0);
+    let (status, answer) = admin(
+        addr(&gw),
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
