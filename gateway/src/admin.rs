@@ -1,5 +1,11 @@
 //! The admin listener: health for load balancers and deploy scripts, and the app's publish
 //! API (`POST /publish`, `POST /emit`, `GET /topics/<topic>`). Bind it to loopback, or set a token.
+//!
+//! On loopback the publish API has no token, so it must not answer the web pages in the
+//! operator's browser, which can reach 127.0.0.1 too. Before any endpoint (see [`refusal`]):
+//! a `Host` that is not an address or `localhost` is a page on a rebinding domain (421); an
+//! `Origin` other than the listener's own is a cross-site page (403); a POST that is not
+//! `Content-Type: application/json` is what a page can send without a CORS preflight (415).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +18,88 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::upstream::Pool;
+
+/// Why the admin listener refuses a request before looking at its path.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    /// Not a name this listener has (`listen.admin` is always an address): a browser sends
+    /// such a `Host` after DNS rebinding, when `evil.example` resolves to 127.0.0.1 and the
+    /// page is same-origin with itself. 421 Misdirected Request (RFC 9110 §15.5.20: this
+    /// server does not answer for that authority) rather than 403: nothing about the request
+    /// is forbidden, it reached the wrong server.
+    #[error("Host {0:?} is not this listener: use its address or localhost")]
+    Host(String),
+    /// A page from another origin (or `null`, a sandboxed or file page).
+    #[error("requests from web pages are not accepted (Origin {0:?})")]
+    Origin(String),
+    /// `text/plain`, form and multipart bodies are what a page may POST cross-site without a
+    /// preflight; JSON needs one, and the preflight is refused.
+    #[error("the body must be Content-Type: application/json (got {0:?})")]
+    ContentType(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Host(_) => 421,
+            Refusal::Origin(_) => 403,
+            Refusal::ContentType(_) => 415,
+        }
+    }
+}
+
+/// `host[:port]` names this listener: an IP literal (IPv6 in brackets) or `localhost`.
+fn own_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6.split_once(']').is_some_and(|(ip, rest)| {
+                ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (rest.is_empty()
+                        || rest
+                            .strip_prefix(':')
+                            .is_some_and(|p| p.parse::<u16>().is_ok()))
+            })
+        }
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
+/// The checks every admin request passes before its endpoint runs (see the module doc).
+pub fn refusal(req: &pingora::http::RequestHeader) -> Option<Refusal> {
+    let text = |name: &str| {
+        req.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+    };
+    // HTTP/1.0 clients may leave Host out; browsers never do.
+    let host = text("host").or_else(|| req.uri.authority().map(|a| a.to_string()));
+    if let Some(host) = &host {
+        if !own_host(host) {
+            return Some(Refusal::Host(host.clone()));
+        }
+    }
+    if let Some(origin) = text("origin") {
+        let own = host
+            .as_ref()
+            .is_some_and(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
+        if !own {
+            return Some(Refusal::Origin(origin));
+        }
+    }
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        let content_type = text("content-type").unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json") {
+            return Some(Refusal::ContentType(content_type));
+        }
+    }
+    None
+}
 
 pub struct Admin {
     pub pools: BTreeMap<String, Arc<Pool>>,
@@ -68,6 +156,25 @@ impl ProxyHttp for Admin {
     fn new_ctx(&self) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if let Some(te) = crate::forwarding::unsupported_transfer_coding(session.req_header()) {
+            session.set_keepalive(None);
+            let why = format!("transfer coding not supported: {te}");
+            json(session, 501, serde_json::json!({ "error": why })).await?;
+            return Ok(true);
+        }
+        if let Some(refused) = refusal(session.req_header()) {
+            let req = session.req_header();
+            tracing::warn!(client = ?session.client_addr(), method = %req.method, path = %req.uri, status = refused.status(), reason = %refused, "admin request refused");
+            // Its body is not read: the connection is not reused.
+            session.set_keepalive(None);
+            json(
+                session,
+                refused.status(),
+                serde_json::json!({ "error": refused.to_string() }),
+            )
+            .await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
@@ -92,5 +199,89 @@ impl ProxyHttp for Admin {
             ErrorType::InternalError,
             "the admin listener proxies nothing",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::RequestHeader;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/publish", None).expect("req");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_are_this_listeners_hosts() {
+        for ok in [
+            "127.0.0.1:9090",
+            "127.0.0.1",
+            "localhost",
+            "LocalHost:9090",
+            "[::1]:9090",
+            "[::1]",
+            "10.1.2.3:9090",
+        ] {
+            assert!(own_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9090",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "[::1]x",
+            "[evil]:9090",
+            "127.0.0.1:port",
+            "",
+        ] {
+            assert!(!own_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_browser_page_is_refused_and_the_app_is_not() {
+        let json = ("content-type", "application/json");
+        let host = ("host", "127.0.0.1:9090");
+        assert_eq!(refusal(&req("POST", &[host, json])), None);
+        assert_eq!(
+            refusal(&req(
+                "POST",
+                &[host, ("content-type", "Application/JSON; charset=utf-8")]
+            )),
+            None
+        );
+        assert_eq!(refusal(&req("GET", &[host])), None);
+        assert_eq!(refusal(&req("POST", &[json])), None);
+        assert_eq!(
+            refusal(&req("POST", &[host, ("content-type", "text/plain")])).map(|r| r.status()),
+            Some(415)
+        );
+        assert_eq!(
+            refusal(&req("POST", &[host])).map(|r| r.status()),
+            Some(415)
+        );
+        assert_eq!(
+            refusal(&req("POST", &[("host", "evil.example:9090"), json])).map(|r| r.status()),
+            Some(421)
+        );
+        assert_eq!(
+            refusal(&req("GET", &[host, ("origin", "https://evil.example")])).map(|r| r.status()),
+            Some(403)
+        );
+        assert_eq!(
+            refusal(&req("POST", &[host, json, ("origin", "null")])).map(|r| r.status()),
+            Some(403)
+        );
+        assert_eq!(
+            refusal(&req(
+                "POST",
+                &[host, json, ("origin", "http://127.0.0.1:9090")]
+            )),
+            None
+        );
     }
 }

@@ -237,8 +237,10 @@ fn hsts_age() -> u64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proxy {
-    /// Peers whose `X-Forwarded-For` is believed (a load balancer in front). Everyone else's is
-    /// replaced, so a client cannot forge its address to the app. Addresses or CIDR blocks.
+    /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, ... see
+    /// `forwarding::FORWARDING`) are believed (a load balancer in front). Everyone else's are
+    /// dropped or replaced, so a client cannot forge its address, scheme, port or URL to the
+    /// app. Addresses or CIDR blocks.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Where buffered request and response bodies spill to disk (nginx

@@ -1,6 +1,12 @@
-//! What the app learns about the client: `X-Forwarded-*`, `X-Real-IP`, and no hop-by-hop
-//! headers. Incoming forwarding headers are believed only from configured proxies, so a
-//! client cannot tell the app it is someone else.
+//! What the app learns about the client and the request's framing: `X-Forwarded-*`,
+//! `X-Real-IP`, no hop-by-hop headers, no upgrade but WebSocket, no transfer coding but chunked.
+//!
+//! Forwarding headers are one family (see [`FORWARDING`]): from a peer that is not one of
+//! `proxy.trusted_proxies`, every member is dropped and the gateway's own `X-Forwarded-For`,
+//! `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Forwarded-Port` are set; from a
+//! trusted proxy they are believed and extended. The same rule runs on every path to the app
+//! (pingora's proxy, the relay, FastCGI, the WebSocket tunnel), so a client cannot tell the app
+//! it is someone else, somewhere else, or asked for another URL.
 
 use std::net::IpAddr;
 
@@ -8,8 +14,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::Cidr;
 
-/// RFC 9110 §7.6.1 connection-specific headers, plus the non-standard ones nginx also drops.
-/// `Transfer-Encoding` is left to pingora, which reframes bodies itself.
+/// RFC 9110 §7.6.1 connection-specific headers, plus the non-standard ones nginx also drops,
+/// and `HTTP2-Settings` (RFC 7540 §3.2.1: connection-specific, only meaningful with an h2c
+/// upgrade, which is never passed on). `Transfer-Encoding` is left to pingora, which reframes
+/// bodies itself.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -17,11 +25,102 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
 ];
+
+/// Every header a proxy uses to tell the app about the client or the original request, as
+/// frameworks read them: RFC 7239 `Forwarded` (Rack, Spring), `X-Forwarded-*` (Rack reads
+/// -Ssl/-Scheme, Symfony and Laravel -Port/-Prefix, Werkzeug -Prefix), the client-address
+/// headers of CDNs and load balancers (`X-Real-IP`, `Client-IP` which Rack reads,
+/// `True-Client-IP`, `CF-Connecting-IP`, ...), IIS's URL overrides (`X-Original-URL`,
+/// `X-Rewrite-URL`, read by older Symfony and Zend) and the HTTPS flags (`Front-End-Https`,
+/// `X-Url-Scheme`). Matched with `_` read as `-`: Puma, PHP and CGI fold both to the same
+/// variable, so `X_Forwarded_Port` is the same attack.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-protocol",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-by",
+    "x-original-forwarded-for",
+    "x-real-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-host",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Whether `name` (lowercase, as `http` stores it) is a forwarding header in any spelling.
+pub fn is_forwarding(name: &str) -> bool {
+    let mut folded = [0u8; 32];
+    let bytes = name.as_bytes();
+    if bytes.len() > folded.len() {
+        return false;
+    }
+    for (f, b) in folded.iter_mut().zip(bytes) {
+        *f = if *b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        };
+    }
+    let folded = &folded[..bytes.len()];
+    FORWARDING.iter().any(|f| f.as_bytes() == folded)
+}
+
+/// Fields meant for every recipient, which a `Connection` option must not remove (RFC 9110
+/// §7.6.1: "a sender MUST NOT send a connection option corresponding to a field that is
+/// intended for all recipients"). A client that lists `Host`, its credentials or the body's
+/// framing there is not being hop-by-hop, it is deleting what the app relies on; like nginx
+/// and HAProxy (which never remove fields named in `Connection`) the gateway keeps them.
+/// Forwarding headers are the gateway's to manage (above), never the client's to delete.
+fn end_to_end(name: &str) -> bool {
+    const FIELDS: &[&str] = &[
+        "host",
+        "transfer-encoding",
+        "authorization",
+        "cookie",
+        "origin",
+        "referer",
+        "user-agent",
+        "cache-control",
+        "pragma",
+        "range",
+        "expect",
+        "date",
+        "via",
+        "x-requested-with",
+        "x-csrf-token",
+    ];
+    FIELDS.contains(&name)
+        || ["content-", "accept", "if-", "sec-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        || is_forwarding(name)
+}
 
 pub struct Client<'a> {
     pub ip: Option<IpAddr>,
     pub tls: bool,
+    /// The port of the listener the client connected to (`X-Forwarded-Port`).
+    pub port: Option<u16>,
     pub trusted: &'a [Cidr],
 }
 
@@ -32,21 +131,93 @@ impl Client<'_> {
     }
 }
 
-/// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+/// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1), except end-to-end
+/// fields (see [`end_to_end`]).
 fn connection_listed(value: Option<&http::HeaderValue>) -> Vec<String> {
     value
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.split(',')
                 .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
+                .filter(|t| !t.is_empty() && !end_to_end(t))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Rewrite a request for the app. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
-/// survive (the WebSocket tunnel needs them).
+/// Comma-separated tokens of every line of `name`, trimmed and lowercased.
+fn tokens(req: &RequestHeader, name: &str) -> Vec<String> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A WebSocket handshake (RFC 6455 §4.1): HTTP/1.1, `Upgrade: websocket` and nothing else,
+/// `Connection` naming `upgrade`. Only these are tunnelled or served as WebSockets.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && tokens(req, "upgrade") == ["websocket"]
+        && tokens(req, "connection").iter().any(|t| t == "upgrade")
+}
+
+/// Any other `Upgrade` (`h2c`, a TLS upgrade, `websocket` without `Connection: upgrade`) is
+/// taken off the request, which then goes on as the ordinary HTTP/1.1 request it also is: a
+/// server may always ignore `Upgrade` (RFC 9110 §7.8) and the client carries on in HTTP/1.1.
+/// An `h2c` upgrade passed through would hand the client a raw HTTP/2 connection to the app,
+/// past every rule the gateway applies per request. nginx does the same unless told to pass
+/// `Upgrade` (it is hop-by-hop); refusing with an error instead would break clients (curl
+/// `--http2` on plain HTTP) that are entitled to the fallback. Returns whether one was dropped.
+pub fn drop_foreign_upgrade(req: &mut RequestHeader) -> bool {
+    if !req.headers.contains_key(http::header::UPGRADE) || is_websocket_upgrade(req) {
+        return false;
+    }
+    req.remove_header(&http::header::UPGRADE);
+    req.remove_header("http2-settings");
+    true
+}
+
+/// The request's transfer coding when it is anything but a single `chunked`: `gzip, chunked`,
+/// `chunked, chunked`, `identity`, or two header lines. pingora would decode the chunked part
+/// and silently drop the rest (or, for `identity`, read no body at all and take the body for
+/// the next request), so such a request is answered 501 and the connection closed (RFC 9112
+/// §6.1; nginx answers 501 "unknown transfer-encoding" to the same set).
+pub fn unsupported_transfer_coding(req: &RequestHeader) -> Option<String> {
+    let lines: Vec<&http::HeaderValue> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    match lines.as_slice() {
+        [] => None,
+        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(
+            lines
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
+}
+
+/// An address as a `Forwarded` node (RFC 7239 §6: IPv6 in quotes and brackets).
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Rewrite a request for the app. With `keep_upgrade` (a WebSocket handshake, see
+/// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade` survive for the tunnel.
 pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool) {
     let listed = connection_listed(req.headers.get("connection"));
     for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
@@ -71,6 +242,16 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
             .filter(|s| !s.is_empty())
             .collect()
     } else {
+        // Whatever the client said about itself, in any spelling, is not passed on.
+        let forged: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| is_forwarding(n.as_str()))
+            .cloned()
+            .collect();
+        for name in forged {
+            req.remove_header(&name);
+        }
         Vec::new()
     };
     // The real client: the rightmost address that is not one of our trusted proxies
@@ -89,13 +270,30 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     xff.push(peer);
     let _ = req.insert_header("x-forwarded-for", xff.join(", "));
     let _ = req.insert_header("x-real-ip", real_ip);
+    // A trusted proxy's `Forwarded` gets this hop too, so it agrees with X-Forwarded-For.
+    if let (true, Some(ip)) = (req.headers.contains_key("forwarded"), client.ip) {
+        let _ = req.append_header("forwarded", format!("for={}", forwarded_node(ip)));
+    }
 
+    // What a trusted proxy said stands; otherwise (and when it said nothing) the gateway's.
     let keep = |req: &RequestHeader, name: &str| trusted && req.headers.get(name).is_some();
     if !keep(req, "x-forwarded-proto") {
         let _ = req.insert_header(
             "x-forwarded-proto",
             if client.tls { "https" } else { "http" },
         );
+    }
+    // The listener's port, next to the scheme (nginx setups send `$server_port`): Symfony,
+    // Laravel and Rack build absolute URLs from it behind a trusted proxy.
+    if !keep(req, "x-forwarded-port") {
+        match client.port {
+            Some(port) => {
+                let _ = req.insert_header("x-forwarded-port", port.to_string());
+            }
+            None => {
+                req.remove_header("x-forwarded-port");
+            }
+        }
     }
     if !keep(req, "x-forwarded-host") {
         match req
@@ -169,6 +367,7 @@ mod tests {
         let c = Client {
             ip: Some("203.0.113.9".parse().unwrap()),
             tls: true,
+            port: Some(8443),
             trusted: &trusted,
         };
         request(&mut r, &c, false);
@@ -188,6 +387,7 @@ mod tests {
         let c = Client {
             ip: Some("10.0.0.2".parse().unwrap()),
             tls: false,
+            port: Some(8443),
             trusted: &trusted,
         };
         request(&mut r, &c, false);
@@ -205,10 +405,170 @@ mod tests {
         let c = Client {
             ip: None,
             tls: true,
+            port: None,
             trusted: &[],
         };
         request(&mut r, &c, true);
         assert_eq!(get(&r, "upgrade"), Some("websocket"));
         assert_eq!(get(&r, "connection"), Some("upgrade"));
+    }
+
+    fn untrusted(ip: &str) -> Client<'static> {
+        Client {
+            ip: Some(ip.parse().unwrap()),
+            tls: true,
+            port: Some(8443),
+            trusted: &[],
+        }
+    }
+
+    #[test]
+    fn every_forwarding_header_from_a_client_is_dropped_or_replaced() {
+        let mut r = req(&[
+            ("host", "shop.example"),
+            ("forwarded", "for=6.6.6.6;proto=http"),
+            ("x-forwarded-port", "80"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-ssl", "off"),
+            ("x-forwarded-scheme", "http"),
+            ("x-forwarded-server", "evil"),
+            ("client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("front-end-https", "off"),
+            ("x-url-scheme", "http"),
+            ("x_forwarded_prefix", "/evil"),
+            ("x-app-header", "kept"),
+        ]);
+        request(&mut r, &untrusted("203.0.113.9"), false);
+        let mut names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-app-header",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+        assert_eq!(get(&r, "x-forwarded-port"), Some("8443"));
+        assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_headers_and_forwarded_gets_this_hop() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut r = req(&[
+            ("host", "h"),
+            ("forwarded", "for=198.51.100.7;proto=https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/shop"),
+        ]);
+        let c = Client {
+            ip: Some("10.0.0.2".parse().unwrap()),
+            tls: false,
+            port: Some(8080),
+            trusted: &trusted,
+        };
+        request(&mut r, &c, false);
+        let fwd: Vec<_> = r.headers.get_all("forwarded").iter().collect();
+        assert_eq!(fwd, ["for=198.51.100.7;proto=https", "for=10.0.0.2"]);
+        assert_eq!(get(&r, "x-forwarded-port"), Some("443"));
+        assert_eq!(get(&r, "x-forwarded-prefix"), Some("/shop"));
+        assert_eq!(forwarded_node("::1".parse().unwrap()), "\"[::1]\"");
+    }
+
+    #[test]
+    fn forwarding_names_match_in_any_spelling() {
+        for n in [
+            "forwarded",
+            "x_forwarded_port",
+            "X-Real-IP",
+            "true-client-ip",
+        ] {
+            assert!(is_forwarding(n), "{n}");
+        }
+        for n in [
+            "x-forwarded",
+            "host",
+            "x-forwarded-for-a-very-long-name-indeed",
+        ] {
+            assert!(!is_forwarding(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_remove_end_to_end_fields() {
+        let mut r = req(&[
+            ("host", "shop.example"),
+            ("cookie", "a=1"),
+            ("authorization", "Bearer t"),
+            ("content-length", "5"),
+            ("x-private", "1"),
+            (
+                "connection",
+                "Host, Cookie, Authorization, Content-Length, X-Forwarded-For, X-Private",
+            ),
+        ]);
+        request(&mut r, &untrusted("203.0.113.9"), false);
+        assert_eq!(get(&r, "host"), Some("shop.example"));
+        assert_eq!(get(&r, "cookie"), Some("a=1"));
+        assert_eq!(get(&r, "authorization"), Some("Bearer t"));
+        assert_eq!(get(&r, "content-length"), Some("5"));
+        assert_eq!(get(&r, "x-forwarded-for"), Some("203.0.113.9"));
+        assert_eq!(get(&r, "x-private"), None);
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let ws = |up: &str, conn: &str| {
+            let mut r = req(&[("upgrade", up), ("connection", conn)]);
+            let websocket = is_websocket_upgrade(&r);
+            let dropped = drop_foreign_upgrade(&mut r);
+            assert_eq!(websocket, !dropped, "{up} / {conn}");
+            assert_eq!(r.headers.contains_key("upgrade"), websocket);
+            websocket
+        };
+        assert!(ws("websocket", "Upgrade"));
+        assert!(ws("WebSocket", "keep-alive, upgrade"));
+        assert!(!ws("h2c", "Upgrade, HTTP2-Settings"));
+        assert!(!ws("websocket", "keep-alive"));
+        assert!(!ws("h2c, websocket", "upgrade"));
+        assert!(!ws("TLS/1.2", "upgrade"));
+        let mut r = req(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        r.set_version(http::Version::HTTP_10);
+        assert!(!is_websocket_upgrade(&r));
+        let mut plain = req(&[("host", "h")]);
+        assert!(!drop_foreign_upgrade(&mut plain));
+    }
+
+    #[test]
+    fn only_a_single_chunked_transfer_coding_is_accepted() {
+        assert_eq!(unsupported_transfer_coding(&req(&[])), None);
+        assert_eq!(
+            unsupported_transfer_coding(&req(&[("transfer-encoding", "Chunked")])),
+            None
+        );
+        for te in ["gzip, chunked", "chunked, chunked", "identity", "gzip", ""] {
+            assert_eq!(
+                unsupported_transfer_coding(&req(&[("transfer-encoding", te)])).as_deref(),
+                Some(te)
+            );
+        }
+        let two = req(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert_eq!(
+            unsupported_transfer_coding(&two).as_deref(),
+            Some("chunked, chunked")
+        );
     }
 }

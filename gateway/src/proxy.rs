@@ -10,6 +10,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::accel::{self, Directive, Internal};
@@ -46,6 +47,8 @@ pub struct Ctx {
     pool: Option<Arc<Pool>>,
     client: Option<IpAddr>,
     tls: bool,
+    /// The port of the listener the request came in on (`X-Forwarded-Port`).
+    port: Option<u16>,
     /// Servers this request failed to connect to: a retry goes elsewhere.
     tried: Vec<usize>,
     current: Option<usize>,
@@ -190,6 +193,7 @@ impl Gateway {
         forwarding::Client {
             ip: ctx.client,
             tls: ctx.tls,
+            port: ctx.port,
             trusted: &self.trusted,
         }
     }
@@ -391,6 +395,10 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.tls = seam::is_tls(session);
+        ctx.port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
 
         let req = session.req_header();
         if header_bytes(req) > self.limits.max_header_bytes {
@@ -399,6 +407,19 @@ impl ProxyHttp for Gateway {
             respond(session, 431, "request headers too large").await?;
             return Ok(true);
         }
+        if let Some(te) = forwarding::unsupported_transfer_coding(req) {
+            // The body cannot be delimited as the client meant it: answer, then close
+            // (nginx: 501 "unknown transfer-encoding").
+            ctx.served_by = "limit";
+            tracing::warn!(client = ?ctx.client, transfer_encoding = %te, "transfer coding not supported");
+            session.set_keepalive(None);
+            respond(session, 501, "transfer coding not supported (only chunked)").await?;
+            return Ok(true);
+        }
+        if forwarding::drop_foreign_upgrade(session.req_header_mut()) {
+            tracing::info!(client = ?ctx.client, path = %session.req_header().uri.path(), "upgrade to something other than websocket: served as a plain request");
+        }
+        let req = session.req_header();
         if let Some(len) = req
             .headers
             .get("content-length")
@@ -522,6 +543,7 @@ impl ProxyHttp for Gateway {
                     }
                     return Ok(true);
                 }
+                // Only a WebSocket handshake is still an upgrade here (`drop_foreign_upgrade`).
                 if session.is_upgrade_req() {
                     if !*websocket {
                         ctx.served_by = "router";
@@ -535,7 +557,8 @@ impl ProxyHttp for Gateway {
                     if let Err(failure) = tunnel::run(session, pool, ctx.client, &req).await? {
                         let status = failure.status();
                         tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, status, error = %failure.describe(), "websocket tunnel failed");
-                        respond(session, status, &failure.describe()).await?;
+                        // The address and the OS error are for the log, as on every route.
+                        respond(session, status, failure.public_reason()).await?;
                     }
                     return Ok(true);
                 }
@@ -618,6 +641,13 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);
         peer.options.idle_timeout = Some(relay::IDLE_TIMEOUT);
+        // `Connection`-listed fields are removed by `forwarding::request`, which keeps Host and
+        // the other end-to-end fields as the relay, FastCGI and the tunnel do; pingora's own
+        // pass would strip Cookie or Authorization and answer 400 to `Connection: Host`.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
+            strip_connection_nominated: false,
+            ..HttpUpstreamRequestPolicy::standard()
+        };
         Ok(Box::new(peer))
     }
 
@@ -642,10 +672,15 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // pingora's hop-by-hop pass has already taken `Connection` off; the fields it names
+        // still go (those that may, see `forwarding`), as on every other path.
+        if let Some(listed) = session.req_header().headers.get(http::header::CONNECTION) {
+            upstream_request.insert_header(http::header::CONNECTION, listed.clone())?;
+        }
         forwarding::request(upstream_request, &self.client(ctx), false);
         self.internal.tell_the_app(upstream_request);
         Ok(())

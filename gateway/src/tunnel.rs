@@ -1,4 +1,8 @@
-//! WebSocket passthrough to the app (Action Cable, Laravel Reverb, any `Upgrade` the app speaks).
+//! WebSocket passthrough to the app (Action Cable, Laravel Reverb). Only WebSocket handshakes
+//! come here: any other `Upgrade` (`h2c` above all) is taken off the request before routing
+//! (`forwarding::drop_foreign_upgrade`), so no client gets a raw connection of another protocol
+//! to the app. A failure is told to the client in general words (`Failure::public_reason`);
+//! the app's address and the OS error go to the log only.
 //!
 //! pingora 0.9.1's own upstream-upgrade path loses about 1% of sessions right after the 101
 //! (pingora issue #946) and applies its 60 s read timeout to idle upgraded connections. So the

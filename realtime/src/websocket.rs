@@ -16,10 +16,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -398,7 +400,18 @@ impl Connection {
         if let End::Close(code, reason) = end {
             let _ = ws.send(close(code, &reason)).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(Ok(_)) = ws.next().await {}
+                if ws.is_terminated() {
+                    // After a read error (a message over the limit is refused at its frame
+                    // header) the stream is fused, and the rest of that message is still on
+                    // its way: read and drop it raw until the client closes. Left unread it
+                    // fills the pipe from the client, the gateway's pump waits on it and
+                    // never passes the close frame on, and the client sees the TCP
+                    // connection reset (1006) instead of 1009.
+                    let mut sink = vec![0u8; 16 * 1024];
+                    while matches!(ws.get_mut().read(&mut sink).await, Ok(n) if n > 0) {}
+                } else {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
             })
             .await;
         }

@@ -376,6 +376,7 @@ async fn the_publish_api_counts_a_retry_once_and_explains_errors() {
     );
     let r = c
         .post(gw.admin("/publish"))
+        .header("content-type", "application/json")
         .body(vec![b'x'; 2 * 1024 * 1024])
         .send()
         .await

@@ -210,6 +210,7 @@ async fn emit_refuses_bad_requests_clearly() {
     ] {
         let r = c
             .post(gw.admin("/emit"))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -224,6 +225,7 @@ async fn emit_refuses_bad_requests_clearly() {
     // Nobody in the room: answered at once, nothing to wait for.
     let r = c
         .post(gw.admin("/emit"))
+        .header("content-type", "application/json")
         .body(r#"{"room":"empty","event":"x","timeout_ms":60000}"#)
         .send()
         .await
