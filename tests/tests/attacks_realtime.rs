@@ -495,7 +495,26 @@ async fn one_socket_relaying_3000_events_is_disconnected_and_its_peers_keep_rece
     let flood: Vec<String> = (0..3000).map(|i| format!(r#"42["chat",{i}]"#)).collect();
     let (status, body) = eio_post(&gw, &flood_sid, flood.join("\x1e")).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
-    // The flooder is told and disconnected from the namespace.
+    // The peer gets the flooder's burst, stays connected, and hears a newcomer's relay.
+    let (other_sid, _) = sio_connect(&gw).await;
+    let (status, _) = eio_post(&gw, &other_sid, r#"42["chat","after the flood"]"#.into()).await;
+    assert_eq!(status, 200);
+    let seen = poll_until(&gw, &peer_sid, "after the flood").await;
+    let tail = &seen[seen.len().saturating_sub(3)..];
+    let dropped = seen
+        .iter()
+        .any(|p| p == "41" || p == "1" || p.starts_with("HTTP "));
+    assert!(!dropped, "the peer was dropped: {tail:?}");
+    assert!(
+        seen.iter().any(|p| p.contains("after the flood")),
+        "{tail:?}"
+    );
+    let relayed = seen
+        .iter()
+        .filter(|p| p.starts_with(r#"42["chat","#))
+        .count();
+    assert!((100..3000).contains(&relayed), "{relayed} relayed");
+    // The flooder is the one disconnected from the namespace, and the gateway says why.
     let seen = poll_until(&gw, &flood_sid, "41").await;
     assert!(
         seen.iter().any(|p| p == "41"),
@@ -508,22 +527,6 @@ async fn one_socket_relaying_3000_events_is_disconnected_and_its_peers_keep_rece
         })
         .await
     );
-    // The peer got the burst, stays connected, and hears a newcomer's relay.
-    let (other_sid, _) = sio_connect(&gw).await;
-    let (status, _) = eio_post(&gw, &other_sid, r#"42["chat","after the flood"]"#.into()).await;
-    assert_eq!(status, 200);
-    let seen = poll_until(&gw, &peer_sid, "after the flood").await;
-    let tail = &seen[seen.len().saturating_sub(3)..];
-    assert!(
-        seen.iter().any(|p| p.contains("after the flood")),
-        "{tail:?}"
-    );
-    assert!(!seen.iter().any(|p| p == "41" || p == "1"), "{tail:?}");
-    let relayed = seen
-        .iter()
-        .filter(|p| p.starts_with(r#"42["chat","#))
-        .count();
-    assert!((100..3000).contains(&relayed), "{relayed} relayed");
 }
 
 // ---- 5. Engine.IO handshake flood ----------------------------------------------------------
