@@ -32,6 +32,33 @@ impl Client<'_> {
     }
 }
 
+/// The client's address for per-client limits of the realtime services: the peer, or, when
+/// the peer is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one of our
+/// trusted proxies (nginx `real_ip_recursive on`, the same address `X-Real-IP` carries to the
+/// app). An entry that is not an address stops the walk at the proxy, so a malformed header
+/// counts against the proxy rather than against nobody.
+pub fn real_client(client: &Client<'_>, headers: &http::HeaderMap) -> Option<IpAddr> {
+    if !client.peer_trusted() {
+        return client.ip;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if client.trusted.iter().any(|c| c.contains(ip)) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    client.ip
+}
+
 /// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
 fn connection_listed(value: Option<&http::HeaderValue>) -> Vec<String> {
     value
@@ -154,6 +181,38 @@ mod tests {
 
     fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
         r.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn realtime_limits_count_the_forwarded_client_only_behind_a_trusted_proxy() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "198.51.100.7, 10.0.0.9".parse().unwrap());
+        let from = |ip: &str| Client {
+            ip: Some(ip.parse().unwrap()),
+            tls: false,
+            trusted: &trusted,
+        };
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &h),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // Anyone else's header is ignored.
+        assert_eq!(
+            real_client(&from("203.0.113.1"), &h),
+            Some("203.0.113.1".parse().unwrap())
+        );
+        // Junk stops at the proxy.
+        let mut junk = http::HeaderMap::new();
+        junk.append("x-forwarded-for", "198.51.100.7, nonsense".parse().unwrap());
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &junk),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &http::HeaderMap::new()),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -127,10 +127,7 @@ impl LongPoll {
         let Some(topic) = query::get(q, "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
-        if let Err(e) = self
-            .hub
-            .admit_client_topic(req.peer.map(|p| p.ip()), &topic)
-        {
+        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
             return Response::text(e.status(), format!("{e}\n"));
         }
         let since = match query::get(q, "since") {
@@ -222,10 +219,7 @@ impl LongPoll {
         let Some(topic) = query::get(req.query(), "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
-        if let Err(e) = self
-            .hub
-            .admit_client_topic(req.peer.map(|p| p.ip()), &topic)
-        {
+        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
             return Response::text(e.status(), format!("{e}\n"));
         }
         let body = match req.body.collect(self.config.max_message).await {

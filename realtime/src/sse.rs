@@ -166,7 +166,7 @@ impl Service for Sse {
         }
         // Reserved (another transport's), too long, or one new topic too many: refused before
         // anything is subscribed; the hub logs the refusal.
-        let client = req.peer.map(|p| p.ip());
+        let client = req.client_ip();
         for t in &topics {
             if let Err(e) = self.hub.admit_client_topic(client, t) {
                 return Response::text(e.status(), format!("{e}\n"));

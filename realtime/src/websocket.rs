@@ -342,7 +342,7 @@ impl Service for WsEndpoint {
             id: format!("{:x}", sub.id().raw()),
             sub,
             mode,
-            client: req.peer.map(|p| p.ip()),
+            client: req.client_ip(),
         };
         // Join the room before the 101 goes out: a client that sees its connection open must
         // already hear everything said in the room from then on.

@@ -572,3 +572,38 @@ async fn three_hundred_handshakes_from_one_address_are_capped() {
         .await
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_session_cap() {
+    // The gateway behind a load balancer (here: the test, from 127.0.0.1): the caps count the
+    // client the proxy forwards, not the proxy, or one busy client would lock everyone out.
+    let gw = Gateway::start(
+        &CONFIG
+            .replace(
+                "realtime:\n  socketio:\n",
+                "realtime:\n  socketio:\n    max_sessions_per_client: 2\n",
+            )
+            .replace("tls:", "proxy: {trusted_proxies: [127.0.0.1]}\ntls:"),
+    );
+    let c = client();
+    let handshake = |xff: &'static str| {
+        let c = c.clone();
+        let url = eio_url(&gw, "");
+        async move {
+            c.get(url)
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .expect("handshake")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(handshake("198.51.100.1").await, 200);
+    assert_eq!(handshake("198.51.100.1").await, 200);
+    assert_eq!(handshake("198.51.100.1").await, 429);
+    assert_eq!(handshake("198.51.100.2").await, 200);
+    // A forwarded address from a client that is not a trusted proxy would be ignored; the
+    // proxy's own requests (no header) count against the proxy.
+    assert_eq!(eio_handshake(&c, &gw).await.0, 200);
+}

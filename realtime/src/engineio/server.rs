@@ -162,7 +162,7 @@ impl Inner {
 
     /// `allowRequest`, for handshakes only, after the session caps.
     fn allow(&self, req: &Request, upgrade: bool) -> Result<(), EngineError> {
-        self.check_caps(req.peer)?;
+        self.check_caps(req.client_ip())?;
         let Some(allow) = &self.config.allow_request else {
             return Ok(());
         };
@@ -185,8 +185,8 @@ impl Inner {
     /// task and queues until its ping timeout). Checked before the `101` or the `open` packet;
     /// a WebSocket handshake creates its session after the switch, so a burst of parallel ones
     /// can pass the cap by the handful in flight.
-    fn check_caps(&self, peer: Option<std::net::SocketAddr>) -> Result<(), EngineError> {
-        let client = crate::topics::client_key(peer.map(|p| p.ip()));
+    fn check_caps(&self, peer: Option<std::net::IpAddr>) -> Result<(), EngineError> {
+        let client = crate::topics::client_key(peer);
         let (total, mine) = {
             let registry = lock(&self.registry);
             (registry.len(), registry.of_client(client))
@@ -299,7 +299,7 @@ impl Inner {
                 break sid.into();
             }
         };
-        let client = crate::topics::client_key(info.peer.map(|p| p.ip()));
+        let client = crate::topics::client_key(info.client);
         let (conn, transport_side) = conn::pair(
             sid.clone(),
             info,
@@ -356,6 +356,7 @@ fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
         headers: req.head.headers.clone(),
         query: req.query().to_owned(),
         peer: req.peer,
+        client: req.client_ip(),
         secure: req.secure,
         transport,
     }

@@ -49,6 +49,7 @@ fn request(method: Method, query: &str, body: Body) -> Request {
     Request {
         head,
         peer: None,
+        client: None,
         secure: false,
         body,
     }

@@ -169,7 +169,7 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
                 tracing::warn!(
                     socket = %socket.id(),
                     nsp = %socket.nsp(),
-                    peer = ?socket.handshake().peer,
+                    client = ?socket.handshake().client,
                     per_second = rate.per_second,
                     burst = rate.burst,
                     "socket.io relay rate exceeded: socket disconnected"
@@ -227,7 +227,7 @@ fn client_join(socket: &Socket, event: &Event, history: usize) -> Value {
     // A room nobody is in yet is a new hub topic: it counts against the
     // client address's new-topic budget, as on every other transport.
     let topic = socket.namespace().room_topic(room);
-    let client = socket.handshake().peer.map(|p| p.ip());
+    let client = socket.handshake().client;
     if let Err(e) = socket.namespace().hub().admit_new_topic(client, &topic) {
         tracing::warn!(socket = %socket.id(), room = %room, error = %e, "socket.io join refused");
         return refusal(event, &e.to_string());

@@ -22,6 +22,7 @@ fn info() -> HandshakeInfo {
         headers: http::HeaderMap::new(),
         query: "EIO=4&transport=websocket&room=blue".into(),
         peer: None,
+        client: None,
         secure: false,
         transport: Transport::WebSocket,
     }
