@@ -224,7 +224,10 @@ impl LongPoll {
         }
         let body = match req.body.collect(self.config.max_message).await {
             Ok(b) => b,
-            Err(e) => return Response::text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+            Err(e) => {
+                tracing::info!(topic = %topic, error = %e, "long-poll publish refused");
+                return Response::text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"));
+            }
         };
         let Ok(text) = String::from_utf8(body.to_vec()) else {
             return Response::text(StatusCode::BAD_REQUEST, "the message must be UTF-8 text\n");
