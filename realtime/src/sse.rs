@@ -7,6 +7,10 @@
 //! several it must carry every topic's position, so it is [`encode_ids`]' list of
 //! `<topic>@<epoch>:<seq>`. When a position cannot be served an `event: reset` says so, with
 //! the position the stream continues from: never a silent gap.
+//!
+//! Reserved topics (`sio:`, `ws:`) are refused with 403, overlong names with 400 and new
+//! topics beyond the client's budget with 429 ([`crate::topics`]). Data lines are split on CR,
+//! LF and CRLF alike ([`encode_event`]), so a published message cannot add fields.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

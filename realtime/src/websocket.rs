@@ -12,6 +12,9 @@
 //! Every endpoint checks `Origin` before the `101` (cross-site WebSocket hijacking), bounds
 //! message size (close 1009) and each client's queue (a slow reader is closed with 1013 and
 //! counted by the hub), pings idle clients, and closes with 1001 when the gateway shuts down.
+//! A pub/sub client may not use reserved topics (`sio:`, `ws:`), overlong names, more than
+//! [`WsConfig::max_subscriptions`] subscriptions, or more new topics than its address's budget
+//! ([`crate::topics`]): each refusal is an `error` frame and the connection goes on.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,10 @@
 //! per subscriber (a full queue disconnects the subscriber instead of
 //! growing), topics per hub and per subscriber, idempotency keys.
 //!
-//! Topic names are opaque strings chosen by callers (e.g. `sio:/chat:room1`).
+//! Topic names are opaque strings chosen by callers (e.g. `sio:/chat:room1`). The hub only
+//! tells the reserved namespaces ([`crate::topics`]) apart, to keep a share of
+//! [`HubConfig::max_topics`] for them; transports vet client-chosen names with
+//! [`Hub::admit_client_topic`] before subscribing or publishing.
 
 mod idempotency;
 mod message;
