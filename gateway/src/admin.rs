@@ -178,9 +178,9 @@ impl ProxyHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
-            "/publish" | "/emit" => crate::seam::serve(session, self.publish.clone()).await?,
+            "/publish" | "/emit" => crate::seam::serve(session, self.publish.clone(), None).await?,
             p if p.starts_with("/topics/") => {
-                crate::seam::serve(session, self.publish.clone()).await?
+                crate::seam::serve(session, self.publish.clone(), None).await?
             }
             _ => {
                 json(

@@ -76,6 +76,31 @@ pub mod defaults {
     /// The hub's own defaults (see `realtime::hub::HubConfig` for the reasoning).
     pub const HUB_HISTORY: usize = 1000;
     pub const HUB_SUBSCRIBER_QUEUE: usize = 1024;
+    /// Topics at once (the hub's default, 100 000), of which at most half (`max_open_topics`)
+    /// outside the reserved `sio:`/`ws:` namespaces: the other half is kept for Socket.IO's own
+    /// rooms, so clients creating topics cannot stop new Socket.IO connections. nchan and
+    /// Centrifugo have no global cap at all; ours bounds memory and needs the reservation.
+    pub const HUB_MAX_TOPICS: usize = 100_000;
+    /// Centrifugo's `channel_max_length`.
+    pub const HUB_MAX_TOPIC_LENGTH: usize = realtime::topics::DEFAULT_MAX_TOPIC_LEN;
+    /// New topics one client address may create per minute (the burst too); see
+    /// `realtime::topics::DEFAULT_NEW_TOPICS_PER_MINUTE`. Neither nchan nor Centrifugo limit
+    /// this; they do not keep a topic's history for minutes after its last use as we do.
+    pub const HUB_NEW_TOPICS_PER_CLIENT_PER_MINUTE: u32 =
+        realtime::topics::DEFAULT_NEW_TOPICS_PER_MINUTE;
+    /// Long-poll publish body: Centrifugo's 64 KiB message limit, as our /ws endpoints;
+    /// nchan inherits nginx's 1 MiB `client_max_body_size`, too much for anonymous publishers.
+    pub const LONGPOLL_MAX_MESSAGE: usize = realtime::longpoll::DEFAULT_MAX_MESSAGE;
+    /// pubsub.v1 subscriptions per connection (Socket.IO's `client_rooms` allow 64 too).
+    pub const WS_MAX_SUBSCRIPTIONS: usize = realtime::websocket::DEFAULT_MAX_SUBSCRIPTIONS;
+    /// Engine.IO sessions at once, in all and per client address. Node has no cap.
+    pub const SIO_MAX_SESSIONS: usize = realtime::engineio::DEFAULT_MAX_SESSIONS;
+    pub const SIO_MAX_SESSIONS_PER_CLIENT: usize =
+        realtime::engineio::DEFAULT_MAX_SESSIONS_PER_CLIENT;
+    /// Relayed events per socket: 50/s, bursts of 100 (node has no limit; see
+    /// `realtime::socketio::RelayRate`).
+    pub const SIO_RELAY_PER_SECOND: u32 = realtime::socketio::DEFAULT_RELAY_PER_SECOND;
+    pub const SIO_RELAY_BURST: u32 = realtime::socketio::DEFAULT_RELAY_BURST;
     /// nchan and most Comet servers answer an idle poll after about 30 s.
     pub const LONGPOLL_WAIT_MS: u64 = 30_000;
     /// Under the 60 s idle timeouts of common proxies.
@@ -593,6 +618,12 @@ pub struct SocketIoSettings {
     /// A connection that joins no namespace within this is closed.
     #[serde(default = "sio_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// Engine.IO sessions at once, all clients together (503 above; 0: no cap).
+    #[serde(default = "sio_max_sessions")]
+    pub max_sessions: usize,
+    /// Engine.IO sessions at once per client address (IPv6: per /64; 429 above; 0: no cap).
+    #[serde(default = "sio_max_sessions_per_client")]
+    pub max_sessions_per_client: usize,
     /// `Origin`s accepted on the handshake (403 otherwise) and answered with CORS headers.
     /// Empty: any origin is accepted and no CORS headers are sent (same-origin pages only).
     #[serde(default)]
@@ -630,6 +661,40 @@ pub struct NamespaceSettings {
     /// Clients may `join` / `leave` rooms by name.
     #[serde(default)]
     pub client_rooms: bool,
+    /// How fast one socket may relay; a socket over it is disconnected.
+    #[serde(default)]
+    pub relay_rate: RelayRateSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRateSettings {
+    #[serde(default = "sio_relay_per_second")]
+    pub per_second: u32,
+    #[serde(default = "sio_relay_burst")]
+    pub burst: u32,
+}
+
+impl Default for RelayRateSettings {
+    fn default() -> Self {
+        RelayRateSettings {
+            per_second: sio_relay_per_second(),
+            burst: sio_relay_burst(),
+        }
+    }
+}
+
+fn sio_relay_per_second() -> u32 {
+    defaults::SIO_RELAY_PER_SECOND
+}
+fn sio_relay_burst() -> u32 {
+    defaults::SIO_RELAY_BURST
+}
+fn sio_max_sessions() -> usize {
+    defaults::SIO_MAX_SESSIONS
+}
+fn sio_max_sessions_per_client() -> usize {
+    defaults::SIO_MAX_SESSIONS_PER_CLIENT
 }
 
 fn sio_ping_interval() -> u64 {
@@ -658,6 +723,8 @@ impl Default for SocketIoSettings {
             ping_timeout_ms: sio_ping_timeout(),
             max_payload_bytes: sio_max_payload(),
             connect_timeout_ms: sio_connect_timeout(),
+            max_sessions: sio_max_sessions(),
+            max_sessions_per_client: sio_max_sessions_per_client(),
             allowed_origins: Vec::new(),
             recovery: None,
             client_dir: None,
@@ -688,6 +755,13 @@ pub struct WsSettings {
     /// Messages waiting for one client before it is closed as a slow reader (1013).
     #[serde(default = "ws_queue")]
     pub queue: usize,
+    /// Topics one pubsub.v1 connection may be subscribed to at once.
+    #[serde(default = "ws_max_subscriptions")]
+    pub max_subscriptions: usize,
+}
+
+fn ws_max_subscriptions() -> usize {
+    defaults::WS_MAX_SUBSCRIPTIONS
 }
 
 fn ws_protocols() -> Vec<String> {
@@ -716,6 +790,7 @@ impl Default for WsSettings {
             ping_interval_ms: ws_ping_interval(),
             ping_timeout_ms: ws_ping_timeout(),
             queue: ws_queue(),
+            max_subscriptions: ws_max_subscriptions(),
         }
     }
 }
@@ -731,6 +806,30 @@ pub struct HubSettings {
     /// disconnected (and counted) instead of growing memory.
     #[serde(default = "hub_queue")]
     pub subscriber_queue: usize,
+    /// Topics that may exist at once.
+    #[serde(default = "hub_max_topics")]
+    pub max_topics: usize,
+    /// Of those, topics outside the reserved `sio:`/`ws:` namespaces (what clients and the app
+    /// name); the rest is kept for Socket.IO's own rooms. Absent: half of `max_topics`.
+    #[serde(default)]
+    pub max_open_topics: Option<usize>,
+    /// Longest topic name a client or the app may use, in bytes.
+    #[serde(default = "hub_max_topic_length")]
+    pub max_topic_length: usize,
+    /// New topics one client address (IPv6: its /64) may create per minute, the burst too
+    /// (429 / an error frame above; 0: no limit).
+    #[serde(default = "hub_new_topics")]
+    pub new_topics_per_client_per_minute: u32,
+}
+
+fn hub_max_topics() -> usize {
+    defaults::HUB_MAX_TOPICS
+}
+fn hub_max_topic_length() -> usize {
+    defaults::HUB_MAX_TOPIC_LENGTH
+}
+fn hub_new_topics() -> u32 {
+    defaults::HUB_NEW_TOPICS_PER_CLIENT_PER_MINUTE
 }
 
 fn hub_history() -> usize {
@@ -740,11 +839,22 @@ fn hub_queue() -> usize {
     defaults::HUB_SUBSCRIBER_QUEUE
 }
 
+impl HubSettings {
+    /// `max_open_topics`, or half of `max_topics` when absent.
+    pub fn open_topics(&self) -> usize {
+        self.max_open_topics.unwrap_or(self.max_topics / 2)
+    }
+}
+
 impl Default for HubSettings {
     fn default() -> Self {
         HubSettings {
             history: hub_history(),
             subscriber_queue: hub_queue(),
+            max_topics: hub_max_topics(),
+            max_open_topics: None,
+            max_topic_length: hub_max_topic_length(),
+            new_topics_per_client_per_minute: hub_new_topics(),
         }
     }
 }
@@ -755,6 +865,13 @@ pub struct LongPollSettings {
     /// How long a poll is held before a 204.
     #[serde(default = "lp_wait")]
     pub wait_ms: u64,
+    /// Largest body `POST …/p` accepts (413 above).
+    #[serde(default = "lp_max_message")]
+    pub max_message_bytes: usize,
+}
+
+fn lp_max_message() -> usize {
+    defaults::LONGPOLL_MAX_MESSAGE
 }
 
 fn lp_wait() -> u64 {
@@ -763,7 +880,10 @@ fn lp_wait() -> u64 {
 
 impl Default for LongPollSettings {
     fn default() -> Self {
-        LongPollSettings { wait_ms: lp_wait() }
+        LongPollSettings {
+            wait_ms: lp_wait(),
+            max_message_bytes: lp_max_message(),
+        }
     }
 }
 
@@ -1091,6 +1211,37 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        let hub = &self.realtime.hub;
+        if hub.max_topics < 2 {
+            bad(
+                "realtime.hub.max_topics".into(),
+                "must be at least 2".into(),
+            );
+        }
+        if hub
+            .max_open_topics
+            .is_some_and(|open| open == 0 || open >= hub.max_topics)
+        {
+            bad(
+                "realtime.hub.max_open_topics".into(),
+                format!(
+                    "must be at least 1 and less than realtime.hub.max_topics ({}): the rest is kept for Socket.IO's own rooms",
+                    hub.max_topics
+                ),
+            );
+        }
+        if hub.max_topic_length < 16 {
+            bad(
+                "realtime.hub.max_topic_length".into(),
+                "must be at least 16".into(),
+            );
+        }
+        if self.realtime.longpoll.max_message_bytes < 16 {
+            bad(
+                "realtime.longpoll.max_message_bytes".into(),
+                "must be at least 16".into(),
+            );
+        }
         if self.realtime.longpoll.wait_ms == 0 {
             bad(
                 "realtime.longpoll.wait_ms".into(),
@@ -1135,6 +1286,12 @@ impl Config {
             if ws.queue == 0 {
                 bad(format!("{at}.queue"), "must be at least 1".into());
             }
+            if ws.max_subscriptions == 0 {
+                bad(
+                    format!("{at}.max_subscriptions"),
+                    "must be at least 1".into(),
+                );
+            }
             if ws.ping_interval_ms < 100 || ws.ping_timeout_ms < 100 {
                 bad(
                     at.clone(),
@@ -1144,11 +1301,17 @@ impl Config {
         }
 
         let sio = &self.realtime.socketio;
-        for name in sio.namespaces.keys() {
+        for (name, ns) in &sio.namespaces {
             if !name.starts_with('/') {
                 bad(
                     format!("realtime.socketio.namespaces.{name}"),
                     "a namespace starts with /".into(),
+                );
+            }
+            if ns.relay_rate.per_second == 0 || ns.relay_rate.burst == 0 {
+                bad(
+                    format!("realtime.socketio.namespaces.{name}.relay_rate"),
+                    "per_second and burst must be at least 1".into(),
                 );
             }
         }
@@ -1566,6 +1729,51 @@ mod tests {
             "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
         );
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn realtime_abuse_limits_have_defaults_and_are_checked_where_they_are() {
+        let c = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /ws, realtime: websocket}]\n",
+        )
+        .expect("parses");
+        assert_eq!(c.realtime.hub.max_topics, 100_000);
+        assert_eq!(c.realtime.hub.open_topics(), 50_000);
+        assert_eq!(c.realtime.hub.max_topic_length, 255);
+        assert_eq!(c.realtime.hub.new_topics_per_client_per_minute, 600);
+        assert_eq!(c.realtime.longpoll.max_message_bytes, 65_536);
+        assert_eq!(c.realtime.socketio.max_sessions, 50_000);
+        assert_eq!(c.realtime.socketio.max_sessions_per_client, 256);
+        let ns = &c.realtime.socketio.namespaces["/"];
+        assert_eq!((ns.relay_rate.per_second, ns.relay_rate.burst), (50, 100));
+        let p = problems(
+            r#"
+listen: {http: 127.0.0.1:8080}
+realtime:
+  hub: {max_topics: 1000, max_open_topics: 1000, max_topic_length: 3}
+  longpoll: {max_message_bytes: 1}
+  websocket: {/ws: {max_subscriptions: 0}}
+  socketio: {namespaces: {"/": {relay: true, relay_rate: {per_second: 0}}}}
+routes: [{path: /ws, realtime: websocket}]
+"#,
+        );
+        let want = [
+            "realtime.hub.max_open_topics: must be at least 1 and less than realtime.hub.max_topics (1000): the rest is kept for Socket.IO's own rooms",
+            "realtime.hub.max_topic_length: must be at least 16",
+            "realtime.longpoll.max_message_bytes: must be at least 16",
+            "realtime.websocket./ws.max_subscriptions: must be at least 1",
+            "realtime.socketio.namespaces./.relay_rate: per_second and burst must be at least 1",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+        let e = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nrealtime: {socketio: {namespaces: {\"/\": {relay_rate: {per_secnd: 1}}}}}\n",
+        )
+        .map(|_| ())
+        .expect_err("unknown key");
+        assert!(e.contains("unknown field `per_secnd`"), "{e}");
     }
 
     #[test]

@@ -131,6 +131,33 @@ impl Client<'_> {
     }
 }
 
+/// The client's address for per-client limits of the realtime services: the peer, or, when
+/// the peer is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one of our
+/// trusted proxies (nginx `real_ip_recursive on`, the same address `X-Real-IP` carries to the
+/// app). An entry that is not an address stops the walk at the proxy, so a malformed header
+/// counts against the proxy rather than against nobody.
+pub fn real_client(client: &Client<'_>, headers: &http::HeaderMap) -> Option<IpAddr> {
+    if !client.peer_trusted() {
+        return client.ip;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if client.trusted.iter().any(|c| c.contains(ip)) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    client.ip
+}
+
 /// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1), except end-to-end
 /// fields (see [`end_to_end`]).
 fn connection_listed(value: Option<&http::HeaderValue>) -> Vec<String> {
@@ -254,17 +281,9 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
         }
         Vec::new()
     };
-    // The real client: the rightmost address that is not one of our trusted proxies
-    // (nginx `real_ip_recursive on`).
-    let real_ip = incoming_xff
-        .iter()
-        .rev()
-        .find(|a| {
-            a.parse::<IpAddr>()
-                .map(|ip| !client.trusted.iter().any(|c| c.contains(ip)))
-                .unwrap_or(true)
-        })
-        .cloned()
+    // The real client, by the same rule as the realtime services' per-client limits.
+    let real_ip = real_client(client, &req.headers)
+        .map(|ip| ip.to_string())
         .unwrap_or_else(|| peer.clone());
     let mut xff = incoming_xff;
     xff.push(peer);
@@ -352,6 +371,38 @@ mod tests {
 
     fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
         r.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn realtime_limits_count_the_forwarded_client_only_behind_a_trusted_proxy() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "198.51.100.7, 10.0.0.9".parse().unwrap());
+        let from = |ip: &str| Client {
+            ip: Some(ip.parse().unwrap()),
+            tls: false,
+            trusted: &trusted,
+        };
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &h),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // Anyone else's header is ignored.
+        assert_eq!(
+            real_client(&from("203.0.113.1"), &h),
+            Some("203.0.113.1".parse().unwrap())
+        );
+        // Junk stops at the proxy.
+        let mut junk = http::HeaderMap::new();
+        junk.append("x-forwarded-for", "198.51.100.7, nonsense".parse().unwrap());
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &junk),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            real_client(&from("10.0.0.1"), &http::HeaderMap::new()),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]

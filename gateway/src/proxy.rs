@@ -457,7 +457,10 @@ impl ProxyHttp for Gateway {
         match &route.target {
             Target::Realtime(service) => {
                 ctx.served_by = "realtime";
-                seam::serve(session, service.clone()).await?;
+                // Per-client limits of the realtime services count the real client behind a
+                // trusted proxy, not the proxy.
+                let client = forwarding::real_client(&self.client(ctx), &req.headers);
+                seam::serve(session, service.clone(), client).await?;
                 Ok(true)
             }
             Target::App {

@@ -34,8 +34,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Run `service` for the request in `session`; returns when the exchange is over.
-pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<()> {
+/// Run `service` for the request in `session`; returns when the exchange is over. `client` is
+/// the address per-client limits count against when it is not the peer's (one a trusted proxy
+/// forwarded, [`crate::forwarding::real_client`]).
+pub async fn serve(
+    session: &mut Session,
+    service: Arc<dyn Service>,
+    client: Option<std::net::IpAddr>,
+) -> Result<()> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -47,6 +53,7 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
         let req = Request {
             head,
             peer,
+            client,
             secure,
             body: Body::empty(),
         };
@@ -75,6 +82,7 @@ pub async fn serve(session: &mut Session, service: Arc<dyn Service>) -> Result<(
     let req = Request {
         head,
         peer,
+        client,
         secure,
         body,
     };

@@ -92,6 +92,10 @@ impl Realtime {
         let hub = realtime::hub::Hub::new(realtime::hub::HubConfig {
             history_len: config.hub.history,
             queue_capacity: config.hub.subscriber_queue,
+            max_topics: config.hub.max_topics,
+            max_open_topics: config.hub.open_topics(),
+            max_topic_len: config.hub.max_topic_length,
+            new_topics_per_client_per_minute: config.hub.new_topics_per_client_per_minute,
             ..realtime::hub::HubConfig::default()
         });
         Realtime {
@@ -119,7 +123,7 @@ impl Realtime {
                     self.hub.clone(),
                     realtime::longpoll::LongPollConfig {
                         wait: Duration::from_millis(self.config.longpoll.wait_ms),
-                        ..Default::default()
+                        max_message: self.config.longpoll.max_message_bytes,
                     },
                 )),
                 RealtimeKind::Websocket => {
@@ -135,6 +139,7 @@ impl Realtime {
                             ping_interval: Duration::from_millis(ws.ping_interval_ms),
                             ping_timeout: Duration::from_millis(ws.ping_timeout_ms),
                             queue: ws.queue,
+                            max_subscriptions: ws.max_subscriptions,
                         },
                     ))
                 }

@@ -12,7 +12,7 @@ use realtime::engineio::{CorsConfig, CorsOrigin, EngineConfig, EngineServer};
 use realtime::hub::Hub;
 use realtime::seam::{Request, Response, Service};
 use realtime::socketio::{
-    install_behaviour, NamespaceBehaviour, RecoveryOptions, SocketIo, SocketIoOptions,
+    install_behaviour, NamespaceBehaviour, RecoveryOptions, RelayRate, SocketIo, SocketIoOptions,
 };
 
 use crate::config::SocketIoSettings;
@@ -88,6 +88,10 @@ pub fn build(hub: Hub, s: &SocketIoSettings) -> SocketIoService {
                 relay: ns.relay,
                 history: ns.history,
                 client_rooms: ns.client_rooms,
+                relay_rate: RelayRate {
+                    per_second: ns.relay_rate.per_second,
+                    burst: ns.relay_rate.burst,
+                },
             },
         );
     }
@@ -118,6 +122,8 @@ pub fn build(hub: Hub, s: &SocketIoSettings) -> SocketIoService {
         ping_interval: Duration::from_millis(s.ping_interval_ms),
         ping_timeout: Duration::from_millis(s.ping_timeout_ms),
         max_payload: s.max_payload_bytes as usize,
+        max_sessions: s.max_sessions,
+        max_sessions_per_client: s.max_sessions_per_client,
         cors,
         allow_request,
         ..EngineConfig::default()

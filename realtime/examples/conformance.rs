@@ -130,6 +130,7 @@ async fn exchange(
     let seam_req = Request {
         head,
         peer: Some(peer),
+        client: None,
         secure: false,
         body,
     };

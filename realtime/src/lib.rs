@@ -12,4 +12,5 @@ pub mod seam;
 pub mod socketio;
 pub mod sse;
 pub mod text;
+pub mod topics;
 pub mod websocket;

@@ -24,8 +24,11 @@ use crate::{query, text};
 /// idle timeouts of proxies and load balancers a poll may cross.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// A publish body larger than this is refused with 413: long-poll messages are notifications,
-/// not uploads. 1 MiB is nginx's `client_max_body_size` default, which bounds nchan publishers.
-pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
+/// not uploads, and anyone may publish here. 64 KiB, as Centrifugo's
+/// `websocket_message_size_limit` and our own `/ws` endpoints; nchan is bounded only by nginx's
+/// `client_max_body_size` (1 MiB), which let one anonymous POST pin a 1 MiB history entry
+/// (the hub's whole per-topic history budget). The app's publish API keeps 1 MiB.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Messages one batch answer carries at most; the client polls again (with the last position)
 /// for the rest, so a long absence cannot produce an unbounded response.
 pub const MAX_BATCH: usize = 1000;
@@ -124,6 +127,9 @@ impl LongPoll {
         let Some(topic) = query::get(q, "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
+        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
+            return Response::text(e.status(), format!("{e}\n"));
+        }
         let since = match query::get(q, "since") {
             None => None,
             Some(s) => match s.parse::<Position>() {
@@ -213,9 +219,15 @@ impl LongPoll {
         let Some(topic) = query::get(req.query(), "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
+        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
+            return Response::text(e.status(), format!("{e}\n"));
+        }
         let body = match req.body.collect(self.config.max_message).await {
             Ok(b) => b,
-            Err(e) => return Response::text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+            Err(e) => {
+                tracing::info!(topic = %topic, error = %e, "long-poll publish refused");
+                return Response::text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"));
+            }
         };
         let Ok(text) = String::from_utf8(body.to_vec()) else {
             return Response::text(StatusCode::BAD_REQUEST, "the message must be UTF-8 text\n");

@@ -162,6 +162,15 @@ impl PublishApi {
                 format!("timeout_ms: must be between 1 and {MAX_EMIT_TIMEOUT_MS}"),
             );
         }
+        if let Some(room) = &emit.room {
+            let max = self.hub.config().max_topic_len;
+            if room.is_empty() || room.len() > max {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("room: must be 1 to {max} bytes long"),
+                );
+            }
+        }
         let Some(ns) = io.of(&emit.namespace) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -233,17 +242,25 @@ impl PublishApi {
             );
         }
         // Validate everything before publishing anything: a batch is all or nothing.
+        // Topics in a reserved namespace are refused here too (403): the app is trusted, but a
+        // raw publish to `sio:…` bypasses Socket.IO's own rules (reserved events, the socket's
+        // private room), and `POST /emit` already reaches Socket.IO rooms the proper way.
         for (i, p) in items.iter().enumerate() {
+            let at = if batch {
+                format!("[{i}].")
+            } else {
+                String::new()
+            };
             if p.topic.is_empty() {
-                let at = if batch {
-                    format!("[{i}].")
-                } else {
-                    String::new()
-                };
                 return error(
                     StatusCode::BAD_REQUEST,
                     format!("{at}topic: must not be empty"),
                 );
+            }
+            if let Err(e) = self.hub.check_topic_name(&p.topic) {
+                let shown: String = p.topic.chars().take(64).collect();
+                tracing::warn!(topic = %shown, error = %e, "publish API: topic refused");
+                return error(e.status(), format!("{at}topic: {e}"));
             }
         }
         let mut results = Vec::with_capacity(items.len());
@@ -510,5 +527,30 @@ mod tests {
         assert_eq!(s, 405);
         let (s, _) = call(&api, request("GET", "/topics/none", &auth, "")).await;
         assert_eq!(s, 404);
+    }
+
+    #[tokio::test]
+    async fn reserved_and_overlong_topics_are_refused() {
+        let hub = Hub::default();
+        let api = PublishApi::new(hub.clone(), None);
+        let (s, v) = call(
+            &api,
+            request("POST", "/publish", &[], r#"{"topic":"sio:/","data":1}"#),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("POST /emit"),
+            "{v}"
+        );
+        assert!(hub.topic_info("sio:/").is_none());
+        let body = format!(r#"[{{"topic":"a"}},{{"topic":"{}"}}]"#, "x".repeat(256));
+        let (s, v) = call(&api, request("POST", "/publish", &[], &body)).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").starts_with("[1].topic: "),
+            "{v}"
+        );
+        assert!(hub.topic_info("a").is_none());
     }
 }

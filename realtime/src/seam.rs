@@ -9,7 +9,7 @@
 //! Nothing here knows about pingora; a test can drive a service with plain values.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
@@ -32,6 +32,10 @@ pub struct Request {
     pub head: http::request::Parts,
     /// The client's address as the gateway saw it (not a forwarded header).
     pub peer: Option<SocketAddr>,
+    /// The client's address for per-client limits when it differs from `peer`: the address a
+    /// trusted proxy forwarded (`X-Forwarded-For` from a configured proxy, as nginx's
+    /// `real_ip`). `None`: the peer's. See [`Request::client_ip`].
+    pub client: Option<IpAddr>,
     /// Whether the client connection is TLS.
     pub secure: bool,
     pub body: Body,
@@ -43,9 +47,15 @@ impl Request {
         Request {
             head,
             peer: None,
+            client: None,
             secure: false,
             body: Body::empty(),
         }
+    }
+
+    /// The address per-client limits count against: [`Request::client`], else the peer's.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client.or(self.peer.map(|p| p.ip()))
     }
 
     pub fn query(&self) -> &str {

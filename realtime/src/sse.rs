@@ -7,6 +7,10 @@
 //! several it must carry every topic's position, so it is [`encode_ids`]' list of
 //! `<topic>@<epoch>:<seq>`. When a position cannot be served an `event: reset` says so, with
 //! the position the stream continues from: never a silent gap.
+//!
+//! Reserved topics (`sio:`, `ws:`) are refused with 403, overlong names with 400 and new
+//! topics beyond the client's budget with 429 ([`crate::topics`]). Data lines are split on CR,
+//! LF and CRLF alike ([`encode_event`]), so a published message cannot add fields.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,20 +95,45 @@ pub fn decode_ids(id: &str, topics: &[String]) -> BTreeMap<String, Position> {
     out
 }
 
-/// One event in wire form. Every line of `data` becomes its own `data:` line.
+/// The lines of `s` as an EventSource parser sees them: CRLF, a lone CR and a lone LF each end
+/// a line (WHATWG HTML, "Interpreting an event stream"). Splitting on `\n` alone let a CR
+/// inside a published message start a new field (`id:`, `event:`, `retry:`) in every
+/// subscriber's stream.
+pub fn event_lines(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
+/// One event in wire form. Every line of `data` (CR, LF and CRLF all end a line, as they do
+/// for EventSource) becomes its own `data:` line, so no payload can add a field or end the
+/// event early; the browser joins the lines with `\n`. The event name and id cannot contain a
+/// line end either.
 pub fn encode_event(id: Option<&str>, event: &str, data: &str) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(data.len() + event.len() + 32);
     if let Some(id) = id {
         out.push_str("id: ");
-        out.push_str(id);
+        out.push_str(&id.replace(['\n', '\r'], " "));
         out.push('\n');
     }
     out.push_str("event: ");
     out.push_str(&event.replace(['\n', '\r'], " "));
     out.push('\n');
-    for line in data.split('\n') {
+    for line in event_lines(data) {
         out.push_str("data: ");
-        out.push_str(line.trim_end_matches('\r'));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
@@ -138,6 +167,14 @@ impl Service for Sse {
                 StatusCode::BAD_REQUEST,
                 format!("at most {MAX_TOPICS} topics per stream\n"),
             );
+        }
+        // Reserved (another transport's), too long, or one new topic too many: refused before
+        // anything is subscribed; the hub logs the refusal.
+        let client = req.client_ip();
+        for t in &topics {
+            if let Err(e) = self.hub.admit_client_topic(client, t) {
+                return Response::text(e.status(), format!("{e}\n"));
+            }
         }
         let last_id = req
             .header("last-event-id")
@@ -246,6 +283,74 @@ mod tests {
             encode_event(None, "reset", "{}"),
             "event: reset\ndata: {}\n\n"
         );
+    }
+
+    #[test]
+    fn a_carriage_return_in_data_is_a_line_end_not_a_new_field() {
+        // The attack: a publisher's CR would have EventSource read `id:`, `event:` and
+        // `retry:` fields of the attacker's choosing.
+        assert_eq!(
+            encode_event(Some("0:1"), "chat", "hi\rid: 9\revent: reset\rretry: 86400000"),
+            "id: 0:1\nevent: chat\ndata: hi\ndata: id: 9\ndata: event: reset\ndata: retry: 86400000\n\n"
+        );
+        assert_eq!(
+            encode_event(None, "e", "a\r\nb\n\rc\r\r"),
+            "event: e\ndata: a\ndata: b\ndata: \ndata: c\ndata: \ndata: \n\n"
+        );
+        assert_eq!(encode_event(None, "e", ""), "event: e\ndata: \n\n");
+        assert_eq!(
+            encode_event(Some("1\r2"), "a\rb\nc", "x"),
+            "id: 1 2\nevent: a b c\ndata: x\n\n"
+        );
+    }
+
+    #[test]
+    fn event_lines_split_like_eventsource() {
+        let v: Vec<&str> = event_lines("a\r\nb\rc\nd").collect();
+        assert_eq!(v, ["a", "b", "c", "d"]);
+        let v: Vec<&str> = event_lines("\r\n").collect();
+        assert_eq!(v, ["", ""]);
+        let v: Vec<&str> = event_lines("").collect();
+        assert_eq!(v, [""]);
+    }
+
+    /// Splits a wire event the way EventSource does and checks that it is one event whose
+    /// fields are exactly the ones we wrote: id/event first, then only `data:` lines.
+    fn check_wire(wire: &str, id: Option<&str>, data: &str) {
+        let body = wire
+            .strip_suffix("\n\n")
+            .expect("an event ends with a blank line");
+        let lines: Vec<&str> = event_lines(body).collect();
+        let mut i = 0;
+        if id.is_some() {
+            assert!(lines[i].starts_with("id: "), "{wire:?}");
+            i += 1;
+        }
+        assert!(lines[i].starts_with("event: "), "{wire:?}");
+        i += 1;
+        let mut got = Vec::new();
+        for line in &lines[i..] {
+            let Some(d) = line.strip_prefix("data: ") else {
+                panic!("line {line:?} of {wire:?} is not a data line");
+            };
+            got.push(d);
+        }
+        // What the browser hands to `onmessage`: the data lines joined with LF.
+        let want: Vec<&str> = event_lines(data).collect();
+        assert_eq!(got, want, "{wire:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_payload_can_add_a_field_or_end_the_event(
+            data in "(\\PC|[\r\n]|\r\n|id: |event: |retry: |\r\r|\n\n)*",
+            event in "\\PC{0,8}[\r\n]?\\PC{0,8}",
+            with_id in proptest::bool::ANY,
+        ) {
+            let id = with_id.then_some("00000000000000ab:3");
+            let wire = encode_event(id, &event, &data);
+            check_wire(&wire, id, &data);
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! Every endpoint checks `Origin` before the `101` (cross-site WebSocket hijacking), bounds
 //! message size (close 1009) and each client's queue (a slow reader is closed with 1013 and
 //! counted by the hub), pings idle clients, and closes with 1001 when the gateway shuts down.
+//! A pub/sub client may not use reserved topics (`sio:`, `ws:`), overlong names, more than
+//! [`WsConfig::max_subscriptions`] subscriptions, or more new topics than its address's budget
+//! ([`crate::topics`]): each refusal is an `error` frame and the connection goes on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +33,10 @@ use tokio_tungstenite::WebSocketStream;
 use crate::hub::{self, Hub, JoinOutcome, Position, Subscriber};
 use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
 
+/// Prefix of the hub topics of the endpoints' chat and broadcast rooms (`ws:<path>:chat`):
+/// reserved ([`crate::topics`]), so only the endpoint itself reaches them.
+pub const TOPIC_PREFIX: &str = "ws:";
+
 pub const CHAT: &str = "beej-chat-protocol";
 pub const PUBSUB: &str = "pubsub.v1";
 
@@ -41,6 +48,9 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Messages waiting for one slow reader before it is closed with 1013.
 pub const DEFAULT_QUEUE: usize = 256;
+/// Topics one pub/sub connection may be subscribed to at once: Socket.IO's built-in
+/// `client_rooms` allow 64 rooms per socket, and a page needs a handful.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {
@@ -55,6 +65,8 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub queue: usize,
+    /// See [`DEFAULT_MAX_SUBSCRIPTIONS`].
+    pub max_subscriptions: usize,
 }
 
 impl Default for WsConfig {
@@ -67,6 +79,7 @@ impl Default for WsConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             queue: DEFAULT_QUEUE,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }
@@ -249,7 +262,14 @@ fn origin_allowed(config: &WsConfig, req: &Request) -> Result<(), String> {
 }
 
 impl WsEndpoint {
+    /// `name` becomes the prefix of the endpoint's room topics, in the reserved `ws:` namespace
+    /// (prepended when missing).
     pub fn new(hub: Hub, name: &str, config: WsConfig) -> WsEndpoint {
+        let name = if name.starts_with(TOPIC_PREFIX) {
+            name.to_string()
+        } else {
+            format!("{TOPIC_PREFIX}{name}")
+        };
         WsEndpoint {
             hub,
             config: Arc::new(config),
@@ -327,6 +347,7 @@ impl Service for WsEndpoint {
             id: format!("{:x}", sub.id().raw()),
             sub,
             mode,
+            client: req.client_ip(),
         };
         // Join the room before the 101 goes out: a client that sees its connection open must
         // already hear everything said in the room from then on.
@@ -349,6 +370,8 @@ struct Connection {
     id: String,
     sub: Subscriber,
     mode: Mode,
+    /// The client's address, for its new-topic budget.
+    client: Option<std::net::IpAddr>,
 }
 
 /// How a connection ended, for the close frame.
@@ -553,8 +576,22 @@ impl Connection {
     }
 
     fn pubsub(&self, request: PubSubIn) -> Vec<WsMessage> {
+        let refused = |message: String| vec![PubSubOut::Error { message }.text()];
         match request {
             PubSubIn::Subscribe { topic, since } => {
+                let limit = self.config.max_subscriptions;
+                let mine = self.sub.topics();
+                if mine.len() >= limit && !mine.iter().any(|t| **t == *topic) {
+                    tracing::warn!(client = ?self.client, limit, "pubsub subscribe refused: too many subscriptions");
+                    return refused(format!(
+                        "subscribe refused: at most {limit} subscriptions per connection"
+                    ));
+                }
+                // Reserved, too long, or one new topic too many: an error frame (the hub logs
+                // it) and the connection goes on, as Centrifugo answers a refused subscribe.
+                if let Err(e) = self.hub.admit_client_topic(self.client, &topic) {
+                    return refused(format!("subscribe refused: {e}"));
+                }
                 let parsed = match since.as_deref().map(str::parse::<Position>) {
                     Some(Err(e)) => {
                         return vec![PubSubOut::Error {
@@ -597,6 +634,9 @@ impl Connection {
                 data,
                 id,
             } => {
+                if let Err(e) = self.hub.admit_client_topic(self.client, &topic) {
+                    return refused(format!("publish refused: {e}"));
+                }
                 let event = event.unwrap_or_else(|| "message".to_string());
                 match self.hub.publish(&topic, event, data, Some(self.sub.id())) {
                     Ok(p) => vec![PubSubOut::Published {

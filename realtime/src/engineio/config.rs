@@ -27,6 +27,14 @@ pub const DEFAULT_OUT_QUEUE: usize = 1024;
 /// cannot make the server buffer without bound.
 pub const DEFAULT_IN_QUEUE: usize = 128;
 
+/// Engine.IO sessions one client address (IPv6: its /64) may hold at once. Node has no cap; a
+/// browser holds one per tab (socket.io multiplexes namespaces), so 256 covers an office
+/// behind one NAT address, while a script's flood of handshakes stops there.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 256;
+/// Engine.IO sessions the server holds at once: each costs a heartbeat task and two bounded
+/// queues, and each Socket.IO socket a reserved hub topic (the hub keeps 50 000 for them).
+pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
+
 /// The methods the npm `cors` package allows by default in a preflight answer.
 pub const DEFAULT_CORS_METHODS: &str = "GET,HEAD,PUT,PATCH,POST,DELETE";
 
@@ -114,6 +122,11 @@ pub struct EngineConfig {
     pub out_queue: usize,
     /// Bound of the queue from each client, in messages (see [`DEFAULT_IN_QUEUE`]).
     pub in_queue: usize,
+    /// Sessions at once, all clients together; 0: no cap (see [`DEFAULT_MAX_SESSIONS`]).
+    pub max_sessions: usize,
+    /// Sessions at once per client address; 0: no cap (see
+    /// [`DEFAULT_MAX_SESSIONS_PER_CLIENT`]).
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for EngineConfig {
@@ -129,6 +142,8 @@ impl Default for EngineConfig {
             allow_request: None,
             out_queue: DEFAULT_OUT_QUEUE,
             in_queue: DEFAULT_IN_QUEUE,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
         }
     }
 }
@@ -146,6 +161,8 @@ impl fmt::Debug for EngineConfig {
             .field("allow_request", &self.allow_request.as_ref().map(|_| ".."))
             .field("out_queue", &self.out_queue)
             .field("in_queue", &self.in_queue)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_client", &self.max_sessions_per_client)
             .finish()
     }
 }

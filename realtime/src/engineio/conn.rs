@@ -61,6 +61,9 @@ pub struct HandshakeInfo {
     /// The raw query string of the handshake request.
     pub query: String,
     pub peer: Option<SocketAddr>,
+    /// The address per-client limits count against ([`crate::seam::Request::client_ip`]):
+    /// the peer's, or the one a trusted proxy forwarded.
+    pub client: Option<std::net::IpAddr>,
     pub secure: bool,
     /// The transport the connection was opened with.
     pub transport: Transport,
@@ -205,6 +208,7 @@ mod tests {
             headers: http::HeaderMap::new(),
             query: String::new(),
             peer: None,
+            client: None,
             secure: false,
             transport: Transport::Polling,
         }

@@ -27,8 +27,8 @@ mod websocket;
 
 pub use config::{
     AllowRequest, CorsConfig, CorsOrigin, EngineConfig, HandshakeRequest, DEFAULT_CORS_METHODS,
-    DEFAULT_IN_QUEUE, DEFAULT_MAX_PAYLOAD, DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL,
-    DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
+    DEFAULT_IN_QUEUE, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_CLIENT,
+    DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
 };
 pub use conn::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
 pub use handshake::Handshake;

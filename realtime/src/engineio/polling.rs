@@ -177,5 +177,17 @@ fn bare(status: StatusCode) -> http::Response<Bytes> {
 
 /// node's `abortRequest`: `{"code":N,"message":"…"}` as JSON.
 pub(super) fn error_response(error: &EngineError) -> Response {
-    Response::full(error.http_status(), "application/json", error.json_body())
+    let mut resp = Response::full(error.http_status(), "application/json", error.json_body());
+    if let (EngineError::TooManySessions { .. }, Response::Full(r)) = (error, &mut resp) {
+        // Sessions end within a heartbeat (45 s at node's timings); a client that retries
+        // sooner than this only meets the cap again.
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static(SESSION_RETRY_AFTER),
+        );
+    }
+    resp
 }
+
+/// `Retry-After` of a handshake refused by a session cap, in seconds.
+pub(super) const SESSION_RETRY_AFTER: &str = "10";

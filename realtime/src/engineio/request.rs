@@ -22,6 +22,13 @@ pub enum EngineError {
     Forbidden(Option<String>),
     #[error("Unsupported protocol version")]
     UnsupportedProtocolVersion,
+    /// Over [`EngineConfig::max_sessions_per_client`](super::EngineConfig::max_sessions_per_client)
+    /// (`per_client`) or [`EngineConfig::max_sessions`](super::EngineConfig::max_sessions). Not a
+    /// reference-server error (node has no cap): answered `429` / `503` with `Retry-After`, so
+    /// clients and operators see overload rather than a malformed request, with the JSON body
+    /// of every Engine.IO error (code 4, "the server refuses this handshake", as `allowRequest`).
+    #[error("{message}")]
+    TooManySessions { per_client: bool, message: String },
 }
 
 impl EngineError {
@@ -33,6 +40,7 @@ impl EngineError {
             EngineError::BadRequest => 3,
             EngineError::Forbidden(_) => 4,
             EngineError::UnsupportedProtocolVersion => 5,
+            EngineError::TooManySessions { .. } => 4,
         }
     }
 
@@ -44,6 +52,7 @@ impl EngineError {
             EngineError::BadRequest => "Bad request",
             EngineError::Forbidden(message) => message.as_deref().unwrap_or("Forbidden"),
             EngineError::UnsupportedProtocolVersion => "Unsupported protocol version",
+            EngineError::TooManySessions { message, .. } => message,
         }
     }
 
@@ -54,6 +63,12 @@ impl EngineError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
+            EngineError::TooManySessions {
+                per_client: true, ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            EngineError::TooManySessions {
+                per_client: false, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }

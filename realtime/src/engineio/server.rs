@@ -160,8 +160,9 @@ impl Inner {
         }
     }
 
-    /// `allowRequest`, for handshakes only.
+    /// `allowRequest`, for handshakes only, after the session caps.
     fn allow(&self, req: &Request, upgrade: bool) -> Result<(), EngineError> {
+        self.check_caps(req.client_ip())?;
         let Some(allow) = &self.config.allow_request else {
             return Ok(());
         };
@@ -177,6 +178,38 @@ impl Inner {
         };
         allow(&handshake)
             .map_err(|message| EngineError::Forbidden(Some(message).filter(|m| !m.is_empty())))
+    }
+
+    /// [`EngineConfig::max_sessions`] and [`EngineConfig::max_sessions_per_client`]: node has
+    /// neither, so 300 handshakes from one script were all kept (each a session, a heartbeat
+    /// task and queues until its ping timeout). Checked before the `101` or the `open` packet;
+    /// a WebSocket handshake creates its session after the switch, so a burst of parallel ones
+    /// can pass the cap by the handful in flight.
+    fn check_caps(&self, peer: Option<std::net::IpAddr>) -> Result<(), EngineError> {
+        let client = crate::topics::client_key(peer);
+        let (total, mine) = {
+            let registry = lock(&self.registry);
+            (registry.len(), registry.of_client(client))
+        };
+        let max = self.config.max_sessions;
+        if max > 0 && total >= max {
+            tracing::warn!(peer = ?peer, limit = max, "engine.io handshake refused: server session limit");
+            return Err(EngineError::TooManySessions {
+                per_client: false,
+                message: format!("Too many sessions on this server (limit {max}); retry later"),
+            });
+        }
+        let max = self.config.max_sessions_per_client;
+        if max > 0 && mine >= max {
+            tracing::warn!(peer = ?peer, limit = max, "engine.io handshake refused: too many sessions from this client address");
+            return Err(EngineError::TooManySessions {
+                per_client: true,
+                message: format!(
+                    "Too many sessions from this client address (limit {max}); close some or retry later"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn polling_handshake(self: &Arc<Inner>, req: &Request) -> Response {
@@ -262,10 +295,11 @@ impl Inner {
         let mut registry = lock(&self.registry);
         let sid: Arc<str> = loop {
             let sid = new_sid();
-            if !registry.contains_key(sid.as_str()) {
+            if !registry.contains(sid.as_str()) {
                 break sid.into();
             }
         };
+        let client = crate::topics::client_key(info.client);
         let (conn, transport_side) = conn::pair(
             sid.clone(),
             info,
@@ -278,11 +312,12 @@ impl Inner {
             transport,
             transport_side,
             Arc::downgrade(&self.registry),
+            client,
         );
         if let Some(packet) = first {
             session.push(packet);
         }
-        registry.insert(sid, session.clone());
+        registry.insert(session.clone());
         drop(registry);
         tokio::spawn(session.clone().drive());
         self.handler.on_connection(conn);
@@ -321,6 +356,7 @@ fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
         headers: req.head.headers.clone(),
         query: req.query().to_owned(),
         peer: req.peer,
+        client: req.client_ip(),
         secure: req.secure,
         transport,
     }

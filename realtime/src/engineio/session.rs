@@ -8,6 +8,7 @@
 //! ([`Session::drive`]) runs the heartbeat and the orderly close.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -21,7 +22,60 @@ use super::{
 };
 
 /// The sessions of one server, by sid.
-pub(super) type Registry = Mutex<HashMap<Arc<str>, Arc<Session>>>;
+pub(super) type Registry = Mutex<Sessions>;
+
+/// Sessions by sid, and how many each client address holds (for
+/// [`EngineConfig::max_sessions_per_client`]).
+#[derive(Default)]
+pub(super) struct Sessions {
+    by_sid: HashMap<Arc<str>, Arc<Session>>,
+    per_client: HashMap<Option<IpAddr>, usize>,
+}
+
+impl Sessions {
+    pub(super) fn get(&self, sid: &str) -> Option<&Arc<Session>> {
+        self.by_sid.get(sid)
+    }
+
+    pub(super) fn contains(&self, sid: &str) -> bool {
+        self.by_sid.contains_key(sid)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.by_sid.values()
+    }
+
+    /// Sessions held by `client` (a key from [`crate::topics::client_key`]).
+    pub(super) fn of_client(&self, client: Option<IpAddr>) -> usize {
+        self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    pub(super) fn insert(&mut self, session: Arc<Session>) {
+        if let Some(old) = self.by_sid.insert(session.sid.clone(), session.clone()) {
+            self.uncount(old.client);
+        }
+        *self.per_client.entry(session.client).or_default() += 1;
+    }
+
+    pub(super) fn remove(&mut self, sid: &str) -> Option<Arc<Session>> {
+        let gone = self.by_sid.remove(sid)?;
+        self.uncount(gone.client);
+        Some(gone)
+    }
+
+    fn uncount(&mut self, client: Option<IpAddr>) {
+        if let Some(n) = self.per_client.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
+}
 
 /// How long a session closed by the layer above waits for its client to collect what was
 /// queued before the close (and the `close` packet itself): node's polling `closeTimeout`.
@@ -146,6 +200,8 @@ pub(super) struct Session {
     changed: watch::Sender<()>,
     pong: Notify,
     registry: Weak<Registry>,
+    /// The client address the session counts against ([`crate::topics::client_key`]).
+    pub(super) client: Option<IpAddr>,
 }
 
 impl Session {
@@ -155,6 +211,7 @@ impl Session {
         transport: Transport,
         conn: ConnTransport,
         registry: Weak<Registry>,
+        client: Option<IpAddr>,
     ) -> Arc<Session> {
         let ConnTransport {
             outgoing,
@@ -190,6 +247,7 @@ impl Session {
             changed: watch::channel(()).0,
             pong: Notify::new(),
             registry,
+            client,
         })
     }
 

@@ -49,6 +49,7 @@ fn request(method: Method, query: &str, body: Body) -> Request {
     Request {
         head,
         peer: None,
+        client: None,
         secure: false,
         body,
     }
@@ -1172,4 +1173,60 @@ async fn server_close_drain_spanning_several_polls_sends_one_close() {
     assert_eq!(h.get(&sid).await.body, "4bbbb");
     assert_eq!(h.get(&sid).await.body, "4cccc\u{1e}1");
     assert_eq!(error_code(&h.get(&sid).await), 1);
+}
+
+fn from(mut req: Request, ip: &str) -> Request {
+    req.peer = Some(std::net::SocketAddr::new(ip.parse().expect("ip"), 40000));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshakes_over_the_session_caps_are_refused_with_a_readable_error() {
+    let h = Harness::new(EngineConfig {
+        max_sessions: 5,
+        max_sessions_per_client: 3,
+        ..EngineConfig::default()
+    });
+    let handshake = |ip: &str| {
+        from(
+            request(Method::GET, "EIO=4&transport=polling", Body::empty()),
+            ip,
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(full(h.call(handshake("10.0.0.1")).await).status, 200);
+    }
+    // The fourth from the same address: 429, Engine.IO's JSON error, Retry-After.
+    let f = full(h.call(handshake("10.0.0.1")).await);
+    assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&f), 4);
+    assert!(
+        f.body
+            .contains("Too many sessions from this client address (limit 3)"),
+        "{}",
+        f.body
+    );
+    assert_eq!(f.headers["retry-after"], "10");
+    // The same /64 counts as the same client.
+    let v6 = |n: u8| format!("2001:db8::{n}");
+    assert_eq!(full(h.call(handshake(&v6(1))).await).status, 200);
+    assert_eq!(full(h.call(handshake(&v6(2))).await).status, 200);
+    // Five in all: the next one, from anyone, meets the server's cap (503).
+    let f = full(h.call(handshake("10.0.0.9")).await);
+    assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE, "{}", f.body);
+    assert!(
+        f.body
+            .contains("Too many sessions on this server (limit 5)"),
+        "{}",
+        f.body
+    );
+    // A direct WebSocket handshake is refused before the 101 as well.
+    let f = full(
+        h.call(from(ws_request("EIO=4&transport=websocket"), "10.0.0.9"))
+            .await,
+    );
+    assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.server.session_count(), 5);
+    // Requests of existing sessions are not handshakes: never refused by the caps.
+    h.server.shutdown();
 }

@@ -28,7 +28,10 @@
 //! per subscriber (a full queue disconnects the subscriber instead of
 //! growing), topics per hub and per subscriber, idempotency keys.
 //!
-//! Topic names are opaque strings chosen by callers (e.g. `sio:/chat:room1`).
+//! Topic names are opaque strings chosen by callers (e.g. `sio:/chat:room1`). The hub only
+//! tells the reserved namespaces ([`crate::topics`]) apart, to keep a share of
+//! [`HubConfig::max_topics`] for them; transports vet client-chosen names with
+//! [`Hub::admit_client_topic`] before subscribing or publishing.
 
 mod idempotency;
 mod message;
@@ -49,6 +52,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use thiserror::Error;
 
+pub use crate::topics::TopicError;
 pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
 pub use message::{Message, MessageId, Payload, SubscriberId};
 pub use position::{Epoch, Position, PositionParseError};
@@ -84,6 +88,17 @@ pub struct HubConfig {
     /// memory is `max_topics × history_max_bytes`, but idle topics are
     /// swept and most topics hold far less.
     pub max_topics: usize,
+    /// Topics outside the reserved namespaces ([`crate::topics::RESERVED_PREFIXES`]) that may
+    /// exist at once: everything clients and the app name. Default 50 000, half of
+    /// `max_topics`: the other half is kept for the transports' own topics, so topics created
+    /// by clients can never stop a new Socket.IO connection from getting its room.
+    pub max_open_topics: usize,
+    /// Longest topic name a client or the app may use ([`Hub::admit_client_topic`],
+    /// [`Hub::check_topic_name`]). Default [`crate::topics::DEFAULT_MAX_TOPIC_LEN`].
+    pub max_topic_len: usize,
+    /// New topics one client address may create per minute ([`Hub::admit_client_topic`]; 0:
+    /// no limit). Default [`crate::topics::DEFAULT_NEW_TOPICS_PER_MINUTE`].
+    pub new_topics_per_client_per_minute: u32,
     /// Topics one subscriber may be in at once. Default 1024.
     pub max_topics_per_subscriber: usize,
     /// A topic without subscribers and without publishes, joins or leaves
@@ -106,6 +121,9 @@ impl Default for HubConfig {
             history_max_bytes: 1 << 20,
             queue_capacity: 1024,
             max_topics: 100_000,
+            max_open_topics: 50_000,
+            max_topic_len: crate::topics::DEFAULT_MAX_TOPIC_LEN,
+            new_topics_per_client_per_minute: crate::topics::DEFAULT_NEW_TOPICS_PER_MINUTE,
             max_topics_per_subscriber: 1024,
             idle_topic_ttl: Duration::from_secs(600),
             idempotency_capacity: 100_000,
@@ -188,6 +206,8 @@ impl Bus for NoBus {}
 pub struct HubStats {
     /// Topics that exist now.
     pub topics: AtomicU64,
+    /// Of those, topics outside the reserved namespaces.
+    pub open_topics: AtomicU64,
     /// Subscribers that exist now (open or closed, until dropped).
     pub subscribers: AtomicU64,
     /// Messages recorded (one per topic per publish, injected ones included).
@@ -211,6 +231,7 @@ pub struct HubStats {
 #[allow(missing_docs)]
 pub struct HubStatsSnapshot {
     pub topics: u64,
+    pub open_topics: u64,
     pub subscribers: u64,
     pub published: u64,
     pub delivered: u64,
@@ -227,6 +248,7 @@ impl HubStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         HubStatsSnapshot {
             topics: get(&self.topics),
+            open_topics: get(&self.open_topics),
             subscribers: get(&self.subscribers),
             published: get(&self.published),
             delivered: get(&self.delivered),
@@ -278,6 +300,7 @@ pub(crate) struct Inner {
     registry: Mutex<HashMap<SubscriberId, Arc<SubShared>>>,
     shut_down: AtomicBool,
     stats: HubStats,
+    client_topics: crate::topics::ClientTopics,
 }
 
 impl std::fmt::Debug for Hub {
@@ -305,7 +328,6 @@ impl Hub {
     pub fn with_bus(config: HubConfig, bus: Arc<dyn Bus>) -> Self {
         Hub {
             inner: Arc::new(Inner {
-                config,
                 bus,
                 hasher: RandomState::new(),
                 topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -313,6 +335,10 @@ impl Hub {
                 registry: Mutex::default(),
                 shut_down: AtomicBool::new(false),
                 stats: HubStats::default(),
+                client_topics: crate::topics::ClientTopics::new(
+                    config.new_topics_per_client_per_minute,
+                ),
+                config,
             }),
         }
     }
@@ -325,6 +351,45 @@ impl Hub {
     /// The counters.
     pub fn stats(&self) -> &HubStats {
         &self.inner.stats
+    }
+
+    /// Checks a topic name the app gives (publish API): not empty, not longer than
+    /// [`HubConfig::max_topic_len`], not in a reserved namespace.
+    pub fn check_topic_name(&self, topic: &str) -> Result<(), TopicError> {
+        crate::topics::check_name(topic, self.inner.config.max_topic_len)
+    }
+
+    /// Checks a topic a client names before it subscribes or publishes to it: the name as
+    /// [`Hub::check_topic_name`], and, when the topic does not exist yet, one token of the
+    /// client's new-topic budget ([`HubConfig::new_topics_per_client_per_minute`]). Every
+    /// refusal is logged here, once for every transport.
+    pub fn admit_client_topic(
+        &self,
+        client: Option<std::net::IpAddr>,
+        topic: &str,
+    ) -> Result<(), TopicError> {
+        let checked = self
+            .check_topic_name(topic)
+            .and_then(|()| self.admit_new_topic(client, topic));
+        if let Err(e) = &checked {
+            let shown: String = topic.chars().take(64).collect();
+            tracing::warn!(client = ?client, topic = %shown, error = %e, "realtime topic refused");
+        }
+        checked
+    }
+
+    /// One token of `client`'s new-topic budget when `topic` does not exist yet (a client's
+    /// action is about to create it); nothing when it exists. For topics whose name the caller
+    /// has already vetted, e.g. a Socket.IO room a client joins.
+    pub fn admit_new_topic(
+        &self,
+        client: Option<std::net::IpAddr>,
+        topic: &str,
+    ) -> Result<(), TopicError> {
+        if self.inner.lookup(topic).is_some() {
+            return Ok(());
+        }
+        self.inner.client_topics.take(client, Instant::now())
     }
 
     /// A new subscriber with the configured queue capacity, in no topic yet.
@@ -511,7 +576,7 @@ impl Hub {
         }
         map.remove(topic);
         st.kill();
-        inner.stats.topics.fetch_sub(1, Ordering::Relaxed);
+        inner.forget_topic(topic);
         true
     }
 
@@ -577,6 +642,9 @@ impl Hub {
                 if map.get(&*t.name).is_some_and(|cur| Arc::ptr_eq(cur, &t)) {
                     map.remove(&*t.name);
                     st.kill();
+                    if !crate::topics::is_reserved(&t.name) {
+                        inner.stats.open_topics.fetch_sub(1, Ordering::Relaxed);
+                    }
                     dropped += 1;
                 }
             }
@@ -629,6 +697,14 @@ impl Inner {
         }
     }
 
+    /// Counts a removed topic out of the stats that bound creation.
+    fn forget_topic(&self, name: &str) {
+        self.stats.topics.fetch_sub(1, Ordering::Relaxed);
+        if !crate::topics::is_reserved(name) {
+            self.stats.open_topics.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn lookup(&self, name: &str) -> Option<Arc<Topic>> {
         read(&self.topics[self.shard_of(name)]).get(name).cloned()
     }
@@ -646,6 +722,16 @@ impl Inner {
         if self.stats.topics.fetch_add(1, Ordering::Relaxed) >= limit as u64 {
             self.stats.topics.fetch_sub(1, Ordering::Relaxed);
             return Err(HubError::TooManyTopics { limit });
+        }
+        // Topics outside the reserved namespaces have their own, smaller budget, so the
+        // reserved ones (each Socket.IO connection needs its room) always find room.
+        if !crate::topics::is_reserved(name) {
+            let open = self.config.max_open_topics.min(limit);
+            if self.stats.open_topics.fetch_add(1, Ordering::Relaxed) >= open as u64 {
+                self.stats.open_topics.fetch_sub(1, Ordering::Relaxed);
+                self.stats.topics.fetch_sub(1, Ordering::Relaxed);
+                return Err(HubError::TooManyTopics { limit: open });
+            }
         }
         let t = Arc::new(Topic::new(name, Instant::now()));
         map.insert(Arc::clone(&t.name), Arc::clone(&t));

@@ -923,3 +923,77 @@ fn drop_if_unused_removes_only_topics_nobody_is_in() {
     assert!(hub.drop_if_unused("busy"));
     assert_eq!(hub.stats().snapshot().topics, 0);
 }
+
+// ---- Topics clients may use ------------------------------------------------
+
+#[test]
+fn open_topics_cannot_take_the_reserved_share() {
+    let hub = hub_with(|c| {
+        c.max_topics = 4;
+        c.max_open_topics = 2;
+    });
+    hub.publish("a", "e", json!(1), None).expect("a");
+    hub.publish("b", "e", json!(1), None).expect("b");
+    assert_eq!(
+        hub.publish("c", "e", json!(1), None),
+        Err(HubError::TooManyTopics { limit: 2 })
+    );
+    // Socket.IO's own topics still find room.
+    hub.publish("sio:/", "e", json!(1), None)
+        .expect("reserved 1");
+    hub.publish("sio:/:X", "e", json!(1), None)
+        .expect("reserved 2");
+    assert_eq!(
+        hub.publish("sio:/:Y", "e", json!(1), None),
+        Err(HubError::TooManyTopics { limit: 4 })
+    );
+    assert_eq!(hub.stats().snapshot().open_topics, 2);
+    // A dropped open topic gives its place back.
+    assert!(hub.drop_if_unused("a"));
+    assert_eq!(hub.stats().snapshot().open_topics, 1);
+    hub.publish("c", "e", json!(1), None).expect("c fits now");
+    assert!(hub.drop_if_unused("sio:/:X"));
+    assert_eq!(hub.stats().snapshot().open_topics, 2);
+    assert_eq!(hub.stats().snapshot().topics, 3);
+    // Sweeping counts them out too.
+    let swept = hub.sweep(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(swept, 3);
+    assert_eq!(hub.stats().snapshot().open_topics, 0);
+    assert_eq!(hub.stats().snapshot().topics, 0);
+}
+
+#[test]
+fn clients_are_held_to_names_and_a_new_topic_budget() {
+    let hub = hub_with(|c| {
+        c.new_topics_per_client_per_minute = 3;
+        c.max_topic_len = 12;
+    });
+    let me = Some("192.0.2.1".parse().expect("ip"));
+    assert!(matches!(
+        hub.admit_client_topic(me, "sio:/"),
+        Err(TopicError::Reserved { .. })
+    ));
+    assert!(matches!(
+        hub.admit_client_topic(me, "ws:/ws:chat"),
+        Err(TopicError::Reserved { .. })
+    ));
+    assert_eq!(
+        hub.admit_client_topic(me, "0123456789abc"),
+        Err(TopicError::TooLong { len: 13, max: 12 })
+    );
+    for t in ["t1", "t2", "t3"] {
+        hub.admit_client_topic(me, t).expect("within budget");
+        hub.publish(t, "e", json!(1), None).expect("publish");
+    }
+    assert_eq!(
+        hub.admit_client_topic(me, "t4"),
+        Err(TopicError::RateLimited { per_minute: 3 })
+    );
+    // Existing topics cost nothing.
+    for _ in 0..10 {
+        hub.admit_client_topic(me, "t1").expect("exists");
+    }
+    // The app's names are checked, never rate-limited.
+    assert!(hub.check_topic_name("sio:/chat").is_err());
+    assert_eq!(hub.check_topic_name("t4"), Ok(()));
+}

@@ -26,16 +26,25 @@
 //!   another socket's private room), and joins beyond [`MAX_CLIENT_ROOMS`].
 //! * Anything published to a room's topic (the app's publish API, another
 //!   transport) reaches the room's sockets as an event in any case.
+//! * Relayed events are rate-limited per socket ([`RelayRate`], a token
+//!   bucket): a socket that sends faster is disconnected (`41`, the client's
+//!   `io server disconnect`), so one client cannot flood its peers' queues
+//!   until the hub drops *them* as slow consumers. Node's socket.io has no
+//!   limit of its own; this is what the usual middleware
+//!   (`rate-limiter-flexible` per socket) does, minus the grace.
+//! * A room a client joins that does not exist yet counts against its
+//!   address's new-topic budget ([`crate::hub::Hub::admit_new_topic`]).
 
 use std::collections::BTreeSet;
 use std::future::ready;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use super::namespace::Namespace;
 use super::options::SocketIoOptions;
-use super::rooms::{looks_like_id, TOPIC_PREFIX};
+use super::rooms::looks_like_id;
 use super::server::SocketIo;
 use super::socket::{AckSender, Args, Event, Socket};
 
@@ -47,6 +56,64 @@ pub const MAX_CLIENT_ROOMS: usize = 64;
 /// topic names, logs and every relayed message's routing.
 pub const MAX_ROOM_NAME_LEN: usize = 128;
 
+/// Events per second one socket may relay.
+pub const DEFAULT_RELAY_PER_SECOND: u32 = 50;
+/// Events one socket may relay in a burst before the rate applies.
+pub const DEFAULT_RELAY_BURST: u32 = 100;
+
+/// How fast one socket may relay: `per_second` sustained, `burst` at once.
+///
+/// Defaults: 50/s and a burst of 100. A chat client sends a few events a
+/// second, a cursor-sharing or game client up to ~30; 100 at once stays far
+/// below a receiver's queues (1024 messages in the hub and in Engine.IO), so
+/// one sender cannot get the other sockets dropped as slow consumers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RelayRate {
+    fn default() -> Self {
+        RelayRate {
+            per_second: DEFAULT_RELAY_PER_SECOND,
+            burst: DEFAULT_RELAY_BURST,
+        }
+    }
+}
+
+/// A token bucket of [`RelayRate`], one per socket.
+#[derive(Debug)]
+pub struct RelayBucket {
+    rate: RelayRate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RelayBucket {
+    pub fn new(rate: RelayRate, now: Instant) -> RelayBucket {
+        RelayBucket {
+            rate,
+            tokens: f64::from(rate.burst),
+            at: now,
+        }
+    }
+
+    /// Takes one token; false when the socket is over its rate.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(self.rate.per_second))
+            .min(f64::from(self.rate.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What a namespace does on its own. All off by default (the namespace then
 /// accepts connections and delivers what the app publishes to its rooms).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +124,8 @@ pub struct NamespaceBehaviour {
     pub history: usize,
     /// Let clients `join`/`leave` rooms.
     pub client_rooms: bool,
+    /// How fast one socket may relay (see [`RelayRate`]).
+    pub relay_rate: RelayRate,
 }
 
 /// Registers namespace `path` with `behaviour` (replacing the connect
@@ -92,7 +161,28 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
     }
     if behaviour.relay {
         let client_rooms = behaviour.client_rooms;
-        socket.on_fallback(move |socket, event, ack| relay(socket, event, ack, client_rooms));
+        let rate = behaviour.relay_rate;
+        let bucket = Mutex::new(RelayBucket::new(rate, Instant::now()));
+        socket.on_fallback(move |socket, event, ack| {
+            if !crate::hub::lock(&bucket).take(Instant::now()) {
+                // The sender goes, not its peers: it is the one over its budget.
+                tracing::warn!(
+                    socket = %socket.id(),
+                    nsp = %socket.nsp(),
+                    client = ?socket.handshake().client,
+                    per_second = rate.per_second,
+                    burst = rate.burst,
+                    "socket.io relay rate exceeded: socket disconnected"
+                );
+                reply(
+                    ack,
+                    json!({"error": format!("relay rate exceeded ({} events/s, burst {}): disconnected", rate.per_second, rate.burst)}),
+                );
+                socket.disconnect();
+                return;
+            }
+            relay(socket, event, ack, client_rooms)
+        });
     }
 }
 
@@ -106,7 +196,7 @@ fn room_arg(event: &Event) -> Result<&str, &'static str> {
     match event.args.values.first() {
         Some(Value::String(room)) if room.is_empty() => Err("empty room name"),
         Some(Value::String(room)) if room.len() > MAX_ROOM_NAME_LEN => Err("room name too long"),
-        Some(Value::String(room)) if looks_like_id(room) || room.starts_with(TOPIC_PREFIX) => {
+        Some(Value::String(room)) if looks_like_id(room) || crate::topics::is_reserved(room) => {
             Err("reserved room name")
         }
         Some(Value::String(room)) => Ok(room),
@@ -133,6 +223,14 @@ fn client_join(socket: &Socket, event: &Event, history: usize) -> Value {
     // The socket's own room does not count against the limit.
     if !rooms.contains(room) && rooms.len() > MAX_CLIENT_ROOMS {
         return refusal(event, "too many rooms");
+    }
+    // A room nobody is in yet is a new hub topic: it counts against the
+    // client address's new-topic budget, as on every other transport.
+    let topic = socket.namespace().room_topic(room);
+    let client = socket.handshake().client;
+    if let Err(e) = socket.namespace().hub().admit_new_topic(client, &topic) {
+        tracing::warn!(socket = %socket.id(), room = %room, error = %e, "socket.io join refused");
+        return refusal(event, &e.to_string());
     }
     match socket.join_with_history(room, history) {
         Ok(_) => json!({"ok": true, "room": room}),
@@ -214,5 +312,31 @@ pub fn install_conformance(io: &SocketIo) {
             });
             ready(Ok(()))
         });
+    }
+}
+
+#[cfg(test)]
+mod relay_rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let rate = RelayRate {
+            per_second: 10,
+            burst: 3,
+        };
+        let t0 = Instant::now();
+        let mut b = RelayBucket::new(rate, t0);
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0), "the burst is spent");
+        assert!(
+            b.take(t0 + Duration::from_millis(100)),
+            "10/s: one per 100 ms"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(150)));
+        // A long pause refills the burst, not more.
+        let later = t0 + Duration::from_secs(60);
+        assert!(b.take(later) && b.take(later) && b.take(later));
+        assert!(!b.take(later));
     }
 }

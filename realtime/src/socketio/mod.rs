@@ -51,7 +51,8 @@ mod server_tests;
 
 pub use behaviour::{
     attach, conformance_options, install_behaviour, install_conformance, NamespaceBehaviour,
-    CONFORMANCE_CONNECT_TIMEOUT, MAX_CLIENT_ROOMS, MAX_ROOM_NAME_LEN,
+    RelayBucket, RelayRate, CONFORMANCE_CONNECT_TIMEOUT, DEFAULT_RELAY_BURST,
+    DEFAULT_RELAY_PER_SECOND, MAX_CLIENT_ROOMS, MAX_ROOM_NAME_LEN,
 };
 pub use binary::{BinaryReassembler, Reassembly, SioDecoder, SioMessage};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectFuture, Namespace};

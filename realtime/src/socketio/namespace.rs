@@ -155,6 +155,11 @@ impl Namespace {
         room_topic(&self.inner.path, room)
     }
 
+    /// The hub the namespace's rooms live in.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
     /// Each new (not recovered) socket first gets up to `last` of the most
     /// recent messages of the namespace topic from the hub's history, before
     /// live ones. 0 (the default) turns it off.

@@ -11,12 +11,16 @@
 //! | room `r` of the main namespace `/` | `r`, the topic itself |
 //! | room `r` of namespace `/chat` | `sio:/chat:r` |
 //! | every socket of `/chat` | `sio:/chat` |
-//! | the room named by a socket's id `X` | `sio:/chat:X` (`X` in `/`) |
+//! | the room named by a socket's id `X` | `sio:/chat:X` (`sio:/:X` in `/`) |
 //!
 //! Rooms of the main namespace are plain topics so that the app publishing to topic `news`
 //! (with the publish API, a long-poll `POST`, a pub/sub WebSocket) reaches the sockets in room
 //! `news`: one name for one audience on every transport. Topics starting with
-//! [`TOPIC_PREFIX`] are reserved for the layer's own use; clients cannot join such rooms.
+//! [`TOPIC_PREFIX`] are reserved for the layer's own use: no other transport can subscribe or
+//! publish to them ([`crate::topics`]), and clients cannot join such rooms. So a room of `/`
+//! shaped like a socket id ([`looks_like_id`]: a socket's private room) or named with a
+//! reserved prefix maps to a reserved topic too (`sio:/:X`), never to the bare name a
+//! long-poll or SSE client could subscribe to.
 //!
 //! A `%` or `:` inside a namespace name is percent-escaped (`%25`, `%3A`),
 //! so the first `:` after the namespace always separates it from the room:
@@ -48,7 +52,7 @@ pub fn namespace_topic(nsp: &str) -> String {
 
 /// The topic of room `room` in namespace `nsp`.
 pub fn room_topic(nsp: &str, room: &str) -> String {
-    if nsp == "/" {
+    if nsp == "/" && !looks_like_id(room) && !crate::topics::is_reserved(room) {
         return room.to_string();
     }
     format!("{TOPIC_PREFIX}{}:{room}", escape_nsp(nsp))
@@ -107,6 +111,14 @@ mod tests {
         assert_ne!(room_topic("/a:b", "c"), room_topic("/a", "b:c"));
         assert_eq!(room_topic("/a:b%", "c"), "sio:/a%3Ab%25:c");
         assert_ne!(namespace_topic("/a"), room_topic("/", "a"));
+        // A socket's private room and reserved names stay in the reserved namespace, in `/`
+        // too: another transport must not read a socket's own events.
+        let id = generate_id();
+        assert_eq!(room_topic("/", &id), format!("sio:/:{id}"));
+        assert_eq!(room_topic("/", "sio:/chat"), "sio:/:sio:/chat");
+        assert_eq!(room_topic("/", "ws:/ws:chat"), "sio:/:ws:/ws:chat");
+        assert_ne!(room_topic("/", &id), namespace_topic("/"));
+        assert_ne!(room_topic("/", ":x"), room_topic("/:", "x"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn info() -> HandshakeInfo {
         headers: http::HeaderMap::new(),
         query: "EIO=4&transport=websocket&room=blue".into(),
         peer: None,
+        client: None,
         secure: false,
         transport: Transport::WebSocket,
     }
@@ -725,6 +726,7 @@ async fn history_is_replayed_to_a_late_joiner_before_live_events() {
         relay: true,
         history: 2,
         client_rooms: false,
+        ..NamespaceBehaviour::default()
     });
     let mut a = Client::open(&io);
     a.connect("40").await;
@@ -754,6 +756,7 @@ async fn client_rooms_join_leave_and_scope_the_relay() {
         relay: true,
         history: 1,
         client_rooms: true,
+        ..NamespaceBehaviour::default()
     });
     let mut a = Client::open(&io);
     let mut b = Client::open(&io);
@@ -1015,4 +1018,38 @@ async fn recovery_replays_a_relay_to_others_but_not_the_sender() {
     b.send(r#"42["chat",3]"#).await;
     a.expect(r#"42["chat",3,"1"]"#).await;
     b.quiet().await;
+}
+
+#[tokio::test]
+async fn a_socket_over_its_relay_rate_is_disconnected_not_its_peers() {
+    let io = behaviour_io(NamespaceBehaviour {
+        relay: true,
+        relay_rate: super::RelayRate {
+            per_second: 1,
+            burst: 3,
+        },
+        ..NamespaceBehaviour::default()
+    });
+    let mut a = Client::open(&io);
+    let mut b = Client::open(&io);
+    for client in [&mut a, &mut b] {
+        client.connect("40").await;
+    }
+    for i in 1..=3 {
+        a.send(&format!(r#"42["chat",{i}]"#)).await;
+    }
+    a.send(r#"421["chat",4]"#).await;
+    for i in 1..=3 {
+        b.expect(&format!(r#"42["chat",{i}]"#)).await;
+    }
+    // The fourth is over the burst: the sender is told why and disconnected.
+    a.expect(r#"431[{"error":"relay rate exceeded (1 events/s, burst 3): disconnected"}]"#)
+        .await;
+    a.expect("41").await;
+    b.quiet().await;
+    // The peer is still connected and still relays to newcomers.
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    b.send(r#"42["chat","still here"]"#).await;
+    c.expect(r#"42["chat","still here"]"#).await;
 }
