@@ -381,6 +381,7 @@ mod tests {
         let from = |ip: &str| Client {
             ip: Some(ip.parse().unwrap()),
             tls: false,
+            port: None,
             trusted: &trusted,
         };
         assert_eq!(
