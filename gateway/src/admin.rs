@@ -67,6 +67,11 @@ impl ProxyHttp for Admin {
 
     fn new_ctx(&self) {}
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<()> {
+        crate::header_deadline::head_parsed(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
