@@ -155,6 +155,11 @@ impl ProxyHttp for Admin {
 
     fn new_ctx(&self) {}
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<()> {
+        crate::header_deadline::head_parsed(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         if let Some(te) = crate::forwarding::unsupported_transfer_coding(session.req_header()) {
             session.set_keepalive(None);

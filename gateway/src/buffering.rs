@@ -167,20 +167,94 @@ impl Replay<'_> {
 pub struct BodyLimits {
     pub max_bytes: u64,
     pub memory: usize,
+    /// The window the rate is measured over; also the grace period at the start.
     pub timeout: Duration,
-    /// Bytes per second that earn one more second (0: a fixed deadline).
+    /// Bytes per second the body must average over every window (0: at least one byte per
+    /// window, nginx's `client_body_timeout` between two reads).
     pub min_rate: u64,
 }
 
-/// When the body must be complete, given how much of it has arrived: the base timeout plus one
-/// second per `min_rate` bytes, so a large upload on a slow link keeps going while a client
-/// trickling a few bytes a second is cut off.
-pub fn body_deadline(start: Instant, limits: &BodyLimits, received: u64) -> Instant {
-    let earned = received
-        .saturating_mul(1000)
-        .checked_div(limits.min_rate)
-        .map_or(Duration::ZERO, Duration::from_millis);
-    start + limits.timeout + earned
+/// Arrivals are grouped into this many slots per window, so the clock's memory is bounded
+/// however many reads a body takes.
+const SLOTS_PER_WINDOW: u32 = 16;
+
+/// A true minimum rate for a request body: in every `timeout`-long window (the first one is
+/// the grace period) at least `min_rate x timeout` bytes must arrive (at least one byte).
+/// Bytes count only while they are in the window, so a fast start banks nothing: whatever
+/// arrived, a client that stops sending is cut off one window after its last bytes.
+///
+/// nginx's `client_body_timeout` (60 s between two reads) lets a byte every 59 s hold a
+/// connection forever; Apache mod_reqtimeout's `MinRate` (one more second per `MinRate` bytes,
+/// this gateway's first rule) lets 10 MiB sent in a second buy hours of silence. This is
+/// HAProxy-style "at least so much per period", measured over a sliding window.
+#[derive(Debug)]
+pub struct BodyClock {
+    start: Instant,
+    window: Duration,
+    slot: Duration,
+    need: u64,
+    /// Arrivals still in the window, oldest first: (slot opened, last arrival, bytes). A slot's
+    /// bytes leave the window one window after its last arrival (lenient by at most one slot).
+    slots: VecDeque<(Instant, Instant, u64)>,
+    in_window: u64,
+}
+
+impl BodyClock {
+    pub fn new(start: Instant, limits: &BodyLimits) -> BodyClock {
+        let window = limits.timeout.max(Duration::from_millis(1));
+        let need =
+            u64::try_from(u128::from(limits.min_rate).saturating_mul(window.as_millis()) / 1000)
+                .unwrap_or(u64::MAX)
+                .max(1);
+        BodyClock {
+            start,
+            window,
+            slot: window / SLOTS_PER_WINDOW,
+            need,
+            slots: VecDeque::new(),
+            in_window: 0,
+        }
+    }
+
+    /// `n` bytes arrived at `now` (never earlier than the previous call).
+    pub fn record(&mut self, now: Instant, n: u64) {
+        while let Some(&(_, last, bytes)) = self.slots.front() {
+            if last + self.window > now {
+                break;
+            }
+            self.in_window -= bytes;
+            self.slots.pop_front();
+        }
+        if n == 0 {
+            return;
+        }
+        self.in_window = self.in_window.saturating_add(n);
+        match self.slots.back_mut() {
+            Some((opened, last, bytes)) if now < *opened + self.slot => {
+                *last = now;
+                *bytes = bytes.saturating_add(n);
+            }
+            _ => self.slots.push_back((now, now, n)),
+        }
+    }
+
+    /// When the body is too slow if nothing more arrives: the first moment after the grace
+    /// period at which the last window holds fewer than the bytes needed (in the past when
+    /// that moment has already come).
+    pub fn deadline(&self) -> Instant {
+        let grace = self.start + self.window;
+        let mut left = self.in_window;
+        if left < self.need {
+            return grace;
+        }
+        for &(_, last, bytes) in &self.slots {
+            left -= bytes;
+            if left < self.need {
+                return grace.max(last + self.window);
+            }
+        }
+        grace
+    }
 }
 
 /// Why a body could not be held.
@@ -249,7 +323,7 @@ pub async fn read_body(
     limits: &BodyLimits,
     dir: &Arc<PathBuf>,
 ) -> Result<Body, BodyFailure> {
-    let start = Instant::now();
+    let mut clock = BodyClock::new(Instant::now(), limits);
     let mut body = Body::new(limits.memory, dir.clone());
     let expects_continue = session
         .req_header()
@@ -263,17 +337,18 @@ pub async fn read_body(
             .map_err(BodyFailure::Client)?;
     }
     loop {
-        let deadline = body_deadline(start, limits, body.len());
-        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-            Err(_) => {
-                return Err(BodyFailure::Timeout {
-                    received: body.len(),
-                })
-            }
-            Ok(Err(e)) => return Err(BodyFailure::Client(e)),
-            Ok(Ok(None)) => return Ok(body),
-            Ok(Ok(Some(chunk))) => chunk,
-        };
+        let chunk =
+            match tokio::time::timeout_at(clock.deadline(), session.read_request_body()).await {
+                Err(_) => {
+                    return Err(BodyFailure::Timeout {
+                        received: body.len(),
+                    })
+                }
+                Ok(Err(e)) => return Err(BodyFailure::Client(e)),
+                Ok(Ok(None)) => return Ok(body),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+        clock.record(Instant::now(), chunk.len() as u64);
         if body.len() + chunk.len() as u64 > limits.max_bytes {
             return Err(BodyFailure::TooLarge(limits.max_bytes));
         }
@@ -611,31 +686,101 @@ mod tests {
         assert!(!f.is_full());
     }
 
-    #[test]
-    fn the_body_deadline_moves_with_the_bytes_received() {
-        let start = Instant::now();
-        let limits = BodyLimits {
+    fn limits(window_s: u64, min_rate: u64) -> BodyLimits {
+        BodyLimits {
             max_bytes: u64::MAX,
             memory: 1024,
-            timeout: Duration::from_secs(60),
-            min_rate: 500,
-        };
-        assert_eq!(
-            body_deadline(start, &limits, 0),
-            start + Duration::from_secs(60)
+            timeout: Duration::from_secs(window_s),
+            min_rate,
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn nothing_is_needed_during_the_grace_period_and_a_trickle_is_cut_after_it() {
+        let start = Instant::now();
+        let mut c = BodyClock::new(start, &limits(60, 500));
+        assert_eq!(c.deadline(), start + secs(60.0));
+        // 100 bytes a second is below 500: the window never holds the 30,000 needed.
+        for s in 1..=59 {
+            c.record(start + secs(f64::from(s)), 100);
+        }
+        assert_eq!(c.deadline(), start + secs(60.0));
+    }
+
+    #[test]
+    fn a_fast_start_banks_nothing() {
+        let start = Instant::now();
+        let mut c = BodyClock::new(start, &limits(60, 500));
+        // 10 MiB in the first second, then silence: cut one window after the last bytes, not
+        // (as with one second per 500 bytes) 5.8 hours later.
+        c.record(start + secs(0.5), 10 << 20);
+        assert_eq!(c.deadline(), start + secs(60.5));
+    }
+
+    #[test]
+    fn a_steady_upload_at_the_rate_keeps_going_and_a_stop_is_cut_a_window_later() {
+        let start = Instant::now();
+        let mut c = BodyClock::new(start, &limits(1, 500));
+        let mut now = start;
+        for _ in 0..100 {
+            now += secs(0.1);
+            c.record(now, 60);
+            assert!(c.deadline() > now, "cut while sending 600 B/s at {now:?}");
+        }
+        // The window holds 600 bytes; the oldest slots leave it first.
+        let d = c.deadline();
+        assert!(d > now && d <= now + secs(1.0), "{:?}", d - now);
+    }
+
+    #[test]
+    fn a_zero_rate_is_nginx_between_two_reads() {
+        let start = Instant::now();
+        let mut c = BodyClock::new(start, &limits(60, 0));
+        c.record(start + secs(50.0), 1);
+        assert_eq!(c.deadline(), start + secs(110.0));
+        c.record(start + secs(109.0), 1);
+        assert_eq!(c.deadline(), start + secs(169.0));
+    }
+
+    #[test]
+    fn the_clock_keeps_a_bounded_number_of_slots() {
+        let start = Instant::now();
+        let mut c = BodyClock::new(start, &limits(1, 10));
+        for i in 0..10_000u32 {
+            c.record(start + Duration::from_micros(u64::from(i) * 997), 1);
+        }
+        assert!(
+            c.slots.len() <= SLOTS_PER_WINDOW as usize + 1,
+            "{}",
+            c.slots.len()
         );
-        assert_eq!(
-            body_deadline(start, &limits, 5_000),
-            start + Duration::from_secs(70)
-        );
-        let fixed = BodyLimits {
-            min_rate: 0,
-            ..limits
-        };
-        assert_eq!(
-            body_deadline(start, &fixed, 1 << 30),
-            start + Duration::from_secs(60)
-        );
+    }
+
+    proptest::proptest! {
+        /// Whatever arrived before, and however it was cut into reads, a client that stops is
+        /// never granted more than one window after its last bytes, nor cut before the grace
+        /// period ends.
+        #[test]
+        fn no_arrival_pattern_earns_more_than_one_window_of_silence(
+            gaps in proptest::collection::vec((0u64..3_000, 0u64..100_000), 1..200),
+            rate in 0u64..5_000,
+        ) {
+            let start = Instant::now();
+            let window = Duration::from_secs(2);
+            let mut c = BodyClock::new(start, &limits(2, rate));
+            let mut now = start;
+            for (gap_ms, n) in gaps {
+                now += Duration::from_millis(gap_ms);
+                c.record(now, n);
+                let d = c.deadline();
+                proptest::prop_assert!(d >= start + window);
+                proptest::prop_assert!(d <= (start + window).max(now + window));
+            }
+        }
     }
 
     #[test]

@@ -30,12 +30,14 @@ pub mod defaults {
     /// flight cost at most 64 MiB before the rest spills to temporary files.
     pub const CLIENT_BODY_BUFFER_BYTES: usize = 64 * 1024;
     /// nginx `client_body_timeout` is 60 s between two reads, so a client sending a byte every
-    /// 59 s keeps a connection forever. Ours is a total deadline of 60 s for the body, moved
-    /// forward by one second per [`CLIENT_BODY_MIN_RATE`] bytes received (Apache
-    /// mod_reqtimeout's `MinRate`), so a large upload on a slow link still finishes while a
-    /// trickle is cut off.
+    /// 59 s keeps a connection forever. Ours is the window a minimum rate is measured over:
+    /// every 60 s window (the first is a grace period) must bring [`CLIENT_BODY_MIN_RATE`]
+    /// bytes a second on average, so a large upload on a slow link still finishes while a
+    /// trickle is cut off. Apache mod_reqtimeout's `MinRate` instead grants one more second
+    /// per `MinRate` bytes, which lets 10 MiB sent at once buy hours of silence.
     pub const CLIENT_BODY_TIMEOUT_MS: u64 = 60_000;
-    /// Apache mod_reqtimeout's `MinRate=500`: bytes per second that earn one more second.
+    /// Apache mod_reqtimeout's `MinRate=500` (4 kbit/s, below any real link): 30,000 bytes per
+    /// 60 s window.
     pub const CLIENT_BODY_MIN_RATE: u64 = 500;
     /// nginx `proxy_buffers` is 8 x 4/8 KiB plus `proxy_buffer_size`; a typical HTML page or
     /// JSON answer is larger than that and would go through a temporary file. 256 KiB keeps
@@ -282,6 +284,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     #[serde(default = "l_body_bytes")]
     pub max_body_bytes: u64,
+    /// Total time to receive a request's head (408 after), on every listener; a new connection
+    /// that sends nothing is closed after it too.
     #[serde(default = "l_header_timeout")]
     pub header_timeout_ms: u64,
     #[serde(default = "l_keepalive_requests")]
@@ -296,10 +300,12 @@ pub struct Limits {
     /// A buffered request body is kept in memory up to this, then in a temporary file.
     #[serde(default = "l_body_buffer")]
     pub client_body_buffer_bytes: usize,
-    /// Time allowed for a buffered request body (408 after), plus one second per
-    /// `client_body_min_rate` bytes received.
+    /// The window a buffered request body's rate is measured over, and the grace period at
+    /// its start (408 when the last window holds too few bytes).
     #[serde(default = "l_body_timeout")]
     pub client_body_timeout_ms: u64,
+    /// Bytes per second a buffered request body must average over every window (0: at least
+    /// one byte per window).
     #[serde(default = "l_body_rate")]
     pub client_body_min_rate: u64,
     /// A buffered response is kept in memory up to this, then in a temporary file.

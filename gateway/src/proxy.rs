@@ -388,6 +388,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The first hook pingora calls once its parser has the whole head.
+        crate::header_deadline::head_parsed(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         connection_limits(session, &self.limits);
         ctx.client = session

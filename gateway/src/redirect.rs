@@ -23,6 +23,7 @@ fn plain(status: u16, body: String) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for RedirectToHttps {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        crate::header_deadline::head_parsed(session);
         let req = session.req_header();
         let Some(host) = req.headers.get("host").and_then(|h| h.to_str().ok()) else {
             return plain(400, "400 Bad Request: a Host header is required\n".into());

@@ -221,12 +221,12 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     options.keepalive_request_limit = Some(config.limits.keepalive_requests.saturating_sub(1));
     let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
     http.server_options = Some(options);
+    // Every listener gets the header deadline: a slowloris holds a connection as well on the
+    // redirect or admin listener as on the front door.
+    let header_timeout = Duration::from_millis(config.limits.header_timeout_ms);
     let mut proxy = Service::new(
         "gateway".to_string(),
-        HeaderDeadline {
-            inner: Arc::new(http),
-            timeout: Duration::from_millis(config.limits.header_timeout_ms),
-        },
+        HeaderDeadline::new(http, header_timeout),
     );
 
     if let Some(addr) = &config.listen.https {
@@ -247,7 +247,12 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
                 .unwrap_or(443);
             let mut redirect = Service::new(
                 "http-redirect".to_string(),
-                pingora::apps::http_app::HttpServer::new_app(RedirectToHttps { https_port: port }),
+                HeaderDeadline::new(
+                    pingora::apps::http_app::HttpServer::new_app(RedirectToHttps {
+                        https_port: port,
+                    }),
+                    header_timeout,
+                ),
             );
             redirect.add_tcp(http);
             server.add_service(redirect);
@@ -272,8 +277,13 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
                 }
             }),
         };
-        let mut admin =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, admin, "admin");
+        let mut admin = Service::new(
+            "admin".to_string(),
+            HeaderDeadline::new(
+                pingora::proxy::http_proxy(&server.configuration, admin),
+                header_timeout,
+            ),
+        );
         admin.add_tcp(addr);
         server.add_service(admin);
     }

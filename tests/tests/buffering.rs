@@ -257,7 +257,8 @@ async fn a_body_that_stops_arriving_gets_408_and_a_steady_slow_one_gets_through(
         "an incomplete body reached the app"
     );
 
-    // 2,000 bytes a second for 3 s: past the 1 s base, but every 500 bytes earn a second.
+    // 2,000 bytes a second for 3 s: longer than the 1 s window, but every window holds more
+    // than the 500 bytes the minimum rate needs.
     let mut tls = connect(&gw).await;
     tls.write_all(b"POST /echo/steady HTTP/1.1\r\nHost: x\r\nContent-Length: 6000\r\n\r\n")
         .await
