@@ -286,8 +286,8 @@ async fn whitespace_before_the_colon_is_400() {
 
 /// A Transfer-Encoding whose last coding is not `chunked` (`xchunked`, `chunked, identity`, a
 /// second header line) leaves the body length unknown: RFC 9112 section 6.3 says 400 and
-/// close, which is what the gateway does. (nginx 1.22 answers 501 Not Implemented, per the
-/// SHOULD of section 6.1 for unknown codings; both close.)
+/// close, which is what the gateway does. (nginx 1.22 answers 501 Not Implemented for an
+/// unknown coding, per the SHOULD of section 6.1, and 400 for two header lines; both close.)
 #[tokio::test]
 async fn a_transfer_encoding_that_does_not_end_in_chunked_is_400() {
     let f = Front::start();
@@ -378,7 +378,7 @@ async fn identical_content_lengths_frame_the_same_body() {
 }
 
 /// A Content-Length must be 1*DIGIT (RFC 9110 section 8.6): a sign, inner space, hex or
-/// junk is a 400 and a close, never a guess. (nginx: 400 for each.)
+/// junk is a 400 and a close, never a guess. (nginx: 400 for `+5`, `-5`, `1 5`, `0x5`.)
 #[tokio::test]
 async fn a_content_length_with_a_sign_space_or_hex_is_400() {
     let f = Front::start();
@@ -405,7 +405,8 @@ async fn a_content_length_with_a_sign_space_or_hex_is_400() {
 }
 
 /// Chunk extensions (`5;name=value`, quoted, with whitespace before the `;`) are skipped,
-/// never read as part of the size, and the app gets the decoded body. (nginx: the same.)
+/// never read as part of the size, and the app gets the decoded body. (nginx: the same for
+/// `5;foo=bar`.)
 #[tokio::test]
 async fn chunk_extensions_are_skipped_and_never_change_the_size() {
     let f = Front::start();
@@ -448,8 +449,9 @@ async fn chunk_extensions_are_skipped_and_never_change_the_size() {
 /// Not asserted: the close on the held route. Today the gateway answers that 400 with
 /// `Connection: keep-alive` and reads the next request from the same connection (reported as
 /// a finding of issue 15: after a framing error nobody knows where the next request starts;
-/// nginx closes). The bytes sent together with the broken chunk are dropped, which is why
-/// the hidden request below still never arrives.
+/// nginx 1.22 closes). The bytes sent together with the broken chunk are dropped (pipelining
+/// is off), which is why the hidden request below still never arrives. nginx accepts the
+/// bare-LF chunk lines of the last case; the gateway is stricter.
 #[tokio::test]
 async fn malformed_chunk_sizes_are_400() {
     let f = Front::start();
