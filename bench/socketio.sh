@@ -62,29 +62,33 @@ make_cert "$T"
 # The gateway: Socket.IO only, namespace "/" relaying every client event to the other sockets
 # (Node's socket.broadcast.emit), no history replay, no connection state recovery (Node's
 # default is off too), no Origin list. `listen: https` (TLS) or `listen: http` (plain).
-sio_gateway_conf() { # name listen-key port admin-port
-    local tls=""
+sio_gateway_conf() { # name listen-key port admin-port [binary, default $BIN/gateway]
+    local tls="" bin=${5:-$BIN/gateway} rate=""
     [[ $2 == https ]] && tls="
 tls:
   certificates:
     - cert: $T/cert.pem
       key: $T/key.pem"
+    # The publisher emits as fast as the window allows: lift the per-socket relay limit (50/s
+    # by default), which Node's server does not have. (A BASE_GATEWAY from before the limit
+    # does not know the key, and has no limit.)
+    grep -q relay_rate "$bin" &&
+        rate=", relay_rate: { per_second: 1000000, burst: 1000000 }"
     cat >"$T/$1.yaml" <<YAML
 listen:
   $2: 127.0.0.1:$3
   admin: 127.0.0.1:$4$tls
 realtime:
   socketio:
-    client_dir: $T
     namespaces:
-      "/": { relay: true, history: 0, client_rooms: false }
+      "/": { relay: true, history: 0, client_rooms: false$rate }
 routes:
   - path: /socket.io/
     realtime: socketio
 threads: $GW_THREADS
 grace_period_s: 1
 YAML
-    "$BIN/gateway" check --config "$T/$1.yaml" >/dev/null || die "gateway check failed for $T/$1.yaml"
+    "$bin" check --config "$T/$1.yaml" >/dev/null || die "gateway check failed for $T/$1.yaml"
 }
 sio_gateway_conf gw-tls https $P_TLS $P_ADM_TLS
 sio_gateway_conf gw-plain http $P_PLAIN $P_ADM_PLAIN
@@ -97,7 +101,7 @@ URL[node]=ws://127.0.0.1:$P_NODE/socket.io/
 PORT[gw-tls]=$P_TLS PORT[gw-plain]=$P_PLAIN PORT[node]=$P_NODE
 if [[ -n ${BASE_GATEWAY:-} ]]; then
     [[ -x $BASE_GATEWAY ]] || die "BASE_GATEWAY=$BASE_GATEWAY is not an executable"
-    sio_gateway_conf base-tls https $P_BASE $P_ADM_BASE
+    sio_gateway_conf base-tls https $P_BASE $P_ADM_BASE "$BASE_GATEWAY"
     TARGETS+=(base-tls)
     URL[base-tls]=wss://127.0.0.1:$P_BASE/socket.io/
     PORT[base-tls]=$P_BASE

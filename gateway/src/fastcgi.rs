@@ -723,7 +723,11 @@ pub async fn serve(
     let mut buffered: Option<Vec<u8>> = None;
     if declared.is_none() && held.is_none() {
         let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             if (body.len() + chunk.len()) as u64 > call.max_body {
                 return Ok(Err(Failure::TooLarge));
             }
@@ -839,7 +843,11 @@ pub async fn serve(
             let expected = declared.unwrap_or(0);
             let mut sent = 0u64;
             let mut out = Vec::with_capacity(READ_CHUNK + 64);
-            while let Some(chunk) = session.read_request_body().await? {
+            while let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?
+            {
                 sent += chunk.len() as u64;
                 if sent > expected || sent > call.max_body {
                     return Ok(Err(Failure::TooLarge));

@@ -235,6 +235,77 @@ pub fn unsupported_transfer_coding(req: &RequestHeader) -> Option<String> {
     }
 }
 
+/// Why a request head must not reach the app, if it must not: an HTTP/1.1 request without
+/// exactly one valid `Host` (RFC 9112 §3.2: "MUST respond with a 400"; nginx answers 400 to
+/// `Host: x evil`, `x/evil`, `x, y` and an empty one), where one layer's idea of the host would
+/// differ from another's. HTTP/2 requests carry `:authority` instead.
+pub fn malformed_head(req: &RequestHeader) -> Option<&'static str> {
+    if req.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Some("missing Host header"),
+        (Some(_), Some(_)) => Some("more than one Host header"),
+        (Some(h), None) if !is_host(h.as_bytes()) => Some("invalid Host header"),
+        _ => None,
+    }
+}
+
+/// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, where uri-host is an IP literal
+/// in brackets, or a reg-name (unreserved, percent-encoded and sub-delims characters).
+fn is_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        match v.iter().position(|b| *b == b']') {
+            Some(end) => (&v[..=end], &v[end + 1..]),
+            None => return false,
+        }
+    } else {
+        match v.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        }
+        _ => {
+            !host.is_empty()
+                && host.iter().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(
+                            b,
+                            b'-' | b'.'
+                                | b'_'
+                                | b'~'
+                                | b'%'
+                                | b'!'
+                                | b'$'
+                                | b'&'
+                                | b'\''
+                                | b'('
+                                | b')'
+                                | b'*'
+                                | b'+'
+                                | b','
+                                | b';'
+                                | b'='
+                        )
+                })
+        }
+    };
+    host_ok && port_ok
+}
+
 /// An address as a `Forwarded` node (RFC 7239 §6: IPv6 in quotes and brackets).
 fn forwarded_node(ip: IpAddr) -> String {
     match ip {
@@ -622,5 +693,68 @@ mod tests {
             unsupported_transfer_coding(&two).as_deref(),
             Some("chunked, chunked")
         );
+    }
+
+    #[test]
+    fn hosts_are_checked_as_rfc_3986_authorities() {
+        for ok in [
+            "example.com",
+            "example.com:8443",
+            "127.0.0.1:80",
+            "[::1]:8443",
+            "[::1]",
+            "a_b-c.~x",
+            "x,y",
+        ] {
+            assert!(is_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "x evil",
+            "x/evil",
+            "x, evil.example",
+            "x@evil",
+            "x:8a",
+            "x:123456",
+            "x:80:80",
+            "[::1",
+            "[zz]",
+            "[]",
+            ":80",
+            "x\\y",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn heads_without_one_valid_host_are_malformed() {
+        let head = |target: &[u8], hosts: &[&str]| {
+            let mut r = RequestHeader::build("GET", target, None).expect("head");
+            for h in hosts {
+                r.append_header("host", *h).expect("host");
+            }
+            r
+        };
+        assert_eq!(malformed_head(&head(b"/", &["example.com"])), None);
+        assert_eq!(
+            malformed_head(&head(b"/", &[])),
+            Some("missing Host header")
+        );
+        assert_eq!(
+            malformed_head(&head(b"/", &["a", "b"])),
+            Some("more than one Host header")
+        );
+        assert_eq!(
+            malformed_head(&head(b"/", &["x/evil"])),
+            Some("invalid Host header")
+        );
+        assert_eq!(
+            malformed_head(&head(b"/", &[""])),
+            Some("invalid Host header")
+        );
+        let mut h2 = head(b"/", &[]);
+        h2.set_version(http::Version::HTTP_2);
+        assert_eq!(malformed_head(&h2), None);
     }
 }

@@ -166,6 +166,11 @@ impl Gateway {
             Err(failure) => {
                 let status = failure.status();
                 ctx.served_by = "limit";
+                // Whatever went wrong, where the next request would start is unknown (a broken
+                // chunk, a body cut by a limit or a deadline): close after answering, as nginx
+                // does. pingora counts a body that failed to parse as done, so `respond` alone
+                // would keep the connection.
+                session.set_keepalive(None);
                 if status > 0 {
                     tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
                     respond(session, status, failure.public_reason()).await?;
@@ -173,7 +178,6 @@ impl Gateway {
                     // A client that left in the middle of its upload: nothing to answer, and
                     // not worth a warning each (a slow-upload attack ends with hundreds).
                     tracing::info!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, error = %failure, "client left during its upload");
-                    session.set_keepalive(None);
                 }
                 Ok(None)
             }
@@ -420,6 +424,13 @@ impl ProxyHttp for Gateway {
             tracing::warn!(client = ?ctx.client, transfer_encoding = %te, "transfer coding not supported");
             session.set_keepalive(None);
             respond(session, 501, "transfer coding not supported (only chunked)").await?;
+            return Ok(true);
+        }
+        if let Some(problem) = forwarding::malformed_head(req) {
+            ctx.served_by = "limit";
+            tracing::warn!(client = ?ctx.client, problem, "malformed request head");
+            session.set_keepalive(None);
+            respond(session, 400, problem).await?;
             return Ok(true);
         }
         if forwarding::drop_foreign_upgrade(session.req_header_mut()) {

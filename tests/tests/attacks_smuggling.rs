@@ -446,12 +446,11 @@ async fn chunk_extensions_are_skipped_and_never_change_the_size() {
 /// the app at all; on the streamed route the head has already gone to the app (as with
 /// nginx's `proxy_request_buffering off`), the body is cut and the connection closed.
 ///
-/// Not asserted: the close on the held route. Today the gateway answers that 400 with
-/// `Connection: keep-alive` and reads the next request from the same connection (reported as
-/// a finding of issue 15: after a framing error nobody knows where the next request starts;
-/// nginx 1.22 closes). The bytes sent together with the broken chunk are dropped (pipelining
-/// is off), which is why the hidden request below still never arrives. nginx accepts the
-/// bare-LF chunk lines of the last case; the gateway is stricter.
+/// On both routes the connection is closed after the 400: after a framing error nobody knows
+/// where the next request starts (nginx 1.22 closes too). The held route used to answer
+/// `Connection: keep-alive` and read on. The bytes sent together with the broken chunk are
+/// dropped (pipelining is off), which is why the hidden request never arrives either way.
+/// nginx accepts the bare-LF chunk lines of the last case; the gateway is stricter.
 #[tokio::test]
 async fn malformed_chunk_sizes_are_400() {
     let f = Front::start();
@@ -478,9 +477,8 @@ async fn malformed_chunk_sizes_are_400() {
         let answers = f.send_all(on, &cases, SHORT_WAIT).await;
         for ((path, _), a) in cases.iter().zip(&answers) {
             assert_eq!(a.statuses(), [400], "{on:?} {path}: {}", a.text());
-            if path.contains("nobuf") {
-                assert!(a.closed, "{on:?} {path}: kept open after a broken body");
-            } else {
+            assert!(a.closed, "{on:?} {path}: kept open after a broken body");
+            if !path.contains("nobuf") {
                 assert!(
                     app_requests(&f.app, path).await.is_empty(),
                     "{on:?} {path}: a broken held body reached the app"
@@ -573,6 +571,31 @@ async fn duplicate_host_headers_are_400() {
     let cases: Vec<(String, Vec<u8>)> = [
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
+    .collect();
+    refused(&f, &cases, 400).await;
+}
+
+/// An HTTP/1.1 request without a Host, or with one that is not a host (two names, a space, a
+/// path, empty): 400 and a close, as RFC 9112 section 3.2 requires and nginx answers. They
+/// used to reach the app unchanged, where one layer's idea of the host differs from another's.
+///
+/// Not refused (a known deviation, see SECURITY.md): a NUL, space or other control byte in the
+/// request target. pingora percent-encodes the request line before anything of the gateway
+/// sees it (`/a\0` arrives as `/a%00`, indistinguishable from a client's own `%00`); nginx
+/// answers 400.
+#[tokio::test]
+async fn a_missing_or_malformed_host_is_400() {
+    let f = Front::start();
+    let cases: Vec<(String, Vec<u8>)> = [
+        "GET /echo/a HTTP/1.1\r\n\r\n",
+        "GET /echo/a HTTP/1.1\r\nHost: x, evil.example\r\n\r\n",
+        "GET /echo/a HTTP/1.1\r\nHost: x evil\r\n\r\n",
+        "GET /echo/a HTTP/1.1\r\nHost: x/evil\r\n\r\n",
+        "GET /echo/a HTTP/1.1\r\nHost:\r\n\r\n",
     ]
     .into_iter()
     .enumerate()

@@ -89,6 +89,9 @@ upstreams:
 routes:
   - path: /slow
     upstream: php_impatient
+  - path: /streamed/
+    upstream: php
+    request_buffering: false
   - path: /
     static: {{root: {root}}}
     upstream: php
@@ -678,4 +681,29 @@ routes:
     assert!(log.contains("GET /params/a/b%20c?x=1 200"), "{log}");
     assert!(log.contains("POST /upload 200"), "{log}");
     assert!(!log.contains("robots"), "{log}");
+}
+
+/// A broken chunked body on a route that streams bodies to php-fpm is the client's fault: 400
+/// and a closed connection, as on every other route (it was a 500: a server error any client
+/// could trigger).
+#[tokio::test]
+async fn a_broken_chunked_body_streamed_to_php_is_a_400() {
+    let s = site("");
+    let attack = b"POST /streamed/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n";
+    let a = e2e::raw::over_tls(s.gw.https_addr(), attack, Duration::from_secs(5)).await;
+    assert_eq!(a.statuses(), [400], "{}", a.text());
+    assert!(a.closed, "kept open after a broken body: {}", a.text());
+    assert!(
+        s.gw.proc
+            .logs()
+            .contains("status=400 error=Downstream InvalidChunk"),
+        "{}",
+        s.gw.proc.logs()
+    );
+    let r = client()
+        .get(s.gw.https("/hello"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
 }
