@@ -6,6 +6,8 @@
 //! `CARGO_BIN_EXE_*` is only set for a package's own binaries. `tests/run.sh` builds them
 //! before running the tests.
 
+pub mod h2;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
