@@ -14,6 +14,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::{Config, RealtimeKind};
+use crate::h2_guard::{H2Guard, H2Limits};
 use crate::header_deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
@@ -219,7 +220,12 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let mut proxy = Service::new(
         "gateway".to_string(),
         HeaderDeadline {
-            inner: Arc::new(http),
+            // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
+            // header deadline passes them through untouched.
+            inner: Arc::new(H2Guard {
+                inner: Arc::new(http),
+                limits: H2Limits::from_limits(&config.limits),
+            }),
             timeout: Duration::from_millis(config.limits.header_timeout_ms),
         },
     );
@@ -256,6 +262,12 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         let admin = Admin {
             pools: admin_pools,
             hub: rt.hub.clone(),
+            body: crate::buffering::BodyLimits {
+                max_bytes: config.limits.max_body_bytes,
+                memory: config.limits.client_body_buffer_bytes,
+                timeout: Duration::from_millis(config.limits.client_body_timeout_ms),
+                min_rate: config.limits.client_body_min_rate,
+            },
             publish: Arc::new({
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
