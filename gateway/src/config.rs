@@ -1564,6 +1564,19 @@ mod tests {
     }
 
     #[test]
+    fn h2_max_concurrent_streams_defaults_to_32_and_zero_is_refused() {
+        let c = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        )
+        .expect("parses");
+        assert_eq!(c.limits.h2_max_concurrent_streams, 32);
+        let p = problems(
+            "listen: {http: 127.0.0.1:8080}\nlimits: {h2_max_concurrent_streams: 0}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        );
+        assert_eq!(p, ["limits.h2_max_concurrent_streams: must be at least 1"]);
+    }
+
+    #[test]
     fn minimal_config_is_valid() {
         let p = problems(
             "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
