@@ -13,6 +13,9 @@
 //!   (NO_ERROR, last stream id) and is closed, as nginx does with `keepalive_timeout` for h2
 //!   since 1.19.7 (before the first request the wait is `header_timeout_ms`; with keep-alive
 //!   off the GOAWAY follows the first request);
+//! - after `limits.keepalive_requests` streams the connection gets a graceful GOAWAY (nginx
+//!   applies `keepalive_requests` to h2 since 1.19.7; pingora only counts HTTP/1 requests), so
+//!   per-connection state is freed now and then as on HTTP/1.1;
 //! - the h2 settings bound what one connection can hold (see [`H2Limits::options`]).
 //!
 //! pingora's loop is kept otherwise: shutdown sends a graceful GOAWAY and keeps serving the
@@ -56,6 +59,8 @@ pub struct H2Limits {
     /// Time with no open stream before GOAWAY (`None`: right after a request, keep-alive off).
     pub idle: Option<Duration>,
     pub max_concurrent_streams: u32,
+    /// Streams served before the connection is told to go away.
+    pub max_requests: u32,
     /// h2's `SETTINGS_MAX_HEADER_LIST_SIZE`: above our own limit (see [`header_list_limit`]).
     pub max_header_list: u32,
 }
@@ -67,6 +72,7 @@ impl H2Limits {
             idle: (limits.keepalive_timeout_s > 0)
                 .then(|| Duration::from_secs(limits.keepalive_timeout_s)),
             max_concurrent_streams: limits.h2_max_concurrent_streams,
+            max_requests: limits.keepalive_requests,
             max_header_list: header_list_limit(limits.max_header_bytes),
         }
     }
@@ -157,7 +163,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Guard<A> {
         let mut shutdown = shutdown.clone();
         let mut shutting_down = false;
         let mut malformed = 0usize;
-        let mut served = false;
+        let mut served = 0u32;
         loop {
             let next = if shutting_down {
                 HttpSession::from_h2_conn(&mut conn, digest.clone()).await
@@ -172,7 +178,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Guard<A> {
                     }
                     next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
                     // Any new stream cancels this; it starts again when none is open.
-                    _ = active.idle_for(self.limits.idle_wait(served)) => {
+                    _ = active.idle_for(self.limits.idle_wait(served > 0)) => {
                         tracing::debug!("idle HTTP/2 connection: GOAWAY");
                         conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                         let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
@@ -199,7 +205,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Guard<A> {
                     }
                 }
                 Ok(Some(H2Accept::Session(session))) => {
-                    served = true;
+                    served = served.saturating_add(1);
+                    if served >= self.limits.max_requests && !shutting_down {
+                        // The streams already open finish; new ones go to a new connection.
+                        conn.graceful_shutdown();
+                        shutting_down = true;
+                    }
                     let guard = active.start();
                     let app = self.inner.clone();
                     let shutdown = shutdown.clone();
@@ -270,6 +281,7 @@ mod tests {
             preface: Duration::from_secs(20),
             idle: Some(Duration::from_secs(60)),
             max_concurrent_streams: 32,
+            max_requests: 1000,
             max_header_list: 65536,
         };
         assert_eq!(limits.idle_wait(false), Duration::from_secs(20));

@@ -150,6 +150,67 @@ async fn h2_unfinished_header_block_does_not_hold_the_connection() {
     still_works(&gw).await;
 }
 
+/// `keepalive_requests` bounds an HTTP/2 connection too (as nginx since 1.19.7): after the
+/// third request the client is told to go away (a graceful GOAWAY, then the final one with last
+/// stream 5 once it answers the PING), the three are answered, and a request on a new
+/// connection works.
+#[tokio::test]
+async fn h2_connection_serves_at_most_keepalive_requests() {
+    let app = Stub::start("app");
+    let gw = gateway(&app, "keepalive_requests: 3");
+    let mut tls = raw::connect(gw.https_addr()).await;
+    assert!(raw::send(&mut tls, &raw::opening()).await);
+    let mut goaways = Vec::new();
+    let mut closed = false;
+    for id in [1u32, 3, 5, 7, 9] {
+        // A client stops opening streams once it is told to go away.
+        if !goaways.is_empty() || !raw::send(&mut tls, &raw::get(id, "/ping")).await {
+            break;
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            match raw::read_frame(&mut tls, Duration::from_millis(500)).await {
+                Read::Frame(f) if f.kind == raw::PING && f.flags & raw::ACK == 0 => {
+                    let _ =
+                        raw::send(&mut tls, &raw::frame(raw::PING, raw::ACK, 0, &f.payload)).await;
+                }
+                Read::Frame(f) if f.kind == raw::GOAWAY => goaways.push(f),
+                Read::Frame(f) if f.stream == id && f.flags & raw::END_STREAM != 0 => break,
+                Read::Frame(_) => {}
+                Read::Closed => {
+                    closed = true;
+                    break;
+                }
+                Read::Silent => {}
+            }
+        }
+    }
+    // Answer the server's PING until it sends the final GOAWAY and closes.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !closed && Instant::now() < until {
+        match raw::read_frame(&mut tls, Duration::from_secs(1)).await {
+            Read::Frame(f) if f.kind == raw::PING && f.flags & raw::ACK == 0 => {
+                let _ = raw::send(&mut tls, &raw::frame(raw::PING, raw::ACK, 0, &f.payload)).await;
+            }
+            Read::Frame(f) if f.kind == raw::GOAWAY => goaways.push(f),
+            Read::Frame(_) | Read::Silent => {}
+            Read::Closed => closed = true,
+        }
+    }
+    let last = goaways
+        .last()
+        .expect("a GOAWAY after keepalive_requests streams");
+    assert_eq!(last.error_code(), Some(0), "GOAWAY with NO_ERROR");
+    assert_eq!(
+        last.payload[..4],
+        [0, 0, 0, 5],
+        "last stream id 5: {goaways:?}"
+    );
+    assert!(closed, "the connection closes once its streams are done");
+    assert_eq!(app_saw(&app, "/ping").await, 3, "three requests served");
+    still_works(&gw).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. A request body that stalls on a realtime route.
 
