@@ -410,6 +410,11 @@ async fn h2_client_that_reads_nothing_pins_a_bounded_number_of_streams() {
         }
     }
     let requested = app_saw(&app, "/bytes/1000000").await;
+    eprintln!(
+        "stuck streams: {requested} reached the app, {refused} refused, {answered} answered, \
+         {cancelled} reset after {:?}",
+        start.elapsed()
+    );
     assert!(
         requested <= 32,
         "{requested} stuck streams reached the app (at most 32 may)"
@@ -451,6 +456,7 @@ async fn h2_rapid_reset_flood_is_cut_off() {
     assert!(end.is_some(), "the rapid-reset connection is still open");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = app_saw(&app, "/sleep/500").await;
+    eprintln!("rapid reset: connection ended with {end:?}; the app saw {seen} of 1000");
     assert!(seen <= 100, "the app saw {seen} of the reset requests");
     still_works(&gw).await;
 }
@@ -478,6 +484,7 @@ async fn h2_continuation_flood_is_cut_off() {
         sent += 1;
     }
     let (_, end) = raw::read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    eprintln!("CONTINUATION flood: {sent} frames written, still open: {open}, then {end:?}");
     assert!(
         !open || end.is_some(),
         "{sent} CONTINUATION frames accepted and the connection is still open"
@@ -525,6 +532,10 @@ async fn control_frame_flood(frame: Vec<u8>) {
     };
     writer.abort();
     let grew = rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "control frame flood: closed {closed} after {:?}, gateway grew by {grew} KiB",
+        start.elapsed()
+    );
     assert!(
         closed,
         "the flooding connection is still open after {:?}",
