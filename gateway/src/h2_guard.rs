@@ -214,6 +214,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Guard<A> {
                     let guard = active.start();
                     let app = self.inner.clone();
                     let shutdown = shutdown.clone();
+                    // pingora spawns on `pingora_runtime::current_handle()`, which is this
+                    // runtime under work stealing (pingora's default and ours).
                     tokio::spawn(async move {
                         let _guard = guard;
                         app.process_new_http(ServerSession::new_http2(session), &shutdown)
