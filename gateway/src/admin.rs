@@ -105,6 +105,8 @@ pub struct Admin {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub hub: realtime::hub::Hub,
     pub publish: Arc<dyn realtime::seam::Service>,
+    /// How the publish API's request bodies are read (the front door's limits).
+    pub body: crate::buffering::BodyLimits,
 }
 
 impl Admin {
@@ -183,9 +185,11 @@ impl ProxyHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
-            "/publish" | "/emit" => crate::seam::serve(session, self.publish.clone(), None).await?,
+            "/publish" | "/emit" => {
+                crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
+            }
             p if p.starts_with("/topics/") => {
-                crate::seam::serve(session, self.publish.clone(), None).await?
+                crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
             }
             _ => {
                 json(

@@ -56,6 +56,13 @@ pub mod defaults {
     /// (pingora has no write timeout at all, so a client that never reads would hold its
     /// connection, its answer and, unbuffered, the app's worker forever).
     pub const SEND_TIMEOUT_MS: u64 = 60_000;
+    /// Streams one HTTP/2 connection may have open at once. nginx allows 128
+    /// (`http2_max_concurrent_streams`), HAProxy and pingora 100; but each stream here can hold
+    /// an app connection and a compressor (about 2.3 MiB with brotli) until `send_timeout_ms`
+    /// when the client reads nothing, so 100 streams let one connection pin some 230 MiB.
+    /// 32 still loads a page's assets in parallel (more wait in the browser's queue) and
+    /// cuts that to about 75 MiB.
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
     /// nginx `proxy_connect_timeout` is 60 s, far too long to fail over; HAProxy users commonly
     /// set `timeout connect 5s`. A local app that does not accept in 3 s is down.
     pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -315,6 +322,10 @@ pub struct Limits {
     /// the client reads.
     #[serde(default = "l_response_temp")]
     pub response_temp_file_bytes: u64,
+    /// Streams one HTTP/2 connection may have open at once (more are refused with
+    /// REFUSED_STREAM, which clients retry).
+    #[serde(default = "l_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
 }
 
 fn l_header_bytes() -> usize {
@@ -350,6 +361,9 @@ fn l_response_buffer() -> usize {
 fn l_response_temp() -> u64 {
     defaults::RESPONSE_TEMP_FILE_BYTES
 }
+fn l_h2_streams() -> u32 {
+    defaults::H2_MAX_CONCURRENT_STREAMS
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -365,6 +379,7 @@ impl Default for Limits {
             client_body_min_rate: l_body_rate(),
             response_buffer_bytes: l_response_buffer(),
             response_temp_file_bytes: l_response_temp(),
+            h2_max_concurrent_streams: l_h2_streams(),
         }
     }
 }
@@ -1421,6 +1436,12 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if lim.h2_max_concurrent_streams == 0 {
+            bad(
+                "limits.h2_max_concurrent_streams".into(),
+                "must be at least 1".into(),
+            );
+        }
 
         for (name, u) in &self.upstreams {
             let at = format!("upstreams.{name}");
@@ -1727,6 +1748,19 @@ mod tests {
     fn problems(yaml: &str) -> Vec<String> {
         let c = Config::parse(yaml).expect("parses");
         c.validate().iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn h2_max_concurrent_streams_defaults_to_32_and_zero_is_refused() {
+        let c = Config::parse(
+            "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        )
+        .expect("parses");
+        assert_eq!(c.limits.h2_max_concurrent_streams, 32);
+        let p = problems(
+            "listen: {http: 127.0.0.1:8080}\nlimits: {h2_max_concurrent_streams: 0}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+        );
+        assert_eq!(p, ["limits.h2_max_concurrent_streams: must be at least 1"]);
     }
 
     #[test]

@@ -43,23 +43,26 @@ use tokio::time::Sleep;
 
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 61\r\nConnection: close\r\n\r\n408 Request Timeout: the request headers took too long to arrive\n";
 
-/// Wraps an HTTP app so every accepted connection gets the header deadline.
-pub struct HeaderDeadline<A> {
-    pub inner: Arc<PerRequest<A>>,
+/// Wraps a server app so every accepted HTTP/1 connection gets the header deadline. The app
+/// is an HTTP app wrapped in [`PerRequest`] (so the deadline re-arms per request), directly
+/// ([`HeaderDeadline::new`]) or under something that takes HTTP/2 connections first
+/// (`h2_guard::H2Guard` on the front door).
+pub struct HeaderDeadline<S> {
+    pub inner: Arc<S>,
     pub timeout: Duration,
 }
 
-impl<A> HeaderDeadline<A> {
-    pub fn new(app: A, timeout: Duration) -> HeaderDeadline<A> {
+impl<A> HeaderDeadline<PerRequest<A>> {
+    pub fn new(app: A, timeout: Duration) -> HeaderDeadline<PerRequest<A>> {
         HeaderDeadline {
-            inner: Arc::new(PerRequest(Arc::new(app))),
+            inner: Arc::new(PerRequest::new(app)),
             timeout,
         }
     }
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+impl<S: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<S> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -82,6 +85,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
 /// The app, told each time pingora starts reading a new request on a connection. pingora's
 /// own keep-alive loop (the `ServerApp` it implements for every `HttpServerApp`) runs around it.
 pub struct PerRequest<A>(Arc<A>);
+
+impl<A> PerRequest<A> {
+    pub fn new(app: A) -> PerRequest<A> {
+        PerRequest(Arc::new(app))
+    }
+}
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {

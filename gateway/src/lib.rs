@@ -17,6 +17,7 @@ pub mod compression;
 pub mod config;
 pub mod fastcgi;
 pub mod forwarding;
+pub mod h2_guard;
 pub mod header_deadline;
 pub mod probe;
 pub mod proxy;

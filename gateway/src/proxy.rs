@@ -114,6 +114,15 @@ pub async fn respond(session: &mut Session, status: u16, reason: &str) -> Result
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
+    if session.is_http2() && status != 408 && !session.is_body_done() {
+        // The answer went out before the client finished sending (a 413 on Content-Length):
+        // h2 then resets the stream with NO_ERROR, which RFC 9113 section 8.1 allows, but
+        // curl (7.88) drops the answer on it and reports no status at all. So the rest of the
+        // body is read and dropped for a while, as nginx's lingering close does on HTTP/1.1,
+        // and the stream ends cleanly when the client finishes within it. Not after a 408:
+        // that client is too slow already.
+        let _ = tokio::time::timeout(seam::LINGER, session.drain_request_body()).await;
+    }
     Ok(())
 }
 
@@ -477,7 +486,7 @@ impl ProxyHttp for Gateway {
                 // Per-client limits of the realtime services count the real client behind a
                 // trusted proxy, not the proxy.
                 let client = forwarding::real_client(&self.client(ctx), &req.headers);
-                seam::serve(session, service.clone(), client).await?;
+                seam::serve(session, service.clone(), client, &self.body_limits()).await?;
                 Ok(true)
             }
             Target::App {

@@ -3,7 +3,12 @@
 //! The service sees only plain values; this module feeds it the request body (from its own
 //! task when there is one, inline otherwise), writes whatever shape of answer it returns, and
 //! cancels it as soon as the client goes away, so a held long-poll or a dead SSE stream is
-//! freed at once.
+//! freed at once. The body is read under the same limits as a held body on the other routes
+//! ([`BodyClock`]: at least `client_body_min_rate` bytes per second over every
+//! `client_body_timeout_ms` window, then 408; `max_body_bytes`, then 413), on HTTP/1.1 and
+//! HTTP/2 alike: pingora has no read
+//! timeout at all for an HTTP/2 body, so a stalled one would otherwise hold its stream and the
+//! service's task forever.
 
 use std::sync::Arc;
 
@@ -13,6 +18,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use realtime::seam::{Body, BodyError, Request, Response, Service};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::buffering::{BodyClock, BodyLimits};
 
 /// How many body chunks may wait for a service that reads slowly; the client is then
 /// back-pressured by TCP rather than buffered here.
@@ -23,7 +31,7 @@ const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
 
 /// How long an unread request body is drained after an early answer (nginx
 /// `lingering_timeout` is 5 s between reads; this bounds the whole drain).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Aborts the service's task when the exchange ends early (client gone, write failed).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -36,11 +44,13 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Run `service` for the request in `session`; returns when the exchange is over. `client` is
 /// the address per-client limits count against when it is not the peer's (one a trusted proxy
-/// forwarded, [`crate::forwarding::real_client`]).
+/// forwarded, [`crate::forwarding::real_client`]); `limits` bound the request body as on every
+/// other route.
 pub async fn serve(
     session: &mut Session,
     service: Arc<dyn Service>,
     client: Option<std::net::IpAddr>,
+    limits: &BodyLimits,
 ) -> Result<()> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
@@ -90,23 +100,43 @@ pub async fn serve(
     let mut tx = tx;
     let mut watching_client = !upgrade;
     let mut body_finished = upgrade || session.is_body_done();
+    // The body's minimum rate is measured from here, as on every other route; time spent
+    // waiting for the service to take a chunk is the service's, not the client's: the clock
+    // runs on a time that stands still meanwhile (`now - paused`).
+    let mut clock = BodyClock::new(Instant::now(), limits);
+    let mut paused = std::time::Duration::ZERO;
+    let mut received = 0u64;
 
     let response = loop {
         if let Some(sender) = tx.clone() {
+            let deadline = clock.deadline() + paused;
             tokio::select! {
                 r = &mut task.0 => break r,
-                chunk = session.read_request_body() => match chunk {
-                    Ok(Some(bytes)) => {
+                chunk = tokio::time::timeout_at(deadline, session.read_request_body()) => match chunk {
+                    Err(_) => {
+                        // `task` is aborted on return: the service stops waiting for the body.
+                        tracing::warn!(received, "realtime request body incomplete at the deadline: 408");
+                        return crate::proxy::respond(session, 408, "request body took too long to arrive").await;
+                    }
+                    Ok(Ok(Some(bytes))) => {
+                        received += bytes.len() as u64;
+                        clock.record(Instant::now() - paused, bytes.len() as u64);
+                        if received > limits.max_bytes {
+                            tracing::warn!(limit = limits.max_bytes, "realtime request body too large: 413");
+                            return crate::proxy::respond(session, 413, "request body too large").await;
+                        }
                         // A service that dropped its body no longer wants it: stop feeding.
+                        let waiting = Instant::now();
                         if sender.send(Ok(bytes)).await.is_err() {
                             tx = None;
                         }
+                        paused += waiting.elapsed();
                     }
-                    Ok(None) => {
+                    Ok(Ok(None)) => {
                         tx = None;
                         body_finished = true;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         let _ = sender.send(Err(BodyError::Aborted(e.to_string()))).await;
                         return Err(e);
                     }

@@ -14,7 +14,8 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::{Config, RealtimeKind};
-use crate::header_deadline::HeaderDeadline;
+use crate::h2_guard::{H2Guard, H2Limits};
+use crate::header_deadline::{HeaderDeadline, PerRequest};
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
@@ -226,7 +227,15 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let header_timeout = Duration::from_millis(config.limits.header_timeout_ms);
     let mut proxy = Service::new(
         "gateway".to_string(),
-        HeaderDeadline::new(http, header_timeout),
+        HeaderDeadline {
+            // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
+            // header deadline passes them through untouched and wraps HTTP/1 ones.
+            inner: Arc::new(H2Guard {
+                inner: Arc::new(PerRequest::new(http)),
+                limits: H2Limits::from_limits(&config.limits),
+            }),
+            timeout: header_timeout,
+        },
     );
 
     if let Some(addr) = &config.listen.https {
@@ -266,6 +275,12 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         let admin = Admin {
             pools: admin_pools,
             hub: rt.hub.clone(),
+            body: crate::buffering::BodyLimits {
+                max_bytes: config.limits.max_body_bytes,
+                memory: config.limits.client_body_buffer_bytes,
+                timeout: Duration::from_millis(config.limits.client_body_timeout_ms),
+                min_rate: config.limits.client_body_min_rate,
+            },
             publish: Arc::new({
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
