@@ -11,6 +11,7 @@ pub mod query;
 pub mod seam;
 pub mod socketio;
 pub mod sse;
+mod sync;
 pub mod text;
 pub mod topics;
 pub mod websocket;

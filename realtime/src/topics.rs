@@ -165,7 +165,7 @@ impl ClientTopics {
         }
         let key = client_key(client);
         let cap = f64::from(self.per_minute);
-        let mut buckets = crate::hub::lock(&self.buckets);
+        let mut buckets = crate::sync::lock(&self.buckets);
         if !buckets.contains_key(&key) && buckets.len() >= MAX_TRACKED_CLIENTS {
             buckets.retain(|_, b| {
                 self.refill(b, now);

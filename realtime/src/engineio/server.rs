@@ -16,13 +16,14 @@ use rand::RngCore;
 
 use super::config::{CorsConfig, CorsOrigin, HandshakeRequest};
 use super::polling::{self, error_response};
-use super::session::{lock, Registry, Session};
+use super::session::{Registry, Session};
 use super::websocket;
 use super::{
     conn, verify_request, CloseReason, ConnHandler, EngineConfig, EngineError, Handshake,
     HandshakeInfo, Packet, Transport,
 };
 use crate::seam::{websocket_accept, Request, Response, Service};
+use crate::sync::lock;
 
 /// Random bytes in a sid: 128 bits cannot be guessed or enumerated, which matters because the
 /// sid is the only credential of a polling session (node uses 15 bytes).

@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
@@ -85,12 +87,6 @@ pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// another connection and overtaken by it, still gets its `noop` (as it would have, had it
 /// arrived first) instead of an error. Any other request, or a second poll, gets `400`.
 pub(super) const CLIENT_CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Locks a std mutex, ignoring poisoning: every critical section here leaves the state
-/// consistent before anything that could panic, so a panicking holder cannot corrupt it.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {

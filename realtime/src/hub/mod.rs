@@ -46,7 +46,9 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
+
+use crate::sync::{lock, read, write};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -918,18 +920,4 @@ impl Inner {
             self.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-/// Locks, ignoring poisoning: every critical section leaves the state
-/// consistent before anything that can panic (the bus callback at worst).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -9,7 +9,8 @@ use tokio::sync::Notify;
 
 use super::message::{Message, SubscriberId};
 use super::position::Position;
-use super::{lock, HubError, Inner};
+use super::{HubError, Inner};
+use crate::sync::lock;
 
 /// Why a subscriber was closed by the hub. Transports map it to their own
 /// close (e.g. WebSocket 1008/1013 for `SlowConsumer`, 1001 for `Shutdown`).

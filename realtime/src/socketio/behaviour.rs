@@ -164,7 +164,7 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
         let rate = behaviour.relay_rate;
         let bucket = Mutex::new(RelayBucket::new(rate, Instant::now()));
         socket.on_fallback(move |socket, event, ack| {
-            if !crate::hub::lock(&bucket).take(Instant::now()) {
+            if !crate::sync::lock(&bucket).take(Instant::now()) {
                 // The sender goes, not its peers: it is the one over its budget.
                 tracing::warn!(
                     socket = %socket.id(),

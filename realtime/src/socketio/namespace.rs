@@ -18,9 +18,10 @@ use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::{namespace_topic, room_topic};
 use super::server::{ConnShared, SocketIoStats};
 use super::socket::{
-    event_head, lock, AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner,
+    event_head, AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner,
 };
 use crate::hub::{Hub, JoinOutcome, Message, MessageId, Payload, Position, SubscriberId};
+use crate::sync::lock;
 
 /// A connect handler's refusal, sent to the client as
 /// `4<nsp,>{"message":…,"data":…}` (node's `next(err)` in a middleware,

@@ -14,12 +14,13 @@ use super::namespace::{ConnectError, ConnectFuture, ConnectHandler, Namespace};
 use super::options::SocketIoOptions;
 use super::packet::{SioError, SioKind, SioPacket};
 use super::rooms::normalize_nsp;
-use super::socket::{lock, DisconnectReason, EmitError, Outgoing, Socket};
+use super::socket::{DisconnectReason, EmitError, Outgoing, Socket};
 use super::{SioDecoder, SioMessage};
 use crate::engineio::{
     CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError,
 };
 use crate::hub::Hub;
+use crate::sync::{lock, read, write};
 
 /// Counters, as plain atomics (`Relaxed` loads).
 #[derive(Debug, Default)]
@@ -198,11 +199,7 @@ impl SocketIo {
         let handler: ConnectHandler =
             Arc::new(move |socket| -> ConnectFuture { Box::pin(on_connect(socket)) });
         let path = normalize_nsp(path);
-        let mut map = self
-            .inner
-            .namespaces
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = write(&self.inner.namespaces);
         if let Some(ns) = map.get(&path) {
             ns.set_handler(handler);
             return ns.clone();
@@ -226,11 +223,7 @@ impl SocketIo {
 
 impl IoInner {
     fn namespace(&self, path: &str) -> Option<Namespace> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .cloned()
+        read(&self.namespaces).get(path).cloned()
     }
 }
 
