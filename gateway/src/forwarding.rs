@@ -318,11 +318,16 @@ fn forwarded_node(ip: IpAddr) -> String {
 /// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade` survive for the tunnel.
 pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool) {
     let listed = connection_listed(req.headers.get("connection"));
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+    // Most requests carry none of these: look before removing (a removal also rewrites
+    // pingora's case map), and never allocate a name per request.
+    let hop_by_hop = HOP_BY_HOP.iter().copied();
+    for name in hop_by_hop.chain(listed.iter().map(String::as_str)) {
         if keep_upgrade && (name == "upgrade" || name == "connection") {
             continue;
         }
-        req.remove_header(name.as_str());
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
     }
     if keep_upgrade {
         let _ = req.insert_header("connection", "upgrade");
