@@ -818,6 +818,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        crate::header_deadline::request_done(session);
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }

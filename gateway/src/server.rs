@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::{Config, RealtimeKind};
 use crate::h2_guard::{H2Guard, H2Limits};
-use crate::header_deadline::{HeaderDeadline, PerRequest};
+use crate::header_deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
@@ -230,8 +230,10 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
         HeaderDeadline {
             // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
             // header deadline passes them through untouched and wraps HTTP/1 ones.
+            // The header deadline is re-armed per request by `Gateway::logging`
+            // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
             inner: Arc::new(H2Guard {
-                inner: Arc::new(PerRequest::new(http)),
+                inner: Arc::new(http),
                 limits: H2Limits::from_limits(&config.limits),
             }),
             timeout: header_timeout,

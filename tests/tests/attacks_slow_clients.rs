@@ -200,6 +200,50 @@ async fn slowloris_on_the_https_listener_is_cut_at_the_header_deadline() {
     still_works(&gw).await;
 }
 
+/// The deadline is re-armed for every request of a kept-alive connection: a client that got
+/// one answer, waits, and then dribbles its next head is cut like a fresh one.
+#[tokio::test]
+async fn slowloris_after_an_answered_request_on_a_kept_alive_connection_is_cut() {
+    let _one = SERIAL.lock().await;
+    let app = Stub::start("app");
+    let gw = gateway(&app, "");
+    for path in ["/ping", "/echo/with-a-body"] {
+        let mut conn = e2e::tls_connect(gw.https_addr()).await;
+        let first = if path == "/ping" {
+            "GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string()
+        } else {
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+        };
+        conn.write_all(first.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let started = Instant::now();
+        // The whole first answer (both end their body with a JSON or text line).
+        while !(got.ends_with(b"EOM.") || got.ends_with(b"}")) && started.elapsed() < CUT_BY {
+            match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Ok(_) => panic!(
+                    "{path}: closed after the first answer: {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+                Err(_) => {}
+            }
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        // Idle between requests is the keep-alive timeout's business, not the deadline's.
+        tokio::time::sleep(Duration::from_millis(HEADER_TIMEOUT_MS + 500)).await;
+        let cut = dribble(conn, SLOW_HEAD, Duration::from_secs(8)).await;
+        assert_cut(&format!("https after {path}"), &cut);
+        assert!(cut.0.starts_with("HTTP/1.1 408"), "{path}: {:?}", cut.0);
+    }
+    assert!(!app_saw(&app, "/slow").await, "the app saw a slow request");
+    still_works(&gw).await;
+}
+
 /// Slowloris on the plain-HTTP listener that redirects to HTTPS: it had no header deadline at
 /// all (pingora's 60 s per read only).
 #[tokio::test]
