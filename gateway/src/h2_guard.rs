@@ -126,7 +126,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for H2Guard<A> {
         if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        self.serve(stream, shutdown).await;
+        // Boxed: this future's state would otherwise be as large as the whole h2 accept loop
+        // for every HTTP/1 connection too (3.6 KiB more per idle Socket.IO connection).
+        Box::pin(self.serve(stream, shutdown)).await;
         None
     }
 
