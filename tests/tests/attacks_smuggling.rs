@@ -144,6 +144,25 @@ async fn refused(f: &Front, cases: &[(String, Vec<u8>)], status: u16) {
     f.still_works().await;
 }
 
+/// Every case is answered 200 by the app, which got the 5-byte body exactly once (closed
+/// afterwards when `closed`), and the hidden request never arrives, on both listeners; then a
+/// fresh request works.
+async fn accepted_once(f: &Front, cases: &[(String, Vec<u8>)], wait: Duration, closed: bool) {
+    for on in LISTENERS {
+        app_forget(&f.app).await;
+        let answers = f.send_all(on, cases, wait).await;
+        for ((path, _), a) in cases.iter().zip(&answers) {
+            assert_eq!(a.statuses(), [200], "{on:?} {path}: {}", a.text());
+            assert!(a.closed || !closed, "{on:?} {path}: kept open");
+            assert_eq!(echo(a)["body_len"], 5, "{on:?} {path}");
+            assert_eq!(app_requests(&f.app, path).await.len(), 1, "{on:?} {path}");
+        }
+        let paths = f.app_paths().await;
+        assert!(no_smuggled(&paths), "{on:?}: the app saw {paths:?}");
+    }
+    f.still_works().await;
+}
+
 /// The echo the app answered with (backend-stub `/echo`: its headers and body length).
 fn echo(a: &Answer) -> Value {
     let r = a.responses();
@@ -242,19 +261,7 @@ async fn transfer_encoding_with_odd_spacing_or_case_is_still_chunked() {
         (path, bytes)
     })
     .collect();
-    for on in LISTENERS {
-        app_forget(&f.app).await;
-        let answers = f.send_all(on, &cases, WAIT).await;
-        for ((path, _), a) in cases.iter().zip(&answers) {
-            assert_eq!(a.statuses(), [200], "{on:?} {path}: {}", a.text());
-            assert!(a.closed, "{on:?} {path}");
-            assert_eq!(echo(a)["body_len"], 5, "{on:?} {path}");
-            assert_eq!(app_requests(&f.app, path).await.len(), 1, "{on:?} {path}");
-        }
-        let paths = f.app_paths().await;
-        assert!(no_smuggled(&paths), "{on:?}: the app saw {paths:?}");
-    }
-    f.still_works().await;
+    accepted_once(&f, &cases, WAIT, true).await;
 }
 
 /// RFC 9112 section 5.1: whitespace between a field name and the colon MUST be a 400, since
@@ -426,18 +433,7 @@ async fn chunk_extensions_are_skipped_and_never_change_the_size() {
         })
     })
     .collect();
-    for on in LISTENERS {
-        app_forget(&f.app).await;
-        let answers = f.send_all(on, &cases, WAIT).await;
-        for ((path, _), a) in cases.iter().zip(&answers) {
-            assert_eq!(a.statuses(), [200], "{on:?} {path}: {}", a.text());
-            assert_eq!(echo(a)["body_len"], 5, "{on:?} {path}");
-            assert_eq!(app_requests(&f.app, path).await.len(), 1, "{on:?} {path}");
-        }
-        let paths = f.app_paths().await;
-        assert!(no_smuggled(&paths), "{on:?}: the app saw {paths:?}");
-    }
-    f.still_works().await;
+    accepted_once(&f, &cases, WAIT, false).await;
 }
 
 /// Broken chunked framing: a `0x` prefix, a size of 17 hex digits (past u64), a sign, data
@@ -510,18 +506,7 @@ async fn a_missing_final_crlf_turns_what_follows_into_trailers_not_a_request() {
             (path.to_string(), bytes)
         })
         .collect();
-    for on in LISTENERS {
-        app_forget(&f.app).await;
-        let answers = f.send_all(on, &cases, SHORT_WAIT).await;
-        for ((path, _), a) in cases.iter().zip(&answers) {
-            assert_eq!(a.statuses(), [200], "{on:?} {path}: {}", a.text());
-            assert_eq!(echo(a)["body_len"], 5, "{on:?} {path}");
-            assert_eq!(app_requests(&f.app, path).await.len(), 1, "{on:?} {path}");
-        }
-        let paths = f.app_paths().await;
-        assert!(no_smuggled(&paths), "{on:?}: the app saw {paths:?}");
-    }
-    f.still_works().await;
+    accepted_once(&f, &cases, SHORT_WAIT, false).await;
 }
 
 /// obs-fold (a header line starting with SP or HTAB) continues the previous value in old
