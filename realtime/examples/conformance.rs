@@ -7,7 +7,7 @@
 //! recovery off. Everything comes from the library API.
 //!
 //! ```text
-//! cargo run -p realtime --example conformance [port]
+//! cargo run -p realtime --features conformance --example conformance [port]
 //! ```
 //!
 //! The HTTP/1.1 side is a minimal hyper shell that turns each exchange into a

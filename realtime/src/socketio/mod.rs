@@ -10,7 +10,8 @@
 //! behaviour): it implements [`ConnHandler`](crate::engineio::ConnHandler),
 //! multiplexes namespaces over each Engine.IO connection, offers node's
 //! connection state recovery ([`RecoveryOptions`]) and built-in behaviours
-//! ([`NamespaceBehaviour`], [`install_conformance`]).
+//! ([`NamespaceBehaviour`]; the official test-suite's reference server,
+//! `install_conformance`, behind the `conformance` feature).
 //!
 //! # Rooms are hub topics
 //!
@@ -38,6 +39,8 @@
 
 mod behaviour;
 mod binary;
+#[cfg(any(test, feature = "conformance"))]
+mod conformance;
 mod namespace;
 mod options;
 mod packet;
@@ -50,11 +53,12 @@ mod socket;
 mod server_tests;
 
 pub use behaviour::{
-    attach, conformance_options, install_behaviour, install_conformance, NamespaceBehaviour,
-    RelayBucket, RelayRate, CONFORMANCE_CONNECT_TIMEOUT, DEFAULT_RELAY_BURST,
+    attach, install_behaviour, NamespaceBehaviour, RelayBucket, RelayRate, DEFAULT_RELAY_BURST,
     DEFAULT_RELAY_PER_SECOND, MAX_CLIENT_ROOMS, MAX_ROOM_NAME_LEN,
 };
 pub use binary::{BinaryReassembler, Reassembly, SioDecoder, SioMessage};
+#[cfg(any(test, feature = "conformance"))]
+pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectFuture, Namespace};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
