@@ -124,6 +124,15 @@ fn head_attack(head: &str, n: usize) -> Vec<u8> {
     format!("{head}GET /smuggled-{n} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
 }
 
+/// One case per head: named after its bytes, each followed by its hidden request.
+fn head_cases(heads: &[&str]) -> Vec<(String, Vec<u8>)> {
+    heads
+        .iter()
+        .enumerate()
+        .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
+        .collect()
+}
+
 fn no_smuggled(paths: &[String]) -> bool {
     paths.iter().all(|p| !p.starts_with("/smuggled"))
 }
@@ -516,17 +525,13 @@ async fn a_missing_final_crlf_turns_what_follows_into_trailers_not_a_request() {
 #[tokio::test]
 async fn obs_fold_header_lines_are_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: b\r\n\tc\r\n\r\n",
         "POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\nhello",
         "GET /echo/a HTTP/1.1\r\n Host: x\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\n\tHost: y\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
@@ -535,16 +540,12 @@ async fn obs_fold_header_lines_are_400() {
 #[tokio::test]
 async fn a_bare_cr_in_a_header_is_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A\r: b\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: b\rTransfer-Encoding: chunked\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\n\rX-A: b\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
@@ -553,14 +554,10 @@ async fn a_bare_cr_in_a_header_is_400() {
 #[tokio::test]
 async fn duplicate_host_headers_are_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
@@ -575,17 +572,13 @@ async fn duplicate_host_headers_are_400() {
 #[tokio::test]
 async fn a_missing_or_malformed_host_is_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a HTTP/1.1\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x, evil.example\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x evil\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x/evil\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost:\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
@@ -596,15 +589,11 @@ async fn a_missing_or_malformed_host_is_400() {
 #[tokio::test]
 async fn an_absolute_form_target_naming_another_host_is_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET http://evil.example/echo/a HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET https://evil.example/echo/a HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET http://x@evil.example/echo/a HTTP/1.1\r\nHost: x\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 
     for on in LISTENERS {
@@ -628,15 +617,11 @@ async fn an_absolute_form_target_naming_another_host_is_400() {
 #[tokio::test]
 async fn a_nul_in_a_header_is_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: b\0c\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-\0A: b\r\n\r\n",
         "GET /echo/a HTTP/1.1\r\nHost: x\0.evil.example\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
@@ -675,18 +660,14 @@ async fn a_request_with_bare_lf_line_ends_is_read_as_one_request() {
 #[tokio::test]
 async fn http_0_9_and_http_2_0_request_lines_are_400() {
     let f = Front::start();
-    let cases: Vec<(String, Vec<u8>)> = [
+    let cases = head_cases(&[
         "GET /echo/a\r\n\r\n",
         "GET /echo/a HTTP/2.0\r\nHost: x\r\n\r\n",
         "GET /echo/a HTTP/1.2\r\nHost: x\r\n\r\n",
         "GET /echo/a HTTP/3\r\nHost: x\r\n\r\n",
         "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         "GET /echo/a http/1.1\r\nHost: x\r\n\r\n",
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, head)| (head.escape_debug().to_string(), head_attack(head, i)))
-    .collect();
+    ]);
     refused(&f, &cases, 400).await;
 }
 
