@@ -50,23 +50,15 @@ impl Refusal {
 
 /// `host[:port]` names this listener: an IP literal (IPv6 in brackets) or `localhost`.
 fn own_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => {
-            return v6.split_once(']').is_some_and(|(ip, rest)| {
-                ip.parse::<std::net::Ipv6Addr>().is_ok()
-                    && (rest.is_empty()
-                        || rest
-                            .strip_prefix(':')
-                            .is_some_and(|p| p.parse::<u16>().is_ok()))
-            })
-        }
-        None => match host.rsplit_once(':') {
-            Some((name, port)) if port.parse::<u16>().is_ok() => name,
-            Some(_) => return false,
-            None => host,
-        },
+    let Some(name) = crate::forwarding::authority_host(host) else {
+        return false;
     };
-    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+        }
+    }
 }
 
 /// The checks every admin request passes before its endpoint runs (see the module doc).

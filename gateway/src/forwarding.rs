@@ -252,58 +252,43 @@ pub fn malformed_head(req: &RequestHeader) -> Option<&'static str> {
     }
 }
 
-/// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, where uri-host is an IP literal
-/// in brackets, or a reg-name (unreserved, percent-encoded and sub-delims characters).
-fn is_host(v: &[u8]) -> bool {
-    let (host, port) = if v.first() == Some(&b'[') {
-        match v.iter().position(|b| *b == b']') {
-            Some(end) => (&v[..=end], &v[end + 1..]),
-            None => return false,
-        }
+/// The host of an authority (`Host` value): RFC 9110 §7.2 / RFC 3986 §3.2.2 `uri-host [ ":"
+/// port ]`, where uri-host is an IP literal in brackets (returned with them), or a reg-name
+/// (unreserved, percent-encoded and sub-delims characters). `None` when it is not one. The
+/// front door's Host check and the admin listener's both read a Host with this.
+pub fn authority_host(v: &str) -> Option<&str> {
+    let (host, port) = if v.starts_with('[') {
+        let end = v.find(']')?;
+        (&v[..=end], &v[end + 1..])
     } else {
-        match v.iter().rposition(|b| *b == b':') {
+        match v.rfind(':') {
             Some(colon) => (&v[..colon], &v[colon..]),
-            None => (v, &v[v.len()..]),
+            None => (v, ""),
         }
     };
-    let port_ok = match port {
-        [] => true,
-        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
-        _ => false,
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
     };
-    let host_ok = match host {
-        [b'[', inner @ .., b']'] => {
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => {
             !inner.is_empty()
                 && inner
-                    .iter()
+                    .bytes()
                     .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
         }
-        _ => {
+        None => {
             !host.is_empty()
-                && host.iter().all(|b| {
-                    b.is_ascii_alphanumeric()
-                        || matches!(
-                            b,
-                            b'-' | b'.'
-                                | b'_'
-                                | b'~'
-                                | b'%'
-                                | b'!'
-                                | b'$'
-                                | b'&'
-                                | b'\''
-                                | b'('
-                                | b')'
-                                | b'*'
-                                | b'+'
-                                | b','
-                                | b';'
-                                | b'='
-                        )
-                })
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
         }
     };
-    host_ok && port_ok
+    (host_ok && port_ok).then_some(host)
+}
+
+fn is_host(v: &[u8]) -> bool {
+    std::str::from_utf8(v).is_ok_and(|v| authority_host(v).is_some())
 }
 
 /// An address as a `Forwarded` node (RFC 7239 §6: IPv6 in quotes and brackets).
