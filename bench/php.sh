@@ -9,6 +9,8 @@
 #
 # Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),
 # WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2"),
+# BASE_GATEWAY (a gateway binary of an earlier commit, measured as `base-tN` beside `gw-tN` with
+# the first GW_THREADS value and the same config: "is this change slower?" read within one run),
 # PM_CHILDREN php-fpm static pool size (4), QUIET_PCT / QUIET_MAX_S (wait for other processes
 # < 25% of a core, at most 60 s), OUT_DIR (bench/results), CARGO_TARGET_DIR.
 # Needs: cargo; installs nginx, php-fpm, wrk, curl, openssl with apt-get when missing.
@@ -81,12 +83,10 @@ for ((k = 0; k < 100; k++)); do [[ -S $T/php-fpm.sock ]] && break; sleep 0.05; d
 # --- the gateway: https listener, a fastcgi pool, the example's route (a static file, else PHP)
 declare -A URL PROXY_PIDS
 TARGETS=()
-i=0
-for n in $GW_THREADS; do
-    port=$((P_GW + 10 * i))
-    cat >"$T/gw-t$n.yaml" <<YAML
+gw_yaml() { # file port threads
+    cat >"$1" <<YAML
 listen:
-  https: 127.0.0.1:$port
+  https: 127.0.0.1:$2
 tls:
   certificates:
     - cert: $T/cert.pem
@@ -101,9 +101,14 @@ routes:
   - path: /
     static: {root: $DOCROOT}
     upstream: php
-threads: $n
+threads: $3
 grace_period_s: 1
 YAML
+}
+i=0
+for n in $GW_THREADS; do
+    port=$((P_GW + 10 * i))
+    gw_yaml "$T/gw-t$n.yaml" "$port" "$n"
     "$BIN/gateway" check --config "$T/gw-t$n.yaml" >/dev/null || die "gateway check failed for $T/gw-t$n.yaml"
     RUST_LOG=warn start "gw_t$n" "$T/gw-t$n.log" "$BIN/gateway" run --config "$T/gw-t$n.yaml"
     wait_port "$port"
@@ -112,6 +117,18 @@ YAML
     eval "PROXY_PIDS[gw-t$n]=\$PID_gw_t$n"
     i=$((i + 1))
 done
+if [[ -n ${BASE_GATEWAY:-} ]]; then
+    [[ -x $BASE_GATEWAY ]] || die "BASE_GATEWAY=$BASE_GATEWAY is not an executable"
+    n=${GW_THREADS%% *}
+    port=$((P_GW + 100))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is already in use"
+    gw_yaml "$T/base-t$n.yaml" "$port" "$n"
+    RUST_LOG=warn start "base_t$n" "$T/base-t$n.log" "$BASE_GATEWAY" run --config "$T/base-t$n.yaml"
+    wait_port "$port"
+    TARGETS+=("base-t$n")
+    URL[base-t$n]=https://localhost:$port/hello
+    eval "PROXY_PIDS[base-t$n]=\$PID_base_t$n"
+fi
 
 # --- nginx: the usual Laravel site (try_files, then index.php through fastcgi_pass) ------------
 # No fastcgi_keep_conn: that is the stock config, and with a static pool a kept nginx connection
@@ -256,6 +273,11 @@ hit() { awk -v v="$1" 'BEGIN { print (v + 0 >= 1.0 ? "hit" : "missed") }'; }
     echo
     echo "| ratio | median | all repetitions | target |"
     echo "|---|---:|---|---|"
+    if [[ -n ${BASE_GATEWAY:-} ]]; then
+        n=${GW_THREADS%% *}
+        printf '| gw-t%s / base-t%s req/s (this tree / BASE_GATEWAY) | %s | %s | >= 1.0: %s |\n' "$n" "$n" "$(ratio_per_rep "gw-t$n" "base-t$n" rps | median)" "$(ratio_per_rep "gw-t$n" "base-t$n" rps | all)" "$(hit "$(ratio_per_rep "gw-t$n" "base-t$n" rps | median)")"
+        printf '| base-t%s CPU/req / gw-t%s CPU/req (x less CPU) | %s | %s | |\n' "$n" "$n" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | median)" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | all)"
+    fi
     for t in "${TARGETS[@]}"; do
         [[ $t == gw-* ]] || continue
         m=$(ratio_per_rep "$t" nginx rps | median)
@@ -263,7 +285,7 @@ hit() { awk -v v="$1" 'BEGIN { print (v + 0 >= 1.0 ? "hit" : "missed") }'; }
         printf '| nginx CPU/req / %s CPU/req (x less CPU) | %s | %s | |\n' "$t" "$(ratio_per_rep "$t" nginx proxy_ticks | median)" "$(ratio_per_rep "$t" nginx proxy_ticks | all)"
     done
     echo
-    echo "Other processes' CPU during each measurement (ticks of ${CLK_TCK}/s, machine busy minus front minus php-fpm minus wrk), all rows in order: $(col nginx other_ticks | all) (nginx), $(for t in "${TARGETS[@]}"; do [[ $t == gw-* ]] && printf '%s (%s) ' "$(col "$t" other_ticks | all)" "$t"; done)"
+    echo "Other processes' CPU during each measurement (ticks of ${CLK_TCK}/s, machine busy minus front minus php-fpm minus wrk), all rows in order: $(col nginx other_ticks | all) (nginx), $(for t in "${TARGETS[@]}"; do [[ $t == gw-* || $t == base-* ]] && printf '%s (%s) ' "$(col "$t" other_ticks | all)" "$t"; done)"
     echo "wrk's own CPU, median share of the machine: $(awk -F'\t' -v d="$DURATION" -v hz="$CLK_TCK" -v np="$NPROC" 'NR > 1 { printf "%.0f\n", $11 * 100 / hz / d / np }' "$RAW" | median)%."
     echo "Raw: $(basename "$RAW")"
 } | tee "$REPORT"
