@@ -3,13 +3,15 @@
 # (stunnel -> HAProxy -> nginx), with the app (backend-stub, plain HTTP) as the ceiling.
 # All measured in ONE run, interleaved repetitions with a rotated order; medians + all values.
 #
-#   bash bench/http.sh                       # from the repo root; ~6.5 min once built (cold build ~6-11 min)
+#   bash bench/http.sh                       # from the repo root; ~8 min once built (cold build ~6-11 min)
 #   REPS=3 DURATION=5 bash bench/http.sh     # quicker look
 #
 # Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),
 # WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2 1"),
 # BASE_GATEWAY (a gateway binary of an earlier commit, measured as `base-tN` beside `gw-tN` with
 # the first GW_THREADS value: "is this change slower?" read within one run),
+# COUNT_S (seconds of the extra pass per target that counts syscalls and context switches under
+# `perf stat`, kept apart so its overhead is not in the CPU figures; 0 skips it; default 5),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s),
 # OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
 # Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
@@ -23,11 +25,12 @@ CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 GW_THREADS=${GW_THREADS:-"2 1"}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
-P_APP=18080 P_GW=18443 P_NGINX=18444 P_STUNNEL=18445 P_HAPROXY=18446 P_NGINX2=18447
+COUNT_S=${COUNT_S:-5}
+P_APP=18080 P_GW=18443 P_NGINX=18444 P_STUNNEL=18445 P_HAPROXY=18446 P_NGINX2=18447 P_PINGORA=18448
 
 ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
 build_bins -p gateway -p backend-stub -p bench
-for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $((P_GW)) $((P_GW + 10)); do
+for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $P_PINGORA $((P_GW)) $((P_GW + 10)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
 
@@ -70,6 +73,15 @@ if [[ -n ${BASE_GATEWAY:-} ]]; then
     URL[base-t$n]=https://localhost:$port/ping
     eval "PROXY_PIDS[base-t$n]=\$PID_base_t$n"
 fi
+
+# Stock pingora: the smallest ProxyHttp (bench/src/stock_pingora.rs), threads as the first gw-tN.
+n=${GW_THREADS%% *}
+start pingora "$T/pingora.log" "$BIN/stock-pingora" --listen 127.0.0.1:$P_PINGORA --upstream 127.0.0.1:$P_APP \
+    --cert "$T/cert.pem" --key "$T/key.pem" --threads "$n"
+wait_port $P_PINGORA
+TARGETS+=(pingora)
+URL[pingora]=https://localhost:$P_PINGORA/ping
+PROXY_PIDS[pingora]=$PID_pingora
 
 nginx_conf "$T" nginx 127.0.0.1:$P_NGINX 127.0.0.1:$P_APP yes
 start nginx "$T/nginx.out" nginx -p "$T/nginx" -c "$T/nginx.conf"
@@ -170,6 +182,30 @@ for ((r = 1; r <= REPS; r++)); do
 done
 ELAPSED=$((SECONDS - START_S))
 
+# --- syscalls and context switches per request: a separate pass under `perf stat` -----------
+# Counting every syscall costs the counted process a little, so it is not done during the
+# measured repetitions above; one COUNT_S-second wrk run per target here, same load.
+printf 'target\trequests\tsyscalls\tcswitches\n' >"$RAW.counts"
+if ((COUNT_S > 0)) && perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1; then
+    for t in "${TARGETS[@]}"; do
+        [[ -n ${PROXY_PIDS[$t]} ]] || continue
+        wait_quiet $ALL_PIDS >/dev/null
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(tree_pids ${PROXY_PIDS[$t]})" \
+            -o "$T/perf-$t.csv" &
+        perf_pid=$!
+        sleep 0.3
+        run_wrk "${URL[$t]}" "$COUNT_S" "$T/wrk-count-$t.txt" >/dev/null
+        kill -INT "$perf_pid"; wait "$perf_pid" || true
+        req=$(awk '/requests in/ { print $1 }' "$T/wrk-count-$t.txt")
+        sc=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$T/perf-$t.csv")
+        cs=$(awk -F, '$3 == "context-switches" { print $1 }' "$T/perf-$t.csv")
+        printf '%s\t%s\t%s\t%s\n' "$t" "${req:-0}" "${sc:-0}" "${cs:-0}" >>"$RAW.counts"
+        log "counts $t: $req requests, $sc syscalls, $cs context switches"
+    done
+else
+    log "perf stat with the raw_syscalls tracepoint is not available (or COUNT_S=0): no syscall counts"
+fi
+
 # --- report --------------------------------------------------------------------------------
 col() { # target column-name -> values of that column for the target, in rep order
     awk -F'\t' -v t="$1" -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
@@ -195,7 +231,7 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
     echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
     echo "- versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(stunnel -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2), gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')"
     [[ -n ${BASE_GATEWAY:-} ]] && echo "- base-tN = BASE_GATEWAY ($BASE_GATEWAY, $("$BASE_GATEWAY" --version 2>/dev/null || echo 'version unknown')), same config as gw-tN"
-    echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
+    echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; pingora = stock pingora 0.9.1, the smallest ProxyHttp (bench/src/stock_pingora.rs; rustls, jemalloc, threads ${GW_THREADS%% *}) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
     echo "- proxy CPU = utime+stime of the proxy processes (gateway | nginx master+workers | stunnel+HAProxy+nginx), per request; app CPU = backend-stub's, per request"
     echo
     echo "| target | req/s median | req/s all | p50 ms | p99 ms | proxy CPU us/req | app CPU us/req | errors |"
@@ -215,10 +251,10 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
     echo "|---|---:|---|"
     for t in "${TARGETS[@]}"; do
         [[ $t == gw-* ]] || continue
-        for peer in chain nginx direct; do
+        for peer in pingora chain nginx direct; do
             printf '| %s / %s req/s | %s | %s |\n' "$t" "$peer" "$(ratio_per_rep "$t" $peer rps | median)" "$(ratio_per_rep "$t" $peer rps | all)"
         done
-        for peer in chain nginx; do
+        for peer in pingora chain nginx; do
             printf '| %s CPU/req / %s CPU/req (x less CPU) | %s | %s |\n' "$peer" "$t" "$(ratio_per_rep "$t" $peer proxy_ticks | median)" "$(ratio_per_rep "$t" $peer proxy_ticks | all)"
         done
     done
@@ -228,7 +264,16 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
         printf '| base-t%s CPU/req / gw-t%s CPU/req (x less CPU) | %s | %s |\n' "$n" "$n" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | median)" "$(ratio_per_rep "gw-t$n" "base-t$n" proxy_ticks | all)"
     fi
     printf '| nginx / chain req/s | %s | %s |\n' "$(ratio_per_rep nginx chain rps | median)" "$(ratio_per_rep nginx chain rps | all)"
+    printf '| nginx CPU/req / pingora CPU/req (x less CPU) | %s | %s |\n' "$(ratio_per_rep pingora nginx proxy_ticks | median)" "$(ratio_per_rep pingora nginx proxy_ticks | all)"
     echo
+    if [[ $(wc -l <"$RAW.counts") -gt 1 ]]; then
+        echo "Syscalls and context switches per request, all processes of each front (one ${COUNT_S} s pass each under \`perf stat\`, after the measured repetitions):"
+        echo
+        echo "| target | requests | syscalls/req | context switches/req |"
+        echo "|---|---:|---:|---:|"
+        awk -F'\t' 'NR > 1 { r = ($2 > 0 ? $2 : 1); printf "| %s | %d | %.2f | %.2f |\n", $1, $2, $3 / r, $4 / r }' "$RAW.counts"
+        echo
+    fi
     echo "Other processes' CPU during each measurement (ticks of ${CLK_TCK}/s, machine busy minus servers minus wrk): $(col gw-t2 other_ticks 2>/dev/null | all) (gw-t2 rows; all rows in the TSV)."
     echo "wrk's own CPU, median share of the machine: $(awk -F'\t' -v d="$DURATION" -v hz="$CLK_TCK" -v np="$NPROC" 'NR > 1 { printf "%.0f\n", $11 * 100 / hz / d / np }' "$RAW" | median)%."
     echo "Raw: $RAW"

@@ -117,6 +117,22 @@ tree_ticks() { # pid ...
         }'
 }
 
+# The given processes and all their descendants, comma-separated (for `perf stat -p`).
+tree_pids() { # pid ...
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
+        { line = $0; pid = $1; sub(/^.*\) /, "", line); split(line, f, " "); ppid[pid] = f[2] }
+        END {
+            n = split(roots, r, " ")
+            for (i = 1; i <= n; i++) if (r[i] in ppid) inset[r[i]] = 1
+            changed = 1
+            while (changed) {
+                changed = 0
+                for (p in ppid) if (!(p in inset) && (ppid[p] in inset)) { inset[p] = 1; changed = 1 }
+            }
+            sep = ""; for (p in inset) { printf "%s%s", sep, p; sep = "," } print ""
+        }'
+}
+
 # Busy ticks of the whole machine (all cores).
 machine_busy() {
     awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
