@@ -1,6 +1,7 @@
-//! Engine.IO v4 codecs: packets, polling payloads, the `open` handshake and
-//! request validation, as pure functions with the reference server's
-//! (npm `engine.io` 6.6) wire behaviour.
+//! Engine.IO v4. The `codec` module holds the wire formats: packets, polling
+//! payloads, the `open` handshake and request validation, as pure functions
+//! with the reference server's (npm `engine.io` 6.6) wire behaviour; it
+//! imports nothing else of the crate. Beside it, the transports and sessions.
 //!
 //! Transports own the I/O: a WebSocket feeds each frame to
 //! [`Packet::decode_text`] / [`Packet::decode_binary`] and sends
@@ -12,27 +13,24 @@
 //! handshakes, long-polling, WebSocket and the upgrade between them, and
 //! hands each connection to a [`ConnHandler`] as a [`Conn`].
 
+mod codec;
 mod config;
 pub mod conn;
-mod handshake;
-mod packet;
-mod payload;
 mod polling;
-mod request;
 mod server;
 mod session;
 #[cfg(test)]
 mod tests;
 mod websocket;
 
+pub use codec::{
+    decode_payload, encode_payload, encode_payload_capped, verify_request, DecodeError,
+    EngineError, EngineRequest, Handshake, Packet, Transport, WsFrame, PROBE,
+};
 pub use config::{
     AllowRequest, CorsConfig, CorsOrigin, EngineConfig, HandshakeRequest, DEFAULT_CORS_METHODS,
     DEFAULT_IN_QUEUE, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_CLIENT,
     DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
 };
 pub use conn::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
-pub use handshake::Handshake;
-pub use packet::{DecodeError, Packet, WsFrame, PROBE};
-pub use payload::{decode_payload, encode_payload, encode_payload_capped};
-pub use request::{verify_request, EngineError, EngineRequest, Transport};
 pub use server::EngineServer;

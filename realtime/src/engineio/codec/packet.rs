@@ -144,7 +144,7 @@ impl Packet {
     }
 
     /// Byte length of [`Packet::encode_text`], without encoding.
-    pub(super) fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         1 + match self {
             Packet::Open(s) | Packet::Message(s) => s.len(),
             Packet::Ping(d) | Packet::Pong(d) => d.as_deref().map_or(0, str::len),

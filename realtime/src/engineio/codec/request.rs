@@ -22,8 +22,8 @@ pub enum EngineError {
     Forbidden(Option<String>),
     #[error("Unsupported protocol version")]
     UnsupportedProtocolVersion,
-    /// Over [`EngineConfig::max_sessions_per_client`](super::EngineConfig::max_sessions_per_client)
-    /// (`per_client`) or [`EngineConfig::max_sessions`](super::EngineConfig::max_sessions). Not a
+    /// Over [`EngineConfig::max_sessions_per_client`](crate::engineio::EngineConfig::max_sessions_per_client)
+    /// (`per_client`) or [`EngineConfig::max_sessions`](crate::engineio::EngineConfig::max_sessions). Not a
     /// reference-server error (node has no cap): answered `429` / `503` with `Retry-After`, so
     /// clients and operators see overload rather than a malformed request, with the JSON body
     /// of every Engine.IO error (code 4, "the server refuses this handshake", as `allowRequest`).
