@@ -1,5 +1,6 @@
-//! Socket.IO v5 packet codec (the default parser, npm `socket.io-parser` 4.2),
-//! carried in Engine.IO `message` packets.
+//! Socket.IO v5: the packet codec (module `codec`: the default parser, npm
+//! `socket.io-parser` 4.2, as pure functions importing nothing else of the
+//! crate), carried in Engine.IO `message` packets, and the server on top.
 //!
 //! Input: feed each Engine.IO text message to [`SioDecoder::decode_text`] and
 //! each binary message to [`SioDecoder::decode_binary`]; a complete
@@ -38,12 +39,11 @@
 //! (128), and frame sizes by the transport before anything reaches here.
 
 mod behaviour;
-mod binary;
+mod codec;
 #[cfg(any(test, feature = "conformance"))]
 mod conformance;
 mod namespace;
 mod options;
-mod packet;
 mod recovery;
 mod rooms;
 mod server;
@@ -56,7 +56,10 @@ pub use behaviour::{
     attach, install_behaviour, NamespaceBehaviour, RelayBucket, RelayRate, DEFAULT_RELAY_BURST,
     DEFAULT_RELAY_PER_SECOND, MAX_CLIENT_ROOMS, MAX_ROOM_NAME_LEN,
 };
-pub use binary::{BinaryReassembler, Reassembly, SioDecoder, SioMessage};
+pub use codec::{
+    placeholder, BinaryReassembler, Reassembly, SioDecoder, SioError, SioKind, SioMessage,
+    SioPacket, DEFAULT_MAX_ATTACHMENTS, RESERVED_EVENTS,
+};
 #[cfg(any(test, feature = "conformance"))]
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectFuture, Namespace};
@@ -64,96 +67,10 @@ pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
     DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,
 };
-pub use packet::{SioError, SioKind, SioPacket, DEFAULT_MAX_ATTACHMENTS, RESERVED_EVENTS};
 pub use recovery::DEDUPE_WINDOW;
 pub use rooms::{generate_id, looks_like_id, namespace_topic, room_topic, ID_LEN, TOPIC_PREFIX};
 pub use server::{SocketIo, SocketIoStats};
 pub use socket::{
-    placeholder, AckError, AckSender, Args, DisconnectReason, EmitError, Event, RoomError, Socket,
+    AckError, AckSender, Args, DisconnectReason, EmitError, Event, RoomError, Socket,
     DEFAULT_EVENT, MAX_PRECONNECT_PACKETS,
 };
-
-#[cfg(test)]
-mod tests {
-    //! The note's vectors as they appear inside Engine.IO packets.
-
-    use super::*;
-    use crate::engineio::Packet;
-    use bytes::Bytes;
-    use serde_json::json;
-
-    fn through_engineio(wire: &str) -> Result<Option<SioMessage>, SioError> {
-        let Ok(Packet::Message(text)) = Packet::decode_text(wire) else {
-            panic!("{wire} is not an Engine.IO message");
-        };
-        SioDecoder::default().decode_text(&text)
-    }
-
-    #[test]
-    fn engineio_wrapped_vectors() {
-        let ok = [
-            ("40", SioPacket::connect("/", None)),
-            ("40/random", SioPacket::connect("/random", None)),
-            ("41/admin,", SioPacket::disconnect("/admin")),
-            (
-                "42[\"foo\",1]",
-                SioPacket::event("/", json!(["foo", 1]), None),
-            ),
-            (
-                "42/admin,13[\"foo\"]",
-                SioPacket::event("/admin", json!(["foo"]), Some(13)),
-            ),
-            ("43456[1,\"2\"]", SioPacket::ack("/", json!([1, "2"]), 456)),
-            (
-                "44/random,{\"message\":\"Invalid namespace\"}",
-                SioPacket::connect_error("/random", json!({"message": "Invalid namespace"})),
-            ),
-        ];
-        for (wire, packet) in ok {
-            assert_eq!(
-                through_engineio(wire),
-                Ok(Some(packet.clone().into())),
-                "{wire}"
-            );
-            let out = Packet::Message(SioMessage::from(packet).encode()).encode_text();
-            if wire != "40/random" {
-                assert_eq!(out, wire);
-            }
-        }
-        for (wire, error) in [
-            ("4abc", SioError::UnknownType),
-            ("42{}", SioError::InvalidPayload),
-            ("42abc[\"foo\"]", SioError::InvalidPayload),
-            ("42[\"disconnect\"]", SioError::InvalidPayload),
-        ] {
-            assert_eq!(through_engineio(wire), Err(error), "{wire}");
-        }
-    }
-
-    #[test]
-    fn binary_event_over_engineio() {
-        let mut d = SioDecoder::default();
-        let frames = [
-            Packet::decode_text(
-                "452-[\"message\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1}]",
-            )
-            .unwrap(),
-            Packet::decode_binary(Bytes::from_static(&[1, 2, 3])),
-            Packet::decode_text("bBAU=").unwrap(),
-        ];
-        let mut out = None;
-        for frame in frames {
-            out = match frame {
-                Packet::Message(t) => d.decode_text(&t).unwrap(),
-                Packet::MessageBinary(b) => d.decode_binary(b).unwrap(),
-                other => panic!("{other:?}"),
-            };
-        }
-        let msg = out.unwrap();
-        assert_eq!(
-            msg.binaries,
-            [Bytes::from_static(&[1, 2, 3]), Bytes::from_static(&[4, 5])]
-        );
-        assert_eq!(msg.packet.kind, SioKind::Event);
-    }
-}

@@ -13,13 +13,12 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use super::codec::{event_head, RESERVED_EVENTS};
 use super::options::SocketIoOptions;
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::{namespace_topic, room_topic};
 use super::server::{ConnShared, SocketIoStats};
-use super::socket::{
-    event_head, AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner,
-};
+use super::socket::{AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner};
 use crate::hub::{Hub, JoinOutcome, Message, MessageId, Payload, Position, SubscriberId};
 use crate::sync::lock;
 
@@ -538,7 +537,7 @@ impl BroadcastOperator {
     /// target room in the rooms' sorted order, or one for the namespace
     /// topic; with `except`, one per recipient.
     pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<Vec<Position>, EmitError> {
-        if super::packet::RESERVED_EVENTS.contains(&name) {
+        if RESERVED_EVENTS.contains(&name) {
             return Err(EmitError::ReservedEvent(name.to_owned()));
         }
         let args = args.into();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::packet::DEFAULT_MAX_ATTACHMENTS;
+use super::codec::DEFAULT_MAX_ATTACHMENTS;
 
 /// `connectTimeout`: a connection that has joined no namespace this long
 /// after it opened is closed (node's default). It frees Engine.IO sessions

@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::Value;
 use thiserror::Error;
 
+use super::codec::{Outgoing, SioDecoder, SioError, SioKind, SioMessage, SioPacket};
 use super::namespace::{ConnectError, ConnectFuture, ConnectHandler, Namespace};
 use super::options::SocketIoOptions;
-use super::packet::{SioError, SioKind, SioPacket};
 use super::rooms::normalize_nsp;
-use super::socket::{DisconnectReason, EmitError, Outgoing, Socket};
-use super::{SioDecoder, SioMessage};
+use super::socket::{DisconnectReason, EmitError, Socket};
 use crate::engineio::{
     CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError,
 };

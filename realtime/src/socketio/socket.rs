@@ -15,12 +15,11 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
+use super::codec::{placeholder, Outgoing, SioMessage, SioPacket, RESERVED_EVENTS};
 use super::namespace::{BroadcastOperator, Namespace, NsInner};
-use super::packet::{encode_parts, SioKind, SioPacket, RESERVED_EVENTS};
 use super::recovery::{Decision, Tracker};
 use super::rooms::room_topic;
 use super::server::ConnShared;
-use super::SioMessage;
 use crate::engineio::{CloseReason, HandshakeInfo};
 use crate::hub::{HubError, JoinOutcome, Message, Position, Subscriber, SubscriberId};
 
@@ -64,14 +63,6 @@ impl Args {
         self.binaries.push(bytes.into());
         self
     }
-}
-
-/// The placeholder object standing for attachment `num`.
-pub fn placeholder(num: usize) -> Value {
-    let mut map = serde_json::Map::new();
-    map.insert("_placeholder".into(), Value::Bool(true));
-    map.insert("num".into(), Value::from(num));
-    Value::Object(map)
 }
 
 impl From<Vec<Value>> for Args {
@@ -212,89 +203,6 @@ pub(super) enum Phase {
     Closed,
 }
 
-/// One encoded packet: the text message, then its binary messages.
-#[derive(Debug)]
-pub(super) struct Outgoing {
-    pub(super) text: String,
-    pub(super) binaries: Vec<Bytes>,
-}
-
-/// An event packet's text up to, not including, the closing `]` of its
-/// arguments: the part every recipient of a broadcast shares (each may
-/// append its own offset).
-pub(super) fn event_head(
-    nsp: &str,
-    name: &str,
-    args: &[Value],
-    id: Option<u64>,
-    attachments: usize,
-) -> String {
-    let kind = if attachments == 0 {
-        SioKind::Event
-    } else {
-        SioKind::BinaryEvent
-    };
-    let mut text = encode_parts(kind, attachments, nsp, id, None).into_bytes();
-    text.push(b'[');
-    // Writing JSON values to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut text, name);
-    for arg in args {
-        text.push(b',');
-        let _ = serde_json::to_writer(&mut text, arg);
-    }
-    // serde_json writes UTF-8, and so does everything around it.
-    String::from_utf8(text).unwrap_or_default()
-}
-
-/// Completes an [`event_head`], with the offset as last argument if any.
-fn close_event(head: &str, offset: Option<u64>) -> String {
-    let mut text = String::with_capacity(head.len() + 24);
-    text.push_str(head);
-    if let Some(offset) = offset {
-        // Writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut text, format_args!(",\"{offset}\""));
-    }
-    text.push(']');
-    text
-}
-
-impl Outgoing {
-    pub(super) fn packet(packet: SioPacket) -> Outgoing {
-        Outgoing {
-            text: SioMessage::from(packet).encode(),
-            binaries: Vec::new(),
-        }
-    }
-
-    /// An EVENT (BINARY_EVENT with binaries), written straight from borrowed
-    /// parts so fan-out never clones a payload's JSON.
-    fn event(
-        nsp: &str,
-        name: &str,
-        args: &[Value],
-        offset: Option<u64>,
-        id: Option<u64>,
-        binaries: Vec<Bytes>,
-    ) -> Outgoing {
-        let head = event_head(nsp, name, args, id, binaries.len());
-        Outgoing {
-            text: close_event(&head, offset),
-            binaries,
-        }
-    }
-
-    fn ack(nsp: &str, id: u64, args: Args) -> Outgoing {
-        let msg = SioMessage {
-            packet: SioPacket::ack(nsp, Value::Array(args.values), id),
-            binaries: args.binaries,
-        };
-        Outgoing {
-            text: msg.encode(),
-            binaries: msg.binaries,
-        }
-    }
-}
-
 /// The socket's single outgoing path and its delivery bookkeeping, under one
 /// lock: whoever holds it (the hub reader, an emit, a join with replay)
 /// writes complete packets in an order the tracker agrees with.
@@ -362,7 +270,13 @@ impl fmt::Debug for AckSender {
 impl AckSender {
     /// Sends `3<nsp,><id>[args…]` (`6…` with binaries).
     pub fn send(self, args: impl Into<Args>) -> Result<(), EmitError> {
-        let out = Outgoing::ack(&self.socket.inner.ns.path, self.id, args.into());
+        let args = args.into();
+        let out = Outgoing::ack(
+            &self.socket.inner.ns.path,
+            self.id,
+            args.values,
+            args.binaries,
+        );
         self.socket.inner.write(out)
     }
 
@@ -473,10 +387,7 @@ impl SocketInner {
             return;
         };
         let head = self.ns.event_head(msg, name);
-        let out = Outgoing {
-            text: close_event(&head, offset),
-            binaries: msg.attachments().to_vec(),
-        };
+        let out = Outgoing::event_from_head(&head, offset, msg.attachments().to_vec());
         // A failure closes the connection (slow consumer) or means it is
         // closed already; the teardown that follows handles both.
         let _ = self.write_locked(outbox, out);

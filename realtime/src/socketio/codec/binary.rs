@@ -57,6 +57,15 @@ impl SioMessage {
     }
 }
 
+/// The placeholder object standing for attachment `num`, as it appears in the JSON of a packet
+/// with binaries.
+pub fn placeholder(num: usize) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("_placeholder".into(), Value::Bool(true));
+    map.insert("num".into(), Value::from(num));
+    Value::Object(map)
+}
+
 /// Collects the binary frames announced by a `BinaryEvent`/`BinaryAck` header.
 ///
 /// The header's placeholders are checked when it arrives, not after the last
