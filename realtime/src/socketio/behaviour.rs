@@ -42,10 +42,11 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::event::{Args, Event};
 use super::namespace::Namespace;
 use super::rooms::looks_like_id;
 use super::server::SocketIo;
-use super::socket::{AckSender, Args, Event, Socket};
+use super::state::{AckSender, Socket};
 
 /// Rooms a client may join through `join`: enough for any chat UI, small
 /// enough that one client cannot make the hub track thousands of topics.

@@ -5,9 +5,9 @@
 use std::future::ready;
 use std::time::Duration;
 
+use super::event::Args;
 use super::options::SocketIoOptions;
 use super::server::SocketIo;
-use super::socket::Args;
 
 /// `connectTimeout` the official test-suite expects (it waits for the
 /// server to close a silent connection).

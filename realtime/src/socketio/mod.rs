@@ -14,6 +14,26 @@
 //! ([`NamespaceBehaviour`]; the official test-suite's reference server,
 //! `install_conformance`, behind the `conformance` feature).
 //!
+//! # Layers
+//!
+//! Each module depends only on those below it (`tests/module_graph.rs` checks
+//! it from the source):
+//!
+//! * `behaviour`, `conformance`: built on the public API only;
+//! * `server`: [`SocketIo`] and one task per connection, which decodes
+//!   packets and dispatches them to namespaces and sockets;
+//! * `namespace`: [`Namespace`], socket creation and recovery, broadcasts;
+//! * `socket`: one socket's events, acks, rooms and ordered delivery;
+//! * `state`: the connection, namespace and socket state they share, which
+//!   point at one another, so they are defined together here;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`: plain types
+//!   and bookkeeping;
+//! * `codec`: the wire formats.
+//!
+//! Messages flow one way through them: client events come in through
+//! `server` to a socket's handlers, which publish to the hub; what the hub
+//! delivers goes out through each socket's reader to its connection.
+//!
 //! # Rooms are hub topics
 //!
 //! Room `r` of namespace `/chat` is topic `sio:/chat:r` ([`room_topic`]);
@@ -42,12 +62,16 @@ mod behaviour;
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 mod conformance;
+mod error;
+mod event;
 mod namespace;
 mod options;
 mod recovery;
 mod rooms;
 mod server;
 mod socket;
+mod state;
+mod stats;
 
 #[cfg(test)]
 mod server_tests;
@@ -62,15 +86,16 @@ pub use codec::{
 };
 #[cfg(any(test, feature = "conformance"))]
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
-pub use namespace::{BroadcastOperator, ConnectError, ConnectFuture, Namespace};
+pub use error::{AckError, ConnectError, EmitError, RoomError};
+pub use event::{Args, DisconnectReason, Event};
+pub use namespace::{BroadcastOperator, Namespace};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
     DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,
 };
 pub use recovery::DEDUPE_WINDOW;
 pub use rooms::{generate_id, looks_like_id, namespace_topic, room_topic, ID_LEN, TOPIC_PREFIX};
-pub use server::{SocketIo, SocketIoStats};
-pub use socket::{
-    AckError, AckSender, Args, DisconnectReason, EmitError, Event, RoomError, Socket,
-    DEFAULT_EVENT, MAX_PRECONNECT_PACKETS,
-};
+pub use server::SocketIo;
+pub use socket::{DEFAULT_EVENT, MAX_PRECONNECT_PACKETS};
+pub use state::{AckSender, ConnectFuture, Socket};
+pub use stats::SocketIoStats;

@@ -1,101 +1,26 @@
 //! Namespaces: the connect handler, the local room registry, recovery
 //! sessions, and broadcasts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use thiserror::Error;
 use tokio::time::Instant;
 
-use super::codec::{event_head, RESERVED_EVENTS};
+use super::codec::RESERVED_EVENTS;
+use super::error::{AckError, EmitError, RoomError};
+use super::event::Args;
 use super::options::SocketIoOptions;
-use super::recovery::{Session, Sessions, Tracker};
-use super::rooms::{namespace_topic, room_topic};
-use super::server::{ConnShared, SocketIoStats};
-use super::socket::{AckError, Args, EmitError, Identity, RoomError, Socket, SocketInner};
-use crate::hub::{Hub, JoinOutcome, Message, MessageId, Payload, Position, SubscriberId};
+use super::recovery::Tracker;
+use super::rooms::{generate_id, room_topic};
+use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
+use super::stats::SocketIoStats;
+use crate::hub::{Hub, JoinOutcome, Payload, Position, SubscriberId};
 use crate::sync::lock;
-
-/// A connect handler's refusal, sent to the client as
-/// `4<nsp,>{"message":…,"data":…}` (node's `next(err)` in a middleware,
-/// with `err.data`). The client gets a `connect_error` with them.
-#[derive(Debug, Clone, PartialEq, Error)]
-#[error("{message}")]
-pub struct ConnectError {
-    pub message: String,
-    pub data: Option<Value>,
-}
-
-impl ConnectError {
-    pub fn new(message: impl Into<String>) -> ConnectError {
-        ConnectError {
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    pub fn with_data(mut self, data: Value) -> ConnectError {
-        self.data = Some(data);
-        self
-    }
-
-    /// The CONNECT_ERROR payload: `message` first, `data` only when set
-    /// (node's JSON drops an undefined `data`).
-    pub fn to_json(&self) -> Value {
-        let mut map = serde_json::Map::new();
-        map.insert("message".into(), Value::from(self.message.as_str()));
-        if let Some(data) = &self.data {
-            map.insert("data".into(), data.clone());
-        }
-        Value::Object(map)
-    }
-}
-
-/// What a connect handler returns.
-pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<(), ConnectError>> + Send>>;
-
-pub(super) type ConnectHandler = Arc<dyn Fn(Socket) -> ConnectFuture + Send + Sync>;
-
-/// Local membership, for `except` and for listing sockets: which sockets of
-/// this node are in which room (node's in-memory adapter).
-#[derive(Default)]
-struct Registry {
-    sockets: HashMap<Arc<str>, Socket>,
-    rooms: HashMap<String, HashSet<Arc<str>>>,
-}
-
-pub(super) struct NsInner {
-    pub(super) path: String,
-    /// Every socket of the namespace is in this topic.
-    pub(super) topic: Arc<str>,
-    pub(super) hub: Hub,
-    pub(super) options: Arc<SocketIoOptions>,
-    pub(super) stats: Arc<SocketIoStats>,
-    on_connect: Mutex<ConnectHandler>,
-    connect_history: AtomicUsize,
-    registry: Mutex<Registry>,
-    sessions: Mutex<Sessions>,
-    encoded: Mutex<EncodeCache>,
-}
-
-/// Broadcasts encoded recently, so a message fanned out to thousands of
-/// sockets is serialized once, not once per socket (node encodes a
-/// broadcast once too). A few slots, because each socket's reader works
-/// through its queue on its own: readers of two interleaved broadcasts
-/// would evict a single slot at every message.
-const ENCODE_CACHE_SLOTS: usize = 8;
-
-#[derive(Default)]
-struct EncodeCache {
-    slots: [Option<(MessageId, Arc<str>)>; ENCODE_CACHE_SLOTS],
-    next: usize,
-}
 
 /// A namespace. Cheap to clone; every clone is the same namespace.
 #[derive(Clone)]
@@ -120,23 +45,12 @@ impl Namespace {
         on_connect: ConnectHandler,
     ) -> Namespace {
         Namespace {
-            inner: Arc::new(NsInner {
-                topic: Arc::from(namespace_topic(&path)),
-                path,
-                hub,
-                options,
-                stats,
-                on_connect: Mutex::new(on_connect),
-                connect_history: AtomicUsize::new(0),
-                registry: Mutex::default(),
-                sessions: Mutex::default(),
-                encoded: Mutex::default(),
-            }),
+            inner: Arc::new(NsInner::new(path, hub, options, stats, on_connect)),
         }
     }
 
     pub(super) fn set_handler(&self, handler: ConnectHandler) {
-        *lock(&self.inner.on_connect) = handler;
+        self.inner.set_connect_handler(handler);
     }
 
     /// The path (`/`, `/chat`).
@@ -213,106 +127,6 @@ impl Namespace {
 }
 
 impl NsInner {
-    /// The shared part of the event packet for hub message `msg` (see
-    /// [`event_head`]). A message id names one payload wherever it was
-    /// published, so it is the cache key.
-    pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
-        {
-            let cache = lock(&self.encoded);
-            let hit = cache.slots.iter().flatten().find(|(id, _)| *id == msg.id);
-            if let Some((_, head)) = hit {
-                return Arc::clone(head);
-            }
-        }
-        let attachments = msg.attachments().len();
-        let head: Arc<str> = match msg.data() {
-            Value::Array(args) => event_head(&self.path, name, args, None, attachments),
-            one => event_head(
-                &self.path,
-                name,
-                std::slice::from_ref(one),
-                None,
-                attachments,
-            ),
-        }
-        .into();
-        let mut cache = lock(&self.encoded);
-        let slot = cache.next;
-        cache.slots[slot] = Some((msg.id, Arc::clone(&head)));
-        cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
-        head
-    }
-
-    pub(super) fn connect_handler(&self) -> ConnectHandler {
-        Arc::clone(&lock(&self.on_connect))
-    }
-
-    pub(super) fn registry_join(&self, room: &str, sid: &Arc<str>) {
-        lock(&self.registry)
-            .rooms
-            .entry(room.to_owned())
-            .or_default()
-            .insert(Arc::clone(sid));
-    }
-
-    pub(super) fn registry_leave(&self, room: &str, sid: &str) {
-        let mut reg = lock(&self.registry);
-        if let Some(members) = reg.rooms.get_mut(room) {
-            members.remove(sid);
-            if members.is_empty() {
-                reg.rooms.remove(room);
-            }
-        }
-    }
-
-    fn register(&self, socket: &Socket) {
-        lock(&self.registry)
-            .sockets
-            .insert(Arc::clone(&socket.inner.id), socket.clone());
-    }
-
-    pub(super) fn unregister(&self, socket: &Socket) {
-        let rooms = socket.rooms();
-        let mut reg = lock(&self.registry);
-        let is_this = reg
-            .sockets
-            .get(socket.id())
-            .is_some_and(|s| Arc::ptr_eq(&s.inner, &socket.inner));
-        if !is_this {
-            return;
-        }
-        reg.sockets.remove(socket.id());
-        for room in rooms {
-            if let Some(members) = reg.rooms.get_mut(&room) {
-                members.remove(socket.id());
-                if members.is_empty() {
-                    reg.rooms.remove(&room);
-                }
-            }
-        }
-    }
-
-    pub(super) fn keep_session(
-        &self,
-        sid: Arc<str>,
-        pid: Arc<str>,
-        rooms: Vec<String>,
-        tracker: Tracker,
-    ) {
-        let Some(opts) = &self.options.recovery else {
-            return;
-        };
-        let session = Session {
-            sid,
-            pid,
-            rooms,
-            tracker,
-            since: Instant::now(),
-        };
-        lock(&self.sessions).insert(session, opts.max_sessions, opts.max_disconnection_duration);
-        self.stats.sessions_kept.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A new socket for a CONNECT: the recovered session when the auth
     /// payload names one that can be served, else a fresh one. The socket is
     /// registered and reading the hub, still connecting (its packets wait
@@ -326,12 +140,12 @@ impl NsInner {
             self.start(&socket);
             return Ok(socket);
         }
-        let id: Arc<str> = Arc::from(super::rooms::generate_id());
+        let id: Arc<str> = Arc::from(generate_id());
         let pid = self
             .options
             .recovery
             .as_ref()
-            .map(|_| Arc::from(super::rooms::generate_id()));
+            .map(|_| Arc::from(generate_id()));
         let sub = Arc::new(self.hub.subscribe()?);
         let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
         tracker.add_origin(sub.id());
@@ -457,6 +271,27 @@ fn parse_offset(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// What a socket does with its whole namespace.
+impl Socket {
+    /// The namespace.
+    pub fn namespace(&self) -> Namespace {
+        Namespace {
+            inner: Arc::clone(&self.inner.ns),
+        }
+    }
+
+    /// A broadcast to the namespace that excludes this socket (node's
+    /// `socket.broadcast`).
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.inner.ns)).sender(self)
+    }
+
+    /// A broadcast to `room` that excludes this socket (node's `socket.to`).
+    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+}
+
 /// A broadcast being built: `to` rooms (union; none = the whole namespace),
 /// minus `except` rooms, minus the sender for a socket's broadcast.
 ///
@@ -487,7 +322,7 @@ impl fmt::Debug for BroadcastOperator {
 }
 
 impl BroadcastOperator {
-    pub(super) fn new(ns: Arc<NsInner>) -> BroadcastOperator {
+    fn new(ns: Arc<NsInner>) -> BroadcastOperator {
         BroadcastOperator {
             ns,
             rooms: BTreeSet::new(),
@@ -496,7 +331,7 @@ impl BroadcastOperator {
         }
     }
 
-    pub(super) fn sender(mut self, socket: &Socket) -> BroadcastOperator {
+    fn sender(mut self, socket: &Socket) -> BroadcastOperator {
         self.sender = Some((socket.subscriber_id(), Arc::clone(&socket.inner.id)));
         self
     }
@@ -637,18 +472,5 @@ mod tests {
         for bad in ["", "-1", "1.5", " 1", "Q80WZks", "99999999999999999999999"] {
             assert_eq!(parse_offset(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn connect_error_json_keeps_node_key_order() {
-        let e = ConnectError::new("Not authorized").with_data(serde_json::json!({"code": 7}));
-        assert_eq!(
-            e.to_json().to_string(),
-            r#"{"message":"Not authorized","data":{"code":7}}"#
-        );
-        assert_eq!(
-            ConnectError::new("x").to_json().to_string(),
-            r#"{"message":"x"}"#
-        );
     }
 }

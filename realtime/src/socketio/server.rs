@@ -4,50 +4,23 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 use thiserror::Error;
 
 use super::codec::{Outgoing, SioDecoder, SioError, SioKind, SioMessage, SioPacket};
-use super::namespace::{ConnectError, ConnectFuture, ConnectHandler, Namespace};
+use super::error::ConnectError;
+use super::event::DisconnectReason;
+use super::namespace::Namespace;
 use super::options::SocketIoOptions;
 use super::rooms::normalize_nsp;
-use super::socket::{DisconnectReason, EmitError, Socket};
-use crate::engineio::{
-    CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError,
-};
+use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
+use super::stats::SocketIoStats;
+use crate::engineio::{CloseReason, Conn, ConnHandler, Frame};
 use crate::hub::Hub;
-use crate::sync::{lock, read, write};
-
-/// Counters, as plain atomics (`Relaxed` loads).
-#[derive(Debug, Default)]
-pub struct SocketIoStats {
-    /// Engine.IO connections being served now.
-    pub connections: AtomicU64,
-    /// Sockets connected now (over all namespaces).
-    pub sockets: AtomicU64,
-    /// Connections closed because their outgoing queue was full, or the hub
-    /// dropped one of their sockets as a slow consumer.
-    pub slow_consumers: AtomicU64,
-    /// Connections closed for a protocol violation (undecodable packet,
-    /// packet for a namespace not joined, second CONNECT).
-    pub protocol_errors: AtomicU64,
-    /// Connections closed because no namespace was joined in time.
-    pub connect_timeouts: AtomicU64,
-    /// CONNECTs to a namespace that does not exist.
-    pub invalid_namespaces: AtomicU64,
-    /// CONNECTs refused by a connect handler.
-    pub rejected: AtomicU64,
-    /// Sockets that resumed their session.
-    pub recovered: AtomicU64,
-    /// CONNECTs naming a session that could not be resumed (unknown,
-    /// expired, offset not servable); they got a new session.
-    pub recovery_failures: AtomicU64,
-    /// Sessions stored for recovery after a transport loss.
-    pub sessions_kept: AtomicU64,
-}
+use crate::sync::{read, write};
 
 /// Why a connection was closed as broken.
 #[derive(Debug, Error)]
@@ -58,63 +31,6 @@ enum ProtocolError {
     /// anything else for a namespace not joined.
     #[error("invalid state: {kind:?} packet for namespace {nsp}")]
     InvalidState { kind: SioKind, nsp: String },
-}
-
-/// The connection as its sockets see it: the sender, serialized so the
-/// frames of one packet (text, then its binaries) are never interleaved
-/// with another packet's.
-pub(super) struct ConnShared {
-    pub(super) sender: ConnSender,
-    pub(super) info: Arc<HandshakeInfo>,
-    write_lock: Mutex<()>,
-    sockets: Mutex<HashMap<String, Socket>>,
-    stats: Arc<SocketIoStats>,
-}
-
-impl ConnShared {
-    /// Queues a packet without waiting. A full queue means the client does
-    /// not read: the connection is closed as a slow consumer rather than
-    /// buffered without bound.
-    pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
-        let _guard = lock(&self.write_lock);
-        let frames = std::iter::once(Frame::Text(out.text))
-            .chain(out.binaries.into_iter().map(Frame::Binary));
-        for frame in frames {
-            match self.sender.try_send(frame) {
-                Ok(()) => {}
-                Err(SendError::Full) => {
-                    self.slow_consumer();
-                    return Err(EmitError::SlowConsumer);
-                }
-                Err(SendError::Closed) => return Err(EmitError::Disconnected),
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn slow_consumer(&self) {
-        if !self.sender.is_closed() {
-            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("socket.io: closing a slow consumer");
-        }
-        self.sender.close(CloseReason::SlowConsumer);
-    }
-
-    fn socket(&self, nsp: &str) -> Option<Socket> {
-        lock(&self.sockets).get(nsp).cloned()
-    }
-
-    /// Drops `socket` from the connection's namespaces (if it is still the
-    /// one there).
-    pub(super) fn forget(&self, socket: &Socket) {
-        let mut sockets = lock(&self.sockets);
-        let is_this = sockets
-            .get(socket.nsp())
-            .is_some_and(|s| Arc::ptr_eq(&s.inner, &socket.inner));
-        if is_this {
-            sockets.remove(socket.nsp());
-        }
-    }
 }
 
 struct IoInner {
@@ -248,13 +164,7 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
         sender,
         ..
     } = conn;
-    let shared = Arc::new(ConnShared {
-        sender,
-        info,
-        write_lock: Mutex::new(()),
-        sockets: Mutex::default(),
-        stats: Arc::clone(&io.stats),
-    });
+    let shared = Arc::new(ConnShared::new(sender, info, Arc::clone(&io.stats)));
     io.stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut decoder = SioDecoder::new(io.options.max_attachments);
     let connect_timeout = tokio::time::sleep(io.options.connect_timeout);
@@ -291,8 +201,7 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
             }
         }
     };
-    let sockets: Vec<Socket> = lock(&shared.sockets).drain().map(|(_, s)| s).collect();
-    for socket in sockets {
+    for socket in shared.take_sockets() {
         socket.close(DisconnectReason::Connection(reason.clone()), false);
     }
     io.stats.connections.fetch_sub(1, Ordering::Relaxed);
@@ -357,7 +266,7 @@ async fn connect(
             return false;
         }
     };
-    lock(&shared.sockets).insert(nsp.clone(), socket.clone());
+    shared.insert(nsp.clone(), socket.clone());
     let handler = ns.inner.connect_handler();
     let outcome = tokio::select! {
         outcome = handler(socket.clone()) => Some(outcome),

@@ -1,27 +1,26 @@
 //! One client's presence in one namespace: events in both directions,
 //! acknowledgements, rooms, and the single ordered path every outgoing
-//! packet of the socket takes.
+//! packet of the socket takes. The socket's state, and what it reaches of
+//! its namespace and connection, are in `state`; nothing here names the
+//! namespace or server modules.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
-use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::codec::{placeholder, Outgoing, SioMessage, SioPacket, RESERVED_EVENTS};
-use super::namespace::{BroadcastOperator, Namespace, NsInner};
+use super::codec::{Outgoing, SioMessage, SioPacket, RESERVED_EVENTS};
+use super::error::{AckError, EmitError, RoomError};
+use super::event::{Args, DisconnectReason, Event};
 use super::recovery::{Decision, Tracker};
 use super::rooms::room_topic;
-use super::server::ConnShared;
+use super::state::{AckSender, Handlers, Outbox, Phase, Socket, SocketInner};
 use crate::engineio::{CloseReason, HandshakeInfo};
 use crate::hub::{HubError, JoinOutcome, Message, Position, Subscriber, SubscriberId};
+use crate::sync::lock;
 
 /// Event name given to hub messages published without one (a raw pub/sub
 /// publish): the name Socket.IO clients conventionally listen to.
@@ -31,241 +30,6 @@ pub const DEFAULT_EVENT: &str = "message";
 /// right after the CONNECT reply). A handler that emits more than this is
 /// treated like a client that does not read: the connection is closed.
 pub const MAX_PRECONNECT_PACKETS: usize = 1024;
-
-/// Event or acknowledgement arguments: JSON values plus binary attachments.
-///
-/// Binaries stay beside the JSON: each `{"_placeholder":true,"num":i}`
-/// object in `values` stands for `binaries[i]`, exactly as on the wire, so
-/// a relay forwards both untouched. Build binary arguments with
-/// [`Args::binary`], which appends a placeholder and its attachment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Args {
-    pub values: Vec<Value>,
-    pub binaries: Vec<Bytes>,
-}
-
-impl Args {
-    /// No arguments.
-    pub fn new() -> Args {
-        Args::default()
-    }
-
-    /// Appends a JSON argument.
-    pub fn arg(mut self, value: impl Into<Value>) -> Args {
-        self.values.push(value.into());
-        self
-    }
-
-    /// Appends a binary argument (a placeholder in `values`, the bytes in
-    /// `binaries`).
-    pub fn binary(mut self, bytes: impl Into<Bytes>) -> Args {
-        self.values.push(placeholder(self.binaries.len()));
-        self.binaries.push(bytes.into());
-        self
-    }
-}
-
-impl From<Vec<Value>> for Args {
-    fn from(values: Vec<Value>) -> Args {
-        Args {
-            values,
-            binaries: Vec::new(),
-        }
-    }
-}
-
-/// A JSON array is the argument list; any other value is one argument.
-impl From<Value> for Args {
-    fn from(value: Value) -> Args {
-        match value {
-            Value::Array(values) => Args::from(values),
-            other => Args::from(vec![other]),
-        }
-    }
-}
-
-impl From<()> for Args {
-    fn from(_: ()) -> Args {
-        Args::default()
-    }
-}
-
-/// An event received from the client.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    /// The event name. A numeric name (`42[42,"x"]`, legal on the wire) is
-    /// given as its JSON text (`"42"`).
-    pub name: String,
-    pub args: Args,
-}
-
-/// Why an emit failed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum EmitError {
-    /// The name is one the client reserves for its own events (`connect`,
-    /// `disconnect`, …): the client would mistake it for a state change.
-    #[error("`{0}` is a reserved event name")]
-    ReservedEvent(String),
-    /// The socket is disconnected.
-    #[error("socket disconnected")]
-    Disconnected,
-    /// The client's outgoing queue was full: the connection is now closed
-    /// as a slow consumer.
-    #[error("client does not keep up; connection closed")]
-    SlowConsumer,
-    /// Too many acknowledgements are awaited already.
-    #[error("too many pending acknowledgements (limit {limit})")]
-    TooManyPendingAcks { limit: usize },
-    /// The hub refused the publish.
-    #[error(transparent)]
-    Hub(#[from] HubError),
-}
-
-/// Why [`Socket::emit_with_ack`] got no acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AckError {
-    #[error("no acknowledgement within {0:?}")]
-    Timeout(Duration),
-    #[error("socket disconnected before acknowledging")]
-    Disconnected,
-    #[error(transparent)]
-    Emit(#[from] EmitError),
-}
-
-/// Why a join failed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum RoomError {
-    #[error("socket disconnected")]
-    Disconnected,
-    #[error(transparent)]
-    Hub(#[from] HubError),
-}
-
-/// Why a socket left its namespace, with node's reason strings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client sent DISCONNECT for this namespace.
-    ClientNamespaceDisconnect,
-    /// [`Socket::disconnect`] was called.
-    ServerNamespaceDisconnect,
-    /// The whole connection ended.
-    Connection(CloseReason),
-}
-
-impl DisconnectReason {
-    pub fn as_str(&self) -> &str {
-        match self {
-            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
-            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
-            DisconnectReason::Connection(reason) => reason.as_str(),
-        }
-    }
-
-    /// Whether the session is kept for recovery: node's
-    /// `RECOVERABLE_DISCONNECT_REASONS` (the transport went away, not the
-    /// client or server by intent), plus a slow consumer, which is exactly
-    /// the client that recovery exists for.
-    pub fn is_recoverable(&self) -> bool {
-        match self {
-            DisconnectReason::Connection(reason) => !matches!(reason, CloseReason::ParseError(_)),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-type EventHandler = Arc<dyn Fn(&Socket, Event, Option<AckSender>) + Send + Sync>;
-type DisconnectHandler = Arc<dyn Fn(&Socket, &DisconnectReason) + Send + Sync>;
-
-#[derive(Default)]
-struct Handlers {
-    events: HashMap<String, EventHandler>,
-    fallback: Option<EventHandler>,
-    disconnect: Vec<DisconnectHandler>,
-}
-
-#[derive(Default)]
-struct Acks {
-    next_id: u64,
-    waiting: HashMap<u64, oneshot::Sender<Args>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// The connect handler runs; packets wait in `pending`.
-    Connecting,
-    Connected,
-    Closed,
-}
-
-/// The socket's single outgoing path and its delivery bookkeeping, under one
-/// lock: whoever holds it (the hub reader, an emit, a join with replay)
-/// writes complete packets in an order the tracker agrees with.
-pub(super) struct Outbox {
-    pub(super) phase: Phase,
-    pending: Vec<Outgoing>,
-    pub(super) tracker: Tracker,
-}
-
-/// Who a new socket is: fresh ids, or a recovered session's.
-pub(super) struct Identity {
-    pub(super) id: Arc<str>,
-    pub(super) pid: Option<Arc<str>>,
-    pub(super) auth: Value,
-    pub(super) recovered: bool,
-}
-
-pub(super) struct SocketInner {
-    pub(super) id: Arc<str>,
-    pub(super) pid: Option<Arc<str>>,
-    pub(super) ns: Arc<NsInner>,
-    pub(super) conn: Arc<ConnShared>,
-    pub(super) auth: Value,
-    pub(super) recovered: bool,
-    pub(super) sub_id: SubscriberId,
-    pub(super) sub: Mutex<Option<Arc<Subscriber>>>,
-    pub(super) outbox: Mutex<Outbox>,
-    handlers: Mutex<Handlers>,
-    acks: Mutex<Acks>,
-    pub(super) rooms: Mutex<BTreeSet<String>>,
-    stop: watch::Sender<bool>,
-}
-
-/// A client's socket in one namespace. Cheap to clone; every clone is the
-/// same socket. Methods never block: emits and joins are non-blocking hub or
-/// queue operations, so they can be called from event handlers.
-#[derive(Clone)]
-pub struct Socket {
-    pub(super) inner: Arc<SocketInner>,
-}
-
-impl fmt::Debug for Socket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Socket")
-            .field("id", &self.inner.id)
-            .field("nsp", &self.inner.ns.path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Answers one client event that asked for an acknowledgement. Sending
-/// consumes it (a second answer is impossible, as in node); dropping it
-/// sends nothing. It can be moved into a spawned task.
-pub struct AckSender {
-    socket: Socket,
-    id: u64,
-}
-
-impl fmt::Debug for AckSender {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AckSender").field("id", &self.id).finish()
-    }
-}
 
 impl AckSender {
     /// Sends `3<nsp,><id>[args…]` (`6…` with binaries).
@@ -287,34 +51,6 @@ impl AckSender {
 }
 
 impl SocketInner {
-    pub(super) fn new(
-        who: Identity,
-        ns: Arc<NsInner>,
-        conn: Arc<ConnShared>,
-        sub: Arc<Subscriber>,
-        tracker: Tracker,
-    ) -> SocketInner {
-        SocketInner {
-            id: who.id,
-            pid: who.pid,
-            ns,
-            conn,
-            auth: who.auth,
-            recovered: who.recovered,
-            sub_id: sub.id(),
-            sub: Mutex::new(Some(sub)),
-            outbox: Mutex::new(Outbox {
-                phase: Phase::Connecting,
-                pending: Vec::new(),
-                tracker,
-            }),
-            handlers: Mutex::default(),
-            acks: Mutex::default(),
-            rooms: Mutex::default(),
-            stop: watch::channel(false).0,
-        }
-    }
-
     fn subscriber(&self) -> Option<Arc<Subscriber>> {
         lock(&self.sub).clone()
     }
@@ -448,12 +184,6 @@ impl SocketInner {
 }
 
 impl Socket {
-    pub(super) fn from_inner(inner: SocketInner) -> Socket {
-        Socket {
-            inner: Arc::new(inner),
-        }
-    }
-
     /// The socket id: a fresh random id (never the Engine.IO sid), kept
     /// across a recovery. The socket is in a room of that name.
     pub fn id(&self) -> &str {
@@ -469,13 +199,6 @@ impl Socket {
     /// The namespace path (`/`, `/chat`).
     pub fn nsp(&self) -> &str {
         &self.inner.ns.path
-    }
-
-    /// The namespace.
-    pub fn namespace(&self) -> Namespace {
-        Namespace {
-            inner: Arc::clone(&self.inner.ns),
-        }
     }
 
     /// The CONNECT packet's payload (`{}` when it had none), node's
@@ -661,17 +384,6 @@ impl Socket {
     /// The rooms the socket is in, its own id included.
     pub fn rooms(&self) -> BTreeSet<String> {
         lock(&self.inner.rooms).clone()
-    }
-
-    /// A broadcast to the namespace that excludes this socket (node's
-    /// `socket.broadcast`).
-    pub fn broadcast(&self) -> BroadcastOperator {
-        BroadcastOperator::new(Arc::clone(&self.inner.ns)).sender(self)
-    }
-
-    /// A broadcast to `room` that excludes this socket (node's `socket.to`).
-    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
-        self.broadcast().to(room)
     }
 
     /// Leaves the namespace: sends `1<nsp>` to the client, which does not

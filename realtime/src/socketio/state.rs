@@ -1,0 +1,410 @@
+//! The state of a connection, its namespaces and their sockets, which point at one another: a
+//! socket holds its namespace and its connection, and both hold their sockets. The types are
+//! defined here together, with the operations that touch only their own fields, so that the
+//! modules with the behaviour depend one way: `server` (connections) -> `namespace` ->
+//! `socket` -> this module, never back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::codec::{event_head, Outgoing};
+use super::error::{ConnectError, EmitError};
+use super::event::{Args, DisconnectReason, Event};
+use super::options::SocketIoOptions;
+use super::recovery::{Session, Sessions, Tracker};
+use super::rooms::namespace_topic;
+use super::stats::SocketIoStats;
+use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
+use crate::hub::{Hub, Message, MessageId, Subscriber, SubscriberId};
+use crate::sync::lock;
+
+// --- Sockets ---
+
+pub(super) type EventHandler = Arc<dyn Fn(&Socket, Event, Option<AckSender>) + Send + Sync>;
+pub(super) type DisconnectHandler = Arc<dyn Fn(&Socket, &DisconnectReason) + Send + Sync>;
+
+#[derive(Default)]
+pub(super) struct Handlers {
+    pub(super) events: HashMap<String, EventHandler>,
+    pub(super) fallback: Option<EventHandler>,
+    pub(super) disconnect: Vec<DisconnectHandler>,
+}
+
+#[derive(Default)]
+pub(super) struct Acks {
+    pub(super) next_id: u64,
+    pub(super) waiting: HashMap<u64, oneshot::Sender<Args>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The connect handler runs; packets wait in `pending`.
+    Connecting,
+    Connected,
+    Closed,
+}
+
+/// The socket's single outgoing path and its delivery bookkeeping, under one
+/// lock: whoever holds it (the hub reader, an emit, a join with replay)
+/// writes complete packets in an order the tracker agrees with.
+pub(super) struct Outbox {
+    pub(super) phase: Phase,
+    pub(super) pending: Vec<Outgoing>,
+    pub(super) tracker: Tracker,
+}
+
+/// Who a new socket is: fresh ids, or a recovered session's.
+pub(super) struct Identity {
+    pub(super) id: Arc<str>,
+    pub(super) pid: Option<Arc<str>>,
+    pub(super) auth: Value,
+    pub(super) recovered: bool,
+}
+
+pub(super) struct SocketInner {
+    pub(super) id: Arc<str>,
+    pub(super) pid: Option<Arc<str>>,
+    pub(super) ns: Arc<NsInner>,
+    pub(super) conn: Arc<ConnShared>,
+    pub(super) auth: Value,
+    pub(super) recovered: bool,
+    pub(super) sub_id: SubscriberId,
+    pub(super) sub: Mutex<Option<Arc<Subscriber>>>,
+    pub(super) outbox: Mutex<Outbox>,
+    pub(super) handlers: Mutex<Handlers>,
+    pub(super) acks: Mutex<Acks>,
+    pub(super) rooms: Mutex<BTreeSet<String>>,
+    pub(super) stop: watch::Sender<bool>,
+}
+
+impl SocketInner {
+    pub(super) fn new(
+        who: Identity,
+        ns: Arc<NsInner>,
+        conn: Arc<ConnShared>,
+        sub: Arc<Subscriber>,
+        tracker: Tracker,
+    ) -> SocketInner {
+        SocketInner {
+            id: who.id,
+            pid: who.pid,
+            ns,
+            conn,
+            auth: who.auth,
+            recovered: who.recovered,
+            sub_id: sub.id(),
+            sub: Mutex::new(Some(sub)),
+            outbox: Mutex::new(Outbox {
+                phase: Phase::Connecting,
+                pending: Vec::new(),
+                tracker,
+            }),
+            handlers: Mutex::default(),
+            acks: Mutex::default(),
+            rooms: Mutex::default(),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+// Its methods are in the `socket` module, and those that reach the whole namespace
+// (`namespace`, `broadcast`, `to`) in `namespace`.
+/// A client's socket in one namespace. Cheap to clone; every clone is the
+/// same socket. Methods never block: emits and joins are non-blocking hub or
+/// queue operations, so they can be called from event handlers.
+#[derive(Clone)]
+pub struct Socket {
+    pub(super) inner: Arc<SocketInner>,
+}
+
+impl Socket {
+    pub(super) fn from_inner(inner: SocketInner) -> Socket {
+        Socket {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Whether `self` and `other` are the same socket (clones of one).
+    pub(super) fn same(&self, other: &Socket) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.inner.id)
+            .field("nsp", &self.inner.ns.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answers one client event that asked for an acknowledgement. Sending
+/// consumes it (a second answer is impossible, as in node); dropping it
+/// sends nothing. It can be moved into a spawned task.
+pub struct AckSender {
+    pub(super) socket: Socket,
+    pub(super) id: u64,
+}
+
+impl fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckSender").field("id", &self.id).finish()
+    }
+}
+
+// --- Namespaces ---
+
+/// What a connect handler returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<(), ConnectError>> + Send>>;
+
+pub(super) type ConnectHandler = Arc<dyn Fn(Socket) -> ConnectFuture + Send + Sync>;
+
+/// Local membership, for `except` and for listing sockets: which sockets of
+/// this node are in which room (node's in-memory adapter).
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) sockets: HashMap<Arc<str>, Socket>,
+    pub(super) rooms: HashMap<String, HashSet<Arc<str>>>,
+}
+
+pub(super) struct NsInner {
+    pub(super) path: String,
+    /// Every socket of the namespace is in this topic.
+    pub(super) topic: Arc<str>,
+    pub(super) hub: Hub,
+    pub(super) options: Arc<SocketIoOptions>,
+    pub(super) stats: Arc<SocketIoStats>,
+    on_connect: Mutex<ConnectHandler>,
+    pub(super) connect_history: AtomicUsize,
+    pub(super) registry: Mutex<Registry>,
+    pub(super) sessions: Mutex<Sessions>,
+    encoded: Mutex<EncodeCache>,
+}
+
+/// Broadcasts encoded recently, so a message fanned out to thousands of
+/// sockets is serialized once, not once per socket (node encodes a
+/// broadcast once too). A few slots, because each socket's reader works
+/// through its queue on its own: readers of two interleaved broadcasts
+/// would evict a single slot at every message.
+const ENCODE_CACHE_SLOTS: usize = 8;
+
+#[derive(Default)]
+struct EncodeCache {
+    slots: [Option<(MessageId, Arc<str>)>; ENCODE_CACHE_SLOTS],
+    next: usize,
+}
+
+impl NsInner {
+    pub(super) fn new(
+        path: String,
+        hub: Hub,
+        options: Arc<SocketIoOptions>,
+        stats: Arc<SocketIoStats>,
+        on_connect: ConnectHandler,
+    ) -> NsInner {
+        NsInner {
+            topic: Arc::from(namespace_topic(&path)),
+            path,
+            hub,
+            options,
+            stats,
+            on_connect: Mutex::new(on_connect),
+            connect_history: AtomicUsize::new(0),
+            registry: Mutex::default(),
+            sessions: Mutex::default(),
+            encoded: Mutex::default(),
+        }
+    }
+
+    /// The shared part of the event packet for hub message `msg` (see
+    /// [`event_head`]). A message id names one payload wherever it was
+    /// published, so it is the cache key.
+    pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
+        {
+            let cache = lock(&self.encoded);
+            let hit = cache.slots.iter().flatten().find(|(id, _)| *id == msg.id);
+            if let Some((_, head)) = hit {
+                return Arc::clone(head);
+            }
+        }
+        let attachments = msg.attachments().len();
+        let head: Arc<str> = match msg.data() {
+            Value::Array(args) => event_head(&self.path, name, args, None, attachments),
+            one => event_head(
+                &self.path,
+                name,
+                std::slice::from_ref(one),
+                None,
+                attachments,
+            ),
+        }
+        .into();
+        let mut cache = lock(&self.encoded);
+        let slot = cache.next;
+        cache.slots[slot] = Some((msg.id, Arc::clone(&head)));
+        cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
+        head
+    }
+
+    pub(super) fn connect_handler(&self) -> ConnectHandler {
+        Arc::clone(&lock(&self.on_connect))
+    }
+
+    pub(super) fn set_connect_handler(&self, handler: ConnectHandler) {
+        *lock(&self.on_connect) = handler;
+    }
+
+    pub(super) fn registry_join(&self, room: &str, sid: &Arc<str>) {
+        lock(&self.registry)
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(Arc::clone(sid));
+    }
+
+    pub(super) fn registry_leave(&self, room: &str, sid: &str) {
+        let mut reg = lock(&self.registry);
+        if let Some(members) = reg.rooms.get_mut(room) {
+            members.remove(sid);
+            if members.is_empty() {
+                reg.rooms.remove(room);
+            }
+        }
+    }
+
+    pub(super) fn register(&self, socket: &Socket) {
+        lock(&self.registry)
+            .sockets
+            .insert(Arc::clone(&socket.inner.id), socket.clone());
+    }
+
+    pub(super) fn unregister(&self, socket: &Socket) {
+        let id = &*socket.inner.id;
+        let rooms = lock(&socket.inner.rooms).clone();
+        let mut reg = lock(&self.registry);
+        let is_this = reg.sockets.get(id).is_some_and(|s| s.same(socket));
+        if !is_this {
+            return;
+        }
+        reg.sockets.remove(id);
+        for room in rooms {
+            if let Some(members) = reg.rooms.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    reg.rooms.remove(&room);
+                }
+            }
+        }
+    }
+
+    pub(super) fn keep_session(
+        &self,
+        sid: Arc<str>,
+        pid: Arc<str>,
+        rooms: Vec<String>,
+        tracker: Tracker,
+    ) {
+        let Some(opts) = &self.options.recovery else {
+            return;
+        };
+        let session = Session {
+            sid,
+            pid,
+            rooms,
+            tracker,
+            since: Instant::now(),
+        };
+        lock(&self.sessions).insert(session, opts.max_sessions, opts.max_disconnection_duration);
+        self.stats.sessions_kept.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// --- Connections ---
+
+/// The connection as its sockets see it: the sender, serialized so the
+/// frames of one packet (text, then its binaries) are never interleaved
+/// with another packet's, and its socket in each namespace joined.
+pub(super) struct ConnShared {
+    pub(super) sender: ConnSender,
+    pub(super) info: Arc<HandshakeInfo>,
+    write_lock: Mutex<()>,
+    sockets: Mutex<HashMap<String, Socket>>,
+    stats: Arc<SocketIoStats>,
+}
+
+impl ConnShared {
+    pub(super) fn new(
+        sender: ConnSender,
+        info: Arc<HandshakeInfo>,
+        stats: Arc<SocketIoStats>,
+    ) -> ConnShared {
+        ConnShared {
+            sender,
+            info,
+            write_lock: Mutex::new(()),
+            sockets: Mutex::default(),
+            stats,
+        }
+    }
+
+    /// Queues a packet without waiting. A full queue means the client does
+    /// not read: the connection is closed as a slow consumer rather than
+    /// buffered without bound.
+    pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
+        let _guard = lock(&self.write_lock);
+        let frames = std::iter::once(Frame::Text(out.text))
+            .chain(out.binaries.into_iter().map(Frame::Binary));
+        for frame in frames {
+            match self.sender.try_send(frame) {
+                Ok(()) => {}
+                Err(SendError::Full) => {
+                    self.slow_consumer();
+                    return Err(EmitError::SlowConsumer);
+                }
+                Err(SendError::Closed) => return Err(EmitError::Disconnected),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn slow_consumer(&self) {
+        if !self.sender.is_closed() {
+            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("socket.io: closing a slow consumer");
+        }
+        self.sender.close(CloseReason::SlowConsumer);
+    }
+
+    /// The connection's socket in namespace `nsp`.
+    pub(super) fn socket(&self, nsp: &str) -> Option<Socket> {
+        lock(&self.sockets).get(nsp).cloned()
+    }
+
+    pub(super) fn insert(&self, nsp: String, socket: Socket) {
+        lock(&self.sockets).insert(nsp, socket);
+    }
+
+    /// Drops `socket` from the connection's namespaces (if it is still the
+    /// one there).
+    pub(super) fn forget(&self, socket: &Socket) {
+        let nsp = socket.inner.ns.path.as_str();
+        let mut sockets = lock(&self.sockets);
+        if sockets.get(nsp).is_some_and(|s| s.same(socket)) {
+            sockets.remove(nsp);
+        }
+    }
+
+    /// Takes every socket out, for the connection's teardown.
+    pub(super) fn take_sockets(&self) -> Vec<Socket> {
+        lock(&self.sockets).drain().map(|(_, s)| s).collect()
+    }
+}
