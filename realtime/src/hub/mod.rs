@@ -46,9 +46,9 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::sync::{lock, read, write};
+use crate::sync::{lock, read, try_lock, write};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -617,17 +617,11 @@ impl Hub {
             // are blocked only while actual idle topics are removed.
             let candidates: Vec<Arc<Topic>> = read(shard)
                 .values()
-                .filter(|t| match t.state.try_lock() {
-                    Ok(mut st) => {
+                .filter(|t| {
+                    try_lock(&t.state).is_some_and(|mut st| {
                         st.prune_closed();
                         st.is_idle(now, ttl)
-                    }
-                    Err(TryLockError::Poisoned(p)) => {
-                        let mut st = p.into_inner();
-                        st.prune_closed();
-                        st.is_idle(now, ttl)
-                    }
-                    Err(TryLockError::WouldBlock) => false,
+                    })
                 })
                 .cloned()
                 .collect();
