@@ -20,13 +20,16 @@ use std::time::Instant;
 
 use http::StatusCode;
 
-/// Prefixes of the topics that belong to one transport. `sio:` is Socket.IO's
-/// ([`crate::socketio::TOPIC_PREFIX`]), `ws:` the raw WebSocket endpoints' chat and broadcast
-/// rooms ([`crate::websocket::TOPIC_PREFIX`]).
-pub const RESERVED_PREFIXES: &[&str] = &[
-    crate::socketio::TOPIC_PREFIX,
-    crate::websocket::TOPIC_PREFIX,
-];
+/// Socket.IO's topics ([`crate::socketio::TOPIC_PREFIX`]): its namespaces, rooms and each
+/// socket's own room. Defined here, where reservation is decided, so that this module imports
+/// no transport while every transport asks it what is reserved.
+pub const SOCKETIO_PREFIX: &str = "sio:";
+
+/// The raw WebSocket endpoints' chat and broadcast rooms ([`crate::websocket::TOPIC_PREFIX`]).
+pub const WEBSOCKET_PREFIX: &str = "ws:";
+
+/// Prefixes of the topics that belong to one transport.
+pub const RESERVED_PREFIXES: &[&str] = &[SOCKETIO_PREFIX, WEBSOCKET_PREFIX];
 
 /// Longest topic name a client or the app may use, in bytes. Centrifugo's `channel_max_length`
 /// default: names end up in logs, headers (`X-Topic`), SSE ids and every message.
@@ -97,7 +100,7 @@ pub fn check_name(topic: &str, max_len: usize) -> Result<(), TopicError> {
         });
     }
     if let Some(prefix) = reserved_prefix(topic) {
-        let owner = if prefix == crate::socketio::TOPIC_PREFIX {
+        let owner = if prefix == SOCKETIO_PREFIX {
             "Socket.IO (the app reaches its rooms with POST /emit)"
         } else {
             "the WebSocket endpoints' rooms"

@@ -35,7 +35,7 @@ use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
 
 /// Prefix of the hub topics of the endpoints' chat and broadcast rooms (`ws:<path>:chat`):
 /// reserved ([`crate::topics`]), so only the endpoint itself reaches them.
-pub const TOPIC_PREFIX: &str = "ws:";
+pub const TOPIC_PREFIX: &str = crate::topics::WEBSOCKET_PREFIX;
 
 pub const CHAT: &str = "beej-chat-protocol";
 pub const PUBSUB: &str = "pubsub.v1";

@@ -34,8 +34,8 @@ use base64::Engine as _;
 use rand::RngCore;
 
 /// Prefix of every topic the Socket.IO layer uses, so an operator can tell
-/// them apart from other transports' topics.
-pub const TOPIC_PREFIX: &str = "sio:";
+/// them apart from other transports' topics (reserved by [`crate::topics`]).
+pub const TOPIC_PREFIX: &str = crate::topics::SOCKETIO_PREFIX;
 
 /// Random bytes in a socket id or session id: 15 bytes give node's 20
 /// base64url characters (its `base64id`) and 120 bits, unguessable.
