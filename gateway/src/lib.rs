@@ -26,6 +26,7 @@ pub mod relay;
 pub mod router;
 pub mod seam;
 pub mod server;
+pub mod settings;
 pub mod socketio;
 pub mod static_files;
 pub mod tls;
