@@ -13,6 +13,8 @@ pub mod certs;
 mod values;
 
 #[cfg(test)]
+mod readme;
+#[cfg(test)]
 pub(crate) mod tests;
 
 use std::collections::BTreeMap;
