@@ -65,13 +65,16 @@ pub struct StaticOptions {
 }
 
 impl StaticOptions {
-    /// nginx's defaults: `index index.html`, no Cache-Control, no precompressed siblings.
-    /// (A route's `static:` block in gateway.yaml turns `precompressed` on unless told
-    /// otherwise: see `config::defaults::STATIC_PRECOMPRESSED`.)
+    /// The configuration's index default, no Cache-Control, no precompressed siblings (a
+    /// route's `static:` block turns `precompressed` on unless told otherwise: see
+    /// `settings::defaults::STATIC_PRECOMPRESSED`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            index: vec!["index.html".to_owned()],
+            index: crate::settings::defaults::STATIC_INDEX
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             cache_control: None,
             precompressed: false,
         }
