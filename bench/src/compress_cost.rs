@@ -83,7 +83,6 @@ fn main() {
             .map(|s| s.to_string())
             .collect();
     }
-    let base = gateway::config::Compression::default();
     println!(
         "pieces of {} KiB, {}",
         PIECE / 1024,
@@ -117,11 +116,13 @@ fn main() {
             (Coding::Brotli, 6),
         ];
         for (coding, level) in levels {
-            let mut c = base.clone();
-            c.gzip_level = level;
-            c.brotli_level = level;
-            let Some(settings) = Settings::from_config(&c) else {
-                return;
+            // The encoder reads only the level; the rest is for per-response decisions.
+            let settings = Settings {
+                codings: vec![coding],
+                gzip_level: level,
+                brotli_level: level,
+                min_length: 0,
+                types: Vec::new(),
             };
             let (size, peak) = encode(coding, &settings, &body, flush);
             let started = Instant::now();

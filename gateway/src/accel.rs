@@ -31,7 +31,7 @@ use http::{Method, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 use pingora::http::ResponseHeader;
 
-use crate::config::InternalLocation;
+use crate::settings::InternalLocation;
 use crate::static_files::{Plan, StaticError, StaticFiles, StaticOptions, StaticResponse};
 
 pub const X_ACCEL_REDIRECT: &str = "x-accel-redirect";

@@ -174,6 +174,18 @@ pub struct BodyLimits {
     pub min_rate: u64,
 }
 
+impl BodyLimits {
+    /// The configured request body limits, the same on the front door and the admin listener.
+    pub fn from_limits(l: &crate::settings::Limits) -> BodyLimits {
+        BodyLimits {
+            max_bytes: l.max_body_bytes,
+            memory: l.client_body_buffer_bytes,
+            timeout: l.client_body_timeout,
+            min_rate: l.client_body_min_rate,
+        }
+    }
+}
+
 /// Arrivals are grouped into this many slots per window, so the clock's memory is bounded
 /// however many reads a body takes.
 const SLOTS_PER_WINDOW: u32 = 16;

@@ -36,112 +36,12 @@ const BROTLI_WINDOW_BITS: u32 = 18;
 /// Size of brotli's output staging buffer (the crate's own examples use 4 KiB).
 const BROTLI_BUFFER: usize = 4096;
 
-/// A content coding we can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coding {
-    Brotli,
-    Gzip,
-}
-
-impl Coding {
-    /// The `Content-Encoding` / `Accept-Encoding` token, also the name used in the config.
-    pub fn token(self) -> &'static str {
-        match self {
-            Coding::Brotli => "br",
-            Coding::Gzip => "gzip",
-        }
-    }
-
-    pub fn from_token(s: &str) -> Option<Coding> {
-        match s {
-            "br" => Some(Coding::Brotli),
-            "gzip" => Some(Coding::Gzip),
-            _ => None,
-        }
-    }
-}
-
-/// A media type the configuration allows: `type/subtype` or `type/*`, lower case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypePattern {
-    main: String,
-    /// `None` for `type/*`.
-    sub: Option<String>,
-}
-
-impl TypePattern {
-    /// Parses one entry of `compression.types`; the error says what is wrong with it.
-    pub fn parse(s: &str) -> Result<TypePattern, String> {
-        let s = s.trim().to_ascii_lowercase();
-        let Some((main, sub)) = s.split_once('/') else {
-            return Err(format!(
-                "{s:?} is not a media type like text/html or text/*"
-            ));
-        };
-        let token = |t: &str| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
-        };
-        if !token(main) || !(sub == "*" || token(sub)) {
-            return Err(format!(
-                "{s:?} is not a media type like text/html or text/* (no parameters, no */*)"
-            ));
-        }
-        if main == "text" && sub == "event-stream" {
-            return Err(
-                "text/event-stream is never compressed: each event must reach the client as it is sent"
-                    .into(),
-            );
-        }
-        Ok(TypePattern {
-            main: main.to_string(),
-            sub: (sub != "*").then(|| sub.to_string()),
-        })
-    }
-
-    fn matches(&self, main: &str, sub: &str) -> bool {
-        self.main == main && self.sub.as_deref().is_none_or(|s| s == sub)
-    }
-}
-
-/// What the configuration says, ready for per-response decisions.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Codings offered, in the order that breaks ties between equally weighted ones.
-    pub codings: Vec<Coding>,
-    pub gzip_level: u32,
-    pub brotli_level: u32,
-    /// Bodies whose `Content-Length` is below this are sent as they are (nginx
-    /// `gzip_min_length`). Bodies of unknown length are always compressed.
-    pub min_length: u64,
-    pub types: Vec<TypePattern>,
-}
+/// What the configuration says, ready for per-response decisions (built, with every coding and
+/// type parsed, by [`crate::settings`]).
+pub use crate::settings::Compression as Settings;
+pub use crate::settings::{Coding, TypePattern};
 
 impl Settings {
-    /// `None` when compression is off. Entries that do not parse are skipped here: the
-    /// configuration's validation has already reported them.
-    pub fn from_config(c: &crate::config::Compression) -> Option<Settings> {
-        if !c.enabled {
-            return None;
-        }
-        Some(Settings {
-            codings: c
-                .algorithms
-                .iter()
-                .filter_map(|a| Coding::from_token(a))
-                .collect(),
-            gzip_level: c.gzip_level,
-            brotli_level: c.brotli_level,
-            min_length: c.min_length,
-            types: c
-                .types
-                .iter()
-                .filter_map(|t| TypePattern::parse(t).ok())
-                .collect(),
-        })
-    }
-
     /// Whether a `Content-Type` value is one we compress. `text/event-stream` never is, whatever
     /// the list says: compressing it would hold events back in the encoder.
     pub fn compressible_type(&self, content_type: &str) -> bool {
@@ -568,8 +468,9 @@ mod tests {
     use std::io::Read;
 
     fn settings() -> Settings {
-        let c = crate::config::Compression::default();
-        Settings::from_config(&c).expect("enabled by default")
+        crate::settings::tests::minimal()
+            .compression
+            .expect("enabled by default")
     }
 
     fn ae(v: &str) -> HeaderMap {
@@ -666,24 +567,6 @@ mod tests {
         };
         assert!(custom.compressible_type("application/x-anything"));
         assert!(!custom.compressible_type("text/html"));
-    }
-
-    #[test]
-    fn type_patterns_are_checked() {
-        assert!(TypePattern::parse("text/*").is_ok());
-        assert!(TypePattern::parse("Image/SVG+XML").is_ok());
-        for bad in [
-            "*/*",
-            "*",
-            "text",
-            "text/",
-            "/html",
-            "text/html; charset=utf-8",
-        ] {
-            assert!(TypePattern::parse(bad).is_err(), "{bad}");
-        }
-        let e = TypePattern::parse("text/event-stream").unwrap_err();
-        assert!(e.contains("never compressed"), "{e}");
     }
 
     fn resp(pairs: &[(&str, &str)]) -> HeaderMap {

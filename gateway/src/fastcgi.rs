@@ -599,7 +599,7 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub fn new(cfg: &crate::config::FastCgi, servers: usize) -> Backend {
+    pub fn new(cfg: &crate::settings::FastCgi, servers: usize) -> Backend {
         Backend {
             root: std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone()),
             index: cfg.index.clone(),

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::Cidr;
+use crate::settings::Cidr;
 
 /// RFC 9110 §7.6.1 connection-specific headers, plus the non-standard ones nginx also drops,
 /// and `HTTP2-Settings` (RFC 7540 §3.2.1: connection-specific, only meaningful with an h2c

@@ -35,7 +35,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
-use crate::config::Limits;
+use crate::settings::Limits;
 
 /// pingora's per-connection budget of rejected (malformed) requests.
 const MAX_MALFORMED_STREAMS: usize = 32;
@@ -68,9 +68,8 @@ pub struct H2Limits {
 impl H2Limits {
     pub fn from_limits(limits: &Limits) -> H2Limits {
         H2Limits {
-            preface: Duration::from_millis(limits.header_timeout_ms),
-            idle: (limits.keepalive_timeout_s > 0)
-                .then(|| Duration::from_secs(limits.keepalive_timeout_s)),
+            preface: limits.header_timeout,
+            idle: limits.keepalive_timeout,
             max_concurrent_streams: limits.h2_max_concurrent_streams,
             max_requests: limits.keepalive_requests,
             max_header_list: header_list_limit(limits.max_header_bytes),

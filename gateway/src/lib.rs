@@ -8,7 +8,8 @@
 //! the request body held whole first and the answer read ahead of slow clients ([`buffering`],
 //! [`relay`]); `X-Accel-Redirect` answers are served from internal locations by [`accel`], and
 //! answers from files and the app are compressed on the way out ([`compression`]). [`config`]
-//! describes all of it and [`admin`] reports on it.
+//! is the file that describes all of it, built once into the typed [`settings`] every other
+//! module takes, and [`admin`] reports on it.
 
 pub mod accel;
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod relay;
 pub mod router;
 pub mod seam;
 pub mod server;
+pub mod settings;
 pub mod socketio;
 pub mod static_files;
 pub mod tls;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gateway::config::{Config, ConfigError};
+use gateway::settings::{ConfigError, Settings};
 
 /// jemalloc, measured side by side with glibc malloc on the same source (bench/pubsub.sh over
 /// HTTPS, 10,000 subscribers): 37% less CPU per long-poll delivery (51 vs 81 us), the same
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         };
     }
 
-    let config = match Config::load(&cli.config) {
+    let settings = match Settings::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gateway: {e}");
@@ -125,16 +125,15 @@ fn main() -> ExitCode {
         // Answered before any configuration is read.
         Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Run => {
-            let server = match gateway::server::build(&config) {
+            let server = match gateway::server::build(&settings) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gateway: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            if let Some(https) = &config.listen.https {
-                let port = https.rsplit_once(':').map(|(_, p)| p).unwrap_or("443");
-                tracing::info!("serving https://localhost:{port}/");
+            if let Some(https) = settings.listen.https {
+                tracing::info!("serving https://localhost:{}/", https.port());
             }
             server.run_forever()
         }

@@ -16,8 +16,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::accel::{self, Directive, Internal};
 use crate::buffering::{self, Body, BodyLimits};
 use crate::compression::{self, Encoder, Settings};
-use crate::config::{Cidr, Limits};
 use crate::router::{Router, Target};
+use crate::settings::{Cidr, Limits};
 use crate::static_files::{self, Plan};
 use crate::upstream::{InFlight, Pool};
 use crate::{fastcgi, forwarding, relay, seam, tunnel};
@@ -84,10 +84,9 @@ fn connection_limits(session: &mut Session, limits: &Limits) {
     // pingora turns keep-alive off for `Connection: close` and while shutting down: keep that.
     // 0 means off, as in nginx (pingora would read it as "forever").
     if session.get_keepalive().is_some() {
-        let idle = limits.keepalive_timeout_s;
-        session.set_keepalive((idle > 0).then_some(idle));
+        session.set_keepalive(limits.keepalive_timeout.map(|idle| idle.as_secs()));
     }
-    session.set_write_timeout(Some(Duration::from_millis(limits.send_timeout_ms)));
+    session.set_write_timeout(Some(limits.send_timeout));
 }
 
 /// A short, plain answer with a reason, for every error the gateway produces itself.
@@ -150,12 +149,7 @@ fn host_of(req: &RequestHeader) -> Option<String> {
 
 impl Gateway {
     fn body_limits(&self) -> BodyLimits {
-        BodyLimits {
-            max_bytes: self.limits.max_body_bytes,
-            memory: self.limits.client_body_buffer_bytes,
-            timeout: Duration::from_millis(self.limits.client_body_timeout_ms),
-            min_rate: self.limits.client_body_min_rate,
-        }
+        BodyLimits::from_limits(&self.limits)
     }
 
     /// Read the whole request body, or answer why not (`None`).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::compression::Settings;
-use crate::config::{Config, RealtimeKind};
+use crate::settings::{self, Endpoint};
 use crate::static_files::{StaticFiles, StaticOptions};
 use crate::upstream::Pool;
 
@@ -53,21 +53,23 @@ pub enum BuildError {
 
 impl Router {
     pub fn build(
-        config: &Config,
-        realtime: &dyn Fn(RealtimeKind, &str) -> Arc<dyn realtime::seam::Service>,
+        settings: &settings::Settings,
+        realtime: &dyn Fn(&Endpoint, &str) -> Arc<dyn realtime::seam::Service>,
     ) -> Result<Router, BuildError> {
-        let pools: BTreeMap<String, Arc<Pool>> = config
+        let pools: BTreeMap<String, Arc<Pool>> = settings
             .upstreams
             .iter()
             .map(|(name, u)| (name.clone(), Arc::new(Pool::from_config(name, u))))
             .collect();
-        let compression = Settings::from_config(&config.compression).map(Arc::new);
+        let compression = settings.compression.clone().map(Arc::new);
         let mut routes = Vec::new();
-        for (index, r) in config.routes.iter().enumerate() {
-            let target = match r.realtime {
-                Some(kind) => Target::Realtime(realtime(kind, &r.path)),
-                None => Target::App {
-                    files: match &r.static_files {
+        for (index, r) in settings.routes.iter().enumerate() {
+            let target = match &r.target {
+                settings::Target::Realtime(endpoint) => {
+                    Target::Realtime(realtime(endpoint, &r.path))
+                }
+                settings::Target::App(app) => Target::App {
+                    files: match &app.files {
                         Some(s) => Some(Arc::new(
                             StaticFiles::new(StaticOptions {
                                 root: s.root.clone(),
@@ -79,17 +81,17 @@ impl Router {
                         )),
                         None => None,
                     },
-                    pool: r.upstream.as_ref().and_then(|u| pools.get(u).cloned()),
-                    websocket: r.websocket,
-                    compression: compression.clone().filter(|_| r.compression != Some(false)),
-                    request_buffering: r.request_buffering(),
-                    response_buffering: r.response_buffering,
+                    pool: app.upstream.as_ref().and_then(|u| pools.get(u).cloned()),
+                    websocket: app.websocket,
+                    compression: compression.clone().filter(|_| app.compression),
+                    request_buffering: app.request_buffering,
+                    response_buffering: app.response_buffering,
                 },
             };
             routes.push(Route {
                 name: format!("routes[{index}]"),
                 prefix: r.path.clone(),
-                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                host: r.host.clone(),
                 target,
             });
         }

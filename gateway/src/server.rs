@@ -1,4 +1,4 @@
-//! Assembling the pingora server from a validated [`Config`].
+//! Assembling the pingora server from built [`Settings`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,12 +13,12 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::{Config, RealtimeKind};
 use crate::h2_guard::{H2Guard, H2Limits};
 use crate::header_deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
+use crate::settings::{self, Endpoint, RealtimeKind, Settings};
 use crate::tls::SniResolver;
 use crate::upstream::Pool;
 
@@ -85,75 +85,73 @@ struct Realtime {
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
-    config: crate::config::Realtime,
+    settings: settings::Realtime,
 }
 
 impl Realtime {
-    fn new(config: &crate::config::Realtime) -> Realtime {
+    fn new(settings: &settings::Realtime) -> Realtime {
+        let h = &settings.hub;
         let hub = realtime::hub::Hub::new(realtime::hub::HubConfig {
-            history_len: config.hub.history,
-            queue_capacity: config.hub.subscriber_queue,
-            max_topics: config.hub.max_topics,
-            max_open_topics: config.hub.open_topics(),
-            max_topic_len: config.hub.max_topic_length,
-            new_topics_per_client_per_minute: config.hub.new_topics_per_client_per_minute,
+            history_len: h.history,
+            queue_capacity: h.subscriber_queue,
+            max_topics: h.max_topics,
+            max_open_topics: h.max_open_topics,
+            max_topic_len: h.max_topic_length,
+            new_topics_per_client_per_minute: h.new_topics_per_client_per_minute,
             ..realtime::hub::HubConfig::default()
         });
         Realtime {
             hub,
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
-            config: config.clone(),
+            settings: settings.clone(),
         }
     }
 
-    fn service(&self, kind: RealtimeKind, path: &str) -> Arc<dyn realtime::seam::Service> {
+    fn service(&self, endpoint: &Endpoint, path: &str) -> Arc<dyn realtime::seam::Service> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = match kind {
-            RealtimeKind::Websocket => path.to_string(),
+        let key = match endpoint {
+            Endpoint::Websocket(_) => path.to_string(),
             _ => String::new(),
         };
         services
-            .entry((kind, key))
-            .or_insert_with(|| match kind {
-                RealtimeKind::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
-                RealtimeKind::Longpoll => Arc::new(realtime::longpoll::LongPoll::new(
+            .entry((endpoint.kind(), key))
+            .or_insert_with(|| match endpoint {
+                Endpoint::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
+                Endpoint::Longpoll => Arc::new(realtime::longpoll::LongPoll::new(
                     self.hub.clone(),
                     realtime::longpoll::LongPollConfig {
-                        wait: Duration::from_millis(self.config.longpoll.wait_ms),
-                        max_message: self.config.longpoll.max_message_bytes,
+                        wait: self.settings.longpoll.wait,
+                        max_message: self.settings.longpoll.max_message_bytes,
                     },
                 )),
-                RealtimeKind::Websocket => {
-                    let ws = self.config.websocket.get(path).cloned().unwrap_or_default();
-                    Arc::new(realtime::websocket::WsEndpoint::new(
-                        self.hub.clone(),
-                        &format!("ws:{path}"),
-                        realtime::websocket::WsConfig {
-                            protocols: ws.protocols,
-                            allow_plain: ws.allow_plain,
-                            allowed_origins: ws.allowed_origins,
-                            max_message: ws.max_message_bytes,
-                            ping_interval: Duration::from_millis(ws.ping_interval_ms),
-                            ping_timeout: Duration::from_millis(ws.ping_timeout_ms),
-                            queue: ws.queue,
-                            max_subscriptions: ws.max_subscriptions,
-                        },
-                    ))
-                }
-                RealtimeKind::Socketio => {
-                    let service = crate::socketio::build(self.hub.clone(), &self.config.socketio);
+                Endpoint::Websocket(ws) => Arc::new(realtime::websocket::WsEndpoint::new(
+                    self.hub.clone(),
+                    &format!("ws:{path}"),
+                    realtime::websocket::WsConfig {
+                        protocols: ws.protocols.clone(),
+                        allow_plain: ws.allow_plain,
+                        allowed_origins: ws.allowed_origins.clone(),
+                        max_message: ws.max_message_bytes,
+                        ping_interval: ws.ping_interval,
+                        ping_timeout: ws.ping_timeout,
+                        queue: ws.queue,
+                        max_subscriptions: ws.max_subscriptions,
+                    },
+                )),
+                Endpoint::Socketio => {
+                    let service = crate::socketio::build(self.hub.clone(), &self.settings.socketio);
                     let _ = self.socketio.set(service.io().clone());
                     Arc::new(service)
                 }
-                RealtimeKind::Sse => Arc::new(realtime::sse::Sse::new(
+                Endpoint::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
                     realtime::sse::SseConfig {
-                        heartbeat: Duration::from_millis(self.config.sse.heartbeat_ms),
-                        retry: Duration::from_millis(self.config.sse.retry_ms),
+                        heartbeat: self.settings.sse.heartbeat,
+                        retry: self.settings.sse.retry,
                     },
                 )),
             })
@@ -173,17 +171,13 @@ fn listener_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(LISTENER_READ_BUFFER)
 }
 
-/// Build the whole server. Certificates are loaded (or generated) here, so a bad one is an
-/// error before anything listens.
-pub fn build(config: &Config) -> Result<Server, StartError> {
+/// Build the whole server. Certificates arrive loaded; the development certificate is loaded
+/// (or generated) here, so a bad one is an error before anything listens.
+pub fn build(settings: &Settings) -> Result<Server, StartError> {
     let conf = ServerConf {
-        threads: config.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }),
-        grace_period_seconds: Some(config.grace_period_s),
-        graceful_shutdown_timeout_seconds: Some(config.grace_period_s),
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs()),
         // The app is local: a handful of idle keep-alive connections per server is plenty.
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
@@ -191,40 +185,34 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let rt = Realtime::new(&config.realtime);
-    let router = Router::build(config, &|kind, path| rt.service(kind, path))?;
+    let rt = Realtime::new(&settings.realtime);
+    let router = Router::build(settings, &|endpoint, path| rt.service(endpoint, path))?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
-    let hsts = config.tls.hsts.as_ref().map(|h| {
-        let mut v = format!("max-age={}", h.max_age);
-        if h.include_subdomains {
-            v.push_str("; includeSubDomains");
-        }
-        v
-    });
-    let temp = config.temp_dir();
+    let temp = settings.proxy.temp_dir.clone();
     let temp_dir = crate::buffering::prepare_dir(&temp)
         .map_err(|source| StartError::TempDir { path: temp, source })?;
     let connector = pingora::connectors::http::v1::Connector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
+    let limits = &settings.limits;
     let gateway = Gateway {
         router,
-        limits: config.limits.clone(),
-        trusted: config.trusted_proxies(),
-        hsts,
-        internal: crate::accel::Internal::from_config(&config.internal_locations)?,
+        limits: limits.clone(),
+        trusted: settings.proxy.trusted_proxies.clone(),
+        hsts: settings.tls.hsts.as_ref().map(settings::Hsts::header_value),
+        internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
         temp_dir: Arc::new(temp_dir),
         connector,
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
-    options.keepalive_request_limit = Some(config.limits.keepalive_requests.saturating_sub(1));
+    options.keepalive_request_limit = Some(limits.keepalive_requests.saturating_sub(1));
     let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
     http.server_options = Some(options);
     // Every listener gets the header deadline: a slowloris holds a connection as well on the
     // redirect or admin listener as on the front door.
-    let header_timeout = Duration::from_millis(config.limits.header_timeout_ms);
+    let header_timeout = limits.header_timeout;
     let mut proxy = Service::new(
         "gateway".to_string(),
         HeaderDeadline {
@@ -234,59 +222,51 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
             // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
             inner: Arc::new(H2Guard {
                 inner: Arc::new(http),
-                limits: H2Limits::from_limits(&config.limits),
+                limits: H2Limits::from_limits(limits),
             }),
             timeout: header_timeout,
         },
     );
 
-    if let Some(addr) = &config.listen.https {
-        let resolver = SniResolver::from_config(config)?;
+    let listen = &settings.listen;
+    if let Some(addr) = listen.https {
+        let resolver = SniResolver::new(&settings.tls)?;
         let mut tls = TlsSettings::intermediate("", "")
             .expect("TlsSettings::intermediate only stores its arguments");
         tls.set_cert_resolver(Arc::new(resolver));
         tls.enable_h2();
         proxy.add_listener(
-            ListenerConfig::tcp(addr)
+            ListenerConfig::tcp(addr.to_string())
                 .tls(tls)
                 .l4_buffer(listener_buffers()),
         );
-        if let Some(http) = &config.listen.http {
-            let port = addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(443);
+        if let Some(http) = listen.http {
             let mut redirect = Service::new(
                 "http-redirect".to_string(),
                 HeaderDeadline::new(
                     pingora::apps::http_app::HttpServer::new_app(RedirectToHttps {
-                        https_port: port,
+                        https_port: addr.port(),
                     }),
                     header_timeout,
                 ),
             );
-            redirect.add_tcp(http);
+            redirect.add_tcp(&http.to_string());
             server.add_service(redirect);
         }
-    } else if let Some(http) = &config.listen.http {
-        proxy.add_listener(ListenerConfig::tcp(http).l4_buffer(listener_buffers()));
+    } else if let Some(http) = listen.http {
+        proxy.add_listener(ListenerConfig::tcp(http.to_string()).l4_buffer(listener_buffers()));
     }
     server.add_service(proxy);
 
-    if let Some(addr) = &config.listen.admin {
+    if let Some(addr) = listen.admin {
         let admin = Admin {
             pools: admin_pools,
             hub: rt.hub.clone(),
-            body: crate::buffering::BodyLimits {
-                max_bytes: config.limits.max_body_bytes,
-                memory: config.limits.client_body_buffer_bytes,
-                timeout: Duration::from_millis(config.limits.client_body_timeout_ms),
-                min_rate: config.limits.client_body_min_rate,
-            },
+            body: crate::buffering::BodyLimits::from_limits(limits),
             publish: Arc::new({
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
-                    config.realtime.publish.token.clone(),
+                    settings.realtime.publish.token.clone(),
                 );
                 match rt.socketio.get() {
                     Some(io) => api.with_socketio(io.clone()),
@@ -301,7 +281,7 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
                 header_timeout,
             ),
         );
-        admin.add_tcp(addr);
+        admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
     server.add_service(background_service(

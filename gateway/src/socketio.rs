@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -15,7 +14,7 @@ use realtime::socketio::{
     install_behaviour, NamespaceBehaviour, RecoveryOptions, RelayRate, SocketIo, SocketIoOptions,
 };
 
-use crate::config::SocketIoSettings;
+use crate::settings;
 
 /// The socket.io-client release embedded in the binary (gateway/assets/socket.io-client/,
 /// the npm package's `dist/`, MIT). The e2e tests load the same version (tests/package-lock.json):
@@ -70,11 +69,11 @@ pub struct SocketIoService {
 }
 
 /// Build the Socket.IO service on `hub` from its settings.
-pub fn build(hub: Hub, s: &SocketIoSettings) -> SocketIoService {
+pub fn build(hub: Hub, s: &settings::SocketIo) -> SocketIoService {
     let options = SocketIoOptions {
-        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+        connect_timeout: s.connect_timeout,
         recovery: s.recovery.as_ref().map(|r| RecoveryOptions {
-            max_disconnection_duration: Duration::from_millis(r.max_disconnection_ms),
+            max_disconnection_duration: r.max_disconnection,
             ..RecoveryOptions::default()
         }),
         ..SocketIoOptions::default()
@@ -119,9 +118,9 @@ pub fn build(hub: Hub, s: &SocketIoSettings) -> SocketIoService {
         ))
     };
     let config = EngineConfig {
-        ping_interval: Duration::from_millis(s.ping_interval_ms),
-        ping_timeout: Duration::from_millis(s.ping_timeout_ms),
-        max_payload: s.max_payload_bytes as usize,
+        ping_interval: s.ping_interval,
+        ping_timeout: s.ping_timeout,
+        max_payload: s.max_payload_bytes,
         max_sessions: s.max_sessions,
         max_sessions_per_client: s.max_sessions_per_client,
         cors,

@@ -54,23 +54,27 @@ pub struct StaticOptions {
     /// Directory to serve; canonicalised once so later prefix checks compare
     /// like with like even when the configured path goes through symlinks.
     pub root: PathBuf,
-    /// Index file names tried in order for a directory (nginx `index`).
+    /// Index file names tried in order for a directory (nginx `index`): plain file names,
+    /// as the settings builder checked them.
     pub index: Vec<String>,
     /// Sent verbatim on every file response (200, 206, 304) when set.
-    pub cache_control: Option<String>,
+    pub cache_control: Option<HeaderValue>,
     /// Serve `file.br` / `file.gz` siblings when the client accepts them
     /// (nginx `brotli_static` / `gzip_static`).
     pub precompressed: bool,
 }
 
 impl StaticOptions {
-    /// nginx's defaults: `index index.html`, no Cache-Control, no precompressed siblings.
-    /// (A route's `static:` block in gateway.yaml turns `precompressed` on unless told
-    /// otherwise: see `config::StaticFiles`.)
+    /// The configuration's index default, no Cache-Control, no precompressed siblings (a
+    /// route's `static:` block turns `precompressed` on unless told otherwise: see
+    /// `settings::defaults::STATIC_PRECOMPRESSED`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            index: vec!["index.html".to_owned()],
+            index: crate::settings::defaults::STATIC_INDEX
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             cache_control: None,
             precompressed: false,
         }
@@ -91,10 +95,6 @@ pub enum StaticError {
         #[source]
         source: io::Error,
     },
-    #[error("cache_control {value:?} is not a valid header value")]
-    InvalidCacheControl { value: String },
-    #[error("index name {name:?} must be a single plain file name")]
-    InvalidIndex { name: String },
 }
 
 /// What the gateway should do with a request.
@@ -246,8 +246,8 @@ struct Inner {
 }
 
 impl StaticFiles {
-    /// Validates the options once so that request handling never meets a bad
-    /// root, index name or header value.
+    /// Checks the root once so that request handling never meets a missing one (index names
+    /// and the header value arrive checked from the settings).
     pub fn new(opts: StaticOptions) -> Result<Self, StaticError> {
         let root = match std::fs::canonicalize(&opts.root) {
             Ok(root) => root,
@@ -271,27 +271,11 @@ impl StaticFiles {
                 })
             }
         }
-        for name in &opts.index {
-            let plain = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\', '\0']);
-            if !plain {
-                return Err(StaticError::InvalidIndex { name: name.clone() });
-            }
-        }
-        let cache_control = match opts.cache_control {
-            None => None,
-            Some(value) => match HeaderValue::from_str(&value) {
-                Ok(v) => Some(v),
-                Err(_) => return Err(StaticError::InvalidCacheControl { value }),
-            },
-        };
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
                 index: opts.index,
-                cache_control,
+                cache_control: opts.cache_control,
                 precompressed: opts.precompressed,
             }),
         })
@@ -1170,27 +1154,6 @@ mod tests {
         assert!(matches!(err, StaticError::RootNotDir { .. }), "{err:?}");
     }
 
-    #[test]
-    fn new_rejects_bad_cache_control_and_index() {
-        let t = tree();
-        let mut o = opts(&t);
-        o.cache_control = Some("bad\nvalue".into());
-        let err = StaticFiles::new(o).expect_err("cache-control");
-        assert!(
-            matches!(err, StaticError::InvalidCacheControl { .. }),
-            "{err:?}"
-        );
-        for bad in ["", ".", "..", "../secret", "a/b", "a\\b"] {
-            let mut o = opts(&t);
-            o.index = vec![bad.to_owned()];
-            let err = StaticFiles::new(o).expect_err("index");
-            assert!(
-                matches!(err, StaticError::InvalidIndex { .. }),
-                "{bad}: {err:?}"
-            );
-        }
-    }
-
     #[tokio::test]
     async fn root_is_canonicalized_through_symlink() {
         let t = tree();
@@ -1261,7 +1224,7 @@ mod tests {
     async fn cache_control_from_options() {
         let t = tree();
         let mut o = opts(&t);
-        o.cache_control = Some("public, max-age=3600".into());
+        o.cache_control = Some(HeaderValue::from_static("public, max-age=3600"));
         let sf = StaticFiles::new(o).expect("new");
         let r = served(get(&sf, "/hello.txt", &[]).await);
         assert_eq!(h(&r, "cache-control"), Some("public, max-age=3600"));

@@ -1,86 +1,16 @@
 //! TLS: certificate chains chosen by SNI, and a development certificate when none is configured.
 //!
-//! Every file is parsed here before pingora sees anything: pingora's `TlsSettings::build()`
-//! panics on a bad file, and a front door must fail with a sentence, not a backtrace.
+//! Configured chains arrive loaded and checked (see [`crate::settings::certs`]): pingora's
+//! `TlsSettings::build()` panics on a bad file, so pingora never reads one.
 
-use rustls::crypto::ring::default_provider;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Config;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: no PEM certificate found")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: no PEM private key found (PKCS#8, PKCS#1 or SEC1 expected)")]
-    NoKey { path: PathBuf },
-    #[error("{path}: not valid PEM: {source}")]
-    Pem {
-        path: PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{key} does not fit {cert}: {reason}")]
-    Mismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        reason: String,
-    },
-    #[error("cannot create the development certificate in {dir}: {reason}")]
-    DevCert { dir: PathBuf, reason: String },
-}
-
-/// Parse a certificate chain and its private key, and check that they belong together.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: cert.to_path_buf(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert.to_path_buf(),
-        });
-    }
-    let private = match PrivateKeyDer::from_pem_slice(&key_pem) {
-        Ok(k) => k,
-        Err(pem::Error::NoItemsFound) => {
-            return Err(TlsError::NoKey {
-                path: key.to_path_buf(),
-            })
-        }
-        Err(source) => {
-            return Err(TlsError::Pem {
-                path: key.to_path_buf(),
-                source,
-            })
-        }
-    };
-    CertifiedKey::from_der(chain, private, &default_provider()).map_err(|e| TlsError::Mismatch {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
+pub use crate::settings::certs::{load_pair, TlsError};
+use crate::settings::{ServerName, Tls};
 
 /// Create (once) and load the development certificate for `localhost` / `127.0.0.1` / `::1`.
 /// It is reused on later starts so a browser exception granted once keeps working.
@@ -130,35 +60,32 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
-    pub fn from_config(config: &Config) -> Result<SniResolver, TlsError> {
-        if config.tls.certificates.is_empty() {
-            let (key, path) = dev_certificate(&config.state_dir())?;
+    pub fn new(tls: &Tls) -> Result<SniResolver, TlsError> {
+        let Some(first) = tls.certificates.first() else {
+            let (key, path) = dev_certificate(&tls.state_dir)?;
             tracing::info!(cert = %path.display(), "no certificate configured: using the development certificate");
             return Ok(SniResolver {
                 default: Arc::new(key),
                 exact: HashMap::new(),
                 wildcard: HashMap::new(),
             });
-        }
-        let mut resolver: Option<SniResolver> = None;
-        for c in &config.tls.certificates {
-            let key = Arc::new(load_pair(&c.cert, &c.key)?);
-            let r = resolver.get_or_insert_with(|| SniResolver {
-                default: key.clone(),
-                exact: HashMap::new(),
-                wildcard: HashMap::new(),
-            });
+        };
+        let mut r = SniResolver {
+            default: first.key.clone(),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        for c in &tls.certificates {
             for name in &c.server_names {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
-                    Some(parent) => r.wildcard.insert(parent.to_string(), key.clone()),
-                    None => r.exact.insert(name, key.clone()),
+                match name {
+                    ServerName::Wildcard(parent) => {
+                        r.wildcard.insert(parent.clone(), c.key.clone())
+                    }
+                    ServerName::Exact(name) => r.exact.insert(name.clone(), c.key.clone()),
                 };
             }
         }
-        resolver.ok_or_else(|| TlsError::NoCertificate {
-            path: PathBuf::from("tls.certificates"),
-        })
+        Ok(r)
     }
 
     fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {

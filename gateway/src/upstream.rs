@@ -6,33 +6,18 @@
 //! is a handful of servers, so a scan over them per request is cheaper than any index.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Balance, HealthCheck, Protocol, Upstream};
-
-/// Where a server listens: TCP, or a Unix socket (php-fpm, or Puma's `bind unix://...`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Addr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
+/// Where a server listens, parsed once with the settings.
+pub use crate::settings::Addr;
+use crate::settings::{Balance, HealthCheck, Protocol, Upstream};
 
 impl Addr {
-    /// `host:port`, `unix:/path` or `unix:///path`.
-    pub fn parse(s: &str) -> Option<Addr> {
-        match crate::config::unix_socket_path(s) {
-            Some(p) if p.starts_with('/') => Some(Addr::Unix(PathBuf::from(p))),
-            Some(_) => None,
-            None => s.parse().ok().map(Addr::Tcp),
-        }
-    }
-
     /// The pingora peer for an HTTP connection to this server (TCP or Unix socket).
     pub fn http_peer(&self) -> pingora::Result<pingora::upstreams::peer::HttpPeer> {
         use pingora::upstreams::peer::HttpPeer;
@@ -113,15 +98,6 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Addr::Tcp(a) => write!(f, "{a}"),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
-
 /// One server of a pool, with the state the selection and the health checker share.
 #[derive(Debug)]
 pub struct Server {
@@ -174,9 +150,8 @@ impl Pool {
             servers: cfg
                 .servers
                 .iter()
-                .filter_map(|s| Addr::parse(s))
                 .map(|addr| Server {
-                    addr,
+                    addr: addr.clone(),
                     // Servers start up so the gateway serves at once; the first failed checks
                     // (or a failed connect, which is retried elsewhere) take a dead one out.
                     healthy: AtomicBool::new(true),
@@ -185,14 +160,12 @@ impl Pool {
                 })
                 .collect(),
             balance: cfg.balance,
-            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
-            read_timeout: Duration::from_millis(cfg.read_timeout_ms),
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.read_timeout,
             health: cfg.health_check.clone(),
-            fastcgi: match (cfg.protocol, &cfg.fastcgi) {
-                (Protocol::Fastcgi, Some(f)) => {
-                    Some(crate::fastcgi::Backend::new(f, cfg.servers.len()))
-                }
-                _ => None,
+            fastcgi: match &cfg.protocol {
+                Protocol::FastCgi(f) => Some(crate::fastcgi::Backend::new(f, cfg.servers.len())),
+                Protocol::Http => None,
             },
             next: AtomicUsize::new(0),
         }
@@ -264,7 +237,7 @@ impl Pool {
         let Some(hc) = self.health.clone() else {
             return;
         };
-        let mut tick = tokio::time::interval(Duration::from_millis(hc.interval_ms));
+        let mut tick = tokio::time::interval(hc.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -274,12 +247,9 @@ impl Pool {
             let checks = self.servers.iter().enumerate().map(|(i, s)| {
                 let hc = &hc;
                 async move {
-                    let ok = tokio::time::timeout(
-                        Duration::from_millis(hc.timeout_ms),
-                        probe(&s.addr, hc.path.as_deref()),
-                    )
-                    .await
-                    .unwrap_or(false);
+                    let ok = tokio::time::timeout(hc.timeout, probe(&s.addr, hc.path.as_deref()))
+                        .await
+                        .unwrap_or(false);
                     (i, ok)
                 }
             });
@@ -335,13 +305,19 @@ mod tests {
 
     fn pool(balance: Balance, n: usize) -> Arc<Pool> {
         let cfg = Upstream {
-            servers: (0..n).map(|i| format!("127.0.0.1:{}", 3000 + i)).collect(),
+            servers: (0..n)
+                .map(|i| {
+                    Addr::Tcp(std::net::SocketAddr::from((
+                        [127, 0, 0, 1],
+                        3000 + i as u16,
+                    )))
+                })
+                .collect(),
             protocol: Protocol::Http,
-            fastcgi: None,
             balance,
             health_check: None,
-            connect_timeout_ms: 1,
-            read_timeout_ms: 1,
+            connect_timeout: Duration::from_millis(1),
+            read_timeout: Duration::from_millis(1),
         };
         Arc::new(Pool::from_config("app", &cfg))
     }
@@ -388,26 +364,6 @@ mod tests {
                 assert_eq!(now, *was, "a client not on the removed server moved");
             }
         }
-    }
-
-    #[test]
-    fn addresses_tcp_and_both_unix_spellings() {
-        assert_eq!(
-            Addr::parse("127.0.0.1:3000"),
-            Some(Addr::Tcp("127.0.0.1:3000".parse().unwrap()))
-        );
-        let puma = Some(Addr::Unix(PathBuf::from("/run/app/puma.sock")));
-        assert_eq!(Addr::parse("unix:/run/app/puma.sock"), puma);
-        assert_eq!(Addr::parse("unix:///run/app/puma.sock"), puma);
-        assert_eq!(Addr::parse("unix:relative.sock"), None);
-        assert_eq!(Addr::parse("unix://tmp/puma.sock"), None);
-        assert_eq!(Addr::parse("localhost"), None);
-        assert_eq!(
-            Addr::parse("unix:///run/app/puma.sock")
-                .map(|a| a.to_string())
-                .as_deref(),
-            Some("unix:/run/app/puma.sock")
-        );
     }
 
     #[tokio::test]

@@ -1,0 +1,484 @@
+use super::*;
+
+/// The settings of a small valid file: everything else at its default.
+pub(crate) fn minimal() -> Settings {
+    build_yaml(MINIMAL).expect("a minimal file builds")
+}
+
+const MINIMAL: &str = "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n";
+
+fn build_yaml(yaml: &str) -> Result<Settings, Vec<Problem>> {
+    Settings::build(Config::parse(yaml).expect("parses"), Path::new("/etc/gw"))
+}
+
+/// Every problem `yaml` has, as `gateway check` prints them (none when it builds).
+fn problems(yaml: &str) -> Vec<String> {
+    match build_yaml(yaml) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn h2_max_concurrent_streams_defaults_to_32_and_zero_is_refused() {
+    assert_eq!(minimal().limits.h2_max_concurrent_streams, 32);
+    let p = problems(
+        "listen: {http: 127.0.0.1:8080}\nlimits: {h2_max_concurrent_streams: 0}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+    );
+    assert_eq!(p, ["limits.h2_max_concurrent_streams: must be at least 1"]);
+}
+
+#[test]
+fn minimal_config_is_valid() {
+    let p = problems(MINIMAL);
+    assert!(p.is_empty(), "{p:?}");
+}
+
+#[test]
+fn realtime_abuse_limits_have_defaults_and_are_checked_where_they_are() {
+    let c =
+        build_yaml("listen: {http: 127.0.0.1:8080}\nroutes: [{path: /ws, realtime: websocket}]\n")
+            .expect("builds");
+    assert_eq!(c.realtime.hub.max_topics, 100_000);
+    assert_eq!(c.realtime.hub.max_open_topics, 50_000);
+    assert_eq!(c.realtime.hub.max_topic_length, 255);
+    assert_eq!(c.realtime.hub.new_topics_per_client_per_minute, 600);
+    assert_eq!(c.realtime.longpoll.max_message_bytes, 65_536);
+    assert_eq!(c.realtime.socketio.max_sessions, 50_000);
+    assert_eq!(c.realtime.socketio.max_sessions_per_client, 256);
+    let ns = &c.realtime.socketio.namespaces["/"];
+    assert_eq!((ns.relay_rate.per_second, ns.relay_rate.burst), (50, 100));
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+realtime:
+  hub: {max_topics: 1000, max_open_topics: 1000, max_topic_length: 3}
+  longpoll: {max_message_bytes: 1}
+  websocket: {/ws: {max_subscriptions: 0}}
+  socketio: {namespaces: {"/": {relay: true, relay_rate: {per_second: 0}}}}
+routes: [{path: /ws, realtime: websocket}]
+"#,
+    );
+    let want = [
+        "realtime.hub.max_open_topics: must be at least 1 and less than realtime.hub.max_topics (1000): the rest is kept for Socket.IO's own rooms",
+        "realtime.hub.max_topic_length: must be at least 16",
+        "realtime.longpoll.max_message_bytes: must be at least 16",
+        "realtime.websocket./ws.max_subscriptions: must be at least 1",
+        "realtime.socketio.namespaces./.relay_rate: per_second and burst must be at least 1",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let p = problems(
+        r#"
+listen: {https: "nope", http: 127.0.0.1:8080, admin: 127.0.0.1:8080}
+proxy: {trusted_proxies: ["10.0.0.0/99"]}
+upstreams:
+  app: {servers: ["127.0.0.1"], health_check: {path: "ping", rise: 0}}
+routes:
+  - {path: /, upstream: app}
+  - {path: /x, upstream: app}
+  - {path: /y, upstream: ap}
+  - {path: z}
+"#,
+    );
+    let want = [
+        "listen.https: \"nope\" is not an address like 127.0.0.1:8443",
+        "listen.admin: 127.0.0.1:8080 is already used by listen.http",
+        "proxy.trusted_proxies[0]: \"10.0.0.0/99\" is not an address or CIDR block",
+        "upstreams.app.servers[0]: \"127.0.0.1\" is not an address like 127.0.0.1:3000 or unix:/run/app/puma.sock",
+        "upstreams.app.health_check.path: \"ping\" must start with /",
+        "upstreams.app.health_check.rise: must be at least 1",
+        "routes[2].upstream: no upstream named \"ap\" (known: app)",
+        "routes[3].path: \"z\" must start with /",
+        "routes[3]: needs a target: `upstream`, `static` or `realtime`",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn odd_server_names_are_problems_not_panics() {
+    let p = problems(
+        "listen: {https: 127.0.0.1:8443}\ntls: {certificates: [{cert: /nonexistent.pem, key: /nonexistent.key, server_names: [\"é.example\"]}]}\nroutes: []\n",
+    );
+    assert!(
+        p.iter()
+            .any(|x| x == "tls.certificates[0].server_names[0]: \"é.example\" is not a host name"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn fastcgi_pools_are_validated() {
+    let root = std::env::temp_dir();
+    let ok = problems(&format!(
+        "listen: {{http: 127.0.0.1:8080}}\nupstreams: {{php: {{protocol: fastcgi, servers: [unix:/run/php/php-fpm.sock, 127.0.0.1:9000], fastcgi: {{root: {}}}}}}}\nroutes: [{{path: /, upstream: php}}]\n",
+        root.display()
+    ));
+    assert!(ok.is_empty(), "{ok:?}");
+    let p = problems(&format!(
+        r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  php: {{protocol: fastcgi, servers: ["unix:", "nope"], health_check: {{path: /ping}}}}
+  php2: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: /no/such/dir, index: a/b.php, front_controller: index.php}}}}
+  app: {{servers: ["unix:/tmp/puma.sock"], fastcgi: {{root: {root}}}}}
+routes:
+  - {{path: /, upstream: php2, static: {{root: {root}, index: [index.php]}}}}
+"#,
+        root = root.display()
+    ));
+    let want = [
+        "upstreams.php.servers[0]: \"unix:\": a Unix socket needs a path, like unix:/run/php/php-fpm.sock",
+        "upstreams.php.servers[1]: \"nope\" is not an address like 127.0.0.1:9000 or unix:/run/php/php-fpm.sock",
+        "upstreams.php.fastcgi: required with `protocol: fastcgi`: {root: /path/to/app/public}",
+        "upstreams.php.health_check.path: \"/ping\": a FastCGI pool is checked by connecting; remove `path`",
+        "upstreams.php2.fastcgi.root: /no/such/dir is not a directory",
+        "upstreams.php2.fastcgi.index: \"a/b.php\" must be a plain file name ending in .php",
+        "upstreams.php2.fastcgi.front_controller: \"index.php\" must be a path like /index.php",
+        "upstreams.app.fastcgi: only used with `protocol: fastcgi`",
+        "routes[0].static.index[0]: \"index.php\" would be served as source code: PHP index files belong in upstreams.php2.fastcgi.index",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn http_pools_take_unix_sockets_in_both_spellings() {
+    let long = format!("unix:/{}", "x".repeat(120));
+    let p = problems(&format!(
+        r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  puma: {{servers: ["unix:/run/app/puma.sock", "unix:///run/app/puma2.sock", 127.0.0.1:3000], health_check: {{path: /up}}}}
+  bad: {{servers: ["unix:", "unix://", "puma.sock", "{long}"]}}
+routes: [{{path: /, upstream: puma}}]
+"#
+    ));
+    let want = [
+        "upstreams.bad.servers[0]: \"unix:\": a Unix socket needs a path, like unix:/run/app/puma.sock",
+        "upstreams.bad.servers[1]: \"unix://\": a Unix socket needs a path, like unix:/run/app/puma.sock",
+        "upstreams.bad.servers[2]: \"puma.sock\" is not an address like 127.0.0.1:3000 or unix:/run/app/puma.sock",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert!(
+        p.iter().any(|x| x.starts_with("upstreams.bad.servers[3]")
+            && x.ends_with("the path is 121 bytes long; a Unix socket address holds at most 107")),
+        "{p:#?}"
+    );
+    assert_eq!(p.len(), 4, "{p:#?}");
+}
+
+#[test]
+fn relative_unix_sockets_are_resolved_against_the_file() {
+    let dir = std::env::temp_dir().join(format!("config-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(
+        &file,
+        "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [\"unix://tmp/puma.sock\", \"unix:///run/puma.sock\", \"unix:.run/x.sock\"]}}\nroutes: [{path: /, upstream: app}]\n",
+    )
+    .expect("write");
+    let c = Settings::load(&file).expect("loads");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        c.upstreams["app"].servers,
+        [
+            Addr::Unix(dir.join("tmp/puma.sock")),
+            Addr::Unix(PathBuf::from("/run/puma.sock")),
+            Addr::Unix(dir.join(".run/x.sock")),
+        ]
+    );
+}
+
+#[test]
+fn internal_locations_are_validated() {
+    let base = std::env::temp_dir().join(format!("config-internal-{}", std::process::id()));
+    for d in ["public/files", "private", "php/public"] {
+        std::fs::create_dir_all(base.join(d)).expect("dir");
+    }
+    let b = base.display();
+    let ok = problems(&format!(
+        "listen: {{http: 127.0.0.1:8080}}\ninternal_locations: [{{path: /protected/, root: {b}/private}}]\nroutes: [{{path: /, static: {{root: {b}/public}}}}]\n"
+    ));
+    assert!(ok.is_empty(), "{ok:?}");
+    let p = problems(&format!(
+        r#"
+listen: {{http: 127.0.0.1:8080}}
+upstreams:
+  php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {b}/php/public}}}}
+internal_locations:
+  - {{path: /protected, root: {b}/private}}
+  - {{path: /, root: {b}/private}}
+  - {{path: /a/../b/, root: {b}/private}}
+  - {{path: /files/, root: {b}/public/files}}
+  - {{path: /files/more/, root: {b}/php/public}}
+  - {{path: /gone/, root: {b}/nope}}
+routes:
+  - {{path: /gone/x, upstream: php}}
+  - {{path: /, static: {{root: {b}/public}}}}
+"#
+    ));
+    let _ = std::fs::remove_dir_all(&base);
+    let want = [
+        "internal_locations[0].path: \"/protected\" must be a prefix like /protected/ (starting and ending with /, and not / alone)".to_string(),
+        "internal_locations[1].path: \"/\" must be a prefix like /protected/ (starting and ending with /, and not / alone)".to_string(),
+        "internal_locations[2].path: \"/a/../b/\" must be a plain path: no . or .. segments, //, %, ?, #, spaces or backslashes".to_string(),
+        format!("internal_locations[3].root: {b}/public/files is inside routes[1].static.root ({b}/public), where its files are public; move it out"),
+        "internal_locations[4].path: \"/files/more/\" overlaps internal_locations[3].path \"/files/\"".to_string(),
+        format!("internal_locations[4].root: {b}/php/public is inside upstreams.php.fastcgi.root ({b}/php/public), where its files are public; move it out"),
+        format!("internal_locations[5].root: {b}/nope is not a directory"),
+        "routes[0].path: \"/gone/x\" is inside internal_locations[5].path \"/gone/\", which requests from outside never reach".to_string(),
+    ];
+    for w in &want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    // `/` as a location also swallows every route.
+    let extra: Vec<_> = p.iter().filter(|x| !want.contains(x)).collect();
+    assert!(
+        extra
+            .iter()
+            .all(|x| x.contains("internal_locations[1].path \"/\"")
+                || x.contains("overlaps internal_locations[1]")
+                || x.contains("overlaps internal_locations[0]")),
+        "{extra:#?}"
+    );
+}
+
+#[test]
+fn compression_is_on_by_default_and_validated() {
+    let c = minimal();
+    let on = c.compression.as_ref().expect("on by default");
+    assert_eq!(on.codings, [Coding::Brotli, Coding::Gzip]);
+    assert_eq!(on.min_length, defaults::COMPRESSION_MIN_LENGTH);
+    assert!(on.types.iter().any(|t| t.to_string() == "text/*"));
+    assert!(matches!(&c.routes[0].target, Target::App(a) if a.compression));
+
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+compression:
+  algorithms: [br, zstd, gzip, br]
+  gzip_level: 0
+  brotli_level: 12
+  types: [text/html, "*/*", text/event-stream, "application/json; charset=utf-8"]
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+routes:
+  - {path: /events, realtime: sse, compression: false}
+  - {path: /, upstream: app, compression: false}
+"#,
+    );
+    let want = [
+        "compression.algorithms[1]: unknown algorithm \"zstd\" (known: br, gzip)",
+        "compression.algorithms[3]: \"br\" is listed twice",
+        "compression.gzip_level: 0 is not a gzip level (1-9)",
+        "compression.brotli_level: 12 is not a brotli level (1-11)",
+        "compression.types[1]: \"*/*\" is not a media type like text/html or text/* (no parameters, no */*)",
+        "compression.types[2]: text/event-stream is never compressed: each event must reach the client as it is sent",
+        "compression.types[3]: \"application/json; charset=utf-8\" is not a media type like text/html or text/* (no parameters, no */*)",
+        "routes[0].compression: realtime answers are never compressed; remove it",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+    let p = problems(
+        "listen: {http: 127.0.0.1:8080}\ncompression: {algorithms: [], types: []}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+    );
+    assert_eq!(p.len(), 2, "{p:#?}");
+    // Turned off, empty lists are fine.
+    let p = problems(
+        "listen: {http: 127.0.0.1:8080}\ncompression: {enabled: false, algorithms: [], types: []}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+    );
+    assert!(p.is_empty(), "{p:#?}");
+}
+
+#[test]
+fn buffering_options_are_validated() {
+    let root = std::env::temp_dir();
+    let c = minimal();
+    let Target::App(app) = &c.routes[0].target else {
+        panic!("an app route")
+    };
+    assert!(app.request_buffering, "on by default");
+    assert!(!app.response_buffering, "off by default");
+    assert_eq!(c.proxy.temp_dir, PathBuf::from(".state/tmp"));
+    let p = problems(&format!(
+        r#"
+listen: {{http: 127.0.0.1:8080}}
+limits: {{client_body_buffer_bytes: 10, client_body_timeout_ms: 0, response_buffer_bytes: 0, send_timeout_ms: 0}}
+upstreams:
+  app: {{servers: [127.0.0.1:3000]}}
+  php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {root}}}}}
+routes:
+  - {{path: /a, upstream: app, request_buffering: false, response_buffering: true}}
+  - {{path: /p, upstream: php, response_buffering: true}}
+  - {{path: /s, realtime: sse, request_buffering: true}}
+  - {{path: /, upstream: app, request_buffering: false}}
+"#,
+        root = root.display()
+    ));
+    let want = [
+        "limits.client_body_buffer_bytes: must be at least 1024",
+        "limits.client_body_timeout_ms: must be greater than 0",
+        "limits.response_buffer_bytes: must be at least 1024",
+        "limits.send_timeout_ms: must be greater than 0",
+        "routes[0].response_buffering: needs `request_buffering: true` (an answer is only buffered for a request the gateway holds whole)",
+        "routes[2]: `request_buffering` and `response_buffering` only apply to `upstream` routes",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn strings_become_typed_values_once() {
+    let c = build_yaml(
+        r#"
+listen: {https: "[::1]:8443", http: 127.0.0.1:8080, admin: 127.0.0.1:9090}
+proxy: {trusted_proxies: [10.0.0.0/8, "::1"]}
+limits: {keepalive_timeout_s: 0, header_timeout_ms: 1500}
+compression: {algorithms: [gzip], types: [Text/HTML, "application/*"]}
+upstreams:
+  app: {servers: [127.0.0.1:3000, "unix:///run/app/puma.sock", "unix:run/puma.sock"], balance: ip_hash, health_check: {path: /up, interval_ms: 500}}
+routes:
+  - {path: /ws, realtime: websocket}
+  - {path: /, upstream: app, host: WWW.Example.com}
+"#,
+    )
+    .expect("builds");
+    assert_eq!(
+        c.listen.https,
+        Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8443)))
+    );
+    assert_eq!(c.listen.admin.map(|a| a.port()), Some(9090));
+    let trusted = &c.proxy.trusted_proxies;
+    assert!(trusted[0].contains("10.9.8.7".parse().unwrap()));
+    assert!(trusted[1].contains("::1".parse().unwrap()));
+    assert_eq!(c.limits.keepalive_timeout, None, "0 turns keep-alive off");
+    assert_eq!(c.limits.header_timeout, Duration::from_millis(1500));
+    let comp = c.compression.as_ref().expect("on");
+    assert_eq!(comp.codings, [Coding::Gzip]);
+    assert!(comp.types[0].matches("text", "html"));
+    assert!(comp.types[1].matches("application", "json"));
+    let app = &c.upstreams["app"];
+    assert_eq!(
+        app.servers,
+        [
+            Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 3000))),
+            Addr::Unix(PathBuf::from("/run/app/puma.sock")),
+            Addr::Unix(PathBuf::from("/etc/gw/run/puma.sock")),
+        ]
+    );
+    assert_eq!(app.balance, Balance::IpHash);
+    let hc = app.health_check.as_ref().expect("checked");
+    assert_eq!(hc.interval, Duration::from_millis(500));
+    assert_eq!(hc.timeout, defaults::HEALTH_TIMEOUT);
+    assert_eq!(c.routes[1].host.as_deref(), Some("www.example.com"));
+    match &c.routes[0].target {
+        Target::Realtime(Endpoint::Websocket(ws)) => {
+            assert_eq!(ws.protocols, defaults::WS_PROTOCOLS);
+            assert_eq!(ws.ping_interval, defaults::WS_PING_INTERVAL);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Each of these used to be parsed a second time at run time, where a value that did not
+/// parse was skipped (`filter_map`) or replaced (a port of 443): the build refuses them all,
+/// each with its place.
+#[test]
+fn what_does_not_parse_is_reported_not_dropped() {
+    let p = build_yaml(
+        r#"
+listen: {https: "localhost:8443", http: 127.0.0.1:80800}
+proxy: {trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, "10.0.0.0 / x"]}
+compression: {algorithms: [gzip, deflate], types: [text/html, "text"]}
+upstreams: {app: {servers: [127.0.0.1:3000, "app:3000"]}}
+routes: [{path: /, upstream: app}]
+"#,
+    )
+    .expect_err("refused");
+    let p: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    let want = [
+        "listen.https: \"localhost:8443\" is not an address like 127.0.0.1:8443",
+        "listen.http: \"127.0.0.1:80800\" is not an address like 127.0.0.1:8443",
+        "proxy.trusted_proxies[1]: \"10.0.0.0/33\" is not an address or CIDR block",
+        "proxy.trusted_proxies[2]: \"10.0.0.0 / x\" is not an address or CIDR block",
+        "compression.algorithms[1]: unknown algorithm \"deflate\" (known: br, gzip)",
+        "compression.types[1]: \"text\" is not a media type like text/html or text/*",
+        "upstreams.app.servers[1]: \"app:3000\" is not an address like 127.0.0.1:3000 or unix:/run/app/puma.sock",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+/// A static route's index names and `cache_control` used to be checked only when the server
+/// started, so `gateway check` passed a file `gateway run` refused.
+#[test]
+fn static_index_names_and_cache_control_are_checked_with_the_file() {
+    let root = std::env::temp_dir();
+    let p = problems(&format!(
+        r#"
+listen: {{http: 127.0.0.1:8080}}
+routes:
+  - {{path: /a, static: {{root: {root}, index: [index.html, ../secret, "a/b", ""], cache_control: "bad\nvalue"}}}}
+  - {{path: /, static: {{root: {root}, cache_control: "public, max-age=60"}}}}
+"#,
+        root = root.display()
+    ));
+    let want = [
+        "routes[0].static.index[1]: \"../secret\" must be a plain file name",
+        "routes[0].static.index[2]: \"a/b\" must be a plain file name",
+        "routes[0].static.index[3]: \"\" must be a plain file name",
+        "routes[0].static.cache_control: \"bad\\nvalue\" is not a valid header value",
+    ];
+    for w in want {
+        assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn relative_paths_are_resolved_against_the_file_and_defaults_are_not() {
+    let dir = std::env::temp_dir().join(format!("settings-paths-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("public")).expect("dir");
+    let built = Settings::build(
+        Config::parse(
+            "listen: {https: 127.0.0.1:8443}\nrealtime: {socketio: {client_dir: dist}}\nproxy: {temp_dir: spill}\nroutes: [{path: /, static: {root: public}}]\n",
+        )
+        .expect("parses"),
+        &dir,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = built.expect("builds");
+    // The default state directory stays relative to the working directory, as it always was.
+    assert_eq!(c.tls.state_dir, PathBuf::from(defaults::STATE_DIR));
+    assert_eq!(c.proxy.temp_dir, dir.join("spill"));
+    assert_eq!(c.realtime.socketio.client_dir, Some(dir.join("dist")));
+    match &c.routes[0].target {
+        Target::App(App {
+            files: Some(files), ..
+        }) => {
+            assert_eq!(files.root, dir.join("public"));
+            assert_eq!(files.index, defaults::STATIC_INDEX);
+            assert_eq!(files.precompressed, defaults::STATIC_PRECOMPRESSED);
+        }
+        other => panic!("{other:?}"),
+    }
+}
