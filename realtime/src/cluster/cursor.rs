@@ -21,24 +21,28 @@
 //! seq order within an epoch, and every position that is passed over is inside a
 //! [`Step::Reset`] (the property test in this file checks exactly that).
 //!
+//! # Epochs are ordered
+//!
+//! A fleet epoch starts with the Redis server's clock (see [`super::script`]), so a later
+//! incarnation of a topic has a greater epoch: a frame of an older epoch than the cursor's is
+//! late (its messages are inside the reset that began the newer one) and is dropped, whichever
+//! way it came. Without that order a backfill that revealed a new epoch could not be told from
+//! echoes of an older one still in flight.
+//!
 //! # Waiting is bounded
 //!
 //! A held frame older than the grace period (its echo predecessors never came: the pub/sub
 //! link stalled) makes [`Cursor::on_tick`] ask for a backfill; at most [`MAX_HELD`] frames are
 //! held, past that the cursor declares a reset and moves on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::hub::{Epoch, Position};
+use crate::hub::Position;
 
 /// Frames held per topic (waiting for their predecessors) before the cursor gives up waiting
 /// and declares a reset. A backfill answers long before that in any healthy fleet.
 pub const MAX_HELD: usize = 4096;
-
-/// Epochs remembered as superseded, so that late frames of an old incarnation are dropped
-/// instead of being taken for a new one.
-const RETIRED_EPOCHS: usize = 8;
 
 /// Where a frame came from (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +100,6 @@ struct Held<T> {
 pub struct Cursor<T> {
     /// Last position delivered (or started from); `None` before the first frame.
     at: Option<Position>,
-    retired: VecDeque<Epoch>,
     /// Frames of the current epoch after `at`, waiting for their predecessors.
     pending: BTreeMap<u64, Held<T>>,
     /// Replies of an epoch not confirmed by the ordered stream yet (or before the first
@@ -109,7 +112,6 @@ impl<T> Default for Cursor<T> {
     fn default() -> Self {
         Cursor {
             at: None,
-            retired: VecDeque::new(),
             pending: BTreeMap::new(),
             foreign: BTreeMap::new(),
             fetching: false,
@@ -156,7 +158,10 @@ impl<T: Clone> Cursor<T> {
         item: T,
         out: &mut Vec<Step<T>>,
     ) {
-        if self.retired.contains(&position.epoch) {
+        if self
+            .at
+            .is_some_and(|at| position.epoch.raw() < at.epoch.raw())
+        {
             return;
         }
         let held = Held { item, since: now };
@@ -231,7 +236,7 @@ impl<T: Clone> Cursor<T> {
             head,
             frames,
         } = fetched;
-        if self.retired.contains(&head.epoch) {
+        if self.at.is_some_and(|at| head.epoch.raw() < at.epoch.raw()) {
             // Read before the cursor moved on to a newer epoch.
             return;
         }
@@ -267,10 +272,10 @@ impl<T: Clone> Cursor<T> {
                 .or_insert(Held { item, since: now });
         }
         self.drain(out);
-        // Replies of other epochs that are still waiting belong to an epoch that is not the
-        // topic's in Redis (an ended one, or one begun after the read, whose echo or history
-        // will bring its messages): the reply was only the fast path, drop it.
-        self.foreign.clear();
+        // Replies still waiting of an epoch before the head's are late; those of a later one
+        // (begun after the read) wait for their echo.
+        let keep = head.epoch.raw().saturating_add(1);
+        self.foreign = self.foreign.split_off(&(keep, 0));
         // The read saw the head: anything held past it is a later publish whose echo will
         // come. A gap left below the head would be a broken read; skip it honestly.
         if let Some(at) = self.at {
@@ -289,34 +294,22 @@ impl<T: Clone> Cursor<T> {
         self.bound(out);
     }
 
-    /// Moves waiting replies of the now-current epoch into `pending`; drops those it has passed.
+    /// Moves waiting replies of the now-current epoch into `pending`; drops those it has passed
+    /// and those of older epochs.
     fn adopt_foreign(&mut self, at: Position) {
-        let mine: Vec<(u64, u64)> = self
+        let later = self
             .foreign
-            .keys()
-            .filter(|(e, _)| *e == at.epoch.raw())
-            .copied()
-            .collect();
-        for key in mine {
-            if let Some((position, held)) = self.foreign.remove(&key) {
-                if position.seq > at.seq {
-                    self.pending.entry(position.seq).or_insert(held);
-                }
+            .split_off(&(at.epoch.raw().saturating_add(1), 0));
+        let mine = std::mem::replace(&mut self.foreign, later);
+        for ((epoch, _), (position, held)) in mine {
+            if epoch == at.epoch.raw() && position.seq > at.seq {
+                self.pending.entry(position.seq).or_insert(held);
             }
         }
     }
 
-    /// A new epoch begins at `to`: the old one is retired, its waiting frames are covered by
-    /// the reset.
+    /// A new epoch begins at `to`: the old one's waiting frames are covered by the reset.
     fn switch_epoch(&mut self, to: Position, out: &mut Vec<Step<T>>) {
-        if let Some(old) = self.at {
-            if old.epoch != to.epoch {
-                self.retired.push_back(old.epoch);
-                if self.retired.len() > RETIRED_EPOCHS {
-                    self.retired.pop_front();
-                }
-            }
-        }
         self.pending.clear();
         self.at = Some(to);
         out.push(Step::Reset { to });
