@@ -47,9 +47,46 @@ impl RedisServer {
     /// A server with extra command-line options, e.g. `["--requirepass", "pw"]` or an ACL
     /// user `["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_args(extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A server that speaks only TLS (`rediss://`) on its port, with `cert_pem`/`key_pem`, no
+    /// client certificates asked for.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> RedisServer {
+        let dir = Scratch::new("redis-tls");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        std::fs::write(&key, key_pem).expect("write key");
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            extra: vec![
+                // Later options win: no plain port, TLS on ours.
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            dir,
+            proc: None,
+            retired: Vec::new(),
+            starts: 0,
+        };
+        server.launch();
+        server
+    }
+
+    fn start_args(extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             dir: Scratch::new("redis"),
             proc: None,
             retired: Vec::new(),

@@ -7,7 +7,7 @@
 //! the caller answers 503, nothing is accepted and dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,8 +182,20 @@ pub enum Link {
     },
 }
 
+/// Counters of one backplane, for health pages and tests.
+#[derive(Debug, Default)]
+pub struct BackplaneStats {
+    /// Times both links were (re)established and subscribed.
+    pub connects: AtomicU64,
+    /// History reads made to fill a gap or to catch up after a reconnect.
+    pub backfills: AtomicU64,
+    /// Pub/sub messages on our channels that were not frames (ignored).
+    pub bad_frames: AtomicU64,
+}
+
 struct Shared {
     config: BackplaneConfig,
+    stats: BackplaneStats,
     keys: Keys,
     client: redis::Client,
     sink: Arc<dyn Sink>,
@@ -261,6 +273,7 @@ impl Backplane {
             broken: Notify::new(),
             shut_down: AtomicBool::new(false),
             stop: Notify::new(),
+            stats: BackplaneStats::default(),
             config,
         });
         tokio::spawn(supervise(Arc::clone(&shared)));
@@ -329,6 +342,11 @@ impl Backplane {
     /// trace of it).
     pub async fn head(&self, topic: &str) -> Result<Position, BackplaneError> {
         Ok(self.shared.read_history(topic, None, "resume").await?.head)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &BackplaneStats {
+        &self.shared.stats
     }
 
     /// Where this node's delivery of `topic` stands (`None`: nothing seen yet).
@@ -569,6 +587,7 @@ impl Shared {
 
 /// Reads the history a cursor asked for and hands it back.
 async fn fetch(shared: Arc<Shared>, topic: Arc<str>, since: Position) {
+    shared.stats.backfills.fetch_add(1, Ordering::Relaxed);
     let read = shared.read_history(&topic, Some(since), "backfill").await;
     let mut cursors = lock(&shared.cursors);
     let cursors = &mut *cursors;
@@ -587,8 +606,8 @@ async fn fetch(shared: Arc<Shared>, topic: Arc<str>, since: Position) {
     shared.apply(&topic, steps, held, cursors);
 }
 
-/// Connects both links, subscribes, serves until a link fails, and starts again after a
-/// backoff; forever, until shutdown.
+/// Connects both links, subscribes, serves until the pub/sub link fails, and starts again
+/// (at once the first time, then after a growing backoff); forever, until shutdown.
 async fn supervise(shared: Arc<Shared>) {
     let c = &shared.config;
     let mut backoff = c.backoff_min;
@@ -596,23 +615,27 @@ async fn supervise(shared: Arc<Shared>) {
         if shared.shut_down.load(Ordering::Acquire) {
             return;
         }
-        let reason = match connect(&shared).await {
-            Ok((conn, pubsub)) => {
-                *lock(&shared.conn) = Some(conn);
+        let reason = match establish(&shared).await {
+            Ok(pubsub) => {
                 shared.link.send_replace(Link::Up);
                 tracing::info!(url = %redact(&c.url), "cluster: connected to redis");
                 backoff = c.backoff_min;
+                shared.stats.connects.fetch_add(1, Ordering::Relaxed);
                 shared.resync();
                 let reason = serve(&shared, pubsub).await;
-                *lock(&shared.conn) = None;
-                reason
+                if shared.shut_down.load(Ordering::Acquire) {
+                    return;
+                }
+                tracing::warn!(url = %redact(&c.url), reason = %reason, "cluster: redis pub/sub link lost");
+                shared.link.send_replace(Link::Down { reason });
+                continue;
             }
-            Err(e) => e,
+            Err(reason) => reason,
         };
         if shared.shut_down.load(Ordering::Acquire) {
             return;
         }
-        tracing::warn!(url = %redact(&c.url), reason = %reason, retry_in = ?backoff, "cluster: redis link down");
+        tracing::warn!(url = %redact(&c.url), reason = %reason, retry_in = ?backoff, "cluster: cannot reach redis");
         shared.link.send_replace(Link::Down { reason });
         // Jitter (up to +50 %) so that a fleet does not reconnect in lockstep.
         let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
@@ -624,16 +647,35 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, redis::aio::PubSub), String> {
+/// Makes sure the command link answers (keeping the one there is: publishes go on while only
+/// the subscription is being re-established, and are backfilled to every node after it), then
+/// opens and subscribes the pub/sub link.
+async fn establish(shared: &Shared) -> Result<redis::aio::PubSub, String> {
     let c = &shared.config;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(c.connect_timeout))
-        .set_response_timeout(Some(c.response_timeout));
-    let conn = shared
-        .client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let existing = lock(&shared.conn).clone();
+    let alive = match existing {
+        Some(mut conn) => matches!(
+            tokio::time::timeout(
+                c.response_timeout,
+                redis::cmd("PING").query_async::<Value>(&mut conn)
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        None => false,
+    };
+    if !alive {
+        *lock(&shared.conn) = None;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(c.connect_timeout))
+            .set_response_timeout(Some(c.response_timeout));
+        let conn = shared
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        *lock(&shared.conn) = Some(conn);
+    }
     let mut pubsub = tokio::time::timeout(c.connect_timeout, shared.client.get_async_pubsub())
         .await
         .map_err(|_| "timed out connecting the pub/sub link".to_string())?
@@ -642,7 +684,7 @@ async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, redis::aio::
         .await
         .map_err(|_| "timed out subscribing".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok((conn, pubsub))
+    Ok(pubsub)
 }
 
 /// Reads the pub/sub link until it fails; returns why.
@@ -664,13 +706,14 @@ async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
                         shared.on_frame(topic, Source::Echo, position, Arc::new(body));
                     }
                     Err(e) => {
+                        shared.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(topic = %topic, error = %e, "cluster: undecodable frame ignored");
                     }
                 }
             }
             _ = tick.tick() => shared.tick(),
             _ = ping.tick() => {
-                match tokio::time::timeout(c.response_timeout, sink.ping::<String>()).await {
+                match tokio::time::timeout(c.response_timeout, sink.ping::<Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return format!("ping failed: {e}"),
                     Err(_) => return "ping timed out".into(),

@@ -29,5 +29,7 @@ pub mod script;
 #[cfg(test)]
 mod cursor_tests;
 
-pub use backplane::{Backplane, BackplaneConfig, BackplaneError, Delivery, Link, Sink};
+pub use backplane::{
+    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Sink,
+};
 pub use history::Resume;
