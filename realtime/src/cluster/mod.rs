@@ -19,6 +19,7 @@
 //! backplane and take the backplane's deliveries as its own (the local hub staying the fast path
 //! for local subscribers), as the module documentation of [`backplane`] describes.
 
+pub mod adapter;
 pub mod backplane;
 pub mod cursor;
 pub mod frame;
