@@ -25,6 +25,7 @@ pub mod cursor;
 pub mod frame;
 pub mod history;
 pub mod keys;
+pub mod laravel;
 pub mod script;
 
 #[cfg(test)]
