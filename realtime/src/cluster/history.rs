@@ -126,10 +126,15 @@ mod tests {
         frame::encode_frame(p, &body)
     }
 
-    fn read(head: Position, seqs: std::ops::RangeInclusive<u64>) -> RawRead {
+    /// A read of `head` returning the frames `seqs` (empty: `None`).
+    fn read(head: Position, seqs: Option<std::ops::RangeInclusive<u64>>) -> RawRead {
         RawRead {
             head,
-            frames: seqs.map(|s| raw(pos(head.epoch.raw(), s))).collect(),
+            frames: seqs
+                .into_iter()
+                .flatten()
+                .map(|s| raw(pos(head.epoch.raw(), s)))
+                .collect(),
         }
     }
 
@@ -143,11 +148,11 @@ mod tests {
     #[test]
     fn covered_resume_replays_exactly_what_follows() {
         assert_eq!(
-            replayed(&resume(pos(1, 3), &read(pos(1, 6), 4..=6))),
+            replayed(&resume(pos(1, 3), &read(pos(1, 6), Some(4..=6)))),
             [4, 5, 6]
         );
         assert_eq!(
-            replayed(&resume(pos(1, 6), &read(pos(1, 6), 1..=0))),
+            replayed(&resume(pos(1, 6), &read(pos(1, 6), None))),
             [] as [u64; 0]
         );
     }
@@ -156,22 +161,22 @@ mod tests {
     fn anything_else_is_a_reset_to_the_head() {
         let reset = Resume::Reset { current: pos(1, 6) };
         // Trimmed: the history starts at 5.
-        assert_eq!(resume(pos(1, 3), &read(pos(1, 6), 5..=6)), reset);
+        assert_eq!(resume(pos(1, 3), &read(pos(1, 6), Some(5..=6))), reset);
         // Another epoch, or a position never reached.
-        assert_eq!(resume(pos(2, 3), &read(pos(1, 6), 1..=0)), reset);
-        assert_eq!(resume(pos(1, 7), &read(pos(1, 6), 1..=0)), reset);
+        assert_eq!(resume(pos(2, 3), &read(pos(1, 6), None)), reset);
+        assert_eq!(resume(pos(1, 7), &read(pos(1, 6), None)), reset);
         // A read that breaks the script's promise.
-        let mut holed = read(pos(1, 6), 4..=6);
+        let mut holed = read(pos(1, 6), Some(4..=6));
         holed.frames.remove(1);
         assert_eq!(resume(pos(1, 3), &holed), reset);
-        let mut garbage = read(pos(1, 6), 4..=6);
+        let mut garbage = read(pos(1, 6), Some(4..=6));
         garbage.frames[2] = b"nonsense".to_vec();
         assert_eq!(resume(pos(1, 3), &garbage), reset);
     }
 
     #[test]
     fn a_backfill_keeps_the_decodable_run() {
-        let mut r = read(pos(1, 6), 3..=6);
+        let mut r = read(pos(1, 6), Some(3..=6));
         r.frames[2] = b"nonsense".to_vec();
         let f = backfill(pos(1, 2), &r);
         let seqs: Vec<u64> = f.frames.iter().map(|(p, _)| p.seq).collect();
