@@ -15,9 +15,13 @@
 //!   ([`laravel`]): codecs for what `@socket.io/redis-emitter`, Node servers with
 //!   `@socket.io/redis-adapter` 8.x, the Ruby/PHP emitters and Laravel publish.
 //!
-//! Nothing here is wired into the hub or the gateway yet: the hub will hand its publishes to the
-//! backplane and take the backplane's deliveries as its own (the local hub staying the fast path
-//! for local subscribers), as the module documentation of [`backplane`] describes.
+//! Nothing here is wired into the hub or the gateway yet. The intended wiring: the hub hands a
+//! publish to [`Backplane::publish`] and answers the caller with the fleet position (503 on
+//! [`BackplaneError::Unavailable`]); the backplane's [`Sink`] is the hub, which records each
+//! [`Delivery`] at its fleet position in the local topic and fans it out to local subscribers
+//! (the local hub stays the fast path: a node's own publish is delivered from the script's
+//! reply, not after a second round trip); a resume that the local history cannot serve asks
+//! [`Backplane::resume`].
 
 pub mod adapter;
 pub mod backplane;
