@@ -14,6 +14,9 @@ command -v npm     >/dev/null || need+=(npm)
 # php-fpm for the FastCGI tests (started by the tests themselves, never as a service).
 compgen -G '/usr/sbin/php-fpm*' >/dev/null || command -v php-fpm >/dev/null || need+=(php-fpm)
 [ -x /usr/bin/chromium ]      || need+=(chromium) # the demo page's browser tests (playwright-core)
+# redis-server (and redis-cli) for the cluster tests (started by the tests on free ports, never
+# as a service).
+command -v redis-server >/dev/null || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get"

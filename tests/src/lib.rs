@@ -8,6 +8,7 @@
 
 pub mod h2;
 pub mod raw;
+pub mod redis;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,41 @@
+//! Many nodes, one realtime: what the fleet shares through Redis.
+//!
+//! Two independent parts, both pure protocol code under a thin I/O shell:
+//!
+//! * **Fleet sequencing of hub topics** ([`Backplane`]). One atomic Redis step per publish
+//!   (a Lua script, [`script::PUBLISH`]) gives a topic's message its fleet-wide (epoch, seq),
+//!   appends it to the topic's capped history and publishes it; every node `PSUBSCRIBE`s and
+//!   delivers each topic's messages in seq order exactly once ([`cursor::Cursor`]): its own
+//!   publish's reply and the pub/sub echo are one delivery, a gap (pub/sub lost during a
+//!   reconnect) is backfilled from the history in Redis or declared a reset when the history no
+//!   longer covers it, and a changed epoch (Redis lost the topic) is a reset. A client resuming
+//!   on any node reads the same history ([`Backplane::resume`]). Key and channel layout:
+//!   [`keys`]; frame bytes: [`frame`].
+//! * **socket.io's redis adapter protocol** ([`adapter`]) and **Laravel's redis broadcaster**
+//!   ([`laravel`]): codecs for what `@socket.io/redis-emitter`, Node servers with
+//!   `@socket.io/redis-adapter` 8.x, the Ruby/PHP emitters and Laravel publish.
+//!
+//! Nothing here is wired into the hub or the gateway yet. The intended wiring: the hub hands a
+//! publish to [`Backplane::publish`] and answers the caller with the fleet position (503 on
+//! [`BackplaneError::Unavailable`]); the backplane's [`Sink`] is the hub, which records each
+//! [`Delivery`] at its fleet position in the local topic and fans it out to local subscribers
+//! (the local hub stays the fast path: a node's own publish is delivered from the script's
+//! reply, not after a second round trip); a resume that the local history cannot serve asks
+//! [`Backplane::resume`].
+
+pub mod adapter;
+pub mod backplane;
+pub mod cursor;
+pub mod frame;
+pub mod history;
+pub mod keys;
+pub mod laravel;
+pub mod script;
+
+#[cfg(test)]
+mod cursor_tests;
+
+pub use backplane::{
+    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Sink,
+};
+pub use history::Resume;
