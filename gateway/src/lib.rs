@@ -11,11 +11,15 @@
 //! describes all of it and [`admin`] reports on it.
 
 pub mod accel;
+pub mod addr;
 pub mod admin;
+pub mod attempt;
 pub mod buffering;
 pub mod compression;
 pub mod config;
+pub mod failure;
 pub mod fastcgi;
+pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;

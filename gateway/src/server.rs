@@ -195,12 +195,13 @@ pub fn build(config: &Config) -> Result<Server, StartError> {
     let router = Router::build(config, &|kind, path| rt.service(kind, path))?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
-    let hsts = config.tls.hsts.as_ref().map(|h| {
+    let hsts = config.tls.hsts.as_ref().and_then(|h| {
         let mut v = format!("max-age={}", h.max_age);
         if h.include_subdomains {
             v.push_str("; includeSubDomains");
         }
-        v
+        // Digits and a token: always a valid header value.
+        http::HeaderValue::try_from(v).ok()
     });
     let temp = config.temp_dir();
     let temp_dir = crate::buffering::prepare_dir(&temp)

@@ -6,120 +6,28 @@
 //! is a handful of servers, so a scan over them per request is cheaper than any index.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Balance, HealthCheck, Protocol, Upstream};
+use crate::addr::{Addr, Timeouts};
+use crate::config::{Balance, HealthCheck, Upstream};
+use crate::fastcgi;
 
-/// Where a server listens: TCP, or a Unix socket (php-fpm, or Puma's `bind unix://...`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Addr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl Addr {
-    /// `host:port`, `unix:/path` or `unix:///path`.
-    pub fn parse(s: &str) -> Option<Addr> {
-        match crate::config::unix_socket_path(s) {
-            Some(p) if p.starts_with('/') => Some(Addr::Unix(PathBuf::from(p))),
-            Some(_) => None,
-            None => s.parse().ok().map(Addr::Tcp),
-        }
-    }
-
-    /// The pingora peer for an HTTP connection to this server (TCP or Unix socket).
-    pub fn http_peer(&self) -> pingora::Result<pingora::upstreams::peer::HttpPeer> {
-        use pingora::upstreams::peer::HttpPeer;
-        match self {
-            Addr::Tcp(addr) => Ok(HttpPeer::new(*addr, false, String::new())),
-            Addr::Unix(path) => match path.to_str() {
-                Some(path) => HttpPeer::new_uds(path, false, String::new()),
-                None => pingora::Error::e_explain(
-                    pingora::ErrorType::HTTPStatus(502),
-                    "socket path is not UTF-8",
-                ),
-            },
-        }
-    }
-
-    /// Open a connection, for the health checks and the WebSocket tunnel.
-    pub async fn connect(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Addr::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }
-            Addr::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await?),
-        })
-    }
-}
-
-/// A connection to a server, whichever kind of socket it is.
-pub enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Addr::Tcp(a) => write!(f, "{a}"),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
+/// How the gateway talks to a pool's servers, with what that protocol keeps per pool. Every
+/// protocol gets server picking, retries ([`crate::attempt`]), the failure table
+/// ([`crate::failure`]) and the response finisher ([`crate::finish`]) from the same code; a new
+/// one is a variant here, built in [`Pool::from_config`], with an [`crate::attempt::Exchange`]
+/// and its arm in `proxy::Gateway::to_pool`.
+#[derive(Debug)]
+pub enum Protocol {
+    /// HTTP/1.1 (Puma, Unicorn, Octane, ...): pingora's proxy path, the relay, the tunnel.
+    Http,
+    /// FastCGI to php-fpm: the script rules and the kept connections.
+    FastCgi(Arc<fastcgi::Backend>),
 }
 
 /// One server of a pool, with the state the selection and the health checker share.
@@ -147,8 +55,7 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health: Option<HealthCheck>,
-    /// Set for `protocol: fastcgi` pools: the script rules and the idle connections.
-    pub fastcgi: Option<crate::fastcgi::Backend>,
+    pub protocol: Protocol,
     next: AtomicUsize,
 }
 
@@ -188,11 +95,11 @@ impl Pool {
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             health: cfg.health_check.clone(),
-            fastcgi: match (cfg.protocol, &cfg.fastcgi) {
-                (Protocol::Fastcgi, Some(f)) => {
-                    Some(crate::fastcgi::Backend::new(f, cfg.servers.len()))
+            protocol: match (cfg.protocol, &cfg.fastcgi) {
+                (crate::config::Protocol::Fastcgi, Some(f)) => {
+                    Protocol::FastCgi(Arc::new(fastcgi::Backend::new(f, cfg.servers.len())))
                 }
-                _ => None,
+                _ => Protocol::Http,
             },
             next: AtomicUsize::new(0),
         }
@@ -223,6 +130,23 @@ impl Pool {
                     .filter(|i| usable(*i))
                     .max_by_key(|i| score(ip, &self.servers[*i].addr))
             }
+        }
+    }
+
+    /// Whether a server is left that is up and not in `exclude`: the retry rule's second half
+    /// (the first is [`crate::attempt`]'s). Does not move the round-robin turn.
+    pub fn usable_left(&self, exclude: &[usize]) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.is_healthy() && !exclude.contains(&i))
+    }
+
+    /// The timeouts of one attempt on a server of this pool.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            read: self.read_timeout,
         }
     }
 
@@ -336,7 +260,7 @@ mod tests {
     fn pool(balance: Balance, n: usize) -> Arc<Pool> {
         let cfg = Upstream {
             servers: (0..n).map(|i| format!("127.0.0.1:{}", 3000 + i)).collect(),
-            protocol: Protocol::Http,
+            protocol: crate::config::Protocol::Http,
             fastcgi: None,
             balance,
             health_check: None,
@@ -390,26 +314,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn addresses_tcp_and_both_unix_spellings() {
-        assert_eq!(
-            Addr::parse("127.0.0.1:3000"),
-            Some(Addr::Tcp("127.0.0.1:3000".parse().unwrap()))
-        );
-        let puma = Some(Addr::Unix(PathBuf::from("/run/app/puma.sock")));
-        assert_eq!(Addr::parse("unix:/run/app/puma.sock"), puma);
-        assert_eq!(Addr::parse("unix:///run/app/puma.sock"), puma);
-        assert_eq!(Addr::parse("unix:relative.sock"), None);
-        assert_eq!(Addr::parse("unix://tmp/puma.sock"), None);
-        assert_eq!(Addr::parse("localhost"), None);
-        assert_eq!(
-            Addr::parse("unix:///run/app/puma.sock")
-                .map(|a| a.to_string())
-                .as_deref(),
-            Some("unix:/run/app/puma.sock")
-        );
-    }
-
     #[tokio::test]
     async fn http_health_checks_work_over_a_unix_socket() {
         let dir = std::env::temp_dir().join(format!("probe-uds-{}", std::process::id()));
@@ -444,6 +348,41 @@ mod tests {
     }
 
     #[test]
+    fn the_retry_rule_goes_elsewhere_only_while_a_usable_server_is_left() {
+        use crate::attempt::{Tries, STALE_RETRIES};
+        use crate::failure::Failure;
+        let p = pool(Balance::RoundRobin, 3);
+        p.servers[2].healthy.store(false, Ordering::Relaxed);
+        let refused = Failure::Connect("127.0.0.1:3000".into(), "refused".into());
+        let mut tries = Tries::default();
+        let turn = p.next.load(Ordering::Relaxed);
+        // Server 1 is left (2 is down): the request goes there.
+        assert!(tries.not_sent(&p, 0, &refused, "routes[0]"));
+        assert_eq!(
+            p.next.load(Ordering::Relaxed),
+            turn,
+            "checking moved the turn"
+        );
+        assert_eq!(p.select(None, tries.tried()), Some(1));
+        // Nothing usable is left: the failure is the answer.
+        assert!(!tries.not_sent(&p, 1, &refused, "routes[0]"));
+        assert_eq!(p.select(None, tries.tried()), None);
+
+        // A kept connection found closed is sent again, a bounded number of times.
+        let mut tries = Tries::default();
+        for _ in 0..STALE_RETRIES {
+            assert!(tries.reuse());
+            assert!(tries.stale(&p, 0));
+        }
+        assert!(!tries.reuse(), "then only new connections");
+        assert!(!tries.stale(&p, 0));
+        assert!(
+            tries.tried().is_empty(),
+            "a stale connection is not the server's fault"
+        );
+    }
+
+    #[test]
     fn rise_and_fall_thresholds() {
         let p = pool(Balance::RoundRobin, 1);
         p.record(0, false, 2, 3);
@@ -455,59 +394,5 @@ mod tests {
         assert!(!p.servers[0].is_healthy());
         p.record(0, true, 2, 3);
         assert!(p.servers[0].is_healthy());
-    }
-}
-
-/// Why the app could not be asked or did not answer, on any path that talks to a pool (the
-/// WebSocket tunnel, held requests, php-fpm): 502/503/504, or a request refused on the way
-/// there. Addresses as shown in logs.
-#[derive(Debug)]
-pub enum Failure {
-    NoHealthyServer,
-    Connect(String, String),
-    Timeout(String),
-    BadAnswer(String, String),
-    /// No script for the path (FastCGI): php-fpm was not asked.
-    Missing,
-    /// A path that cannot name a script (FastCGI).
-    BadPath,
-    /// The streamed request body went past its length or the limit.
-    TooLarge,
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::NoHealthyServer => 503,
-            Failure::Timeout(_) => 504,
-            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
-            Failure::Missing => 404,
-            Failure::BadPath => 400,
-            Failure::TooLarge => 413,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NoHealthyServer => "no healthy server".into(),
-            Failure::Timeout(a) => format!("{a} did not answer in time"),
-            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
-            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
-            Failure::Missing => "no such script".into(),
-            Failure::BadPath => "bad path".into(),
-            Failure::TooLarge => "request body too large".into(),
-        }
-    }
-
-    /// What the client is told (the details are for the log).
-    pub fn public_reason(&self) -> &'static str {
-        match self {
-            Failure::NoHealthyServer => "no healthy app server",
-            Failure::Timeout(_) => "the app did not answer in time",
-            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
-            Failure::Missing => "no such file",
-            Failure::BadPath => "bad path",
-            Failure::TooLarge => "request body too large",
-        }
     }
 }
