@@ -272,7 +272,7 @@ tls: {{state_dir: state}}
 upstreams:
   app:
     servers: ["{up}", "{down}"]
-    health_check: {{path: /ping, interval_ms: 5000, timeout_ms: 500, rise: 1, fall: 1}}
+    health_check: {{path: /ping, interval_ms: 10000, timeout_ms: 500, rise: 1, fall: 1}}
 routes:
   - {{path: /cable, upstream: app, websocket: true}}
   - {{path: /, upstream: app}}
@@ -291,7 +291,7 @@ routes:
     .await;
     assert!(one_up, "the dead server was not marked down");
     up.proc.kill();
-    // Before the next health check (5 s) notices.
+    // Before the next health check (10 s) notices.
     let mut problems = Vec::new();
     for (by, request) in requests()
         .into_iter()
