@@ -21,8 +21,8 @@
 //! * Requests from outside never reach an internal location: [`Internal::hides`] is checked
 //!   before routing, on the decoded path.
 //!
-//! Nothing here talks to pingora's session: the proxy writes the answer, for HTTP and FastCGI
-//! upstreams alike.
+//! Nothing here talks to pingora's session: the finisher (`finish::Finish::named_file`) writes
+//! the answer, for HTTP and FastCGI upstreams alike.
 
 use std::path::{Component, Path};
 
@@ -41,7 +41,8 @@ pub const X_SENDFILE: &str = "x-sendfile";
 const LOGGED_VALUE: usize = 200;
 
 /// App headers that described the app's own body, which is dropped; the file's replace them.
-/// The `X-Accel-*` control headers are nginx's and are never shown to the client either.
+/// (The `X-Accel-*` and `X-Sendfile` controls are taken off every answer from the app by the
+/// finisher, before this merge.)
 const REPLACED: &[&str] = &[
     "content-length",
     "content-encoding",
@@ -50,12 +51,6 @@ const REPLACED: &[&str] = &[
     "accept-ranges",
     "etag",
     "last-modified",
-    "x-accel-redirect",
-    "x-sendfile",
-    "x-accel-buffering",
-    "x-accel-charset",
-    "x-accel-expires",
-    "x-accel-limit-rate",
 ];
 
 /// Only meaningful next to a body: not sent with a 304 or a 416.
@@ -674,7 +669,7 @@ mod tests {
     #[tokio::test]
     async fn the_apps_headers_are_merged_with_the_files() {
         let (_t, i) = tree("merge");
-        let app = head(&[
+        let mut app = head(&[
             ("content-type", b"application/pdf"),
             ("content-disposition", b"attachment; filename=\"r.pdf\""),
             ("content-length", b"0"),
@@ -692,6 +687,8 @@ mod tests {
         else {
             panic!("no file")
         };
+        // As the finisher does it: the app's controls go before the merge.
+        crate::forwarding::response(&mut app);
         let h = response_head(&app, &file).expect("head");
         let get = |n: &str| -> Vec<&str> {
             h.headers

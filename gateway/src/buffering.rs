@@ -20,6 +20,8 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use tokio::time::Instant;
 
+use crate::failure::ClientFailure;
+
 /// Pieces read back from a temporary file: the size of the chunks the app and clients get.
 const FILE_CHUNK: usize = 64 * 1024;
 
@@ -269,59 +271,6 @@ impl BodyClock {
     }
 }
 
-/// Why a body could not be held.
-#[derive(Debug)]
-pub enum BodyFailure {
-    /// More than `max_bytes` (413).
-    TooLarge(u64),
-    /// The deadline passed (408).
-    Timeout { received: u64 },
-    /// The client went away or sent a broken body (nothing to answer).
-    Client(Box<pingora::Error>),
-    /// The temporary file could not be written (500).
-    Disk(io::Error),
-}
-
-impl BodyFailure {
-    pub fn status(&self) -> u16 {
-        match self {
-            BodyFailure::TooLarge(_) => 413,
-            BodyFailure::Timeout { .. } => 408,
-            BodyFailure::Client(e) => match e.etype() {
-                pingora::ErrorType::ReadTimedout => 408,
-                pingora::ErrorType::ReadError | pingora::ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            BodyFailure::Disk(_) => 500,
-        }
-    }
-
-    pub fn public_reason(&self) -> &'static str {
-        match self.status() {
-            413 => "request body too large",
-            408 => "request body took too long to arrive",
-            500 => "the request body could not be stored",
-            _ => "bad request body",
-        }
-    }
-}
-
-impl std::fmt::Display for BodyFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyFailure::TooLarge(n) => write!(f, "request body over {n} bytes"),
-            BodyFailure::Timeout { received } => {
-                write!(
-                    f,
-                    "request body incomplete at the deadline ({received} bytes received)"
-                )
-            }
-            BodyFailure::Client(e) => write!(f, "reading the request body: {e}"),
-            BodyFailure::Disk(e) => write!(f, "writing the request body to a temporary file: {e}"),
-        }
-    }
-}
-
 /// Whether the request announces a body (`Content-Length` above 0, any `Transfer-Encoding`, or
 /// an HTTP/2 stream still open after the headers).
 pub fn has_body(session: &mut Session) -> bool {
@@ -334,7 +283,7 @@ pub async fn read_body(
     session: &mut Session,
     limits: &BodyLimits,
     dir: &Arc<PathBuf>,
-) -> Result<Body, BodyFailure> {
+) -> Result<Body, ClientFailure> {
     let mut clock = BodyClock::new(Instant::now(), limits);
     let mut body = Body::new(limits.memory, dir.clone());
     let expects_continue = session
@@ -346,25 +295,25 @@ pub async fn read_body(
         session
             .write_continue_response()
             .await
-            .map_err(BodyFailure::Client)?;
+            .map_err(|e| ClientFailure::from_error(&e))?;
     }
     loop {
         let chunk =
             match tokio::time::timeout_at(clock.deadline(), session.read_request_body()).await {
                 Err(_) => {
-                    return Err(BodyFailure::Timeout {
+                    return Err(ClientFailure::Timeout {
                         received: body.len(),
                     })
                 }
-                Ok(Err(e)) => return Err(BodyFailure::Client(e)),
+                Ok(Err(e)) => return Err(ClientFailure::from_error(&e)),
                 Ok(Ok(None)) => return Ok(body),
                 Ok(Ok(Some(chunk))) => chunk,
             };
         clock.record(Instant::now(), chunk.len() as u64);
         if body.len() + chunk.len() as u64 > limits.max_bytes {
-            return Err(BodyFailure::TooLarge(limits.max_bytes));
+            return Err(ClientFailure::TooLarge(limits.max_bytes));
         }
-        body.push(chunk).await.map_err(BodyFailure::Disk)?;
+        body.push(chunk).await.map_err(ClientFailure::Disk)?;
     }
 }
 

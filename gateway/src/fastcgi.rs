@@ -35,12 +35,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::{ErrorType, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::addr::{Addr, Stream};
+use crate::attempt::{Attempt, Exchange, InFlight, Loop, To};
 use crate::buffering::{Feeder, Fifo};
-use crate::compression;
-use crate::upstream::{Addr, Failure, InFlight, Pool};
+use crate::failure::{ClientFailure, Failure, Fault};
+use crate::finish::{Answer, Finish, Origin, Out};
 
 // ---------------------------------------------------------------------------------------------
 // The codec (FastCGI 1.0 specification, sections 3 and 5).
@@ -187,29 +189,6 @@ impl Decoder {
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
-}
-
-/// Whether an answer must be sent chunked. PHP sends a `Content-Length` only when the script
-/// sets one; without it pingora writes an HTTP/1.1 body close-delimited, so the client loses
-/// its keep-alive connection (a new TCP + TLS handshake per request) while the head still says
-/// `Connection: keep-alive`, which strict clients (wrk) treat as an error. nginx chunk-encodes
-/// such answers (`chunked_transfer_encoding on`); so do we. Not for HTTP/2 (framed anyway),
-/// HTTP/1.0 clients (no chunked), HEAD, or answers that carry no body (1xx, 204, 304).
-pub fn needs_chunking(
-    version: http::Version,
-    http2: bool,
-    head_only: bool,
-    head: &ResponseHeader,
-) -> bool {
-    let bodiless = head.status.is_informational()
-        || head.status == http::StatusCode::NO_CONTENT
-        || head.status == http::StatusCode::NOT_MODIFIED;
-    !http2
-        && version == http::Version::HTTP_11
-        && !head_only
-        && !bodiless
-        && head.headers.get(http::header::CONTENT_LENGTH).is_none()
-        && head.headers.get(http::header::TRANSFER_ENCODING).is_none()
 }
 
 /// The CGI response head php-fpm writes on stdout: `Status:` and the other header lines,
@@ -506,47 +485,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
-enum Io {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl Io {
-    async fn connect(addr: &Addr) -> std::io::Result<Io> {
-        Ok(match addr {
-            Addr::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
-                let _ = s.set_nodelay(true);
-                Io::Tcp(s)
-            }
-            Addr::Unix(p) => Io::Unix(tokio::net::UnixStream::connect(p).await?),
-        })
-    }
-    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
-        match self {
-            Io::Tcp(s) => s.write_all(b).await,
-            Io::Unix(s) => s.write_all(b).await,
-        }
-    }
-    async fn read_buf(&mut self, b: &mut BytesMut) -> std::io::Result<usize> {
-        match self {
-            Io::Tcp(s) => s.read_buf(b).await,
-            Io::Unix(s) => s.read_buf(b).await,
-        }
-    }
-    /// An idle connection is only usable if php-fpm has neither closed it nor written to it.
-    fn still_open(&self) -> bool {
-        let mut b = [0u8; 1];
-        let r = match self {
-            Io::Tcp(s) => s.try_read(&mut b),
-            Io::Unix(s) => s.try_read(&mut b),
-        };
-        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
 struct Idle {
-    io: Io,
+    io: Stream,
     since: Instant,
 }
 
@@ -609,7 +549,7 @@ impl Backend {
         }
     }
 
-    fn take_idle(&self, server: usize) -> Option<Io> {
+    fn take_idle(&self, server: usize) -> Option<Stream> {
         let mut list = self
             .idle
             .get(server)?
@@ -633,7 +573,7 @@ impl Backend {
     }
 
     /// Keep a connection for the next request, unless a request is waiting for a worker.
-    fn put_idle(&self, server: usize, io: Io) {
+    fn put_idle(&self, server: usize, io: Stream) {
         if self
             .waiting
             .get(server)
@@ -657,59 +597,230 @@ impl Backend {
 // ---------------------------------------------------------------------------------------------
 // One exchange.
 
-/// How [`serve`] ended when php-fpm answered.
-pub enum Answer {
-    /// The answer was relayed to the client.
-    Sent,
-    /// PHP answered with `X-Accel-Redirect` or `X-Sendfile` (this head; its body is not
-    /// wanted): the caller serves the file. Nothing was sent to the client yet.
-    NamesAFile(Box<ResponseHeader>),
-}
-
-/// What [`serve`] needs besides the session.
+/// What [`serve`] needs besides the session and the attempt loop.
 pub struct Call<'a> {
-    pub pool: &'a Arc<Pool>,
+    /// The pool's script rules and kept connections.
+    pub backend: &'a Arc<Backend>,
     /// The request with forwarding headers applied.
     pub req: &'a RequestHeader,
-    pub client: Option<IpAddr>,
     pub tls: bool,
     pub max_body: u64,
     /// The body, when the gateway already holds it whole (request buffering).
     pub body: Option<&'a crate::buffering::Body>,
-    pub hsts: Option<&'a str>,
-    /// On-the-fly compression of the answer; `None` when off for this route.
-    pub compression: Option<&'a crate::compression::Settings>,
+    pub finish: Finish<'a>,
     /// Read php-fpm's answer as fast as it comes and feed the client from memory or a
     /// temporary file (`None`: stream it at the client's pace).
     pub buffering: Option<crate::buffering::ResponseBuffering>,
-    /// The server that answered, for the access log.
-    pub server: &'a mut Option<usize>,
 }
 
-/// Answer the request through php-fpm. `Ok(Err(_))` when nothing was sent to the client
-/// yet and the caller should answer with the failure's status.
+/// How the request body reaches php-fpm.
+enum PhpBody<'a> {
+    /// In the records written with the parameters already (none, or read whole here).
+    Sent,
+    /// Held whole by the gateway (request buffering).
+    Held(&'a crate::buffering::Body),
+    /// Streamed from the client as it arrives: this many bytes (`Content-Length`).
+    Streamed(u64),
+}
+
+/// The FastCGI [`Exchange`]: a kept or new connection, the request's records, and the first
+/// bytes of php-fpm's answer.
+struct Php<'a, 's> {
+    session: &'s mut Session,
+    backend: &'a Backend,
+    /// `FCGI_BEGIN_REQUEST` and the parameters (and a body read whole here).
+    records: &'a [u8],
+    body: PhpBody<'a>,
+    max_body: u64,
+    /// A request that may be sent twice: one that a kept connection answered with nothing at
+    /// all went nowhere, and is sent again.
+    idempotent: bool,
+}
+
+/// php-fpm started answering: the connection and what it sent so far.
+struct Started {
+    io: Stream,
+    decoder: Decoder,
+}
+
+impl Exchange for Php<'_, '_> {
+    type Conn = Started;
+
+    async fn attempt(&mut self, to: To<'_>, reuse: bool) -> Attempt<Started> {
+        let timeout = to.timeouts.read;
+        let addr = to.addr;
+        // A body streamed from the client cannot be sent twice, so it never goes on a kept
+        // connection that may turn out closed (a worker that reached `pm.max_requests`).
+        let streams = matches!(self.body, PhpBody::Streamed(n) if n > 0);
+        let kept = if reuse && !streams {
+            self.backend.take_idle(to.index)
+        } else {
+            None
+        };
+        let reused = kept.is_some();
+        let mut io = match kept {
+            Some(io) => io,
+            None => match tokio::time::timeout(to.timeouts.connect, addr.connect()).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => return Attempt::NotSent(Failure::connect(addr, &e)),
+                Err(_) => return Attempt::NotSent(Failure::ConnectTimeout(addr.to_string())),
+            },
+        };
+        match tokio::time::timeout(timeout, io.write_all(self.records)).await {
+            Ok(Ok(())) => {}
+            _ if reused => return Attempt::Stale,
+            Ok(Err(e)) => return Attempt::NotSent(Failure::connect(addr, &e)),
+            Err(_) => return Attempt::NotSent(Failure::Timeout(addr.to_string())),
+        }
+        if reused {
+            tracing::debug!(server = %addr, "fastcgi: reusing a connection");
+        }
+        let mut waiting = Waiting::new((!reused).then(|| &self.backend.waiting[to.index]));
+        if let Err(fault) = self.send_body(&mut io, addr, timeout).await {
+            return Attempt::Failed(fault);
+        }
+        let mut decoder = Decoder::default();
+        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(0)) | Ok(Err(_)) if reused && self.idempotent => Attempt::Stale,
+            Ok(Ok(0)) => Attempt::Failed(
+                Failure::BadAnswer(
+                    addr.to_string(),
+                    "closed the connection before answering".into(),
+                )
+                .into(),
+            ),
+            Ok(Ok(_)) => {
+                waiting.done();
+                Attempt::Answered(Started { io, decoder })
+            }
+            Ok(Err(e)) => {
+                Attempt::Failed(Failure::BadAnswer(addr.to_string(), e.to_string()).into())
+            }
+            Err(_) => Attempt::Failed(Failure::Timeout(addr.to_string()).into()),
+        }
+    }
+}
+
+impl Php<'_, '_> {
+    /// The rest of the request body, as `FCGI_STDIN` records ending with the empty one.
+    async fn send_body(
+        &mut self,
+        io: &mut Stream,
+        addr: &Addr,
+        timeout: Duration,
+    ) -> std::result::Result<(), Fault> {
+        let mut out = Vec::new();
+        match self.body {
+            PhpBody::Sent => return Ok(()),
+            PhpBody::Held(body) => {
+                let mut replay = body.replay();
+                out.reserve(MAX_CONTENT + 64);
+                loop {
+                    let chunk = match replay.next().await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        // The gateway's own temporary file: its fault, not php-fpm's.
+                        Err(e) => {
+                            return Err(Fault::Internal(format!("reading the held body back: {e}")))
+                        }
+                    };
+                    out.clear();
+                    stdin(&mut out, &chunk);
+                    write(io, &out, addr, timeout).await?;
+                }
+            }
+            PhpBody::Streamed(expected) => {
+                let mut sent = 0u64;
+                out.reserve(READ_CHUNK + 64);
+                loop {
+                    let chunk = match self.session.read_request_body().await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(e) => return Err(ClientFailure::from_error(&e.into_down()).into()),
+                    };
+                    sent += chunk.len() as u64;
+                    if sent > expected || sent > self.max_body {
+                        return Err(ClientFailure::TooLarge(self.max_body).into());
+                    }
+                    out.clear();
+                    stdin(&mut out, &chunk);
+                    write(io, &out, addr, timeout).await?;
+                }
+                if sent < expected {
+                    return Err(ClientFailure::Client(
+                        ErrorType::ConnectionClosed,
+                        format!("the client's body ended after {sent} of {expected} bytes"),
+                    )
+                    .into());
+                }
+            }
+        }
+        out.clear();
+        stdin(&mut out, &[]);
+        write(io, &out, addr, timeout).await
+    }
+}
+
+/// Write request records to php-fpm, which has started on the request by now.
+async fn write(
+    io: &mut Stream,
+    bytes: &[u8],
+    addr: &Addr,
+    timeout: Duration,
+) -> std::result::Result<(), Fault> {
+    match tokio::time::timeout(timeout, io.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::BadAnswer(addr.to_string(), e.to_string()).into()),
+        Err(_) => Err(Failure::Timeout(addr.to_string()).into()),
+    }
+}
+
+/// What PHP wrote to stderr, a log line per line.
+fn log_stderr(upstream: &str, addr: &Addr, path: &http::Uri, text: &[u8]) {
+    for line in String::from_utf8_lossy(text)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        tracing::warn!(upstream, server = %addr, path = %path, "php: {line}");
+    }
+}
+
+/// Answer the request through php-fpm, on the server `attempts` finds. `Ok(Err(_))` when
+/// nothing was sent to the client yet and the caller should answer with the fault's status.
 pub async fn serve(
     session: &mut Session,
+    attempts: Loop<'_>,
     call: Call<'_>,
-) -> Result<std::result::Result<Answer, Failure>> {
-    let pool = call.pool;
-    let Some(backend) = pool.fastcgi.as_ref() else {
-        return Ok(Err(Failure::NoHealthyServer));
-    };
+) -> Result<std::result::Result<Answer, Fault>> {
+    let backend = call.backend;
+    let upstream = attempts.upstream();
+    let timeout = attempts.timeouts().read;
 
-    let raw_path = call.req.uri.path().to_string();
     // Inline, like the static lookup: a `realpath` or two on a local filesystem costs less
     // than a hop to the blocking pool and back.
     let script = resolve(
         &backend.root,
         &backend.index,
         &backend.front_controller,
-        &raw_path,
+        call.req.uri.path(),
     );
     let (name, filename) = match script {
         Script::Run { name, filename } => (name, filename),
-        Script::Missing => return Ok(Err(Failure::Missing)),
-        Script::BadPath => return Ok(Err(Failure::BadPath)),
+        Script::Missing => {
+            return Ok(Err(Fault::Refused {
+                status: 404,
+                reason: "no such file",
+                detail: "no PHP script for the path".into(),
+            }))
+        }
+        Script::BadPath => {
+            return Ok(Err(Fault::Refused {
+                status: 400,
+                reason: "bad path",
+                detail: "the path cannot name a PHP script".into(),
+            }))
+        }
     };
 
     // A body of unknown length is read whole first: PHP reads exactly CONTENT_LENGTH bytes.
@@ -723,15 +834,17 @@ pub async fn serve(
     let mut buffered: Option<Vec<u8>> = None;
     if declared.is_none() && held.is_none() {
         let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?
-        {
-            if (body.len() + chunk.len()) as u64 > call.max_body {
-                return Ok(Err(Failure::TooLarge));
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > call.max_body {
+                        return Ok(Err(ClientFailure::TooLarge(call.max_body).into()));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(Err(ClientFailure::from_error(&e.into_down()).into())),
             }
-            body.extend_from_slice(&chunk);
         }
         buffered = Some(body);
     }
@@ -753,342 +866,181 @@ pub async fn serve(
         server: server_addr,
         content_length,
     });
-    let mut head_out = Vec::with_capacity(4096);
-    begin_request(&mut head_out, true);
-    self::params(&mut head_out, &params);
-    if let Some(body) = &buffered {
-        stdin(&mut head_out, body);
-        if !body.is_empty() {
-            stdin(&mut head_out, &[]);
+    let mut records = Vec::with_capacity(4096);
+    begin_request(&mut records, true);
+    self::params(&mut records, &params);
+    let body = match (&buffered, held) {
+        (Some(body), _) => {
+            stdin(&mut records, body);
+            if !body.is_empty() {
+                stdin(&mut records, &[]);
+            }
+            PhpBody::Sent
         }
-    }
+        (None, Some(held)) => PhpBody::Held(held),
+        (None, None) => PhpBody::Streamed(declared.unwrap_or(0)),
+    };
 
-    // Pick a server and send the head; a connect failure moves on to the next server, and a
-    // reused connection that fails on the first write is replaced by a new one.
-    let timeout = pool.read_timeout;
-    let mut tried = Vec::new();
-    // A kept connection may have been closed by php-fpm just as it was picked (a worker that
-    // reached `pm.max_requests`): the request is then sent again on a new connection, which
-    // is only possible when the body was not streamed, so those requests never reuse one.
-    let streamed = buffered.is_none() && held.is_none() && declared.unwrap_or(0) > 0;
-    let mut allow_idle = !streamed;
-    'attempt: loop {
-        let (mut io, i, addr, reused) = loop {
-            let Some(i) = pool.select(call.client, &tried) else {
-                return Ok(Err(Failure::NoHealthyServer));
-            };
-            let addr = pool.servers[i].addr.clone();
-            if let Some(mut io) = allow_idle.then(|| backend.take_idle(i)).flatten() {
-                if let Ok(Ok(())) = tokio::time::timeout(timeout, io.write_all(&head_out)).await {
-                    tracing::debug!(upstream = %pool.name, server = %addr, "fastcgi: reusing a connection");
-                    break (io, i, addr, true);
-                }
-            }
-            let connected = tokio::time::timeout(pool.connect_timeout, Io::connect(&addr)).await;
-            let failure = match connected {
-                Ok(Ok(mut io)) => {
-                    match tokio::time::timeout(timeout, io.write_all(&head_out)).await {
-                        Ok(Ok(())) => break (io, i, addr, false),
-                        Ok(Err(e)) => Failure::Connect(addr.to_string(), e.to_string()),
-                        Err(_) => Failure::Timeout(addr.to_string()),
-                    }
-                }
-                Ok(Err(e)) => Failure::Connect(addr.to_string(), e.to_string()),
-                Err(_) => Failure::Connect(addr.to_string(), "connect timed out".into()),
-            };
-            tracing::warn!(upstream = %pool.name, server = %addr, error = %failure.describe(), "fastcgi: connect failed");
-            tried.push(i);
-            if pool.select(call.client, &tried).is_none() {
-                return Ok(Err(failure));
-            }
-        };
-        *call.server = Some(i);
-        let in_flight = pool.begin(i);
-        let mut waiting = Waiting::new((!reused).then(|| &backend.waiting[i]));
+    let mut exchange = Php {
+        session: &mut *session,
+        backend,
+        records: &records,
+        body,
+        max_body: call.max_body,
+        idempotent: call.req.method.is_idempotent(),
+    };
+    let won = match attempts.run(&mut exchange).await {
+        Ok(won) => won,
+        Err(fault) => return Ok(Err(fault)),
+    };
+    let (i, addr, in_flight) = (won.server, won.addr, won.in_flight);
+    let Started {
+        mut io,
+        mut decoder,
+    } = won.conn;
 
-        // Send the held body from memory and its temporary file.
-        if let Some(body) = held.filter(|b| !b.is_empty()) {
-            let mut replay = body.replay();
-            let mut out = Vec::with_capacity(MAX_CONTENT + 64);
-            loop {
-                let chunk = match replay.next().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Error::e_explain(
-                            ErrorType::FileReadError,
-                            format!("reading the held body back: {e}"),
-                        )
-                    }
-                };
-                out.clear();
-                stdin(&mut out, &chunk);
-                match tokio::time::timeout(timeout, io.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
-                    }
-                    Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
-                }
-            }
-            out.clear();
-            stdin(&mut out, &[]);
-            match tokio::time::timeout(timeout, io.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string()))),
-                Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
-            }
-        } else if buffered.is_none() && held.is_none() {
-            // Stream the body of known length.
-            let expected = declared.unwrap_or(0);
-            let mut sent = 0u64;
-            let mut out = Vec::with_capacity(READ_CHUNK + 64);
-            while let Some(chunk) = session
-                .read_request_body()
-                .await
-                .map_err(|e| e.into_down())?
-            {
-                sent += chunk.len() as u64;
-                if sent > expected || sent > call.max_body {
-                    return Ok(Err(Failure::TooLarge));
-                }
-                out.clear();
-                stdin(&mut out, &chunk);
-                match tokio::time::timeout(timeout, io.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
-                    }
-                    Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
-                }
-            }
-            if sent < expected {
-                return Error::e_explain(ErrorType::ReadError, "client body ended early");
-            }
-            out.clear();
-            stdin(&mut out, &[]);
-            match tokio::time::timeout(timeout, io.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string()))),
-                Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
-            }
-        }
-
-        // Relay the answer.
-        let head_only = call.req.method == http::Method::HEAD;
-        let mut decoder = Decoder::default();
-        let mut stdout_head: Vec<u8> = Vec::new();
-        let mut head_sent = false;
-        let mut encoder: Option<compression::Encoder> = None;
-        let mut received = false;
+    // Relay the answer.
+    let head_only = call.req.method == http::Method::HEAD;
+    let mut stdout_head: Vec<u8> = Vec::new();
+    let mut head_sent = false;
+    let mut out = Out::default();
+    let bad = |why: String| Failure::BadAnswer(addr.to_string(), why);
+    loop {
         loop {
-            let read = io.read_buf(decoder.spare(READ_CHUNK));
-            let n = match tokio::time::timeout(timeout, read).await {
-                Ok(Ok(0)) | Ok(Err(_)) if reused && !received => {
-                    tracing::debug!(upstream = %pool.name, server = %addr, "fastcgi: a kept connection was closed, sending again on a new one");
-                    allow_idle = false;
-                    continue 'attempt;
-                }
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if !head_sent => {
-                    return Ok(Err(Failure::BadAnswer(addr.to_string(), e.to_string())))
-                }
-                Err(_) if !head_sent => return Ok(Err(Failure::Timeout(addr.to_string()))),
-                Ok(Err(e)) => {
-                    return Error::e_explain(ErrorType::ReadError, format!("fastcgi {addr}: {e}"))
-                }
-                Err(_) => {
-                    return Error::e_explain(
-                        ErrorType::ReadTimedout,
-                        format!("fastcgi {addr}: answer stalled"),
-                    )
-                }
+            let record = match decoder.next_record() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) if !head_sent => return Ok(Err(bad(e).into())),
+                Err(e) => return Err(bad(e).into_error()),
             };
-            if n == 0 {
-                let why = "closed the connection before the end of the answer";
-                if head_sent {
-                    return Error::e_explain(
-                        ErrorType::ConnectionClosed,
-                        format!("fastcgi {addr}: {why}"),
-                    );
-                }
-                return Ok(Err(Failure::BadAnswer(addr.to_string(), why.into())));
-            }
-            received = true;
-            waiting.done();
-            loop {
-                let record = match decoder.next_record() {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) if !head_sent => {
-                        return Ok(Err(Failure::BadAnswer(addr.to_string(), e)))
-                    }
-                    Err(e) => {
-                        return Error::e_explain(
-                            ErrorType::InvalidHTTPHeader,
-                            format!("fastcgi {addr}: {e}"),
-                        )
-                    }
-                };
-                match record {
-                    Record::Stderr(text) => {
-                        for line in String::from_utf8_lossy(&text)
-                            .lines()
-                            .filter(|l| !l.trim().is_empty())
-                        {
-                            tracing::warn!(upstream = %pool.name, server = %addr, path = %call.req.uri, "php: {line}");
+            match record {
+                Record::Stderr(text) => log_stderr(upstream, addr, &call.req.uri, &text),
+                Record::Stdout(data) if head_sent => {
+                    if !head_only && !data.is_empty() {
+                        let data = out.encode(data)?;
+                        if !data.is_empty() {
+                            session.write_response_body(Some(data), false).await?;
                         }
-                    }
-                    Record::Stdout(data) if head_sent => {
-                        if !head_only && !data.is_empty() {
-                            let out = match encoder.as_mut() {
-                                Some(e) => e.encode(&data).map_err(compression::error)?,
-                                None => data,
-                            };
-                            if !out.is_empty() {
-                                session.write_response_body(Some(out), false).await?;
-                            }
-                        }
-                    }
-                    Record::Stdout(data) => {
-                        stdout_head.extend_from_slice(&data);
-                        match parse_head(&stdout_head) {
-                            Ok(None) if stdout_head.len() > MAX_HEAD => {
-                                return Ok(Err(Failure::BadAnswer(
-                                    addr.to_string(),
-                                    "response head too large".into(),
-                                )))
-                            }
-                            Ok(None) => {}
-                            Err(e) => return Ok(Err(Failure::BadAnswer(addr.to_string(), e))),
-                            Ok(Some((head, _))) if crate::accel::names_a_file(&head) => {
-                                // PHP's body is not wanted. The connection is kept when the
-                                // end of the request came with the head (the usual case for a
-                                // header-only answer); otherwise it is closed, which is what
-                                // nginx does to the upstream after an X-Accel-Redirect.
-                                let mut ended = false;
-                                while let Ok(Some(r)) = decoder.next_record() {
-                                    match r {
-                                        Record::End {
-                                            protocol_status, ..
-                                        } => {
-                                            ended = protocol_status == 0 && decoder.pending() == 0;
-                                            break;
-                                        }
-                                        Record::Stderr(text) => {
-                                            for line in String::from_utf8_lossy(&text)
-                                                .lines()
-                                                .filter(|l| !l.trim().is_empty())
-                                            {
-                                                tracing::warn!(upstream = %pool.name, server = %addr, path = %call.req.uri, "php: {line}");
-                                            }
-                                        }
-                                        Record::Stdout(_) => {}
-                                    }
-                                }
-                                if ended {
-                                    keep(pool, backend, i, io);
-                                }
-                                return Ok(Ok(Answer::NamesAFile(Box::new(head))));
-                            }
-                            Ok(Some((mut head, used))) => {
-                                // Decided before the forwarding rules strip the app's
-                                // `X-Accel-Buffering`.
-                                let buffer = call.buffering.as_ref().filter(|_| {
-                                    !head_only && crate::buffering::response_may_buffer(&head)
-                                });
-                                crate::forwarding::response(&mut head);
-                                if let Some(h) = call.hsts {
-                                    head.insert_header("strict-transport-security", h)?;
-                                }
-                                if let Some(settings) = call.compression {
-                                    let d = compression::decide(
-                                        settings,
-                                        call.req.into(),
-                                        head.status,
-                                        &head.headers,
-                                    );
-                                    encoder = compression::apply(settings, d, &mut head)?;
-                                }
-                                if needs_chunking(
-                                    call.req.version,
-                                    session.is_http2(),
-                                    head_only,
-                                    &head,
-                                ) {
-                                    head.insert_header("transfer-encoding", "chunked")?;
-                                }
-                                session
-                                    .write_response_header(Box::new(head), head_only)
-                                    .await?;
-                                head_sent = true;
-                                let rest = Bytes::copy_from_slice(&stdout_head[used..]);
-                                stdout_head = Vec::new();
-                                if let Some(b) = buffer {
-                                    let fifo = Fifo::new(b.memory, b.max_file, b.dir.clone());
-                                    let mut tail = Tail {
-                                        feeder: Feeder::new(session, fifo),
-                                        io,
-                                        decoder,
-                                        encoder,
-                                        timeout,
-                                        addr: &addr,
-                                        pool,
-                                        backend,
-                                        server: i,
-                                        in_flight,
-                                        path: &call.req.uri,
-                                    };
-                                    tail.push(rest).await?;
-                                    return tail.run().await.map(|()| Ok(Answer::Sent));
-                                }
-                                if !head_only && !rest.is_empty() {
-                                    let out = match encoder.as_mut() {
-                                        Some(e) => e.encode(&rest).map_err(compression::error)?,
-                                        None => rest,
-                                    };
-                                    if !out.is_empty() {
-                                        session.write_response_body(Some(out), false).await?;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Record::End {
-                        app_status,
-                        protocol_status,
-                    } => {
-                        if !head_sent {
-                            return Ok(Err(Failure::BadAnswer(
-                            addr.to_string(),
-                            format!("ended (status {protocol_status}, app status {app_status}) without a response head"),
-                        )));
-                        }
-                        if !head_only {
-                            let end = match encoder.as_mut() {
-                                Some(e) => Some(e.finish().map_err(compression::error)?),
-                                None => None,
-                            };
-                            session.write_response_body(end, true).await?;
-                        }
-                        if protocol_status == 0 && decoder.pending() == 0 {
-                            keep(pool, backend, i, io);
-                        } else {
-                            tracing::debug!(upstream = %pool.name, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
-                        }
-                        return Ok(Ok(Answer::Sent));
                     }
                 }
-            }
-            // What php-fpm has sent so far reaches the client now (a PHP `flush()` is not
-            // held back by the encoder); records that arrived together are one piece.
-            if let Some(e) = encoder.as_mut() {
-                let out = e.flush().map_err(compression::error)?;
-                if !out.is_empty() {
-                    session.write_response_body(Some(out), false).await?;
+                Record::Stdout(data) => {
+                    stdout_head.extend_from_slice(&data);
+                    match parse_head(&stdout_head) {
+                        Ok(None) if stdout_head.len() > MAX_HEAD => {
+                            return Ok(Err(bad("response head too large".into()).into()))
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Ok(Err(bad(e).into())),
+                        Ok(Some((head, _))) if crate::accel::names_a_file(&head) => {
+                            // PHP's body is not wanted. The connection is kept when the
+                            // end of the request came with the head (the usual case for a
+                            // header-only answer); otherwise it is closed, which is what
+                            // nginx does to the upstream after an X-Accel-Redirect.
+                            let mut ended = false;
+                            while let Ok(Some(r)) = decoder.next_record() {
+                                match r {
+                                    Record::End {
+                                        protocol_status, ..
+                                    } => {
+                                        ended = protocol_status == 0 && decoder.pending() == 0;
+                                        break;
+                                    }
+                                    Record::Stderr(text) => {
+                                        log_stderr(upstream, addr, &call.req.uri, &text)
+                                    }
+                                    Record::Stdout(_) => {}
+                                }
+                            }
+                            if ended {
+                                keep(backend, i, io);
+                            }
+                            return Ok(Ok(Answer::NamesAFile(Box::new(head))));
+                        }
+                        Ok(Some((mut head, used))) => {
+                            // Decided before the finisher takes the app's `X-Accel-Buffering`
+                            // off.
+                            let buffer = call.buffering.as_ref().filter(|_| {
+                                !head_only && crate::buffering::response_may_buffer(&head)
+                            });
+                            out = call.finish.head(
+                                call.req,
+                                session.is_http2(),
+                                &mut head,
+                                Origin::App,
+                                false,
+                            )?;
+                            session
+                                .write_response_header(Box::new(head), head_only)
+                                .await?;
+                            head_sent = true;
+                            let rest = Bytes::copy_from_slice(&stdout_head[used..]);
+                            stdout_head = Vec::new();
+                            if let Some(b) = buffer {
+                                let fifo = Fifo::new(b.memory, b.max_file, b.dir.clone());
+                                let mut tail = Tail {
+                                    feeder: Feeder::new(session, fifo),
+                                    io,
+                                    decoder,
+                                    out,
+                                    timeout,
+                                    addr,
+                                    upstream,
+                                    backend,
+                                    server: i,
+                                    in_flight,
+                                    path: &call.req.uri,
+                                };
+                                tail.push(rest).await?;
+                                return tail.run().await.map(|()| Ok(Answer::Sent));
+                            }
+                            if !head_only && !rest.is_empty() {
+                                let rest = out.encode(rest)?;
+                                if !rest.is_empty() {
+                                    session.write_response_body(Some(rest), false).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+                Record::End {
+                    app_status,
+                    protocol_status,
+                } => {
+                    if !head_sent {
+                        return Ok(Err(bad(format!(
+                            "ended (status {protocol_status}, app status {app_status}) without a response head"
+                        ))
+                        .into()));
+                    }
+                    if !head_only {
+                        session.write_response_body(out.finish()?, true).await?;
+                    }
+                    if protocol_status == 0 && decoder.pending() == 0 {
+                        keep(backend, i, io);
+                    } else {
+                        tracing::debug!(upstream, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+                    }
+                    return Ok(Ok(Answer::Sent));
                 }
             }
         }
+        // What php-fpm has sent so far reaches the client now (a PHP `flush()` is not
+        // held back by the encoder); records that arrived together are one piece.
+        let flushed = out.flush()?;
+        if !flushed.is_empty() {
+            session.write_response_body(Some(flushed), false).await?;
+        }
+        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        let failure = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(0)) => bad("closed the connection before the end of the answer".into()),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => bad(e.to_string()),
+            Err(_) => Failure::Timeout(addr.to_string()),
+        };
+        if head_sent {
+            return Err(failure.into_error());
+        }
+        return Ok(Err(failure.into()));
     }
 }
 
@@ -1097,13 +1049,13 @@ pub async fn serve(
 /// file, so the worker is free for the next request as soon as PHP is done.
 struct Tail<'a, 's> {
     feeder: Feeder<'s>,
-    io: Io,
+    io: Stream,
     decoder: Decoder,
-    encoder: Option<compression::Encoder>,
+    out: Out,
     timeout: Duration,
     addr: &'a Addr,
-    pool: &'a Arc<Pool>,
-    backend: &'a Backend,
+    upstream: &'a str,
+    backend: &'a Arc<Backend>,
     server: usize,
     in_flight: InFlight,
     path: &'a http::Uri,
@@ -1114,30 +1066,19 @@ impl Tail<'_, '_> {
         if data.is_empty() {
             return Ok(());
         }
-        let out = match self.encoder.as_mut() {
-            Some(e) => e.encode(&data).map_err(compression::error)?,
-            None => data,
-        };
-        self.feeder.push(out).await
+        let data = self.out.encode(data)?;
+        self.feeder.push(data).await
     }
 
     async fn run(mut self) -> Result<()> {
         loop {
-            while let Some(record) = self.decoder.next_record().map_err(|e| {
-                Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    format!("fastcgi {}: {e}", self.addr),
-                )
-            })? {
+            while let Some(record) = self
+                .decoder
+                .next_record()
+                .map_err(|e| Failure::BadAnswer(self.addr.to_string(), e).into_error())?
+            {
                 match record {
-                    Record::Stderr(text) => {
-                        for line in String::from_utf8_lossy(&text)
-                            .lines()
-                            .filter(|l| !l.trim().is_empty())
-                        {
-                            tracing::warn!(upstream = %self.pool.name, server = %self.addr, path = %self.path, "php: {line}");
-                        }
-                    }
+                    Record::Stderr(text) => log_stderr(self.upstream, self.addr, self.path, &text),
                     Record::Stdout(data) => self.push(data).await?,
                     Record::End {
                         protocol_status, ..
@@ -1145,54 +1086,37 @@ impl Tail<'_, '_> {
                 }
             }
             // What php-fpm sent so far is one piece, as on the streaming path.
-            if let Some(e) = self.encoder.as_mut() {
-                let out = e.flush().map_err(compression::error)?;
-                self.feeder.push(out).await?;
-            }
+            let flushed = self.out.flush()?;
+            self.feeder.push(flushed).await?;
             let (io, decoder, timeout) = (&mut self.io, &mut self.decoder, self.timeout);
             // Lazy: the timeout starts when the read does, not while a full queue waits for
             // the client.
             let read = async move {
                 tokio::time::timeout(timeout, io.read_buf(decoder.spare(READ_CHUNK))).await
             };
-            match self.feeder.read(read).await? {
-                Ok(Ok(0)) => {
-                    return Error::e_explain(
-                        ErrorType::ConnectionClosed,
-                        format!(
-                            "fastcgi {}: closed the connection before the end of the answer",
-                            self.addr
-                        ),
-                    )
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Error::e_explain(
-                        ErrorType::ReadError,
-                        format!("fastcgi {}: {e}", self.addr),
-                    )
-                }
-                Err(_) => {
-                    return Error::e_explain(
-                        ErrorType::ReadTimedout,
-                        format!("fastcgi {}: answer stalled", self.addr),
-                    )
-                }
-            }
+            let failure = match self.feeder.read(read).await? {
+                Ok(Ok(0)) => Failure::BadAnswer(
+                    self.addr.to_string(),
+                    "closed the connection before the end of the answer".into(),
+                ),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => Failure::BadAnswer(self.addr.to_string(), e.to_string()),
+                Err(_) => Failure::Timeout(self.addr.to_string()),
+            };
+            return Err(failure.into_error());
         }
     }
 
     /// php-fpm is done: its connection is kept or closed now, then the client gets the rest.
     async fn end(mut self, protocol_status: u8) -> Result<()> {
-        if let Some(e) = self.encoder.as_mut() {
-            let end = e.finish().map_err(compression::error)?;
+        if let Some(end) = self.out.finish()? {
             self.feeder.push(end).await?;
         }
         let Tail {
             feeder,
             io,
             decoder,
-            pool,
+            upstream,
             backend,
             server,
             in_flight,
@@ -1200,67 +1124,38 @@ impl Tail<'_, '_> {
             ..
         } = self;
         if protocol_status == 0 && decoder.pending() == 0 {
-            keep(pool, backend, server, io);
+            keep(backend, server, io);
         } else {
-            tracing::debug!(upstream = %pool.name, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+            tracing::debug!(upstream, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
         }
         drop(in_flight);
         let peak = feeder.finish().await?;
         if peak > 0 {
-            tracing::debug!(upstream = %pool.name, on_disk = peak, "answer buffered through a temporary file");
+            tracing::debug!(
+                upstream,
+                on_disk = peak,
+                "answer buffered through a temporary file"
+            );
         }
         Ok(())
     }
 }
 
 /// Keep a connection whose request ended cleanly for the next request.
-fn keep(pool: &Arc<Pool>, backend: &Backend, i: usize, io: Io) {
+fn keep(backend: &Arc<Backend>, i: usize, io: Stream) {
     backend.put_idle(i, io);
     // Once traffic stops, nothing would take or prune the list: the timer frees the workers
     // those connections hold.
-    let pool = pool.clone();
+    let backend = backend.clone();
     tokio::spawn(async move {
         tokio::time::sleep(IDLE_TIMEOUT + Duration::from_millis(50)).await;
-        if let Some(b) = &pool.fastcgi {
-            b.prune(i);
-        }
+        backend.prune(i);
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn head(text: &str) -> ResponseHeader {
-        match parse_head(text.as_bytes()) {
-            Ok(Some((h, _))) => h,
-            other => panic!("{text:?} did not parse: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn answers_without_a_length_are_chunked_on_http_1_1_only() {
-        use http::Version;
-        let plain = head("Content-Type: text/plain\r\n\r\n");
-        assert!(needs_chunking(Version::HTTP_11, false, false, &plain));
-        // HTTP/2 frames the body itself; HTTP/1.0 clients cannot read chunked; HEAD has no body.
-        assert!(!needs_chunking(Version::HTTP_2, true, false, &plain));
-        assert!(!needs_chunking(Version::HTTP_10, false, false, &plain));
-        assert!(!needs_chunking(Version::HTTP_11, false, true, &plain));
-        // A length (or the script's own framing) is kept as it is.
-        let sized = head("Content-Length: 5\r\n\r\n");
-        assert!(!needs_chunking(Version::HTTP_11, false, false, &sized));
-        let framed = head("Transfer-Encoding: chunked\r\n\r\n");
-        assert!(!needs_chunking(Version::HTTP_11, false, false, &framed));
-        // Answers that never have a body.
-        for status in ["204 No Content", "304 Not Modified"] {
-            let h = head(&format!("Status: {status}\r\n\r\n"));
-            assert!(
-                !needs_chunking(Version::HTTP_11, false, false, &h),
-                "{status}"
-            );
-        }
-    }
 
     #[test]
     fn records_are_byte_exact() {

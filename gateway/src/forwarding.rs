@@ -392,9 +392,12 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     }
 }
 
-/// nginx's instructions from the app to the proxy (`proxy_hide_header` defaults): never for
-/// the client. `X-Accel-Redirect` itself is acted upon before this (see `accel`).
+/// nginx's instructions from the app to the proxy (`proxy_hide_header` defaults, and the
+/// `X-Sendfile` of Apache and lighttpd): never for the client. A file the app names is acted
+/// upon before this (see `accel`).
 const PROXY_CONTROL: &[&str] = &[
+    "x-accel-redirect",
+    "x-sendfile",
     "x-accel-buffering",
     "x-accel-charset",
     "x-accel-expires",
@@ -402,19 +405,39 @@ const PROXY_CONTROL: &[&str] = &[
 ];
 
 /// Drop hop-by-hop headers and nginx's proxy controls from the app's answer (except on a
-/// 101, where the hop-by-hop headers are the point).
+/// 101, where the hop-by-hop headers are the point). Runs on every answer from the app (see
+/// `finish`): it looks before removing and allocates nothing unless the app names a field in
+/// `Connection` that it also sends.
 pub fn response(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let listed = connection_listed(resp.headers.get("connection"));
-    for name in HOP_BY_HOP
-        .iter()
-        .chain(PROXY_CONTROL)
-        .map(|s| s.to_string())
-        .chain(listed)
+    // `Connection: keep-alive` names a field that goes anyway; other names are rare.
+    let listed: Vec<http::HeaderName> = match resp
+        .headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
     {
-        resp.remove_header(name.as_str());
+        None => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                resp.headers
+                    .keys()
+                    .find(|k| k.as_str().eq_ignore_ascii_case(t))
+            })
+            .filter(|k| !end_to_end(k.as_str()) && !HOP_BY_HOP.contains(&k.as_str()))
+            .cloned()
+            .collect(),
+    };
+    for name in HOP_BY_HOP.iter().chain(PROXY_CONTROL) {
+        if resp.headers.contains_key(*name) {
+            resp.remove_header(*name);
+        }
+    }
+    for name in &listed {
+        resp.remove_header(name);
     }
 }
 

@@ -2,21 +2,32 @@
 //! in front of a Ruby or PHP app.
 //!
 //! A request flows one way: a listener ([`tls`] terminates HTTPS; [`redirect`] sends plain
-//! HTTP there) -> [`proxy`] applies the limits and asks the [`router`] -> the route's target:
-//! [`static_files`], a realtime service through the [`seam`], the app's WebSocket [`tunnel`],
-//! or an [`upstream`] pool with [`forwarding`] headers (HTTP, or [`fastcgi`] for php-fpm), with
-//! the request body held whole first and the answer read ahead of slow clients ([`buffering`],
-//! [`relay`]); `X-Accel-Redirect` answers are served from internal locations by [`accel`], and
-//! answers from files and the app are compressed on the way out ([`compression`]). [`config`]
-//! is the file that describes all of it, built once into the typed [`settings`] every other
-//! module takes, and [`admin`] reports on it.
+//! HTTP there) -> [`proxy`] applies the limits, asks the [`router`] and dispatches to the
+//! route's target: [`static_files`], a realtime service through the [`seam`], or an
+//! [`upstream`] pool by its protocol ([`upstream::Protocol`]): HTTP through pingora's proxy
+//! path, the [`relay`] (request bodies held whole and answers read ahead of slow clients,
+//! [`buffering`]) or the WebSocket [`tunnel`]; FastCGI to php-fpm through [`fastcgi`]. An app
+//! that answers with `X-Accel-Redirect` gets a file served from an internal location
+//! ([`accel`]).
+//!
+//! What every path shares is written once: [`attempt`] is the one upstream attempt loop and
+//! retry rule, [`failure`] the one table from a fault to a status, a public reason and a log
+//! line, [`finish`] what every answer passes through on its way out (the app's fields that
+//! stay behind, HSTS over TLS, [`compression`], framing), [`forwarding`] what the app learns
+//! about the client, and [`addr`] how a server is reached. [`config`] is the file that
+//! describes all of it, built once into the typed [`settings`] every other module takes, and
+//! [`admin`] reports on it.
 
 pub mod accel;
+pub mod addr;
 pub mod admin;
+pub mod attempt;
 pub mod buffering;
 pub mod compression;
 pub mod config;
+pub mod failure;
 pub mod fastcgi;
+pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;

@@ -1,5 +1,9 @@
-//! The HTTPS front door: pingora's `ProxyHttp`, with the data flowing one way:
-//! limits -> router -> target (static files | realtime service | upstream pool).
+//! The HTTPS front door: pingora's `ProxyHttp`. It applies the limits, asks the [`crate::router`]
+//! and dispatches to the route's target: static files, a realtime service, or an upstream pool
+//! by its protocol (HTTP: pingora's proxy path, the relay or the WebSocket tunnel; FastCGI).
+//! What the targets share lives elsewhere, once: server picking and retries in
+//! [`crate::attempt`], what a fault becomes in [`crate::failure`], and what every answer passes
+//! through on its way out in [`crate::finish`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -7,31 +11,30 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorType, Result};
 
-use crate::accel::{self, Directive, Internal};
+use crate::accel::Internal;
+use crate::addr::Addr;
+use crate::attempt::{InFlight, Loop, Tries};
 use crate::buffering::{self, Body, BodyLimits};
-use crate::compression::{self, Encoder, Settings};
+use crate::compression::Settings;
+use crate::failure::{ClientFailure, Failure, Fault, Place, Shown};
+use crate::finish::{Answer, Finish, Origin, Out};
 use crate::router::{Router, Target};
 use crate::settings::{Cidr, Limits};
-use crate::static_files::{self, Plan};
-use crate::upstream::{InFlight, Pool};
+use crate::upstream::{Pool, Protocol};
 use crate::{fastcgi, forwarding, relay, seam, tunnel};
-
-/// Static files are sent in pieces of this size: large enough for few syscalls, small enough
-/// that a thousand concurrent downloads stay within tens of MiB.
-const STATIC_CHUNK: usize = 64 * 1024;
 
 pub struct Gateway {
     pub router: Router,
     pub limits: Limits,
     pub trusted: Vec<Cidr>,
-    /// The `Strict-Transport-Security` value, when HSTS is on.
-    pub hsts: Option<String>,
+    /// The `Strict-Transport-Security` value, when HSTS is on (sent over TLS only).
+    pub hsts: Option<HeaderValue>,
     /// Where `X-Accel-Redirect` / `X-Sendfile` answers are served from.
     pub internal: Internal,
     /// Where held bodies spill to disk.
@@ -49,8 +52,9 @@ pub struct Ctx {
     tls: bool,
     /// The port of the listener the request came in on (`X-Forwarded-Port`).
     port: Option<u16>,
-    /// Servers this request failed to connect to: a retry goes elsewhere.
-    tried: Vec<usize>,
+    /// What pingora's proxy path used up of the retry rule ([`crate::attempt`]).
+    tries: Tries,
+    /// The server the request is (or was last) on.
     current: Option<usize>,
     in_flight: Option<InFlight>,
     body_bytes: u64,
@@ -62,18 +66,31 @@ pub struct Ctx {
     accel: bool,
     /// The route's compression settings (`None`: off for this route).
     compression: Option<Arc<Settings>>,
-    /// The proxied answer's body is being compressed.
-    encoder: Option<Encoder>,
+    /// How the proxied answer's body goes out (compressed or not).
+    out: Out,
+    /// A fault classified where it happened on pingora's proxy path, for `fail_to_proxy`
+    /// (which pingora hands only an error).
+    fault: Option<Fault>,
 }
 
 impl Ctx {
     fn upstream_name(&self) -> &str {
         self.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-")
     }
-    fn server(&self) -> String {
-        match (&self.pool, self.current) {
-            (Some(p), Some(i)) => p.servers[i].addr.to_string(),
-            _ => "-".into(),
+
+    fn server(&self) -> Option<&Addr> {
+        let (pool, i) = (self.pool.as_ref()?, self.current?);
+        pool.servers.get(i).map(|s| &s.addr)
+    }
+
+    /// Where this request is, for a fault's log line.
+    fn place(&self) -> Place<'_> {
+        Place {
+            client: self.client,
+            route: self.route.as_deref().unwrap_or("-"),
+            by: self.served_by,
+            upstream: self.upstream_name(),
+            server: self.server(),
         }
     }
 }
@@ -87,42 +104,6 @@ fn connection_limits(session: &mut Session, limits: &Limits) {
         session.set_keepalive(limits.keepalive_timeout.map(|idle| idle.as_secs()));
     }
     session.set_write_timeout(Some(limits.send_timeout));
-}
-
-/// A short, plain answer with a reason, for every error the gateway produces itself.
-pub async fn respond(session: &mut Session, status: u16, reason: &str) -> Result<()> {
-    let phrase = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = Bytes::from(format!("{status} {phrase}: {reason}\n"));
-    let mut head = ResponseHeader::build(status, Some(3))?;
-    head.insert_header("content-type", "text/plain; charset=utf-8")?;
-    head.insert_header("content-length", body.len().to_string())?;
-    head.insert_header("cache-control", "no-store")?;
-    if status >= 400 && session.req_header().method != http::Method::HEAD {
-        // An error in the middle of a request whose body we did not read: do not reuse.
-        if !session.is_body_done() {
-            session.set_keepalive(None);
-        }
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(head), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    if session.is_http2() && status != 408 && !session.is_body_done() {
-        // The answer went out before the client finished sending (a 413 on Content-Length):
-        // h2 then resets the stream with NO_ERROR, which RFC 9113 section 8.1 allows, but
-        // curl (7.88) drops the answer on it and reports no status at all. So the rest of the
-        // body is read and dropped for a while, as nginx's lingering close does on HTTP/1.1,
-        // and the stream ends cleanly when the client finishes within it. Not after a 408:
-        // that client is too slow already.
-        let _ = tokio::time::timeout(seam::LINGER, session.drain_request_body()).await;
-    }
-    Ok(())
 }
 
 fn header_bytes(req: &RequestHeader) -> usize {
@@ -152,6 +133,34 @@ impl Gateway {
         BodyLimits::from_limits(&self.limits)
     }
 
+    /// The finisher for a request's answers: HSTS over TLS only, the route's compression.
+    fn finish<'a>(&'a self, tls: bool, compression: Option<&'a Settings>) -> Finish<'a> {
+        Finish {
+            hsts: self.hsts.as_ref().filter(|_| tls),
+            compression,
+        }
+    }
+
+    /// End the request with `fault`: its log line and its answer.
+    async fn fail(&self, session: &mut Session, ctx: &Ctx, fault: &Fault) -> Result<()> {
+        self.finish(ctx.tls, None)
+            .fail(session, fault, &ctx.place())
+            .await
+    }
+
+    /// A short answer of the gateway's own, for a request refused before any target.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        reason: &str,
+    ) -> Result<()> {
+        self.finish(ctx.tls, None)
+            .error(session, status, reason)
+            .await
+    }
+
     /// Read the whole request body, or answer why not (`None`).
     async fn hold_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Body>> {
         match buffering::read_body(session, &self.body_limits(), &self.temp_dir).await {
@@ -167,21 +176,12 @@ impl Gateway {
                 Ok(Some(body))
             }
             Err(failure) => {
-                let status = failure.status();
                 ctx.served_by = "limit";
                 // Whatever went wrong, where the next request would start is unknown (a broken
-                // chunk, a body cut by a limit or a deadline): close after answering, as nginx
-                // does. pingora counts a body that failed to parse as done, so `respond` alone
-                // would keep the connection.
-                session.set_keepalive(None);
-                if status > 0 {
-                    tracing::warn!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, status, error = %failure, "request body not accepted");
-                    respond(session, status, failure.public_reason()).await?;
-                } else {
-                    // A client that left in the middle of its upload: nothing to answer, and
-                    // not worth a warning each (a slow-upload attack ends with hundreds).
-                    tracing::info!(client = ?ctx.client, route = ctx.route.as_deref().unwrap_or("-"), path = %session.req_header().uri, error = %failure, "client left during its upload");
-                }
+                // chunk, a body cut by a limit or a deadline): the connection is closed after
+                // the answer, as nginx does (pingora counts a body that failed to parse as
+                // done, so the answer alone would keep it).
+                self.fail(session, ctx, &failure.into()).await?;
                 Ok(None)
             }
         }
@@ -205,181 +205,128 @@ impl Gateway {
         }
     }
 
-    async fn serve_static(
-        &self,
-        session: &mut Session,
-        files: &static_files::StaticFiles,
-        ctx: &mut Ctx,
-    ) -> Result<bool> {
-        let req = session.req_header();
-        let method = req.method.clone();
-        if method != http::Method::GET && method != http::Method::HEAD {
-            return Ok(false);
-        }
-        // Only GET and HEAD look for files: other methods go to the app, which may well
-        // accept a POST to a path that also has a static file (nginx would answer 405).
-        let path = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let plan = files.plan(&method, &path, &req.headers).await;
-        match plan {
-            Plan::NotFound => Ok(false),
-            Plan::Reject { status, reason } => {
-                tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), path = %path, status = status.as_u16(), reason, "static request refused");
-                ctx.served_by = "static";
-                respond(session, status.as_u16(), reason).await?;
-                Ok(true)
-            }
-            Plan::Serve(resp) => {
-                ctx.served_by = "static";
-                let mut head = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
-                for (k, v) in resp.headers.iter() {
-                    head.append_header(k.clone(), v.clone())?;
-                }
-                // A precompressed sibling already carries its Content-Encoding, so only the
-                // identity file is ever compressed here.
-                let mut encoder = None;
-                if let Some(settings) = &ctx.compression {
-                    let req = compression::Request::from(session.req_header());
-                    match &resp.not_modified_identity {
-                        Some((content_type, len)) => {
-                            let mut full = http::HeaderMap::new();
-                            full.insert(http::header::CONTENT_TYPE, content_type.clone());
-                            full.insert(http::header::CONTENT_LENGTH, (*len).into());
-                            let d = compression::decide(settings, req, http::StatusCode::OK, &full);
-                            compression::apply_not_modified(d, &mut head)?;
-                        }
-                        None => {
-                            let d = compression::decide(settings, req, resp.status, &head.headers);
-                            encoder = compression::apply(settings, d, &mut head)?;
-                        }
-                    }
-                }
-                self.send_file(session, head, resp.body, encoder).await?;
-                Ok(true)
-            }
-        }
+    /// What the app learns about the client and how to hand out files: the one rewrite of a
+    /// request to the app, on every path. `upgrade`: a WebSocket handshake for the tunnel.
+    fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Ctx, upgrade: bool) {
+        forwarding::request(req, &self.client(ctx), upgrade);
+        self.internal.tell_the_app(req);
     }
 
-    /// Write a file answer planned by [`static_files`]: its head, then its bytes in chunks.
-    /// Writes a file answer; with `encoder`, compressed on the way (a file is read as fast as
-    /// the client takes it: no flush per chunk, the encoder emits full blocks).
-    async fn send_file(
+    /// The app's answer named a file (`X-Accel-Redirect` / `X-Sendfile`): serve it instead.
+    async fn named_file(
         &self,
         session: &mut Session,
-        mut head: ResponseHeader,
-        body: static_files::Body,
-        mut encoder: Option<Encoder>,
-    ) -> Result<()> {
-        if let Some(h) = &self.hsts {
-            head.insert_header("strict-transport-security", h.as_str())?;
-        }
-        match body {
-            static_files::Body::Empty => match encoder.as_mut() {
-                None => session.write_response_header(Box::new(head), true).await?,
-                Some(e) => {
-                    let end = e.finish().map_err(compression::error)?;
-                    session.write_response_header(Box::new(head), false).await?;
-                    session.write_response_body(Some(end), true).await?;
-                }
-            },
-            static_files::Body::File { path, offset, len } => {
-                session.write_response_header(Box::new(head), false).await?;
-                let mut reader = static_files::read_chunks(&path, offset, len, STATIC_CHUNK)
-                    .await
-                    .map_err(|e| Error::explain(ErrorType::FileReadError, e.to_string()))?;
-                loop {
-                    match reader.next().await {
-                        Ok(Some(chunk)) => {
-                            let out = match encoder.as_mut() {
-                                Some(e) => e.encode(&chunk).map_err(compression::error)?,
-                                None => chunk,
-                            };
-                            if !out.is_empty() {
-                                session.write_response_body(Some(out), false).await?
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => return Error::e_explain(ErrorType::FileReadError, e.to_string()),
-                    }
-                }
-                let end = match encoder.as_mut() {
-                    Some(e) => Some(e.finish().map_err(compression::error)?),
-                    None => None,
-                };
-                session.write_response_body(end, true).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The app answered with `X-Accel-Redirect` or `X-Sendfile`: answer with that file (or
-    /// a 404 when the header names nothing servable) instead of the app's body.
-    async fn serve_accel(
-        &self,
-        session: &mut Session,
-        app: &ResponseHeader,
-        directive: Directive,
         ctx: &mut Ctx,
+        app: ResponseHeader,
     ) -> Result<()> {
+        let Some(directive) = self.internal.directive(&app) else {
+            return Ok(());
+        };
         ctx.served_by = "accel";
         ctx.accel = true;
-        let route = ctx.route.clone();
-        let route = route.as_deref().unwrap_or("-");
-        let upstream = ctx.upstream_name().to_string();
-        let (location, path, header, value) = match directive {
-            Directive::Refuse {
-                header,
-                value,
-                reason,
-            } => {
-                tracing::warn!(route, upstream = %upstream, header, value = %value, reason, "the app's file redirect was refused");
-                return respond(session, 404, "no such file").await;
+        self.finish(ctx.tls, ctx.compression.as_deref())
+            .named_file(session, &self.internal, app, directive, &ctx.place())
+            .await
+    }
+
+    /// A route's upstream pool: dispatch by its protocol. `Ok(false)`: pingora's proxy path
+    /// takes the request (HTTP, no body held, answer not buffered, no upgrade).
+    async fn to_pool(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        pool: &Arc<Pool>,
+        websocket: bool,
+        request_buffering: bool,
+        response_buffering: bool,
+    ) -> Result<bool> {
+        ctx.pool = Some(pool.clone());
+        let upgrade = session.is_upgrade_req();
+        if let (Protocol::FastCgi(_), true) = (&pool.protocol, upgrade) {
+            // FastCGI has no upgrades (nginx would drop `Upgrade` and run PHP, whose answer no
+            // WebSocket client can use): say so plainly.
+            ctx.served_by = "fastcgi";
+            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, "upgrade request on a FastCGI route");
+            self.refuse(
+                session,
+                ctx,
+                501,
+                "upgrades are not supported by a FastCGI upstream",
+            )
+            .await?;
+            return Ok(true);
+        }
+        // Only a WebSocket handshake is still an upgrade here (`drop_foreign_upgrade`).
+        if upgrade && !websocket {
+            ctx.served_by = "router";
+            self.refuse(session, ctx, 403, "upgrades are not allowed on this route")
+                .await?;
+            return Ok(true);
+        }
+        // The body is read whole before the app is asked, so a slow upload costs the gateway a
+        // little memory or disk instead of an app worker.
+        let mut held = None;
+        if request_buffering && !upgrade && buffering::has_body(session) {
+            match self.hold_body(session, ctx).await? {
+                Some(body) => held = Some(body),
+                None => return Ok(true),
             }
-            Directive::Serve {
-                location,
-                path,
-                header,
-                value,
-            } => (location, path, header, value),
+        }
+        let http = matches!(pool.protocol, Protocol::Http);
+        if http && !upgrade && held.is_none() && !response_buffering {
+            return Ok(false);
+        }
+
+        let mut req = session.req_header().clone();
+        self.tell_the_app(&mut req, ctx, upgrade);
+        let finish = self.finish(ctx.tls, ctx.compression.as_deref());
+        let buffering = response_buffering.then(|| self.response_buffering());
+        let mut picked = None;
+        let attempts = Loop {
+            pool,
+            client: ctx.client,
+            route: ctx.route.as_deref().unwrap_or("-"),
+            picked: &mut picked,
         };
-        let req = session.req_header();
-        let plan = self
-            .internal
-            .plan(location, &path, &req.method, &req.headers)
-            .await;
-        let (status, reason) = match plan {
-            Plan::Serve(resp) => {
-                let mut app = app.clone();
-                forwarding::response(&mut app);
-                let head = accel::response_head(&app, &resp)?;
-                return self.send_file(session, head, resp.body, None).await;
+        let outcome = match &pool.protocol {
+            Protocol::FastCgi(backend) => {
+                ctx.served_by = "fastcgi";
+                let call = fastcgi::Call {
+                    backend,
+                    req: &req,
+                    tls: ctx.tls,
+                    max_body: self.limits.max_body_bytes,
+                    body: held.as_ref(),
+                    finish,
+                    buffering,
+                };
+                fastcgi::serve(session, attempts, call).await
             }
-            Plan::NotFound => (
-                404,
-                "no such file (missing, a directory, hidden, or a symlink out of the root)",
-            ),
-            // A failed If-Match / If-Unmodified-Since is the client's answer to give.
-            Plan::Reject { status, reason } if status == http::StatusCode::PRECONDITION_FAILED => {
-                return respond(session, status.as_u16(), reason).await;
+            Protocol::Http if upgrade => {
+                ctx.served_by = "tunnel";
+                tunnel::run(session, attempts, &req, finish)
+                    .await
+                    .map(|r| r.map(|()| Answer::Sent))
             }
-            Plan::Reject { status, reason } if status.is_server_error() => (500, reason),
-            Plan::Reject { reason, .. } => (404, reason),
+            Protocol::Http => {
+                let call = relay::Call {
+                    connector: &self.connector,
+                    req,
+                    body: held.as_ref(),
+                    buffering,
+                    internal: &self.internal,
+                    finish,
+                };
+                relay::forward(session, attempts, call).await
+            }
         };
-        tracing::warn!(route, upstream = %upstream, header, value = %value, location = self.internal.name(location), status, reason, "the app's file redirect names nothing to serve");
-        respond(
-            session,
-            status,
-            if status == 404 {
-                "no such file"
-            } else {
-                "cannot read the file"
-            },
-        )
-        .await
+        ctx.current = picked;
+        match outcome? {
+            Ok(Answer::Sent) => {}
+            Ok(Answer::NamesAFile(app)) => self.named_file(session, ctx, *app).await?,
+            Err(fault) => self.fail(session, ctx, &fault).await?,
+        }
+        Ok(true)
     }
 }
 
@@ -417,7 +364,8 @@ impl ProxyHttp for Gateway {
         if header_bytes(req) > self.limits.max_header_bytes {
             ctx.served_by = "limit";
             tracing::warn!(client = ?ctx.client, limit = self.limits.max_header_bytes, "request headers too large");
-            respond(session, 431, "request headers too large").await?;
+            self.refuse(session, ctx, 431, "request headers too large")
+                .await?;
             return Ok(true);
         }
         if let Some(te) = forwarding::unsupported_transfer_coding(req) {
@@ -426,14 +374,20 @@ impl ProxyHttp for Gateway {
             ctx.served_by = "limit";
             tracing::warn!(client = ?ctx.client, transfer_encoding = %te, "transfer coding not supported");
             session.set_keepalive(None);
-            respond(session, 501, "transfer coding not supported (only chunked)").await?;
+            self.refuse(
+                session,
+                ctx,
+                501,
+                "transfer coding not supported (only chunked)",
+            )
+            .await?;
             return Ok(true);
         }
         if let Some(problem) = forwarding::malformed_head(req) {
             ctx.served_by = "limit";
             tracing::warn!(client = ?ctx.client, problem, "malformed request head");
             session.set_keepalive(None);
-            respond(session, 400, problem).await?;
+            self.refuse(session, ctx, 400, problem).await?;
             return Ok(true);
         }
         if forwarding::drop_foreign_upgrade(session.req_header_mut()) {
@@ -448,28 +402,30 @@ impl ProxyHttp for Gateway {
         {
             if len > self.limits.max_body_bytes {
                 ctx.served_by = "limit";
-                tracing::warn!(client = ?ctx.client, length = len, limit = self.limits.max_body_bytes, "request body too large");
-                respond(session, 413, "request body too large").await?;
+                let fault = ClientFailure::TooLarge(self.limits.max_body_bytes).into();
+                self.fail(session, ctx, &fault).await?;
                 return Ok(true);
             }
         }
         let Some(path) = crate::router::normalize(req.uri.path()) else {
             ctx.served_by = "router";
             tracing::warn!(client = ?ctx.client, path = %req.uri.path(), "path climbs above the root");
-            respond(session, 400, "bad path").await?;
+            self.refuse(session, ctx, 400, "bad path").await?;
             return Ok(true);
         };
         if self.internal.hides(&path) {
             // Only the app hands these files out (X-Accel-Redirect), whatever route matches.
             ctx.served_by = "router";
             tracing::warn!(client = ?ctx.client, path = %req.uri.path(), "request from outside for an internal location");
-            respond(session, 404, "no route for this path").await?;
+            self.refuse(session, ctx, 404, "no route for this path")
+                .await?;
             return Ok(true);
         }
         let host = host_of(req);
         let Some(route) = self.router.find(host.as_deref(), &path) else {
             ctx.served_by = "router";
-            respond(session, 404, "no route for this path").await?;
+            self.refuse(session, ctx, 404, "no route for this path")
+                .await?;
             return Ok(true);
         };
         ctx.route = Some(Arc::from(route.name.as_str()));
@@ -492,137 +448,35 @@ impl ProxyHttp for Gateway {
                 response_buffering,
             } => {
                 ctx.compression = compression.clone();
-                let fastcgi = pool.as_ref().is_some_and(|p| p.fastcgi.is_some());
                 if let Some(files) = files {
                     // PHP source is never a static file when php-fpm is behind.
-                    let php = fastcgi && fastcgi::is_php_path(session.req_header().uri.path());
-                    if !php && self.serve_static(session, files, ctx).await? {
-                        return Ok(true);
+                    let php = pool
+                        .as_ref()
+                        .is_some_and(|p| matches!(p.protocol, Protocol::FastCgi(_)))
+                        && fastcgi::is_php_path(session.req_header().uri.path());
+                    if !php {
+                        ctx.served_by = "static";
+                        let finish = self.finish(ctx.tls, ctx.compression.as_deref());
+                        if finish.static_file(session, files, &ctx.place()).await? {
+                            return Ok(true);
+                        }
+                        ctx.served_by = "upstream";
                     }
                 }
                 let Some(pool) = pool else {
                     ctx.served_by = "static";
-                    respond(session, 404, "no such file").await?;
+                    self.refuse(session, ctx, 404, "no such file").await?;
                     return Ok(true);
                 };
-                ctx.pool = Some(pool.clone());
-                let upgrade = session.is_upgrade_req();
-                // The body is read whole before the app is asked, so a slow upload costs the
-                // gateway a little memory or disk instead of an app worker.
-                let mut held = None;
-                if *request_buffering && !upgrade && buffering::has_body(session) {
-                    match self.hold_body(session, ctx).await? {
-                        Some(body) => held = Some(body),
-                        None => return Ok(true),
-                    }
-                }
-                if fastcgi {
-                    ctx.served_by = "fastcgi";
-                    if session.is_upgrade_req() {
-                        // FastCGI has no upgrades (nginx would drop `Upgrade` and run PHP, whose
-                        // answer no WebSocket client can use): say so plainly.
-                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, "upgrade request on a FastCGI route");
-                        respond(
-                            session,
-                            501,
-                            "upgrades are not supported by a FastCGI upstream",
-                        )
-                        .await?;
-                        return Ok(true);
-                    }
-                    let mut req = session.req_header().clone();
-                    forwarding::request(&mut req, &self.client(ctx), false);
-                    self.internal.tell_the_app(&mut req);
-                    let mut server = None;
-                    let outcome = fastcgi::serve(
-                        session,
-                        fastcgi::Call {
-                            pool,
-                            req: &req,
-                            client: ctx.client,
-                            tls: ctx.tls,
-                            max_body: self.limits.max_body_bytes,
-                            body: held.as_ref(),
-                            hsts: self.hsts.as_deref().filter(|_| ctx.tls),
-                            compression: ctx.compression.as_deref(),
-                            buffering: response_buffering.then(|| self.response_buffering()),
-                            server: &mut server,
-                        },
-                    )
-                    .await;
-                    ctx.current = server;
-                    match outcome? {
-                        Ok(fastcgi::Answer::Sent) => {}
-                        Ok(fastcgi::Answer::NamesAFile(app)) => {
-                            if let Some(d) = self.internal.directive(&app) {
-                                self.serve_accel(session, &app, d, ctx).await?;
-                            }
-                        }
-                        Err(failure) => {
-                            let status = failure.status();
-                            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %req.uri, status, error = %failure.describe(), "fastcgi request failed");
-                            respond(session, status, failure.public_reason()).await?;
-                        }
-                    }
-                    return Ok(true);
-                }
-                // Only a WebSocket handshake is still an upgrade here (`drop_foreign_upgrade`).
-                if session.is_upgrade_req() {
-                    if !*websocket {
-                        ctx.served_by = "router";
-                        respond(session, 403, "upgrades are not allowed on this route").await?;
-                        return Ok(true);
-                    }
-                    ctx.served_by = "tunnel";
-                    let mut req = session.req_header().clone();
-                    forwarding::request(&mut req, &self.client(ctx), true);
-                    self.internal.tell_the_app(&mut req);
-                    if let Err(failure) = tunnel::run(session, pool, ctx.client, &req).await? {
-                        let status = failure.status();
-                        tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, status, error = %failure.describe(), "websocket tunnel failed");
-                        // The address and the OS error are for the log, as on every route.
-                        respond(session, status, failure.public_reason()).await?;
-                    }
-                    return Ok(true);
-                }
-                if held.is_some() || *response_buffering {
-                    let mut req = session.req_header().clone();
-                    forwarding::request(&mut req, &self.client(ctx), false);
-                    self.internal.tell_the_app(&mut req);
-                    let mut server = None;
-                    let outcome = relay::forward(
-                        session,
-                        relay::Call {
-                            pool,
-                            connector: &self.connector,
-                            req,
-                            body: held.as_ref(),
-                            client: ctx.client,
-                            hsts: self.hsts.as_deref().filter(|_| ctx.tls),
-                            buffering: response_buffering.then(|| self.response_buffering()),
-                            internal: &self.internal,
-                            compression: ctx.compression.as_deref(),
-                            server: &mut server,
-                        },
-                    )
-                    .await;
-                    ctx.current = server;
-                    match outcome? {
-                        Ok(relay::Answer::Sent) => {}
-                        Ok(relay::Answer::NamesAFile(app)) => {
-                            if let Some(d) = self.internal.directive(&app) {
-                                self.serve_accel(session, &app, d, ctx).await?;
-                            }
-                        }
-                        Err(failure) => {
-                            let status = failure.status();
-                            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %ctx.server(), path = %session.req_header().uri, status, error = %failure.describe(), "proxy error");
-                            respond(session, status, failure.public_reason()).await?;
-                        }
-                    }
-                    return Ok(true);
-                }
-                Ok(false)
+                self.to_pool(
+                    session,
+                    ctx,
+                    pool,
+                    *websocket,
+                    *request_buffering,
+                    *response_buffering,
+                )
+                .await
             }
         }
     }
@@ -638,6 +492,7 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.limits.max_body_bytes {
+                ctx.fault = Some(ClientFailure::TooLarge(self.limits.max_body_bytes).into());
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
             }
         }
@@ -645,33 +500,24 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(pool) = ctx.pool.clone() else {
+        let Some(pool) = ctx.pool.as_ref() else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream for this route");
         };
-        let Some(i) = pool.select(ctx.client, &ctx.tried) else {
-            let why = if ctx.tried.is_empty() {
-                "no healthy server"
-            } else {
-                "no healthy server left to retry on"
-            };
-            return Error::e_explain(ErrorType::HTTPStatus(503), why);
+        // The same pick as every other path's ([`crate::attempt::Loop`]).
+        let Some(i) = pool.select(ctx.client, ctx.tries.tried()) else {
+            ctx.fault = Some(Failure::NoHealthyServer.into());
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy server");
         };
         ctx.current = Some(i);
         ctx.in_flight = Some(pool.begin(i));
-        let mut peer = pool.servers[i].addr.http_peer()?;
-        peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.total_connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(pool.read_timeout);
-        peer.options.write_timeout = Some(pool.read_timeout);
-        peer.options.idle_timeout = Some(relay::IDLE_TIMEOUT);
-        // `Connection`-listed fields are removed by `forwarding::request`, which keeps Host and
-        // the other end-to-end fields as the relay, FastCGI and the tunnel do; pingora's own
-        // pass would strip Cookie or Authorization and answer 400 to `Connection: Host`.
-        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
-            strip_connection_nominated: false,
-            ..HttpUpstreamRequestPolicy::standard()
-        };
-        Ok(Box::new(peer))
+        let addr = &pool.servers[i].addr;
+        match addr.http_peer(pool.timeouts()) {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(e) => {
+                ctx.fault = Some(Failure::from_error(addr, &e).into());
+                Err(e)
+            }
+        }
     }
 
     fn fail_to_connect(
@@ -682,14 +528,38 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.current) {
-            tracing::warn!(route = ctx.route.as_deref().unwrap_or("-"), upstream = %pool.name, server = %pool.servers[i].addr, error = %e, "connect failed");
-            ctx.tried.push(i);
             ctx.in_flight = None;
-            // Nothing was sent yet, so any request may go to another server.
-            if pool.select(ctx.client, &ctx.tried).is_some() {
-                e.set_retry(true);
-            }
+            // Nothing was sent yet: the attempt loop's rule decides where the request goes.
+            let failure = Failure::from_error(&pool.servers[i].addr, &e);
+            let route = ctx.route.as_deref().unwrap_or("-");
+            let retry = ctx.tries.not_sent(pool, i, &failure, route);
+            e.set_retry(retry);
         }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // pingora's own judgement of a kept connection that the app had closed: an error it
+        // marks as such on a reused connection, for a request it can send again (idempotent,
+        // its body still in the retry buffer). Whether it is sent again is the attempt loop's
+        // rule, as on every path.
+        e.retry.decide_reuse(client_reused);
+        let again = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let stale = client_reused && again && e.retry();
+        let retry = match (&ctx.pool, ctx.current) {
+            (Some(pool), Some(i)) if stale => ctx.tries.stale(pool, i),
+            _ => false,
+        };
+        e.set_retry(retry);
         e
     }
 
@@ -704,8 +574,7 @@ impl ProxyHttp for Gateway {
         if let Some(listed) = session.req_header().headers.get(http::header::CONNECTION) {
             upstream_request.insert_header(http::header::CONNECTION, listed.clone())?;
         }
-        forwarding::request(upstream_request, &self.client(ctx), false);
-        self.internal.tell_the_app(upstream_request);
+        self.tell_the_app(upstream_request, ctx, false);
         Ok(())
     }
 
@@ -715,30 +584,23 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(directive) = self.internal.directive(upstream_response) {
+        if crate::accel::names_a_file(upstream_response) {
             // The whole answer (the file, or a 404) is written here. pingora then finds a
             // response already sent and skips the app's head (H2 silently; H1 with a warning,
             // silenced in main.rs), and `response_body_filter` drops the app's body.
             return self
-                .serve_accel(session, upstream_response, directive, ctx)
+                .named_file(session, ctx, upstream_response.clone())
                 .await;
         }
-        forwarding::response(upstream_response);
-        if ctx.tls {
-            if let Some(h) = &self.hsts {
-                upstream_response.insert_header("strict-transport-security", h.as_str())?;
-            }
-        }
         // Called again for the final header after a 1xx, which decides afresh.
-        if let Some(settings) = &ctx.compression {
-            let d = compression::decide(
-                settings,
-                session.req_header().into(),
-                upstream_response.status,
-                &upstream_response.headers,
-            );
-            ctx.encoder = compression::apply(settings, d, upstream_response)?;
-        }
+        let finish = self.finish(ctx.tls, ctx.compression.as_deref());
+        ctx.out = finish.head(
+            session.req_header(),
+            session.is_http2(),
+            upstream_response,
+            Origin::App,
+            false,
+        )?;
         Ok(())
     }
 
@@ -755,58 +617,24 @@ impl ProxyHttp for Gateway {
         }
         // Each piece pingora read from the app is flushed to the client as it comes: an app
         // that streams (a progress page, a chunked export) is not held back by the encoder.
-        if let Some(e) = ctx.encoder.as_mut() {
-            let out = e
-                .piece(body.as_deref(), end_of_stream)
-                .map_err(compression::error)?;
+        if ctx.out.compressing() {
+            let out = ctx.out.piece(body.take(), end_of_stream)?;
             *body = (!out.is_empty() || end_of_stream).then_some(out);
             if end_of_stream {
-                ctx.encoder = None;
+                ctx.out = Out::default();
             }
         }
         Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout => 504,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::ReadTimedout => 408,
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
+        let fault = match ctx.fault.take() {
+            Some(fault) => fault,
+            None => Fault::from_error(e, ctx.server()),
         };
-        let reason = match code {
-            502 => "the app did not answer properly",
-            503 => "no healthy app server",
-            504 => "the app did not answer in time",
-            413 => "request body too large",
-            408 => "request took too long to arrive",
-            _ => "request failed",
-        };
-        tracing::warn!(
-            route = ctx.route.as_deref().unwrap_or("-"),
-            upstream = ctx.upstream_name(),
-            server = %ctx.server(),
-            status = code,
-            error = %e,
-            "proxy error"
-        );
-        if code > 0 && session.response_written().is_none() {
-            let _ = respond(session, code, reason).await;
-        }
+        let _ = self.fail(session, ctx, &fault).await;
         FailToProxy {
-            error_code: code,
+            error_code: fault.status(),
             can_reuse_downstream: false,
         }
     }
@@ -830,7 +658,7 @@ impl ProxyHttp for Gateway {
             route = ctx.route.as_deref().unwrap_or("-"),
             by = ctx.served_by,
             upstream = ctx.upstream_name(),
-            server = %ctx.server(),
+            server = %Shown(ctx.server()),
             ms = ctx.started.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
         );
     }

@@ -1,6 +1,8 @@
-//! The app exchange for a request whose body the gateway holds whole ([`buffering::Body`]):
-//! pick a server, send the request with `Content-Length`, relay the answer, either streamed or
-//! through a [`buffering::Fifo`] that reads the app as fast as it writes.
+//! The app exchange for a request whose body the gateway holds whole ([`buffering::Body`]), or
+//! whose answer it reads ahead: the HTTP [`Exchange`] of the attempt loop
+//! ([`crate::attempt`]) sends the request with `Content-Length`, then the answer is relayed,
+//! either streamed or through a [`buffering::Fifo`] that reads the app as fast as it writes,
+//! after the finisher ([`crate::finish`]) has seen its head.
 //!
 //! This does not go through pingora's proxy loop because pingora 0.9 opens the upstream
 //! connection before it reads the body (so a slow upload would hold an app worker the whole
@@ -9,63 +11,34 @@
 //! HTTP/1.1 client session; the app is asked only once the body is complete.
 //!
 //! Holding the body makes a retry on another server safe for any method, as long as the app
-//! cannot have started on the request: a connect failure, or a kept connection that the app had
-//! closed (it fails on the first write, or, for idempotent methods, answers nothing at all).
+//! cannot have started on the request (the attempt loop's rule): a connect failure, or a kept
+//! connection that the app had closed (it fails on the first write, or, for idempotent
+//! methods, answers nothing at all).
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use bytes::Bytes;
 use pingora::connectors::http::v1::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::{ErrorType, Result};
 
 use crate::accel::Internal;
+use crate::addr::{Addr, HTTP_IDLE_TIMEOUT};
+use crate::attempt::{Attempt, Exchange, InFlight, Loop, To};
 use crate::buffering::{self, Body, Feeder, Fifo};
-use crate::compression::{self, Encoder, Settings};
-use crate::upstream::{InFlight, Pool};
-
-/// Keep-alive connections to the app are closed before a typical app server's own keep-alive
-/// timeout (Puma: 20 s), so a request is never written to a connection it is closing.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Attempts on kept connections that turn out closed, before a new connection is required.
-const STALE_RETRIES: usize = 2;
-
-/// Why the app was not asked or did not answer; nothing was sent to the client yet.
-pub use crate::upstream::Failure;
-
-/// Response buffering settings, when the route has it on.
-/// How [`forward`] ended when the app answered.
-pub enum Answer {
-    /// The answer was relayed to the client.
-    Sent,
-    /// The app answered with `X-Accel-Redirect` or `X-Sendfile` (this head; its body is not
-    /// wanted, and the app connection is closed rather than drained): the caller serves the
-    /// file. Nothing was sent to the client yet.
-    NamesAFile(Box<ResponseHeader>),
-}
+use crate::failure::{Failure, Fault};
+use crate::finish::{Answer, Finish, Origin, Out};
 
 pub struct Call<'a> {
-    pub pool: &'a Arc<Pool>,
     pub connector: &'a Connector,
     /// The request with the forwarding headers applied.
     pub req: RequestHeader,
     /// `None`: the request has no body.
     pub body: Option<&'a Body>,
-    pub client: Option<IpAddr>,
-    pub hsts: Option<&'a str>,
     pub buffering: Option<buffering::ResponseBuffering>,
     /// Where `X-Accel-Redirect` / `X-Sendfile` answers are served from.
     pub internal: &'a Internal,
-    /// The route's compression settings (`None`: off).
-    pub compression: Option<&'a Settings>,
-    /// The server that answered, for the access log.
-    pub server: &'a mut Option<usize>,
+    pub finish: Finish<'a>,
 }
 
 /// The request as the app gets it: HTTP/1.1, a `Host`, and the held body's exact length in
@@ -89,33 +62,72 @@ pub fn upstream_request(mut req: RequestHeader, body_len: Option<u64>) -> Result
     Ok(req)
 }
 
-/// What happened on one connection.
-enum Sent {
-    /// The answer's head arrived; `false`: the connection must not be kept (the request was
-    /// not fully sent).
-    Answered(Box<Upstream>, bool),
-    /// A kept connection that the app had already closed: nothing reached it.
-    Stale,
-    Failed(Failure),
+/// An answered attempt: the app's connection with the answer's head read, its peer (to keep the
+/// connection), and whether it may be kept (the request was fully sent).
+pub struct Answered {
+    up: Box<Upstream>,
+    peer: HttpPeer,
+    keep: bool,
 }
 
+/// HTTP/1.1 through pingora's connector, with the body held whole.
+struct Held<'a> {
+    connector: &'a Connector,
+    req: &'a RequestHeader,
+    body: Option<&'a Body>,
+    idempotent: bool,
+}
+
+impl Exchange for Held<'_> {
+    type Conn = Answered;
+
+    async fn attempt(&mut self, to: To<'_>, reuse: bool) -> Attempt<Answered> {
+        let peer = match to.addr.http_peer(to.timeouts) {
+            Ok(p) => p,
+            Err(e) => return Attempt::NotSent(Failure::from_error(to.addr, &e)),
+        };
+        let (mut up, reused) = match self.connector.get_http_session(&peer).await {
+            Ok(s) => s,
+            Err(e) => return Attempt::NotSent(Failure::from_error(to.addr, &e)),
+        };
+        up.read_timeout = Some(to.timeouts.read);
+        up.write_timeout = Some(to.timeouts.read);
+        let stale_possible = reused && reuse;
+        match send(
+            up,
+            self.req,
+            self.body,
+            stale_possible,
+            self.idempotent,
+            to.addr,
+        )
+        .await
+        {
+            Attempt::Answered((up, keep)) => Attempt::Answered(Answered { up, peer, keep }),
+            Attempt::Stale => Attempt::Stale,
+            Attempt::NotSent(f) => Attempt::NotSent(f),
+            Attempt::Failed(f) => Attempt::Failed(f),
+        }
+    }
+}
+
+/// Send the request on `up` and read the answer's head. `reused`: a kept connection that may
+/// turn out closed by the app. Answered: the connection, and whether it may be kept (`false`
+/// when the request was not fully sent).
 async fn send(
     mut up: Upstream,
     req: &RequestHeader,
     body: Option<&Body>,
     reused: bool,
     idempotent: bool,
-    addr: &str,
-) -> Sent {
-    let fail = |e: Box<Error>| match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout(addr.to_string()),
-        _ => Failure::BadAnswer(addr.to_string(), e.to_string()),
-    };
+    addr: &Addr,
+) -> Attempt<(Box<Upstream>, bool)> {
+    let fail = |e: &pingora::Error| Attempt::Failed(Failure::from_error(addr, e).into());
     if let Err(e) = up.write_request_header(Box::new(req.clone())).await {
         return if reused {
-            Sent::Stale
+            Attempt::Stale
         } else {
-            Sent::Failed(fail(e))
+            Attempt::NotSent(Failure::from_error(addr, &e))
         };
     }
     // An app may answer before it has read the whole body (a 413 of its own) and close: that
@@ -128,16 +140,16 @@ async fn send(
             let chunk = match replay.next().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
+                // The gateway's own temporary file: its fault, not the app's.
                 Err(e) => {
-                    return Sent::Failed(Failure::BadAnswer(
-                        addr.to_string(),
-                        format!("reading the held body back: {e}"),
-                    ))
+                    return Attempt::Failed(Fault::Internal(format!(
+                        "reading the held body back: {e}"
+                    )))
                 }
             };
             if let Err(e) = up.write_body(&chunk).await {
                 if reused && first {
-                    return Sent::Stale;
+                    return Attempt::Stale;
                 }
                 cut_short = Some(e);
                 break;
@@ -155,16 +167,16 @@ async fn send(
             Ok(_) => {}
             Err(e) => {
                 if let Some(write_error) = cut_short {
-                    return Sent::Failed(fail(write_error));
+                    return fail(&write_error);
                 }
                 let nothing = matches!(
                     e.etype(),
                     ErrorType::ConnectionClosed | ErrorType::ConnectError | ErrorType::ReadError
                 );
                 return if reused && idempotent && nothing {
-                    Sent::Stale
+                    Attempt::Stale
                 } else {
-                    Sent::Failed(fail(e))
+                    fail(&e)
                 };
             }
         }
@@ -172,19 +184,25 @@ async fn send(
             // Interim answers (100 Continue, 103 Early Hints) are not relayed: the body was
             // already taken from the client.
             Some(100..=199) => continue,
-            Some(_) => return Sent::Answered(Box::new(up), cut_short.is_none()),
-            None => return Sent::Failed(Failure::BadAnswer(addr.to_string(), "no status".into())),
+            Some(_) => return Attempt::Answered((Box::new(up), cut_short.is_none())),
+            None => {
+                return Attempt::Failed(
+                    Failure::BadAnswer(addr.to_string(), "no status".into()).into(),
+                )
+            }
         }
     }
 }
 
-/// Ask the app and relay its answer. `Ok(Err(_))`: nothing was sent to the client yet, and the
-/// caller answers with the failure's status. `Err(_)`: the client connection is broken.
+/// Ask the app through `attempts` and relay its answer. `Ok(Err(_))`: nothing was sent to the
+/// client yet, and the caller answers with the fault's status. `Err(_)`: the client connection
+/// is broken, or the answer broke off after its head went out.
 pub async fn forward(
     session: &mut Session,
+    attempts: Loop<'_>,
     call: Call<'_>,
-) -> Result<std::result::Result<Answer, Failure>> {
-    let pool = call.pool;
+) -> Result<std::result::Result<Answer, Fault>> {
+    let upstream = attempts.upstream();
     let body_len = match call.body {
         Some(b) => Some(b.len()),
         // A body-less request that still said `Content-Length: 0` keeps saying it.
@@ -197,100 +215,46 @@ pub async fn forward(
     let idempotent = call.req.method.is_idempotent();
     let head_only = call.req.method == http::Method::HEAD;
     let req = upstream_request(call.req, body_len)?;
-
-    let mut tried = Vec::new();
-    let mut stale = 0;
-    let (mut up, i, peer, in_flight, keep) = loop {
-        let Some(i) = pool.select(call.client, &tried) else {
-            return Ok(Err(Failure::NoHealthyServer));
-        };
-        let addr = &pool.servers[i].addr;
-        let Ok(mut peer) = addr.http_peer() else {
-            return Ok(Err(Failure::Connect(
-                addr.to_string(),
-                "socket path is not UTF-8".into(),
-            )));
-        };
-        peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.total_connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(pool.read_timeout);
-        peer.options.write_timeout = Some(pool.read_timeout);
-        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
-        let (mut up, reused) = match call.connector.get_http_session(&peer).await {
-            Ok(s) => s,
-            Err(e) => {
-                let failure = match e.etype() {
-                    ErrorType::ConnectTimedout => Failure::Timeout(addr.to_string()),
-                    _ => Failure::Connect(addr.to_string(), e.to_string()),
-                };
-                tracing::warn!(upstream = %pool.name, server = %addr, error = %e, "connect failed");
-                tried.push(i);
-                if pool.select(call.client, &tried).is_none() {
-                    return Ok(Err(failure));
-                }
-                continue;
-            }
-        };
-        up.read_timeout = Some(pool.read_timeout);
-        up.write_timeout = Some(pool.read_timeout);
-        *call.server = Some(i);
-        let in_flight = pool.begin(i);
-        let reused = reused && stale < STALE_RETRIES;
-        match send(up, &req, call.body, reused, idempotent, &addr.to_string()).await {
-            Sent::Answered(up, keep) => break (*up, i, peer, in_flight, keep),
-            Sent::Stale => {
-                tracing::debug!(upstream = %pool.name, server = %addr, "a kept connection was closed by the app; sending again");
-                stale += 1;
-            }
-            Sent::Failed(f) => return Ok(Err(f)),
-        }
+    let mut exchange = Held {
+        connector: call.connector,
+        req: &req,
+        body: call.body,
+        idempotent,
     };
+    let won = match attempts.run(&mut exchange).await {
+        Ok(won) => won,
+        Err(fault) => return Ok(Err(fault)),
+    };
+    let Answered { mut up, peer, keep } = won.conn;
 
     let Some(mut head) = up.resp_header().cloned() else {
         return Ok(Err(Failure::BadAnswer(
-            pool.servers[i].addr.to_string(),
+            won.addr.to_string(),
             "no response head".into(),
-        )));
+        )
+        .into()));
     };
     if call.internal.directive(&head).is_some() {
         return Ok(Ok(Answer::NamesAFile(Box::new(head))));
     }
-    // Decided before the forwarding rules strip the app's `X-Accel-Buffering`.
+    // Decided before the finisher takes the app's `X-Accel-Buffering` off.
     let buffer = call
         .buffering
         .filter(|_| buffering::response_may_buffer(&head) && !head_only);
-    crate::forwarding::response(&mut head);
-    if let Some(h) = call.hsts {
-        head.insert_header("strict-transport-security", h)?;
-    }
-    head.remove_header("x-accel-buffering");
     let no_body = head_only || matches!(head.status.as_u16(), 204 | 304);
     let done = no_body || up.is_body_done();
-    if !no_body
-        && !done
-        && !head.headers.contains_key(http::header::CONTENT_LENGTH)
-        && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
-    {
-        // A close-delimited answer (HTTP/1.0 style) is re-framed so the client connection can
-        // be kept, as pingora's proxy does.
-        head.set_version(http::Version::HTTP_11);
-        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    }
-    let mut encoder: Option<Encoder> = None;
-    if let (Some(settings), false) = (call.compression, no_body || done) {
-        let d = compression::decide(
-            settings,
-            session.req_header().into(),
-            head.status,
-            &head.headers,
-        );
-        encoder = compression::apply(settings, d, &mut head)?;
-    }
+    let mut out = call.finish.head(
+        session.req_header(),
+        session.is_http2(),
+        &mut head,
+        Origin::App,
+        done,
+    )?;
     session.write_response_header(Box::new(head), done).await?;
     let connector = call.connector;
     let kept = keep.then_some((connector, &peer));
     if done {
-        release(kept, up).await;
+        release(kept, *up).await;
         return Ok(Ok(Answer::Sent));
     }
 
@@ -299,39 +263,34 @@ pub async fn forward(
             loop {
                 match up.read_body_bytes().await {
                     Ok(Some(chunk)) => {
-                        let out = encoded(&mut encoder, Some(chunk), false)?;
-                        if !out.is_empty() {
-                            session.write_response_body(Some(out), false).await?
+                        let chunk = out.piece(Some(chunk), false)?;
+                        if !chunk.is_empty() {
+                            session.write_response_body(Some(chunk), false).await?
                         }
                     }
                     Ok(None) => break,
                     Err(e) => return Err(e.into_up()),
                 }
             }
-            let end = encoded(&mut encoder, None, true)?;
+            let end = out.piece(None, true)?;
             session
                 .write_response_body((!end.is_empty()).then_some(end), true)
                 .await?;
-            release(kept, up).await;
+            release(kept, *up).await;
         }
         Some(b) => {
             let fifo = Fifo::new(b.memory, b.max_file, b.dir);
-            let peak = buffered(session, up, fifo, kept, in_flight, encoder).await?;
+            let peak = buffered(session, *up, fifo, kept, won.in_flight, out).await?;
             if peak > 0 {
-                tracing::debug!(upstream = %pool.name, on_disk = peak, "answer buffered through a temporary file");
+                tracing::debug!(
+                    upstream,
+                    on_disk = peak,
+                    "answer buffered through a temporary file"
+                );
             }
         }
     }
     Ok(Ok(Answer::Sent))
-}
-
-/// Each piece read from the app, compressed when the answer is (flushed per piece, as the
-/// proxy does, so a streaming app is not held back by the encoder).
-fn encoded(encoder: &mut Option<Encoder>, chunk: Option<Bytes>, end: bool) -> Result<Bytes> {
-    match encoder.as_mut() {
-        Some(e) => e.piece(chunk.as_deref(), end).map_err(compression::error),
-        None => Ok(chunk.unwrap_or_default()),
-    }
 }
 
 /// Back to the pool for the next request, unless the exchange left it unusable (`None`: it is
@@ -339,7 +298,7 @@ fn encoded(encoder: &mut Option<Encoder>, chunk: Option<Bytes>, end: bool) -> Re
 async fn release(pool: Option<(&Connector, &HttpPeer)>, up: Upstream) {
     if let Some((connector, peer)) = pool {
         connector
-            .release_http_session(up, peer, Some(IDLE_TIMEOUT))
+            .release_http_session(up, peer, Some(HTTP_IDLE_TIMEOUT))
             .await;
     }
 }
@@ -354,19 +313,19 @@ async fn buffered(
     fifo: Fifo,
     kept: Option<(&Connector, &HttpPeer)>,
     in_flight: InFlight,
-    mut encoder: Option<Encoder>,
+    mut out: Out,
 ) -> Result<u64> {
     let mut feeder = Feeder::new(session, fifo);
     loop {
         match feeder.read(up.read_body_bytes()).await? {
-            Ok(Some(c)) => feeder.push(encoded(&mut encoder, Some(c), false)?).await?,
+            Ok(Some(c)) => feeder.push(out.piece(Some(c), false)?).await?,
             Ok(None) => {}
             Err(e) => return Err(e.into_up()),
         }
         if up.is_body_done() {
             release(kept, up).await;
             drop(in_flight);
-            feeder.push(encoded(&mut encoder, None, true)?).await?;
+            feeder.push(out.piece(None, true)?).await?;
             return feeder.finish().await;
         }
     }

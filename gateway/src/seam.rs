@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::buffering::{BodyClock, BodyLimits};
+use crate::failure::ClientFailure;
 
 /// How many body chunks may wait for a service that reads slowly; the client is then
 /// back-pressured by TCP rather than buffered here.
@@ -116,14 +117,14 @@ pub async fn serve(
                     Err(_) => {
                         // `task` is aborted on return: the service stops waiting for the body.
                         tracing::warn!(received, "realtime request body incomplete at the deadline: 408");
-                        return crate::proxy::respond(session, 408, "request body took too long to arrive").await;
+                        return body_refused(session, ClientFailure::Timeout { received }).await;
                     }
                     Ok(Ok(Some(bytes))) => {
                         received += bytes.len() as u64;
                         clock.record(Instant::now() - paused, bytes.len() as u64);
                         if received > limits.max_bytes {
                             tracing::warn!(limit = limits.max_bytes, "realtime request body too large: 413");
-                            return crate::proxy::respond(session, 413, "request body too large").await;
+                            return body_refused(session, ClientFailure::TooLarge(limits.max_bytes)).await;
                         }
                         // A service that dropped its body no longer wants it: stop feeding.
                         let waiting = Instant::now();
@@ -171,6 +172,13 @@ pub async fn serve(
         )
     })?;
     respond(session, response, upgrade, unread_body).await
+}
+
+/// Answer a realtime request whose body was refused, with the status and reason every path
+/// gives that fault ([`crate::failure`]).
+async fn body_refused(session: &mut Session, failure: ClientFailure) -> Result<()> {
+    let fault = crate::failure::Fault::from(failure);
+    crate::finish::respond(session, None, fault.status(), fault.public_reason()).await
 }
 
 /// Write the service's answer, whatever its shape. `unread_body`: the client is still sending

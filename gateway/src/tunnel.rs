@@ -1,17 +1,16 @@
 //! WebSocket passthrough to the app (Action Cable, Laravel Reverb). Only WebSocket handshakes
 //! come here: any other `Upgrade` (`h2c` above all) is taken off the request before routing
 //! (`forwarding::drop_foreign_upgrade`), so no client gets a raw connection of another protocol
-//! to the app. A failure is told to the client in general words (`Failure::public_reason`);
-//! the app's address and the OS error go to the log only.
+//! to the app. A failure is told to the client in general words (the failure table,
+//! [`crate::failure`]); the app's address and the OS error go to the log only.
 //!
 //! pingora 0.9.1's own upstream-upgrade path loses about 1% of sessions right after the 101
 //! (pingora issue #946) and applies its 60 s read timeout to idle upgraded connections. So the
 //! gateway tunnels upgrades itself: it sends the upgrade request to the app on a fresh
-//! connection, waits for the app's answer, relays it, and on a 101 pumps bytes both ways until
-//! either side closes, with no read timeout.
+//! connection (the attempt loop's [`Exchange`]: server picking and retries as on every path),
+//! waits for the app's answer, relays it, and on a 101 pumps bytes both ways until either side
+//! closes, with no read timeout.
 
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,68 +19,89 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::upstream::Pool;
+use crate::addr::Stream;
+use crate::attempt::{Attempt, Exchange, Loop, To};
+use crate::failure::{Failure, Fault};
+use crate::finish::{Finish, Origin};
 
 /// The app's response head to an upgrade must fit in this (nginx `proxy_buffer_size`-like).
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
-/// How long the app has to answer the upgrade request (nginx uses `proxy_read_timeout`, 60 s;
-/// an app that takes more than 10 s to accept a WebSocket is broken, and the client waits).
+/// The most the app has to answer the upgrade request: the pool's `read_timeout_ms` when it is
+/// shorter (as on every path to the app), else this (nginx waits `proxy_read_timeout`, 60 s by
+/// default; an app that takes more than 10 s to accept a WebSocket is broken, and the client
+/// waits).
 const UPGRADE_ANSWER_TIMEOUT: Duration =
     Duration::from_millis(crate::config::defaults::UPGRADE_TIMEOUT_MS);
 
-pub use crate::upstream::Failure;
+/// A WebSocket handshake on a new connection: its head, and the app's answer's head.
+struct Upgrade<'a> {
+    head: &'a [u8],
+}
+
+impl Exchange for Upgrade<'_> {
+    /// The connection, the app's answer's head, and the bytes that came after it.
+    type Conn = (Stream, ResponseHeader, Bytes);
+
+    async fn attempt(&mut self, to: To<'_>, _reuse: bool) -> Attempt<Self::Conn> {
+        let mut upstream = match tokio::time::timeout(to.timeouts.connect, to.addr.connect()).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Attempt::NotSent(Failure::connect(to.addr, &e)),
+            Err(_) => return Attempt::NotSent(Failure::ConnectTimeout(to.addr.to_string())),
+        };
+        // Until the whole head is written, the app cannot have started on the upgrade.
+        if let Err(e) = upstream.write_all(self.head).await {
+            return Attempt::NotSent(Failure::connect(to.addr, &e));
+        }
+        let wait = to.timeouts.read.min(UPGRADE_ANSWER_TIMEOUT);
+        match tokio::time::timeout(wait, read_head(&mut upstream)).await {
+            Err(_) => Attempt::Failed(Failure::Timeout(to.addr.to_string()).into()),
+            Ok(Err(why)) => Attempt::Failed(Failure::BadAnswer(to.addr.to_string(), why).into()),
+            Ok(Ok((resp, leftover))) => Attempt::Answered((upstream, resp, leftover)),
+        }
+    }
+}
 
 /// Open the tunnel and run it to the end. `req` already carries the forwarding headers.
+/// `Ok(Err(_))`: nothing was sent to the client yet, and the caller answers with the fault's
+/// status.
 pub async fn run(
     session: &mut Session,
-    pool: &Arc<Pool>,
-    client: Option<IpAddr>,
+    attempts: Loop<'_>,
     req: &RequestHeader,
-) -> Result<std::result::Result<(), Failure>> {
-    let mut tried = Vec::new();
-    let (mut upstream, addr) = loop {
-        let Some(i) = pool.select(client, &tried) else {
-            return Ok(Err(Failure::NoHealthyServer));
-        };
-        let addr = pool.servers[i].addr.clone();
-        match tokio::time::timeout(pool.connect_timeout, addr.connect()).await {
-            Ok(Ok(s)) => break (s, addr),
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %pool.name, server = %addr, error = %e, "websocket tunnel: connect failed, trying another server");
-                tried.push(i);
-                if tried.len() == pool.servers.len() {
-                    return Ok(Err(Failure::Connect(addr.to_string(), e.to_string())));
-                }
-            }
-            Err(_) => {
-                tried.push(i);
-                if tried.len() == pool.servers.len() {
-                    return Ok(Err(Failure::Timeout(addr.to_string())));
-                }
-            }
-        }
-    };
+    finish: Finish<'_>,
+) -> Result<std::result::Result<(), Fault>> {
     let head = serialize(req);
-    if let Err(e) = upstream.write_all(&head).await {
-        return Ok(Err(Failure::Connect(addr.to_string(), e.to_string())));
-    }
-
-    let (resp, leftover) =
-        match tokio::time::timeout(UPGRADE_ANSWER_TIMEOUT, read_head(&mut upstream)).await {
-            Err(_) => return Ok(Err(Failure::Timeout(addr.to_string()))),
-            Ok(Err(why)) => return Ok(Err(Failure::BadAnswer(addr.to_string(), why))),
-            Ok(Ok(r)) => r,
-        };
+    let won = match attempts.run(&mut Upgrade { head: &head }).await {
+        Ok(won) => won,
+        Err(fault) => return Ok(Err(fault)),
+    };
+    let (mut upstream, mut resp, leftover) = won.conn;
+    // An open tunnel counts as in flight for `least_conn` until it closes, as nginx counts an
+    // upgraded connection as active.
+    let _in_flight = won.in_flight;
 
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
         // The app refused the upgrade (e.g. 403 from Action Cable's origin check): relay its
-        // answer as it is and close.
+        // answer, finished like every other (not compressed: it is relayed byte for byte up to
+        // its length), and close.
         session.set_keepalive(None);
         let length: Option<usize> = resp
             .headers
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let finish = Finish {
+            compression: None,
+            ..finish
+        };
+        finish.head(
+            session.req_header(),
+            session.is_http2(),
+            &mut resp,
+            Origin::App,
+            false,
+        )?;
         session.write_response_header(Box::new(resp), false).await?;
         let mut sent = leftover.len();
         session.write_response_body(Some(leftover), false).await?;
@@ -156,7 +176,6 @@ async fn read_head(
                     resp.append_header(h.name.to_string(), h.value)
                         .map_err(|e| e.to_string())?;
                 }
-                crate::forwarding::response(&mut resp);
                 return Ok((resp, Bytes::copy_from_slice(&buf[len..])));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,

@@ -13,89 +13,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Where a server listens, parsed once with the settings.
-pub use crate::settings::Addr;
-use crate::settings::{Balance, HealthCheck, Protocol, Upstream};
+use crate::addr::{Addr, Timeouts};
+use crate::fastcgi;
+use crate::settings::{self, Balance, HealthCheck, Upstream};
 
-impl Addr {
-    /// The pingora peer for an HTTP connection to this server (TCP or Unix socket).
-    pub fn http_peer(&self) -> pingora::Result<pingora::upstreams::peer::HttpPeer> {
-        use pingora::upstreams::peer::HttpPeer;
-        match self {
-            Addr::Tcp(addr) => Ok(HttpPeer::new(*addr, false, String::new())),
-            Addr::Unix(path) => match path.to_str() {
-                Some(path) => HttpPeer::new_uds(path, false, String::new()),
-                None => pingora::Error::e_explain(
-                    pingora::ErrorType::HTTPStatus(502),
-                    "socket path is not UTF-8",
-                ),
-            },
-        }
-    }
-
-    /// Open a connection, for the health checks and the WebSocket tunnel.
-    pub async fn connect(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Addr::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }
-            Addr::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await?),
-        })
-    }
-}
-
-/// A connection to a server, whichever kind of socket it is.
-pub enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
+/// How the gateway talks to a pool's servers, with what that protocol keeps per pool. Every
+/// protocol gets server picking, retries ([`crate::attempt`]), the failure table
+/// ([`crate::failure`]) and the response finisher ([`crate::finish`]) from the same code; a new
+/// one is a variant here, built in [`Pool::from_config`], with an [`crate::attempt::Exchange`]
+/// and its arm in `proxy::Gateway::to_pool`.
+#[derive(Debug)]
+pub enum Protocol {
+    /// HTTP/1.1 (Puma, Unicorn, Octane, ...): pingora's proxy path, the relay, the tunnel.
+    Http,
+    /// FastCGI to php-fpm: the script rules and the kept connections.
+    FastCgi(Arc<fastcgi::Backend>),
 }
 
 /// One server of a pool, with the state the selection and the health checker share.
@@ -123,8 +55,7 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health: Option<HealthCheck>,
-    /// Set for `protocol: fastcgi` pools: the script rules and the idle connections.
-    pub fastcgi: Option<crate::fastcgi::Backend>,
+    pub protocol: Protocol,
     next: AtomicUsize,
 }
 
@@ -163,9 +94,11 @@ impl Pool {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             health: cfg.health_check.clone(),
-            fastcgi: match &cfg.protocol {
-                Protocol::FastCgi(f) => Some(crate::fastcgi::Backend::new(f, cfg.servers.len())),
-                Protocol::Http => None,
+            protocol: match &cfg.protocol {
+                settings::Protocol::FastCgi(f) => {
+                    Protocol::FastCgi(Arc::new(fastcgi::Backend::new(f, cfg.servers.len())))
+                }
+                settings::Protocol::Http => Protocol::Http,
             },
             next: AtomicUsize::new(0),
         }
@@ -196,6 +129,23 @@ impl Pool {
                     .filter(|i| usable(*i))
                     .max_by_key(|i| score(ip, &self.servers[*i].addr))
             }
+        }
+    }
+
+    /// Whether a server is left that is up and not in `exclude`: the retry rule's second half
+    /// (the first is [`crate::attempt`]'s). Does not move the round-robin turn.
+    pub fn usable_left(&self, exclude: &[usize]) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.is_healthy() && !exclude.contains(&i))
+    }
+
+    /// The timeouts of one attempt on a server of this pool.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            read: self.read_timeout,
         }
     }
 
@@ -313,7 +263,7 @@ mod tests {
                     )))
                 })
                 .collect(),
-            protocol: Protocol::Http,
+            protocol: settings::Protocol::Http,
             balance,
             health_check: None,
             connect_timeout: Duration::from_millis(1),
@@ -400,6 +350,41 @@ mod tests {
     }
 
     #[test]
+    fn the_retry_rule_goes_elsewhere_only_while_a_usable_server_is_left() {
+        use crate::attempt::{Tries, STALE_RETRIES};
+        use crate::failure::Failure;
+        let p = pool(Balance::RoundRobin, 3);
+        p.servers[2].healthy.store(false, Ordering::Relaxed);
+        let refused = Failure::Connect("127.0.0.1:3000".into(), "refused".into());
+        let mut tries = Tries::default();
+        let turn = p.next.load(Ordering::Relaxed);
+        // Server 1 is left (2 is down): the request goes there.
+        assert!(tries.not_sent(&p, 0, &refused, "routes[0]"));
+        assert_eq!(
+            p.next.load(Ordering::Relaxed),
+            turn,
+            "checking moved the turn"
+        );
+        assert_eq!(p.select(None, tries.tried()), Some(1));
+        // Nothing usable is left: the failure is the answer.
+        assert!(!tries.not_sent(&p, 1, &refused, "routes[0]"));
+        assert_eq!(p.select(None, tries.tried()), None);
+
+        // A kept connection found closed is sent again, a bounded number of times.
+        let mut tries = Tries::default();
+        for _ in 0..STALE_RETRIES {
+            assert!(tries.reuse());
+            assert!(tries.stale(&p, 0));
+        }
+        assert!(!tries.reuse(), "then only new connections");
+        assert!(!tries.stale(&p, 0));
+        assert!(
+            tries.tried().is_empty(),
+            "a stale connection is not the server's fault"
+        );
+    }
+
+    #[test]
     fn rise_and_fall_thresholds() {
         let p = pool(Balance::RoundRobin, 1);
         p.record(0, false, 2, 3);
@@ -411,59 +396,5 @@ mod tests {
         assert!(!p.servers[0].is_healthy());
         p.record(0, true, 2, 3);
         assert!(p.servers[0].is_healthy());
-    }
-}
-
-/// Why the app could not be asked or did not answer, on any path that talks to a pool (the
-/// WebSocket tunnel, held requests, php-fpm): 502/503/504, or a request refused on the way
-/// there. Addresses as shown in logs.
-#[derive(Debug)]
-pub enum Failure {
-    NoHealthyServer,
-    Connect(String, String),
-    Timeout(String),
-    BadAnswer(String, String),
-    /// No script for the path (FastCGI): php-fpm was not asked.
-    Missing,
-    /// A path that cannot name a script (FastCGI).
-    BadPath,
-    /// The streamed request body went past its length or the limit.
-    TooLarge,
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::NoHealthyServer => 503,
-            Failure::Timeout(_) => 504,
-            Failure::Connect(..) | Failure::BadAnswer(..) => 502,
-            Failure::Missing => 404,
-            Failure::BadPath => 400,
-            Failure::TooLarge => 413,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NoHealthyServer => "no healthy server".into(),
-            Failure::Timeout(a) => format!("{a} did not answer in time"),
-            Failure::Connect(a, e) => format!("cannot reach {a}: {e}"),
-            Failure::BadAnswer(a, e) => format!("{a} answered badly: {e}"),
-            Failure::Missing => "no such script".into(),
-            Failure::BadPath => "bad path".into(),
-            Failure::TooLarge => "request body too large".into(),
-        }
-    }
-
-    /// What the client is told (the details are for the log).
-    pub fn public_reason(&self) -> &'static str {
-        match self {
-            Failure::NoHealthyServer => "no healthy app server",
-            Failure::Timeout(_) => "the app did not answer in time",
-            Failure::Connect(..) | Failure::BadAnswer(..) => "the app did not answer properly",
-            Failure::Missing => "no such file",
-            Failure::BadPath => "bad path",
-            Failure::TooLarge => "request body too large",
-        }
     }
 }

@@ -552,3 +552,52 @@ async fn an_upload_answered_with_a_file_gets_the_file() {
         "{body}"
     );
 }
+
+/// Every answer passes the same finisher: a file the app names is compressed on the way out
+/// like a static file (nginx's gzip filter runs after an internal redirect too), and its 304
+/// carries the same `Vary` and weak ETag as the compressed 200 it stands for.
+#[tokio::test]
+async fn a_named_file_is_compressed_like_a_static_file() {
+    use std::io::Read;
+    let s = site();
+    let url = accel_url(&s, "x-accel-redirect", "/protected/report.txt", &[]);
+    let h1 = client_builder().http1_only().build().expect("client");
+    let r = h1
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert!(h.get("content-length").is_none(), "{h:?}");
+    let etag = h["etag"].to_str().expect("etag").to_string();
+    assert!(etag.starts_with("W/\""), "{etag}");
+    let body = r.bytes().await.expect("body");
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(body.as_ref())
+        .read_to_end(&mut plain)
+        .expect("gzip");
+    assert_eq!(plain, s.report, "the file, byte for byte once decoded");
+
+    let r = h1
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("conditional get");
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["vary"], "Accept-Encoding");
+    assert_eq!(r.headers()["etag"], etag.as_str());
+
+    // Without Accept-Encoding: the identity file, told what varies.
+    let r = h1.get(&url).send().await.expect("get");
+    assert_eq!(r.headers()["vary"], "Accept-Encoding");
+    assert_eq!(
+        r.headers()["content-length"],
+        s.report.len().to_string().as_str()
+    );
+}

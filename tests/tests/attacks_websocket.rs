@@ -219,8 +219,11 @@ async fn the_cable_tunnel_does_not_repeat_a_broken_apps_answer() {
     )
     .await;
     assert_generic(&answer, "502", &app);
+    // The detail is in the one failure line every path writes.
     assert!(
-        gw.proc.logs().contains("websocket tunnel failed"),
+        gw.proc.logs().lines().any(|l| l.contains("upstream failed")
+            && l.contains("by=\"tunnel\"")
+            && l.contains("invalid response")),
         "{}",
         gw.proc.logs()
     );

@@ -82,12 +82,13 @@ pub struct Hsts {
 
 impl Hsts {
     /// The `Strict-Transport-Security` value.
-    pub fn header_value(&self) -> String {
+    /// The `Strict-Transport-Security` value, built once at start rather than per answer.
+    pub fn header_value(&self) -> http::HeaderValue {
         let mut v = format!("max-age={}", self.max_age);
         if self.include_subdomains {
             v.push_str("; includeSubDomains");
         }
-        v
+        http::HeaderValue::try_from(v).expect("digits and a token are always a valid header value")
     }
 }
 
