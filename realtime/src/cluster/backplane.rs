@@ -113,6 +113,48 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Checks a Redis URL (and the PEM roots to trust for `rediss://`, if any) the way
+/// [`Backplane::start`] does, without connecting: for `gateway check`.
+pub fn check_url(url: &str, tls_root_pem: Option<&[u8]>) -> Result<(), BackplaneError> {
+    client(url, tls_root_pem).map(|_| ())
+}
+
+/// The client for `url`: `redis://` or `rediss://` only (a Unix socket would tie every node to
+/// one machine). Errors name the URL with its password redacted; redis-rs's own messages never
+/// repeat the URL.
+fn client(url: &str, tls_root_pem: Option<&[u8]>) -> Result<redis::Client, BackplaneError> {
+    let bad = |reason: String| BackplaneError::Url {
+        url: redact(url),
+        reason,
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(bad("only redis:// and rediss:// are supported".into()));
+    }
+    let client = match tls_root_pem {
+        Some(_) if !url.starts_with("rediss://") => {
+            return Err(bad(
+                "certificates to trust are only used with rediss://".into()
+            ))
+        }
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    if !matches!(
+        client.get_connection_info().addr(),
+        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+    ) {
+        return Err(bad("only redis:// and rediss:// are supported".into()));
+    }
+    Ok(client)
+}
+
 /// Why a backplane operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -238,27 +280,7 @@ impl Backplane {
     /// Checks the URL and starts connecting in the background (a node serves while Redis is
     /// away; see [`Backplane::link`]). Must be called within a tokio runtime.
     pub fn start(config: BackplaneConfig, sink: Arc<dyn Sink>) -> Result<Self, BackplaneError> {
-        let bad = |reason: String| BackplaneError::Url {
-            url: redact(&config.url),
-            reason,
-        };
-        let client = match &config.tls_root_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(config.url.as_str()),
-        }
-        .map_err(|e| bad(e.to_string()))?;
-        if !matches!(
-            client.get_connection_info().addr(),
-            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
-        ) {
-            return Err(bad("only redis:// and rediss:// are supported".into()));
-        }
+        let client = client(&config.url, config.tls_root_pem.as_deref())?;
         let (link, _) = watch::channel(Link::Connecting);
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.key_prefix),
