@@ -107,7 +107,7 @@ impl DeliveryLog {
                 // Skips are received whatever the offset; only an evicted
                 // sent event raises the floor.
                 if let Status::Sent(c) = old.status {
-                    self.floor = c;
+                    self.floor = self.floor.max(c);
                 }
             }
         }
@@ -179,6 +179,17 @@ impl Tracker {
     /// The socket left `topic`.
     pub(crate) fn forget(&mut self, topic: &str) {
         self.positions.remove(topic);
+    }
+
+    /// Messages of `topic` up to `to` were lost to this socket (a live reset: the fleet could
+    /// not deliver them). Socket.IO has no way to tell the client, so no recovery may cross
+    /// this point: a client that comes back with an offset from before it gets a new session
+    /// (`recovered: false`), which is how Socket.IO says "you may have missed events".
+    pub(crate) fn reset(&mut self, topic: Arc<str>, to: Position) {
+        self.positions.insert(topic, to);
+        if let Some(log) = self.log.as_mut() {
+            log.floor = log.sent + 1;
+        }
     }
 
     /// Decides on the next message from a joined topic (replay or live, in
