@@ -1056,6 +1056,10 @@ async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
                 };
                 let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
                 let Some(topic) = shared.keys.topic_of(&channel) else { continue };
+                // Every node hears every topic of the fleet: decode only what this one follows.
+                if !lock(&shared.cursors).by_topic.contains_key(topic) {
+                    continue;
+                }
                 match frame::decode(msg.get_payload_bytes()) {
                     Ok((position, body)) => {
                         shared.on_frame(topic, Source::Echo, position, Arc::new(body));
