@@ -96,6 +96,8 @@ pub fn refusal(req: &pingora::http::RequestHeader) -> Option<Refusal> {
 pub struct Admin {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub hub: realtime::hub::Hub,
+    /// `None` on a single node.
+    pub cluster: Option<Arc<crate::server::Cluster>>,
     pub publish: Arc<dyn realtime::seam::Service>,
     /// How the publish API's request bodies are read (the front door's limits).
     pub body: crate::buffering::BodyLimits,
@@ -119,8 +121,21 @@ impl Admin {
             })
             .collect();
         let hub = self.hub.stats().snapshot();
+        // The answer stays 200 when the cluster is degraded: the node still serves HTTP and its
+        // own connections, and a balancer that took every node out while Redis is down would
+        // turn a realtime outage into a full one. `status` says it for monitoring.
+        let cluster = match &self.cluster {
+            Some(c) => c.health(),
+            None => serde_json::json!({"status": "off"}),
+        };
+        let status = if cluster["status"] == "degraded" {
+            "degraded"
+        } else {
+            "ok"
+        };
         serde_json::json!({
-            "status": "ok",
+            "status": status,
+            "cluster": cluster,
             "upstreams": upstreams,
             "hub": {
                 "topics": hub.topics,
@@ -128,6 +143,7 @@ impl Admin {
                 "published": hub.published,
                 "delivered": hub.delivered,
                 "slow_consumer_disconnects": hub.slow_consumer_disconnects,
+                "live_resets": hub.live_resets,
             },
         })
     }

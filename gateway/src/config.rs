@@ -167,6 +167,24 @@ pub mod defaults {
     pub const SIO_RELAY_PER_SECOND: u32 = realtime::socketio::DEFAULT_RELAY_PER_SECOND;
     pub const SIO_RELAY_BURST: u32 = realtime::socketio::DEFAULT_RELAY_BURST;
 
+    /// The prefix of every Redis key and channel of the fleet: socket.io's redis adapter's own
+    /// default (`@socket.io/redis-adapter`, `@socket.io/redis-emitter`), so that a Node server
+    /// or an emitter pointed at the same Redis meets the gateways without configuration.
+    pub const CLUSTER_KEY_PREFIX: &str = realtime::cluster::keys::DEFAULT_PREFIX;
+
+    /// `<hostname>:<pid>`: unique among the processes of a fleet, and what an operator
+    /// recognises in logs and in Redis (`CLIENT LIST`, message frames). The host name is the
+    /// kernel's (`/proc/sys/kernel/hostname`), else `$HOSTNAME`, else `gateway`.
+    pub fn cluster_node_id() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && !h.chars().any(|c| c.is_whitespace() || c.is_control()))
+            .unwrap_or_else(|| "gateway".to_string());
+        format!("{host}:{}", std::process::id())
+    }
+
     /// Compression is what nginx deployments turn on first; an app that compresses itself
     /// turns it off per route.
     pub const COMPRESSION_ENABLED: bool = true;
@@ -237,6 +255,8 @@ pub struct Config {
     /// On-the-fly gzip / brotli of answers from the app and from static files.
     #[serde(default)]
     pub compression: Compression,
+    /// Several gateways sharing one realtime through Redis. Absent: a single node, no Redis.
+    pub cluster: Option<Cluster>,
     /// Worker threads of the HTTPS service (pingora `threads`). Absent: one per core.
     pub threads: Option<usize>,
     /// Seconds to let in-flight requests finish on SIGTERM.
@@ -247,6 +267,39 @@ impl Config {
     /// Parse only: serde_yaml_ng's message already names the field path and line.
     pub fn parse(text: &str) -> Result<Config, String> {
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// One node of a fleet of gateways: the hub's topics are sequenced and kept in Redis, so a
+/// publish on any node reaches the subscribers of every node, and a client resumes on any node.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
+    pub redis: String,
+    /// PEM file of the certificate authority that signed the Redis server's certificate
+    /// (`rediss://` with a private CA). Absent: the system's trusted roots.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's name in the fleet, written into every message it publishes. Absent:
+    /// `<hostname>:<pid>`.
+    pub node_id: Option<String>,
+    /// The prefix of every Redis key and channel.
+    pub key_prefix: Option<String>,
+    /// The address other nodes reach this one at for forwarded Engine.IO requests (parsed and
+    /// checked; the forwarding itself is not built yet).
+    pub internal_listen: Option<String>,
+}
+
+/// The URL may hold a password: never printed.
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("redis", &realtime::cluster::backplane::redact(&self.redis))
+            .field("tls_ca", &self.tls_ca)
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("internal_listen", &self.internal_listen)
+            .finish()
     }
 }
 

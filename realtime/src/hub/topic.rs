@@ -15,18 +15,36 @@ pub(super) struct Topic {
     pub(super) state: Mutex<TopicState>,
 }
 
+/// Where a topic's positions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A single node: this hub numbers the topic's messages.
+    Local,
+    /// A hub in a fleet: the position is the fleet's, and the messages come in order from it.
+    Fleet,
+    /// A hub in a fleet that did not know the fleet's position of the topic when the topic was
+    /// made here: its position is a local stand-in (a random epoch at 0) until the fleet's
+    /// first delivery says where it stands. Nothing can be published under the stand-in (in a
+    /// fleet every publish goes through it).
+    Unplaced,
+}
+
 impl Topic {
-    pub(super) fn new(name: &str, now: Instant) -> Self {
+    /// A new topic: at `at` when given (the fleet's position), else at 0 of a new epoch.
+    pub(super) fn new(name: &str, now: Instant, origin: Origin, at: Option<Position>) -> Self {
+        let at = at.unwrap_or(Position::new(Epoch::random(), 0));
         Topic {
             name: Arc::from(name),
             state: Mutex::new(TopicState {
-                epoch: Epoch::random(),
-                seq: 0,
+                epoch: at.epoch,
+                seq: at.seq,
                 history: VecDeque::new(),
                 history_bytes: 0,
                 subscribers: HashMap::new(),
                 last_activity: now,
                 dead: false,
+                origin,
+                alias: None,
             }),
         }
     }
@@ -45,6 +63,10 @@ pub(super) struct TopicState {
     /// `Arc<Topic>` must look the name up again rather than publish into (or
     /// join) an orphan.
     pub(super) dead: bool,
+    pub(super) origin: Origin,
+    /// The stand-in position an [`Origin::Unplaced`] topic handed out, and the fleet position
+    /// it turned out to be: a client resuming from the first resumes from the second.
+    pub(super) alias: Option<(Position, Position)>,
 }
 
 impl TopicState {
@@ -75,9 +97,14 @@ impl TopicState {
     /// replay ends exactly where live delivery begins.
     pub(super) fn resume(&self, since: Option<Position>) -> JoinOutcome {
         let current = self.position();
-        let Some(since) = since else {
+        let Some(mut since) = since else {
             return JoinOutcome::Fresh { position: current };
         };
+        if let Some((stand_in, placed)) = self.alias {
+            if since == stand_in {
+                since = placed;
+            }
+        }
         if since.epoch != self.epoch || since.seq > self.seq {
             // Another incarnation, or a position this one never reached.
             return JoinOutcome::Reset { current };
@@ -102,6 +129,16 @@ impl TopicState {
 
     pub(super) fn is_idle(&self, now: Instant, ttl: Duration) -> bool {
         self.subscribers.is_empty() && now.saturating_duration_since(self.last_activity) >= ttl
+    }
+
+    /// Moves the topic to `to` (the fleet's position), forgetting a history that no longer
+    /// leads up to it.
+    pub(super) fn jump(&mut self, to: Position) {
+        self.epoch = to.epoch;
+        self.seq = to.seq;
+        self.history = VecDeque::new();
+        self.history_bytes = 0;
+        self.alias = None;
     }
 
     /// Marks the topic dropped and frees its history.
