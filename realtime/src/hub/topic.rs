@@ -10,6 +10,19 @@ use super::message::{Message, SubscriberId};
 use super::position::{Epoch, Position};
 use super::subscriber::{JoinOutcome, SubShared};
 
+/// Why a resume position cannot be served (counted by reason in `HubStats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ResetReason {
+    /// It can be served.
+    Servable,
+    /// Of another incarnation of the topic.
+    Epoch,
+    /// Beyond the topic's newest message.
+    Ahead,
+    /// Part of the gap has left the history.
+    Evicted,
+}
+
 pub(super) struct Topic {
     pub(super) name: Arc<str>,
     pub(super) state: Mutex<TopicState>,
@@ -78,19 +91,30 @@ impl TopicState {
         let Some(since) = since else {
             return JoinOutcome::Fresh { position: current };
         };
-        if since.epoch != self.epoch || since.seq > self.seq {
-            // Another incarnation, or a position this one never reached.
+        if self.reset_reason(since) != ResetReason::Servable {
             return JoinOutcome::Reset { current };
         }
         let missing = self.seq - since.seq;
-        if missing > self.history.len() as u64 {
-            // Part of the gap has been evicted.
-            return JoinOutcome::Reset { current };
-        }
         let start = self.history.len() - missing as usize;
         JoinOutcome::Resumed {
             replay: self.history.range(start..).cloned().collect(),
             position: current,
+        }
+    }
+
+    /// Why a resume from `since` cannot be served ([`ResetReason::Servable`]: it can).
+    pub(super) fn reset_reason(&self, since: Position) -> ResetReason {
+        if since.epoch != self.epoch {
+            // Another incarnation.
+            ResetReason::Epoch
+        } else if since.seq > self.seq {
+            // A position this one never reached.
+            ResetReason::Ahead
+        } else if self.seq - since.seq > self.history.len() as u64 {
+            // Part of the gap has been evicted.
+            ResetReason::Evicted
+        } else {
+            ResetReason::Servable
         }
     }
 
