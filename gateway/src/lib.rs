@@ -31,6 +31,7 @@ pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;
+pub mod noise;
 pub mod probe;
 pub mod proxy;
 pub mod redirect;
