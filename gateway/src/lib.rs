@@ -19,6 +19,7 @@
 //! [`admin`] reports on it.
 
 pub mod accel;
+pub mod access_log;
 pub mod addr;
 pub mod admin;
 pub mod attempt;
@@ -31,6 +32,7 @@ pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;
+pub mod metrics;
 pub mod noise;
 pub mod probe;
 pub mod proxy;

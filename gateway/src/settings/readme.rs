@@ -233,6 +233,17 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "compression.brotli_level" => num(comp?.brotli_level),
         "compression.min_length" => num(comp?.min_length),
         "grace_period_s" => num(s.grace_period.as_secs()),
+        "access_log.path" => text(match &s.access_log.target {
+            LogTarget::Off => "off".to_string(),
+            LogTarget::Stdout => "stdout".to_string(),
+            LogTarget::Stderr => "stderr".to_string(),
+            LogTarget::File(p) => p.display().to_string(),
+        }),
+        "access_log.format" => text(match s.access_log.format {
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }),
+        "access_log.queue_lines" => num(s.access_log.queue_lines as u64),
         other => {
             panic!("the README names {other}, which this test does not know: add it to `value`")
         }
