@@ -29,6 +29,7 @@ routes:
   - {{path: /events, realtime: sse}}
   - {{path: /ws, realtime: websocket}}
   - {{path: /dead, upstream: dead}}
+  - {{path: /socket.io/, realtime: socketio}}
   - {{path: /, upstream: app}}
 {extra}
 "#,
@@ -40,7 +41,10 @@ routes:
 async fn scrape(gw: &Gateway) -> prometheus_parse::Scrape {
     let r = reqwest::get(gw.admin("/metrics")).await.expect("/metrics");
     assert_eq!(r.status(), 200);
-    let content_type = r.headers()["content-type"].to_str().expect("ascii").to_string();
+    let content_type = r.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
@@ -124,12 +128,15 @@ async fn metrics_parse_and_move_with_real_traffic() {
 
     let after = eventually(Duration::from_secs(5), || async {
         let s = scrape(&gw).await;
-        value(&s, "gateway_tls_handshake_failures_total", &[("reason", "closed")])
-            >= value(
-                &before,
-                "gateway_tls_handshake_failures_total",
-                &[("reason", "closed")],
-            ) + 3.0
+        value(
+            &s,
+            "gateway_tls_handshake_failures_total",
+            &[("reason", "closed")],
+        ) >= value(
+            &before,
+            "gateway_tls_handshake_failures_total",
+            &[("reason", "closed")],
+        ) + 3.0
     })
     .await;
     assert!(after, "three abandoned handshakes are counted as closed");
@@ -137,15 +144,15 @@ async fn metrics_parse_and_move_with_real_traffic() {
     let moved = |route: &str, status: &str, upstream: &str| {
         requests(&s, route, status, upstream) - requests(&before, route, status, upstream)
     };
-    assert_eq!(moved("routes[3]", "2xx", "app"), 3.0);
-    assert_eq!(moved("routes[3]", "4xx", "app"), 1.0);
+    assert_eq!(moved("routes[4]", "2xx", "app"), 3.0);
+    assert_eq!(moved("routes[4]", "4xx", "app"), 1.0);
     assert_eq!(moved("routes[2]", "5xx", "dead"), 1.0);
-    assert_eq!(moved("routes[3]", "5xx", "app"), 0.0);
+    assert_eq!(moved("routes[4]", "5xx", "app"), 0.0);
     assert_eq!(
         value(
             &s,
             "gateway_request_duration_seconds_count",
-            &[("route", "routes[3]")]
+            &[("route", "routes[4]")]
         ),
         4.0
     );
@@ -191,7 +198,11 @@ async fn metrics_parse_and_move_with_real_traffic() {
         value(
             &s,
             "gateway_route",
-            &[("route", "routes[0]"), ("path", "/events"), ("target", "sse")]
+            &[
+                ("route", "routes[0]"),
+                ("path", "/events"),
+                ("target", "sse")
+            ]
         ),
         1.0
     );
@@ -207,7 +218,10 @@ async fn metrics_parse_and_move_with_real_traffic() {
         .await
         .expect("sse");
     assert_eq!(stream.status(), 200);
-    assert!(gauge_reaches(&gw, "sse", 1.0).await, "the SSE stream is counted");
+    assert!(
+        gauge_reaches(&gw, "sse", 1.0).await,
+        "the SSE stream is counted"
+    );
     assert!(open_gauge(&gw, "http1").await >= 1.0);
     drop(stream);
     assert!(
@@ -217,7 +231,10 @@ async fn metrics_parse_and_move_with_real_traffic() {
 
     let url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
     let (mut ws, _) = websocket(&url, Some("pubsub.v1")).await.expect("ws");
-    assert!(gauge_reaches(&gw, "ws", 1.0).await, "the WebSocket is counted");
+    assert!(
+        gauge_reaches(&gw, "ws", 1.0).await,
+        "the WebSocket is counted"
+    );
     ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
         .await
         .expect("close");
@@ -230,9 +247,42 @@ async fn metrics_parse_and_move_with_real_traffic() {
     let s = scrape(&gw).await;
     assert_eq!(value(&s, "gateway_hub_subscribers", &[]), 0.0);
     assert_eq!(
-        value(&s, "gateway_hub_drops_total", &[("reason", "slow_consumer")]),
+        value(
+            &s,
+            "gateway_hub_drops_total",
+            &[("reason", "slow_consumer")]
+        ),
         0.0
     );
+
+    // The example Grafana dashboard is valid JSON, and every metric it queries is served.
+    let dashboard = e2e::workspace_root().join("examples/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let text = reqwest::get(gw.admin("/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("body");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("gateway_"))
+            {
+                queried += 1;
+                assert!(
+                    text.lines().any(|l| l.starts_with(name)),
+                    "the dashboard queries {name}, which /metrics does not have"
+                );
+            }
+        }
+    }
+    assert!(queried > 20, "{queried}");
 
     // Noise is not an error: no ERROR line for the abandoned handshakes (pingora wrote one
     // for each), while the real fault (the dead pool) is still in the log.
@@ -371,14 +421,28 @@ async fn access_log_is_nginx_combined_goaccess_reads_it_and_sigusr1_reopens_it()
         eventually(Duration::from_secs(5), || async { log.exists() }).await,
         "SIGUSR1 reopened the log: a new file exists"
     );
-    let r = c.get(gw.https("/after-rotation")).send().await.expect("get");
+    let r = c
+        .get(gw.https("/after-rotation"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 404);
     let new_lines = lines_of(&log, 1).await;
     assert_eq!(new_lines.len(), 1, "{new_lines:?}");
-    assert!(new_lines[0].contains("GET /after-rotation "), "{new_lines:?}");
+    assert!(
+        new_lines[0].contains("GET /after-rotation "),
+        "{new_lines:?}"
+    );
     let old = std::fs::read_to_string(&rotated).expect("rotated");
-    assert_eq!(old.lines().count(), 3, "the rotated file keeps its lines only");
-    assert!(gw.proc.exited().is_none(), "SIGUSR1 did not stop the gateway");
+    assert_eq!(
+        old.lines().count(),
+        3,
+        "the rotated file keeps its lines only"
+    );
+    assert!(
+        gw.proc.exited().is_none(),
+        "SIGUSR1 did not stop the gateway"
+    );
 }
 
 #[tokio::test]
@@ -447,7 +511,7 @@ async fn json_log_and_x_request_id_from_client_to_app_and_log() {
     assert_eq!(e["method"], "GET");
     assert_eq!(e["uri"], "/echo");
     assert_eq!(e["status"], 200);
-    assert_eq!(e["route"], "routes[3]");
+    assert_eq!(e["route"], "routes[4]");
     assert_eq!(e["upstream"], "app");
     assert_eq!(e["upstream_addr"], stub.addr.to_string());
     assert_eq!(e["tls"], true);
