@@ -30,6 +30,7 @@ use crate::upstream::Pool;
 /// and header values are reference-counted clones.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// When the request ended (nginx's `$time_local` is the time its line is written).
     pub time: SystemTime,
     pub client: Option<IpAddr>,
     pub method: Method,
@@ -330,16 +331,23 @@ impl Sink {
 }
 
 impl AccessLog {
-    /// Start the writer (and, for a file, the `SIGUSR1` watcher); `None` when the log is off.
-    /// `dropped` counts lines the writer could not take in time.
+    /// Start the writer and the `SIGUSR1` watcher; `None` when the log is off. `dropped`
+    /// counts lines the writer could not take in time.
+    ///
+    /// `SIGUSR1` is handled whatever the target (a reopen of stdout does nothing; with the
+    /// log off it is ignored): its default action ends the process, and a logrotate
+    /// configuration copied from another host must not stop the gateway. The handler is
+    /// registered now, before anything listens.
     pub fn start(
         settings: &AccessLogSettings,
         dropped: Counter,
     ) -> Result<Option<Arc<AccessLog>>, AccessLogError> {
         let Some(sink) = Sink::new(&settings.target)? else {
+            let ignored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGUSR1, ignored)
+                .map_err(AccessLogError::Signal)?;
             return Ok(None);
         };
-        let reopen = sink.path.is_some();
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_lines);
         let format = settings.format;
         std::thread::Builder::new()
@@ -347,25 +355,21 @@ impl AccessLog {
             .spawn(move || write_lines(rx, sink, format))
             .map_err(AccessLogError::Thread)?;
         let log = Arc::new(AccessLog { tx, dropped });
-        if reopen {
-            // Registered now, before anything listens: a SIGUSR1 that arrived before its
-            // handler would end the process (the signal's default action).
-            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
-                .map_err(AccessLogError::Signal)?;
-            let tx = log.tx.clone();
-            std::thread::Builder::new()
-                .name("access-log-usr1".into())
-                .spawn(move || {
-                    for _ in signals.forever() {
-                        // Behind the lines already queued; a full queue means the writer is
-                        // busy and will see this soon after.
-                        if tx.send(Msg::Reopen).is_err() {
-                            return;
-                        }
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+            .map_err(AccessLogError::Signal)?;
+        let tx = log.tx.clone();
+        std::thread::Builder::new()
+            .name("access-log-usr1".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    // Behind the lines already queued; a full queue means the writer is busy
+                    // and takes this soon after.
+                    if tx.send(Msg::Reopen).is_err() {
+                        return;
                     }
-                })
-                .map_err(AccessLogError::Thread)?;
-        }
+                }
+            })
+            .map_err(AccessLogError::Thread)?;
         Ok(Some(log))
     }
 

@@ -696,7 +696,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
         log.log(Entry {
-            time: std::time::SystemTime::now() - duration,
+            time: std::time::SystemTime::now(),
             client: ctx.client,
             method: req.method.clone(),
             uri: req.uri.clone(),

@@ -100,7 +100,7 @@ fn tcp_check(addr: SocketAddr) {
 #[tokio::test]
 async fn metrics_parse_and_move_with_real_traffic() {
     let stub = Stub::start("a");
-    let gw = Gateway::start(&config(&stub, "access_log: {path: off}"));
+    let mut gw = Gateway::start(&config(&stub, "access_log: {path: off}"));
     let c = client();
     let before = scrape(&gw).await;
     let requests = |s: &prometheus_parse::Scrape, route: &str, status: &str, upstream: &str| {
@@ -283,6 +283,14 @@ async fn metrics_parse_and_move_with_real_traffic() {
         }
     }
     assert!(queried > 20, "{queried}");
+
+    // A logrotate SIGUSR1 to a gateway whose access log is off does not end it (the
+    // signal's default action would).
+    gw.proc.signal(10);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.proc.exited().is_none(), "SIGUSR1 ended the gateway");
+    let r = c.get(gw.https("/ping")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
 
     // Noise is not an error: no ERROR line for the abandoned handshakes (pingora wrote one
     // for each), while the real fault (the dead pool) is still in the log.
