@@ -25,6 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::settings::{AccessLogFormat, AccessLogSettings, LogTarget};
 use crate::upstream::Pool;
+use crate::ws_frames::Frames;
 
 /// What one request leaves in the log. Cheap to build on the request path: the method, URI
 /// and header values are reference-counted clones.
@@ -57,6 +58,8 @@ pub struct Entry {
     /// From the first attempt on the pool to the app's answer head.
     pub upstream_duration: Option<Duration>,
     pub tls: bool,
+    /// An upgraded session's WebSocket frames: messages each way and how it closed.
+    pub websocket: Option<Box<Frames>>,
 }
 
 /// nginx logs a request whose client left before the answer as 499.
@@ -219,6 +222,13 @@ pub fn json(e: &Entry, out: &mut String) {
         "upstream": upstream,
         "upstream_addr": server,
         "tls": e.tls,
+        "websocket": e.websocket.as_deref().map(|f| serde_json::json!({
+            "messages_in": f.from_client.messages,
+            "messages_out": f.to_client.messages,
+            "close_code": f.close.as_ref().and_then(|c| c.code),
+            "close_reason": f.close.as_ref().map(|c| c.reason.as_str()),
+            "closed_by": f.close.as_ref().map(|c| if c.by_client { "client" } else { "server" }),
+        })),
     });
     let _ = write!(out, "{line}");
     out.push('\n');
@@ -437,6 +447,7 @@ mod tests {
             duration: Duration::from_micros(12_345),
             upstream_duration: Some(Duration::from_millis(10)),
             tls: true,
+            websocket: None,
         }
     }
 

@@ -16,7 +16,9 @@
 //! stay behind, HSTS over TLS, [`compression`], framing), [`forwarding`] what the app learns
 //! about the client, and [`addr`] how a server is reached. [`config`] is the file that
 //! describes all of it, built once into the typed [`settings`] every other module takes, and
-//! [`admin`] reports on it.
+//! [`admin`] reports on it. Every request ends in `proxy::Gateway::logging`, the one place
+//! it is counted ([`metrics`]) and logged ([`access_log`]; an upgraded session's frames are
+//! read by [`ws_frames`]); [`noise`] keeps abandoned TLS handshakes out of the error log.
 
 pub mod accel;
 pub mod access_log;
@@ -47,3 +49,4 @@ pub mod static_files;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod ws_frames;

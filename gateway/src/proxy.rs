@@ -29,6 +29,7 @@ use crate::metrics::{Metrics, Open};
 use crate::router::{Router, Target};
 use crate::settings::{Cidr, Limits};
 use crate::upstream::{Pool, Protocol};
+use crate::ws_frames::Frames;
 use crate::{fastcgi, forwarding, relay, seam, tunnel};
 
 pub struct Gateway {
@@ -85,6 +86,8 @@ pub struct Ctx {
     /// A fault classified where it happened on pingora's proxy path, for `fail_to_proxy`
     /// (which pingora hands only an error).
     fault: Option<Fault>,
+    /// An upgraded session's WebSocket frames (tunnel, realtime), for its log line.
+    frames: Option<Box<Frames>>,
 }
 
 impl Ctx {
@@ -323,7 +326,8 @@ impl Gateway {
             Protocol::Http if upgrade => {
                 ctx.served_by = "tunnel";
                 let _open = self.metrics.open(Open::Tunnel);
-                tunnel::run(session, attempts, &req, finish)
+                let frames = ctx.frames.insert(Box::default());
+                tunnel::run(session, attempts, &req, finish, frames)
                     .await
                     .map(|r| r.map(|()| Answer::Sent))
             }
@@ -466,7 +470,13 @@ impl ProxyHttp for Gateway {
                 // Per-client limits of the realtime services count the real client behind a
                 // trusted proxy, not the proxy.
                 let client = forwarding::real_client(&self.client(ctx), &req.headers);
-                seam::serve(session, service.clone(), client, &self.body_limits()).await?;
+                let limits = self.body_limits();
+                if session.is_upgrade_req() {
+                    let frames = ctx.frames.insert(Box::default());
+                    seam::serve_counted(session, service.clone(), client, &limits, frames).await?;
+                } else {
+                    seam::serve(session, service.clone(), client, &limits).await?;
+                }
                 Ok(true)
             }
             Target::App {
@@ -714,6 +724,7 @@ impl ProxyHttp for Gateway {
             duration,
             upstream_duration: ctx.upstream_time,
             tls: ctx.tls,
+            websocket: ctx.frames.take().filter(|_| status == 101),
         });
     }
 }

@@ -525,4 +525,64 @@ async fn json_log_and_x_request_id_from_client_to_app_and_log() {
     assert_eq!(e["tls"], true);
     assert!(e["request_time"].as_f64().is_some());
     assert!(e["upstream_header_time"].as_f64().is_some());
+    assert_eq!(e["websocket"], serde_json::Value::Null);
+
+    // A WebSocket session is logged once, when it ends: its duration, bytes and messages each
+    // way, and how it closed. Through the tunnel to the app (its echo) ...
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("wss://127.0.0.1:{}/cable", gw.ports.https);
+    let (mut ws, _) = websocket(&url, None).await.expect("tunnel");
+    for text in ["one", "two", "three"] {
+        ws.send(Message::Text(text.into())).await.expect("send");
+        let echoed = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(echoed, Message::Text(text.into()));
+    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done here".into(),
+    }))
+    .await
+    .expect("close");
+    while let Some(Ok(_)) = ws.next().await {}
+    // ... and to the in-process /ws endpoint, closed by the client with 1001.
+    let url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
+    let (mut ws, _) = websocket(&url, Some("pubsub.v1")).await.expect("ws");
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    }))
+    .await
+    .expect("close");
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let lines = lines_of(&log, 5).await;
+    let sessions: Vec<serde_json::Value> = lines[3..]
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let tunnel = sessions
+        .iter()
+        .find(|e| e["uri"] == "/cable")
+        .expect("the tunnel's line");
+    assert_eq!(tunnel["status"], 101);
+    assert_eq!(tunnel["served_by"], "tunnel");
+    let w = &tunnel["websocket"];
+    assert_eq!(
+        (w["messages_in"].as_u64(), w["messages_out"].as_u64()),
+        (Some(3), Some(3)),
+        "{w}"
+    );
+    assert_eq!(w["close_code"], 1000, "{w}");
+    assert_eq!(w["close_reason"], "done here", "{w}");
+    assert_eq!(w["closed_by"], "client", "{w}");
+    assert!(tunnel["body_bytes_sent"].as_u64() > Some(0));
+    assert!(tunnel["request_length"].as_u64() > Some(0));
+    let endpoint = sessions
+        .iter()
+        .find(|e| e["uri"] == "/ws")
+        .expect("the /ws line");
+    assert_eq!(endpoint["served_by"], "realtime");
+    assert_eq!(endpoint["websocket"]["close_code"], 1001, "{endpoint}");
+    assert_eq!(endpoint["websocket"]["closed_by"], "client", "{endpoint}");
 }
