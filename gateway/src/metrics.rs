@@ -9,7 +9,7 @@
 //! allocation, no formatting. The crate's histogram takes a lock per observation, so the
 //! latency histograms are [`Histogram`], atomics per bucket. What other parts already count
 //! (the hub, Socket.IO, the pools' health and in-flight requests, TLS handshake failures) is
-//! read when Prometheus scrapes, by [`Scraped`].
+//! read when Prometheus scrapes, by `Scraped`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// answer (the client left first), which nginx logs as 499.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-/// Where a status falls in [`CLASSES`].
+/// Where a status falls in `CLASSES` (the `status` label).
 pub fn class_index(status: u16) -> usize {
     match status {
         100..=599 => usize::from(status / 100 - 1),
