@@ -12,9 +12,11 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::h2_guard::{H2Guard, H2Limits};
 use crate::header_deadline::HeaderDeadline;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
@@ -30,6 +32,8 @@ pub enum StartError {
     Routes(#[from] crate::router::BuildError),
     #[error(transparent)]
     Internal(#[from] crate::accel::BuildError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("temporary directory {}: {source}", .path.display())]
     TempDir {
         path: std::path::PathBuf,
@@ -296,6 +300,13 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
     let limits = &settings.limits;
+    let metrics = Arc::new(Metrics::new(
+        settings,
+        pools.clone(),
+        rt.hub.clone(),
+        rt.socketio.get().cloned(),
+    ));
+    let access_log = AccessLog::start(&settings.access_log, metrics.access_log_dropped.clone())?;
     let gateway = Gateway {
         router,
         limits: limits.clone(),
@@ -304,6 +315,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
         temp_dir: Arc::new(temp_dir),
         connector,
+        metrics: metrics.clone(),
+        access_log,
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
@@ -323,6 +336,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
             inner: Arc::new(H2Guard {
                 inner: Arc::new(http),
                 limits: H2Limits::from_limits(limits),
+                metrics: metrics.clone(),
             }),
             timeout: header_timeout,
         },
@@ -360,6 +374,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
 
     if let Some(addr) = listen.admin {
         let admin = Admin {
+            metrics,
             pools: admin_pools,
             hub: rt.hub.clone(),
             cluster: rt.cluster.clone(),

@@ -113,6 +113,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         internal_locations(c.internal_locations, &c.routes, &public, base, &mut r);
 
     let routes = routes(c.routes, &upstreams, &websockets, base, &mut r);
+    let access_log = access_log(&c.access_log, base, &mut r);
 
     let threads = c.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -148,6 +149,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         cluster,
         threads,
         grace_period,
+        access_log,
     })
 }
 
@@ -331,6 +333,35 @@ fn proxy(p: config::Proxy, state_dir: &Path, base: &Path, r: &mut Report) -> Pro
             .temp_dir
             .map(|d| resolve(base, d))
             .unwrap_or_else(|| state_dir.join(defaults::TEMP_SUBDIR)),
+    }
+}
+
+fn access_log(a: &config::AccessLog, base: &Path, r: &mut Report) -> AccessLogSettings {
+    let path = a.path.as_deref().unwrap_or(defaults::ACCESS_LOG_PATH);
+    let target = match path {
+        "off" => LogTarget::Off,
+        "stdout" => LogTarget::Stdout,
+        "stderr" => LogTarget::Stderr,
+        file => {
+            let file = resolve(base, PathBuf::from(file));
+            match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => r.bad(
+                    "access_log.path",
+                    format!("{}: no such directory", dir.display()),
+                ),
+                _ => {}
+            }
+            LogTarget::File(file)
+        }
+    };
+    let queue_lines = a.queue_lines.unwrap_or(defaults::ACCESS_LOG_QUEUE_LINES);
+    if queue_lines == 0 {
+        r.bad("access_log.queue_lines", "must be at least 1");
+    }
+    AccessLogSettings {
+        target,
+        format: a.format.unwrap_or(defaults::ACCESS_LOG_FORMAT),
+        queue_lines,
     }
 }
 

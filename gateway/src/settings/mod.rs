@@ -28,7 +28,7 @@ use http::HeaderValue;
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
-pub use crate::config::{defaults, Balance, RealtimeKind};
+pub use crate::config::{defaults, AccessLogFormat, Balance, RealtimeKind};
 pub use certs::{load_pair, TlsError};
 pub use values::{is_plain_file_name, Addr, AddrError, Cidr, Coding, ServerName, TypePattern};
 
@@ -51,6 +51,25 @@ pub struct Settings {
     pub threads: usize,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
+    pub access_log: AccessLogSettings,
+}
+
+/// Where and how the access log is written.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    pub target: LogTarget,
+    pub format: AccessLogFormat,
+    pub queue_lines: usize,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    /// Appended to; reopened on `SIGUSR1`.
+    File(PathBuf),
 }
 
 /// This node's place in a fleet of gateways on one Redis.

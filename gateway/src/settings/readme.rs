@@ -236,6 +236,17 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "cluster.redis" | "cluster.internal_listen" => None,
         "cluster.key_prefix" => text(&s.cluster.as_ref()?.key_prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
+        "access_log.path" => text(match &s.access_log.target {
+            LogTarget::Off => "off".to_string(),
+            LogTarget::Stdout => "stdout".to_string(),
+            LogTarget::Stderr => "stderr".to_string(),
+            LogTarget::File(p) => p.display().to_string(),
+        }),
+        "access_log.format" => text(match s.access_log.format {
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }),
+        "access_log.queue_lines" => num(s.access_log.queue_lines as u64),
         other => {
             panic!("the README names {other}, which this test does not know: add it to `value`")
         }

@@ -76,7 +76,7 @@ pub use subscriber::{CloseReason, Closed, JoinOutcome, Subscriber};
 
 use idempotency::{IdemShard, Outcome};
 use subscriber::{Push, SubShared};
-use topic::{Origin, Topic, TopicState};
+use topic::{Origin, ResetReason, Topic, TopicState};
 
 /// Shards of the topic map and the idempotency store: lookups from many
 /// cores then rarely touch the same lock.
@@ -238,6 +238,12 @@ pub struct HubStats {
     pub replayed: AtomicU64,
     /// Joins answered with a Reset.
     pub resets: AtomicU64,
+    /// Of those: part of the gap had left the history.
+    pub resets_evicted: AtomicU64,
+    /// Of those: the position was of another incarnation of the topic.
+    pub resets_epoch: AtomicU64,
+    /// Of those: a position the topic never reached.
+    pub resets_ahead: AtomicU64,
     /// Subscribers closed because their queue was full.
     pub slow_consumer_disconnects: AtomicU64,
     /// Topics dropped by [`Hub::sweep`].
@@ -259,6 +265,9 @@ pub struct HubStatsSnapshot {
     pub delivered: u64,
     pub replayed: u64,
     pub resets: u64,
+    pub resets_evicted: u64,
+    pub resets_epoch: u64,
+    pub resets_ahead: u64,
     pub slow_consumer_disconnects: u64,
     pub topics_swept: u64,
     pub idempotent_hits: u64,
@@ -277,6 +286,9 @@ impl HubStats {
             delivered: get(&self.delivered),
             replayed: get(&self.replayed),
             resets: get(&self.resets),
+            resets_evicted: get(&self.resets_evicted),
+            resets_epoch: get(&self.resets_epoch),
+            resets_ahead: get(&self.resets_ahead),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             topics_swept: get(&self.topics_swept),
             idempotent_hits: get(&self.idempotent_hits),
@@ -1006,6 +1018,9 @@ impl Inner {
                 ss.topics.insert(Arc::clone(&topic.name));
             }
             let outcome = st.resume(since);
+            let reset_reason = since
+                .filter(|_| outcome.is_reset())
+                .map(|s| st.reset_reason(s));
             st.subscribers.insert(sub.id, Arc::clone(sub));
             st.last_activity = Instant::now();
             drop(st);
@@ -1017,6 +1032,14 @@ impl Inner {
                 }
                 JoinOutcome::Reset { .. } => {
                     self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                    let by_reason = match reset_reason {
+                        Some(ResetReason::Epoch) => &self.stats.resets_epoch,
+                        Some(ResetReason::Ahead) => &self.stats.resets_ahead,
+                        Some(ResetReason::Evicted | ResetReason::Servable) | None => {
+                            &self.stats.resets_evicted
+                        }
+                    };
+                    by_reason.fetch_add(1, Ordering::Relaxed);
                 }
                 JoinOutcome::Fresh { .. } => {}
             }

@@ -160,6 +160,8 @@ fn history_is_bounded_and_evicts_oldest() {
         assert!(out.is_reset(), "since {since}");
         assert_eq!(out.position(), last);
     }
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_evicted), (2, 2));
 }
 
 #[test]
@@ -263,7 +265,8 @@ fn join_with_wrong_epoch_resets_and_stays_subscribed() {
     }
     hub.publish("t", "e", json!(2), None).unwrap();
     assert_eq!(seqs(&drain(&s)), [2]);
-    assert_eq!(hub.stats().snapshot().resets, 1);
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_epoch), (1, 1));
 }
 
 #[test]
@@ -273,6 +276,8 @@ fn join_with_future_seq_resets() {
     let s = hub.subscribe().unwrap();
     let out = s.join("t", Some(Position::new(p.epoch, 2))).unwrap();
     assert!(matches!(out, JoinOutcome::Reset { current } if current == p));
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_ahead), (1, 1));
 }
 
 #[test]

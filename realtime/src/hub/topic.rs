@@ -10,6 +10,19 @@ use super::message::{Message, SubscriberId};
 use super::position::{Epoch, Position};
 use super::subscriber::{JoinOutcome, SubShared};
 
+/// Why a resume position cannot be served (counted by reason in `HubStats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ResetReason {
+    /// It can be served.
+    Servable,
+    /// Of another incarnation of the topic.
+    Epoch,
+    /// Beyond the topic's newest message.
+    Ahead,
+    /// Part of the gap has left the history.
+    Evicted,
+}
+
 pub(super) struct Topic {
     pub(super) name: Arc<str>,
     pub(super) state: Mutex<TopicState>,
@@ -97,27 +110,44 @@ impl TopicState {
     /// replay ends exactly where live delivery begins.
     pub(super) fn resume(&self, since: Option<Position>) -> JoinOutcome {
         let current = self.position();
-        let Some(mut since) = since else {
+        let Some(since) = since else {
             return JoinOutcome::Fresh { position: current };
         };
-        if let Some((stand_in, placed)) = self.alias {
-            if since == stand_in {
-                since = placed;
-            }
-        }
-        if since.epoch != self.epoch || since.seq > self.seq {
-            // Another incarnation, or a position this one never reached.
+        let since = self.placed(since);
+        if self.reset_reason(since) != ResetReason::Servable {
             return JoinOutcome::Reset { current };
         }
         let missing = self.seq - since.seq;
-        if missing > self.history.len() as u64 {
-            // Part of the gap has been evicted.
-            return JoinOutcome::Reset { current };
-        }
         let start = self.history.len() - missing as usize;
         JoinOutcome::Resumed {
             replay: self.history.range(start..).cloned().collect(),
             position: current,
+        }
+    }
+
+    /// `since` as this topic knows it: the stand-in position a client was given before the
+    /// fleet placed the topic reads as the position it was placed at.
+    fn placed(&self, since: Position) -> Position {
+        match self.alias {
+            Some((stand_in, placed)) if since == stand_in => placed,
+            _ => since,
+        }
+    }
+
+    /// Why a resume from `since` cannot be served ([`ResetReason::Servable`]: it can).
+    pub(super) fn reset_reason(&self, since: Position) -> ResetReason {
+        let since = self.placed(since);
+        if since.epoch != self.epoch {
+            // Another incarnation.
+            ResetReason::Epoch
+        } else if since.seq > self.seq {
+            // A position this one never reached.
+            ResetReason::Ahead
+        } else if self.seq - since.seq > self.history.len() as u64 {
+            // Part of the gap has been evicted.
+            ResetReason::Evicted
+        } else {
+            ResetReason::Servable
         }
     }
 
