@@ -23,6 +23,8 @@ fn info() -> HandshakeInfo {
         query: "EIO=4&transport=websocket&room=blue".into(),
         peer: None,
         client: None,
+        local: None,
+        authority: None,
         secure: false,
         transport: Transport::WebSocket,
     }
