@@ -127,6 +127,7 @@ impl Realtime {
                         wait: self.settings.longpoll.wait,
                         max_message: self.settings.longpoll.max_message_bytes,
                     },
+                    realtime::access::Access::open(),
                 )),
                 Endpoint::Websocket(ws) => Arc::new(realtime::websocket::WsEndpoint::new(
                     self.hub.clone(),
@@ -141,6 +142,7 @@ impl Realtime {
                         queue: ws.queue,
                         max_subscriptions: ws.max_subscriptions,
                     },
+                    realtime::access::Access::open(),
                 )),
                 Endpoint::Socketio => {
                     let service = crate::socketio::build(self.hub.clone(), &self.settings.socketio);
@@ -153,6 +155,7 @@ impl Realtime {
                         heartbeat: self.settings.sse.heartbeat,
                         retry: self.settings.sse.retry,
                     },
+                    realtime::access::Access::open(),
                 )),
             })
             .clone()

@@ -29,7 +29,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::hub::Hub;
-use crate::seam::Request;
+use crate::seam::{Request, Response};
 use crate::topics::TopicError;
 
 pub use policy::{Pattern, PatternError, Policy, DEFAULT_PRIVATE, PRESENCE_PREFIX};
@@ -104,6 +104,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The answer of an HTTP transport that refuses a request for this reason.
+    pub fn response(&self) -> Response {
+        Response::text(self.status(), format!("{self}\n"))
+    }
+
     pub fn denied(status: u16, reason: &str) -> Refusal {
         Refusal::Denied {
             status,
@@ -165,12 +170,6 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// A subscription decided without a round trip to the app, or the need for one.
-pub enum Decision {
-    Now(Result<Grant, Refusal>),
-    AskTheApp,
-}
-
 impl Access {
     pub fn new(policy: Policy, app: Option<Arc<dyn Authorizer>>) -> Access {
         Access {
@@ -193,7 +192,8 @@ impl Access {
         self.app.as_ref().is_some_and(|a| a.checks_connect())
     }
 
-    /// The connect callback's answer for `client` (anonymous without one).
+    /// The connect callback's answer for `client` (anonymous without one). Build `client`
+    /// only when [`Access::checks_connect`] says it is needed.
     pub async fn connect(
         &self,
         client: &ClientInfo,
@@ -205,51 +205,85 @@ impl Access {
         };
         let answer = app.connect(client, auth).await;
         if let Err(refusal) = &answer {
-            log(refusal, transport, "connect", None, client);
+            log(
+                refusal,
+                transport,
+                "connect",
+                None,
+                client.peer.map(|p| p.ip()),
+            );
         }
         answer
     }
 
-    /// What can be said about subscribing to `topic` without asking the app: a public topic,
-    /// a room the app granted at connect, or a private topic with no app to ask.
-    pub fn decide_now(&self, identity: &Identity, topic: &str) -> Decision {
-        if crate::topics::is_reserved(topic) {
-            return Decision::Now(Err(Refusal::Policy(format!(
-                "topic {:?} belongs to another transport",
-                shown(topic)
-            ))));
+    /// The connect callback for one HTTP request (an SSE stream, a long-poll, a `/ws`
+    /// upgrade): its [`ClientInfo`] is built only when there is a callback to ask.
+    pub async fn connect_request(
+        &self,
+        req: &Request,
+        transport: &'static str,
+    ) -> Result<Identity, Refusal> {
+        if !self.checks_connect() {
+            return Ok(Identity::default());
         }
-        if !self.policy.needs_app(topic) || identity.rooms.iter().any(|r| r == topic) {
-            return Decision::Now(Ok(Grant::default()));
-        }
-        if self.app.is_none() {
-            return Decision::Now(Err(Refusal::Policy(format!(
-                "topic {:?} needs the app's authorization, and none is configured",
-                shown(topic)
-            ))));
-        }
-        Decision::AskTheApp
+        self.connect(&ClientInfo::from_request(req), None, transport)
+            .await
     }
 
-    /// May this client subscribe to `topic`? Asks the app only for a private topic it has not
-    /// granted already.
+    /// What can be said about `who` subscribing to `topic` without asking the app: yes for a
+    /// public topic or a room the app granted at connect, no for a reserved topic or a private
+    /// one with no app to ask (logged). `None`: only the app can say.
+    pub fn decide_now(&self, who: &Who<'_>, topic: &str) -> Option<Result<Grant, Refusal>> {
+        let refusal = if crate::topics::is_reserved(topic) {
+            Refusal::Policy(format!(
+                "topic {:?} belongs to another transport",
+                shown(topic)
+            ))
+        } else if !self.policy.needs_app(topic) || who.identity.rooms.iter().any(|r| r == topic) {
+            return Some(Ok(Grant::default()));
+        } else if self.app.is_none() {
+            Refusal::Policy(format!(
+                "topic {:?} needs the app's authorization, and none is configured",
+                shown(topic)
+            ))
+        } else {
+            return None;
+        };
+        log(
+            &refusal,
+            who.transport,
+            "subscribe",
+            Some(topic),
+            who.client_ip,
+        );
+        Some(Err(refusal))
+    }
+
+    /// May `who` subscribe to `topic`? Asks the app only for a private topic it has not
+    /// granted already; `client` is built only then (it copies the request's headers).
     pub async fn subscribe(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        socket_id: &str,
+        who: &Who<'_>,
+        client: impl FnOnce() -> ClientInfo + Send,
         topic: &str,
-        transport: &'static str,
     ) -> Result<Grant, Refusal> {
-        let answer = match (self.decide_now(identity, topic), &self.app) {
-            (Decision::Now(answer), _) => answer,
-            (Decision::AskTheApp, Some(app)) => {
-                app.subscribe(client, identity, socket_id, topic).await
-            }
-            (Decision::AskTheApp, None) => Err(Refusal::Policy("no app to ask".into())),
+        if let Some(answer) = self.decide_now(who, topic) {
+            return answer;
+        }
+        let Some(app) = &self.app else {
+            return Err(Refusal::Policy("no app to ask".into()));
         };
+        let answer = app
+            .subscribe(&client(), who.identity, who.socket_id, topic)
+            .await;
         if let Err(refusal) = &answer {
-            log(refusal, transport, "subscribe", Some(topic), client);
+            log(
+                refusal,
+                who.transport,
+                "subscribe",
+                Some(topic),
+                who.client_ip,
+            );
         }
         answer
     }
@@ -266,6 +300,18 @@ impl Access {
     }
 }
 
+/// Who asks to subscribe: the connection's identity and id, for the app and the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub identity: &'a Identity,
+    /// The connection's id, sent as Laravel's `socket_id`.
+    pub socket_id: &'a str,
+    /// The address per-client limits count against.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// For the log: `socketio`, `websocket`, `sse`, `longpoll`.
+    pub transport: &'static str,
+}
+
 /// A topic as logs and refusals show it: the name is the client's and may be long.
 fn shown(topic: &str) -> String {
     topic.chars().take(64).collect()
@@ -278,10 +324,9 @@ fn log(
     transport: &'static str,
     what: &'static str,
     topic: Option<&str>,
-    client: &ClientInfo,
+    peer: Option<std::net::IpAddr>,
 ) {
     let topic = topic.map(shown);
-    let peer = client.peer.map(|p| p.ip());
     match refusal {
         Refusal::Failed { status, reason } => {
             tracing::warn!(transport, what, topic = ?topic, client = ?peer, status, error = %reason, "realtime authorization failed")
@@ -309,28 +354,33 @@ impl Refused {
             Refused::Access(r) => r.status(),
         }
     }
+
+    /// The answer of an HTTP transport that refuses a request for this reason.
+    pub fn response(&self) -> Response {
+        Response::text(self.status(), format!("{self}\n"))
+    }
+}
+
+/// An id for a connection that has none of its own (an SSE stream, a long-poll), sent to the
+/// app as Laravel's `socket_id`: 16 random hex digits.
+pub fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// A client connection's subscription to a hub topic, on any transport but Socket.IO (whose
 /// rooms have their own names): the name is checked first (reserved, too long), then the
 /// policy and the app, then the client's budget of new topics, so a refused client creates
 /// nothing and the app is never asked about a name the hub would refuse.
-#[allow(clippy::too_many_arguments)]
 pub async fn admit_subscription(
     hub: &Hub,
     access: &Access,
-    client: &ClientInfo,
-    client_ip: Option<std::net::IpAddr>,
-    identity: &Identity,
-    socket_id: &str,
+    who: &Who<'_>,
+    client: impl FnOnce() -> ClientInfo + Send,
     topic: &str,
-    transport: &'static str,
 ) -> Result<Grant, Refused> {
     hub.check_topic_name(topic)?;
-    let grant = access
-        .subscribe(client, identity, socket_id, topic, transport)
-        .await?;
-    hub.admit_client_topic(client_ip, topic)?;
+    let grant = access.subscribe(who, client, topic).await?;
+    hub.admit_client_topic(who.client_ip, topic)?;
     Ok(grant)
 }
 
@@ -405,24 +455,31 @@ mod tests {
         let ann = run(access.connect(&client, Some(&serde_json::json!({"token": "ann"})), "test"))
             .expect("admitted");
         assert_eq!(app.asked.load(Ordering::Relaxed), 1);
+        let who = Who {
+            identity: &ann,
+            socket_id: "s1",
+            client_ip: None,
+            transport: "test",
+        };
+        let info = || ClientInfo::default();
         for topic in ["news", "private-ann"] {
             assert_eq!(
-                run(access.subscribe(&client, &ann, "s1", topic, "test")),
+                run(access.subscribe(&who, info, topic)),
                 Ok(Grant::default())
             );
         }
         assert_eq!(app.asked.load(Ordering::Relaxed), 1);
         assert_eq!(
-            run(access.subscribe(&client, &ann, "s1", "private-ok", "test")),
+            run(access.subscribe(&who, info, "private-ok")),
             Ok(Grant::default())
         );
         assert_eq!(
-            run(access.subscribe(&client, &ann, "s1", "private-bob", "test")),
+            run(access.subscribe(&who, info, "private-bob")),
             Err(Refusal::denied(403, "not yours"))
         );
         assert_eq!(app.asked.load(Ordering::Relaxed), 3);
         // Reserved topics are refused before anyone is asked.
-        let e = run(access.subscribe(&client, &ann, "s1", "sio:/", "test")).unwrap_err();
+        let e = run(access.subscribe(&who, info, "sio:/")).unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
         assert_eq!(app.asked.load(Ordering::Relaxed), 3);
         assert_eq!(
@@ -438,8 +495,15 @@ mod tests {
         assert!(!access.checks_connect());
         let anon = run(access.connect(&client, None, "test")).expect("anonymous");
         assert_eq!(anon, Identity::default());
-        assert!(run(access.subscribe(&client, &anon, "s", "news", "test")).is_ok());
-        let e = run(access.subscribe(&client, &anon, "s", "private-x", "test")).unwrap_err();
+        let who = Who {
+            identity: &anon,
+            socket_id: "s",
+            client_ip: None,
+            transport: "test",
+        };
+        let info = || ClientInfo::default();
+        assert!(run(access.subscribe(&who, info, "news")).is_ok());
+        let e = run(access.subscribe(&who, info, "private-x")).unwrap_err();
         assert!(matches!(e, Refusal::Policy(_)), "{e:?}");
         assert!(
             e.to_string().contains("needs the app's authorization"),
@@ -471,35 +535,20 @@ mod tests {
             ..crate::hub::HubConfig::default()
         });
         let access = Access::new(Policy::default(), None);
-        let client = ClientInfo::default();
         let anon = Identity::default();
         let ip = Some("10.0.0.1".parse().expect("ip"));
-        let refused = run(admit_subscription(
-            &hub,
-            &access,
-            &client,
-            ip,
-            &anon,
-            "s",
-            "private-x",
-            "test",
-        ));
+        let who = Who {
+            identity: &anon,
+            socket_id: "s",
+            client_ip: ip,
+            transport: "test",
+        };
+        let info = || ClientInfo::default();
+        let refused = run(admit_subscription(&hub, &access, &who, info, "private-x"));
         assert!(matches!(refused, Err(Refused::Access(_))), "{refused:?}");
         // The one new topic of the budget is still there.
-        assert!(run(admit_subscription(
-            &hub, &access, &client, ip, &anon, "s", "news", "test"
-        ))
-        .is_ok());
-        let reserved = run(admit_subscription(
-            &hub,
-            &access,
-            &client,
-            ip,
-            &anon,
-            "s",
-            "ws:/ws:chat",
-            "test",
-        ));
+        assert!(run(admit_subscription(&hub, &access, &who, info, "news")).is_ok());
+        let reserved = run(admit_subscription(&hub, &access, &who, info, "ws:/ws:chat"));
         assert!(matches!(reserved, Err(Refused::Topic(_))), "{reserved:?}");
         assert_eq!(
             admit_publish(&hub, &access, ip, "news").map_err(|e| e.status()),
