@@ -86,10 +86,12 @@ struct Realtime {
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
     settings: settings::Realtime,
+    /// Who may connect, subscribe and publish, on every transport.
+    access: realtime::access::Access,
 }
 
 impl Realtime {
-    fn new(settings: &settings::Realtime) -> Realtime {
+    fn new(settings: &settings::Realtime, access: realtime::access::Access) -> Realtime {
         let h = &settings.hub;
         let hub = realtime::hub::Hub::new(realtime::hub::HubConfig {
             history_len: h.history,
@@ -105,6 +107,7 @@ impl Realtime {
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
             settings: settings.clone(),
+            access,
         }
     }
 
@@ -127,7 +130,7 @@ impl Realtime {
                         wait: self.settings.longpoll.wait,
                         max_message: self.settings.longpoll.max_message_bytes,
                     },
-                    realtime::access::Access::open(),
+                    self.access.clone(),
                 )),
                 Endpoint::Websocket(ws) => Arc::new(realtime::websocket::WsEndpoint::new(
                     self.hub.clone(),
@@ -142,10 +145,14 @@ impl Realtime {
                         queue: ws.queue,
                         max_subscriptions: ws.max_subscriptions,
                     },
-                    realtime::access::Access::open(),
+                    self.access.clone(),
                 )),
                 Endpoint::Socketio => {
-                    let service = crate::socketio::build(self.hub.clone(), &self.settings.socketio);
+                    let service = crate::socketio::build(
+                        self.hub.clone(),
+                        &self.settings.socketio,
+                        self.access.clone(),
+                    );
                     let _ = self.socketio.set(service.io().clone());
                     Arc::new(service)
                 }
@@ -155,11 +162,33 @@ impl Realtime {
                         heartbeat: self.settings.sse.heartbeat,
                         retry: self.settings.sse.retry,
                     },
-                    realtime::access::Access::open(),
+                    self.access.clone(),
                 )),
             })
             .clone()
     }
+}
+
+/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names.
+fn access(
+    settings: &Settings,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    temp_dir: &Arc<std::path::PathBuf>,
+    connector: pingora::connectors::http::v1::Connector,
+) -> realtime::access::Access {
+    let app = settings.realtime.auth.as_ref().and_then(|auth| {
+        let pool = pools.get(&auth.upstream)?.clone();
+        let app: Arc<dyn realtime::access::Authorizer> =
+            Arc::new(crate::authorize::AppAuthorizer::new(
+                auth,
+                pool,
+                settings.proxy.trusted_proxies.clone(),
+                temp_dir.clone(),
+                connector,
+            ));
+        Some(app)
+    });
+    realtime::access::Access::new(settings.realtime.policy.clone(), app)
 }
 
 /// Read buffer of each client connection, below pingora's 64 KiB default. It is allocated
@@ -188,16 +217,25 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let rt = Realtime::new(&settings.realtime);
-    let router = Router::build(settings, &|endpoint, path| rt.service(endpoint, path))?;
+    let temp = settings.proxy.temp_dir.clone();
+    let temp_dir = Arc::new(
+        crate::buffering::prepare_dir(&temp)
+            .map_err(|source| StartError::TempDir { path: temp, source })?,
+    );
+    let connector = || {
+        pingora::connectors::http::v1::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+        ))
+    };
+    let all_pools = Pool::all(&settings.upstreams);
+    let access = access(settings, &all_pools, &temp_dir, connector());
+    let rt = Realtime::new(&settings.realtime, access);
+    let router = Router::build(settings, all_pools, &|endpoint, path| {
+        rt.service(endpoint, path)
+    })?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
-    let temp = settings.proxy.temp_dir.clone();
-    let temp_dir = crate::buffering::prepare_dir(&temp)
-        .map_err(|source| StartError::TempDir { path: temp, source })?;
-    let connector = pingora::connectors::http::v1::Connector::new(Some(
-        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
-    ));
+    let connector = connector();
     let limits = &settings.limits;
     let gateway = Gateway {
         router,
@@ -205,7 +243,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         trusted: settings.proxy.trusted_proxies.clone(),
         hsts: settings.tls.hsts.as_ref().map(settings::Hsts::header_value),
         internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
-        temp_dir: Arc::new(temp_dir),
+        temp_dir,
         connector,
     };
     let mut options = HttpServerOptions::default();
