@@ -378,10 +378,21 @@ pub async fn admit_subscription(
     client: impl FnOnce() -> ClientInfo + Send,
     topic: &str,
 ) -> Result<Grant, Refused> {
-    hub.check_topic_name(topic)?;
+    checked_name(hub, who.client_ip, topic)?;
     let grant = access.subscribe(who, client, topic).await?;
     hub.admit_client_topic(who.client_ip, topic)?;
     Ok(grant)
+}
+
+/// The hub's check of a name (reserved, too long), logged as the hub logs its own refusals.
+fn checked_name(
+    hub: &Hub,
+    client_ip: Option<std::net::IpAddr>,
+    topic: &str,
+) -> Result<(), TopicError> {
+    hub.check_topic_name(topic).inspect_err(|e| {
+        tracing::warn!(client = ?client_ip, topic = %shown(topic), error = %e, "realtime topic refused");
+    })
 }
 
 /// A publish from a client connection, by the same order as [`admit_subscription`].
@@ -391,7 +402,7 @@ pub fn admit_publish(
     client_ip: Option<std::net::IpAddr>,
     topic: &str,
 ) -> Result<(), Refused> {
-    hub.check_topic_name(topic)?;
+    checked_name(hub, client_ip, topic)?;
     access.publish(topic)?;
     hub.admit_client_topic(client_ip, topic)?;
     Ok(())
