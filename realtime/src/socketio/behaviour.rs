@@ -31,11 +31,13 @@
 //!   when it refuses), and at most [`MAX_PENDING_JOINS`] such joins wait at
 //!   once. A refused socket is not in the room: it gets none of its history
 //!   and none of its live events.
-//! * Relaying into rooms is a client publishing to them: allowed only into
-//!   rooms the policy opens to clients (`realtime.policy.client_publish`),
-//!   otherwise acked `[{"error":"relay refused: …"}]` and sent nowhere. A
-//!   relay to the whole namespace (a socket in no room) stays among the
-//!   namespace's sockets, which `relay` itself allows.
+//! * Relaying into a room is a client publishing to its topic, so "the
+//!   sender's rooms" above are those the policy opens to clients
+//!   (`realtime.policy.client_publish`): a room the sender only listens to
+//!   (the app's `announcements`, a private room the app put it in) never
+//!   gets a client's event. A sender in no such room relays to the whole
+//!   namespace, which stays among the namespace's sockets (`relay` itself
+//!   allows that).
 //! * Anything published to a room's topic (the app's publish API, another
 //!   transport) reaches the room's sockets as an event in any case.
 //! * Relayed events are rate-limited per socket ([`RelayRate`], a token
@@ -301,25 +303,18 @@ fn join(socket: &Socket, room: &str, history: usize, grant: Grant) -> Value {
 }
 
 fn relay(socket: &Socket, event: Event, ack: Option<AckSender>, client_rooms: bool) {
+    // Into a room, a relay is a client publishing to the room's topic: only
+    // rooms the policy opens to clients count. A sender in none of those
+    // relays to the whole namespace, which stays among the namespace's
+    // sockets (its `relay` setting allows that).
     let rooms: BTreeSet<String> = if client_rooms {
         let mut rooms = socket.rooms();
         rooms.remove(socket.id());
+        rooms.retain(|room| socket.access().publish(room).is_ok());
         rooms
     } else {
         BTreeSet::new()
     };
-    // Into rooms, a relay is a client publishing to their topics, which the
-    // policy allows only where it opens a topic to clients; to the whole
-    // namespace (no room), it stays among the namespace's sockets, which the
-    // namespace's `relay` setting allows.
-    if let Some(Err(refused)) = rooms
-        .iter()
-        .map(|r| socket.access().publish(r))
-        .find(Result::is_err)
-    {
-        tracing::info!(socket = %socket.id(), nsp = %socket.nsp(), error = %refused, "socket.io relay refused");
-        return reply(ack, json!({"error": format!("relay refused: {refused}")}));
-    }
     let result = socket
         .broadcast()
         .to_rooms(rooms.iter().cloned())
