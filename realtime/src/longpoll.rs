@@ -9,6 +9,10 @@
 //!
 //! A waiting poll is a hub subscriber owned by the request's future: when the client goes
 //! away the gateway drops the future, and the subscriber is detached at once.
+//!
+//! Both ask [`crate::access`] first: the connect callback (when there is one) on every request,
+//! the app's word for a private topic before anything of it is read, and the policy before a
+//! client publishes (only the app publishes unless the policy opens a topic to clients).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,11 @@
 //! counted by the hub), pings idle clients, and closes with 1001 when the gateway shuts down.
 //! A pub/sub client may not use reserved topics (`sio:`, `ws:`), overlong names, more than
 //! [`WsConfig::max_subscriptions`] subscriptions, or more new topics than its address's budget
-//! ([`crate::topics`]): each refusal is an `error` frame and the connection goes on.
+//! ([`crate::topics`]), nor subscribe to a private topic without the app's word or publish
+//! where the policy does not let clients ([`crate::access`]): each refusal is an `error` frame
+//! and the connection goes on. With a connect callback, the upgrade itself is asked about
+//! first (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the
+//! app named.
 
 use std::sync::Arc;
 use std::time::Duration;
