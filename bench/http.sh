@@ -12,7 +12,7 @@
 # the first GW_THREADS value: "is this change slower?" read within one run),
 # COUNT_S (seconds of the extra pass per target that counts syscalls and context switches under
 # `perf stat`, kept apart so its overhead is not in the CPU figures; 0 skips it; default 5),
-# QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s),
+# QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PORT_OFFSET (0),
 # OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
 # Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
 set -Eeuo pipefail
@@ -26,7 +26,10 @@ WRK_THREADS=${WRK_THREADS:-2}
 GW_THREADS=${GW_THREADS:-"2 1"}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
 COUNT_S=${COUNT_S:-5}
-P_APP=18080 P_GW=18443 P_NGINX=18444 P_STUNNEL=18445 P_HAPROXY=18446 P_NGINX2=18447 P_PINGORA=18448
+# PORT_OFFSET moves every port (e.g. 1000) when something else holds these.
+o=${PORT_OFFSET:-0}
+P_APP=$((18080 + o)) P_GW=$((18443 + o)) P_NGINX=$((18444 + o)) P_STUNNEL=$((18445 + o))
+P_HAPROXY=$((18446 + o)) P_NGINX2=$((18447 + o)) P_PINGORA=$((18448 + o))
 
 ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
 build_bins -p gateway -p backend-stub -p bench

@@ -25,7 +25,8 @@ WRK_THREADS=${WRK_THREADS:-2}
 GW_THREADS=${GW_THREADS:-2}
 PM_CHILDREN=${PM_CHILDREN:-4}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
-P_GW=19443 P_NGINX=19444
+# PORT_OFFSET moves every port (e.g. 1000) when something else holds these.
+P_GW=$((19443 + ${PORT_OFFSET:-0})) P_NGINX=$((19444 + ${PORT_OFFSET:-0}))
 DOCROOT=$REPO/examples/php/public
 
 ensure_pkgs nginx:nginx wrk:wrk curl:curl openssl:openssl

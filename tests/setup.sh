@@ -17,6 +17,8 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || command -v php-fpm >/dev/null || n
 # redis-server (and redis-cli) for the cluster tests (started by the tests on free ports, never
 # as a service).
 command -v redis-server >/dev/null || need+=(redis-server)
+# goaccess reads the gateway's access log in the observability tests (as an operator's would).
+command -v goaccess >/dev/null || need+=(goaccess)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get"

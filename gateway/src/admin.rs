@@ -1,5 +1,6 @@
-//! The admin listener: health for load balancers and deploy scripts, and the app's publish
-//! API (`POST /publish`, `POST /emit`, `GET /topics/<topic>`). Bind it to loopback, or set a token.
+//! The admin listener: health for load balancers and deploy scripts, Prometheus metrics
+//! (`GET /metrics`), and the app's publish API (`POST /publish`, `POST /emit`,
+//! `GET /topics/<topic>`). Bind it to loopback, or set a token.
 //!
 //! On loopback the publish API has no token, so it must not answer the web pages in the
 //! operator's browser, which can reach 127.0.0.1 too. Before any endpoint (see [`refusal`]):
@@ -94,8 +95,11 @@ pub fn refusal(req: &pingora::http::RequestHeader) -> Option<Refusal> {
 }
 
 pub struct Admin {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub hub: realtime::hub::Hub,
+    /// `None` on a single node.
+    pub cluster: Option<Arc<crate::server::Cluster>>,
     pub publish: Arc<dyn realtime::seam::Service>,
     /// How the publish API's request bodies are read (the front door's limits).
     pub body: crate::buffering::BodyLimits,
@@ -119,8 +123,21 @@ impl Admin {
             })
             .collect();
         let hub = self.hub.stats().snapshot();
+        // The answer stays 200 when the cluster is degraded: the node still serves HTTP and its
+        // own connections, and a balancer that took every node out while Redis is down would
+        // turn a realtime outage into a full one. `status` says it for monitoring.
+        let cluster = match &self.cluster {
+            Some(c) => c.health(),
+            None => serde_json::json!({"status": "off"}),
+        };
+        let status = if cluster["status"] == "degraded" {
+            "degraded"
+        } else {
+            "ok"
+        };
         serde_json::json!({
-            "status": "ok",
+            "status": status,
+            "cluster": cluster,
             "upstreams": upstreams,
             "hub": {
                 "topics": hub.topics,
@@ -128,6 +145,7 @@ impl Admin {
                 "published": hub.published,
                 "delivered": hub.delivered,
                 "slow_consumer_disconnects": hub.slow_consumer_disconnects,
+                "live_resets": hub.live_resets,
             },
         })
     }
@@ -137,6 +155,17 @@ async fn json(session: &mut Session, status: u16, value: serde_json::Value) -> R
     let body = Bytes::from(value.to_string());
     let mut head = ResponseHeader::build(status, Some(3))?;
     head.insert_header("content-type", "application/json")?;
+    head.insert_header("content-length", body.len().to_string())?;
+    head.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// `GET /metrics`: everything, in the Prometheus text format.
+async fn metrics(session: &mut Session, metrics: &crate::metrics::Metrics) -> Result<()> {
+    let body = Bytes::from(metrics.encode());
+    let mut head = ResponseHeader::build(200, Some(3))?;
+    head.insert_header("content-type", crate::metrics::CONTENT_TYPE)?;
     head.insert_header("content-length", body.len().to_string())?;
     head.insert_header("cache-control", "no-store")?;
     session.write_response_header(Box::new(head), false).await?;
@@ -177,6 +206,7 @@ impl ProxyHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
+            "/metrics" => metrics(session, &self.metrics).await?,
             "/publish" | "/emit" => {
                 crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
             }

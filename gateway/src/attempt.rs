@@ -107,8 +107,17 @@ pub struct Loop<'a> {
     pub client: Option<IpAddr>,
     /// The route, for the log lines of failed attempts.
     pub route: &'a str,
-    /// The server picked last, for the request's own log lines.
-    pub picked: &'a mut Option<usize>,
+    /// What the request's own log line and metrics need to know of the attempts.
+    pub picked: &'a mut Picked,
+}
+
+/// The server a request went to last, and how long the app took to start answering.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Picked {
+    pub server: Option<usize>,
+    /// From the first attempt to the app's answer head, connects and retries included
+    /// (nginx's `$upstream_header_time` over all attempts).
+    pub answered_in: Option<std::time::Duration>,
 }
 
 /// An attempt that got an answer.
@@ -135,11 +144,12 @@ impl<'a> Loop<'a> {
     pub async fn run<E: Exchange>(self, exchange: &mut E) -> Result<Won<'a, E::Conn>, Fault> {
         let pool: &'a Arc<Pool> = self.pool;
         let mut tries = Tries::default();
+        let started = std::time::Instant::now();
         loop {
             let Some(i) = pool.select(self.client, tries.tried()) else {
                 return Err(Failure::NoHealthyServer.into());
             };
-            *self.picked = Some(i);
+            self.picked.server = Some(i);
             let in_flight = pool.begin(i);
             let addr = &pool.servers[i].addr;
             let to = To {
@@ -149,12 +159,13 @@ impl<'a> Loop<'a> {
             };
             match exchange.attempt(to, tries.reuse()).await {
                 Attempt::Answered(conn) => {
+                    self.picked.answered_in = Some(started.elapsed());
                     return Ok(Won {
                         conn,
                         server: i,
                         addr,
                         in_flight,
-                    })
+                    });
                 }
                 Attempt::Stale => {
                     if !tries.stale(pool, i) {

@@ -22,7 +22,7 @@ use pingora::http::RequestHeader;
 use realtime::access::{answer, Authorizer, ClientInfo, Grant, Identity, Refusal};
 use serde_json::Value;
 
-use crate::attempt::Loop;
+use crate::attempt::{Loop, Picked};
 use crate::failure::{Fault, Place};
 use crate::settings::{self, Cidr};
 use crate::upstream::{Pool, Protocol};
@@ -133,8 +133,9 @@ impl AppAuthorizer {
         client: &ClientInfo,
         body: Bytes,
     ) -> Result<(u16, Bytes), Fault> {
-        let mut picked = None;
+        let mut picked = Picked::default();
         let uri = req.uri.clone();
+        let request_id = req.headers.get("x-request-id").cloned();
         let attempts = Loop {
             pool: &self.pool,
             client: client.peer.map(|p| p.ip()),
@@ -177,7 +178,7 @@ impl AppAuthorizer {
                     Protocol::Http => "auth",
                     Protocol::FastCgi(_) => "auth fastcgi",
                 };
-                let server = picked
+                let server = (picked.server)
                     .and_then(|i| self.pool.servers.get(i))
                     .map(|s| &s.addr);
                 let place = Place {
@@ -186,6 +187,7 @@ impl AppAuthorizer {
                     by,
                     upstream: self.pool.name.as_str(),
                     server,
+                    request_id: request_id.as_ref(),
                 };
                 fault.log(&place, &uri);
                 Err(fault)
@@ -244,7 +246,7 @@ impl Authorizer for AppAuthorizer {
 
 /// The request the app gets for a callback: `POST path`, the client's credentials, its `Host`
 /// (or `:authority`), the forwarding headers as [`forwarding::request`] rewrites them for any
-/// request of this client, and `Accept: application/json` (so Laravel answers a refusal with
+/// request of this client, an `X-Request-Id`, and `Accept: application/json` (so Laravel answers a refusal with
 /// 401/403 and a JSON reason rather than a redirect to its login page).
 pub fn callback_request(
     path: &str,
@@ -277,11 +279,17 @@ pub fn callback_request(
         trusted,
     };
     forwarding::request(&mut req, &who, false);
+    // As on every request to the app: one id for its log and the gateway's.
+    req.insert_header(
+        "x-request-id",
+        forwarding::request_id(&who, &client.headers),
+    )?;
     Ok(req)
 }
 
 /// SHA-256 of the request line's path, every header the app gets (credentials and the
-/// client's address among them), and the part of the body that decides the answer.
+/// client's address among them) but the request's own id, and the part of the body that
+/// decides the answer.
 fn cache_key(req: &RequestHeader, keyed_body: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut part = |bytes: &[u8]| {
@@ -290,6 +298,9 @@ fn cache_key(req: &RequestHeader, keyed_body: &[u8]) -> [u8; 32] {
     };
     part(req.uri.path().as_bytes());
     for (name, value) in req.headers.iter() {
+        if name == "x-request-id" {
+            continue;
+        }
         part(name.as_str().as_bytes());
         part(value.as_bytes());
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub mod defaults {
     use std::time::Duration;
 
-    use super::{Balance, Protocol};
+    use super::{AccessLogFormat, Balance, Protocol};
 
     /// Where the development certificate is generated and kept between starts.
     pub const STATE_DIR: &str = ".state";
@@ -111,6 +111,16 @@ pub mod defaults {
     /// Tunnelled WebSocket to the app: how long the app has to answer the upgrade.
     pub const UPGRADE_TIMEOUT_MS: u64 = 10_000;
 
+    /// On, as nginx's `access_log` is; on stdout, where a service manager (systemd's journal,
+    /// Docker) collects it, since the gateway has no log directory of its own.
+    pub const ACCESS_LOG_PATH: &str = "stdout";
+    /// nginx's default format, which every log tool reads.
+    pub const ACCESS_LOG_FORMAT: AccessLogFormat = AccessLogFormat::Combined;
+    /// A line waits here while the disk or the pipe is slow: 8192 lines is under half a second
+    /// at the HTTPS benchmark's request rate, and about 3 MiB of queue; a longer stall drops
+    /// lines (counted) rather than holding requests up.
+    pub const ACCESS_LOG_QUEUE_LINES: usize = 8192;
+
     /// The hub's own defaults (see `realtime::hub::HubConfig` for the reasoning).
     pub const HUB_HISTORY: usize = 1000;
     pub const HUB_SUBSCRIBER_QUEUE: usize = 1024;
@@ -182,6 +192,24 @@ pub mod defaults {
     pub const SIO_RELAY_PER_SECOND: u32 = realtime::socketio::DEFAULT_RELAY_PER_SECOND;
     pub const SIO_RELAY_BURST: u32 = realtime::socketio::DEFAULT_RELAY_BURST;
 
+    /// The prefix of every Redis key and channel of the fleet: socket.io's redis adapter's own
+    /// default (`@socket.io/redis-adapter`, `@socket.io/redis-emitter`), so that a Node server
+    /// or an emitter pointed at the same Redis meets the gateways without configuration.
+    pub const CLUSTER_KEY_PREFIX: &str = realtime::cluster::keys::DEFAULT_PREFIX;
+
+    /// `<hostname>:<pid>`: unique among the processes of a fleet, and what an operator
+    /// recognises in logs and in Redis (`CLIENT LIST`, message frames). The host name is the
+    /// kernel's (`/proc/sys/kernel/hostname`), else `$HOSTNAME`, else `gateway`.
+    pub fn cluster_node_id() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && !h.chars().any(|c| c.is_whitespace() || c.is_control()))
+            .unwrap_or_else(|| "gateway".to_string());
+        format!("{host}:{}", std::process::id())
+    }
+
     /// Compression is what nginx deployments turn on first; an app that compresses itself
     /// turns it off per route.
     pub const COMPRESSION_ENABLED: bool = true;
@@ -252,16 +280,74 @@ pub struct Config {
     /// On-the-fly gzip / brotli of answers from the app and from static files.
     #[serde(default)]
     pub compression: Compression,
+    /// Several gateways sharing one realtime through Redis. Absent: a single node, no Redis.
+    pub cluster: Option<Cluster>,
     /// Worker threads of the HTTPS service (pingora `threads`). Absent: one per core.
     pub threads: Option<usize>,
     /// Seconds to let in-flight requests finish on SIGTERM.
     pub grace_period_s: Option<u64>,
+    /// One line per request (nginx `access_log`).
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr`, `off`, or a file (appended to; reopened on `SIGUSR1`).
+    pub path: Option<String>,
+    pub format: Option<AccessLogFormat>,
+    /// Lines that may wait for the writer; past it lines are dropped and counted.
+    pub queue_lines: Option<usize>,
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// nginx's `combined`, then `"$request_id" $request_time`.
+    Combined,
+    /// One JSON object per line, with what answered and the upstream times.
+    Json,
 }
 
 impl Config {
     /// Parse only: serde_yaml_ng's message already names the field path and line.
     pub fn parse(text: &str) -> Result<Config, String> {
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// One node of a fleet of gateways: the hub's topics are sequenced and kept in Redis, so a
+/// publish on any node reaches the subscribers of every node, and a client resumes on any node.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
+    pub redis: String,
+    /// PEM file of the certificate authority that signed the Redis server's certificate
+    /// (`rediss://` with a private CA). Absent: the system's trusted roots.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's name in the fleet, written into every message it publishes. Absent:
+    /// `<hostname>:<pid>`.
+    pub node_id: Option<String>,
+    /// The prefix of every Redis key and channel.
+    pub key_prefix: Option<String>,
+    /// The address other nodes reach this one at for forwarded Engine.IO requests (parsed and
+    /// checked; the forwarding itself is not built yet).
+    pub internal_listen: Option<String>,
+}
+
+/// The URL may hold a password: never printed.
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("redis", &realtime::cluster::backplane::redact(&self.redis))
+            .field("tls_ca", &self.tls_ca)
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("internal_listen", &self.internal_listen)
+            .finish()
     }
 }
 

@@ -246,23 +246,24 @@ impl Fault {
         let status = self.status();
         let server = Shown(at.server);
         let (client, route, by, upstream) = (at.client, at.route, at.by, at.upstream);
+        let request_id = at.request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
         match self {
             Fault::App(f) => {
-                tracing::warn!(client = ?client, route, by, upstream, server = %server, path = %path, status, error = %f, "upstream failed")
+                tracing::warn!(client = ?client, request_id, route, by, upstream, server = %server, path = %path, status, error = %f, "upstream failed")
             }
             // A client that left mid-upload or mid-answer: nothing to answer, and not worth a
             // warning each (a slow-upload attack ends with hundreds).
             Fault::Client(f) if status == 0 => {
-                tracing::info!(client = ?client, route, by, path = %path, error = %f, "the client went away")
+                tracing::info!(client = ?client, request_id, route, by, path = %path, error = %f, "the client went away")
             }
             Fault::Client(f) => {
-                tracing::warn!(client = ?client, route, by, path = %path, status, error = %f, "request not accepted")
+                tracing::warn!(client = ?client, request_id, route, by, path = %path, status, error = %f, "request not accepted")
             }
             Fault::Refused { detail, .. } => {
-                tracing::warn!(client = ?client, route, by, upstream, path = %path, status, error = %detail, "request refused")
+                tracing::warn!(client = ?client, request_id, route, by, upstream, path = %path, status, error = %detail, "request refused")
             }
             Fault::Internal(e) => {
-                tracing::error!(client = ?client, route, by, upstream, server = %server, path = %path, status, error = %e, "request failed inside the gateway")
+                tracing::error!(client = ?client, request_id, route, by, upstream, server = %server, path = %path, status, error = %e, "request failed inside the gateway")
             }
         }
     }
@@ -278,6 +279,8 @@ pub struct Place<'a> {
     pub upstream: &'a str,
     /// The server the request was on when it failed.
     pub server: Option<&'a Addr>,
+    /// The request's `X-Request-Id`, which the access log and the app have too.
+    pub request_id: Option<&'a http::HeaderValue>,
 }
 
 /// A server for a log field: its address, or `-`.

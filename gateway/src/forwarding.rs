@@ -125,10 +125,48 @@ pub struct Client<'a> {
 }
 
 impl Client<'_> {
-    fn peer_trusted(&self) -> bool {
+    pub(crate) fn peer_trusted(&self) -> bool {
         self.ip
             .is_some_and(|ip| self.trusted.iter().any(|c| c.contains(ip)))
     }
+}
+
+/// The request's `X-Request-Id`: the one a trusted proxy sent (so one id follows the request
+/// through every hop), or a new one: 32 hex digits of randomness, as nginx's `$request_id`.
+/// A client that is not a trusted proxy cannot choose the id the app and the logs see; nor
+/// can a proxy send one that is empty, longer than [`MAX_REQUEST_ID`] or not plain visible
+/// ASCII (it would forge a log field).
+pub fn request_id(client: &Client<'_>, headers: &http::HeaderMap) -> http::HeaderValue {
+    if client.peer_trusted() {
+        if let Some(id) = headers
+            .get("x-request-id")
+            .filter(|v| usable_request_id(v.as_bytes()))
+        {
+            return id.clone();
+        }
+    }
+    new_request_id(fastrand::u128(..))
+}
+
+/// The longest `X-Request-Id` kept from a trusted proxy (a UUID is 36, AWS's trace ids 40).
+pub const MAX_REQUEST_ID: usize = 128;
+
+fn usable_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+}
+
+/// `n` as 32 lower-case hex digits.
+fn new_request_id(n: u128) -> http::HeaderValue {
+    let mut hex = [0u8; 32];
+    for (i, d) in hex.iter_mut().enumerate() {
+        let nibble = (n >> (124 - 4 * i)) & 0xf;
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    http::HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 
 /// The client's address for per-client limits of the realtime services: the peer, or, when
@@ -514,6 +552,32 @@ mod tests {
         assert_eq!(get(&r, "connection"), None);
         assert_eq!(get(&r, "x-secret"), None);
         assert_eq!(get(&r, "host"), Some("example.com"));
+    }
+
+    #[test]
+    fn a_request_id_is_kept_from_a_trusted_proxy_only() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let client = |ip: &str| Client {
+            ip: Some(ip.parse().unwrap()),
+            tls: true,
+            port: Some(443),
+            trusted: &trusted,
+        };
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&client("10.1.2.3"), &h), "abc-123");
+        let made = request_id(&client("203.0.113.1"), &h);
+        assert_ne!(made, "abc-123");
+        assert_eq!(made.len(), 32);
+        assert!(made.as_bytes().iter().all(|b| b.is_ascii_hexdigit()));
+        for bad in ["", "a b", "a\"b", &"x".repeat(MAX_REQUEST_ID + 1)] {
+            h.insert("x-request-id", bad.parse().unwrap());
+            assert_eq!(request_id(&client("10.1.2.3"), &h).len(), 32, "{bad:?}");
+        }
+        assert_eq!(
+            new_request_id(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            "0123456789abcdef0011223344556677"
+        );
     }
 
     #[test]

@@ -109,10 +109,13 @@ pub fn header_list_limit(max_header_bytes: usize) -> u32 {
     u32::try_from(limit).unwrap_or(u32::MAX)
 }
 
-/// Wraps the proxy app: h2 connections are accepted here, the others go to `inner`.
+/// Wraps the proxy app: h2 connections are accepted here, the others go to `inner`. Every
+/// front-door connection passes here once, after its TLS handshake: it is counted here, by
+/// protocol and TLS version.
 pub struct H2Guard<A> {
     pub inner: Arc<A>,
     pub limits: H2Limits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[async_trait]
@@ -122,9 +125,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for H2Guard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if let Some(tls) = stream.get_ssl_digest() {
+            self.metrics.tls_handshake(&tls.version);
+        }
         if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let _open = self.metrics.open(crate::metrics::Open::Http1);
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
+        let _open = self.metrics.open(crate::metrics::Open::Http2);
         // Boxed: this future's state would otherwise be as large as the whole h2 accept loop
         // for every HTTP/1 connection too (3.6 KiB more per idle Socket.IO connection).
         Box::pin(self.serve(stream, shutdown)).await;

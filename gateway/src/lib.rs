@@ -17,9 +17,12 @@
 //! about the client, and [`addr`] how a server is reached. The realtime services' questions to
 //! the app ([`authorize`]: may this client connect, may it subscribe) take the same way to it. [`config`] is the file that
 //! describes all of it, built once into the typed [`settings`] every other module takes, and
-//! [`admin`] reports on it.
+//! [`admin`] reports on it. Every request ends in `proxy::Gateway::logging`, the one place
+//! it is counted ([`metrics`]) and logged ([`access_log`]; an upgraded session's frames are
+//! read by [`ws_frames`]); [`noise`] keeps abandoned TLS handshakes out of the error log.
 
 pub mod accel;
+pub mod access_log;
 pub mod addr;
 pub mod admin;
 pub mod attempt;
@@ -33,6 +36,8 @@ pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;
+pub mod metrics;
+pub mod noise;
 pub mod probe;
 pub mod proxy;
 pub mod redirect;
@@ -46,3 +51,4 @@ pub mod static_files;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod ws_frames;

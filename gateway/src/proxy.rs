@@ -18,15 +18,18 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::accel::Internal;
+use crate::access_log::{AccessLog, Entry};
 use crate::addr::Addr;
-use crate::attempt::{InFlight, Loop, Tries};
+use crate::attempt::{InFlight, Loop, Picked, Tries};
 use crate::buffering::{self, Body, BodyLimits};
 use crate::compression::Settings;
-use crate::failure::{ClientFailure, Failure, Fault, Place, Shown};
+use crate::failure::{ClientFailure, Failure, Fault, Place};
 use crate::finish::{Answer, Finish, Origin, Out};
+use crate::metrics::{Metrics, Open};
 use crate::router::{Router, Target};
 use crate::settings::{Cidr, Limits};
 use crate::upstream::{Pool, Protocol};
+use crate::ws_frames::Frames;
 use crate::{fastcgi, forwarding, relay, seam, tunnel};
 
 pub struct Gateway {
@@ -41,12 +44,20 @@ pub struct Gateway {
     pub temp_dir: Arc<std::path::PathBuf>,
     /// Connections to the app for requests whose body is held (see [`relay`]).
     pub connector: pingora::connectors::http::v1::Connector,
+    /// Counted in [`Gateway::logging`], the one hook every request ends in.
+    pub metrics: Arc<Metrics>,
+    /// `None` when `access_log.path` is `off`.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct Ctx {
     route: Option<Arc<str>>,
+    /// The route's place in the configuration, for the metrics.
+    route_index: Option<usize>,
+    /// `X-Request-Id`, decided as the request arrives ([`forwarding::request_id`]).
+    request_id: Option<HeaderValue>,
     pool: Option<Arc<Pool>>,
     client: Option<IpAddr>,
     tls: bool,
@@ -59,6 +70,10 @@ pub struct Ctx {
     in_flight: Option<InFlight>,
     body_bytes: u64,
     started: Option<Instant>,
+    /// When pingora's proxy path first asked for a server, and how long the app then took to
+    /// start answering (the other paths report it from the attempt loop, [`Picked`]).
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
     /// Set when the request was answered here (static file, realtime, error) so the access
     /// log can name it.
     served_by: &'static str,
@@ -71,6 +86,8 @@ pub struct Ctx {
     /// A fault classified where it happened on pingora's proxy path, for `fail_to_proxy`
     /// (which pingora hands only an error).
     fault: Option<Fault>,
+    /// An upgraded session's WebSocket frames (tunnel, realtime), for its log line.
+    frames: Option<Box<Frames>>,
 }
 
 impl Ctx {
@@ -91,6 +108,7 @@ impl Ctx {
             by: self.served_by,
             upstream: self.upstream_name(),
             server: self.server(),
+            request_id: self.request_id.as_ref(),
         }
     }
 }
@@ -210,6 +228,9 @@ impl Gateway {
     fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Ctx, upgrade: bool) {
         forwarding::request(req, &self.client(ctx), upgrade);
         self.internal.tell_the_app(req);
+        if let Some(id) = &ctx.request_id {
+            let _ = req.insert_header("x-request-id", id.clone());
+        }
     }
 
     /// The app's answer named a file (`X-Accel-Redirect` / `X-Sendfile`): serve it instead.
@@ -281,7 +302,7 @@ impl Gateway {
         self.tell_the_app(&mut req, ctx, upgrade);
         let finish = self.finish(ctx.tls, ctx.compression.as_deref());
         let buffering = response_buffering.then(|| self.response_buffering());
-        let mut picked = None;
+        let mut picked = Picked::default();
         let attempts = Loop {
             pool,
             client: ctx.client,
@@ -304,7 +325,9 @@ impl Gateway {
             }
             Protocol::Http if upgrade => {
                 ctx.served_by = "tunnel";
-                tunnel::run(session, attempts, &req, finish)
+                let _open = self.metrics.open(Open::Tunnel);
+                let frames = ctx.frames.insert(Box::default());
+                tunnel::run(session, attempts, &req, finish, frames)
                     .await
                     .map(|r| r.map(|()| Answer::Sent))
             }
@@ -320,7 +343,8 @@ impl Gateway {
                 relay::forward(session, attempts, call).await
             }
         };
-        ctx.current = picked;
+        ctx.current = picked.server;
+        ctx.upstream_time = picked.answered_in;
         match outcome? {
             Ok(Answer::Sent) => {}
             Ok(Answer::NamesAFile(app)) => self.named_file(session, ctx, *app).await?,
@@ -359,6 +383,10 @@ impl ProxyHttp for Gateway {
             .server_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
+        ctx.request_id = Some(forwarding::request_id(
+            &self.client(ctx),
+            &session.req_header().headers,
+        ));
 
         let req = session.req_header();
         if header_bytes(req) > self.limits.max_header_bytes {
@@ -428,15 +456,27 @@ impl ProxyHttp for Gateway {
                 .await?;
             return Ok(true);
         };
-        ctx.route = Some(Arc::from(route.name.as_str()));
+        ctx.route = Some(route.name.clone());
+        ctx.route_index = Some(route.index);
 
         match &route.target {
             Target::Realtime(service) => {
                 ctx.served_by = "realtime";
+                let _open = self.metrics.realtime_session(
+                    route.index,
+                    session.is_upgrade_req(),
+                    req.method == http::Method::GET,
+                );
                 // Per-client limits of the realtime services count the real client behind a
                 // trusted proxy, not the proxy.
                 let client = forwarding::real_client(&self.client(ctx), &req.headers);
-                seam::serve(session, service.clone(), client, &self.body_limits()).await?;
+                let limits = self.body_limits();
+                if session.is_upgrade_req() {
+                    let frames = ctx.frames.insert(Box::default());
+                    seam::serve_counted(session, service.clone(), client, &limits, frames).await?;
+                } else {
+                    seam::serve(session, service.clone(), client, &limits).await?;
+                }
                 Ok(true)
             }
             Target::App {
@@ -510,6 +550,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.current = Some(i);
         ctx.in_flight = Some(pool.begin(i));
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         let addr = &pool.servers[i].addr;
         match addr.http_peer(pool.timeouts()) {
             Ok(peer) => Ok(Box::new(peer)),
@@ -592,6 +633,9 @@ impl ProxyHttp for Gateway {
                 .named_file(session, ctx, upstream_response.clone())
                 .await;
         }
+        if let (None, Some(at)) = (ctx.upstream_time, ctx.upstream_started) {
+            ctx.upstream_time = Some(at.elapsed());
+        }
         // Called again for the final header after a 1xx, which decides afresh.
         let finish = self.finish(ctx.tls, ctx.compression.as_deref());
         ctx.out = finish.head(
@@ -641,25 +685,46 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         crate::header_deadline::request_done(session);
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return;
-        }
+        // Every request ends here, whatever answered it: the one place it is counted and
+        // logged.
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            client = ?ctx.client,
-            method = %req.method,
-            path = %req.uri,
+        let duration = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let by_pool = ctx.current.is_some();
+        self.metrics.request(
+            ctx.route_index,
             status,
-            route = ctx.route.as_deref().unwrap_or("-"),
-            by = ctx.served_by,
-            upstream = ctx.upstream_name(),
-            server = %Shown(ctx.server()),
-            ms = ctx.started.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
+            by_pool,
+            duration,
+            ctx.upstream_time,
         );
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        let req = session.req_header();
+        let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
+        log.log(Entry {
+            time: std::time::SystemTime::now(),
+            client: ctx.client,
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            version: req.version,
+            host: header(http::header::HOST),
+            status,
+            bytes_sent: session.body_bytes_sent() as u64,
+            bytes_received: session.body_bytes_read().max(ctx.body_bytes as usize) as u64,
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            request_id: ctx.request_id.take(),
+            route: ctx.route.take(),
+            by: ctx.served_by,
+            upstream: ctx.pool.take().map(|p| (p, ctx.current)),
+            duration,
+            upstream_duration: ctx.upstream_time,
+            tls: ctx.tls,
+            websocket: ctx.frames.take().filter(|_| status == 101),
+        });
     }
 }

@@ -30,8 +30,10 @@ pub enum Target {
 }
 
 pub struct Route {
-    /// `routes[i]`, for log lines.
-    pub name: String,
+    /// Its place in the configuration (`routes[index]`), for the metrics.
+    pub index: usize,
+    /// `routes[i]`, for log lines (shared, so a request takes it without allocating).
+    pub name: Arc<str>,
     prefix: String,
     host: Option<String>,
     pub target: Target,
@@ -86,7 +88,8 @@ impl Router {
                 },
             };
             routes.push(Route {
-                name: format!("routes[{index}]"),
+                index,
+                name: Arc::from(format!("routes[{index}]")),
                 prefix: r.path.clone(),
                 host: r.host.clone(),
                 target,

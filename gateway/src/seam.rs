@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::buffering::{BodyClock, BodyLimits};
 use crate::failure::ClientFailure;
+use crate::ws_frames::Frames;
 
 /// How many body chunks may wait for a service that reads slowly; the client is then
 /// back-pressured by TCP rather than buffered here.
@@ -53,6 +54,17 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
     limits: &BodyLimits,
 ) -> Result<()> {
+    serve_counted(session, service, client, limits, &mut Frames::default()).await
+}
+
+/// [`serve`], reading the frames of an upgraded session into `frames` for its log line.
+pub async fn serve_counted(
+    session: &mut Session,
+    service: Arc<dyn Service>,
+    client: Option<std::net::IpAddr>,
+    limits: &BodyLimits,
+    frames: &mut Frames,
+) -> Result<()> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -82,7 +94,7 @@ pub async fn serve(
                 Ok(_) => call.await,
             },
         };
-        return respond(session, response, false, false).await;
+        return respond(session, response, false, false, frames).await;
     }
     let (tx, body) = if upgrade {
         // After the headers of an upgrade request come the upgraded protocol's bytes, not a
@@ -174,7 +186,7 @@ pub async fn serve(
             format!("realtime service failed: {e}"),
         )
     })?;
-    respond(session, response, upgrade, unread_body).await
+    respond(session, response, upgrade, unread_body, frames).await
 }
 
 /// Answer a realtime request whose body was refused, with the status and reason every path
@@ -191,6 +203,7 @@ async fn respond(
     response: Response,
     upgrade: bool,
     unread_body: bool,
+    frames: &mut Frames,
 ) -> Result<()> {
     match response {
         Response::Full(resp) => {
@@ -246,7 +259,7 @@ async fn respond(
                 .await?;
             let (ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
             let _service = AbortOnDrop(tokio::spawn(on_upgrade(theirs)));
-            pump(session, ours).await
+            pump(session, ours, frames).await
         }
     }
 }
@@ -259,8 +272,13 @@ pub fn is_tls(session: &Session) -> bool {
 }
 
 /// Move bytes both ways between an upgraded client connection and `io` until either side
-/// closes. Shared by the realtime services and the WebSocket tunnel to the app.
-pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Result<()> {
+/// closes. Shared by the realtime services and the WebSocket tunnel to the app. The WebSocket
+/// frames passing are read into `frames` (messages, the close) for the session's log line.
+pub async fn pump<S: AsyncRead + AsyncWrite>(
+    session: &mut Session,
+    io: S,
+    frames: &mut Frames,
+) -> Result<()> {
     let (mut rd, mut wr) = tokio::io::split(io);
     // Read into spare capacity and hand the filled part over without a copy; nothing is
     // zeroed up front, so an idle connection's buffer stays mostly untouched (not resident).
@@ -270,6 +288,7 @@ pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Re
         tokio::select! {
             from_client = session.read_request_body(), if !client_done => match from_client {
                 Ok(Some(bytes)) => {
+                    frames.client_sent(&bytes);
                     if wr.write_all(&bytes).await.is_err() {
                         return Ok(());
                     }
@@ -283,9 +302,11 @@ pub async fn pump<S: AsyncRead + AsyncWrite>(session: &mut Session, io: S) -> Re
             from_peer = read_some(&mut rd, &mut buf) => match from_peer {
                 Ok(0) | Err(_) => return Ok(()),
                 Ok(_) => {
+                    let chunk = buf.split().freeze();
+                    frames.sent_to_client(&chunk);
                     session
                         .as_downstream_mut()
-                        .write_response_body(buf.split().freeze(), false)
+                        .write_response_body(chunk, false)
                         .await?;
                 }
             },

@@ -12,9 +12,11 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::h2_guard::{H2Guard, H2Limits};
 use crate::header_deadline::HeaderDeadline;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::redirect::RedirectToHttps;
 use crate::router::Router;
@@ -30,11 +32,17 @@ pub enum StartError {
     Routes(#[from] crate::router::BuildError),
     #[error(transparent)]
     Internal(#[from] crate::accel::BuildError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("temporary directory {}: {source}", .path.display())]
     TempDir {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cluster: {0}")]
+    Cluster(#[from] realtime::cluster::BackplaneError),
+    #[error("cluster: cannot start its runtime: {0}")]
+    ClusterRuntime(std::io::Error),
 }
 
 /// Runs every pool's health checks until shutdown.
@@ -78,9 +86,60 @@ impl BackgroundService for HubSweeper {
     }
 }
 
+/// This node's link to the fleet (`cluster:`), kept by a background service for the life of
+/// the server.
+pub struct Cluster {
+    /// Runs the backplane's tasks (the Redis links, the publish writer, backfills, and the
+    /// fan-out of what other nodes publish): apart from pingora's services, whose runtimes
+    /// come and go with them, and on one thread, as the pub/sub link is read by one task.
+    /// Only kept: dropping it would stop them.
+    _runtime: tokio::runtime::Runtime,
+    pub backplane: realtime::cluster::Backplane,
+    /// The Redis URL, password redacted.
+    pub redis: String,
+}
+
+impl Cluster {
+    /// What `/healthz` says of the cluster: `ok`, or `degraded` and why.
+    pub fn health(&self) -> serde_json::Value {
+        use realtime::cluster::Link;
+        let (status, reason) = match self.backplane.link() {
+            Link::Up => ("ok", None),
+            Link::Connecting => ("degraded", Some("connecting to redis".to_string())),
+            Link::Down { reason } => ("degraded", Some(format!("redis unreachable: {reason}"))),
+        };
+        let stats = self.backplane.stats();
+        let mut v = serde_json::json!({
+            "status": status,
+            "node_id": self.backplane.node_id(),
+            "redis": self.redis,
+            "connects": stats.connects.load(std::sync::atomic::Ordering::Relaxed),
+            "backfills": stats.backfills.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        if let Some(reason) = reason {
+            v["reason"] = serde_json::Value::String(reason);
+        }
+        v
+    }
+}
+
+/// Keeps the cluster's runtime for as long as the server runs, and closes the link to Redis
+/// on shutdown.
+struct ClusterService(Arc<Cluster>);
+
+#[async_trait::async_trait]
+impl BackgroundService for ClusterService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.0.backplane.shutdown();
+    }
+}
+
 /// The realtime services, one instance per kind however many routes mount it, all on one hub.
 struct Realtime {
     hub: realtime::hub::Hub,
+    /// `None` on a single node.
+    cluster: Option<Arc<Cluster>>,
     /// Keyed by kind, and by route path for the kinds configured per endpoint (WebSocket).
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
@@ -91,9 +150,13 @@ struct Realtime {
 }
 
 impl Realtime {
-    fn new(settings: &settings::Realtime, access: realtime::access::Access) -> Realtime {
+    fn new(
+        settings: &settings::Realtime,
+        cluster: Option<&settings::Cluster>,
+        access: realtime::access::Access,
+    ) -> Result<Realtime, StartError> {
         let h = &settings.hub;
-        let hub = realtime::hub::Hub::new(realtime::hub::HubConfig {
+        let config = realtime::hub::HubConfig {
             history_len: h.history,
             queue_capacity: h.subscriber_queue,
             max_topics: h.max_topics,
@@ -101,14 +164,22 @@ impl Realtime {
             max_topic_len: h.max_topic_length,
             new_topics_per_client_per_minute: h.new_topics_per_client_per_minute,
             ..realtime::hub::HubConfig::default()
-        });
-        Realtime {
+        };
+        let (hub, cluster) = match cluster {
+            None => (realtime::hub::Hub::new(config), None),
+            Some(c) => {
+                let (hub, cluster) = join_cluster(config, c)?;
+                (hub, Some(Arc::new(cluster)))
+            }
+        };
+        Ok(Realtime {
             hub,
+            cluster,
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
             settings: settings.clone(),
             access,
-        }
+        })
     }
 
     fn service(&self, endpoint: &Endpoint, path: &str) -> Arc<dyn realtime::seam::Service> {
@@ -167,6 +238,40 @@ impl Realtime {
             })
             .clone()
     }
+}
+
+/// A hub that is a node of the fleet `c` describes. Redis need not be reachable: the node
+/// starts, says `degraded` on `/healthz`, and connects with backoff.
+fn join_cluster(
+    config: realtime::hub::HubConfig,
+    c: &settings::Cluster,
+) -> Result<(realtime::hub::Hub, Cluster), StartError> {
+    let mut bp = realtime::cluster::BackplaneConfig::new(c.redis.expose(), c.node_id.as_str());
+    bp.key_prefix = c.key_prefix.clone();
+    bp.tls_root_pem = c.tls_ca.clone();
+    // Redis keeps what the local hub keeps: a client resumes as far back on any node.
+    bp.history_len = config.history_len;
+    bp.history_max_bytes = config.history_max_bytes;
+    bp.history_ttl = config.idle_topic_ttl;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cluster")
+        .enable_all()
+        .build()
+        .map_err(StartError::ClusterRuntime)?;
+    let (hub, backplane) = {
+        let _in = runtime.enter();
+        realtime::cluster::node::start(config, bp)?
+    };
+    tracing::info!(node = %c.node_id, redis = %c.redis, "cluster: this node shares its realtime through redis");
+    Ok((
+        hub,
+        Cluster {
+            _runtime: runtime,
+            backplane,
+            redis: c.redis.to_string(),
+        },
+    ))
 }
 
 /// The topic policy, and the app's word through the pool `realtime.auth.upstream` names.
@@ -229,7 +334,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     };
     let all_pools = Pool::all(&settings.upstreams);
     let access = access(settings, &all_pools, &temp_dir, connector());
-    let rt = Realtime::new(&settings.realtime, access);
+    let rt = Realtime::new(&settings.realtime, settings.cluster.as_ref(), access)?;
     let router = Router::build(settings, all_pools, &|endpoint, path| {
         rt.service(endpoint, path)
     })?;
@@ -237,6 +342,13 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     let admin_pools = router.pools.clone();
     let connector = connector();
     let limits = &settings.limits;
+    let metrics = Arc::new(Metrics::new(
+        settings,
+        pools.clone(),
+        rt.hub.clone(),
+        rt.socketio.get().cloned(),
+    ));
+    let access_log = AccessLog::start(&settings.access_log, metrics.access_log_dropped.clone())?;
     let gateway = Gateway {
         router,
         limits: limits.clone(),
@@ -245,6 +357,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
         temp_dir,
         connector,
+        metrics: metrics.clone(),
+        access_log,
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
@@ -264,6 +378,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
             inner: Arc::new(H2Guard {
                 inner: Arc::new(http),
                 limits: H2Limits::from_limits(limits),
+                metrics: metrics.clone(),
             }),
             timeout: header_timeout,
         },
@@ -301,8 +416,10 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
 
     if let Some(addr) = listen.admin {
         let admin = Admin {
+            metrics,
             pools: admin_pools,
             hub: rt.hub.clone(),
+            cluster: rt.cluster.clone(),
             body: crate::buffering::BodyLimits::from_limits(limits),
             publish: Arc::new({
                 let api = realtime::publish::PublishApi::new(
@@ -330,5 +447,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         HubSweeper(rt.hub.clone()),
     ));
     server.add_service(background_service("health checks", HealthChecks(pools)));
+    if let Some(cluster) = rt.cluster.clone() {
+        server.add_service(background_service("cluster", ClusterService(cluster)));
+    }
     Ok(server)
 }

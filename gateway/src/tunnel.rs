@@ -23,6 +23,7 @@ use crate::addr::Stream;
 use crate::attempt::{Attempt, Exchange, Loop, To};
 use crate::failure::{Failure, Fault};
 use crate::finish::{Finish, Origin};
+use crate::ws_frames::Frames;
 
 /// The app's response head to an upgrade must fit in this (nginx `proxy_buffer_size`-like).
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -64,12 +65,13 @@ impl Exchange for Upgrade<'_> {
 
 /// Open the tunnel and run it to the end. `req` already carries the forwarding headers.
 /// `Ok(Err(_))`: nothing was sent to the client yet, and the caller answers with the fault's
-/// status.
+/// status. The session's frames are read into `frames` for its log line.
 pub async fn run(
     session: &mut Session,
     attempts: Loop<'_>,
     req: &RequestHeader,
     finish: Finish<'_>,
+    frames: &mut Frames,
 ) -> Result<std::result::Result<(), Fault>> {
     let head = serialize(req);
     let won = match attempts.run(&mut Upgrade { head: &head }).await {
@@ -127,12 +129,13 @@ pub async fn run(
         .write_response_header(Box::new(resp))
         .await?;
     if !leftover.is_empty() {
+        frames.sent_to_client(&leftover);
         session
             .as_downstream_mut()
             .write_response_body(leftover, false)
             .await?;
     }
-    crate::seam::pump(session, upstream).await?;
+    crate::seam::pump(session, upstream, frames).await?;
     Ok(Ok(()))
 }
 

@@ -45,6 +45,11 @@ impl Server {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    /// Requests (and tunnels) on this server now.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]

@@ -4,8 +4,12 @@
 //! A poll that carries the position it has seen (`since=<epoch>:<seq>`) gets every message
 //! after it at once, framed by [`encode_batch`], so a client polling in a loop misses nothing
 //! published between two polls; when that position cannot be served (evicted from history, or
-//! a new epoch after a restart) it gets `409` with the current position: the reset signal.
-//! A poll without `since` gets the next message as a plain body (the nchan-style shape).
+//! a new epoch after a restart) it gets `409` with the current position: the reset signal. A
+//! waiting poll that learns that messages were lost (a live reset, in a fleet) gets the same
+//! `409`. A poll without `since` gets the next message as a plain body (the nchan-style shape).
+//!
+//! In a fleet a publish answers once Redis has numbered it, and `503` with the reason while
+//! Redis cannot be reached (the message is not taken: it would reach no other node).
 //!
 //! A waiting poll is a hub subscriber owned by the request's future: when the client goes
 //! away the gateway drops the future, and the subscriber is detached at once.
@@ -21,7 +25,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
 use crate::access::{self, Access, ClientInfo, Who};
-use crate::hub::{Hub, JoinOutcome, Message, Position};
+use crate::hub::{Hub, JoinOutcome, Message, Payload, Position};
 use crate::seam::{Request, Response, Service};
 use crate::{query, text};
 
@@ -123,6 +127,21 @@ fn with_position(mut resp: Response, topic: &str, pos: Position) -> Response {
     resp
 }
 
+/// `409` with the position the client continues from: messages after `since` are lost to it.
+fn reset(topic: &str, since: Option<Position>, current: Position) -> Response {
+    with_position(
+        Response::text(
+            StatusCode::CONFLICT,
+            format!(
+                "reset: messages after {} are no longer available; continue from {current}\n",
+                since.map(|p| p.to_string()).unwrap_or_default()
+            ),
+        ),
+        topic,
+        current,
+    )
+}
+
 fn entry(m: &Message) -> (Position, String) {
     (m.position(), text::body(m))
 }
@@ -176,7 +195,7 @@ impl LongPoll {
             Ok(s) => s,
             Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         };
-        let joined = match sub.join(&topic, since) {
+        let joined = match sub.join_async(&topic, since).await {
             Ok(j) => j,
             Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         };
@@ -184,14 +203,7 @@ impl LongPoll {
         match joined {
             JoinOutcome::Reset { current } => {
                 tracing::info!(topic = %topic, since = ?since.map(|p| p.to_string()), current = %current, "long-poll reset");
-                return with_position(
-                    Response::text(
-                        StatusCode::CONFLICT,
-                        format!("reset: messages after {} are no longer available; continue from {current}\n", since.map(|p| p.to_string()).unwrap_or_default()),
-                    ),
-                    &topic,
-                    current,
-                );
+                return reset(&topic, since, current);
             }
             JoinOutcome::Resumed { replay, .. } if !replay.is_empty() => {
                 let items: Vec<_> = replay.iter().take(MAX_BATCH).map(|m| entry(m)).collect();
@@ -219,6 +231,9 @@ impl LongPoll {
                     format!("subscription closed: {}\n", closed.reason),
                 )
             }
+            // Messages were lost to this node (a fleet's Redis lost them, or they could not be
+            // read back after a lost link): the same answer as a resume that cannot be served.
+            Ok(Ok(m)) if m.is_reset() => return reset(&topic, m.reset_from, m.position()),
             Ok(Ok(m)) => m,
         };
         if !batch {
@@ -229,11 +244,12 @@ impl LongPoll {
                 pos,
             );
         }
-        // Everything else already queued goes in the same answer.
+        // Everything else already queued goes in the same answer, up to a reset: the next poll
+        // (from the last position) gets the reset.
         let mut items = vec![entry(&first)];
         while items.len() < MAX_BATCH {
             match sub.try_recv() {
-                Ok(Some(m)) => items.push(entry(&m)),
+                Ok(Some(m)) if !m.is_reset() => items.push(entry(&m)),
                 _ => break,
             }
         }
@@ -269,16 +285,17 @@ impl LongPoll {
         let Ok(text) = String::from_utf8(body.to_vec()) else {
             return Response::text(StatusCode::BAD_REQUEST, "the message must be UTF-8 text\n");
         };
-        match self
-            .hub
-            .publish(&topic, "message", serde_json::Value::String(text), None)
-        {
+        let payload = Payload::new("message", serde_json::Value::String(text));
+        match self.hub.send(&topic, payload, None).await {
             Ok(pos) => with_position(
                 Response::text(StatusCode::OK, format!("published {pos}\n")),
                 &topic,
                 pos,
             ),
-            Err(e) => Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "long-poll publish: not published");
+                Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+            }
         }
     }
 }

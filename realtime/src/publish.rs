@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::hub::{Hub, Payload};
+use crate::hub::{Hub, HubError, Payload, Position, Published, Publishing};
 use crate::seam::{BodyError, Request, Response, Service};
 use crate::socketio::{AckError, Args, SocketIo, RESERVED_EVENTS};
 
@@ -79,6 +79,22 @@ struct Publish {
 enum Body {
     One(Publish),
     Many(Vec<Publish>),
+}
+
+/// One message of a publish request, sent and not yet answered.
+enum Sending {
+    Plain(Publishing<Position>),
+    Keyed(Publishing<Published>),
+}
+
+impl Sending {
+    /// Whether it failed without being sent.
+    fn failed_at_once(&self) -> bool {
+        match self {
+            Sending::Plain(s) => s.failed_at_once(),
+            Sending::Keyed(s) => s.failed_at_once(),
+        }
+    }
 }
 
 fn json_response(status: StatusCode, value: Value) -> Response {
@@ -263,26 +279,36 @@ impl PublishApi {
                 return error(e.status(), format!("{at}topic: {e}"));
             }
         }
-        let mut results = Vec::with_capacity(items.len());
+        // Every message is sent before any answer is awaited: in a fleet, a batch then costs
+        // one round trip to Redis, not one per message, and keeps its order.
+        let mut sending = Vec::with_capacity(items.len());
         for (i, p) in items.into_iter().enumerate() {
             let event = p.event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
             let payload = Payload::new(event, p.data);
-            let outcome = match &key {
+            let sent = match &key {
                 Some(k) => {
                     let k = if batch { format!("{k}#{i}") } else { k.clone() };
-                    self.hub
-                        .publish_idempotent(&k, &p.topic, payload, None)
-                        .map(|r| (r.position, r.duplicate))
+                    Sending::Keyed(self.hub.send_idempotent(&k, &p.topic, payload, None))
                 }
-                None => self
-                    .hub
-                    .publish_payload(&p.topic, payload, None)
-                    .map(|pos| (pos, false)),
+                None => Sending::Plain(self.hub.send(&p.topic, payload, None)),
+            };
+            let failed = sent.failed_at_once();
+            sending.push((p.topic, sent));
+            if failed {
+                // Nothing after a refused message is sent (the publishes before it were).
+                break;
+            }
+        }
+        let mut results = Vec::with_capacity(sending.len());
+        for (topic, sent) in sending {
+            let outcome = match sent {
+                Sending::Keyed(s) => s.await.map(|r| (r.position, r.duplicate)),
+                Sending::Plain(s) => s.await.map(|pos| (pos, false)),
             };
             match outcome {
                 Ok((pos, duplicate)) => {
                     let mut r = json!({
-                        "topic": p.topic,
+                        "topic": topic,
                         "seq": pos.seq,
                         "epoch": pos.epoch.to_string(),
                         "position": pos.to_string(),
@@ -294,10 +320,14 @@ impl PublishApi {
                 }
                 Err(e) => {
                     let status = match e {
-                        crate::hub::HubError::KeyTooLong { .. }
-                        | crate::hub::HubError::KeyConflict { .. } => StatusCode::BAD_REQUEST,
+                        HubError::KeyTooLong { .. } | HubError::KeyConflict { .. } => {
+                            StatusCode::BAD_REQUEST
+                        }
                         _ => StatusCode::SERVICE_UNAVAILABLE,
                     };
+                    if e.is_unavailable() {
+                        tracing::warn!(topic = %topic, error = %e, "publish API: not published");
+                    }
                     return error(status, e.to_string());
                 }
             }

@@ -6,7 +6,9 @@
 //! resumes exactly after it. With one topic the id is the position, `<epoch>:<seq>`; with
 //! several it must carry every topic's position, so it is [`encode_ids`]' list of
 //! `<topic>@<epoch>:<seq>`. When a position cannot be served an `event: reset` says so, with
-//! the position the stream continues from: never a silent gap.
+//! the position the stream continues from: never a silent gap. In a fleet a resume position
+//! this node's history cannot serve is served from the fleet's (Redis), and messages the node
+//! lost while it was cut off from Redis are an `event: reset` in the live stream.
 //!
 //! Reserved topics (`sio:`, `ws:`) are refused with 403, overlong names with 400 and new
 //! topics beyond the client's budget with 429 ([`crate::topics`]); a topic the policy makes
@@ -148,6 +150,17 @@ pub fn encode_event(id: Option<&str>, event: &str, data: &str) -> String {
     out
 }
 
+/// `event: reset` for `topic`: messages after `since` are lost; the stream continues after
+/// `position`. No `id:`, so the browser's `Last-Event-ID` stays the last message's.
+fn reset_event(topic: &str, since: Option<Position>, position: Position) -> String {
+    let data = serde_json::json!({
+        "topic": topic,
+        "since": since.map(|p| p.to_string()),
+        "position": position.to_string(),
+    });
+    encode_event(None, "reset", &data.to_string())
+}
+
 impl Sse {
     pub fn new(hub: Hub, config: SseConfig, access: Access) -> Sse {
         Sse {
@@ -219,15 +232,10 @@ impl Service for Sse {
         let mut first = format!("retry: {}\n\n", self.config.retry.as_millis());
         let mut replay: Vec<std::sync::Arc<Message>> = Vec::new();
         for t in &topics {
-            match sub.join(t, since.get(t).copied()) {
+            match sub.join_async(t, since.get(t).copied()).await {
                 Ok(JoinOutcome::Reset { current }) => {
                     positions.insert(t.clone(), current);
-                    let data = serde_json::json!({
-                        "topic": t,
-                        "since": since.get(t).map(|p| p.to_string()),
-                        "position": current.to_string(),
-                    });
-                    first.push_str(&encode_event(None, "reset", &data.to_string()));
+                    first.push_str(&reset_event(t, since.get(t).copied(), current));
                 }
                 Ok(joined) => {
                     positions.insert(t.clone(), joined.position());
@@ -248,6 +256,11 @@ impl Service for Sse {
             let mut positions = positions;
             let mut emit = |m: &Message| {
                 positions.insert(m.topic.to_string(), m.position());
+                if m.is_reset() {
+                    // Messages were lost to this node (see `Message::reset_from`): said as a
+                    // reset on resume is, and the stream goes on from the new position.
+                    return reset_event(&m.topic, m.reset_from, m.position());
+                }
                 encode_event(Some(&encode_ids(&positions)), &m.topic, &text::body(m))
             };
             for m in &replay {

@@ -16,9 +16,11 @@
 //! [`WsConfig::max_subscriptions`] subscriptions, or more new topics than its address's budget
 //! ([`crate::topics`]), nor subscribe to a private topic without the app's word or publish
 //! where the policy does not let clients ([`crate::access`]): each refusal is an `error` frame
-//! and the connection goes on. With a connect callback, the upgrade itself is asked about
-//! first (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the
-//! app named.
+//! and the connection goes on. So is a publish the hub could not take (in a fleet, while Redis
+//! is unreachable), with the publish's `id`; messages a fleet lost to this node are a `reset`
+//! frame. A chat or broadcast-room message that cannot be published closes the connection with
+//! 1013 and the reason. With a connect callback, the upgrade itself is asked about first
+//! (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the app named.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +173,9 @@ pub enum PubSubOut {
     },
     Error {
         message: String,
+        /// The `id` of the publish this answers, when it was one that gave an id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
     },
 }
 
@@ -428,33 +433,25 @@ impl Connection {
             }
         }
         if self.mode == Mode::Plain {
-            let _ = self.hub.publish(
-                &self.room,
-                "text",
-                json!(format!("{} connected", self.id)),
-                None,
-            );
+            self.notice("text", json!(format!("{} connected", self.id)), None)
+                .await;
         }
 
         let end = self.serve(&mut ws, &mut username).await;
         match self.mode {
             Mode::Chat => {
                 if let Some(u) = username {
-                    let _ = self.hub.publish(
-                        &self.room,
-                        "chat-leave",
-                        json!({"username": u}),
-                        Some(self.sub.id()),
-                    );
+                    self.notice("chat-leave", json!({"username": u}), Some(self.sub.id()))
+                        .await;
                 }
             }
             Mode::Plain => {
-                let _ = self.hub.publish(
-                    &self.room,
+                self.notice(
                     "text",
                     json!(format!("{} disconnected", self.id)),
                     Some(self.sub.id()),
-                );
+                )
+                .await;
             }
             Mode::PubSub => {}
         }
@@ -476,6 +473,32 @@ impl Connection {
             })
             .await;
         }
+    }
+
+    /// A room notice (an arrival, a departure) nobody asked for: when it cannot be published
+    /// (the fleet's Redis is unreachable) the room does not hear of it, and the log says so.
+    async fn notice(&self, kind: &str, data: Value, origin: Option<hub::SubscriberId>) {
+        if let Err(e) = self
+            .hub
+            .send(&self.room, hub::Payload::new(kind, data), origin)
+            .await
+        {
+            tracing::warn!(room = %self.room, kind = %kind, error = %e, "websocket room notice not published");
+        }
+    }
+
+    /// Publishes what the client said to its room; a failure closes the connection with 1013
+    /// (try again later) and the reason, as a chat client has no other way to learn of it.
+    async fn say(&self, kind: &str, data: Value) -> Result<(), End> {
+        self.hub
+            .send(
+                &self.room,
+                hub::Payload::new(kind, data),
+                Some(self.sub.id()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| End::Close(CloseCode::Again, e.to_string()))
     }
 
     async fn serve(
@@ -525,7 +548,8 @@ impl Connection {
                 },
                 msg = self.sub.recv() => match msg {
                     Ok(m) => {
-                        if ws.send(self.render(&m)).await.is_err() {
+                        let Some(out) = self.render(&m) else { continue };
+                        if ws.send(out).await.is_err() {
                             return End::Gone;
                         }
                     }
@@ -547,8 +571,20 @@ impl Connection {
         }
     }
 
-    fn render(&self, m: &hub::Message) -> WsMessage {
-        match self.mode {
+    /// The frame for a message; `None` for a live reset in the rooms, which have no way to say
+    /// it (a pub/sub client gets a `reset`).
+    fn render(&self, m: &hub::Message) -> Option<WsMessage> {
+        if m.is_reset() {
+            return (self.mode == Mode::PubSub).then(|| {
+                PubSubOut::Reset {
+                    topic: m.topic.to_string(),
+                    since: m.reset_from.map(|p| p.to_string()),
+                    position: m.position().to_string(),
+                }
+                .text()
+            });
+        }
+        Some(match self.mode {
             Mode::Chat => {
                 WsMessage::text(json!({"type": m.event(), "payload": m.data()}).to_string())
             }
@@ -565,7 +601,7 @@ impl Connection {
                 }
                 .text()
             }
-        }
+        })
     }
 
     async fn on_text(
@@ -576,11 +612,8 @@ impl Connection {
     ) -> Result<(), End> {
         match self.mode {
             Mode::Plain => {
-                let line = format!("{}: {text}", self.id);
-                self.hub
-                    .publish(&self.room, "text", json!(line), Some(self.sub.id()))
-                    .map(|_| ())
-                    .map_err(|e| End::Close(CloseCode::Again, e.to_string()))
+                self.say("text", json!(format!("{}: {text}", self.id)))
+                    .await
             }
             Mode::Chat => match chat_action(text) {
                 Ok(ChatAction::Broadcast {
@@ -589,10 +622,7 @@ impl Connection {
                     username: u,
                 }) => {
                     *username = Some(u);
-                    self.hub
-                        .publish(&self.room, kind, payload, Some(self.sub.id()))
-                        .map(|_| ())
-                        .map_err(|e| End::Close(CloseCode::Again, e.to_string()))
+                    self.say(kind, payload).await
                 }
                 Ok(ChatAction::Drop) => Ok(()),
                 Ok(ChatAction::Unknown(kind)) => {
@@ -614,7 +644,7 @@ impl Connection {
     }
 
     async fn pubsub(&self, request: PubSubIn) -> Vec<WsMessage> {
-        let refused = |message: String| vec![PubSubOut::Error { message }.text()];
+        let refused = |message: String| vec![PubSubOut::Error { message, id: None }.text()];
         match request {
             PubSubIn::Subscribe { topic, since } => {
                 let limit = self.config.max_subscriptions;
@@ -646,7 +676,7 @@ impl Connection {
                 {
                     return refused(format!("subscribe refused: {e}"));
                 }
-                match self.sub.join(&topic, parsed) {
+                match self.sub.join_async(&topic, parsed).await {
                     Ok(JoinOutcome::Reset { current }) => vec![PubSubOut::Reset {
                         topic,
                         since,
@@ -659,7 +689,7 @@ impl Connection {
                             position: joined.position().to_string(),
                         }
                         .text()];
-                        out.extend(joined.replay().iter().map(|m| self.render(m)));
+                        out.extend(joined.replay().iter().filter_map(|m| self.render(m)));
                         out
                     }
                     Err(e) => refused(e.to_string()),
@@ -680,7 +710,8 @@ impl Connection {
                     return refused(format!("publish refused: {e}"));
                 }
                 let event = event.unwrap_or_else(|| "message".to_string());
-                match self.hub.publish(&topic, event, data, Some(self.sub.id())) {
+                let payload = hub::Payload::new(event, data);
+                match self.hub.send(&topic, payload, Some(self.sub.id())).await {
                     Ok(p) => vec![PubSubOut::Published {
                         topic,
                         seq: p.seq,
@@ -689,10 +720,16 @@ impl Connection {
                         id,
                     }
                     .text()],
-                    Err(e) => vec![PubSubOut::Error {
-                        message: e.to_string(),
+                    // Not published (the fleet's Redis is unreachable, say): an error frame
+                    // with the request's id; the connection and its subscriptions go on.
+                    Err(e) => {
+                        tracing::warn!(topic = %topic, error = %e, "pubsub publish: not published");
+                        vec![PubSubOut::Error {
+                            message: format!("publish refused: {e}"),
+                            id,
+                        }
+                        .text()]
                     }
-                    .text()],
                 }
             }
         }

@@ -4,7 +4,9 @@
 //! Everything over TLS, against the real binaries (backend-stub's `/accel` sets the headers
 //! the query names and a body that must never reach the client; php-fpm for the example).
 
-use e2e::{client, client_builder, workspace_root, Gateway, PhpFpm, Scratch, Stub};
+use std::time::Duration;
+
+use e2e::{client, client_builder, eventually, workspace_root, Gateway, PhpFpm, Scratch, Stub};
 
 /// What backend-stub's `/accel` sends as its own body.
 const APP_BODY: &str = "THE APP'S OWN BODY: A FRONT SERVER MUST NEVER SEND THIS";
@@ -44,6 +46,7 @@ internal_locations:
   - {{path: /protected/, root: {root}}}
 routes:
   - {{path: /, upstream: app}}
+access_log: {{format: json}}
 "#,
         app = app.addr,
         root = d.join("files").display(),
@@ -152,7 +155,10 @@ async fn the_app_hands_out_a_file_with_its_own_headers_and_not_its_body() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("body"), "# notes\n");
     assert!(
-        s.gw.proc.logs().contains("by=\"accel\""),
+        eventually(Duration::from_secs(5), || async {
+            s.gw.proc.logs().contains("\"served_by\":\"accel\"")
+        })
+        .await,
         "the access log says who answered"
     );
 

@@ -3,7 +3,8 @@
 //!
 //! Every test checks each node's deliveries with the same rule: within an epoch, each message
 //! is exactly the next seq; only a declared reset may jump (forward, or to a later epoch); no
-//! position is delivered twice.
+//! position is delivered twice. Each node follows [`TOPIC`] (a node delivers only the topics
+//! it follows).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,12 +42,24 @@ impl Recorder {
             .collect()
     }
 
+    /// Messages delivered (starts and resets not counted).
+    fn messages(&self, topic: &str) -> usize {
+        self.of(topic)
+            .iter()
+            .filter(|d| matches!(d, Delivery::Message { .. }))
+            .count()
+    }
+
     /// Positions delivered, checking the ordering rule on the way.
     fn checked(&self, topic: &str) -> Checked {
         let mut c = Checked::default();
         let mut current: Option<Position> = None;
         for d in self.of(topic) {
             match d {
+                Delivery::Start { at, .. } => {
+                    assert!(current.is_none(), "a start after deliveries: {at}");
+                    current = Some(at);
+                }
                 Delivery::Message { position, body } => {
                     if let Some(cur) = current {
                         assert_eq!(position.epoch, cur.epoch, "across epochs without reset");
@@ -107,6 +120,7 @@ async fn node_with(config: BackplaneConfig) -> Node {
         "not connected: {:?}",
         backplane.link()
     );
+    backplane.follow(TOPIC, &mut |_| {});
     Node { backplane, sink }
 }
 
@@ -157,7 +171,7 @@ async fn publishes_from_two_nodes_reach_both_in_one_order_exactly_once() {
     eventually(
         "both nodes have every message",
         Duration::from_secs(20),
-        || a.sink.of(TOPIC).len() >= total && b.sink.of(TOPIC).len() >= total,
+        || a.sink.messages(TOPIC) >= total && b.sink.messages(TOPIC) >= total,
     )
     .await;
     let (ca, cb) = (a.sink.checked(TOPIC), b.sink.checked(TOPIC));
@@ -239,7 +253,7 @@ async fn a_node_that_missed_messages_backfills_them_from_history() {
         publish(&a, TOPIC, i).await.expect("publish");
     }
     eventually("b has the first three", Duration::from_secs(10), || {
-        b.sink.of(TOPIC).len() == 3
+        b.sink.messages(TOPIC) == 3
     })
     .await;
     cut_b_off(&redis, &b).await;
@@ -251,7 +265,7 @@ async fn a_node_that_missed_messages_backfills_them_from_history() {
     // b cannot publish meanwhile: refused with the reason, not accepted and dropped.
     let err = publish(&b, TOPIC, 999).await.expect_err("b is cut off");
     assert!(matches!(err, BackplaneError::Unavailable { .. }), "{err:?}");
-    assert_eq!(b.sink.of(TOPIC).len(), 3, "b got nothing while away");
+    assert_eq!(b.sink.messages(TOPIC), 3, "b got nothing while away");
     let_b_back(&redis);
     eventually("b caught up", Duration::from_secs(10), || {
         b.backplane.delivered(TOPIC).map(|p| p.seq) == Some(20)
@@ -289,7 +303,7 @@ async fn history_trimmed_past_the_gap_is_a_declared_reset() {
         publish(&a, TOPIC, i).await.expect("publish");
     }
     eventually("b has the first three", Duration::from_secs(10), || {
-        b.sink.of(TOPIC).len() == 3
+        b.sink.messages(TOPIC) == 3
     })
     .await;
     cut_b_off(&redis, &b).await;
@@ -511,4 +525,107 @@ async fn rediss_with_a_private_ca() {
     })
     .await;
     assert_eq!(b.sink.checked(TOPIC).messages, vec![(p, json!(7))]);
+}
+
+/// Publishes submitted back to back (not one awaited before the next) go out in one pipeline
+/// and are numbered in the order of the calls; a node delivers only what it follows, and
+/// learns where a topic stands from Redis when it starts following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_publishes_keep_their_order_and_only_followed_topics_are_delivered() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    const N: u64 = 500;
+    let pending: Vec<_> = (0..N)
+        .map(|i| {
+            a.backplane
+                .submit(TOPIC, MessageId::generate(), payload(i), None)
+                .expect("submitted")
+        })
+        .collect();
+    let mut positions = Vec::new();
+    for p in pending {
+        positions.push(p.await.expect("published"));
+    }
+    let seqs: Vec<u64> = positions.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "the order of the calls");
+    eventually("b has them", Duration::from_secs(10), || {
+        b.sink.messages(TOPIC) == N as usize
+    })
+    .await;
+    let values: Vec<u64> = b
+        .sink
+        .checked(TOPIC)
+        .messages
+        .iter()
+        .filter_map(|(_, v)| v.as_u64())
+        .collect();
+    assert_eq!(values, (0..N).collect::<Vec<_>>());
+
+    // "other" is followed by nobody on b: nothing of it is delivered there.
+    for i in 0..3 {
+        publish(&a, "other", i).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(b.sink.of("other").is_empty());
+    assert!(!b.backplane.follows("other"));
+    // Following it: where it stands is read from Redis, clean (the link is up), then the next
+    // message follows.
+    let mut at = Some(Position::new(realtime::hub::Epoch::from_raw(0), 99));
+    b.backplane.follow("other", &mut |p| at = p);
+    assert_eq!(at, None, "nothing delivered yet");
+    assert!(!b.backplane.located("other"));
+    b.backplane.locate("other").await.expect("head read");
+    assert!(b.backplane.located("other"));
+    let p4 = publish(&a, "other", 3).await.expect("publish");
+    eventually("b has the fourth", Duration::from_secs(5), || {
+        b.sink.messages("other") == 1
+    })
+    .await;
+    let seen = b.sink.of("other");
+    assert_eq!(
+        seen[0],
+        Delivery::Start {
+            at: Position::new(p4.epoch, 3),
+            clean: true
+        }
+    );
+    assert!(matches!(&seen[1], Delivery::Message { position, .. } if *position == p4));
+    // Unfollowed (the owner says the topic is gone): nothing more.
+    b.backplane.unfollow("other", &|| false);
+    assert!(b.backplane.follows("other"), "not gone: kept");
+    b.backplane.unfollow("other", &|| true);
+    assert!(!b.backplane.follows("other"));
+    publish(&a, "other", 4).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.sink.of("other").len(), 2);
+}
+
+/// A topic followed while the link is down cannot know what it missed until the link is back:
+/// its start is not clean (the owner tells its listeners they may have missed messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_followed_while_cut_off_does_not_start_clean() {
+    let redis = redis_with_user_b();
+    let a = node(&redis, "a").await;
+    let b = node_with(config_b(&redis)).await;
+    cut_b_off(&redis, &b).await;
+    b.backplane.follow("late", &mut |_| {});
+    for i in 0..3 {
+        publish(&a, "late", i).await.expect("publish");
+    }
+    let_b_back(&redis);
+    assert!(b.backplane.wait_up(Duration::from_secs(10)).await);
+    let p = publish(&a, "late", 3).await.expect("publish");
+    eventually("b has the new one", Duration::from_secs(5), || {
+        b.sink.messages("late") == 1
+    })
+    .await;
+    let seen = b.sink.of("late");
+    assert_eq!(
+        seen[0],
+        Delivery::Start {
+            at: Position::new(p.epoch, 3),
+            clean: false
+        }
+    );
 }

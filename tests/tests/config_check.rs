@@ -105,3 +105,32 @@ routes:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn the_cluster_block_is_checked_without_connecting_and_never_shows_the_password() {
+    let dir = Scratch::new("check");
+    // Nothing listens on port 1: check does not connect, the file is fine.
+    std::fs::write(
+        dir.path().join("fleet.yaml"),
+        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"rediss://alice:s3cret@127.0.0.1:1/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\"}\n",
+    )
+    .expect("write");
+    let (code, out, err) = check(dir.path(), "fleet.yaml");
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::fs::write(
+        dir.path().join("bad-fleet.yaml"),
+        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"redis://:s3cret@127.0.0.1:6379/notadb\", node_id: \"\", tls_ca: nope.pem, internal_listen: \"127.0.0.1:8080\"}\n",
+    )
+    .expect("write");
+    let (code, out, err) = check(dir.path(), "bad-fleet.yaml");
+    assert_eq!(code, Some(2), "{out}{err}");
+    for want in [
+        "cluster.tls_ca: cannot read ",
+        "cluster.redis: invalid redis url redis://:***@127.0.0.1:6379/notadb: ",
+        "cluster.node_id: must be 1 to 128 bytes long",
+        "cluster.internal_listen: 127.0.0.1:8080 is already used by listen.http",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!format!("{out}{err}").contains("s3cret"), "{err}");
+}

@@ -82,6 +82,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let policy = policy(&c.realtime.policy, &mut r);
     let compression = compression(c.compression, &mut r);
     let limits = limits(&c.limits, &mut r);
+    let cluster = c.cluster.map(|cl| cluster(cl, &listen, base, &mut r));
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in c.upstreams {
@@ -115,6 +116,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     explain_policy(&policy, auth.as_ref(), &c.routes, &mut r);
 
     let routes = routes(c.routes, &upstreams, &websockets, base, &mut r);
+    let access_log = access_log(&c.access_log, base, &mut r);
 
     let threads = c.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -149,9 +151,90 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         },
         internal_locations,
         compression,
+        cluster,
         threads,
         grace_period,
+        access_log,
     })
+}
+
+/// Longest `cluster.node_id` and `cluster.key_prefix`: the node id travels in every message
+/// published, the prefix in every key and channel name.
+const MAX_CLUSTER_NAME: usize = 128;
+
+fn cluster(c: config::Cluster, listen: &Listen, base: &Path, r: &mut Report) -> Cluster {
+    let tls_ca = c.tls_ca.and_then(|path| {
+        let path = resolve(base, path);
+        match std::fs::read(&path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                r.bad(
+                    "cluster.tls_ca",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    if let Err(e) = realtime::cluster::backplane::check_url(&c.redis, tls_ca.as_deref()) {
+        r.bad("cluster.redis", e.to_string());
+    }
+    let name = |key: &str, value: &str, r: &mut Report| {
+        if value.is_empty() || value.len() > MAX_CLUSTER_NAME {
+            r.bad(
+                format!("cluster.{key}"),
+                format!("must be 1 to {MAX_CLUSTER_NAME} bytes long"),
+            );
+        } else if value
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            r.bad(
+                format!("cluster.{key}"),
+                format!("{value:?} has white space or control characters"),
+            );
+        }
+    };
+    let node_id = c.node_id.unwrap_or_else(defaults::cluster_node_id);
+    name("node_id", &node_id, r);
+    let key_prefix = c
+        .key_prefix
+        .unwrap_or_else(|| defaults::CLUSTER_KEY_PREFIX.to_string());
+    name("key_prefix", &key_prefix, r);
+    let internal_listen = c
+        .internal_listen
+        .and_then(|v| match v.parse::<SocketAddr>() {
+            Ok(a) => {
+                let taken = [
+                    ("https", listen.https),
+                    ("http", listen.http),
+                    ("admin", listen.admin),
+                ]
+                .into_iter()
+                .find(|(_, l)| *l == Some(a));
+                if let Some((other, _)) = taken {
+                    r.bad(
+                        "cluster.internal_listen",
+                        format!("{a} is already used by listen.{other}"),
+                    );
+                }
+                Some(a)
+            }
+            Err(_) => {
+                r.bad(
+                    "cluster.internal_listen",
+                    format!("{v:?} is not an address like 10.0.0.5:7070"),
+                );
+                None
+            }
+        });
+    Cluster {
+        redis: RedisUrl::new(c.redis),
+        tls_ca,
+        node_id,
+        key_prefix,
+        internal_listen,
+    }
 }
 
 fn listen(l: &config::Listen, r: &mut Report) -> Listen {
@@ -255,6 +338,35 @@ fn proxy(p: config::Proxy, state_dir: &Path, base: &Path, r: &mut Report) -> Pro
             .temp_dir
             .map(|d| resolve(base, d))
             .unwrap_or_else(|| state_dir.join(defaults::TEMP_SUBDIR)),
+    }
+}
+
+fn access_log(a: &config::AccessLog, base: &Path, r: &mut Report) -> AccessLogSettings {
+    let path = a.path.as_deref().unwrap_or(defaults::ACCESS_LOG_PATH);
+    let target = match path {
+        "off" => LogTarget::Off,
+        "stdout" => LogTarget::Stdout,
+        "stderr" => LogTarget::Stderr,
+        file => {
+            let file = resolve(base, PathBuf::from(file));
+            match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => r.bad(
+                    "access_log.path",
+                    format!("{}: no such directory", dir.display()),
+                ),
+                _ => {}
+            }
+            LogTarget::File(file)
+        }
+    };
+    let queue_lines = a.queue_lines.unwrap_or(defaults::ACCESS_LOG_QUEUE_LINES);
+    if queue_lines == 0 {
+        r.bad("access_log.queue_lines", "must be at least 1");
+    }
+    AccessLogSettings {
+        target,
+        format: a.format.unwrap_or(defaults::ACCESS_LOG_FORMAT),
+        queue_lines,
     }
 }
 

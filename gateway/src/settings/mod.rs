@@ -28,7 +28,7 @@ use http::HeaderValue;
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
-pub use crate::config::{defaults, Balance, RealtimeKind};
+pub use crate::config::{defaults, AccessLogFormat, Balance, RealtimeKind};
 pub use certs::{load_pair, TlsError};
 pub use values::{is_plain_file_name, Addr, AddrError, Cidr, Coding, ServerName, TypePattern};
 
@@ -45,10 +45,72 @@ pub struct Settings {
     pub internal_locations: Vec<InternalLocation>,
     /// `None` when compression is off.
     pub compression: Option<Compression>,
+    /// `None`: a single node.
+    pub cluster: Option<Cluster>,
     /// Worker threads of the HTTPS service.
     pub threads: usize,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
+    pub access_log: AccessLogSettings,
+}
+
+/// Where and how the access log is written.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    pub target: LogTarget,
+    pub format: AccessLogFormat,
+    pub queue_lines: usize,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    /// Appended to; reopened on `SIGUSR1`.
+    File(PathBuf),
+}
+
+/// This node's place in a fleet of gateways on one Redis.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Checked by the backplane's own URL parser; printed redacted.
+    pub redis: RedisUrl,
+    /// PEM certificates to trust for `rediss://` instead of the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
+    pub node_id: String,
+    pub key_prefix: String,
+    /// Checked now; the internal forwarding that will listen there is not built yet.
+    pub internal_listen: Option<SocketAddr>,
+}
+
+/// A Redis URL: it may hold a password, so `Debug` and `Display` redact it; [`RedisUrl::expose`]
+/// is for the connection only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: String) -> RedisUrl {
+        RedisUrl(url)
+    }
+
+    /// The URL with its password, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&realtime::cluster::backplane::redact(&self.0))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 #[derive(Debug, Clone)]

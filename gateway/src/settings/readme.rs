@@ -116,6 +116,7 @@ upstreams:
   app: {{servers: [127.0.0.1:3000], health_check: {{}}}}
   php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {dir}}}}}
 realtime: {{socketio: {{recovery: {{}}}}, auth: {{upstream: app}}}}
+cluster: {{redis: "redis://127.0.0.1:6379/0"}}
 routes:
   - {{path: /ws, realtime: websocket}}
   - {{path: /, upstream: app, static: {{root: {dir}}}}}
@@ -246,7 +247,20 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "compression.gzip_level" => num(comp?.gzip_level),
         "compression.brotli_level" => num(comp?.brotli_level),
         "compression.min_length" => num(comp?.min_length),
+        "cluster.redis" | "cluster.internal_listen" => None,
+        "cluster.key_prefix" => text(&s.cluster.as_ref()?.key_prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
+        "access_log.path" => text(match &s.access_log.target {
+            LogTarget::Off => "off".to_string(),
+            LogTarget::Stdout => "stdout".to_string(),
+            LogTarget::Stderr => "stderr".to_string(),
+            LogTarget::File(p) => p.display().to_string(),
+        }),
+        "access_log.format" => text(match s.access_log.format {
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }),
+        "access_log.queue_lines" => num(s.access_log.queue_lines as u64),
         other => {
             panic!("the README names {other}, which this test does not know: add it to `value`")
         }
@@ -294,6 +308,16 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             ] {
                 assert!(types.iter().any(|t| t.matches(main, sub)), "{main}/{sub}");
             }
+        }
+        ("cluster", "off") => assert!(bare.cluster.is_none()),
+        ("cluster.tls_ca", "none") => {
+            assert!(full.cluster.as_ref().expect("on").tls_ca.is_none())
+        }
+        ("cluster.node_id", "`<hostname>:<pid>`") => {
+            let id = &full.cluster.as_ref().expect("on").node_id;
+            let (host, pid) = id.rsplit_once(':').expect("host:pid");
+            assert!(!host.is_empty(), "{id}");
+            assert_eq!(pid, std::process::id().to_string(), "{id}");
         }
         ("threads", "cores") => assert_eq!(
             bare.threads,

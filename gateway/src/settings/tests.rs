@@ -567,3 +567,59 @@ routes: [{path: /events, realtime: sse}, {path: /socket.io/, realtime: socketio}
     )
     .is_empty());
 }
+
+#[test]
+fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
+    assert!(minimal().cluster.is_none());
+    let on = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"rediss://alice:s3cret@redis.internal:6380/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\"}}\n"
+    ))
+    .expect("builds");
+    let c = on.cluster.expect("on");
+    assert_eq!(c.node_id, "gw-1");
+    assert_eq!(c.key_prefix, "socket.io");
+    assert_eq!(
+        c.internal_listen,
+        Some("10.0.0.5:7070".parse().expect("addr"))
+    );
+    assert_eq!(
+        c.redis.expose(),
+        "rediss://alice:s3cret@redis.internal:6380/2"
+    );
+    // Printed, the password is gone.
+    assert_eq!(
+        c.redis.to_string(),
+        "rediss://alice:***@redis.internal:6380/2"
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"http://:s3cret@127.0.0.1:6379\", node_id: \"two words\", key_prefix: \"\", internal_listen: \"127.0.0.1:8080\"}}\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "cluster.redis: invalid redis url http://:***@127.0.0.1:6379: only redis:// and rediss:// are supported",
+            "cluster.node_id: \"two words\" has white space or control characters",
+            "cluster.key_prefix: must be 1 to 128 bytes long",
+            "cluster.internal_listen: 127.0.0.1:8080 is already used by listen.http",
+        ]
+    );
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://:s3cret@127.0.0.1:99999/x\", tls_ca: missing-ca.pem, internal_listen: nowhere}}\n"
+    ));
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(
+        p[0].starts_with("cluster.tls_ca: cannot read /etc/gw/missing-ca.pem"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with("cluster.redis: invalid redis url redis://:***@127.0.0.1:99999/x: "),
+        "{p:?}"
+    );
+    assert_eq!(
+        p[2],
+        "cluster.internal_listen: \"nowhere\" is not an address like 10.0.0.5:7070"
+    );
+    assert!(p.iter().all(|p| !p.contains("s3cret")), "{p:?}");
+}

@@ -5,17 +5,30 @@
 //!
 //! Publishing while Redis is unreachable fails at once with [`BackplaneError::Unavailable`]:
 //! the caller answers 503, nothing is accepted and dropped.
+//!
+//! A node follows only the topics it has local subscribers for ([`Backplane::follow`]): frames
+//! of other topics are read off the subscription and dropped, so its memory grows with its own
+//! topics, not the fleet's.
+//!
+//! Publishes are sent in the order [`Backplane::submit`] is called, by one writer task that
+//! pipelines what is waiting into one round trip (so a busy node pays one round trip per batch,
+//! not per publish, and one sender's messages keep their order: Redis runs the scripts in the
+//! order they arrive on the connection).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind, Value};
 use thiserror::Error;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::cursor::{Cursor, Source, Step};
 use super::frame::{self, Body};
@@ -113,6 +126,48 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Checks a Redis URL (and the PEM roots to trust for `rediss://`, if any) the way
+/// [`Backplane::start`] does, without connecting: for `gateway check`.
+pub fn check_url(url: &str, tls_root_pem: Option<&[u8]>) -> Result<(), BackplaneError> {
+    client(url, tls_root_pem).map(|_| ())
+}
+
+/// The client for `url`: `redis://` or `rediss://` only (a Unix socket would tie every node to
+/// one machine). Errors name the URL with its password redacted; redis-rs's own messages never
+/// repeat the URL.
+fn client(url: &str, tls_root_pem: Option<&[u8]>) -> Result<redis::Client, BackplaneError> {
+    let bad = |reason: String| BackplaneError::Url {
+        url: redact(url),
+        reason,
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(bad("only redis:// and rediss:// are supported".into()));
+    }
+    let client = match tls_root_pem {
+        Some(_) if !url.starts_with("rediss://") => {
+            return Err(bad(
+                "certificates to trust are only used with rediss://".into()
+            ))
+        }
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    if !matches!(
+        client.get_connection_info().addr(),
+        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+    ) {
+        return Err(bad("only redis:// and rediss:// are supported".into()));
+    }
+    Ok(client)
+}
+
 /// Why a backplane operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -138,14 +193,37 @@ pub enum BackplaneError {
     /// Redis answered something the scripts never return.
     #[error("unexpected answer from redis: {0}")]
     Protocol(String),
+    /// More publishes wait for Redis than [`PUBLISH_QUEUE`]: Redis (or the link to it) does not
+    /// keep up; this one was not sent.
+    #[error("too many publishes are waiting for redis ({PUBLISH_QUEUE})")]
+    Busy,
     /// [`Backplane::shutdown`] was called.
     #[error("the cluster backplane is shut down")]
     ShutDown,
 }
 
+/// Publishes that may wait for the writer at once; past it [`Backplane::submit`] answers
+/// [`BackplaneError::Busy`] rather than let memory grow while Redis is slow. At a 100 us round
+/// trip and [`MAX_PIPELINE`] per trip this is well over a second of a saturated node's output.
+pub const PUBLISH_QUEUE: usize = 16 * 1024;
+
+/// Publishes sent in one pipelined round trip at most: large enough that a busy node pays one
+/// round trip for many publishes, small enough that one batch's answer is a few hundred KiB.
+pub const MAX_PIPELINE: usize = 256;
+
 /// What the backplane hands its owner for one topic, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Delivery {
+    /// The first delivery for a followed topic: this node delivers what comes after `at`, in
+    /// order. `clean`: the topic was followed while the link was up and no reconnect happened
+    /// before this start, so nothing published since the follow was missed; otherwise some may
+    /// have been (the owner treats the start as a reset for whoever was already listening).
+    Start {
+        /// The position delivery continues after.
+        at: Position,
+        /// Whether nothing since the follow can have been missed.
+        clean: bool,
+    },
     /// The topic's next message.
     Message {
         /// Its fleet-wide position.
@@ -194,6 +272,10 @@ pub struct BackplaneStats {
 }
 
 struct Shared {
+    /// Where the backplane's tasks run (backfills included, whoever triggers them).
+    runtime: tokio::runtime::Handle,
+    /// The writer's queue.
+    queue: mpsc::Sender<Submitted>,
     config: BackplaneConfig,
     stats: BackplaneStats,
     keys: Keys,
@@ -214,9 +296,51 @@ struct Shared {
 
 #[derive(Default)]
 struct Cursors {
-    by_topic: HashMap<Arc<str>, Cursor<Arc<Body>>>,
+    /// The followed topics.
+    by_topic: HashMap<Arc<str>, Followed>,
     /// Topics whose cursor holds frames (the only ones a tick must look at).
     waiting: HashSet<Arc<str>>,
+}
+
+struct Followed {
+    cursor: Cursor<Arc<Body>>,
+    /// See [`Delivery::Start`]: followed while the link was up, and no reconnect since.
+    clean: bool,
+}
+
+/// One publish waiting for the writer.
+struct Submitted {
+    topic: Arc<str>,
+    /// The frame body, encoded by the caller.
+    encoded: Vec<u8>,
+    /// The same, decoded, for this node's own delivery from the script's reply.
+    body: Arc<Body>,
+    reply: oneshot::Sender<Result<Position, BackplaneError>>,
+}
+
+impl Submitted {
+    fn answer(self, result: Result<Position, BackplaneError>) {
+        if let Err(Err(e)) = self.reply.send(result) {
+            // Nobody waits for this publish (its caller did not keep the ticket): the failure
+            // is said here, since it cannot be said to anyone else.
+            tracing::warn!(topic = %self.topic, error = %e, "cluster: a publish failed and its caller did not wait for the outcome");
+        }
+    }
+}
+
+/// A submitted publish: resolves to its fleet position once Redis has answered. Dropping it
+/// does not cancel the publish.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Position, BackplaneError>>);
+
+impl Future for Pending {
+    type Output = Result<Position, BackplaneError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(BackplaneError::ShutDown)))
+    }
 }
 
 /// One node's connection to the fleet's Redis. Cheap to clone.
@@ -236,31 +360,18 @@ impl std::fmt::Debug for Backplane {
 
 impl Backplane {
     /// Checks the URL and starts connecting in the background (a node serves while Redis is
-    /// away; see [`Backplane::link`]). Must be called within a tokio runtime.
+    /// away; see [`Backplane::link`]). Must be called within a tokio runtime: the backplane's
+    /// tasks run on it for as long as it lives.
     pub fn start(config: BackplaneConfig, sink: Arc<dyn Sink>) -> Result<Self, BackplaneError> {
-        let bad = |reason: String| BackplaneError::Url {
-            url: redact(&config.url),
-            reason,
-        };
-        let client = match &config.tls_root_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(config.url.as_str()),
-        }
-        .map_err(|e| bad(e.to_string()))?;
-        if !matches!(
-            client.get_connection_info().addr(),
-            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
-        ) {
-            return Err(bad("only redis:// and rediss:// are supported".into()));
-        }
+        let client = client(&config.url, config.tls_root_pem.as_deref())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            BackplaneError::Command("the backplane must be started within a tokio runtime".into())
+        })?;
         let (link, _) = watch::channel(Link::Connecting);
+        let (queue, submitted) = mpsc::channel(PUBLISH_QUEUE);
         let shared = Arc::new(Shared {
+            runtime,
+            queue,
             keys: Keys::new(&config.key_prefix),
             node: Arc::from(config.node_id.as_str()),
             client,
@@ -276,8 +387,78 @@ impl Backplane {
             stats: BackplaneStats::default(),
             config,
         });
-        tokio::spawn(supervise(Arc::clone(&shared)));
+        shared.runtime.spawn(supervise(Arc::clone(&shared)));
+        shared.runtime.spawn(write(Arc::clone(&shared), submitted));
         Ok(Backplane { shared })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Follows `topic`: its frames reach the [`Sink`] from now on (a frame of a topic nobody
+    /// follows is dropped). `with` runs under the delivery lock, so nothing is delivered for
+    /// the topic before it returns, with where delivery stands (`None`: nothing delivered or
+    /// read yet; the first [`Delivery::Start`] will say). Following twice is following once.
+    pub fn follow(&self, topic: &str, with: &mut dyn FnMut(Option<Position>)) {
+        let clean = *self.shared.link.borrow() == Link::Up;
+        let mut cursors = lock(&self.shared.cursors);
+        let at = match cursors.by_topic.get(topic) {
+            Some(f) => f.cursor.position(),
+            None => {
+                cursors.by_topic.insert(
+                    Arc::from(topic),
+                    Followed {
+                        cursor: Cursor::new(),
+                        clean,
+                    },
+                );
+                None
+            }
+        };
+        with(at);
+    }
+
+    /// Stops following `topic` if `gone()`, asked under the delivery lock, says so (the owner
+    /// checks that it did not take the topic up again meanwhile).
+    pub fn unfollow(&self, topic: &str, gone: &dyn Fn() -> bool) {
+        let mut cursors = lock(&self.shared.cursors);
+        if cursors.by_topic.contains_key(topic) && gone() {
+            cursors.by_topic.remove(topic);
+            cursors.waiting.remove(topic);
+        }
+    }
+
+    /// Whether `topic` is followed.
+    pub fn follows(&self, topic: &str) -> bool {
+        lock(&self.shared.cursors).by_topic.contains_key(topic)
+    }
+
+    /// Makes sure this node knows where the followed `topic` stands: when nothing has been
+    /// delivered for it yet, reads its head in Redis and starts there ([`Delivery::Start`]).
+    /// Nothing to do (no round trip) once delivery has started.
+    pub async fn locate(&self, topic: &str) -> Result<(), BackplaneError> {
+        if self.located(topic) {
+            return Ok(());
+        }
+        let head = self.shared.read_history(topic, None, "resume").await?.head;
+        let mut cursors = lock(&self.shared.cursors);
+        let key = match cursors.by_topic.get_key_value(topic) {
+            Some((k, _)) => Arc::clone(k),
+            None => return Ok(()),
+        };
+        self.shared
+            .step(&mut cursors, &key, |c, out| c.start_at(head, out));
+        Ok(())
+    }
+
+    /// Whether delivery of `topic` has started here (or it is not followed: nothing to locate).
+    pub fn located(&self, topic: &str) -> bool {
+        lock(&self.shared.cursors)
+            .by_topic
+            .get(topic)
+            .is_none_or(|f| f.cursor.position().is_some())
     }
 
     /// The link's state now.
@@ -295,38 +476,55 @@ impl Backplane {
 
     /// Publishes `payload` to `topic` for the whole fleet: one script run assigns its position,
     /// records it in the topic's history and publishes it. Every node (this one included)
-    /// delivers it to its [`Sink`] in position order, once.
+    /// delivers it to its [`Sink`] in position order, once. See [`Backplane::submit`].
     pub async fn publish(
         &self,
         topic: &str,
         id: MessageId,
         payload: Arc<Payload>,
     ) -> Result<Position, BackplaneError> {
+        self.submit(topic, id, payload, None)?.await
+    }
+
+    /// Hands a publish to the writer now, and returns what resolves to its position. Publishes
+    /// reach Redis in the order of the calls; this node delivers its own publish from the
+    /// script's reply, without waiting for the pub/sub echo. `origin`: the local subscriber
+    /// that sent it ([`Body::origin`]).
+    ///
+    /// Fails at once, sending nothing, while the link is not up ([`BackplaneError::Unavailable`])
+    /// or when too many publishes wait already ([`BackplaneError::Busy`]).
+    pub fn submit(
+        &self,
+        topic: &str,
+        id: MessageId,
+        payload: Arc<Payload>,
+        origin: Option<u64>,
+    ) -> Result<Pending, BackplaneError> {
         let s = &*self.shared;
-        let body = frame::encode_body(&s.node, id, &payload);
-        let c = &s.config;
-        let reply = s
-            .run(
-                &s.publish,
-                &[s.keys.meta(topic), s.keys.log(topic)],
-                &[
-                    s.keys.channel(topic).into_bytes(),
-                    Epoch::random().to_string().into_bytes(),
-                    body,
-                    c.history_len.to_string().into_bytes(),
-                    c.history_max_bytes.to_string().into_bytes(),
-                    c.history_ttl.as_millis().to_string().into_bytes(),
-                ],
-            )
-            .await?;
-        let position = parse_publish_reply(&reply)?;
-        let body = Arc::new(Body {
-            node: Arc::clone(&s.node),
-            id,
-            payload,
-        });
-        self.shared.on_frame(topic, Source::Reply, position, body);
-        Ok(position)
+        if s.shut_down.load(Ordering::Acquire) {
+            return Err(BackplaneError::ShutDown);
+        }
+        if *s.link.borrow() != Link::Up {
+            return Err(s.unavailable());
+        }
+        let encoded = frame::encode_body(&s.node, id, &payload, origin);
+        let (reply, answer) = oneshot::channel();
+        let item = Submitted {
+            topic: Arc::from(topic),
+            encoded,
+            body: Arc::new(Body {
+                node: Arc::clone(&s.node),
+                id,
+                payload,
+                origin,
+            }),
+            reply,
+        };
+        match s.queue.try_send(item) {
+            Ok(()) => Ok(Pending(answer)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(BackplaneError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(BackplaneError::ShutDown),
+        }
     }
 
     /// What a client resuming `topic` from `since` gets, from the fleet's history.
@@ -354,7 +552,7 @@ impl Backplane {
         lock(&self.shared.cursors)
             .by_topic
             .get(topic)
-            .and_then(|c| c.position())
+            .and_then(|f| f.cursor.position())
     }
 
     /// Stops the supervisor and refuses further operations.
@@ -460,18 +658,122 @@ impl Shared {
                 .query_async::<Value>(&mut conn)
                 .await;
         }
-        result.map_err(|e| {
-            if is_link_error(&e) && !e.is_timeout() {
-                // The supervisor reconnects; until then publishes fail fast.
-                *lock(&self.conn) = None;
-                self.broken.notify_one();
-                BackplaneError::Unavailable {
-                    reason: e.to_string(),
-                }
-            } else {
-                BackplaneError::Command(e.to_string())
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// What a failed command means: a dead connection makes the supervisor reconnect (and
+    /// publishes fail fast until then); anything else is this command's failure.
+    fn failed(&self, e: RedisError) -> BackplaneError {
+        if is_link_error(&e) && !e.is_timeout() {
+            *lock(&self.conn) = None;
+            self.broken.notify_one();
+            BackplaneError::Unavailable {
+                reason: e.to_string(),
             }
-        })
+        } else {
+            BackplaneError::Command(e.to_string())
+        }
+    }
+
+    /// Runs one batch of publishes as one pipelined round trip, in order, and answers each.
+    async fn publish_batch(self: &Arc<Self>, batch: Vec<Submitted>) {
+        if self.shut_down.load(Ordering::Acquire) {
+            batch
+                .into_iter()
+                .for_each(|b| b.answer(Err(BackplaneError::ShutDown)));
+            return;
+        }
+        let Some(mut conn) = lock(&self.conn).clone() else {
+            let e = self.unavailable();
+            batch.into_iter().for_each(|b| b.answer(Err(e.clone())));
+            return;
+        };
+        let mut retry = Vec::new();
+        match self.pipeline(&mut conn, &batch, false).await {
+            Err(e) => batch.into_iter().for_each(|b| b.answer(Err(e.clone()))),
+            Ok(replies) => {
+                for (item, reply) in batch.into_iter().zip(replies) {
+                    match reply {
+                        // Redis lost its script cache (`SCRIPT FLUSH`; a restart drops the
+                        // connection, and `establish` loads the scripts again): the script did
+                        // not run, send it whole. Should another node load it meanwhile, a
+                        // later publish of this batch may have run before this one.
+                        Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                            retry.push(item)
+                        }
+                        reply => self.published(item, &reply),
+                    }
+                }
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        match self.pipeline(&mut conn, &retry, true).await {
+            Err(e) => retry.into_iter().for_each(|b| b.answer(Err(e.clone()))),
+            Ok(replies) => {
+                for (item, reply) in retry.into_iter().zip(replies) {
+                    self.published(item, &reply);
+                }
+            }
+        }
+    }
+
+    /// Sends the publish script for each of `batch` (`EVALSHA`, or `EVAL` with `whole`) in one
+    /// pipeline; one reply per publish, errors included.
+    async fn pipeline(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: &[Submitted],
+        whole: bool,
+    ) -> Result<Vec<Value>, BackplaneError> {
+        let c = &self.config;
+        let (max_len, max_bytes, ttl) = (
+            c.history_len.to_string(),
+            c.history_max_bytes.to_string(),
+            c.history_ttl.as_millis().to_string(),
+        );
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for item in batch {
+            let topic = &*item.topic;
+            pipe.cmd(if whole { "EVAL" } else { "EVALSHA" })
+                .arg(if whole {
+                    self.publish.source
+                } else {
+                    &self.publish.sha
+                })
+                .arg(2)
+                .arg(self.keys.meta(topic))
+                .arg(self.keys.log(topic))
+                .arg(self.keys.channel(topic))
+                .arg(Epoch::random().to_string())
+                .arg(&item.encoded)
+                .arg(&max_len)
+                .arg(&max_bytes)
+                .arg(&ttl);
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.failed(e))?;
+        if replies.len() != batch.len() {
+            return Err(BackplaneError::Protocol(format!(
+                "{} replies to {} publishes",
+                replies.len(),
+                batch.len()
+            )));
+        }
+        Ok(replies)
+    }
+
+    /// One publish's reply: its position to the caller, its delivery to this node's cursor.
+    fn published(self: &Arc<Self>, item: Submitted, reply: &Value) {
+        let position = match reply {
+            Value::ServerError(e) => Err(BackplaneError::Command(e.to_string())),
+            reply => parse_publish_reply(reply),
+        };
+        if let Ok(position) = position {
+            self.on_frame(&item.topic, Source::Reply, position, Arc::clone(&item.body));
+        }
+        item.answer(position);
     }
 
     async fn read_history(
@@ -500,7 +802,8 @@ impl Shared {
         parse_read_reply(&reply)
     }
 
-    /// Feeds one frame to its topic's cursor and carries out what it asks.
+    /// Feeds one frame to its topic's cursor and carries out what it asks (nothing for a topic
+    /// this node does not follow).
     fn on_frame(
         self: &Arc<Self>,
         topic: &str,
@@ -508,31 +811,43 @@ impl Shared {
         position: Position,
         body: Arc<Body>,
     ) {
-        let mut steps = Vec::new();
         let mut cursors = lock(&self.cursors);
-        let cursors = &mut *cursors;
-        let key: Arc<str> = match cursors.by_topic.get_key_value(topic) {
+        let key = match cursors.by_topic.get_key_value(topic) {
             Some((k, _)) => Arc::clone(k),
-            None => Arc::from(topic),
+            None => return,
         };
-        let cursor = cursors.by_topic.entry(Arc::clone(&key)).or_default();
-        cursor.on_frame(Instant::now(), source, position, body, &mut steps);
-        let held = cursor.held() > 0;
-        self.apply(&key, steps, held, cursors);
+        self.step(&mut cursors, &key, |c, out| {
+            c.on_frame(Instant::now(), source, position, body, out)
+        });
     }
 
-    /// Hands deliveries to the sink (under the cursors' lock, so in order) and starts fetches.
-    fn apply(
+    /// Runs `f` on `topic`'s cursor and carries out the steps it produced: a
+    /// [`Delivery::Start`] first if the cursor just started, deliveries to the sink (under the
+    /// cursors' lock, so in order), fetches spawned.
+    fn step(
         self: &Arc<Self>,
-        topic: &Arc<str>,
-        steps: Vec<Step<Arc<Body>>>,
-        held: bool,
         cursors: &mut Cursors,
+        topic: &Arc<str>,
+        f: impl FnOnce(&mut Cursor<Arc<Body>>, &mut Vec<Step<Arc<Body>>>),
     ) {
+        let Some(followed) = cursors.by_topic.get_mut(topic) else {
+            return;
+        };
+        let was_started = followed.cursor.position().is_some();
+        let mut steps = Vec::new();
+        f(&mut followed.cursor, &mut steps);
+        let start = match (was_started, followed.cursor.started_at()) {
+            (false, Some(at)) => Some((at, followed.clean)),
+            _ => None,
+        };
+        let held = followed.cursor.held() > 0;
         if held {
             cursors.waiting.insert(Arc::clone(topic));
         } else {
             cursors.waiting.remove(topic);
+        }
+        if let Some((at, clean)) = start {
+            self.sink.deliver(topic, Delivery::Start { at, clean });
         }
         for step in steps {
             match step {
@@ -545,7 +860,8 @@ impl Shared {
                 ),
                 Step::Reset { to } => self.sink.deliver(topic, Delivery::Reset { to }),
                 Step::Fetch { since } => {
-                    tokio::spawn(fetch(Arc::clone(self), Arc::clone(topic), since));
+                    self.runtime
+                        .spawn(fetch(Arc::clone(self), Arc::clone(topic), since));
                 }
             }
         }
@@ -553,34 +869,31 @@ impl Shared {
 
     fn tick(self: &Arc<Self>) {
         let now = Instant::now();
+        let grace = self.config.gap_grace;
         let mut cursors = lock(&self.cursors);
-        let cursors = &mut *cursors;
         let waiting: Vec<Arc<str>> = cursors.waiting.iter().cloned().collect();
         for topic in waiting {
-            let mut steps = Vec::new();
-            let Some(cursor) = cursors.by_topic.get_mut(&topic) else {
+            if !cursors.by_topic.contains_key(&topic) {
                 cursors.waiting.remove(&topic);
                 continue;
-            };
-            cursor.on_tick(now, self.config.gap_grace, &mut steps);
-            let held = cursor.held() > 0;
-            self.apply(&topic, steps, held, cursors);
+            }
+            self.step(&mut cursors, &topic, |c, out| c.on_tick(now, grace, out));
         }
     }
 
-    /// After a (re)subscription: every followed topic reads what it may have missed.
+    /// After a (re)subscription: every followed topic reads what it may have missed; one
+    /// that has not started yet can no longer start clean (frames may have been lost before
+    /// its first).
     fn resync(self: &Arc<Self>) {
         let mut cursors = lock(&self.cursors);
-        let cursors = &mut *cursors;
         let topics: Vec<Arc<str>> = cursors.by_topic.keys().cloned().collect();
         for topic in topics {
-            let mut steps = Vec::new();
-            let Some(cursor) = cursors.by_topic.get_mut(&topic) else {
-                continue;
-            };
-            cursor.on_resubscribed(&mut steps);
-            let held = cursor.held() > 0;
-            self.apply(&topic, steps, held, cursors);
+            if let Some(f) = cursors.by_topic.get_mut(&topic) {
+                if f.cursor.position().is_none() {
+                    f.clean = false;
+                }
+            }
+            self.step(&mut cursors, &topic, |c, out| c.on_resubscribed(out));
         }
     }
 }
@@ -590,20 +903,40 @@ async fn fetch(shared: Arc<Shared>, topic: Arc<str>, since: Position) {
     shared.stats.backfills.fetch_add(1, Ordering::Relaxed);
     let read = shared.read_history(&topic, Some(since), "backfill").await;
     let mut cursors = lock(&shared.cursors);
-    let cursors = &mut *cursors;
-    let Some(cursor) = cursors.by_topic.get_mut(&topic) else {
-        return;
-    };
-    let mut steps = Vec::new();
     match read {
-        Ok(read) => cursor.on_fetched(Instant::now(), history::backfill(since, &read), &mut steps),
+        Ok(read) => {
+            let fetched = history::backfill(since, &read);
+            shared.step(&mut cursors, &topic, |c, out| {
+                c.on_fetched(Instant::now(), fetched, out)
+            });
+        }
         Err(e) => {
             tracing::warn!(topic = %topic, error = %e, "cluster backfill failed; retrying later");
-            cursor.on_fetch_failed();
+            if let Some(f) = cursors.by_topic.get_mut(&topic) {
+                f.cursor.on_fetch_failed();
+            }
         }
     }
-    let held = cursor.held() > 0;
-    shared.apply(&topic, steps, held, cursors);
+}
+
+/// Sends what is submitted, in order, a batch per round trip, until shutdown.
+async fn write(shared: Arc<Shared>, mut submitted: mpsc::Receiver<Submitted>) {
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+    loop {
+        if shared.shut_down.load(Ordering::Acquire) {
+            submitted.close();
+        }
+        tokio::select! {
+            n = submitted.recv_many(&mut batch, MAX_PIPELINE) => {
+                if n == 0 {
+                    return;
+                }
+            }
+            // Closed at the top of the loop; what was queued is answered `ShutDown`.
+            _ = shared.stop.notified() => continue,
+        }
+        shared.publish_batch(std::mem::take(&mut batch)).await;
+    }
 }
 
 /// Connects both links, subscribes, serves until the pub/sub link fails, and starts again
@@ -617,11 +950,13 @@ async fn supervise(shared: Arc<Shared>) {
         }
         let reason = match establish(&shared).await {
             Ok(pubsub) => {
-                shared.link.send_replace(Link::Up);
-                tracing::info!(url = %redact(&c.url), "cluster: connected to redis");
-                backoff = c.backoff_min;
-                shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+                // Catch up before the link counts as up: a topic followed from then on starts
+                // clean.
                 shared.resync();
+                shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+                shared.link.send_replace(Link::Up);
+                tracing::info!(url = %redact(&c.url), node = %shared.node, "cluster: connected to redis");
+                backoff = c.backoff_min;
                 let reason = serve(&shared, pubsub).await;
                 if shared.shut_down.load(Ordering::Acquire) {
                     return;
@@ -676,6 +1011,26 @@ async fn establish(shared: &Shared) -> Result<redis::aio::PubSub, String> {
             .map_err(|e| e.to_string())?;
         *lock(&shared.conn) = Some(conn);
     }
+    // The publish writer sends `EVALSHA` only: a new connection may be to a restarted server
+    // with an empty script cache.
+    let conn = lock(&shared.conn).clone();
+    if let Some(mut conn) = conn {
+        for lua in [&shared.publish, &shared.read] {
+            let loaded = tokio::time::timeout(
+                c.response_timeout,
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(lua.source)
+                    .query_async::<Value>(&mut conn),
+            )
+            .await;
+            match loaded {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("loading a script: {e}")),
+                Err(_) => return Err("timed out loading a script".into()),
+            }
+        }
+    }
     let mut pubsub = tokio::time::timeout(c.connect_timeout, shared.client.get_async_pubsub())
         .await
         .map_err(|_| "timed out connecting the pub/sub link".to_string())?
@@ -701,6 +1056,10 @@ async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
                 };
                 let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
                 let Some(topic) = shared.keys.topic_of(&channel) else { continue };
+                // Every node hears every topic of the fleet: decode only what this one follows.
+                if !lock(&shared.cursors).by_topic.contains_key(topic) {
+                    continue;
+                }
                 match frame::decode(msg.get_payload_bytes()) {
                     Ok((position, body)) => {
                         shared.on_frame(topic, Source::Echo, position, Arc::new(body));

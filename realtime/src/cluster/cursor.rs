@@ -100,6 +100,8 @@ struct Held<T> {
 pub struct Cursor<T> {
     /// Last position delivered (or started from); `None` before the first frame.
     at: Option<Position>,
+    /// Where the cursor started (the position just before its first delivery).
+    started: Option<Position>,
     /// Frames of the current epoch after `at`, waiting for their predecessors.
     pending: BTreeMap<u64, Held<T>>,
     /// Replies of an epoch not confirmed by the ordered stream yet (or before the first
@@ -112,6 +114,7 @@ impl<T> Default for Cursor<T> {
     fn default() -> Self {
         Cursor {
             at: None,
+            started: None,
             pending: BTreeMap::new(),
             foreign: BTreeMap::new(),
             fetching: false,
@@ -130,6 +133,7 @@ impl<T: Clone> Cursor<T> {
     pub fn starting_at(at: Position) -> Self {
         Cursor {
             at: Some(at),
+            started: Some(at),
             ..Cursor::default()
         }
     }
@@ -137,6 +141,32 @@ impl<T: Clone> Cursor<T> {
     /// The last position delivered or reset to.
     pub fn position(&self) -> Option<Position> {
         self.at
+    }
+
+    /// Where the cursor started: everything after it, and nothing before, goes through its
+    /// steps. `None` before it started.
+    pub fn started_at(&self) -> Option<Position> {
+        self.started
+    }
+
+    /// The topic's head as read from Redis: a cursor that has not started yet starts there
+    /// (replies it holds of that epoch after the head wait for their predecessors like any
+    /// frame); one that has started ignores it (the stream is ahead of or at the read, or a
+    /// backfill is settling it).
+    pub fn start_at(&mut self, head: Position, out: &mut Vec<Step<T>>) {
+        if self.at.is_some() {
+            return;
+        }
+        self.begin(head);
+        self.drain(out);
+        self.bound(out);
+    }
+
+    /// The first position: the cursor delivers what follows `at`.
+    fn begin(&mut self, at: Position) {
+        self.at = Some(at);
+        self.started = Some(at);
+        self.adopt_foreign(at);
     }
 
     /// Frames waiting for their predecessors.
@@ -179,8 +209,7 @@ impl<T: Clone> Cursor<T> {
                 if previous.is_some() {
                     self.switch_epoch(start, out);
                 } else {
-                    self.at = Some(start);
-                    self.adopt_foreign(start);
+                    self.begin(start);
                 }
                 start
             }
@@ -244,8 +273,7 @@ impl<T: Clone> Cursor<T> {
             Some(at) => at,
             None => {
                 // Only replies were waiting: start where the earliest of them needs it.
-                self.at = Some(since);
-                self.adopt_foreign(since);
+                self.begin(since);
                 since
             }
         };

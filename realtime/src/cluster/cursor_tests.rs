@@ -434,3 +434,24 @@ proptest! {
         // be exactly the next seq and only a reset may jump.
     }
 }
+
+#[test]
+fn a_read_head_starts_a_cursor_that_has_not_started_and_nothing_else() {
+    let mut c = Cursor::new();
+    assert_eq!(c.started_at(), None);
+    // A reply of this node waits; the head read says the topic stood at 4 before it.
+    let out = steps(|o| c.on_frame(Instant::now(), Source::Reply, pos(1, 5), "mine", o));
+    assert!(out.is_empty());
+    let out = steps(|o| c.start_at(pos(1, 4), o));
+    assert_eq!(out, vec![deliver(1, 5, "mine")]);
+    assert_eq!(c.started_at(), Some(pos(1, 4)));
+    assert_eq!(c.position(), Some(pos(1, 5)));
+    // Started: a later (or older) head changes nothing.
+    assert!(steps(|o| c.start_at(pos(1, 9), o)).is_empty());
+    assert_eq!(c.position(), Some(pos(1, 5)));
+    // The first echo starts a cursor just before itself.
+    let mut c = Cursor::new();
+    let out = steps(|o| c.on_frame(Instant::now(), Source::Echo, pos(2, 7), "x", o));
+    assert_eq!(out, vec![deliver(2, 7, "x")]);
+    assert_eq!(c.started_at(), Some(pos(2, 6)));
+}

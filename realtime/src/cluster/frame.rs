@@ -11,7 +11,11 @@
 //! publishing node before the script runs: a MessagePack array
 //! `[node, id, event, data, attachments]` — the node id (text), the [`MessageId`] (16 bytes,
 //! big-endian), the event name, the JSON data as JSON text (parsed once by the receiver, with
-//! serde_json's nesting limit), and the binary attachments.
+//! serde_json's nesting limit), and the binary attachments — followed, when a local subscriber
+//! sent it, by a sixth element: that subscriber's id on the publishing node (an unsigned
+//! integer). Only the publishing node can tell whose it is (subscriber ids are per process),
+//! and it needs to: a Socket.IO relay must not come back to its sender, whichever way
+//! (reply, echo, history) it reaches the sender's node.
 
 use std::sync::Arc;
 
@@ -37,6 +41,8 @@ pub struct Body {
     pub id: MessageId,
     /// The content.
     pub payload: Arc<Payload>,
+    /// The publishing node's subscriber that sent it (see the module documentation).
+    pub origin: Option<u64>,
 }
 
 /// Why bytes are not a frame.
@@ -57,8 +63,8 @@ pub enum FrameError {
 }
 
 /// The body bytes for `payload` (the script prefixes the header).
-pub fn encode_body(node: &str, id: MessageId, payload: &Payload) -> Vec<u8> {
-    let value = Value::Array(vec![
+pub fn encode_body(node: &str, id: MessageId, payload: &Payload, origin: Option<u64>) -> Vec<u8> {
+    let mut items = vec![
         Value::from(node),
         Value::Binary(id.raw().to_be_bytes().to_vec()),
         Value::from(payload.event.as_str()),
@@ -70,7 +76,11 @@ pub fn encode_body(node: &str, id: MessageId, payload: &Payload) -> Vec<u8> {
                 .map(|a| Value::Binary(a.to_vec()))
                 .collect(),
         ),
-    ]);
+    ];
+    if let Some(origin) = origin {
+        items.push(Value::from(origin));
+    }
+    let value = Value::Array(items);
     let mut out = Vec::with_capacity(64 + payload.event.len());
     // Writing to a Vec cannot fail.
     let _ = rmpv::encode::write_value(&mut out, &value);
@@ -116,6 +126,18 @@ pub fn decode_body(body: &[u8]) -> Result<Body, FrameError> {
     let Value::Array(items) = value else {
         return Err(FrameError::Body("not an array"));
     };
+    let (items, origin) = match items.len() {
+        5 => (items, None),
+        6 => {
+            let mut items = items;
+            let origin = items.pop().and_then(|o| o.as_u64());
+            if origin.is_none() {
+                return Err(FrameError::Body("origin"));
+            }
+            (items, origin)
+        }
+        _ => return Err(FrameError::Body("not five or six elements")),
+    };
     let [node, id, event, data, attachments] =
         <[Value; 5]>::try_from(items).map_err(|_| FrameError::Body("not five elements"))?;
     let node = node.as_str().ok_or(FrameError::Body("node"))?;
@@ -144,6 +166,7 @@ pub fn decode_body(body: &[u8]) -> Result<Body, FrameError> {
             data,
             attachments,
         }),
+        origin,
     })
 }
 
@@ -171,7 +194,7 @@ mod tests {
     fn byte_exact_frame() {
         let payload = Payload::new("ev", json!({"a":1}))
             .with_attachments(vec![Bytes::from_static(b"\x01\x02")]);
-        let body = encode_body("n1", MessageId::from_raw(0x0102), &payload);
+        let body = encode_body("n1", MessageId::from_raw(0x0102), &payload, None);
         let position = Position::new(Epoch::from_raw(0xdead_beef), 42);
         let frame = encode_frame(position, &body);
         let expected = [
@@ -185,13 +208,27 @@ mod tests {
         assert_eq!(&*b.node, "n1");
         assert_eq!(b.id, MessageId::from_raw(0x0102));
         assert_eq!(*b.payload, payload);
+        assert_eq!(b.origin, None);
+        // With its sender: a sixth element, the subscriber id as a MessagePack integer.
+        let body = encode_body("n1", MessageId::from_raw(0x0102), &payload, Some(300));
+        let sent = encode_frame(position, &body);
+        let mut want = expected.clone();
+        want[b"hub1 00000000deadbeef:42\n".len()] = 0x96;
+        want.extend_from_slice(&hex("cd 012c"));
+        assert_eq!(sent, want);
+        assert_eq!(decode(&sent).expect("decodes").1.origin, Some(300));
     }
 
     #[test]
     fn odd_input_is_an_error_not_a_panic() {
         let good = encode_frame(
             Position::new(Epoch::from_raw(1), 1),
-            &encode_body("n", MessageId::from_raw(1), &Payload::new("", json!(null))),
+            &encode_body(
+                "n",
+                MessageId::from_raw(1),
+                &Payload::new("", json!(null)),
+                Some(1),
+            ),
         );
         for bad in [
             &b""[..],
@@ -202,6 +239,8 @@ mod tests {
             b"hub1 0000000000000001:1",
             b"hub1 0000000000000001:1\n",
             b"hub1 0000000000000001:1\n\x93\x01\x02\x03",
+            // A sixth element that is not a subscriber id.
+            b"hub1 0000000000000001:1\n\x96\xa1n\xc4\x10\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\xa0\xa4null\x90\xa1x",
             b"hub1 0000000000000001:1\n\xdd\xff\xff\xff\xff",
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");

@@ -122,6 +122,7 @@ mod tests {
             "n",
             MessageId::from_raw(p.seq as u128),
             &Payload::new("e", json!(p.seq)),
+            None,
         );
         frame::encode_frame(p, &body)
     }

@@ -15,13 +15,14 @@
 //!   ([`laravel`]): codecs for what `@socket.io/redis-emitter`, Node servers with
 //!   `@socket.io/redis-adapter` 8.x, the Ruby/PHP emitters and Laravel publish.
 //!
-//! Nothing here is wired into the hub or the gateway yet. The intended wiring: the hub hands a
-//! publish to [`Backplane::publish`] and answers the caller with the fleet position (503 on
+//! The hub is wired to the backplane by [`node::start`]: the hub hands every publish to
+//! [`Backplane::submit`] and answers the caller with the fleet position (503 on
 //! [`BackplaneError::Unavailable`]); the backplane's [`Sink`] is the hub, which records each
 //! [`Delivery`] at its fleet position in the local topic and fans it out to local subscribers
 //! (the local hub stays the fast path: a node's own publish is delivered from the script's
 //! reply, not after a second round trip); a resume that the local history cannot serve asks
-//! [`Backplane::resume`].
+//! [`Backplane::resume`] (see [`crate::hub`]'s "In a fleet"). The adapter and Laravel codecs
+//! are not wired yet.
 
 pub mod adapter;
 pub mod backplane;
@@ -30,12 +31,13 @@ pub mod frame;
 pub mod history;
 pub mod keys;
 pub mod laravel;
+pub mod node;
 pub mod script;
 
 #[cfg(test)]
 mod cursor_tests;
 
 pub use backplane::{
-    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Sink,
+    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Pending, Sink,
 };
 pub use history::Resume;

@@ -12,14 +12,28 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, Shared};
+
 use super::position::Position;
+use super::HubError;
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
+/// A fleet publish in flight, awaited by its caller and by any retry with its key.
+pub(super) type InFlight = Shared<BoxFuture<'static, Result<Position, HubError>>>;
+
+/// What a key's publish came to.
+pub(super) enum Outcome {
+    /// Published at this position.
+    Done(Position),
+    /// Sent to the fleet; Redis has not answered yet (or had, when last looked at).
+    Sent(InFlight),
+}
+
 pub(super) struct Entry {
     pub(super) topic: Arc<str>,
-    pub(super) position: Position,
+    pub(super) outcome: Outcome,
     stamp: u64,
 }
 
@@ -53,7 +67,7 @@ impl IdemShard {
         self.map.get(key)
     }
 
-    pub(super) fn insert(&mut self, key: &str, topic: Arc<str>, position: Position, now: Instant) {
+    pub(super) fn insert(&mut self, key: &str, topic: Arc<str>, outcome: Outcome, now: Instant) {
         let key: Arc<str> = Arc::from(key);
         let stamp = self.next_stamp;
         self.next_stamp += 1;
@@ -62,10 +76,16 @@ impl IdemShard {
             key,
             Entry {
                 topic,
-                position,
+                outcome,
                 stamp,
             },
         );
+    }
+
+    /// Forgets `key` (a publish that failed: a retry publishes again). Its order record
+    /// expires like any other and never removes a newer entry (stamps differ).
+    pub(super) fn remove(&mut self, key: &str) {
+        self.map.remove(key);
     }
 
     #[cfg(test)]

@@ -26,6 +26,12 @@ impl SubscriberId {
     pub const fn raw(self) -> u64 {
         self.0
     }
+
+    /// A subscriber id from its raw value: a fleet message carries its sender's id back to
+    /// the node that published it ([`crate::cluster::frame`]).
+    pub const fn from_raw(raw: u64) -> Self {
+        SubscriberId(raw)
+    }
 }
 
 impl fmt::Display for SubscriberId {
@@ -155,8 +161,14 @@ pub struct Message {
     /// pub/sub client may want its echo); transports that relay "to others"
     /// skip messages where [`Message::is_from`] is true.
     pub origin: Option<SubscriberId>,
-    /// True if a [`Bus`](super::Bus) injected it from another node.
+    /// True if another node of the fleet published it.
     pub remote: bool,
+    /// `Some(from)`: not a message but a live reset. The topic went from `from` to this
+    /// message's position and what was published in between will never reach this
+    /// subscriber (the fleet lost it, or it could not be read back after a lost link).
+    /// Transports tell their clients as they tell a reset on resume. Never in history or in
+    /// a replay; only hubs in a fleet send them.
+    pub reset_from: Option<Position>,
     pub(super) size: usize,
 }
 
@@ -185,5 +197,10 @@ impl Message {
     /// Whether `id` published this message.
     pub fn is_from(&self, id: SubscriberId) -> bool {
         self.origin == Some(id)
+    }
+
+    /// Whether this is a live reset ([`Message::reset_from`]) rather than a message.
+    pub fn is_reset(&self) -> bool {
+        self.reset_from.is_some()
     }
 }

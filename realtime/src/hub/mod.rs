@@ -32,7 +32,20 @@
 //! tells the reserved namespaces ([`crate::topics`]) apart, to keep a share of
 //! [`HubConfig::max_topics`] for them; transports vet client-chosen names with
 //! [`Hub::admit_client_topic`] before subscribing or publishing.
+//!
+//! # In a fleet
+//!
+//! A hub made with [`Hub::in_fleet`] shares its topics with other nodes through a [`Fleet`]
+//! (the Redis backplane, [`crate::cluster`]): every publish goes to the fleet, which gives it
+//! the topic's fleet-wide position, and comes back to each node's hub in position order
+//! ([`Hub::fleet_deliver`]), where it is recorded and fanned out exactly as a local publish
+//! is. The transports publish with [`Hub::send`] (and its siblings), which on a single node is
+//! the synchronous local publish and in a fleet resolves once Redis has answered, and join
+//! with [`Subscriber::join_async`], which in a fleet also serves a resume position the local
+//! history cannot serve from the fleet's. On a single node none of this costs anything: the
+//! fan-out path is the same code, with no lock, allocation or await more.
 
+mod fleet;
 mod idempotency;
 mod message;
 mod position;
@@ -55,14 +68,15 @@ use serde_json::Value;
 use thiserror::Error;
 
 pub use crate::topics::TopicError;
+pub use fleet::{Fleet, FleetDelivery, FleetMessage, FleetResume, Publishing, WeakHub};
 pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
 pub use message::{Message, MessageId, Payload, SubscriberId};
 pub use position::{Epoch, Position, PositionParseError};
 pub use subscriber::{CloseReason, Closed, JoinOutcome, Subscriber};
 
-use idempotency::IdemShard;
+use idempotency::{IdemShard, Outcome};
 use subscriber::{Push, SubShared};
-use topic::Topic;
+use topic::{Origin, ResetReason, Topic, TopicState};
 
 /// Shards of the topic map and the idempotency store: lookups from many
 /// cores then rarely touch the same lock.
@@ -177,30 +191,34 @@ pub enum HubError {
         /// The topic it was first used for.
         topic: String,
     },
+    /// A synchronous publish on a hub in a fleet: the position is the fleet's, known only
+    /// once Redis answers. Use [`Hub::send`] and its siblings.
+    #[error("this hub is in a fleet: publish with Hub::send")]
+    InFleet,
+    /// The fleet's Redis cannot be reached now: nothing was published.
+    #[error("the cluster is unavailable: {reason}")]
+    FleetUnavailable {
+        /// Why (the last connection error, or a full publish queue).
+        reason: String,
+    },
+    /// Redis failed or did not answer the publish in time. It may have been published all the
+    /// same (every node then delivers it in order); a retry with an idempotency key is safe.
+    #[error("the cluster publish failed: {reason}")]
+    FleetFailed {
+        /// Redis's answer, or the timeout.
+        reason: String,
+    },
 }
 
-/// The seam for a future cross-node bus (e.g. Redis pub/sub).
-///
-/// [`Bus::on_publish`] sees every message published on this node (not those
-/// it injected itself through [`Hub::inject_remote`], so there are no
-/// loops). It is called under the topic's lock, hence in seq order per
-/// topic: it must not block and must not call back into the hub — hand the
-/// message to a channel and do the I/O elsewhere.
-///
-/// Remote messages are injected with [`Hub::inject_remote`] and get a local
-/// seq: positions are per node until a bus provides a global order.
-pub trait Bus: Send + Sync + 'static {
-    /// A message was published locally. Default: nothing.
-    fn on_publish(&self, msg: &Arc<Message>) {
-        let _ = msg;
+impl HubError {
+    /// Whether the fleet, not the request, is the problem (an HTTP answer would be 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            HubError::ShutDown | HubError::FleetUnavailable { .. } | HubError::FleetFailed { .. }
+        )
     }
 }
-
-/// The single-node bus: does nothing.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoBus;
-
-impl Bus for NoBus {}
 
 /// Hub-wide counters, as plain atomics (read them with `Relaxed` loads or
 /// [`HubStats::snapshot`]).
@@ -220,12 +238,20 @@ pub struct HubStats {
     pub replayed: AtomicU64,
     /// Joins answered with a Reset.
     pub resets: AtomicU64,
+    /// Of those: part of the gap had left the history.
+    pub resets_evicted: AtomicU64,
+    /// Of those: the position was of another incarnation of the topic.
+    pub resets_epoch: AtomicU64,
+    /// Of those: a position the topic never reached.
+    pub resets_ahead: AtomicU64,
     /// Subscribers closed because their queue was full.
     pub slow_consumer_disconnects: AtomicU64,
     /// Topics dropped by [`Hub::sweep`].
     pub topics_swept: AtomicU64,
     /// Idempotent publishes answered from memory.
     pub idempotent_hits: AtomicU64,
+    /// Live resets sent to a topic's subscribers (a fleet could not deliver some messages).
+    pub live_resets: AtomicU64,
 }
 
 /// A copy of [`HubStats`] at one moment (fields read one by one).
@@ -239,9 +265,13 @@ pub struct HubStatsSnapshot {
     pub delivered: u64,
     pub replayed: u64,
     pub resets: u64,
+    pub resets_evicted: u64,
+    pub resets_epoch: u64,
+    pub resets_ahead: u64,
     pub slow_consumer_disconnects: u64,
     pub topics_swept: u64,
     pub idempotent_hits: u64,
+    pub live_resets: u64,
 }
 
 impl HubStats {
@@ -256,9 +286,13 @@ impl HubStats {
             delivered: get(&self.delivered),
             replayed: get(&self.replayed),
             resets: get(&self.resets),
+            resets_evicted: get(&self.resets_evicted),
+            resets_epoch: get(&self.resets_epoch),
+            resets_ahead: get(&self.resets_ahead),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             topics_swept: get(&self.topics_swept),
             idempotent_hits: get(&self.idempotent_hits),
+            live_resets: get(&self.live_resets),
         }
     }
 }
@@ -292,9 +326,18 @@ pub struct Hub {
 /// One shard of the topic map.
 type TopicMap = HashMap<Arc<str>, Arc<Topic>>;
 
+/// What fanning messages out into one topic came to, settled once its lock is released.
+#[derive(Default)]
+struct FanOut {
+    published: u64,
+    delivered: u64,
+    slow: Vec<(SubscriberId, HashSet<Arc<str>>)>,
+}
+
 pub(crate) struct Inner {
     config: HubConfig,
-    bus: Arc<dyn Bus>,
+    /// The fleet this hub is a node of; `None` on a single node.
+    fleet: Option<Arc<dyn Fleet>>,
     hasher: RandomState,
     topics: Box<[RwLock<TopicMap>]>,
     idempotency: Box<[Mutex<IdemShard>]>,
@@ -323,28 +366,59 @@ impl Default for Hub {
 impl Hub {
     /// A single-node hub.
     pub fn new(config: HubConfig) -> Self {
-        Hub::with_bus(config, Arc::new(NoBus))
-    }
-
-    /// A hub that reports local publishes to `bus`.
-    pub fn with_bus(config: HubConfig, bus: Arc<dyn Bus>) -> Self {
         Hub {
-            inner: Arc::new(Inner {
-                bus,
-                hasher: RandomState::new(),
-                topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
-                idempotency: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                registry: Mutex::default(),
-                shut_down: AtomicBool::new(false),
-                stats: HubStats::default(),
-                client_topics: crate::topics::ClientTopics::new(
-                    config.new_topics_per_client_per_minute,
-                ),
-                config,
-            }),
+            inner: Arc::new(Inner::new(config, None)),
         }
     }
 
+    /// A hub that is one node of a fleet: `start` gets a handle to the hub (to deliver the
+    /// fleet's messages to, [`Hub::fleet_deliver`]) and returns the fleet.
+    pub fn in_fleet<E>(
+        config: HubConfig,
+        start: impl FnOnce(WeakHub) -> Result<Arc<dyn Fleet>, E>,
+    ) -> Result<Self, E> {
+        let mut failed = None;
+        let inner = Arc::new_cyclic(|weak| {
+            let fleet = match start(WeakHub(weak.clone())) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            };
+            Inner::new(config, fleet)
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(Hub { inner }),
+        }
+    }
+
+    /// Whether this hub is a node of a fleet.
+    pub fn in_a_fleet(&self) -> bool {
+        self.inner.fleet.is_some()
+    }
+}
+
+impl Inner {
+    fn new(config: HubConfig, fleet: Option<Arc<dyn Fleet>>) -> Inner {
+        Inner {
+            fleet,
+            hasher: RandomState::new(),
+            topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            idempotency: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            registry: Mutex::default(),
+            shut_down: AtomicBool::new(false),
+            stats: HubStats::default(),
+            client_topics: crate::topics::ClientTopics::new(
+                config.new_topics_per_client_per_minute,
+            ),
+            config,
+        }
+    }
+}
+
+impl Hub {
     /// The configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
@@ -449,7 +523,6 @@ impl Hub {
             size,
             MessageId::generate(),
             origin,
-            false,
         )
     }
 
@@ -481,9 +554,7 @@ impl Hub {
             let position = match done.get(topic) {
                 Some(p) => *p,
                 None => {
-                    let p = self
-                        .inner
-                        .publish(topic, &payload, size, id, origin, false)?;
+                    let p = self.inner.publish(topic, &payload, size, id, origin)?;
                     done.insert(topic, p);
                     p
                 }
@@ -506,6 +577,31 @@ impl Hub {
         payload: Payload,
         origin: Option<SubscriberId>,
     ) -> Result<Published, HubError> {
+        let (outcome, duplicate) = self.remember(key, topic, || {
+            self.publish_payload(topic, payload, origin)
+                .map(Outcome::Done)
+        })?;
+        match outcome {
+            Outcome::Done(position) => Ok(Published {
+                position,
+                duplicate,
+            }),
+            // Only fleet publishes are sent and answered later.
+            Outcome::Sent(_) => Err(HubError::InFleet),
+        }
+    }
+
+    /// The idempotency memory around a publish: what `key` came to if it was used within the
+    /// window (with `true`: a duplicate, nothing published), else `publish()`'s outcome, now
+    /// remembered. The key's shard stays locked across `publish`: that is what makes two
+    /// racing retries publish once. A fleet publish that failed is forgotten, so that a retry
+    /// publishes again.
+    fn remember(
+        &self,
+        key: &str,
+        topic: &str,
+        publish: impl FnOnce() -> Result<Outcome, HubError>,
+    ) -> Result<(Outcome, bool), HubError> {
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Err(HubError::KeyTooLong {
                 max: MAX_IDEMPOTENCY_KEY_LEN,
@@ -526,38 +622,34 @@ impl Hub {
                     topic: seen.topic.to_string(),
                 });
             }
-            inner.stats.idempotent_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Published {
-                position: seen.position,
-                duplicate: true,
-            });
+            let outcome = match &seen.outcome {
+                Outcome::Done(p) => Some(Outcome::Done(*p)),
+                Outcome::Sent(sent) => match sent.peek() {
+                    Some(Ok(p)) => Some(Outcome::Done(*p)),
+                    Some(Err(_)) => None,
+                    None => Some(Outcome::Sent(sent.clone())),
+                },
+            };
+            match outcome {
+                Some(outcome) => {
+                    inner.stats.idempotent_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((outcome, true));
+                }
+                None => memory.remove(key),
+            }
         }
-        // The shard stays locked across the publish: that is what makes two
-        // racing retries publish once.
-        let position = self.publish_payload(topic, payload, origin)?;
-        memory.insert(key, Arc::from(topic), position, now);
+        let outcome = publish()?;
+        let kept = match &outcome {
+            Outcome::Done(p) => Outcome::Done(*p),
+            Outcome::Sent(sent) => Outcome::Sent(sent.clone()),
+        };
+        memory.insert(key, Arc::from(topic), kept, now);
         memory.purge(
             now,
             inner.config.idempotency_ttl,
             inner.idem_shard_capacity(),
         );
-        Ok(Published {
-            position,
-            duplicate: false,
-        })
-    }
-
-    /// Publishes a message that a [`Bus`] received from another node. It gets
-    /// a local seq and is not reported back to the bus. `id` should be the
-    /// remote message's id, so multi-topic broadcasts stay recognisable.
-    pub fn inject_remote(
-        &self,
-        topic: &str,
-        payload: Arc<Payload>,
-        id: MessageId,
-    ) -> Result<Position, HubError> {
-        let size = payload.approx_size();
-        self.inner.publish(topic, &payload, size, id, None, true)
+        Ok((outcome, false))
     }
 
     /// Drops `topic` now if nobody is subscribed to it, instead of waiting for [`Hub::sweep`].
@@ -579,6 +671,9 @@ impl Hub {
         map.remove(topic);
         st.kill();
         inner.forget_topic(topic);
+        drop(st);
+        drop(map);
+        inner.unfollow(topic);
         true
     }
 
@@ -611,6 +706,7 @@ impl Hub {
         }
         let ttl = inner.config.idle_topic_ttl;
         let mut dropped = 0;
+        let mut gone: Vec<Arc<str>> = Vec::new();
         for shard in inner.topics.iter() {
             // Find candidates under the read lock, skipping busy topics (a
             // topic whose lock is taken is not idle), so lookups in this shard
@@ -642,8 +738,14 @@ impl Hub {
                         inner.stats.open_topics.fetch_sub(1, Ordering::Relaxed);
                     }
                     dropped += 1;
+                    if inner.fleet.is_some() {
+                        gone.push(Arc::clone(&t.name));
+                    }
                 }
             }
+        }
+        for name in gone {
+            inner.unfollow(&name);
         }
         let dropped_u64 = dropped as u64;
         inner.stats.topics.fetch_sub(dropped_u64, Ordering::Relaxed);
@@ -705,11 +807,44 @@ impl Inner {
         read(&self.topics[self.shard_of(name)]).get(name).cloned()
     }
 
+    /// In a fleet: stops following `name` unless it is here again. Called with no hub lock
+    /// held (the fleet takes its delivery lock, which comes before the hub's).
+    fn unfollow(&self, name: &str) {
+        if let Some(fleet) = &self.fleet {
+            fleet.unfollow(name, &|| self.lookup(name).is_none());
+        }
+    }
+
     fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, HubError> {
-        let shard = &self.topics[self.shard_of(name)];
-        if let Some(t) = read(shard).get(name) {
+        if let Some(t) = read(&self.topics[self.shard_of(name)]).get(name) {
             return Ok(Arc::clone(t));
         }
+        let Some(fleet) = &self.fleet else {
+            return self.create(name, Origin::Local, None);
+        };
+        // Followed first, and made under the fleet's delivery lock: the topic never exists here
+        // without its messages coming, and it starts where the fleet's delivery stands.
+        let mut made = None;
+        fleet.follow(name, &mut |at| {
+            made = Some(match at {
+                Some(at) => self.create(name, Origin::Fleet, Some(at)),
+                None => self.create(name, Origin::Unplaced, None),
+            })
+        });
+        let made = made.unwrap_or(Err(HubError::ShutDown));
+        if made.is_err() {
+            self.unfollow(name);
+        }
+        made
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        origin: Origin,
+        at: Option<Position>,
+    ) -> Result<Arc<Topic>, HubError> {
+        let shard = &self.topics[self.shard_of(name)];
         let mut map = write(shard);
         if let Some(t) = map.get(name) {
             return Ok(Arc::clone(t));
@@ -729,11 +864,13 @@ impl Inner {
                 return Err(HubError::TooManyTopics { limit: open });
             }
         }
-        let t = Arc::new(Topic::new(name, Instant::now()));
+        let t = Arc::new(Topic::new(name, Instant::now(), origin, at));
         map.insert(Arc::clone(&t.name), Arc::clone(&t));
         Ok(t)
     }
 
+    /// The local publish: the next seq, recorded and fanned out. On a hub in a fleet only the
+    /// fleet numbers messages ([`HubError::InFleet`]).
     fn publish(
         &self,
         name: &str,
@@ -741,9 +878,11 @@ impl Inner {
         size: usize,
         id: MessageId,
         origin: Option<SubscriberId>,
-        remote: bool,
     ) -> Result<Position, HubError> {
         self.check_open()?;
+        if self.fleet.is_some() {
+            return Err(HubError::InFleet);
+        }
         loop {
             let topic = self.topic_or_create(name)?;
             let mut st = lock(&topic.state);
@@ -759,43 +898,65 @@ impl Inner {
                 seq: st.seq,
                 payload: Arc::clone(payload),
                 origin,
-                remote,
+                remote: false,
+                reset_from: None,
                 size,
             });
-            st.record(
-                Arc::clone(&msg),
-                self.config.history_len,
-                self.config.history_max_bytes,
-            );
-            st.last_activity = Instant::now();
-            let mut delivered = 0u64;
-            let mut slow: Vec<(SubscriberId, HashSet<Arc<str>>)> = Vec::new();
-            st.subscribers.retain(|&sid, sub| match sub.try_push(&msg) {
-                Push::Delivered => {
-                    delivered += 1;
-                    true
-                }
-                Push::Full(topics) => {
-                    slow.push((sid, topics));
-                    false
-                }
-                Push::Gone => false,
-            });
-            if !remote {
-                self.bus.on_publish(&msg);
-            }
+            let position = msg.position();
+            let mut out = FanOut::default();
+            self.append(&mut st, msg, &mut out);
             drop(st);
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
-            self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-            if !slow.is_empty() {
-                self.stats
-                    .slow_consumer_disconnects
-                    .fetch_add(slow.len() as u64, Ordering::Relaxed);
-                for (sid, topics) in slow {
-                    self.detach(sid, &topics, Some(&topic.name));
-                }
+            self.finish(&topic.name, out);
+            return Ok(position);
+        }
+    }
+
+    /// Records `msg` (whose seq must be the topic's) and hands it to every subscriber, under
+    /// the topic's lock; [`Inner::finish`] does the rest once the lock is released. The one
+    /// path of every message into a topic, local or from the fleet.
+    fn append(&self, st: &mut TopicState, msg: Arc<Message>, out: &mut FanOut) {
+        st.record(
+            Arc::clone(&msg),
+            self.config.history_len,
+            self.config.history_max_bytes,
+        );
+        st.last_activity = Instant::now();
+        out.published += 1;
+        Self::fan_out(st, &msg, out);
+    }
+
+    /// `try_send`s `msg` to every subscriber of the topic (under its lock); those whose queue
+    /// is full are removed and collected.
+    fn fan_out(st: &mut TopicState, msg: &Arc<Message>, out: &mut FanOut) {
+        st.subscribers.retain(|&sid, sub| match sub.try_push(msg) {
+            Push::Delivered => {
+                out.delivered += 1;
+                true
             }
-            return Ok(msg.position());
+            Push::Full(topics) => {
+                out.slow.push((sid, topics));
+                false
+            }
+            Push::Gone => false,
+        });
+    }
+
+    /// After a fan-out, with the topic's lock released: counts, and detaches the slow
+    /// consumers from their other topics.
+    fn finish(&self, topic: &Arc<str>, out: FanOut) {
+        self.stats
+            .published
+            .fetch_add(out.published, Ordering::Relaxed);
+        self.stats
+            .delivered
+            .fetch_add(out.delivered, Ordering::Relaxed);
+        if !out.slow.is_empty() {
+            self.stats
+                .slow_consumer_disconnects
+                .fetch_add(out.slow.len() as u64, Ordering::Relaxed);
+            for (sid, topics) in out.slow {
+                self.detach(sid, &topics, Some(topic));
+            }
         }
     }
 
@@ -857,6 +1018,9 @@ impl Inner {
                 ss.topics.insert(Arc::clone(&topic.name));
             }
             let outcome = st.resume(since);
+            let reset_reason = since
+                .filter(|_| outcome.is_reset())
+                .map(|s| st.reset_reason(s));
             st.subscribers.insert(sub.id, Arc::clone(sub));
             st.last_activity = Instant::now();
             drop(st);
@@ -868,6 +1032,14 @@ impl Inner {
                 }
                 JoinOutcome::Reset { .. } => {
                     self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                    let by_reason = match reset_reason {
+                        Some(ResetReason::Epoch) => &self.stats.resets_epoch,
+                        Some(ResetReason::Ahead) => &self.stats.resets_ahead,
+                        Some(ResetReason::Evicted | ResetReason::Servable) | None => {
+                            &self.stats.resets_evicted
+                        }
+                    };
+                    by_reason.fetch_add(1, Ordering::Relaxed);
                 }
                 JoinOutcome::Fresh { .. } => {}
             }

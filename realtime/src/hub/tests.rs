@@ -1,7 +1,7 @@
 //! Unit tests for the hub.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -160,6 +160,8 @@ fn history_is_bounded_and_evicts_oldest() {
         assert!(out.is_reset(), "since {since}");
         assert_eq!(out.position(), last);
     }
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_evicted), (2, 2));
 }
 
 #[test]
@@ -263,7 +265,8 @@ fn join_with_wrong_epoch_resets_and_stays_subscribed() {
     }
     hub.publish("t", "e", json!(2), None).unwrap();
     assert_eq!(seqs(&drain(&s)), [2]);
-    assert_eq!(hub.stats().snapshot().resets, 1);
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_epoch), (1, 1));
 }
 
 #[test]
@@ -273,6 +276,8 @@ fn join_with_future_seq_resets() {
     let s = hub.subscribe().unwrap();
     let out = s.join("t", Some(Position::new(p.epoch, 2))).unwrap();
     assert!(matches!(out, JoinOutcome::Reset { current } if current == p));
+    let stats = hub.stats().snapshot();
+    assert_eq!((stats.resets, stats.resets_ahead), (1, 1));
 }
 
 #[test]
@@ -832,34 +837,43 @@ async fn racing_idempotent_retries_publish_once() {
     assert_eq!(hub.topic_info("t").unwrap().position.seq, 1);
 }
 
-#[derive(Default)]
-struct RecordingBus(StdMutex<Vec<(String, u64, MessageId)>>);
-
-impl Bus for RecordingBus {
-    fn on_publish(&self, msg: &Arc<Message>) {
-        lock(&self.0).push((msg.topic.to_string(), msg.seq, msg.id));
-    }
-}
-
+/// On a single node the asynchronous publishes are the synchronous ones, done when the call
+/// returns: the transports use them, and on one node they cost nothing more.
 #[test]
-fn bus_sees_local_publishes_and_injects_remote_ones() {
-    let bus = Arc::new(RecordingBus::default());
-    let hub = Hub::with_bus(HubConfig::default(), bus.clone());
+fn on_a_single_node_send_is_done_when_it_returns() {
+    use futures_util::FutureExt;
+    let hub = Hub::default();
     let s = hub.subscribe().unwrap();
     s.join("t", None).unwrap();
-    hub.publish("t", "e", json!(1), None).unwrap();
-    let remote_id = MessageId::from_raw(0xabc);
     let p = hub
-        .inject_remote("t", Arc::new(Payload::new("e", json!(2))), remote_id)
+        .send("t", Payload::new("e", json!(1)), Some(s.id()))
+        .now_or_never()
+        .expect("done at once")
         .unwrap();
-    assert_eq!(p.seq, 2);
+    assert_eq!(p.seq, 1);
+    let ps = hub
+        .send_many(["t", "u", "t"], Payload::new("e", json!(2)), None)
+        .now_or_never()
+        .expect("done at once")
+        .unwrap();
+    assert_eq!(ps.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 1, 2]);
+    let first = hub
+        .send_idempotent("k", "t", Payload::new("e", json!(3)), None)
+        .now_or_never()
+        .expect("done at once")
+        .unwrap();
+    let again = hub
+        .send_idempotent("k", "t", Payload::new("e", json!(3)), None)
+        .now_or_never()
+        .expect("done at once")
+        .unwrap();
+    assert_eq!((first.position.seq, first.duplicate), (3, false));
+    assert_eq!((again.position, again.duplicate), (first.position, true));
     let got = drain(&s);
-    assert_eq!(seqs(&got), [1, 2]);
-    assert!(got[1].remote);
-    assert_eq!(got[1].id, remote_id);
-    assert_eq!(got[1].origin, None);
-    let seen = lock(&bus.0).clone();
-    assert_eq!(seen, vec![("t".to_string(), 1, got[0].id)]);
+    assert_eq!(seqs(&got), [1, 2, 3]);
+    assert!(got.iter().all(|m| !m.remote && !m.is_reset()));
+    assert_eq!(got[0].origin, Some(s.id()));
+    assert!(!hub.in_a_fleet());
     assert_eq!(
         MessageId::from_raw(0xabc).to_string(),
         "00000000000000000000000000000abc"

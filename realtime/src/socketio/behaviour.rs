@@ -13,7 +13,9 @@
 //!   sequence number in its hub topic (the namespace topic, or the single
 //!   room); relayed to several rooms, `[{"seq":N,"rooms":{"a":N,"b":M}}]`
 //!   with N the first room's (rooms in sorted order). A failed relay acks
-//!   `[{"error":"…"}]`.
+//!   `[{"error":"…"}]` (in a fleet while Redis is unreachable: `"the cluster
+//!   is unavailable: …"`); without an ack id the failure is only logged.
+//!   In a fleet the ack is sent once Redis has numbered the relay.
 //! * `history: N`: a socket that connects first gets the last N events of
 //!   the namespace topic (what was relayed or published namespace-wide),
 //!   then live ones; a client room joined with `join` likewise replays its
@@ -57,12 +59,14 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::error::EmitError;
 use super::event::{Args, Event};
 use super::namespace::Namespace;
 use super::rooms::looks_like_id;
 use super::server::SocketIo;
 use super::state::{AckSender, Socket};
 use crate::access::Grant;
+use crate::hub::Position;
 
 /// Rooms a client may join through `join`: enough for any chat UI, small
 /// enough that one client cannot make the hub track thousands of topics.
@@ -315,10 +319,35 @@ fn relay(socket: &Socket, event: Event, ack: Option<AckSender>, client_rooms: bo
     } else {
         BTreeSet::new()
     };
-    let result = socket
+    let mut sending = socket
         .broadcast()
         .to_rooms(rooms.iter().cloned())
         .emit(&event.name, event.args);
+    // On a single node the relay is done already; in a fleet the ack waits for Redis (the
+    // relay is sent, in order, either way).
+    match futures_util::FutureExt::now_or_never(&mut sending) {
+        Some(result) => relayed(socket, ack, &rooms, result),
+        None => {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let result = sending.await;
+                relayed(&socket, ack, &rooms, result);
+            });
+        }
+    }
+}
+
+/// Acks a relay with its position, or with why it was not relayed (without an ack id, the
+/// refusal is logged: Socket.IO has no other way to tell the sender).
+fn relayed(
+    socket: &Socket,
+    ack: Option<AckSender>,
+    rooms: &BTreeSet<String>,
+    result: Result<Vec<Position>, EmitError>,
+) {
+    if let (None, Err(e)) = (&ack, &result) {
+        tracing::warn!(socket = %socket.id(), nsp = %socket.nsp(), error = %e, "socket.io relay not sent");
+    }
     let answer = match result {
         Ok(positions) => {
             let seq = positions.first().map_or(0, |p| p.seq);

@@ -88,7 +88,7 @@ pub use codec::{
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use error::{AckError, ConnectError, EmitError, RoomError};
 pub use event::{Args, DisconnectReason, Event};
-pub use namespace::{BroadcastOperator, Namespace};
+pub use namespace::{BroadcastOperator, Emitting, Namespace};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
     DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,

@@ -20,7 +20,7 @@ use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::hub::{Hub, JoinOutcome, Payload, Position, SubscriberId};
+use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, SubscriberId};
 use crate::sync::lock;
 
 /// A namespace. Cheap to clone; every clone is the same namespace.
@@ -98,8 +98,9 @@ impl Namespace {
         self.broadcast().except(room)
     }
 
-    /// Sends `name` to every socket of the namespace (one hub publish).
-    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<Vec<Position>, EmitError> {
+    /// Sends `name` to every socket of the namespace (one hub publish; see
+    /// [`BroadcastOperator::emit`]).
+    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Emitting {
         self.broadcast().emit(name, args)
     }
 
@@ -314,6 +315,43 @@ impl Socket {
     }
 }
 
+/// A broadcast under way ([`BroadcastOperator::emit`]): resolves to the hub positions of its
+/// copies, or why it was not sent.
+#[derive(Debug)]
+pub struct Emitting(EmitState);
+
+#[derive(Debug)]
+enum EmitState {
+    Refused(Option<EmitError>),
+    Sent(Publishing<Vec<Position>>),
+}
+
+impl Emitting {
+    fn refused(e: EmitError) -> Emitting {
+        Emitting(EmitState::Refused(Some(e)))
+    }
+
+    fn sent(p: Publishing<Vec<Position>>) -> Emitting {
+        Emitting(EmitState::Sent(p))
+    }
+}
+
+impl Future for Emitting {
+    type Output = Result<Vec<Position>, EmitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            EmitState::Refused(e) => {
+                std::task::Poll::Ready(Err(e.take().unwrap_or(EmitError::Disconnected)))
+            }
+            EmitState::Sent(p) => std::pin::Pin::new(p).poll(cx).map_err(EmitError::from),
+        }
+    }
+}
+
 /// A broadcast being built: `to` rooms (union; none = the whole namespace),
 /// minus `except` rooms, minus the sender for a socket's broadcast.
 ///
@@ -390,12 +428,14 @@ impl BroadcastOperator {
         self
     }
 
-    /// Sends the event. Returns the hub position of each copy: one per
-    /// target room in the rooms' sorted order, or one for the namespace
-    /// topic; with `except`, one per recipient.
-    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<Vec<Position>, EmitError> {
+    /// Sends the event: sent when this returns (a socket's broadcasts keep their order), and
+    /// the returned [`Emitting`] resolves to the hub position of each copy: one per target
+    /// room in the rooms' sorted order, or one for the namespace topic; with `except`, one per
+    /// recipient. On a single node it is resolved already; in a fleet once Redis has numbered
+    /// the copies. Dropping it cancels nothing.
+    pub fn emit(&self, name: &str, args: impl Into<Args>) -> Emitting {
         if RESERVED_EVENTS.contains(&name) {
-            return Err(EmitError::ReservedEvent(name.to_owned()));
+            return Emitting::refused(EmitError::ReservedEvent(name.to_owned()));
         }
         let args = args.into();
         let payload = Payload::new(name, Value::Array(args.values)).with_attachments(args.binaries);
@@ -414,9 +454,9 @@ impl BroadcastOperator {
                 .collect()
         };
         if topics.is_empty() {
-            return Ok(Vec::new());
+            return Emitting::sent(Publishing::done(Ok(Vec::new())));
         }
-        Ok(self.ns.hub.publish_many(topics, payload, origin)?)
+        Emitting::sent(self.ns.hub.send_many(topics, payload, origin))
     }
 
     /// Sends the event to every socket of this node the broadcast reaches, each asked for an

@@ -107,7 +107,7 @@ impl DeliveryLog {
                 // Skips are received whatever the offset; only an evicted
                 // sent event raises the floor.
                 if let Status::Sent(c) = old.status {
-                    self.floor = c;
+                    self.floor = self.floor.max(c);
                 }
             }
         }
@@ -179,6 +179,17 @@ impl Tracker {
     /// The socket left `topic`.
     pub(crate) fn forget(&mut self, topic: &str) {
         self.positions.remove(topic);
+    }
+
+    /// Messages of `topic` up to `to` were lost to this socket (a live reset: the fleet could
+    /// not deliver them). Socket.IO has no way to tell the client, so no recovery may cross
+    /// this point: a client that comes back with an offset from before it gets a new session
+    /// (`recovered: false`), which is how Socket.IO says "you may have missed events".
+    pub(crate) fn reset(&mut self, topic: Arc<str>, to: Position) {
+        self.positions.insert(topic, to);
+        if let Some(log) = self.log.as_mut() {
+            log.floor = log.sent + 1;
+        }
     }
 
     /// Decides on the next message from a joined topic (replay or live, in
@@ -415,6 +426,33 @@ mod tests {
             t.decide(&got[0], true),
             Decision::Deliver { offset: Some(2) }
         );
+    }
+
+    /// Messages a fleet lost to this node cannot be told to a Socket.IO client: no recovery
+    /// crosses the loss (the client gets a new session, `recovered: false`); one from an event
+    /// sent after it does.
+    #[test]
+    fn no_recovery_crosses_a_live_reset() {
+        let (hub, sub, mut t) = setup(16);
+        hub.publish("a", "1", json!(null), None).unwrap(); // offset 1
+        for m in drain(&sub) {
+            t.decide(&m, true);
+        }
+        assert_eq!(t.log.as_ref().map(|l| l.sent), Some(1));
+        // The fleet lost messages of `a` after 1: a live reset to 6.
+        let at = hub.topic_info("a").unwrap().position;
+        t.reset(Arc::from("a"), Position::new(at.epoch, 6));
+        // A client that had everything sent before the loss still missed what it lost.
+        assert!(t.resume(&topics(), 1).is_none());
+        assert!(t.resume(&topics(), 0).is_none());
+        // An event after the loss (offset 2): a client that got it resumes from there.
+        hub.publish("b", "2", json!(null), None).unwrap();
+        for m in drain(&sub) {
+            assert_eq!(t.decide(&m, true), Decision::Deliver { offset: Some(2) });
+        }
+        let plan = t.resume(&topics(), 2).expect("resumable after the loss");
+        let since: HashMap<_, _> = plan.since.iter().cloned().collect();
+        assert_eq!(since[&Arc::<str>::from("a")], Position::new(at.epoch, 6));
     }
 
     #[test]

@@ -350,7 +350,7 @@ async fn reserved_names_cannot_be_emitted() {
         socket.emit("disconnect", ()),
         Err(EmitError::ReservedEvent("disconnect".into()))
     );
-    assert!(socket.namespace().emit("connect", ()).is_err());
+    assert!(socket.namespace().emit("connect", ()).await.is_err());
     c.quiet().await;
 }
 
@@ -506,7 +506,7 @@ async fn a_client_that_does_not_read_is_closed_as_slow_consumer() {
     let _socket = next_socket(&mut sockets).await;
     let ns = io.of("/").unwrap();
     for i in 0..10 {
-        ns.emit("tick", json!([i])).unwrap();
+        ns.emit("tick", json!([i])).await.unwrap();
     }
     assert_eq!(c.closed().await, CloseReason::SlowConsumer);
     assert_eq!(io.stats().slow_consumers.load(Ordering::Relaxed), 2);
@@ -545,7 +545,7 @@ async fn broadcasts_to_rooms_once_except_and_without_the_sender() {
     });
 
     // union, and A (in both) gets it once
-    let positions = ns.to("r1").to("r2").emit("ev", json!([1])).unwrap();
+    let positions = ns.to("r1").to("r2").emit("ev", json!([1])).await.unwrap();
     assert_eq!(positions.len(), 2);
     a.expect(r#"42["ev",1]"#).await;
     b.expect(r#"42["ev",1]"#).await;
@@ -553,33 +553,41 @@ async fn broadcasts_to_rooms_once_except_and_without_the_sender() {
     a.quiet().await;
 
     // except
-    ns.to("r1").except("r2").emit("ev", json!([2])).unwrap();
+    ns.to("r1")
+        .except("r2")
+        .emit("ev", json!([2]))
+        .await
+        .unwrap();
     b.expect(r#"42["ev",2]"#).await;
-    ns.except("r1").emit("ev", json!([3])).unwrap();
+    ns.except("r1").emit("ev", json!([3])).await.unwrap();
     c.expect(r#"42["ev",3]"#).await;
     a.quiet().await;
     b.quiet().await;
 
     // the sender is left out
-    sa.broadcast().emit("ev", json!([4])).unwrap();
+    sa.broadcast().emit("ev", json!([4])).await.unwrap();
     b.expect(r#"42["ev",4]"#).await;
     c.expect(r#"42["ev",4]"#).await;
-    sa.to("r1").emit("ev", json!([5])).unwrap();
+    sa.to("r1").emit("ev", json!([5])).await.unwrap();
     b.expect(r#"42["ev",5]"#).await;
-    sb.to("r1").except("r2").emit("ev", json!([6])).unwrap();
+    sb.to("r1")
+        .except("r2")
+        .emit("ev", json!([6]))
+        .await
+        .unwrap();
     a.quiet().await;
     b.quiet().await;
     c.quiet().await;
 
     // each socket is in the room named by its id
-    ns.to(sc.id()).emit("ev", json!([7])).unwrap();
+    ns.to(sc.id()).emit("ev", json!([7])).await.unwrap();
     c.expect(r#"42["ev",7]"#).await;
     assert_eq!(ns.to("r1").sockets().len(), 2);
 
     // leave
     assert!(sa.leave("r1"));
     assert!(!sa.leave("r1"));
-    ns.to("r1").emit("ev", json!([8])).unwrap();
+    ns.to("r1").emit("ev", json!([8])).await.unwrap();
     b.expect(r#"42["ev",8]"#).await;
     a.quiet().await;
 }
@@ -644,12 +652,18 @@ async fn custom_namespace_events_carry_the_namespace() {
     let main = next_socket(&mut main_rx).await;
     main.join("r").unwrap();
     socket.join("r").unwrap();
-    io.of("/").unwrap().to("r").emit("x", json!([1])).unwrap();
+    io.of("/")
+        .unwrap()
+        .to("r")
+        .emit("x", json!([1]))
+        .await
+        .unwrap();
     c.expect(r#"42["x",1]"#).await;
     io.of("/chat")
         .unwrap()
         .to("r")
         .emit("x", json!([2]))
+        .await
         .unwrap();
     c.expect(r#"42/chat,["x",2]"#).await;
     c.quiet().await;
@@ -1027,7 +1041,7 @@ async fn recovery_restores_sid_rooms_and_missed_events_in_order() {
     let ns = io.of("/").unwrap();
     eventually(|| ns.kept_sessions() == 1).await;
     hub.publish(&room, "ev", json!([3]), None).unwrap();
-    ns.emit("all", json!([4])).unwrap();
+    ns.emit("all", json!([4])).await.unwrap();
 
     let mut c = Client::open(&io);
     let reply = c

@@ -136,6 +136,10 @@ impl SocketInner {
         // Queued before a leave: no longer for this socket. Checked under
         // the outbox lock, which `leave` holds while it leaves.
         if sub.is_joined(&msg.topic) {
+            if msg.is_reset() {
+                outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
+                return;
+            }
             self.deliver_locked(&mut outbox, msg);
         }
     }
@@ -338,7 +342,12 @@ impl Socket {
             let topic = room_topic(&self.inner.ns.path, &self.inner.id);
             let payload = crate::hub::Payload::new(name, Value::Array(args.values))
                 .with_attachments(args.binaries);
-            self.inner.ns.hub.publish_payload(&topic, payload, None)?;
+            // Sent when this returns; in a fleet, a failure Redis reports later is logged
+            // (nobody waits for it here).
+            let sending = self.inner.ns.hub.send(&topic, payload, None);
+            if let Some(Err(e)) = futures_util::FutureExt::now_or_never(sending) {
+                return Err(e.into());
+            }
             return Ok(());
         }
         let out = Outgoing::event(

@@ -1,0 +1,510 @@
+//! The access log: one line per request, in nginx's `combined` format or as JSON, to stdout,
+//! stderr or a file that `SIGUSR1` reopens (logrotate's `postrotate` step, as nginx's
+//! `USR1`).
+//!
+//! Writing never holds a request up: the front door hands an [`Entry`] (plain values and
+//! reference-counted clones of the request's own fields, nothing formatted) to a bounded queue,
+//! and one thread of its own formats and writes the lines through a buffer, flushed whenever the
+//! queue is empty. When the queue is full (the disk or the pipe behind stdout is stalled), the
+//! line is dropped and counted (`gateway_access_log_dropped_total`) rather than making the
+//! request wait. The formats are pure functions ([`combined`], [`json`]) with byte-exact tests.
+//!
+//! A WebSocket, an SSE stream or a held long-poll is one request: its line is written once,
+//! when it ends, with its duration and the bytes each way.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Uri, Version};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::settings::{AccessLogFormat, AccessLogSettings, LogTarget};
+use crate::upstream::Pool;
+use crate::ws_frames::Frames;
+
+/// What one request leaves in the log. Cheap to build on the request path: the method, URI
+/// and header values are reference-counted clones.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// When the request ended (nginx's `$time_local` is the time its line is written).
+    pub time: SystemTime,
+    pub client: Option<IpAddr>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub host: Option<HeaderValue>,
+    /// 0: no answer was written (the client left first); logged as nginx's 499.
+    pub status: u16,
+    /// Body bytes sent to the client (nginx `$body_bytes_sent`).
+    pub bytes_sent: u64,
+    /// Body bytes read from the client (for an upgraded connection: everything it sent).
+    pub bytes_received: u64,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    /// `routes[i]`, or none when no route matched.
+    pub route: Option<Arc<str>>,
+    /// What answered (`upstream`, `fastcgi`, `tunnel`, `static`, `realtime`, ...).
+    pub by: &'static str,
+    /// The pool and the server of it that answered.
+    pub upstream: Option<(Arc<Pool>, Option<usize>)>,
+    /// Head of the request to the end of the answer (for a WebSocket: until it closed).
+    pub duration: Duration,
+    /// From the first attempt on the pool to the app's answer head.
+    pub upstream_duration: Option<Duration>,
+    pub tls: bool,
+    /// An upgraded session's WebSocket frames: messages each way and how it closed.
+    pub websocket: Option<Box<Frames>>,
+}
+
+/// nginx logs a request whose client left before the answer as 499.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Entry {
+    fn status(&self) -> u16 {
+        if self.status == 0 {
+            CLIENT_CLOSED
+        } else {
+            self.status
+        }
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
+    fn target(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+}
+
+/// Write `bytes` as nginx's default log escaping does: `"`, `\` and bytes outside printable
+/// ASCII as `\xHH`, so a header cannot end its field or forge a line.
+fn escaped(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+}
+
+fn header_or_dash(out: &mut String, v: &Option<HeaderValue>) {
+    match v {
+        Some(v) if !v.is_empty() => escaped(out, v.as_bytes()),
+        _ => out.push('-'),
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Calendar date and time of day (UTC) of `t`: (year, month 1-12, day, hour, min, sec, ms).
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis(),
+    )
+}
+
+/// nginx's `$time_local`, in UTC: `10/Oct/2000:13:55:36 +0000`.
+fn time_local(out: &mut String, t: SystemTime) {
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    let month = MONTHS[(mo as usize).saturating_sub(1) % 12];
+    let _ = write!(out, "{d:02}/{month}/{y}:{h:02}:{mi:02}:{s:02} +0000");
+}
+
+/// ISO 8601 with milliseconds, UTC (nginx's `$time_iso8601` plus the milliseconds).
+fn time_iso(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, ms) = civil(t);
+    format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// One line in nginx's `combined` format, followed by nginx's `$request_id` in quotes and
+/// `$request_time` (seconds, millisecond resolution), as many nginx setups extend it: tools
+/// that read `combined` (goaccess `--log-format=COMBINED`, awstats, fail2ban) stop at the
+/// user agent.
+///
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+/// "$http_referer" "$http_user_agent" "$request_id" $request_time`
+pub fn combined(e: &Entry, out: &mut String) {
+    match e.client {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push('-'),
+    }
+    out.push_str(" - - [");
+    time_local(out, e.time);
+    out.push_str("] \"");
+    escaped(out, e.method.as_str().as_bytes());
+    out.push(' ');
+    escaped(out, e.target().as_bytes());
+    out.push(' ');
+    out.push_str(e.protocol());
+    let _ = write!(out, "\" {} {} \"", e.status(), e.bytes_sent);
+    header_or_dash(out, &e.referer);
+    out.push_str("\" \"");
+    header_or_dash(out, &e.user_agent);
+    out.push_str("\" \"");
+    header_or_dash(out, &e.request_id);
+    let _ = write!(out, "\" {:.3}", e.duration.as_secs_f64());
+    out.push('\n');
+}
+
+/// A header value as JSON text (not UTF-8: lossily).
+fn text(v: &Option<HeaderValue>) -> serde_json::Value {
+    match v {
+        Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// One line of JSON: everything the combined line has, and what answered.
+pub fn json(e: &Entry, out: &mut String) {
+    let (upstream, server) = match &e.upstream {
+        Some((pool, server)) => (
+            serde_json::Value::from(pool.name.as_str()),
+            server
+                .and_then(|i| pool.servers.get(i))
+                .map_or(serde_json::Value::Null, |s| s.addr.to_string().into()),
+        ),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    };
+    let line = serde_json::json!({
+        "time": time_iso(e.time),
+        "remote_addr": e.client.map(|ip| ip.to_string()),
+        "request_id": text(&e.request_id),
+        "method": e.method.as_str(),
+        "uri": e.target(),
+        "protocol": e.protocol(),
+        "host": text(&e.host),
+        "status": e.status(),
+        "body_bytes_sent": e.bytes_sent,
+        "request_length": e.bytes_received,
+        "request_time": round_ms(e.duration),
+        "upstream_header_time": e.upstream_duration.map(round_ms),
+        "http_referer": text(&e.referer),
+        "http_user_agent": text(&e.user_agent),
+        "route": e.route.as_deref(),
+        "served_by": e.by,
+        "upstream": upstream,
+        "upstream_addr": server,
+        "tls": e.tls,
+        "websocket": e.websocket.as_deref().map(|f| serde_json::json!({
+            "messages_in": f.from_client.messages,
+            "messages_out": f.to_client.messages,
+            "close_code": f.close.as_ref().and_then(|c| c.code),
+            "close_reason": f.close.as_ref().map(|c| c.reason.as_str()),
+            "closed_by": f.close.as_ref().map(|c| if c.by_client { "client" } else { "server" }),
+        })),
+    });
+    let _ = write!(out, "{line}");
+    out.push('\n');
+}
+
+fn round_ms(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
+}
+
+/// Lines travel unboxed: the queue's slots are allocated once, and a request allocates nothing
+/// to log (8192 slots of about 420 bytes).
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Line(Entry),
+    Reopen,
+}
+
+/// The front door's handle on the log writer.
+pub struct AccessLog {
+    tx: SyncSender<Msg>,
+    dropped: Counter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    #[error("access_log.path {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("access log: cannot start its writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("access log: cannot watch SIGUSR1: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Where lines go: stdout, stderr or a file (`path`, reopened on `SIGUSR1`), through a buffer.
+struct Sink {
+    path: Option<PathBuf>,
+    out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+}
+
+/// The writer's buffer: one large write per batch (nginx's `buffer=` is 64k as well).
+const WRITE_BUFFER: usize = 64 * 1024;
+
+fn open(
+    path: &PathBuf,
+) -> Result<std::io::BufWriter<Box<dyn std::io::Write + Send>>, AccessLogError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(|f| std::io::BufWriter::with_capacity(WRITE_BUFFER, Box::new(f) as Box<_>))
+        .map_err(|source| AccessLogError::Open {
+            path: path.clone(),
+            source,
+        })
+}
+
+impl Sink {
+    fn new(target: &LogTarget) -> Result<Option<Sink>, AccessLogError> {
+        let stream =
+            |w: Box<dyn std::io::Write + Send>| std::io::BufWriter::with_capacity(WRITE_BUFFER, w);
+        Ok(Some(match target {
+            LogTarget::Off => return Ok(None),
+            LogTarget::Stdout => Sink {
+                path: None,
+                out: stream(Box::new(std::io::stdout())),
+            },
+            LogTarget::Stderr => Sink {
+                path: None,
+                out: stream(Box::new(std::io::stderr())),
+            },
+            LogTarget::File(path) => Sink {
+                path: Some(path.clone()),
+                out: open(path)?,
+            },
+        }))
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.out.write_all(bytes) {
+            tracing::warn!(error = %e, "access log: write failed");
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            tracing::warn!(error = %e, "access log: flush failed");
+        }
+    }
+
+    /// Open the file's path again (logrotate renamed it): new lines go to a new file. If it
+    /// cannot be opened, lines keep going to the old one.
+    fn reopen(&mut self) {
+        self.flush();
+        let Some(path) = &self.path else {
+            return;
+        };
+        match open(path) {
+            Ok(new) => {
+                self.out = new;
+                tracing::info!(path = %path.display(), "access log reopened");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "access log: reopen failed; still writing to the old file")
+            }
+        }
+    }
+}
+
+impl AccessLog {
+    /// Start the writer and the `SIGUSR1` watcher; `None` when the log is off. `dropped`
+    /// counts lines the writer could not take in time.
+    ///
+    /// `SIGUSR1` is handled whatever the target (a reopen of stdout does nothing; with the
+    /// log off it is ignored): its default action ends the process, and a logrotate
+    /// configuration copied from another host must not stop the gateway. The handler is
+    /// registered now, before anything listens.
+    pub fn start(
+        settings: &AccessLogSettings,
+        dropped: Counter,
+    ) -> Result<Option<Arc<AccessLog>>, AccessLogError> {
+        let Some(sink) = Sink::new(&settings.target)? else {
+            let ignored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGUSR1, ignored)
+                .map_err(AccessLogError::Signal)?;
+            return Ok(None);
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_lines);
+        let format = settings.format;
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, sink, format))
+            .map_err(AccessLogError::Thread)?;
+        let log = Arc::new(AccessLog { tx, dropped });
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+            .map_err(AccessLogError::Signal)?;
+        let tx = log.tx.clone();
+        std::thread::Builder::new()
+            .name("access-log-usr1".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    // Behind the lines already queued; a full queue means the writer is busy
+                    // and takes this soon after.
+                    if tx.send(Msg::Reopen).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(AccessLogError::Thread)?;
+        Ok(Some(log))
+    }
+
+    /// Queue a request's line; never waits.
+    pub fn log(&self, entry: Entry) {
+        match self.tx.try_send(Msg::Line(entry)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+}
+
+/// The writer thread: format and write every queued line; flush when none is waiting, so a
+/// line reaches the file as soon as the writer is idle and a burst costs one write.
+fn write_lines(rx: Receiver<Msg>, mut sink: Sink, format: AccessLogFormat) {
+    let mut buf = String::with_capacity(4096);
+    while let Ok(msg) = rx.recv() {
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(entry) => {
+                    buf.clear();
+                    match format {
+                        AccessLogFormat::Combined => combined(&entry, &mut buf),
+                        AccessLogFormat::Json => json(&entry, &mut buf),
+                    }
+                    sink.write(buf.as_bytes());
+                }
+                Msg::Reopen => sink.reopen(),
+            }
+            next = rx.try_recv().ok();
+        }
+        sink.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            // 2000-10-10 13:55:36.250 UTC
+            time: UNIX_EPOCH + Duration::from_millis(971_186_136_250),
+            client: Some("203.0.113.9".parse().unwrap()),
+            method: Method::GET,
+            uri: "/apache_pb.gif?x=1".parse().unwrap(),
+            version: Version::HTTP_11,
+            host: Some(HeaderValue::from_static("example.com")),
+            status: 200,
+            bytes_sent: 2326,
+            bytes_received: 0,
+            referer: Some(HeaderValue::from_static(
+                "http://www.example.com/start.html",
+            )),
+            user_agent: Some(HeaderValue::from_static(
+                "Mozilla/4.08 [en] (Win98; I ;Nav)",
+            )),
+            request_id: Some(HeaderValue::from_static("0123456789abcdef0123456789abcdef")),
+            route: Some(Arc::from("routes[2]")),
+            by: "upstream",
+            upstream: None,
+            duration: Duration::from_micros(12_345),
+            upstream_duration: Some(Duration::from_millis(10)),
+            tls: true,
+            websocket: None,
+        }
+    }
+
+    #[test]
+    fn combined_is_nginxs_line() {
+        let mut out = String::new();
+        combined(&entry(), &mut out);
+        assert_eq!(
+            out,
+            "203.0.113.9 - - [10/Oct/2000:13:55:36 +0000] \"GET /apache_pb.gif?x=1 HTTP/1.1\" 200 2326 \"http://www.example.com/start.html\" \"Mozilla/4.08 [en] (Win98; I ;Nav)\" \"0123456789abcdef0123456789abcdef\" 0.012\n"
+        );
+    }
+
+    #[test]
+    fn combined_escapes_what_could_forge_a_field_or_a_line() {
+        let mut e = entry();
+        e.user_agent = Some(HeaderValue::from_bytes(b"a\"b\\c\xff\t").unwrap());
+        e.referer = None;
+        e.status = 0;
+        e.client = None;
+        e.version = Version::HTTP_2;
+        let mut out = String::new();
+        combined(&e, &mut out);
+        assert_eq!(
+            out,
+            "- - - [10/Oct/2000:13:55:36 +0000] \"GET /apache_pb.gif?x=1 HTTP/2.0\" 499 2326 \"-\" \"a\\x22b\\x5Cc\\xFF\\x09\" \"0123456789abcdef0123456789abcdef\" 0.012\n"
+        );
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let mut out = String::new();
+        json(&entry(), &mut out);
+        assert!(out.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["time"], "2000-10-10T13:55:36.250Z");
+        assert_eq!(v["remote_addr"], "203.0.113.9");
+        assert_eq!(v["request_id"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(v["uri"], "/apache_pb.gif?x=1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["body_bytes_sent"], 2326);
+        assert_eq!(v["request_time"], 0.012);
+        assert_eq!(v["upstream_header_time"], 0.01);
+        assert_eq!(v["route"], "routes[2]");
+        assert_eq!(v["served_by"], "upstream");
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn dates_across_the_calendar() {
+        let at = |secs: u64| civil(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), (1970, 1, 1, 0, 0, 0, 0));
+        // 2000-02-29 23:59:59 (a leap day of a century leap year).
+        assert_eq!(at(951_868_799), (2000, 2, 29, 23, 59, 59, 0));
+        // 2024-12-31 12:00:00
+        assert_eq!(at(1_735_646_400), (2024, 12, 31, 12, 0, 0, 0));
+        // 2100-03-01 00:00:00 (2100 is not a leap year).
+        assert_eq!(at(4_107_542_400), (2100, 3, 1, 0, 0, 0, 0));
+    }
+}

@@ -1,0 +1,122 @@
+// Scenarios for the official socket.io-client against two gateways of one fleet (one Redis),
+// run by tests/tests/cluster_gateways.rs and cluster_faults.rs.
+//
+//   node tests/js/cluster.mjs <scenario> <polling|websocket|upgrade> <https-base-url>...
+//
+// Each client stays on the node it connected to (no balancer in front). Prints one JSON object
+// with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
+import { io } from "socket.io-client";
+
+const [scenario, mode, ...bases] = process.argv.slice(2);
+const transports = { polling: ["polling"], websocket: ["websocket"], upgrade: ["polling", "websocket"] }[mode];
+if (!scenario || !transports || bases.length === 0) {
+  console.error("usage: cluster.mjs <scenario> <polling|websocket|upgrade> <base-url>...");
+  process.exit(2);
+}
+
+const common = { transports, rejectUnauthorized: false, reconnectionDelay: 100, reconnectionDelayMax: 200, timeout: 5000 };
+const sockets = [];
+
+function connect(base, nsp = "/") {
+  const s = io(base + nsp, { ...common, forceNew: true });
+  sockets.push(s);
+  return s;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function once(socket, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timeout waiting for ${event}`)), ms);
+    socket.once(event, (...args) => { clearTimeout(t); resolve(args); });
+  });
+}
+
+async function ready(socket) {
+  if (!socket.connected) await once(socket, "connect");
+  if (mode === "upgrade" && socket.io.engine.transport.name !== "websocket") {
+    await once(socket.io.engine, "upgrade");
+  }
+  return socket.io.engine.transport.name;
+}
+
+function collect(socket, event) {
+  const got = [];
+  socket.on(event, (...args) => got.push(args[0]));
+  return got;
+}
+
+async function until(cond, ms = 10000) {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await sleep(20);
+}
+
+const scenarios = {
+  // a and d on the first node, b and c on the second; a and b in room "r". a and b relay to
+  // the room at the same time, N events each, asking for acks; c (in no room) relays to the
+  // whole namespace.
+  async relay() {
+    const [first, second] = bases;
+    const N = 40;
+    const a = connect(first), d = connect(first), b = connect(second), c = connect(second);
+    const transport = await Promise.all([a, b, c, d].map(ready));
+    await a.timeout(5000).emitWithAck("join", "r");
+    await b.timeout(5000).emitWithAck("join", "r");
+    const got = { a: collect(a, "chat"), b: collect(b, "chat"), c: collect(c, "chat"), d: collect(d, "chat") };
+    const acks = { a: [], b: [] };
+    for (let n = 0; n < N; n++) {
+      const [x, y] = await Promise.all([
+        a.timeout(5000).emitWithAck("chat", { from: "a", n }),
+        b.timeout(5000).emitWithAck("chat", { from: "b", n }),
+      ]);
+      acks.a.push(x);
+      acks.b.push(y);
+    }
+    await until(() => got.a.length >= N && got.b.length >= N);
+    const toAll = await c.timeout(5000).emitWithAck("chat", { from: "c", n: 0 });
+    await until(() => got.a.length > N && got.b.length > N && got.d.length > 0);
+    await sleep(300);
+    return { transport, acks, toAll, got };
+  },
+
+  // One client per node joins room "news" (a topic of the same name), says so on stdout, then
+  // waits for two "note" events from the app on each.
+  async listen() {
+    const clients = bases.map((b) => connect(b));
+    await Promise.all(clients.map(ready));
+    await Promise.all(clients.map((c) => c.timeout(5000).emitWithAck("join", "news")));
+    const got = clients.map((c) => collect(c, "note"));
+    console.log(JSON.stringify({ ready: true }));
+    await until(() => got.every((g) => g.length >= 2), 20000);
+    await sleep(300);
+    return { got };
+  },
+
+  // Relays asking for an ack while the cluster cannot be reached.
+  async unavailable() {
+    const a = connect(bases[0]);
+    const transport = await ready(a);
+    const ack = await a.timeout(5000).emitWithAck("chat", { n: 1 });
+    return { transport, ack };
+  },
+};
+
+const fn = scenarios[scenario];
+if (!fn) {
+  console.log(JSON.stringify({ error: `unknown scenario ${scenario}` }));
+  process.exit(1);
+}
+const watchdog = setTimeout(() => {
+  console.log(JSON.stringify({ error: "scenario timed out" }));
+  process.exit(1);
+}, 60000);
+try {
+  const result = await fn();
+  console.log(JSON.stringify(result));
+  clearTimeout(watchdog);
+  for (const s of sockets) s.disconnect();
+  process.exit(0);
+} catch (e) {
+  console.log(JSON.stringify({ error: String(e && e.stack || e) }));
+  process.exit(1);
+}
