@@ -98,6 +98,8 @@ realtime:
   hub: { history: 1000, subscriber_queue: 1024 }
   longpoll: { wait_ms: 30000 }
   sse: { heartbeat_ms: 15000, retry_ms: 2000 }
+  # The publisher posts to /p, as nchan's open publisher location.
+  policy: { client_publish: ["*"] }
 routes:
   - path: /s
     realtime: longpoll

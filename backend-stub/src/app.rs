@@ -42,8 +42,9 @@ pub const MAX_TEXT_BODY: u64 = 16 * 1024 * 1024;
 /// Frame size of a `/body/N?framing=chunked` answer.
 const TEXT_FRAME: usize = 4096;
 
-/// Largest request body `/publish-demo` keeps (its optional `{"text": ...}`).
-pub const MAX_PUBLISH_DEMO_BODY: usize = 64 * 1024;
+/// Largest request body the stub reads rather than counts: `/publish-demo`'s optional
+/// `{"text": ...}` and the authorization callbacks' payloads (413 above).
+pub const MAX_KEPT_BODY: usize = 64 * 1024;
 
 /// Where the gateway's publish API is by default (the shipped admin listener).
 pub const DEFAULT_PUBLISH_URL: &str = "http://127.0.0.1:9090/publish";
@@ -175,8 +176,11 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
     let (mut parts, body) = req.into_parts();
     let mut body = body.into_data_stream();
     let mut body_len: u64 = 0;
-    // Only `/publish-demo` looks at what was sent; everything else counts it.
-    let keep_body = parts.uri.path() == "/publish-demo";
+    // Only these look at what was sent; everything else counts it.
+    let keep_body = matches!(
+        parts.uri.path(),
+        "/publish-demo" | "/realtime/auth" | "/broadcasting/auth"
+    );
     let mut kept = Vec::new();
     // `/echo` reports a digest, so a test can tell the body arrived intact.
     let mut digest = sha1::Sha1::new();
@@ -185,7 +189,7 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
             Ok(chunk) => {
                 body_len += chunk.len() as u64;
                 digest.update(&chunk);
-                if keep_body && kept.len() + chunk.len() <= MAX_PUBLISH_DEMO_BODY {
+                if keep_body && kept.len() + chunk.len() <= MAX_KEPT_BODY {
                     kept.extend_from_slice(&chunk);
                 } else if keep_body {
                     return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
@@ -223,6 +227,8 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
         accel(&uri)
     } else if path == "/publish-demo" {
         publish_demo(app, &parts.method, &kept).await
+    } else if path == "/realtime/auth" || path == "/broadcasting/auth" {
+        authorize(&parts, &kept).await
     } else if path == "/cable" {
         // The slot is released once the handshake answer is produced: like
         // Action Cable's hijacked sockets, an open WebSocket holds no worker.
@@ -364,6 +370,35 @@ async fn publish_demo(app: &AppState, method: &Method, body: &[u8]) -> Response 
         StatusCode::BAD_GATEWAY,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
+    )
+        .into_response()
+}
+
+/// `POST /realtime/auth` and `POST /broadcasting/auth`: the app's side of the gateway's
+/// authorization callbacks (see `auth`).
+async fn authorize(parts: &Parts, body: &[u8]) -> Response {
+    if parts.method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let answer = if parts.uri.path() == "/realtime/auth" {
+        let answer = crate::auth::connect(&parts.headers, body);
+        tracing::info!("realtime/auth: {}", answer.status.as_u16());
+        answer
+    } else {
+        let (answer, channel, socket_id) = crate::auth::channel(&parts.headers, body);
+        tracing::info!(
+            "broadcasting/auth channel={channel} socket_id={socket_id}: {}",
+            answer.status.as_u16()
+        );
+        answer
+    };
+    if let Some(delay) = answer.delay {
+        tokio::time::sleep(delay).await;
+    }
+    (
+        answer.status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        answer.body,
     )
         .into_response()
 }

@@ -8,6 +8,7 @@
 //! address, so `--listen 127.0.0.1:0` works) as its only stdout line.
 
 mod app;
+mod auth;
 mod publish;
 mod reqlog;
 #[cfg(test)]

@@ -158,6 +158,21 @@ pub mod defaults {
     /// pubsub.v1 subscriptions per connection (Socket.IO's `client_rooms` allow 64 too).
     pub const WS_MAX_SUBSCRIPTIONS: usize = realtime::websocket::DEFAULT_MAX_SUBSCRIPTIONS;
 
+    /// Laravel's naming: `private-*` and `presence-*` channels are authorized by the app's
+    /// `/broadcasting/auth`, every other name is public, as an unchanged Laravel app expects.
+    pub const POLICY_PRIVATE: &[&str] = realtime::access::DEFAULT_PRIVATE;
+    /// Laravel's `Broadcast::routes()` registers this path: an unchanged app answers it.
+    pub const AUTH_SUBSCRIBE_PATH: &str = "/broadcasting/auth";
+    /// How long a client waits for the app's word before it is refused with a clear error. An
+    /// app that needs longer than this to check a session is down for the client's purposes
+    /// (a connect or a join the client is waiting on); Centrifugo's connect proxy waits 1 s,
+    /// laravel-echo-server had no bound at all. 5 s leaves room for a cold PHP worker.
+    pub const AUTH_TIMEOUT: Duration = Duration::from_millis(5_000);
+    /// Off: an answer is asked for every time, so a logout or a revoked membership takes
+    /// effect at once. A long-poll client with a connect callback asks on every poll: turn it
+    /// on (a minute is common) when the app's load matters more.
+    pub const AUTH_CACHE: Duration = Duration::ZERO;
+
     /// The reference Socket.IO server's (engine.io 6.6 / socket.io 4.8) defaults, so existing
     /// clients see the timings they were tuned for.
     pub const SIO_PING_INTERVAL: Duration = realtime::engineio::DEFAULT_PING_INTERVAL;
@@ -576,6 +591,43 @@ pub struct Realtime {
     pub websocket: BTreeMap<String, WsSettings>,
     #[serde(default)]
     pub socketio: SocketIoSettings,
+    /// Who may subscribe to which topic and who may publish from a client connection, on
+    /// every transport.
+    #[serde(default)]
+    pub policy: PolicySettings,
+    /// The app's word on connects and private subscriptions: callbacks over an upstream pool.
+    /// Absent: no connect callback, and private topics are refused.
+    pub auth: Option<AuthSettings>,
+}
+
+/// The topic policy. Patterns: `*` is any run of characters, everything else itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Subscribing to a matching topic (a Socket.IO room of that name) needs the app's word;
+    /// every other name is public to subscribe.
+    pub private: Option<Vec<String>>,
+    /// Topics a client connection may publish to (`POST /p`, a `pubsub.v1` publish, a
+    /// Socket.IO relay into a room). Empty: only the app publishes.
+    #[serde(default)]
+    pub client_publish: Vec<String>,
+}
+
+/// The authorization callbacks to the app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The pool the callbacks go to: the one that serves the app's pages (HTTP or FastCGI),
+    /// so they see the same sessions.
+    pub upstream: String,
+    /// The connect callback's path (`/realtime/auth`). Absent: no connect callback.
+    pub connect: Option<String>,
+    /// The subscribe callback's path, Laravel's contract (`channel_name`, `socket_id`).
+    pub subscribe: Option<String>,
+    /// How long the app may take to answer a callback.
+    pub timeout_ms: Option<u64>,
+    /// How long an answer (allowed or refused) is reused for the same credentials.
+    pub cache_ms: Option<u64>,
 }
 
 /// Socket.IO: Engine.IO timings (node's defaults), origins, recovery, and what each namespace

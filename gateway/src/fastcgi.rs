@@ -626,7 +626,9 @@ enum PhpBody<'a> {
 /// The FastCGI [`Exchange`]: a kept or new connection, the request's records, and the first
 /// bytes of php-fpm's answer.
 struct Php<'a, 's> {
-    session: &'s mut Session,
+    /// The client's session, for a body streamed from it (`None`: the gateway's own question,
+    /// whose body is in `records`).
+    session: Option<&'s mut Session>,
     backend: &'a Backend,
     /// `FCGI_BEGIN_REQUEST` and the parameters (and a body read whole here).
     records: &'a [u8],
@@ -731,10 +733,13 @@ impl Php<'_, '_> {
                 }
             }
             PhpBody::Streamed(expected) => {
+                let Some(session) = self.session.as_deref_mut() else {
+                    return Err(Fault::Internal("a streamed body without a client".into()));
+                };
                 let mut sent = 0u64;
                 out.reserve(READ_CHUNK + 64);
                 loop {
-                    let chunk = match self.session.read_request_body().await {
+                    let chunk = match session.read_request_body().await {
                         Ok(Some(chunk)) => chunk,
                         Ok(None) => break,
                         Err(e) => return Err(ClientFailure::from_error(&e.into_down()).into()),
@@ -786,6 +791,136 @@ fn log_stderr(upstream: &str, addr: &Addr, path: &http::Uri, text: &[u8]) {
     }
 }
 
+/// The script a path runs (inline, like the static lookup: a `realpath` or two on a local
+/// filesystem costs less than a hop to the blocking pool and back), or the refusal: 404 when
+/// none exists, 400 when the path cannot name one.
+fn script(backend: &Backend, path: &str) -> std::result::Result<(String, PathBuf), Fault> {
+    match resolve(
+        &backend.root,
+        &backend.index,
+        &backend.front_controller,
+        path,
+    ) {
+        Script::Run { name, filename } => Ok((name, filename)),
+        Script::Missing => Err(Fault::Refused {
+            status: 404,
+            reason: "no such file",
+            detail: "no PHP script for the path".into(),
+        }),
+        Script::BadPath => Err(Fault::Refused {
+            status: 400,
+            reason: "bad path",
+            detail: "the path cannot name a PHP script".into(),
+        }),
+    }
+}
+
+/// `FCGI_BEGIN_REQUEST`, the parameters, and a body that is already whole (`None`: it follows
+/// separately).
+fn request_records(params: &[(String, Vec<u8>)], body: Option<&[u8]>) -> Vec<u8> {
+    let mut records = Vec::with_capacity(4096);
+    begin_request(&mut records, true);
+    self::params(&mut records, params);
+    if let Some(body) = body {
+        stdin(&mut records, body);
+        if !body.is_empty() {
+            stdin(&mut records, &[]);
+        }
+    }
+    records
+}
+
+/// The gateway's own question to php-fpm (a realtime service's authorization callback), as a
+/// request whose body is whole.
+pub struct Question<'a> {
+    pub backend: &'a Arc<Backend>,
+    /// The request with forwarding headers applied.
+    pub req: &'a RequestHeader,
+    pub body: &'a [u8],
+    /// The client's connection, as PHP is told about it (`HTTPS`, `REMOTE_PORT`,
+    /// `SERVER_ADDR`, `SERVER_PORT`).
+    pub tls: bool,
+    pub peer: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+}
+
+/// Ask php-fpm through `attempts` (the same servers, retries and failure table as a client's
+/// request) and read the whole answer into memory, at most `limit` bytes of body; what PHP
+/// writes to stderr is logged.
+pub async fn ask(
+    attempts: Loop<'_>,
+    q: Question<'_>,
+    limit: usize,
+) -> std::result::Result<(ResponseHeader, Bytes), Fault> {
+    let upstream = attempts.upstream();
+    let timeout = attempts.timeouts().read;
+    let (name, filename) = script(q.backend, q.req.uri.path())?;
+    let params = build_params(&RequestInfo {
+        req: q.req,
+        script: (&name, &filename),
+        document_root: &q.backend.root,
+        tls: q.tls,
+        peer: q.peer,
+        server: q.server,
+        content_length: (!q.body.is_empty()).then_some(q.body.len() as u64),
+    });
+    let records = request_records(&params, Some(q.body));
+    let mut exchange = Php {
+        session: None,
+        backend: q.backend,
+        records: &records,
+        body: PhpBody::Sent,
+        max_body: q.body.len() as u64,
+        idempotent: q.req.method.is_idempotent(),
+    };
+    let won = attempts.run(&mut exchange).await?;
+    let (i, addr) = (won.server, won.addr);
+    let Started {
+        mut io,
+        mut decoder,
+    } = won.conn;
+    let bad = |why: String| Fault::from(Failure::BadAnswer(addr.to_string(), why));
+    let mut stdout: Vec<u8> = Vec::new();
+    loop {
+        while let Some(record) = decoder.next_record().map_err(bad)? {
+            match record {
+                Record::Stderr(text) => log_stderr(upstream, addr, &q.req.uri, &text),
+                Record::Stdout(data) => {
+                    if stdout.len() + data.len() > MAX_HEAD + limit {
+                        return Err(bad(format!("answer larger than {limit} bytes")));
+                    }
+                    stdout.extend_from_slice(&data);
+                }
+                Record::End {
+                    app_status,
+                    protocol_status,
+                } => {
+                    let Some((head, used)) = parse_head(&stdout).map_err(bad)? else {
+                        return Err(bad(format!(
+                            "ended (status {protocol_status}, app status {app_status}) without a response head"
+                        )));
+                    };
+                    if protocol_status == 0 && decoder.pending() == 0 {
+                        keep(q.backend, i, io);
+                    }
+                    return Ok((head, Bytes::copy_from_slice(&stdout[used..])));
+                }
+            }
+        }
+        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(0)) => {
+                return Err(bad(
+                    "closed the connection before the end of the answer".into()
+                ))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(bad(e.to_string())),
+            Err(_) => return Err(Failure::Timeout(addr.to_string()).into()),
+        }
+    }
+}
+
 /// Answer the request through php-fpm, on the server `attempts` finds. `Ok(Err(_))` when
 /// nothing was sent to the client yet and the caller should answer with the fault's status.
 pub async fn serve(
@@ -797,30 +932,9 @@ pub async fn serve(
     let upstream = attempts.upstream();
     let timeout = attempts.timeouts().read;
 
-    // Inline, like the static lookup: a `realpath` or two on a local filesystem costs less
-    // than a hop to the blocking pool and back.
-    let script = resolve(
-        &backend.root,
-        &backend.index,
-        &backend.front_controller,
-        call.req.uri.path(),
-    );
-    let (name, filename) = match script {
-        Script::Run { name, filename } => (name, filename),
-        Script::Missing => {
-            return Ok(Err(Fault::Refused {
-                status: 404,
-                reason: "no such file",
-                detail: "no PHP script for the path".into(),
-            }))
-        }
-        Script::BadPath => {
-            return Ok(Err(Fault::Refused {
-                status: 400,
-                reason: "bad path",
-                detail: "the path cannot name a PHP script".into(),
-            }))
-        }
+    let (name, filename) = match script(backend, call.req.uri.path()) {
+        Ok(found) => found,
+        Err(fault) => return Ok(Err(fault)),
     };
 
     // A body of unknown length is read whole first: PHP reads exactly CONTENT_LENGTH bytes.
@@ -866,23 +980,15 @@ pub async fn serve(
         server: server_addr,
         content_length,
     });
-    let mut records = Vec::with_capacity(4096);
-    begin_request(&mut records, true);
-    self::params(&mut records, &params);
+    let records = request_records(&params, buffered.as_deref());
     let body = match (&buffered, held) {
-        (Some(body), _) => {
-            stdin(&mut records, body);
-            if !body.is_empty() {
-                stdin(&mut records, &[]);
-            }
-            PhpBody::Sent
-        }
+        (Some(_), _) => PhpBody::Sent,
         (None, Some(held)) => PhpBody::Held(held),
         (None, None) => PhpBody::Streamed(declared.unwrap_or(0)),
     };
 
     let mut exchange = Php {
-        session: &mut *session,
+        session: Some(&mut *session),
         backend,
         records: &records,
         body,

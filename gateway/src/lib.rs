@@ -14,7 +14,8 @@
 //! retry rule, [`failure`] the one table from a fault to a status, a public reason and a log
 //! line, [`finish`] what every answer passes through on its way out (the app's fields that
 //! stay behind, HSTS over TLS, [`compression`], framing), [`forwarding`] what the app learns
-//! about the client, and [`addr`] how a server is reached. [`config`] is the file that
+//! about the client, and [`addr`] how a server is reached. The realtime services' questions to
+//! the app ([`authorize`]: may this client connect, may it subscribe) take the same way to it. [`config`] is the file that
 //! describes all of it, built once into the typed [`settings`] every other module takes, and
 //! [`admin`] reports on it. Every request ends in `proxy::Gateway::logging`, the one place
 //! it is counted ([`metrics`]) and logged ([`access_log`]; an upgraded session's frames are
@@ -25,6 +26,7 @@ pub mod access_log;
 pub mod addr;
 pub mod admin;
 pub mod attempt;
+pub mod authorize;
 pub mod buffering;
 pub mod compression;
 pub mod config;

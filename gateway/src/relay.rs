@@ -16,7 +16,7 @@
 //! methods, answers nothing at all).
 
 use pingora::connectors::http::v1::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::proxy::Session;
@@ -291,6 +291,49 @@ pub async fn forward(
         }
     }
     Ok(Ok(Answer::Sent))
+}
+
+/// The gateway's own question to the app (a realtime service's authorization callback): sent
+/// through `attempts` like a client's request (the same servers, retries and failure table),
+/// and the whole answer read into memory, at most `limit` bytes of body.
+pub async fn ask(
+    connector: &Connector,
+    attempts: Loop<'_>,
+    req: RequestHeader,
+    body: Option<&Body>,
+    limit: usize,
+) -> std::result::Result<(ResponseHeader, bytes::Bytes), Fault> {
+    let req = upstream_request(req, body.map(Body::len))
+        .map_err(|e| Fault::Internal(format!("building the request: {e}")))?;
+    let mut exchange = Held {
+        connector,
+        req: &req,
+        body,
+        idempotent: req.method.is_idempotent(),
+    };
+    let won = attempts.run(&mut exchange).await?;
+    let Answered { mut up, peer, keep } = won.conn;
+    let bad = |why: String| Fault::from(Failure::BadAnswer(won.addr.to_string(), why));
+    let Some(head) = up.resp_header().cloned() else {
+        return Err(bad("no response head".into()));
+    };
+    let mut answer = bytes::BytesMut::new();
+    if !matches!(head.status.as_u16(), 204 | 304) {
+        while !up.is_body_done() {
+            match up.read_body_bytes().await {
+                Ok(Some(chunk)) => {
+                    if answer.len() + chunk.len() > limit {
+                        return Err(bad(format!("answer larger than {limit} bytes")));
+                    }
+                    answer.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Failure::from_error(won.addr, &e).into()),
+            }
+        }
+    }
+    release(keep.then_some((connector, &peer)), *up).await;
+    Ok((head, answer.freeze()))
 }
 
 /// Back to the pool for the next request, unless the exchange left it unusable (`None`: it is

@@ -54,15 +54,12 @@ pub enum BuildError {
 }
 
 impl Router {
+    /// The routes of `settings` over `pools` (one per upstream, see [`Pool::all`]).
     pub fn build(
         settings: &settings::Settings,
+        pools: BTreeMap<String, Arc<Pool>>,
         realtime: &dyn Fn(&Endpoint, &str) -> Arc<dyn realtime::seam::Service>,
     ) -> Result<Router, BuildError> {
-        let pools: BTreeMap<String, Arc<Pool>> = settings
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(Pool::from_config(name, u))))
-            .collect();
         let compression = settings.compression.clone().map(Arc::new);
         let mut routes = Vec::new();
         for (index, r) in settings.routes.iter().enumerate() {

@@ -68,6 +68,7 @@ pub async fn serve_counted(
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
     let secure = is_tls(session);
     if !upgrade && session.is_body_done() {
         // A bodiless request (every long-poll, every SSE subscription) runs right here: no
@@ -77,6 +78,7 @@ pub async fn serve_counted(
             head,
             peer,
             client,
+            local,
             secure,
             body: Body::empty(),
         };
@@ -106,6 +108,7 @@ pub async fn serve_counted(
         head,
         peer,
         client,
+        local,
         secure,
         body,
     };

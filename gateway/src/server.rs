@@ -145,12 +145,15 @@ struct Realtime {
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
     settings: settings::Realtime,
+    /// Who may connect, subscribe and publish, on every transport.
+    access: realtime::access::Access,
 }
 
 impl Realtime {
     fn new(
         settings: &settings::Realtime,
         cluster: Option<&settings::Cluster>,
+        access: realtime::access::Access,
     ) -> Result<Realtime, StartError> {
         let h = &settings.hub;
         let config = realtime::hub::HubConfig {
@@ -175,6 +178,7 @@ impl Realtime {
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
             settings: settings.clone(),
+            access,
         })
     }
 
@@ -197,6 +201,7 @@ impl Realtime {
                         wait: self.settings.longpoll.wait,
                         max_message: self.settings.longpoll.max_message_bytes,
                     },
+                    self.access.clone(),
                 )),
                 Endpoint::Websocket(ws) => Arc::new(realtime::websocket::WsEndpoint::new(
                     self.hub.clone(),
@@ -211,9 +216,14 @@ impl Realtime {
                         queue: ws.queue,
                         max_subscriptions: ws.max_subscriptions,
                     },
+                    self.access.clone(),
                 )),
                 Endpoint::Socketio => {
-                    let service = crate::socketio::build(self.hub.clone(), &self.settings.socketio);
+                    let service = crate::socketio::build(
+                        self.hub.clone(),
+                        &self.settings.socketio,
+                        self.access.clone(),
+                    );
                     let _ = self.socketio.set(service.io().clone());
                     Arc::new(service)
                 }
@@ -223,6 +233,7 @@ impl Realtime {
                         heartbeat: self.settings.sse.heartbeat,
                         retry: self.settings.sse.retry,
                     },
+                    self.access.clone(),
                 )),
             })
             .clone()
@@ -263,6 +274,28 @@ fn join_cluster(
     ))
 }
 
+/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names.
+fn access(
+    settings: &Settings,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    temp_dir: &Arc<std::path::PathBuf>,
+    connector: pingora::connectors::http::v1::Connector,
+) -> realtime::access::Access {
+    let app = settings.realtime.auth.as_ref().and_then(|auth| {
+        let pool = pools.get(&auth.upstream)?.clone();
+        let app: Arc<dyn realtime::access::Authorizer> =
+            Arc::new(crate::authorize::AppAuthorizer::new(
+                auth,
+                pool,
+                settings.proxy.trusted_proxies.clone(),
+                temp_dir.clone(),
+                connector,
+            ));
+        Some(app)
+    });
+    realtime::access::Access::new(settings.realtime.policy.clone(), app)
+}
+
 /// Read buffer of each client connection, below pingora's 64 KiB default. It is allocated
 /// zeroed when the connection is accepted and lives as long as the connection, so with 10,000
 /// idle WebSockets the default alone is 640 MiB resident. 16 KiB still holds a whole TLS record
@@ -289,16 +322,25 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let rt = Realtime::new(&settings.realtime, settings.cluster.as_ref())?;
-    let router = Router::build(settings, &|endpoint, path| rt.service(endpoint, path))?;
+    let temp = settings.proxy.temp_dir.clone();
+    let temp_dir = Arc::new(
+        crate::buffering::prepare_dir(&temp)
+            .map_err(|source| StartError::TempDir { path: temp, source })?,
+    );
+    let connector = || {
+        pingora::connectors::http::v1::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+        ))
+    };
+    let all_pools = Pool::all(&settings.upstreams);
+    let access = access(settings, &all_pools, &temp_dir, connector());
+    let rt = Realtime::new(&settings.realtime, settings.cluster.as_ref(), access)?;
+    let router = Router::build(settings, all_pools, &|endpoint, path| {
+        rt.service(endpoint, path)
+    })?;
     let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
     let admin_pools = router.pools.clone();
-    let temp = settings.proxy.temp_dir.clone();
-    let temp_dir = crate::buffering::prepare_dir(&temp)
-        .map_err(|source| StartError::TempDir { path: temp, source })?;
-    let connector = pingora::connectors::http::v1::Connector::new(Some(
-        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
-    ));
+    let connector = connector();
     let limits = &settings.limits;
     let metrics = Arc::new(Metrics::new(
         settings,
@@ -313,7 +355,7 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         trusted: settings.proxy.trusted_proxies.clone(),
         hsts: settings.tls.hsts.as_ref().map(settings::Hsts::header_value),
         internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
-        temp_dir: Arc::new(temp_dir),
+        temp_dir,
         connector,
         metrics: metrics.clone(),
         access_log,

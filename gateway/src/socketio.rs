@@ -68,8 +68,13 @@ pub struct SocketIoService {
     client_dir: Option<PathBuf>,
 }
 
-/// Build the Socket.IO service on `hub` from its settings.
-pub fn build(hub: Hub, s: &settings::SocketIo) -> SocketIoService {
+/// Build the Socket.IO service on `hub` from its settings; `access` decides who connects and
+/// which rooms a client joins or relays into.
+pub fn build(
+    hub: Hub,
+    s: &settings::SocketIo,
+    access: realtime::access::Access,
+) -> SocketIoService {
     let options = SocketIoOptions {
         connect_timeout: s.connect_timeout,
         recovery: s.recovery.as_ref().map(|r| RecoveryOptions {
@@ -78,7 +83,7 @@ pub fn build(hub: Hub, s: &settings::SocketIo) -> SocketIoService {
         }),
         ..SocketIoOptions::default()
     };
-    let io = SocketIo::new(hub, options);
+    let io = SocketIo::with_access(hub, options, access);
     for (path, ns) in &s.namespaces {
         install_behaviour(
             &io,

@@ -80,6 +80,17 @@ impl Drop for InFlight {
 }
 
 impl Pool {
+    /// One pool per configured upstream, by name: the routes and the realtime services'
+    /// callbacks share them (and their health).
+    pub fn all(
+        upstreams: &std::collections::BTreeMap<String, Upstream>,
+    ) -> std::collections::BTreeMap<String, Arc<Pool>> {
+        upstreams
+            .iter()
+            .map(|(name, u)| (name.clone(), Arc::new(Pool::from_config(name, u))))
+            .collect()
+    }
+
     pub fn from_config(name: &str, cfg: &Upstream) -> Pool {
         Pool {
             name: name.to_string(),

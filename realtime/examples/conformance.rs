@@ -131,6 +131,7 @@ async fn exchange(
         head,
         peer: Some(peer),
         client: None,
+        local: None,
         secure: false,
         body,
     };

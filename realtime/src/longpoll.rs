@@ -13,6 +13,10 @@
 //!
 //! A waiting poll is a hub subscriber owned by the request's future: when the client goes
 //! away the gateway drops the future, and the subscriber is detached at once.
+//!
+//! Both ask [`crate::access`] first: the connect callback (when there is one) on every request,
+//! the app's word for a private topic before anything of it is read, and the policy before a
+//! client publishes (only the app publishes unless the policy opens a topic to clients).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
+use crate::access::{self, Access, ClientInfo, Who};
 use crate::hub::{Hub, JoinOutcome, Message, Payload, Position};
 use crate::seam::{Request, Response, Service};
 use crate::{query, text};
@@ -36,6 +41,9 @@ pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Messages one batch answer carries at most; the client polls again (with the last position)
 /// for the rest, so a long absence cannot produce an unbounded response.
 pub const MAX_BATCH: usize = 1000;
+
+/// This transport's name in authorization log lines.
+const TRANSPORT: &str = "longpoll";
 
 #[derive(Debug, Clone)]
 pub struct LongPollConfig {
@@ -55,6 +63,8 @@ impl Default for LongPollConfig {
 pub struct LongPoll {
     hub: Hub,
     config: LongPollConfig,
+    /// Who may poll and publish which topic ([`crate::access`]).
+    access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,8 +147,12 @@ fn entry(m: &Message) -> (Position, String) {
 }
 
 impl LongPoll {
-    pub fn new(hub: Hub, config: LongPollConfig) -> LongPoll {
-        LongPoll { hub, config }
+    pub fn new(hub: Hub, config: LongPollConfig, access: Access) -> LongPoll {
+        LongPoll {
+            hub,
+            config,
+            access,
+        }
     }
 
     async fn subscribe(&self, req: &Request) -> Response {
@@ -146,8 +160,24 @@ impl LongPoll {
         let Some(topic) = query::get(q, "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
-        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
-            return Response::text(e.status(), format!("{e}\n"));
+        // The app's word on the client, then on the topic, before anything of it is read: a
+        // refused poll learns nothing (no position, no history, no message).
+        let identity = match self.access.connect_request(req, TRANSPORT).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal.response(),
+        };
+        let socket_id = access::request_id();
+        let who = Who {
+            identity: &identity,
+            socket_id: &socket_id,
+            client_ip: req.client_ip(),
+            transport: TRANSPORT,
+        };
+        let client = || ClientInfo::from_request(req);
+        if let Err(refused) =
+            access::admit_subscription(&self.hub, &self.access, &who, client, &topic).await
+        {
+            return refused.response();
         }
         let since = match query::get(q, "since") {
             None => None,
@@ -235,8 +265,15 @@ impl LongPoll {
         let Some(topic) = query::get(req.query(), "t").filter(|t| !t.is_empty()) else {
             return Response::text(StatusCode::BAD_REQUEST, "missing topic: use ?t=<topic>\n");
         };
-        if let Err(e) = self.hub.admit_client_topic(req.client_ip(), &topic) {
-            return Response::text(e.status(), format!("{e}\n"));
+        // Clients publish only where the policy opens a topic to them; the app, through its
+        // publish API, anywhere.
+        if let Err(refused) =
+            access::admit_publish(&self.hub, &self.access, req.client_ip(), &topic)
+        {
+            return refused.response();
+        }
+        if let Err(refusal) = self.access.connect_request(&req, TRANSPORT).await {
+            return refusal.response();
         }
         let body = match req.body.collect(self.config.max_message).await {
             Ok(b) => b,

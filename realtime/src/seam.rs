@@ -36,6 +36,9 @@ pub struct Request {
     /// trusted proxy forwarded (`X-Forwarded-For` from a configured proxy, as nginx's
     /// `real_ip`). `None`: the peer's. See [`Request::client_ip`].
     pub client: Option<IpAddr>,
+    /// The gateway's address the client connected to (its listener): what the app is told
+    /// about the request (`X-Forwarded-Port`) when a transport asks it about the client.
+    pub local: Option<SocketAddr>,
     /// Whether the client connection is TLS.
     pub secure: bool,
     pub body: Body,
@@ -48,6 +51,7 @@ impl Request {
             head,
             peer: None,
             client: None,
+            local: None,
             secure: false,
             body: Body::empty(),
         }

@@ -11,7 +11,9 @@
 //! lost while it was cut off from Redis are an `event: reset` in the live stream.
 //!
 //! Reserved topics (`sio:`, `ws:`) are refused with 403, overlong names with 400 and new
-//! topics beyond the client's budget with 429 ([`crate::topics`]). Data lines are split on CR,
+//! topics beyond the client's budget with 429 ([`crate::topics`]); a topic the policy makes
+//! private needs the app's word, and with a connect callback every stream needs it too
+//! ([`crate::access`]): 401/403 with the app's reason. Data lines are split on CR,
 //! LF and CRLF alike ([`encode_event`]), so a published message cannot add fields.
 
 use std::collections::BTreeMap;
@@ -22,6 +24,7 @@ use http::StatusCode;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::mpsc;
 
+use crate::access::{self, Access, ClientInfo, Who};
 use crate::hub::{Hub, JoinOutcome, Message, Position};
 use crate::seam::{Request, Response, Service};
 use crate::{query, text};
@@ -55,7 +58,12 @@ impl Default for SseConfig {
 pub struct Sse {
     hub: Hub,
     config: SseConfig,
+    /// Who may follow which topic ([`crate::access`]).
+    access: Access,
 }
+
+/// This transport's name in authorization log lines.
+const TRANSPORT: &str = "sse";
 
 /// Characters that would break the id list: its separators, and `%` itself.
 const ID_SET: &AsciiSet = &CONTROLS.add(b',').add(b'@').add(b'%').add(b' ');
@@ -154,8 +162,12 @@ fn reset_event(topic: &str, since: Option<Position>, position: Position) -> Stri
 }
 
 impl Sse {
-    pub fn new(hub: Hub, config: SseConfig) -> Sse {
-        Sse { hub, config }
+    pub fn new(hub: Hub, config: SseConfig, access: Access) -> Sse {
+        Sse {
+            hub,
+            config,
+            access,
+        }
     }
 }
 
@@ -181,12 +193,26 @@ impl Service for Sse {
                 format!("at most {MAX_TOPICS} topics per stream\n"),
             );
         }
-        // Reserved (another transport's), too long, or one new topic too many: refused before
-        // anything is subscribed; the hub logs the refusal.
-        let client = req.client_ip();
+        // The app's word on the client, then on each topic; reserved (another transport's),
+        // too long, or one new topic too many: the whole stream is refused before anything is
+        // subscribed, so a refused client learns nothing of any topic it named.
+        let identity = match self.access.connect_request(&req, TRANSPORT).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal.response(),
+        };
+        let socket_id = access::request_id();
+        let who = Who {
+            identity: &identity,
+            socket_id: &socket_id,
+            client_ip: req.client_ip(),
+            transport: TRANSPORT,
+        };
         for t in &topics {
-            if let Err(e) = self.hub.admit_client_topic(client, t) {
-                return Response::text(e.status(), format!("{e}\n"));
+            let client = || ClientInfo::from_request(&req);
+            if let Err(refused) =
+                access::admit_subscription(&self.hub, &self.access, &who, client, t).await
+            {
+                return refused.response();
             }
         }
         let last_id = req

@@ -14,10 +14,13 @@
 //! counted by the hub), pings idle clients, and closes with 1001 when the gateway shuts down.
 //! A pub/sub client may not use reserved topics (`sio:`, `ws:`), overlong names, more than
 //! [`WsConfig::max_subscriptions`] subscriptions, or more new topics than its address's budget
-//! ([`crate::topics`]): each refusal is an `error` frame and the connection goes on. So is a
-//! publish the hub could not take (in a fleet, while Redis is unreachable), with the publish's
-//! `id`; messages a fleet lost to this node are a `reset` frame. A chat or broadcast-room
-//! message that cannot be published closes the connection with 1013 and the reason.
+//! ([`crate::topics`]), nor subscribe to a private topic without the app's word or publish
+//! where the policy does not let clients ([`crate::access`]): each refusal is an `error` frame
+//! and the connection goes on. So is a publish the hub could not take (in a fleet, while Redis
+//! is unreachable), with the publish's `id`; messages a fleet lost to this node are a `reset`
+//! frame. A chat or broadcast-room message that cannot be published closes the connection with
+//! 1013 and the reason. With a connect callback, the upgrade itself is asked about first
+//! (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the app named.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +36,16 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::access::{self, Access, ClientInfo, Identity, Who};
 use crate::hub::{self, Hub, JoinOutcome, Position, Subscriber};
 use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
 
 /// Prefix of the hub topics of the endpoints' chat and broadcast rooms (`ws:<path>:chat`):
 /// reserved ([`crate::topics`]), so only the endpoint itself reaches them.
 pub const TOPIC_PREFIX: &str = crate::topics::WEBSOCKET_PREFIX;
+
+/// This transport's name in authorization log lines.
+const TRANSPORT: &str = "websocket";
 
 pub const CHAT: &str = "beej-chat-protocol";
 pub const PUBSUB: &str = "pubsub.v1";
@@ -94,6 +101,9 @@ pub struct WsEndpoint {
     /// Prefix of the hub topics of this endpoint's chat and broadcast rooms, so two endpoints
     /// never share a room by accident.
     name: Arc<str>,
+    /// Who may connect, and subscribe and publish to which `pubsub.v1` topic
+    /// ([`crate::access`]).
+    access: Access,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +280,7 @@ fn origin_allowed(config: &WsConfig, req: &Request) -> Result<(), String> {
 impl WsEndpoint {
     /// `name` becomes the prefix of the endpoint's room topics, in the reserved `ws:` namespace
     /// (prepended when missing).
-    pub fn new(hub: Hub, name: &str, config: WsConfig) -> WsEndpoint {
+    pub fn new(hub: Hub, name: &str, config: WsConfig, access: Access) -> WsEndpoint {
         let name = if name.starts_with(TOPIC_PREFIX) {
             name.to_string()
         } else {
@@ -280,6 +290,7 @@ impl WsEndpoint {
             hub,
             config: Arc::new(config),
             name: Arc::from(name),
+            access,
         }
     }
 
@@ -338,6 +349,12 @@ impl Service for WsEndpoint {
             Ok(h) => h,
             Err(refusal) => return refusal.into(),
         };
+        // The app's word before the 101: a refused client gets 401/403 with the app's reason
+        // and never an open connection.
+        let identity = match self.access.connect_request(&req, TRANSPORT).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal.response(),
+        };
         let sub = match self.hub.subscribe_with_capacity(self.config.queue) {
             Ok(s) => s,
             Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
@@ -354,6 +371,10 @@ impl Service for WsEndpoint {
             sub,
             mode,
             client: req.client_ip(),
+            access: self.access.clone(),
+            // Kept for the app's questions about later subscriptions.
+            info: (mode == Mode::PubSub).then(|| ClientInfo::from_request(&req)),
+            identity,
         };
         // Join the room before the 101 goes out: a client that sees its connection open must
         // already hear everything said in the room from then on.
@@ -378,6 +399,11 @@ struct Connection {
     mode: Mode,
     /// The client's address, for its new-topic budget.
     client: Option<std::net::IpAddr>,
+    access: Access,
+    /// The upgrade request as the app is told about it (`pubsub.v1` only).
+    info: Option<ClientInfo>,
+    /// Who the app said the client is; its rooms are subscribed to at once (`pubsub.v1`).
+    identity: Identity,
 }
 
 /// How a connection ended, for the close frame.
@@ -395,6 +421,17 @@ impl Connection {
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         let mut username: Option<String> = None;
 
+        // The rooms the app put the client in are subscribed to before anything else.
+        if self.mode == Mode::PubSub {
+            for topic in self.identity.rooms.clone() {
+                let request = PubSubIn::Subscribe { topic, since: None };
+                for answer in self.pubsub(request).await {
+                    if ws.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
         if self.mode == Mode::Plain {
             self.notice("text", json!(format!("{} connected", self.id)), None)
                 .await;
@@ -618,16 +655,27 @@ impl Connection {
                         "subscribe refused: at most {limit} subscriptions per connection"
                     ));
                 }
-                // Reserved, too long, or one new topic too many: an error frame (the hub logs
-                // it) and the connection goes on, as Centrifugo answers a refused subscribe.
-                if let Err(e) = self.hub.admit_client_topic(self.client, &topic) {
-                    return refused(format!("subscribe refused: {e}"));
-                }
                 let parsed = match since.as_deref().map(str::parse::<Position>) {
                     Some(Err(e)) => return refused(format!("invalid since: {e}")),
                     Some(Ok(p)) => Some(p),
                     None => None,
                 };
+                // Reserved, too long, not allowed by the policy or the app, or one new topic
+                // too many: an error frame (logged) and the connection goes on, as Centrifugo
+                // answers a refused subscribe. Nothing of the topic is sent.
+                let socket_id = self.id.as_str();
+                let who = Who {
+                    identity: &self.identity,
+                    socket_id,
+                    client_ip: self.client,
+                    transport: TRANSPORT,
+                };
+                let info = || self.info.clone().unwrap_or_default();
+                if let Err(e) =
+                    access::admit_subscription(&self.hub, &self.access, &who, info, &topic).await
+                {
+                    return refused(format!("subscribe refused: {e}"));
+                }
                 match self.sub.join_async(&topic, parsed).await {
                     Ok(JoinOutcome::Reset { current }) => vec![PubSubOut::Reset {
                         topic,
@@ -657,7 +705,8 @@ impl Connection {
                 data,
                 id,
             } => {
-                if let Err(e) = self.hub.admit_client_topic(self.client, &topic) {
+                if let Err(e) = access::admit_publish(&self.hub, &self.access, self.client, &topic)
+                {
                     return refused(format!("publish refused: {e}"));
                 }
                 let event = event.unwrap_or_else(|| "message".to_string());

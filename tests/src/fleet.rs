@@ -29,6 +29,9 @@ realtime:
   socketio:
     namespaces:
       "/": {{relay: true, client_rooms: true, relay_rate: {{per_second: 1000, burst: 1000}}}}
+  # The fleet's tests publish from clients (POST /p, pubsub.v1, relays into rooms) to any
+  # topic; the policy is tested in authz.rs.
+  policy: {{client_publish: ["*"]}}
 routes:
   - {{path: /s, realtime: longpoll}}
   - {{path: /p, realtime: longpoll}}

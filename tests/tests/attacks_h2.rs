@@ -18,6 +18,7 @@ listen: {{https: "{{https}}"}}
 tls: {{state_dir: state}}
 limits: {{{limits}}}
 upstreams: {{app: {{servers: ["{}"]}}}}
+realtime: {{policy: {{client_publish: [news]}}}}
 routes:
   - {{path: /p, realtime: longpoll}}
   - {{path: /, upstream: app}}

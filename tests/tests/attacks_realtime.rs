@@ -18,6 +18,9 @@ realtime:
   socketio:
     namespaces:
       "/": {relay: true, history: 50, client_rooms: true}
+  # Open to clients, so each attack meets the defence it is about (names, budgets, sizes);
+  # the policy's own refusals are tested in authz.rs.
+  policy: {client_publish: ["*"]}
 routes:
   - {path: /socket.io/, realtime: socketio}
   - {path: /ws, realtime: websocket}

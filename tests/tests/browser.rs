@@ -34,6 +34,9 @@ realtime:
     recovery: {{max_disconnection_ms: 120000}}
     namespaces:
       "/": {{relay: true, history: 50, client_rooms: true}}
+  # As gateway.yaml: the demo's clients publish to chat-sse and nowhere else.
+  policy: {{private: ["private-*", "presence-*"], client_publish: ["chat-sse"]}}
+  auth: {{upstream: app, subscribe: /broadcasting/auth}}
 routes:
   - {{path: /socket.io/, realtime: socketio}}
   - {{path: /ws, realtime: websocket}}

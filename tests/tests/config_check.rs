@@ -82,6 +82,31 @@ fn unknown_fields_and_syntax_errors_name_their_place() {
 }
 
 #[test]
+fn a_policy_that_leaves_a_transport_nothing_to_do_is_explained() {
+    let dir = Scratch::new("check");
+    std::fs::write(
+        dir.path().join("closed.yaml"),
+        r#"
+listen: {https: 127.0.0.1:8443}
+realtime:
+  policy: {private: ["*"]}
+routes:
+  - {path: /events, realtime: sse}
+  - {path: /p, realtime: longpoll}
+"#,
+    )
+    .expect("write");
+    let (code, _, err) = check(dir.path(), "closed.yaml");
+    assert_eq!(code, Some(2), "{err}");
+    for want in [
+        "realtime.policy.private: every topic needs the app's word and realtime.auth is not set, so no client can subscribe to anything",
+        "routes[1]: /p only publishes (POST /p?t=<topic>), and realtime.policy.client_publish names no topic clients may publish to",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn the_cluster_block_is_checked_without_connecting_and_never_shows_the_password() {
     let dir = Scratch::new("check");
     // Nothing listens on port 1: check does not connect, the file is fine.

@@ -12,6 +12,8 @@ realtime:
   hub: {history: 20}
   longpoll: {wait_ms: 1500}
   sse: {heartbeat_ms: 1000}
+  # These tests publish from clients to any topic (POST /p); the policy is tested in authz.rs.
+  policy: {client_publish: ["*"]}
 routes:
   - {path: /s, realtime: longpoll}
   - {path: /p, realtime: longpoll}

@@ -16,6 +16,8 @@ realtime:
   hub: {history: 10}
   websocket:
     /ws: {allowed_origins: ["https://good.example"], max_message_bytes: 1024}
+  # pubsub.v1 clients publish to `prices` here; the policy is tested in authz.rs.
+  policy: {client_publish: [prices]}
 routes:
   - {path: /ws, realtime: websocket}
 "#;

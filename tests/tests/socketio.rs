@@ -23,6 +23,8 @@ realtime:
     namespaces:
       "/": {relay: true, history: 50, client_rooms: true}
       "/other": {relay: true}
+  # The rooms scenario relays into rooms r1 and r2; the policy is tested in authz.rs.
+  policy: {client_publish: ["r1", "r2"]}
 routes:
   - {path: /socket.io/, realtime: socketio}
 "#

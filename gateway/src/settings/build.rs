@@ -79,6 +79,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         websockets.insert(path.clone(), websocket(ws, &at, &mut r));
     }
     let socketio = socketio(c.realtime.socketio, base, &mut r);
+    let policy = policy(&c.realtime.policy, &mut r);
     let compression = compression(c.compression, &mut r);
     let limits = limits(&c.limits, &mut r);
     let cluster = c.cluster.map(|cl| cluster(cl, &listen, base, &mut r));
@@ -111,6 +112,8 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         .collect();
     let internal_locations =
         internal_locations(c.internal_locations, &c.routes, &public, base, &mut r);
+    let auth = c.realtime.auth.map(|a| auth(a, &upstreams, &mut r));
+    explain_policy(&policy, auth.as_ref(), &c.routes, &mut r);
 
     let routes = routes(c.routes, &upstreams, &websockets, base, &mut r);
     let access_log = access_log(&c.access_log, base, &mut r);
@@ -143,6 +146,8 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
                 token: c.realtime.publish.token,
             },
             socketio,
+            policy,
+            auth,
         },
         internal_locations,
         compression,
@@ -547,6 +552,130 @@ fn socketio(s: config::SocketIoSettings, base: &Path, r: &mut Report) -> SocketI
         );
     }
     sio
+}
+
+fn patterns(list: &[String], at: &str, r: &mut Report) -> Vec<realtime::access::Pattern> {
+    let mut out = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        match realtime::access::Pattern::new(p) {
+            Ok(p) => out.push(p),
+            Err(e) => r.bad(format!("{at}[{i}]"), e.to_string()),
+        }
+    }
+    out
+}
+
+fn policy(p: &config::PolicySettings, r: &mut Report) -> realtime::access::Policy {
+    let private = p
+        .private
+        .clone()
+        .unwrap_or_else(|| strings(None, defaults::POLICY_PRIVATE));
+    realtime::access::Policy {
+        private: patterns(&private, "realtime.policy.private", r),
+        client_publish: patterns(&p.client_publish, "realtime.policy.client_publish", r),
+    }
+}
+
+/// A callback path: absolute, and a valid request target without a query.
+fn callback_path(path: &str, at: &str, r: &mut Report) {
+    let valid = path.starts_with('/')
+        && !path.contains(['?', '#'])
+        && path.parse::<http::uri::PathAndQuery>().is_ok();
+    if !valid {
+        r.bad(
+            at,
+            format!("{path:?} must be a path starting with / (no query)"),
+        );
+    }
+}
+
+fn auth(a: config::AuthSettings, upstreams: &BTreeMap<String, Upstream>, r: &mut Report) -> Auth {
+    if !upstreams.contains_key(&a.upstream) {
+        let known: Vec<_> = upstreams.keys().map(String::as_str).collect();
+        r.bad(
+            "realtime.auth.upstream",
+            format!(
+                "no upstream named {:?} (known: {})",
+                a.upstream,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+    let subscribe = a
+        .subscribe
+        .unwrap_or_else(|| defaults::AUTH_SUBSCRIBE_PATH.to_string());
+    callback_path(&subscribe, "realtime.auth.subscribe", r);
+    if let Some(connect) = &a.connect {
+        callback_path(connect, "realtime.auth.connect", r);
+    }
+    let timeout = ms(a.timeout_ms, defaults::AUTH_TIMEOUT);
+    if timeout.is_zero() {
+        r.bad(
+            "realtime.auth.timeout_ms",
+            "must be at least 1: a client must never wait for the app forever",
+        );
+    }
+    Auth {
+        upstream: a.upstream,
+        connect: a.connect,
+        subscribe,
+        timeout,
+        cache: ms(a.cache_ms, defaults::AUTH_CACHE),
+    }
+}
+
+/// What `gateway check` explains about the policy: a setting that leaves a mounted transport
+/// unable to do anything is a problem, with what to change.
+fn explain_policy(
+    policy: &realtime::access::Policy,
+    auth: Option<&Auth>,
+    routes: &[config::Route],
+    r: &mut Report,
+) {
+    let mounted = |kinds: &[RealtimeKind]| -> Vec<String> {
+        routes
+            .iter()
+            .filter(|rt| rt.realtime.is_some_and(|k| kinds.contains(&k)))
+            .map(|rt| rt.path.clone())
+            .collect()
+    };
+    if policy.everything_private() && auth.is_none() {
+        let subscribing = mounted(&[
+            RealtimeKind::Sse,
+            RealtimeKind::Longpoll,
+            RealtimeKind::Websocket,
+            RealtimeKind::Socketio,
+        ]);
+        if !subscribing.is_empty() {
+            r.bad(
+                "realtime.policy.private",
+                format!(
+                    "every topic needs the app's word and realtime.auth is not set, so no client can subscribe to anything (SSE, long-poll, pubsub.v1, Socket.IO rooms on {}): set realtime.auth, or make some topics public",
+                    subscribing.join(", ")
+                ),
+            );
+        }
+    }
+    if policy.client_publish.is_empty() {
+        for (i, rt) in routes.iter().enumerate() {
+            // The long-poll service publishes on `…/p` and waits on `…/s`: a route that only
+            // reaches `…/p` can do nothing else.
+            let last = rt.path.trim_end_matches('/').rsplit('/').next();
+            if rt.realtime == Some(RealtimeKind::Longpoll) && last == Some("p") {
+                r.bad(
+                    format!("routes[{i}]"),
+                    format!(
+                        "{} only publishes (POST {}?t=<topic>), and realtime.policy.client_publish names no topic clients may publish to, so every request is refused: add the topics to client_publish, or remove the route",
+                        rt.path, rt.path
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn compression(c: config::Compression, r: &mut Report) -> Option<Compression> {

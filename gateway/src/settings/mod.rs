@@ -283,6 +283,23 @@ pub struct Realtime {
     pub sse: Sse,
     pub publish: Publish,
     pub socketio: SocketIo,
+    pub policy: realtime::access::Policy,
+    /// `None`: nobody to ask (no connect callback; private topics are refused).
+    pub auth: Option<Auth>,
+}
+
+/// The authorization callbacks to the app.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The name of a pool in [`Settings::upstreams`].
+    pub upstream: String,
+    /// A path starting with `/`; `None`: no connect callback.
+    pub connect: Option<String>,
+    /// A path starting with `/`.
+    pub subscribe: String,
+    pub timeout: Duration,
+    /// Zero: answers are not reused.
+    pub cache: Duration,
 }
 
 #[derive(Debug, Clone)]

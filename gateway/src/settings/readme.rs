@@ -115,7 +115,7 @@ tls: {{hsts: {{}}}}
 upstreams:
   app: {{servers: [127.0.0.1:3000], health_check: {{}}}}
   php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {dir}}}}}
-realtime: {{socketio: {{recovery: {{}}}}}}
+realtime: {{socketio: {{recovery: {{}}}}, auth: {{upstream: app}}}}
 cluster: {{redis: "redis://127.0.0.1:6379/0"}}
 routes:
   - {{path: /ws, realtime: websocket}}
@@ -226,6 +226,20 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
             num(main_ns.relay_rate.per_second)
         }
         "realtime.socketio.namespaces./.relay_rate.burst" => num(main_ns.relay_rate.burst),
+        "realtime.policy.private" => texts(
+            &(s.realtime.policy.private.iter())
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        "realtime.policy.client_publish" => texts(
+            &(s.realtime.policy.client_publish.iter())
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        "realtime.auth.upstream" => None,
+        "realtime.auth.subscribe" => text(&s.realtime.auth.as_ref()?.subscribe),
+        "realtime.auth.timeout_ms" => ms(s.realtime.auth.as_ref()?.timeout),
+        "realtime.auth.cache_ms" => ms(s.realtime.auth.as_ref()?.cache),
         "compression.enabled" => flag(comp.is_some()),
         "compression.algorithms" => {
             texts(&comp?.codings.iter().map(|c| c.token()).collect::<Vec<_>>())
@@ -273,6 +287,13 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             bare.realtime.hub.max_topics / 2
         ),
         ("realtime.publish.token", "none") => assert!(bare.realtime.publish.token.is_none()),
+        ("realtime.auth.connect", "none") => {
+            assert!(full
+                .realtime
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.connect.is_none()))
+        }
         // The row's meaning lists the defaults; they are checked from there.
         ("realtime.websocket.<path>", "see `gateway.yaml`")
         | ("realtime.socketio", "node's defaults") => {}

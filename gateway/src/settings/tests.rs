@@ -484,6 +484,91 @@ fn relative_paths_are_resolved_against_the_file_and_defaults_are_not() {
 }
 
 #[test]
+fn the_topic_policy_follows_laravel_by_default_and_its_patterns_are_checked() {
+    let c = minimal();
+    let policy = &c.realtime.policy;
+    let private: Vec<&str> = policy.private.iter().map(|p| p.as_str()).collect();
+    assert_eq!(private, ["private-*", "presence-*"]);
+    assert!(policy.client_publish.is_empty());
+    assert!(c.realtime.auth.is_none());
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+realtime:
+  policy: {private: ["", "sio:*"], client_publish: ["chat-*", "ws:/ws:chat"]}
+routes: [{path: /events, realtime: sse}]
+"#,
+    );
+    assert_eq!(
+        p,
+        [
+            "realtime.policy.private[0]: a pattern must not be empty",
+            "realtime.policy.private[1]: \"sio:*\" names topics starting with \"sio:\", which belong to their transport and are never open to a client",
+            "realtime.policy.client_publish[1]: \"ws:/ws:chat\" names topics starting with \"ws:\", which belong to their transport and are never open to a client",
+        ]
+    );
+}
+
+#[test]
+fn the_auth_callbacks_have_defaults_and_are_checked() {
+    let c = build_yaml(
+        "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nrealtime: {auth: {upstream: app}}\nroutes: [{path: /, upstream: app}]\n",
+    )
+    .expect("builds");
+    let auth = c.realtime.auth.expect("auth");
+    assert_eq!(auth.subscribe, "/broadcasting/auth");
+    assert_eq!(auth.connect, None);
+    assert_eq!(auth.timeout, Duration::from_millis(5000));
+    assert_eq!(auth.cache, Duration::ZERO);
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+realtime: {auth: {upstream: ap, connect: "realtime/auth", subscribe: "/a?b=c", timeout_ms: 0}}
+routes: [{path: /, upstream: app}]
+"#,
+    );
+    assert_eq!(
+        p,
+        [
+            "realtime.auth.upstream: no upstream named \"ap\" (known: app)",
+            "realtime.auth.subscribe: \"/a?b=c\" must be a path starting with / (no query)",
+            "realtime.auth.connect: \"realtime/auth\" must be a path starting with / (no query)",
+            "realtime.auth.timeout_ms: must be at least 1: a client must never wait for the app forever",
+        ]
+    );
+}
+
+#[test]
+fn check_explains_a_policy_that_leaves_a_transport_nothing_to_do() {
+    // Everything private and nobody to ask: no subscription can ever succeed.
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+realtime: {policy: {private: ["*"], client_publish: ["chat-*"]}}
+routes: [{path: /events, realtime: sse}, {path: /socket.io/, realtime: socketio}]
+"#,
+    );
+    assert_eq!(
+        p,
+        ["realtime.policy.private: every topic needs the app's word and realtime.auth is not set, so no client can subscribe to anything (SSE, long-poll, pubsub.v1, Socket.IO rooms on /events, /socket.io/): set realtime.auth, or make some topics public"]
+    );
+    // A long-poll route that only publishes, while clients may publish nowhere.
+    let p = problems(
+        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}, {path: /p, realtime: longpoll}]\n",
+    );
+    assert_eq!(
+        p,
+        ["routes[1]: /p only publishes (POST /p?t=<topic>), and realtime.policy.client_publish names no topic clients may publish to, so every request is refused: add the topics to client_publish, or remove the route"]
+    );
+    // Either is fine with the other half configured.
+    assert!(problems(
+        "listen: {http: 127.0.0.1:8080}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nrealtime: {policy: {private: ['*'], client_publish: [news]}, auth: {upstream: app}}\nroutes: [{path: /events, realtime: sse}, {path: /p, realtime: longpoll}]\n",
+    )
+    .is_empty());
+}
+
+#[test]
 fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
     assert!(minimal().cluster.is_none());
     let on = build_yaml(&format!(

@@ -64,6 +64,10 @@ pub struct HandshakeInfo {
     /// The address per-client limits count against ([`crate::seam::Request::client_ip`]):
     /// the peer's, or the one a trusted proxy forwarded.
     pub client: Option<std::net::IpAddr>,
+    /// The gateway's address the client connected to ([`crate::seam::Request::local`]).
+    pub local: Option<SocketAddr>,
+    /// The handshake's `:authority` (an HTTP/2 request carries no `Host`).
+    pub authority: Option<String>,
     pub secure: bool,
     /// The transport the connection was opened with.
     pub transport: Transport,
@@ -209,6 +213,8 @@ mod tests {
             query: String::new(),
             peer: None,
             client: None,
+            local: None,
+            authority: None,
             secure: false,
             transport: Transport::Polling,
         }

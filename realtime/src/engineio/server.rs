@@ -358,6 +358,8 @@ fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
         query: req.query().to_owned(),
         peer: req.peer,
         client: req.client_ip(),
+        local: req.local,
+        authority: req.head.uri.authority().map(|a| a.as_str().to_string()),
         secure: req.secure,
         transport,
     }

@@ -50,6 +50,7 @@ fn request(method: Method, query: &str, body: Body) -> Request {
         head,
         peer: None,
         client: None,
+        local: None,
         secure: false,
         body,
     }

@@ -26,6 +26,20 @@
 //!   Refused: a non-string or empty name, one longer than
 //!   [`MAX_ROOM_NAME_LEN`] bytes, one shaped like a socket id (it could be
 //!   another socket's private room), and joins beyond [`MAX_CLIENT_ROOMS`].
+//!   A room the policy makes private (`private-*`, `presence-*` by default,
+//!   [`crate::access`]) is joined only with the app's word, asked with the
+//!   room as Laravel's `channel_name` and the socket id as `socket_id`; the
+//!   ack then comes once the app has answered (`error` is the app's reason
+//!   when it refuses), and at most [`MAX_PENDING_JOINS`] such joins wait at
+//!   once. A refused socket is not in the room: it gets none of its history
+//!   and none of its live events.
+//! * Relaying into a room is a client publishing to its topic, so "the
+//!   sender's rooms" above are those the policy opens to clients
+//!   (`realtime.policy.client_publish`): a room the sender only listens to
+//!   (the app's `announcements`, a private room the app put it in) never
+//!   gets a client's event. A sender in no such room relays to the whole
+//!   namespace, which stays among the namespace's sockets (`relay` itself
+//!   allows that).
 //! * Anything published to a room's topic (the app's publish API, another
 //!   transport) reaches the room's sockets as an event in any case.
 //! * Relayed events are rate-limited per socket ([`RelayRate`], a token
@@ -39,7 +53,8 @@
 
 use std::collections::BTreeSet;
 use std::future::ready;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -50,6 +65,7 @@ use super::namespace::Namespace;
 use super::rooms::looks_like_id;
 use super::server::SocketIo;
 use super::state::{AckSender, Socket};
+use crate::access::Grant;
 use crate::hub::Position;
 
 /// Rooms a client may join through `join`: enough for any chat UI, small
@@ -59,6 +75,11 @@ pub const MAX_CLIENT_ROOMS: usize = 64;
 /// Longest room name a client may choose, in bytes: room names end up in
 /// topic names, logs and every relayed message's routing.
 pub const MAX_ROOM_NAME_LEN: usize = 128;
+
+/// Joins of private rooms one socket may have waiting for the app's answer
+/// at once: each is a round trip to the app, so one client cannot queue
+/// thousands of them.
+pub const MAX_PENDING_JOINS: usize = 8;
 
 /// Events per second one socket may relay.
 pub const DEFAULT_RELAY_PER_SECOND: u32 = 50;
@@ -148,9 +169,9 @@ pub fn install_behaviour(io: &SocketIo, path: &str, behaviour: NamespaceBehaviou
 pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
     if behaviour.client_rooms {
         let history = behaviour.history;
+        let pending = Arc::new(AtomicUsize::new(0));
         socket.on("join", move |socket, event, ack| {
-            let answer = client_join(socket, &event, history);
-            reply(ack, answer);
+            client_join(socket, &event, history, ack, &pending);
         });
         socket.on("leave", |socket, event, ack| {
             let answer = match room_arg(&event) {
@@ -218,34 +239,82 @@ fn refusal(event: &Event, error: &str) -> Value {
     Value::Object(map)
 }
 
-fn client_join(socket: &Socket, event: &Event, history: usize) -> Value {
+/// A client's `join`: the room's name and the socket's room count first,
+/// then the policy; a private room waits for the app's word in a task of its
+/// own (the socket's other events go on meanwhile) and is acked once the app
+/// has answered.
+fn client_join(
+    socket: &Socket,
+    event: &Event,
+    history: usize,
+    ack: Option<AckSender>,
+    pending: &Arc<AtomicUsize>,
+) {
     let room = match room_arg(event) {
         Ok(room) => room,
-        Err(error) => return refusal(event, error),
+        Err(error) => return reply(ack, refusal(event, error)),
     };
     let rooms = socket.rooms();
     // The socket's own room does not count against the limit.
     if !rooms.contains(room) && rooms.len() > MAX_CLIENT_ROOMS {
-        return refusal(event, "too many rooms");
+        return reply(ack, refusal(event, "too many rooms"));
     }
+    if let Some(answer) = socket.may_join_now(room) {
+        let answer = match answer {
+            Ok(grant) => join(socket, room, history, grant),
+            Err(refused) => refusal_of(room, &refused.to_string()),
+        };
+        return reply(ack, answer);
+    }
+    if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_JOINS {
+        pending.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(socket = %socket.id(), room = %room, "socket.io join refused: too many joins waiting for the app");
+        return reply(ack, refusal_of(room, "too many joins waiting for the app"));
+    }
+    let asked = socket.ask_to_join(room);
+    let (socket, room, pending) = (socket.clone(), room.to_owned(), Arc::clone(pending));
+    tokio::spawn(async move {
+        let answer = match asked.await {
+            Ok(grant) => join(&socket, &room, history, grant),
+            Err(refused) => refusal_of(&room, &refused.to_string()),
+        };
+        pending.fetch_sub(1, Ordering::AcqRel);
+        reply(ack, answer);
+    });
+}
+
+fn refusal_of(room: &str, error: &str) -> Value {
+    json!({"ok": false, "room": room, "error": error})
+}
+
+/// Joins a room the socket may join (with `grant`, the app's word on it).
+fn join(socket: &Socket, room: &str, history: usize, grant: Grant) -> Value {
     // A room nobody is in yet is a new hub topic: it counts against the
     // client address's new-topic budget, as on every other transport.
     let topic = socket.namespace().room_topic(room);
     let client = socket.handshake().client;
     if let Err(e) = socket.namespace().hub().admit_new_topic(client, &topic) {
         tracing::warn!(socket = %socket.id(), room = %room, error = %e, "socket.io join refused");
-        return refusal(event, &e.to_string());
+        return refusal_of(room, &e.to_string());
     }
     match socket.join_with_history(room, history) {
-        Ok(_) => json!({"ok": true, "room": room}),
-        Err(e) => refusal(event, &e.to_string()),
+        Ok(_) => {
+            socket.keep_grant(room, grant);
+            json!({"ok": true, "room": room})
+        }
+        Err(e) => refusal_of(room, &e.to_string()),
     }
 }
 
 fn relay(socket: &Socket, event: Event, ack: Option<AckSender>, client_rooms: bool) {
+    // Into a room, a relay is a client publishing to the room's topic: only
+    // rooms the policy opens to clients count. A sender in none of those
+    // relays to the whole namespace, which stays among the namespace's
+    // sockets (its `relay` setting allows that).
     let rooms: BTreeSet<String> = if client_rooms {
         let mut rooms = socket.rooms();
         rooms.remove(socket.id());
+        rooms.retain(|room| socket.access().publish(room).is_ok());
         rooms
     } else {
         BTreeSet::new()

@@ -19,6 +19,7 @@ use super::recovery::Tracker;
 use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
 use super::stats::SocketIoStats;
+use crate::access::{self, Access};
 use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, SubscriberId};
 use crate::sync::lock;
 
@@ -42,10 +43,11 @@ impl Namespace {
         hub: Hub,
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
+        access: Access,
         on_connect: ConnectHandler,
     ) -> Namespace {
         Namespace {
-            inner: Arc::new(NsInner::new(path, hub, options, stats, on_connect)),
+            inner: Arc::new(NsInner::new(path, hub, options, stats, access, on_connect)),
         }
     }
 
@@ -131,16 +133,34 @@ impl NsInner {
     /// A new socket for a CONNECT: the recovered session when the auth
     /// payload names one that can be served, else a fresh one. The socket is
     /// registered and reading the hub, still connecting (its packets wait
-    /// for [`SocketInner::finish_connect`]).
+    /// for [`SocketInner::finish_connect`]). `user` is who the app said the
+    /// client is; the rooms it named are joined.
     pub(super) fn create_socket(
         self: &Arc<Self>,
         conn: &Arc<ConnShared>,
         auth: Value,
+        user: access::Identity,
     ) -> Result<Socket, RoomError> {
-        if let Some(socket) = self.try_recover(conn, &auth)? {
-            self.start(&socket);
-            return Ok(socket);
+        let rooms = user.rooms.clone();
+        let socket = match self.try_recover(conn, &auth, user.clone())? {
+            Some(socket) => socket,
+            None => self.fresh_socket(conn, auth, user)?,
+        };
+        for room in &rooms {
+            if let Err(e) = socket.join(room) {
+                tracing::warn!(nsp = %self.path, room = %room, error = %e, "socket.io: a room the app granted at connect could not be joined");
+            }
         }
+        self.start(&socket);
+        Ok(socket)
+    }
+
+    fn fresh_socket(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: Value,
+        user: access::Identity,
+    ) -> Result<Socket, RoomError> {
         let id: Arc<str> = Arc::from(generate_id());
         let pid = self
             .options
@@ -155,6 +175,7 @@ impl NsInner {
             pid,
             auth,
             recovered: false,
+            user,
         };
         let socket = Socket::from_inner(SocketInner::new(
             who,
@@ -171,7 +192,6 @@ impl NsInner {
             socket.inner.shut(false);
             return Err(e);
         }
-        self.start(&socket);
         Ok(socket)
     }
 
@@ -188,6 +208,7 @@ impl NsInner {
         self: &Arc<Self>,
         conn: &Arc<ConnShared>,
         auth: &Value,
+        user: access::Identity,
     ) -> Result<Option<Socket>, RoomError> {
         let Some(opts) = &self.options.recovery else {
             return Ok(None);
@@ -231,6 +252,7 @@ impl NsInner {
             pid: Some(session.pid),
             auth: auth.clone(),
             recovered: true,
+            user,
         };
         let socket = Socket::from_inner(SocketInner::new(
             who,

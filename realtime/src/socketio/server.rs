@@ -18,6 +18,7 @@ use super::options::SocketIoOptions;
 use super::rooms::normalize_nsp;
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
+use crate::access::{self, Access};
 use crate::engineio::{CloseReason, Conn, ConnHandler, Frame};
 use crate::hub::Hub;
 use crate::sync::{read, write};
@@ -37,6 +38,7 @@ struct IoInner {
     hub: Hub,
     options: Arc<SocketIoOptions>,
     stats: Arc<SocketIoStats>,
+    access: Access,
     namespaces: RwLock<HashMap<String, Namespace>>,
 }
 
@@ -73,15 +75,31 @@ impl fmt::Debug for SocketIo {
 }
 
 impl SocketIo {
+    /// A server whose clients may join any room and relay into it ([`Access::open`]): the
+    /// application's connect handlers decide who gets in.
     pub fn new(hub: Hub, options: SocketIoOptions) -> SocketIo {
+        SocketIo::with_access(hub, options, Access::open())
+    }
+
+    /// A server that asks `access` about every CONNECT (the app's connect callback, with the
+    /// CONNECT's `auth` payload; a refusal is a CONNECT_ERROR with the app's reason), and
+    /// whose built-in behaviours ([`crate::socketio::NamespaceBehaviour`]) ask it about each
+    /// room a client joins or relays into.
+    pub fn with_access(hub: Hub, options: SocketIoOptions, access: Access) -> SocketIo {
         SocketIo {
             inner: Arc::new(IoInner {
                 hub,
                 options: Arc::new(options),
                 stats: Arc::default(),
+                access,
                 namespaces: RwLock::default(),
             }),
         }
+    }
+
+    /// Who may connect, join and relay.
+    pub fn access(&self) -> &Access {
+        &self.inner.access
     }
 
     pub fn hub(&self) -> &Hub {
@@ -124,6 +142,7 @@ impl SocketIo {
             self.inner.hub.clone(),
             Arc::clone(&self.inner.options),
             Arc::clone(&self.inner.stats),
+            self.inner.access.clone(),
             handler,
         );
         map.insert(path, ns.clone());
@@ -259,7 +278,31 @@ async fn connect(
         return false;
     };
     let auth = auth.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-    let socket = match ns.inner.create_socket(shared, auth) {
+    // The app's word first, with the connection's handshake and the CONNECT's payload; the
+    // connection's other packets wait meanwhile (as they do for the connect handler), and a
+    // connection that goes away stops the wait.
+    let user = if io.access.checks_connect() {
+        let client = shared.client_info();
+        let payload = app_payload(&auth);
+        let asked = io.access.connect(&client, Some(&payload), "socketio");
+        let answer = tokio::select! {
+            answer = asked => answer,
+            _ = shared.sender.closed() => return false,
+        };
+        match answer {
+            Ok(user) => user,
+            Err(refusal) => {
+                io.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let error = ConnectError::new(refusal.to_string())
+                    .with_data(serde_json::json!({"status": refusal.status().as_u16()}));
+                refuse(&nsp, &error);
+                return false;
+            }
+        }
+    } else {
+        access::Identity::default()
+    };
+    let socket = match ns.inner.create_socket(shared, auth, user) {
         Ok(socket) => socket,
         Err(e) => {
             refuse(&nsp, &ConnectError::new(e.to_string()));
@@ -302,5 +345,20 @@ async fn connect(
             );
             false
         }
+    }
+}
+
+/// The CONNECT payload as the app gets it: without the `pid` and `offset` the client adds to
+/// recover its session (the gateway's, and a secret: whoever has the `pid` can take the
+/// session over).
+fn app_payload(auth: &Value) -> Value {
+    match auth {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| *k != "pid" && *k != "offset")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }

@@ -23,6 +23,8 @@ fn info() -> HandshakeInfo {
         query: "EIO=4&transport=websocket&room=blue".into(),
         peer: None,
         client: None,
+        local: None,
+        authority: None,
         secure: false,
         transport: Transport::WebSocket,
     }
@@ -820,6 +822,183 @@ async fn client_rooms_join_leave_and_scope_the_relay() {
     a.send(r#"429["join",""]"#).await;
     a.expect(r#"439[{"ok":false,"room":"","error":"empty room name"}]"#)
         .await;
+}
+
+// ---- the app's word: connect, private rooms, relay ----
+
+/// The app's side of the callbacks, in process: `token: ann` is Ann (put in
+/// `private-ann` at once), anything else is refused with the app's reason;
+/// of the private rooms only `private-ok` is granted (as a presence member).
+#[derive(Default)]
+struct App {
+    payloads: Mutex<Vec<Value>>,
+    asked_rooms: Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl crate::access::Authorizer for App {
+    fn checks_connect(&self) -> bool {
+        true
+    }
+    async fn connect(
+        &self,
+        _client: &crate::access::ClientInfo,
+        auth: Option<&Value>,
+    ) -> Result<crate::access::Identity, crate::access::Refusal> {
+        let auth = auth.cloned().unwrap_or(Value::Null);
+        self.payloads.lock().expect("lock").push(auth.clone());
+        match auth["token"].as_str() {
+            Some("ann") => Ok(crate::access::Identity {
+                user_id: Some(json!(7)),
+                user_info: json!({"name": "Ann"}),
+                rooms: vec!["private-ann".into()],
+            }),
+            _ => Err(crate::access::Refusal::denied(403, "who are you?")),
+        }
+    }
+    async fn subscribe(
+        &self,
+        _client: &crate::access::ClientInfo,
+        identity: &crate::access::Identity,
+        socket_id: &str,
+        topic: &str,
+    ) -> Result<crate::access::Grant, crate::access::Refusal> {
+        assert_eq!(identity.user_id, Some(json!(7)));
+        self.asked_rooms
+            .lock()
+            .expect("lock")
+            .push((topic.to_owned(), socket_id.to_owned()));
+        match topic {
+            "private-ok" => Ok(crate::access::Grant {
+                member: Some(crate::access::Member {
+                    user_id: json!(7),
+                    user_info: json!({"name": "Ann"}),
+                }),
+            }),
+            _ => Err(crate::access::Refusal::denied(403, "not your room")),
+        }
+    }
+}
+
+fn guarded_io(app: Arc<App>, hub: Hub) -> (SocketIo, mpsc::UnboundedReceiver<Socket>) {
+    let policy = crate::access::Policy {
+        client_publish: vec![crate::access::Pattern::new("open-*").expect("pattern")],
+        ..crate::access::Policy::default()
+    };
+    let io = SocketIo::with_access(
+        hub,
+        SocketIoOptions::default(),
+        crate::access::Access::new(policy, Some(app)),
+    );
+    let behaviour = NamespaceBehaviour {
+        relay: true,
+        history: 10,
+        client_rooms: true,
+        ..NamespaceBehaviour::default()
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    io.namespace("/", move |socket| {
+        crate::socketio::attach(&socket, behaviour);
+        let _ = tx.send(socket);
+        std::future::ready(Ok(()))
+    })
+    .set_connect_history(10);
+    (io, rx)
+}
+
+#[tokio::test]
+async fn the_app_refuses_a_connect_with_its_reason_and_never_sees_the_session_secret() {
+    let app = Arc::new(App::default());
+    let (io, _sockets) = guarded_io(app.clone(), Hub::default());
+    let mut c = Client::open(&io);
+    c.send(r#"40{"token":"eve","pid":"secret","offset":"3"}"#)
+        .await;
+    c.expect(r#"44{"message":"who are you?","data":{"status":403}}"#)
+        .await;
+    // The connection stays, and a later CONNECT with the right token gets in.
+    let reply = c.connect(r#"40{"token":"ann"}"#).await;
+    assert!(reply["sid"].is_string(), "{reply}");
+    let seen = app.payloads.lock().expect("lock").clone();
+    assert_eq!(seen, [json!({"token": "eve"}), json!({"token": "ann"})]);
+}
+
+#[tokio::test]
+async fn private_rooms_need_the_apps_word_and_a_refused_socket_hears_nothing_of_them() {
+    let app = Arc::new(App::default());
+    let hub = Hub::default();
+    let (io, mut sockets) = guarded_io(app.clone(), hub.clone());
+    // Something was said in the private room before anyone joined.
+    hub.publish("private-bob", "secret", json!("old"), None)
+        .expect("publish");
+    hub.publish("private-ok", "hello", json!("old"), None)
+        .expect("publish");
+    let mut ann = Client::open(&io);
+    ann.connect(r#"40{"token":"ann"}"#).await;
+    let socket = next_socket(&mut sockets).await;
+    assert_eq!(socket.user().user_id, Some(json!(7)));
+    // The room the app named at connect is joined without asking again.
+    assert!(socket.rooms().contains("private-ann"));
+
+    ann.send(r#"421["join","private-bob"]"#).await;
+    ann.expect(r#"431[{"ok":false,"room":"private-bob","error":"not your room"}]"#)
+        .await;
+    hub.publish("private-bob", "secret", json!("new"), None)
+        .expect("publish");
+    ann.quiet().await;
+
+    ann.send(r#"422["join","private-ok"]"#).await;
+    ann.expect(r#"42["hello","old"]"#).await;
+    ann.expect(r#"432[{"ok":true,"room":"private-ok"}]"#).await;
+    assert_eq!(
+        socket
+            .grant("private-ok")
+            .and_then(|g| g.member)
+            .map(|m| m.user_info),
+        Some(json!({"name": "Ann"}))
+    );
+    let sid = socket.id().to_owned();
+    assert_eq!(
+        *app.asked_rooms.lock().expect("lock"),
+        [
+            ("private-bob".to_owned(), sid.clone()),
+            ("private-ok".to_owned(), sid)
+        ]
+    );
+    // Public rooms are joined without the app.
+    ann.send(r#"423["join","news"]"#).await;
+    ann.expect(r#"433[{"ok":true,"room":"news"}]"#).await;
+    assert_eq!(app.asked_rooms.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn clients_relay_only_into_rooms_the_policy_opens_to_them() {
+    let app = Arc::new(App::default());
+    let hub = Hub::default();
+    let (io, _sockets) = guarded_io(app, hub.clone());
+    let mut ann = Client::open(&io);
+    let mut ann2 = Client::open(&io);
+    ann.connect(r#"40{"token":"ann"}"#).await;
+    ann2.connect(r#"40{"token":"ann"}"#).await;
+    // Both are in `private-ann` (from the app), which is not open to clients: the relay goes
+    // to the namespace's sockets, never to the private room's topic.
+    ann.send(r#"421["chat","hi"]"#).await;
+    ann.expect(r#"431[{"seq":1}]"#).await;
+    ann2.expect(r#"42["chat","hi"]"#).await;
+    assert!(hub
+        .topic_info("private-ann")
+        .is_none_or(|t| t.position.seq == 0));
+    assert_eq!(
+        hub.topic_info(&namespace_topic("/"))
+            .map(|t| t.position.seq),
+        Some(1)
+    );
+    // In a room open to clients, the relay goes there (and only there).
+    ann.send(r#"422["join","open-1"]"#).await;
+    ann.expect(r#"432[{"ok":true,"room":"open-1"}]"#).await;
+    ann.send(r#"423["chat","in open-1"]"#).await;
+    ann.expect(r#"433[{"seq":1}]"#).await;
+    assert_eq!(hub.topic_info("open-1").map(|t| t.position.seq), Some(1));
+    ann2.quiet().await;
 }
 
 // ---- connection state recovery ----

@@ -18,6 +18,7 @@ use super::event::{Args, DisconnectReason, Event};
 use super::recovery::{Decision, Tracker};
 use super::rooms::room_topic;
 use super::state::{AckSender, Handlers, Outbox, Phase, Socket, SocketInner};
+use crate::access::{self, Access, Grant, Refusal, Who};
 use crate::engineio::{CloseReason, HandshakeInfo};
 use crate::hub::{HubError, JoinOutcome, Message, Position, Subscriber, SubscriberId};
 use crate::sync::lock;
@@ -216,6 +217,67 @@ impl Socket {
         &self.inner.conn.info
     }
 
+    /// Who the app's connect callback said the client is (anonymous without
+    /// one).
+    pub fn user(&self) -> &access::Identity {
+        &self.inner.user
+    }
+
+    /// Who may join which room and relay into it.
+    pub fn access(&self) -> &Access {
+        &self.inner.ns.access
+    }
+
+    /// Whether this socket may join `room` by what is known without asking
+    /// the app: yes for a public room or one the app granted at connect, no
+    /// for a private room with no app to ask. `None`: ask with
+    /// [`Socket::ask_to_join`].
+    pub fn may_join_now(&self, room: &str) -> Option<Result<Grant, Refusal>> {
+        self.inner.ns.access.decide_now(&self.who(), room)
+    }
+
+    /// The app's word on this socket joining `room` (Laravel's
+    /// `/broadcasting/auth` with the room as `channel_name` and the socket id
+    /// as `socket_id`), or the policy's when it need not be asked.
+    pub fn ask_to_join(
+        &self,
+        room: &str,
+    ) -> impl Future<Output = Result<Grant, Refusal>> + Send + 'static {
+        let socket = self.clone();
+        let room = room.to_owned();
+        async move {
+            let inner = &socket.inner;
+            let client = || inner.conn.client_info();
+            inner
+                .ns
+                .access
+                .subscribe(&socket.who(), client, &room)
+                .await
+        }
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who {
+            identity: &self.inner.user,
+            socket_id: &self.inner.id,
+            client_ip: self.inner.conn.info.client,
+            transport: "socketio",
+        }
+    }
+
+    /// Keeps the app's grant for `room` (a presence answer's member) for as
+    /// long as the socket is in the room.
+    pub fn keep_grant(&self, room: &str, grant: Grant) {
+        if grant.member.is_some() {
+            lock(&self.inner.grants).insert(room.to_owned(), grant);
+        }
+    }
+
+    /// The app's grant for `room`, when it named a member.
+    pub fn grant(&self, room: &str) -> Option<Grant> {
+        lock(&self.inner.grants).get(room).cloned()
+    }
+
     /// Whether this socket resumed a previous session (same id, its rooms
     /// back, missed events replayed). The client sees `socket.recovered`.
     pub fn recovered(&self) -> bool {
@@ -386,6 +448,7 @@ impl Socket {
             outbox.tracker.forget(&topic);
         }
         let was_in = lock(&self.inner.rooms).remove(room);
+        lock(&self.inner.grants).remove(room);
         self.inner.ns.registry_leave(room, &self.inner.id);
         was_in
     }

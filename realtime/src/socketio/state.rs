@@ -22,6 +22,7 @@ use super::options::SocketIoOptions;
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::namespace_topic;
 use super::stats::SocketIoStats;
+use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
 use crate::hub::{Hub, Message, MessageId, Subscriber, SubscriberId};
 use crate::sync::lock;
@@ -67,6 +68,8 @@ pub(super) struct Identity {
     pub(super) pid: Option<Arc<str>>,
     pub(super) auth: Value,
     pub(super) recovered: bool,
+    /// Who the app's connect callback said the client is.
+    pub(super) user: access::Identity,
 }
 
 pub(super) struct SocketInner {
@@ -76,6 +79,9 @@ pub(super) struct SocketInner {
     pub(super) conn: Arc<ConnShared>,
     pub(super) auth: Value,
     pub(super) recovered: bool,
+    pub(super) user: access::Identity,
+    /// The app's word on each room that needed it (a presence answer names the member).
+    pub(super) grants: Mutex<HashMap<String, Grant>>,
     pub(super) sub_id: SubscriberId,
     pub(super) sub: Mutex<Option<Arc<Subscriber>>>,
     pub(super) outbox: Mutex<Outbox>,
@@ -100,6 +106,8 @@ impl SocketInner {
             conn,
             auth: who.auth,
             recovered: who.recovered,
+            user: who.user,
+            grants: Mutex::default(),
             sub_id: sub.id(),
             sub: Mutex::new(Some(sub)),
             outbox: Mutex::new(Outbox {
@@ -183,6 +191,8 @@ pub(super) struct NsInner {
     pub(super) hub: Hub,
     pub(super) options: Arc<SocketIoOptions>,
     pub(super) stats: Arc<SocketIoStats>,
+    /// Who may join which room and relay into it ([`crate::access`]).
+    pub(super) access: Access,
     on_connect: Mutex<ConnectHandler>,
     pub(super) connect_history: AtomicUsize,
     pub(super) registry: Mutex<Registry>,
@@ -209,6 +219,7 @@ impl NsInner {
         hub: Hub,
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
+        access: Access,
         on_connect: ConnectHandler,
     ) -> NsInner {
         NsInner {
@@ -217,6 +228,7 @@ impl NsInner {
             hub,
             options,
             stats,
+            access,
             on_connect: Mutex::new(on_connect),
             connect_history: AtomicUsize::new(0),
             registry: Mutex::default(),
@@ -382,6 +394,18 @@ impl ConnShared {
             tracing::debug!("socket.io: closing a slow consumer");
         }
         self.sender.close(CloseReason::SlowConsumer);
+    }
+
+    /// What the app is told about the client: the Engine.IO handshake.
+    pub(super) fn client_info(&self) -> ClientInfo {
+        let info = &self.info;
+        ClientInfo {
+            headers: info.headers.clone(),
+            authority: info.authority.clone(),
+            peer: info.peer,
+            local: info.local,
+            secure: info.secure,
+        }
     }
 
     /// The connection's socket in namespace `nsp`.

@@ -1,0 +1,570 @@
+//! The app decides who hears what (issue 12): the topic policy and the authorization callbacks
+//! to the app, on every transport, against backend-stub's Laravel-style answers (and php-fpm's,
+//! for a FastCGI pool). Real clients: the official socket.io-client (Node), tokio-tungstenite
+//! for `/ws` pubsub.v1, reqwest for SSE and long-poll.
+//!
+//! backend-stub's users: a `user=<name>` cookie or `Authorization: Bearer <name>` (or, for the
+//! connect callback, `auth: {token: <name>}`); `banned-*` is refused, `slow` answered after
+//! 20 s; `private-user.<name>` is its owner's, `presence-*` anyone's (see backend-stub's
+//! `auth` module).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{client, free_port, insecure_tls, workspace_root, Gateway, PhpFpm, Scratch, Stub};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Every transport, the Laravel policy with `chat-*` open to clients, and both callbacks to
+/// `app`, which has 1.5 s to answer.
+fn config(app: &str, auth_extra: &str) -> String {
+    format!(
+        r#"
+listen: {{https: "{{https}}", admin: "{{admin}}"}}
+tls: {{state_dir: state}}
+upstreams: {{app: {{servers: ["{app}"]}}}}
+realtime:
+  hub: {{history: 20}}
+  longpoll: {{wait_ms: 1500}}
+  sse: {{heartbeat_ms: 1000}}
+  socketio:
+    namespaces:
+      "/": {{relay: true, history: 10, client_rooms: true}}
+  policy: {{private: ["private-*", "presence-*"], client_publish: ["chat-*"]}}
+  auth: {{upstream: app, connect: /realtime/auth, timeout_ms: 1500{auth_extra}}}
+routes:
+  - {{path: /socket.io/, realtime: socketio}}
+  - {{path: /ws, realtime: websocket}}
+  - {{path: /s, realtime: longpoll}}
+  - {{path: /p, realtime: longpoll}}
+  - {{path: /events, realtime: sse}}
+"#
+    )
+}
+
+/// Run one scenario of tests/js/authz.mjs; the JSON it printed.
+fn scenario(gw: &Gateway, name: &str, mode: &str, env: &[(&str, &str)]) -> Value {
+    let out = Command::new("node")
+        .arg(workspace_root().join("tests/js/authz.mjs"))
+        .args([name, &gw.https(""), mode])
+        .env("ADMIN_URL", gw.admin(""))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run node (tests/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "{name}/{mode}: no JSON result\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "{name}/{mode} failed: {v}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
+/// The app publishes (the admin listener's publish API); the position it got.
+async fn publish(gw: &Gateway, topic: &str, event: &str, data: Value) -> String {
+    let v: Value = client()
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": topic, "event": event, "data": data}))
+        .send()
+        .await
+        .expect("publish")
+        .json()
+        .await
+        .expect("json");
+    v["position"].as_str().expect("position").to_string()
+}
+
+/// The resume position before everything of the topic `position` is in.
+fn start_of(position: &str) -> String {
+    let epoch = position.split(':').next().expect("epoch");
+    format!("{epoch}:0")
+}
+
+/// A `/ws` pubsub.v1 connection carrying `cookie`, or the status it was refused with.
+async fn pubsub(gw: &Gateway, cookie: Option<&str>) -> Result<Ws, u16> {
+    let url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "pubsub.v1".parse().expect("value"),
+    );
+    if let Some(c) = cookie {
+        req.headers_mut()
+            .insert("cookie", c.parse().expect("cookie value"));
+    }
+    let connector = tokio_tungstenite::Connector::Rustls(insecure_tls());
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+/// The next JSON frame, or `None` when nothing comes within `wait`.
+async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).expect("json")),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Err(_) => return None,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+async fn frame(ws: &mut Ws) -> Value {
+    next_json(ws, Duration::from_secs(10))
+        .await
+        .expect("a frame within 10 s")
+}
+
+/// A GET with a cookie (or none): status and, for a finished answer, its body.
+async fn get(url: &str, cookie: Option<&str>) -> (u16, String) {
+    let mut req = client().get(url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = req.send().await.expect("get");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The start of an SSE stream with a cookie: its status and what it sent until `needle`
+/// appeared (or 10 s passed).
+async fn sse_until(url: &str, cookie: &str, needle: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("sse");
+    let status = r.status().as_u16();
+    if status != 200 {
+        return (status, r.text().await.unwrap_or_default());
+    }
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    (status, seen)
+}
+
+/// What the stub logged, and the callbacks it received (its `/__log`).
+async fn callbacks(app: &Stub, path: &str) -> Vec<Value> {
+    app.received()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .collect()
+}
+
+#[test]
+fn socketio_clients_are_admitted_or_refused_by_the_app_with_its_reason() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    for mode in ["polling", "websocket"] {
+        let v = scenario(&gw, "connect", mode, &[]);
+        assert_eq!(v["token"]["connected"], true, "{mode}: {v}");
+        assert_eq!(v["token"]["transport"], mode, "{mode}: {v}");
+        assert_eq!(v["cookie"]["connected"], true, "{mode}: {v}");
+        assert_eq!(
+            v["banned"]["refused"], "user banned-eve is banned",
+            "{mode}: {v}"
+        );
+        assert_eq!(v["banned"]["data"], json!({"status": 403}), "{mode}: {v}");
+        assert_eq!(v["nobody"]["refused"], "not logged in", "{mode}: {v}");
+        assert_eq!(v["nobody"]["data"], json!({"status": 401}), "{mode}: {v}");
+    }
+    // The app was asked with the client's cookie and the gateway's forwarding headers.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let asked = rt.block_on(callbacks(&app, "/realtime/auth"));
+    let with_cookie = asked
+        .iter()
+        .find(|r| r["headers"]["cookie"] == "user=bob")
+        .unwrap_or_else(|| panic!("no callback with bob's cookie: {asked:#?}"));
+    let h = &with_cookie["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-port"], gw.ports.https.to_string(), "{h}");
+    assert_eq!(h["host"], format!("127.0.0.1:{}", gw.ports.https), "{h}");
+    assert_eq!(h["content-type"], "application/json", "{h}");
+    assert_eq!(with_cookie["method"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_missing_app_is_a_clear_error_within_the_timeout() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    // Slow: the app answers after 20 s; the client hears within the 1.5 s timeout.
+    let gw_ref = &gw;
+    let slow = tokio::task::block_in_place(|| {
+        scenario(gw_ref, "attempt", "websocket", &[("TOKEN", "slow")])
+    });
+    assert_eq!(
+        slow["refused"], "authorization failed: the app did not answer within 1500 ms",
+        "{slow}"
+    );
+    assert_eq!(slow["data"], json!({"status": 504}), "{slow}");
+    assert!(slow["ms"].as_u64().is_some_and(|ms| ms < 5000), "{slow}");
+    let started = Instant::now();
+    let (status, body) = get(&gw.https("/events?topic=news"), Some("user=slow")).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer within 1500 ms"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Down: nothing listens where the app should be.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let down = Gateway::start(&config(&nobody, ""));
+    let down_ref = &down;
+    let v = tokio::task::block_in_place(|| scenario(down_ref, "attempt", "polling", &[]));
+    assert_eq!(
+        v["refused"], "authorization failed: the app did not answer properly",
+        "{v}"
+    );
+    assert_eq!(v["data"], json!({"status": 502}), "{v}");
+    assert!(v["ms"].as_u64().is_some_and(|ms| ms < 5000), "{v}");
+    for url in [down.https("/s?t=news"), down.https("/events?topic=news")] {
+        let (status, body) = get(&url, Some("user=ann")).await;
+        assert_eq!(status, 502, "{url}: {body}");
+        assert!(body.contains("authorization failed"), "{url}: {body}");
+    }
+    assert_eq!(pubsub(&down, Some("user=ann")).await.err(), Some(502));
+    // The fault is logged as every path to the app logs it.
+    assert!(down.proc.logs().contains("upstream failed"));
+}
+
+#[tokio::test]
+async fn the_connect_callback_guards_sse_long_poll_and_the_websocket_upgrade() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    for url in [gw.https("/events?topic=news"), gw.https("/s?t=news")] {
+        let (status, body) = get(&url, None).await;
+        assert_eq!((status, body.as_str()), (401, "not logged in\n"), "{url}");
+        let (status, body) = get(&url, Some("user=banned-eve")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (403, "user banned-eve is banned\n"),
+            "{url}"
+        );
+    }
+    assert_eq!(pubsub(&gw, None).await.err(), Some(401));
+    assert_eq!(pubsub(&gw, Some("user=banned-eve")).await.err(), Some(403));
+    // A signed-in client gets in, and pubsub.v1 starts subscribed to the rooms the app named.
+    let mut ws = pubsub(&gw, Some("user=ann")).await.expect("ann connects");
+    let first = frame(&mut ws).await;
+    assert_eq!(first["op"], "subscribed", "{first}");
+    assert_eq!(first["topic"], "private-user.ann", "{first}");
+    let (status, _) = get(&gw.https("/s?t=news"), Some("user=ann")).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_channels_need_the_apps_word_and_a_refused_client_learns_nothing() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    let old = publish(&gw, "private-user.bob", "secret", json!("old for bob")).await;
+    let since = start_of(&old);
+    let lobby = publish(&gw, "presence-lobby", "hello", json!("old lobby")).await;
+
+    // Socket.IO: joins go through the app; Ann hears nothing of Bob's channel.
+    for mode in ["polling", "websocket"] {
+        let gw_ref = &gw;
+        let v = tokio::task::block_in_place(|| scenario(gw_ref, "private", mode, &[]));
+        assert_eq!(
+            v["annJoinBob"],
+            json!({"ok": false, "room": "private-user.bob", "error": "This action is unauthorized."}),
+            "{mode}: {v}"
+        );
+        assert_eq!(v["bobJoinBob"]["ok"], true, "{mode}: {v}");
+        assert_eq!(v["annJoinPresence"]["ok"], true, "{mode}: {v}");
+        // Each hears their own channel (joined from the connect answer), Ann nothing of Bob's.
+        assert_eq!(v["annGot"], json!(["for ann"]), "{mode}: {v}");
+        assert_eq!(v["bobGot"], json!(["new for bob"]), "{mode}: {v}");
+        // The presence channel, joined with the app's word: its history, then live.
+        let hello = v["annHello"].as_array().expect("annHello");
+        assert_eq!(hello.first(), Some(&json!("old lobby")), "{mode}: {v}");
+        assert_eq!(hello.last(), Some(&json!("lobby")), "{mode}: {v}");
+        // Laravel's contract: the room as channel_name, the socket id as socket_id.
+        let ann_id = v["annId"].as_str().expect("annId");
+        let line = format!("broadcasting/auth channel=private-user.bob socket_id={ann_id}: 403");
+        assert!(app.proc.logs().contains(&line), "{mode}: no {line:?}");
+    }
+    let asked = callbacks(&app, "/broadcasting/auth").await;
+    assert!(
+        asked.iter().all(
+            |r| r["headers"]["content-type"] == "application/x-www-form-urlencoded"
+                && r["headers"]["accept"] == "application/json"
+        ),
+        "{asked:#?}"
+    );
+
+    // /ws pubsub.v1.
+    let mut ann = pubsub(&gw, Some("user=ann")).await.expect("ann");
+    assert_eq!(frame(&mut ann).await["topic"], "private-user.ann");
+    send(
+        &mut ann,
+        json!({"op": "subscribe", "topic": "private-user.bob", "since": since}),
+    )
+    .await;
+    let refused = frame(&mut ann).await;
+    assert_eq!(
+        refused,
+        json!({"op": "error", "message": "subscribe refused: This action is unauthorized."})
+    );
+    send(
+        &mut ann,
+        json!({"op": "subscribe", "topic": "presence-lobby", "since": start_of(&lobby)}),
+    )
+    .await;
+    assert_eq!(frame(&mut ann).await["op"], "subscribed");
+    assert_eq!(frame(&mut ann).await["data"], "old lobby");
+    // Bob is in his channel from the connect answer, and hears what comes next.
+    let mut bob = pubsub(&gw, Some("user=bob")).await.expect("bob");
+    assert_eq!(frame(&mut bob).await["topic"], "private-user.bob");
+    publish(&gw, "private-user.bob", "secret", json!("ws live")).await;
+    let live = frame(&mut bob).await;
+    assert_eq!(
+        (live["op"].clone(), live["data"].clone()),
+        (json!("message"), json!("ws live"))
+    );
+    // Ann hears the rest of the lobby's history, and nothing of Bob's channel.
+    while let Some(v) = next_json(&mut ann, Duration::from_millis(500)).await {
+        assert_eq!(v["topic"], "presence-lobby", "{v}");
+    }
+
+    // SSE: refused outright for Ann; Bob resumes the channel's history.
+    let url = gw.https(&format!(
+        "/events?topic=private-user.bob&lastEventId={since}"
+    ));
+    let (status, body) = sse_until(&url, "user=ann", "old for bob").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "This action is unauthorized.\n")
+    );
+    let (status, body) = sse_until(&url, "user=bob", "old for bob").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("data: old for bob"), "{body}");
+
+    // Long-poll: the same.
+    let url = gw.https(&format!("/s?t=private-user.bob&since={since}"));
+    let (status, body) = get(&url, Some("user=ann")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "This action is unauthorized.\n")
+    );
+    let (status, body) = get(&url, Some("user=bob")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("old for bob"), "{body}");
+    assert!(!body.is_empty());
+
+    // Presence answers are allowed for any signed-in user; nobody else.
+    let (status, _) = get(&gw.https("/s?t=presence-lobby"), Some("user=cy")).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_publish_only_where_the_policy_allows() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    let post = |topic: &str| {
+        client()
+            .post(gw.https(&format!("/p?t={topic}")))
+            .header("cookie", "user=ann")
+            .body("hello")
+            .send()
+    };
+    let r = post("news").await.expect("post");
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("clients may not publish to \"news\""),
+        "{body}"
+    );
+    let r = post("chat-1").await.expect("post");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // The app still publishes anywhere.
+    publish(&gw, "news", "headline", json!("from the app")).await;
+
+    let mut ws = pubsub(&gw, Some("user=ann")).await.expect("ann");
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    send(
+        &mut ws,
+        json!({"op": "publish", "topic": "news", "data": 1}),
+    )
+    .await;
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["op"], "error", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("publish refused: clients may not publish to \"news\"")),
+        "{refused}"
+    );
+    send(
+        &mut ws,
+        json!({"op": "publish", "topic": "chat-1", "data": 2}),
+    )
+    .await;
+    assert_eq!(frame(&mut ws).await["op"], "published");
+
+    // Socket.IO: a relay reaches only rooms open to clients; `news` gets nothing from it.
+    let gw_ref = &gw;
+    let v = tokio::task::block_in_place(|| scenario(gw_ref, "publish", "websocket", &[]));
+    assert_eq!(
+        v["cyGot"],
+        json!(["meant for news", "for chat-room"]),
+        "{v}"
+    );
+    assert_eq!(v["news"]["seq"], 1, "only the app's headline: {v}");
+    assert_eq!(v["chatRoom"]["seq"], 1, "{v}");
+    assert_eq!(v["intoChat"]["seq"], 1, "{v}");
+}
+
+#[tokio::test]
+async fn by_default_only_the_app_publishes_and_private_topics_are_refused() {
+    // No policy, no callbacks: Laravel's defaults.
+    let gw = Gateway::start(
+        r#"
+listen: {https: "{https}", admin: "{admin}"}
+tls: {state_dir: state}
+realtime: {longpoll: {wait_ms: 500}}
+routes:
+  - {path: /lp, realtime: longpoll}
+  - {path: /ws, realtime: websocket}
+  - {path: /events, realtime: sse}
+"#,
+    );
+    let r = client()
+        .post(gw.https("/lp/p?t=news"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let mut ws = pubsub(&gw, None).await.expect("connects");
+    send(
+        &mut ws,
+        json!({"op": "publish", "topic": "news", "data": 1}),
+    )
+    .await;
+    assert_eq!(frame(&mut ws).await["op"], "error");
+    send(&mut ws, json!({"op": "subscribe", "topic": "private-x"})).await;
+    let refused = frame(&mut ws).await;
+    assert!(
+        refused["message"].as_str().is_some_and(|m| m
+            .contains("topic \"private-x\" needs the app's authorization, and none is configured")),
+        "{refused}"
+    );
+    send(&mut ws, json!({"op": "subscribe", "topic": "news"})).await;
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    let (status, _) = get(&gw.https("/events?topic=presence-x"), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = get(&gw.https("/lp/s?t=news"), None).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn answers_are_reused_per_session_for_the_configured_time() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ", cache_ms: 60000"));
+    let position = publish(&gw, "presence-lobby", "hello", json!(1)).await;
+    let url = gw.https(&format!(
+        "/s?t=presence-lobby&since={}",
+        start_of(&position)
+    ));
+    for cookie in ["user=ann", "user=ann", "user=ann", "user=bob"] {
+        let (status, body) = get(&url, Some(cookie)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Ann asked three times and the app answered once per question; Bob is another session.
+    assert_eq!(callbacks(&app, "/realtime/auth").await.len(), 2);
+    assert_eq!(callbacks(&app, "/broadcasting/auth").await.len(), 2);
+}
+
+/// A Laravel-ish front controller: the session is the `user` cookie, channels are checked as
+/// `routes/channels.php` would (`private-user.{id}` is the user's own).
+const PHP_APP: &str = r#"<?php
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+header('Content-Type: application/json');
+$user = $_COOKIE['user'] ?? null;
+if ($user === null) {
+    http_response_code(401);
+    echo json_encode(['message' => 'Unauthenticated.']);
+    exit;
+}
+if ($path === '/realtime/auth') {
+    $auth = json_decode(file_get_contents('php://input'), true);
+    echo json_encode(['user_id' => $user, 'user_info' => ['via' => 'php', 'auth' => $auth]]);
+} elseif ($path === '/broadcasting/auth') {
+    $channel = $_POST['channel_name'] ?? '';
+    if ($channel === "private-user.$user" && ($_POST['socket_id'] ?? '') !== '') {
+        echo 'true';
+    } else {
+        http_response_code(403);
+        echo json_encode(['message' => "php says no to $user on $channel"]);
+    }
+} else {
+    http_response_code(404);
+}
+"#;
+
+#[tokio::test]
+async fn php_fpm_answers_the_callbacks_over_a_fastcgi_pool() {
+    let fpm = PhpFpm::start("");
+    let root = Scratch::new("php-authz");
+    std::fs::write(root.path().join("index.php"), PHP_APP).expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}", admin: "{{admin}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php: {{protocol: fastcgi, servers: ["{server}"], fastcgi: {{root: {root}}}}}
+realtime:
+  auth: {{upstream: php, connect: /realtime/auth, timeout_ms: 5000}}
+routes:
+  - {{path: /events, realtime: sse}}
+  - {{path: /s, realtime: longpoll}}
+  - {{path: /, upstream: php}}
+"#,
+        server = fpm.server(),
+        root = root.path().display(),
+    ));
+    let (status, body) = get(&gw.https("/s?t=private-user.ann"), None).await;
+    assert_eq!((status, body.as_str()), (401, "Unauthenticated.\n"));
+    let (status, body) = get(&gw.https("/s?t=private-user.bob"), Some("user=ann")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "php says no to ann on private-user.bob\n")
+    );
+    let position = publish(&gw, "private-user.ann", "note", json!("for ann")).await;
+    let url = gw.https(&format!(
+        "/events?topic=private-user.ann&lastEventId={}",
+        start_of(&position)
+    ));
+    let (status, body) = sse_until(&url, "user=ann", "for ann").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data: for ann"), "{body}");
+    assert!(fpm.access_log().contains("POST /broadcasting/auth 200"));
+}
