@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::access::{self, Access, ClientInfo, Who};
+use crate::access::{self, Access, ClientInfo};
 use crate::hub::{Hub, JoinOutcome, Message, Payload, Position};
 use crate::seam::{Request, Response, Service};
 use crate::{query, text};
@@ -162,17 +162,11 @@ impl LongPoll {
         };
         // The app's word on the client, then on the topic, before anything of it is read: a
         // refused poll learns nothing (no position, no history, no message).
-        let identity = match self.access.connect_request(req, TRANSPORT).await {
-            Ok(identity) => identity,
+        let admitted = match self.access.admit_request(req, TRANSPORT).await {
+            Ok(admitted) => admitted,
             Err(refusal) => return refusal.response(),
         };
-        let socket_id = access::request_id();
-        let who = Who {
-            identity: &identity,
-            socket_id: &socket_id,
-            client_ip: req.client_ip(),
-            transport: TRANSPORT,
-        };
+        let who = admitted.who();
         let client = || ClientInfo::from_request(req);
         if let Err(refused) =
             access::admit_subscription(&self.hub, &self.access, &who, client, &topic).await

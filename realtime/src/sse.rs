@@ -24,7 +24,7 @@ use http::StatusCode;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::mpsc;
 
-use crate::access::{self, Access, ClientInfo, Who};
+use crate::access::{self, Access, ClientInfo};
 use crate::hub::{Hub, JoinOutcome, Message, Position};
 use crate::seam::{Request, Response, Service};
 use crate::{query, text};
@@ -196,17 +196,11 @@ impl Service for Sse {
         // The app's word on the client, then on each topic; reserved (another transport's),
         // too long, or one new topic too many: the whole stream is refused before anything is
         // subscribed, so a refused client learns nothing of any topic it named.
-        let identity = match self.access.connect_request(&req, TRANSPORT).await {
-            Ok(identity) => identity,
+        let admitted = match self.access.admit_request(&req, TRANSPORT).await {
+            Ok(admitted) => admitted,
             Err(refusal) => return refusal.response(),
         };
-        let socket_id = access::request_id();
-        let who = Who {
-            identity: &identity,
-            socket_id: &socket_id,
-            client_ip: req.client_ip(),
-            transport: TRANSPORT,
-        };
+        let who = admitted.who();
         for t in &topics {
             let client = || ClientInfo::from_request(&req);
             if let Err(refused) =

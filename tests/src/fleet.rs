@@ -282,18 +282,5 @@ pub fn socketio_scenario(scenario: &str, mode: &str, bases: &[String]) -> Value 
         .args(bases)
         .output()
         .expect("run node (tests/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|_| {
-        panic!(
-            "{scenario}/{mode}: no JSON result\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && v.get("error").is_none(),
-        "{scenario}/{mode} failed: {v}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    v
+    crate::node_result(out, &format!("{scenario}/{mode}"))
 }

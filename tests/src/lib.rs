@@ -28,6 +28,26 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The outcome of a tests/js scenario run with node: the JSON object on its last line of
+/// stdout, asserted to be a success (exit 0, no `error` field); `label` names the scenario in
+/// the failure message, which carries node's stdout and stderr.
+pub fn node_result(out: std::process::Output, label: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "{label}: no JSON result\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "{label} failed: {v}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
 /// `target/<profile>/<name>`, where this test executable's profile put it.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

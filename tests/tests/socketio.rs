@@ -39,20 +39,7 @@ fn scenario(gw: &Gateway, name: &str, mode: &str) -> Value {
         .env("ADMIN_URL", gw.admin(""))
         .output()
         .expect("run node (tests/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|_| {
-        panic!(
-            "{name}/{mode}: no JSON result\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && v.get("error").is_none(),
-        "{name}/{mode} failed: {v}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    v
+    e2e::node_result(out, &format!("{name}/{mode}"))
 }
 
 /// The first argument of each received event. With connection state recovery on, the server

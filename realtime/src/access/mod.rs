@@ -230,6 +230,22 @@ impl Access {
             .await
     }
 
+    /// An HTTP transport's client (an SSE stream, a long-poll) through the connect callback,
+    /// with the connection id Laravel's callback gets as `socket_id`.
+    pub async fn admit_request(
+        &self,
+        req: &Request,
+        transport: &'static str,
+    ) -> Result<Admitted, Refusal> {
+        let identity = self.connect_request(req, transport).await?;
+        Ok(Admitted {
+            identity,
+            socket_id: request_id(),
+            client_ip: req.client_ip(),
+            transport,
+        })
+    }
+
     /// What can be said about `who` subscribing to `topic` without asking the app: yes for a
     /// public topic or a room the app granted at connect, no for a reserved topic or a private
     /// one with no app to ask (logged). `None`: only the app can say.
@@ -310,6 +326,25 @@ pub struct Who<'a> {
     pub client_ip: Option<std::net::IpAddr>,
     /// For the log: `socketio`, `websocket`, `sse`, `longpoll`.
     pub transport: &'static str,
+}
+
+/// A client the connect callback let in, owning what [`Who`] borrows.
+pub struct Admitted {
+    pub identity: Identity,
+    pub socket_id: String,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub transport: &'static str,
+}
+
+impl Admitted {
+    pub fn who(&self) -> Who<'_> {
+        Who {
+            identity: &self.identity,
+            socket_id: &self.socket_id,
+            client_ip: self.client_ip,
+            transport: self.transport,
+        }
+    }
 }
 
 /// A topic as logs and refusals show it: the name is the client's and may be long.
