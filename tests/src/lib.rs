@@ -418,6 +418,16 @@ impl Gateway {
     pub fn https_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.ports.https).into()
     }
+    /// How many servers of `upstream` the health checks count as up, from `/healthz`.
+    pub async fn healthy_servers(&self, upstream: &str) -> u64 {
+        let h: serde_json::Value = reqwest::get(self.admin("/healthz"))
+            .await
+            .expect("healthz")
+            .json()
+            .await
+            .expect("json");
+        h["upstreams"][upstream]["healthy"].as_u64().unwrap_or(0)
+    }
 }
 
 /// Replace the `{https}` / `{http}` / `{admin}` / `{public}` placeholders.

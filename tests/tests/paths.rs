@@ -280,13 +280,7 @@ routes:
         up = up.addr
     ));
     let one_up = eventually(Duration::from_secs(5), || async {
-        let h: serde_json::Value = reqwest::get(gw.admin("/healthz"))
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("json");
-        h["upstreams"]["app"]["healthy"] == 1
+        gw.healthy_servers("app").await == 1
     })
     .await;
     assert!(one_up, "the dead server was not marked down");

@@ -178,26 +178,14 @@ async fn a_dead_server_costs_no_client_errors_and_is_taken_out() {
     }
     // And the health check takes it out.
     let out = eventually(Duration::from_secs(5), || async {
-        let h: serde_json::Value = reqwest::get(gw.admin("/healthz"))
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("json");
-        h["upstreams"]["app"]["healthy"] == 1
+        gw.healthy_servers("app").await == 1
     })
     .await;
     assert!(out, "the dead server is still marked healthy");
     // Back on the same port: it is put back after `rise` good checks.
     let _b2 = Stub::start_on("b", b.addr, &[]);
     let back = eventually(Duration::from_secs(5), || async {
-        let h: serde_json::Value = reqwest::get(gw.admin("/healthz"))
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("json");
-        h["upstreams"]["app"]["healthy"] == 2
+        gw.healthy_servers("app").await == 2
     })
     .await;
     assert!(back, "the revived server was not put back");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use e2e::fleet::subscribers;
 use e2e::{client, eventually, Gateway};
 use serde_json::{json, Value};
 
@@ -30,19 +31,6 @@ async fn publish(gw: &Gateway, topic: &str, data: Value) -> Value {
         .json()
         .await
         .expect("json")
-}
-
-async fn subscribers(gw: &Gateway, topic: &str) -> u64 {
-    let r = client()
-        .get(gw.admin(&format!("/topics/{topic}")))
-        .send()
-        .await
-        .expect("topic");
-    if r.status() == 404 {
-        return 0;
-    }
-    let v: Value = r.json().await.expect("json");
-    v["subscribers"].as_u64().unwrap_or(0)
 }
 
 async fn wait_subscribers(gw: &Gateway, topic: &str, n: u64) -> bool {
