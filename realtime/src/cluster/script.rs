@@ -8,8 +8,8 @@ use redis::Script;
 /// **Publish.** `KEYS = [meta, log]`,
 /// `ARGV = [channel, candidate_epoch, body, max_len, max_bytes, ttl_ms]`.
 ///
-/// 1. Reads the topic's epoch; if the topic has none (new, expired, or Redis lost its data),
-///    makes one (see [`NEW_EPOCH`]) and empties the log.
+/// 1. `topic_epoch` (see [`NEW_EPOCH`]): the topic's epoch; if it has none (new, expired, or
+///    Redis lost its data), a new one and an empty log.
 /// 2. `seq = HINCRBY meta seq 1`.
 /// 3. Frame = `"hub1 " .. epoch .. ":" .. seq .. "\n" .. body`; `RPUSH log frame`.
 /// 4. Trims the log from the front while it holds more than `max_len` frames or more than
@@ -23,12 +23,7 @@ use redis::Script;
 pub const PUBLISH: &str = concat!(
     include_str!("new_epoch.lua"),
     r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = new_epoch(ARGV[2])
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'bytes', 0)
-end
+local epoch = topic_epoch(ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = 'hub1 ' .. epoch .. ':' .. string.format('%d', seq) .. '\n' .. ARGV[3]
 local len = redis.call('RPUSH', KEYS[2], frame)
@@ -65,11 +60,8 @@ return {epoch, seq}
 pub const READ: &str = concat!(
     include_str!("new_epoch.lua"),
     r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = new_epoch(ARGV[1])
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'bytes', 0)
+local epoch, made = topic_epoch(ARGV[1])
+if made then
   local ttl = tonumber(ARGV[5])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
@@ -91,7 +83,8 @@ return {epoch, seq, redis.call('LRANGE', KEYS[2], start, -1)}
 "#
 );
 
-/// How both scripts make a topic's epoch: the Redis server's clock in milliseconds (11 hex
+/// What both scripts start with: `topic_epoch`, the topic's epoch, made when it has none (and
+/// its log emptied), by `new_epoch`: the Redis server's clock in milliseconds (11 hex
 /// digits, 44 bits) followed by the last 5 hex digits (20 bits) of the caller's random
 /// candidate. One clock for the whole fleet, so a later incarnation of a topic always has a
 /// greater epoch (the [`Cursor`](super::cursor::Cursor) relies on it to drop late frames of an
