@@ -6,9 +6,10 @@
 // Each client stays on the node it connected to (no balancer in front). Prints one JSON object
 // with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
+import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";
 
 const [scenario, mode, ...bases] = process.argv.slice(2);
-const transports = { polling: ["polling"], websocket: ["websocket"], upgrade: ["polling", "websocket"] }[mode];
+const transports = TRANSPORTS[mode];
 if (!scenario || !transports || bases.length === 0) {
   console.error("usage: cluster.mjs <scenario> <polling|websocket|upgrade> <base-url>...");
   process.exit(2);
@@ -23,22 +24,7 @@ function connect(base, nsp = "/") {
   return s;
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function once(socket, event, ms = 5000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`timeout waiting for ${event}`)), ms);
-    socket.once(event, (...args) => { clearTimeout(t); resolve(args); });
-  });
-}
-
-async function ready(socket) {
-  if (!socket.connected) await once(socket, "connect");
-  if (mode === "upgrade" && socket.io.engine.transport.name !== "websocket") {
-    await once(socket.io.engine, "upgrade");
-  }
-  return socket.io.engine.transport.name;
-}
+const ready = (socket) => readyOn(socket, mode);
 
 function collect(socket, event) {
   const got = [];

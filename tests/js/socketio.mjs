@@ -5,9 +5,10 @@
 // Prints one JSON object with what the clients saw, and exits 0; on failure prints
 // {"error": ...} and exits 1. The Rust test asserts on the JSON.
 import { io, Manager } from "socket.io-client";
+import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";
 
 const [scenario, base, mode] = process.argv.slice(2);
-const transports = { polling: ["polling"], websocket: ["websocket"], upgrade: ["polling", "websocket"] }[mode];
+const transports = TRANSPORTS[mode];
 if (!scenario || !base || !transports) {
   console.error("usage: socketio.mjs <scenario> <base-url> <polling|websocket|upgrade>");
   process.exit(2);
@@ -22,23 +23,7 @@ function connect(nsp = "/", opts = {}) {
   return s;
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function once(socket, event, ms = 5000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`timeout waiting for ${event}`)), ms);
-    socket.once(event, (...args) => { clearTimeout(t); resolve(args); });
-  });
-}
-
-/// Resolves when the socket is connected on the transport the mode asks for.
-async function ready(socket) {
-  if (!socket.connected) await once(socket, "connect");
-  if (mode === "upgrade" && socket.io.engine.transport.name !== "websocket") {
-    await once(socket.io.engine, "upgrade");
-  }
-  return socket.io.engine.transport.name;
-}
+const ready = (socket) => readyOn(socket, mode);
 
 function collect(socket, event) {
   const got = [];
