@@ -42,6 +42,7 @@ pub mod probe;
 pub mod proxy;
 pub mod redirect;
 pub mod relay;
+pub mod reload;
 pub mod router;
 pub mod seam;
 pub mod server;

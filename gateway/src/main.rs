@@ -33,6 +33,10 @@ enum Command {
     Run,
     /// Validate a configuration file, report every problem, and exit 2 if there is any.
     Check,
+    /// Put the configuration file in force in the running gateway without dropping a
+    /// connection: checks the file (exit 2 and every problem if it does not pass; nothing is
+    /// sent), sends SIGHUP to the process in the pid file, and prints the outcome.
+    Reload,
     /// Check a deployment end to end from outside: /ping, the app's WebSocket (with an idle
     /// wait), and Socket.IO handshake, polling and upgrade. Ends with "It worked." or the first
     /// failure, and a non-zero exit.
@@ -90,6 +94,39 @@ fn init_logging() {
 /// that distinguish "bad config" (2) from "crashed" (1).
 const EXIT_BAD_CONFIG: u8 = 2;
 
+/// How long `gateway reload` waits for the running gateway's outcome: a reload reads a few
+/// files and builds tables, which takes milliseconds; a process that says nothing in 10 s is
+/// not going to.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `gateway reload`, after the file passed its check here.
+fn reload(settings: &Settings) -> ExitCode {
+    match gateway::reload::request(&settings.pid_file, RELOAD_WAIT) {
+        Ok(status) if status.ok => {
+            if status.applied.is_empty() {
+                println!("reloaded: nothing changed that applies without a restart");
+            } else {
+                println!("reloaded: {}", status.applied.join(", "));
+            }
+            for what in &status.restart_needed {
+                println!("needs a restart to apply: {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("reload refused; the configuration in force keeps serving:");
+            for problem in &status.problems {
+                println!("  {problem}");
+            }
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -142,16 +179,24 @@ fn main() -> ExitCode {
             println!("{}: ok", cli.config.display());
             ExitCode::SUCCESS
         }
+        Command::Reload => reload(&settings),
         // Answered before any configuration is read.
         Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Run => {
-            let server = match gateway::server::build(&settings) {
+            let (server, reloader) = match gateway::server::build(&settings, &cli.config) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gateway: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Err(e) = gateway::reload::on_sighup(reloader.clone()) {
+                eprintln!("gateway: cannot listen for SIGHUP (reload): {e}");
+                return ExitCode::FAILURE;
+            }
+            if let Err(e) = reloader.announce() {
+                tracing::warn!(pid_file = %settings.pid_file.display(), error = %e, "cannot write the pid file: `gateway reload` will not find this process (SIGHUP still reloads)");
+            }
             if let Some(https) = settings.listen.https {
                 tracing::info!("serving https://localhost:{}/", https.port());
             }

@@ -45,10 +45,15 @@ fn strings(v: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
 
 pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let mut r = Report::default();
+    let source = std::sync::Arc::new(c.clone());
 
     let listen = listen(&c.listen, &mut r);
     let tls = tls(c.tls, listen.https.is_some(), base, &mut r);
     let proxy = proxy(c.proxy, &tls.state_dir, base, &mut r);
+    let pid_file = match &c.pid_file {
+        Some(path) => resolve(base, path.clone()),
+        None => tls.state_dir.join(defaults::PID_FILE),
+    };
 
     if let Some(admin) = listen.admin {
         if !admin.ip().is_loopback() && c.realtime.publish.token.is_none() {
@@ -155,6 +160,8 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         threads,
         grace_period,
         access_log,
+        pid_file,
+        source,
     })
 }
 

@@ -52,6 +52,11 @@ pub struct Settings {
     /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
     pub access_log: AccessLogSettings,
+    /// Where the process id is written while serving ([`crate::reload`] reads it).
+    pub pid_file: PathBuf,
+    /// The file as written, which a reload compares section by section with the one in force
+    /// (what changed, what only a restart applies, which pools are unchanged and kept).
+    pub source: Arc<Config>,
 }
 
 /// Where and how the access log is written.

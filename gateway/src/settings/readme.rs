@@ -247,7 +247,7 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "compression.gzip_level" => num(comp?.gzip_level),
         "compression.brotli_level" => num(comp?.brotli_level),
         "compression.min_length" => num(comp?.min_length),
-        "cluster.redis" | "cluster.internal_listen" => None,
+        "cluster.redis" | "cluster.internal_listen" | "pid_file" => None,
         "cluster.key_prefix" => text(&s.cluster.as_ref()?.key_prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
         "access_log.path" => text(match &s.access_log.target {
@@ -318,6 +318,9 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             let (host, pid) = id.rsplit_once(':').expect("host:pid");
             assert!(!host.is_empty(), "{id}");
             assert_eq!(pid, std::process::id().to_string(), "{id}");
+        }
+        ("pid_file", "`<tls.state_dir>/gateway.pid`") => {
+            assert_eq!(bare.pid_file, bare.tls.state_dir.join("gateway.pid"))
         }
         ("threads", "cores") => assert_eq!(
             bare.threads,
