@@ -273,31 +273,41 @@ pub enum RequestError {
     NoAnswer(i32, std::time::Duration),
 }
 
-/// `gateway reload`: signal the gateway whose pid file is `pid_file` and wait for the outcome
-/// of that reload (the status it writes beside the pid file).
-pub fn request(pid_file: &Path, wait: std::time::Duration) -> Result<Status, RequestError> {
+/// The pid in `pid_file`: the running gateway's.
+pub fn running_pid(pid_file: &Path) -> Result<i32, RequestError> {
     let text = std::fs::read_to_string(pid_file).map_err(|source| RequestError::PidFile {
         path: pid_file.to_path_buf(),
         source,
     })?;
-    let pid: i32 = text
-        .trim()
+    text.trim()
         .parse()
         .ok()
         .filter(|pid| *pid > 0)
-        .ok_or_else(|| RequestError::BadPid(pid_file.to_path_buf()))?;
-    let status_path = status_file(pid_file);
-    let read =
-        || -> Option<Status> { serde_json::from_slice(&std::fs::read(&status_path).ok()?).ok() };
-    let before = read().map_or(0, |s| s.generation);
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid came from the pid file.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        .ok_or_else(|| RequestError::BadPid(pid_file.to_path_buf()))
+}
+
+/// Send `sig` to `pid` (read from `pid_file`, named in the error).
+pub fn signal(pid: i32, sig: i32, pid_file: &Path) -> Result<(), RequestError> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, sig) } != 0 {
         return Err(RequestError::Signal {
             pid,
             path: pid_file.to_path_buf(),
             source: std::io::Error::last_os_error(),
         });
     }
+    Ok(())
+}
+
+/// `gateway reload`: signal the gateway whose pid file is `pid_file` and wait for the outcome
+/// of that reload (the status it writes beside the pid file).
+pub fn request(pid_file: &Path, wait: std::time::Duration) -> Result<Status, RequestError> {
+    let pid = running_pid(pid_file)?;
+    let status_path = status_file(pid_file);
+    let read =
+        || -> Option<Status> { serde_json::from_slice(&std::fs::read(&status_path).ok()?).ok() };
+    let before = read().map_or(0, |s| s.generation);
+    signal(pid, libc::SIGHUP, pid_file)?;
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
         if let Some(status) = read().filter(|s| s.generation > before) {

@@ -77,8 +77,10 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// Drops idle topics now and then, so a topic nobody uses stops holding memory.
-struct HubSweeper(realtime::hub::Hub);
+/// Drops idle topics now and then, so a topic nobody uses stops holding memory; and when the
+/// process drains (`SIGTERM`, or the old process of `gateway upgrade`), tells every realtime
+/// client to come back ([`Realtime::drain`]).
+struct HubSweeper(Arc<Realtime>);
 
 /// Often enough that an idle topic is freed within a couple of minutes of its TTL.
 const HUB_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -90,13 +92,13 @@ impl BackgroundService for HubSweeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let dropped = self.0.sweep(std::time::Instant::now());
+                    let dropped = self.0.hub.sweep(std::time::Instant::now());
                     if dropped > 0 {
                         tracing::debug!(dropped, "idle topics dropped");
                     }
                 }
                 _ = shutdown.changed() => {
-                    self.0.shutdown();
+                    self.0.drain();
                     return;
                 }
             }
@@ -162,6 +164,8 @@ struct Realtime {
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
+    /// Its Engine.IO service, closed first when the process drains.
+    socketio_service: std::sync::OnceLock<Arc<crate::socketio::SocketIoService>>,
     settings: settings::Realtime,
     /// Who may connect, subscribe and publish, on every transport.
     access: realtime::access::Access,
@@ -195,9 +199,23 @@ impl Realtime {
             cluster,
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
+            socketio_service: std::sync::OnceLock::new(),
             settings: settings.clone(),
             access,
         })
+    }
+
+    /// Tell every realtime client to come back, now: Engine.IO sessions are closed (a held
+    /// poll gets `close`, a WebSocket 1001; new handshakes get 503), so Socket.IO clients
+    /// reconnect; then every hub subscriber: `/ws` closes with 1001, SSE streams end (the
+    /// browser reconnects after the `retry:` it was given), held long-polls are answered.
+    /// Where they reconnect (the new process of an upgrade, another node) they resume from
+    /// the history: kept in Redis with `cluster:`, lost with the process without it.
+    fn drain(&self) {
+        if let Some(service) = self.socketio_service.get() {
+            service.shutdown();
+        }
+        self.hub.shutdown();
     }
 
     fn service(&self, endpoint: &Endpoint, path: &str) -> Arc<dyn realtime::seam::Service> {
@@ -237,13 +255,14 @@ impl Realtime {
                     self.access.clone(),
                 )),
                 Endpoint::Socketio => {
-                    let service = crate::socketio::build(
+                    let service = Arc::new(crate::socketio::build(
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
-                    );
+                    ));
                     let _ = self.socketio.set(service.io().clone());
-                    Arc::new(service)
+                    let _ = self.socketio_service.set(service.clone());
+                    service
                 }
                 Endpoint::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
@@ -329,19 +348,31 @@ fn listener_buffers() -> L4BufferSettings {
 /// Build the whole server, and the reloader that puts a new `config_path` in force on SIGHUP.
 /// Certificates arrive loaded; the development certificate is loaded (or generated) here, so
 /// a bad one is an error before anything listens.
+///
+/// `upgrade`: take the listening sockets over from the running gateway (`gateway upgrade`):
+/// pingora's graceful upgrade, through [`Settings::upgrade_sock`].
 pub fn build(
     settings: &Settings,
     config_path: &std::path::Path,
+    upgrade: bool,
 ) -> Result<(Server, Arc<Reloader>), StartError> {
     let conf = ServerConf {
         threads: settings.threads,
+        upgrade_sock: settings.upgrade_sock().display().to_string(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs()),
         // The app is local: a handful of idle keep-alive connections per server is plenty.
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let temp = settings.proxy.temp_dir.clone();
@@ -477,10 +508,7 @@ pub fn build(
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    server.add_service(background_service(
-        "hub sweeper",
-        HubSweeper(rt.hub.clone()),
-    ));
+    server.add_service(background_service("hub sweeper", HubSweeper(rt.clone())));
     server.add_service(background_service("health checks", HealthChecks(health_rx)));
     if let Some(cluster) = rt.cluster.clone() {
         server.add_service(background_service("cluster", ClusterService(cluster)));

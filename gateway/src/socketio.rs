@@ -144,6 +144,11 @@ impl SocketIoService {
         &self.io
     }
 
+    /// Close every Engine.IO session and refuse new ones: the process is draining.
+    pub fn shutdown(&self) {
+        self.engine.shutdown();
+    }
+
     async fn client_file(&self, file: &ClientFile, if_none_match: Option<&[u8]>) -> Response {
         let Some(dir) = &self.client_dir else {
             let etag = embedded_etag(file);

@@ -4,10 +4,11 @@
 //   node tests/js/sessions.mjs <https-base-url> <sessions per transport> <room> [expect-recovered]
 //
 // Opens that many sessions on websocket and as many on polling, each joined to <room>, then
-// prints {"ready": true} and waits for one "note" event on every session. Prints one JSON
-// object: how many sessions of each transport got it, how many disconnected on the way (and
-// how many of those came back with `recovered === true`), and exits 0; on failure prints
-// {"error": ...} and exits 1.
+// prints {"ready": true} and waits for one "note" event on every session. A session that is
+// disconnected reconnects (the client's own reconnection) and, unless it was recovered, joins
+// <room> again. Prints one JSON object: how many sessions of each transport got the note, how
+// many disconnects they saw, how many came back with `recovered === true`, and exits 0; on
+// failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
 import { TRANSPORTS, sleep, once } from "./clients.mjs";
 
@@ -34,8 +35,15 @@ async function open(mode) {
   const seen = report[mode];
   let got = false;
   s.on("disconnect", () => seen.disconnects++);
+  let first = true;
   s.on("connect", () => {
+    if (first) {
+      first = false;
+      return;
+    }
+    // Back after a disconnect: resumed with its rooms, or a new session that joins again.
     if (s.recovered) seen.recovered++;
+    else s.emit("join", room);
   });
   s.on("note", () => {
     if (!got) {

@@ -464,4 +464,10 @@ impl Settings {
     pub fn build(config: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         build::build(config, base)
     }
+
+    /// Where a new gateway (`gateway upgrade`) waits for the running one's listening sockets:
+    /// in the state directory, beside the pid file's default.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.tls.state_dir.join("upgrade.sock")
+    }
 }
