@@ -442,9 +442,26 @@ pub struct Limits {
     /// Streams one HTTP/2 connection may have open at once (more are refused with
     /// REFUSED_STREAM, which clients retry).
     pub h2_max_concurrent_streams: Option<u32>,
+    /// Cap on the front door's open connections; past it requests get 503. Absent: none.
+    pub max_connections: Option<u64>,
+    /// Requests in progress at once per client address (nginx `limit_conn`). Absent: none.
+    pub per_client_connections: Option<u32>,
+    /// Requests per second per client address (nginx `limit_req`). Absent: none.
+    pub per_client_rate: Option<RateLimit>,
+    /// Realtime sessions opened per second per client address. Absent: none.
+    pub per_client_realtime_connects: Option<RateLimit>,
 }
 
 /// nginx's `gzip` + `brotli` modules, with the settings most deployments give them.
+/// A token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    /// Absent: one second's worth (`per_second`, at least 1).
+    pub burst: Option<u32>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compression {

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod attempt;
 pub mod authorize;
 pub mod buffering;
+pub mod client_limits;
 pub mod compression;
 pub mod config;
 pub mod failure;

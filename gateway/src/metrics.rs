@@ -431,6 +431,12 @@ impl Metrics {
         }
     }
 
+    /// Client connections to the front door open now (HTTP/1 and HTTP/2).
+    pub fn open_connections(&self) -> u64 {
+        let count = |kind: Open| self.open[kind as usize].get().max(0) as u64;
+        count(Open::Http1) + count(Open::Http2)
+    }
+
     /// Count a connection or session of `kind` as open until the guard is dropped.
     pub fn open(&self, kind: Open) -> OpenGuard {
         let g = self.open[kind as usize].clone();

@@ -67,6 +67,8 @@ pub struct Serving {
     pub metrics: Arc<Metrics>,
     /// `None` when `access_log.path` is `off`.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Per-client limits' state ([`crate::client_limits`]).
+    pub client_limits: Arc<crate::client_limits::ClientLimits>,
 }
 
 /// Per-request state.
@@ -109,6 +111,8 @@ pub struct Ctx {
     fault: Option<Fault>,
     /// An upgraded session's WebSocket frames (tunnel, realtime), for its log line.
     frames: Option<Box<Frames>>,
+    /// This request's slot of `limits.per_client_connections`, freed when it ends.
+    _in_progress: Option<crate::client_limits::InProgress>,
 }
 
 impl Ctx {
@@ -233,6 +237,11 @@ impl Serving {
             max_file: self.limits.response_temp_file_bytes,
             dir: self.temp_dir.clone(),
         }
+    }
+
+    /// The client the limits count: the address a trusted proxy forwarded, or the peer's.
+    fn real_client(&self, session: &Session, ctx: &Ctx) -> Option<IpAddr> {
+        forwarding::real_client(&self.client(ctx), &session.req_header().headers)
     }
 
     fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
@@ -394,6 +403,30 @@ impl Serving {
             &session.req_header().headers,
         ));
 
+        // Limits come first: a client over its rate is refused before any work is done for it.
+        let admitted = self.client_limits.admit(
+            &self.limits,
+            crate::client_limits::Request {
+                client: if self.limits.per_client() {
+                    self.real_client(session, ctx)
+                } else {
+                    None
+                },
+                open_connections: self.metrics.open_connections(),
+            },
+            Instant::now(),
+        );
+        match admitted {
+            Ok(slot) => ctx._in_progress = slot,
+            Err(refusal) => {
+                ctx.served_by = "limit";
+                self.finish(ctx.tls, None)
+                    .limited(session, &refusal, &ctx.place())
+                    .await?;
+                return Ok(true);
+            }
+        }
+
         let req = session.req_header();
         if header_bytes(req) > self.limits.max_header_bytes {
             ctx.served_by = "limit";
@@ -466,8 +499,27 @@ impl Serving {
         ctx.route_index = Some(route.index);
 
         match &route.target {
-            Target::Realtime(service) => {
+            Target::Realtime(service, kind) => {
                 ctx.served_by = "realtime";
+                let opens = crate::client_limits::opens_realtime_session(
+                    *kind,
+                    &req.method,
+                    session.is_upgrade_req(),
+                    req.uri.query(),
+                );
+                if opens {
+                    let client = self.real_client(session, ctx);
+                    let admitted =
+                        self.client_limits
+                            .realtime_connect(&self.limits, client, Instant::now());
+                    if let Err(refusal) = admitted {
+                        self.finish(ctx.tls, None)
+                            .limited(session, &refusal, &ctx.place())
+                            .await?;
+                        return Ok(true);
+                    }
+                }
+                let req = session.req_header();
                 let _open = self.routes.realtime_session(
                     route.index,
                     session.is_upgrade_req(),

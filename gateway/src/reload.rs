@@ -60,6 +60,8 @@ pub struct Shared {
     pub temp_dir: Arc<PathBuf>,
     pub connector: Arc<pingora::connectors::http::v1::Connector>,
     pub realtime: Box<RealtimeServices>,
+    /// Per-client counts and buckets: they outlive a reload.
+    pub client_limits: Arc<crate::client_limits::ClientLimits>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             connector: self.connector.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
+            client_limits: self.client_limits.clone(),
         })
     }
 }

@@ -400,6 +400,7 @@ pub fn build(
         access_log,
         temp_dir,
         connector: Arc::new(connector()),
+        client_limits: Arc::default(),
         realtime: Box::new({
             let rt = rt.clone();
             move |endpoint, path| rt.service(endpoint, path)

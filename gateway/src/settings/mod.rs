@@ -181,9 +181,28 @@ pub struct Limits {
     pub response_buffer_bytes: usize,
     pub response_temp_file_bytes: u64,
     pub h2_max_concurrent_streams: u32,
+    /// See [`crate::client_limits`]; `None`: no such limit.
+    pub max_connections: Option<u64>,
+    pub per_client_connections: Option<u32>,
+    pub per_client_rate: Option<Rate>,
+    pub per_client_realtime_connects: Option<Rate>,
 }
 
 /// An upstream pool: its servers, parsed, and how to talk to them.
+impl Limits {
+    /// Whether a per-client limit counts every request (not only realtime connects).
+    pub fn per_client(&self) -> bool {
+        self.per_client_connections.is_some() || self.per_client_rate.is_some()
+    }
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub servers: Vec<Addr>,

@@ -272,6 +272,14 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
 fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
     match (key, default) {
         ("tls.certificates[]", "none") => assert!(bare.tls.certificates.is_empty()),
+        ("limits.max_connections", "none") => assert!(bare.limits.max_connections.is_none()),
+        ("limits.per_client_connections", "none") => {
+            assert!(bare.limits.per_client_connections.is_none())
+        }
+        ("limits.per_client_rate", "none") => assert!(bare.limits.per_client_rate.is_none()),
+        ("limits.per_client_realtime_connects", "none") => {
+            assert!(bare.limits.per_client_realtime_connects.is_none())
+        }
         ("tls.hsts", "off") => assert!(bare.tls.hsts.is_none()),
         ("proxy.temp_dir", "`<state_dir>/tmp`") => {
             assert_eq!(bare.proxy.temp_dir, bare.tls.state_dir.join("tmp"))

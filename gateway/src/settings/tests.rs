@@ -623,3 +623,35 @@ fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
     );
     assert!(p.iter().all(|p| !p.contains("s3cret")), "{p:?}");
 }
+
+#[test]
+fn client_limits_are_checked_with_their_place() {
+    let with = |limits: &str| problems(&format!("{MINIMAL}limits: {limits}\n"));
+    assert_eq!(
+        with("{per_client_rate: {per_second: 0}}"),
+        ["limits.per_client_rate.per_second: must be a number greater than 0"]
+    );
+    assert_eq!(
+        with("{per_client_realtime_connects: {per_second: 1, burst: 0}}"),
+        ["limits.per_client_realtime_connects.burst: must be at least 1 (a bucket of 0 admits nothing)"]
+    );
+    assert_eq!(
+        with("{max_connections: 0, per_client_connections: 0}"),
+        [
+            "limits.max_connections: must be at least 1 (leave it out for no cap)",
+            "limits.per_client_connections: must be at least 1 (leave it out for no limit)"
+        ]
+    );
+    let s = build_yaml(&format!(
+        "{MINIMAL}limits: {{per_client_rate: {{per_second: 2.5}}}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        s.limits.per_client_rate,
+        Some(Rate {
+            per_second: 2.5,
+            burst: 3
+        }),
+        "the burst is one second's worth, rounded up"
+    );
+}
