@@ -579,24 +579,6 @@ impl Serving {
         }
     }
 
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // Chunked bodies have no length up front: count as they pass.
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.limits.max_body_bytes {
-                ctx.fault = Some(ClientFailure::TooLarge(self.limits.max_body_bytes).into());
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
-            }
-        }
-        Ok(())
-    }
-
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -731,14 +713,24 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        serving(ctx)
-            .request_body_filter(session, body, end_of_stream, ctx)
-            .await
+        // Chunked bodies have no length up front: count as they pass.
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let max = ctx
+                .serving
+                .as_ref()
+                .map_or(u64::MAX, |s| s.limits.max_body_bytes);
+            if ctx.body_bytes > max {
+                ctx.fault = Some(ClientFailure::TooLarge(max).into());
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
