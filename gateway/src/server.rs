@@ -425,7 +425,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
                     settings.realtime.publish.token.clone(),
-                );
+                )
+                .with_presence(rt.access.presence().clone());
                 match rt.socketio.get() {
                     Some(io) => api.with_socketio(io.clone()),
                     None => api,
