@@ -12,8 +12,8 @@
 //!   `{"message": "Unauthenticated."}` without one; `private-user.<name>` is its owner's only
 //!   (200 `true`, else 403 `{"message": "This action is unauthorized."}`); `private-chat.*`
 //!   (a conversation, where whispers go) admits any user; every `presence-*` channel admits any
-//!   user with `{"channel_data": {"user_id", "user_info": {"name"}}}`; any other `private-*`
-//!   channel is refused.
+//!   user but guests (names starting with `guest`, refused) with `{"channel_data": {"user_id",
+//!   "user_info": {"name"}}}`; any other `private-*` channel is refused.
 //!
 //! The user `slow` gets its answer only after [`SLOW`], for the tests of an app that does not
 //! answer in time.
@@ -150,6 +150,9 @@ pub fn channel(headers: &HeaderMap, body: &[u8]) -> (Answer, String, String) {
             json!({"message": "Unauthenticated."}),
             None,
         ),
+        Some(user) if channel.starts_with("presence-") && user.starts_with("guest") => {
+            answer(StatusCode::FORBIDDEN, refused(), Some(user))
+        }
         Some(user) if channel.starts_with("presence-") => answer(
             StatusCode::OK,
             json!({"channel_data": {"user_id": user, "user_info": {"name": user}}}),
@@ -245,6 +248,9 @@ mod tests {
         let (a, ..) = channel(&bob, b"channel_name=private-chat.7&socket_id=s2");
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "true"));
         let (a, ..) = channel(&bob, b"channel_name=private-team.7&socket_id=s2");
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        let guest = headers(&[("cookie", "user=guest-gil")]);
+        let (a, ..) = channel(&guest, b"channel_name=presence-room.1&socket_id=s3");
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         let (a, ..) = channel(
             &ann,
