@@ -1,5 +1,5 @@
 //! Laravel Echo's protocol, as laravel-echo-server spoke it to Echo's socket.io connector (npm
-//! `laravel-echo`), on a namespace with [`NamespaceBehaviour::echo`]: a Laravel front end moves
+//! `laravel-echo`), on a namespace with [`NamespaceBehaviour::echo`](super::NamespaceBehaviour::echo): a Laravel front end moves
 //! from laravel-echo-server to the gateway by changing its `host` only.
 //!
 //! | the client emits | the server |
