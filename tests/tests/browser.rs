@@ -218,7 +218,11 @@ async fn the_demo_page_chats_over_every_transport_and_shows_what_the_app_publish
     // tabs; a user who signs out is gone from the others' lists.
     let who = &v["whoIsHere"];
     for page in ["a1", "a2", "b"] {
-        assert_eq!(who[page], serde_json::json!(["ann", "bob"]), "{page}: {who}");
+        assert_eq!(
+            who[page],
+            serde_json::json!(["ann", "bob"]),
+            "{page}: {who}"
+        );
     }
     assert_eq!(who["state"], "connected", "{who}");
     assert_eq!(who["a1AfterBob"], serde_json::json!(["ann"]), "{who}");

@@ -9,7 +9,7 @@ use super::state::Socket;
 use crate::access::presence;
 use crate::access::{Grant, Member};
 
-/// Rooms a client may join through `join`: enough for any chat UI, small
+/// Rooms a client may be in through `join` or Echo's `subscribe`: enough for any chat UI, small
 /// enough that one client cannot make the hub track thousands of topics.
 pub const MAX_CLIENT_ROOMS: usize = 64;
 
