@@ -703,6 +703,10 @@ pub struct NamespaceSettings {
     /// How fast one socket may relay; a socket over it is disconnected.
     #[serde(default)]
     pub relay_rate: RelayRateSettings,
+    /// Speak Laravel Echo's protocol (laravel-echo-server's): `subscribe`, whispers,
+    /// presence, and rooms delivering `(event, channel, data)`.
+    #[serde(default)]
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]

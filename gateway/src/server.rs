@@ -492,7 +492,8 @@ pub fn build(
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
                     settings.realtime.publish.token.clone(),
-                );
+                )
+                .with_presence(rt.access.presence().clone());
                 match rt.socketio.get() {
                     Some(io) => api.with_socketio(io.clone()),
                     None => api,

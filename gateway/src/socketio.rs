@@ -96,6 +96,7 @@ pub fn build(
                     per_second: ns.relay_rate.per_second,
                     burst: ns.relay_rate.burst,
                 },
+                echo: ns.echo,
             },
         );
     }

@@ -522,6 +522,7 @@ fn socketio(s: config::SocketIoSettings, base: &Path, r: &mut Report) -> SocketI
                 history: ns.history,
                 client_rooms: ns.client_rooms,
                 relay_rate,
+                echo: ns.echo,
             },
         );
     }

@@ -394,6 +394,7 @@ pub struct Namespace {
     pub history: usize,
     pub client_rooms: bool,
     pub relay_rate: RelayRate,
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -48,6 +48,15 @@ fn realtime_abuse_limits_have_defaults_and_are_checked_where_they_are() {
     assert_eq!(c.realtime.socketio.max_sessions_per_client, 256);
     let ns = &c.realtime.socketio.namespaces["/"];
     assert_eq!((ns.relay_rate.per_second, ns.relay_rate.burst), (50, 100));
+    assert!(
+        !ns.echo,
+        "Laravel Echo's protocol is asked for, not assumed"
+    );
+    let echo = build_yaml(
+        "listen: {http: 127.0.0.1:8080}\nrealtime: {socketio: {namespaces: {\"/\": {echo: true}}}}\nroutes: [{path: /socket.io/, realtime: socketio}]\n",
+    )
+    .expect("builds");
+    assert!(echo.realtime.socketio.namespaces["/"].echo);
     let p = problems(
         r#"
 listen: {http: 127.0.0.1:8080}
