@@ -37,18 +37,109 @@ pub const CREDENTIALS: &[&str] = realtime::access::CREDENTIAL_HEADERS;
 /// page.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Bytes of a callback's body kept in memory; a bigger one (an event's arguments) is held in a
+/// temporary file while it is sent, as a client's held body is.
+const MEMORY_BYTES: usize = 64 * 1024;
+
 /// Answers kept at most; past it, expired ones are dropped, and nothing new is kept while all
 /// are fresh.
 const MAX_CACHED: usize = 10_000;
 
-/// Where a log line says the question came from.
-const ROUTE: &str = "realtime.auth";
+/// The gateway's own requests to the app, as the client's: over the app's pool, through the
+/// same attempt loop, retry rule and failure table as a client's request, with the client's
+/// credentials and the forwarding headers ([`callback_request`]). The authorization callbacks
+/// and the events to the app ([`crate::app_events`]) both go this way.
+pub struct AppLink {
+    pub pool: Arc<Pool>,
+    pub connector: Connector,
+    pub temp_dir: Arc<PathBuf>,
+    pub trusted: Vec<Cidr>,
+    /// Where a log line says the request came from (`realtime.auth`).
+    pub route: &'static str,
+    /// What answered, in a fault's log line, over HTTP and over FastCGI.
+    pub by: (&'static str, &'static str),
+    /// The largest answer read.
+    pub max_answer: usize,
+}
+
+impl AppLink {
+    /// The request for `path` as [`callback_request`] builds it.
+    pub fn request(
+        &self,
+        path: &str,
+        client: &ClientInfo,
+        content_type: &'static str,
+    ) -> pingora::Result<RequestHeader> {
+        callback_request(path, client, &self.trusted, content_type)
+    }
+
+    /// One request over the pool, by its protocol; a fault is logged as every path to the
+    /// app logs it.
+    pub async fn send(
+        &self,
+        req: RequestHeader,
+        client: &ClientInfo,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), Fault> {
+        let mut picked = Picked::default();
+        let uri = req.uri.clone();
+        let request_id = req.headers.get("x-request-id").cloned();
+        let attempts = Loop {
+            pool: &self.pool,
+            client: client.peer.map(|p| p.ip()),
+            route: self.route,
+            picked: &mut picked,
+        };
+        let outcome = match &self.pool.protocol {
+            Protocol::Http => {
+                let mut held = buffering::Body::new(MEMORY_BYTES, self.temp_dir.clone());
+                match held.push(body).await {
+                    Ok(()) => {
+                        relay::ask(&self.connector, attempts, req, Some(&held), self.max_answer)
+                            .await
+                    }
+                    Err(e) => Err(Fault::Internal(format!("holding the callback's body: {e}"))),
+                }
+            }
+            Protocol::FastCgi(backend) => {
+                let question = fastcgi::Question {
+                    backend,
+                    req: &req,
+                    body: &body,
+                    tls: client.secure,
+                    peer: client.peer,
+                    server: client.local,
+                };
+                fastcgi::ask(attempts, question, self.max_answer).await
+            }
+        };
+        match outcome {
+            Ok((head, answer)) => Ok((head.status.as_u16(), answer)),
+            Err(fault) => {
+                let by = match self.pool.protocol {
+                    Protocol::Http => self.by.0,
+                    Protocol::FastCgi(_) => self.by.1,
+                };
+                let server = (picked.server)
+                    .and_then(|i| self.pool.servers.get(i))
+                    .map(|s| &s.addr);
+                let place = Place {
+                    client: client.peer.map(|p| p.ip()),
+                    route: self.route,
+                    by,
+                    upstream: self.pool.name.as_str(),
+                    server,
+                    request_id: request_id.as_ref(),
+                };
+                fault.log(&place, &uri);
+                Err(fault)
+            }
+        }
+    }
+}
 
 pub struct AppAuthorizer {
-    pool: Arc<Pool>,
-    connector: Connector,
-    temp_dir: Arc<PathBuf>,
-    trusted: Vec<Cidr>,
+    link: AppLink,
     connect: Option<String>,
     subscribe: String,
     timeout: Duration,
@@ -64,10 +155,15 @@ impl AppAuthorizer {
         connector: Connector,
     ) -> AppAuthorizer {
         AppAuthorizer {
-            pool,
-            connector,
-            temp_dir,
-            trusted,
+            link: AppLink {
+                pool,
+                connector,
+                temp_dir,
+                trusted,
+                route: "realtime.auth",
+                by: ("auth", "auth fastcgi"),
+                max_answer: MAX_ANSWER_BYTES,
+            },
             connect: auth.connect.clone(),
             subscribe: auth.subscribe.clone(),
             timeout: auth.timeout,
@@ -85,7 +181,7 @@ impl AppAuthorizer {
         body: Bytes,
         keyed_body: &[u8],
     ) -> Result<(u16, Bytes), Refusal> {
-        let req = callback_request(path, client, &self.trusted, content_type)
+        let req = (self.link.request(path, client, content_type))
             .map_err(|e| Refusal::failed(500, format!("authorization failed: {e}")))?;
         let key = self.cache.as_ref().map(|_| cache_key(&req, keyed_body));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
@@ -93,7 +189,7 @@ impl AppAuthorizer {
                 return Ok(hit);
             }
         }
-        let asked = tokio::time::timeout(self.timeout, self.send(req, client, body)).await;
+        let asked = tokio::time::timeout(self.timeout, self.link.send(req, client, body)).await;
         let (status, answer) = match asked {
             Ok(Ok(answer)) => answer,
             Ok(Err(fault)) => {
@@ -104,7 +200,7 @@ impl AppAuthorizer {
             }
             Err(_) => {
                 tracing::warn!(
-                    upstream = self.pool.name.as_str(),
+                    upstream = self.link.pool.name.as_str(),
                     path,
                     timeout_ms = self.timeout.as_millis() as u64,
                     "the app did not answer an authorization callback in time"
@@ -124,76 +220,6 @@ impl AppAuthorizer {
             }
         }
         Ok((status, answer))
-    }
-
-    /// One callback over the pool, by its protocol; a fault is logged as every path to the
-    /// app logs it.
-    async fn send(
-        &self,
-        req: RequestHeader,
-        client: &ClientInfo,
-        body: Bytes,
-    ) -> Result<(u16, Bytes), Fault> {
-        let mut picked = Picked::default();
-        let uri = req.uri.clone();
-        let request_id = req.headers.get("x-request-id").cloned();
-        let attempts = Loop {
-            pool: &self.pool,
-            client: client.peer.map(|p| p.ip()),
-            route: ROUTE,
-            picked: &mut picked,
-        };
-        let outcome = match &self.pool.protocol {
-            Protocol::Http => {
-                let mut held = buffering::Body::new(MAX_ANSWER_BYTES, self.temp_dir.clone());
-                match held.push(body).await {
-                    Ok(()) => {
-                        relay::ask(
-                            &self.connector,
-                            attempts,
-                            req,
-                            Some(&held),
-                            MAX_ANSWER_BYTES,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(Fault::Internal(format!("holding the callback's body: {e}"))),
-                }
-            }
-            Protocol::FastCgi(backend) => {
-                let question = fastcgi::Question {
-                    backend,
-                    req: &req,
-                    body: &body,
-                    tls: client.secure,
-                    peer: client.peer,
-                    server: client.local,
-                };
-                fastcgi::ask(attempts, question, MAX_ANSWER_BYTES).await
-            }
-        };
-        match outcome {
-            Ok((head, answer)) => Ok((head.status.as_u16(), answer)),
-            Err(fault) => {
-                let by = match self.pool.protocol {
-                    Protocol::Http => "auth",
-                    Protocol::FastCgi(_) => "auth fastcgi",
-                };
-                let server = (picked.server)
-                    .and_then(|i| self.pool.servers.get(i))
-                    .map(|s| &s.addr);
-                let place = Place {
-                    client: client.peer.map(|p| p.ip()),
-                    route: ROUTE,
-                    by,
-                    upstream: self.pool.name.as_str(),
-                    server,
-                    request_id: request_id.as_ref(),
-                };
-                fault.log(&place, &uri);
-                Err(fault)
-            }
-        }
     }
 }
 
