@@ -171,6 +171,15 @@ pub mod defaults {
     /// (a connect or a join the client is waiting on); Centrifugo's connect proxy waits 1 s,
     /// laravel-echo-server had no bound at all. 5 s leaves room for a cold PHP worker.
     pub const AUTH_TIMEOUT: Duration = Duration::from_millis(5_000);
+    /// Beside the connect callback's `/realtime/auth` in the app's routes.
+    pub const EVENTS_PATH: &str = realtime::app_events::DEFAULT_PATH;
+    /// A client waiting for an ack waits as long as for a connect (see `AUTH_TIMEOUT`);
+    /// Centrifugo's RPC proxy waits 1 s.
+    pub const EVENTS_TIMEOUT: Duration = realtime::app_events::DEFAULT_TIMEOUT;
+    /// Each event waiting holds a worker of the app's pool (php-fpm and Puma have a few
+    /// each): 8 lets a page send a handful at once and no client take them all; the same as
+    /// the joins one socket may have waiting for the app.
+    pub const EVENTS_MAX_IN_FLIGHT: usize = realtime::app_events::DEFAULT_MAX_IN_FLIGHT;
     /// Off: an answer is asked for every time, so a logout or a revoked membership takes
     /// effect at once. A long-poll client with a connect callback asks on every poll: turn it
     /// on (a minute is common) when the app's load matters more.
@@ -620,6 +629,8 @@ pub struct Realtime {
     /// The app's word on connects and private subscriptions: callbacks over an upstream pool.
     /// Absent: no connect callback, and private topics are refused.
     pub auth: Option<AuthSettings>,
+    /// Client events posted to the app (the namespaces' and endpoints' `events` name which).
+    pub events: Option<EventsSettings>,
 }
 
 /// The topic policy. Patterns: `*` is any run of characters, everything else itself.
@@ -650,6 +661,20 @@ pub struct AuthSettings {
     pub timeout_ms: Option<u64>,
     /// How long an answer (allowed or refused) is reused for the same credentials.
     pub cache_ms: Option<u64>,
+}
+
+/// Where client events go in the app, and the bounds on waiting for it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSettings {
+    /// The pool the events go to: the one that serves the app's pages (HTTP or FastCGI).
+    pub upstream: String,
+    /// The app's route for them.
+    pub path: Option<String>,
+    /// How long a client waits for the app's answer before its ack is an error.
+    pub timeout_ms: Option<u64>,
+    /// Events of one connection waiting for the app at once; the next one is refused.
+    pub max_in_flight: Option<usize>,
 }
 
 /// Socket.IO: Engine.IO timings (node's defaults), origins, recovery, and what each namespace
@@ -707,6 +732,10 @@ pub struct NamespaceSettings {
     /// presence, and rooms delivering `(event, channel, data)`.
     #[serde(default)]
     pub echo: bool,
+    /// Client events posted to the app (`realtime.events`): names, or `"*"` for every event
+    /// no other behaviour handles.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -734,6 +763,9 @@ pub struct WsSettings {
     pub queue: Option<usize>,
     /// Topics one pubsub.v1 connection may be subscribed to at once.
     pub max_subscriptions: Option<usize>,
+    /// pubsub.v1 `event` names posted to the app (`realtime.events`), or `"*"` for all.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// The hub every realtime transport shares.

@@ -25,6 +25,7 @@ pub mod accel;
 pub mod access_log;
 pub mod addr;
 pub mod admin;
+pub mod app_events;
 pub mod attempt;
 pub mod authorize;
 pub mod buffering;

@@ -169,6 +169,8 @@ struct Realtime {
     settings: settings::Realtime,
     /// Who may connect, subscribe and publish, on every transport.
     access: realtime::access::Access,
+    /// Where client events go in the app (`realtime.events`).
+    events: Option<realtime::app_events::AppEvents>,
 }
 
 impl Realtime {
@@ -176,6 +178,7 @@ impl Realtime {
         settings: &settings::Realtime,
         cluster: Option<&settings::Cluster>,
         access: realtime::access::Access,
+        events: Option<realtime::app_events::AppEvents>,
     ) -> Result<Realtime, StartError> {
         let h = &settings.hub;
         let config = realtime::hub::HubConfig {
@@ -202,6 +205,7 @@ impl Realtime {
             socketio_service: std::sync::OnceLock::new(),
             settings: settings.clone(),
             access,
+            events,
         })
     }
 
@@ -251,6 +255,7 @@ impl Realtime {
                         ping_timeout: ws.ping_timeout,
                         queue: ws.queue,
                         max_subscriptions: ws.max_subscriptions,
+                        events: self.event_route(&ws.events),
                     },
                     self.access.clone(),
                 )),
@@ -259,6 +264,7 @@ impl Realtime {
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
+                        |names| self.event_route(names),
                     ));
                     let _ = self.socketio.set(service.io().clone());
                     let _ = self.socketio_service.set(service.clone());
@@ -274,6 +280,20 @@ impl Realtime {
                 )),
             })
             .clone()
+    }
+}
+
+impl Realtime {
+    /// The route to the app of a namespace's or endpoint's events, when it names any.
+    fn event_route(
+        &self,
+        names: &realtime::app_events::EventNames,
+    ) -> Option<realtime::app_events::EventRoute> {
+        let app = self.events.clone().filter(|_| !names.is_none())?;
+        Some(realtime::app_events::EventRoute {
+            names: names.clone(),
+            app,
+        })
     }
 }
 
@@ -387,10 +407,18 @@ pub fn build(
     };
     let all_pools = Pool::all(&settings.upstreams);
     let access = access(settings, &all_pools, &temp_dir, connector());
+    let events = crate::app_events::build(
+        settings.realtime.events.as_ref(),
+        &all_pools,
+        settings.proxy.trusted_proxies.clone(),
+        temp_dir.clone(),
+        connector(),
+    );
     let rt = Arc::new(Realtime::new(
         &settings.realtime,
         settings.cluster.as_ref(),
         access,
+        events,
     )?);
     let limits = &settings.limits;
     let metrics = Arc::new(Metrics::new(rt.hub.clone()));

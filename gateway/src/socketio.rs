@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
+use realtime::app_events::{EventNames, EventRoute};
 use realtime::engineio::{CorsConfig, CorsOrigin, EngineConfig, EngineServer};
 use realtime::hub::Hub;
 use realtime::seam::{Request, Response, Service};
@@ -69,11 +70,13 @@ pub struct SocketIoService {
 }
 
 /// Build the Socket.IO service on `hub` from its settings; `access` decides who connects and
-/// which rooms a client joins or relays into.
+/// which rooms a client joins or relays into; `to_app` is the route to the app of the events a
+/// namespace names.
 pub fn build(
     hub: Hub,
     s: &settings::SocketIo,
     access: realtime::access::Access,
+    to_app: impl Fn(&EventNames) -> Option<EventRoute>,
 ) -> SocketIoService {
     let options = SocketIoOptions {
         connect_timeout: s.connect_timeout,
@@ -97,6 +100,7 @@ pub fn build(
                     burst: ns.relay_rate.burst,
                 },
                 echo: ns.echo,
+                events: to_app(&ns.events),
             },
         );
     }

@@ -3,6 +3,7 @@
 //! Nothing here knows about pingora: the gateway adapts its sessions to [`seam`].
 
 pub mod access;
+pub mod app_events;
 pub mod cluster;
 pub mod diag;
 pub mod engineio;

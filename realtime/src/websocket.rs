@@ -39,6 +39,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -46,8 +47,12 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::access::presence::{self, members_json, Stay};
 use crate::access::{self, Access, ClientInfo, Identity, Who};
+use crate::app_events::EventRoute;
 use crate::hub::{self, Hub, JoinOutcome, Position, Subscriber};
 use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
+
+mod app_events;
+use app_events::{Answered, ToApp};
 
 /// Prefix of the hub topics of the endpoints' chat and broadcast rooms (`ws:<path>:chat`):
 /// reserved ([`crate::topics`]), so only the endpoint itself reaches them.
@@ -86,6 +91,9 @@ pub struct WsConfig {
     pub queue: usize,
     /// See [`DEFAULT_MAX_SUBSCRIPTIONS`].
     pub max_subscriptions: usize,
+    /// `pubsub.v1` `event` messages posted to the app ([`crate::app_events`]): the names
+    /// this endpoint sends, and the app's route. `None`: every `event` is refused.
+    pub events: Option<EventRoute>,
 }
 
 impl Default for WsConfig {
@@ -99,6 +107,7 @@ impl Default for WsConfig {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             queue: DEFAULT_QUEUE,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            events: None,
         }
     }
 }
@@ -141,6 +150,15 @@ pub enum PubSubIn {
         #[serde(default)]
         data: Value,
         /// Echoed in the `published` answer, so a client can match answers to requests.
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    /// An event for the app ([`crate::app_events`]): `data` is its one argument (none when
+    /// absent or null); with an `id`, the app's acknowledgement comes back as an `ack`.
+    Event {
+        event: String,
+        #[serde(default)]
+        data: Value,
         #[serde(default)]
         id: Option<Value>,
     },
@@ -187,9 +205,19 @@ pub enum PubSubOut {
     },
     Error {
         message: String,
-        /// The `id` of the publish this answers, when it was one that gave an id.
+        /// The `id` of the publish or event this answers, when it was one that gave an id.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
+    },
+    /// The app's acknowledgement of the `event` with this `id` (`null` when it named none).
+    Ack {
+        id: Value,
+        data: Value,
+    },
+    /// An event the app sent to this connection alone.
+    Event {
+        event: String,
+        data: Value,
     },
 }
 
@@ -373,6 +401,7 @@ impl Service for WsEndpoint {
             Ok(s) => s,
             Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         };
+        let (answered, answers) = tokio::sync::mpsc::unbounded_channel();
         let conn = Connection {
             hub: self.hub.clone(),
             config: self.config.clone(),
@@ -390,6 +419,7 @@ impl Service for WsEndpoint {
             info: (mode == Mode::PubSub).then(|| ClientInfo::from_request(&req)),
             identity,
             stays: Mutex::default(),
+            to_app: self.to_app(mode, answered),
         };
         // Join the room before the 101 goes out: a client that sees its connection open must
         // already hear everything said in the room from then on.
@@ -400,7 +430,7 @@ impl Service for WsEndpoint {
         }
         Response::Upgrade {
             head,
-            on_upgrade: Box::new(move |io| Box::pin(conn.run(io))),
+            on_upgrade: Box::new(move |io| Box::pin(conn.run(io, answers))),
         }
     }
 }
@@ -421,6 +451,8 @@ struct Connection {
     identity: Identity,
     /// The presence topics the connection is a member of, until it unsubscribes or goes.
     stays: Mutex<HashMap<String, Stay>>,
+    /// Events to the app (`pubsub.v1` on an endpoint that names some).
+    to_app: Option<ToApp>,
 }
 
 /// How a connection ended, for the close frame.
@@ -430,7 +462,7 @@ enum End {
 }
 
 impl Connection {
-    async fn run(self, io: Upgraded) {
+    async fn run(self, io: Upgraded, mut answers: UnboundedReceiver<Answered>) {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(crate::seam::WS_READ_BUFFER)
             .max_message_size(Some(self.config.max_message))
@@ -442,7 +474,7 @@ impl Connection {
         if self.mode == Mode::PubSub {
             for topic in self.identity.rooms.clone() {
                 let request = PubSubIn::Subscribe { topic, since: None };
-                for answer in self.pubsub(request).await {
+                for answer in self.pubsub(request, false).await {
                     if ws.send(answer).await.is_err() {
                         return;
                     }
@@ -454,7 +486,7 @@ impl Connection {
                 .await;
         }
 
-        let end = self.serve(&mut ws, &mut username).await;
+        let end = self.serve(&mut ws, &mut username, &mut answers).await;
         match self.mode {
             Mode::Chat => {
                 if let Some(u) = username {
@@ -522,6 +554,7 @@ impl Connection {
         &self,
         ws: &mut WebSocketStream<Upgraded>,
         username: &mut Option<String>,
+        answers: &mut UnboundedReceiver<Answered>,
     ) -> End {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
@@ -584,6 +617,17 @@ impl Connection {
                     }
                 }
                 _ = pong_deadline => return End::Close(CloseCode::Policy, "ping timeout".into()),
+                Some(done) = answers.recv(), if self.to_app.is_some() => {
+                    let (frames, end) = self.answered(done).await;
+                    for frame in frames {
+                        if ws.send(frame).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
             }
         }
     }
@@ -652,7 +696,7 @@ impl Connection {
             Mode::PubSub => {
                 let request: PubSubIn = serde_json::from_str(text)
                     .map_err(|e| End::Close(CloseCode::Invalid, format!("invalid request: {e}")))?;
-                let answers = self.pubsub(request).await;
+                let answers = self.pubsub(request, false).await;
                 for a in answers {
                     ws.send(a).await.map_err(|_| End::Gone)?;
                 }
@@ -692,7 +736,9 @@ impl Connection {
         .text()
     }
 
-    async fn pubsub(&self, request: PubSubIn) -> Vec<WsMessage> {
+    /// `by_app`: a subscription the app's answer to an event asked for, granted as the connect
+    /// answer's rooms are (the app's word is given).
+    async fn pubsub(&self, request: PubSubIn, by_app: bool) -> Vec<WsMessage> {
         let refused = |message: String| vec![PubSubOut::Error { message, id: None }.text()];
         match request {
             PubSubIn::Subscribe { topic, since } => {
@@ -713,8 +759,18 @@ impl Connection {
                 // too many: an error frame (logged) and the connection goes on, as Centrifugo
                 // answers a refused subscribe. Nothing of the topic is sent.
                 let socket_id = self.id.as_str();
+                let granted;
+                let identity = if by_app {
+                    granted = Identity {
+                        rooms: vec![topic.clone()],
+                        ..self.identity.clone()
+                    };
+                    &granted
+                } else {
+                    &self.identity
+                };
                 let who = Who {
-                    identity: &self.identity,
+                    identity,
                     socket_id,
                     client_ip: self.client,
                     transport: TRANSPORT,
@@ -789,6 +845,7 @@ impl Connection {
                     }
                 }
             }
+            PubSubIn::Event { event, data, id } => self.event_to_app(event, data, id),
         }
     }
 }

@@ -119,6 +119,10 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         internal_locations(c.internal_locations, &c.routes, &public, base, &mut r);
     let auth = c.realtime.auth.map(|a| auth(a, &upstreams, &mut r));
     explain_policy(&policy, auth.as_ref(), &c.routes, &mut r);
+    let events = c.realtime.events.map(|e| events(e, &upstreams, &mut r));
+    if events.is_none() {
+        need_events(&socketio, &websockets, &mut r);
+    }
 
     let routes = routes(c.routes, &upstreams, &websockets, base, &mut r);
     let access_log = access_log(&c.access_log, base, &mut r);
@@ -153,6 +157,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
             socketio,
             policy,
             auth,
+            events,
         },
         internal_locations,
         compression,
@@ -467,7 +472,19 @@ fn websocket(ws: &config::WsSettings, at: &str, r: &mut Report) -> WebSocket {
         max_subscriptions: ws
             .max_subscriptions
             .unwrap_or(defaults::WS_MAX_SUBSCRIPTIONS),
+        events: event_names(&ws.events, &format!("{at}.events"), &[], r),
     };
+    if !ws.events.is_none()
+        && !ws
+            .protocols
+            .iter()
+            .any(|p| p == realtime::websocket::PUBSUB)
+    {
+        r.bad(
+            format!("{at}.events"),
+            "events come as pubsub.v1 `event` messages, and this endpoint does not offer pubsub.v1",
+        );
+    }
     if ws.max_message_bytes < 16 {
         r.bad(format!("{at}.max_message_bytes"), "must be at least 16");
     }
@@ -515,6 +532,22 @@ fn socketio(s: config::SocketIoSettings, base: &Path, r: &mut Report) -> SocketI
                 "per_second and burst must be at least 1",
             );
         }
+        // Events other behaviours of the namespace handle, which cannot go to the app too.
+        let mut taken: Vec<&str> = Vec::new();
+        if ns.client_rooms {
+            taken.extend(["join", "leave"]);
+        }
+        if ns.echo {
+            taken.extend(["subscribe", "unsubscribe", "client event"]);
+        }
+        let at = format!("realtime.socketio.namespaces.{name}.events");
+        let events = event_names(&ns.events, &at, &taken, r);
+        if ns.relay && events == realtime::app_events::EventNames::All {
+            r.bad(
+                at,
+                "\"*\" sends every event to the app, so `relay` would get none: name the events for the app, or turn relay off",
+            );
+        }
         namespaces.insert(
             name,
             Namespace {
@@ -523,6 +556,7 @@ fn socketio(s: config::SocketIoSettings, base: &Path, r: &mut Report) -> SocketI
                 client_rooms: ns.client_rooms,
                 relay_rate,
                 echo: ns.echo,
+                events,
             },
         );
     }
@@ -597,14 +631,15 @@ fn callback_path(path: &str, at: &str, r: &mut Report) {
     }
 }
 
-fn auth(a: config::AuthSettings, upstreams: &BTreeMap<String, Upstream>, r: &mut Report) -> Auth {
-    if !upstreams.contains_key(&a.upstream) {
+/// `name` is a pool of `upstreams`.
+fn known_upstream(name: &str, at: &str, upstreams: &BTreeMap<String, Upstream>, r: &mut Report) {
+    if !upstreams.contains_key(name) {
         let known: Vec<_> = upstreams.keys().map(String::as_str).collect();
         r.bad(
-            "realtime.auth.upstream",
+            at,
             format!(
                 "no upstream named {:?} (known: {})",
-                a.upstream,
+                name,
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -613,6 +648,10 @@ fn auth(a: config::AuthSettings, upstreams: &BTreeMap<String, Upstream>, r: &mut
             ),
         );
     }
+}
+
+fn auth(a: config::AuthSettings, upstreams: &BTreeMap<String, Upstream>, r: &mut Report) -> Auth {
+    known_upstream(&a.upstream, "realtime.auth.upstream", upstreams, r);
     let subscribe = a
         .subscribe
         .unwrap_or_else(|| defaults::AUTH_SUBSCRIBE_PATH.to_string());
@@ -633,6 +672,78 @@ fn auth(a: config::AuthSettings, upstreams: &BTreeMap<String, Upstream>, r: &mut
         subscribe,
         timeout,
         cache: ms(a.cache_ms, defaults::AUTH_CACHE),
+    }
+}
+
+/// A list of event names for the app: `"*"`, or names a client can send that no other
+/// behaviour of the place (`taken`) handles.
+fn event_names(
+    list: &[String],
+    at: &str,
+    taken: &[&str],
+    r: &mut Report,
+) -> realtime::app_events::EventNames {
+    for (i, name) in list.iter().enumerate() {
+        if name.is_empty() {
+            r.bad(format!("{at}[{i}]"), "an event name is not empty");
+        } else if realtime::socketio::RESERVED_EVENTS.contains(&name.as_str()) {
+            r.bad(
+                format!("{at}[{i}]"),
+                format!("{name:?} is reserved by Socket.IO: no client sends it"),
+            );
+        } else if taken.contains(&name.as_str()) {
+            r.bad(
+                format!("{at}[{i}]"),
+                format!("{name:?} is handled by the namespace itself (client_rooms, echo)"),
+            );
+        }
+    }
+    realtime::app_events::EventNames::new(list.iter().cloned())
+}
+
+fn events(
+    e: config::EventsSettings,
+    upstreams: &BTreeMap<String, Upstream>,
+    r: &mut Report,
+) -> Events {
+    known_upstream(&e.upstream, "realtime.events.upstream", upstreams, r);
+    let path = e.path.unwrap_or_else(|| defaults::EVENTS_PATH.to_string());
+    callback_path(&path, "realtime.events.path", r);
+    let timeout = ms(e.timeout_ms, defaults::EVENTS_TIMEOUT);
+    if timeout.is_zero() {
+        r.bad(
+            "realtime.events.timeout_ms",
+            "must be at least 1: a client must never wait for the app forever",
+        );
+    }
+    let max_in_flight = e.max_in_flight.unwrap_or(defaults::EVENTS_MAX_IN_FLIGHT);
+    if max_in_flight == 0 {
+        r.bad(
+            "realtime.events.max_in_flight",
+            "must be at least 1: with 0 no event would ever reach the app",
+        );
+    }
+    Events {
+        upstream: e.upstream,
+        path,
+        timeout,
+        max_in_flight,
+    }
+}
+
+/// Without `realtime.events`, a namespace or endpoint that names events for the app names
+/// events nothing would send.
+fn need_events(sio: &SocketIo, websockets: &BTreeMap<String, WebSocket>, r: &mut Report) {
+    let why = "names events for the app, and realtime.events (where they go) is not set";
+    for (name, ns) in &sio.namespaces {
+        if !ns.events.is_none() {
+            r.bad(format!("realtime.socketio.namespaces.{name}.events"), why);
+        }
+    }
+    for (path, ws) in websockets {
+        if !ws.events.is_none() {
+            r.bad(format!("realtime.websocket.{path}.events"), why);
+        }
     }
 }
 

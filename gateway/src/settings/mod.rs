@@ -310,6 +310,20 @@ pub struct Realtime {
     pub policy: realtime::access::Policy,
     /// `None`: nobody to ask (no connect callback; private topics are refused).
     pub auth: Option<Auth>,
+    /// `None`: client events never go to the app.
+    pub events: Option<Events>,
+}
+
+/// Where client events go in the app (`realtime::app_events`).
+#[derive(Debug, Clone)]
+pub struct Events {
+    /// The name of a pool in [`Settings::upstreams`].
+    pub upstream: String,
+    /// A path starting with `/`.
+    pub path: String,
+    pub timeout: Duration,
+    /// At least 1.
+    pub max_in_flight: usize,
 }
 
 /// The authorization callbacks to the app.
@@ -365,6 +379,8 @@ pub struct WebSocket {
     pub ping_timeout: Duration,
     pub queue: usize,
     pub max_subscriptions: usize,
+    /// `pubsub.v1` events posted to the app.
+    pub events: realtime::app_events::EventNames,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +411,8 @@ pub struct Namespace {
     pub client_rooms: bool,
     pub relay_rate: RelayRate,
     pub echo: bool,
+    /// Client events posted to the app.
+    pub events: realtime::app_events::EventNames,
 }
 
 #[derive(Debug, Clone, Copy)]

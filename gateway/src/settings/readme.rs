@@ -115,7 +115,7 @@ tls: {{hsts: {{}}}}
 upstreams:
   app: {{servers: [127.0.0.1:3000], health_check: {{}}}}
   php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {dir}}}}}
-realtime: {{socketio: {{recovery: {{}}}}, auth: {{upstream: app}}}}
+realtime: {{socketio: {{recovery: {{}}}}, auth: {{upstream: app}}, events: {{upstream: app}}}}
 cluster: {{redis: "redis://127.0.0.1:6379/0"}}
 routes:
   - {{path: /ws, realtime: websocket}}
@@ -240,6 +240,10 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "realtime.auth.subscribe" => text(&s.realtime.auth.as_ref()?.subscribe),
         "realtime.auth.timeout_ms" => ms(s.realtime.auth.as_ref()?.timeout),
         "realtime.auth.cache_ms" => ms(s.realtime.auth.as_ref()?.cache),
+        "realtime.events.upstream" => None,
+        "realtime.events.path" => text(&s.realtime.events.as_ref()?.path),
+        "realtime.events.timeout_ms" => ms(s.realtime.events.as_ref()?.timeout),
+        "realtime.events.max_in_flight" => num(s.realtime.events.as_ref()?.max_in_flight as u64),
         "compression.enabled" => flag(comp.is_some()),
         "compression.algorithms" => {
             texts(&comp?.codings.iter().map(|c| c.token()).collect::<Vec<_>>())

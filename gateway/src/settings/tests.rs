@@ -549,6 +549,85 @@ routes: [{path: /, upstream: app}]
 }
 
 #[test]
+fn events_to_the_app_have_defaults_and_are_checked_with_their_places() {
+    let c = build_yaml(
+        r#"
+listen: {http: 127.0.0.1:8080}
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+realtime:
+  events: {upstream: app}
+  socketio: {namespaces: {"/": {relay: true, client_rooms: true, events: [say, typing]}, "/rpc": {events: ["*"]}}}
+  websocket: {/ws: {events: [say]}}
+routes: [{path: /ws, realtime: websocket}, {path: /, upstream: app}]
+"#,
+    )
+    .expect("builds");
+    let events = c.realtime.events.expect("events");
+    assert_eq!(events.path, "/realtime/events");
+    assert_eq!(events.timeout, Duration::from_millis(5000));
+    assert_eq!(events.max_in_flight, 8);
+    let ns = &c.realtime.socketio.namespaces;
+    assert!(ns["/"].events.matches("say") && !ns["/"].events.matches("join"));
+    assert_eq!(ns["/rpc"].events, realtime::app_events::EventNames::All);
+    let Target::Realtime(Endpoint::Websocket(ws)) = &c.routes[0].target else {
+        panic!("{:?}", c.routes[0].target)
+    };
+    assert!(ws.events.matches("say"));
+    // Without `events` nothing changes.
+    let bare = minimal();
+    assert!(bare.realtime.events.is_none());
+    assert!(bare.realtime.socketio.namespaces["/"].events.is_none());
+
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+realtime:
+  events: {upstream: ap, path: "events", timeout_ms: 0, max_in_flight: 0}
+  socketio:
+    namespaces:
+      "/": {relay: true, events: ["*"]}
+      "/rooms": {client_rooms: true, echo: true, events: [join, "", connect, subscribe, "client event", ok]}
+  websocket: {/ws: {protocols: [beej-chat-protocol], events: [say]}}
+routes: [{path: /ws, realtime: websocket}, {path: /, upstream: app}]
+"#,
+    );
+    assert_eq!(
+        p,
+        [
+            "realtime.websocket./ws.events: events come as pubsub.v1 `event` messages, and this endpoint does not offer pubsub.v1",
+            "realtime.socketio.namespaces./.events: \"*\" sends every event to the app, so `relay` would get none: name the events for the app, or turn relay off",
+            "realtime.socketio.namespaces./rooms.events[0]: \"join\" is handled by the namespace itself (client_rooms, echo)",
+            "realtime.socketio.namespaces./rooms.events[1]: an event name is not empty",
+            "realtime.socketio.namespaces./rooms.events[2]: \"connect\" is reserved by Socket.IO: no client sends it",
+            "realtime.socketio.namespaces./rooms.events[3]: \"subscribe\" is handled by the namespace itself (client_rooms, echo)",
+            "realtime.socketio.namespaces./rooms.events[4]: \"client event\" is handled by the namespace itself (client_rooms, echo)",
+            "realtime.events.upstream: no upstream named \"ap\" (known: app)",
+            "realtime.events.path: \"events\" must be a path starting with / (no query)",
+            "realtime.events.timeout_ms: must be at least 1: a client must never wait for the app forever",
+            "realtime.events.max_in_flight: must be at least 1: with 0 no event would ever reach the app",
+        ]
+    );
+    // Events named with nowhere to send them.
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+realtime:
+  socketio: {namespaces: {"/": {events: [say]}}}
+  websocket: {/ws: {events: ["*"]}}
+routes: [{path: /ws, realtime: websocket}]
+"#,
+    );
+    assert_eq!(
+        p,
+        [
+            "realtime.socketio.namespaces./.events: names events for the app, and realtime.events (where they go) is not set",
+            "realtime.websocket./ws.events: names events for the app, and realtime.events (where they go) is not set",
+        ]
+    );
+}
+
+#[test]
 fn check_explains_a_policy_that_leaves_a_transport_nothing_to_do() {
     // Everything private and nobody to ask: no subscription can ever succeed.
     let p = problems(

@@ -59,6 +59,9 @@
 //!   or the socket's end).
 //! * `echo`: Laravel Echo's protocol, as laravel-echo-server spoke it (see
 //!   the `echo` module).
+//! * `events`: the client events named (or every one nothing above
+//!   handles) are posted to the app, whose answer acks, emits, joins, leaves
+//!   or disconnects (see the `app_events` module and [`crate::app_events`]).
 
 use std::collections::BTreeSet;
 use std::future::ready;
@@ -68,6 +71,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::app_events;
 use super::client_rooms::{
     check_room_name, enter_room, leave_room, left_every_room, room_for_one_more,
 };
@@ -80,6 +84,9 @@ use super::server::SocketIo;
 use super::state::{AckSender, Socket};
 use crate::access::presence::members_json;
 use crate::access::Grant;
+#[cfg(doc)]
+use crate::app_events::EventNames;
+use crate::app_events::EventRoute;
 use crate::hub::Position;
 
 /// Events per second one socket may relay.
@@ -142,7 +149,7 @@ impl RelayBucket {
 
 /// What a namespace does on its own. All off by default (the namespace then
 /// accepts connections and delivers what the app publishes to its rooms).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct NamespaceBehaviour {
     /// Broadcast client events to the other sockets.
     pub relay: bool,
@@ -157,23 +164,28 @@ pub struct NamespaceBehaviour {
     /// presence lists, and every room's messages delivered as `(event,
     /// channel, data)`.
     pub echo: bool,
+    /// Client events posted to the app, whose answer says what to do
+    /// (`app_events`): the events named, or with [`EventNames::All`] every
+    /// event no other behaviour handles (`relay` then gets none).
+    pub events: Option<EventRoute>,
 }
 
 /// Registers namespace `path` with `behaviour` (replacing the connect
 /// handler of an existing one).
 pub fn install_behaviour(io: &SocketIo, path: &str, behaviour: NamespaceBehaviour) -> Namespace {
+    let (history, echo) = (behaviour.history, behaviour.echo);
     let ns = io.namespace(path, move |socket| {
-        attach(&socket, behaviour);
+        attach(&socket, &behaviour);
         ready(Ok(()))
     });
-    ns.set_connect_history(behaviour.history);
-    ns.set_echo(behaviour.echo);
+    ns.set_connect_history(history);
+    ns.set_echo(echo);
     ns
 }
 
 /// Installs `behaviour`'s handlers on one socket (for apps that mix it
 /// with their own connect logic).
-pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
+pub fn attach(socket: &Socket, behaviour: &NamespaceBehaviour) {
     if behaviour.client_rooms {
         let history = behaviour.history;
         let pending = Arc::new(AtomicUsize::new(0));
@@ -211,6 +223,9 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
             }
             relay(socket, event, ack, client_rooms)
         });
+    }
+    if let Some(route) = &behaviour.events {
+        app_events::attach(socket, &route.names, &route.app, behaviour.history);
     }
 }
 

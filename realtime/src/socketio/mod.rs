@@ -60,6 +60,7 @@
 //! ([`DEFAULT_MAX_ATTACHMENTS`]), JSON nesting by serde_json's recursion limit
 //! (128), and frame sizes by the transport before anything reaches here.
 
+mod app_events;
 mod behaviour;
 mod client_rooms;
 mod codec;

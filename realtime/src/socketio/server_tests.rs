@@ -900,7 +900,7 @@ fn guarded_io(app: Arc<App>, hub: Hub) -> (SocketIo, mpsc::UnboundedReceiver<Soc
     };
     let (tx, rx) = mpsc::unbounded_channel();
     io.namespace("/", move |socket| {
-        crate::socketio::attach(&socket, behaviour);
+        crate::socketio::attach(&socket, &behaviour);
         let _ = tx.send(socket);
         std::future::ready(Ok(()))
     })

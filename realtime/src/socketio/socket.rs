@@ -217,6 +217,12 @@ impl Socket {
         &self.inner.conn.info
     }
 
+    /// What the app is told about the client when asked about it: the
+    /// Engine.IO handshake's head and addresses.
+    pub fn client_info(&self) -> access::ClientInfo {
+        self.inner.conn.client_info()
+    }
+
     /// Who the app's connect callback said the client is (anonymous without
     /// one).
     pub fn user(&self) -> &access::Identity {
