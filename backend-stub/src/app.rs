@@ -179,7 +179,7 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
     // Only these look at what was sent; everything else counts it.
     let keep_body = matches!(
         parts.uri.path(),
-        "/publish-demo" | "/realtime/auth" | "/broadcasting/auth"
+        "/publish-demo" | "/realtime/auth" | "/broadcasting/auth" | "/realtime/events"
     );
     let mut kept = Vec::new();
     // `/echo` reports a digest, so a test can tell the body arrived intact.
@@ -229,6 +229,8 @@ async fn with_worker_slot(app: &AppState, req: Request, peer: Option<SocketAddr>
         publish_demo(app, &parts.method, &kept).await
     } else if path == "/realtime/auth" || path == "/broadcasting/auth" {
         authorize(&parts, &kept).await
+    } else if path == "/realtime/events" {
+        events(&parts, &kept).await
     } else if path == "/cable" {
         // The slot is released once the handshake answer is produced: like
         // Action Cable's hijacked sockets, an open WebSocket holds no worker.
@@ -392,6 +394,11 @@ async fn authorize(parts: &Parts, body: &[u8]) -> Response {
         );
         answer
     };
+    json_answer(answer).await
+}
+
+/// An answer to the gateway's callbacks, after its delay.
+async fn json_answer(answer: crate::auth::Answer) -> Response {
     if let Some(delay) = answer.delay {
         tokio::time::sleep(delay).await;
     }
@@ -401,6 +408,16 @@ async fn authorize(parts: &Parts, body: &[u8]) -> Response {
         answer.body,
     )
         .into_response()
+}
+
+/// `POST /realtime/events`: the app's side of the gateway's events (see `events`).
+async fn events(parts: &Parts, body: &[u8]) -> Response {
+    if parts.method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let (answer, event) = crate::events::answer(&parts.headers, body);
+    tracing::info!("realtime/events event={event}: {}", answer.status.as_u16());
+    json_answer(answer).await
 }
 
 /// The body of `/accel`: a front server that honours `X-Accel-Redirect` must never show it.

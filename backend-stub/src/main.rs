@@ -9,6 +9,7 @@
 
 mod app;
 mod auth;
+mod events;
 mod publish;
 mod reqlog;
 #[cfg(test)]
