@@ -72,12 +72,23 @@ pub struct Internal {
     locations: Vec<Location>,
     /// `X-Accel-Mapping` for the app: `<root>/=<path>` per location and root spelling.
     mapping: Option<http::HeaderValue>,
+    /// The app's paths only the gateway itself asks (the events to the app), by segments:
+    /// hidden from outside as the locations are.
+    callbacks: Vec<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("internal_locations[{index}].root: {source}")]
     Root { index: usize, source: StaticError },
+}
+
+/// A path's segments: `/protected/` is `["protected"]`.
+fn segments_of(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// What the app's answer asks for.
@@ -118,12 +129,7 @@ impl Internal {
             }
             out.push(Location {
                 name: format!("internal_locations[{index}]"),
-                segments: loc
-                    .path
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
+                segments: segments_of(&loc.path),
                 roots,
                 files,
             });
@@ -143,7 +149,18 @@ impl Internal {
             mapping: http::HeaderValue::from_str(&mapping)
                 .ok()
                 .filter(|_| !mapping.is_empty()),
+            callbacks: Vec::new(),
         })
+    }
+
+    /// Hides `path` (and below) from outside too: a route of the app only the gateway may
+    /// request. The events to the app name their sender in the body (`user`), which the app
+    /// believes because only the gateway can send it there.
+    pub fn hiding(mut self, path: Option<&str>) -> Internal {
+        if let Some(path) = path {
+            self.callbacks.push(segments_of(path));
+        }
+        self
     }
 
     /// Tell the app how to ask (nginx setups do it with `proxy_set_header`): Rack::Sendfile
@@ -164,7 +181,7 @@ impl Internal {
     /// percent-encoded) falls under an internal location and must be answered 404.
     /// Decoded here, so `/prot%65cted/x` and `/%2Fprotected/x` are hidden as well.
     pub fn hides(&self, path: &str) -> bool {
-        if self.locations.is_empty() {
+        if self.locations.is_empty() && self.callbacks.is_empty() {
             return false;
         }
         let decoded = percent_decode_str(path).decode_utf8_lossy();
@@ -178,10 +195,10 @@ impl Internal {
                 s => segments.push(s),
             }
         }
-        self.locations.iter().any(|l| {
-            segments.len() >= l.segments.len()
-                && segments.iter().zip(&l.segments).all(|(a, b)| *a == b)
-        })
+        let under = |hidden: &Vec<String>| {
+            segments.len() >= hidden.len() && segments.iter().zip(hidden).all(|(a, b)| a == b)
+        };
+        self.locations.iter().any(|l| under(&l.segments)) || self.callbacks.iter().any(under)
     }
 
     /// `None` when the app's answer names no file (neither header is present).
@@ -540,9 +557,35 @@ mod tests {
         }
         assert!(!Internal {
             locations: vec![],
-            mapping: None
+            mapping: None,
+            callbacks: Vec::new(),
         }
         .hides("/protected/x"));
+    }
+
+    #[test]
+    fn the_apps_callback_routes_are_hidden_however_spelled() {
+        let none = Internal {
+            locations: vec![],
+            mapping: None,
+            callbacks: Vec::new(),
+        };
+        let i = none.hiding(Some("/realtime/events"));
+        for p in [
+            "/realtime/events",
+            "/realtime/events/",
+            "/realtime/events/x",
+            "//realtime//events",
+            "/realtime/%65vents",
+            "/realtime%2Fevents",
+            "/x/../realtime/events",
+        ] {
+            assert!(i.hides(p), "{p} should be hidden");
+        }
+        for p in ["/realtime", "/realtime/eventsx", "/realtime/auth", "/"] {
+            assert!(!i.hides(p), "{p} should not be hidden");
+        }
+        assert!(!i.hiding(None).hides("/realtime/auth"));
     }
 
     #[test]

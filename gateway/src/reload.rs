@@ -72,7 +72,8 @@ impl Shared {
         settings: &Settings,
         pools: BTreeMap<String, Arc<Pool>>,
     ) -> Result<Serving, ServeError> {
-        let internal = crate::accel::Internal::from_config(&settings.internal_locations)?;
+        let internal = crate::accel::Internal::from_config(&settings.internal_locations)?
+            .hiding(settings.realtime.events.as_ref().map(|e| e.path.as_str()));
         let router = Router::build(settings, pools, &|endpoint, path| {
             (self.realtime)(endpoint, path)
         })?;
