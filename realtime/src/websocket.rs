@@ -21,6 +21,8 @@
 //! frame. A chat or broadcast-room message that cannot be published closes the connection with
 //! 1013 and the reason. With a connect callback, the upgrade itself is asked about first
 //! (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the app named.
+//! On an endpoint whose `events` name them, a pub/sub client's `event` messages go to the app,
+//! whose answer acks, emits, subscribes, unsubscribes or closes (module `app_events`).
 //!
 //! A pub/sub subscription to a presence topic makes the connection one of the topic's tabs
 //! ([`crate::access::presence`]), as the member the app's answer (or the connect answer)

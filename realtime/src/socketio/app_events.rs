@@ -113,8 +113,13 @@ async fn apply(socket: &Socket, answer: Answer, ack: Option<AckSender>, history:
         disconnect,
     } = answer;
     for room in &leave {
-        if check_room_name(room).is_ok() {
-            leave_room(socket, room);
+        match check_room_name(room) {
+            Ok(()) => {
+                leave_room(socket, room);
+            }
+            Err(why) => {
+                tracing::warn!(socket = %socket.id(), nsp = %socket.nsp(), room = %room, error = %why, "app event: the app's leave not done");
+            }
         }
     }
     for room in &join {

@@ -20,8 +20,9 @@
 //! it from the source):
 //!
 //! * `behaviour`, `conformance`: built on the public API only; `echo`
-//!   (Laravel Echo's protocol) below `behaviour`, and `client_rooms` (the
-//!   rooms clients choose, and presence) below both;
+//!   (Laravel Echo's protocol) and `app_events` (events to the app) below
+//!   `behaviour`, and `client_rooms` (the rooms clients choose, and
+//!   presence) below them;
 //! * `server`: [`SocketIo`] and one task per connection, which decodes
 //!   packets and dispatches them to namespaces and sockets;
 //! * `namespace`: [`Namespace`], socket creation and recovery, broadcasts;
