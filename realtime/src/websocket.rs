@@ -291,10 +291,20 @@ pub fn chat_action(text: &str) -> Result<ChatAction, ChatError> {
     }
 }
 
+/// The longest close reason: a control frame carries at most 125 bytes (RFC 6455 §5.5), two
+/// of them the code. A longer reason makes the whole frame a protocol error for the client.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A close frame; its reason cut to [`MAX_CLOSE_REASON`] bytes at a character boundary (a
+/// serde error naming every request the client could have sent runs longer).
 fn close(code: CloseCode, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     WsMessage::Close(Some(CloseFrame {
         code,
-        reason: reason.to_string().into(),
+        reason: reason[..end].to_string().into(),
     }))
 }
 
@@ -900,6 +910,23 @@ mod tests {
         assert_eq!(
             chat_action(r#"{"type":"chat-join","payload":{"username":5}}"#),
             Err(ChatError::Missing("username"))
+        );
+    }
+
+    #[test]
+    fn close_reasons_fit_in_a_control_frame() {
+        let reason = |m: WsMessage| match m {
+            WsMessage::Close(Some(f)) => f.reason.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(close(CloseCode::Invalid, "short")), "short");
+        let long = "x".repeat(200);
+        assert_eq!(reason(close(CloseCode::Invalid, &long)), "x".repeat(123));
+        // Never half a character: 122 bytes of `x`, then a 2-byte `é` that would end at 124.
+        let accented = format!("{}é", "x".repeat(122));
+        assert_eq!(
+            reason(close(CloseCode::Invalid, &accented)),
+            "x".repeat(122)
         );
     }
 
