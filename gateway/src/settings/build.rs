@@ -119,7 +119,10 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         internal_locations(c.internal_locations, &c.routes, &public, base, &mut r);
     let auth = c.realtime.auth.map(|a| auth(a, &upstreams, &mut r));
     explain_policy(&policy, auth.as_ref(), &c.routes, &mut r);
-    let events = c.realtime.events.map(|e| events(e, &upstreams, &mut r));
+    let events = c
+        .realtime
+        .events
+        .map(|e| events(e, &upstreams, &c.routes, &mut r));
     if events.is_none() {
         need_events(&socketio, &websockets, &mut r);
     }
@@ -704,11 +707,38 @@ fn event_names(
 fn events(
     e: config::EventsSettings,
     upstreams: &BTreeMap<String, Upstream>,
+    routes: &[config::Route],
     r: &mut Report,
 ) -> Events {
     known_upstream(&e.upstream, "realtime.events.upstream", upstreams, r);
     let path = e.path.unwrap_or_else(|| defaults::EVENTS_PATH.to_string());
     callback_path(&path, "realtime.events.path", r);
+    // Clients never reach the path or anything under it (see `accel::Internal::hiding`).
+    let segments = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let hidden = segments(&path);
+    if hidden.is_empty() {
+        r.bad(
+            "realtime.events.path",
+            "clients never reach this path or anything under it, and \"/\" is the whole site: name the app's route for the events",
+        );
+    } else {
+        for (i, rt) in routes.iter().enumerate() {
+            if segments(&rt.path).starts_with(&hidden) {
+                r.bad(
+                    format!("routes[{i}]"),
+                    format!(
+                        "{} is under realtime.events.path ({path}), which clients never reach",
+                        rt.path
+                    ),
+                );
+            }
+        }
+    }
     let timeout = ms(e.timeout_ms, defaults::EVENTS_TIMEOUT);
     if timeout.is_zero() {
         r.bad(

@@ -608,6 +608,31 @@ routes: [{path: /ws, realtime: websocket}, {path: /, upstream: app}]
             "realtime.events.max_in_flight: must be at least 1: with 0 no event would ever reach the app",
         ]
     );
+    // The events' route is hidden from clients: not the whole site, nor a route's place.
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+realtime: {events: {upstream: app, path: /}}
+routes: [{path: /, upstream: app}]
+"#,
+    );
+    assert_eq!(
+        p,
+        ["realtime.events.path: clients never reach this path or anything under it, and \"/\" is the whole site: name the app's route for the events"]
+    );
+    let p = problems(
+        r#"
+listen: {http: 127.0.0.1:8080}
+upstreams: {app: {servers: [127.0.0.1:3000]}}
+realtime: {events: {upstream: app, path: /rt}}
+routes: [{path: /rt/ws, realtime: websocket}, {path: /rtx, upstream: app}, {path: /, upstream: app}]
+"#,
+    );
+    assert_eq!(
+        p,
+        ["routes[0]: /rt/ws is under realtime.events.path (/rt), which clients never reach"]
+    );
     // Events named with nowhere to send them.
     let p = problems(
         r#"
