@@ -4,7 +4,8 @@
 //! `Host` and forwarding headers, an `X-Request-Id`, the same attempt loop and failure table,
 //! and a fault's log line with route `realtime.events`. What is sent and what the answer
 //! means, the bound on each connection and the timeout are the realtime crate's; this module
-//! only carries the request.
+//! only carries the request. Clients never reach the route themselves
+//! ([`crate::accel::Internal::hiding`]): the app believes the user an event names.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
