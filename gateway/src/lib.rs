@@ -37,6 +37,7 @@ pub mod finish;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;
+pub mod logging;
 pub mod metrics;
 pub mod noise;
 pub mod notify;
