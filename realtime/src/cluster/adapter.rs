@@ -414,11 +414,7 @@ pub fn to_payload(p: &Packet) -> Result<Payload, AdapterError> {
         .iter()
         .map(|a| to_json(a, &mut attachments))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Payload {
-        event,
-        data: Json::Array(args),
-        attachments,
-    })
+    Ok(Payload::new(event, Json::Array(args)).with_attachments(attachments))
 }
 
 fn to_json(v: &Mp, attachments: &mut Vec<bytes::Bytes>) -> Result<Json, AdapterError> {
