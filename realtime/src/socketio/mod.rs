@@ -64,8 +64,10 @@ mod codec;
 mod conformance;
 mod error;
 mod event;
+mod fleet;
 mod namespace;
 mod options;
+mod peers;
 mod recovery;
 mod rooms;
 mod server;
@@ -88,11 +90,12 @@ pub use codec::{
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use error::{AckError, ConnectError, EmitError, RoomError};
 pub use event::{Args, DisconnectReason, Event};
-pub use namespace::{BroadcastOperator, Emitting, Namespace};
+pub use namespace::{AckAnswers, BroadcastOperator, Emitting, Namespace, SocketAck};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
     DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,
 };
+pub use peers::{PeerAcks, Peers, PeersError, Selection, SocketInfo};
 pub use recovery::DEDUPE_WINDOW;
 pub use rooms::{generate_id, looks_like_id, namespace_topic, room_topic, ID_LEN, TOPIC_PREFIX};
 pub use server::SocketIo;

@@ -19,6 +19,7 @@ use super::codec::{event_head, Outgoing};
 use super::error::{ConnectError, EmitError};
 use super::event::{Args, DisconnectReason, Event};
 use super::options::SocketIoOptions;
+use super::peers::{PeerSlot, Peers};
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::namespace_topic;
 use super::stats::SocketIoStats;
@@ -193,6 +194,8 @@ pub(super) struct NsInner {
     pub(super) stats: Arc<SocketIoStats>,
     /// Who may join which room and relay into it ([`crate::access`]).
     pub(super) access: Access,
+    /// The other servers of the namespace, once the server has them ([`super::peers`]).
+    peers: PeerSlot,
     on_connect: Mutex<ConnectHandler>,
     pub(super) connect_history: AtomicUsize,
     pub(super) registry: Mutex<Registry>,
@@ -220,6 +223,7 @@ impl NsInner {
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
         access: Access,
+        peers: PeerSlot,
         on_connect: ConnectHandler,
     ) -> NsInner {
         NsInner {
@@ -229,6 +233,7 @@ impl NsInner {
             options,
             stats,
             access,
+            peers,
             on_connect: Mutex::new(on_connect),
             connect_history: AtomicUsize::new(0),
             registry: Mutex::default(),
@@ -265,6 +270,11 @@ impl NsInner {
         cache.slots[slot] = Some((msg.id, Arc::clone(&head)));
         cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
         head
+    }
+
+    /// The other servers of the namespace, if the server has any.
+    pub(super) fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
     }
 
     pub(super) fn connect_handler(&self) -> ConnectHandler {
