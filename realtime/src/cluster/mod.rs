@@ -25,19 +25,24 @@
 //! are not wired yet.
 
 pub mod adapter;
+pub mod adapter_node;
 pub mod backplane;
 pub mod cursor;
 pub mod frame;
 pub mod history;
 pub mod keys;
 pub mod laravel;
+pub mod laravel_node;
 pub mod node;
 pub mod script;
 
 #[cfg(test)]
 mod cursor_tests;
 
+pub use adapter_node::{AdapterConfig, AdapterNode, ServerSideAck};
 pub use backplane::{
-    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Pending, Sink,
+    Backplane, BackplaneConfig, BackplaneError, BackplaneStats, Delivery, Link, Listener, Pending,
+    Sink, Subscriptions,
 };
 pub use history::Resume;
+pub use laravel_node::LaravelConfig;
