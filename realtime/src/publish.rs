@@ -201,10 +201,10 @@ impl PublishApi {
         })
     }
 
-    /// The Socket.IO server, or the answer saying it is not enabled.
-    fn io(&self, path: &str) -> Result<&SocketIo, Response> {
+    /// The Socket.IO server, or why there is none.
+    fn io(&self, path: &str) -> Result<&SocketIo, Refused> {
         self.socketio.as_ref().ok_or_else(|| {
-            error(
+            Refused(
                 StatusCode::NOT_FOUND,
                 format!("Socket.IO is not enabled: {path} needs a route with `realtime: socketio`"),
             )
@@ -212,16 +212,16 @@ impl PublishApi {
     }
 
     /// Namespace `path` of `io`, or a 404.
-    fn namespace(io: &SocketIo, path: &str) -> Result<Namespace, Response> {
+    fn namespace(io: &SocketIo, path: &str) -> Result<Namespace, Refused> {
         io.of(path)
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no such namespace: {path}")))
+            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, format!("no such namespace: {path}")))
     }
 
     /// Checks room names (`field` names them in the error).
-    fn check_rooms(&self, field: &str, rooms: &[String]) -> Result<(), Response> {
+    fn check_rooms(&self, field: &str, rooms: &[String]) -> Result<(), Refused> {
         let max = self.hub.config().max_topic_len;
         match rooms.iter().find(|r| r.is_empty() || r.len() > max) {
-            Some(_) => Err(error(
+            Some(_) => Err(Refused(
                 StatusCode::BAD_REQUEST,
                 format!("{field}: room names must be 1 to {max} bytes long"),
             )),
@@ -236,7 +236,7 @@ impl PublishApi {
         nsp: &str,
         rooms: &[String],
         except: &[String],
-    ) -> Result<BroadcastOperator, Response> {
+    ) -> Result<BroadcastOperator, Refused> {
         self.check_rooms("rooms", rooms)?;
         self.check_rooms("except", except)?;
         Ok(Self::namespace(io, nsp)?
@@ -249,14 +249,14 @@ impl PublishApi {
     async fn fetch_sockets(&self, req: &Request) -> Response {
         let (io, query) = match self.io("/sockets") {
             Ok(io) => (io, req.head.uri.query().unwrap_or("")),
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         let nsp = crate::query::get(query, "namespace").unwrap_or_else(root_namespace);
         let rooms = crate::query::all(query, "room");
         let except = crate::query::all(query, "except");
         let op = match self.select(io, &nsp, &rooms, &except) {
             Ok(op) => op,
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         match op.fetch_sockets().await {
             Ok(sockets) => json_response(
@@ -271,13 +271,13 @@ impl PublishApi {
     async fn all_rooms(&self, req: &Request) -> Response {
         let io = match self.io("/rooms") {
             Ok(io) => io,
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         let query = req.head.uri.query().unwrap_or("");
         let nsp = crate::query::get(query, "namespace").unwrap_or_else(root_namespace);
         let ns = match Self::namespace(io, &nsp) {
             Ok(ns) => ns,
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         match ns.all_rooms().await {
             Ok(rooms) => json_response(StatusCode::OK, json!({ "rooms": rooms })),
@@ -289,7 +289,7 @@ impl PublishApi {
     async fn sockets(&self, req: Request, path: &str) -> Response {
         let io = match self.io(path) {
             Ok(io) => io,
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         let done = || json_response(StatusCode::OK, json!({"ok": true}));
         match path {
@@ -305,14 +305,14 @@ impl PublishApi {
                     Err(r) => return r,
                 };
                 if let Err(r) = self.check_rooms("join", &b.join) {
-                    return r;
+                    return r.into();
                 }
                 match self.select(io, &b.namespace, &b.rooms, &b.except) {
                     Ok(op) => {
                         op.sockets_join(&b.join);
                         done()
                     }
-                    Err(r) => r,
+                    Err(r) => r.into(),
                 }
             }
             "/sockets/leave" => {
@@ -327,14 +327,14 @@ impl PublishApi {
                     Err(r) => return r,
                 };
                 if let Err(r) = self.check_rooms("leave", &b.leave) {
-                    return r;
+                    return r.into();
                 }
                 match self.select(io, &b.namespace, &b.rooms, &b.except) {
                     Ok(op) => {
                         op.sockets_leave(&b.leave);
                         done()
                     }
-                    Err(r) => r,
+                    Err(r) => r.into(),
                 }
             }
             _ => {
@@ -353,7 +353,7 @@ impl PublishApi {
                         op.disconnect_sockets(b.close);
                         done()
                     }
-                    Err(r) => r,
+                    Err(r) => r.into(),
                 }
             }
         }
@@ -362,7 +362,7 @@ impl PublishApi {
     async fn emit(&self, req: Request) -> Response {
         let io = match self.io("/emit") {
             Ok(io) => io,
-            Err(r) => return r,
+            Err(r) => return r.into(),
         };
         let emit: Emit = match self
             .read_json(
@@ -567,6 +567,15 @@ impl PublishApi {
     }
 }
 
+/// Why a request is refused: its status and message (the JSON error answer).
+struct Refused(StatusCode, String);
+
+impl From<Refused> for Response {
+    fn from(r: Refused) -> Response {
+        error(r.0, r.1)
+    }
+}
+
 /// What a failed question to the other servers answers: 504 when one did not answer in time,
 /// 503 when they cannot be reached.
 fn peers_error(e: PeersError) -> Response {
@@ -699,6 +708,59 @@ mod tests {
         let over = r#"{"event":"x","timeout_ms":60001}"#;
         let (s, v) = call(&api, request("POST", "/emit", &[], over)).await;
         assert_eq!(s, 400, "{v}");
+    }
+
+    #[tokio::test]
+    async fn the_server_side_socket_api_answers_from_this_node_without_peers() {
+        let api = PublishApi::new(Hub::default(), None);
+        let (s, v) = call(&api, request("GET", "/sockets", &[], "")).await;
+        assert_eq!(s, 404, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("/sockets needs"),
+            "{v}"
+        );
+        let hub = Hub::default();
+        let io = SocketIo::new(hub.clone(), Default::default());
+        io.namespace("/", |_| std::future::ready(Ok(())));
+        let api = PublishApi::new(hub, None).with_socketio(io);
+        let (s, v) = call(&api, request("GET", "/sockets?room=r1&except=r2", &[], "")).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"sockets": []})));
+        let (s, v) = call(&api, request("GET", "/rooms", &[], "")).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"rooms": []})));
+        let (s, v) = call(&api, request("GET", "/rooms?namespace=/nope", &[], "")).await;
+        assert_eq!(s, 404, "{v}");
+        let join = r#"{"rooms":["r1"],"join":["r2"]}"#;
+        let (s, v) = call(&api, request("POST", "/sockets/join", &[], join)).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"ok": true})));
+        let (s, _) = call(
+            &api,
+            request("POST", "/sockets/leave", &[], r#"{"leave":["r2"]}"#),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _) = call(
+            &api,
+            request("POST", "/sockets/disconnect", &[], r#"{"close":true}"#),
+        )
+        .await;
+        assert_eq!(s, 200);
+        // Each endpoint's own fields only; room names checked; the right method.
+        let (s, _) = call(&api, request("POST", "/sockets/leave", &[], join)).await;
+        assert_eq!(s, 400);
+        let (s, v) = call(
+            &api,
+            request("POST", "/sockets/join", &[], r#"{"join":[""]}"#),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").starts_with("join: "),
+            "{v}"
+        );
+        let (s, _) = call(&api, request("POST", "/sockets", &[], "{}")).await;
+        assert_eq!(s, 405);
+        let (s, _) = call(&api, request("GET", "/sockets/join", &[], "")).await;
+        assert_eq!(s, 405);
     }
 
     #[tokio::test]

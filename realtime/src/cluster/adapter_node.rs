@@ -297,8 +297,8 @@ impl Inner {
         if let Some(op) = self.local(&b.packet.nsp, &selection) {
             let event = payload.event.clone();
             // The flags (`volatile`, `compress`) change nothing here: the event is written to
-            // each socket's queue like any other.
-            let _ = op.emit(&event, args_of(payload));
+            // each socket's queue like any other. A local emit is done when it returns.
+            drop(op.emit(&event, args_of(payload)));
         }
     }
 
