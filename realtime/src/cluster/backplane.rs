@@ -3,6 +3,12 @@
 //! reconnects with backoff and, after each (re)subscription, has every followed topic read what
 //! it may have missed. Every decision (ordering, dedupe, gaps, resets) is the [`Cursor`]'s.
 //!
+//! The same two connections serve the fleet's other Redis traffic (socket.io's adapter
+//! protocol, Laravel's broadcaster): a [`Listener`] gets the messages of the channels and
+//! patterns it asked for ([`Backplane::listen`], subscribed again on every reconnect), and
+//! sends its own commands on the command connection ([`Backplane::command`],
+//! [`Backplane::commands`]).
+//!
 //! Publishing while Redis is unreachable fails at once with [`BackplaneError::Unavailable`]:
 //! the caller answers 503, nothing is accepted and dropped.
 //!

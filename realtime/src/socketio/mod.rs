@@ -26,8 +26,10 @@
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
 //!   point at one another, so they are defined together here;
-//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`: plain types
-//!   and bookkeeping;
+//! * `fleet`: what needs every server's sockets (node's `fetchSockets`,
+//!   `socketsJoin`, `allRooms`, ...), on `namespace` and the peers;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `peers`: plain
+//!   types and bookkeeping;
 //! * `codec`: the wire formats.
 //!
 //! Messages flow one way through them: client events come in through
@@ -53,6 +55,15 @@
 //! array), so every subscriber of a topic sees one shape. One broadcast to
 //! several rooms shares a [`MessageId`](crate::hub::MessageId) and reaches a
 //! socket in several of them once.
+//!
+//! # Other servers
+//!
+//! A server may share its namespaces with others through socket.io's Redis adapter protocol
+//! ([`SocketIo::set_peers`], done by [`crate::cluster::adapter_node`]): broadcasts are handed to
+//! them as well, and acks, [`BroadcastOperator::fetch_sockets`],
+//! [`BroadcastOperator::sockets_join`], [`Namespace::all_rooms`], ... cover their sockets.
+//! [`BroadcastOperator::local`] keeps an operation to this server (what a node does with what
+//! another server sent).
 //!
 //! Abuse limits: the attachment count is capped by the decoder
 //! ([`DEFAULT_MAX_ATTACHMENTS`]), JSON nesting by serde_json's recursion limit

@@ -367,7 +367,7 @@ impl Future for Emitting {
 /// the message is published to each recipient's own room (node's in-memory
 /// adapter does the same walk); other transports then do not see it.
 ///
-/// With [peers](super::peers) (other servers sharing the namespace through socket.io's Redis
+/// With [peers](super::Peers) (other servers sharing the namespace through socket.io's Redis
 /// adapter), a broadcast is also handed to them for their sockets, and the operations that
 /// need every server's sockets ask them too; [`BroadcastOperator::local`] keeps it to this
 /// server.
