@@ -248,12 +248,13 @@ impl Inner {
 
     /// Hands `bytes` to the writer for `channel`.
     fn publish(&self, channel: String, bytes: Vec<u8>) {
-        if let Err(e) = self.out.try_send((channel, bytes)) {
-            let channel = match &e {
-                mpsc::error::TrySendError::Full((c, _))
-                | mpsc::error::TrySendError::Closed((c, _)) => c.clone(),
-            };
-            tracing::warn!(channel = %channel, "socket.io adapter: too many messages waiting for redis; one dropped");
+        match self.out.try_send((channel, bytes)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full((channel, _))) => {
+                tracing::warn!(channel = %channel, "socket.io adapter: too many messages waiting for redis; one dropped");
+            }
+            // The writer is gone: the runtime is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -331,14 +332,12 @@ impl Inner {
             Request::Sockets {
                 request_id, rooms, ..
             } => {
-                let ids = self.local(
-                    nsp,
-                    &Selector {
-                        rooms,
-                        except: vec![],
-                    },
-                );
-                let sockets = ids
+                let selection = Selector {
+                    rooms,
+                    except: vec![],
+                };
+                let sockets = self
+                    .local(nsp, &selection)
                     .map(|op| op.sockets().iter().map(|s| Json::from(s.id())).collect())
                     .unwrap_or_default();
                 self.respond(
