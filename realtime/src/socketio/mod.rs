@@ -19,7 +19,9 @@
 //! Each module depends only on those below it (`tests/module_graph.rs` checks
 //! it from the source):
 //!
-//! * `behaviour`, `conformance`: built on the public API only;
+//! * `behaviour`, `conformance`: built on the public API only; `echo`
+//!   (Laravel Echo's protocol) below `behaviour`, and `client_rooms` (the
+//!   rooms clients choose, and presence) below both;
 //! * `server`: [`SocketIo`] and one task per connection, which decodes
 //!   packets and dispatches them to namespaces and sockets;
 //! * `namespace`: [`Namespace`], socket creation and recovery, broadcasts;
@@ -28,8 +30,8 @@
 //!   point at one another, so they are defined together here;
 //! * `fleet`: what needs every server's sockets (node's `fetchSockets`,
 //!   `socketsJoin`, `allRooms`, ...), on `namespace` and the peers;
-//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `peers`: plain
-//!   types and bookkeeping;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `echo_shape`,
+//!   `peers`: plain types and bookkeeping;
 //! * `codec`: the wire formats.
 //!
 //! Messages flow one way through them: client events come in through
@@ -70,9 +72,12 @@
 //! (128), and frame sizes by the transport before anything reaches here.
 
 mod behaviour;
+mod client_rooms;
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 mod conformance;
+mod echo;
+mod echo_shape;
 mod error;
 mod event;
 mod fleet;
