@@ -10,15 +10,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::fleet::{wait_cluster_ok, Sse};
+use e2e::fleet::{wait_cluster_ok, wait_subscribers, Sse};
 use e2e::redis::RedisServer;
 use e2e::{workspace_root, Gateway};
 use serde_json::{json, Value};
 
-/// A node of the fleet on `redis_url` with Socket.IO on `/` (client rooms, and `relay`) and
-/// `/admin`, SSE, and Laravel's broadcaster on channel `orders` and the `news-*` ones (Laravel's
-/// default key prefix). The adapter protocol is on by default.
-fn node_config(redis_url: &str, node: &str, relay: bool) -> String {
+/// A node of the fleet on `redis_url` with Socket.IO on `/` (`main`: what the main namespace
+/// does) and `/admin`, SSE, and Laravel's broadcaster on channel `orders` and the `news-*` ones
+/// (Laravel's default key prefix). The adapter protocol is on by default.
+fn node_config(redis_url: &str, node: &str, main: &str) -> String {
     format!(
         r#"
 listen: {{https: "{{https}}", admin: "{{admin}}"}}
@@ -31,7 +31,7 @@ realtime:
   sse: {{heartbeat_ms: 1000}}
   socketio:
     namespaces:
-      "/": {{relay: {relay}, client_rooms: true}}
+      "/": {{{main}}}
       "/admin": {{}}
   policy: {{client_publish: ["*"]}}
 routes:
@@ -41,11 +41,17 @@ routes:
     )
 }
 
+/// The main namespace relays and lets clients join rooms.
+const RELAY: &str = "relay: true, client_rooms: true";
+
+/// The main namespace speaks Laravel Echo's protocol.
+const ECHO: &str = "echo: true";
+
 /// Two nodes, `a` and `b`, once both say `cluster: ok`.
-async fn fleet(redis: &RedisServer, relay: bool) -> Vec<Gateway> {
+async fn fleet(redis: &RedisServer, main: &str) -> Vec<Gateway> {
     let gws: Vec<Gateway> = ["a", "b"]
         .iter()
-        .map(|n| Gateway::start(&node_config(&redis.url(), n, relay)))
+        .map(|n| Gateway::start(&node_config(&redis.url(), n, main)))
         .collect();
     wait_cluster_ok(&[&gws[0], &gws[1]]).await;
     gws
@@ -127,7 +133,7 @@ fn bytes(hex: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_emitter_reaches_the_sockets_of_every_node() {
     let redis = RedisServer::start();
-    let gws = fleet(&redis, true).await;
+    let gws = fleet(&redis, RELAY).await;
     for mode in ["websocket", "polling"] {
         let v = scenario("emitter", &redis, mode, &gws);
         // To all: every socket of `/` on both nodes, once; not the other namespace.
@@ -190,7 +196,7 @@ async fn the_redis_emitter_reaches_the_sockets_of_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_socketio_server_with_the_redis_adapter_is_a_peer_of_the_fleet() {
     let redis = RedisServer::start();
-    let gws = fleet(&redis, true).await;
+    let gws = fleet(&redis, RELAY).await;
     let v = scenario("peer", &redis, "websocket", &gws);
     let id = |c: &str| v["ids"][c].as_str().expect("an id").to_string();
 
@@ -351,7 +357,7 @@ const PHP_FLAGS: &str = "93 a7 656d6974746572 83 a4 74797065 02 a4 64617461 92 a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ruby_and_php_emitters_quirks_are_tolerated() {
     let redis = RedisServer::start();
-    let gws = fleet(&redis, true).await;
+    let gws = fleet(&redis, RELAY).await;
     let v = scenario_with("quirks", &redis, &gws, |_| {
         redis.publish_raw("socket.io#/#r1#", &bytes(PHP_MULTI_ROOM));
         redis.publish_raw("socket.io#/#r2#", &bytes(PHP_MULTI_ROOM));
@@ -377,13 +383,23 @@ async fn the_ruby_and_php_emitters_quirks_are_tolerated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn laravel_broadcasts_reach_echo_clients_and_the_topic_once_but_not_the_sender() {
     let redis = RedisServer::start();
-    // Without relay: Echo's `subscribe` events would be relayed into the channels' rooms.
-    let gws = fleet(&redis, false).await;
+    // What a laravel-echo-server deployment becomes: the main namespace speaks Echo's protocol.
+    let gws = fleet(&redis, ECHO).await;
     let mut sse = Sse::open(&gws[0], "orders", None).await;
     let order =
         |socket: &str| format!(r#"{{"event":"OrderShipped","data":{{"id":1}},"socket":{socket}}}"#);
     let v = scenario_with("laravel", &redis, &gws, |ready| {
         let x = ready["x"].as_str().expect("x's socket id");
+        // Echo's subscriptions have no answer: wait until both nodes have them (a: e1 and the
+        // SSE stream; b: e2 and x).
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for gw in &gws {
+                    wait_subscribers(gw, "orders", 2).await;
+                    wait_subscribers(gw, "news-eu", 1).await;
+                }
+            })
+        });
         let to_others = order(&format!("\"{x}\""));
         // The same broadcast twice (two orders shipped alike): two deliveries, not one.
         redis.publish_raw("laravel_database_orders", to_others.as_bytes());
