@@ -110,16 +110,31 @@ impl BackgroundService for HubSweeper {
 /// the server.
 pub struct Cluster {
     /// Runs the backplane's tasks (the Redis links, the publish writer, backfills, and the
-    /// fan-out of what other nodes publish): apart from pingora's services, whose runtimes
-    /// come and go with them, and on one thread, as the pub/sub link is read by one task.
-    /// Only kept: dropping it would stop them.
-    _runtime: tokio::runtime::Runtime,
+    /// fan-out of what other nodes publish) and the socket.io adapter's: apart from pingora's
+    /// services, whose runtimes come and go with them, and on one thread, as the pub/sub link
+    /// is read by one task. Dropping it would stop them.
+    runtime: tokio::runtime::Runtime,
     pub backplane: realtime::cluster::Backplane,
     /// The Redis URL, password redacted.
     pub redis: String,
+    /// This node in socket.io's Redis adapter protocol, once Socket.IO is mounted
+    /// (`cluster.socketio_adapter`).
+    adapter: std::sync::OnceLock<realtime::cluster::AdapterNode>,
 }
 
 impl Cluster {
+    /// Makes the Socket.IO server one of the servers of socket.io's Redis adapter protocol on
+    /// this node's Redis (for the namespaces it has now): emitters and Node servers with
+    /// `@socket.io/redis-adapter` share its namespaces.
+    fn speak_socketio_adapter(&self, io: &realtime::socketio::SocketIo, c: &settings::Cluster) {
+        let _in = self.runtime.enter();
+        let config = realtime::cluster::AdapterConfig::new(&c.key_prefix, &c.node_id);
+        if let Some(node) = realtime::cluster::AdapterNode::start(io, &self.backplane, config) {
+            tracing::info!(uid = %node.uid(), key_prefix = %c.key_prefix, "cluster: socket.io's redis adapter protocol spoken");
+            let _ = self.adapter.set(node);
+        }
+    }
+
     /// What `/healthz` says of the cluster: `ok`, or `degraded` and why.
     pub fn health(&self) -> serde_json::Value {
         use realtime::cluster::Link;
@@ -300,13 +315,18 @@ fn join_cluster(
         let _in = runtime.enter();
         realtime::cluster::node::start(config, bp)?
     };
+    if let Some(laravel) = &c.laravel {
+        realtime::cluster::laravel_node::start(&backplane, &c.key_prefix, laravel.clone());
+        tracing::info!(channels = ?laravel.channels, prefix = %laravel.prefix, "cluster: Laravel's redis broadcasts delivered");
+    }
     tracing::info!(node = %c.node_id, redis = %c.redis, "cluster: this node shares its realtime through redis");
     Ok((
         hub,
         Cluster {
-            _runtime: runtime,
+            runtime,
             backplane,
             redis: c.redis.to_string(),
+            adapter: std::sync::OnceLock::new(),
         },
     ))
 }
@@ -409,6 +429,13 @@ pub fn build(
     let serving = shared.serving(settings, all_pools)?;
     // The routes have mounted their realtime services: the metrics read Socket.IO's counters.
     metrics.set_socketio(rt.socketio.get().cloned());
+    if let (Some(cluster), Some(c), Some(io)) =
+        (&rt.cluster, settings.cluster.as_ref(), rt.socketio.get())
+    {
+        if c.socketio_adapter {
+            cluster.speak_socketio_adapter(io, c);
+        }
+    }
     let (health, health_rx) =
         tokio::sync::watch::channel(serving.router.pools.values().cloned().collect());
     let current = Arc::new(Current::from_pointee(serving));

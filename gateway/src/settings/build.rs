@@ -235,12 +235,57 @@ fn cluster(c: config::Cluster, listen: &Listen, base: &Path, r: &mut Report) -> 
                 None
             }
         });
+    let laravel = c.laravel.map(|l| laravel(l, r));
     Cluster {
         redis: RedisUrl::new(c.redis),
         tls_ca,
         node_id,
         key_prefix,
         internal_listen,
+        socketio_adapter: c.socketio_adapter.unwrap_or(true),
+        laravel,
+    }
+}
+
+/// `cluster.laravel`: at least one channel, each a name or a prefix ending in `*`.
+fn laravel(l: config::Laravel, r: &mut Report) -> realtime::cluster::LaravelConfig {
+    if l.channels.is_empty() {
+        r.bad(
+            "cluster.laravel.channels",
+            "list at least one channel (a name, or a prefix ending in *: private-*)",
+        );
+    }
+    for (i, c) in l.channels.iter().enumerate() {
+        if realtime::cluster::laravel::channel_spec(c).is_none() {
+            r.bad(
+                format!("cluster.laravel.channels[{i}]"),
+                format!("{c:?} is neither a channel name nor a prefix ending in * (a * may only end it)"),
+            );
+        } else if c.len() > MAX_CLUSTER_NAME
+            || c.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            r.bad(
+                format!("cluster.laravel.channels[{i}]"),
+                format!("{c:?} must be 1 to {MAX_CLUSTER_NAME} bytes without white space"),
+            );
+        }
+    }
+    let prefix = l
+        .prefix
+        .unwrap_or_else(|| defaults::LARAVEL_PREFIX.to_string());
+    if prefix.len() > MAX_CLUSTER_NAME
+        || prefix
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        r.bad(
+            "cluster.laravel.prefix",
+            format!("{prefix:?} must be at most {MAX_CLUSTER_NAME} bytes without white space"),
+        );
+    }
+    realtime::cluster::LaravelConfig {
+        channels: l.channels,
+        prefix,
     }
 }
 

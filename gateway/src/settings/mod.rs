@@ -88,6 +88,10 @@ pub struct Cluster {
     pub key_prefix: String,
     /// Checked now; the internal forwarding that will listen there is not built yet.
     pub internal_listen: Option<SocketAddr>,
+    /// Speak socket.io's Redis adapter protocol.
+    pub socketio_adapter: bool,
+    /// Laravel's `redis` broadcaster, when configured.
+    pub laravel: Option<realtime::cluster::LaravelConfig>,
 }
 
 /// A Redis URL: it may hold a password, so `Debug` and `Display` redact it; [`RedisUrl::expose`]

@@ -634,6 +634,68 @@ fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
 }
 
 #[test]
+fn the_cluster_speaks_socketio_adapter_by_default_and_laravel_when_told() {
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\"}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert!(c.socketio_adapter);
+    assert!(c.laravel.is_none());
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", socketio_adapter: false, laravel: {{channels: [orders, \"private-*\"], prefix: \"\"}}}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert!(!c.socketio_adapter);
+    assert_eq!(
+        c.laravel,
+        Some(realtime::cluster::LaravelConfig {
+            channels: vec!["orders".into(), "private-*".into()],
+            prefix: String::new(),
+        })
+    );
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [orders]}}}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert_eq!(c.laravel.expect("on").prefix, "laravel_database_");
+
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [ok, \"a*b\", \"\", \"two words\"], prefix: \"my app_\"}}}}\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "cluster.laravel.channels[1]: \"a*b\" is neither a channel name nor a prefix ending in * (a * may only end it)",
+            "cluster.laravel.channels[2]: \"\" is neither a channel name nor a prefix ending in * (a * may only end it)",
+            "cluster.laravel.channels[3]: \"two words\" must be 1 to 128 bytes without white space",
+            "cluster.laravel.prefix: \"my app_\" must be at most 128 bytes without white space",
+        ]
+    );
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: []}}}}\n"
+    ));
+    assert_eq!(
+        p,
+        ["cluster.laravel.channels: list at least one channel (a name, or a prefix ending in *: private-*)"]
+    );
+    // Unknown keys are refused, as everywhere.
+    let e = Config::parse(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [a], key_prefix: x}}}}\n"
+    ))
+    .expect_err("refused");
+    assert!(
+        e.contains("cluster.laravel: unknown field `key_prefix`"),
+        "{e}"
+    );
+}
+
+#[test]
 fn client_limits_are_checked_with_their_place() {
     let with = |limits: &str| problems(&format!("{MINIMAL}limits: {limits}\n"));
     assert_eq!(

@@ -49,6 +49,16 @@ impl Keys {
         format!("{{{}{topic}}}:log", self.channel_prefix)
     }
 
+    /// The key that says "published already" for the `occurrence`-th copy of message `digest`
+    /// on `topic` ([`super::script::PUBLISH_ONCE`]): in the topic's hash tag, so the script's
+    /// three keys share one Redis Cluster slot.
+    pub fn claim(&self, topic: &str, digest: &str, occurrence: u64) -> String {
+        format!(
+            "{{{}{topic}}}:once:{digest}:{occurrence}",
+            self.channel_prefix
+        )
+    }
+
     /// The channel the topic's frames are published on.
     pub fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.channel_prefix)
@@ -90,6 +100,10 @@ mod tests {
         assert_eq!(k.meta("sio:/chat:r1"), "{socket.io:hub:sio:/chat:r1}:meta");
         assert_eq!(k.log("sio:/chat:r1"), "{socket.io:hub:sio:/chat:r1}:log");
         assert_eq!(k.channel("orders"), "socket.io:hub:orders");
+        assert_eq!(
+            k.claim("orders", "ab12", 2),
+            "{socket.io:hub:orders}:once:ab12:2"
+        );
         assert_eq!(k.pattern(), "socket.io:hub:*");
         assert_eq!(k.topic_of(b"socket.io:hub:orders"), Some("orders"));
         assert_eq!(k.topic_of(b"socket.io#/#"), None);
@@ -120,6 +134,7 @@ mod tests {
             for topic in ["plain", "a{b", "a}b", "{x}", "", "}{", "}"] {
                 let (meta, log) = (k.meta(topic), k.log(topic));
                 assert_eq!(tag(&meta), tag(&log), "{meta:?} {log:?}");
+                assert_eq!(tag(&meta), tag(&k.claim(topic, "d", 1)), "{meta:?}");
                 assert_ne!(tag(&meta), meta, "a tag at all: {meta:?}");
             }
         }

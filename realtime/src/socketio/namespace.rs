@@ -11,10 +11,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::codec::RESERVED_EVENTS;
+use super::codec::{event_head, Outgoing, RESERVED_EVENTS};
 use super::error::{AckError, EmitError, RoomError};
 use super::event::Args;
 use super::options::SocketIoOptions;
+use super::peers::{PeerSlot, PeersError, Selection};
 use super::recovery::Tracker;
 use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
@@ -44,10 +45,13 @@ impl Namespace {
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
         access: Access,
+        peers: PeerSlot,
         on_connect: ConnectHandler,
     ) -> Namespace {
         Namespace {
-            inner: Arc::new(NsInner::new(path, hub, options, stats, access, on_connect)),
+            inner: Arc::new(NsInner::new(
+                path, hub, options, stats, access, peers, on_connect,
+            )),
         }
     }
 
@@ -368,12 +372,19 @@ impl Future for Emitting {
 /// `except`, the recipients are computed from this node's room registry and
 /// the message is published to each recipient's own room (node's in-memory
 /// adapter does the same walk); other transports then do not see it.
+///
+/// With [peers](super::Peers) (other servers sharing the namespace through socket.io's Redis
+/// adapter), a broadcast is also handed to them for their sockets, and the operations that
+/// need every server's sockets ask them too; [`BroadcastOperator::local`] keeps it to this
+/// server.
 #[derive(Clone)]
 pub struct BroadcastOperator {
-    ns: Arc<NsInner>,
+    pub(super) ns: Arc<NsInner>,
     rooms: BTreeSet<String>,
     except: BTreeSet<String>,
     sender: Option<(SubscriberId, Arc<str>)>,
+    /// Node's `local` flag: this server's sockets only.
+    pub(super) local: bool,
 }
 
 impl fmt::Debug for BroadcastOperator {
@@ -383,6 +394,7 @@ impl fmt::Debug for BroadcastOperator {
             .field("rooms", &self.rooms)
             .field("except", &self.except)
             .field("sender", &self.sender.as_ref().map(|s| &s.1))
+            .field("local", &self.local)
             .finish()
     }
 }
@@ -394,6 +406,26 @@ impl BroadcastOperator {
             rooms: BTreeSet::new(),
             except: BTreeSet::new(),
             sender: None,
+            local: false,
+        }
+    }
+
+    /// This server's sockets only (node's `io.local`): [`BroadcastOperator::emit`] writes the
+    /// event to each of them directly, not through the hub (which in a fleet reaches every
+    /// node), so it gets no position, is not kept in history and other transports do not see
+    /// it; the other operations leave the peers alone. What a node does with a broadcast
+    /// another server sent through socket.io's Redis adapter.
+    pub fn local(mut self) -> BroadcastOperator {
+        self.local = true;
+        self
+    }
+
+    /// The rooms and except rooms, as the peers take them (the sender, on this server, is
+    /// none of theirs).
+    pub(super) fn selection(&self) -> Selection {
+        Selection {
+            rooms: self.rooms.iter().cloned().collect(),
+            except: self.except.iter().cloned().collect(),
         }
     }
 
@@ -444,7 +476,11 @@ impl BroadcastOperator {
             return Emitting::refused(EmitError::ReservedEvent(name.to_owned()));
         }
         let args = args.into();
+        if self.local {
+            return self.emit_here(name, args);
+        }
         let payload = Payload::new(name, Value::Array(args.values)).with_attachments(args.binaries);
+        let for_peers = self.ns.peers().map(|p| (Arc::clone(p), payload.clone()));
         let origin = self.sender.as_ref().map(|(id, _)| *id);
         let topics: Vec<String> = if !self.except.is_empty() {
             self.recipients()
@@ -459,15 +495,33 @@ impl BroadcastOperator {
                 .map(|room| room_topic(&self.ns.path, room))
                 .collect()
         };
-        if topics.is_empty() {
-            return Emitting::sent(Publishing::done(Ok(Vec::new())));
+        let sending = if topics.is_empty() {
+            Publishing::done(Ok(Vec::new()))
+        } else {
+            self.ns.hub.send_many(topics, payload, origin)
+        };
+        // What the hub refused (the fleet unreachable) is not sent anywhere.
+        if let (Some((peers, payload)), false) = (for_peers, sending.failed_at_once()) {
+            peers.broadcast(&self.ns.path, &self.selection(), &payload);
         }
-        Emitting::sent(self.ns.hub.send_many(topics, payload, origin))
+        Emitting::sent(sending)
     }
 
-    /// Sends the event to every socket of this node the broadcast reaches, each asked for an
-    /// acknowledgement (node's `io.to(room).timeout(t).emitWithAck(...)`), and resolves once
-    /// all have answered or `timeout` has passed, with each socket's id and outcome.
+    /// [`BroadcastOperator::local`]'s emit: the event encoded once and written to each socket.
+    fn emit_here(&self, name: &str, args: Args) -> Emitting {
+        let head = event_head(&self.ns.path, name, &args.values, None, args.binaries.len());
+        for socket in self.sockets() {
+            let out = Outgoing::event_from_head(&head, None, args.binaries.clone());
+            // A failure closes that connection (slow consumer) or it is closed already.
+            let _ = socket.inner.write(out);
+        }
+        Emitting::sent(Publishing::done(Ok(Vec::new())))
+    }
+
+    /// Sends the event to every socket the broadcast reaches, this server's and its peers',
+    /// each asked for an acknowledgement (node's `io.to(room).timeout(t).emitWithAck(...)`),
+    /// and resolves once all have answered or `timeout` has passed, with each socket's
+    /// outcome.
     ///
     /// Unlike [`BroadcastOperator::emit`] this does not go through the hub: an ack is a
     /// conversation with one connected socket, so such events get no sequence number, are not
@@ -478,18 +532,67 @@ impl BroadcastOperator {
         name: &str,
         args: impl Into<Args>,
         timeout: Duration,
-    ) -> impl Future<Output = Vec<(String, Result<Args, AckError>)>> + Send + 'static {
+    ) -> impl Future<Output = AckAnswers> + Send + 'static {
         let args = args.into();
+        let peers = match (self.local, self.ns.peers()) {
+            (false, Some(peers)) => {
+                let payload = Payload::new(name, Value::Array(args.values.clone()))
+                    .with_attachments(args.binaries.clone());
+                Some(peers.broadcast_with_ack(&self.ns.path, &self.selection(), &payload, timeout))
+            }
+            _ => None,
+        };
         let waits: Vec<_> = self
             .sockets()
             .into_iter()
             .map(|socket| {
                 let id = socket.id().to_string();
                 let answer = socket.emit_with_ack(name, args.clone(), timeout);
-                async move { (id, answer.await) }
+                async move {
+                    SocketAck {
+                        socket: Some(id),
+                        answer: answer.await,
+                    }
+                }
             })
             .collect();
-        futures_util::future::join_all(waits)
+        async move {
+            let remote = async move {
+                match peers {
+                    Some(p) => Some(p.await),
+                    None => None,
+                }
+            };
+            let (mut answers, remote) =
+                futures_util::future::join(futures_util::future::join_all(waits), remote).await;
+            let mut incomplete = None;
+            match remote {
+                None => {}
+                Some(Err(e)) => incomplete = Some(e),
+                Some(Ok(acks)) => {
+                    if acks.counted < acks.expected {
+                        incomplete = Some(PeersError::Timeout {
+                            answered: acks.counted,
+                            expected: acks.expected,
+                            timeout,
+                        });
+                    }
+                    let missing = acks.sockets.saturating_sub(acks.answers.len());
+                    answers.extend(acks.answers.into_iter().map(|a| SocketAck {
+                        socket: None,
+                        answer: Ok(a),
+                    }));
+                    answers.extend((0..missing).map(|_| SocketAck {
+                        socket: None,
+                        answer: Err(AckError::Timeout(timeout)),
+                    }));
+                }
+            }
+            AckAnswers {
+                answers,
+                incomplete,
+            }
+        }
     }
 
     /// The sockets of this node the broadcast would reach.
@@ -527,6 +630,25 @@ impl BroadcastOperator {
         }
         ids
     }
+}
+
+/// One socket's outcome in [`BroadcastOperator::emit_with_ack`].
+#[derive(Debug)]
+pub struct SocketAck {
+    /// The socket's id; `None` for a peer's socket (socket.io's adapter does not say).
+    pub socket: Option<String>,
+    /// Its acknowledgement's arguments (a peer's socket: the first one only), or why none came.
+    pub answer: Result<Args, AckError>,
+}
+
+/// What [`BroadcastOperator::emit_with_ack`] collected.
+#[derive(Debug, Default)]
+pub struct AckAnswers {
+    /// One per socket the event was sent to.
+    pub answers: Vec<SocketAck>,
+    /// Why the peers' sockets may be missing from `answers` (a server did not say how many
+    /// sockets it sent the event to, or could not be asked).
+    pub incomplete: Option<PeersError>,
 }
 
 #[cfg(test)]

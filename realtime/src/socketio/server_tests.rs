@@ -633,6 +633,86 @@ async fn app_publishes_to_a_room_topic_reach_its_sockets() {
 }
 
 #[tokio::test]
+async fn a_payload_leaving_rooms_out_skips_their_sockets_and_moves_on() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], [sa, _, _]) = three_clients(&io).await;
+    let hub = io.hub().clone();
+    // Laravel's toOthers(): everyone on the topic but the sender, named by its id.
+    let payload =
+        Payload::new("shipped", json!(["r1", {"id": 1}])).with_except(vec![sa.id().to_owned()]);
+    hub.publish_payload("r1", payload, None).unwrap();
+    b.expect(r#"42["shipped","r1",{"id":1}]"#).await;
+    a.quiet().await;
+    // A room of the socket's own: r2 (a is in it), on the namespace topic.
+    let payload = Payload::new("all-but-r2", json!([])).with_except(vec!["r2".into()]);
+    hub.publish_payload(&namespace_topic("/"), payload, None)
+        .unwrap();
+    b.expect(r#"42["all-but-r2"]"#).await;
+    c.expect(r#"42["all-but-r2"]"#).await;
+    a.quiet().await;
+    // What follows reaches a as before.
+    hub.publish("r1", "next", json!([1]), None).unwrap();
+    a.expect(r#"42["next",1]"#).await;
+    b.expect(r#"42["next",1]"#).await;
+}
+
+#[tokio::test]
+async fn local_operations_on_this_servers_sockets() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], [sa, sb, sc]) = three_clients(&io).await;
+    let ns = io.of("/").unwrap();
+    // A local emit is written to the sockets directly: no hub position, no topic created.
+    let positions = ns
+        .to("r1")
+        .except("r2")
+        .local()
+        .emit("direct", Args::new().arg("x").binary(&b"\x01"[..]))
+        .await
+        .unwrap();
+    assert!(positions.is_empty());
+    b.expect(r#"451-["direct","x",{"_placeholder":true,"num":0}]"#)
+        .await;
+    b.expect_bin(&[1]).await;
+    a.quiet().await;
+    c.quiet().await;
+    // fetchSockets, socketsJoin, socketsLeave, allRooms, on this server (no peers).
+    let fetched = ns.to("r1").fetch_sockets().await.unwrap();
+    let mut ids: Vec<&str> = fetched.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![sa.id(), sb.id()];
+    want.sort();
+    assert_eq!(ids, want);
+    let info = fetched.iter().find(|s| s.id == sa.id()).unwrap();
+    assert!(info.rooms.contains(&"r2".to_owned()));
+    assert_eq!(info.handshake["query"]["room"], "blue");
+    assert_eq!(info.data, json!({}));
+    ns.to("r2").sockets_join(&["r3".to_owned()]);
+    ns.broadcast().sockets_join(&["everyone".to_owned()]);
+    ns.to("r1").sockets_leave(&["r1".to_owned()]);
+    let rooms = ns.all_rooms().await.unwrap();
+    assert!(rooms.contains("r3") && rooms.contains("everyone") && !rooms.contains("r1"));
+    assert!(rooms.contains(sc.id()));
+    assert_eq!(ns.to("everyone").sockets().len(), 3);
+    // disconnectSockets: the selected ones leave the namespace.
+    ns.to("r3").disconnect_sockets(false);
+    a.expect("41").await;
+    eventually(|| ns.sockets().len() == 2).await;
+    // Acks without peers: this server's sockets only, by id.
+    let answers = ns
+        .to("everyone")
+        .emit_with_ack("ask", (), Duration::from_millis(50));
+    let answers = answers.await;
+    assert!(answers.incomplete.is_none());
+    assert_eq!(answers.answers.len(), 2);
+    assert!(answers
+        .answers
+        .iter()
+        .all(|x| x.socket.is_some() && x.answer.is_err()));
+    b.text().await;
+    c.text().await;
+}
+
+#[tokio::test]
 async fn custom_namespace_events_carry_the_namespace() {
     let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
     let mut rx = capture(&io, "/chat");

@@ -119,7 +119,7 @@ impl SocketInner {
         } else {
             msg.event()
         };
-        let deliverable = !RESERVED_EVENTS.contains(&name);
+        let deliverable = !RESERVED_EVENTS.contains(&name) && !self.left_out_of(msg);
         let Decision::Deliver { offset } = outbox.tracker.decide(msg, deliverable) else {
             return;
         };
@@ -128,6 +128,21 @@ impl SocketInner {
         // A failure closes the connection (slow consumer) or means it is
         // closed already; the teardown that follows handles both.
         let _ = self.write_locked(outbox, out);
+    }
+
+    /// Whether `msg` leaves this socket out: it is in one of the rooms the payload names
+    /// ([`crate::hub::Payload::except`]). The message still counts as seen (its position
+    /// advances like a reserved event's), it is just not sent.
+    fn left_out_of(&self, msg: &Message) -> bool {
+        let except = &msg.payload.except;
+        if except.is_empty() {
+            return false;
+        }
+        if except.iter().any(|room| **room == *self.id) {
+            return true;
+        }
+        let rooms = lock(&self.rooms);
+        except.iter().any(|room| rooms.contains(room))
     }
 
     /// A live message from the hub reader.
