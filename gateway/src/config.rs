@@ -333,9 +333,14 @@ pub struct Cluster {
     pub node_id: Option<String>,
     /// The prefix of every Redis key and channel.
     pub key_prefix: Option<String>,
-    /// The address other nodes reach this one at for forwarded Engine.IO requests (parsed and
-    /// checked; the forwarding itself is not built yet).
+    /// Where this node takes the Engine.IO requests other nodes forward to it (the sessions
+    /// it owns), e.g. `10.0.0.5:7070`. Absent: nothing is forwarded, sids name no node.
     pub internal_listen: Option<String>,
+    /// `host:port` other nodes reach `internal_listen` at. Absent: `internal_listen` itself.
+    pub advertise: Option<String>,
+    /// Shared by every node of the fleet, sent with every forwarded request and checked by the
+    /// internal listener: only the fleet's own nodes are served there.
+    pub secret: Option<String>,
 }
 
 /// The URL may hold a password: never printed.
@@ -347,6 +352,8 @@ impl std::fmt::Debug for Cluster {
             .field("node_id", &self.node_id)
             .field("key_prefix", &self.key_prefix)
             .field("internal_listen", &self.internal_listen)
+            .field("advertise", &self.advertise)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .finish()
     }
 }

@@ -27,6 +27,7 @@
 pub mod adapter;
 pub mod backplane;
 pub mod cursor;
+pub mod directory;
 pub mod frame;
 pub mod history;
 pub mod keys;
