@@ -97,6 +97,20 @@ pub struct Cluster {
     pub backplane: realtime::cluster::Backplane,
     /// The Redis URL, password redacted.
     pub redis: String,
+    /// Forwarding to the node that owns a session (`cluster.internal_listen`).
+    pub forwarding: Option<Forwarding>,
+}
+
+/// This node's part in forwarding: its tag in sids, the fleet's addresses, and the task that
+/// keeps this node's own address in Redis until shutdown.
+pub struct Forwarding {
+    pub tag: String,
+    /// Where the other nodes reach this one.
+    pub advertise: String,
+    pub directory: Arc<realtime::cluster::directory::Directory>,
+    pub secret: settings::Secret,
+    stop: tokio::sync::watch::Sender<bool>,
+    advertising: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -119,6 +133,13 @@ impl Cluster {
         if let Some(reason) = reason {
             v["reason"] = serde_json::Value::String(reason);
         }
+        if let Some(f) = &self.forwarding {
+            v["internal"] = serde_json::json!({
+                "tag": f.tag,
+                "advertise": f.advertise,
+                "advertised": f.directory.advertised(),
+            });
+        }
         v
     }
 }
@@ -131,6 +152,18 @@ struct ClusterService(Arc<Cluster>);
 impl BackgroundService for ClusterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+        if let Some(f) = &self.0.forwarding {
+            // The address is withdrawn while the link is still there to do it.
+            f.stop.send_replace(true);
+            let advertising = f
+                .advertising
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = advertising {
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
+        }
         self.0.backplane.shutdown();
     }
 }
@@ -144,9 +177,14 @@ struct Realtime {
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
+    /// Its service as this node serves it (the public routes forward around it): what the
+    /// internal listener serves to the other nodes.
+    socketio_service: std::sync::OnceLock<Arc<dyn realtime::seam::Service>>,
     settings: settings::Realtime,
     /// Who may connect, subscribe and publish, on every transport.
     access: realtime::access::Access,
+    /// `proxy.trusted_proxies`, for what a forwarded request says of its client.
+    trusted: Vec<settings::Cidr>,
 }
 
 impl Realtime {
@@ -154,6 +192,7 @@ impl Realtime {
         settings: &settings::Realtime,
         cluster: Option<&settings::Cluster>,
         access: realtime::access::Access,
+        trusted: Vec<settings::Cidr>,
     ) -> Result<Realtime, StartError> {
         let h = &settings.hub;
         let config = realtime::hub::HubConfig {
@@ -177,8 +216,10 @@ impl Realtime {
             cluster,
             services: std::sync::Mutex::new(BTreeMap::new()),
             socketio: std::sync::OnceLock::new(),
+            socketio_service: std::sync::OnceLock::new(),
             settings: settings.clone(),
             access,
+            trusted,
         })
     }
 
@@ -219,13 +260,30 @@ impl Realtime {
                     self.access.clone(),
                 )),
                 Endpoint::Socketio => {
+                    let forwarding = self.cluster.as_ref().and_then(|c| c.forwarding.as_ref());
                     let service = crate::socketio::build(
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
+                        forwarding.map(|f| f.tag.clone()),
                     );
                     let _ = self.socketio.set(service.io().clone());
-                    Arc::new(service)
+                    let service: Arc<dyn realtime::seam::Service> = Arc::new(service);
+                    let _ = self.socketio_service.set(service.clone());
+                    match forwarding {
+                        None => service,
+                        Some(f) => {
+                            let sio = &self.settings.socketio;
+                            Arc::new(crate::fleet_forward::Forwarder::new(
+                                service,
+                                f.tag.clone(),
+                                f.directory.clone(),
+                                f.secret.clone(),
+                                sio.ping_interval + sio.ping_timeout,
+                                self.trusted.clone(),
+                            ))
+                        }
+                    }
                 }
                 Endpoint::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
@@ -264,12 +322,42 @@ fn join_cluster(
         realtime::cluster::node::start(config, bp)?
     };
     tracing::info!(node = %c.node_id, redis = %c.redis, "cluster: this node shares its realtime through redis");
+    let forwarding = c.internal.as_ref().map(|internal| {
+        let tag = realtime::engineio::node_tag(&c.node_id);
+        let directory = Arc::new(realtime::cluster::directory::Directory::new(
+            backplane.clone(),
+        ));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let record = realtime::cluster::directory::NodeRecord {
+            node: c.node_id.clone(),
+            address: internal.advertise.clone(),
+        };
+        let advertising = runtime.spawn({
+            let (directory, tag) = (directory.clone(), tag.clone());
+            async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                directory.advertise(&tag, record, stop).await;
+            }
+        });
+        tracing::info!(tag = %tag, listen = %internal.listen, advertise = %internal.advertise, "cluster: Engine.IO requests for this node's sessions are forwarded here by the other nodes");
+        Forwarding {
+            tag,
+            advertise: internal.advertise.clone(),
+            directory,
+            secret: internal.secret.clone(),
+            stop,
+            advertising: std::sync::Mutex::new(Some(advertising)),
+        }
+    });
     Ok((
         hub,
         Cluster {
             _runtime: runtime,
             backplane,
             redis: c.redis.to_string(),
+            forwarding,
         },
     ))
 }
@@ -334,7 +422,12 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     };
     let all_pools = Pool::all(&settings.upstreams);
     let access = access(settings, &all_pools, &temp_dir, connector());
-    let rt = Realtime::new(&settings.realtime, settings.cluster.as_ref(), access)?;
+    let rt = Realtime::new(
+        &settings.realtime,
+        settings.cluster.as_ref(),
+        access,
+        settings.proxy.trusted_proxies.clone(),
+    )?;
     let router = Router::build(settings, all_pools, &|endpoint, path| {
         rt.service(endpoint, path)
     })?;
@@ -441,6 +534,22 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
+    }
+    if let Some(internal) = settings.cluster.as_ref().and_then(|c| c.internal.as_ref()) {
+        let app = crate::fleet_forward::Internal {
+            service: rt.socketio_service.get().cloned(),
+            secret: internal.secret.clone(),
+            body: crate::buffering::BodyLimits::from_limits(limits),
+        };
+        let mut listener = Service::new(
+            "fleet internal".to_string(),
+            HeaderDeadline::new(
+                pingora::proxy::http_proxy(&server.configuration, app),
+                header_timeout,
+            ),
+        );
+        listener.add_tcp(&internal.listen.to_string());
+        server.add_service(listener);
     }
     server.add_service(background_service(
         "hub sweeper",

@@ -69,11 +69,13 @@ pub struct SocketIoService {
 }
 
 /// Build the Socket.IO service on `hub` from its settings; `access` decides who connects and
-/// which rooms a client joins or relays into.
+/// which rooms a client joins or relays into; `sid_tag` names this node in its sids when the
+/// fleet forwards requests to the session's owner ([`crate::fleet_forward`]).
 pub fn build(
     hub: Hub,
     s: &settings::SocketIo,
     access: realtime::access::Access,
+    sid_tag: Option<String>,
 ) -> SocketIoService {
     let options = SocketIoOptions {
         connect_timeout: s.connect_timeout,
@@ -130,6 +132,7 @@ pub fn build(
         max_sessions_per_client: s.max_sessions_per_client,
         cors,
         allow_request,
+        sid_tag,
         ..EngineConfig::default()
     };
     SocketIoService {

@@ -1,9 +1,10 @@
 // Scenarios for the official socket.io-client against two gateways of one fleet (one Redis),
-// run by tests/tests/cluster_gateways.rs and cluster_faults.rs.
+// run by tests/tests/cluster_gateways.rs, cluster_faults.rs and cluster_balancer.rs.
 //
 //   node tests/js/cluster.mjs <scenario> <polling|websocket|upgrade> <https-base-url>...
 //
-// Each client stays on the node it connected to (no balancer in front). Prints one JSON object
+// Each client stays on the node it connected to, except in `balanced`, whose one base URL is a
+// round-robin balancer in front of the fleet. Prints one JSON object
 // with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
 import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";
@@ -76,6 +77,28 @@ const scenarios = {
     await until(() => got.every((g) => g.length >= 2), 20000);
     await sleep(300);
     return { got };
+  },
+
+  // Through a balancer (the one base URL) with no affinity: x and y join room "r"; x relays N
+  // events to the room asking for acks, y hears them; y relays one event to the whole
+  // namespace by leaving the room first, x hears it.
+  async balanced() {
+    const [base] = bases;
+    const N = 20;
+    const x = connect(base), y = connect(base);
+    const transport = await Promise.all([x, y].map(ready));
+    await x.timeout(5000).emitWithAck("join", "r");
+    await y.timeout(5000).emitWithAck("join", "r");
+    const got = { x: collect(x, "chat"), y: collect(y, "chat") };
+    const acks = [];
+    for (let n = 0; n < N; n++) acks.push(await x.timeout(5000).emitWithAck("chat", { n }));
+    await until(() => got.y.length >= N);
+    await y.timeout(5000).emitWithAck("leave", "r");
+    await x.timeout(5000).emitWithAck("leave", "r");
+    await y.timeout(5000).emitWithAck("chat", { n: 100 });
+    await until(() => got.x.length >= 1);
+    await sleep(300);
+    return { transport, sids: [x.io.engine.id, y.io.engine.id], acks, got };
   },
 
   // Relays asking for an ack while the cluster cannot be reached.

@@ -10,6 +10,7 @@
 //! the last answer is used, so forwarding outlives a Redis restart.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub const RECORD_TTL: Duration = Duration::from_secs(15);
 pub const ADVERTISE_EVERY: Duration = Duration::from_secs(5);
 /// How long a looked-up address is used before Redis is asked again.
 pub const FRESH_FOR: Duration = Duration::from_secs(5);
+/// The first retry of a failed write; doubled up to [`ADVERTISE_EVERY`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
 
 /// `SET` the record with its TTL in milliseconds.
 const ADVERTISE: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
@@ -71,6 +74,8 @@ struct Known {
 /// The fleet's node addresses, as one node sees them. Cheap to share in an `Arc`.
 pub struct Directory {
     backplane: Backplane,
+    /// Whether this node's own record was written at the last attempt.
+    advertised: AtomicBool,
     advertise: Lua,
     lookup: Lua,
     withdraw: Lua,
@@ -81,6 +86,7 @@ impl Directory {
     pub fn new(backplane: Backplane) -> Directory {
         Directory {
             backplane,
+            advertised: AtomicBool::new(false),
             advertise: Lua::new(ADVERTISE),
             lookup: Lua::new(LOOKUP),
             withdraw: Lua::new(WITHDRAW),
@@ -89,7 +95,8 @@ impl Directory {
     }
 
     /// Writes this node's record under `tag` now and every [`ADVERTISE_EVERY`] until `stop`
-    /// resolves, then withdraws it. A failed write is logged and tried again at the next tick.
+    /// resolves, then withdraws it. A failed write (Redis not reached yet, or lost) is tried
+    /// again soon, backing off up to the refresh period.
     pub async fn advertise(
         &self,
         tag: &str,
@@ -99,37 +106,47 @@ impl Directory {
         let key = self.backplane.keys().node(tag);
         let value = record.encode();
         let ttl = RECORD_TTL.as_millis().to_string();
-        let mut tick = tokio::time::interval(ADVERTISE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
-        let mut failing = false;
+        let mut retry = RETRY_FIRST;
         loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tick.tick() => {}
-            }
             let args = [value.clone().into_bytes(), ttl.clone().into_bytes()];
-            match self
+            let written = self
                 .backplane
                 .script(&self.advertise, std::slice::from_ref(&key), &args)
-                .await
-            {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!(tag, address = %record.address, "cluster: this node's address is advertised again");
+                .await;
+            let was = self.advertised.swap(written.is_ok(), Ordering::Relaxed);
+            let next = match written {
+                Ok(_) => {
+                    if !was {
+                        tracing::info!(tag, address = %record.address, "cluster: this node's internal address is advertised");
+                    }
+                    retry = RETRY_FIRST;
+                    ADVERTISE_EVERY
                 }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(tag, error = %e, "cluster: cannot advertise this node's address; requests other nodes forward here fail until it is");
+                Err(e) => {
+                    if was {
+                        tracing::warn!(tag, error = %e, "cluster: cannot advertise this node's internal address; requests other nodes forward here fail while it is missing");
+                    }
+                    let wait = retry;
+                    retry = (retry * 2).min(ADVERTISE_EVERY);
+                    wait
                 }
-                Err(_) => {}
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(next) => {}
             }
         }
+        self.advertised.store(false, Ordering::Relaxed);
         let args = [value.into_bytes()];
         if let Err(e) = self.backplane.script(&self.withdraw, &[key], &args).await {
-            tracing::info!(tag, error = %e, "cluster: this node's address was not withdrawn; it expires by itself");
+            tracing::info!(tag, error = %e, "cluster: this node's internal address was not withdrawn; it expires by itself");
         }
+    }
+
+    /// Whether this node's record was written at the last attempt (for `/healthz`).
+    pub fn advertised(&self) -> bool {
+        self.advertised.load(Ordering::Relaxed)
     }
 
     /// The address of the node tagged `tag`, or `None` when no node has that tag (never had,
