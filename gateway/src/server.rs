@@ -99,6 +99,8 @@ pub struct Cluster {
     pub redis: String,
     /// Forwarding to the node that owns a session (`cluster.internal_listen`).
     pub forwarding: Option<Forwarding>,
+    /// Where Socket.IO sessions are kept for the other nodes (recovery on).
+    pub sessions: Option<realtime::socketio::FleetSessions>,
 }
 
 /// This node's part in forwarding: its tag in sids, the fleet's addresses, and the task that
@@ -207,7 +209,12 @@ impl Realtime {
         let (hub, cluster) = match cluster {
             None => (realtime::hub::Hub::new(config), None),
             Some(c) => {
-                let (hub, cluster) = join_cluster(config, c)?;
+                let sessions_ttl = settings
+                    .socketio
+                    .recovery
+                    .as_ref()
+                    .map(|r| r.max_disconnection);
+                let (hub, cluster) = join_cluster(config, c, sessions_ttl)?;
                 (hub, Some(Arc::new(cluster)))
             }
         };
@@ -265,7 +272,10 @@ impl Realtime {
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
-                        forwarding.map(|f| f.tag.clone()),
+                        crate::socketio::InFleet {
+                            sid_tag: forwarding.map(|f| f.tag.clone()),
+                            sessions: self.cluster.as_ref().and_then(|c| c.sessions.clone()),
+                        },
                     );
                     let _ = self.socketio.set(service.io().clone());
                     let service: Arc<dyn realtime::seam::Service> = Arc::new(service);
@@ -300,9 +310,12 @@ impl Realtime {
 
 /// A hub that is a node of the fleet `c` describes. Redis need not be reachable: the node
 /// starts, says `degraded` on `/healthz`, and connects with backoff.
+/// `sessions_ttl`: Socket.IO's `max_disconnection_duration` when recovery is on (its sessions
+/// are then kept in Redis for the other nodes).
 fn join_cluster(
     config: realtime::hub::HubConfig,
     c: &settings::Cluster,
+    sessions_ttl: Option<Duration>,
 ) -> Result<(realtime::hub::Hub, Cluster), StartError> {
     let mut bp = realtime::cluster::BackplaneConfig::new(c.redis.expose(), c.node_id.as_str());
     bp.key_prefix = c.key_prefix.clone();
@@ -322,6 +335,11 @@ fn join_cluster(
         realtime::cluster::node::start(config, bp)?
     };
     tracing::info!(node = %c.node_id, redis = %c.redis, "cluster: this node shares its realtime through redis");
+    let sessions = sessions_ttl.map(|ttl| {
+        let _in = runtime.enter();
+        let store = realtime::cluster::sessions::RedisSessions::start(backplane.clone(), ttl);
+        realtime::socketio::FleetSessions(Arc::new(store))
+    });
     let forwarding = c.internal.as_ref().map(|internal| {
         let tag = realtime::engineio::node_tag(&c.node_id);
         let directory = Arc::new(realtime::cluster::directory::Directory::new(
@@ -358,6 +376,7 @@ fn join_cluster(
             backplane,
             redis: c.redis.to_string(),
             forwarding,
+            sessions,
         },
     ))
 }

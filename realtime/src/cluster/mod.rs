@@ -34,6 +34,7 @@ pub mod keys;
 pub mod laravel;
 pub mod node;
 pub mod script;
+pub mod sessions;
 
 #[cfg(test)]
 mod cursor_tests;

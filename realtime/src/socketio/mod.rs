@@ -26,8 +26,8 @@
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
 //!   point at one another, so they are defined together here;
-//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`: plain types
-//!   and bookkeeping;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `fleet`: plain
+//!   types and bookkeeping;
 //! * `codec`: the wire formats.
 //!
 //! Messages flow one way through them: client events come in through
@@ -64,6 +64,7 @@ mod codec;
 mod conformance;
 mod error;
 mod event;
+mod fleet;
 mod namespace;
 mod options;
 mod recovery;
@@ -88,6 +89,10 @@ pub use codec::{
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use error::{AckError, ConnectError, EmitError, RoomError};
 pub use event::{Args, DisconnectReason, Event};
+pub use fleet::{
+    fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord, SessionStore,
+    MAX_OFFSET_TOPICS,
+};
 pub use namespace::{BroadcastOperator, Emitting, Namespace};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,

@@ -77,8 +77,15 @@ impl SocketInner {
         }
     }
 
-    /// Sends the CONNECT reply, then what the connect handler queued.
+    /// Sends the CONNECT reply, then what the connect handler queued; in a fleet, writes the
+    /// session record of this new life of the session (its rooms are all joined now).
     pub(super) fn finish_connect(&self) -> Result<(), EmitError> {
+        self.send_connect_reply()?;
+        self.save_fleet_record(true);
+        Ok(())
+    }
+
+    fn send_connect_reply(&self) -> Result<(), EmitError> {
         let mut data = serde_json::Map::new();
         data.insert("sid".into(), Value::from(&*self.id));
         if let Some(pid) = &self.pid {
@@ -124,7 +131,12 @@ impl SocketInner {
             return;
         };
         let head = self.ns.event_head(msg, name);
-        let out = Outgoing::event_from_head(&head, offset, msg.attachments().to_vec());
+        let attachments = msg.attachments().to_vec();
+        let fleet = offset.and_then(|count| outbox.tracker.fleet_offset(count));
+        let out = match &fleet {
+            Some(fleet) => Outgoing::event_from_head(&head, Some(fleet), attachments),
+            None => Outgoing::event_from_head(&head, offset, attachments),
+        };
         // A failure closes the connection (slow consumer) or means it is
         // closed already; the teardown that follows handles both.
         let _ = self.write_locked(outbox, out);
@@ -132,16 +144,55 @@ impl SocketInner {
 
     /// A live message from the hub reader.
     fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
-        let mut outbox = lock(&self.outbox);
-        // Queued before a leave: no longer for this socket. Checked under
-        // the outbox lock, which `leave` holds while it leaves.
-        if sub.is_joined(&msg.topic) {
-            if msg.is_reset() {
-                outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
+        let changed = {
+            let mut outbox = lock(&self.outbox);
+            // Queued before a leave: no longer for this socket. Checked under
+            // the outbox lock, which `leave` holds while it leaves.
+            if sub.is_joined(&msg.topic) {
+                if msg.is_reset() {
+                    outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
+                } else {
+                    self.deliver_locked(&mut outbox, msg);
+                }
+            }
+            outbox.tracker.take_changed()
+        };
+        if changed {
+            // A topic's epoch changed (the fleet lost its history): the record says so.
+            self.save_fleet_record(false);
+        }
+    }
+
+    /// In a fleet, writes the session record other nodes recover from ([`super::fleet`]):
+    /// the socket's rooms, and its topics with their epochs as its offsets name them.
+    /// `takeover`: this is a new life of the session (see
+    /// [`SessionStore::save`](super::fleet::SessionStore::save)).
+    pub(super) fn save_fleet_record(&self, takeover: bool) {
+        let Some(recovery) = &self.ns.options.recovery else {
+            return;
+        };
+        let (Some(store), Some(pid)) = (&recovery.fleet, &self.pid) else {
+            return;
+        };
+        let (topics, incarnation) = {
+            let mut outbox = lock(&self.outbox);
+            if outbox.phase == Phase::Closed {
                 return;
             }
-            self.deliver_locked(&mut outbox, msg);
-        }
+            outbox.tracker.take_changed();
+            (outbox.tracker.topics(), outbox.tracker.incarnation())
+        };
+        let Some(incarnation) = incarnation else {
+            return;
+        };
+        let record = super::fleet::SessionRecord {
+            sid: self.id.to_string(),
+            nsp: self.ns.path.clone(),
+            rooms: lock(&self.rooms).iter().cloned().collect(),
+            topics,
+            incarnation,
+        };
+        store.0.save(pid, record, takeover);
     }
 
     /// Ends the socket once: stops delivery, leaves every topic, drops
@@ -433,8 +484,11 @@ impl Socket {
     pub fn join_with_history(&self, room: &str, last: usize) -> Result<usize, RoomError> {
         let topic = room_topic(&self.inner.ns.path, room);
         let replayed = self.inner.join_topic(&topic, last)?;
-        lock(&self.inner.rooms).insert(room.to_owned());
+        let new = lock(&self.inner.rooms).insert(room.to_owned());
         self.inner.ns.registry_join(room, &self.inner.id);
+        if new && self.connected() {
+            self.inner.save_fleet_record(false);
+        }
         Ok(replayed)
     }
 
@@ -450,6 +504,9 @@ impl Socket {
         let was_in = lock(&self.inner.rooms).remove(room);
         lock(&self.inner.grants).remove(room);
         self.inner.ns.registry_leave(room, &self.inner.id);
+        if was_in {
+            self.inner.save_fleet_record(false);
+        }
         was_in
     }
 
@@ -486,6 +543,8 @@ impl Socket {
         };
         self.inner.ns.unregister(self);
         self.inner.conn.forget(self);
+        self.inner
+            .close_fleet_record(tracker.incarnation(), reason.is_recoverable());
         if reason.is_recoverable() {
             if let Some(pid) = &self.inner.pid {
                 self.inner.ns.keep_session(
@@ -580,6 +639,23 @@ impl Socket {
 }
 
 impl SocketInner {
+    /// In a fleet, the session record outlives a socket that may come back (for
+    /// `max_disconnection_duration`) and goes with one that will not.
+    fn close_fleet_record(&self, incarnation: Option<u64>, recoverable: bool) {
+        let Some(recovery) = &self.ns.options.recovery else {
+            return;
+        };
+        let (Some(store), Some(pid), Some(incarnation)) = (&recovery.fleet, &self.pid, incarnation)
+        else {
+            return;
+        };
+        if recoverable {
+            store.0.release(pid, incarnation);
+        } else {
+            store.0.remove(pid, incarnation);
+        }
+    }
+
     /// Joins `topic` with up to `last` history messages, delivered in order
     /// before anything live from it. Returns the history count.
     pub(super) fn join_topic(&self, topic: &str, last: usize) -> Result<usize, RoomError> {
