@@ -218,7 +218,12 @@ impl Sse {
     /// `GET /events?topic=...` on `gw`, resuming from `last_event_id` if given; returns once
     /// the answer's head is in (the subscription is made before the head is sent).
     pub async fn open(gw: &Gateway, topic: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = client().get(gw.https(&format!("/events?topic={topic}")));
+        Sse::open_url(&gw.https(&format!("/events?topic={topic}")), last_event_id).await
+    }
+
+    /// [`Sse::open`] on any URL (a node's plain listener, a balancer in front of the fleet).
+    pub async fn open_url(url: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = client().get(url);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

@@ -152,6 +152,7 @@ impl NsInner {
                 tracing::warn!(nsp = %self.path, room = %room, error = %e, "socket.io: a room the app granted at connect could not be joined");
             }
         }
+        socket.inner.settle_in_fleet().await;
         self.start(&socket);
         Ok(socket)
     }
@@ -252,8 +253,9 @@ impl NsInner {
         let Some(opts) = &self.options.recovery else {
             return Ok(None);
         };
-        let failed = || {
+        let failed = |why: &str| {
             self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(nsp = %self.path, sid = %record.sid, why, "socket.io: a session of another node not recovered; the client gets a new one");
             Ok(None)
         };
         let offset = auth
@@ -261,13 +263,13 @@ impl NsInner {
             .and_then(Value::as_str)
             .and_then(FleetOffset::parse);
         let Some(offset) = offset else {
-            return failed();
+            return failed("no fleet offset");
         };
         let taken = lock(&self.registry)
             .sockets
             .contains_key(record.sid.as_str());
         if record.nsp != self.path || taken {
-            return failed();
+            return failed("another namespace, or the socket is connected here");
         }
         // The record's topics are the namespace's and its rooms', and the offset's seqs are
         // positions in exactly those epochs.
@@ -282,7 +284,7 @@ impl NsInner {
             || offset.seqs.len() != topics.len()
             || fingerprint(described) != offset.fingerprint
         {
-            return failed();
+            return failed("the offset does not describe the record's topics");
         }
         let sub = Arc::new(self.hub.subscribe()?);
         let mut tracker = Tracker::new(Some(opts.tracked_events)).in_fleet();
@@ -293,7 +295,7 @@ impl NsInner {
             let since = Position::new(*epoch, *seq);
             let Some(messages) = resume_topic(&sub, topic, since).await else {
                 // Dropping the subscriber leaves what it joined.
-                return failed();
+                return failed("a topic's history no longer reaches back to the offset");
             };
             let (had, missed): (Vec<_>, Vec<_>) = messages
                 .into_iter()

@@ -244,6 +244,22 @@ impl Tracker {
         })
     }
 
+    /// Replaces each position by what `placed` says it is (a stand-in by the fleet position
+    /// the topic was placed at, [`crate::hub::Hub::placed`]).
+    pub(crate) fn resolve(&mut self, placed: impl Fn(&str, Position) -> Position) {
+        let moved: Vec<(Arc<str>, Position)> = self
+            .positions
+            .iter()
+            .filter_map(|(t, p)| {
+                let q = placed(t, *p);
+                (q != *p).then(|| (Arc::clone(t), q))
+            })
+            .collect();
+        for (topic, position) in moved {
+            self.place(topic, position);
+        }
+    }
+
     /// Records where the socket stands in `topic`; a topic or an epoch the fleet offsets do
     /// not name yet changes the session record.
     fn place(&mut self, topic: Arc<str>, position: Position) {

@@ -78,11 +78,26 @@ impl SocketInner {
     }
 
     /// Sends the CONNECT reply, then what the connect handler queued; in a fleet, writes the
-    /// session record of this new life of the session (its rooms are all joined now).
-    pub(super) fn finish_connect(&self) -> Result<(), EmitError> {
+    /// session record of this new life of the session (its rooms are all joined now, the
+    /// connect handler's included, whose positions are settled first).
+    pub(super) fn finish_connect(self: &Arc<Self>) -> Result<(), EmitError> {
         self.send_connect_reply()?;
-        self.save_fleet_record(true);
+        self.update_fleet_record(true);
         Ok(())
+    }
+
+    /// In a fleet, settles the socket's positions and writes its record, on its own task.
+    fn update_fleet_record(self: &Arc<Self>, takeover: bool) {
+        if lock(&self.outbox).tracker.incarnation().is_none() {
+            return;
+        }
+        let inner = Arc::clone(self);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                inner.settle_in_fleet().await;
+                inner.save_fleet_record(takeover);
+            });
+        }
     }
 
     fn send_connect_reply(&self) -> Result<(), EmitError> {
@@ -161,6 +176,28 @@ impl SocketInner {
             // A topic's epoch changed (the fleet lost its history): the record says so.
             self.save_fleet_record(false);
         }
+    }
+
+    /// In a fleet, replaces the positions of topics this socket joined before the node knew
+    /// where the fleet stands in them (stand-ins, [`crate::hub::Hub::locate`]) by the fleet's,
+    /// so that its offsets and its session record name positions every node knows.
+    pub(super) async fn settle_in_fleet(&self) {
+        let topics = {
+            let outbox = lock(&self.outbox);
+            if outbox.tracker.incarnation().is_none() {
+                return;
+            }
+            outbox.tracker.topics()
+        };
+        for (topic, _) in &topics {
+            if let Err(e) = self.ns.hub.locate(topic).await {
+                tracing::debug!(topic = %topic, error = %e, "socket.io: where the fleet stands in a topic is unknown; a recovery on another node will not cross it");
+            }
+        }
+        let hub = &self.ns.hub;
+        lock(&self.outbox)
+            .tracker
+            .resolve(|topic, p| hub.placed(topic, p));
     }
 
     /// In a fleet, writes the session record other nodes recover from ([`super::fleet`]):
@@ -487,7 +524,8 @@ impl Socket {
         let new = lock(&self.inner.rooms).insert(room.to_owned());
         self.inner.ns.registry_join(room, &self.inner.id);
         if new && self.connected() {
-            self.inner.save_fleet_record(false);
+            // In a fleet: the room's position as the fleet knows it, then the record.
+            self.inner.update_fleet_record(false);
         }
         Ok(replayed)
     }
