@@ -1445,3 +1445,112 @@ async fn an_offset_the_record_does_not_describe_gets_a_new_session() {
         .await;
     assert_eq!(sid(&reply), id);
 }
+
+/// A fleet of one node that places every topic at seq 5 of its epoch when asked where it
+/// stands (as Redis would a topic with five messages before), and numbers publishes after it.
+struct PlacingFleet {
+    hub: crate::hub::WeakHub,
+    located: Mutex<std::collections::HashSet<String>>,
+    seqs: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+const FLEET_EPOCH: crate::hub::Epoch = crate::hub::Epoch::from_raw(42);
+
+impl crate::hub::Fleet for PlacingFleet {
+    fn publish(
+        &self,
+        topic: &str,
+        id: crate::hub::MessageId,
+        payload: Arc<Payload>,
+        origin: Option<crate::hub::SubscriberId>,
+    ) -> Result<
+        futures_util::future::BoxFuture<
+            'static,
+            Result<crate::hub::Position, crate::hub::HubError>,
+        >,
+        crate::hub::HubError,
+    > {
+        let seq = {
+            let mut seqs = self.seqs.lock().unwrap();
+            let seq = seqs.entry(topic.to_owned()).or_insert(5);
+            *seq += 1;
+            *seq
+        };
+        let position = crate::hub::Position::new(FLEET_EPOCH, seq);
+        if let Some(hub) = self.hub.upgrade() {
+            let message = crate::hub::FleetMessage {
+                position,
+                id,
+                payload,
+                origin,
+                remote: false,
+            };
+            hub.fleet_deliver(topic, crate::hub::FleetDelivery::Message(message));
+        }
+        Ok(Box::pin(async move { Ok(position) }))
+    }
+
+    fn follow(&self, _topic: &str, create: &mut dyn FnMut(Option<crate::hub::Position>)) {
+        create(None);
+    }
+
+    fn unfollow(&self, _topic: &str, _gone: &dyn Fn() -> bool) {}
+
+    fn locate(
+        &self,
+        topic: &str,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<(), crate::hub::HubError>>> {
+        if !self.located.lock().unwrap().insert(topic.to_owned()) {
+            return None;
+        }
+        if let Some(hub) = self.hub.upgrade() {
+            let at = crate::hub::Position::new(FLEET_EPOCH, 5);
+            hub.fleet_deliver(topic, crate::hub::FleetDelivery::Start { at, clean: true });
+        }
+        Some(Box::pin(async { Ok(()) }))
+    }
+
+    fn resume(
+        &self,
+        _topic: &str,
+        _since: crate::hub::Position,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<crate::hub::FleetResume, crate::hub::HubError>,
+    > {
+        let current = crate::hub::Position::new(FLEET_EPOCH, 5);
+        Box::pin(async move { Ok(crate::hub::FleetResume::Reset { current }) })
+    }
+}
+
+/// Topics joined before the node knew where the fleet stands in them (the connect handler's
+/// synchronous joins) are settled to the fleet's positions before the session record is
+/// written: the record and every offset name positions another node can resume from.
+#[tokio::test]
+async fn a_socket_in_a_fleet_names_fleet_positions_in_its_record_and_offsets() {
+    let hub = Hub::in_fleet(HubConfig::default(), |weak| {
+        Ok::<Arc<dyn crate::hub::Fleet>, ()>(Arc::new(PlacingFleet {
+            hub: weak,
+            located: Mutex::default(),
+            seqs: Mutex::default(),
+        }))
+    })
+    .expect("a hub in a fleet");
+    let store = Arc::new(MemoryStore::default());
+    let (io, _rx) = fleet_io(hub.clone(), &store);
+    let mut c = Client::open(&io);
+    let reply = c.connect("40").await;
+    let pid = reply["pid"].as_str().unwrap().to_owned();
+    eventually(|| {
+        store
+            .get(&pid)
+            .is_some_and(|r| r.topics.len() == 3 && r.topics.iter().all(|(_, e)| *e == FLEET_EPOCH))
+    })
+    .await;
+    let record = store.get(&pid).unwrap();
+    let fp = fingerprint(record.topics.iter().map(|(t, e)| (t.as_str(), *e)));
+    hub.send("r", Payload::new("ev", json!([1])), None)
+        .await
+        .unwrap();
+    c.expect(&format!(r#"42["ev",1,"1~{fp}~6.5.5"]"#)).await;
+}
