@@ -92,8 +92,8 @@ pub struct Cluster {
     /// Runs the backplane's tasks (the Redis links, the publish writer, backfills, and the
     /// fan-out of what other nodes publish): apart from pingora's services, whose runtimes
     /// come and go with them, and on one thread, as the pub/sub link is read by one task.
-    /// Only kept: dropping it would stop them.
-    _runtime: tokio::runtime::Runtime,
+    /// Only kept: dropping it would stop them (see the `Drop` below).
+    runtime: Option<tokio::runtime::Runtime>,
     pub backplane: realtime::cluster::Backplane,
     /// The Redis URL, password redacted.
     pub redis: String,
@@ -101,6 +101,17 @@ pub struct Cluster {
     pub forwarding: Option<Forwarding>,
     /// Where Socket.IO sessions are kept for the other nodes (recovery on).
     pub sessions: Option<realtime::socketio::FleetSessions>,
+}
+
+/// The last holder of the cluster may be a service dropped on its own runtime's thread at
+/// exit (the admin listener's), where dropping another runtime the usual way (waiting for its
+/// blocking threads) panics: the cluster's runtime is let go without waiting.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// This node's part in forwarding: its tag in sids, the fleet's addresses, and the task that
@@ -372,7 +383,7 @@ fn join_cluster(
     Ok((
         hub,
         Cluster {
-            _runtime: runtime,
+            runtime: Some(runtime),
             backplane,
             redis: c.redis.to_string(),
             forwarding,

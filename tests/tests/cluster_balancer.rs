@@ -275,3 +275,28 @@ fn the_official_client_works_through_a_round_robin_balancer_in_every_transport_m
         }
     }
 }
+
+/// A node stopped with SIGTERM takes its address out of Redis (the others stop forwarding to
+/// it at once rather than when the record expires) and exits cleanly.
+#[test]
+fn a_stopped_node_withdraws_its_address_and_exits_cleanly() {
+    let redis = RedisServer::start();
+    let mut nodes = balanced_nodes(&redis, 2, 100);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(wait_forwarding(&nodes));
+    let key = format!("socket.io:node:{}", node_tag("a"));
+    let record = redis.cli(&["GET", &key]);
+    assert!(record.contains("\"node\":\"a\""), "{record}");
+    let proc = &mut nodes[0].gw.proc;
+    proc.signal(15);
+    let status = proc.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some(), "still running 30 s after SIGTERM");
+    assert_eq!(
+        redis.cli(&["GET", &key]).trim(),
+        "",
+        "the address is withdrawn"
+    );
+    let logs = proc.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{logs}");
+}
