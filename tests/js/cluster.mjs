@@ -1,10 +1,12 @@
 // Scenarios for the official socket.io-client against two gateways of one fleet (one Redis),
-// run by tests/tests/cluster_gateways.rs, cluster_faults.rs and cluster_balancer.rs.
+// run by tests/tests/cluster_gateways.rs, cluster_faults.rs, cluster_balancer.rs and
+// cluster_failover.rs.
 //
 //   node tests/js/cluster.mjs <scenario> <polling|websocket|upgrade> <https-base-url>...
 //
-// Each client stays on the node it connected to, except in `balanced`, whose one base URL is a
-// round-robin balancer in front of the fleet. Prints one JSON object
+// Each client stays on the node it connected to, except in `balanced` and `killed`, whose one
+// base URL is a round-robin balancer in front of the fleet (`killed` takes more arguments after
+// it). Prints one JSON object
 // with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
 import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";

@@ -15,6 +15,10 @@
 //!   ([`laravel`]): codecs for what `@socket.io/redis-emitter`, Node servers with
 //!   `@socket.io/redis-adapter` 8.x, the Ruby/PHP emitters and Laravel publish.
 //!
+//! Beside them, two small records the nodes keep for each other on the same link: where each
+//! node takes the Engine.IO requests other nodes forward to it ([`directory`]), and the
+//! Socket.IO sessions any node can recover ([`sessions`]).
+//!
 //! The hub is wired to the backplane by [`node::start`]: the hub hands every publish to
 //! [`Backplane::submit`] and answers the caller with the fleet position (503 on
 //! [`BackplaneError::Unavailable`]); the backplane's [`Sink`] is the hub, which records each
