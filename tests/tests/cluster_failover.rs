@@ -1,4 +1,4 @@
-//! A node killed under its clients, behind a round-robin balancer (nginx): its Socket.IO
+//! A node killed (or stopped) under its clients, behind a round-robin balancer (nginx): its Socket.IO
 //! clients reconnect through the balancer to the other node and resume their sessions
 //! (`socket.recovered === true`, every event they missed once and in order, from the fleet's
 //! history in Redis), and an SSE client resumes on the other node from its `Last-Event-ID`.
@@ -38,8 +38,17 @@ fn numbers(sse: &Sse) -> Vec<u64> {
         .collect()
 }
 
-/// A fleet of two behind nginx, `target` clients (at least) in `mode` on node a, a killed.
-fn kill_a_node_under(mode: &str, target: usize) {
+/// How node a goes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ends {
+    /// SIGKILL: nothing written on the way out.
+    Killed,
+    /// SIGTERM: a graceful stop (its sessions closed as the server shuts down).
+    Stopped,
+}
+
+/// A fleet of two behind nginx, `target` clients (at least) in `mode` on node a, then a ends.
+fn end_a_node_under(mode: &str, target: usize, ends: Ends) {
     let started = Instant::now();
     let redis = RedisServer::start();
     let mut nodes = balanced_nodes(&redis, 2, 1000);
@@ -85,8 +94,11 @@ fn kill_a_node_under(mode: &str, target: usize) {
     let last_id = sse.events[BEFORE - 1].id.clone().expect("an id");
     drop(sse);
 
-    // Node a dies (SIGKILL: nothing written on the way out); the events go on.
-    nodes[0].gw.proc.kill();
+    // Node a ends; the events go on.
+    match ends {
+        Ends::Killed => nodes[0].gw.proc.kill(),
+        Ends::Stopped => nodes[0].gw.proc.signal(15),
+    }
     let killed_at = Instant::now();
     runtime.block_on(async {
         for n in BEFORE + 1..=ALL {
@@ -112,7 +124,7 @@ fn kill_a_node_under(mode: &str, target: usize) {
         "{result}"
     );
     println!(
-        "{mode}: {} clients, {} on the killed node; all settled {:?} after the kill; test {:?}: {result}",
+        "{mode}, {ends:?}: {} clients, {} on the killed node; all settled {:?} after the kill; test {:?}: {result}",
         result["clients"],
         result["killed"],
         killed_at.elapsed(),
@@ -136,9 +148,11 @@ fn kill_a_node_under(mode: &str, target: usize) {
 /// 500 WebSocket clients on the killed node (more come through the balancer: they connect in
 /// batches until 500 are there), then, on a new fleet, 100 clients of the client's default
 /// mode (a polling handshake, then the upgrade, each request balanced round-robin: forwarded
-/// to the owner half the time).
+/// to the owner when it lands on the other node), then 50 on a node stopped gracefully. One
+/// after the other: each is a whole fleet.
 #[test]
-fn a_killed_nodes_clients_resume_on_the_other_node_through_the_balancer() {
-    kill_a_node_under("websocket", 500);
-    kill_a_node_under("upgrade", 100);
+fn a_killed_or_stopped_nodes_clients_resume_on_the_other_node_through_the_balancer() {
+    end_a_node_under("websocket", 500, Ends::Killed);
+    end_a_node_under("upgrade", 100, Ends::Killed);
+    end_a_node_under("upgrade", 50, Ends::Stopped);
 }
