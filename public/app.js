@@ -4,6 +4,7 @@
 //   ?mode=socketio (default) | ws | sse    which transport carries the chat
 //   ?transport=polling                      Socket.IO on long-polling only (both sockets)
 //   ?name=Ann                               the name to start with (else the last one used)
+//   ?user=ann                               sign in to "Who is here" as ann (ann, bob or cy)
 //
 // ── Socket.IO mode: the tiny client protocol ────────────────────────────────────────────────
 // The gateway runs namespace "/" with `relay` (every client event goes to the *other* sockets
@@ -32,6 +33,16 @@
 // wss://<host>/ws with subprotocol beej-chat-protocol: {"type":"chat-join"|"chat-message",
 // "payload":{"username","message"}}; the gateway broadcasts to everyone (sender included) and
 // sends chat-leave when a connection goes. No history.
+//
+// ── Who is here ────────────────────────────────────────────────────────────────────────────
+// A login switch and a presence list, apart from the chat. Signing in sets the app's session
+// cookie (`user=<name>`, what backend-stub's /broadcasting/auth reads, as a Laravel session
+// would be) and opens EventSource /events?topic=presence-demo: the gateway asks the app about
+// the presence channel, and the stream gets `presence:subscribed` {topic, members}, then
+// `presence:joining` / `presence:leaving` {topic, member}; members are kept by user_id.
+// Signing out (or switching) closes the stream: the gateway announces the departure when it
+// was that user's last tab. The login outlives a reload (the cookie); `?user=ann` signs in at
+// once.
 //
 // ── SSE mode ───────────────────────────────────────────────────────────────────────────────
 // EventSource /events?topic=chat-sse (events named after the topic, resumed with
@@ -344,6 +355,60 @@
       els.ask.disabled = false;
     }
   });
+
+  // ── "Who is here": the login switch and the presence list ──
+  const who = { state: $("who-state"), user: $("login-user"), list: $("members") };
+  const members = new Map();
+  let presence = null;
+  function showMembers() {
+    const items = [...members.values()].map((m) => {
+      const li = document.createElement("li");
+      li.dataset.testid = "member";
+      const shown = String(m.user_info?.name ?? m.user_id);
+      li.textContent = shown;
+      if (m.user_id === who.user.value) li.classList.add("me");
+      return li;
+    });
+    who.list.replaceChildren(...items);
+  }
+  function signIn(user) {
+    presence?.close();
+    presence = null;
+    members.clear();
+    showMembers();
+    document.cookie = user
+      ? `user=${encodeURIComponent(user)}; Path=/; SameSite=Lax; Secure`
+      : "user=; Path=/; Max-Age=0; SameSite=Lax; Secure";
+    if (!user) { setState(who.state, "disconnected"); who.state.textContent = "signed out"; return; }
+    setState(who.state, "connecting");
+    const stream = new EventSource("/events?topic=presence-demo");
+    presence = stream;
+    const data = (e) => { try { return JSON.parse(e.data); } catch { return {}; } };
+    stream.addEventListener("presence:subscribed", (e) => {
+      members.clear();
+      for (const m of data(e).members || []) members.set(JSON.stringify(m.user_id), m);
+      setState(who.state, "connected");
+      showMembers();
+    });
+    stream.addEventListener("presence:joining", (e) => {
+      const m = data(e).member;
+      if (m) { members.set(JSON.stringify(m.user_id), m); showMembers(); }
+    });
+    stream.addEventListener("presence:leaving", (e) => {
+      const m = data(e).member;
+      if (m) { members.delete(JSON.stringify(m.user_id)); showMembers(); }
+    });
+    stream.addEventListener("error", () => {
+      if (presence !== stream) return;
+      setState(who.state, stream.readyState === EventSource.CLOSED ? "disconnected" : "connecting");
+    });
+  }
+  who.user.addEventListener("change", () => signIn(who.user.value));
+  // Signed in as before (the session cookie), unless the address says otherwise.
+  const session = document.cookie.split(";").map((c) => c.trim().split("=")).find(([k]) => k === "user");
+  const startAs = params.get("user") ?? (session ? decodeURIComponent(session[1] || "") : "");
+  if ([...who.user.options].some((o) => o.value === startAs)) who.user.value = startAs;
+  signIn(who.user.value);
 
   // ── "From the app": a listen-only socket in room `announcements` ──
   if (typeof io !== "function") return;

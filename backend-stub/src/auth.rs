@@ -8,10 +8,12 @@
 //!   `{"message": "user <name> is banned"}` for names starting with `banned`.
 //! * `POST /broadcasting/auth` (Laravel's channel authorization, form `channel_name`,
 //!   `socket_id`): the user from the `Authorization` header or the cookie only (as Laravel's
-//!   session guard); 401 `{"message": "Unauthenticated."}` without one; `private-user.<name>`
-//!   is its owner's only (200 `true`, else 403 `{"message": "This action is
-//!   unauthorized."}`); every `presence-*` channel admits any user with `{"channel_data":
-//!   {"user_id", "user_info": {"name"}}}`; any other `private-*` channel is refused.
+//!   session guard; Laravel Echo's `auth.headers` reach it as these headers); 401
+//!   `{"message": "Unauthenticated."}` without one; `private-user.<name>` is its owner's only
+//!   (200 `true`, else 403 `{"message": "This action is unauthorized."}`); `private-chat.*`
+//!   (a conversation, where whispers go) admits any user; every `presence-*` channel admits any
+//!   user but guests (names starting with `guest`, refused) with `{"channel_data": {"user_id",
+//!   "user_info": {"name"}}}`; any other `private-*` channel is refused.
 //!
 //! The user `slow` gets its answer only after [`SLOW`], for the tests of an app that does not
 //! answer in time.
@@ -148,12 +150,18 @@ pub fn channel(headers: &HeaderMap, body: &[u8]) -> (Answer, String, String) {
             json!({"message": "Unauthenticated."}),
             None,
         ),
+        Some(user) if channel.starts_with("presence-") && user.starts_with("guest") => {
+            answer(StatusCode::FORBIDDEN, refused(), Some(user))
+        }
         Some(user) if channel.starts_with("presence-") => answer(
             StatusCode::OK,
             json!({"channel_data": {"user_id": user, "user_info": {"name": user}}}),
             Some(user),
         ),
         Some(user) if channel == format!("private-user.{user}") => {
+            answer(StatusCode::OK, json!(true), Some(user))
+        }
+        Some(user) if channel.starts_with("private-chat.") => {
             answer(StatusCode::OK, json!(true), Some(user))
         }
         Some(user) => answer(StatusCode::FORBIDDEN, refused(), Some(user)),
@@ -235,6 +243,15 @@ mod tests {
         );
         let (a, ..) = channel(&HeaderMap::new(), b"channel_name=presence-x");
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        // Echo's `auth.headers` arrive as the request's own headers.
+        let bob = headers(&[("authorization", "Bearer bob")]);
+        let (a, ..) = channel(&bob, b"channel_name=private-chat.7&socket_id=s2");
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "true"));
+        let (a, ..) = channel(&bob, b"channel_name=private-team.7&socket_id=s2");
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        let guest = headers(&[("cookie", "user=guest-gil")]);
+        let (a, ..) = channel(&guest, b"channel_name=presence-room.1&socket_id=s3");
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
         let (a, ..) = channel(
             &ann,
             br#"{"channel_name": "private-user.ann", "socket_id": "s"}"#,

@@ -3,6 +3,10 @@
 // `relay: true`: every client event is broadcast to all other sockets of the namespace.
 //
 //   node bench/node/server.js PORT [HOST]
+//   REDIS_URL=redis://127.0.0.1:6390 node bench/node/server.js PORT   # a fleet node (bench/cluster.sh)
+//
+// With REDIS_URL, the server is a node of a fleet through @socket.io/redis-adapter 8.3 (the
+// classic pub/sub adapter, ioredis clients): a broadcast reaches the sockets of every node.
 "use strict";
 const http = require("http");
 const { Server } = require("socket.io");
@@ -14,6 +18,13 @@ const server = http.createServer((req, res) => {
   res.end();
 });
 const io = new Server(server, { serveClient: false });
+if (process.env.REDIS_URL) {
+  const { createAdapter } = require("@socket.io/redis-adapter");
+  const Redis = require("ioredis");
+  const pub = new Redis(process.env.REDIS_URL);
+  const sub = pub.duplicate();
+  io.adapter(createAdapter(pub, sub));
+}
 io.on("connection", (socket) => {
   socket.onAny((event, ...args) => socket.broadcast.emit(event, ...args));
 });

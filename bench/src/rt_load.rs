@@ -81,9 +81,14 @@ struct Cli {
 enum Mode {
     /// One publisher, C receivers, M events relayed by the server.
     SioFanout {
-        /// ws://IP:PORT/socket.io/ or wss://IP:PORT/socket.io/
+        /// ws://IP:PORT/socket.io/ or wss://IP:PORT/socket.io/ (the publisher's, and the
+        /// receivers' unless `--receiver-urls`).
         #[arg(long)]
         url: String,
+        /// Receivers connect to these in turn (receiver i to the (i mod n)-th): the nodes of a
+        /// fleet, with the publisher on `--url`'s.
+        #[arg(long, value_delimiter = ',')]
+        receiver_urls: Vec<String>,
         #[arg(long, default_value_t = 1000)]
         clients: usize,
         #[arg(long, default_value_t = 2000)]
@@ -584,6 +589,7 @@ async fn sio_fanout(
     cli: &Cli,
     net: Arc<Net>,
     url: &str,
+    receiver_urls: &[String],
     clients: usize,
     events: usize,
     window: usize,
@@ -591,14 +597,23 @@ async fn sio_fanout(
     max_secs: u64,
 ) -> anyhow::Result<serde_json::Value> {
     let target = Arc::new(SioTarget::new(url)?);
+    let receiver_targets: Vec<Arc<SioTarget>> = if receiver_urls.is_empty() {
+        vec![target.clone()]
+    } else {
+        receiver_urls
+            .iter()
+            .map(|u| SioTarget::new(u).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?
+    };
     let tally = Tally::new(events, clients);
     let (stop_tx, stop_rx) = watch::channel(false);
     let closed = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(AtomicUsize::new(0));
 
     let t_open = Instant::now();
-    let opened = open_many(clients, cli.connect_concurrency, |_| {
-        let (target, net) = (target.clone(), net.clone());
+    let opened = open_many(clients, cli.connect_concurrency, |i| {
+        let target = receiver_targets[i % receiver_targets.len()].clone();
+        let net = net.clone();
         async move { target.connect(&net).await }
     })
     .await;
@@ -724,7 +739,7 @@ async fn sio_fanout(
     let server_s = (s1 - s0) as f64 / CLK_TCK;
     let client_s = (c1 - c0) as f64 / CLK_TCK;
     Ok(json!({
-        "label": cli.label, "mode": "sio-fanout", "url": url,
+        "label": cli.label, "mode": "sio-fanout", "url": url, "receiver_urls": receiver_urls,
         "clients": n_recv, "events_sent": sent, "window": window, "payload_bytes": payload_bytes,
         "open_secs": open_secs, "connect_failed": clients - n_recv,
         "expected": expected, "delivered": delivered, "missing": expected.saturating_sub(delivered),
@@ -1553,6 +1568,7 @@ fn main() -> anyhow::Result<()> {
         match &cli.mode {
             Mode::SioFanout {
                 url,
+                receiver_urls,
                 clients,
                 events,
                 window,
@@ -1563,6 +1579,7 @@ fn main() -> anyhow::Result<()> {
                     &cli,
                     net,
                     url,
+                    receiver_urls,
                     *clients,
                     *events,
                     (*window).max(1),

@@ -1,5 +1,5 @@
 //! The admin listener: health for load balancers and deploy scripts, Prometheus metrics
-//! (`GET /metrics`), and the app's publish API (`POST /publish`, `POST /emit`,
+//! (`GET /metrics`), the outcome of the last configuration reload (`GET /reload`), and the app's publish API (`POST /publish`, `POST /emit`,
 //! `GET /topics/<topic>`). Bind it to loopback, or set a token.
 //!
 //! On loopback the publish API has no token, so it must not answer the web pages in the
@@ -8,7 +8,6 @@
 //! `Origin` other than the listener's own is a cross-site page (403); a POST that is not
 //! `Content-Type: application/json` is what a page can send without a CORS preflight (415).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,8 +16,6 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-
-use crate::upstream::Pool;
 
 /// Why the admin listener refuses a request before looking at its path.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -96,7 +93,10 @@ pub fn refusal(req: &pingora::http::RequestHeader) -> Option<Refusal> {
 
 pub struct Admin {
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// The configuration in force: its pools' health is reported.
+    pub current: Arc<crate::proxy::Current>,
+    /// The outcome of the last reload (`GET /reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
     pub hub: realtime::hub::Hub,
     /// `None` on a single node.
     pub cluster: Option<Arc<crate::server::Cluster>>,
@@ -107,7 +107,9 @@ pub struct Admin {
 
 impl Admin {
     fn health(&self) -> serde_json::Value {
-        let upstreams: serde_json::Map<String, serde_json::Value> = self
+        let serving = self.current.load();
+        let upstreams: serde_json::Map<String, serde_json::Value> = serving
+            .router
             .pools
             .iter()
             .map(|(name, p)| {
@@ -207,6 +209,11 @@ impl ProxyHttp for Admin {
         match path.as_str() {
             "/healthz" => json(session, 200, self.health()).await?,
             "/metrics" => metrics(session, &self.metrics).await?,
+            "/reload" => {
+                let status =
+                    serde_json::to_value(self.reloader.status()).unwrap_or(serde_json::Value::Null);
+                json(session, 200, status).await?
+            }
             "/publish" | "/emit" => {
                 crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
             }

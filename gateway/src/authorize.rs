@@ -28,9 +28,10 @@ use crate::settings::{self, Cidr};
 use crate::upstream::{Pool, Protocol};
 use crate::{buffering, fastcgi, forwarding, relay};
 
-/// The client's fields the app authenticates it by, passed as the client sent them. `Host`
-/// and the forwarding headers go by their own rules.
-pub const CREDENTIALS: &[&str] = &["cookie", "authorization", "x-csrf-token", "x-xsrf-token"];
+/// The client's fields the app authenticates it by, passed as the client sent them (or as
+/// Laravel Echo's `auth.headers` named them for a channel). `Host` and the forwarding headers
+/// go by their own rules.
+pub const CREDENTIALS: &[&str] = realtime::access::CREDENTIAL_HEADERS;
 
 /// The largest answer read from the app: a member's `user_info` or a list of rooms, not a
 /// page.

@@ -21,6 +21,9 @@ pub mod defaults {
     pub const STATE_DIR: &str = ".state";
     /// Below the state directory, so one setting says where the gateway writes.
     pub const TEMP_SUBDIR: &str = "tmp";
+    /// In the state directory too (nginx writes `/run/nginx.pid`, which needs root): two
+    /// gateways with their own state directories never share one.
+    pub const PID_FILE: &str = "gateway.pid";
     /// pingora's graceful shutdown sleeps this long before stopping; 300 s is pingora's default
     /// and far too long for a front door restarted by a deploy script.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
@@ -256,7 +259,7 @@ pub mod defaults {
     ];
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: Listen,
@@ -286,12 +289,14 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Seconds to let in-flight requests finish on SIGTERM.
     pub grace_period_s: Option<u64>,
+    /// Where the running gateway writes its process id, for `gateway reload` (nginx `pid`).
+    pub pid_file: Option<PathBuf>,
     /// One line per request (nginx `access_log`).
     #[serde(default)]
     pub access_log: AccessLog,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     /// `stdout`, `stderr`, `off`, or a file (appended to; reopened on `SIGUSR1`).
@@ -320,7 +325,7 @@ impl Config {
 
 /// One node of a fleet of gateways: the hub's topics are sequenced and kept in Redis, so a
 /// publish on any node reaches the subscribers of every node, and a client resumes on any node.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
@@ -358,7 +363,7 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// The main listener, TLS-terminated.
@@ -370,7 +375,7 @@ pub struct Listen {
     pub admin: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// Certificate chains; the first is the default for unknown or absent SNI. None configured:
@@ -381,7 +386,7 @@ pub struct Tls {
     pub hsts: Option<Hsts>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub cert: PathBuf,
@@ -391,7 +396,7 @@ pub struct Certificate {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hsts {
     pub max_age: Option<u64>,
@@ -399,7 +404,7 @@ pub struct Hsts {
     pub include_subdomains: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proxy {
     /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, ... see
@@ -414,7 +419,7 @@ pub struct Proxy {
     pub temp_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_header_bytes: Option<usize>,
@@ -444,10 +449,27 @@ pub struct Limits {
     /// Streams one HTTP/2 connection may have open at once (more are refused with
     /// REFUSED_STREAM, which clients retry).
     pub h2_max_concurrent_streams: Option<u32>,
+    /// Cap on the front door's open connections; past it requests get 503. Absent: none.
+    pub max_connections: Option<u64>,
+    /// Requests in progress at once per client address (nginx `limit_conn`). Absent: none.
+    pub per_client_connections: Option<u32>,
+    /// Requests per second per client address (nginx `limit_req`). Absent: none.
+    pub per_client_rate: Option<RateLimit>,
+    /// Realtime sessions opened per second per client address. Absent: none.
+    pub per_client_realtime_connects: Option<RateLimit>,
 }
 
 /// nginx's `gzip` + `brotli` modules, with the settings most deployments give them.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    /// Absent: one second's worth (`per_second`, at least 1).
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compression {
     pub enabled: Option<bool>,
@@ -481,7 +503,7 @@ pub enum Protocol {
     Fastcgi,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `host:port`, or a Unix socket: `unix:/path/to/socket` (also Puma's `unix:///path`).
@@ -497,7 +519,7 @@ pub struct Upstream {
 
 /// A directory the app hands files out of: it answers with `X-Accel-Redirect: <path>/<file>`
 /// (or `X-Sendfile: <root>/<file>`) after checking permissions, and the gateway serves the file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InternalLocation {
     /// The URL prefix the app's `X-Accel-Redirect` values start with, like `/protected/`.
@@ -509,7 +531,7 @@ pub struct InternalLocation {
 
 /// The PHP side of a FastCGI pool: nginx's `root`, `index` and
 /// `try_files $uri $uri/ /index.php?$query_string`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FastCgi {
     /// The document root as php-fpm sees it (`DOCUMENT_ROOT`, the start of `SCRIPT_FILENAME`).
@@ -521,7 +543,7 @@ pub struct FastCgi {
     pub front_controller: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `GET` this path and expect 2xx/3xx; absent: a TCP connect is the check.
@@ -533,7 +555,7 @@ pub struct HealthCheck {
 }
 
 /// One routing rule. The first route whose `path` prefix (and `host`, if given) matches wins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub path: String,
@@ -581,7 +603,7 @@ pub enum RealtimeKind {
     Socketio,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Realtime {
     #[serde(default)]
@@ -608,7 +630,7 @@ pub struct Realtime {
 }
 
 /// The topic policy. Patterns: `*` is any run of characters, everything else itself.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
     /// Subscribing to a matching topic (a Socket.IO room of that name) needs the app's word;
@@ -621,7 +643,7 @@ pub struct PolicySettings {
 }
 
 /// The authorization callbacks to the app.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// The pool the callbacks go to: the one that serves the app's pages (HTTP or FastCGI),
@@ -639,7 +661,7 @@ pub struct AuthSettings {
 
 /// Socket.IO: Engine.IO timings (node's defaults), origins, recovery, and what each namespace
 /// does without any app code.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketIoSettings {
     pub ping_interval_ms: Option<u64>,
@@ -667,13 +689,13 @@ pub struct SocketIoSettings {
     pub namespaces: Option<BTreeMap<String, NamespaceSettings>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverySettings {
     pub max_disconnection_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceSettings {
     /// Broadcast every client event to the other sockets of the sender's rooms.
@@ -688,16 +710,20 @@ pub struct NamespaceSettings {
     /// How fast one socket may relay; a socket over it is disconnected.
     #[serde(default)]
     pub relay_rate: RelayRateSettings,
+    /// Speak Laravel Echo's protocol (laravel-echo-server's): `subscribe`, whispers,
+    /// presence, and rooms delivering `(event, channel, data)`.
+    #[serde(default)]
+    pub echo: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayRateSettings {
     pub per_second: Option<u32>,
     pub burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WsSettings {
     /// Subprotocols offered: `beej-chat-protocol`, `pubsub.v1`.
@@ -718,7 +744,7 @@ pub struct WsSettings {
 }
 
 /// The hub every realtime transport shares.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSettings {
     /// Messages kept per topic so reconnecting clients can resume without a gap.
@@ -738,7 +764,7 @@ pub struct HubSettings {
     pub new_topics_per_client_per_minute: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LongPollSettings {
     /// How long a poll is held before a 204.
@@ -747,7 +773,7 @@ pub struct LongPollSettings {
     pub max_message_bytes: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SseSettings {
     /// Interval of the comment lines that keep idle streams alive through proxies.
@@ -757,7 +783,7 @@ pub struct SseSettings {
 }
 
 /// The app's publish API on the admin listener (`POST /publish`, `GET /topics/<topic>`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishSettings {
     /// Required as `Authorization: Bearer <token>` when set; mandatory when the admin listener
@@ -765,7 +791,7 @@ pub struct PublishSettings {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticFiles {
     pub root: PathBuf,

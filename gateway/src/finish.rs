@@ -101,7 +101,25 @@ impl Finish<'_> {
 
     /// An answer of the gateway's own: a short plain text with the reason.
     pub async fn error(&self, session: &mut Session, status: u16, reason: &str) -> Result<()> {
-        respond(session, self.hsts, status, reason).await
+        respond(session, self.hsts, status, reason, None).await
+    }
+
+    /// A request refused by a limit: its log line and its answer, with `Retry-After`.
+    pub async fn limited(
+        &self,
+        session: &mut Session,
+        refusal: &crate::client_limits::Refusal,
+        at: &Place<'_>,
+    ) -> Result<()> {
+        tracing::warn!(client = ?at.client, route = at.route, status = refusal.status(), reason = %refusal, "request refused by a limit");
+        respond(
+            session,
+            self.hsts,
+            refusal.status(),
+            &refusal.to_string(),
+            refusal.retry_after(),
+        )
+        .await
     }
 
     /// The one way a fault ends a request: its log line, then its answer (none when the client
@@ -367,6 +385,7 @@ pub async fn respond(
     hsts: Option<&HeaderValue>,
     status: u16,
     reason: &str,
+    retry_after: Option<u64>,
 ) -> Result<()> {
     let phrase = StatusCode::from_u16(status)
         .ok()
@@ -377,6 +396,9 @@ pub async fn respond(
     head.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     head.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(seconds) = retry_after {
+        head.insert_header(header::RETRY_AFTER, seconds.to_string())?;
+    }
     if let Some(h) = hsts {
         head.insert_header(header::STRICT_TRANSPORT_SECURITY, h.clone())?;
     }

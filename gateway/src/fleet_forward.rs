@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::buffering::BodyLimits;
-use crate::settings::{Cidr, Secret};
+use crate::settings::Secret;
 use crate::ws_frames::Frames;
 
 /// Where forwarded Engine.IO requests go on the internal listener (the public path does not
@@ -65,8 +65,6 @@ pub struct Forwarder {
     /// The longest the owner may hold a poll (Engine.IO answers it at the next ping at the
     /// latest: `ping_interval`, plus `ping_timeout` of slack).
     hold: Duration,
-    /// `proxy.trusted_proxies`: whose forwarding headers are believed, as on the app's paths.
-    trusted: Vec<Cidr>,
 }
 
 impl Forwarder {
@@ -76,7 +74,6 @@ impl Forwarder {
         directory: Arc<Directory>,
         secret: Secret,
         hold: Duration,
-        trusted: Vec<Cidr>,
     ) -> Forwarder {
         Forwarder {
             inner,
@@ -84,7 +81,6 @@ impl Forwarder {
             directory,
             secret,
             hold,
-            trusted,
         }
     }
 
@@ -127,11 +123,12 @@ impl Forwarder {
             }
         };
         let _ = stream.set_nodelay(true);
-        let from = crate::forwarding::Client {
-            ip: peer.map(|p| p.ip()),
+        // The client as this node made it out (behind a trusted balancer, the address it
+        // forwarded): the owner is told that one, and nothing the client said of itself.
+        let from = Client {
+            ip: client.or(peer.map(|p| p.ip())),
             tls: secure,
             port: local.map(|l| l.port()),
-            trusted: &self.trusted,
         };
         let mut out = forwarded_head(&head, &from, upgrade, address, &self.secret);
         // A poll's body is small (Engine.IO's `maxPayload`, and the front door's body limit
@@ -222,20 +219,38 @@ impl Service for Forwarder {
     }
 }
 
-/// The head of a forwarded request: the client's, with what the app would learn about the
-/// client ([`crate::forwarding::request`]: hop-by-hop headers gone, `X-Forwarded-For` and
-/// `X-Real-IP` set by the same rule as on every path to the app), aimed at [`INTERNAL_PATH`]
-/// with the client's query, the fleet's secret, and `Connection: close` (one exchange per
-/// connection; `Connection: upgrade` for a WebSocket).
+/// Who a forwarded request is from, as the node it reached made out.
+pub struct Client {
+    /// The client's address (behind a trusted balancer, the one it forwarded).
+    pub ip: Option<IpAddr>,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// The port of the public listener it reached.
+    pub port: Option<u16>,
+}
+
+/// The head of a forwarded request: the client's, rewritten as for the app
+/// ([`crate::forwarding::request`]: hop-by-hop headers gone, whatever the client said of
+/// itself dropped, `X-Forwarded-For` and `X-Real-IP` naming `client`), aimed at
+/// [`INTERNAL_PATH`] with the client's query, the fleet's secret, and `Connection: close` (one
+/// exchange per connection; `Connection: upgrade` for a WebSocket).
 pub fn forwarded_head(
     head: &http::request::Parts,
-    client: &crate::forwarding::Client<'_>,
+    client: &Client,
     upgrade: bool,
     address: &str,
     secret: &Secret,
 ) -> RequestHeader {
     let mut out = RequestHeader::from(head.clone());
-    crate::forwarding::request(&mut out, client, upgrade);
+    // The client's address is settled already: as seen from here it is the peer, and no proxy
+    // in front is trusted to say otherwise.
+    let from = crate::forwarding::Client {
+        ip: client.ip,
+        tls: client.tls,
+        port: client.port,
+        trusted: &[],
+    };
+    crate::forwarding::request(&mut out, &from, upgrade);
     let target = match head.uri.query() {
         Some(q) => format!("{INTERNAL_PATH}?{q}"),
         None => INTERNAL_PATH.to_string(),
@@ -408,7 +423,7 @@ impl ProxyHttp for Internal {
                 // Its body is not read: the connection is not reused.
                 session.set_keepalive(None);
                 let (status, text) = refused.answer();
-                crate::finish::respond(session, None, status, text).await?;
+                crate::finish::respond(session, None, status, text, None).await?;
                 return Ok(true);
             }
         };
@@ -449,7 +464,6 @@ mod tests {
 
     #[test]
     fn a_forwarded_poll_carries_the_client_the_secret_and_the_query_to_the_internal_path() {
-        let trusted = [Cidr::parse("10.0.0.0/8").expect("cidr")];
         let head = parts(
             "POST",
             "/socket.io/?EIO=4&transport=polling&sid=MyeAGyE3.abc",
@@ -462,12 +476,12 @@ mod tests {
                 ("content-type", "text/plain;charset=UTF-8"),
             ],
         );
-        // Behind a trusted balancer at 10.0.0.2, on the public listener's port 443.
-        let client = crate::forwarding::Client {
-            ip: Some("10.0.0.2".parse().expect("ip")),
+        // Behind a trusted balancer at 10.0.0.2, which said the client is 203.0.113.7, on the
+        // public listener's port 443.
+        let client = Client {
+            ip: Some("203.0.113.7".parse().expect("ip")),
             tls: true,
             port: Some(443),
-            trusted: &trusted,
         };
         let out = forwarded_head(&head, &client, false, "10.0.0.5:7070", &secret());
         let wire = String::from_utf8(crate::tunnel::serialize(&out)).expect("utf-8");
@@ -485,7 +499,7 @@ mod tests {
                 "content-type: text/plain;charset=UTF-8",
                 "host: chat.example",
                 "x-fleet-secret: fleet-secret-0123456789",
-                "x-forwarded-for: 203.0.113.7, 10.0.0.2",
+                "x-forwarded-for: 203.0.113.7",
                 "x-forwarded-host: chat.example",
                 "x-forwarded-port: 443",
                 "x-forwarded-proto: https",
@@ -504,15 +518,14 @@ mod tests {
                 ("connection", "Upgrade"),
                 ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
                 ("sec-websocket-version", "13"),
-                // From an untrusted peer: not believed.
+                // What the client says of itself: not passed on.
                 ("x-real-ip", "1.2.3.4"),
             ],
         );
-        let client = crate::forwarding::Client {
+        let client = Client {
             ip: Some("198.51.100.9".parse().expect("ip")),
             tls: false,
             port: Some(80),
-            trusted: &[],
         };
         let out = forwarded_head(&head, &client, true, "10.0.0.5:7070", &secret());
         let wire = String::from_utf8(crate::tunnel::serialize(&out)).expect("utf-8");

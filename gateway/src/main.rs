@@ -30,9 +30,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start serving (the default).
-    Run,
+    Run {
+        /// Take the listening sockets over from the running gateway instead of binding them
+        /// (what `gateway upgrade` starts the new process with).
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate a configuration file, report every problem, and exit 2 if there is any.
     Check,
+    /// Put the configuration file in force in the running gateway without dropping a
+    /// connection: checks the file (exit 2 and every problem if it does not pass; nothing is
+    /// sent), sends SIGHUP to the process in the pid file, and prints the outcome.
+    Reload,
+    /// Replace the running gateway with this binary without losing a request: starts a new
+    /// process that takes the listening sockets over, then lets the old one drain and exit.
+    Upgrade,
     /// Check a deployment end to end from outside: /ping, the app's WebSocket (with an idle
     /// wait), and Socket.IO handshake, polling and upgrade. Ends with "It worked." or the first
     /// failure, and a non-zero exit.
@@ -51,48 +63,77 @@ enum Command {
     },
 }
 
-/// The log: lines on stderr, filtered by `RUST_LOG` (default below), and pingora's TLS
-/// handshake failures counted and logged by their reason instead ([`gateway::noise`]).
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // pingora's HTTP/1 server warns when a second response head is written; the gateway
-        // does that on purpose for X-Accel-Redirect answers (the file's head is sent first,
-        // the app's is then skipped: see `accel` and `proxy`), and it is that module's only
-        // warning.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,pingora=warn,pingora_core::protocols::http::v1::server=error",
-            )
-        })
-        .add_directive(
-            gateway::noise::SILENCED
-                .parse()
-                .expect("a valid filter directive"),
-        );
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(filter);
-    let noise = gateway::noise::HandshakeNoise.with_filter(tracing_subscriber::filter::filter_fn(
-        gateway::noise::wanted,
-    ));
-    tracing_subscriber::registry()
-        .with(output)
-        .with(noise)
-        .init();
-}
-
 /// Exit status for a configuration that does not pass: 2, like `nginx -t` failures in scripts
 /// that distinguish "bad config" (2) from "crashed" (1).
 const EXIT_BAD_CONFIG: u8 = 2;
 
+/// How long `gateway reload` waits for the running gateway's outcome: a reload reads a few
+/// files and builds tables, which takes milliseconds; a process that says nothing in 10 s is
+/// not going to.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long `gateway upgrade` waits for the new process at each step (ready for the sockets,
+/// then serving): it builds everything a start does, joining Redis included.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the old process keeps accepting beside the new one after the hand-over (pingora's
+/// `CLOSE_TIMEOUT`), before it drains.
+const UPGRADE_HANDOVER_S: u64 = 5;
+
+/// `gateway reload`, after the file passed its check here. When this binary is not the one the
+/// running gateway was started from (a new version was installed), the reload is an upgrade:
+/// the new binary takes over, with this file ([`gateway::upgrade`]).
+fn reload(settings: &Settings, config: &std::path::Path) -> ExitCode {
+    if gateway::upgrade::binary_changed(&settings.pid_file) {
+        println!("the installed binary differs from the running one: upgrading");
+        return upgrade(settings, config);
+    }
+    match gateway::reload::request(&settings.pid_file, RELOAD_WAIT) {
+        Ok(status) if status.ok => {
+            if status.applied.is_empty() {
+                println!("reloaded: nothing changed that applies without a restart");
+            } else {
+                println!("reloaded: {}", status.applied.join(", "));
+            }
+            for what in &status.restart_needed {
+                println!("needs a restart to apply: {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("reload refused; the configuration in force keeps serving:");
+            for problem in &status.problems {
+                println!("  {problem}");
+            }
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gateway upgrade`.
+fn upgrade(settings: &Settings, config: &std::path::Path) -> ExitCode {
+    match gateway::upgrade::run(settings, config, UPGRADE_WAIT) {
+        Ok((old, new)) => {
+            println!(
+                "upgraded: process {new} serves; process {old} drains and exits within {} s",
+                settings.grace_period.as_secs() + UPGRADE_HANDOVER_S
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    gateway::logging::init();
 
     if let Some(Command::Probe {
         url,
@@ -137,24 +178,34 @@ fn main() -> ExitCode {
             });
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Check => {
             println!("{}: ok", cli.config.display());
             ExitCode::SUCCESS
         }
+        Command::Reload => reload(&settings, &cli.config),
+        Command::Upgrade => upgrade(&settings, &cli.config),
         // Answered before any configuration is read.
         Command::Probe { .. } => ExitCode::SUCCESS,
-        Command::Run => {
-            let server = match gateway::server::build(&settings) {
+        Command::Run { upgrade } => {
+            let (server, reloader) = match gateway::server::build(&settings, &cli.config, upgrade) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gateway: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Err(e) = gateway::reload::on_sighup(reloader.clone()) {
+                eprintln!("gateway: cannot listen for SIGHUP (reload): {e}");
+                return ExitCode::FAILURE;
+            }
+            if let Err(e) = reloader.announce() {
+                tracing::warn!(pid_file = %settings.pid_file.display(), error = %e, "cannot write the pid file: `gateway reload` will not find this process (SIGHUP still reloads)");
+            }
             if let Some(https) = settings.listen.https {
                 tracing::info!("serving https://localhost:{}/", https.port());
             }
+            gateway::notify::ready();
             server.run_forever()
         }
     }

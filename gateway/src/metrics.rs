@@ -163,20 +163,67 @@ impl Drop for OpenGuard {
 const TLS_VERSIONS: [&str; 3] = ["1.2", "1.3", "other"];
 
 /// Every metric of the process. Built once with the server; shared by the front door, the
-/// admin listener and the access log.
+/// admin listener and the access log, and kept across reloads (each configuration gets its
+/// per-route rows from [`Metrics::routes`]).
 pub struct Metrics {
     registry: Registry,
-    /// By route index; one more at the end for requests that matched no route.
-    routes: Vec<RouteMetrics>,
+    requests: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
+    upstream_durations: Family<Labels, Histogram>,
+    route_info: Family<Labels, Gauge>,
+    /// The pools of the configuration in force, read at scrape time.
+    pools: Arc<arc_swap::ArcSwap<Vec<Arc<Pool>>>>,
+    socketio: Arc<std::sync::OnceLock<realtime::socketio::SocketIo>>,
     open: [Gauge; OPEN_KINDS.len()],
     tls_handshakes: [Counter; TLS_VERSIONS.len()],
-    /// Config reloads, by outcome. Nothing reloads yet (a restart applies a new file), so
-    /// both stay 0 until `SIGHUP` reload exists; they are exported now so dashboards and
-    /// alerts can be written against them.
+    /// Config reloads, by outcome ([`crate::reload`]).
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
     /// Access log lines dropped because the writer was behind (see [`crate::access_log`]).
     pub access_log_dropped: Counter,
+}
+
+/// One configuration's per-route metrics: by route index, one more at the end for requests
+/// that matched no route. A reload builds a new table; the series it shares with the old one
+/// (same route index, status, upstream) keep counting.
+#[derive(Debug)]
+pub struct RouteTable(Vec<RouteMetrics>);
+
+impl RouteTable {
+    /// The metrics of route `index` (`None`: the request matched no route).
+    fn route(&self, index: Option<usize>) -> &RouteMetrics {
+        let last = self.0.len() - 1;
+        &self.0[index.map_or(last, |i| i.min(last))]
+    }
+
+    /// A request ended: count it and its latencies. `by_pool`: the route's pool was asked.
+    pub fn request(
+        &self,
+        route: Option<usize>,
+        status: u16,
+        by_pool: bool,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let m = self.route(route);
+        m.requests[usize::from(by_pool)][class_index(status)].inc();
+        m.duration.observe(total);
+        if let (Some(h), Some(d)) = (&m.upstream, upstream) {
+            h.observe(d);
+        }
+    }
+
+    /// A request on realtime route `route` that holds a connection open (an upgrade, a
+    /// stream, a held poll): counted by its kind while it lasts. Only GETs and upgrades hold
+    /// one; a publish is a short request like any other.
+    pub fn realtime_session(&self, route: usize, upgrade: bool, get: bool) -> Option<OpenGuard> {
+        if !upgrade && !get {
+            return None;
+        }
+        let gauge = self.route(Some(route)).realtime.as_ref()?[usize::from(upgrade)].clone()?;
+        gauge.inc();
+        Some(OpenGuard(gauge))
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,14 +233,10 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// The metrics of a server built from `settings`; `pools` are the router's (for health and
-    /// in-flight counts at scrape time), `hub` and `socketio` the realtime counters.
-    pub fn new(
-        settings: &Settings,
-        pools: Vec<Arc<Pool>>,
-        hub: realtime::hub::Hub,
-        socketio: Option<realtime::socketio::SocketIo>,
-    ) -> Metrics {
+    /// The process's metrics; the hub's counters are read at scrape time, as are Socket.IO's
+    /// once a route mounts it ([`Metrics::set_socketio`]). Routes and pools come with each
+    /// configuration ([`Metrics::routes`]).
+    pub fn new(hub: realtime::hub::Hub) -> Metrics {
         let mut registry = Registry::default();
 
         let requests = Family::<Labels, Counter>::default();
@@ -234,8 +277,8 @@ impl Metrics {
         let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "gateway_config_reloads",
-            "Configuration reloads by result (ok, failed); reload is not built yet, so both \
-             are 0",
+            "Configuration reloads (SIGHUP, gateway reload) by result: ok, or failed (the \
+             file did not pass and the old configuration kept serving)",
             reloads.clone(),
         );
         let dropped = Counter::default();
@@ -264,20 +307,60 @@ impl Metrics {
             route_info.clone(),
         );
 
+        let open: [Gauge; OPEN_KINDS.len()] = std::array::from_fn(|i| {
+            open.get_or_create(&vec![("kind", OPEN_KINDS[i].to_string())])
+                .clone()
+        });
+        let tls_handshakes = std::array::from_fn(|i| {
+            tls.get_or_create(&vec![("version", TLS_VERSIONS[i].to_string())])
+                .clone()
+        });
+        let reloads_ok = reloads
+            .get_or_create(&vec![("result", "ok".to_string())])
+            .clone();
+        let reloads_failed = reloads
+            .get_or_create(&vec![("result", "failed".to_string())])
+            .clone();
+        let pools = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+        let socketio = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(Scraped {
+            pools: pools.clone(),
+            hub,
+            socketio: socketio.clone(),
+        }));
+        Metrics {
+            registry,
+            requests,
+            durations,
+            upstream_durations,
+            route_info,
+            pools,
+            socketio,
+            open,
+            tls_handshakes,
+            reloads_ok,
+            reloads_failed,
+            access_log_dropped: dropped,
+        }
+    }
+
+    /// The per-route metrics of a configuration (at start and on each reload), and its pools
+    /// for the scraped health and in-flight counts. `gateway_route` then describes these
+    /// routes only.
+    pub fn routes(&self, settings: &Settings, pools: Vec<Arc<Pool>>) -> RouteTable {
+        self.pools.store(Arc::new(pools));
+        self.route_info.clear();
         let pool_histograms: std::collections::BTreeMap<&str, Histogram> = settings
             .upstreams
             .keys()
             .map(|name| {
-                let h = upstream_durations
+                let h = self
+                    .upstream_durations
                     .get_or_create(&vec![("upstream", name.clone())])
                     .clone();
                 (name.as_str(), h)
             })
             .collect();
-        let open: [Gauge; OPEN_KINDS.len()] = std::array::from_fn(|i| {
-            open.get_or_create(&vec![("kind", OPEN_KINDS[i].to_string())])
-                .clone()
-        });
 
         let mut routes = Vec::with_capacity(settings.routes.len() + 1);
         let described = settings.routes.iter().enumerate().map(|(i, r)| {
@@ -289,7 +372,7 @@ impl Metrics {
                 Target::Realtime(e) => Some(e.kind()),
                 Target::App(_) => None,
             };
-            route_info
+            self.route_info
                 .get_or_create(&vec![
                     ("route", format!("routes[{i}]")),
                     ("path", r.path.clone()),
@@ -302,7 +385,7 @@ impl Metrics {
         for (name, pool, realtime) in described.chain([("-".to_string(), None, None)]) {
             let row = |upstream: &str| -> [Counter; CLASSES.len()] {
                 std::array::from_fn(|c| {
-                    requests
+                    self.requests
                         .get_or_create(&vec![
                             ("route", name.clone()),
                             ("status", CLASSES[c].to_string()),
@@ -316,10 +399,11 @@ impl Metrics {
                 Some(p) => row(p),
                 None => none.clone(),
             };
-            let gauge = |kind: Open| Some(open[kind as usize].clone());
+            let gauge = |kind: Open| Some(self.open[kind as usize].clone());
             routes.push(RouteMetrics {
                 requests: [none, with_pool],
-                duration: durations
+                duration: self
+                    .durations
                     .get_or_create(&vec![("route", name.clone())])
                     .clone(),
                 upstream: pool
@@ -337,53 +421,20 @@ impl Metrics {
             });
         }
 
-        let tls_handshakes = std::array::from_fn(|i| {
-            tls.get_or_create(&vec![("version", TLS_VERSIONS[i].to_string())])
-                .clone()
-        });
-        let reloads_ok = reloads
-            .get_or_create(&vec![("result", "ok".to_string())])
-            .clone();
-        let reloads_failed = reloads
-            .get_or_create(&vec![("result", "failed".to_string())])
-            .clone();
-        registry.register_collector(Box::new(Scraped {
-            pools,
-            hub,
-            socketio,
-        }));
-        Metrics {
-            registry,
-            routes,
-            open,
-            tls_handshakes,
-            reloads_ok,
-            reloads_failed,
-            access_log_dropped: dropped,
+        RouteTable(routes)
+    }
+
+    /// Export the Socket.IO server's counters (once: the server is built once).
+    pub fn set_socketio(&self, io: Option<realtime::socketio::SocketIo>) {
+        if let Some(io) = io {
+            let _ = self.socketio.set(io);
         }
     }
 
-    /// The metrics of route `index` (`None`: the request matched no route).
-    fn route(&self, index: Option<usize>) -> &RouteMetrics {
-        let last = self.routes.len() - 1;
-        &self.routes[index.map_or(last, |i| i.min(last))]
-    }
-
-    /// A request ended: count it and its latencies. `by_pool`: the route's pool was asked.
-    pub fn request(
-        &self,
-        route: Option<usize>,
-        status: u16,
-        by_pool: bool,
-        total: Duration,
-        upstream: Option<Duration>,
-    ) {
-        let m = self.route(route);
-        m.requests[usize::from(by_pool)][class_index(status)].inc();
-        m.duration.observe(total);
-        if let (Some(h), Some(d)) = (&m.upstream, upstream) {
-            h.observe(d);
-        }
+    /// Client connections to the front door open now (HTTP/1 and HTTP/2).
+    pub fn open_connections(&self) -> u64 {
+        let count = |kind: Open| self.open[kind as usize].get().max(0) as u64;
+        count(Open::Http1) + count(Open::Http2)
     }
 
     /// Count a connection or session of `kind` as open until the guard is dropped.
@@ -391,18 +442,6 @@ impl Metrics {
         let g = self.open[kind as usize].clone();
         g.inc();
         OpenGuard(g)
-    }
-
-    /// A request on realtime route `route` that holds a connection open (an upgrade, a
-    /// stream, a held poll): counted by its kind while it lasts. Only GETs and upgrades hold
-    /// one; a publish is a short request like any other.
-    pub fn realtime_session(&self, route: usize, upgrade: bool, get: bool) -> Option<OpenGuard> {
-        if !upgrade && !get {
-            return None;
-        }
-        let gauge = self.route(Some(route)).realtime.as_ref()?[usize::from(upgrade)].clone()?;
-        gauge.inc();
-        Some(OpenGuard(gauge))
     }
 
     /// A TLS handshake completed with `version` (as rustls names it: `TLSv1_3`).
@@ -439,9 +478,9 @@ fn realtime_name(kind: RealtimeKind) -> &'static str {
 
 /// What other parts count already, read at scrape time.
 struct Scraped {
-    pools: Vec<Arc<Pool>>,
+    pools: Arc<arc_swap::ArcSwap<Vec<Arc<Pool>>>>,
     hub: realtime::hub::Hub,
-    socketio: Option<realtime::socketio::SocketIo>,
+    socketio: Arc<std::sync::OnceLock<realtime::socketio::SocketIo>>,
 }
 
 impl std::fmt::Debug for Scraped {
@@ -477,8 +516,9 @@ fn one<M: EncodeMetric>(
 
 impl Collector for Scraped {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pools = self.pools.load();
         let servers = || {
-            self.pools.iter().flat_map(|p| {
+            pools.iter().flat_map(|p| {
                 p.servers.iter().map(move |s| {
                     let labels = vec![("upstream", p.name.clone()), ("server", s.addr.to_string())];
                     (labels, s)
@@ -575,7 +615,7 @@ impl Collector for Scraped {
             ConstGauge::new(hub.subscribers as i64),
         )?;
 
-        if let Some(io) = &self.socketio {
+        if let Some(io) = self.socketio.get() {
             let s = io.stats();
             let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
             one(

@@ -4,6 +4,11 @@
 //! What the targets share lives elsewhere, once: server picking and retries in
 //! [`crate::attempt`], what a fault becomes in [`crate::failure`], and what every answer passes
 //! through on its way out in [`crate::finish`].
+//!
+//! A reload ([`crate::reload`]) builds a new [`Serving`] and swaps it into [`Current`]: each
+//! request takes the one in force when it starts ([`Gateway::new_ctx`]) and keeps it to the
+//! end, so a request, an upload or a WebSocket that began under the old routes finishes on
+//! them while the next request on the same connection gets the new ones.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,8 +37,22 @@ use crate::upstream::{Pool, Protocol};
 use crate::ws_frames::Frames;
 use crate::{fastcgi, forwarding, relay, seam, tunnel};
 
+/// The configuration in force: swapped whole by a reload, read once per request.
+pub type Current = arc_swap::ArcSwap<Serving>;
+
+/// The front door: pingora's `ProxyHttp`, serving each request with the [`Serving`] in force
+/// when it arrived.
 pub struct Gateway {
+    pub current: Arc<Current>,
+}
+
+/// What one configuration serves with: its routes and pools, limits and headers. Built at start
+/// and again by each reload; the parts that outlive a configuration (metrics, the access log,
+/// the connector, the temp directory) are shared between generations.
+pub struct Serving {
     pub router: Router,
+    /// This configuration's per-route metrics ([`Metrics::routes`]).
+    pub routes: crate::metrics::RouteTable,
     pub limits: Limits,
     pub trusted: Vec<Cidr>,
     /// The `Strict-Transport-Security` value, when HSTS is on (sent over TLS only).
@@ -43,16 +62,20 @@ pub struct Gateway {
     /// Where held bodies spill to disk.
     pub temp_dir: Arc<std::path::PathBuf>,
     /// Connections to the app for requests whose body is held (see [`relay`]).
-    pub connector: pingora::connectors::http::v1::Connector,
+    pub connector: Arc<pingora::connectors::http::v1::Connector>,
     /// Counted in [`Gateway::logging`], the one hook every request ends in.
     pub metrics: Arc<Metrics>,
     /// `None` when `access_log.path` is `off`.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Per-client limits' state ([`crate::client_limits`]).
+    pub client_limits: Arc<crate::client_limits::ClientLimits>,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct Ctx {
+    /// The configuration this request is served with, taken from [`Current`] as it starts.
+    serving: Option<Arc<Serving>>,
     route: Option<Arc<str>>,
     /// The route's place in the configuration, for the metrics.
     route_index: Option<usize>,
@@ -88,6 +111,8 @@ pub struct Ctx {
     fault: Option<Fault>,
     /// An upgraded session's WebSocket frames (tunnel, realtime), for its log line.
     frames: Option<Box<Frames>>,
+    /// This request's slot of `limits.per_client_connections`, freed when it ends.
+    _in_progress: Option<crate::client_limits::InProgress>,
 }
 
 impl Ctx {
@@ -146,7 +171,7 @@ fn host_of(req: &RequestHeader) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-impl Gateway {
+impl Serving {
     fn body_limits(&self) -> BodyLimits {
         BodyLimits::from_limits(&self.limits)
     }
@@ -212,6 +237,11 @@ impl Gateway {
             max_file: self.limits.response_temp_file_bytes,
             dir: self.temp_dir.clone(),
         }
+    }
+
+    /// The client the limits count: the address a trusted proxy forwarded, or the peer's.
+    fn real_client(&self, session: &Session, ctx: &Ctx) -> Option<IpAddr> {
+        forwarding::real_client(&self.client(ctx), &session.req_header().headers)
     }
 
     fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
@@ -354,24 +384,9 @@ impl Gateway {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Some(Instant::now()),
-            served_by: "upstream",
-            ..Ctx::default()
-        }
-    }
-
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        // The first hook pingora calls once its parser has the whole head.
-        crate::header_deadline::head_parsed(session);
-        Ok(())
-    }
-
+/// pingora's hooks that need the configuration, each run by [`Gateway`]'s with the
+/// request's [`Serving`].
+impl Serving {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         connection_limits(session, &self.limits);
         ctx.client = session
@@ -387,6 +402,30 @@ impl ProxyHttp for Gateway {
             &self.client(ctx),
             &session.req_header().headers,
         ));
+
+        // Limits come first: a client over its rate is refused before any work is done for it.
+        let admitted = self.client_limits.admit(
+            &self.limits,
+            crate::client_limits::Request {
+                client: if self.limits.per_client() {
+                    self.real_client(session, ctx)
+                } else {
+                    None
+                },
+                open_connections: self.metrics.open_connections(),
+            },
+            Instant::now(),
+        );
+        match admitted {
+            Ok(slot) => ctx._in_progress = slot,
+            Err(refusal) => {
+                ctx.served_by = "limit";
+                self.finish(ctx.tls, None)
+                    .limited(session, &refusal, &ctx.place())
+                    .await?;
+                return Ok(true);
+            }
+        }
 
         let req = session.req_header();
         if header_bytes(req) > self.limits.max_header_bytes {
@@ -460,9 +499,28 @@ impl ProxyHttp for Gateway {
         ctx.route_index = Some(route.index);
 
         match &route.target {
-            Target::Realtime(service) => {
+            Target::Realtime(service, kind) => {
                 ctx.served_by = "realtime";
-                let _open = self.metrics.realtime_session(
+                let opens = crate::client_limits::opens_realtime_session(
+                    *kind,
+                    &req.method,
+                    session.is_upgrade_req(),
+                    req.uri.query(),
+                );
+                if opens {
+                    let client = self.real_client(session, ctx);
+                    let admitted =
+                        self.client_limits
+                            .realtime_connect(&self.limits, client, Instant::now());
+                    if let Err(refusal) = admitted {
+                        self.finish(ctx.tls, None)
+                            .limited(session, &refusal, &ctx.place())
+                            .await?;
+                        return Ok(true);
+                    }
+                }
+                let req = session.req_header();
+                let _open = self.routes.realtime_session(
                     route.index,
                     session.is_upgrade_req(),
                     req.method == http::Method::GET,
@@ -521,6 +579,138 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // pingora's hop-by-hop pass has already taken `Connection` off; the fields it names
+        // still go (those that may, see `forwarding`), as on every other path.
+        if let Some(listed) = session.req_header().headers.get(http::header::CONNECTION) {
+            upstream_request.insert_header(http::header::CONNECTION, listed.clone())?;
+        }
+        self.tell_the_app(upstream_request, ctx, false);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if crate::accel::names_a_file(upstream_response) {
+            // The whole answer (the file, or a 404) is written here. pingora then finds a
+            // response already sent and skips the app's head (H2 silently; H1 with a warning,
+            // silenced in main.rs), and `response_body_filter` drops the app's body.
+            return self
+                .named_file(session, ctx, upstream_response.clone())
+                .await;
+        }
+        if let (None, Some(at)) = (ctx.upstream_time, ctx.upstream_started) {
+            ctx.upstream_time = Some(at.elapsed());
+        }
+        // Called again for the final header after a 1xx, which decides afresh.
+        let finish = self.finish(ctx.tls, ctx.compression.as_deref());
+        ctx.out = finish.head(
+            session.req_header(),
+            session.is_http2(),
+            upstream_response,
+            Origin::App,
+            false,
+        )?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let fault = match ctx.fault.take() {
+            Some(fault) => fault,
+            None => Fault::from_error(e, ctx.server()),
+        };
+        let _ = self.fail(session, ctx, &fault).await;
+        FailToProxy {
+            error_code: fault.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        crate::header_deadline::request_done(session);
+        // Every request ends here, whatever answered it: the one place it is counted and
+        // logged.
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let duration = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let by_pool = ctx.current.is_some();
+        self.routes.request(
+            ctx.route_index,
+            status,
+            by_pool,
+            duration,
+            ctx.upstream_time,
+        );
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        let req = session.req_header();
+        let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
+        log.log(Entry {
+            time: std::time::SystemTime::now(),
+            client: ctx.client,
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            version: req.version,
+            host: header(http::header::HOST),
+            status,
+            bytes_sent: session.body_bytes_sent() as u64,
+            bytes_received: session.body_bytes_read().max(ctx.body_bytes as usize) as u64,
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            request_id: ctx.request_id.take(),
+            route: ctx.route.take(),
+            by: ctx.served_by,
+            upstream: ctx.pool.take().map(|p| (p, ctx.current)),
+            duration,
+            upstream_duration: ctx.upstream_time,
+            tls: ctx.tls,
+            websocket: ctx.frames.take().filter(|_| status == 101),
+        });
+    }
+}
+
+/// The configuration a request is served with (set by [`Gateway::new_ctx`]).
+fn serving(ctx: &Ctx) -> Arc<Serving> {
+    ctx.serving
+        .clone()
+        .expect("new_ctx sets the configuration of every request")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            serving: Some(self.current.load_full()),
+            started: Some(Instant::now()),
+            served_by: "upstream",
+            ..Ctx::default()
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The first hook pingora calls once its parser has the whole head.
+        crate::header_deadline::head_parsed(session);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        serving(ctx).request_filter(session, ctx).await
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -531,8 +721,12 @@ impl ProxyHttp for Gateway {
         // Chunked bodies have no length up front: count as they pass.
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.limits.max_body_bytes {
-                ctx.fault = Some(ClientFailure::TooLarge(self.limits.max_body_bytes).into());
+            let max = ctx
+                .serving
+                .as_ref()
+                .map_or(u64::MAX, |s| s.limits.max_body_bytes);
+            if ctx.body_bytes > max {
+                ctx.fault = Some(ClientFailure::TooLarge(max).into());
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
             }
         }
@@ -610,13 +804,9 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // pingora's hop-by-hop pass has already taken `Connection` off; the fields it names
-        // still go (those that may, see `forwarding`), as on every other path.
-        if let Some(listed) = session.req_header().headers.get(http::header::CONNECTION) {
-            upstream_request.insert_header(http::header::CONNECTION, listed.clone())?;
-        }
-        self.tell_the_app(upstream_request, ctx, false);
-        Ok(())
+        serving(ctx)
+            .upstream_request_filter(session, upstream_request, ctx)
+            .await
     }
 
     async fn response_filter(
@@ -625,27 +815,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if crate::accel::names_a_file(upstream_response) {
-            // The whole answer (the file, or a 404) is written here. pingora then finds a
-            // response already sent and skips the app's head (H2 silently; H1 with a warning,
-            // silenced in main.rs), and `response_body_filter` drops the app's body.
-            return self
-                .named_file(session, ctx, upstream_response.clone())
-                .await;
-        }
-        if let (None, Some(at)) = (ctx.upstream_time, ctx.upstream_started) {
-            ctx.upstream_time = Some(at.elapsed());
-        }
-        // Called again for the final header after a 1xx, which decides afresh.
-        let finish = self.finish(ctx.tls, ctx.compression.as_deref());
-        ctx.out = finish.head(
-            session.req_header(),
-            session.is_http2(),
-            upstream_response,
-            Origin::App,
-            false,
-        )?;
-        Ok(())
+        serving(ctx)
+            .response_filter(session, upstream_response, ctx)
+            .await
     }
 
     fn response_body_filter(
@@ -672,59 +844,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let fault = match ctx.fault.take() {
-            Some(fault) => fault,
-            None => Fault::from_error(e, ctx.server()),
-        };
-        let _ = self.fail(session, ctx, &fault).await;
-        FailToProxy {
-            error_code: fault.status(),
-            can_reuse_downstream: false,
-        }
+        serving(ctx).fail_to_proxy(session, e, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        crate::header_deadline::request_done(session);
-        // Every request ends here, whatever answered it: the one place it is counted and
-        // logged.
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let duration = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        let by_pool = ctx.current.is_some();
-        self.metrics.request(
-            ctx.route_index,
-            status,
-            by_pool,
-            duration,
-            ctx.upstream_time,
-        );
-        let Some(log) = &self.access_log else {
-            return;
-        };
-        let req = session.req_header();
-        let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
-        log.log(Entry {
-            time: std::time::SystemTime::now(),
-            client: ctx.client,
-            method: req.method.clone(),
-            uri: req.uri.clone(),
-            version: req.version,
-            host: header(http::header::HOST),
-            status,
-            bytes_sent: session.body_bytes_sent() as u64,
-            bytes_received: session.body_bytes_read().max(ctx.body_bytes as usize) as u64,
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-            request_id: ctx.request_id.take(),
-            route: ctx.route.take(),
-            by: ctx.served_by,
-            upstream: ctx.pool.take().map(|p| (p, ctx.current)),
-            duration,
-            upstream_duration: ctx.upstream_time,
-            tls: ctx.tls,
-            websocket: ctx.frames.take().filter(|_| status == 101),
-        });
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        serving(ctx).logging(session, e, ctx).await
     }
 }

@@ -26,7 +26,7 @@ pub enum Target {
         response_buffering: bool,
     },
     /// An in-process realtime service, reached through the seam.
-    Realtime(Arc<dyn realtime::seam::Service>),
+    Realtime(Arc<dyn realtime::seam::Service>, settings::RealtimeKind),
 }
 
 pub struct Route {
@@ -65,7 +65,7 @@ impl Router {
         for (index, r) in settings.routes.iter().enumerate() {
             let target = match &r.target {
                 settings::Target::Realtime(endpoint) => {
-                    Target::Realtime(realtime(endpoint, &r.path))
+                    Target::Realtime(realtime(endpoint, &r.path), endpoint.kind())
                 }
                 settings::Target::App(app) => Target::App {
                     files: match &app.files {

@@ -193,7 +193,7 @@ pub async fn serve_counted(
 /// gives that fault ([`crate::failure`]).
 async fn body_refused(session: &mut Session, failure: ClientFailure) -> Result<()> {
     let fault = crate::failure::Fault::from(failure);
-    crate::finish::respond(session, None, fault.status(), fault.public_reason()).await
+    crate::finish::respond(session, None, fault.status(), fault.public_reason(), None).await
 }
 
 /// Write the service's answer, whatever its shape. `unread_body`: the client is still sending

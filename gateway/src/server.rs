@@ -17,11 +17,11 @@ use crate::admin::Admin;
 use crate::h2_guard::{H2Guard, H2Limits};
 use crate::header_deadline::HeaderDeadline;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
+use crate::proxy::{Current, Gateway};
 use crate::redirect::RedirectToHttps;
-use crate::router::Router;
+use crate::reload::{Reloader, Shared};
 use crate::settings::{self, Endpoint, RealtimeKind, Settings};
-use crate::tls::SniResolver;
+use crate::tls::Certificates;
 use crate::upstream::Pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
-    Routes(#[from] crate::router::BuildError),
-    #[error(transparent)]
-    Internal(#[from] crate::accel::BuildError),
+    Serve(#[from] crate::reload::ServeError),
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("temporary directory {}: {source}", .path.display())]
@@ -45,22 +43,44 @@ pub enum StartError {
     ClusterRuntime(std::io::Error),
 }
 
-/// Runs every pool's health checks until shutdown.
-struct HealthChecks(Vec<Arc<Pool>>);
+/// Runs the health checks of the pools in force until shutdown: a reload sends the new list,
+/// checks start for new pools and stop for pools no route uses any more (a kept pool's checks
+/// go on undisturbed).
+struct HealthChecks(tokio::sync::watch::Receiver<Vec<Arc<Pool>>>);
 
 #[async_trait::async_trait]
 impl BackgroundService for HealthChecks {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let tasks = self
-            .0
-            .iter()
-            .map(|p| tokio::spawn(p.clone().check_forever(shutdown.clone())));
-        futures_util::future::join_all(tasks).await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut pools = self.0.clone();
+        let mut running: Vec<(Arc<Pool>, tokio::task::JoinHandle<()>)> = Vec::new();
+        loop {
+            let wanted = pools.borrow_and_update().clone();
+            running.retain(|(pool, task)| {
+                let kept = wanted.iter().any(|w| Arc::ptr_eq(w, pool));
+                if !kept {
+                    task.abort();
+                }
+                kept
+            });
+            for pool in wanted {
+                if !running.iter().any(|(p, _)| Arc::ptr_eq(p, &pool)) {
+                    let task = tokio::spawn(pool.clone().check_forever(shutdown.clone()));
+                    running.push((pool, task));
+                }
+            }
+            tokio::select! {
+                changed = pools.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        futures_util::future::join_all(running.into_iter().map(|(_, task)| task)).await;
     }
 }
 
-/// Drops idle topics now and then, so a topic nobody uses stops holding memory.
-struct HubSweeper(realtime::hub::Hub);
+/// Drops idle topics now and then, so a topic nobody uses stops holding memory; and when the
+/// process drains (`SIGTERM`, or the old process of `gateway upgrade`), tells every realtime
+/// client to come back ([`Realtime::drain`]).
+struct HubSweeper(Arc<Realtime>);
 
 /// Often enough that an idle topic is freed within a couple of minutes of its TTL.
 const HUB_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -72,13 +92,13 @@ impl BackgroundService for HubSweeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let dropped = self.0.sweep(std::time::Instant::now());
+                    let dropped = self.0.hub.sweep(std::time::Instant::now());
                     if dropped > 0 {
                         tracing::debug!(dropped, "idle topics dropped");
                     }
                 }
                 _ = shutdown.changed() => {
-                    self.0.shutdown();
+                    self.0.drain();
                     return;
                 }
             }
@@ -190,14 +210,12 @@ struct Realtime {
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
-    /// Its service as this node serves it (the public routes forward around it): what the
-    /// internal listener serves to the other nodes.
-    socketio_service: std::sync::OnceLock<Arc<dyn realtime::seam::Service>>,
+    /// Its Engine.IO service, closed first when the process drains; in a fleet, what the
+    /// internal listener serves to the other nodes (the public routes forward around it).
+    socketio_service: std::sync::OnceLock<Arc<crate::socketio::SocketIoService>>,
     settings: settings::Realtime,
     /// Who may connect, subscribe and publish, on every transport.
     access: realtime::access::Access,
-    /// `proxy.trusted_proxies`, for what a forwarded request says of its client.
-    trusted: Vec<settings::Cidr>,
 }
 
 impl Realtime {
@@ -205,7 +223,6 @@ impl Realtime {
         settings: &settings::Realtime,
         cluster: Option<&settings::Cluster>,
         access: realtime::access::Access,
-        trusted: Vec<settings::Cidr>,
     ) -> Result<Realtime, StartError> {
         let h = &settings.hub;
         let config = realtime::hub::HubConfig {
@@ -237,8 +254,20 @@ impl Realtime {
             socketio_service: std::sync::OnceLock::new(),
             settings: settings.clone(),
             access,
-            trusted,
         })
+    }
+
+    /// Tell every realtime client to come back, now: Engine.IO sessions are closed (a held
+    /// poll gets `close`, a WebSocket 1001; new handshakes get 503), so Socket.IO clients
+    /// reconnect; then every hub subscriber: `/ws` closes with 1001, SSE streams end (the
+    /// browser reconnects after the `retry:` it was given), held long-polls are answered.
+    /// Where they reconnect (the new process of an upgrade, another node) they resume from
+    /// the history: kept in Redis with `cluster:`, lost with the process without it.
+    fn drain(&self) {
+        if let Some(service) = self.socketio_service.get() {
+            service.shutdown();
+        }
+        self.hub.shutdown();
     }
 
     fn service(&self, endpoint: &Endpoint, path: &str) -> Arc<dyn realtime::seam::Service> {
@@ -279,7 +308,7 @@ impl Realtime {
                 )),
                 Endpoint::Socketio => {
                     let forwarding = self.cluster.as_ref().and_then(|c| c.forwarding.as_ref());
-                    let service = crate::socketio::build(
+                    let service = Arc::new(crate::socketio::build(
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
@@ -287,9 +316,8 @@ impl Realtime {
                             sid_tag: forwarding.map(|f| f.tag.clone()),
                             sessions: self.cluster.as_ref().and_then(|c| c.sessions.clone()),
                         },
-                    );
+                    ));
                     let _ = self.socketio.set(service.io().clone());
-                    let service: Arc<dyn realtime::seam::Service> = Arc::new(service);
                     let _ = self.socketio_service.set(service.clone());
                     match forwarding {
                         None => service,
@@ -301,7 +329,6 @@ impl Realtime {
                                 f.directory.clone(),
                                 f.secret.clone(),
                                 sio.ping_interval + sio.ping_timeout,
-                                self.trusted.clone(),
                             ))
                         }
                     }
@@ -426,18 +453,34 @@ fn listener_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(LISTENER_READ_BUFFER)
 }
 
-/// Build the whole server. Certificates arrive loaded; the development certificate is loaded
-/// (or generated) here, so a bad one is an error before anything listens.
-pub fn build(settings: &Settings) -> Result<Server, StartError> {
+/// Build the whole server, and the reloader that puts a new `config_path` in force on SIGHUP.
+/// Certificates arrive loaded; the development certificate is loaded (or generated) here, so
+/// a bad one is an error before anything listens.
+///
+/// `upgrade`: take the listening sockets over from the running gateway (`gateway upgrade`):
+/// pingora's graceful upgrade, through [`Settings::upgrade_sock`].
+pub fn build(
+    settings: &Settings,
+    config_path: &std::path::Path,
+    upgrade: bool,
+) -> Result<(Server, Arc<Reloader>), StartError> {
     let conf = ServerConf {
         threads: settings.threads,
+        upgrade_sock: settings.upgrade_sock().display().to_string(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs()),
         // The app is local: a handful of idle keep-alive connections per server is plenty.
         upstream_keepalive_pool_size: 256,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let temp = settings.proxy.temp_dir.clone();
@@ -452,36 +495,45 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     };
     let all_pools = Pool::all(&settings.upstreams);
     let access = access(settings, &all_pools, &temp_dir, connector());
-    let rt = Realtime::new(
+    let rt = Arc::new(Realtime::new(
         &settings.realtime,
         settings.cluster.as_ref(),
         access,
-        settings.proxy.trusted_proxies.clone(),
-    )?;
-    let router = Router::build(settings, all_pools, &|endpoint, path| {
-        rt.service(endpoint, path)
-    })?;
-    let pools: Vec<Arc<Pool>> = router.pools.values().cloned().collect();
-    let admin_pools = router.pools.clone();
-    let connector = connector();
+    )?);
     let limits = &settings.limits;
-    let metrics = Arc::new(Metrics::new(
-        settings,
-        pools.clone(),
-        rt.hub.clone(),
-        rt.socketio.get().cloned(),
-    ));
+    let metrics = Arc::new(Metrics::new(rt.hub.clone()));
     let access_log = AccessLog::start(&settings.access_log, metrics.access_log_dropped.clone())?;
-    let gateway = Gateway {
-        router,
-        limits: limits.clone(),
-        trusted: settings.proxy.trusted_proxies.clone(),
-        hsts: settings.tls.hsts.as_ref().map(settings::Hsts::header_value),
-        internal: crate::accel::Internal::from_config(&settings.internal_locations)?,
-        temp_dir,
-        connector,
+    let shared = Shared {
         metrics: metrics.clone(),
         access_log,
+        temp_dir,
+        connector: Arc::new(connector()),
+        client_limits: Arc::default(),
+        realtime: Box::new({
+            let rt = rt.clone();
+            move |endpoint, path| rt.service(endpoint, path)
+        }),
+    };
+    let serving = shared.serving(settings, all_pools)?;
+    // The routes have mounted their realtime services: the metrics read Socket.IO's counters.
+    metrics.set_socketio(rt.socketio.get().cloned());
+    let (health, health_rx) =
+        tokio::sync::watch::channel(serving.router.pools.values().cloned().collect());
+    let current = Arc::new(Current::from_pointee(serving));
+    let certificates = match settings.listen.https {
+        Some(_) => Some(Arc::new(Certificates::new(&settings.tls)?)),
+        None => None,
+    };
+    let reloader = Arc::new(Reloader::new(
+        config_path.to_path_buf(),
+        settings.clone(),
+        current.clone(),
+        certificates.clone(),
+        shared,
+        health,
+    ));
+    let gateway = Gateway {
+        current: current.clone(),
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
@@ -508,11 +560,10 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     );
 
     let listen = &settings.listen;
-    if let Some(addr) = listen.https {
-        let resolver = SniResolver::new(&settings.tls)?;
+    if let (Some(addr), Some(certificates)) = (listen.https, certificates) {
         let mut tls = TlsSettings::intermediate("", "")
             .expect("TlsSettings::intermediate only stores its arguments");
-        tls.set_cert_resolver(Arc::new(resolver));
+        tls.set_cert_resolver(certificates);
         tls.enable_h2();
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())
@@ -540,7 +591,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
     if let Some(addr) = listen.admin {
         let admin = Admin {
             metrics,
-            pools: admin_pools,
+            current,
+            reloader: reloader.clone(),
             hub: rt.hub.clone(),
             cluster: rt.cluster.clone(),
             body: crate::buffering::BodyLimits::from_limits(limits),
@@ -548,7 +600,8 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
                 let api = realtime::publish::PublishApi::new(
                     rt.hub.clone(),
                     settings.realtime.publish.token.clone(),
-                );
+                )
+                .with_presence(rt.access.presence().clone());
                 match rt.socketio.get() {
                     Some(io) => api.with_socketio(io.clone()),
                     None => api,
@@ -566,8 +619,9 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         server.add_service(admin);
     }
     if let Some(internal) = settings.cluster.as_ref().and_then(|c| c.internal.as_ref()) {
+        let service = rt.socketio_service.get().cloned();
         let app = crate::fleet_forward::Internal {
-            service: rt.socketio_service.get().cloned(),
+            service: service.map(|s| s as Arc<dyn realtime::seam::Service>),
             secret: internal.secret.clone(),
             body: crate::buffering::BodyLimits::from_limits(limits),
         };
@@ -581,13 +635,10 @@ pub fn build(settings: &Settings) -> Result<Server, StartError> {
         listener.add_tcp(&internal.listen.to_string());
         server.add_service(listener);
     }
-    server.add_service(background_service(
-        "hub sweeper",
-        HubSweeper(rt.hub.clone()),
-    ));
-    server.add_service(background_service("health checks", HealthChecks(pools)));
+    server.add_service(background_service("hub sweeper", HubSweeper(rt.clone())));
+    server.add_service(background_service("health checks", HealthChecks(health_rx)));
     if let Some(cluster) = rt.cluster.clone() {
         server.add_service(background_service("cluster", ClusterService(cluster)));
     }
-    Ok(server)
+    Ok((server, reloader))
 }

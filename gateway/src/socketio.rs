@@ -109,6 +109,7 @@ pub fn build(
                     per_second: ns.relay_rate.per_second,
                     burst: ns.relay_rate.burst,
                 },
+                echo: ns.echo,
             },
         );
     }
@@ -156,6 +157,11 @@ pub fn build(
 impl SocketIoService {
     pub fn io(&self) -> &SocketIo {
         &self.io
+    }
+
+    /// Close every Engine.IO session and refuse new ones: the process is draining.
+    pub fn shutdown(&self) {
+        self.engine.shutdown();
     }
 
     async fn client_file(&self, file: &ClientFile, if_none_match: Option<&[u8]>) -> Response {

@@ -110,6 +110,31 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The certificates in force: what the TLS listener asks on every handshake, swapped whole by
+/// a reload (the files are read again, so a renewed certificate is served to the next
+/// handshake; connections already up keep the one they were made with).
+#[derive(Debug)]
+pub struct Certificates(arc_swap::ArcSwap<SniResolver>);
+
+impl Certificates {
+    pub fn new(tls: &Tls) -> Result<Certificates, TlsError> {
+        Ok(Certificates(arc_swap::ArcSwap::from_pointee(
+            SniResolver::new(tls)?,
+        )))
+    }
+
+    /// Serve `resolver`'s certificates from the next handshake on.
+    pub fn set(&self, resolver: SniResolver) {
+        self.0.store(Arc::new(resolver));
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(hello.server_name()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,10 @@
 //! `POST /publish` with `{"topic": "...", "event": "...", "data": ...}` (or an array of them)
 //! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. An
 //! `Idempotency-Key` header makes a retried publish count once. `GET /topics/<topic>` tells
-//! subscribers and position.
+//! subscribers and position; `GET /topics/<topic>/members`, for a presence topic, its members
+//! (one per user, [`crate::access::presence`]): `{"topic", "count", "connections", "members":
+//! [{"user_id", "user_info"}, ...]}`. A topic whose name ends in `/members` is asked about
+//! with the slash escaped (`%2F`).
 //!
 //! `POST /emit` with `{"namespace": "/", "room": "...", "event": "...", "data": ..., "timeout_ms":
 //! N}` sends a Socket.IO event to the sockets of a room (or a whole namespace) asking each for an
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use crate::access::presence::{self, members_json, Presence};
 use crate::hub::{Hub, HubError, Payload, Position, Published, Publishing};
 use crate::seam::{BodyError, Request, Response, Service};
 use crate::socketio::{AckError, Args, SocketIo, RESERVED_EVENTS};
@@ -44,6 +48,8 @@ pub struct PublishApi {
     max_body: usize,
     /// Where `/emit` sends its events; `None` when Socket.IO is not enabled.
     socketio: Option<SocketIo>,
+    /// The members of the presence topics, which the transports keep.
+    presence: Presence,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,7 +123,15 @@ impl PublishApi {
             token,
             max_body: DEFAULT_MAX_BODY,
             socketio: None,
+            presence: Presence::default(),
         }
+    }
+
+    /// Answers `GET /topics/<topic>/members` from `presence` (the transports' own, from their
+    /// [`crate::access::Access`]).
+    pub fn with_presence(mut self, presence: Presence) -> PublishApi {
+        self.presence = presence;
+        self
     }
 
     /// Enables `POST /emit` on `io`'s namespaces.
@@ -355,6 +369,29 @@ impl PublishApi {
             None => error(StatusCode::NOT_FOUND, format!("no such topic: {name}")),
         }
     }
+
+    fn members(&self, name: &str) -> Response {
+        if !presence::is_presence(name) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "not a presence topic: {name} (their names start with {})",
+                    crate::access::PRESENCE_PREFIX
+                ),
+            );
+        }
+        let members = self.presence.list(name);
+        let (count, connections) = self.presence.count(name);
+        json_response(
+            StatusCode::OK,
+            json!({
+                "topic": name,
+                "count": count,
+                "connections": connections,
+                "members": members_json(&members),
+            }),
+        )
+    }
 }
 
 /// One socket's acknowledgement as JSON: its arguments, with binary ones (placeholders on the
@@ -400,11 +437,17 @@ impl Service for PublishApi {
             };
         }
         if let Some(name) = path.strip_prefix("/topics/") {
+            // Split before decoding: an escaped slash is part of the name.
+            let (name, members) = match name.strip_suffix("/members") {
+                Some(topic) => (topic, true),
+                None => (name, false),
+            };
             let name = percent_encoding::percent_decode_str(name)
                 .decode_utf8_lossy()
                 .into_owned();
-            return match req.head.method {
-                http::Method::GET => self.topic(&name),
+            return match (req.head.method, members) {
+                (http::Method::GET, false) => self.topic(&name),
+                (http::Method::GET, true) => self.members(&name),
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /topics/<topic>"),
             };
         }
@@ -482,6 +525,65 @@ mod tests {
         let (s, info) = call(&api, request("GET", "/topics/news", &[], "")).await;
         assert_eq!(s, 200);
         assert_eq!(info["seq"], 2);
+    }
+
+    #[tokio::test]
+    async fn presence_members_are_listed_per_user() {
+        let hub = Hub::default();
+        let presence = Presence::default();
+        let api = PublishApi::new(hub.clone(), None).with_presence(presence.clone());
+        let (s, v) = call(
+            &api,
+            request("GET", "/topics/presence-room/members", &[], ""),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v,
+            json!({"topic": "presence-room", "count": 0, "connections": 0, "members": []})
+        );
+        let ann = crate::access::Member {
+            user_id: json!(1),
+            user_info: json!({"name": "Ann"}),
+        };
+        for tab in [hub.subscribe().expect("tab"), hub.subscribe().expect("tab")] {
+            presence
+                .enter(&hub, "presence-room", tab.id(), Some(&ann), |_| {
+                    Ok::<(), ()>(())
+                })
+                .expect("entered");
+        }
+        let (_, v) = call(
+            &api,
+            request("GET", "/topics/presence-room/members", &[], ""),
+        )
+        .await;
+        assert_eq!(
+            v,
+            json!({"topic": "presence-room", "count": 1, "connections": 2,
+                   "members": [{"user_id": 1, "user_info": {"name": "Ann"}}]})
+        );
+        // The topic's own info is still there, escaped names too.
+        let (s, v) = call(&api, request("GET", "/topics/presence-room", &[], "")).await;
+        assert_eq!((s.as_u16(), v["seq"].clone()), (200, json!(1)), "{v}");
+        let (s, v) = call(&api, request("GET", "/topics/news/members", &[], "")).await;
+        assert_eq!(s, 404, "{v}");
+        assert!(v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a presence topic"));
+        let (s, _) = call(
+            &api,
+            request("GET", "/topics/presence-a%2Fmembers", &[], ""),
+        )
+        .await;
+        assert_eq!(s, 404, "the topic presence-a/members does not exist");
+        let (s, _) = call(
+            &api,
+            request("POST", "/topics/presence-room/members", &[], ""),
+        )
+        .await;
+        assert_eq!(s, 405);
     }
 
     #[tokio::test]

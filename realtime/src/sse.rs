@@ -15,6 +15,13 @@
 //! private needs the app's word, and with a connect callback every stream needs it too
 //! ([`crate::access`]): 401/403 with the app's reason. Data lines are split on CR,
 //! LF and CRLF alike ([`encode_event`]), so a published message cannot add fields.
+//!
+//! A stream is one tab of each presence topic it follows ([`crate::access::presence`]), as the
+//! member the app's answer (or the connect answer) names, for as long as it is open. It gets
+//! the topic's members once what it resumes is replayed, as `event: presence:subscribed` with
+//! `data: {"topic", "members": [{"user_id", "user_info"}, ...]}`, then the news as
+//! `event: presence:joining` / `presence:leaving` with `data: {"topic", "member"}` (and an
+//! `id:` like any message); not its own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +31,7 @@ use http::StatusCode;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::mpsc;
 
+use crate::access::presence::{self, members_json};
 use crate::access::{self, Access, ClientInfo};
 use crate::hub::{Hub, JoinOutcome, Message, Position};
 use crate::seam::{Request, Response, Service};
@@ -201,12 +209,12 @@ impl Service for Sse {
             Err(refusal) => return refusal.response(),
         };
         let who = admitted.who();
+        let mut grants = Vec::with_capacity(topics.len());
         for t in &topics {
             let client = || ClientInfo::from_request(&req);
-            if let Err(refused) =
-                access::admit_subscription(&self.hub, &self.access, &who, client, t).await
-            {
-                return refused.response();
+            match access::admit_subscription(&self.hub, &self.access, &who, client, t).await {
+                Ok(grant) => grants.push(grant),
+                Err(refused) => return refused.response(),
             }
         }
         let last_id = req
@@ -244,10 +252,32 @@ impl Service for Sse {
                 Err(e) => return Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
             }
         }
+        // The stream is one tab of each presence topic; the member lists follow the replay, so
+        // nothing older than a list comes after it.
+        let presence = self.access.presence();
+        let mut lists = String::new();
+        let mut stays = Vec::new();
+        for (t, grant) in topics.iter().zip(&grants) {
+            if !presence::is_presence(t) {
+                continue;
+            }
+            let member = grant.member_for(&admitted.identity);
+            let listed = presence.enter(&self.hub, t, sub.id(), member.as_ref(), |members| {
+                let data = serde_json::json!({"topic": t, "members": members_json(members)});
+                lists.push_str(&encode_event(None, presence::SUBSCRIBED, &data.to_string()));
+                Ok::<(), std::convert::Infallible>(())
+            });
+            if listed.is_ok() && member.is_some() {
+                stays.push(presence.stay(&self.hub, t, sub.id()));
+            }
+        }
         let (tx, rx) = mpsc::channel::<Bytes>(WRITE_AHEAD);
         let heartbeat = self.config.heartbeat;
         tokio::spawn(async move {
+            // Members until the stream ends, however it ends.
+            let _stays = stays;
             let mut positions = positions;
+            let tab = sub.id();
             let mut emit = |m: &Message| {
                 positions.insert(m.topic.to_string(), m.position());
                 if m.is_reset() {
@@ -255,11 +285,20 @@ impl Service for Sse {
                     // reset on resume is, and the stream goes on from the new position.
                     return reset_event(&m.topic, m.reset_from, m.position());
                 }
-                encode_event(Some(&encode_ids(&positions)), &m.topic, &text::body(m))
+                let id = encode_ids(&positions);
+                if presence::is_presence_event(m.event()) {
+                    if presence::is_own_news(m, tab) {
+                        return String::new();
+                    }
+                    let data = serde_json::json!({"topic": &*m.topic, "member": m.data()});
+                    return encode_event(Some(&id), m.event(), &data.to_string());
+                }
+                encode_event(Some(&id), &m.topic, &text::body(m))
             };
             for m in &replay {
                 first.push_str(&emit(m));
             }
+            first.push_str(&lists);
             if tx.send(Bytes::from(first)).await.is_err() {
                 return;
             }
@@ -268,7 +307,10 @@ impl Service for Sse {
             loop {
                 let chunk = tokio::select! {
                     m = sub.recv() => match m {
-                        Ok(m) => emit(&m),
+                        Ok(m) => match emit(&m) {
+                            nothing if nothing.is_empty() => continue,
+                            event => event,
+                        },
                         Err(closed) => {
                             let data = serde_json::json!({"reason": closed.reason.to_string()});
                             let _ = tx.send(Bytes::from(encode_event(None, "close", &data.to_string()))).await;

@@ -21,8 +21,16 @@
 //! frame. A chat or broadcast-room message that cannot be published closes the connection with
 //! 1013 and the reason. With a connect callback, the upgrade itself is asked about first
 //! (401/403 before the 101), and a pub/sub client starts subscribed to the rooms the app named.
+//!
+//! A pub/sub subscription to a presence topic makes the connection one of the topic's tabs
+//! ([`crate::access::presence`]), as the member the app's answer (or the connect answer)
+//! names, until it unsubscribes or goes: after `subscribed` and what it resumes comes
+//! `{"op":"members","topic","members":[{"user_id","user_info"},...]}`, then the news as
+//! ordinary messages, `{"op":"message","event":"presence:joining"|"presence:leaving","data":
+//! <member>,...}` (not its own).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::FusedStream;
@@ -36,6 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::access::presence::{self, members_json, Stay};
 use crate::access::{self, Access, ClientInfo, Identity, Who};
 use crate::hub::{self, Hub, JoinOutcome, Position, Subscriber};
 use crate::seam::{websocket_accept, Request, Response, Service, Upgraded};
@@ -154,6 +163,11 @@ pub enum PubSubOut {
     },
     Unsubscribed {
         topic: String,
+    },
+    /// A presence topic's members, once the subscription's replay is out.
+    Members {
+        topic: String,
+        members: Value,
     },
     Message {
         topic: String,
@@ -375,6 +389,7 @@ impl Service for WsEndpoint {
             // Kept for the app's questions about later subscriptions.
             info: (mode == Mode::PubSub).then(|| ClientInfo::from_request(&req)),
             identity,
+            stays: Mutex::default(),
         };
         // Join the room before the 101 goes out: a client that sees its connection open must
         // already hear everything said in the room from then on.
@@ -404,6 +419,8 @@ struct Connection {
     info: Option<ClientInfo>,
     /// Who the app said the client is; its rooms are subscribed to at once (`pubsub.v1`).
     identity: Identity,
+    /// The presence topics the connection is a member of, until it unsubscribes or goes.
+    stays: Mutex<HashMap<String, Stay>>,
 }
 
 /// How a connection ended, for the close frame.
@@ -589,6 +606,7 @@ impl Connection {
                 WsMessage::text(json!({"type": m.event(), "payload": m.data()}).to_string())
             }
             Mode::Plain => WsMessage::text(crate::text::body(m)),
+            Mode::PubSub if presence::is_own_news(m, self.sub.id()) => return None,
             Mode::PubSub => {
                 let p = m.position();
                 PubSubOut::Message {
@@ -643,6 +661,37 @@ impl Connection {
         }
     }
 
+    /// The connection is one of presence topic `topic`'s tabs (when the app named a member):
+    /// the member list, sent after the subscription's replay so nothing older follows it.
+    fn arrive(&self, topic: &str, grant: &access::Grant) -> WsMessage {
+        let presence = self.access.presence();
+        let member = grant.member_for(&self.identity);
+        let mut list = Value::Null;
+        let _ = presence.enter(
+            &self.hub,
+            topic,
+            self.sub.id(),
+            member.as_ref(),
+            |members| {
+                list = members_json(members);
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        if member.is_some() {
+            // Subscribed again: the stay it has already is the one (a second would leave on
+            // its drop).
+            let mut stays = crate::sync::lock(&self.stays);
+            if let std::collections::hash_map::Entry::Vacant(v) = stays.entry(topic.to_string()) {
+                v.insert(presence.stay(&self.hub, topic, self.sub.id()));
+            }
+        }
+        PubSubOut::Members {
+            topic: topic.to_string(),
+            members: list,
+        }
+        .text()
+    }
+
     async fn pubsub(&self, request: PubSubIn) -> Vec<WsMessage> {
         let refused = |message: String| vec![PubSubOut::Error { message, id: None }.text()];
         match request {
@@ -671,32 +720,40 @@ impl Connection {
                     transport: TRANSPORT,
                 };
                 let info = || self.info.clone().unwrap_or_default();
-                if let Err(e) =
-                    access::admit_subscription(&self.hub, &self.access, &who, info, &topic).await
-                {
-                    return refused(format!("subscribe refused: {e}"));
-                }
-                match self.sub.join_async(&topic, parsed).await {
+                let grant =
+                    match access::admit_subscription(&self.hub, &self.access, &who, info, &topic)
+                        .await
+                    {
+                        Ok(grant) => grant,
+                        Err(e) => return refused(format!("subscribe refused: {e}")),
+                    };
+                let mut out = match self.sub.join_async(&topic, parsed).await {
                     Ok(JoinOutcome::Reset { current }) => vec![PubSubOut::Reset {
-                        topic,
+                        topic: topic.clone(),
                         since,
                         position: current.to_string(),
                     }
                     .text()],
                     Ok(joined) => {
                         let mut out = vec![PubSubOut::Subscribed {
-                            topic,
+                            topic: topic.clone(),
                             position: joined.position().to_string(),
                         }
                         .text()];
                         out.extend(joined.replay().iter().filter_map(|m| self.render(m)));
                         out
                     }
-                    Err(e) => refused(e.to_string()),
+                    Err(e) => return refused(e.to_string()),
+                };
+                if presence::is_presence(&topic) {
+                    out.push(self.arrive(&topic, &grant));
                 }
+                out
             }
             PubSubIn::Unsubscribe { topic } => {
                 self.sub.leave(&topic);
+                // Out of the members too (its departure announced when it was the user's last).
+                crate::sync::lock(&self.stays).remove(&topic);
                 vec![PubSubOut::Unsubscribed { topic }.text()]
             }
             PubSubIn::Publish {
@@ -812,6 +869,15 @@ mod tests {
         assert_eq!(
             out,
             r#"{"op":"message","topic":"t","event":"e","data":[1],"seq":3,"epoch":"00000000000000ab","position":"00000000000000ab:3"}"#
+        );
+        let members = serde_json::to_string(&PubSubOut::Members {
+            topic: "presence-room".into(),
+            members: json!([{"user_id": 1, "user_info": {"name": "Ann"}}]),
+        })
+        .expect("serializes");
+        assert_eq!(
+            members,
+            r#"{"op":"members","topic":"presence-room","members":[{"user_id":1,"user_info":{"name":"Ann"}}]}"#
         );
     }
 }

@@ -196,6 +196,30 @@ try {
     results.sse = r;
   }
 
+  // (f) Who is here: Ann signs in on two pages (one at once by the address, one by the switch),
+  // Bob on a third; everyone lists each user once; Bob signs out, Ann's tab shows her alone.
+  {
+    const members = (page) => tid(page, "members").locator("li").allTextContents();
+    const shows = (page, names) => page.waitForFunction((want) =>
+      [...document.querySelectorAll('[data-testid="members"] li')].map((li) => li.textContent).join(",") === want,
+    names.join(","));
+    const a1 = await open("?mode=sse&name=Ann-who&user=ann");
+    await shows(a1, ["ann"]);
+    const a2 = await open("?mode=sse&name=Ann-who-2");
+    await tid(a2, "login-user").selectOption("ann");
+    await shows(a2, ["ann"]);
+    const b = await open("?mode=sse&name=Bob-who");
+    await tid(b, "login-user").selectOption("bob");
+    for (const p of [a1, a2, b]) await shows(p, ["ann", "bob"]);
+    const who = { a1: await members(a1), a2: await members(a2), b: await members(b), state: await tid(a1, "who-state").textContent() };
+    await tid(b, "login-user").selectOption("");
+    await shows(a1, ["ann"]);
+    who.a1AfterBob = await members(a1);
+    who.bSignedOut = { members: await members(b), state: await tid(b, "who-state").textContent() };
+    results.whoIsHere = who;
+    for (const p of [a1, a2, b]) await p.context().close();
+  }
+
   results.consoleErrors = consoleErrors;
   console.log(JSON.stringify(results));
   clearTimeout(watchdog);

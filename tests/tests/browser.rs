@@ -1,7 +1,8 @@
 //! The demo page (public/) in headless Chromium, driven by playwright-core (tests/js/browser.mjs)
 //! through the real gateway over HTTPS, with two backend-stubs behind it as the app: two people
 //! chat over Socket.IO (WebSocket and forced long-polling), the raw WebSocket chat protocol and
-//! SSE; a late joiner is replayed the history; the app publishes to the `announcements` room.
+//! SSE; a late joiner is replayed the history; the app publishes to the `announcements` room;
+//! people sign in and out of the "Who is here" presence list.
 //!
 //! Needs `/usr/bin/chromium` and `tests/node_modules` (tests/setup.sh installs both). The
 //! screenshot goes to `target/e2e/screenshots/chat.png` (or `$SCREENSHOT`).
@@ -211,6 +212,24 @@ async fn the_demo_page_chats_over_every_transport_and_shows_what_the_app_publish
             .unwrap_or("")
             .contains("published it"),
         "{app}"
+    );
+
+    // (f) Who is here: the login switch and the presence list, each user once however many
+    // tabs; a user who signs out is gone from the others' lists.
+    let who = &v["whoIsHere"];
+    for page in ["a1", "a2", "b"] {
+        assert_eq!(
+            who[page],
+            serde_json::json!(["ann", "bob"]),
+            "{page}: {who}"
+        );
+    }
+    assert_eq!(who["state"], "connected", "{who}");
+    assert_eq!(who["a1AfterBob"], serde_json::json!(["ann"]), "{who}");
+    assert_eq!(
+        who["bSignedOut"],
+        serde_json::json!({"members": [], "state": "signed out"}),
+        "{who}"
     );
 
     assert_eq!(v["consoleErrors"], serde_json::json!([]), "{v:#}");

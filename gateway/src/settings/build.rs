@@ -45,10 +45,15 @@ fn strings(v: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
 
 pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let mut r = Report::default();
+    let source = std::sync::Arc::new(c.clone());
 
     let listen = listen(&c.listen, &mut r);
     let tls = tls(c.tls, listen.https.is_some(), base, &mut r);
     let proxy = proxy(c.proxy, &tls.state_dir, base, &mut r);
+    let pid_file = match &c.pid_file {
+        Some(path) => resolve(base, path.clone()),
+        None => tls.state_dir.join(defaults::PID_FILE),
+    };
 
     if let Some(admin) = listen.admin {
         if !admin.ip().is_loopback() && c.realtime.publish.token.is_none() {
@@ -155,6 +160,8 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         threads,
         grace_period,
         access_log,
+        pid_file,
+        source,
     })
 }
 
@@ -613,6 +620,7 @@ fn socketio(s: config::SocketIoSettings, base: &Path, r: &mut Report) -> SocketI
                 history: ns.history,
                 client_rooms: ns.client_rooms,
                 relay_rate,
+                echo: ns.echo,
             },
         );
     }
@@ -836,6 +844,31 @@ fn compression(c: config::Compression, r: &mut Report) -> Option<Compression> {
     })
 }
 
+/// A rate limit; its burst is one second's worth unless set.
+fn rate_limit(rate: config::RateLimit, at: &str, r: &mut Report) -> Option<Rate> {
+    if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
+        r.bad(
+            format!("{at}.per_second"),
+            "must be a number greater than 0",
+        );
+        return None;
+    }
+    let burst = rate
+        .burst
+        .unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1));
+    if burst == 0 {
+        r.bad(
+            format!("{at}.burst"),
+            "must be at least 1 (a bucket of 0 admits nothing)",
+        );
+        return None;
+    }
+    Some(Rate {
+        per_second: rate.per_second,
+        burst,
+    })
+}
+
 fn limits(l: &config::Limits, r: &mut Report) -> Limits {
     let keepalive_timeout = l
         .keepalive_timeout_s
@@ -865,7 +898,27 @@ fn limits(l: &config::Limits, r: &mut Report) -> Limits {
         h2_max_concurrent_streams: l
             .h2_max_concurrent_streams
             .unwrap_or(defaults::H2_MAX_CONCURRENT_STREAMS),
+        max_connections: l.max_connections,
+        per_client_connections: l.per_client_connections,
+        per_client_rate: l
+            .per_client_rate
+            .and_then(|rate| rate_limit(rate, "limits.per_client_rate", r)),
+        per_client_realtime_connects: l
+            .per_client_realtime_connects
+            .and_then(|rate| rate_limit(rate, "limits.per_client_realtime_connects", r)),
     };
+    if lim.max_connections == Some(0) {
+        r.bad(
+            "limits.max_connections",
+            "must be at least 1 (leave it out for no cap)",
+        );
+    }
+    if lim.per_client_connections == Some(0) {
+        r.bad(
+            "limits.per_client_connections",
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
     if lim.max_header_bytes < 1024 {
         r.bad("limits.max_header_bytes", "must be at least 1024");
     }

@@ -52,6 +52,11 @@ pub struct Settings {
     /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
     pub access_log: AccessLogSettings,
+    /// Where the process id is written while serving ([`crate::reload`] reads it).
+    pub pid_file: PathBuf,
+    /// The file as written, which a reload compares section by section with the one in force
+    /// (what changed, what only a restart applies, which pools are unchanged and kept).
+    pub source: Arc<Config>,
 }
 
 /// Where and how the access log is written.
@@ -207,9 +212,28 @@ pub struct Limits {
     pub response_buffer_bytes: usize,
     pub response_temp_file_bytes: u64,
     pub h2_max_concurrent_streams: u32,
+    /// See [`crate::client_limits`]; `None`: no such limit.
+    pub max_connections: Option<u64>,
+    pub per_client_connections: Option<u32>,
+    pub per_client_rate: Option<Rate>,
+    pub per_client_realtime_connects: Option<Rate>,
 }
 
 /// An upstream pool: its servers, parsed, and how to talk to them.
+impl Limits {
+    /// Whether a per-client limit counts every request (not only realtime connects).
+    pub fn per_client(&self) -> bool {
+        self.per_client_connections.is_some() || self.per_client_rate.is_some()
+    }
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub servers: Vec<Addr>,
@@ -401,6 +425,7 @@ pub struct Namespace {
     pub history: usize,
     pub client_rooms: bool,
     pub relay_rate: RelayRate,
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -489,5 +514,11 @@ impl Settings {
     /// every problem in the file, each with its location.
     pub fn build(config: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         build::build(config, base)
+    }
+
+    /// Where a new gateway (`gateway upgrade`) waits for the running one's listening sockets:
+    /// in the state directory, beside the pid file's default.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.tls.state_dir.join("upgrade.sock")
     }
 }

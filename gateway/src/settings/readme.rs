@@ -247,7 +247,7 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "compression.gzip_level" => num(comp?.gzip_level),
         "compression.brotli_level" => num(comp?.brotli_level),
         "compression.min_length" => num(comp?.min_length),
-        "cluster.redis" | "cluster.internal_listen" | "cluster.secret" => None,
+        "cluster.redis" | "cluster.internal_listen" | "cluster.secret" | "pid_file" => None,
         "cluster.key_prefix" => text(&s.cluster.as_ref()?.key_prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
         "access_log.path" => text(match &s.access_log.target {
@@ -272,6 +272,14 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
 fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
     match (key, default) {
         ("tls.certificates[]", "none") => assert!(bare.tls.certificates.is_empty()),
+        ("limits.max_connections", "none") => assert!(bare.limits.max_connections.is_none()),
+        ("limits.per_client_connections", "none") => {
+            assert!(bare.limits.per_client_connections.is_none())
+        }
+        ("limits.per_client_rate", "none") => assert!(bare.limits.per_client_rate.is_none()),
+        ("limits.per_client_realtime_connects", "none") => {
+            assert!(bare.limits.per_client_realtime_connects.is_none())
+        }
         ("tls.hsts", "off") => assert!(bare.tls.hsts.is_none()),
         ("proxy.temp_dir", "`<state_dir>/tmp`") => {
             assert_eq!(bare.proxy.temp_dir, bare.tls.state_dir.join("tmp"))
@@ -332,6 +340,9 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             .and_then(|c| c.internal)
             .expect("forwarding on");
             assert_eq!(internal.advertise, internal.listen.to_string());
+        }
+        ("pid_file", "`<tls.state_dir>/gateway.pid`") => {
+            assert_eq!(bare.pid_file, bare.tls.state_dir.join("gateway.pid"))
         }
         ("threads", "cores") => assert_eq!(
             bare.threads,

@@ -48,6 +48,15 @@ fn realtime_abuse_limits_have_defaults_and_are_checked_where_they_are() {
     assert_eq!(c.realtime.socketio.max_sessions_per_client, 256);
     let ns = &c.realtime.socketio.namespaces["/"];
     assert_eq!((ns.relay_rate.per_second, ns.relay_rate.burst), (50, 100));
+    assert!(
+        !ns.echo,
+        "Laravel Echo's protocol is asked for, not assumed"
+    );
+    let echo = build_yaml(
+        "listen: {http: 127.0.0.1:8080}\nrealtime: {socketio: {namespaces: {\"/\": {echo: true}}}}\nroutes: [{path: /socket.io/, realtime: socketio}]\n",
+    )
+    .expect("builds");
+    assert!(echo.realtime.socketio.namespaces["/"].echo);
     let p = problems(
         r#"
 listen: {http: 127.0.0.1:8080}
@@ -684,4 +693,36 @@ fn the_internal_listener_needs_a_secret_and_an_address_other_nodes_can_reach() {
     ));
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(!p[0].contains("fleet-secret"), "{p:?}");
+}
+
+#[test]
+fn client_limits_are_checked_with_their_place() {
+    let with = |limits: &str| problems(&format!("{MINIMAL}limits: {limits}\n"));
+    assert_eq!(
+        with("{per_client_rate: {per_second: 0}}"),
+        ["limits.per_client_rate.per_second: must be a number greater than 0"]
+    );
+    assert_eq!(
+        with("{per_client_realtime_connects: {per_second: 1, burst: 0}}"),
+        ["limits.per_client_realtime_connects.burst: must be at least 1 (a bucket of 0 admits nothing)"]
+    );
+    assert_eq!(
+        with("{max_connections: 0, per_client_connections: 0}"),
+        [
+            "limits.max_connections: must be at least 1 (leave it out for no cap)",
+            "limits.per_client_connections: must be at least 1 (leave it out for no limit)"
+        ]
+    );
+    let s = build_yaml(&format!(
+        "{MINIMAL}limits: {{per_client_rate: {{per_second: 2.5}}}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        s.limits.per_client_rate,
+        Some(Rate {
+            per_second: 2.5,
+            burst: 3
+        }),
+        "the burst is one second's worth, rounded up"
+    );
 }

@@ -13,6 +13,9 @@
 //! * Publish: a client connection publishes only to topics the policy opens to clients; the app
 //!   publishes through its own API whatever the policy says.
 //!
+//! * Presence: who is in each presence topic ([`presence`]), one [`presence::Presence`] for
+//!   every transport, kept with the access rules they all share.
+//!
 //! The reserved topics (`sio:`, `ws:`) stay outside all of this: no transport but their owner
 //! reaches them ([`crate::topics`]), and the app is never asked about them.
 //!
@@ -21,6 +24,7 @@
 
 pub mod answer;
 mod policy;
+pub mod presence;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,13 @@ use crate::seam::{Request, Response};
 use crate::topics::TopicError;
 
 pub use policy::{Pattern, PatternError, Policy, DEFAULT_PRIVATE, PRESENCE_PREFIX};
+pub use presence::Presence;
+
+/// The request headers the app authenticates a client by, passed on to the callbacks as the
+/// client sent them (`Host` and the forwarding headers go by their own rules). Laravel Echo's
+/// `auth.headers` may name them too ([`ClientInfo::with_credentials`]).
+pub const CREDENTIAL_HEADERS: &[&str] =
+    &["cookie", "authorization", "x-csrf-token", "x-xsrf-token"];
 
 /// What the app is told about a client: the head of its request (the handshake's, for a
 /// connection) and where it came from. The host picks what it passes on (credentials, `Host`,
@@ -60,6 +71,24 @@ impl ClientInfo {
             secure: req.secure,
         }
     }
+
+    /// The client with the credentials of `given` (its [`CREDENTIAL_HEADERS`]) in place of
+    /// those of its handshake: what Laravel Echo's `auth: {headers}` does for one channel
+    /// (laravel-echo-server sent them with the channel's authorization request, the
+    /// handshake's cookie when they named none). Any other header of `given` is ignored: the
+    /// client must not choose the address or host the app is told of.
+    pub fn with_credentials(mut self, given: &http::HeaderMap) -> ClientInfo {
+        for name in CREDENTIAL_HEADERS {
+            if given.contains_key(*name) {
+                self.headers.remove(*name);
+                for value in given.get_all(*name) {
+                    self.headers
+                        .append(http::HeaderName::from_static(name), value.clone());
+                }
+            }
+        }
+        self
+    }
 }
 
 /// Who a client is, by the app's connect answer. Without a connect callback every client is
@@ -74,11 +103,29 @@ pub struct Identity {
     pub rooms: Vec<String>,
 }
 
+impl Identity {
+    /// The client as a presence member, when the connect answer named it.
+    pub fn member(&self) -> Option<Member> {
+        self.user_id.as_ref().map(|id| Member {
+            user_id: id.clone(),
+            user_info: self.user_info.clone(),
+        })
+    }
+}
+
 /// The app's word on one subscription.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grant {
     /// The member a presence answer names (Laravel's `channel_data`).
     pub member: Option<Member>,
+}
+
+impl Grant {
+    /// Who the subscriber is in a presence topic: the member the app's answer named, else the
+    /// user the connect answer named (a room granted at connect, a `true` answer).
+    pub fn member_for(&self, identity: &Identity) -> Option<Member> {
+        self.member.clone().or_else(|| identity.member())
+    }
 }
 
 /// A member of a presence topic, as the app named it.
@@ -154,11 +201,13 @@ pub trait Authorizer: Send + Sync + 'static {
     ) -> Result<Grant, Refusal>;
 }
 
-/// The policy and the app's word together: what every transport asks.
+/// The policy and the app's word together: what every transport asks; and the members of the
+/// presence topics, which every transport keeps up.
 #[derive(Clone, Default)]
 pub struct Access {
     policy: Arc<Policy>,
     app: Option<Arc<dyn Authorizer>>,
+    presence: Presence,
 }
 
 impl std::fmt::Debug for Access {
@@ -175,6 +224,7 @@ impl Access {
         Access {
             policy: Arc::new(policy),
             app,
+            presence: Presence::default(),
         }
     }
 
@@ -185,6 +235,11 @@ impl Access {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Who is in each presence topic.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// Whether clients are asked about on connect.
@@ -555,6 +610,51 @@ mod tests {
             e.to_string().contains("needs the app's authorization"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn echo_headers_replace_only_the_credentials() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", "user=ann".parse().expect("value"));
+        headers.insert("authorization", "Bearer ann".parse().expect("value"));
+        headers.insert("host", "shop.example".parse().expect("value"));
+        let client = ClientInfo {
+            headers,
+            ..ClientInfo::default()
+        };
+        let mut given = http::HeaderMap::new();
+        given.insert("authorization", "Bearer bob".parse().expect("value"));
+        given.insert("x-csrf-token", "t".parse().expect("value"));
+        given.insert("host", "evil.example".parse().expect("value"));
+        given.insert("x-forwarded-for", "6.6.6.6".parse().expect("value"));
+        let h = client.with_credentials(&given).headers;
+        assert_eq!(h["authorization"], "Bearer bob");
+        assert_eq!(h["x-csrf-token"], "t");
+        assert_eq!(h["cookie"], "user=ann", "not named: the handshake's");
+        assert_eq!(h["host"], "shop.example");
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn a_presence_member_is_the_apps_answer_else_the_connect_identity() {
+        let ann = Identity {
+            user_id: Some(Value::from(1)),
+            user_info: serde_json::json!({"name": "Ann"}),
+            rooms: vec![],
+        };
+        let named = Member {
+            user_id: Value::from(1),
+            user_info: serde_json::json!({"name": "Ann B."}),
+        };
+        let grant = Grant {
+            member: Some(named.clone()),
+        };
+        assert_eq!(grant.member_for(&ann), Some(named));
+        assert_eq!(
+            Grant::default().member_for(&ann).map(|m| m.user_info),
+            Some(serde_json::json!({"name": "Ann"}))
+        );
+        assert_eq!(Grant::default().member_for(&Identity::default()), None);
     }
 
     #[test]

@@ -50,6 +50,15 @@
 //!   (`rate-limiter-flexible` per socket) does, minus the grace.
 //! * A room a client joins that does not exist yet counts against its
 //!   address's new-topic budget ([`crate::hub::Hub::admit_new_topic`]).
+//! * A presence room (`presence-*`, [`crate::access::presence`]) joined with
+//!   a member (the app's `channel_data`, else the connect answer's user)
+//!   makes the socket one of the room's tabs: the join ack carries the member
+//!   list, `[{"ok":true,"room":…,"members":[{"user_id":…,"user_info":…}]}]`,
+//!   and the room hears `presence:joining` / `presence:leaving` with the
+//!   member when a user's first tab arrives and its last one goes (`leave`,
+//!   or the socket's end).
+//! * `echo`: Laravel Echo's protocol, as laravel-echo-server spoke it (see
+//!   the `echo` module).
 
 use std::collections::BTreeSet;
 use std::future::ready;
@@ -59,27 +68,19 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::client_rooms::{
+    check_room_name, enter_room, leave_room, left_every_room, room_for_one_more,
+};
+pub use super::client_rooms::{MAX_CLIENT_ROOMS, MAX_PENDING_JOINS, MAX_ROOM_NAME_LEN};
+use super::echo;
 use super::error::EmitError;
 use super::event::{Args, Event};
 use super::namespace::Namespace;
-use super::rooms::looks_like_id;
 use super::server::SocketIo;
 use super::state::{AckSender, Socket};
+use crate::access::presence::members_json;
 use crate::access::Grant;
 use crate::hub::Position;
-
-/// Rooms a client may join through `join`: enough for any chat UI, small
-/// enough that one client cannot make the hub track thousands of topics.
-pub const MAX_CLIENT_ROOMS: usize = 64;
-
-/// Longest room name a client may choose, in bytes: room names end up in
-/// topic names, logs and every relayed message's routing.
-pub const MAX_ROOM_NAME_LEN: usize = 128;
-
-/// Joins of private rooms one socket may have waiting for the app's answer
-/// at once: each is a round trip to the app, so one client cannot queue
-/// thousands of them.
-pub const MAX_PENDING_JOINS: usize = 8;
 
 /// Events per second one socket may relay.
 pub const DEFAULT_RELAY_PER_SECOND: u32 = 50;
@@ -149,8 +150,13 @@ pub struct NamespaceBehaviour {
     pub history: usize,
     /// Let clients `join`/`leave` rooms.
     pub client_rooms: bool,
-    /// How fast one socket may relay (see [`RelayRate`]).
+    /// How fast one socket may relay (see [`RelayRate`]); whispers too.
     pub relay_rate: RelayRate,
+    /// Speak Laravel Echo's protocol (laravel-echo-server's): `subscribe` /
+    /// `unsubscribe` channels with the app's word, `client event` whispers,
+    /// presence lists, and every room's messages delivered as `(event,
+    /// channel, data)`.
+    pub echo: bool,
 }
 
 /// Registers namespace `path` with `behaviour` (replacing the connect
@@ -161,6 +167,7 @@ pub fn install_behaviour(io: &SocketIo, path: &str, behaviour: NamespaceBehaviou
         ready(Ok(()))
     });
     ns.set_connect_history(behaviour.history);
+    ns.set_echo(behaviour.echo);
     ns
 }
 
@@ -176,7 +183,7 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
         socket.on("leave", |socket, event, ack| {
             let answer = match room_arg(&event) {
                 Ok(room) => {
-                    socket.leave(room);
+                    leave_room(socket, room);
                     json!({"ok": true, "room": room})
                 }
                 Err(error) => refusal(&event, error),
@@ -184,31 +191,55 @@ pub fn attach(socket: &Socket, behaviour: NamespaceBehaviour) {
             reply(ack, answer);
         });
     }
+    if behaviour.echo {
+        let rate = behaviour.relay_rate;
+        let bucket = Mutex::new(RelayBucket::new(rate, Instant::now()));
+        echo::attach(socket, move |socket, ack| {
+            over_rate(socket, &bucket, rate, ack)
+        });
+    }
+    if behaviour.client_rooms || behaviour.echo {
+        socket.on_disconnect(|socket, _| left_every_room(socket));
+    }
     if behaviour.relay {
         let client_rooms = behaviour.client_rooms;
         let rate = behaviour.relay_rate;
         let bucket = Mutex::new(RelayBucket::new(rate, Instant::now()));
-        socket.on_fallback(move |socket, event, ack| {
-            if !crate::sync::lock(&bucket).take(Instant::now()) {
-                // The sender goes, not its peers: it is the one over its budget.
-                tracing::warn!(
-                    socket = %socket.id(),
-                    nsp = %socket.nsp(),
-                    client = ?socket.handshake().client,
-                    per_second = rate.per_second,
-                    burst = rate.burst,
-                    "socket.io relay rate exceeded: socket disconnected"
-                );
-                reply(
-                    ack,
-                    json!({"error": format!("relay rate exceeded ({} events/s, burst {}): disconnected", rate.per_second, rate.burst)}),
-                );
-                socket.disconnect();
+        socket.on_fallback(move |socket, event, mut ack| {
+            if over_rate(socket, &bucket, rate, &mut ack) {
                 return;
             }
             relay(socket, event, ack, client_rooms)
         });
     }
+}
+
+/// Takes one of the socket's relay tokens. A socket over its rate is
+/// disconnected (the sender goes, not its peers: it is the one over its
+/// budget), and told why if it asked for an ack; true then.
+fn over_rate(
+    socket: &Socket,
+    bucket: &Mutex<RelayBucket>,
+    rate: RelayRate,
+    ack: &mut Option<AckSender>,
+) -> bool {
+    if crate::sync::lock(bucket).take(Instant::now()) {
+        return false;
+    }
+    tracing::warn!(
+        socket = %socket.id(),
+        nsp = %socket.nsp(),
+        client = ?socket.handshake().client,
+        per_second = rate.per_second,
+        burst = rate.burst,
+        "socket.io relay rate exceeded: socket disconnected"
+    );
+    reply(
+        ack.take(),
+        json!({"error": format!("relay rate exceeded ({} events/s, burst {}): disconnected", rate.per_second, rate.burst)}),
+    );
+    socket.disconnect();
+    true
 }
 
 fn reply(ack: Option<AckSender>, answer: Value) {
@@ -219,12 +250,7 @@ fn reply(ack: Option<AckSender>, answer: Value) {
 
 fn room_arg(event: &Event) -> Result<&str, &'static str> {
     match event.args.values.first() {
-        Some(Value::String(room)) if room.is_empty() => Err("empty room name"),
-        Some(Value::String(room)) if room.len() > MAX_ROOM_NAME_LEN => Err("room name too long"),
-        Some(Value::String(room)) if looks_like_id(room) || crate::topics::is_reserved(room) => {
-            Err("reserved room name")
-        }
-        Some(Value::String(room)) => Ok(room),
+        Some(Value::String(room)) => check_room_name(room).map(|()| room.as_str()),
         _ => Err("room name must be a string"),
     }
 }
@@ -254,17 +280,14 @@ fn client_join(
         Ok(room) => room,
         Err(error) => return reply(ack, refusal(event, error)),
     };
-    let rooms = socket.rooms();
-    // The socket's own room does not count against the limit.
-    if !rooms.contains(room) && rooms.len() > MAX_CLIENT_ROOMS {
+    if !room_for_one_more(socket, room) {
         return reply(ack, refusal(event, "too many rooms"));
     }
     if let Some(answer) = socket.may_join_now(room) {
-        let answer = match answer {
-            Ok(grant) => join(socket, room, history, grant),
-            Err(refused) => refusal_of(room, &refused.to_string()),
+        return match answer {
+            Ok(grant) => join(socket, room, history, grant, ack),
+            Err(refused) => reply(ack, refusal_of(room, &refused.to_string())),
         };
-        return reply(ack, answer);
     }
     if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_JOINS {
         pending.fetch_sub(1, Ordering::AcqRel);
@@ -274,12 +297,12 @@ fn client_join(
     let asked = socket.ask_to_join(room);
     let (socket, room, pending) = (socket.clone(), room.to_owned(), Arc::clone(pending));
     tokio::spawn(async move {
-        let answer = match asked.await {
-            Ok(grant) => join(&socket, &room, history, grant),
-            Err(refused) => refusal_of(&room, &refused.to_string()),
-        };
+        let answer = asked.await;
         pending.fetch_sub(1, Ordering::AcqRel);
-        reply(ack, answer);
+        match answer {
+            Ok(grant) => join(&socket, &room, history, grant, ack),
+            Err(refused) => reply(ack, refusal_of(&room, &refused.to_string())),
+        }
     });
 }
 
@@ -287,22 +310,21 @@ fn refusal_of(room: &str, error: &str) -> Value {
     json!({"ok": false, "room": room, "error": error})
 }
 
-/// Joins a room the socket may join (with `grant`, the app's word on it).
-fn join(socket: &Socket, room: &str, history: usize, grant: Grant) -> Value {
-    // A room nobody is in yet is a new hub topic: it counts against the
-    // client address's new-topic budget, as on every other transport.
-    let topic = socket.namespace().room_topic(room);
-    let client = socket.handshake().client;
-    if let Err(e) = socket.namespace().hub().admit_new_topic(client, &topic) {
-        tracing::warn!(socket = %socket.id(), room = %room, error = %e, "socket.io join refused");
-        return refusal_of(room, &e.to_string());
-    }
-    match socket.join_with_history(room, history) {
-        Ok(_) => {
-            socket.keep_grant(room, grant);
-            json!({"ok": true, "room": room})
+/// Joins a room the socket may join (with `grant`, the app's word on it), and
+/// acks it: in a presence room with the member list, sent before any news of
+/// the room's members can reach the socket.
+fn join(socket: &Socket, room: &str, history: usize, grant: Grant, ack: Option<AckSender>) {
+    let mut ack = ack;
+    let entered = enter_room(socket, room, history, grant, |members| {
+        let mut answer = json!({"ok": true, "room": room});
+        if let Some(members) = members {
+            answer["members"] = members_json(members);
         }
-        Err(e) => refusal_of(room, &e.to_string()),
+        reply(ack.take(), answer);
+        Ok(())
+    });
+    if let Err(e) = entered {
+        reply(ack.take(), refusal_of(room, &e.reason));
     }
 }
 

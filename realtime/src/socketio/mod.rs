@@ -19,15 +19,17 @@
 //! Each module depends only on those below it (`tests/module_graph.rs` checks
 //! it from the source):
 //!
-//! * `behaviour`, `conformance`: built on the public API only;
+//! * `behaviour`, `conformance`: built on the public API only; `echo`
+//!   (Laravel Echo's protocol) below `behaviour`, and `client_rooms` (the
+//!   rooms clients choose, and presence) below both;
 //! * `server`: [`SocketIo`] and one task per connection, which decodes
 //!   packets and dispatches them to namespaces and sockets;
 //! * `namespace`: [`Namespace`], socket creation and recovery, broadcasts;
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
 //!   point at one another, so they are defined together here;
-//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `fleet`: plain
-//!   types and bookkeeping;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `echo_shape`,
+//!   `fleet`: plain types and bookkeeping;
 //! * `codec`: the wire formats.
 //!
 //! Messages flow one way through them: client events come in through
@@ -59,9 +61,12 @@
 //! (128), and frame sizes by the transport before anything reaches here.
 
 mod behaviour;
+mod client_rooms;
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 mod conformance;
+mod echo;
+mod echo_shape;
 mod error;
 mod event;
 mod fleet;

@@ -84,6 +84,12 @@ impl Namespace {
         self.inner.connect_history.store(last, Ordering::Relaxed);
     }
 
+    /// Deliver what is published to the namespace's rooms in laravel-echo-server's shape,
+    /// `(event, channel, data)` (see [`NamespaceBehaviour::echo`](crate::socketio::NamespaceBehaviour::echo)).
+    pub fn set_echo(&self, on: bool) {
+        self.inner.echo.store(on, Ordering::Relaxed);
+    }
+
     /// A broadcast to the whole namespace.
     pub fn broadcast(&self) -> BroadcastOperator {
         BroadcastOperator::new(Arc::clone(&self.inner))

@@ -58,6 +58,19 @@ pub fn room_topic(nsp: &str, room: &str) -> String {
     format!("{TOPIC_PREFIX}{}:{room}", escape_nsp(nsp))
 }
 
+/// The room of namespace `nsp` whose topic is `topic`, for rooms a client can be in: `None` for
+/// the namespace's topic, a socket's own room and reserved names ([`room_topic`] backwards).
+pub(super) fn room_of<'a>(nsp: &str, topic: &'a str) -> Option<&'a str> {
+    let room = if nsp == "/" && !crate::topics::is_reserved(topic) {
+        topic
+    } else {
+        let prefix = format!("{TOPIC_PREFIX}{}:", escape_nsp(nsp));
+        topic.strip_prefix(prefix.as_str())?
+    };
+    let clients = !looks_like_id(room) && !crate::topics::is_reserved(room);
+    (clients && room_topic(nsp, room) == topic).then_some(room)
+}
+
 fn escape_nsp(nsp: &str) -> Cow<'_, str> {
     if !nsp.contains(['%', ':']) {
         return Cow::Borrowed(nsp);
@@ -119,6 +132,25 @@ mod tests {
         assert_eq!(room_topic("/", "ws:/ws:chat"), "sio:/:ws:/ws:chat");
         assert_ne!(room_topic("/", &id), namespace_topic("/"));
         assert_ne!(room_topic("/", ":x"), room_topic("/:", "x"));
+    }
+
+    #[test]
+    fn rooms_from_topics() {
+        assert_eq!(room_of("/", "orders"), Some("orders"));
+        assert_eq!(room_of("/chat", "sio:/chat:orders"), Some("orders"));
+        assert_eq!(room_of("/a:b", &room_topic("/a:b", "c:d")), Some("c:d"));
+        let id = generate_id();
+        for (nsp, topic) in [
+            ("/", namespace_topic("/")),
+            ("/chat", namespace_topic("/chat")),
+            ("/", room_topic("/", &id)),
+            ("/chat", room_topic("/chat", &id)),
+            ("/", room_topic("/", "ws:/ws:chat")),
+            ("/chat", "orders".to_string()),
+            ("/chat", "sio:/other:orders".to_string()),
+        ] {
+            assert_eq!(room_of(nsp, &topic), None, "{nsp} {topic}");
+        }
     }
 
     #[test]

@@ -828,7 +828,8 @@ async fn client_rooms_join_leave_and_scope_the_relay() {
 
 /// The app's side of the callbacks, in process: `token: ann` is Ann (put in
 /// `private-ann` at once), anything else is refused with the app's reason;
-/// of the private rooms only `private-ok` is granted (as a presence member).
+/// of the private rooms only `private-ok` (naming a member) and `presence-ok`
+/// (naming none) are granted.
 #[derive(Default)]
 struct App {
     payloads: Mutex<Vec<Value>>,
@@ -875,6 +876,7 @@ impl crate::access::Authorizer for App {
                     user_info: json!({"name": "Ann"}),
                 }),
             }),
+            "presence-ok" => Ok(crate::access::Grant::default()),
             _ => Err(crate::access::Refusal::denied(403, "not your room")),
         }
     }
@@ -1553,4 +1555,299 @@ async fn a_socket_in_a_fleet_names_fleet_positions_in_its_record_and_offsets() {
         .await
         .unwrap();
     c.expect(&format!(r#"42["ev",1,"1~{fp}~6.5.5"]"#)).await;
+}
+
+// ---- Laravel Echo (laravel-echo-server's protocol) ----
+
+/// A Laravel app's `/broadcasting/auth`, in process: the user is the
+/// `Authorization: Bearer <name>` the channel's request carries (Echo's
+/// `auth.headers`); `private-user.<name>` is its owner's, `private-chat.*`
+/// and `presence-*` any user's (presence as `{user_id: name, user_info:
+/// {name}}`), everything else refused.
+#[derive(Default)]
+struct EchoApp {
+    asked: Mutex<Vec<(String, Option<String>)>>,
+}
+
+#[async_trait::async_trait]
+impl crate::access::Authorizer for EchoApp {
+    fn checks_connect(&self) -> bool {
+        false
+    }
+    async fn connect(
+        &self,
+        _client: &crate::access::ClientInfo,
+        _auth: Option<&Value>,
+    ) -> Result<crate::access::Identity, crate::access::Refusal> {
+        Ok(crate::access::Identity::default())
+    }
+    async fn subscribe(
+        &self,
+        client: &crate::access::ClientInfo,
+        _identity: &crate::access::Identity,
+        _socket_id: &str,
+        topic: &str,
+    ) -> Result<crate::access::Grant, crate::access::Refusal> {
+        let auth = client
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.asked
+            .lock()
+            .expect("lock")
+            .push((topic.to_owned(), auth.clone()));
+        let user = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+        let refused = || crate::access::Refusal::denied(403, "This action is unauthorized.");
+        match user {
+            None => Err(crate::access::Refusal::denied(401, "Unauthenticated.")),
+            Some(user) if topic.starts_with("presence-") => Ok(crate::access::Grant {
+                member: Some(crate::access::Member {
+                    user_id: json!(user),
+                    user_info: json!({ "name": user }),
+                }),
+            }),
+            Some(user) if topic == format!("private-user.{user}") => Ok(Default::default()),
+            Some(_) if topic.starts_with("private-chat.") => Ok(Default::default()),
+            Some(_) => Err(refused()),
+        }
+    }
+}
+
+fn echo_io(app: Arc<EchoApp>, hub: Hub) -> SocketIo {
+    let io = SocketIo::with_access(
+        hub,
+        SocketIoOptions::default(),
+        crate::access::Access::new(crate::access::Policy::default(), Some(app)),
+    );
+    install_behaviour(
+        &io,
+        "/",
+        NamespaceBehaviour {
+            echo: true,
+            ..NamespaceBehaviour::default()
+        },
+    );
+    io
+}
+
+/// What Echo's `subscribe` sends, as `user` (no `auth` for nobody).
+fn subscribe(channel: &str, user: Option<&str>) -> String {
+    let auth = match user {
+        Some(u) => json!({"headers": {"Authorization": format!("Bearer {u}")}}),
+        None => json!({}),
+    };
+    format!(
+        "42{}",
+        json!(["subscribe", {"channel": channel, "auth": auth}])
+    )
+}
+
+#[tokio::test]
+async fn echo_hears_app_publishes_as_channel_and_data() {
+    let hub = Hub::default();
+    let io = echo_io(Arc::new(EchoApp::default()), hub.clone());
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.send(&subscribe("orders", None)).await;
+    let ns = io.of("/").unwrap();
+    eventually(|| ns.to("orders").sockets().len() == 1).await;
+    // `POST /publish` with Laravel's event name: Echo's `.listen('OrderShipped')`.
+    hub.publish(
+        "orders",
+        "App\\Events\\OrderShipped",
+        json!({"id": 1}),
+        None,
+    )
+    .unwrap();
+    c.expect(r#"42["App\\Events\\OrderShipped","orders",{"id":1}]"#)
+        .await;
+    // Laravel's broadcaster as laravel-echo-server relayed it: not wrapped twice.
+    hub.publish("orders", "status", json!(["orders", {"ok": true}]), None)
+        .unwrap();
+    c.expect(r#"42["status","orders",{"ok":true}]"#).await;
+    // The namespace topic is no channel: as it is.
+    hub.publish(&namespace_topic("/"), "all", json!(1), None)
+        .unwrap();
+    c.expect(r#"42["all",1]"#).await;
+    // Unsubscribed: nothing more.
+    c.send(r#"42["unsubscribe",{"channel":"orders","auth":{}}]"#)
+        .await;
+    eventually(|| ns.to("orders").sockets().is_empty()).await;
+    hub.publish("orders", "late", json!(1), None).unwrap();
+    c.quiet().await;
+}
+
+#[tokio::test]
+async fn echo_private_channels_take_the_auth_headers_and_a_refusal_hears_nothing() {
+    let app = Arc::new(EchoApp::default());
+    let hub = Hub::default();
+    let io = echo_io(app.clone(), hub.clone());
+    hub.publish("private-user.bob", "secret", json!("old"), None)
+        .unwrap();
+    let mut ann = Client::open(&io);
+    ann.connect("40").await;
+    ann.send(&subscribe("private-user.bob", Some("ann"))).await;
+    ann.expect(r#"42["subscription_error","private-user.bob",403]"#)
+        .await;
+    ann.send(&subscribe("private-user.bob", None)).await;
+    ann.expect(r#"42["subscription_error","private-user.bob",401]"#)
+        .await;
+    hub.publish("private-user.bob", "secret", json!("new"), None)
+        .unwrap();
+    ann.quiet().await;
+    // Her own channel, with her token; the subscribe replays no history.
+    ann.send(&subscribe("private-user.ann", Some("ann"))).await;
+    let ns = io.of("/").unwrap();
+    eventually(|| ns.to("private-user.ann").sockets().len() == 1).await;
+    hub.publish("private-user.ann", "note", json!("hi"), None)
+        .unwrap();
+    ann.expect(r#"42["note","private-user.ann","hi"]"#).await;
+    assert_eq!(
+        *app.asked.lock().expect("lock"),
+        [
+            ("private-user.bob".to_owned(), Some("Bearer ann".to_owned())),
+            ("private-user.bob".to_owned(), None),
+            ("private-user.ann".to_owned(), Some("Bearer ann".to_owned())),
+        ]
+    );
+    // Names a client may not use are refused before anyone is asked.
+    ann.send(&subscribe("sio:/", Some("ann"))).await;
+    ann.expect(r#"42["subscription_error","sio:/",400]"#).await;
+    assert_eq!(app.asked.lock().expect("lock").len(), 3);
+}
+
+#[tokio::test]
+async fn echo_presence_announces_each_user_once_across_tabs() {
+    let hub = Hub::default();
+    let io = echo_io(Arc::new(EchoApp::default()), hub.clone());
+    let presence = io.access().presence().clone();
+    let room = "presence-room.1";
+    let ann_member = r#"{"user_id":"ann","user_info":{"name":"ann"}}"#;
+    let bob_member = r#"{"user_id":"bob","user_info":{"name":"bob"}}"#;
+
+    let mut ann1 = Client::open(&io);
+    ann1.connect("40").await;
+    ann1.send(&subscribe(room, Some("ann"))).await;
+    ann1.expect(&format!(
+        r#"42["presence:subscribed","{room}",[{ann_member}]]"#
+    ))
+    .await;
+
+    // Ann's second tab: the list, and nobody is told of a new member.
+    let mut ann2 = Client::open(&io);
+    ann2.connect("40").await;
+    ann2.send(&subscribe(room, Some("ann"))).await;
+    ann2.expect(&format!(
+        r#"42["presence:subscribed","{room}",[{ann_member}]]"#
+    ))
+    .await;
+    ann1.quiet().await;
+    assert_eq!(presence.count(room), (1, 2));
+
+    // Bob arrives: both of Ann's tabs hear it once.
+    let mut bob = Client::open(&io);
+    bob.connect("40").await;
+    bob.send(&subscribe(room, Some("bob"))).await;
+    bob.expect(&format!(
+        r#"42["presence:subscribed","{room}",[{ann_member},{bob_member}]]"#
+    ))
+    .await;
+    for tab in [&mut ann1, &mut ann2] {
+        tab.expect(&format!(r#"42["presence:joining","{room}",{bob_member}]"#))
+            .await;
+    }
+    bob.quiet().await;
+
+    // Ann's first tab goes: nobody hears of it; her last tab goes: Bob does.
+    ann1.send("41").await;
+    eventually(|| presence.count(room) == (2, 2)).await;
+    bob.quiet().await;
+    ann2.send(r#"42["unsubscribe",{"channel":"presence-room.1"}]"#)
+        .await;
+    bob.expect(&format!(r#"42["presence:leaving","{room}",{ann_member}]"#))
+        .await;
+    ann2.quiet().await;
+    // Bob's connection drops: the room is empty.
+    bob.t.sender.close(CloseReason::TransportClose);
+    eventually(|| presence.count(room) == (0, 0)).await;
+    assert!(presence.list(room).is_empty());
+}
+
+#[tokio::test]
+async fn echo_whispers_reach_the_others_in_private_channels_only() {
+    let hub = Hub::default();
+    let io = echo_io(Arc::new(EchoApp::default()), hub.clone());
+    let ns = io.of("/").unwrap();
+    let mut ann = Client::open(&io);
+    let mut bob = Client::open(&io);
+    let mut cy = Client::open(&io);
+    for c in [&mut ann, &mut bob, &mut cy] {
+        c.connect("40").await;
+    }
+    ann.send(&subscribe("private-chat.1", Some("ann"))).await;
+    bob.send(&subscribe("private-chat.1", Some("bob"))).await;
+    eventually(|| ns.to("private-chat.1").sockets().len() == 2).await;
+    let whisper = |channel: &str, event: &str| {
+        format!(
+            "42{}",
+            json!(["client event", {"channel": channel, "event": event, "data": {"typing": true}}])
+        )
+    };
+    ann.send(&whisper("private-chat.1", "client-typing")).await;
+    bob.expect(r#"42["client-typing","private-chat.1",{"typing":true}]"#)
+        .await;
+    ann.quiet().await;
+    // Not a client event, not in the channel, not a private channel: nothing.
+    ann.send(&whisper("private-chat.1", "App\\Events\\Paid"))
+        .await;
+    cy.send(&whisper("private-chat.1", "client-typing")).await;
+    ann.send(&subscribe("lobby", None)).await;
+    cy.send(&subscribe("lobby", None)).await;
+    eventually(|| ns.to("lobby").sockets().len() == 2).await;
+    ann.send(&whisper("lobby", "client-typing")).await;
+    bob.quiet().await;
+    cy.quiet().await;
+    assert_eq!(
+        hub.topic_info("private-chat.1").map(|t| t.position.seq),
+        Some(1)
+    );
+    assert!(hub.topic_info("lobby").is_none_or(|t| t.position.seq == 0));
+}
+
+#[tokio::test]
+async fn a_generic_join_of_a_presence_room_lists_its_members_and_tells_the_room_once() {
+    let app = Arc::new(App::default());
+    let hub = Hub::default();
+    let (io, _sockets) = guarded_io(app, hub.clone());
+    let watcher = hub.subscribe().unwrap();
+    watcher.join("presence-ok", None).unwrap();
+    // The app grants the room without naming a member: Ann is who the connect answer said.
+    let ann = r#"{"user_id":7,"user_info":{"name":"Ann"}}"#;
+    let mut tab1 = Client::open(&io);
+    let mut tab2 = Client::open(&io);
+    tab1.connect(r#"40{"token":"ann"}"#).await;
+    tab2.connect(r#"40{"token":"ann"}"#).await;
+    tab1.send(r#"421["join","presence-ok"]"#).await;
+    tab1.expect(&format!(
+        r#"431[{{"ok":true,"room":"presence-ok","members":[{ann}]}}]"#
+    ))
+    .await;
+    let news = watcher.try_recv().unwrap().expect("joining");
+    assert_eq!(news.event(), "presence:joining");
+    assert_eq!(news.data().to_string(), ann);
+    tab2.send(r#"421["join","presence-ok"]"#).await;
+    tab2.expect(&format!(
+        r#"431[{{"ok":true,"room":"presence-ok","members":[{ann}]}}]"#
+    ))
+    .await;
+    tab2.send(r#"422["leave","presence-ok"]"#).await;
+    tab2.expect(r#"432[{"ok":true,"room":"presence-ok"}]"#)
+        .await;
+    assert!(watcher.try_recv().unwrap().is_none(), "still one tab in");
+    tab1.t.sender.close(CloseReason::TransportClose);
+    let presence = io.access().presence().clone();
+    eventually(|| presence.count("presence-ok") == (0, 0)).await;
+    let news = watcher.try_recv().unwrap().expect("leaving");
+    assert_eq!(news.event(), "presence:leaving");
 }

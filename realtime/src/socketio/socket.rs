@@ -18,7 +18,7 @@ use super::event::{Args, DisconnectReason, Event};
 use super::recovery::{Decision, Tracker};
 use super::rooms::room_topic;
 use super::state::{AckSender, Handlers, Outbox, Phase, Socket, SocketInner};
-use crate::access::{self, Access, Grant, Refusal, Who};
+use crate::access::{self, presence, Access, Grant, Refusal, Who};
 use crate::engineio::{CloseReason, HandshakeInfo};
 use crate::hub::{HubError, JoinOutcome, Message, Position, Subscriber, SubscriberId};
 use crate::sync::lock;
@@ -331,11 +331,24 @@ impl Socket {
         &self,
         room: &str,
     ) -> impl Future<Output = Result<Grant, Refusal>> + Send + 'static {
+        self.ask_to_join_with(room, http::HeaderMap::new())
+    }
+
+    /// [`Socket::ask_to_join`] with the credentials of `credentials` in
+    /// place of the handshake's ([`ClientInfo::with_credentials`]): Laravel
+    /// Echo's `auth: {headers}` for one channel.
+    ///
+    /// [`ClientInfo::with_credentials`]: crate::access::ClientInfo::with_credentials
+    pub fn ask_to_join_with(
+        &self,
+        room: &str,
+        credentials: http::HeaderMap,
+    ) -> impl Future<Output = Result<Grant, Refusal>> + Send + 'static {
         let socket = self.clone();
         let room = room.to_owned();
         async move {
             let inner = &socket.inner;
-            let client = || inner.conn.client_info();
+            let client = || inner.conn.client_info().with_credentials(&credentials);
             inner
                 .ns
                 .access
@@ -721,7 +734,12 @@ impl SocketInner {
                 if let Some(since) = since {
                     outbox.tracker.set_position(Arc::clone(&topic), since);
                 }
-                for msg in replay {
+                // The room's messages, not its presence news: who is there now is what the
+                // member list of the join says.
+                for msg in replay
+                    .iter()
+                    .filter(|m| !presence::is_presence_event(m.event()))
+                {
                     self.deliver_locked(&mut outbox, msg);
                 }
             }

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -16,11 +16,12 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing};
+use super::echo_shape;
 use super::error::{ConnectError, EmitError};
 use super::event::{Args, DisconnectReason, Event};
 use super::options::SocketIoOptions;
 use super::recovery::{Session, Sessions, Tracker};
-use super::rooms::namespace_topic;
+use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
@@ -195,6 +196,9 @@ pub(super) struct NsInner {
     pub(super) access: Access,
     on_connect: Mutex<ConnectHandler>,
     pub(super) connect_history: AtomicUsize,
+    /// Rooms deliver in laravel-echo-server's shape, `(event, channel, data)`
+    /// ([`echo_shape`]).
+    pub(super) echo: AtomicBool,
     pub(super) registry: Mutex<Registry>,
     pub(super) sessions: Mutex<Sessions>,
     encoded: Mutex<EncodeCache>,
@@ -207,9 +211,13 @@ pub(super) struct NsInner {
 /// would evict a single slot at every message.
 const ENCODE_CACHE_SLOTS: usize = 8;
 
+/// A slot: the message, the topic it came from (which a room's head in Echo's shape names),
+/// and the head.
+type Encoded = (MessageId, Arc<str>, Arc<str>);
+
 #[derive(Default)]
 struct EncodeCache {
-    slots: [Option<(MessageId, Arc<str>)>; ENCODE_CACHE_SLOTS],
+    slots: [Option<Encoded>; ENCODE_CACHE_SLOTS],
     next: usize,
 }
 
@@ -231,6 +239,7 @@ impl NsInner {
             access,
             on_connect: Mutex::new(on_connect),
             connect_history: AtomicUsize::new(0),
+            echo: AtomicBool::new(false),
             registry: Mutex::default(),
             sessions: Mutex::default(),
             encoded: Mutex::default(),
@@ -239,19 +248,35 @@ impl NsInner {
 
     /// The shared part of the event packet for hub message `msg` (see
     /// [`event_head`]). A message id names one payload wherever it was
-    /// published, so it is the cache key.
+    /// published, so it is the cache key; in a namespace that speaks Echo a
+    /// room's head also names the room, so the topic is part of the key there.
     pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
+        let channel = if self.echo.load(Ordering::Relaxed) {
+            room_of(&self.path, &msg.topic)
+        } else {
+            None
+        };
         {
             let cache = lock(&self.encoded);
-            let hit = cache.slots.iter().flatten().find(|(id, _)| *id == msg.id);
-            if let Some((_, head)) = hit {
+            let hit =
+                cache.slots.iter().flatten().find(|(id, topic, _)| {
+                    *id == msg.id && (channel.is_none() || *topic == msg.topic)
+                });
+            if let Some((_, _, head)) = hit {
                 return Arc::clone(head);
             }
         }
         let attachments = msg.attachments().len();
-        let head: Arc<str> = match msg.data() {
-            Value::Array(args) => event_head(&self.path, name, args, None, attachments),
-            one => event_head(
+        let head: Arc<str> = match (channel, msg.data()) {
+            (Some(channel), data) => event_head(
+                &self.path,
+                name,
+                &echo_shape::args(channel, data),
+                None,
+                attachments,
+            ),
+            (None, Value::Array(args)) => event_head(&self.path, name, args, None, attachments),
+            (None, one) => event_head(
                 &self.path,
                 name,
                 std::slice::from_ref(one),
@@ -262,7 +287,7 @@ impl NsInner {
         .into();
         let mut cache = lock(&self.encoded);
         let slot = cache.next;
-        cache.slots[slot] = Some((msg.id, Arc::clone(&head)));
+        cache.slots[slot] = Some((msg.id, Arc::clone(&msg.topic), Arc::clone(&head)));
         cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
         head
     }

@@ -1,0 +1,370 @@
+//! Deploying a new binary (`gateway upgrade`) and stopping (`SIGTERM`): the listening sockets
+//! pass to the new process with no request refused or lost, HTTP requests in flight finish,
+//! and realtime clients are told to come back (WebSocket close 1001, Socket.IO reconnects,
+//! SSE ends after its `retry:`) instead of being cut.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::fleet::subscribers;
+use e2e::{client, eventually, websocket, Gateway, Stub};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(app: &Stub) -> String {
+    format!(
+        r#"
+listen: {{https: "{{https}}", admin: "{{admin}}"}}
+tls: {{state_dir: state}}
+grace_period_s: 3
+realtime:
+  sse: {{heartbeat_ms: 5000, retry_ms: 500}}
+  socketio:
+    max_sessions_per_client: 5000
+    namespaces:
+      "/": {{client_rooms: true}}
+upstreams:
+  app:
+    servers: ["{app}"]
+routes:
+  - {{path: /socket.io/, realtime: socketio}}
+  - {{path: /ws, realtime: websocket}}
+  - {{path: /events, realtime: sse}}
+  - {{path: /, upstream: app}}
+"#,
+        app = app.addr
+    )
+}
+
+/// The close frame `ws` gets next (pings and other messages skipped).
+async fn close_code<S>(ws: &mut S) -> Option<CloseCode>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_requests_in_flight_and_tells_realtime_clients_to_come_back() {
+    let app = Stub::start("app");
+    let mut gw = Gateway::start(&config(&app));
+    let base = format!("wss://127.0.0.1:{}", gw.ports.https);
+
+    // A `/ws` subscriber, a Socket.IO session on a WebSocket, an SSE stream, and a slow
+    // request to the app.
+    let (mut ws, _) = websocket(&format!("{base}/ws"), Some("pubsub.v1"))
+        .await
+        .expect("ws");
+    ws.send(Message::text(
+        json!({"op": "subscribe", "topic": "t"}).to_string(),
+    ))
+    .await
+    .expect("subscribe");
+    let (mut eio, _) = websocket(
+        &format!("{base}/socket.io/?EIO=4&transport=websocket"),
+        None,
+    )
+    .await
+    .expect("engine.io");
+    let open = eio.next().await.expect("open").expect("frame");
+    assert!(open.to_text().expect("text").starts_with('0'), "{open:?}");
+    eio.send(Message::text("40")).await.expect("connect");
+    let connected = eio.next().await.expect("connect").expect("frame");
+    assert!(
+        connected.to_text().expect("text").starts_with("40"),
+        "{connected:?}"
+    );
+    let mut sse = client()
+        .get(gw.https("/events?topic=t"))
+        .send()
+        .await
+        .expect("sse");
+    let first = sse.chunk().await.expect("chunk").expect("bytes");
+    assert!(
+        String::from_utf8_lossy(&first).contains("retry: 500"),
+        "{first:?}"
+    );
+    let slow = tokio::spawn({
+        let url = gw.https("/sleep/1500");
+        async move { client().get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopped = Instant::now();
+    gw.proc.signal(15);
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(CloseCode::Away),
+        "/ws is closed with 1001"
+    );
+    assert_eq!(
+        close_code(&mut eio).await,
+        Some(CloseCode::Away),
+        "the Engine.IO WebSocket is closed with 1001, which Socket.IO clients reconnect after"
+    );
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = sse.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the SSE stream ends");
+    let slow = slow
+        .await
+        .expect("join")
+        .expect("the slow request finished");
+    assert_eq!(slow.status(), 200);
+    let status = gw
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+/// Kills the new process an upgrade started (the test harness only knows the old one).
+struct Started(u32);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back() {
+    const SOCKETS: usize = 50;
+    let app = Stub::start("app");
+    let mut gw = Gateway::start(&config(&app));
+    let old_pid = gw.proc.pid();
+
+    let mut node = Command::new("node")
+        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
+        .args([&gw.https(""), &SOCKETS.to_string(), "news"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
+    let (ready, node_out) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut node_out = node_out;
+        let mut line = String::new();
+        node_out.read_line(&mut line).expect("a line");
+        (line, node_out)
+    })
+    .await
+    .expect("node");
+    assert!(ready.contains("ready"), "node: {ready}");
+
+    // Requests all through the upgrade: on kept-alive connections and on new ones.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, sent, failed, failures) =
+                (stop.clone(), sent.clone(), failed.clone(), failures.clone());
+            let url = gw.https("/echo");
+            tokio::spawn(async move {
+                let keep_alive = client();
+                while !stop.load(Ordering::Relaxed) {
+                    // Half the workers open a new connection per request.
+                    let c = if i % 2 == 0 {
+                        keep_alive.clone()
+                    } else {
+                        e2e::client_builder()
+                            .http1_only()
+                            .pool_max_idle_per_host(0)
+                            .build()
+                            .expect("client")
+                    };
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let mut f = failures.lock().expect("lock");
+                            f.push(format!("{other:?}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
+    let out = Command::new(e2e::binary("gateway"))
+        .args(["upgrade", "--config", "gateway.yaml"])
+        .current_dir(gw.dir.path())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .status()
+        .expect("gateway upgrade");
+    let upgrade_log =
+        || std::fs::read_to_string(gw.dir.path().join("upgrade.log")).unwrap_or_default();
+    assert!(out.success(), "{}", upgrade_log());
+    let pid_file = gw.dir.path().join("state/gateway.pid");
+    let new_pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let _new = Started(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert!(
+        upgrade_log().contains(&format!("upgraded: process {new_pid} serves")),
+        "{}",
+        upgrade_log()
+    );
+
+    // The old process drains and exits; requests go on against the new one meanwhile.
+    let exited = gw.proc.wait_exit(Duration::from_secs(20));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "old process: {exited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load worker");
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 50, "{sent} requests sent");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} requests failed: {:?}\n{}",
+        failures
+            .lock()
+            .expect("lock")
+            .iter()
+            .take(5)
+            .collect::<Vec<_>>(),
+        upgrade_log()
+    );
+
+    // Every Socket.IO client was told to come back, came back to the new process, and hears
+    // what is published there.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            subscribers(&gw, "news").await as usize >= 2 * SOCKETS
+        })
+        .await,
+        "subscribers on the new process: {}",
+        subscribers(&gw, "news").await
+    );
+    let r = client()
+        .post(gw.admin("/publish"))
+        .json(&json!({"topic": "news", "event": "note", "data": "after upgrade"}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+    let report = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut node_out = node_out;
+        let mut line = String::new();
+        node_out.read_line(&mut line).expect("a result");
+        line
+    })
+    .await
+    .expect("node");
+    let _ = node.wait();
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert!(v.get("error").is_none(), "{v}");
+    for mode in ["websocket", "polling"] {
+        assert_eq!(v[mode]["got"], SOCKETS, "{mode}: {v}");
+        assert!(
+            v[mode]["disconnects"].as_u64() >= Some(SOCKETS as u64),
+            "{mode}: every session was told to come back: {v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reload_after_installing_a_new_binary_upgrades_to_it() {
+    // The gateway runs from an installed copy, as from /usr/local/bin.
+    let app = Stub::start("app");
+    let dir = e2e::Scratch::new("installed");
+    let installed = dir.path().join("gateway");
+    std::fs::copy(e2e::binary("gateway"), &installed).expect("install");
+    let ports = e2e::Ports::new();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        e2e::fill(&config(&app), &ports),
+    )
+    .expect("config");
+    let mut old = e2e::Proc::spawn(
+        "gateway (installed)",
+        &installed,
+        &["run", "--config", "gateway.yaml"],
+        dir.path(),
+    );
+    old.wait_for_port(([127, 0, 0, 1], ports.https).into());
+    let pid_file = dir.path().join("state/gateway.pid");
+    assert!(
+        eventually(Duration::from_secs(5), || async { pid_file.exists() }).await,
+        "pid file"
+    );
+
+    // The same file reloaded: a reload, the process stays.
+    let reload = || {
+        let log = dir.path().join("reload.log");
+        let f = std::fs::File::create(&log).expect("log");
+        let ok = Command::new(&installed)
+            .args(["reload", "--config", "gateway.yaml"])
+            .current_dir(dir.path())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .status()
+            .expect("gateway reload")
+            .success();
+        (ok, std::fs::read_to_string(log).unwrap_or_default())
+    };
+    let (ok, out) = reload();
+    assert!(ok && out.starts_with("reloaded"), "{out}");
+
+    // A new version is installed the way package managers do it (a new file renamed over the
+    // old one): the same command now upgrades to it.
+    let staged = dir.path().join("gateway.new");
+    std::fs::copy(e2e::binary("gateway"), &staged).expect("stage");
+    std::fs::rename(&staged, &installed).expect("install");
+    let (ok, out) = reload();
+    assert!(
+        ok && out.contains("upgrading") && out.contains("upgraded: process"),
+        "{out}\n{}",
+        old.logs()
+    );
+    let new_pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let _new = Started(new_pid);
+    assert_ne!(new_pid, old.pid());
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old process exits"
+    );
+    let r = client()
+        .get(format!("https://127.0.0.1:{}/echo", ports.https))
+        .send()
+        .await
+        .expect("the new process serves");
+    assert_eq!(r.status(), 200);
+}
