@@ -341,9 +341,14 @@ pub struct Cluster {
     pub node_id: Option<String>,
     /// The prefix of every Redis key and channel.
     pub key_prefix: Option<String>,
-    /// The address other nodes reach this one at for forwarded Engine.IO requests (parsed and
-    /// checked; the forwarding itself is not built yet).
+    /// Where this node takes the Engine.IO requests other nodes forward to it (the sessions
+    /// it owns), e.g. `10.0.0.5:7070`. Absent: nothing is forwarded, sids name no node.
     pub internal_listen: Option<String>,
+    /// `host:port` other nodes reach `internal_listen` at. Absent: `internal_listen` itself.
+    pub advertise: Option<String>,
+    /// Shared by every node of the fleet, sent with every forwarded request and checked by the
+    /// internal listener: only the fleet's own nodes are served there.
+    pub secret: Option<String>,
     /// Speak socket.io's Redis adapter protocol on `key_prefix`'s channels: emitters and Node
     /// servers with `@socket.io/redis-adapter` share the Socket.IO namespaces. Default: on.
     pub socketio_adapter: Option<bool>,
@@ -375,6 +380,8 @@ impl std::fmt::Debug for Cluster {
             .field("internal_listen", &self.internal_listen)
             .field("socketio_adapter", &self.socketio_adapter)
             .field("laravel", &self.laravel)
+            .field("advertise", &self.advertise)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .finish()
     }
 }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod failure;
 pub mod fastcgi;
 pub mod finish;
+pub mod fleet_forward;
 pub mod forwarding;
 pub mod h2_guard;
 pub mod header_deadline;

@@ -659,6 +659,23 @@ impl Backplane {
             .and_then(|f| f.cursor.position())
     }
 
+    /// Runs `lua` on the command connection (`EVALSHA`, else `EVAL`), as the hub's own scripts
+    /// run: for the fleet's other records in Redis (node addresses, Socket.IO sessions), which
+    /// share the link, its reconnects and its failures.
+    pub(crate) async fn script(
+        &self,
+        lua: &Lua,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<Value, BackplaneError> {
+        self.shared.run(lua, keys, args).await
+    }
+
+    /// The key prefix's names ([`Keys`]).
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
     /// Stops the supervisor and refuses further operations.
     pub fn shutdown(&self) {
         self.shared.shut_down.store(true, Ordering::Release);

@@ -8,6 +8,8 @@
 //! | `{P:hub:<topic>}:meta` | hash | `epoch` (16 hex digits), `seq` (last assigned), `bytes` (size of the log) |
 //! | `{P:hub:<topic>}:log` | list | the last frames (see [`super::frame`]), oldest first, ending at `seq` |
 //! | `P:hub:<topic>` | channel | every frame as it is appended |
+//! | `P:node:<tag>` | string | where the node whose sids carry `tag` takes forwarded requests ([`super::directory`]) |
+//! | `P:sio-session:<pid>` | hash | a Socket.IO session another node may recover ([`super::sessions`]) |
 //!
 //! Nodes `PSUBSCRIBE P:hub:*` (the prefix glob-escaped). The key names open with a brace so
 //! that both keys of a topic hash to one Redis Cluster slot (the publish script touches both):
@@ -64,6 +66,16 @@ impl Keys {
         format!("{}{topic}", self.channel_prefix)
     }
 
+    /// Where the node tagged `tag` ([`crate::engineio::node_tag`]) is reached.
+    pub fn node(&self, tag: &str) -> String {
+        format!("{}:node:{tag}", self.prefix)
+    }
+
+    /// The record of the Socket.IO session with private id `pid`.
+    pub fn sio_session(&self, pid: &str) -> String {
+        format!("{}:sio-session:{pid}", self.prefix)
+    }
+
     /// The pattern that matches every topic's channel (glob characters of the prefix escaped).
     pub fn pattern(&self) -> String {
         let mut p = glob_escape(&self.channel_prefix);
@@ -108,6 +120,8 @@ mod tests {
         assert_eq!(k.topic_of(b"socket.io:hub:orders"), Some("orders"));
         assert_eq!(k.topic_of(b"socket.io#/#"), None);
         assert_eq!(k.topic_of(b"socket.io:hub:\xff"), None);
+        assert_eq!(k.node("MyeAGyE3"), "socket.io:node:MyeAGyE3");
+        assert_eq!(k.sio_session("p1"), "socket.io:sio-session:p1");
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!   ([`laravel_node`]) that publishes each broadcast once for the fleet
 //!   ([`Backplane::submit_once`]) to the topic of the channel's Socket.IO room.
 //!
+//! Beside them, two small records the nodes keep for each other on the same link: where each
+//! node takes the Engine.IO requests other nodes forward to it ([`directory`]), and the
+//! Socket.IO sessions any node can recover ([`sessions`]).
+//!
 //! The hub is wired to the backplane by [`node::start`]: the hub hands every publish to
 //! [`Backplane::submit`] and answers the caller with the fleet position (503 on
 //! [`BackplaneError::Unavailable`]); the backplane's [`Sink`] is the hub, which records each
@@ -37,6 +41,7 @@ pub mod adapter;
 pub mod adapter_node;
 pub mod backplane;
 pub mod cursor;
+pub mod directory;
 pub mod frame;
 pub mod history;
 pub mod keys;
@@ -44,6 +49,7 @@ pub mod laravel;
 pub mod laravel_node;
 pub mod node;
 pub mod script;
+pub mod sessions;
 
 #[cfg(test)]
 mod cursor_tests;

@@ -28,8 +28,9 @@
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
 //!   point at one another, so they are defined together here;
-//! * `fleet`: what needs every server's sockets (node's `fetchSockets`,
+//! * `fleet_ops`: what needs every server's sockets (node's `fetchSockets`,
 //!   `socketsJoin`, `allRooms`, ...), on `namespace` and the peers;
+//! * `fleet_recovery`: connection state recovery on another node of the fleet;
 //! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `echo_shape`,
 //!   `peers`: plain types and bookkeeping;
 //! * `codec`: the wire formats.
@@ -80,7 +81,8 @@ mod echo;
 mod echo_shape;
 mod error;
 mod event;
-mod fleet;
+mod fleet_ops;
+mod fleet_recovery;
 mod namespace;
 mod options;
 mod peers;
@@ -106,6 +108,10 @@ pub use codec::{
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use error::{AckError, ConnectError, EmitError, RoomError};
 pub use event::{Args, DisconnectReason, Event};
+pub use fleet_recovery::{
+    fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord, SessionStore,
+    MAX_OFFSET_TOPICS,
+};
 pub use namespace::{AckAnswers, BroadcastOperator, Emitting, Namespace, SocketAck};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,

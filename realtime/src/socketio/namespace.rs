@@ -14,14 +14,15 @@ use tokio::time::Instant;
 use super::codec::{event_head, Outgoing, RESERVED_EVENTS};
 use super::error::{AckError, EmitError, RoomError};
 use super::event::Args;
+use super::fleet_recovery::{fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord};
 use super::options::SocketIoOptions;
 use super::peers::{PeerSlot, PeersError, Selection};
-use super::recovery::Tracker;
+use super::recovery::{ResumePlan, Tracker};
 use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, SubscriberId};
+use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 /// A namespace. Cheap to clone; every clone is the same namespace.
@@ -145,14 +146,14 @@ impl NsInner {
     /// registered and reading the hub, still connecting (its packets wait
     /// for [`SocketInner::finish_connect`]). `user` is who the app said the
     /// client is; the rooms it named are joined.
-    pub(super) fn create_socket(
+    pub(super) async fn create_socket(
         self: &Arc<Self>,
         conn: &Arc<ConnShared>,
         auth: Value,
         user: access::Identity,
     ) -> Result<Socket, RoomError> {
         let rooms = user.rooms.clone();
-        let socket = match self.try_recover(conn, &auth, user.clone())? {
+        let socket = match self.recover(conn, &auth, user.clone()).await? {
             Some(socket) => socket,
             None => self.fresh_socket(conn, auth, user)?,
         };
@@ -161,6 +162,7 @@ impl NsInner {
                 tracing::warn!(nsp = %self.path, room = %room, error = %e, "socket.io: a room the app granted at connect could not be joined");
             }
         }
+        socket.inner.settle_in_fleet().await;
         self.start(&socket);
         Ok(socket)
     }
@@ -179,6 +181,9 @@ impl NsInner {
             .map(|_| Arc::from(generate_id()));
         let sub = Arc::new(self.hub.subscribe()?);
         let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
+        if self.fleet_sessions().is_some() {
+            tracker = tracker.in_fleet();
+        }
         tracker.add_origin(sub.id());
         let who = Identity {
             id: Arc::clone(&id),
@@ -210,6 +215,132 @@ impl NsInner {
         if let Some(sub) = lock(&socket.inner.sub).clone() {
             tokio::spawn(socket.clone().run_reader(sub));
         }
+    }
+
+    /// Where the fleet keeps its sessions, when recovery spans the fleet.
+    fn fleet_sessions(&self) -> Option<&FleetSessions> {
+        self.options.recovery.as_ref()?.fleet.as_ref()
+    }
+
+    /// The session a CONNECT names, recovered: from this node's memory, or in a fleet from
+    /// the record the node that last served it left in the store ([`super::fleet_recovery`]). The
+    /// record's incarnation says which: this node's own session when it is the one this node
+    /// keeps, else another node's (or a later life of it) that only the record describes.
+    /// `Ok(None)`: nothing to recover (the caller then makes a fresh socket).
+    async fn recover(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+        user: access::Identity,
+    ) -> Result<Option<Socket>, RoomError> {
+        let pid = auth.get("pid").and_then(Value::as_str);
+        let (Some(fleet), Some(pid)) = (self.fleet_sessions(), pid) else {
+            return self.try_recover(conn, auth, user);
+        };
+        let record = fleet.0.load(pid).await;
+        let here = lock(&self.sessions).incarnation(pid);
+        match record {
+            Some(record) if here != Some(record.incarnation) => {
+                self.recover_from_fleet(conn, auth, user, pid, record).await
+            }
+            _ => self.try_recover(conn, auth, user),
+        }
+    }
+
+    /// Node's `restoreSession` from another node's record: the offset the client sent back
+    /// says where it stood in each of the record's topics; each topic is joined from there
+    /// (the fleet's history serves what this node's does not), and what follows is replayed.
+    /// Refused (`Ok(None)`, a new session) when the offset does not describe the record's
+    /// topics and epochs, or a topic's history no longer reaches back to it.
+    async fn recover_from_fleet(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+        user: access::Identity,
+        pid: &str,
+        record: SessionRecord,
+    ) -> Result<Option<Socket>, RoomError> {
+        let Some(opts) = &self.options.recovery else {
+            return Ok(None);
+        };
+        let failed = |why: &str| {
+            self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(nsp = %self.path, sid = %record.sid, why, "socket.io: a session of another node not recovered; the client gets a new one");
+            Ok(None)
+        };
+        let offset = auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .and_then(FleetOffset::parse);
+        let Some(offset) = offset else {
+            return failed("no fleet offset");
+        };
+        let taken = lock(&self.registry)
+            .sockets
+            .contains_key(record.sid.as_str());
+        if record.nsp != self.path || taken {
+            return failed("another namespace, or the socket is connected here");
+        }
+        // The record's topics are the namespace's and its rooms', and the offset's seqs are
+        // positions in exactly those epochs.
+        let mut topics: Vec<String> = std::iter::once(self.topic.to_string())
+            .chain(record.rooms.iter().map(|r| room_topic(&self.path, r)))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let named = record.topics.iter().map(|(t, _)| t);
+        let described = record.topics.iter().map(|(t, e)| (t.as_str(), *e));
+        if !topics.iter().eq(named)
+            || offset.seqs.len() != topics.len()
+            || fingerprint(described) != offset.fingerprint
+        {
+            return failed("the offset does not describe the record's topics");
+        }
+        let sub = Arc::new(self.hub.subscribe()?);
+        let mut tracker = Tracker::new(Some(opts.tracked_events)).in_fleet();
+        tracker.resumed_at(offset.count);
+        tracker.add_origin(sub.id());
+        let mut replays = Vec::with_capacity(topics.len());
+        for ((topic, epoch), seq) in record.topics.iter().zip(&offset.seqs) {
+            let since = Position::new(*epoch, *seq);
+            let Some(messages) = resume_topic(&sub, topic, since).await else {
+                // Dropping the subscriber leaves what it joined.
+                return failed("a topic's history no longer reaches back to the offset");
+            };
+            let (had, missed): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|m| m.epoch == since.epoch && m.seq <= since.seq);
+            for m in had {
+                tracker.seen(m.id);
+            }
+            tracker.set_position(Arc::from(topic.as_str()), since);
+            replays.push(missed);
+        }
+        let who = Identity {
+            id: Arc::from(record.sid.as_str()),
+            pid: Some(Arc::from(pid)),
+            auth: auth.clone(),
+            recovered: true,
+            user,
+        };
+        let socket = Socket::from_inner(SocketInner::new(
+            who,
+            Arc::clone(self),
+            Arc::clone(conn),
+            sub,
+            tracker,
+        ));
+        {
+            let mut outbox = lock(&socket.inner.outbox);
+            for msg in ResumePlan::without_order().merge(replays) {
+                socket.inner.deliver_locked(&mut outbox, &msg);
+            }
+        }
+        for room in record.rooms {
+            self.registry_join(&room, &socket.inner.id);
+            lock(&socket.inner.rooms).insert(room);
+        }
+        Ok(Some(socket))
     }
 
     /// Node's `restoreSession`: `Ok(None)` when there is nothing to recover
@@ -297,11 +428,38 @@ impl NsInner {
     }
 }
 
+/// The count of an offset, the part this node's delivery log numbers (a fleet offset carries
+/// more after it).
 fn parse_offset(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    offset_count(s)
+}
+
+/// Messages of history a recovery from another node reads before where the client stood, so
+/// that a copy of a broadcast it already had through another room is known for a duplicate:
+/// the copies of one broadcast are published back to back, a handful of messages apart at
+/// most.
+const SEEN_BEFORE: u64 = 16;
+
+/// Joins `topic` for a socket that had processed it up to `since`: the history from a little
+/// before `since` ([`SEEN_BEFORE`]; from `since` itself when the history no longer reaches
+/// that far), or `None` when not even `since` can be served.
+async fn resume_topic(
+    sub: &Subscriber,
+    topic: &str,
+    since: Position,
+) -> Option<Vec<Arc<crate::hub::Message>>> {
+    let wider = Position::new(since.epoch, since.seq.saturating_sub(SEEN_BEFORE));
+    match sub.join_async(topic, Some(wider)).await {
+        Ok(JoinOutcome::Resumed { replay, .. }) => return Some(replay),
+        Ok(_) if wider != since => {
+            sub.leave(topic);
+        }
+        _ => return None,
     }
-    s.parse().ok()
+    match sub.join_async(topic, Some(since)).await {
+        Ok(JoinOutcome::Resumed { replay, .. }) => Some(replay),
+        _ => None,
+    }
 }
 
 /// What a socket does with its whole namespace.
@@ -511,7 +669,7 @@ impl BroadcastOperator {
     fn emit_here(&self, name: &str, args: Args) -> Emitting {
         let head = event_head(&self.ns.path, name, &args.values, None, args.binaries.len());
         for socket in self.sockets() {
-            let out = Outgoing::event_from_head(&head, None, args.binaries.clone());
+            let out = Outgoing::event_from_head(&head, None::<&str>, args.binaries.clone());
             // A failure closes that connection (slow consumer) or it is closed already.
             let _ = socket.inner.write(out);
         }

@@ -320,7 +320,7 @@ async fn connect(
     } else {
         access::Identity::default()
     };
-    let socket = match ns.inner.create_socket(shared, auth, user) {
+    let socket = match ns.inner.create_socket(shared, auth, user).await {
         Ok(socket) => socket,
         Err(e) => {
             refuse(&nsp, &ConnectError::new(e.to_string()));
