@@ -188,13 +188,22 @@ fn main() -> ExitCode {
         // Answered before any configuration is read.
         Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Run { upgrade } => {
-            let (server, reloader) = match gateway::server::build(&settings, &cli.config, upgrade) {
-                Ok(s) => s,
+            let built = match gateway::server::build(&settings, &cli.config, upgrade) {
+                Ok(b) => b,
                 Err(e) => {
                     eprintln!("gateway: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            let gateway::server::Built {
+                server,
+                reloader,
+                drain,
+            } = built;
+            if let Err(e) = gateway::upgrade::on_sigquit(drain) {
+                eprintln!("gateway: cannot listen for SIGQUIT (upgrade): {e}");
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = gateway::reload::on_sighup(reloader.clone()) {
                 eprintln!("gateway: cannot listen for SIGHUP (reload): {e}");
                 return ExitCode::FAILURE;

@@ -487,7 +487,7 @@ pub fn build(
     settings: &Settings,
     config_path: &std::path::Path,
     upgrade: bool,
-) -> Result<(Server, Arc<Reloader>), StartError> {
+) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: settings.threads,
         upgrade_sock: settings.upgrade_sock().display().to_string(),
@@ -671,5 +671,28 @@ pub fn build(
     if let Some(cluster) = rt.cluster.clone() {
         server.add_service(background_service("cluster", ClusterService(cluster)));
     }
-    Ok((server, reloader))
+    Ok(Built {
+        server,
+        reloader,
+        drain: Drain(rt),
+    })
+}
+
+/// The server, and the handles the process needs beside it.
+pub struct Built {
+    pub server: Server,
+    /// Puts a new configuration file in force (`SIGHUP`).
+    pub reloader: Arc<Reloader>,
+    /// Tells the realtime clients to come back (the old process of an upgrade).
+    pub drain: Drain,
+}
+
+/// Tells every realtime client to come back elsewhere ([`Realtime::drain`]): the process is
+/// handing its sockets to a new one.
+pub struct Drain(Arc<Realtime>);
+
+impl Drain {
+    pub fn now(&self) {
+        self.0.drain();
+    }
 }
