@@ -17,6 +17,9 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || command -v php-fpm >/dev/null || n
 # redis-server (and redis-cli) for the cluster tests (started by the tests on free ports, never
 # as a service).
 command -v redis-server >/dev/null || need+=(redis-server)
+# nginx is the round-robin load balancer in front of the fleet in the cluster tests (started
+# by the tests, unprivileged, on free ports; never as a service).
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 # goaccess reads the gateway's access log in the observability tests (as an operator's would).
 command -v goaccess >/dev/null || need+=(goaccess)
 

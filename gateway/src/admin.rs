@@ -1,6 +1,7 @@
 //! The admin listener: health for load balancers and deploy scripts, Prometheus metrics
 //! (`GET /metrics`), the outcome of the last configuration reload (`GET /reload`), and the app's publish API (`POST /publish`, `POST /emit`,
-//! `GET /topics/<topic>`). Bind it to loopback, or set a token.
+//! `GET /topics/<topic>`, and node's server-side socket API: `GET /sockets`, `GET /rooms`,
+//! `POST /sockets/join|leave|disconnect`). Bind it to loopback, or set a token.
 //!
 //! On loopback the publish API has no token, so it must not answer the web pages in the
 //! operator's browser, which can reach 127.0.0.1 too. Before any endpoint (see [`refusal`]):
@@ -214,7 +215,13 @@ impl ProxyHttp for Admin {
                     serde_json::to_value(self.reloader.status()).unwrap_or(serde_json::Value::Null);
                 json(session, 200, status).await?
             }
-            "/publish" | "/emit" => {
+            "/publish"
+            | "/emit"
+            | "/sockets"
+            | "/sockets/join"
+            | "/sockets/leave"
+            | "/sockets/disconnect"
+            | "/rooms" => {
                 crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
             }
             p if p.starts_with("/topics/") => {

@@ -208,6 +208,9 @@ pub mod defaults {
     /// default (`@socket.io/redis-adapter`, `@socket.io/redis-emitter`), so that a Node server
     /// or an emitter pointed at the same Redis meets the gateways without configuration.
     pub const CLUSTER_KEY_PREFIX: &str = realtime::cluster::keys::DEFAULT_PREFIX;
+    /// Laravel's default Redis key prefix (`Str::slug(APP_NAME).'_database_'` for the default
+    /// `APP_NAME`, Laravel).
+    pub const LARAVEL_PREFIX: &str = "laravel_database_";
 
     /// `<hostname>:<pid>`: unique among the processes of a fleet, and what an operator
     /// recognises in logs and in Redis (`CLIENT LIST`, message frames). The host name is the
@@ -347,9 +350,32 @@ pub struct Cluster {
     pub node_id: Option<String>,
     /// The prefix of every Redis key and channel.
     pub key_prefix: Option<String>,
-    /// The address other nodes reach this one at for forwarded Engine.IO requests (parsed and
-    /// checked; the forwarding itself is not built yet).
+    /// Where this node takes the Engine.IO requests other nodes forward to it (the sessions
+    /// it owns), e.g. `10.0.0.5:7070`. Absent: nothing is forwarded, sids name no node.
     pub internal_listen: Option<String>,
+    /// `host:port` other nodes reach `internal_listen` at. Absent: `internal_listen` itself.
+    pub advertise: Option<String>,
+    /// Shared by every node of the fleet, sent with every forwarded request and checked by the
+    /// internal listener: only the fleet's own nodes are served there.
+    pub secret: Option<String>,
+    /// Speak socket.io's Redis adapter protocol on `key_prefix`'s channels: emitters and Node
+    /// servers with `@socket.io/redis-adapter` share the Socket.IO namespaces. Default: on.
+    pub socketio_adapter: Option<bool>,
+    /// Deliver Laravel's `redis` broadcaster's messages.
+    pub laravel: Option<Laravel>,
+}
+
+/// Laravel's `redis` broadcaster (`BROADCAST_CONNECTION=redis`): what it publishes on these
+/// channels reaches the Socket.IO room and the topic of the channel's name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Laravel {
+    /// Channels as Laravel names them (`orders`, `private-orders.1`, `presence-room.1`), or
+    /// prefixes ending in `*` (`private-*`).
+    pub channels: Vec<String>,
+    /// Laravel's Redis key prefix (`database.redis.options.prefix`, `REDIS_PREFIX`), which its
+    /// broadcaster puts in front of every channel name.
+    pub prefix: Option<String>,
 }
 
 /// The URL may hold a password: never printed.
@@ -361,6 +387,10 @@ impl std::fmt::Debug for Cluster {
             .field("node_id", &self.node_id)
             .field("key_prefix", &self.key_prefix)
             .field("internal_listen", &self.internal_listen)
+            .field("socketio_adapter", &self.socketio_adapter)
+            .field("laravel", &self.laravel)
+            .field("advertise", &self.advertise)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .finish()
     }
 }

@@ -63,41 +63,6 @@ enum Command {
     },
 }
 
-/// The log: lines on stderr, filtered by `RUST_LOG` (default below), and pingora's TLS
-/// handshake failures counted and logged by their reason instead ([`gateway::noise`]).
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // pingora's HTTP/1 server warns when a second response head is written; the gateway
-        // does that on purpose for X-Accel-Redirect answers (the file's head is sent first,
-        // the app's is then skipped: see `accel` and `proxy`), and it is that module's only
-        // warning.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,pingora=warn,pingora_core::protocols::http::v1::server=error",
-            )
-        })
-        .add_directive(
-            gateway::noise::SILENCED
-                .parse()
-                .expect("a valid filter directive"),
-        );
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(filter);
-    let noise = gateway::noise::HandshakeNoise.with_filter(tracing_subscriber::filter::filter_fn(
-        gateway::noise::wanted,
-    ));
-    tracing_subscriber::registry()
-        .with(output)
-        .with(noise)
-        .init();
-}
-
 /// Exit status for a configuration that does not pass: 2, like `nginx -t` failures in scripts
 /// that distinguish "bad config" (2) from "crashed" (1).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -168,7 +133,7 @@ fn upgrade(settings: &Settings, config: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    gateway::logging::init();
 
     if let Some(Command::Probe {
         url,
@@ -223,13 +188,22 @@ fn main() -> ExitCode {
         // Answered before any configuration is read.
         Command::Probe { .. } => ExitCode::SUCCESS,
         Command::Run { upgrade } => {
-            let (server, reloader) = match gateway::server::build(&settings, &cli.config, upgrade) {
-                Ok(s) => s,
+            let built = match gateway::server::build(&settings, &cli.config, upgrade) {
+                Ok(b) => b,
                 Err(e) => {
                     eprintln!("gateway: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            let gateway::server::Built {
+                server,
+                reloader,
+                drain,
+            } = built;
+            if let Err(e) = gateway::upgrade::on_sigquit(drain) {
+                eprintln!("gateway: cannot listen for SIGQUIT (upgrade): {e}");
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = gateway::reload::on_sighup(reloader.clone()) {
                 eprintln!("gateway: cannot listen for SIGHUP (reload): {e}");
                 return ExitCode::FAILURE;

@@ -106,19 +106,39 @@ pub fn wanted(meta: &tracing::Metadata<'_>) -> bool {
     meta.target() == TARGET || meta.target() == "log"
 }
 
-/// An event's message and, for a `log` record, its real target.
+/// The most detailed level [`HandshakeNoise`] takes: the module's handshake lines are
+/// errors, its other lines info at most. Given as the filter's hint, it keeps the whole
+/// subscriber's hint at the log output's level (info by default), which is what the `log`
+/// crate's max level is set from: without it, [`wanted`] (which must accept the `log`
+/// bridge's shared target) would raise it to trace, and every `debug!`/`trace!` of pingora's
+/// request path would be formatted and handed to this layer, only to be dropped.
+pub const MAX_LEVEL: tracing::level_filters::LevelFilter =
+    tracing::level_filters::LevelFilter::INFO;
+
+/// Compares a `log` record's real target with [`TARGET`] without copying anything.
+#[derive(Default)]
+struct IsTarget(bool);
+
+impl Visit for IsTarget {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.0 = value == TARGET;
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// An event's message.
 #[derive(Default)]
 struct Message {
     text: String,
-    target: Option<String>,
 }
 
 impl Visit for Message {
     fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.text.push_str(value),
-            "log.target" => self.target = Some(value.to_string()),
-            _ => {}
+        if field.name() == "message" {
+            self.text.push_str(value);
         }
     }
 
@@ -132,11 +152,16 @@ impl Visit for Message {
 impl<S: Subscriber> Layer<S> for HandshakeNoise {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
+        if meta.target() != TARGET {
+            // A `log` record: its own target is a field.
+            let mut is = IsTarget::default();
+            event.record(&mut is);
+            if !is.0 {
+                return;
+            }
+        }
         let mut message = Message::default();
         event.record(&mut message);
-        if message.target.as_deref().unwrap_or(meta.target()) != TARGET {
-            return;
-        }
         let message = message.text;
         match Reason::of(&message) {
             Some(reason) => {

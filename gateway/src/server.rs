@@ -110,16 +110,62 @@ impl BackgroundService for HubSweeper {
 /// the server.
 pub struct Cluster {
     /// Runs the backplane's tasks (the Redis links, the publish writer, backfills, and the
-    /// fan-out of what other nodes publish): apart from pingora's services, whose runtimes
-    /// come and go with them, and on one thread, as the pub/sub link is read by one task.
-    /// Only kept: dropping it would stop them.
-    _runtime: tokio::runtime::Runtime,
+    /// fan-out of what other nodes publish) and the socket.io adapter's: apart from pingora's
+    /// services, whose runtimes come and go with them, and on one thread, as the pub/sub link
+    /// is read by one task. Only kept: dropping it would stop them (see the `Drop` below).
+    runtime: Option<tokio::runtime::Runtime>,
     pub backplane: realtime::cluster::Backplane,
     /// The Redis URL, password redacted.
     pub redis: String,
+    /// This node in socket.io's Redis adapter protocol, once Socket.IO is mounted
+    /// (`cluster.socketio_adapter`).
+    adapter: std::sync::OnceLock<realtime::cluster::AdapterNode>,
+    /// Forwarding to the node that owns a session (`cluster.internal_listen`).
+    pub forwarding: Option<Forwarding>,
+    /// Where Socket.IO sessions are kept for the other nodes (recovery on).
+    pub sessions: Option<realtime::socketio::FleetSessions>,
+}
+
+/// The last holder of the cluster may be a service dropped on its own runtime's thread at
+/// exit (the admin listener's), where dropping another runtime the usual way (waiting for its
+/// blocking threads) panics: the cluster's runtime is let go without waiting.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// This node's part in forwarding: its tag in sids, the fleet's addresses, and the task that
+/// keeps this node's own address in Redis until shutdown.
+pub struct Forwarding {
+    pub tag: String,
+    /// Where the other nodes reach this one.
+    pub advertise: String,
+    pub directory: Arc<realtime::cluster::directory::Directory>,
+    pub secret: settings::Secret,
+    stop: tokio::sync::watch::Sender<bool>,
+    advertising: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
+    /// Makes the Socket.IO server one of the servers of socket.io's Redis adapter protocol on
+    /// this node's Redis (for the namespaces it has now): emitters and Node servers with
+    /// `@socket.io/redis-adapter` share its namespaces.
+    fn speak_socketio_adapter(&self, io: &realtime::socketio::SocketIo, c: &settings::Cluster) {
+        // The runtime is only taken when the cluster is dropped.
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let _in = runtime.enter();
+        let config = realtime::cluster::AdapterConfig::new(&c.key_prefix, &c.node_id);
+        if let Some(node) = realtime::cluster::AdapterNode::start(io, &self.backplane, config) {
+            tracing::info!(uid = %node.uid(), key_prefix = %c.key_prefix, "cluster: socket.io's redis adapter protocol spoken");
+            let _ = self.adapter.set(node);
+        }
+    }
+
     /// What `/healthz` says of the cluster: `ok`, or `degraded` and why.
     pub fn health(&self) -> serde_json::Value {
         use realtime::cluster::Link;
@@ -139,6 +185,13 @@ impl Cluster {
         if let Some(reason) = reason {
             v["reason"] = serde_json::Value::String(reason);
         }
+        if let Some(f) = &self.forwarding {
+            v["internal"] = serde_json::json!({
+                "tag": f.tag,
+                "advertise": f.advertise,
+                "advertised": f.directory.advertised(),
+            });
+        }
         v
     }
 }
@@ -151,6 +204,18 @@ struct ClusterService(Arc<Cluster>);
 impl BackgroundService for ClusterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+        if let Some(f) = &self.0.forwarding {
+            // The address is withdrawn while the link is still there to do it.
+            f.stop.send_replace(true);
+            let advertising = f
+                .advertising
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = advertising {
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
+        }
         self.0.backplane.shutdown();
     }
 }
@@ -164,7 +229,8 @@ struct Realtime {
     services: std::sync::Mutex<BTreeMap<(RealtimeKind, String), Arc<dyn realtime::seam::Service>>>,
     /// The Socket.IO server, once a route mounts it: the admin listener's `/emit` talks to it.
     socketio: std::sync::OnceLock<realtime::socketio::SocketIo>,
-    /// Its Engine.IO service, closed first when the process drains.
+    /// Its Engine.IO service, closed first when the process drains; in a fleet, what the
+    /// internal listener serves to the other nodes (the public routes forward around it).
     socketio_service: std::sync::OnceLock<Arc<crate::socketio::SocketIoService>>,
     settings: settings::Realtime,
     /// Who may connect, subscribe and publish, on every transport.
@@ -193,7 +259,12 @@ impl Realtime {
         let (hub, cluster) = match cluster {
             None => (realtime::hub::Hub::new(config), None),
             Some(c) => {
-                let (hub, cluster) = join_cluster(config, c)?;
+                let sessions_ttl = settings
+                    .socketio
+                    .recovery
+                    .as_ref()
+                    .map(|r| r.max_disconnection);
+                let (hub, cluster) = join_cluster(config, c, sessions_ttl)?;
                 (hub, Some(Arc::new(cluster)))
             }
         };
@@ -260,15 +331,32 @@ impl Realtime {
                     self.access.clone(),
                 )),
                 Endpoint::Socketio => {
+                    let forwarding = self.cluster.as_ref().and_then(|c| c.forwarding.as_ref());
                     let service = Arc::new(crate::socketio::build(
                         self.hub.clone(),
                         &self.settings.socketio,
                         self.access.clone(),
                         |names| self.event_route(names),
+                        crate::socketio::InFleet {
+                            sid_tag: forwarding.map(|f| f.tag.clone()),
+                            sessions: self.cluster.as_ref().and_then(|c| c.sessions.clone()),
+                        },
                     ));
                     let _ = self.socketio.set(service.io().clone());
                     let _ = self.socketio_service.set(service.clone());
-                    service
+                    match forwarding {
+                        None => service,
+                        Some(f) => {
+                            let sio = &self.settings.socketio;
+                            Arc::new(crate::fleet_forward::Forwarder::new(
+                                service,
+                                f.tag.clone(),
+                                f.directory.clone(),
+                                f.secret.clone(),
+                                sio.ping_interval + sio.ping_timeout,
+                            ))
+                        }
+                    }
                 }
                 Endpoint::Sse => Arc::new(realtime::sse::Sse::new(
                     self.hub.clone(),
@@ -299,9 +387,12 @@ impl Realtime {
 
 /// A hub that is a node of the fleet `c` describes. Redis need not be reachable: the node
 /// starts, says `degraded` on `/healthz`, and connects with backoff.
+/// `sessions_ttl`: Socket.IO's `max_disconnection_duration` when recovery is on (its sessions
+/// are then kept in Redis for the other nodes).
 fn join_cluster(
     config: realtime::hub::HubConfig,
     c: &settings::Cluster,
+    sessions_ttl: Option<Duration>,
 ) -> Result<(realtime::hub::Hub, Cluster), StartError> {
     let mut bp = realtime::cluster::BackplaneConfig::new(c.redis.expose(), c.node_id.as_str());
     bp.key_prefix = c.key_prefix.clone();
@@ -320,13 +411,54 @@ fn join_cluster(
         let _in = runtime.enter();
         realtime::cluster::node::start(config, bp)?
     };
+    if let Some(laravel) = &c.laravel {
+        realtime::cluster::laravel_node::start(&backplane, &c.key_prefix, laravel.clone());
+        tracing::info!(channels = ?laravel.channels, prefix = %laravel.prefix, "cluster: Laravel's redis broadcasts delivered");
+    }
     tracing::info!(node = %c.node_id, redis = %c.redis, "cluster: this node shares its realtime through redis");
+    let sessions = sessions_ttl.map(|ttl| {
+        let _in = runtime.enter();
+        let store = realtime::cluster::sessions::RedisSessions::start(backplane.clone(), ttl);
+        realtime::socketio::FleetSessions(Arc::new(store))
+    });
+    let forwarding = c.internal.as_ref().map(|internal| {
+        let tag = realtime::engineio::node_tag(&c.node_id);
+        let directory = Arc::new(realtime::cluster::directory::Directory::new(
+            backplane.clone(),
+        ));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let record = realtime::cluster::directory::NodeRecord {
+            node: c.node_id.clone(),
+            address: internal.advertise.clone(),
+        };
+        let advertising = runtime.spawn({
+            let (directory, tag) = (directory.clone(), tag.clone());
+            async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                directory.advertise(&tag, record, stop).await;
+            }
+        });
+        tracing::info!(tag = %tag, listen = %internal.listen, advertise = %internal.advertise, "cluster: Engine.IO requests for this node's sessions are forwarded here by the other nodes");
+        Forwarding {
+            tag,
+            advertise: internal.advertise.clone(),
+            directory,
+            secret: internal.secret.clone(),
+            stop,
+            advertising: std::sync::Mutex::new(Some(advertising)),
+        }
+    });
     Ok((
         hub,
         Cluster {
-            _runtime: runtime,
+            runtime: Some(runtime),
             backplane,
             redis: c.redis.to_string(),
+            adapter: std::sync::OnceLock::new(),
+            forwarding,
+            sessions,
         },
     ))
 }
@@ -375,7 +507,7 @@ pub fn build(
     settings: &Settings,
     config_path: &std::path::Path,
     upgrade: bool,
-) -> Result<(Server, Arc<Reloader>), StartError> {
+) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: settings.threads,
         upgrade_sock: settings.upgrade_sock().display().to_string(),
@@ -437,6 +569,13 @@ pub fn build(
     let serving = shared.serving(settings, all_pools)?;
     // The routes have mounted their realtime services: the metrics read Socket.IO's counters.
     metrics.set_socketio(rt.socketio.get().cloned());
+    if let (Some(cluster), Some(c), Some(io)) =
+        (&rt.cluster, settings.cluster.as_ref(), rt.socketio.get())
+    {
+        if c.socketio_adapter {
+            cluster.speak_socketio_adapter(io, c);
+        }
+    }
     let (health, health_rx) =
         tokio::sync::watch::channel(serving.router.pools.values().cloned().collect());
     let current = Arc::new(Current::from_pointee(serving));
@@ -538,10 +677,50 @@ pub fn build(
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    if let Some(internal) = settings.cluster.as_ref().and_then(|c| c.internal.as_ref()) {
+        let service = rt.socketio_service.get().cloned();
+        let app = crate::fleet_forward::Internal {
+            service: service.map(|s| s as Arc<dyn realtime::seam::Service>),
+            secret: internal.secret.clone(),
+            body: crate::buffering::BodyLimits::from_limits(limits),
+        };
+        let mut listener = Service::new(
+            "fleet internal".to_string(),
+            HeaderDeadline::new(
+                pingora::proxy::http_proxy(&server.configuration, app),
+                header_timeout,
+            ),
+        );
+        listener.add_tcp(&internal.listen.to_string());
+        server.add_service(listener);
+    }
     server.add_service(background_service("hub sweeper", HubSweeper(rt.clone())));
     server.add_service(background_service("health checks", HealthChecks(health_rx)));
     if let Some(cluster) = rt.cluster.clone() {
         server.add_service(background_service("cluster", ClusterService(cluster)));
     }
-    Ok((server, reloader))
+    Ok(Built {
+        server,
+        reloader,
+        drain: Drain(rt),
+    })
+}
+
+/// The server, and the handles the process needs beside it.
+pub struct Built {
+    pub server: Server,
+    /// Puts a new configuration file in force (`SIGHUP`).
+    pub reloader: Arc<Reloader>,
+    /// Tells the realtime clients to come back (the old process of an upgrade).
+    pub drain: Drain,
+}
+
+/// Tells every realtime client to come back elsewhere ([`Realtime::drain`]): the process is
+/// handing its sockets to a new one.
+pub struct Drain(Arc<Realtime>);
+
+impl Drain {
+    pub fn now(&self) {
+        self.0.drain();
+    }
 }

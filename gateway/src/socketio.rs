@@ -69,6 +69,16 @@ pub struct SocketIoService {
     client_dir: Option<PathBuf>,
 }
 
+/// What a node of a fleet adds to its Socket.IO service (nothing on a single node).
+#[derive(Default)]
+pub struct InFleet {
+    /// This node's tag in its sids, when the fleet forwards requests to the session's owner
+    /// ([`crate::fleet_forward`]).
+    pub sid_tag: Option<String>,
+    /// Where sessions are kept for recovery on any node (recovery on).
+    pub sessions: Option<realtime::socketio::FleetSessions>,
+}
+
 /// Build the Socket.IO service on `hub` from its settings; `access` decides who connects and
 /// which rooms a client joins or relays into; `to_app` is the route to the app of the events a
 /// namespace names.
@@ -77,11 +87,14 @@ pub fn build(
     s: &settings::SocketIo,
     access: realtime::access::Access,
     to_app: impl Fn(&EventNames) -> Option<EventRoute>,
+    fleet: InFleet,
 ) -> SocketIoService {
+    let InFleet { sid_tag, sessions } = fleet;
     let options = SocketIoOptions {
         connect_timeout: s.connect_timeout,
         recovery: s.recovery.as_ref().map(|r| RecoveryOptions {
             max_disconnection_duration: r.max_disconnection,
+            fleet: sessions,
             ..RecoveryOptions::default()
         }),
         ..SocketIoOptions::default()
@@ -135,6 +148,7 @@ pub fn build(
         max_sessions_per_client: s.max_sessions_per_client,
         cors,
         allow_request,
+        sid_tag,
         ..EngineConfig::default()
     };
     SocketIoService {

@@ -139,7 +139,7 @@ pub async fn run(
     Ok(Ok(()))
 }
 
-fn serialize(req: &RequestHeader) -> Vec<u8> {
+pub(crate) fn serialize(req: &RequestHeader) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -157,7 +157,7 @@ fn serialize(req: &RequestHeader) -> Vec<u8> {
 }
 
 /// Read the app's response head; returns it and any bytes that followed it.
-async fn read_head(
+pub(crate) async fn read_head(
     upstream: &mut (impl AsyncRead + Unpin),
 ) -> std::result::Result<(ResponseHeader, Bytes), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);

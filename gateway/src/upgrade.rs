@@ -6,9 +6,13 @@
 //! 2. Once that socket exists, the running process gets `SIGQUIT`: it hands its listening
 //!    sockets over and keeps accepting on them for 5 s beside the new one (pingora's
 //!    `CLOSE_TIMEOUT`), so a connection is always accepted by one of the two.
-//! 3. It then drains as on `SIGTERM`: realtime clients are told to come back (WebSocket close
-//!    1001, the Engine.IO session closed so Socket.IO clients reconnect, SSE streams ended after
-//!    their `retry:`), HTTP requests in flight get `grace_period_s` to finish, and it exits.
+//! 3. Its realtime clients are told to come back at once, on `SIGQUIT` ([`on_sigquit`]):
+//!    WebSocket close 1001, the Engine.IO sessions closed so Socket.IO clients reconnect (new
+//!    handshakes are refused with 503 here, so they land on the new process), SSE streams ended
+//!    after their `retry:`. Draining them only when it stops accepting, 5 s later, would let a
+//!    Socket.IO polling client's requests reach both processes in turn, the one without its
+//!    session answering "Session ID unknown" each time. Then HTTP requests in flight get
+//!    `grace_period_s` to finish, and it exits.
 //!
 //! The new process writes its pid to the pid file once it serves: that is when this command
 //! reports success.
@@ -36,6 +40,21 @@ pub enum UpgradeError {
     NotReady(Duration),
     #[error("sent SIGQUIT to process {0}, but the new process did not announce itself within {1:?}: see both logs")]
     NoTakeover(i32, Duration),
+}
+
+/// Drain the realtime clients when `SIGQUIT` (pingora's graceful upgrade) arrives, beside
+/// pingora's own handling of it (both are registered with signal-hook's registry).
+pub fn on_sigquit(drain: crate::server::Drain) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGQUIT])?;
+    std::thread::Builder::new()
+        .name("upgrade".to_string())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                tracing::info!("upgrade: the listening sockets go to the new process; realtime clients are told to reconnect there");
+                drain.now();
+            }
+        })?;
+    Ok(())
 }
 
 /// Whether this program's file is another one than the running gateway's (in `pid_file`): a

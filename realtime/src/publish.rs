@@ -16,6 +16,16 @@
 //! timeout has passed: node's `io.to(room).timeout(N).emitWithAck(...)` for an app that is not
 //! written in JavaScript. Such events bypass the hub (see
 //! [`BroadcastOperator::emit_with_ack`](crate::socketio::BroadcastOperator::emit_with_ack)).
+//! With socket.io's Redis adapter on (a fleet), the sockets of every server answer; a peer's
+//! socket is listed with `"socket": null` (the adapter does not say which it was).
+//!
+//! Node's server-side API for the sockets of every server, the same way:
+//! `GET /sockets?namespace=/&room=..&except=..` (`fetchSockets()`: `{"sockets": [{"id",
+//! "rooms", "handshake", "data"}]}`), `GET /rooms?namespace=/` (`allRooms()`), and `POST
+//! /sockets/join` `{"namespace", "rooms", "except", "join": [...]}`, `POST /sockets/leave`
+//! (`"leave": [...]`) and `POST /sockets/disconnect` (`"close": bool`): `socketsJoin()`,
+//! `socketsLeave()`, `disconnectSockets()` of the sockets in any of `rooms` (all when empty)
+//! and none of `except`.
 
 use http::StatusCode;
 use serde::Deserialize;
@@ -28,7 +38,9 @@ use base64::Engine as _;
 use crate::access::presence::{self, members_json, Presence};
 use crate::hub::{Hub, HubError, Payload, Position, Published, Publishing};
 use crate::seam::{BodyError, Request, Response, Service};
-use crate::socketio::{AckError, Args, SocketIo, RESERVED_EVENTS};
+use crate::socketio::{
+    AckError, Args, BroadcastOperator, Namespace, PeersError, SocketIo, RESERVED_EVENTS,
+};
 
 /// A publish request larger than this is refused with 413 (nginx's `client_max_body_size`
 /// default); a message that big belongs in the app's storage, with a link in the message.
@@ -68,6 +80,46 @@ struct Emit {
 
 fn root_namespace() -> String {
     "/".to_string()
+}
+
+/// `POST /sockets/join`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketsJoin {
+    #[serde(default = "root_namespace")]
+    namespace: String,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    join: Vec<String>,
+}
+
+/// `POST /sockets/leave`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketsLeave {
+    #[serde(default = "root_namespace")]
+    namespace: String,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    leave: Vec<String>,
+}
+
+/// `POST /sockets/disconnect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketsDisconnect {
+    #[serde(default = "root_namespace")]
+    namespace: String,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    #[serde(default)]
+    close: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,12 +215,168 @@ impl PublishApi {
         })
     }
 
-    async fn emit(&self, req: Request) -> Response {
-        let Some(io) = &self.socketio else {
-            return error(
+    /// The Socket.IO server, or why there is none.
+    fn io(&self, path: &str) -> Result<&SocketIo, Refused> {
+        self.socketio.as_ref().ok_or_else(|| {
+            Refused(
                 StatusCode::NOT_FOUND,
-                "Socket.IO is not enabled: /emit needs a route with `realtime: socketio`",
-            );
+                format!("Socket.IO is not enabled: {path} needs a route with `realtime: socketio`"),
+            )
+        })
+    }
+
+    /// Namespace `path` of `io`, or a 404.
+    fn namespace(io: &SocketIo, path: &str) -> Result<Namespace, Refused> {
+        io.of(path)
+            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, format!("no such namespace: {path}")))
+    }
+
+    /// Checks room names (`field` names them in the error).
+    fn check_rooms(&self, field: &str, rooms: &[String]) -> Result<(), Refused> {
+        let max = self.hub.config().max_topic_len;
+        match rooms.iter().find(|r| r.is_empty() || r.len() > max) {
+            Some(_) => Err(Refused(
+                StatusCode::BAD_REQUEST,
+                format!("{field}: room names must be 1 to {max} bytes long"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The sockets in any of `rooms` (all when empty) and none of `except`, in `nsp`.
+    fn select(
+        &self,
+        io: &SocketIo,
+        nsp: &str,
+        rooms: &[String],
+        except: &[String],
+    ) -> Result<BroadcastOperator, Refused> {
+        self.check_rooms("rooms", rooms)?;
+        self.check_rooms("except", except)?;
+        Ok(Self::namespace(io, nsp)?
+            .broadcast()
+            .to_rooms(rooms.iter().cloned())
+            .except_rooms(except.iter().cloned()))
+    }
+
+    /// `GET /sockets`: node's `fetchSockets()`.
+    async fn fetch_sockets(&self, req: &Request) -> Response {
+        let (io, query) = match self.io("/sockets") {
+            Ok(io) => (io, req.head.uri.query().unwrap_or("")),
+            Err(r) => return r.into(),
+        };
+        let nsp = crate::query::get(query, "namespace").unwrap_or_else(root_namespace);
+        let rooms = crate::query::all(query, "room");
+        let except = crate::query::all(query, "except");
+        let op = match self.select(io, &nsp, &rooms, &except) {
+            Ok(op) => op,
+            Err(r) => return r.into(),
+        };
+        match op.fetch_sockets().await {
+            Ok(sockets) => json_response(
+                StatusCode::OK,
+                json!({"sockets": sockets.iter().map(|s| s.to_json()).collect::<Vec<_>>()}),
+            ),
+            Err(e) => peers_error(e),
+        }
+    }
+
+    /// `GET /rooms`: node's `allRooms()`.
+    async fn all_rooms(&self, req: &Request) -> Response {
+        let io = match self.io("/rooms") {
+            Ok(io) => io,
+            Err(r) => return r.into(),
+        };
+        let query = req.head.uri.query().unwrap_or("");
+        let nsp = crate::query::get(query, "namespace").unwrap_or_else(root_namespace);
+        let ns = match Self::namespace(io, &nsp) {
+            Ok(ns) => ns,
+            Err(r) => return r.into(),
+        };
+        match ns.all_rooms().await {
+            Ok(rooms) => json_response(StatusCode::OK, json!({ "rooms": rooms })),
+            Err(e) => peers_error(e),
+        }
+    }
+
+    /// `POST /sockets/join`, `/sockets/leave`, `/sockets/disconnect`.
+    async fn sockets(&self, req: Request, path: &str) -> Response {
+        let io = match self.io(path) {
+            Ok(io) => io,
+            Err(r) => return r.into(),
+        };
+        let done = || json_response(StatusCode::OK, json!({"ok": true}));
+        match path {
+            "/sockets/join" => {
+                let b: SocketsJoin = match self
+                    .read_json(
+                        req,
+                        r#"{"namespace": "/", "rooms": [...], "except": [...], "join": [...]}"#,
+                    )
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                if let Err(r) = self.check_rooms("join", &b.join) {
+                    return r.into();
+                }
+                match self.select(io, &b.namespace, &b.rooms, &b.except) {
+                    Ok(op) => {
+                        op.sockets_join(&b.join);
+                        done()
+                    }
+                    Err(r) => r.into(),
+                }
+            }
+            "/sockets/leave" => {
+                let b: SocketsLeave = match self
+                    .read_json(
+                        req,
+                        r#"{"namespace": "/", "rooms": [...], "except": [...], "leave": [...]}"#,
+                    )
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                if let Err(r) = self.check_rooms("leave", &b.leave) {
+                    return r.into();
+                }
+                match self.select(io, &b.namespace, &b.rooms, &b.except) {
+                    Ok(op) => {
+                        op.sockets_leave(&b.leave);
+                        done()
+                    }
+                    Err(r) => r.into(),
+                }
+            }
+            _ => {
+                let b: SocketsDisconnect = match self
+                    .read_json(
+                        req,
+                        r#"{"namespace": "/", "rooms": [...], "except": [...], "close": false}"#,
+                    )
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.select(io, &b.namespace, &b.rooms, &b.except) {
+                    Ok(op) => {
+                        op.disconnect_sockets(b.close);
+                        done()
+                    }
+                    Err(r) => r.into(),
+                }
+            }
+        }
+    }
+
+    async fn emit(&self, req: Request) -> Response {
+        let io = match self.io("/emit") {
+            Ok(io) => io,
+            Err(r) => return r.into(),
         };
         let emit: Emit = match self
             .read_json(
@@ -218,12 +426,13 @@ impl PublishApi {
                 Duration::from_millis(emit.timeout_ms),
             )
             .await;
-        let sockets = answers.len();
+        let sockets = answers.answers.len();
         let mut acks = Vec::new();
         let mut failed = Vec::new();
-        for (socket, outcome) in answers {
-            match outcome {
-                Ok(args) => acks.push(ack_json(&socket, args)),
+        for answer in answers.answers {
+            let socket = answer.socket.as_deref();
+            match answer.answer {
+                Ok(args) => acks.push(ack_json(socket, args)),
                 Err(e) => {
                     let reason = match e {
                         AckError::Timeout(_) => "timeout".to_string(),
@@ -234,10 +443,11 @@ impl PublishApi {
                 }
             }
         }
-        json_response(
-            StatusCode::OK,
-            json!({"sockets": sockets, "acks": acks, "failed": failed}),
-        )
+        let mut v = json!({"sockets": sockets, "acks": acks, "failed": failed});
+        if let Some(e) = answers.incomplete {
+            v["incomplete"] = Value::from(e.to_string());
+        }
+        json_response(StatusCode::OK, v)
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -394,9 +604,28 @@ impl PublishApi {
     }
 }
 
+/// Why a request is refused: its status and message (the JSON error answer).
+struct Refused(StatusCode, String);
+
+impl From<Refused> for Response {
+    fn from(r: Refused) -> Response {
+        error(r.0, r.1)
+    }
+}
+
+/// What a failed question to the other servers answers: 504 when one did not answer in time,
+/// 503 when they cannot be reached.
+fn peers_error(e: PeersError) -> Response {
+    let status = match e {
+        PeersError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PeersError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
 /// One socket's acknowledgement as JSON: its arguments, with binary ones (placeholders on the
 /// wire) given base64-encoded in `binary`, indexed by the placeholders' `num`.
-fn ack_json(socket: &str, args: Args) -> Value {
+fn ack_json(socket: Option<&str>, args: Args) -> Value {
     let mut answer = json!({"socket": socket, "args": args.values});
     if !args.binaries.is_empty() {
         let engine = base64::engine::general_purpose::STANDARD;
@@ -435,6 +664,22 @@ impl Service for PublishApi {
                 http::Method::POST => self.emit(req).await,
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /emit"),
             };
+        }
+        match path.as_str() {
+            "/sockets" | "/rooms" => {
+                return match (req.head.method.clone(), path.as_str()) {
+                    (http::Method::GET, "/sockets") => self.fetch_sockets(&req).await,
+                    (http::Method::GET, _) => self.all_rooms(&req).await,
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, format!("use GET {path}")),
+                };
+            }
+            "/sockets/join" | "/sockets/leave" | "/sockets/disconnect" => {
+                return match req.head.method {
+                    http::Method::POST => self.sockets(req, &path).await,
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, format!("use POST {path}")),
+                };
+            }
+            _ => {}
         }
         if let Some(name) = path.strip_prefix("/topics/") {
             // Split before decoding: an escaped slash is part of the name.
@@ -506,6 +751,59 @@ mod tests {
         let over = r#"{"event":"x","timeout_ms":60001}"#;
         let (s, v) = call(&api, request("POST", "/emit", &[], over)).await;
         assert_eq!(s, 400, "{v}");
+    }
+
+    #[tokio::test]
+    async fn the_server_side_socket_api_answers_from_this_node_without_peers() {
+        let api = PublishApi::new(Hub::default(), None);
+        let (s, v) = call(&api, request("GET", "/sockets", &[], "")).await;
+        assert_eq!(s, 404, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("/sockets needs"),
+            "{v}"
+        );
+        let hub = Hub::default();
+        let io = SocketIo::new(hub.clone(), Default::default());
+        io.namespace("/", |_| std::future::ready(Ok(())));
+        let api = PublishApi::new(hub, None).with_socketio(io);
+        let (s, v) = call(&api, request("GET", "/sockets?room=r1&except=r2", &[], "")).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"sockets": []})));
+        let (s, v) = call(&api, request("GET", "/rooms", &[], "")).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"rooms": []})));
+        let (s, v) = call(&api, request("GET", "/rooms?namespace=/nope", &[], "")).await;
+        assert_eq!(s, 404, "{v}");
+        let join = r#"{"rooms":["r1"],"join":["r2"]}"#;
+        let (s, v) = call(&api, request("POST", "/sockets/join", &[], join)).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"ok": true})));
+        let (s, _) = call(
+            &api,
+            request("POST", "/sockets/leave", &[], r#"{"leave":["r2"]}"#),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _) = call(
+            &api,
+            request("POST", "/sockets/disconnect", &[], r#"{"close":true}"#),
+        )
+        .await;
+        assert_eq!(s, 200);
+        // Each endpoint's own fields only; room names checked; the right method.
+        let (s, _) = call(&api, request("POST", "/sockets/leave", &[], join)).await;
+        assert_eq!(s, 400);
+        let (s, v) = call(
+            &api,
+            request("POST", "/sockets/join", &[], r#"{"join":[""]}"#),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").starts_with("join: "),
+            "{v}"
+        );
+        let (s, _) = call(&api, request("POST", "/sockets", &[], "{}")).await;
+        assert_eq!(s, 405);
+        let (s, _) = call(&api, request("GET", "/sockets/join", &[], "")).await;
+        assert_eq!(s, 405);
     }
 
     #[tokio::test]

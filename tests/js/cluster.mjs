@@ -1,9 +1,12 @@
 // Scenarios for the official socket.io-client against two gateways of one fleet (one Redis),
-// run by tests/tests/cluster_gateways.rs and cluster_faults.rs.
+// run by tests/tests/cluster_gateways.rs, cluster_faults.rs, cluster_balancer.rs and
+// cluster_failover.rs.
 //
 //   node tests/js/cluster.mjs <scenario> <polling|websocket|upgrade> <https-base-url>...
 //
-// Each client stays on the node it connected to (no balancer in front). Prints one JSON object
+// Each client stays on the node it connected to, except in `balanced` and `killed`, whose one
+// base URL is a round-robin balancer in front of the fleet (`killed` takes more arguments after
+// it). Prints one JSON object
 // with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
 import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";
@@ -78,6 +81,83 @@ const scenarios = {
     return { got };
   },
 
+  // Through a balancer (the one base URL) with no affinity: x and y join room "r"; x relays N
+  // events to the room asking for acks, y hears them; y relays one event to the whole
+  // namespace by leaving the room first, x hears it.
+  async balanced() {
+    const [base] = bases;
+    const N = 20;
+    const x = connect(base), y = connect(base);
+    const transport = await Promise.all([x, y].map(ready));
+    await x.timeout(5000).emitWithAck("join", "r");
+    await y.timeout(5000).emitWithAck("join", "r");
+    const got = { x: collect(x, "chat"), y: collect(y, "chat") };
+    const acks = [];
+    for (let n = 0; n < N; n++) acks.push(await x.timeout(5000).emitWithAck("chat", { n }));
+    await until(() => got.y.length >= N);
+    await y.timeout(5000).emitWithAck("leave", "r");
+    await x.timeout(5000).emitWithAck("leave", "r");
+    await y.timeout(5000).emitWithAck("chat", { n: 100 });
+    await until(() => got.x.length >= 1);
+    await sleep(300);
+    return { transport, sids: [x.io.engine.id, y.io.engine.id], acks, got };
+  },
+
+  // A node killed under its clients: through the balancer (the one base URL), clients connect
+  // until `target` of them are on the node tagged `tag` (their sids say which), and all join
+  // room "news". Then, on stdout: {"ready": ...}; {"had": K} once every client has the app's
+  // "note" events 1..K; and at the end what each saw of events 1..M: the killed node's clients
+  // must come back (on another node, through the balancer) recovered, with every event once
+  // and in order.
+  async killed() {
+    const [base, target, tag, K, M] = [bases[0], +bases[1], bases[2], +bases[3], +bases[4]];
+    const clients = [];
+    const onTag = () => clients.filter((c) => c.tag === tag).length;
+    while (onTag() < target) {
+      const batch = Array.from({ length: 50 }, () => {
+        const socket = connect(base);
+        const c = { socket, got: [], reconnects: [], tag: null };
+        socket.on("note", (data) => c.got.push(data.n));
+        let once = false;
+        socket.on("connect", () => {
+          if (once) c.reconnects.push({ recovered: socket.recovered, tag: socket.io.engine.id.split(".")[0] });
+          once = true;
+        });
+        return c;
+      });
+      await Promise.all(batch.map((c) => ready(c.socket)));
+      for (const c of batch) c.tag = c.socket.io.engine.id.split(".")[0];
+      await Promise.all(batch.map((c) => c.socket.timeout(10000).emitWithAck("join", "news")));
+      clients.push(...batch);
+    }
+    console.log(JSON.stringify({ ready: true, clients: clients.length, onTag: onTag() }));
+    await until(() => clients.every((c) => c.got.length >= K), 30000);
+    console.log(JSON.stringify({ had: Math.min(...clients.map((c) => c.got.length)) }));
+    const started = Date.now();
+    await until(() => clients.every((c) => c.got.length >= M && c.socket.connected), 45000);
+    const settled = Date.now() - started;
+    await sleep(500);
+    const want = Array.from({ length: M }, (_, i) => i + 1);
+    const exact = (c) => c.got.length === M && c.got.every((n, i) => n === want[i]);
+    const killed = clients.filter((c) => c.tag === tag);
+    const others = clients.filter((c) => c.tag !== tag);
+    const describe = (c) => ({ tag: c.tag, got: c.got, reconnects: c.reconnects, connected: c.socket.connected });
+    return {
+      clients: clients.length,
+      killed: killed.length,
+      recovered: killed.filter((c) => c.reconnects.length > 0 && c.reconnects.every((r) => r.recovered)).length,
+      movedTo: [...new Set(killed.flatMap((c) => c.reconnects.map((r) => r.tag)))],
+      exact: killed.filter(exact).length,
+      // The other node's clients keep every event too; those whose connection went through the
+      // killed node (a request or a WebSocket it forwarded) came back recovered.
+      othersExact: others.filter((c) => exact(c) && c.reconnects.every((r) => r.recovered)).length,
+      othersReconnected: others.filter((c) => c.reconnects.length > 0).length,
+      others: others.length,
+      settledMs: settled,
+      wrong: clients.filter((c) => !exact(c) || !c.reconnects.every((r) => r.recovered) || (c.tag === tag && c.reconnects.length === 0)).slice(0, 3).map(describe),
+    };
+  },
+
   // Relays asking for an ack while the cluster cannot be reached.
   async unavailable() {
     const a = connect(bases[0]);
@@ -95,7 +175,7 @@ if (!fn) {
 const watchdog = setTimeout(() => {
   console.log(JSON.stringify({ error: "scenario timed out" }));
   process.exit(1);
-}, 60000);
+}, 120000);
 try {
   const result = await fn();
   console.log(JSON.stringify(result));

@@ -42,6 +42,70 @@ routes:
     )
 }
 
+/// The fleet's shared secret in the tests (`cluster.secret`).
+pub const SECRET: &str = "test-fleet-secret-0123456789";
+
+/// A node of a fleet behind a balancer: plain HTTP (the balancer in front is trusted for the
+/// client's address), the internal listener on loopback port `internal` with [`SECRET`],
+/// Socket.IO with connection state recovery (`recovery_ms`), the same transports as
+/// [`node_config`], and no per-address session cap (every test client is 127.0.0.1).
+pub fn balanced_node_config(redis_url: &str, node: &str, internal: u16, history: usize) -> String {
+    format!(
+        r#"
+listen: {{http: "{{http}}", admin: "{{admin}}"}}
+proxy: {{trusted_proxies: [127.0.0.1/32]}}
+cluster: {{redis: "{redis_url}", node_id: "{node}", internal_listen: "127.0.0.1:{internal}", secret: "{SECRET}"}}
+realtime:
+  hub: {{history: {history}}}
+  longpoll: {{wait_ms: 1500}}
+  sse: {{heartbeat_ms: 1000}}
+  socketio:
+    max_sessions_per_client: 10000
+    recovery: {{max_disconnection_ms: 60000}}
+    namespaces:
+      "/": {{relay: true, client_rooms: true, relay_rate: {{per_second: 1000, burst: 1000}}}}
+  policy: {{client_publish: ["*"]}}
+routes:
+  - {{path: /s, realtime: longpoll}}
+  - {{path: /p, realtime: longpoll}}
+  - {{path: /events, realtime: sse}}
+  - {{path: /ws, realtime: websocket}}
+  - {{path: /socket.io/, realtime: socketio}}
+"#
+    )
+}
+
+/// A gateway of a fleet behind a balancer, and its internal listener's port.
+pub struct Node {
+    pub gw: Gateway,
+    pub internal: u16,
+}
+
+impl Node {
+    /// `127.0.0.1:<http port>`, what the balancer sends requests to.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.gw.ports.http).into()
+    }
+}
+
+/// `n` nodes of a fleet on `redis` that forward Engine.IO requests to each other, named `a`,
+/// `b`, ... ([`balanced_node_config`]).
+pub fn balanced_nodes(redis: &RedisServer, n: usize, history: usize) -> Vec<Node> {
+    (0..n)
+        .map(|i| {
+            let name = ((b'a' + i as u8) as char).to_string();
+            let internal = crate::free_port();
+            let gw = Gateway::start(&balanced_node_config(
+                &redis.url(),
+                &name,
+                internal,
+                history,
+            ));
+            Node { gw, internal }
+        })
+        .collect()
+}
+
 /// `n` gateways on `redis`, named `a`, `b`, ...
 pub fn nodes(redis: &RedisServer, n: usize, history: usize) -> Vec<Gateway> {
     (0..n)
@@ -72,6 +136,19 @@ pub async fn wait_cluster_ok(gws: &[&Gateway]) {
         })
         .await;
         assert!(ok, "cluster not ok: {}", health(gw).await);
+    }
+}
+
+/// Waits until every node says `cluster: ok` and has its internal address in Redis.
+pub async fn wait_forwarding(nodes: &[Node]) {
+    let gws: Vec<&Gateway> = nodes.iter().map(|n| &n.gw).collect();
+    wait_cluster_ok(&gws).await;
+    for gw in gws {
+        let ok = eventually(Duration::from_secs(20), || async {
+            health(gw).await["cluster"]["internal"]["advertised"] == true
+        })
+        .await;
+        assert!(ok, "internal address not advertised: {}", health(gw).await);
     }
 }
 
@@ -141,7 +218,12 @@ impl Sse {
     /// `GET /events?topic=...` on `gw`, resuming from `last_event_id` if given; returns once
     /// the answer's head is in (the subscription is made before the head is sent).
     pub async fn open(gw: &Gateway, topic: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = client().get(gw.https(&format!("/events?topic={topic}")));
+        Sse::open_url(&gw.https(&format!("/events?topic={topic}")), last_event_id).await
+    }
+
+    /// [`Sse::open`] on any URL (a node's plain listener, a balancer in front of the fleet).
+    pub async fn open_url(url: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = client().get(url);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

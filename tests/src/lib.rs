@@ -6,6 +6,7 @@
 //! `CARGO_BIN_EXE_*` is only set for a package's own binaries. `tests/run.sh` builds them
 //! before running the tests.
 
+pub mod balancer;
 pub mod fleet;
 pub mod h2;
 pub mod raw;

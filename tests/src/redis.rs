@@ -179,6 +179,31 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `PUBLISH channel message` with the message's bytes as they are (`redis-cli -x`, which
+    /// reads the last argument from stdin): what another program's client would publish.
+    pub fn publish_raw(&self, channel: &str, message: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new(find_on_path("redis-cli").expect("redis-cli is installed"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-x", "PUBLISH", channel])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run redis-cli");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(message)
+            .expect("write to redis-cli");
+        let out = child.wait_with_output().expect("redis-cli ends");
+        assert!(
+            out.status.success(),
+            "redis-cli -x PUBLISH {channel} failed"
+        );
+    }
+
     pub fn logs(&self) -> String {
         self.proc.as_ref().map(|p| p.logs()).unwrap_or_default()
     }

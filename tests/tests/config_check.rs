@@ -112,14 +112,14 @@ fn the_cluster_block_is_checked_without_connecting_and_never_shows_the_password(
     // Nothing listens on port 1: check does not connect, the file is fine.
     std::fs::write(
         dir.path().join("fleet.yaml"),
-        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"rediss://alice:s3cret@127.0.0.1:1/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\"}\n",
+        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"rediss://alice:s3cret@127.0.0.1:1/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\", secret: fleet-s3cret-0123456789}\n",
     )
     .expect("write");
     let (code, out, err) = check(dir.path(), "fleet.yaml");
     assert_eq!(code, Some(0), "{out}{err}");
     std::fs::write(
         dir.path().join("bad-fleet.yaml"),
-        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"redis://:s3cret@127.0.0.1:6379/notadb\", node_id: \"\", tls_ca: nope.pem, internal_listen: \"127.0.0.1:8080\"}\n",
+        "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /s, realtime: longpoll}]\ncluster: {redis: \"redis://:s3cret@127.0.0.1:6379/notadb\", node_id: \"\", tls_ca: nope.pem, internal_listen: \"127.0.0.1:8080\", secret: s3cret}\n",
     )
     .expect("write");
     let (code, out, err) = check(dir.path(), "bad-fleet.yaml");
@@ -129,6 +129,7 @@ fn the_cluster_block_is_checked_without_connecting_and_never_shows_the_password(
         "cluster.redis: invalid redis url redis://:***@127.0.0.1:6379/notadb: ",
         "cluster.node_id: must be 1 to 128 bytes long",
         "cluster.internal_listen: 127.0.0.1:8080 is already used by listen.http",
+        "cluster.secret: must be 16 to 1024 characters long",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -270,7 +270,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
     );
     let r = client()
         .post(gw.admin("/publish"))
-        .json(&json!({"topic": "news", "event": "note", "data": "after upgrade"}))
+        .json(&json!({"topic": "news", "event": "note", "data": 0}))
         .send()
         .await
         .expect("publish");
@@ -367,4 +367,130 @@ async fn reload_after_installing_a_new_binary_upgrades_to_it() {
         .await
         .expect("the new process serves");
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_with_all_it_missed()
+{
+    const SOCKETS: usize = 50;
+    let redis = e2e::redis::RedisServer::start();
+    let app = Stub::start("app");
+    // A fleet of one: the topics' history and the Socket.IO sessions are in Redis, where the
+    // new process finds them.
+    let yaml = config(&app)
+        .replace(
+            "grace_period_s: 3\n",
+            &format!(
+                "grace_period_s: 3\ncluster: {{redis: \"redis://127.0.0.1:{}/0\"}}\n",
+                redis.port
+            ),
+        )
+        .replace(
+            "    max_sessions_per_client: 5000\n",
+            "    max_sessions_per_client: 5000\n    recovery: {max_disconnection_ms: 60000}\n",
+        );
+    let mut gw = Gateway::start(&yaml);
+    let mut node = Command::new("node")
+        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
+        .args([
+            &gw.https(""),
+            &SOCKETS.to_string(),
+            "news",
+            "stdin",
+            "websocket",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut node_in = node.stdin.take().expect("stdin");
+    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
+    let (ready, node_out) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut node_out = node_out;
+        let mut line = String::new();
+        node_out.read_line(&mut line).expect("a line");
+        (line, node_out)
+    })
+    .await
+    .expect("node");
+    assert!(ready.contains("ready"), "node: {ready}");
+
+    // The app publishes numbered notes every 50 ms through the whole upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let (stop, count, url) = (stop.clone(), count.clone(), gw.admin("/publish"));
+        async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = client()
+                    .post(&url)
+                    .json(&json!({"topic": "news", "event": "note", "data": n}))
+                    .send()
+                    .await;
+                // A publish the hand-over interrupted is sent again with the same number.
+                if sent.is_ok_and(|r| r.status() == 200) {
+                    n += 1;
+                    count.store(n as usize, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = count.load(Ordering::Relaxed);
+    let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
+    let ok = Command::new(e2e::binary("gateway"))
+        .args(["upgrade", "--config", "gateway.yaml"])
+        .current_dir(gw.dir.path())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .status()
+        .expect("gateway upgrade")
+        .success();
+    let upgrade_log =
+        || std::fs::read_to_string(gw.dir.path().join("upgrade.log")).unwrap_or_default();
+    assert!(ok, "{}", upgrade_log());
+    let new_pid: u32 = std::fs::read_to_string(gw.dir.path().join("state/gateway.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let _new = Started(new_pid);
+    assert!(
+        gw.proc.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old process drains and exits"
+    );
+    let during = count.load(Ordering::Relaxed) - before;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.await.expect("publisher");
+    use std::io::Write;
+    writeln!(node_in, "{published}").expect("tell node");
+    let report = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut node_out = node_out;
+        let mut line = String::new();
+        node_out.read_line(&mut line).expect("a result");
+        line
+    })
+    .await
+    .expect("node");
+    let _ = node.wait();
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert!(v.get("error").is_none(), "{v}");
+    assert!(during >= 10, "{during} notes published during the upgrade");
+    assert_eq!(
+        v["websocket"]["got"], SOCKETS,
+        "every session got all {published} notes once, in order: {v}"
+    );
+    assert_eq!(v["websocket"]["wrong"], 0, "{v}");
+    assert_eq!(
+        v["websocket"]["recovered"],
+        SOCKETS,
+        "{v}\n{}",
+        upgrade_log()
+    );
 }

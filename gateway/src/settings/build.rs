@@ -243,13 +243,156 @@ fn cluster(c: config::Cluster, listen: &Listen, base: &Path, r: &mut Report) -> 
                 None
             }
         });
+    let laravel = c.laravel.map(|l| laravel(l, r));
+    let internal = internal(internal_listen, c.advertise, c.secret, r);
     Cluster {
         redis: RedisUrl::new(c.redis),
         tls_ca,
         node_id,
         key_prefix,
-        internal_listen,
+        internal,
+        socketio_adapter: c.socketio_adapter.unwrap_or(true),
+        laravel,
     }
+}
+
+/// `cluster.laravel`: at least one channel, each a name or a prefix ending in `*`.
+fn laravel(l: config::Laravel, r: &mut Report) -> realtime::cluster::LaravelConfig {
+    if l.channels.is_empty() {
+        r.bad(
+            "cluster.laravel.channels",
+            "list at least one channel (a name, or a prefix ending in *: private-*)",
+        );
+    }
+    for (i, c) in l.channels.iter().enumerate() {
+        if realtime::cluster::laravel::channel_spec(c).is_none() {
+            r.bad(
+                format!("cluster.laravel.channels[{i}]"),
+                format!("{c:?} is neither a channel name nor a prefix ending in * (a * may only end it)"),
+            );
+        } else if c.len() > MAX_CLUSTER_NAME
+            || c.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            r.bad(
+                format!("cluster.laravel.channels[{i}]"),
+                format!("{c:?} must be 1 to {MAX_CLUSTER_NAME} bytes without white space"),
+            );
+        }
+    }
+    let prefix = l
+        .prefix
+        .unwrap_or_else(|| defaults::LARAVEL_PREFIX.to_string());
+    if prefix.len() > MAX_CLUSTER_NAME
+        || prefix
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        r.bad(
+            "cluster.laravel.prefix",
+            format!("{prefix:?} must be at most {MAX_CLUSTER_NAME} bytes without white space"),
+        );
+    }
+    realtime::cluster::LaravelConfig {
+        channels: l.channels,
+        prefix,
+    }
+}
+
+/// Shortest `cluster.secret`: 16 characters are ~96 bits from a password generator, beyond
+/// guessing over the network.
+const MIN_SECRET_LEN: usize = 16;
+/// Longest: it travels in a header of every forwarded request.
+const MAX_SECRET_LEN: usize = 1024;
+
+/// The internal listener: `internal_listen`, where other nodes reach it (`advertise`) and the
+/// fleet's `secret`, each checked with the others.
+fn internal(
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    secret: Option<String>,
+    r: &mut Report,
+) -> Option<Internal> {
+    let Some(listen) = listen else {
+        for (key, set) in [
+            ("advertise", advertise.is_some()),
+            ("secret", secret.is_some()),
+        ] {
+            if set {
+                r.bad(
+                    format!("cluster.{key}"),
+                    "is only used with cluster.internal_listen",
+                );
+            }
+        }
+        return None;
+    };
+    let secret = match secret {
+        None => {
+            r.bad(
+                "cluster.secret",
+                "required with cluster.internal_listen: the same on every node, it is how a node knows a forwarded request comes from the fleet",
+            );
+            None
+        }
+        Some(s) if s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN => {
+            r.bad(
+                "cluster.secret",
+                format!("must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} characters long"),
+            );
+            None
+        }
+        Some(s) if !s.bytes().all(|b| b.is_ascii_graphic()) => {
+            r.bad(
+                "cluster.secret",
+                "must be printable ASCII without spaces (it is sent in a header)",
+            );
+            None
+        }
+        Some(s) => Some(Secret::new(s)),
+    };
+    let advertise = match advertise {
+        Some(a) => match host_port(&a) {
+            true => Some(a),
+            false => {
+                r.bad(
+                    "cluster.advertise",
+                    format!("{a:?} is not host:port, like 10.0.0.5:7070 or gw-1.internal:7070"),
+                );
+                None
+            }
+        },
+        None if listen.ip().is_unspecified() => {
+            r.bad(
+                "cluster.advertise",
+                format!("required when cluster.internal_listen is {listen}: the address other nodes reach this one at"),
+            );
+            None
+        }
+        None => Some(listen.to_string()),
+    };
+    Some(Internal {
+        listen,
+        advertise: advertise?,
+        secret: secret?,
+    })
+}
+
+/// `host:port` with a port and a host that is a name or an address (IPv6 in brackets).
+fn host_port(v: &str) -> bool {
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    port_ok && host_ok
 }
 
 fn listen(l: &config::Listen, r: &mut Report) -> Listen {

@@ -86,8 +86,43 @@ pub struct Cluster {
     pub tls_ca: Option<Vec<u8>>,
     pub node_id: String,
     pub key_prefix: String,
-    /// Checked now; the internal forwarding that will listen there is not built yet.
-    pub internal_listen: Option<SocketAddr>,
+    /// Speak socket.io's Redis adapter protocol.
+    pub socketio_adapter: bool,
+    /// Laravel's `redis` broadcaster, when configured.
+    pub laravel: Option<realtime::cluster::LaravelConfig>,
+    /// Forwarding of Engine.IO requests to the node that owns the session: `None` without
+    /// `internal_listen`.
+    pub internal: Option<Internal>,
+}
+
+/// This node's internal listener, for the Engine.IO requests other nodes forward to it.
+#[derive(Debug, Clone)]
+pub struct Internal {
+    pub listen: SocketAddr,
+    /// `host:port` other nodes connect to.
+    pub advertise: String,
+    pub secret: Secret,
+}
+
+/// The fleet's shared secret: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+
+    /// The secret itself, to send or to compare with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// A Redis URL: it may hold a password, so `Debug` and `Display` redact it; [`RedisUrl::expose`]

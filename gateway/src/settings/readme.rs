@@ -116,7 +116,7 @@ upstreams:
   app: {{servers: [127.0.0.1:3000], health_check: {{}}}}
   php: {{protocol: fastcgi, servers: [127.0.0.1:9000], fastcgi: {{root: {dir}}}}}
 realtime: {{socketio: {{recovery: {{}}}}, auth: {{upstream: app}}, events: {{upstream: app}}}}
-cluster: {{redis: "redis://127.0.0.1:6379/0"}}
+cluster: {{redis: "redis://127.0.0.1:6379/0", laravel: {{channels: [orders]}}}}
 routes:
   - {{path: /ws, realtime: websocket}}
   - {{path: /, upstream: app, static: {{root: {dir}}}}}
@@ -251,8 +251,11 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "compression.gzip_level" => num(comp?.gzip_level),
         "compression.brotli_level" => num(comp?.brotli_level),
         "compression.min_length" => num(comp?.min_length),
-        "cluster.redis" | "cluster.internal_listen" | "pid_file" => None,
+        "cluster.redis" | "cluster.internal_listen" | "cluster.secret" | "pid_file" => None,
         "cluster.key_prefix" => text(&s.cluster.as_ref()?.key_prefix),
+        "cluster.socketio_adapter" => flag(s.cluster.as_ref()?.socketio_adapter),
+        "cluster.laravel.channels" => None,
+        "cluster.laravel.prefix" => text(&s.cluster.as_ref()?.laravel.as_ref()?.prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
         "access_log.path" => text(match &s.access_log.target {
             LogTarget::Off => "off".to_string(),
@@ -322,6 +325,17 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             }
         }
         ("cluster", "off") => assert!(bare.cluster.is_none()),
+        ("cluster.laravel", "off") => {
+            let only_redis = Settings::build(
+                crate::config::Config::parse(
+                    "listen: {http: 127.0.0.1:8080}\ncluster: {redis: \"redis://127.0.0.1:6379/0\"}\nroutes: [{path: /ws, realtime: websocket}]\n",
+                )
+                .expect("parses"),
+                Path::new("/etc/gw"),
+            )
+            .expect("builds");
+            assert!(only_redis.cluster.expect("on").laravel.is_none())
+        }
         ("cluster.tls_ca", "none") => {
             assert!(full.cluster.as_ref().expect("on").tls_ca.is_none())
         }
@@ -330,6 +344,20 @@ fn word(bare: &Settings, full: &Settings, key: &str, default: &str) -> bool {
             let (host, pid) = id.rsplit_once(':').expect("host:pid");
             assert!(!host.is_empty(), "{id}");
             assert_eq!(pid, std::process::id().to_string(), "{id}");
+        }
+        ("cluster.advertise", "`internal_listen`") => {
+            let internal = Settings::build(
+                crate::config::Config::parse(
+                    "listen: {http: 127.0.0.1:8080}\nroutes: [{path: /ws, realtime: websocket}]\ncluster: {redis: \"redis://127.0.0.1:6379/0\", internal_listen: \"10.0.0.5:7070\", secret: fleet-secret-0123456789}\n",
+                )
+                .expect("parses"),
+                Path::new("/etc/gw"),
+            )
+            .expect("builds")
+            .cluster
+            .and_then(|c| c.internal)
+            .expect("forwarding on");
+            assert_eq!(internal.advertise, internal.listen.to_string());
         }
         ("pid_file", "`<tls.state_dir>/gateway.pid`") => {
             assert_eq!(bare.pid_file, bare.tls.state_dir.join("gateway.pid"))

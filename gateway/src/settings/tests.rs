@@ -685,16 +685,18 @@ routes: [{path: /events, realtime: sse}, {path: /socket.io/, realtime: socketio}
 fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
     assert!(minimal().cluster.is_none());
     let on = build_yaml(&format!(
-        "{MINIMAL}cluster: {{redis: \"rediss://alice:s3cret@redis.internal:6380/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\"}}\n"
+        "{MINIMAL}cluster: {{redis: \"rediss://alice:s3cret@redis.internal:6380/2\", node_id: gw-1, internal_listen: \"10.0.0.5:7070\", secret: fleet-secret-0123456789}}\n"
     ))
     .expect("builds");
     let c = on.cluster.expect("on");
     assert_eq!(c.node_id, "gw-1");
     assert_eq!(c.key_prefix, "socket.io");
-    assert_eq!(
-        c.internal_listen,
-        Some("10.0.0.5:7070".parse().expect("addr"))
-    );
+    let internal = c.internal.as_ref().expect("forwarding on");
+    assert_eq!(internal.listen, "10.0.0.5:7070".parse().expect("addr"));
+    // Other nodes reach it where it listens.
+    assert_eq!(internal.advertise, "10.0.0.5:7070");
+    assert_eq!(internal.secret.expose(), "fleet-secret-0123456789");
+    assert!(!format!("{c:?}").contains("fleet-secret"));
     assert_eq!(
         c.redis.expose(),
         "rediss://alice:s3cret@redis.internal:6380/2"
@@ -716,6 +718,7 @@ fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
             "cluster.node_id: \"two words\" has white space or control characters",
             "cluster.key_prefix: must be 1 to 128 bytes long",
             "cluster.internal_listen: 127.0.0.1:8080 is already used by listen.http",
+            "cluster.secret: required with cluster.internal_listen: the same on every node, it is how a node knows a forwarded request comes from the fleet",
         ]
     );
     let p = problems(&format!(
@@ -735,6 +738,127 @@ fn the_cluster_block_is_off_by_default_and_checked_with_its_place() {
         "cluster.internal_listen: \"nowhere\" is not an address like 10.0.0.5:7070"
     );
     assert!(p.iter().all(|p| !p.contains("s3cret")), "{p:?}");
+}
+
+#[test]
+fn the_internal_listener_needs_a_secret_and_an_address_other_nodes_can_reach() {
+    let cluster =
+        |keys: &str| format!("{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379/0\", {keys}}}\n");
+    let c = build_yaml(&cluster(
+        "internal_listen: \"0.0.0.0:7070\", advertise: \"gw-1.internal:7070\", secret: fleet-secret-0123456789",
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    let internal = c.internal.expect("forwarding on");
+    assert_eq!(internal.advertise, "gw-1.internal:7070");
+    assert!(build_yaml(&cluster(
+        "internal_listen: \"10.0.0.5:7070\", advertise: \"[fd00::5]:7070\", secret: fleet-secret-0123456789"
+    ))
+    .is_ok());
+    // Without internal_listen nothing is forwarded.
+    assert!(build_yaml(&cluster(""))
+        .expect("builds")
+        .cluster
+        .expect("on")
+        .internal
+        .is_none());
+
+    assert_eq!(
+        problems(&cluster(
+            "internal_listen: \"0.0.0.0:7070\", secret: \"short\""
+        )),
+        [
+            "cluster.secret: must be 16 to 1024 characters long",
+            "cluster.advertise: required when cluster.internal_listen is 0.0.0.0:7070: the address other nodes reach this one at",
+        ]
+    );
+    assert_eq!(
+        problems(&cluster(
+            "internal_listen: \"10.0.0.5:7070\", advertise: \"http://gw-1/\", secret: \"with spaces in the secret\""
+        )),
+        [
+            "cluster.secret: must be printable ASCII without spaces (it is sent in a header)",
+            "cluster.advertise: \"http://gw-1/\" is not host:port, like 10.0.0.5:7070 or gw-1.internal:7070",
+        ]
+    );
+    assert_eq!(
+        problems(&cluster(
+            "advertise: \"10.0.0.5:7070\", secret: fleet-secret-0123456789"
+        )),
+        [
+            "cluster.advertise: is only used with cluster.internal_listen",
+            "cluster.secret: is only used with cluster.internal_listen",
+        ]
+    );
+    // The secret never shows in what `gateway check` prints.
+    let p = problems(&cluster(
+        "internal_listen: \"10.0.0.5:7070\", advertise: \"x:0\", secret: fleet-secret-0123456789",
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(!p[0].contains("fleet-secret"), "{p:?}");
+}
+
+#[test]
+fn the_cluster_speaks_socketio_adapter_by_default_and_laravel_when_told() {
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\"}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert!(c.socketio_adapter);
+    assert!(c.laravel.is_none());
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", socketio_adapter: false, laravel: {{channels: [orders, \"private-*\"], prefix: \"\"}}}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert!(!c.socketio_adapter);
+    assert_eq!(
+        c.laravel,
+        Some(realtime::cluster::LaravelConfig {
+            channels: vec!["orders".into(), "private-*".into()],
+            prefix: String::new(),
+        })
+    );
+    let c = build_yaml(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [orders]}}}}\n"
+    ))
+    .expect("builds")
+    .cluster
+    .expect("on");
+    assert_eq!(c.laravel.expect("on").prefix, "laravel_database_");
+
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [ok, \"a*b\", \"\", \"two words\"], prefix: \"my app_\"}}}}\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "cluster.laravel.channels[1]: \"a*b\" is neither a channel name nor a prefix ending in * (a * may only end it)",
+            "cluster.laravel.channels[2]: \"\" is neither a channel name nor a prefix ending in * (a * may only end it)",
+            "cluster.laravel.channels[3]: \"two words\" must be 1 to 128 bytes without white space",
+            "cluster.laravel.prefix: \"my app_\" must be at most 128 bytes without white space",
+        ]
+    );
+    let p = problems(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: []}}}}\n"
+    ));
+    assert_eq!(
+        p,
+        ["cluster.laravel.channels: list at least one channel (a name, or a prefix ending in *: private-*)"]
+    );
+    // Unknown keys are refused, as everywhere.
+    let e = Config::parse(&format!(
+        "{MINIMAL}cluster: {{redis: \"redis://127.0.0.1:6379\", laravel: {{channels: [a], key_prefix: x}}}}\n"
+    ))
+    .expect_err("refused");
+    assert!(
+        e.contains("cluster.laravel: unknown field `key_prefix`"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -18,6 +18,22 @@ use crate::hub::Payload;
 /// The uid `@socket.io/redis-emitter` (and the Ruby/PHP emitters) put in their messages.
 pub const EMITTER_UID: &str = "emitter";
 
+/// What the uid of each node of a fleet of gateways starts with ([`node_uid`]). Node's adapter
+/// makes 6 alphanumeric characters and the emitters say `emitter`, so no peer's uid starts so.
+pub const FLEET_UID_PREFIX: &str = "gateway:";
+
+/// The adapter uid of the fleet's node `node_id`: one per node, and recognizably one of the
+/// fleet's ([`from_fleet`]). A `#` would end the uid in a response channel's name, so it is
+/// replaced.
+pub fn node_uid(node_id: &str) -> String {
+    format!("{FLEET_UID_PREFIX}{}", node_id.replace('#', "_"))
+}
+
+/// Whether `uid` is a node of this fleet of gateways (which share the hub too).
+pub fn from_fleet(uid: &str) -> bool {
+    uid.starts_with(FLEET_UID_PREFIX)
+}
+
 /// Deepest MessagePack nesting accepted (serde_json's own limit for JSON).
 const MAX_DEPTH: usize = 128;
 
@@ -369,11 +385,22 @@ pub struct Target {
 /// message's rooms, and — the Ruby/PHP emitters publish a multi-room emit once per room with
 /// the full room list — every copy but the one on the channel of `opts.rooms[0]`, so that a
 /// socket in several of the rooms gets it once.
+///
+/// Also ignored: another node of this fleet's broadcast without `except` rooms. The fleet's
+/// nodes share the hub, which delivers such a broadcast to every node's sockets already (in
+/// order, with history); its adapter copy is for the other servers. A broadcast with `except`
+/// rooms reaches only the sender's own sockets through the hub (they are picked from the
+/// sender's room registry), so every other node delivers it from the adapter copy. A fleet
+/// node leaves the sender socket out of `except` (it is none of the others' sockets), so
+/// `except` is not empty only when the broadcast itself left rooms out.
 pub fn target(channel: &Channel, b: &Broadcast, own_uid: &str) -> Option<Target> {
     let Channel::Broadcast { nsp, room } = channel else {
         return None;
     };
     if b.uid == own_uid || b.packet.nsp != *nsp {
+        return None;
+    }
+    if from_fleet(&b.uid) && b.opts.except.is_empty() {
         return None;
     }
     if let Some(room) = room {
@@ -414,11 +441,7 @@ pub fn to_payload(p: &Packet) -> Result<Payload, AdapterError> {
         .iter()
         .map(|a| to_json(a, &mut attachments))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Payload {
-        event,
-        data: Json::Array(args),
-        attachments,
-    })
+    Ok(Payload::new(event, Json::Array(args)).with_attachments(attachments))
 }
 
 fn to_json(v: &Mp, attachments: &mut Vec<bytes::Bytes>) -> Result<Json, AdapterError> {
@@ -480,6 +503,20 @@ pub fn from_payload(nsp: &str, payload: &Payload) -> Packet {
         data,
         nsp: nsp.to_string(),
     }
+}
+
+/// One acknowledgement argument as a peer sends it in a broadcast ack (the inverse of
+/// [`ack_arg`]): placeholders into `attachments` become MessagePack bin.
+pub fn to_msgpack(value: &Json, attachments: &[bytes::Bytes]) -> Mp {
+    from_json(value, attachments)
+}
+
+/// A peer's acknowledgement argument (a broadcast ack's `packet`) as JSON, its binaries as
+/// attachments referenced by placeholders.
+pub fn ack_arg(packet: &Mp) -> Result<(Json, Vec<bytes::Bytes>), AdapterError> {
+    let mut attachments = Vec::new();
+    let value = to_json(packet, &mut attachments)?;
+    Ok((value, attachments))
 }
 
 fn placeholder_num(m: &Map<String, Json>) -> Option<usize> {
@@ -706,6 +743,110 @@ fn decode_msgpack_request(bytes: &[u8]) -> Result<Request, AdapterError> {
     })
 }
 
+fn selector_json(s: &Selector) -> Json {
+    let mut m = Map::new();
+    m.insert("rooms".into(), Json::from(s.rooms.clone()));
+    m.insert("except".into(), Json::from(s.except.clone()));
+    Json::Object(m)
+}
+
+/// Encodes a request as a Node `@socket.io/redis-adapter` 8.3 peer does (byte for byte: key
+/// order, JSON or MessagePack).
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    let mut m = Map::new();
+    let uid = |m: &mut Map<String, Json>, uid: &Option<String>| {
+        if let Some(uid) = uid {
+            m.insert("uid".into(), Json::from(uid.as_str()));
+        }
+    };
+    match r {
+        Request::Sockets {
+            uid: u,
+            request_id,
+            rooms,
+        } => {
+            uid(&mut m, u);
+            m.insert("requestId".into(), Json::from(request_id.as_str()));
+            m.insert("type".into(), Json::from(0));
+            m.insert("rooms".into(), Json::from(rooms.clone()));
+        }
+        Request::AllRooms { uid: u, request_id } => {
+            uid(&mut m, u);
+            m.insert("requestId".into(), Json::from(request_id.as_str()));
+            m.insert("type".into(), Json::from(1));
+        }
+        Request::Join {
+            uid: u,
+            opts,
+            rooms,
+        }
+        | Request::Leave {
+            uid: u,
+            opts,
+            rooms,
+        } => {
+            uid(&mut m, u);
+            let kind = if matches!(r, Request::Join { .. }) {
+                2
+            } else {
+                3
+            };
+            m.insert("type".into(), Json::from(kind));
+            m.insert("opts".into(), selector_json(opts));
+            m.insert("rooms".into(), Json::from(rooms.clone()));
+        }
+        Request::Disconnect {
+            uid: u,
+            opts,
+            close,
+        } => {
+            uid(&mut m, u);
+            m.insert("type".into(), Json::from(4));
+            m.insert("opts".into(), selector_json(opts));
+            m.insert("close".into(), Json::from(*close));
+        }
+        Request::Fetch {
+            uid: u,
+            request_id,
+            opts,
+        } => {
+            uid(&mut m, u);
+            m.insert("requestId".into(), Json::from(request_id.as_str()));
+            m.insert("type".into(), Json::from(5));
+            m.insert("opts".into(), selector_json(opts));
+        }
+        Request::ServerSideEmit {
+            uid: u,
+            request_id,
+            data,
+        } => {
+            uid(&mut m, u);
+            if let Some(id) = request_id {
+                m.insert("requestId".into(), Json::from(id.as_str()));
+            }
+            m.insert("type".into(), Json::from(6));
+            m.insert("data".into(), Json::from(data.clone()));
+        }
+        Request::Broadcast {
+            uid: u,
+            request_id,
+            packet,
+            opts,
+        } => {
+            let mut items = Vec::with_capacity(5);
+            if let Some(u) = u {
+                items.push((s("uid"), s(u)));
+            }
+            items.push((s("requestId"), s(request_id)));
+            items.push((s("type"), Mp::from(7)));
+            items.push((s("packet"), packet_value(packet)));
+            items.push((s("opts"), opts_value(opts)));
+            return write_msgpack(&Mp::Map(items));
+        }
+    }
+    Json::Object(m).to_string().into_bytes()
+}
+
 /// A response on `P-response#nsp#` (or the requester's own response channel).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Response {
@@ -835,6 +976,117 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, AdapterError> {
             _ => return Err(AdapterError::Shape("response")),
         },
     })
+}
+
+// ---- Gathering the answers to a request
+
+/// The answers to a `fetchSockets`, `allRooms` (or legacy `sockets`) request this node sent,
+/// gathered as node's adapter does: every other server answers once (`PUBSUB NUMSUB` of the
+/// request channel, less this node, says how many there are).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gathering {
+    expected: usize,
+    answered: usize,
+    /// The sockets answered so far (`fetchSockets`, `sockets`).
+    pub sockets: Vec<Json>,
+    /// The rooms answered so far (`allRooms`).
+    pub rooms: Vec<String>,
+}
+
+impl Gathering {
+    /// Waiting for `expected` servers.
+    pub fn new(expected: usize) -> Self {
+        Gathering {
+            expected,
+            answered: 0,
+            sockets: Vec::new(),
+            rooms: Vec::new(),
+        }
+    }
+
+    /// Takes one server's response to the request; a response of another kind counts as an
+    /// answer without content, as in node's adapter.
+    pub fn take(&mut self, r: Response) {
+        self.answered += 1;
+        match r {
+            Response::Sockets { sockets, .. } => self.sockets.extend(sockets),
+            Response::AllRooms { rooms, .. } => self.rooms.extend(rooms),
+            _ => {}
+        }
+    }
+
+    /// Whether every server has answered.
+    pub fn complete(&self) -> bool {
+        self.answered >= self.expected
+    }
+
+    /// (servers that answered, servers expected).
+    pub fn progress(&self) -> (usize, usize) {
+        (self.answered, self.expected)
+    }
+}
+
+/// The answers to a broadcast with acks this node sent: each other server says how many of
+/// its sockets it sent the event to (`BROADCAST_CLIENT_COUNT`), then each of those sockets'
+/// ack comes (`BROADCAST_ACK`), in any order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AckGathering {
+    expected_servers: usize,
+    servers: usize,
+    /// Sockets the servers that answered sent the event to.
+    pub clients: u64,
+    /// The acks' arguments so far.
+    pub acks: Vec<Mp>,
+}
+
+impl AckGathering {
+    /// Waiting for `expected_servers` servers.
+    pub fn new(expected_servers: usize) -> Self {
+        AckGathering {
+            expected_servers,
+            servers: 0,
+            clients: 0,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Takes one response to the broadcast.
+    pub fn take(&mut self, r: Response) {
+        match r {
+            Response::BroadcastClientCount { client_count, .. } => {
+                self.servers += 1;
+                self.clients += client_count;
+            }
+            Response::BroadcastAck { packet, .. } => self.acks.push(packet),
+            _ => {}
+        }
+    }
+
+    /// Whether every server has said how many sockets it reached.
+    pub fn counted(&self) -> bool {
+        self.servers >= self.expected_servers
+    }
+
+    /// Whether every server has counted and every socket counted has acked.
+    pub fn complete(&self) -> bool {
+        self.counted() && self.acks.len() as u64 >= self.clients
+    }
+
+    /// (servers that counted, servers expected).
+    pub fn progress(&self) -> (usize, usize) {
+        (self.servers, self.expected_servers)
+    }
+}
+
+/// The request id of a response, to find the request it answers.
+pub fn response_id(r: &Response) -> &str {
+    match r {
+        Response::Sockets { request_id, .. }
+        | Response::AllRooms { request_id, .. }
+        | Response::ServerSideEmitAck { request_id, .. }
+        | Response::BroadcastClientCount { request_id, .. }
+        | Response::BroadcastAck { request_id, .. } => request_id,
+    }
 }
 
 #[cfg(test)]

@@ -717,3 +717,130 @@ fn odd_input_is_an_error_not_a_panic() {
     };
     assert!(to_payload(&empty).is_err());
 }
+
+/// A fleet node sends its requests as a Node peer does: every request vector captured from
+/// node re-encodes to the same bytes (the emitter's have no uid and another key order, and
+/// are only decoded).
+#[test]
+fn requests_are_byte_exact_both_ways() {
+    for v in [
+        NODE_FETCH,
+        NODE_ALL_ROOMS,
+        NODE_JOIN,
+        NODE_SERVER_SIDE_EMIT,
+        NODE_DISCONNECT,
+        NODE_BROADCAST_ACK,
+    ] {
+        let raw = bytes(v.1);
+        let r = decode_request(&raw).expect("decodes");
+        assert_eq!(encode_request(&r), raw, "{r:?}");
+    }
+    // What a fleet node adds: a leave like a join, a server-side emit waiting for acks.
+    let leave = Request::Leave {
+        uid: Some("gateway:a".into()),
+        opts: Selector {
+            rooms: rooms(&["r1"]),
+            except: vec![],
+        },
+        rooms: rooms(&["r2"]),
+    };
+    assert_eq!(
+        String::from_utf8(encode_request(&leave)).expect("utf-8"),
+        r#"{"uid":"gateway:a","type":3,"opts":{"rooms":["r1"],"except":[]},"rooms":["r2"]}"#
+    );
+    assert_eq!(decode_request(&encode_request(&leave)), Ok(leave));
+    let emit = Request::ServerSideEmit {
+        uid: Some("gateway:a".into()),
+        request_id: Some("q1".into()),
+        data: vec![json!("hi")],
+    };
+    assert_eq!(decode_request(&encode_request(&emit)), Ok(emit));
+}
+
+#[test]
+fn a_fleet_node_ignores_its_siblings_broadcasts_the_hub_delivers() {
+    assert_eq!(node_uid("a:12"), "gateway:a:12");
+    assert_eq!(
+        node_uid("x#y"),
+        "gateway:x_y",
+        "a # would end the uid in a channel name"
+    );
+    assert!(from_fleet(&node_uid("b")));
+    assert!(!from_fleet("VUkbGH") && !from_fleet(EMITTER_UID));
+    let ch = Channel::Broadcast {
+        nsp: "/".into(),
+        room: Some("r1".into()),
+    };
+    let mut b = decode_broadcast(&bytes(EMIT_ROOM.1)).expect("decodes");
+    b.uid = node_uid("b");
+    // The hub carried it to every node already.
+    assert_eq!(target(&ch, &b, &node_uid("a")), None);
+    // Except rooms: only the sender's own sockets had it from the hub.
+    b.opts.except = rooms(&["r2"]);
+    assert_eq!(
+        target(&ch, &b, &node_uid("a")),
+        Some(Target {
+            rooms: rooms(&["r1"]),
+            except: rooms(&["r2"])
+        })
+    );
+    assert_eq!(target(&ch, &b, &node_uid("b")), None, "its own");
+}
+
+#[test]
+fn ack_arguments_travel_as_msgpack_with_their_binaries() {
+    let value = json!({"ok": true, "file": {"_placeholder": true, "num": 0}, "n": [1, -2, 1.5]});
+    let bin = vec![bytes::Bytes::from_static(b"\x00\xff")];
+    let mp = to_msgpack(&value, &bin);
+    assert_eq!(ack_arg(&mp), Ok((value, bin)));
+    // Node's own ack of a broadcast, captured: the string "pong".
+    let Response::BroadcastAck { packet, .. } =
+        decode_response(&bytes(NODE_BROADCAST_ACK_RESPONSE_2.1)).expect("decodes")
+    else {
+        panic!("a broadcast ack");
+    };
+    assert_eq!(ack_arg(&packet), Ok((json!("pong"), vec![])));
+}
+
+#[test]
+fn answers_are_gathered_until_every_other_server_answered() {
+    let mut g = Gathering::new(2);
+    assert!(!g.complete());
+    g.take(decode_response(&bytes(NODE_ALL_ROOMS_RESPONSE.1)).expect("decodes"));
+    assert_eq!((g.complete(), g.progress()), (false, (1, 2)));
+    g.take(Response::Sockets {
+        request_id: "VP8crd".into(),
+        sockets: vec![json!({"id": "x"})],
+    });
+    assert!(g.complete());
+    assert_eq!(g.rooms, rooms(&["J6A9ufZUGDijHUu_AAAA", "room-a"]));
+    assert_eq!(g.sockets, vec![json!({"id": "x"})]);
+    // Nobody else: complete at once.
+    assert!(Gathering::new(0).complete());
+}
+
+#[test]
+fn broadcast_acks_are_complete_when_every_server_counted_and_every_socket_acked() {
+    let count = |n| Response::BroadcastClientCount {
+        request_id: "XMLgRr".into(),
+        client_count: n,
+    };
+    let ack = || decode_response(&bytes(NODE_BROADCAST_ACK_RESPONSE_2.1)).expect("decodes");
+    let mut g = AckGathering::new(2);
+    // An ack may come before its server's count.
+    g.take(ack());
+    g.take(count(1));
+    assert!(!g.complete(), "one server has not counted");
+    g.take(count(2));
+    assert!(g.counted() && !g.complete());
+    g.take(ack());
+    assert!(!g.complete());
+    g.take(ack());
+    assert!(g.complete());
+    assert_eq!((g.clients, g.acks.len()), (3, 3));
+    assert_eq!(response_id(&count(0)), "XMLgRr");
+    // Servers with no socket to ask: complete once they counted.
+    let mut none = AckGathering::new(1);
+    none.take(count(0));
+    assert!(none.complete());
+}

@@ -3,6 +3,12 @@
 //! reconnects with backoff and, after each (re)subscription, has every followed topic read what
 //! it may have missed. Every decision (ordering, dedupe, gaps, resets) is the [`Cursor`]'s.
 //!
+//! The same two connections serve the fleet's other Redis traffic (socket.io's adapter
+//! protocol, Laravel's broadcaster): a [`Listener`] gets the messages of the channels and
+//! patterns it asked for ([`Backplane::listen`], subscribed again on every reconnect), and
+//! sends its own commands on the command connection ([`Backplane::command`],
+//! [`Backplane::commands`]).
+//!
 //! Publishing while Redis is unreachable fails at once with [`BackplaneError::Unavailable`]:
 //! the caller answers 503, nothing is accepted and dropped.
 //!
@@ -200,6 +206,10 @@ pub enum BackplaneError {
     /// [`Backplane::shutdown`] was called.
     #[error("the cluster backplane is shut down")]
     ShutDown,
+    /// [`Backplane::submit_once`]: another node of the fleet published this message; this
+    /// one published nothing.
+    #[error("another node published this message")]
+    PublishedElsewhere,
 }
 
 /// Publishes that may wait for the writer at once; past it [`Backplane::submit`] answers
@@ -246,6 +256,24 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, topic: &str, delivery: Delivery);
 }
 
+/// Redis channels and patterns a [`Listener`] wants, subscribed on the pub/sub link beside the
+/// hub's topics (and again after every reconnect).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `SUBSCRIBE`d: counted by `PUBSUB NUMSUB` (socket.io's adapter counts its servers so).
+    pub channels: Vec<String>,
+    /// `PSUBSCRIBE`d (glob patterns, escaped by their owner).
+    pub patterns: Vec<String>,
+}
+
+/// The owner of messages on [`Subscriptions`] of its own (socket.io's adapter protocol,
+/// Laravel's broadcaster): called on the pub/sub link's task, in the order Redis sent them, for
+/// each message on one of its channels or patterns. It must not block.
+pub trait Listener: Send + Sync + 'static {
+    /// One message published on `channel`.
+    fn on_message(&self, channel: &[u8], payload: &[u8]);
+}
+
 /// The state of the link to Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
@@ -282,7 +310,12 @@ struct Shared {
     client: redis::Client,
     sink: Arc<dyn Sink>,
     publish: Lua,
+    publish_once: Lua,
     read: Lua,
+    /// What else the pub/sub link serves ([`Backplane::listen`]); only ever appended to.
+    listeners: Mutex<Vec<(Subscriptions, Arc<dyn Listener>)>>,
+    /// Wakes the pub/sub task when a listener was added while the link was up.
+    new_listener: Notify,
     node: Arc<str>,
     /// The command connection while the link is up.
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -315,6 +348,8 @@ struct Submitted {
     encoded: Vec<u8>,
     /// The same, decoded, for this node's own delivery from the script's reply.
     body: Arc<Body>,
+    /// [`Backplane::submit_once`]'s claim key and its time to live in ms.
+    claim: Option<(String, u128)>,
     reply: oneshot::Sender<Result<Position, BackplaneError>>,
 }
 
@@ -377,7 +412,10 @@ impl Backplane {
             client,
             sink,
             publish: Lua::new(script::PUBLISH),
+            publish_once: Lua::new(script::PUBLISH_ONCE),
             read: Lua::new(script::READ),
+            listeners: Mutex::default(),
+            new_listener: Notify::new(),
             conn: Mutex::new(None),
             link,
             cursors: Mutex::default(),
@@ -500,6 +538,38 @@ impl Backplane {
         payload: Arc<Payload>,
         origin: Option<u64>,
     ) -> Result<Pending, BackplaneError> {
+        self.enqueue(topic, id, payload, origin, None)
+    }
+
+    /// [`Backplane::submit`] for a message that every node of the fleet receives and only one
+    /// may publish: the first node to run it with `claim` (a key from
+    /// [`super::keys::Keys::claim`], kept `claim_ttl`) publishes, the others get
+    /// [`BackplaneError::PublishedElsewhere`] ([`script::PUBLISH_ONCE`]).
+    pub fn submit_once(
+        &self,
+        claim: String,
+        claim_ttl: Duration,
+        topic: &str,
+        id: MessageId,
+        payload: Arc<Payload>,
+    ) -> Result<Pending, BackplaneError> {
+        self.enqueue(
+            topic,
+            id,
+            payload,
+            None,
+            Some((claim, claim_ttl.as_millis().max(1))),
+        )
+    }
+
+    fn enqueue(
+        &self,
+        topic: &str,
+        id: MessageId,
+        payload: Arc<Payload>,
+        origin: Option<u64>,
+        claim: Option<(String, u128)>,
+    ) -> Result<Pending, BackplaneError> {
         let s = &*self.shared;
         if s.shut_down.load(Ordering::Acquire) {
             return Err(BackplaneError::ShutDown);
@@ -518,6 +588,7 @@ impl Backplane {
                 payload,
                 origin,
             }),
+            claim,
             reply,
         };
         match s.queue.try_send(item) {
@@ -547,12 +618,62 @@ impl Backplane {
         &self.shared.stats
     }
 
+    /// Serves `listener` from the pub/sub link: `subscriptions` are subscribed now if the link
+    /// is up, and on every (re)connection. A message reaches the listener whose channel or
+    /// pattern it came through.
+    pub fn listen(&self, subscriptions: Subscriptions, listener: Arc<dyn Listener>) {
+        lock(&self.shared.listeners).push((subscriptions, listener));
+        self.shared.new_listener.notify_one();
+    }
+
+    /// Runs one command on the command connection (`PUBLISH`, `PUBSUB NUMSUB`): for the
+    /// listeners' own traffic. Fails at once while the link is down.
+    pub async fn command(&self, cmd: &redis::Cmd) -> Result<Value, BackplaneError> {
+        let s = &*self.shared;
+        if s.shut_down.load(Ordering::Acquire) {
+            return Err(BackplaneError::ShutDown);
+        }
+        let Some(mut conn) = lock(&s.conn).clone() else {
+            return Err(s.unavailable());
+        };
+        cmd.query_async(&mut conn).await.map_err(|e| s.failed(e))
+    }
+
+    /// Runs commands as one pipelined round trip, in order (see [`Backplane::command`]).
+    pub async fn commands(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, BackplaneError> {
+        let s = &*self.shared;
+        if s.shut_down.load(Ordering::Acquire) {
+            return Err(BackplaneError::ShutDown);
+        }
+        let Some(mut conn) = lock(&s.conn).clone() else {
+            return Err(s.unavailable());
+        };
+        pipe.query_async(&mut conn).await.map_err(|e| s.failed(e))
+    }
+
     /// Where this node's delivery of `topic` stands (`None`: nothing seen yet).
     pub fn delivered(&self, topic: &str) -> Option<Position> {
         lock(&self.shared.cursors)
             .by_topic
             .get(topic)
             .and_then(|f| f.cursor.position())
+    }
+
+    /// Runs `lua` on the command connection (`EVALSHA`, else `EVAL`), as the hub's own scripts
+    /// run: for the fleet's other records in Redis (node addresses, Socket.IO sessions), which
+    /// share the link, its reconnects and its failures.
+    pub(crate) async fn script(
+        &self,
+        lua: &Lua,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<Value, BackplaneError> {
+        self.shared.run(lua, keys, args).await
+    }
+
+    /// The key prefix's names ([`Keys`]).
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.shared.keys
     }
 
     /// Stops the supervisor and refuses further operations.
@@ -737,21 +858,28 @@ impl Shared {
         pipe.ignore_errors();
         for item in batch {
             let topic = &*item.topic;
-            pipe.cmd(if whole { "EVAL" } else { "EVALSHA" })
-                .arg(if whole {
-                    self.publish.source
-                } else {
-                    &self.publish.sha
-                })
-                .arg(2)
+            let lua = match item.claim {
+                Some(_) => &self.publish_once,
+                None => &self.publish,
+            };
+            let cmd = pipe
+                .cmd(if whole { "EVAL" } else { "EVALSHA" })
+                .arg(if whole { lua.source } else { &lua.sha })
+                .arg(if item.claim.is_some() { 3 } else { 2 })
                 .arg(self.keys.meta(topic))
-                .arg(self.keys.log(topic))
-                .arg(self.keys.channel(topic))
+                .arg(self.keys.log(topic));
+            if let Some((key, _)) = &item.claim {
+                cmd.arg(key);
+            }
+            cmd.arg(self.keys.channel(topic))
                 .arg(Epoch::random().to_string())
                 .arg(&item.encoded)
                 .arg(&max_len)
                 .arg(&max_bytes)
                 .arg(&ttl);
+            if let Some((_, claim_ttl)) = &item.claim {
+                cmd.arg(claim_ttl.to_string());
+            }
         }
         let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| self.failed(e))?;
         if replies.len() != batch.len() {
@@ -768,6 +896,7 @@ impl Shared {
     fn published(self: &Arc<Self>, item: Submitted, reply: &Value) {
         let position = match reply {
             Value::ServerError(e) => Err(BackplaneError::Command(e.to_string())),
+            Value::Nil if item.claim.is_some() => Err(BackplaneError::PublishedElsewhere),
             reply => parse_publish_reply(reply),
         };
         if let Ok(position) = position {
@@ -949,7 +1078,7 @@ async fn supervise(shared: Arc<Shared>) {
             return;
         }
         let reason = match establish(&shared).await {
-            Ok(pubsub) => {
+            Ok(link) => {
                 // Catch up before the link counts as up: a topic followed from then on starts
                 // clean.
                 shared.resync();
@@ -957,7 +1086,7 @@ async fn supervise(shared: Arc<Shared>) {
                 shared.link.send_replace(Link::Up);
                 tracing::info!(url = %redact(&c.url), node = %shared.node, "cluster: connected to redis");
                 backoff = c.backoff_min;
-                let reason = serve(&shared, pubsub).await;
+                let reason = serve(&shared, link).await;
                 if shared.shut_down.load(Ordering::Acquire) {
                     return;
                 }
@@ -985,7 +1114,7 @@ async fn supervise(shared: Arc<Shared>) {
 /// Makes sure the command link answers (keeping the one there is: publishes go on while only
 /// the subscription is being re-established, and are backfilled to every node after it), then
 /// opens and subscribes the pub/sub link.
-async fn establish(shared: &Shared) -> Result<redis::aio::PubSub, String> {
+async fn establish(shared: &Shared) -> Result<PubSubLink, String> {
     let c = &shared.config;
     let existing = lock(&shared.conn).clone();
     let alive = match existing {
@@ -1015,7 +1144,7 @@ async fn establish(shared: &Shared) -> Result<redis::aio::PubSub, String> {
     // with an empty script cache.
     let conn = lock(&shared.conn).clone();
     if let Some(mut conn) = conn {
-        for lua in [&shared.publish, &shared.read] {
+        for lua in [&shared.publish, &shared.publish_once, &shared.read] {
             let loaded = tokio::time::timeout(
                 c.response_timeout,
                 redis::cmd("SCRIPT")
@@ -1039,15 +1168,93 @@ async fn establish(shared: &Shared) -> Result<redis::aio::PubSub, String> {
         .await
         .map_err(|_| "timed out subscribing".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(pubsub)
+    let (mut sink, stream) = pubsub.split();
+    let mut routes = Routes::default();
+    routes.subscribe_new(shared, &mut sink).await?;
+    Ok(PubSubLink {
+        sink,
+        stream,
+        routes,
+    })
+}
+
+/// A subscribed pub/sub link: the hub's pattern and the listeners' subscriptions so far.
+struct PubSubLink {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+    routes: Routes,
+}
+
+/// Where the pub/sub link's messages go besides the hub's topics: the [`Listener`] of each
+/// channel and pattern subscribed on this link so far.
+#[derive(Default)]
+struct Routes {
+    /// Listeners subscribed on this link (a prefix of `Shared::listeners`).
+    subscribed: usize,
+    channels: HashMap<Vec<u8>, Arc<dyn Listener>>,
+    patterns: HashMap<Vec<u8>, Arc<dyn Listener>>,
+}
+
+impl Routes {
+    /// Subscribes the listeners added since the last call, through `sink`.
+    async fn subscribe_new(
+        &mut self,
+        shared: &Shared,
+        sink: &mut redis::aio::PubSubSink,
+    ) -> Result<(), String> {
+        let new: Vec<(Subscriptions, Arc<dyn Listener>)> = {
+            let listeners = lock(&shared.listeners);
+            listeners
+                .get(self.subscribed..)
+                .unwrap_or_default()
+                .to_vec()
+        };
+        let timeout = shared.config.response_timeout;
+        for (subs, listener) in new {
+            if !subs.channels.is_empty() {
+                tokio::time::timeout(timeout, sink.subscribe(&subs.channels))
+                    .await
+                    .map_err(|_| "timed out subscribing".to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            if !subs.patterns.is_empty() {
+                tokio::time::timeout(timeout, sink.psubscribe(&subs.patterns))
+                    .await
+                    .map_err(|_| "timed out subscribing".to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            for c in subs.channels {
+                self.channels.insert(c.into_bytes(), Arc::clone(&listener));
+            }
+            for p in subs.patterns {
+                self.patterns.insert(p.into_bytes(), Arc::clone(&listener));
+            }
+            self.subscribed += 1;
+        }
+        Ok(())
+    }
+
+    /// The listener of a message that came through `pattern` (a pattern subscription) or on
+    /// `channel`.
+    fn listener(&self, pattern: Option<&[u8]>, channel: &[u8]) -> Option<&Arc<dyn Listener>> {
+        match pattern {
+            Some(p) => self.patterns.get(p),
+            None => self.channels.get(channel),
+        }
+    }
 }
 
 /// Reads the pub/sub link until it fails; returns why.
-async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
+async fn serve(shared: &Arc<Shared>, link: PubSubLink) -> String {
     let c = &shared.config;
-    let (mut sink, mut stream) = pubsub.split();
+    let PubSubLink {
+        mut sink,
+        mut stream,
+        mut routes,
+    } = link;
     let mut tick = tokio::time::interval(c.gap_grace.max(Duration::from_millis(10)) / 4);
     let mut ping = tokio::time::interval(c.ping_interval);
+    let hub_pattern = shared.keys.pattern().into_bytes();
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -1055,6 +1262,13 @@ async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
                     return "the pub/sub connection closed".into();
                 };
                 let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
+                let pattern: Option<Vec<u8>> = msg.get_pattern().unwrap_or_default();
+                if pattern.as_deref() != Some(hub_pattern.as_slice()) {
+                    if let Some(listener) = routes.listener(pattern.as_deref(), &channel) {
+                        listener.on_message(&channel, msg.get_payload_bytes());
+                    }
+                    continue;
+                }
                 let Some(topic) = shared.keys.topic_of(&channel) else { continue };
                 // Every node hears every topic of the fleet: decode only what this one follows.
                 if !lock(&shared.cursors).by_topic.contains_key(topic) {
@@ -1076,6 +1290,11 @@ async fn serve(shared: &Arc<Shared>, pubsub: redis::aio::PubSub) -> String {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return format!("ping failed: {e}"),
                     Err(_) => return "ping timed out".into(),
+                }
+            }
+            _ = shared.new_listener.notified() => {
+                if let Err(e) = routes.subscribe_new(shared, &mut sink).await {
+                    return e;
                 }
             }
             _ = shared.broken.notified() => return "a command found the connection closed".into(),

@@ -15,7 +15,9 @@
 //! sent it, by a sixth element: that subscriber's id on the publishing node (an unsigned
 //! integer). Only the publishing node can tell whose it is (subscriber ids are per process),
 //! and it needs to: a Socket.IO relay must not come back to its sender, whichever way
-//! (reply, echo, history) it reaches the sender's node.
+//! (reply, echo, history) it reaches the sender's node. A payload that leaves Socket.IO rooms
+//! out ([`Payload::except`]) has a seventh element, the array of those rooms, and then a sixth
+//! one in any case (nil when no local subscriber sent it).
 
 use std::sync::Arc;
 
@@ -77,8 +79,17 @@ pub fn encode_body(node: &str, id: MessageId, payload: &Payload, origin: Option<
                 .collect(),
         ),
     ];
-    if let Some(origin) = origin {
-        items.push(Value::from(origin));
+    if origin.is_some() || !payload.except.is_empty() {
+        items.push(origin.map_or(Value::Nil, Value::from));
+    }
+    if !payload.except.is_empty() {
+        items.push(Value::Array(
+            payload
+                .except
+                .iter()
+                .map(|r| Value::from(r.as_str()))
+                .collect(),
+        ));
     }
     let value = Value::Array(items);
     let mut out = Vec::with_capacity(64 + payload.event.len());
@@ -126,17 +137,30 @@ pub fn decode_body(body: &[u8]) -> Result<Body, FrameError> {
     let Value::Array(items) = value else {
         return Err(FrameError::Body("not an array"));
     };
-    let (items, origin) = match items.len() {
-        5 => (items, None),
-        6 => {
-            let mut items = items;
-            let origin = items.pop().and_then(|o| o.as_u64());
-            if origin.is_none() {
-                return Err(FrameError::Body("origin"));
-            }
-            (items, origin)
-        }
-        _ => return Err(FrameError::Body("not five or six elements")),
+    if !(5..=7).contains(&items.len()) {
+        return Err(FrameError::Body("not five to seven elements"));
+    }
+    let mut items = items;
+    let except = match items.len() {
+        7 => match items.pop() {
+            Some(Value::Array(rooms)) => rooms
+                .into_iter()
+                .map(|r| match r {
+                    Value::String(s) => s.into_str().ok_or(FrameError::Body("except")),
+                    _ => Err(FrameError::Body("except")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(FrameError::Body("except")),
+        },
+        _ => Vec::new(),
+    };
+    let origin = match items.len() {
+        6 => match items.pop() {
+            Some(Value::Nil) if !except.is_empty() => None,
+            Some(o) => Some(o.as_u64().ok_or(FrameError::Body("origin"))?),
+            None => None,
+        },
+        _ => None,
     };
     let [node, id, event, data, attachments] =
         <[Value; 5]>::try_from(items).map_err(|_| FrameError::Body("not five elements"))?;
@@ -165,6 +189,7 @@ pub fn decode_body(body: &[u8]) -> Result<Body, FrameError> {
             event: event.to_string(),
             data,
             attachments,
+            except,
         }),
         origin,
     })
@@ -217,6 +242,19 @@ mod tests {
         want.extend_from_slice(&hex("cd 012c"));
         assert_eq!(sent, want);
         assert_eq!(decode(&sent).expect("decodes").1.origin, Some(300));
+        // Leaving rooms out: a seventh element, the rooms, after the origin or nil.
+        let except = payload.clone().with_except(vec!["sock1".into()]);
+        let body = encode_body("n1", MessageId::from_raw(0x0102), &except, None);
+        let sent = encode_frame(position, &body);
+        let mut want = expected.clone();
+        want[b"hub1 00000000deadbeef:42\n".len()] = 0x97;
+        want.extend_from_slice(&hex("c0 91 a5 736f636b31"));
+        assert_eq!(sent, want);
+        let (_, b) = decode(&sent).expect("decodes");
+        assert_eq!((b.origin, &*b.payload), (None, &except));
+        let body = encode_body("n1", MessageId::from_raw(0x0102), &except, Some(300));
+        let (_, b) = decode(&encode_frame(position, &body)).expect("decodes");
+        assert_eq!((b.origin, &*b.payload), (Some(300), &except));
     }
 
     #[test]
@@ -241,6 +279,10 @@ mod tests {
             b"hub1 0000000000000001:1\n\x93\x01\x02\x03",
             // A sixth element that is not a subscriber id.
             b"hub1 0000000000000001:1\n\x96\xa1n\xc4\x10\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\xa0\xa4null\x90\xa1x",
+            // A nil origin without rooms to leave out; rooms that are not strings.
+            b"hub1 0000000000000001:1\n\x96\xa1n\xc4\x10\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\xa0\xa4null\x90\xc0",
+            b"hub1 0000000000000001:1\n\x97\xa1n\xc4\x10\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\xa0\xa4null\x90\xc0\x91\x01",
+            b"hub1 0000000000000001:1\n\x97\xa1n\xc4\x10\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\xa0\xa4null\x90\xc0\xa1x",
             b"hub1 0000000000000001:1\n\xdd\xff\xff\xff\xff",
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");

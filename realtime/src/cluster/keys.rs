@@ -8,6 +8,8 @@
 //! | `{P:hub:<topic>}:meta` | hash | `epoch` (16 hex digits), `seq` (last assigned), `bytes` (size of the log) |
 //! | `{P:hub:<topic>}:log` | list | the last frames (see [`super::frame`]), oldest first, ending at `seq` |
 //! | `P:hub:<topic>` | channel | every frame as it is appended |
+//! | `P:node:<tag>` | string | where the node whose sids carry `tag` takes forwarded requests ([`super::directory`]) |
+//! | `P:sio-session:<pid>` | hash | a Socket.IO session another node may recover ([`super::sessions`]) |
 //!
 //! Nodes `PSUBSCRIBE P:hub:*` (the prefix glob-escaped). The key names open with a brace so
 //! that both keys of a topic hash to one Redis Cluster slot (the publish script touches both):
@@ -49,9 +51,29 @@ impl Keys {
         format!("{{{}{topic}}}:log", self.channel_prefix)
     }
 
+    /// The key that says "published already" for the `occurrence`-th copy of message `digest`
+    /// on `topic` ([`super::script::PUBLISH_ONCE`]): in the topic's hash tag, so the script's
+    /// three keys share one Redis Cluster slot.
+    pub fn claim(&self, topic: &str, digest: &str, occurrence: u64) -> String {
+        format!(
+            "{{{}{topic}}}:once:{digest}:{occurrence}",
+            self.channel_prefix
+        )
+    }
+
     /// The channel the topic's frames are published on.
     pub fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.channel_prefix)
+    }
+
+    /// Where the node tagged `tag` ([`crate::engineio::node_tag`]) is reached.
+    pub fn node(&self, tag: &str) -> String {
+        format!("{}:node:{tag}", self.prefix)
+    }
+
+    /// The record of the Socket.IO session with private id `pid`.
+    pub fn sio_session(&self, pid: &str) -> String {
+        format!("{}:sio-session:{pid}", self.prefix)
     }
 
     /// The pattern that matches every topic's channel (glob characters of the prefix escaped).
@@ -90,10 +112,16 @@ mod tests {
         assert_eq!(k.meta("sio:/chat:r1"), "{socket.io:hub:sio:/chat:r1}:meta");
         assert_eq!(k.log("sio:/chat:r1"), "{socket.io:hub:sio:/chat:r1}:log");
         assert_eq!(k.channel("orders"), "socket.io:hub:orders");
+        assert_eq!(
+            k.claim("orders", "ab12", 2),
+            "{socket.io:hub:orders}:once:ab12:2"
+        );
         assert_eq!(k.pattern(), "socket.io:hub:*");
         assert_eq!(k.topic_of(b"socket.io:hub:orders"), Some("orders"));
         assert_eq!(k.topic_of(b"socket.io#/#"), None);
         assert_eq!(k.topic_of(b"socket.io:hub:\xff"), None);
+        assert_eq!(k.node("MyeAGyE3"), "socket.io:node:MyeAGyE3");
+        assert_eq!(k.sio_session("p1"), "socket.io:sio-session:p1");
     }
 
     #[test]
@@ -120,6 +148,7 @@ mod tests {
             for topic in ["plain", "a{b", "a}b", "{x}", "", "}{", "}"] {
                 let (meta, log) = (k.meta(topic), k.log(topic));
                 assert_eq!(tag(&meta), tag(&log), "{meta:?} {log:?}");
+                assert_eq!(tag(&meta), tag(&k.claim(topic, "d", 1)), "{meta:?}");
                 assert_ne!(tag(&meta), meta, "a tag at all: {meta:?}");
             }
         }

@@ -1,4 +1,4 @@
-//! The two Lua scripts that are the only writers and readers of a topic's keys
+//! The Lua scripts that are the only writers and readers of a topic's keys
 //! ([`super::keys`]). Each runs atomically in Redis: that is what gives the fleet one
 //! (epoch, seq) per topic. They are sent with `EVALSHA`, and with `EVAL` when Redis answers
 //! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), which also caches them again.
@@ -22,28 +22,25 @@ use redis::Script;
 /// Returns `[epoch, seq]`.
 pub const PUBLISH: &str = concat!(
     include_str!("new_epoch.lua"),
-    r#"
-local epoch = topic_epoch(ARGV[2])
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local frame = 'hub1 ' .. epoch .. ':' .. string.format('%d', seq) .. '\n' .. ARGV[3]
-local len = redis.call('RPUSH', KEYS[2], frame)
-local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #frame)
-local max_len = tonumber(ARGV[4])
-local max_bytes = tonumber(ARGV[5])
-while len > 0 and (len > max_len or bytes > max_bytes) do
-  local old = redis.call('LPOP', KEYS[2])
-  if not old then break end
-  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#old)
-  len = len - 1
-end
-local ttl = tonumber(ARGV[6])
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-redis.call('PUBLISH', ARGV[1], frame)
-return {epoch, seq}
-"#
+    include_str!("publish.lua"),
+    "return publish_frame()\n"
+);
+
+/// **Publish once for the fleet.** `KEYS = [meta, log, claim]`, `ARGV` as [`PUBLISH`]'s then
+/// `claim_ttl_ms`.
+///
+/// For a message every node receives and only one may publish (a Laravel broadcast, which
+/// reaches each node's subscription): `SET claim 1 NX PX claim_ttl_ms` first; the node that
+/// sets it runs [`PUBLISH`]'s steps in the same atomic step and gets `[epoch, seq]`, the others
+/// get nil and publish nothing. Claim and publish being one step keeps the order: a node
+/// handles its messages in order, so a message is published (by whichever node) before any
+/// node can publish the one after it. The claim key shares the topic's hash tag
+/// ([`super::keys::Keys::claim`]), so the script stays in one Redis Cluster slot.
+pub const PUBLISH_ONCE: &str = concat!(
+    include_str!("new_epoch.lua"),
+    include_str!("publish.lua"),
+    "if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[7]) then return false end\n",
+    "return publish_frame()\n"
 );
 
 /// **Read.** `KEYS = [meta, log]`,

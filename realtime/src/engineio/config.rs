@@ -127,6 +127,9 @@ pub struct EngineConfig {
     /// Sessions at once per client address; 0: no cap (see
     /// [`DEFAULT_MAX_SESSIONS_PER_CLIENT`]).
     pub max_sessions_per_client: usize,
+    /// This node's tag in a fleet ([`super::node_tag`]): every sid starts with it, so that any
+    /// node can tell which one owns a session ([`super::sid_owner`]). `None` on a single node.
+    pub sid_tag: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -144,6 +147,7 @@ impl Default for EngineConfig {
             in_queue: DEFAULT_IN_QUEUE,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            sid_tag: None,
         }
     }
 }
@@ -163,6 +167,7 @@ impl fmt::Debug for EngineConfig {
             .field("in_queue", &self.in_queue)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_client", &self.max_sessions_per_client)
+            .field("sid_tag", &self.sid_tag)
             .finish()
     }
 }

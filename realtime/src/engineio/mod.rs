@@ -24,8 +24,9 @@ mod tests;
 mod websocket;
 
 pub use codec::{
-    decode_payload, encode_payload, encode_payload_capped, verify_request, DecodeError,
-    EngineError, EngineRequest, Handshake, Packet, Transport, WsFrame, PROBE,
+    decode_payload, encode_payload, encode_payload_capped, node_tag, query_sid, sid_owner,
+    tagged_sid, verify_request, DecodeError, EngineError, EngineRequest, Handshake, Packet,
+    Transport, WsFrame, NODE_TAG_LEN, PROBE,
 };
 pub use config::{
     AllowRequest, CorsConfig, CorsOrigin, EngineConfig, HandshakeRequest, DEFAULT_CORS_METHODS,

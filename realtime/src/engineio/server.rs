@@ -295,7 +295,7 @@ impl Inner {
         let transport = info.transport;
         let mut registry = lock(&self.registry);
         let sid: Arc<str> = loop {
-            let sid = new_sid();
+            let sid = new_sid(self.config.sid_tag.as_deref());
             if !registry.contains(sid.as_str()) {
                 break sid.into();
             }
@@ -345,11 +345,16 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A fresh session id from the thread-local CSPRNG, URL-safe base64.
-fn new_sid() -> String {
+/// A fresh session id from the thread-local CSPRNG, URL-safe base64, after this node's tag in
+/// a fleet.
+fn new_sid(tag: Option<&str>) -> String {
     let mut bytes = [0u8; SID_BYTES];
     rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    let random = URL_SAFE_NO_PAD.encode(bytes);
+    match tag {
+        Some(tag) => super::tagged_sid(tag, &random),
+        None => random,
+    }
 }
 
 fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {

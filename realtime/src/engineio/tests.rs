@@ -259,6 +259,25 @@ async fn polling_handshake_is_node_exact() {
     assert_eq!(h.server.session_count(), 2);
 }
 
+/// In a fleet every sid names its node, and the session works under it like any other.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_node_tags_its_sids() {
+    let tag = node_tag("gw-a");
+    let mut h = Harness::new(EngineConfig {
+        sid_tag: Some(tag.clone()),
+        ..EngineConfig::default()
+    });
+    let (sid, _conn) = h.open_polling().await;
+    assert_eq!(sid_owner(&sid), Some(tag.as_str()), "{sid}");
+    assert_eq!(sid.len(), NODE_TAG_LEN + 1 + 22, "{sid}");
+    assert_eq!(h.post(&sid, "4hi").await.body, "ok");
+    // Another node's sid is unknown here, as any unknown sid.
+    let theirs = tagged_sid(&node_tag("gw-b"), &sid[NODE_TAG_LEN + 1..]);
+    let f = h.get(&theirs).await;
+    assert_eq!(f.status, StatusCode::BAD_REQUEST);
+    assert_eq!(f.body, r#"{"code":1,"message":"Session ID unknown"}"#);
+}
+
 #[tokio::test(start_paused = true)]
 async fn upgrades_follow_the_config() {
     let mut h = Harness::new(EngineConfig {

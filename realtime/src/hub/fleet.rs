@@ -307,6 +307,33 @@ impl Hub {
         }
     }
 
+    /// In a fleet, makes sure this node knows where the existing `topic` stands in the fleet
+    /// (one read in Redis the first time; nothing once known, nor on a single node). A topic
+    /// joined before that stood at a stand-in position ([`Hub::placed`] says where it was
+    /// placed).
+    pub async fn locate(&self, topic: &str) -> Result<(), HubError> {
+        let Some(fleet) = &self.inner.fleet else {
+            return Ok(());
+        };
+        if self.inner.lookup(topic).is_none() {
+            return Ok(());
+        }
+        match fleet.locate(topic) {
+            Some(locating) => locating.await,
+            None => Ok(()),
+        }
+    }
+
+    /// `position` in `topic` as the fleet knows it: the stand-in position a subscriber was
+    /// given before the fleet placed the topic reads as the position it was placed at; any
+    /// other position is itself.
+    pub fn placed(&self, topic: &str, position: Position) -> Position {
+        match self.inner.lookup(topic) {
+            Some(t) => lock(&t.state).placed(position),
+            None => position,
+        }
+    }
+
     /// A handle the fleet keeps to deliver to, without keeping the hub alive.
     pub fn downgrade(&self) -> WeakHub {
         WeakHub(Arc::downgrade(&self.inner))

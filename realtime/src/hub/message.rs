@@ -96,6 +96,11 @@ pub struct Payload {
     pub data: Value,
     /// Binary attachments, in order (Socket.IO placeholders index into them).
     pub attachments: Vec<Bytes>,
+    /// Socket.IO rooms whose sockets leave this message out (a socket's own id is one): how a
+    /// sender that is not on this node says "everyone on the topic but that socket" (Laravel's
+    /// `toOthers()`), since only the node that has the socket can tell it apart. Other
+    /// transports have no rooms and deliver it as usual. Usually empty.
+    pub except: Vec<String>,
 }
 
 impl Payload {
@@ -105,12 +110,19 @@ impl Payload {
             event: event.into(),
             data,
             attachments: Vec::new(),
+            except: Vec::new(),
         }
     }
 
     /// Adds binary attachments.
     pub fn with_attachments(mut self, attachments: Vec<Bytes>) -> Self {
         self.attachments = attachments;
+        self
+    }
+
+    /// Leaves out the Socket.IO sockets in `rooms` ([`Payload::except`]).
+    pub fn with_except(mut self, rooms: Vec<String>) -> Self {
+        self.except = rooms;
         self
     }
 
@@ -122,6 +134,7 @@ impl Payload {
         const NODE: usize = std::mem::size_of::<Value>();
         let mut size = std::mem::size_of::<Payload>() + self.event.len();
         size += self.attachments.iter().map(|b| b.len() + 32).sum::<usize>();
+        size += self.except.iter().map(|r| r.len() + 24).sum::<usize>();
         let mut stack = vec![&self.data];
         while let Some(v) = stack.pop() {
             size += NODE;

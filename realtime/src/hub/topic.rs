@@ -127,7 +127,7 @@ impl TopicState {
 
     /// `since` as this topic knows it: the stand-in position a client was given before the
     /// fleet placed the topic reads as the position it was placed at.
-    fn placed(&self, since: Position) -> Position {
+    pub(super) fn placed(&self, since: Position) -> Position {
         match self.alias {
             Some((stand_in, placed)) if since == stand_in => placed,
             _ => since,

@@ -29,8 +29,11 @@
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
 //!   point at one another, so they are defined together here;
-//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `echo_shape`:
-//!   plain types and bookkeeping;
+//! * `fleet_ops`: what needs every server's sockets (node's `fetchSockets`,
+//!   `socketsJoin`, `allRooms`, ...), on `namespace` and the peers;
+//! * `fleet_recovery`: connection state recovery on another node of the fleet;
+//! * `options`, `stats`, `error`, `event`, `rooms`, `recovery`, `echo_shape`,
+//!   `peers`: plain types and bookkeeping;
 //! * `codec`: the wire formats.
 //!
 //! Messages flow one way through them: client events come in through
@@ -57,6 +60,15 @@
 //! several rooms shares a [`MessageId`](crate::hub::MessageId) and reaches a
 //! socket in several of them once.
 //!
+//! # Other servers
+//!
+//! A server may share its namespaces with others through socket.io's Redis adapter protocol
+//! ([`SocketIo::set_peers`], done by [`crate::cluster::adapter_node`]): broadcasts are handed to
+//! them as well, and acks, [`BroadcastOperator::fetch_sockets`],
+//! [`BroadcastOperator::sockets_join`], [`Namespace::all_rooms`], ... cover their sockets.
+//! [`BroadcastOperator::local`] keeps an operation to this server (what a node does with what
+//! another server sent).
+//!
 //! Abuse limits: the attachment count is capped by the decoder
 //! ([`DEFAULT_MAX_ATTACHMENTS`]), JSON nesting by serde_json's recursion limit
 //! (128), and frame sizes by the transport before anything reaches here.
@@ -71,8 +83,11 @@ mod echo;
 mod echo_shape;
 mod error;
 mod event;
+mod fleet_ops;
+mod fleet_recovery;
 mod namespace;
 mod options;
+mod peers;
 mod recovery;
 mod rooms;
 mod server;
@@ -95,11 +110,16 @@ pub use codec::{
 pub use conformance::{conformance_options, install_conformance, CONFORMANCE_CONNECT_TIMEOUT};
 pub use error::{AckError, ConnectError, EmitError, RoomError};
 pub use event::{Args, DisconnectReason, Event};
-pub use namespace::{BroadcastOperator, Emitting, Namespace};
+pub use fleet_recovery::{
+    fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord, SessionStore,
+    MAX_OFFSET_TOPICS,
+};
+pub use namespace::{AckAnswers, BroadcastOperator, Emitting, Namespace, SocketAck};
 pub use options::{
     RecoveryOptions, SocketIoOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_DISCONNECTION_DURATION,
     DEFAULT_MAX_PENDING_ACKS, DEFAULT_MAX_SESSIONS, DEFAULT_TRACKED_EVENTS,
 };
+pub use peers::{PeerAcks, Peers, PeersError, Selection, SocketInfo};
 pub use recovery::DEDUPE_WINDOW;
 pub use rooms::{generate_id, looks_like_id, namespace_topic, room_topic, ID_LEN, TOPIC_PREFIX};
 pub use server::SocketIo;

@@ -11,16 +11,18 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::codec::RESERVED_EVENTS;
+use super::codec::{event_head, Outgoing, RESERVED_EVENTS};
 use super::error::{AckError, EmitError, RoomError};
 use super::event::Args;
+use super::fleet_recovery::{fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord};
 use super::options::SocketIoOptions;
-use super::recovery::Tracker;
+use super::peers::{PeerSlot, PeersError, Selection};
+use super::recovery::{ResumePlan, Tracker};
 use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, SubscriberId};
+use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 /// A namespace. Cheap to clone; every clone is the same namespace.
@@ -44,10 +46,13 @@ impl Namespace {
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
         access: Access,
+        peers: PeerSlot,
         on_connect: ConnectHandler,
     ) -> Namespace {
         Namespace {
-            inner: Arc::new(NsInner::new(path, hub, options, stats, access, on_connect)),
+            inner: Arc::new(NsInner::new(
+                path, hub, options, stats, access, peers, on_connect,
+            )),
         }
     }
 
@@ -141,14 +146,14 @@ impl NsInner {
     /// registered and reading the hub, still connecting (its packets wait
     /// for [`SocketInner::finish_connect`]). `user` is who the app said the
     /// client is; the rooms it named are joined.
-    pub(super) fn create_socket(
+    pub(super) async fn create_socket(
         self: &Arc<Self>,
         conn: &Arc<ConnShared>,
         auth: Value,
         user: access::Identity,
     ) -> Result<Socket, RoomError> {
         let rooms = user.rooms.clone();
-        let socket = match self.try_recover(conn, &auth, user.clone())? {
+        let socket = match self.recover(conn, &auth, user.clone()).await? {
             Some(socket) => socket,
             None => self.fresh_socket(conn, auth, user)?,
         };
@@ -157,6 +162,7 @@ impl NsInner {
                 tracing::warn!(nsp = %self.path, room = %room, error = %e, "socket.io: a room the app granted at connect could not be joined");
             }
         }
+        socket.inner.settle_in_fleet().await;
         self.start(&socket);
         Ok(socket)
     }
@@ -175,6 +181,9 @@ impl NsInner {
             .map(|_| Arc::from(generate_id()));
         let sub = Arc::new(self.hub.subscribe()?);
         let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
+        if self.fleet_sessions().is_some() {
+            tracker = tracker.in_fleet();
+        }
         tracker.add_origin(sub.id());
         let who = Identity {
             id: Arc::clone(&id),
@@ -206,6 +215,132 @@ impl NsInner {
         if let Some(sub) = lock(&socket.inner.sub).clone() {
             tokio::spawn(socket.clone().run_reader(sub));
         }
+    }
+
+    /// Where the fleet keeps its sessions, when recovery spans the fleet.
+    fn fleet_sessions(&self) -> Option<&FleetSessions> {
+        self.options.recovery.as_ref()?.fleet.as_ref()
+    }
+
+    /// The session a CONNECT names, recovered: from this node's memory, or in a fleet from
+    /// the record the node that last served it left in the store ([`super::fleet_recovery`]). The
+    /// record's incarnation says which: this node's own session when it is the one this node
+    /// keeps, else another node's (or a later life of it) that only the record describes.
+    /// `Ok(None)`: nothing to recover (the caller then makes a fresh socket).
+    async fn recover(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+        user: access::Identity,
+    ) -> Result<Option<Socket>, RoomError> {
+        let pid = auth.get("pid").and_then(Value::as_str);
+        let (Some(fleet), Some(pid)) = (self.fleet_sessions(), pid) else {
+            return self.try_recover(conn, auth, user);
+        };
+        let record = fleet.0.load(pid).await;
+        let here = lock(&self.sessions).incarnation(pid);
+        match record {
+            Some(record) if here != Some(record.incarnation) => {
+                self.recover_from_fleet(conn, auth, user, pid, record).await
+            }
+            _ => self.try_recover(conn, auth, user),
+        }
+    }
+
+    /// Node's `restoreSession` from another node's record: the offset the client sent back
+    /// says where it stood in each of the record's topics; each topic is joined from there
+    /// (the fleet's history serves what this node's does not), and what follows is replayed.
+    /// Refused (`Ok(None)`, a new session) when the offset does not describe the record's
+    /// topics and epochs, or a topic's history no longer reaches back to it.
+    async fn recover_from_fleet(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+        user: access::Identity,
+        pid: &str,
+        record: SessionRecord,
+    ) -> Result<Option<Socket>, RoomError> {
+        let Some(opts) = &self.options.recovery else {
+            return Ok(None);
+        };
+        let failed = |why: &str| {
+            self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(nsp = %self.path, sid = %record.sid, why, "socket.io: a session of another node not recovered; the client gets a new one");
+            Ok(None)
+        };
+        let offset = auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .and_then(FleetOffset::parse);
+        let Some(offset) = offset else {
+            return failed("no fleet offset");
+        };
+        let taken = lock(&self.registry)
+            .sockets
+            .contains_key(record.sid.as_str());
+        if record.nsp != self.path || taken {
+            return failed("another namespace, or the socket is connected here");
+        }
+        // The record's topics are the namespace's and its rooms', and the offset's seqs are
+        // positions in exactly those epochs.
+        let mut topics: Vec<String> = std::iter::once(self.topic.to_string())
+            .chain(record.rooms.iter().map(|r| room_topic(&self.path, r)))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let named = record.topics.iter().map(|(t, _)| t);
+        let described = record.topics.iter().map(|(t, e)| (t.as_str(), *e));
+        if !topics.iter().eq(named)
+            || offset.seqs.len() != topics.len()
+            || fingerprint(described) != offset.fingerprint
+        {
+            return failed("the offset does not describe the record's topics");
+        }
+        let sub = Arc::new(self.hub.subscribe()?);
+        let mut tracker = Tracker::new(Some(opts.tracked_events)).in_fleet();
+        tracker.resumed_at(offset.count);
+        tracker.add_origin(sub.id());
+        let mut replays = Vec::with_capacity(topics.len());
+        for ((topic, epoch), seq) in record.topics.iter().zip(&offset.seqs) {
+            let since = Position::new(*epoch, *seq);
+            let Some(messages) = resume_topic(&sub, topic, since).await else {
+                // Dropping the subscriber leaves what it joined.
+                return failed("a topic's history no longer reaches back to the offset");
+            };
+            let (had, missed): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|m| m.epoch == since.epoch && m.seq <= since.seq);
+            for m in had {
+                tracker.seen(m.id);
+            }
+            tracker.set_position(Arc::from(topic.as_str()), since);
+            replays.push(missed);
+        }
+        let who = Identity {
+            id: Arc::from(record.sid.as_str()),
+            pid: Some(Arc::from(pid)),
+            auth: auth.clone(),
+            recovered: true,
+            user,
+        };
+        let socket = Socket::from_inner(SocketInner::new(
+            who,
+            Arc::clone(self),
+            Arc::clone(conn),
+            sub,
+            tracker,
+        ));
+        {
+            let mut outbox = lock(&socket.inner.outbox);
+            for msg in ResumePlan::without_order().merge(replays) {
+                socket.inner.deliver_locked(&mut outbox, &msg);
+            }
+        }
+        for room in record.rooms {
+            self.registry_join(&room, &socket.inner.id);
+            lock(&socket.inner.rooms).insert(room);
+        }
+        Ok(Some(socket))
     }
 
     /// Node's `restoreSession`: `Ok(None)` when there is nothing to recover
@@ -293,11 +428,38 @@ impl NsInner {
     }
 }
 
+/// The count of an offset, the part this node's delivery log numbers (a fleet offset carries
+/// more after it).
 fn parse_offset(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    offset_count(s)
+}
+
+/// Messages of history a recovery from another node reads before where the client stood, so
+/// that a copy of a broadcast it already had through another room is known for a duplicate:
+/// the copies of one broadcast are published back to back, a handful of messages apart at
+/// most.
+const SEEN_BEFORE: u64 = 16;
+
+/// Joins `topic` for a socket that had processed it up to `since`: the history from a little
+/// before `since` ([`SEEN_BEFORE`]; from `since` itself when the history no longer reaches
+/// that far), or `None` when not even `since` can be served.
+async fn resume_topic(
+    sub: &Subscriber,
+    topic: &str,
+    since: Position,
+) -> Option<Vec<Arc<crate::hub::Message>>> {
+    let wider = Position::new(since.epoch, since.seq.saturating_sub(SEEN_BEFORE));
+    match sub.join_async(topic, Some(wider)).await {
+        Ok(JoinOutcome::Resumed { replay, .. }) => return Some(replay),
+        Ok(_) if wider != since => {
+            sub.leave(topic);
+        }
+        _ => return None,
     }
-    s.parse().ok()
+    match sub.join_async(topic, Some(since)).await {
+        Ok(JoinOutcome::Resumed { replay, .. }) => Some(replay),
+        _ => None,
+    }
 }
 
 /// What a socket does with its whole namespace.
@@ -368,12 +530,19 @@ impl Future for Emitting {
 /// `except`, the recipients are computed from this node's room registry and
 /// the message is published to each recipient's own room (node's in-memory
 /// adapter does the same walk); other transports then do not see it.
+///
+/// With [peers](super::Peers) (other servers sharing the namespace through socket.io's Redis
+/// adapter), a broadcast is also handed to them for their sockets, and the operations that
+/// need every server's sockets ask them too; [`BroadcastOperator::local`] keeps it to this
+/// server.
 #[derive(Clone)]
 pub struct BroadcastOperator {
-    ns: Arc<NsInner>,
+    pub(super) ns: Arc<NsInner>,
     rooms: BTreeSet<String>,
     except: BTreeSet<String>,
     sender: Option<(SubscriberId, Arc<str>)>,
+    /// Node's `local` flag: this server's sockets only.
+    pub(super) local: bool,
 }
 
 impl fmt::Debug for BroadcastOperator {
@@ -383,6 +552,7 @@ impl fmt::Debug for BroadcastOperator {
             .field("rooms", &self.rooms)
             .field("except", &self.except)
             .field("sender", &self.sender.as_ref().map(|s| &s.1))
+            .field("local", &self.local)
             .finish()
     }
 }
@@ -394,6 +564,26 @@ impl BroadcastOperator {
             rooms: BTreeSet::new(),
             except: BTreeSet::new(),
             sender: None,
+            local: false,
+        }
+    }
+
+    /// This server's sockets only (node's `io.local`): [`BroadcastOperator::emit`] writes the
+    /// event to each of them directly, not through the hub (which in a fleet reaches every
+    /// node), so it gets no position, is not kept in history and other transports do not see
+    /// it; the other operations leave the peers alone. What a node does with a broadcast
+    /// another server sent through socket.io's Redis adapter.
+    pub fn local(mut self) -> BroadcastOperator {
+        self.local = true;
+        self
+    }
+
+    /// The rooms and except rooms, as the peers take them (the sender, on this server, is
+    /// none of theirs).
+    pub(super) fn selection(&self) -> Selection {
+        Selection {
+            rooms: self.rooms.iter().cloned().collect(),
+            except: self.except.iter().cloned().collect(),
         }
     }
 
@@ -444,7 +634,11 @@ impl BroadcastOperator {
             return Emitting::refused(EmitError::ReservedEvent(name.to_owned()));
         }
         let args = args.into();
+        if self.local {
+            return self.emit_here(name, args);
+        }
         let payload = Payload::new(name, Value::Array(args.values)).with_attachments(args.binaries);
+        let for_peers = self.ns.peers().map(|p| (Arc::clone(p), payload.clone()));
         let origin = self.sender.as_ref().map(|(id, _)| *id);
         let topics: Vec<String> = if !self.except.is_empty() {
             self.recipients()
@@ -459,15 +653,33 @@ impl BroadcastOperator {
                 .map(|room| room_topic(&self.ns.path, room))
                 .collect()
         };
-        if topics.is_empty() {
-            return Emitting::sent(Publishing::done(Ok(Vec::new())));
+        let sending = if topics.is_empty() {
+            Publishing::done(Ok(Vec::new()))
+        } else {
+            self.ns.hub.send_many(topics, payload, origin)
+        };
+        // What the hub refused (the fleet unreachable) is not sent anywhere.
+        if let (Some((peers, payload)), false) = (for_peers, sending.failed_at_once()) {
+            peers.broadcast(&self.ns.path, &self.selection(), &payload);
         }
-        Emitting::sent(self.ns.hub.send_many(topics, payload, origin))
+        Emitting::sent(sending)
     }
 
-    /// Sends the event to every socket of this node the broadcast reaches, each asked for an
-    /// acknowledgement (node's `io.to(room).timeout(t).emitWithAck(...)`), and resolves once
-    /// all have answered or `timeout` has passed, with each socket's id and outcome.
+    /// [`BroadcastOperator::local`]'s emit: the event encoded once and written to each socket.
+    fn emit_here(&self, name: &str, args: Args) -> Emitting {
+        let head = event_head(&self.ns.path, name, &args.values, None, args.binaries.len());
+        for socket in self.sockets() {
+            let out = Outgoing::event_from_head(&head, None::<&str>, args.binaries.clone());
+            // A failure closes that connection (slow consumer) or it is closed already.
+            let _ = socket.inner.write(out);
+        }
+        Emitting::sent(Publishing::done(Ok(Vec::new())))
+    }
+
+    /// Sends the event to every socket the broadcast reaches, this server's and its peers',
+    /// each asked for an acknowledgement (node's `io.to(room).timeout(t).emitWithAck(...)`),
+    /// and resolves once all have answered or `timeout` has passed, with each socket's
+    /// outcome.
     ///
     /// Unlike [`BroadcastOperator::emit`] this does not go through the hub: an ack is a
     /// conversation with one connected socket, so such events get no sequence number, are not
@@ -478,18 +690,67 @@ impl BroadcastOperator {
         name: &str,
         args: impl Into<Args>,
         timeout: Duration,
-    ) -> impl Future<Output = Vec<(String, Result<Args, AckError>)>> + Send + 'static {
+    ) -> impl Future<Output = AckAnswers> + Send + 'static {
         let args = args.into();
+        let peers = match (self.local, self.ns.peers()) {
+            (false, Some(peers)) => {
+                let payload = Payload::new(name, Value::Array(args.values.clone()))
+                    .with_attachments(args.binaries.clone());
+                Some(peers.broadcast_with_ack(&self.ns.path, &self.selection(), &payload, timeout))
+            }
+            _ => None,
+        };
         let waits: Vec<_> = self
             .sockets()
             .into_iter()
             .map(|socket| {
                 let id = socket.id().to_string();
                 let answer = socket.emit_with_ack(name, args.clone(), timeout);
-                async move { (id, answer.await) }
+                async move {
+                    SocketAck {
+                        socket: Some(id),
+                        answer: answer.await,
+                    }
+                }
             })
             .collect();
-        futures_util::future::join_all(waits)
+        async move {
+            let remote = async move {
+                match peers {
+                    Some(p) => Some(p.await),
+                    None => None,
+                }
+            };
+            let (mut answers, remote) =
+                futures_util::future::join(futures_util::future::join_all(waits), remote).await;
+            let mut incomplete = None;
+            match remote {
+                None => {}
+                Some(Err(e)) => incomplete = Some(e),
+                Some(Ok(acks)) => {
+                    if acks.counted < acks.expected {
+                        incomplete = Some(PeersError::Timeout {
+                            answered: acks.counted,
+                            expected: acks.expected,
+                            timeout,
+                        });
+                    }
+                    let missing = acks.sockets.saturating_sub(acks.answers.len());
+                    answers.extend(acks.answers.into_iter().map(|a| SocketAck {
+                        socket: None,
+                        answer: Ok(a),
+                    }));
+                    answers.extend((0..missing).map(|_| SocketAck {
+                        socket: None,
+                        answer: Err(AckError::Timeout(timeout)),
+                    }));
+                }
+            }
+            AckAnswers {
+                answers,
+                incomplete,
+            }
+        }
     }
 
     /// The sockets of this node the broadcast would reach.
@@ -527,6 +788,25 @@ impl BroadcastOperator {
         }
         ids
     }
+}
+
+/// One socket's outcome in [`BroadcastOperator::emit_with_ack`].
+#[derive(Debug)]
+pub struct SocketAck {
+    /// The socket's id; `None` for a peer's socket (socket.io's adapter does not say).
+    pub socket: Option<String>,
+    /// Its acknowledgement's arguments (a peer's socket: the first one only), or why none came.
+    pub answer: Result<Args, AckError>,
+}
+
+/// What [`BroadcastOperator::emit_with_ack`] collected.
+#[derive(Debug, Default)]
+pub struct AckAnswers {
+    /// One per socket the event was sent to.
+    pub answers: Vec<SocketAck>,
+    /// Why the peers' sockets may be missing from `answers` (a server did not say how many
+    /// sockets it sent the event to, or could not be asked).
+    pub incomplete: Option<PeersError>,
 }
 
 #[cfg(test)]

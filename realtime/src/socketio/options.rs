@@ -60,6 +60,10 @@ pub struct RecoveryOptions {
     pub tracked_events: usize,
     /// Sessions kept per namespace at once.
     pub max_sessions: usize,
+    /// In a fleet: where sessions are kept for the other nodes, so a client whose node died
+    /// (or whose balancer sent it elsewhere) recovers on any node ([`super::fleet_recovery`]). `None`:
+    /// recovery is this node's alone.
+    pub fleet: Option<super::FleetSessions>,
 }
 
 impl Default for RecoveryOptions {
@@ -68,6 +72,7 @@ impl Default for RecoveryOptions {
             max_disconnection_duration: DEFAULT_MAX_DISCONNECTION_DURATION,
             tracked_events: DEFAULT_TRACKED_EVENTS,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            fleet: None,
         }
     }
 }

@@ -42,12 +42,13 @@
 //! Offsets keep growing across recoveries, so an old offset never names a
 //! new event.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::hub::{Message, MessageId, Position, SubscriberId};
+use super::fleet_recovery::{fingerprint, FleetOffset, MAX_OFFSET_TOPICS};
+use crate::hub::{Epoch, Message, MessageId, Position, SubscriberId};
 
 /// Message ids a socket remembers to deliver a broadcast it receives
 /// through several rooms once. The copies of one broadcast are published
@@ -129,13 +130,27 @@ pub(crate) enum Decision {
 #[derive(Debug)]
 pub(crate) struct Tracker {
     /// Last processed position per joined topic: anything at or before it is
-    /// stale (queued before a replay that already covered it).
-    positions: HashMap<Arc<str>, Position>,
+    /// stale (queued before a replay that already covered it). Sorted, as a
+    /// fleet offset lists the topics ([`super::fleet_recovery`]).
+    positions: BTreeMap<Arc<str>, Position>,
     recent: VecDeque<MessageId>,
     /// Recent delivered ids → offset they went out with (0 without recovery).
     recent_offsets: HashMap<MessageId, u64>,
     origins: VecDeque<SubscriberId>,
     log: Option<DeliveryLog>,
+    /// In a fleet, what another node needs to recover the session.
+    fleet: Option<FleetMark>,
+}
+
+/// A socket's part in recovery across the fleet ([`super::fleet_recovery`]).
+#[derive(Debug)]
+struct FleetMark {
+    /// Which life of the session this is.
+    incarnation: u64,
+    /// The topics or their epochs changed since the session record was last written.
+    changed: bool,
+    /// The fingerprint of the topics and epochs in `positions`, while they stay as they are.
+    fingerprint: Option<String>,
 }
 
 /// Where to resume each topic, and the original order of what follows.
@@ -149,7 +164,7 @@ impl Tracker {
     /// `tracked`: the log capacity when recovery is on.
     pub(crate) fn new(tracked: Option<usize>) -> Tracker {
         Tracker {
-            positions: HashMap::new(),
+            positions: BTreeMap::new(),
             recent: VecDeque::new(),
             recent_offsets: HashMap::new(),
             origins: VecDeque::new(),
@@ -159,6 +174,105 @@ impl Tracker {
                 cap: cap.max(1),
                 entries: VecDeque::new(),
             }),
+            fleet: None,
+        }
+    }
+
+    /// A new life of a session in a fleet: its events carry fleet offsets and its record is
+    /// written under a fresh incarnation.
+    pub(crate) fn in_fleet(mut self) -> Tracker {
+        self.fleet = Some(FleetMark {
+            incarnation: rand::random(),
+            changed: true,
+            fingerprint: None,
+        });
+        self
+    }
+
+    /// The incarnation of a session in a fleet.
+    pub(crate) fn incarnation(&self) -> Option<u64> {
+        self.fleet.as_ref().map(|f| f.incarnation)
+    }
+
+    /// Whether the session record needs writing again (and from now on, not until the next
+    /// change).
+    pub(crate) fn take_changed(&mut self) -> bool {
+        self.fleet
+            .as_mut()
+            .is_some_and(|f| std::mem::replace(&mut f.changed, false))
+    }
+
+    /// The socket's topics and the epochs its positions are in, sorted: the session record's.
+    pub(crate) fn topics(&self) -> Vec<(String, Epoch)> {
+        self.positions
+            .iter()
+            .map(|(t, p)| (t.to_string(), p.epoch))
+            .collect()
+    }
+
+    /// A session resumed from another node's record: its events are numbered after `count`,
+    /// the last the client had, and nothing before it can be served here.
+    pub(crate) fn resumed_at(&mut self, count: u64) {
+        if let Some(log) = self.log.as_mut() {
+            log.sent = count;
+            log.floor = count;
+        }
+    }
+
+    /// Message `id` reached the client before (on another node): a copy of it from another
+    /// topic is a duplicate.
+    pub(crate) fn seen(&mut self, id: MessageId) {
+        self.remember(id, 0);
+    }
+
+    /// The fleet offset of event `count`: where the socket stands in each topic now. `None`
+    /// outside a fleet, and for a socket in more than [`MAX_OFFSET_TOPICS`] topics.
+    pub(crate) fn fleet_offset(&mut self, count: u64) -> Option<FleetOffset> {
+        let mark = self.fleet.as_mut()?;
+        if self.positions.len() > MAX_OFFSET_TOPICS {
+            return None;
+        }
+        let positions = &self.positions;
+        let fingerprint = mark
+            .fingerprint
+            .get_or_insert_with(|| fingerprint(positions.iter().map(|(t, p)| (&**t, p.epoch))))
+            .clone();
+        Some(FleetOffset {
+            count,
+            fingerprint,
+            seqs: self.positions.values().map(|p| p.seq).collect(),
+        })
+    }
+
+    /// Replaces each position by what `placed` says it is (a stand-in by the fleet position
+    /// the topic was placed at, [`crate::hub::Hub::placed`]).
+    pub(crate) fn resolve(&mut self, placed: impl Fn(&str, Position) -> Position) {
+        let moved: Vec<(Arc<str>, Position)> = self
+            .positions
+            .iter()
+            .filter_map(|(t, p)| {
+                let q = placed(t, *p);
+                (q != *p).then(|| (Arc::clone(t), q))
+            })
+            .collect();
+        for (topic, position) in moved {
+            self.place(topic, position);
+        }
+    }
+
+    /// Records where the socket stands in `topic`; a topic or an epoch the fleet offsets do
+    /// not name yet changes the session record.
+    fn place(&mut self, topic: Arc<str>, position: Position) {
+        let before = self.positions.insert(topic, position);
+        if before.is_none_or(|b| b.epoch != position.epoch) {
+            self.fleet_changed();
+        }
+    }
+
+    fn fleet_changed(&mut self) {
+        if let Some(mark) = self.fleet.as_mut() {
+            mark.changed = true;
+            mark.fingerprint = None;
         }
     }
 
@@ -173,12 +287,14 @@ impl Tracker {
 
     /// The socket's topic is now at `position` as far as it is concerned.
     pub(crate) fn set_position(&mut self, topic: Arc<str>, position: Position) {
-        self.positions.insert(topic, position);
+        self.place(topic, position);
     }
 
     /// The socket left `topic`.
     pub(crate) fn forget(&mut self, topic: &str) {
-        self.positions.remove(topic);
+        if self.positions.remove(topic).is_some() {
+            self.fleet_changed();
+        }
     }
 
     /// Messages of `topic` up to `to` were lost to this socket (a live reset: the fleet could
@@ -186,7 +302,7 @@ impl Tracker {
     /// this point: a client that comes back with an offset from before it gets a new session
     /// (`recovered: false`), which is how Socket.IO says "you may have missed events".
     pub(crate) fn reset(&mut self, topic: Arc<str>, to: Position) {
-        self.positions.insert(topic, to);
+        self.place(topic, to);
         if let Some(log) = self.log.as_mut() {
             log.floor = log.sent + 1;
         }
@@ -201,8 +317,7 @@ impl Tracker {
                 return Decision::Skip;
             }
         }
-        self.positions
-            .insert(Arc::clone(&msg.topic), msg.position());
+        self.place(Arc::clone(&msg.topic), msg.position());
         let own = msg.origin.is_some_and(|o| self.origins.contains(&o));
         let (status, decision) = if own || !deliverable {
             (Status::Skipped, Decision::Skip)
@@ -272,9 +387,13 @@ impl Tracker {
         }
         log.entries.truncate(cut);
         let keep: HashSet<&Arc<str>> = topics.iter().collect();
+        let before = self.positions.len();
         self.positions.retain(|t, _| keep.contains(t));
+        if self.positions.len() != before {
+            self.fleet_changed();
+        }
         for (topic, p) in &since {
-            self.positions.insert(Arc::clone(topic), *p);
+            self.place(Arc::clone(topic), *p);
         }
         self.recent_offsets.retain(|_, c| *c <= offset);
         let offsets = &self.recent_offsets;
@@ -284,6 +403,15 @@ impl Tracker {
 }
 
 impl ResumePlan {
+    /// A plan for per-topic replays read on another node, whose order of processing is not
+    /// known here: they are merged by message id.
+    pub(crate) fn without_order() -> ResumePlan {
+        ResumePlan {
+            since: Vec::new(),
+            order: HashMap::new(),
+        }
+    }
+
     /// Merges per-topic replays (each in topic order) into one delivery
     /// order: what the socket had processed first comes first, then by
     /// message id (publish order on this node). Per-topic order is kept.
@@ -359,6 +487,11 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The incarnation of the session `pid` kept here, in a fleet.
+    pub(crate) fn incarnation(&self, pid: &str) -> Option<u64> {
+        self.map.get(pid)?.tracker.incarnation()
     }
 
     fn expire(&mut self, now: Instant, ttl: std::time::Duration) {

@@ -15,6 +15,7 @@ use super::error::ConnectError;
 use super::event::DisconnectReason;
 use super::namespace::Namespace;
 use super::options::SocketIoOptions;
+use super::peers::{PeerSlot, Peers};
 use super::rooms::normalize_nsp;
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
@@ -40,6 +41,8 @@ struct IoInner {
     stats: Arc<SocketIoStats>,
     access: Access,
     namespaces: RwLock<HashMap<String, Namespace>>,
+    /// The other servers of the namespaces ([`SocketIo::set_peers`]).
+    peers: PeerSlot,
 }
 
 /// The Socket.IO server: namespaces over one hub. Hand it to the Engine.IO
@@ -93,6 +96,7 @@ impl SocketIo {
                 stats: Arc::default(),
                 access,
                 namespaces: RwLock::default(),
+                peers: PeerSlot::default(),
             }),
         }
     }
@@ -143,10 +147,24 @@ impl SocketIo {
             Arc::clone(&self.inner.options),
             Arc::clone(&self.inner.stats),
             self.inner.access.clone(),
+            Arc::clone(&self.inner.peers),
             handler,
         );
         map.insert(path, ns.clone());
         ns
+    }
+
+    /// Shares the namespaces with other servers ([`Peers`]: socket.io's Redis adapter, through
+    /// [`crate::cluster::adapter_node`]): broadcasts reach their sockets too, and acks,
+    /// `fetch_sockets`, `all_rooms`, `sockets_join`, ... cover theirs. Once; false if peers
+    /// were set already.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
+        self.inner.peers.set(peers).is_ok()
+    }
+
+    /// The paths of the registered namespaces.
+    pub fn namespace_paths(&self) -> Vec<String> {
+        read(&self.inner.namespaces).keys().cloned().collect()
     }
 
     /// The namespace at `path`, if registered.
@@ -302,7 +320,7 @@ async fn connect(
     } else {
         access::Identity::default()
     };
-    let socket = match ns.inner.create_socket(shared, auth, user) {
+    let socket = match ns.inner.create_socket(shared, auth, user).await {
         Ok(socket) => socket,
         Err(e) => {
             refuse(&nsp, &ConnectError::new(e.to_string()));

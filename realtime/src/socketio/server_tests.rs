@@ -633,6 +633,86 @@ async fn app_publishes_to_a_room_topic_reach_its_sockets() {
 }
 
 #[tokio::test]
+async fn a_payload_leaving_rooms_out_skips_their_sockets_and_moves_on() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], [sa, _, _]) = three_clients(&io).await;
+    let hub = io.hub().clone();
+    // Laravel's toOthers(): everyone on the topic but the sender, named by its id.
+    let payload =
+        Payload::new("shipped", json!(["r1", {"id": 1}])).with_except(vec![sa.id().to_owned()]);
+    hub.publish_payload("r1", payload, None).unwrap();
+    b.expect(r#"42["shipped","r1",{"id":1}]"#).await;
+    a.quiet().await;
+    // A room of the socket's own: r2 (a is in it), on the namespace topic.
+    let payload = Payload::new("all-but-r2", json!([])).with_except(vec!["r2".into()]);
+    hub.publish_payload(&namespace_topic("/"), payload, None)
+        .unwrap();
+    b.expect(r#"42["all-but-r2"]"#).await;
+    c.expect(r#"42["all-but-r2"]"#).await;
+    a.quiet().await;
+    // What follows reaches a as before.
+    hub.publish("r1", "next", json!([1]), None).unwrap();
+    a.expect(r#"42["next",1]"#).await;
+    b.expect(r#"42["next",1]"#).await;
+}
+
+#[tokio::test]
+async fn local_operations_on_this_servers_sockets() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let ([mut a, mut b, mut c], [sa, sb, sc]) = three_clients(&io).await;
+    let ns = io.of("/").unwrap();
+    // A local emit is written to the sockets directly: no hub position, no topic created.
+    let positions = ns
+        .to("r1")
+        .except("r2")
+        .local()
+        .emit("direct", Args::new().arg("x").binary(&b"\x01"[..]))
+        .await
+        .unwrap();
+    assert!(positions.is_empty());
+    b.expect(r#"451-["direct","x",{"_placeholder":true,"num":0}]"#)
+        .await;
+    b.expect_bin(&[1]).await;
+    a.quiet().await;
+    c.quiet().await;
+    // fetchSockets, socketsJoin, socketsLeave, allRooms, on this server (no peers).
+    let fetched = ns.to("r1").fetch_sockets().await.unwrap();
+    let mut ids: Vec<&str> = fetched.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![sa.id(), sb.id()];
+    want.sort();
+    assert_eq!(ids, want);
+    let info = fetched.iter().find(|s| s.id == sa.id()).unwrap();
+    assert!(info.rooms.contains(&"r2".to_owned()));
+    assert_eq!(info.handshake["query"]["room"], "blue");
+    assert_eq!(info.data, json!({}));
+    ns.to("r2").sockets_join(&["r3".to_owned()]);
+    ns.broadcast().sockets_join(&["everyone".to_owned()]);
+    ns.to("r1").sockets_leave(&["r1".to_owned()]);
+    let rooms = ns.all_rooms().await.unwrap();
+    assert!(rooms.contains("r3") && rooms.contains("everyone") && !rooms.contains("r1"));
+    assert!(rooms.contains(sc.id()));
+    assert_eq!(ns.to("everyone").sockets().len(), 3);
+    // disconnectSockets: the selected ones leave the namespace.
+    ns.to("r3").disconnect_sockets(false);
+    a.expect("41").await;
+    eventually(|| ns.sockets().len() == 2).await;
+    // Acks without peers: this server's sockets only, by id.
+    let answers = ns
+        .to("everyone")
+        .emit_with_ack("ask", (), Duration::from_millis(50));
+    let answers = answers.await;
+    assert!(answers.incomplete.is_none());
+    assert_eq!(answers.answers.len(), 2);
+    assert!(answers
+        .answers
+        .iter()
+        .all(|x| x.socket.is_some() && x.answer.is_err()));
+    b.text().await;
+    c.text().await;
+}
+
+#[tokio::test]
 async fn custom_namespace_events_carry_the_namespace() {
     let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
     let mut rx = capture(&io, "/chat");
@@ -1247,6 +1327,314 @@ async fn a_socket_over_its_relay_rate_is_disconnected_not_its_peers() {
     c.connect("40").await;
     b.send(r#"42["chat","still here"]"#).await;
     c.expect(r#"42["chat","still here"]"#).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery across a fleet: two servers on one hub stand for two nodes, a store in memory for
+// the fleet's Redis (the e2e tests run the real one).
+
+/// The fleet's sessions in memory, with the store's rule: a write that is not a takeover only
+/// lands over its own incarnation.
+#[derive(Default)]
+struct MemoryStore(Mutex<std::collections::HashMap<String, SessionRecord>>);
+
+impl MemoryStore {
+    fn get(&self, pid: &str) -> Option<SessionRecord> {
+        self.0.lock().unwrap().get(pid).cloned()
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn save(&self, pid: &str, record: SessionRecord, takeover: bool) {
+        let mut map = self.0.lock().unwrap();
+        let ours = map
+            .get(pid)
+            .is_none_or(|r| r.incarnation == record.incarnation);
+        if takeover || ours {
+            map.insert(pid.to_owned(), record);
+        }
+    }
+
+    fn release(&self, _pid: &str, _incarnation: u64) {}
+
+    fn remove(&self, pid: &str, incarnation: u64) {
+        let mut map = self.0.lock().unwrap();
+        if map.get(pid).is_some_and(|r| r.incarnation == incarnation) {
+            map.remove(pid);
+        }
+    }
+
+    fn load(&self, pid: &str) -> futures_util::future::BoxFuture<'static, Option<SessionRecord>> {
+        let record = self.get(pid);
+        Box::pin(async move { record })
+    }
+}
+
+/// A node of the fleet: recovery kept in `store`, every new socket in room `r`.
+fn fleet_io(hub: Hub, store: &Arc<MemoryStore>) -> (SocketIo, mpsc::UnboundedReceiver<Socket>) {
+    let sessions: Arc<dyn SessionStore> = store.clone();
+    let options = SocketIoOptions {
+        recovery: Some(RecoveryOptions {
+            fleet: Some(FleetSessions(sessions)),
+            ..RecoveryOptions::default()
+        }),
+        ..SocketIoOptions::default()
+    };
+    let io = SocketIo::new(hub, options);
+    let (tx, rx) = mpsc::unbounded_channel();
+    io.namespace("/", move |socket| {
+        if !socket.recovered() {
+            socket.join("r").expect("join");
+        }
+        let _ = tx.send(socket);
+        std::future::ready(Ok(()))
+    });
+    (io, rx)
+}
+
+/// An event's arguments and its offset (the last one).
+fn offset_of(event: &str) -> String {
+    let v: Value = serde_json::from_str(event.strip_prefix("42").expect("an event")).unwrap();
+    v.as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_session_recovers_on_another_node_from_the_fleet_record() {
+    let hub = Hub::default();
+    let store = Arc::new(MemoryStore::default());
+    let (a, mut rx_a) = fleet_io(hub.clone(), &store);
+    let (b, mut rx_b) = fleet_io(hub.clone(), &store);
+    let mut c = Client::open(&a);
+    let reply = c.connect("40").await;
+    let (id, pid) = (sid(&reply), reply["pid"].as_str().unwrap().to_owned());
+    next_socket(&mut rx_a).await;
+    // The record: its rooms, and its topics sorted (room `r` of `/` is topic `r`).
+    let own = room_topic("/", &id);
+    let record = store.get(&pid).expect("written at connect");
+    assert_eq!(record.sid, id);
+    assert_eq!(record.nsp, "/");
+    let mut rooms = record.rooms.clone();
+    rooms.sort();
+    let mut want = vec![id.clone(), "r".to_owned()];
+    want.sort();
+    assert_eq!(rooms, want);
+    let named: Vec<&str> = record.topics.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(named, ["r", "sio:/", own.as_str()]);
+    let fp = fingerprint(record.topics.iter().map(|(t, e)| (t.as_str(), *e)));
+
+    // Each event's offset: the count, the topics' fingerprint, the seq reached in each.
+    hub.publish("r", "ev", json!([1]), None).unwrap();
+    c.expect(&format!(r#"42["ev",1,"1~{fp}~1.0.0"]"#)).await;
+    // One broadcast to the room and the namespace: one event (the second copy a duplicate).
+    hub.publish_many(["r", "sio:/"], Payload::new("both", json!([2])), None)
+        .unwrap();
+    c.expect(&format!(r#"42["both",2,"2~{fp}~2.0.0"]"#)).await;
+    hub.publish("r", "ev", json!([3]), None).unwrap();
+    // Sent, but the client never processed it: its node died.
+    c.expect(&format!(r#"42["ev",3,"3~{fp}~3.1.0"]"#)).await;
+    drop(a);
+    c.t.sender.close(CloseReason::TransportClose);
+    hub.publish("r", "ev", json!([4]), None).unwrap();
+    let ns = b.of("/").unwrap();
+    ns.emit("all", json!([5])).await.unwrap();
+
+    // The client comes back on b with the last offset it processed.
+    let mut c = Client::open(&b);
+    let reply = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"2~{fp}~2.0.0"}}"#))
+        .await;
+    assert_eq!(reply, json!({"sid": id, "pid": pid}));
+    // What followed, once (the namespace's copy of "both" it had through the room), in
+    // order, numbered on from its count.
+    c.expect(&format!(r#"42["ev",3,"3~{fp}~3.1.0"]"#)).await;
+    let ev4 = c.text().await;
+    assert_eq!(ev4, format!(r#"42["ev",4,"4~{fp}~4.1.0"]"#));
+    c.expect(&format!(r#"42["all",5,"5~{fp}~4.2.0"]"#)).await;
+    c.quiet().await;
+    let socket = next_socket(&mut rx_b).await;
+    assert!(socket.recovered());
+    assert_eq!(socket.id(), id);
+    assert!(socket.rooms().contains("r"));
+    assert_eq!(b.stats().recovered.load(Ordering::Relaxed), 1);
+    // b wrote its own life of the session; live events go on.
+    eventually(|| {
+        store
+            .get(&pid)
+            .is_some_and(|r| r.incarnation != record.incarnation)
+    })
+    .await;
+    hub.publish("r", "ev", json!([6]), None).unwrap();
+    c.expect(&format!(r#"42["ev",6,"6~{fp}~5.2.0"]"#)).await;
+
+    // Back on b itself: its own session, from its memory (the record is its own).
+    c.t.sender.close(CloseReason::TransportClose);
+    eventually(|| ns.kept_sessions() == 1).await;
+    let mut c = Client::open(&b);
+    let reply = c
+        .connect(&format!(
+            r#"40{{"pid":"{pid}","offset":"{}"}}"#,
+            offset_of(&ev4)
+        ))
+        .await;
+    assert_eq!(sid(&reply), id);
+    // (Numbered on from the last count this node sent, as any recovery here.)
+    c.expect(&format!(r#"42["all",5,"7~{fp}~4.2.0"]"#)).await;
+    c.expect(&format!(r#"42["ev",6,"8~{fp}~5.2.0"]"#)).await;
+    assert_eq!(b.stats().recovered.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn an_offset_the_record_does_not_describe_gets_a_new_session() {
+    let hub = Hub::default();
+    let store = Arc::new(MemoryStore::default());
+    let (a, _rx_a) = fleet_io(hub.clone(), &store);
+    let (b, _rx_b) = fleet_io(hub.clone(), &store);
+    let mut c = Client::open(&a);
+    let reply = c.connect("40").await;
+    let (id, pid) = (sid(&reply), reply["pid"].as_str().unwrap().to_owned());
+    eventually(|| store.get(&pid).is_some()).await;
+    hub.publish("r", "ev", json!([1]), None).unwrap();
+    let offset = offset_of(&c.text().await);
+    c.t.sender.close(CloseReason::TransportClose);
+    drop(a);
+    let (count, rest) = offset.split_once('~').unwrap();
+    let (fp, seqs) = rest.split_once('~').unwrap();
+    for bad in [
+        // another fingerprint: topics or epochs the record does not have
+        format!("{count}~AAAAAA~{seqs}"),
+        // a seq too few or too many
+        format!("{count}~{fp}~1.0"),
+        format!("{count}~{fp}~{seqs}.0"),
+        // the count alone: the other node has no log to read it in
+        count.to_owned(),
+    ] {
+        let mut c = Client::open(&b);
+        let reply = c
+            .connect(&format!(r#"40{{"pid":"{pid}","offset":"{bad}"}}"#))
+            .await;
+        assert_ne!(sid(&reply), id, "{bad}");
+    }
+    // The good one still works (failed tries do not spend the record).
+    let mut c = Client::open(&b);
+    let reply = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"{offset}"}}"#))
+        .await;
+    assert_eq!(sid(&reply), id);
+}
+
+/// A fleet of one node that places every topic at seq 5 of its epoch when asked where it
+/// stands (as Redis would a topic with five messages before), and numbers publishes after it.
+struct PlacingFleet {
+    hub: crate::hub::WeakHub,
+    located: Mutex<std::collections::HashSet<String>>,
+    seqs: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+const FLEET_EPOCH: crate::hub::Epoch = crate::hub::Epoch::from_raw(42);
+
+impl crate::hub::Fleet for PlacingFleet {
+    fn publish(
+        &self,
+        topic: &str,
+        id: crate::hub::MessageId,
+        payload: Arc<Payload>,
+        origin: Option<crate::hub::SubscriberId>,
+    ) -> Result<
+        futures_util::future::BoxFuture<
+            'static,
+            Result<crate::hub::Position, crate::hub::HubError>,
+        >,
+        crate::hub::HubError,
+    > {
+        let seq = {
+            let mut seqs = self.seqs.lock().unwrap();
+            let seq = seqs.entry(topic.to_owned()).or_insert(5);
+            *seq += 1;
+            *seq
+        };
+        let position = crate::hub::Position::new(FLEET_EPOCH, seq);
+        if let Some(hub) = self.hub.upgrade() {
+            let message = crate::hub::FleetMessage {
+                position,
+                id,
+                payload,
+                origin,
+                remote: false,
+            };
+            hub.fleet_deliver(topic, crate::hub::FleetDelivery::Message(message));
+        }
+        Ok(Box::pin(async move { Ok(position) }))
+    }
+
+    fn follow(&self, _topic: &str, create: &mut dyn FnMut(Option<crate::hub::Position>)) {
+        create(None);
+    }
+
+    fn unfollow(&self, _topic: &str, _gone: &dyn Fn() -> bool) {}
+
+    fn locate(
+        &self,
+        topic: &str,
+    ) -> Option<futures_util::future::BoxFuture<'static, Result<(), crate::hub::HubError>>> {
+        if !self.located.lock().unwrap().insert(topic.to_owned()) {
+            return None;
+        }
+        if let Some(hub) = self.hub.upgrade() {
+            let at = crate::hub::Position::new(FLEET_EPOCH, 5);
+            hub.fleet_deliver(topic, crate::hub::FleetDelivery::Start { at, clean: true });
+        }
+        Some(Box::pin(async { Ok(()) }))
+    }
+
+    fn resume(
+        &self,
+        _topic: &str,
+        _since: crate::hub::Position,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<crate::hub::FleetResume, crate::hub::HubError>,
+    > {
+        let current = crate::hub::Position::new(FLEET_EPOCH, 5);
+        Box::pin(async move { Ok(crate::hub::FleetResume::Reset { current }) })
+    }
+}
+
+/// Topics joined before the node knew where the fleet stands in them (the connect handler's
+/// synchronous joins) are settled to the fleet's positions before the session record is
+/// written: the record and every offset name positions another node can resume from.
+#[tokio::test]
+async fn a_socket_in_a_fleet_names_fleet_positions_in_its_record_and_offsets() {
+    let hub = Hub::in_fleet(HubConfig::default(), |weak| {
+        Ok::<Arc<dyn crate::hub::Fleet>, ()>(Arc::new(PlacingFleet {
+            hub: weak,
+            located: Mutex::default(),
+            seqs: Mutex::default(),
+        }))
+    })
+    .expect("a hub in a fleet");
+    let store = Arc::new(MemoryStore::default());
+    let (io, _rx) = fleet_io(hub.clone(), &store);
+    let mut c = Client::open(&io);
+    let reply = c.connect("40").await;
+    let pid = reply["pid"].as_str().unwrap().to_owned();
+    eventually(|| {
+        store
+            .get(&pid)
+            .is_some_and(|r| r.topics.len() == 3 && r.topics.iter().all(|(_, e)| *e == FLEET_EPOCH))
+    })
+    .await;
+    let record = store.get(&pid).unwrap();
+    let fp = fingerprint(record.topics.iter().map(|(t, e)| (t.as_str(), *e)));
+    hub.send("r", Payload::new("ev", json!([1])), None)
+        .await
+        .unwrap();
+    c.expect(&format!(r#"42["ev",1,"1~{fp}~6.5.5"]"#)).await;
 }
 
 // ---- Laravel Echo (laravel-echo-server's protocol) ----

@@ -77,8 +77,30 @@ impl SocketInner {
         }
     }
 
-    /// Sends the CONNECT reply, then what the connect handler queued.
-    pub(super) fn finish_connect(&self) -> Result<(), EmitError> {
+    /// Sends the CONNECT reply, then what the connect handler queued; in a fleet, writes the
+    /// session record of this new life of the session (its rooms are all joined now, the
+    /// connect handler's included, whose positions are settled first).
+    pub(super) fn finish_connect(self: &Arc<Self>) -> Result<(), EmitError> {
+        self.send_connect_reply()?;
+        self.update_fleet_record(true);
+        Ok(())
+    }
+
+    /// In a fleet, settles the socket's positions and writes its record, on its own task.
+    fn update_fleet_record(self: &Arc<Self>, takeover: bool) {
+        if lock(&self.outbox).tracker.incarnation().is_none() {
+            return;
+        }
+        let inner = Arc::clone(self);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                inner.settle_in_fleet().await;
+                inner.save_fleet_record(takeover);
+            });
+        }
+    }
+
+    fn send_connect_reply(&self) -> Result<(), EmitError> {
         let mut data = serde_json::Map::new();
         data.insert("sid".into(), Value::from(&*self.id));
         if let Some(pid) = &self.pid {
@@ -119,29 +141,110 @@ impl SocketInner {
         } else {
             msg.event()
         };
-        let deliverable = !RESERVED_EVENTS.contains(&name);
+        let deliverable = !RESERVED_EVENTS.contains(&name) && !self.left_out_of(msg);
         let Decision::Deliver { offset } = outbox.tracker.decide(msg, deliverable) else {
             return;
         };
         let head = self.ns.event_head(msg, name);
-        let out = Outgoing::event_from_head(&head, offset, msg.attachments().to_vec());
+        let attachments = msg.attachments().to_vec();
+        let fleet = offset.and_then(|count| outbox.tracker.fleet_offset(count));
+        let out = match &fleet {
+            Some(fleet) => Outgoing::event_from_head(&head, Some(fleet), attachments),
+            None => Outgoing::event_from_head(&head, offset, attachments),
+        };
         // A failure closes the connection (slow consumer) or means it is
         // closed already; the teardown that follows handles both.
         let _ = self.write_locked(outbox, out);
     }
 
+    /// Whether `msg` leaves this socket out: it is in one of the rooms the payload names
+    /// ([`crate::hub::Payload::except`]). The message still counts as seen (its position
+    /// advances like a reserved event's), it is just not sent.
+    fn left_out_of(&self, msg: &Message) -> bool {
+        let except = &msg.payload.except;
+        if except.is_empty() {
+            return false;
+        }
+        if except.iter().any(|room| **room == *self.id) {
+            return true;
+        }
+        let rooms = lock(&self.rooms);
+        except.iter().any(|room| rooms.contains(room))
+    }
+
     /// A live message from the hub reader.
     fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
-        let mut outbox = lock(&self.outbox);
-        // Queued before a leave: no longer for this socket. Checked under
-        // the outbox lock, which `leave` holds while it leaves.
-        if sub.is_joined(&msg.topic) {
-            if msg.is_reset() {
-                outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
+        let changed = {
+            let mut outbox = lock(&self.outbox);
+            // Queued before a leave: no longer for this socket. Checked under
+            // the outbox lock, which `leave` holds while it leaves.
+            if sub.is_joined(&msg.topic) {
+                if msg.is_reset() {
+                    outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
+                } else {
+                    self.deliver_locked(&mut outbox, msg);
+                }
+            }
+            outbox.tracker.take_changed()
+        };
+        if changed {
+            // A topic's epoch changed (the fleet lost its history): the record says so.
+            self.save_fleet_record(false);
+        }
+    }
+
+    /// In a fleet, replaces the positions of topics this socket joined before the node knew
+    /// where the fleet stands in them (stand-ins, [`crate::hub::Hub::locate`]) by the fleet's,
+    /// so that its offsets and its session record name positions every node knows.
+    pub(super) async fn settle_in_fleet(&self) {
+        let topics = {
+            let outbox = lock(&self.outbox);
+            if outbox.tracker.incarnation().is_none() {
                 return;
             }
-            self.deliver_locked(&mut outbox, msg);
+            outbox.tracker.topics()
+        };
+        for (topic, _) in &topics {
+            if let Err(e) = self.ns.hub.locate(topic).await {
+                tracing::debug!(topic = %topic, error = %e, "socket.io: where the fleet stands in a topic is unknown; a recovery on another node will not cross it");
+            }
         }
+        let hub = &self.ns.hub;
+        lock(&self.outbox)
+            .tracker
+            .resolve(|topic, p| hub.placed(topic, p));
+    }
+
+    /// In a fleet, writes the session record other nodes recover from ([`super::fleet_recovery`]):
+    /// the socket's rooms, and its topics with their epochs as its offsets name them.
+    /// `takeover`: this is a new life of the session (see
+    /// [`SessionStore::save`](super::fleet_recovery::SessionStore::save)).
+    pub(super) fn save_fleet_record(&self, takeover: bool) {
+        let Some(recovery) = &self.ns.options.recovery else {
+            return;
+        };
+        let (Some(store), Some(pid)) = (&recovery.fleet, &self.pid) else {
+            return;
+        };
+        let (topics, incarnation) = {
+            let mut outbox = lock(&self.outbox);
+            if outbox.phase == Phase::Closed {
+                return;
+            }
+            outbox.tracker.take_changed();
+            (outbox.tracker.topics(), outbox.tracker.incarnation())
+        };
+        let Some(incarnation) = incarnation else {
+            return;
+        };
+        let record = super::fleet_recovery::SessionRecord {
+            sid: self.id.to_string(),
+            nsp: self.ns.path.clone(),
+            rooms: lock(&self.rooms).iter().cloned().collect(),
+            topics,
+            incarnation,
+        };
+        store.0.save(pid, record, takeover);
     }
 
     /// Ends the socket once: stops delivery, leaves every topic, drops
@@ -452,8 +555,12 @@ impl Socket {
     pub fn join_with_history(&self, room: &str, last: usize) -> Result<usize, RoomError> {
         let topic = room_topic(&self.inner.ns.path, room);
         let replayed = self.inner.join_topic(&topic, last)?;
-        lock(&self.inner.rooms).insert(room.to_owned());
+        let new = lock(&self.inner.rooms).insert(room.to_owned());
         self.inner.ns.registry_join(room, &self.inner.id);
+        if new && self.connected() {
+            // In a fleet: the room's position as the fleet knows it, then the record.
+            self.inner.update_fleet_record(false);
+        }
         Ok(replayed)
     }
 
@@ -469,6 +576,9 @@ impl Socket {
         let was_in = lock(&self.inner.rooms).remove(room);
         lock(&self.inner.grants).remove(room);
         self.inner.ns.registry_leave(room, &self.inner.id);
+        if was_in {
+            self.inner.save_fleet_record(false);
+        }
         was_in
     }
 
@@ -505,6 +615,8 @@ impl Socket {
         };
         self.inner.ns.unregister(self);
         self.inner.conn.forget(self);
+        self.inner
+            .close_fleet_record(tracker.incarnation(), reason.is_recoverable());
         if reason.is_recoverable() {
             if let Some(pid) = &self.inner.pid {
                 self.inner.ns.keep_session(
@@ -599,6 +711,23 @@ impl Socket {
 }
 
 impl SocketInner {
+    /// In a fleet, the session record outlives a socket that may come back (for
+    /// `max_disconnection_duration`) and goes with one that will not.
+    fn close_fleet_record(&self, incarnation: Option<u64>, recoverable: bool) {
+        let Some(recovery) = &self.ns.options.recovery else {
+            return;
+        };
+        let (Some(store), Some(pid), Some(incarnation)) = (&recovery.fleet, &self.pid, incarnation)
+        else {
+            return;
+        };
+        if recoverable {
+            store.0.release(pid, incarnation);
+        } else {
+            store.0.remove(pid, incarnation);
+        }
+    }
+
     /// Joins `topic` with up to `last` history messages, delivered in order
     /// before anything live from it. Returns the history count.
     pub(super) fn join_topic(&self, topic: &str, last: usize) -> Result<usize, RoomError> {

@@ -20,6 +20,7 @@ use super::echo_shape;
 use super::error::{ConnectError, EmitError};
 use super::event::{Args, DisconnectReason, Event};
 use super::options::SocketIoOptions;
+use super::peers::{PeerSlot, Peers};
 use super::recovery::{Session, Sessions, Tracker};
 use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
@@ -194,6 +195,8 @@ pub(super) struct NsInner {
     pub(super) stats: Arc<SocketIoStats>,
     /// Who may join which room and relay into it ([`crate::access`]).
     pub(super) access: Access,
+    /// The other servers of the namespace, once the server has them ([`super::peers`]).
+    peers: PeerSlot,
     on_connect: Mutex<ConnectHandler>,
     pub(super) connect_history: AtomicUsize,
     /// Rooms deliver in laravel-echo-server's shape, `(event, channel, data)`
@@ -228,6 +231,7 @@ impl NsInner {
         options: Arc<SocketIoOptions>,
         stats: Arc<SocketIoStats>,
         access: Access,
+        peers: PeerSlot,
         on_connect: ConnectHandler,
     ) -> NsInner {
         NsInner {
@@ -237,6 +241,7 @@ impl NsInner {
             options,
             stats,
             access,
+            peers,
             on_connect: Mutex::new(on_connect),
             connect_history: AtomicUsize::new(0),
             echo: AtomicBool::new(false),
@@ -290,6 +295,11 @@ impl NsInner {
         cache.slots[slot] = Some((msg.id, Arc::clone(&msg.topic), Arc::clone(&head)));
         cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
         head
+    }
+
+    /// The other servers of the namespace, if the server has any.
+    pub(super) fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
     }
 
     pub(super) fn connect_handler(&self) -> ConnectHandler {

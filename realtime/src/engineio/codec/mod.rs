@@ -8,8 +8,10 @@ mod handshake;
 mod packet;
 mod payload;
 mod request;
+mod sid;
 
 pub use handshake::Handshake;
 pub use packet::{DecodeError, Packet, WsFrame, PROBE};
 pub use payload::{decode_payload, encode_payload, encode_payload_capped};
-pub use request::{verify_request, EngineError, EngineRequest, Transport};
+pub use request::{query_sid, verify_request, EngineError, EngineRequest, Transport};
+pub use sid::{node_tag, sid_owner, tagged_sid, NODE_TAG_LEN};

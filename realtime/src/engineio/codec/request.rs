@@ -193,6 +193,12 @@ pub fn verify_request(
     })
 }
 
+/// The `sid` a request's query names (form-decoded as [`verify_request`] reads it), if any and
+/// not empty: what a node of a fleet looks at to find the session's owner before anything else.
+pub fn query_sid(query: &str) -> Option<String> {
+    QueryParams::parse(query).sid.filter(|s| !s.is_empty())
+}
+
 /// The query parameters Engine.IO reads; `t` (cache buster) is ignored.
 #[derive(Debug, Default)]
 struct QueryParams {
@@ -537,6 +543,18 @@ mod tests {
         assert!(check(Method::GET, "EIO=4&transport=polling&sid=", false)
             .unwrap()
             .is_handshake());
+    }
+
+    #[test]
+    fn the_sid_of_a_query_is_read_as_verify_request_reads_it() {
+        assert_eq!(
+            query_sid("EIO=4&transport=polling&sid=MyeAGyE3.AAEC").as_deref(),
+            Some("MyeAGyE3.AAEC")
+        );
+        assert_eq!(query_sid("sid=a%2Eb&sid=c%2Ed").as_deref(), Some("c.d"));
+        assert_eq!(query_sid("EIO=4&transport=polling&sid="), None);
+        assert_eq!(query_sid("EIO=4&transport=polling"), None);
+        assert_eq!(query_sid(""), None);
     }
 
     #[test]

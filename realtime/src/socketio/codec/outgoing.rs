@@ -42,7 +42,7 @@ impl Outgoing {
     /// `binaries` its head announced.
     pub(crate) fn event_from_head(
         head: &str,
-        offset: Option<u64>,
+        offset: Option<impl std::fmt::Display>,
         binaries: Vec<Bytes>,
     ) -> Outgoing {
         Outgoing {
@@ -92,7 +92,7 @@ pub(crate) fn event_head(
 }
 
 /// Completes an [`event_head`], with the offset as last argument if any.
-fn close_event(head: &str, offset: Option<u64>) -> String {
+fn close_event(head: &str, offset: Option<impl std::fmt::Display>) -> String {
     let mut text = String::with_capacity(head.len() + 24);
     text.push_str(head);
     if let Some(offset) = offset {
@@ -154,7 +154,7 @@ mod tests {
     fn a_closed_head_is_the_encoded_packet() {
         let args = [json!({"a": [1, null]}), json!("é\"")];
         let head = event_head("/x", "ev", &args, None, 0);
-        let out = Outgoing::event_from_head(&head, None, Vec::new());
+        let out = Outgoing::event_from_head(&head, None::<u64>, Vec::new());
         let packet = SioPacket::event("/x", json!(["ev", {"a": [1, null]}, "é\""]), None);
         assert_eq!(out.text, SioMessage::from(packet).encode());
     }
