@@ -12,8 +12,9 @@
 # Concurrency = PROCS x CONNS subscribes in flight. Figures: subscribes/s; latency p50/p99
 # (subscribe sent -> presence:subscribed); server CPU per subscribe (utime+stime of its process
 # tree from /proc over the window; laravel-echo-server's Redis shown apart and added); the app's
-# CPU per subscribe; app calls per subscribe (backend-stub logs one line per /broadcasting/auth:
-# must be 1); failures; the client's CPU (a client process near 100% of a core would make the
+# CPU per subscribe; the machine's interrupt time per subscribe (irq + softirq from /proc/stat:
+# the kernel's loopback packet work, which this kernel accounts apart from the processes); app
+# calls per subscribe (backend-stub logs one line per /broadcasting/auth: must be 1); failures; the client's CPU (a client process near 100% of a core would make the
 # client, not the server, set the pace). Both servers over plain HTTP (ws://): laravel-echo-server
 # runs without TLS here, so the gateway does too.
 #
@@ -218,13 +219,13 @@ C2=$(node -p "require('$ECHO_DIR/node_modules/socket.io-client-v2/package.json')
     echo "- app: backend-stub (one process per server), \`POST /broadcasting/auth\` answering \`{\"channel_data\": {\"user_id\", \"user_info\"}}\` for the cookie's user; connections to it seen in the smoke test's 20 calls: gateway ${APP_CONNS[gw]} (pooled), laravel-echo-server ${APP_CONNS[les]} (one per call)"
     echo "- client: bench/echo/load.js, $PROCS Node processes x $CONNS WebSocket connections = $((PROCS * CONNS)) subscribes in flight, $CYCLES cycles each (subscribe -> presence:subscribed -> unsubscribe, two channels per connection in turn) = $((PROCS * CONNS * CYCLES)) subscribes per measurement after $WARMUP warm-up cycles per connection; socket.io-client $C4 (gateway) / $C2 (laravel-echo-server)"
     echo
-    echo "| target | subscribes/s median (all) | failed (all reps) | app calls per subscribe (all) | p50 ms median (all) | p99 ms median (all) | server CPU us/subscribe median (all) | of it, Redis (all) | app CPU us/subscribe median (all) | client CPU %, busiest client process % (medians) | others CPU % (all) |"
-    echo "|---|---|---:|---|---|---|---|---|---|---|---|"
+    echo "| target | subscribes/s median (all) | failed (all reps) | app calls per subscribe (all) | p50 ms median (all) | p99 ms median (all) | server CPU us/subscribe median (all) | of it, Redis (all) | app CPU us/subscribe median (all) | machine's interrupt time us/subscribe median (all) | client CPU %, busiest client process % (medians) | others CPU % (all) |"
+    echo "|---|---|---:|---|---|---|---|---|---|---|---|---|"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s, %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s, %s | %s |\n' "$t" \
             "$(cell "$t" subscribes_per_s)" "$(vals "$t" failed | sum)" "$(vals "$t" app_calls_per_sub | all)" \
             "$(cell "$t" lat_ms_p50)" "$(cell "$t" lat_ms_p99)" "$(cell "$t" server_db_us_per_sub)" \
-            "$(vals "$t" db_us_per_sub | fmt | all)" "$(cell "$t" app_us_per_sub)" \
+            "$(vals "$t" db_us_per_sub | fmt | all)" "$(cell "$t" app_us_per_sub)" "$(cell "$t" irq_us_per_sub)" \
             "$(vals "$t" client_cpu_pct | median | fmt)" "$(vals "$t" client_max_proc_pct | median | fmt)" \
             "$(vals "$t" others_cpu_pct | fmt | all)"
     done
