@@ -14,11 +14,12 @@
 # tree from /proc over the window; laravel-echo-server's Redis shown apart and added); the app's
 # CPU per subscribe; the machine's interrupt time per subscribe (irq + softirq from /proc/stat:
 # the kernel's loopback packet work, which this kernel accounts apart from the processes); app
-# calls per subscribe (backend-stub logs one line per /broadcasting/auth: must be 1); failures; the client's CPU (a client process near 100% of a core would make the
-# client, not the server, set the pace). Both servers over plain HTTP (ws://): laravel-echo-server
-# runs without TLS here, so the gateway does too.
+# calls per subscribe (backend-stub logs one line per /broadcasting/auth: must be 1); failures;
+# the client's CPU (a client process near 100% of a core would make the client, not the server,
+# set the pace). Both servers over plain HTTP (ws://): laravel-echo-server runs without TLS here,
+# so the gateway does too.
 #
-#   bash bench/echo.sh                       # from the repo root; ~3 min after the build (quiet machine)
+#   bash bench/echo.sh                       # from the repo root; ~3 min after the build
 #   REPS=1 CYCLES=20 bash bench/echo.sh      # quick look
 #
 # Settings (environment): REPS (3), PROCS (2), CONNS (32 per process), CYCLES (300 per connection),
