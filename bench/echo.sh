@@ -182,6 +182,9 @@ done
 MEASURE_S=$((SECONDS - t0))
 ELAPSED=$((SECONDS - RUN_START))
 grep -q '"failed":-1' "$RAW" && log "some measurements failed: see $RAW"
+# What the servers said while measured: the gateway logs at level warn, laravel-echo-server its
+# errors (devMode off).
+SERVER_LOGS="gateway: $(grep -c ' WARN \| ERROR ' "$T/gw.log" || true) warning/error lines; laravel-echo-server: $(grep -ci 'error' "$T/les.log" || true) error lines; alive at the end: gateway $(kill -0 "$PID_gw" 2>/dev/null && echo yes || echo NO), laravel-echo-server $(kill -0 "$PID_les" 2>/dev/null && echo yes || echo NO)"
 
 # --- report ------------------------------------------------------------------------------------
 vals() { # target key: values in rep order
@@ -239,6 +242,8 @@ C2=$(node -p "require('$ECHO_DIR/node_modules/socket.io-client-v2/package.json')
     ratio_row "gateway / laravel-echo-server, subscribes/s" gw les subscribes_per_s
     ratio_row "laravel-echo-server / gateway, latency p50" les gw lat_ms_p50
     ratio_row "laravel-echo-server / gateway, latency p99" les gw lat_ms_p99
+    echo
+    echo "Server logs: $SERVER_LOGS."
     echo
     echo "Each measurement, during it (% of a core, from /proc): $(measurements)"
     echo
