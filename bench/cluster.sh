@@ -16,7 +16,8 @@
 #
 # Settings (environment): REPS (3), CLIENTS ("1000,10000": one measurement per count), DELIVERIES
 # (1000000: events per measurement = DELIVERIES / clients), WINDOW (32), PAYLOAD (32 bytes),
-# GW_THREADS (2), QUIET_PCT / QUIET_MAX_S, RETRIES (2), OUT_DIR (bench/results), CARGO_TARGET_DIR.
+# GW_THREADS (2), QUIET_PCT / QUIET_MAX_S, RETRIES (2) / RETRIES_MAX (4, per run), OUT_DIR
+# (bench/results), CARGO_TARGET_DIR.
 # Needs: cargo, node + npm, redis-server (Debian packages, installed with apt-get when missing).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -107,9 +108,6 @@ TARGETS=(gw node)
 record() { # json rep pos quiet
     printf '%s\n' "${1%\}},\"rep\":$2,\"pos\":$3,\"quiet_pct\":$4}" >>"$RAW"
 }
-RETRIES=${RETRIES:-2}
-jnum() { echo "$1" | sed -n 's/.*"'"$2"'":\([-0-9.eE+]*\).*/\1/p' | head -1; }
-disturbed() { awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }'; }
 RT="$BIN/rt-load --sources 64"
 FACTS=$(machine_facts)
 
@@ -138,7 +136,7 @@ for clients in ${CLIENTS//,/ }; do
                     --receiver-urls "${URL1[$t]},${URL2[$t]}" --clients "$clients" --events "$events" \
                     --window "$WINDOW" --payload-bytes "$PAYLOAD" --max-secs 300 | tail -1) ||
                     { log "rep $r $t: rt-load failed"; out='{"label":"'$t'","mode":"sio-fanout","clients":'$clients',"failed":1}'; }
-                disturbed "$out" && ((a <= RETRIES)) || break
+                ((a <= RETRIES)) && disturbed "$out" || break
                 log "rep $r $t: other processes used $(jnum "$out" others_cpu_pct)% of a core: measuring again"
             done
             record "${out%\}},\"attempts\":$a}" "$r" "$((k + 1))" "$quiet"
@@ -153,9 +151,6 @@ vals() { # target clients key
         v=$(jnum "$l" "$3"); echo "${v:--}"
     done
 }
-all() { awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($1 ~ /^-?[0-9.]+$/ && $1 + 0 >= 100 ? sprintf("%.0f", $1) : $1) } END { print "" }'; }
-fmt() { awk '{ if ($1 ~ /^-?[0-9.eE+]+$/) { if ($1 + 0 >= 100) printf "%.0f\n", $1; else printf "%.3g\n", $1 } else print $1 }'; }
-sum() { awk '{ s += $1 } END { print s + 0 }'; }
 # Deliveries per CPU-second of all server processes = 1e6 / us per delivery; ratio gw / node
 # within each repetition.
 per_cpu_ratios() { # clients

@@ -293,3 +293,42 @@ tree_rss_kb() { # pid ...
     done
     echo "$s"
 }
+
+# A number from a flat JSON line (the load clients print one per measurement).
+jnum() { echo "$1" | sed -n 's/.*"'"$2"'":\([-0-9.eE+]*\).*/\1/p' | head -1; }
+# Report formatting: numbers >= 100 without decimals, smaller ones to 3 significant digits.
+fmt() { awk '{ if ($1 ~ /^-?[0-9.eE+]+$/) { if ($1 + 0 >= 100) printf "%.0f\n", $1; else printf "%.3g\n", $1 } else print $1 }'; }
+sum() { awk '{ s += $1 } END { print s + 0 }'; }
+# Values on stdin as one comma-separated line (numbers >= 100 without decimals).
+all() { awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($1 ~ /^-?[0-9.]+$/ && $1 + 0 >= 100 ? sprintf("%.0f", $1) : $1) } END { print "" }'; }
+
+# The other benchmark scripts of this repository load the same 2 cores: before each measurement,
+# wait until none of the scripts the pattern names runs, PEER_MAX_S seconds at most over the whole
+# run (default 600). (A script waits only for those written before it, so two never wait for
+# each other.)
+PEER_WAITED=0
+wait_peers() { # pgrep -f pattern, e.g. 'bench/(http|socketio)\.sh'
+    local t0=$SECONDS
+    while pgrep -f "$1" >/dev/null; do
+        if ((PEER_WAITED + SECONDS - t0 >= ${PEER_MAX_S:-600})); then
+            log "another bench/*.sh still running (waited ${PEER_MAX_S:-600} s in all): measuring anyway"
+            break
+        fi
+        ((SECONDS - t0)) || log "waiting for another bench/*.sh to finish ($1)"
+        sleep 5
+    done
+    PEER_WAITED=$((PEER_WAITED + SECONDS - t0))
+}
+
+# A measurement during which other processes used more than QUIET_PCT % of a core (read by the
+# client over the measured window, its `others_cpu_pct`) is taken again, at most RETRIES times;
+# the last one counts. RETRIES_MAX bounds the repeats over the whole run (so a script stays
+# within its time on a machine that never gets quiet).
+RETRIES=${RETRIES:-2}
+RETRIES_MAX=${RETRIES_MAX:-4}
+RETRIED=0
+disturbed() { # client-json
+    ((RETRIED < RETRIES_MAX)) || return 1
+    awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }' || return 1
+    RETRIED=$((RETRIED + 1))
+}

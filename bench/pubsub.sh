@@ -175,34 +175,6 @@ stop_server() { # name: that server's process group only
     kill -KILL -- "-$pid" 2>/dev/null || true
 }
 record() { printf '%s\n' "${1%\}},\"case\":\"$2\",\"rep\":$3,\"pos\":$4,\"quiet_pct\":$5,\"others\":\"$6\"}" >>"$RAW"; }
-# The other benchmark scripts of this repository load the same 2 cores: wait until none of them
-# runs before each measurement, PEER_MAX_S seconds at most over the whole run.
-PEER_MAX_S=${PEER_MAX_S:-600}
-PEER_WAITED=0
-wait_peers() {
-    local t0=$SECONDS
-    while pgrep -f 'bench/(http|ws_passthrough|socketio|php)\.sh' >/dev/null; do
-        if ((PEER_WAITED + SECONDS - t0 >= PEER_MAX_S)); then
-            log "another bench/*.sh still running (waited ${PEER_MAX_S} s in all): measuring anyway"
-            break
-        fi
-        ((SECONDS - t0)) || log "waiting for another bench/*.sh (http, ws_passthrough, socketio, php) to finish"
-        sleep 5
-    done
-    PEER_WAITED=$((PEER_WAITED + SECONDS - t0))
-}
-# A measurement during which other processes used more than QUIET_PCT % of a core (read by the
-# client over the measured window) is taken again, at most RETRIES times; the last one counts.
-# RETRIES_MAX bounds the repeats over the whole run (so the script stays within its time).
-RETRIES=${RETRIES:-2}
-RETRIES_MAX=${RETRIES_MAX:-4}
-RETRIED=0
-disturbed() {
-    ((RETRIED < RETRIES_MAX)) || return 1
-    awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }' || return 1
-    RETRIED=$((RETRIED + 1))
-}
-jnum() { echo "$1" | sed -n 's/.*"'"$2"'":\([-0-9.eE+]*\).*/\1/p' | head -1; }
 RT="$BIN/rt-load --sources 64 --connect-concurrency 200"
 FACTS=$(machine_facts)
 
@@ -234,7 +206,7 @@ for ((r = 1; r <= REPS; r++)); do
     for ((k = 0; k < n; k++)); do
         c=${CASES[$(((k + r - 1) % n))]}
         for ((a = 1; a <= 1 + RETRIES; a++)); do
-            wait_peers
+            wait_peers 'bench/(http|ws_passthrough|socketio|php)\.sh'
             quiet=$(wait_quiet)
             others=$(top_others || true)
             measure "${c%-*}" "${c##*-}" "$r" "$((k + 1))" "$SUBS" "$MESSAGES"
@@ -253,9 +225,6 @@ ELAPSED=$((SECONDS - RUN_START))
 vals() { # case key
     grep "\"case\":\"$1\"" "$RAW" | while read -r l; do v=$(jnum "$l" "$2"); echo "${v:--}"; done
 }
-all() { awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($1 ~ /^-?[0-9.]+$/ && $1 + 0 >= 100 ? sprintf("%.0f", $1) : $1) } END { print "" }'; }
-fmt() { awk '{ if ($1 ~ /^-?[0-9.eE+]+$/) { if ($1 + 0 >= 100) printf "%.0f\n", $1; else printf "%.3g\n", $1 } else print $1 }'; }
-sum() { awk '{ s += $1 } END { print s + 0 }'; }
 ratios() { # a b key [invert]
     paste <(vals "$1" "$3") <(vals "$2" "$3") |
         awk -v inv="${4:-}" '$1 ~ /^[0-9.]/ && $2 ~ /^[0-9.]/ && $1 > 0 && $2 > 0 { printf "%.2f\n", inv ? $2 / $1 : $1 / $2 }'

@@ -17,9 +17,10 @@
 # BASE_GATEWAY (a gateway binary of an earlier commit, measured over TLS as `base-tls` beside
 # gw-tls with the same config: "is this change slower or bigger?" read within one run),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
-# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 900 s),
-# RETRIES (2: a fan-out measurement disturbed by other processes, > QUIET_PCT % of a core during it,
-# is taken again), OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
+# for bench/http.sh and bench/ws_passthrough.sh to finish before each measurement, at most 900 s in
+# all), RETRIES (2: a fan-out measurement disturbed by other processes, > QUIET_PCT % of a core during
+# it, is taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results),
+# CARGO_TARGET_DIR (release binaries are built there).
 # Needs: cargo, node + npm (Debian `nodejs`, `npm`: installed with apt-get when missing).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -132,25 +133,7 @@ stop_target() { # target: stop that server only (its process group), wait for it
 record() { # json rep pos quiet others
     printf '%s\n' "${1%\}},\"rep\":$2,\"pos\":$3,\"quiet_pct\":$4,\"others\":\"$5\"}" >>"$RAW"
 }
-# The other benchmark scripts of this repository load the same 2 cores: wait (bounded) until
-# none of them runs before each measurement.
-PEER_MAX_S=${PEER_MAX_S:-900}
-wait_peers() {
-    local t0=$SECONDS
-    while pgrep -f 'bench/(http|ws_passthrough)\.sh' >/dev/null; do
-        if ((SECONDS - t0 >= PEER_MAX_S)); then
-            log "bench/http.sh or bench/ws_passthrough.sh still running after ${PEER_MAX_S} s: measuring anyway"
-            return 0
-        fi
-        ((SECONDS - t0)) || log "waiting for bench/http.sh / bench/ws_passthrough.sh to finish (at most ${PEER_MAX_S} s)"
-        sleep 5
-    done
-}
-# A fan-out measurement during which other processes used more than QUIET_PCT % of a core (read by
-# the client over the measured window) is taken again, at most RETRIES times; the last one counts.
-RETRIES=${RETRIES:-2}
-disturbed() { awk -v o="$(jnum "$1" others_cpu_pct)" -v q="$QUIET_PCT" 'BEGIN { exit !(o + 0 > q + 0) }'; }
-jnum() { echo "$1" | sed -n 's/.*"'"$2"'":\([-0-9.eE+]*\).*/\1/p' | head -1; }
+PEER_MAX_S=${PEER_MAX_S:-900} # wait_peers (lib.sh): at most this long in all
 RT="$BIN/rt-load --sources 64"
 FACTS=$(machine_facts)
 
@@ -173,13 +156,13 @@ if [[ -z $SKIP_FANOUT ]]; then
         for ((k = 0; k < n; k++)); do
             t=${TARGETS[$(((k + r - 1) % n))]}
             for ((a = 1; a <= 1 + RETRIES; a++)); do
-                wait_peers
+                wait_peers 'bench/(http|ws_passthrough)\.sh'
                 quiet=$(wait_quiet $ALL_PIDS)
                 others=$(top_others || true)
                 out=$(timeout 300 $RT --label "$t" --pids "${SP[$t]}" sio-fanout --url "${URL[$t]}" \
                     --clients "$CLIENTS" --events "$EVENTS" --window "$WINDOW" --payload-bytes "$PAYLOAD" --max-secs 150 |
                     tail -1) || { log "rep $r $t: rt-load failed"; out='{"label":"'$t'","mode":"sio-fanout","failed":1}'; }
-                disturbed "$out" && ((a <= RETRIES)) || break
+                ((a <= RETRIES)) && disturbed "$out" || break
                 log "rep $r $t: other processes used $(jnum "$out" others_cpu_pct)% of a core during the measurement: measuring again"
             done
             record "${out%\}},\"attempts\":$a}" "$r" "$((k + 1))" "$quiet" "$others"
@@ -199,7 +182,7 @@ if [[ -z $SKIP_IDLE ]]; then
         for ((k = 0; k < n; k++)); do
             t=${TARGETS[$(((k + r - 1) % n))]}
             start_target "$t"
-            wait_peers
+            wait_peers 'bench/(http|ws_passthrough)\.sh'
             quiet=$(wait_quiet "$SPID")
             out=$(timeout 300 $RT --label "$t" --pids "$SPID" sio-idle --url "${URL[$t]}" \
                 --steps "$IDLE_STEPS" --hold-secs "$IDLE_HOLD" | tail -1) ||
@@ -227,9 +210,6 @@ idle_vals() { # target n key
         v=$(jnum "$s" "$3"); echo "${v:--}"
     done
 }
-all() { awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($1 ~ /^-?[0-9.]+$/ && $1 + 0 >= 100 ? sprintf("%.0f", $1) : $1) } END { print "" }'; }
-fmt() { awk '{ if ($1 ~ /^-?[0-9.eE+]+$/) { if ($1 + 0 >= 100) printf "%.0f\n", $1; else printf "%.3g\n", $1 } else print $1 }'; }
-sum() { awk '{ s += $1 } END { print s + 0 }'; }
 # Ratio a/b of a key within each repetition, then listed.
 ratios() { # mode a b key [invert]
     paste <(vals "$1" "$2" "$4") <(vals "$1" "$3" "$4") |
