@@ -1,17 +1,20 @@
 //! The app decides who hears what (issue 12): the topic policy and the authorization callbacks
 //! to the app, on every transport, against backend-stub's Laravel-style answers (and php-fpm's,
 //! for a FastCGI pool). Real clients: the official socket.io-client (Node), tokio-tungstenite
-//! for `/ws` pubsub.v1, reqwest for SSE and long-poll.
+//! for `/ws` pubsub.v1, reqwest for SSE and long-poll, a browser's own `EventSource` in
+//! headless Chromium (tests/js/sse_browser.mjs) for SSE, and the `curl` binary for long-poll.
 //!
 //! backend-stub's users: a `user=<name>` cookie or `Authorization: Bearer <name>` (or, for the
 //! connect callback, `auth: {token: <name>}`); `banned-*` is refused, `slow` answered after
 //! 20 s; `private-user.<name>` is its owner's, `presence-*` anyone's (see backend-stub's
 //! `auth` module).
 
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{client, free_port, insecure_tls, workspace_root, Gateway, PhpFpm, Scratch, Stub};
+use e2e::{
+    client, eventually, free_port, insecure_tls, workspace_root, Gateway, PhpFpm, Scratch, Stub,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -554,4 +557,294 @@ routes:
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("data: for ann"), "{body}");
     assert!(fpm.access_log().contains("POST /broadcasting/auth 200"));
+}
+
+/// The topic the browser and curl stories are about: Ann's own (backend-stub's
+/// `private-user.<name>` is its owner's only).
+const ANN: &str = "private-user.ann";
+
+/// How many of the callbacks `asked` carried exactly `cookie` (`None`: no cookie at all).
+fn carrying(asked: &[Value], cookie: Option<&str>) -> usize {
+    asked
+        .iter()
+        .filter(|r| r["headers"]["cookie"] == json!(cookie))
+        .count()
+}
+
+/// Run tests/js/sse_browser.mjs (headless Chromium) against `gw`, its browsers asking for
+/// `ANN`'s history from `since`; the JSON it printed.
+fn sse_browsers(gw: &Gateway, since: &str) -> Value {
+    let out = Command::new("node")
+        .arg(workspace_root().join("tests/js/sse_browser.mjs"))
+        .arg(gw.https(""))
+        .env("ADMIN_URL", gw.admin(""))
+        .env("SINCE", since)
+        .output()
+        .expect("run node (tests/setup.sh installs it)");
+    e2e::node_result(out, "sse_browser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_eventsource_hears_and_resumes_with_its_cookie_and_the_refused_hear_nothing() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app.addr.to_string(), ""));
+    let before = publish(&gw, ANN, "note", json!("before anyone listened")).await;
+    let gw_ref = &gw;
+    let v = tokio::task::block_in_place(|| sse_browsers(gw_ref, &start_of(&before)));
+
+    // Ann's browser sends her cookie itself and hears her topic's history, then what the app
+    // publishes; her network drops, the app publishes meanwhile, and the browser reconnects on
+    // its own with the Last-Event-ID it kept: she is replayed exactly what she missed.
+    let ann = &v["ann"];
+    let seen = ann["seen"].as_array().expect("seen");
+    let kinds: Vec<&str> = seen.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["open", ANN, ANN, "error", "open", ANN, ANN],
+        "{ann:#}"
+    );
+    let heard: Vec<&Value> = seen.iter().filter(|e| e["type"] == ANN).collect();
+    let data: Vec<&str> = heard.iter().filter_map(|e| e["data"].as_str()).collect();
+    assert_eq!(
+        data,
+        [
+            "before anyone listened",
+            "first for ann",
+            "while ann was away",
+            "after the refusals"
+        ],
+        "{ann:#}"
+    );
+    assert_eq!(heard[0]["id"], before.as_str(), "{ann:#}");
+    assert_eq!(ann["heardBeforeReconnect"], 2, "{ann:#}");
+    assert_eq!(
+        ann["requests"],
+        json!([
+            {"cookie": "user=ann", "lastEventId": null},
+            {"cookie": "user=ann", "lastEventId": heard[1]["id"]},
+        ]),
+        "{ann:#}"
+    );
+    assert_eq!(ann["answers"], json!([200, 200]), "{ann:#}");
+    assert_eq!(ann["readyState"], 1, "still open: {ann:#}");
+    assert!(
+        ann["connections"].as_u64().is_some_and(|n| n >= 2),
+        "the drop was a real one: {ann:#}"
+    );
+
+    // The refused ask for the same stream and history: one refusal each, EventSource fires
+    // `error` and ends (CLOSED, no retry), and nothing of the topic reaches them.
+    for (name, cookie, status) in [
+        ("eve", Some("user=banned-eve"), 403),
+        ("nobody", None, 401),
+        ("cy", Some("user=cy"), 403),
+    ] {
+        let r = &v["refused"][name];
+        assert_eq!(
+            r["seen"],
+            json!([{"type": "error", "readyState": 2}]),
+            "{name}: {r:#}"
+        );
+        assert_eq!(r["readyState"], 2, "{name}: {r:#}");
+        assert_eq!(
+            r["requests"],
+            json!([{"cookie": cookie, "lastEventId": null}]),
+            "{name}: {r:#}"
+        );
+        assert_eq!(r["answers"], json!([status]), "{name}: {r:#}");
+    }
+
+    // The app was asked about every stream with the browser's own cookie: Ann's two
+    // connections (her connect answer names her channel among her rooms, so that is its word on
+    // it), each refused browser once; Cy got past the connect callback and was refused the
+    // channel; Eve and the cookieless browser never got that far.
+    let connects = callbacks(&app, "/realtime/auth").await;
+    let channels = callbacks(&app, "/broadcasting/auth").await;
+    for (cookie, connect, channel) in [
+        (Some("user=ann"), 2, 0),
+        (Some("user=banned-eve"), 1, 0),
+        (None, 1, 0),
+        (Some("user=cy"), 1, 1),
+    ] {
+        assert_eq!(
+            carrying(&connects, cookie),
+            connect,
+            "{cookie:?}: {connects:#?}"
+        );
+        assert_eq!(
+            carrying(&channels, cookie),
+            channel,
+            "{cookie:?}: {channels:#?}"
+        );
+    }
+    let logs = app.proc.logs();
+    let asked = |status: &str| {
+        logs.lines()
+            .filter(|l| l.contains(&format!("broadcasting/auth channel={ANN} socket_id=")))
+            .filter(|l| l.contains(&format!(": {status}")))
+            .count()
+    };
+    assert_eq!((asked("200"), asked("403")), (0, 1), "{logs}");
+}
+
+/// What `curl` got: the status, the response head and the body.
+struct Curled {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Curled {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// The real `curl` binary asking for `url`, sending `cookie` (if any) with `-b`; the status
+/// comes last on stdout, after the head and the body.
+fn curl(url: &str, cookie: Option<&str>) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["--silent", "--show-error", "--insecure", "--include"])
+        .args(["--max-time", "20", "--write-out", "\n%{http_code}"]);
+    if let Some(cookie) = cookie {
+        c.args(["-b", cookie]);
+    }
+    c.arg(url).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// What a `curl` run printed, split into status, head and body; curl itself must have
+/// succeeded (an HTTP refusal is still a success for it).
+fn curled(out: std::io::Result<Output>) -> Curled {
+    let out = out.expect("run curl (tests/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (answer, status) = text.rsplit_once('\n').expect("the status line");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    Curled {
+        status: status.parse().expect("a status"),
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Run `curl` to the end, from an async test.
+fn curl_now(url: &str, cookie: Option<&str>) -> Curled {
+    tokio::task::block_in_place(|| curled(curl(url, cookie).output()))
+}
+
+/// A long-poll batch as (position, body) pairs.
+fn batch(body: &str) -> Vec<(String, String)> {
+    realtime::longpoll::decode_batch(body)
+        .expect("batch framing")
+        .into_iter()
+        .map(|(p, b)| (p.to_string(), b))
+        .collect()
+}
+
+/// Subscribers of `topic` the hub counts (the admin API's `GET /topics/<topic>`).
+async fn subscribers(gw: &Gateway, topic: &str) -> u64 {
+    let v: Value = client()
+        .get(gw.admin(&format!("/topics/{topic}")))
+        .send()
+        .await
+        .expect("topic info")
+        .json()
+        .await
+        .expect("json");
+    v["subscribers"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_long_polls_with_an_accepted_cookie_and_a_refused_one_gets_only_the_apps_reason() {
+    let app = Stub::start("app");
+    // Polls held for 10 s: room, on a busy machine, between a poll arriving and the publish.
+    let yaml = config(&app.addr.to_string(), "")
+        .replace("longpoll: {wait_ms: 1500}", "longpoll: {wait_ms: 10000}");
+    assert!(yaml.contains("wait_ms: 10000"), "{yaml}");
+    let gw = Gateway::start(&yaml);
+    let first = publish(&gw, ANN, "note", json!("before anyone polled")).await;
+    let from_start = gw.https(&format!("/s?t={ANN}&since={}", start_of(&first)));
+
+    // The refused ask for the topic's whole history: they get the app's reason and nothing of
+    // the topic, not even its position.
+    for (cookie, status, reason) in [
+        (None, 401, "not logged in\n"),
+        (Some("user=banned-eve"), 403, "user banned-eve is banned\n"),
+        (Some("user=cy"), 403, "This action is unauthorized.\n"),
+    ] {
+        let r = curl_now(&from_start, cookie);
+        assert_eq!((r.status, r.body.as_str()), (status, reason), "{cookie:?}");
+        assert_eq!(r.header("x-position"), None, "{cookie:?}: {}", r.head);
+    }
+
+    // Ann, with her cookie, resumes from the start of the history: all of it, at once.
+    let r = curl_now(&from_start, Some("user=ann"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        batch(&r.body),
+        [(first.clone(), "before anyone polled".to_string())]
+    );
+    assert_eq!(r.header("x-position"), Some(first.as_str()), "{}", r.head);
+
+    // She waits for what comes next (no `since`: the plain shape), and the app publishes it.
+    let waiting = curl(&gw.https(&format!("/s?t={ANN}")), Some("user=ann"))
+        .spawn()
+        .expect("run curl (tests/setup.sh installs it)");
+    let polling = eventually(Duration::from_secs(10), || async {
+        subscribers(&gw, ANN).await == 1
+    })
+    .await;
+    assert!(polling, "Ann's poll never reached the hub");
+    let live = publish(&gw, ANN, "note", json!("live for ann")).await;
+    let r = tokio::task::block_in_place(|| curled(waiting.wait_with_output()));
+    assert_eq!((r.status, r.body.as_str()), (200, "live for ann"));
+    assert_eq!(r.header("x-position"), Some(live.as_str()), "{}", r.head);
+
+    // Away, she misses two; her next poll from where she was gets both, in order.
+    let one = publish(&gw, ANN, "note", json!("missed one")).await;
+    let two = publish(&gw, ANN, "note", json!("missed two")).await;
+    let r = curl_now(
+        &gw.https(&format!("/s?t={ANN}&since={live}")),
+        Some("user=ann"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        batch(&r.body),
+        [
+            (one, "missed one".to_string()),
+            (two.clone(), "missed two".to_string())
+        ]
+    );
+    assert_eq!(r.header("x-position"), Some(two.as_str()), "{}", r.head);
+
+    // The app was asked about every poll with curl's cookie: Ann's three (her channel is among
+    // the rooms of her connect answer), each refused one once; only Cy was asked about the
+    // channel.
+    let connects = callbacks(&app, "/realtime/auth").await;
+    let channels = callbacks(&app, "/broadcasting/auth").await;
+    for (cookie, connect, channel) in [
+        (Some("user=ann"), 3, 0),
+        (Some("user=banned-eve"), 1, 0),
+        (None, 1, 0),
+        (Some("user=cy"), 1, 1),
+    ] {
+        assert_eq!(
+            carrying(&connects, cookie),
+            connect,
+            "{cookie:?}: {connects:#?}"
+        );
+        assert_eq!(
+            carrying(&channels, cookie),
+            channel,
+            "{cookie:?}: {channels:#?}"
+        );
+    }
 }
