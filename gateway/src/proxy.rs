@@ -44,6 +44,8 @@ pub type Current = arc_swap::ArcSwap<Serving>;
 /// when it arrived.
 pub struct Gateway {
     pub current: Arc<Current>,
+    /// Set once the process is going away: answers then close their connection.
+    pub draining: crate::draining::Draining,
 }
 
 /// What one configuration serves with: its routes and pools, limits and headers. Built at start
@@ -704,6 +706,10 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         // The first hook pingora calls once its parser has the whole head.
         crate::header_deadline::head_parsed(session);
+        if self.draining.on() {
+            // pingora then answers `Connection: close` and does not read another request.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

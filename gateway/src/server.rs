@@ -591,8 +591,10 @@ pub fn build(
         shared,
         health,
     ));
+    let draining = crate::draining::Draining::default();
     let gateway = Gateway {
         current: current.clone(),
+        draining: draining.clone(),
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
@@ -604,17 +606,20 @@ pub fn build(
     let header_timeout = limits.header_timeout;
     let mut proxy = Service::new(
         "gateway".to_string(),
-        HeaderDeadline {
-            // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
-            // header deadline passes them through untouched and wraps HTTP/1 ones.
-            // The header deadline is re-armed per request by `Gateway::logging`
-            // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
-            inner: Arc::new(H2Guard {
-                inner: Arc::new(http),
-                limits: H2Limits::from_limits(limits),
-                metrics: metrics.clone(),
+        crate::draining::Lingering {
+            draining: draining.clone(),
+            inner: Arc::new(HeaderDeadline {
+                // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
+                // header deadline passes them through untouched and wraps HTTP/1 ones.
+                // The header deadline is re-armed per request by `Gateway::logging`
+                // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
+                inner: Arc::new(H2Guard {
+                    inner: Arc::new(http),
+                    limits: H2Limits::from_limits(limits),
+                    metrics: metrics.clone(),
+                }),
+                timeout: header_timeout,
             }),
-            timeout: header_timeout,
         },
     );
 
@@ -702,7 +707,7 @@ pub fn build(
     Ok(Built {
         server,
         reloader,
-        drain: Drain(rt),
+        drain: Drain { rt, draining },
     })
 }
 
@@ -717,10 +722,14 @@ pub struct Built {
 
 /// Tells every realtime client to come back elsewhere ([`Realtime::drain`]): the process is
 /// handing its sockets to a new one.
-pub struct Drain(Arc<Realtime>);
+pub struct Drain {
+    rt: Arc<Realtime>,
+    draining: crate::draining::Draining,
+}
 
 impl Drain {
     pub fn now(&self) {
-        self.0.drain();
+        self.draining.begin();
+        self.rt.drain();
     }
 }
