@@ -99,10 +99,7 @@ async fn sigterm_finishes_requests_in_flight_and_tells_realtime_clients_to_come_
         async move { client().get(url).send().await }
     });
     // A kept-alive HTTP/1 connection, idle when the stop comes.
-    let kept = e2e::client_builder()
-        .http1_only()
-        .build()
-        .expect("client");
+    let kept = e2e::client_builder().http1_only().build().expect("client");
     let first = kept.get(gw.https("/echo")).send().await.expect("request");
     assert_eq!(first.headers()["connection"], "keep-alive");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -151,6 +148,71 @@ async fn sigterm_finishes_requests_in_flight_and_tells_realtime_clients_to_come_
     );
 }
 
+/// HTTP requests sent all through an upgrade by four workers: two on kept-alive connections,
+/// two on a new connection per request.
+struct HttpLoad {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpLoad {
+    fn start(gw: &Gateway) -> HttpLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let workers = (0..4)
+            .map(|i| {
+                let (stop, sent, failures) = (stop.clone(), sent.clone(), failures.clone());
+                let url = gw.https("/echo");
+                tokio::spawn(async move {
+                    let keep_alive = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = if i % 2 == 0 {
+                            keep_alive.clone()
+                        } else {
+                            e2e::client_builder()
+                                .http1_only()
+                                .pool_max_idle_per_host(0)
+                                .build()
+                                .expect("client")
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            other => failures.lock().expect("lock").push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        HttpLoad {
+            stop,
+            sent,
+            failures,
+            workers,
+        }
+    }
+
+    /// Stops the workers and asserts that every request was answered 200.
+    async fn stop_and_check(self, upgrade_log: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.expect("load worker");
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        let failures = self.failures.lock().expect("lock");
+        assert!(sent > 50, "{sent} requests sent");
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests failed: {:?}\n{upgrade_log}",
+            failures.len(),
+            failures.iter().take(5).collect::<Vec<_>>(),
+        );
+    }
+}
+
 /// Kills the new process an upgrade started (the test harness only knows the old one).
 struct Started(u32);
 
@@ -188,40 +250,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
     assert!(ready.contains("ready"), "node: {ready}");
 
     // Requests all through the upgrade: on kept-alive connections and on new ones.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let load: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, sent, failed, failures) =
-                (stop.clone(), sent.clone(), failed.clone(), failures.clone());
-            let url = gw.https("/echo");
-            tokio::spawn(async move {
-                let keep_alive = client();
-                while !stop.load(Ordering::Relaxed) {
-                    // Half the workers open a new connection per request.
-                    let c = if i % 2 == 0 {
-                        keep_alive.clone()
-                    } else {
-                        e2e::client_builder()
-                            .http1_only()
-                            .pool_max_idle_per_host(0)
-                            .build()
-                            .expect("client")
-                    };
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match c.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => {}
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            let mut f = failures.lock().expect("lock");
-                            f.push(format!("{other:?}"));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = HttpLoad::start(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
@@ -256,24 +285,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
         "old process: {exited:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.expect("load worker");
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert!(sent > 50, "{sent} requests sent");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {sent} requests failed: {:?}\n{}",
-        failures
-            .lock()
-            .expect("lock")
-            .iter()
-            .take(5)
-            .collect::<Vec<_>>(),
-        upgrade_log()
-    );
+    load.stop_and_check(&upgrade_log()).await;
 
     // Every Socket.IO client was told to come back, came back to the new process, and hears
     // what is published there.
@@ -387,8 +399,8 @@ async fn reload_after_installing_a_new_binary_upgrades_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_with_all_it_missed()
-{
+async fn an_upgrade_under_load_with_the_history_in_redis_refuses_no_request_and_every_socketio_client_resumes(
+) {
     const SOCKETS: usize = 50;
     let redis = e2e::redis::RedisServer::start();
     let app = Stub::start("app");
@@ -456,6 +468,7 @@ async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_
             n
         }
     });
+    let load = HttpLoad::start(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = count.load(Ordering::Relaxed);
     let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
@@ -482,6 +495,7 @@ async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_
     );
     let during = count.load(Ordering::Relaxed) - before;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop_and_check(&upgrade_log()).await;
     stop.store(true, Ordering::Relaxed);
     let published = publisher.await.expect("publisher");
     use std::io::Write;
