@@ -3,10 +3,11 @@
 //! says why, and nobody connected notices: Socket.IO sessions on both transports, `/ws`, SSE
 //! streams, held long-polls, app WebSocket tunnels and an upload in progress all go on.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::fleet::subscribers;
+use e2e::sessions::Sessions;
 use e2e::{client, eventually, websocket, Gateway, Stub};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -110,22 +111,7 @@ async fn a_reload_under_open_sessions_of_every_kind_adds_a_route_and_drops_nobod
     assert_eq!(before.status(), 404, "no route yet");
 
     // Socket.IO on websocket and on polling, in a node process of its own.
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([&gw.https(""), &SESSIONS.to_string(), "news"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let sessions = Sessions::start(&gw.https(""), SESSIONS, "news", "1", "websocket,polling").await;
 
     // `/ws` subscribers, SSE streams, held long-polls and app WebSocket tunnels.
     let ws_url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
@@ -272,18 +258,7 @@ async fn a_reload_under_open_sessions_of_every_kind_adds_a_route_and_drops_nobod
         &answer[..answer.len().min(300)]
     );
 
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let status = node.wait().expect("node exits");
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(status.success() && v.get("error").is_none(), "{v}");
+    let v = sessions.report().await;
     for mode in ["websocket", "polling"] {
         assert_eq!(v[mode]["got"], SESSIONS, "{mode}: {v}");
         assert_eq!(v[mode]["disconnects"], 0, "{mode}: {v}");

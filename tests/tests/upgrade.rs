@@ -3,15 +3,16 @@
 //! and realtime clients are told to come back (WebSocket close 1001, Socket.IO reconnects,
 //! SSE ends after its `retry:`) instead of being cut.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::fleet::subscribers;
+use e2e::sessions::Sessions;
 use e2e::{client, eventually, websocket, Gateway, Stub};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -231,23 +232,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
     let mut gw = Gateway::start(&config(&app));
     let old_pid = gw.proc.pid();
 
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([&gw.https(""), &SOCKETS.to_string(), "news"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let sessions = Sessions::start(&gw.https(""), SOCKETS, "news", "1", "websocket,polling").await;
 
     // Requests all through the upgrade: on kept-alive connections and on new ones.
     let load = HttpLoad::start(&gw);
@@ -304,18 +289,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
         .await
         .expect("publish");
     assert_eq!(r.status(), 200);
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let _ = node.wait();
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(v.get("error").is_none(), "{v}");
+    let v = sessions.report().await;
     for mode in ["websocket", "polling"] {
         assert_eq!(v[mode]["got"], SOCKETS, "{mode}: {v}");
         assert!(
@@ -419,31 +393,8 @@ async fn an_upgrade_under_load_with_the_history_in_redis_refuses_no_request_and_
             "    max_sessions_per_client: 5000\n    recovery: {max_disconnection_ms: 60000}\n",
         );
     let mut gw = Gateway::start(&yaml);
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([
-            &gw.https(""),
-            &SOCKETS.to_string(),
-            "news",
-            "stdin",
-            "websocket,polling",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut node_in = node.stdin.take().expect("stdin");
-    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let mut sessions =
+        Sessions::start(&gw.https(""), SOCKETS, "news", "stdin", "websocket,polling").await;
 
     // The app publishes numbered notes every 50 ms through the whole upgrade.
     let stop = Arc::new(AtomicBool::new(false));
@@ -498,20 +449,8 @@ async fn an_upgrade_under_load_with_the_history_in_redis_refuses_no_request_and_
     load.stop_and_check(&upgrade_log()).await;
     stop.store(true, Ordering::Relaxed);
     let published = publisher.await.expect("publisher");
-    use std::io::Write;
-    writeln!(node_in, "{published}").expect("tell node");
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let _ = node.wait();
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(v.get("error").is_none(), "{v}");
+    sessions.tell_notes(published);
+    let v = sessions.report().await;
     assert!(during >= 10, "{during} notes published during the upgrade");
     // On both transports. A polling client may be sent back more than once: for 5 s both
     // processes accept, and a poll of a session the new process holds can reach the old one;
