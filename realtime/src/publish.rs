@@ -122,6 +122,59 @@ struct SocketsDisconnect {
     close: bool,
 }
 
+/// The body of a `/sockets/...` operation: which sockets (a namespace, rooms, rooms excepted)
+/// and what to do with them.
+trait SocketsOp: serde::de::DeserializeOwned {
+    /// The body's shape, for the error that answers another one.
+    const SHAPE: &'static str;
+    /// (namespace, rooms, except).
+    fn selection(&self) -> (&str, &[String], &[String]);
+    /// Rooms the operation itself names (its field's name and them), checked like the selection's.
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        None
+    }
+    fn apply(&self, op: &BroadcastOperator);
+}
+
+impl SocketsOp for SocketsJoin {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "join": [...]}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        Some(("join", &self.join))
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.sockets_join(&self.join);
+    }
+}
+
+impl SocketsOp for SocketsLeave {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "leave": [...]}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        Some(("leave", &self.leave))
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.sockets_leave(&self.leave);
+    }
+}
+
+impl SocketsOp for SocketsDisconnect {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "close": false}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.disconnect_sockets(self.close);
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Publish {
@@ -305,71 +358,32 @@ impl PublishApi {
             Ok(io) => io,
             Err(r) => return r.into(),
         };
-        let done = || json_response(StatusCode::OK, json!({"ok": true}));
         match path {
-            "/sockets/join" => {
-                let b: SocketsJoin = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "join": [...]}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                if let Err(r) = self.check_rooms("join", &b.join) {
-                    return r.into();
-                }
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.sockets_join(&b.join);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
+            "/sockets/join" => self.sockets_op::<SocketsJoin>(io, req).await,
+            "/sockets/leave" => self.sockets_op::<SocketsLeave>(io, req).await,
+            _ => self.sockets_op::<SocketsDisconnect>(io, req).await,
+        }
+    }
+
+    /// One of node's server-side operations on the sockets a selection names: the body read,
+    /// the rooms it names checked, the operation applied.
+    async fn sockets_op<B: SocketsOp>(&self, io: &SocketIo, req: Request) -> Response {
+        let b: B = match self.read_json(req, B::SHAPE).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        if let Some((field, rooms)) = b.rooms_named() {
+            if let Err(r) = self.check_rooms(field, rooms) {
+                return r.into();
             }
-            "/sockets/leave" => {
-                let b: SocketsLeave = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "leave": [...]}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                if let Err(r) = self.check_rooms("leave", &b.leave) {
-                    return r.into();
-                }
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.sockets_leave(&b.leave);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
+        }
+        let (nsp, rooms, except) = b.selection();
+        match self.select(io, nsp, rooms, except) {
+            Ok(op) => {
+                b.apply(&op);
+                json_response(StatusCode::OK, json!({"ok": true}))
             }
-            _ => {
-                let b: SocketsDisconnect = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "close": false}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.disconnect_sockets(b.close);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
-            }
+            Err(r) => r.into(),
         }
     }
 
