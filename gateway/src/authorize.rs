@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::attempt::{Loop, Picked};
 use crate::failure::{Fault, Place};
+use crate::proxy::Current;
 use crate::settings::{self, Cidr};
 use crate::upstream::{Pool, Protocol};
 use crate::{buffering, fastcgi, forwarding, relay};
@@ -50,7 +51,7 @@ const MAX_CACHED: usize = 10_000;
 /// credentials and the forwarding headers ([`callback_request`]). The authorization callbacks
 /// and the events to the app ([`crate::app_events`]) both go this way.
 pub struct AppLink {
-    pub pool: Arc<Pool>,
+    pub pool: AppPool,
     pub connector: Connector,
     pub temp_dir: Arc<PathBuf>,
     pub trusted: Vec<Cidr>,
@@ -60,6 +61,37 @@ pub struct AppLink {
     pub by: (&'static str, &'static str),
     /// The largest answer read.
     pub max_answer: usize,
+}
+
+/// The app's pool as the configuration in force has it, by its name: a reload that changes
+/// `upstreams.<name>` (the app moved, a server was added) moves the callbacks with the pages.
+/// The pool of the starting configuration until one is in force, and when a reloaded file no
+/// longer has that name (the `realtime` section that names it applies after a restart).
+#[derive(Clone)]
+pub struct AppPool {
+    at_start: Arc<Pool>,
+    current: Arc<OnceLock<Arc<Current>>>,
+}
+
+impl AppPool {
+    /// `current` is set once the configuration in force exists (it is built after the
+    /// realtime services that hold this).
+    pub fn new(at_start: Arc<Pool>, current: Arc<OnceLock<Arc<Current>>>) -> AppPool {
+        AppPool { at_start, current }
+    }
+
+    /// The pool to send a request over now.
+    pub fn get(&self) -> Arc<Pool> {
+        self.current
+            .get()
+            .and_then(|c| c.load().router.pools.get(&self.at_start.name).cloned())
+            .unwrap_or_else(|| self.at_start.clone())
+    }
+
+    /// The pool's name (`upstreams.<name>`).
+    pub fn name(&self) -> &str {
+        &self.at_start.name
+    }
 }
 
 impl AppLink {
@@ -81,16 +113,17 @@ impl AppLink {
         client: &ClientInfo,
         body: Bytes,
     ) -> Result<(u16, Bytes), Fault> {
+        let pool = self.pool.get();
         let mut picked = Picked::default();
         let uri = req.uri.clone();
         let request_id = req.headers.get("x-request-id").cloned();
         let attempts = Loop {
-            pool: &self.pool,
+            pool: &pool,
             client: client.peer.map(|p| p.ip()),
             route: self.route,
             picked: &mut picked,
         };
-        let outcome = match &self.pool.protocol {
+        let outcome = match &pool.protocol {
             Protocol::Http => {
                 let mut held = buffering::Body::new(MEMORY_BYTES, self.temp_dir.clone());
                 match held.push(body).await {
@@ -116,18 +149,18 @@ impl AppLink {
         match outcome {
             Ok((head, answer)) => Ok((head.status.as_u16(), answer)),
             Err(fault) => {
-                let by = match self.pool.protocol {
+                let by = match pool.protocol {
                     Protocol::Http => self.by.0,
                     Protocol::FastCgi(_) => self.by.1,
                 };
                 let server = (picked.server)
-                    .and_then(|i| self.pool.servers.get(i))
+                    .and_then(|i| pool.servers.get(i))
                     .map(|s| &s.addr);
                 let place = Place {
                     client: client.peer.map(|p| p.ip()),
                     route: self.route,
                     by,
-                    upstream: self.pool.name.as_str(),
+                    upstream: pool.name.as_str(),
                     server,
                     request_id: request_id.as_ref(),
                 };
@@ -149,7 +182,7 @@ pub struct AppAuthorizer {
 impl AppAuthorizer {
     pub fn new(
         auth: &settings::Auth,
-        pool: Arc<Pool>,
+        pool: AppPool,
         trusted: Vec<Cidr>,
         temp_dir: Arc<PathBuf>,
         connector: Connector,
@@ -200,7 +233,7 @@ impl AppAuthorizer {
             }
             Err(_) => {
                 tracing::warn!(
-                    upstream = self.link.pool.name.as_str(),
+                    upstream = self.link.pool.name(),
                     path,
                     timeout_ms = self.timeout.as_millis() as u64,
                     "the app did not answer an authorization callback in time"

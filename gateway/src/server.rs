@@ -467,11 +467,13 @@ fn join_cluster(
 fn access(
     settings: &Settings,
     pools: &BTreeMap<String, Arc<Pool>>,
+    current: &Arc<std::sync::OnceLock<Arc<Current>>>,
     temp_dir: &Arc<std::path::PathBuf>,
     connector: pingora::connectors::http::v1::Connector,
 ) -> realtime::access::Access {
     let app = settings.realtime.auth.as_ref().and_then(|auth| {
-        let pool = pools.get(&auth.upstream)?.clone();
+        let pool =
+            crate::authorize::AppPool::new(pools.get(&auth.upstream)?.clone(), current.clone());
         let app: Arc<dyn realtime::access::Authorizer> =
             Arc::new(crate::authorize::AppAuthorizer::new(
                 auth,
@@ -538,10 +540,13 @@ pub fn build(
         ))
     };
     let all_pools = Pool::all(&settings.upstreams);
-    let access = access(settings, &all_pools, &temp_dir, connector());
+    // The configuration in force, once it exists: the app's callbacks follow its pools.
+    let in_force = Arc::new(std::sync::OnceLock::new());
+    let access = access(settings, &all_pools, &in_force, &temp_dir, connector());
     let events = crate::app_events::build(
         settings.realtime.events.as_ref(),
         &all_pools,
+        &in_force,
         settings.proxy.trusted_proxies.clone(),
         temp_dir.clone(),
         connector(),
@@ -579,6 +584,7 @@ pub fn build(
     let (health, health_rx) =
         tokio::sync::watch::channel(serving.router.pools.values().cloned().collect());
     let current = Arc::new(Current::from_pointee(serving));
+    let _ = in_force.set(current.clone());
     let certificates = match settings.listen.https {
         Some(_) => Some(Arc::new(Certificates::new(&settings.tls)?)),
         None => None,

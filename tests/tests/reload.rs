@@ -362,6 +362,49 @@ async fn a_removed_server_finishes_its_request_while_new_ones_go_to_its_replacem
     assert_eq!(slow.headers()["x-backend-id"], "old");
 }
 
+/// The app moves (`upstreams.app` now names another server): the authorization callbacks go
+/// where the pages go, from the next subscribe on.
+#[tokio::test]
+async fn the_apps_callbacks_follow_its_pool_through_a_reload() {
+    let old = Stub::start("old");
+    let new = Stub::start("new");
+    let with_auth = |app: &Stub| {
+        config(app, "", "").replace(
+            "realtime:\n",
+            "realtime:\n  auth: {upstream: app, timeout_ms: 3000}\n",
+        )
+    };
+    let gw = Gateway::start(&with_auth(&old));
+    let subscribe = || async {
+        let r = client()
+            .get(gw.https("/events?topic=private-chat.1"))
+            .header("cookie", "user=ann")
+            .send()
+            .await
+            .expect("sse");
+        r.status()
+    };
+    assert_eq!(subscribe().await, 200);
+    assert_eq!(asked(&old).await, 1);
+
+    rewrite(&gw, &with_auth(&new));
+    let (code, out, err) = gateway_reload(&gw);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("upstreams.app"), "{out}");
+    assert_eq!(subscribe().await, 200);
+    assert_eq!(asked(&new).await, 1, "the new server is asked");
+    assert_eq!(asked(&old).await, 1, "the old one is not asked any more");
+}
+
+/// How many channel callbacks (`POST /broadcasting/auth`) `app` answered.
+async fn asked(app: &Stub) -> usize {
+    app.received()
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/broadcasting/auth")
+        .count()
+}
+
 /// SIGHUP's number (1 on every Unix).
 fn libc_sighup() -> i32 {
     1
