@@ -52,7 +52,7 @@ pub fn build(
     current: &Arc<std::sync::OnceLock<Arc<crate::proxy::Current>>>,
     trusted: Vec<Cidr>,
     temp_dir: Arc<PathBuf>,
-    connector: Connector,
+    connector: Arc<Connector>,
 ) -> Option<AppEvents> {
     let s = settings?;
     let pool = AppPool::new(pools.get(&s.upstream)?.clone(), current.clone());

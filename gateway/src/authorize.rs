@@ -11,7 +11,7 @@
 //! at most `realtime.auth.timeout_ms`, never a hang. Definite answers (2xx, 401, 403) may be
 //! kept for `realtime.auth.cache_ms`, keyed by everything the app was told.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::attempt::{Loop, Picked};
 use crate::failure::{Fault, Place};
 use crate::proxy::Current;
-use crate::settings::{self, Cidr};
+use crate::settings::{self, Cidr, Settings};
 use crate::upstream::{Pool, Protocol};
 use crate::{buffering, fastcgi, forwarding, relay};
 
@@ -52,7 +52,7 @@ const MAX_CACHED: usize = 10_000;
 /// and the events to the app ([`crate::app_events`]) both go this way.
 pub struct AppLink {
     pub pool: AppPool,
-    pub connector: Connector,
+    pub connector: Arc<Connector>,
     pub temp_dir: Arc<PathBuf>,
     pub trusted: Vec<Cidr>,
     /// Where a log line says the request came from (`realtime.auth`).
@@ -92,6 +92,29 @@ impl AppPool {
     pub fn name(&self) -> &str {
         &self.at_start.name
     }
+}
+
+/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names: what
+/// [`realtime::access::Access`] decides with, at start and after each reload.
+pub fn rules(
+    settings: &Settings,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    current: &Arc<OnceLock<Arc<Current>>>,
+    temp_dir: &Arc<PathBuf>,
+    connector: &Arc<Connector>,
+) -> (realtime::access::Policy, Option<Arc<dyn Authorizer>>) {
+    let app = settings.realtime.auth.as_ref().and_then(|auth| {
+        let pool = AppPool::new(pools.get(&auth.upstream)?.clone(), current.clone());
+        let app: Arc<dyn Authorizer> = Arc::new(AppAuthorizer::new(
+            auth,
+            pool,
+            settings.proxy.trusted_proxies.clone(),
+            temp_dir.clone(),
+            connector.clone(),
+        ));
+        Some(app)
+    });
+    (settings.realtime.policy.clone(), app)
 }
 
 impl AppLink {
@@ -185,7 +208,7 @@ impl AppAuthorizer {
         pool: AppPool,
         trusted: Vec<Cidr>,
         temp_dir: Arc<PathBuf>,
-        connector: Connector,
+        connector: Arc<Connector>,
     ) -> AppAuthorizer {
         AppAuthorizer {
             link: AppLink {

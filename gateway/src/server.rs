@@ -463,30 +463,6 @@ fn join_cluster(
     ))
 }
 
-/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names.
-fn access(
-    settings: &Settings,
-    pools: &BTreeMap<String, Arc<Pool>>,
-    current: &Arc<std::sync::OnceLock<Arc<Current>>>,
-    temp_dir: &Arc<std::path::PathBuf>,
-    connector: pingora::connectors::http::v1::Connector,
-) -> realtime::access::Access {
-    let app = settings.realtime.auth.as_ref().and_then(|auth| {
-        let pool =
-            crate::authorize::AppPool::new(pools.get(&auth.upstream)?.clone(), current.clone());
-        let app: Arc<dyn realtime::access::Authorizer> =
-            Arc::new(crate::authorize::AppAuthorizer::new(
-                auth,
-                pool,
-                settings.proxy.trusted_proxies.clone(),
-                temp_dir.clone(),
-                connector,
-            ));
-        Some(app)
-    });
-    realtime::access::Access::new(settings.realtime.policy.clone(), app)
-}
-
 /// Read buffer of each client connection, below pingora's 64 KiB default. It is allocated
 /// zeroed when the connection is accepted and lives as long as the connection, so with 10,000
 /// idle WebSockets the default alone is 640 MiB resident. 16 KiB still holds a whole TLS record
@@ -542,19 +518,28 @@ pub fn build(
     let all_pools = Pool::all(&settings.upstreams);
     // The configuration in force, once it exists: the app's callbacks follow its pools.
     let in_force = Arc::new(std::sync::OnceLock::new());
-    let access = access(settings, &all_pools, &in_force, &temp_dir, connector());
+    // Requests to the app: the pages' and the gateway's own callbacks.
+    let upstream_connector = Arc::new(connector());
+    let (policy, app) = crate::authorize::rules(
+        settings,
+        &all_pools,
+        &in_force,
+        &temp_dir,
+        &upstream_connector,
+    );
+    let access = realtime::access::Access::new(policy, app);
     let events = crate::app_events::build(
         settings.realtime.events.as_ref(),
         &all_pools,
         &in_force,
         settings.proxy.trusted_proxies.clone(),
         temp_dir.clone(),
-        connector(),
+        upstream_connector.clone(),
     );
     let rt = Arc::new(Realtime::new(
         &settings.realtime,
         settings.cluster.as_ref(),
-        access,
+        access.clone(),
         events,
     )?);
     let limits = &settings.limits;
@@ -564,7 +549,9 @@ pub fn build(
         metrics: metrics.clone(),
         access_log,
         temp_dir,
-        connector: Arc::new(connector()),
+        connector: upstream_connector,
+        access,
+        in_force: in_force.clone(),
         client_limits: Arc::default(),
         realtime: Box::new({
             let rt = rt.clone();

@@ -396,6 +396,40 @@ async fn the_apps_callbacks_follow_its_pool_through_a_reload() {
     assert_eq!(asked(&old).await, 1, "the old one is not asked any more");
 }
 
+/// Who may publish from a client is decided per request: a reload that opens `chat-*` to
+/// clients applies to the next publish, with no restart.
+#[tokio::test]
+async fn a_reload_opens_a_topic_to_client_publishing() {
+    let app = Stub::start("app");
+    let publishable = |patterns: &str| {
+        config(&app, "", "  - {path: /p, realtime: longpoll}").replace(
+            "realtime:\n",
+            &format!("realtime:\n  policy: {{client_publish: [{patterns}]}}\n"),
+        )
+    };
+    let gw = Gateway::start(&publishable("news-*"));
+    let post = || async {
+        let r = client()
+            .post(gw.https("/p?t=chat-1"))
+            .body("hello")
+            .send()
+            .await
+            .expect("post");
+        (r.status(), r.text().await.unwrap_or_default())
+    };
+    let (status, body) = post().await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("clients may not publish"), "{body}");
+
+    rewrite(&gw, &publishable("news-*, chat-*"));
+    let (code, out, err) = gateway_reload(&gw);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("realtime.policy"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+    let (status, body) = post().await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// How many channel callbacks (`POST /broadcasting/auth`) `app` answered.
 async fn asked(app: &Stub) -> usize {
     app.received()
