@@ -4,8 +4,10 @@
 //!
 //! What goes through the peers is what node's adapter carries between servers: a broadcast
 //! sent here is also handed to them (for their sockets; a fleet's own nodes get it from the hub
-//! already), and the operations that need every server's sockets (acks of a broadcast,
-//! `fetchSockets`, `allRooms`, `socketsJoin`, `socketsLeave`, `disconnectSockets`) ask them too
+//! already), as is what the app publishes to a room's topic
+//! ([`SocketIo::publish_to_peers`](super::SocketIo::publish_to_peers)), and the operations
+//! that need every server's sockets (acks of a broadcast, `fetchSockets`, `allRooms`,
+//! `socketsJoin`, `socketsLeave`, `disconnectSockets`) ask them too
 //! ([`super::BroadcastOperator`], [`super::Namespace::all_rooms`]). Without peers (a single
 //! node) those operations are about this server's sockets only.
 
@@ -151,3 +153,43 @@ pub trait Peers: Send + Sync + 'static {
 
 /// Where a server keeps its peers once they are set: shared by its namespaces.
 pub(super) type PeerSlot = Arc<OnceLock<Arc<dyn Peers>>>;
+
+impl super::SocketIo {
+    /// Whether other servers share the namespaces ([`super::SocketIo::set_peers`]).
+    pub fn has_peers(&self) -> bool {
+        self.namespace_paths()
+            .iter()
+            .filter_map(|path| self.of(path))
+            .any(|ns| ns.inner.peers().is_some())
+    }
+
+    /// A message the hub took for `topic` from outside Socket.IO (the app's publish API)
+    /// reaches this fleet's sockets in the rooms whose topic it is, through the hub; this hands
+    /// it to the peers for theirs, as a broadcast of the namespace: to every socket for the
+    /// namespace's topic, to the room's for a room's. A topic that is neither (a topic of
+    /// another transport only) is not sent. Socket.IO's own broadcasts hand themselves over
+    /// ([`super::BroadcastOperator::emit`]); this is for the others, once per message, by the
+    /// node that took it.
+    pub fn publish_to_peers(&self, topic: &str, payload: &Payload) {
+        for path in self.namespace_paths() {
+            let Some(ns) = self.of(&path) else {
+                continue;
+            };
+            // One slot for every namespace: none here, none anywhere.
+            let Some(peers) = ns.inner.peers() else {
+                return;
+            };
+            let to = if topic == ns.topic() {
+                Selection::default()
+            } else if let Some(room) = super::rooms::room_of(&path, topic) {
+                Selection {
+                    rooms: vec![room.to_string()],
+                    except: Vec::new(),
+                }
+            } else {
+                continue;
+            };
+            peers.broadcast(&path, &to, payload);
+        }
+    }
+}
