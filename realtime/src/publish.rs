@@ -3,7 +3,10 @@
 //! subscribers, SSE streams, long-polls).
 //!
 //! `POST /publish` with `{"topic": "...", "event": "...", "data": ...}` (or an array of them)
-//! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. An
+//! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. With
+//! socket.io's Redis adapter on, the other servers of the adapter (Node servers with
+//! `@socket.io/redis-adapter`) get it too, for their sockets in the room of that name
+//! ([`SocketIo::publish_to_peers`]). An
 //! `Idempotency-Key` header makes a retried publish count once. `GET /topics/<topic>` tells
 //! subscribers and position; `GET /topics/<topic>/members`, for a presence topic, its members
 //! (one per user, [`crate::access::presence`]): `{"topic", "count", "connections", "members":
@@ -519,10 +522,14 @@ impl PublishApi {
         }
         // Every message is sent before any answer is awaited: in a fleet, a batch then costs
         // one round trip to Redis, not one per message, and keeps its order.
+        // With socket.io's Redis adapter on, the other servers' sockets in the topic's room get
+        // each message the fleet took (a copy kept for them until it is known to be taken).
+        let peers = self.socketio.as_ref().filter(|io| io.has_peers());
         let mut sending = Vec::with_capacity(items.len());
         for (i, p) in items.into_iter().enumerate() {
             let event = p.event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
             let payload = Payload::new(event, p.data);
+            let for_peers = peers.map(|_| payload.clone());
             let sent = match &key {
                 Some(k) => {
                     let k = if batch { format!("{k}#{i}") } else { k.clone() };
@@ -531,20 +538,24 @@ impl PublishApi {
                 None => Sending::Plain(self.hub.send(&p.topic, payload, None)),
             };
             let failed = sent.failed_at_once();
-            sending.push((p.topic, sent));
+            sending.push((p.topic, sent, for_peers));
             if failed {
                 // Nothing after a refused message is sent (the publishes before it were).
                 break;
             }
         }
         let mut results = Vec::with_capacity(sending.len());
-        for (topic, sent) in sending {
+        for (topic, sent, for_peers) in sending {
             let outcome = match sent {
                 Sending::Keyed(s) => s.await.map(|r| (r.position, r.duplicate)),
                 Sending::Plain(s) => s.await.map(|pos| (pos, false)),
             };
             match outcome {
                 Ok((pos, duplicate)) => {
+                    // A retry's duplicate was handed over the first time.
+                    if let (Some(io), Some(payload), false) = (peers, &for_peers, duplicate) {
+                        io.publish_to_peers(&topic, payload);
+                    }
                     let mut r = json!({
                         "topic": topic,
                         "seq": pos.seq,
