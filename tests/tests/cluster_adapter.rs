@@ -179,25 +179,18 @@ async fn the_redis_emitter_reaches_the_sockets_of_every_node() {
         for c in ["a1", "b1", "a2", "b2", "adm"] {
             assert!(got(&v, "serverSide", c).is_empty(), "{mode} {c}: {v}");
         }
-        // disconnectSockets(true) of r2: b1 and a2 are told, and stay away; the others stay.
-        // (On a loaded machine a polling client has been seen to report "transport close"
-        // just before "io server disconnect": the engine's close can overtake the DISCONNECT
-        // packet on a poll. A known race, to be fixed in the Engine.IO close; the client
-        // still ends disconnected for the server's reason.)
-        let told = json!("io server disconnect");
-        for (c, disconnected) in [
-            ("b1", true),
-            ("a2", true),
-            ("a1", false),
-            ("b2", false),
-            ("adm", false),
+        // disconnectSockets(true) of r2: b1 and a2 are told (on a poll too: the DISCONNECT
+        // packet comes before the engine's close, never in the same payload), and stay away;
+        // the others stay.
+        for (c, reasons, connected) in [
+            ("b1", json!(["io server disconnect"]), false),
+            ("a2", json!(["io server disconnect"]), false),
+            ("a1", json!([]), true),
+            ("b2", json!([]), true),
+            ("adm", json!([]), true),
         ] {
-            let reasons = v["reasons"][c].as_array().cloned().unwrap_or_default();
-            assert_eq!(reasons.contains(&told), disconnected, "{mode} {c}: {v}");
-            if !disconnected {
-                assert!(reasons.is_empty(), "{mode} {c}: {v}");
-            }
-            assert_eq!(v["connected"][c], !disconnected, "{mode} {c}: {v}");
+            assert_eq!(v["reasons"][c], reasons, "{mode} {c}: {v}");
+            assert_eq!(v["connected"][c], connected, "{mode} {c}: {v}");
         }
     }
 }
