@@ -150,7 +150,7 @@ fn connection_limits(session: &mut Session, limits: &Limits) {
 }
 
 fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + uri_len(&req.uri) + 12;
     line + req
         .headers
         .iter()
@@ -158,7 +158,16 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .sum::<usize>()
 }
 
-fn host_of(req: &RequestHeader) -> Option<String> {
+/// The length of `uri` as written (`Display`), without writing it: this runs on every request.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
+}
+
+/// The request's host for routing, lowercase; copied only when it is not already.
+fn host_of(req: &RequestHeader) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers
         .get("host")
@@ -168,7 +177,10 @@ fn host_of(req: &RequestHeader) -> Option<String> {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw),
     };
-    Some(host.to_ascii_lowercase())
+    Some(match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => host.to_ascii_lowercase().into(),
+        false => host.into(),
+    })
 }
 
 impl Serving {
@@ -898,6 +910,23 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_len_is_the_length_of_the_written_uri() {
+        for uri in [
+            "/",
+            "/a/b?x=1&y",
+            "/?",
+            "*",
+            "http://example.com",
+            "https://example.com:8443/p?q",
+            "example.com:443",
+            "http://user@h/%2e?",
+        ] {
+            let parsed: http::Uri = uri.parse().expect("a valid URI");
+            assert_eq!(uri_len(&parsed), parsed.to_string().len(), "{uri}");
+        }
+    }
 
     /// The size of the future `hook` returns: what is moved into a fresh allocation each time
     /// pingora calls the hook (async_trait boxes every call).
