@@ -71,11 +71,18 @@ pub struct Serving {
     pub client_limits: Arc<crate::client_limits::ClientLimits>,
 }
 
-/// Per-request state.
-#[derive(Default)]
+/// Per-request state: the configuration the request is served with, and the rest.
 pub struct Ctx {
-    /// The configuration this request is served with, taken from [`Current`] as it starts.
-    serving: Option<Arc<Serving>>,
+    /// Taken from [`Current`] as the request starts. Apart from [`Req`] so a hook can lend
+    /// it and the state together (one reference count per request, not one per hook: the
+    /// count is shared by every worker thread).
+    serving: Arc<Serving>,
+    req: Req,
+}
+
+/// What a request's hooks learn and decide as it goes.
+#[derive(Default)]
+pub struct Req {
     route: Option<Arc<str>>,
     /// The route's place in the configuration, for the metrics.
     route_index: Option<usize>,
@@ -115,7 +122,7 @@ pub struct Ctx {
     _in_progress: Option<crate::client_limits::InProgress>,
 }
 
-impl Ctx {
+impl Req {
     fn upstream_name(&self) -> &str {
         self.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-")
     }
@@ -198,7 +205,7 @@ impl Serving {
 
     /// End the request with `fault`: its log line and its answer. Boxed, as every path off
     /// the common one is (see [`Gateway::request_filter`]).
-    async fn fail(&self, session: &mut Session, ctx: &Ctx, fault: &Fault) -> Result<()> {
+    async fn fail(&self, session: &mut Session, ctx: &Req, fault: &Fault) -> Result<()> {
         Box::pin(
             self.finish(ctx.tls, None)
                 .fail(session, fault, &ctx.place()),
@@ -210,7 +217,7 @@ impl Serving {
     async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &Ctx,
+        ctx: &Req,
         status: u16,
         reason: &str,
     ) -> Result<()> {
@@ -221,7 +228,7 @@ impl Serving {
     async fn limited(
         &self,
         session: &mut Session,
-        ctx: &Ctx,
+        ctx: &Req,
         refusal: &crate::client_limits::Refusal,
     ) -> Result<()> {
         Box::pin(
@@ -236,7 +243,7 @@ impl Serving {
     async fn realtime(
         &self,
         session: &mut Session,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
         route: usize,
         service: &Arc<dyn realtime::seam::Service>,
         kind: crate::settings::RealtimeKind,
@@ -279,7 +286,7 @@ impl Serving {
     }
 
     /// Read the whole request body, or answer why not (`None`).
-    async fn hold_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Body>> {
+    async fn hold_body(&self, session: &mut Session, ctx: &mut Req) -> Result<Option<Body>> {
         match buffering::read_body(session, &self.body_limits(), &self.temp_dir).await {
             Ok(body) => {
                 ctx.body_bytes = body.len();
@@ -314,11 +321,11 @@ impl Serving {
     }
 
     /// The client the limits count: the address a trusted proxy forwarded, or the peer's.
-    fn real_client(&self, session: &Session, ctx: &Ctx) -> Option<IpAddr> {
+    fn real_client(&self, session: &Session, ctx: &Req) -> Option<IpAddr> {
         forwarding::real_client(&self.client(ctx), &session.req_header().headers)
     }
 
-    fn client(&self, ctx: &Ctx) -> forwarding::Client<'_> {
+    fn client(&self, ctx: &Req) -> forwarding::Client<'_> {
         forwarding::Client {
             ip: ctx.client,
             tls: ctx.tls,
@@ -329,7 +336,7 @@ impl Serving {
 
     /// What the app learns about the client and how to hand out files: the one rewrite of a
     /// request to the app, on every path. `upgrade`: a WebSocket handshake for the tunnel.
-    fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Ctx, upgrade: bool) {
+    fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Req, upgrade: bool) {
         forwarding::request(req, &self.client(ctx), upgrade);
         self.internal.tell_the_app(req);
         if let Some(id) = &ctx.request_id {
@@ -341,7 +348,7 @@ impl Serving {
     async fn named_file(
         &self,
         session: &mut Session,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
         app: ResponseHeader,
     ) -> Result<()> {
         let Some(directive) = self.internal.directive(&app) else {
@@ -360,7 +367,7 @@ impl Serving {
     async fn to_pool(
         &self,
         session: &mut Session,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
         pool: &Arc<Pool>,
         websocket: bool,
         request_buffering: bool,
@@ -382,7 +389,7 @@ impl Serving {
     async fn serve_pool(
         &self,
         session: &mut Session,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
         pool: &Arc<Pool>,
         websocket: bool,
         hold: bool,
@@ -479,7 +486,7 @@ impl Serving {
 /// pingora's hooks that need the configuration, each run by [`Gateway`]'s with the
 /// request's [`Serving`].
 impl Serving {
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Req) -> Result<bool> {
         connection_limits(session, &self.limits);
         ctx.client = session
             .client_addr()
@@ -639,7 +646,7 @@ impl Serving {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
     ) -> Result<()> {
         // pingora's hop-by-hop pass has already taken `Connection` off; the fields it names
         // still go (those that may, see `forwarding`), as on every other path.
@@ -654,7 +661,7 @@ impl Serving {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Req,
     ) -> Result<()> {
         if crate::accel::names_a_file(upstream_response) {
             // The whole answer (the file, or a 404) is written here. pingora then finds a
@@ -678,7 +685,7 @@ impl Serving {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Req) -> FailToProxy {
         let fault = match ctx.fault.take() {
             Some(fault) => fault,
             None => Fault::from_error(e, ctx.server()),
@@ -690,7 +697,7 @@ impl Serving {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Req) {
         crate::header_deadline::request_done(session);
         // Every request ends here, whatever answered it: the one place it is counted and
         // logged.
@@ -736,23 +743,18 @@ impl Serving {
     }
 }
 
-/// The configuration a request is served with (set by [`Gateway::new_ctx`]).
-fn serving(ctx: &Ctx) -> Arc<Serving> {
-    ctx.serving
-        .clone()
-        .expect("new_ctx sets the configuration of every request")
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            serving: Some(self.current.load_full()),
-            started: Some(Instant::now()),
-            served_by: "upstream",
-            ..Ctx::default()
+            serving: self.current.load_full(),
+            req: Req {
+                started: Some(Instant::now()),
+                served_by: "upstream",
+                ..Req::default()
+            },
         }
     }
 
@@ -763,7 +765,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        serving(ctx).request_filter(session, ctx).await
+        ctx.serving.request_filter(session, &mut ctx.req).await
     }
 
     async fn request_body_filter(
@@ -775,11 +777,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Chunked bodies have no length up front: count as they pass.
         if let Some(b) = body {
+            let max = ctx.serving.limits.max_body_bytes;
+            let ctx = &mut ctx.req;
             ctx.body_bytes += b.len() as u64;
-            let max = ctx
-                .serving
-                .as_ref()
-                .map_or(u64::MAX, |s| s.limits.max_body_bytes);
             if ctx.body_bytes > max {
                 ctx.fault = Some(ClientFailure::TooLarge(max).into());
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
@@ -789,6 +789,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let ctx = &mut ctx.req;
         let Some(pool) = ctx.pool.as_ref() else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no upstream for this route");
         };
@@ -817,6 +818,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let ctx = &mut ctx.req;
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.current) {
             ctx.in_flight = None;
             // Nothing was sent yet: the attempt loop's rule decides where the request goes.
@@ -836,6 +838,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        let ctx = &mut ctx.req;
         let mut e = e.more_context(format!("Peer: {peer}"));
         // pingora's own judgement of a kept connection that the app had closed: an error it
         // marks as such on a reused connection, for a request it can send again (idempotent,
@@ -859,8 +862,9 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        serving(ctx)
-            .upstream_request_filter(session, upstream_request, ctx)
+        let req = &mut ctx.req;
+        ctx.serving
+            .upstream_request_filter(session, upstream_request, req)
             .await
     }
 
@@ -870,8 +874,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        serving(ctx)
-            .response_filter(session, upstream_response, ctx)
+        let req = &mut ctx.req;
+        ctx.serving
+            .response_filter(session, upstream_response, req)
             .await
     }
 
@@ -882,6 +887,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        let ctx = &mut ctx.req;
         if ctx.accel {
             *body = None;
             return Ok(None);
@@ -899,11 +905,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        serving(ctx).fail_to_proxy(session, e, ctx).await
+        ctx.serving.fail_to_proxy(session, e, &mut ctx.req).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        serving(ctx).logging(session, e, ctx).await
+        ctx.serving.logging(session, e, &mut ctx.req).await
     }
 }
 
@@ -946,23 +952,23 @@ mod tests {
         let sizes = [
             (
                 "request_filter",
-                future_size(|s, session, ctx: &mut Ctx| s.request_filter(session, ctx)),
+                future_size(|s, session, ctx: &mut Req| s.request_filter(session, ctx)),
             ),
             (
                 "response_filter",
-                future_size(|s, session, ctx: &mut (ResponseHeader, Ctx)| {
+                future_size(|s, session, ctx: &mut (ResponseHeader, Req)| {
                     s.response_filter(session, &mut ctx.0, &mut ctx.1)
                 }),
             ),
             (
                 "upstream_request_filter",
-                future_size(|s, session, ctx: &mut (RequestHeader, Ctx)| {
+                future_size(|s, session, ctx: &mut (RequestHeader, Req)| {
                     s.upstream_request_filter(session, &mut ctx.0, &mut ctx.1)
                 }),
             ),
             (
                 "logging",
-                future_size(|s, session, ctx: &mut Ctx| s.logging(session, None, ctx)),
+                future_size(|s, session, ctx: &mut Req| s.logging(session, None, ctx)),
             ),
         ];
         for (hook, size) in sizes {
