@@ -32,7 +32,7 @@ OUT_DIR=${OUT_DIR:-$REPO/bench/results}
 P_GW1=19401 P_GW2=19402 P_ADM1=19411 P_ADM2=19412 P_NODE1=19421 P_NODE2=19422 P_REDIS_GW=19431 P_REDIS_NODE=19432
 RUN_START=$SECONDS
 
-ensure_pkgs node:nodejs npm:npm redis-server:redis-server
+ensure_pkgs node:nodejs npm:npm redis-server:redis-server redis-cli:redis-tools
 build_bins -p gateway -p backend-stub -p bench
 log "npm ci in bench/node (socket.io and the redis adapter pinned by package-lock.json)"
 (cd "$REPO/bench/node" && timeout 300 npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci failed in bench/node"
@@ -105,6 +105,17 @@ URL1[gw]=ws://127.0.0.1:$P_GW1/socket.io/ URL2[gw]=ws://127.0.0.1:$P_GW2/socket.
 URL1[node]=ws://127.0.0.1:$P_NODE1/socket.io/ URL2[node]=ws://127.0.0.1:$P_NODE2/socket.io/
 TARGETS=(gw node)
 
+# What the fleet's Redis has run so far: "<scripts> <commands>", the EVAL/EVALSHA calls (one
+# round trip each) and every command (INFO's own excluded; Redis counts the commands a script
+# runs too). Read before and after each measurement, for the Redis work per publish (the
+# target: one round trip per publish, not one per subscriber).
+declare -A REDIS_PORT=([gw]=$P_REDIS_GW [node]=$P_REDIS_NODE)
+redis_counts() { # port
+    redis-cli -p "$1" INFO commandstats | awk -F'[:=,]' '
+        /^cmdstat_eval/ { s += $3 }
+        /^cmdstat_/ && $1 != "cmdstat_info" { n += $3 }
+        END { print s + 0, n + 0 }'
+}
 record() { # json rep pos quiet
     printf '%s\n' "${1%\}},\"rep\":$2,\"pos\":$3,\"quiet_pct\":$4}" >>"$RAW"
 }
@@ -132,10 +143,13 @@ for clients in ${CLIENTS//,/ }; do
             t=${TARGETS[$(((k + r - 1) % n))]}
             for ((a = 1; a <= 1 + RETRIES; a++)); do
                 quiet=$(wait_quiet $ALL_PIDS)
+                read -r s0 c0 <<<"$(redis_counts "${REDIS_PORT[$t]}")"
                 out=$(timeout 600 $RT --label "$t" --pids "${FP[$t]}" sio-fanout --url "${URL1[$t]}" \
                     --receiver-urls "${URL1[$t]},${URL2[$t]}" --clients "$clients" --events "$events" \
                     --window "$WINDOW" --payload-bytes "$PAYLOAD" --max-secs 300 | tail -1) ||
                     { log "rep $r $t: rt-load failed"; out='{"label":"'$t'","mode":"sio-fanout","clients":'$clients',"failed":1}'; }
+                read -r s1 c1 <<<"$(redis_counts "${REDIS_PORT[$t]}")"
+                out="${out%\}},\"redis_scripts\":$((s1 - s0)),\"redis_commands\":$((c1 - c0))}"
                 ((a <= RETRIES)) && disturbed "$out" || break
                 log "rep $r $t: other processes used $(jnum "$out" others_cpu_pct)% of a core: measuring again"
             done
@@ -149,6 +163,14 @@ ELAPSED=$((SECONDS - RUN_START))
 vals() { # target clients key
     grep "\"label\":\"$1\"" "$RAW" | grep "\"clients\":$2," | while read -r l; do
         v=$(jnum "$l" "$3"); echo "${v:--}"
+    done
+}
+# Redis work per published event in each measurement: "<script calls> / <commands>".
+redis_per_publish() { # target clients
+    grep "\"label\":\"$1\"" "$RAW" | grep "\"clients\":$2," | while read -r l; do
+        s=$(jnum "$l" redis_scripts) c=$(jnum "$l" redis_commands) e=$(jnum "$l" events_sent)
+        awk -v s="${s:-0}" -v c="${c:-0}" -v e="${e:-0}" \
+            'BEGIN { if (e > 0) printf "%.2f/%.2f\n", s / e, c / e; else print "-" }'
     done
 }
 # Deliveries per CPU-second of all server processes = 1e6 / us per delivery; ratio gw / node
@@ -168,15 +190,16 @@ p99_ratios() { # clients: gw p99 / node p99
     echo "- command: \`bash bench/cluster.sh\` (REPS=$REPS CLIENTS=$CLIENTS DELIVERIES=$DELIVERIES WINDOW=$WINDOW PAYLOAD=$PAYLOAD GW_THREADS=$GW_THREADS); whole script ${ELAPSED} s"
     echo "- gw: 2 gateway nodes (\`threads: $GW_THREADS\` each, plain ws) + redis-server $(redis-server --version | grep -o 'v=[0-9.]*'); node: 2 Node $(node --version) processes, socket.io $(node -p 'require("'"$REPO"'/bench/node/node_modules/socket.io/package.json").version') + @socket.io/redis-adapter $(node -p 'require("'"$REPO"'/bench/node/node_modules/@socket.io/redis-adapter/package.json").version') + its own redis-server. Publisher on node 1, receivers alternating between the nodes. CPU: both nodes and Redis."
     echo
-    echo "| fleet | receivers | deliveries/s median | all reps | missing (all) | p99 ms median | all | CPU us/delivery median (all servers) | all |"
-    echo "|---|---:|---:|---|---:|---:|---|---:|---|"
+    echo "| fleet | receivers | deliveries/s median | all reps | missing (all) | p99 ms median | all | CPU us/delivery median (all servers) | all | Redis per publish: scripts / commands (all) |"
+    echo "|---|---:|---:|---|---:|---:|---|---:|---|---|"
     for clients in ${CLIENTS//,/ }; do
         for t in "${TARGETS[@]}"; do
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$clients" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$clients" \
                 "$(vals "$t" "$clients" deliveries_per_s | median | fmt)" "$(vals "$t" "$clients" deliveries_per_s | all)" \
                 "$(vals "$t" "$clients" missing | sum)" \
                 "$(vals "$t" "$clients" lat_ms_p99 | median | fmt)" "$(vals "$t" "$clients" lat_ms_p99 | fmt | all)" \
-                "$(vals "$t" "$clients" server_us_per_delivery | median | fmt)" "$(vals "$t" "$clients" server_us_per_delivery | fmt | all)"
+                "$(vals "$t" "$clients" server_us_per_delivery | median | fmt)" "$(vals "$t" "$clients" server_us_per_delivery | fmt | all)" \
+                "$(redis_per_publish "$t" "$clients" | all)"
         done
     done
     echo

@@ -16,7 +16,7 @@ use pingora::connectors::http::v1::Connector;
 use realtime::access::ClientInfo;
 use realtime::app_events::{AppEvents, EventPoster, Failure};
 
-use crate::authorize::AppLink;
+use crate::authorize::{AppLink, AppPool};
 use crate::settings::{self, Cidr};
 use crate::upstream::Pool;
 
@@ -49,12 +49,13 @@ impl EventPoster for AppEventPoster {
 pub fn build(
     settings: Option<&settings::Events>,
     pools: &BTreeMap<String, Arc<Pool>>,
+    current: &Arc<std::sync::OnceLock<Arc<crate::proxy::Current>>>,
     trusted: Vec<Cidr>,
     temp_dir: Arc<PathBuf>,
-    connector: Connector,
+    connector: Arc<Connector>,
 ) -> Option<AppEvents> {
     let s = settings?;
-    let pool = pools.get(&s.upstream)?.clone();
+    let pool = AppPool::new(pools.get(&s.upstream)?.clone(), current.clone());
     let poster = AppEventPoster {
         link: AppLink {
             pool,

@@ -11,9 +11,9 @@
 //! at most `realtime.auth.timeout_ms`, never a hang. Definite answers (2xx, 401, 403) may be
 //! kept for `realtime.auth.cache_ms`, keyed by everything the app was told.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use crate::attempt::{Loop, Picked};
 use crate::failure::{Fault, Place};
-use crate::settings::{self, Cidr};
+use crate::proxy::Current;
+use crate::settings::{self, Cidr, Settings};
 use crate::upstream::{Pool, Protocol};
 use crate::{buffering, fastcgi, forwarding, relay};
 
@@ -50,8 +51,8 @@ const MAX_CACHED: usize = 10_000;
 /// credentials and the forwarding headers ([`callback_request`]). The authorization callbacks
 /// and the events to the app ([`crate::app_events`]) both go this way.
 pub struct AppLink {
-    pub pool: Arc<Pool>,
-    pub connector: Connector,
+    pub pool: AppPool,
+    pub connector: Arc<Connector>,
     pub temp_dir: Arc<PathBuf>,
     pub trusted: Vec<Cidr>,
     /// Where a log line says the request came from (`realtime.auth`).
@@ -60,6 +61,60 @@ pub struct AppLink {
     pub by: (&'static str, &'static str),
     /// The largest answer read.
     pub max_answer: usize,
+}
+
+/// The app's pool as the configuration in force has it, by its name: a reload that changes
+/// `upstreams.<name>` (the app moved, a server was added) moves the callbacks with the pages.
+/// The pool of the starting configuration until one is in force, and when a reloaded file no
+/// longer has that name (the `realtime` section that names it applies after a restart).
+#[derive(Clone)]
+pub struct AppPool {
+    at_start: Arc<Pool>,
+    current: Arc<OnceLock<Arc<Current>>>,
+}
+
+impl AppPool {
+    /// `current` is set once the configuration in force exists (it is built after the
+    /// realtime services that hold this).
+    pub fn new(at_start: Arc<Pool>, current: Arc<OnceLock<Arc<Current>>>) -> AppPool {
+        AppPool { at_start, current }
+    }
+
+    /// The pool to send a request over now.
+    pub fn get(&self) -> Arc<Pool> {
+        self.current
+            .get()
+            .and_then(|c| c.load().router.pools.get(&self.at_start.name).cloned())
+            .unwrap_or_else(|| self.at_start.clone())
+    }
+
+    /// The pool's name (`upstreams.<name>`).
+    pub fn name(&self) -> &str {
+        &self.at_start.name
+    }
+}
+
+/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names: what
+/// [`realtime::access::Access`] decides with, at start and after each reload.
+pub fn rules(
+    settings: &Settings,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    current: &Arc<OnceLock<Arc<Current>>>,
+    temp_dir: &Arc<PathBuf>,
+    connector: &Arc<Connector>,
+) -> (realtime::access::Policy, Option<Arc<dyn Authorizer>>) {
+    let app = settings.realtime.auth.as_ref().and_then(|auth| {
+        let pool = AppPool::new(pools.get(&auth.upstream)?.clone(), current.clone());
+        let app: Arc<dyn Authorizer> = Arc::new(AppAuthorizer::new(
+            auth,
+            pool,
+            settings.proxy.trusted_proxies.clone(),
+            temp_dir.clone(),
+            connector.clone(),
+        ));
+        Some(app)
+    });
+    (settings.realtime.policy.clone(), app)
 }
 
 impl AppLink {
@@ -81,16 +136,17 @@ impl AppLink {
         client: &ClientInfo,
         body: Bytes,
     ) -> Result<(u16, Bytes), Fault> {
+        let pool = self.pool.get();
         let mut picked = Picked::default();
         let uri = req.uri.clone();
         let request_id = req.headers.get("x-request-id").cloned();
         let attempts = Loop {
-            pool: &self.pool,
+            pool: &pool,
             client: client.peer.map(|p| p.ip()),
             route: self.route,
             picked: &mut picked,
         };
-        let outcome = match &self.pool.protocol {
+        let outcome = match &pool.protocol {
             Protocol::Http => {
                 let mut held = buffering::Body::new(MEMORY_BYTES, self.temp_dir.clone());
                 match held.push(body).await {
@@ -116,18 +172,18 @@ impl AppLink {
         match outcome {
             Ok((head, answer)) => Ok((head.status.as_u16(), answer)),
             Err(fault) => {
-                let by = match self.pool.protocol {
+                let by = match pool.protocol {
                     Protocol::Http => self.by.0,
                     Protocol::FastCgi(_) => self.by.1,
                 };
                 let server = (picked.server)
-                    .and_then(|i| self.pool.servers.get(i))
+                    .and_then(|i| pool.servers.get(i))
                     .map(|s| &s.addr);
                 let place = Place {
                     client: client.peer.map(|p| p.ip()),
                     route: self.route,
                     by,
-                    upstream: self.pool.name.as_str(),
+                    upstream: pool.name.as_str(),
                     server,
                     request_id: request_id.as_ref(),
                 };
@@ -149,10 +205,10 @@ pub struct AppAuthorizer {
 impl AppAuthorizer {
     pub fn new(
         auth: &settings::Auth,
-        pool: Arc<Pool>,
+        pool: AppPool,
         trusted: Vec<Cidr>,
         temp_dir: Arc<PathBuf>,
-        connector: Connector,
+        connector: Arc<Connector>,
     ) -> AppAuthorizer {
         AppAuthorizer {
             link: AppLink {
@@ -200,7 +256,7 @@ impl AppAuthorizer {
             }
             Err(_) => {
                 tracing::warn!(
-                    upstream = self.link.pool.name.as_str(),
+                    upstream = self.link.pool.name(),
                     path,
                     timeout_ms = self.timeout.as_millis() as u64,
                     "the app did not answer an authorization callback in time"

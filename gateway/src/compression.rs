@@ -49,14 +49,20 @@ impl Settings {
         let Some((main, sub)) = essence.split_once('/') else {
             return false;
         };
-        let (main, sub) = (
-            main.trim().to_ascii_lowercase(),
-            sub.trim().to_ascii_lowercase(),
-        );
+        // Runs on every answer: copied only when not already lower case.
+        let (main, sub) = (lower(main.trim()), lower(sub.trim()));
         if main == "text" && sub == "event-stream" {
             return false;
         }
         self.types.iter().any(|t| t.matches(&main, &sub))
+    }
+}
+
+/// `s` in lower case, copied only when it is not already.
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => s.to_ascii_lowercase().into(),
+        false => s.into(),
     }
 }
 

@@ -91,7 +91,7 @@ impl Finish<'_> {
                 }
                 _ => {
                     let d = compression::decide(settings, req.into(), resp.status, &resp.headers);
-                    out.0 = compression::apply(settings, d, resp)?;
+                    out.0 = compression::apply(settings, d, resp)?.map(Box::new);
                 }
             }
         }
@@ -300,8 +300,10 @@ async fn write_file(
 }
 
 /// How an answer's body goes out: as it comes, or through the encoder the finisher chose.
+/// Boxed: every proxied request carries one in its context, which pingora moves with the
+/// request's future, and most answers are not compressed.
 #[derive(Default)]
-pub struct Out(Option<Encoder>);
+pub struct Out(Option<Box<Encoder>>);
 
 impl Out {
     pub fn compressing(&self) -> bool {

@@ -329,6 +329,16 @@ fn is_host(v: &[u8]) -> bool {
     std::str::from_utf8(v).is_ok_and(|v| authority_host(v).is_some())
 }
 
+/// An address as a header value, written without an intermediate `String`.
+fn ip_value(ip: IpAddr) -> http::HeaderValue {
+    use std::io::Write as _;
+    // The longest address, `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`, is 45 bytes.
+    let mut w = std::io::Cursor::new([0u8; 48]);
+    let _ = write!(w, "{ip}");
+    let len = w.position() as usize;
+    http::HeaderValue::from_bytes(&w.get_ref()[..len]).expect("an address is a valid header value")
+}
+
 /// An address as a `Forwarded` node (RFC 7239 §6: IPv6 in quotes and brackets).
 fn forwarded_node(ip: IpAddr) -> String {
     match ip {
@@ -357,16 +367,26 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     }
 
     let trusted = client.peer_trusted();
-    let peer = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
-    let incoming_xff: Vec<String> = if trusted {
-        req.headers
+    // Every request goes through here: the client's address is written once, without the
+    // intermediate Strings, and shared by X-Forwarded-For and X-Real-IP when they agree.
+    let peer = client
+        .ip
+        .map_or_else(|| http::HeaderValue::from_static(""), ip_value);
+    let (xff, real_ip) = if trusted {
+        let mut xff: Vec<&str> = req
+            .headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_string())
+            .map(str::trim)
             .filter(|s| !s.is_empty())
-            .collect()
+            .collect();
+        xff.push(peer.to_str().unwrap_or_default());
+        let xff = http::HeaderValue::from_str(&xff.join(", "));
+        // The real client, by the same rule as the realtime services' per-client limits.
+        let real_ip = real_client(client, &req.headers).map_or_else(|| peer.clone(), ip_value);
+        (xff.ok(), real_ip)
     } else {
         // Whatever the client said about itself, in any spelling, is not passed on.
         let forged: Vec<http::HeaderName> = req
@@ -378,15 +398,12 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
         for name in forged {
             req.remove_header(&name);
         }
-        Vec::new()
+        // Not a trusted proxy: the peer is the client.
+        (Some(peer.clone()), peer)
     };
-    // The real client, by the same rule as the realtime services' per-client limits.
-    let real_ip = real_client(client, &req.headers)
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| peer.clone());
-    let mut xff = incoming_xff;
-    xff.push(peer);
-    let _ = req.insert_header("x-forwarded-for", xff.join(", "));
+    if let Some(xff) = xff {
+        let _ = req.insert_header("x-forwarded-for", xff);
+    }
     let _ = req.insert_header("x-real-ip", real_ip);
     // A trusted proxy's `Forwarded` gets this hop too, so it agrees with X-Forwarded-For.
     if let (true, Some(ip)) = (req.headers.contains_key("forwarded"), client.ip) {
@@ -396,17 +413,15 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     // What a trusted proxy said stands; otherwise (and when it said nothing) the gateway's.
     let keep = |req: &RequestHeader, name: &str| trusted && req.headers.get(name).is_some();
     if !keep(req, "x-forwarded-proto") {
-        let _ = req.insert_header(
-            "x-forwarded-proto",
-            if client.tls { "https" } else { "http" },
-        );
+        let proto = if client.tls { "https" } else { "http" };
+        let _ = req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto));
     }
     // The listener's port, next to the scheme (nginx setups send `$server_port`): Symfony,
     // Laravel and Rack build absolute URLs from it behind a trusted proxy.
     if !keep(req, "x-forwarded-port") {
         match client.port {
             Some(port) => {
-                let _ = req.insert_header("x-forwarded-port", port.to_string());
+                let _ = req.insert_header("x-forwarded-port", http::HeaderValue::from(port));
             }
             None => {
                 req.remove_header("x-forwarded-port");

@@ -39,7 +39,7 @@ use pingora::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, AL
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 61\r\nConnection: close\r\n\r\n408 Request Timeout: the request headers took too long to arrive\n";
 
@@ -188,6 +188,10 @@ pub struct Deadlined {
     /// Whether any byte of the current head arrived (a connection that never sent one is
     /// closed without a 408, as nginx does).
     received: bool,
+    /// When the current head must have arrived (`None`: no deadline runs).
+    deadline: Option<Instant>,
+    /// The runtime's timer for `deadline`, made only when a read has to wait for more of a
+    /// head: a head that arrives whole (the usual case) never costs one.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -199,7 +203,8 @@ impl Deadlined {
             timeout,
             phase: AtomicU8::new(Phase::Headers as u8),
             received: false,
-            timer: Some(Box::pin(tokio::time::sleep(timeout))),
+            deadline: Some(Instant::now() + timeout),
+            timer: None,
         }
     }
 
@@ -229,7 +234,8 @@ impl Deadlined {
         match self.phase() {
             Phase::Idle => {
                 self.set(Phase::Headers);
-                self.timer = Some(Box::pin(tokio::time::sleep(self.timeout)));
+                self.deadline = Some(Instant::now() + self.timeout);
+                self.timer = None;
                 self.received = true;
             }
             Phase::Headers => self.received = true,
@@ -244,6 +250,7 @@ impl Deadlined {
     fn on_write(&mut self) {
         if self.phase() == Phase::Headers {
             self.set(Phase::Request);
+            self.deadline = None;
             self.timer = None;
         }
     }
@@ -259,9 +266,13 @@ impl AsyncRead for Deadlined {
         match this.phase() {
             Phase::Expired => return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
             Phase::Headers => {
-                if let Some(timer) = this.timer.as_mut() {
+                if let Some(deadline) = this.deadline {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     if timer.as_mut().poll(cx).is_ready() {
                         this.set(Phase::Expired);
+                        this.deadline = None;
                         this.timer = None;
                         if this.received {
                             // Best effort: the client is slow by definition, so never wait on it.
@@ -278,7 +289,10 @@ impl AsyncRead for Deadlined {
                     }
                 }
             }
-            Phase::Idle | Phase::Request => this.timer = None,
+            Phase::Idle | Phase::Request => {
+                this.deadline = None;
+                this.timer = None;
+            }
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -286,10 +300,10 @@ impl AsyncRead for Deadlined {
             if buf.filled().len() > before {
                 this.on_bytes();
             }
-            // A timer armed by these bytes is not polled (registered) here: it is polled at the
-            // top of the next read, which is the only way pingora waits for more of a head. A
-            // head that arrives whole (the usual case) is parsed and ends the phase before that,
-            // so it never touches the runtime's timer wheel: registering one per request woke
+            // A deadline armed by these bytes gets its timer (made and registered) at the top
+            // of the next read, which is the only way pingora waits for more of a head. A head
+            // that arrives whole (the usual case) is parsed and ends the phase before that, so
+            // it never touches the runtime's timer wheel: registering one per request woke
             // the other worker thread's parked driver (an eventfd write and a sched_yield per
             // request, 7% more CPU per proxied request in bench/http.sh).
         }

@@ -32,6 +32,7 @@ pub mod buffering;
 pub mod client_limits;
 pub mod compression;
 pub mod config;
+pub mod draining;
 pub mod failure;
 pub mod fastcgi;
 pub mod finish;

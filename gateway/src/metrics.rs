@@ -654,6 +654,12 @@ impl Collector for Scraped {
                 "Socket.IO resumes that could not be served (a new session was given)",
                 ConstCounter::new(get(&s.recovery_failures)),
             )?;
+            one(
+                &mut e,
+                "gateway_socketio_session_takeovers",
+                "Socket.IO sockets still connected whose client came back on a new connection and resumed them",
+                ConstCounter::new(get(&s.takeovers)),
+            )?;
         }
         Ok(())
     }

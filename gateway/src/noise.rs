@@ -103,7 +103,9 @@ pub struct HandshakeNoise;
 /// the callsites every `log` record is dispatched through (whose own target is `log`: the
 /// record's real one is checked when it is dispatched, and again in `on_event`).
 pub fn wanted(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target() == TARGET || meta.target() == "log"
+    // Above [`MAX_LEVEL`] never: the filter promises that much to the subscriber (and a debug
+    // build checks it), and `RUST_LOG=debug` brings the `log` bridge's debug lines here.
+    MAX_LEVEL >= *meta.level() && (meta.target() == TARGET || meta.target() == "log")
 }
 
 /// The most detailed level [`HandshakeNoise`] takes: the module's handshake lines are

@@ -59,6 +59,11 @@ pub struct Shared {
     pub access_log: Option<Arc<AccessLog>>,
     pub temp_dir: Arc<PathBuf>,
     pub connector: Arc<pingora::connectors::http::v1::Connector>,
+    /// Who may subscribe and publish (`realtime.policy`, `realtime.auth`): shared with every
+    /// transport, its rules replaced by a reload that changes them.
+    pub access: realtime::access::Access,
+    /// The configuration in force, as the app's callbacks find its pools.
+    pub in_force: Arc<std::sync::OnceLock<Arc<Current>>>,
     pub realtime: Box<RealtimeServices>,
     /// Per-client counts and buckets: they outlive a reload.
     pub client_limits: Arc<crate::client_limits::ClientLimits>,
@@ -232,6 +237,20 @@ impl Reloader {
             in_force.set(resolver);
         }
         let pools: Vec<Arc<Pool>> = serving.router.pools.values().cloned().collect();
+        let (a, b) = (&old.source, &new.source);
+        let access_changed = a.realtime.policy != b.realtime.policy
+            || a.realtime.auth != b.realtime.auth
+            || a.proxy.trusted_proxies != b.proxy.trusted_proxies;
+        if access_changed {
+            let (policy, app) = crate::authorize::rules(
+                &new,
+                &serving.router.pools,
+                &self.shared.in_force,
+                &self.shared.temp_dir,
+                &self.shared.connector,
+            );
+            self.shared.access.replace(policy, app);
+        }
         self.current.store(Arc::new(serving));
         self.health.send_replace(pools);
         Ok((new, applied, restart_needed))
@@ -398,6 +417,11 @@ pub fn applied(old: &Config, new: &Config) -> Vec<String> {
     section("limits", old.limits != new.limits);
     section("compression", old.compression != new.compression);
     section(
+        "realtime.policy",
+        old.realtime.policy != new.realtime.policy,
+    );
+    section("realtime.auth", old.realtime.auth != new.realtime.auth);
+    section(
         "internal_locations",
         old.internal_locations != new.internal_locations,
     );
@@ -430,7 +454,17 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     restart("tls.state_dir", old.tls.state_dir != new.tls.state_dir);
     restart("proxy.temp_dir", old.proxy.temp_dir != new.proxy.temp_dir);
     restart("cluster", old.cluster != new.cluster);
-    restart("realtime", old.realtime != new.realtime);
+    // Each realtime service keeps the settings it was built with (that is what keeps its
+    // sessions); who may subscribe and publish is decided per request, and reloads.
+    let but_access = |r: &crate::config::Realtime| crate::config::Realtime {
+        policy: Default::default(),
+        auth: None,
+        ..r.clone()
+    };
+    restart(
+        "realtime",
+        but_access(&old.realtime) != but_access(&new.realtime),
+    );
     restart("access_log", old.access_log != new.access_log);
     let (a, b) = (&old.limits, &new.limits);
     // Read when a connection is accepted (the header deadline, HTTP/2 settings, pingora's

@@ -3,6 +3,7 @@
 //! Matching runs on the path with dot segments resolved, so `/static/../socket.io/` is routed
 //! where it would end up, not where it starts; a path that climbs above `/` is refused.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -116,13 +117,19 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Resolve `.` and `..` segments (also percent-encoded ones) for routing. `None` when the path
 /// climbs above the root or does not start with `/`.
-pub fn normalize(path: &str) -> Option<String> {
+///
+/// Runs on every request: a path with nothing to resolve (the usual case) is returned as it
+/// is, without a copy.
+pub fn normalize(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
-    let lower = path.to_ascii_lowercase();
-    if !lower.contains("/.") && !lower.contains("%2e") && !path.contains("//") {
-        return Some(path.to_string());
+    let encoded_dot = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%2e"));
+    if !path.contains("/.") && !encoded_dot && !path.contains("//") {
+        return Some(Cow::Borrowed(path));
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path[1..].split('/').collect();
@@ -147,7 +154,7 @@ pub fn normalize(path: &str) -> Option<String> {
     if trailing && !s.ends_with('/') {
         s.push('/');
     }
-    Some(s)
+    Some(Cow::Owned(s))
 }
 
 #[cfg(test)]

@@ -463,28 +463,6 @@ fn join_cluster(
     ))
 }
 
-/// The topic policy, and the app's word through the pool `realtime.auth.upstream` names.
-fn access(
-    settings: &Settings,
-    pools: &BTreeMap<String, Arc<Pool>>,
-    temp_dir: &Arc<std::path::PathBuf>,
-    connector: pingora::connectors::http::v1::Connector,
-) -> realtime::access::Access {
-    let app = settings.realtime.auth.as_ref().and_then(|auth| {
-        let pool = pools.get(&auth.upstream)?.clone();
-        let app: Arc<dyn realtime::access::Authorizer> =
-            Arc::new(crate::authorize::AppAuthorizer::new(
-                auth,
-                pool,
-                settings.proxy.trusted_proxies.clone(),
-                temp_dir.clone(),
-                connector,
-            ));
-        Some(app)
-    });
-    realtime::access::Access::new(settings.realtime.policy.clone(), app)
-}
-
 /// Read buffer of each client connection, below pingora's 64 KiB default. It is allocated
 /// zeroed when the connection is accepted and lives as long as the connection, so with 10,000
 /// idle WebSockets the default alone is 640 MiB resident. 16 KiB still holds a whole TLS record
@@ -538,18 +516,30 @@ pub fn build(
         ))
     };
     let all_pools = Pool::all(&settings.upstreams);
-    let access = access(settings, &all_pools, &temp_dir, connector());
+    // The configuration in force, once it exists: the app's callbacks follow its pools.
+    let in_force = Arc::new(std::sync::OnceLock::new());
+    // Requests to the app: the pages' and the gateway's own callbacks.
+    let upstream_connector = Arc::new(connector());
+    let (policy, app) = crate::authorize::rules(
+        settings,
+        &all_pools,
+        &in_force,
+        &temp_dir,
+        &upstream_connector,
+    );
+    let access = realtime::access::Access::new(policy, app);
     let events = crate::app_events::build(
         settings.realtime.events.as_ref(),
         &all_pools,
+        &in_force,
         settings.proxy.trusted_proxies.clone(),
         temp_dir.clone(),
-        connector(),
+        upstream_connector.clone(),
     );
     let rt = Arc::new(Realtime::new(
         &settings.realtime,
         settings.cluster.as_ref(),
-        access,
+        access.clone(),
         events,
     )?);
     let limits = &settings.limits;
@@ -559,7 +549,9 @@ pub fn build(
         metrics: metrics.clone(),
         access_log,
         temp_dir,
-        connector: Arc::new(connector()),
+        connector: upstream_connector,
+        access,
+        in_force: in_force.clone(),
         client_limits: Arc::default(),
         realtime: Box::new({
             let rt = rt.clone();
@@ -579,6 +571,7 @@ pub fn build(
     let (health, health_rx) =
         tokio::sync::watch::channel(serving.router.pools.values().cloned().collect());
     let current = Arc::new(Current::from_pointee(serving));
+    let _ = in_force.set(current.clone());
     let certificates = match settings.listen.https {
         Some(_) => Some(Arc::new(Certificates::new(&settings.tls)?)),
         None => None,
@@ -591,8 +584,10 @@ pub fn build(
         shared,
         health,
     ));
+    let draining = crate::draining::Draining::default();
     let gateway = Gateway {
         current: current.clone(),
+        draining: draining.clone(),
     };
     let mut options = HttpServerOptions::default();
     // pingora counts reuses, not requests: a limit of N reuses serves N + 1 requests.
@@ -604,17 +599,20 @@ pub fn build(
     let header_timeout = limits.header_timeout;
     let mut proxy = Service::new(
         "gateway".to_string(),
-        HeaderDeadline {
-            // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
-            // header deadline passes them through untouched and wraps HTTP/1 ones.
-            // The header deadline is re-armed per request by `Gateway::logging`
-            // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
-            inner: Arc::new(H2Guard {
-                inner: Arc::new(http),
-                limits: H2Limits::from_limits(limits),
-                metrics: metrics.clone(),
+        crate::draining::Lingering {
+            draining: draining.clone(),
+            inner: Arc::new(HeaderDeadline {
+                // HTTP/2 connections are accepted by `H2Guard` (preface and idle deadlines); the
+                // header deadline passes them through untouched and wraps HTTP/1 ones.
+                // The header deadline is re-armed per request by `Gateway::logging`
+                // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
+                inner: Arc::new(H2Guard {
+                    inner: Arc::new(http),
+                    limits: H2Limits::from_limits(limits),
+                    metrics: metrics.clone(),
+                }),
+                timeout: header_timeout,
             }),
-            timeout: header_timeout,
         },
     );
 
@@ -702,7 +700,7 @@ pub fn build(
     Ok(Built {
         server,
         reloader,
-        drain: Drain(rt),
+        drain: Drain { rt, draining },
     })
 }
 
@@ -717,10 +715,14 @@ pub struct Built {
 
 /// Tells every realtime client to come back elsewhere ([`Realtime::drain`]): the process is
 /// handing its sockets to a new one.
-pub struct Drain(Arc<Realtime>);
+pub struct Drain {
+    rt: Arc<Realtime>,
+    draining: crate::draining::Draining,
+}
 
 impl Drain {
     pub fn now(&self) {
-        self.0.drain();
+        self.draining.begin();
+        self.rt.drain();
     }
 }

@@ -3,7 +3,10 @@
 //! subscribers, SSE streams, long-polls).
 //!
 //! `POST /publish` with `{"topic": "...", "event": "...", "data": ...}` (or an array of them)
-//! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. An
+//! answers `{"topic", "seq", "epoch", "position"}` once the message is in the hub. With
+//! socket.io's Redis adapter on, the other servers of the adapter (Node servers with
+//! `@socket.io/redis-adapter`) get it too, for their sockets in the room of that name
+//! ([`SocketIo::publish_to_peers`]). An
 //! `Idempotency-Key` header makes a retried publish count once. `GET /topics/<topic>` tells
 //! subscribers and position; `GET /topics/<topic>/members`, for a presence topic, its members
 //! (one per user, [`crate::access::presence`]): `{"topic", "count", "connections", "members":
@@ -120,6 +123,59 @@ struct SocketsDisconnect {
     except: Vec<String>,
     #[serde(default)]
     close: bool,
+}
+
+/// The body of a `/sockets/...` operation: which sockets (a namespace, rooms, rooms excepted)
+/// and what to do with them.
+trait SocketsOp: serde::de::DeserializeOwned {
+    /// The body's shape, for the error that answers another one.
+    const SHAPE: &'static str;
+    /// (namespace, rooms, except).
+    fn selection(&self) -> (&str, &[String], &[String]);
+    /// Rooms the operation itself names (its field's name and them), checked like the selection's.
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        None
+    }
+    fn apply(&self, op: &BroadcastOperator);
+}
+
+impl SocketsOp for SocketsJoin {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "join": [...]}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        Some(("join", &self.join))
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.sockets_join(&self.join);
+    }
+}
+
+impl SocketsOp for SocketsLeave {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "leave": [...]}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn rooms_named(&self) -> Option<(&'static str, &[String])> {
+        Some(("leave", &self.leave))
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.sockets_leave(&self.leave);
+    }
+}
+
+impl SocketsOp for SocketsDisconnect {
+    const SHAPE: &'static str =
+        r#"{"namespace": "/", "rooms": [...], "except": [...], "close": false}"#;
+    fn selection(&self) -> (&str, &[String], &[String]) {
+        (&self.namespace, &self.rooms, &self.except)
+    }
+    fn apply(&self, op: &BroadcastOperator) {
+        op.disconnect_sockets(self.close);
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,71 +361,32 @@ impl PublishApi {
             Ok(io) => io,
             Err(r) => return r.into(),
         };
-        let done = || json_response(StatusCode::OK, json!({"ok": true}));
         match path {
-            "/sockets/join" => {
-                let b: SocketsJoin = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "join": [...]}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                if let Err(r) = self.check_rooms("join", &b.join) {
-                    return r.into();
-                }
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.sockets_join(&b.join);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
+            "/sockets/join" => self.sockets_op::<SocketsJoin>(io, req).await,
+            "/sockets/leave" => self.sockets_op::<SocketsLeave>(io, req).await,
+            _ => self.sockets_op::<SocketsDisconnect>(io, req).await,
+        }
+    }
+
+    /// One of node's server-side operations on the sockets a selection names: the body read,
+    /// the rooms it names checked, the operation applied.
+    async fn sockets_op<B: SocketsOp>(&self, io: &SocketIo, req: Request) -> Response {
+        let b: B = match self.read_json(req, B::SHAPE).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        if let Some((field, rooms)) = b.rooms_named() {
+            if let Err(r) = self.check_rooms(field, rooms) {
+                return r.into();
             }
-            "/sockets/leave" => {
-                let b: SocketsLeave = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "leave": [...]}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                if let Err(r) = self.check_rooms("leave", &b.leave) {
-                    return r.into();
-                }
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.sockets_leave(&b.leave);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
+        }
+        let (nsp, rooms, except) = b.selection();
+        match self.select(io, nsp, rooms, except) {
+            Ok(op) => {
+                b.apply(&op);
+                json_response(StatusCode::OK, json!({"ok": true}))
             }
-            _ => {
-                let b: SocketsDisconnect = match self
-                    .read_json(
-                        req,
-                        r#"{"namespace": "/", "rooms": [...], "except": [...], "close": false}"#,
-                    )
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                match self.select(io, &b.namespace, &b.rooms, &b.except) {
-                    Ok(op) => {
-                        op.disconnect_sockets(b.close);
-                        done()
-                    }
-                    Err(r) => r.into(),
-                }
-            }
+            Err(r) => r.into(),
         }
     }
 
@@ -505,10 +522,14 @@ impl PublishApi {
         }
         // Every message is sent before any answer is awaited: in a fleet, a batch then costs
         // one round trip to Redis, not one per message, and keeps its order.
+        // With socket.io's Redis adapter on, the other servers' sockets in the topic's room get
+        // each message the fleet took (a copy kept for them until it is known to be taken).
+        let peers = self.socketio.as_ref().filter(|io| io.has_peers());
         let mut sending = Vec::with_capacity(items.len());
         for (i, p) in items.into_iter().enumerate() {
             let event = p.event.unwrap_or_else(|| DEFAULT_EVENT.to_string());
             let payload = Payload::new(event, p.data);
+            let for_peers = peers.map(|_| payload.clone());
             let sent = match &key {
                 Some(k) => {
                     let k = if batch { format!("{k}#{i}") } else { k.clone() };
@@ -517,20 +538,24 @@ impl PublishApi {
                 None => Sending::Plain(self.hub.send(&p.topic, payload, None)),
             };
             let failed = sent.failed_at_once();
-            sending.push((p.topic, sent));
+            sending.push((p.topic, sent, for_peers));
             if failed {
                 // Nothing after a refused message is sent (the publishes before it were).
                 break;
             }
         }
         let mut results = Vec::with_capacity(sending.len());
-        for (topic, sent) in sending {
+        for (topic, sent, for_peers) in sending {
             let outcome = match sent {
                 Sending::Keyed(s) => s.await.map(|r| (r.position, r.duplicate)),
                 Sending::Plain(s) => s.await.map(|pos| (pos, false)),
             };
             match outcome {
                 Ok((pos, duplicate)) => {
+                    // A retry's duplicate was handed over the first time.
+                    if let (Some(io), Some(payload), false) = (peers, &for_peers, duplicate) {
+                        io.publish_to_peers(&topic, payload);
+                    }
                     let mut r = json!({
                         "topic": topic,
                         "seq": pos.seq,

@@ -112,9 +112,10 @@ function named(map) {
   return list;
 }
 
-async function admin(path, body) {
+/// A call to the admin listener of gateway `node` (the first by default).
+async function admin(path, body, node = 0) {
   const init = body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
-  const r = await fetch(admins[0] + path, init);
+  const r = await fetch(admins[node] + path, init);
   return { status: r.status, body: await r.json() };
 }
 
@@ -237,6 +238,48 @@ const scenarios = {
     return out;
   },
 
+  // What the app sends through two gateways' publish API reaches a Node peer's sockets, and a
+  // Node peer's serverSideEmitWithAck is answered by every server. g1 (first gateway) and n1
+  // (the first Node peer) in room news; n2 (the same peer) in none. The first gateway
+  // publishes one message to topic news, the second a batch of one to news and one to
+  // topic other; then /emit on the second gateway asks room news for acks. The second Node
+  // peer answers server-side event "question"; the gateways have nothing to say but must say
+  // it.
+  async app() {
+    const [first] = bases;
+    const peer = await nodePeer(bases.length);
+    const listener = await nodePeer(bases.length + 1);
+    listener.server.on("question", (n, cb) => cb(`listener:${n}`));
+    const s = {
+      g1: client(first, "/", { name: "g1" }),
+      n1: client(peer.url, "/", { name: "n1", rooms: "news" }),
+      n2: client(peer.url, "/", { name: "n2" }),
+    };
+    const all = named(s);
+    await Promise.all(all.map(ready));
+    await join(s.g1, "news");
+    for (const [name, c] of Object.entries(s)) c.on("ask", (n, cb) => cb(`${name}:${n}`));
+    const out = {};
+    out.published = [
+      await admin("/publish", { topic: "news", event: "note", data: { n: 1 } }, 0),
+      await admin("/publish", [
+        { topic: "news", event: "note", data: { n: 2 } },
+        { topic: "other", event: "note", data: { n: 3 } },
+      ], 1),
+    ].map((r) => r.status);
+    out.notes = await settle(all, "note", 2);
+    out.emit = await admin("/emit", { room: "news", event: "ask", data: 7, timeout_ms: 3000 }, 1);
+    const asked = Date.now();
+    try {
+      const answers = await peer.server.serverSideEmitWithAck("question", 5);
+      out.serverSide = { answers: answers.map((a) => (a === undefined ? "<undefined>" : a)).sort() };
+    } catch (e) {
+      out.serverSide = { error: String(e.message), answers: e.responses };
+    }
+    out.serverSide.ms = Date.now() - asked;
+    return out;
+  },
+
   // The Ruby/PHP emitters' quirks, published by the test with redis-cli: c1 in r1 and r2, c2
   // in r2, c3 in none, all on the first gateway.
   async quirks() {
@@ -282,15 +325,18 @@ const scenarios = {
   },
 
   // Server-side emits, to an application built on the realtime library (the test's process,
-  // the only server there besides the Node peer): one from the emitter, and one from the Node
-  // peer that waits for the answers.
+  // the only server there besides the Node peer): one from the emitter, and two from the Node
+  // peer that wait for the answers (the second one the application does not answer).
   async serverside() {
     const peer = await nodePeer(1);
     const r = redis();
     await r.ping();
     new Emitter(r).serverSideEmit("ping", 1, "two");
     const answers = await peer.server.serverSideEmitWithAck("question", 5);
-    return { answers };
+    // The handler lets this one's ack go: the server answers with nothing, at once.
+    const asked = Date.now();
+    const unanswered = (await peer.server.serverSideEmitWithAck("unanswered", 6)).map((a) => (a === undefined ? "<undefined>" : a));
+    return { answers, unanswered, ms: Date.now() - asked };
   },
 };
 

@@ -1,14 +1,15 @@
 // Scenarios for the official socket.io-client against two gateways of one fleet (one Redis),
-// run by tests/tests/cluster_gateways.rs, cluster_faults.rs, cluster_balancer.rs and
-// cluster_failover.rs.
+// run by tests/tests/cluster_gateways.rs, cluster_faults.rs, cluster_balancer.rs,
+// cluster_failover.rs and cluster_fleet.rs.
 //
 //   node tests/js/cluster.mjs <scenario> <polling|websocket|upgrade> <https-base-url>...
 //
 // Each client stays on the node it connected to, except in `balanced` and `killed`, whose one
-// base URL is a round-robin balancer in front of the fleet (`killed` takes more arguments after
-// it). Prints one JSON object
+// base URL is a round-robin balancer in front of the fleet (`killed` and `fleet` take more
+// arguments after the base URLs). Prints one JSON object
 // with what the clients saw and exits 0; on failure prints {"error": ...} and exits 1.
 import { io } from "socket.io-client";
+import { createInterface } from "node:readline";
 import { TRANSPORTS, sleep, once, ready as readyOn } from "./clients.mjs";
 
 const [scenario, mode, ...bases] = process.argv.slice(2);
@@ -158,6 +159,58 @@ const scenarios = {
     };
   },
 
+  // Socket.IO's part in the fleet-wide count (cluster_fleet.rs): three bases (one per node),
+  // then R and E. One subscriber per node, each on another transport (websocket on the first,
+  // polling on the second, polling upgraded to websocket on the third), in rooms fleet-x and
+  // fleet-y; two publishers on the third node, one in each room. Says {"ready": ...} once all
+  // are in their rooms, waits for "go" on stdin, then each publisher relays R events
+  // "<room>/cs/<n>" to its room, acked (at most 32 waiting at once); ends when every subscriber
+  // has E events of each room (or 100 s passed) with what each got, in order, and the seq each
+  // relay was acked with.
+  async fleet() {
+    const [first, second, third] = bases;
+    const [R, E] = [+bases[3], +bases[4]];
+    const rooms = ["fleet-x", "fleet-y"];
+    const subs = [[first, "websocket"], [second, "polling"], [third, "upgrade"]].map(([base, m]) => {
+      const s = io(base, { ...common, transports: TRANSPORTS[m], forceNew: true });
+      sockets.push(s);
+      s.mode = m;
+      s.got = [];
+      s.onAny((event, ...args) => s.got.push(args[0]));
+      return s;
+    });
+    const transport = await Promise.all(subs.map((s) => readyOn(s, s.mode)));
+    const pubs = rooms.map(() => connect(third));
+    await Promise.all(pubs.map(ready));
+    for (const s of subs) for (const r of rooms) await s.timeout(5000).emitWithAck("join", r);
+    for (const [i, p] of pubs.entries()) await p.timeout(5000).emitWithAck("join", rooms[i]);
+    console.log(JSON.stringify({ ready: true }));
+    const input = createInterface({ input: process.stdin });
+    for await (const line of input) if (line.trim() === "go") break;
+    input.close();
+    const relay = async (p, room) => {
+      const acks = new Array(R);
+      let next = 0;
+      const worker = async () => {
+        while (next < R) {
+          const n = next++;
+          acks[n] = await p.timeout(10000).emitWithAck("chat", `${room}/cs/${n}`);
+        }
+      };
+      await Promise.all(Array.from({ length: 32 }, worker));
+      return acks.map((a) => (a && typeof a.seq === "number" ? a.seq : a));
+    };
+    const acks = await Promise.all(pubs.map((p, i) => relay(p, rooms[i])));
+    await until(() => subs.every((s) => s.got.length >= 2 * E), 100000);
+    await sleep(300);
+    return {
+      transport,
+      upgraded: subs.map((s) => s.io.engine.transport.name),
+      got: subs.map((s) => s.got),
+      acks: Object.fromEntries(rooms.map((r, i) => [r, acks[i]])),
+    };
+  },
+
   // Relays asking for an ack while the cluster cannot be reached.
   async unavailable() {
     const a = connect(bases[0]);
@@ -178,10 +231,11 @@ const watchdog = setTimeout(() => {
 }, 120000);
 try {
   const result = await fn();
-  console.log(JSON.stringify(result));
   clearTimeout(watchdog);
   for (const s of sockets) s.disconnect();
-  process.exit(0);
+  // Exit once the result is written: stdout is a pipe, written asynchronously, and a result
+  // larger than the pipe's buffer would otherwise be cut short.
+  process.stdout.write(JSON.stringify(result) + "\n", () => process.exit(0));
 } catch (e) {
   console.log(JSON.stringify({ error: String(e && e.stack || e) }));
   process.exit(1);

@@ -8,8 +8,10 @@
 // events. A session that is disconnected reconnects (the client's own reconnection) and,
 // unless it was recovered, joins <room> again. Prints one JSON object: per transport, how many
 // sessions got every note in the order sent (`got`; the notes' data are 0, 1, ...), how many
-// got one twice or out of order (`wrong`), how many disconnects they saw and how many came
-// back with `recovered === true`, and exits 0; on failure prints {"error": ...} and exits 1.
+// got one twice or out of order (`wrong`), how many disconnects they saw, how many sessions
+// came back and were recovered every time (`recovered`: `socket.recovered === true` on each
+// reconnection) and how many came back at least once as a new session (`fresh`), and exits 0;
+// on failure prints {"error": ...} and exits 1.
 // [modes]: "websocket", "polling" or both comma-separated (the default).
 import { io } from "socket.io-client";
 import { TRANSPORTS, sleep, once } from "./clients.mjs";
@@ -26,9 +28,11 @@ if (!base || !n || !room) {
 }
 
 const report = {
-  websocket: { got: 0, wrong: 0, disconnects: 0, recovered: 0 },
-  polling: { got: 0, wrong: 0, disconnects: 0, recovered: 0 },
+  websocket: { got: 0, wrong: 0, disconnects: 0, recovered: 0, fresh: 0 },
+  polling: { got: 0, wrong: 0, disconnects: 0, recovered: 0, fresh: 0 },
 };
+// Per session: [mode, came back at all, came back as a new session at least once].
+const comebacks = [];
 const sockets = [];
 const checks = [];
 
@@ -53,14 +57,19 @@ async function open(mode) {
   checks.push(check);
   s.on("disconnect", () => seen.disconnects++);
   let first = true;
+  const comeback = { mode, back: false, fresh: false };
+  comebacks.push(comeback);
   s.on("connect", () => {
     if (first) {
       first = false;
       return;
     }
     // Back after a disconnect: resumed with its rooms, or a new session that joins again.
-    if (s.recovered) seen.recovered++;
-    else s.emit("join", room);
+    comeback.back = true;
+    if (!s.recovered) {
+      comeback.fresh = true;
+      s.emit("join", room);
+    }
   });
   s.on("note", (data) => {
     heard.push(data);
@@ -102,6 +111,10 @@ try {
   while (Date.now() < end && !modes.every((m) => done(report[m]))) await sleep(50);
   // A late duplicate or disconnect would still be a failure: look a little longer.
   await sleep(500);
+  for (const c of comebacks) {
+    if (c.fresh) report[c.mode].fresh++;
+    else if (c.back) report[c.mode].recovered++;
+  }
   console.log(JSON.stringify(report));
   for (const s of sockets) s.close();
   process.exit(0);

@@ -223,7 +223,17 @@ impl Sse {
 
     /// [`Sse::open`] on any URL (a node's plain listener, a balancer in front of the fleet).
     pub async fn open_url(url: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = client().get(url);
+        Sse::open_with(&client(), url, last_event_id).await
+    }
+
+    /// [`Sse::open_url`] with `client` (whose timeout bounds the whole stream: [`client`]'s is
+    /// 30 s).
+    pub async fn open_with(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Sse {
+        let mut req = client.get(url);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

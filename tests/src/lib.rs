@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod h2;
 pub mod raw;
 pub mod redis;
+pub mod sessions;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -3,10 +3,11 @@
 //! says why, and nobody connected notices: Socket.IO sessions on both transports, `/ws`, SSE
 //! streams, held long-polls, app WebSocket tunnels and an upload in progress all go on.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::fleet::subscribers;
+use e2e::sessions::Sessions;
 use e2e::{client, eventually, websocket, Gateway, Stub};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -110,22 +111,7 @@ async fn a_reload_under_open_sessions_of_every_kind_adds_a_route_and_drops_nobod
     assert_eq!(before.status(), 404, "no route yet");
 
     // Socket.IO on websocket and on polling, in a node process of its own.
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([&gw.https(""), &SESSIONS.to_string(), "news"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let sessions = Sessions::start(&gw.https(""), SESSIONS, "news", "1", "websocket,polling").await;
 
     // `/ws` subscribers, SSE streams, held long-polls and app WebSocket tunnels.
     let ws_url = format!("wss://127.0.0.1:{}/ws", gw.ports.https);
@@ -272,18 +258,7 @@ async fn a_reload_under_open_sessions_of_every_kind_adds_a_route_and_drops_nobod
         &answer[..answer.len().min(300)]
     );
 
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let status = node.wait().expect("node exits");
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(status.success() && v.get("error").is_none(), "{v}");
+    let v = sessions.report().await;
     for mode in ["websocket", "polling"] {
         assert_eq!(v[mode]["got"], SESSIONS, "{mode}: {v}");
         assert_eq!(v[mode]["disconnects"], 0, "{mode}: {v}");
@@ -385,6 +360,83 @@ async fn a_removed_server_finishes_its_request_while_new_ones_go_to_its_replacem
         .expect("the slow request finished");
     assert_eq!(slow.status(), 200);
     assert_eq!(slow.headers()["x-backend-id"], "old");
+}
+
+/// The app moves (`upstreams.app` now names another server): the authorization callbacks go
+/// where the pages go, from the next subscribe on.
+#[tokio::test]
+async fn the_apps_callbacks_follow_its_pool_through_a_reload() {
+    let old = Stub::start("old");
+    let new = Stub::start("new");
+    let with_auth = |app: &Stub| {
+        config(app, "", "").replace(
+            "realtime:\n",
+            "realtime:\n  auth: {upstream: app, timeout_ms: 3000}\n",
+        )
+    };
+    let gw = Gateway::start(&with_auth(&old));
+    let subscribe = || async {
+        let r = client()
+            .get(gw.https("/events?topic=private-chat.1"))
+            .header("cookie", "user=ann")
+            .send()
+            .await
+            .expect("sse");
+        r.status()
+    };
+    assert_eq!(subscribe().await, 200);
+    assert_eq!(asked(&old).await, 1);
+
+    rewrite(&gw, &with_auth(&new));
+    let (code, out, err) = gateway_reload(&gw);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("upstreams.app"), "{out}");
+    assert_eq!(subscribe().await, 200);
+    assert_eq!(asked(&new).await, 1, "the new server is asked");
+    assert_eq!(asked(&old).await, 1, "the old one is not asked any more");
+}
+
+/// Who may publish from a client is decided per request: a reload that opens `chat-*` to
+/// clients applies to the next publish, with no restart.
+#[tokio::test]
+async fn a_reload_opens_a_topic_to_client_publishing() {
+    let app = Stub::start("app");
+    let publishable = |patterns: &str| {
+        config(&app, "", "  - {path: /p, realtime: longpoll}").replace(
+            "realtime:\n",
+            &format!("realtime:\n  policy: {{client_publish: [{patterns}]}}\n"),
+        )
+    };
+    let gw = Gateway::start(&publishable("news-*"));
+    let post = || async {
+        let r = client()
+            .post(gw.https("/p?t=chat-1"))
+            .body("hello")
+            .send()
+            .await
+            .expect("post");
+        (r.status(), r.text().await.unwrap_or_default())
+    };
+    let (status, body) = post().await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("clients may not publish"), "{body}");
+
+    rewrite(&gw, &publishable("news-*, chat-*"));
+    let (code, out, err) = gateway_reload(&gw);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("realtime.policy"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+    let (status, body) = post().await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// How many channel callbacks (`POST /broadcasting/auth`) `app` answered.
+async fn asked(app: &Stub) -> usize {
+    app.received()
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/broadcasting/auth")
+        .count()
 }
 
 /// SIGHUP's number (1 on every Unix).

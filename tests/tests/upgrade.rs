@@ -3,15 +3,16 @@
 //! and realtime clients are told to come back (WebSocket close 1001, Socket.IO reconnects,
 //! SSE ends after its `retry:`) instead of being cut.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::fleet::subscribers;
+use e2e::sessions::Sessions;
 use e2e::{client, eventually, websocket, Gateway, Stub};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -98,10 +99,24 @@ async fn sigterm_finishes_requests_in_flight_and_tells_realtime_clients_to_come_
         let url = gw.https("/sleep/1500");
         async move { client().get(url).send().await }
     });
+    // A kept-alive HTTP/1 connection, idle when the stop comes.
+    let kept = e2e::client_builder().http1_only().build().expect("client");
+    let first = kept.get(gw.https("/echo")).send().await.expect("request");
+    assert_eq!(first.headers()["connection"], "keep-alive");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let stopped = Instant::now();
     gw.proc.signal(15);
+    // The next request on it, sent after the listeners stopped, is answered (not cut with the
+    // idle connections), and told the connection ends.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = kept
+        .get(gw.https("/echo"))
+        .send()
+        .await
+        .expect("a request on a kept-alive connection is answered during the stop");
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.headers()["connection"], "close");
     assert_eq!(
         close_code(&mut ws).await,
         Some(CloseCode::Away),
@@ -134,6 +149,71 @@ async fn sigterm_finishes_requests_in_flight_and_tells_realtime_clients_to_come_
     );
 }
 
+/// HTTP requests sent all through an upgrade by four workers: two on kept-alive connections,
+/// two on a new connection per request.
+struct HttpLoad {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpLoad {
+    fn start(gw: &Gateway) -> HttpLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let workers = (0..4)
+            .map(|i| {
+                let (stop, sent, failures) = (stop.clone(), sent.clone(), failures.clone());
+                let url = gw.https("/echo");
+                tokio::spawn(async move {
+                    let keep_alive = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = if i % 2 == 0 {
+                            keep_alive.clone()
+                        } else {
+                            e2e::client_builder()
+                                .http1_only()
+                                .pool_max_idle_per_host(0)
+                                .build()
+                                .expect("client")
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            other => failures.lock().expect("lock").push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        HttpLoad {
+            stop,
+            sent,
+            failures,
+            workers,
+        }
+    }
+
+    /// Stops the workers and asserts that every request was answered 200.
+    async fn stop_and_check(self, upgrade_log: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.expect("load worker");
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        let failures = self.failures.lock().expect("lock");
+        assert!(sent > 50, "{sent} requests sent");
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests failed: {:?}\n{upgrade_log}",
+            failures.len(),
+            failures.iter().take(5).collect::<Vec<_>>(),
+        );
+    }
+}
+
 /// Kills the new process an upgrade started (the test harness only knows the old one).
 struct Started(u32);
 
@@ -152,59 +232,10 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
     let mut gw = Gateway::start(&config(&app));
     let old_pid = gw.proc.pid();
 
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([&gw.https(""), &SOCKETS.to_string(), "news"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let sessions = Sessions::start(&gw.https(""), SOCKETS, "news", "1", "websocket,polling").await;
 
     // Requests all through the upgrade: on kept-alive connections and on new ones.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let load: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, sent, failed, failures) =
-                (stop.clone(), sent.clone(), failed.clone(), failures.clone());
-            let url = gw.https("/echo");
-            tokio::spawn(async move {
-                let keep_alive = client();
-                while !stop.load(Ordering::Relaxed) {
-                    // Half the workers open a new connection per request.
-                    let c = if i % 2 == 0 {
-                        keep_alive.clone()
-                    } else {
-                        e2e::client_builder()
-                            .http1_only()
-                            .pool_max_idle_per_host(0)
-                            .build()
-                            .expect("client")
-                    };
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match c.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => {}
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            let mut f = failures.lock().expect("lock");
-                            f.push(format!("{other:?}"));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = HttpLoad::start(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
@@ -239,24 +270,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
         "old process: {exited:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.expect("load worker");
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert!(sent > 50, "{sent} requests sent");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {sent} requests failed: {:?}\n{}",
-        failures
-            .lock()
-            .expect("lock")
-            .iter()
-            .take(5)
-            .collect::<Vec<_>>(),
-        upgrade_log()
-    );
+    load.stop_and_check(&upgrade_log()).await;
 
     // Every Socket.IO client was told to come back, came back to the new process, and hears
     // what is published there.
@@ -275,18 +289,7 @@ async fn an_upgrade_under_load_refuses_no_request_and_socketio_clients_come_back
         .await
         .expect("publish");
     assert_eq!(r.status(), 200);
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let _ = node.wait();
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(v.get("error").is_none(), "{v}");
+    let v = sessions.report().await;
     for mode in ["websocket", "polling"] {
         assert_eq!(v[mode]["got"], SOCKETS, "{mode}: {v}");
         assert!(
@@ -370,8 +373,8 @@ async fn reload_after_installing_a_new_binary_upgrades_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_with_all_it_missed()
-{
+async fn an_upgrade_under_load_with_the_history_in_redis_refuses_no_request_and_every_socketio_client_resumes(
+) {
     const SOCKETS: usize = 50;
     let redis = e2e::redis::RedisServer::start();
     let app = Stub::start("app");
@@ -390,31 +393,8 @@ async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_
             "    max_sessions_per_client: 5000\n    recovery: {max_disconnection_ms: 60000}\n",
         );
     let mut gw = Gateway::start(&yaml);
-    let mut node = Command::new("node")
-        .arg(e2e::workspace_root().join("tests/js/sessions.mjs"))
-        .args([
-            &gw.https(""),
-            &SOCKETS.to_string(),
-            "news",
-            "stdin",
-            "websocket",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut node_in = node.stdin.take().expect("stdin");
-    let node_out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
-    let (ready, node_out) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a line");
-        (line, node_out)
-    })
-    .await
-    .expect("node");
-    assert!(ready.contains("ready"), "node: {ready}");
+    let mut sessions =
+        Sessions::start(&gw.https(""), SOCKETS, "news", "stdin", "websocket,polling").await;
 
     // The app publishes numbered notes every 50 ms through the whole upgrade.
     let stop = Arc::new(AtomicBool::new(false));
@@ -439,6 +419,7 @@ async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_
             n
         }
     });
+    let load = HttpLoad::start(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = count.load(Ordering::Relaxed);
     let log = std::fs::File::create(gw.dir.path().join("upgrade.log")).expect("log");
@@ -465,32 +446,27 @@ async fn an_upgrade_with_the_history_in_redis_lets_every_socketio_client_resume_
     );
     let during = count.load(Ordering::Relaxed) - before;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop_and_check(&upgrade_log()).await;
     stop.store(true, Ordering::Relaxed);
     let published = publisher.await.expect("publisher");
-    use std::io::Write;
-    writeln!(node_in, "{published}").expect("tell node");
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut node_out = node_out;
-        let mut line = String::new();
-        node_out.read_line(&mut line).expect("a result");
-        line
-    })
-    .await
-    .expect("node");
-    let _ = node.wait();
-    let v: Value = serde_json::from_str(&report).expect("json");
-    assert!(v.get("error").is_none(), "{v}");
+    sessions.tell_notes(published);
+    let v = sessions.report().await;
     assert!(during >= 10, "{during} notes published during the upgrade");
-    assert_eq!(
-        v["websocket"]["got"], SOCKETS,
-        "every session got all {published} notes once, in order: {v}"
-    );
-    assert_eq!(v["websocket"]["wrong"], 0, "{v}");
-    assert_eq!(
-        v["websocket"]["recovered"],
-        SOCKETS,
-        "{v}\n{}",
-        upgrade_log()
-    );
+    // On both transports. A polling client may be sent back more than once: for 5 s both
+    // processes accept, and a poll of a session the new process holds can reach the old one;
+    // it comes back again with its session's pid and takes that session over.
+    for mode in ["websocket", "polling"] {
+        assert_eq!(
+            v[mode]["got"], SOCKETS,
+            "{mode}: every session got all {published} notes once, in order: {v}"
+        );
+        assert_eq!(v[mode]["wrong"], 0, "{mode}: {v}");
+        assert_eq!(v[mode]["fresh"], 0, "{mode}: {v}\n{}", upgrade_log());
+        assert_eq!(
+            v[mode]["recovered"],
+            SOCKETS,
+            "{mode}: {v}\n{}",
+            upgrade_log()
+        );
+    }
 }

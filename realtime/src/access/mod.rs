@@ -29,6 +29,8 @@ pub mod presence;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::StatusCode;
 use serde_json::Value;
 
@@ -203,18 +205,28 @@ pub trait Authorizer: Send + Sync + 'static {
 
 /// The policy and the app's word together: what every transport asks; and the members of the
 /// presence topics, which every transport keeps up.
+///
+/// Clones share everything: the rules a reload puts in force ([`Access::replace`]) apply to
+/// every transport's next decision.
 #[derive(Clone, Default)]
 pub struct Access {
+    rules: Arc<ArcSwap<Rules>>,
+    presence: Presence,
+}
+
+/// The policy and the app to ask: what a reload may change.
+#[derive(Default)]
+struct Rules {
     policy: Arc<Policy>,
     app: Option<Arc<dyn Authorizer>>,
-    presence: Presence,
 }
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rules = self.rules.load();
         f.debug_struct("Access")
-            .field("policy", &self.policy)
-            .field("app", &self.app.is_some())
+            .field("policy", &rules.policy)
+            .field("app", &rules.app.is_some())
             .finish()
     }
 }
@@ -222,10 +234,21 @@ impl std::fmt::Debug for Access {
 impl Access {
     pub fn new(policy: Policy, app: Option<Arc<dyn Authorizer>>) -> Access {
         Access {
-            policy: Arc::new(policy),
-            app,
+            rules: Arc::new(ArcSwap::from_pointee(Rules {
+                policy: Arc::new(policy),
+                app,
+            })),
             presence: Presence::default(),
         }
+    }
+
+    /// Puts a new policy and app in force for every decision from now on (a configuration
+    /// reload). A subscription already granted stays; the presence members stay.
+    pub fn replace(&self, policy: Policy, app: Option<Arc<dyn Authorizer>>) {
+        self.rules.store(Arc::new(Rules {
+            policy: Arc::new(policy),
+            app,
+        }));
     }
 
     /// [`Policy::open`] and no app: everything as it was before there was a policy.
@@ -233,8 +256,8 @@ impl Access {
         Access::new(Policy::open(), None)
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.rules.load().policy.clone()
     }
 
     /// Who is in each presence topic.
@@ -244,7 +267,11 @@ impl Access {
 
     /// Whether clients are asked about on connect.
     pub fn checks_connect(&self) -> bool {
-        self.app.as_ref().is_some_and(|a| a.checks_connect())
+        self.rules
+            .load()
+            .app
+            .as_ref()
+            .is_some_and(|a| a.checks_connect())
     }
 
     /// The connect callback's answer for `client` (anonymous without one). Build `client`
@@ -255,7 +282,8 @@ impl Access {
         auth: Option<&Value>,
         transport: &'static str,
     ) -> Result<Identity, Refusal> {
-        let Some(app) = self.app.as_ref().filter(|a| a.checks_connect()) else {
+        let app = self.rules.load().app.clone();
+        let Some(app) = app.filter(|a| a.checks_connect()) else {
             return Ok(Identity::default());
         };
         let answer = app.connect(client, auth).await;
@@ -305,14 +333,15 @@ impl Access {
     /// public topic or a room the app granted at connect, no for a reserved topic or a private
     /// one with no app to ask (logged). `None`: only the app can say.
     pub fn decide_now(&self, who: &Who<'_>, topic: &str) -> Option<Result<Grant, Refusal>> {
+        let rules = self.rules.load();
         let refusal = if crate::topics::is_reserved(topic) {
             Refusal::Policy(format!(
                 "topic {:?} belongs to another transport",
                 shown(topic)
             ))
-        } else if !self.policy.needs_app(topic) || who.identity.rooms.iter().any(|r| r == topic) {
+        } else if !rules.policy.needs_app(topic) || who.identity.rooms.iter().any(|r| r == topic) {
             return Some(Ok(Grant::default()));
-        } else if self.app.is_none() {
+        } else if rules.app.is_none() {
             Refusal::Policy(format!(
                 "topic {:?} needs the app's authorization, and none is configured",
                 shown(topic)
@@ -341,7 +370,7 @@ impl Access {
         if let Some(answer) = self.decide_now(who, topic) {
             return answer;
         }
-        let Some(app) = &self.app else {
+        let Some(app) = self.rules.load().app.clone() else {
             return Err(Refusal::Policy("no app to ask".into()));
         };
         let answer = app
@@ -361,7 +390,7 @@ impl Access {
 
     /// May a client connection publish to `topic`?
     pub fn publish(&self, topic: &str) -> Result<(), Refusal> {
-        if self.policy.client_may_publish(topic) {
+        if self.rules.load().policy.client_may_publish(topic) {
             return Ok(());
         }
         Err(Refusal::Policy(format!(

@@ -868,8 +868,9 @@ pub enum Response {
     ServerSideEmitAck {
         /// Correlation id.
         request_id: String,
-        /// The ack's one argument.
-        data: Json,
+        /// The ack's one argument; `None` for an ack with none (node's `cb()`, whose
+        /// `undefined` JSON leaves out: `{type: 6, requestId}`).
+        data: Option<Json>,
     },
     /// How many clients a broadcast with acks reached on this node (`{type: 8, ...}`).
     BroadcastClientCount {
@@ -905,7 +906,9 @@ pub fn encode_response(r: &Response) -> Vec<u8> {
         Response::ServerSideEmitAck { request_id, data } => {
             m.insert("type".into(), Json::from(6));
             m.insert("requestId".into(), Json::from(request_id.as_str()));
-            m.insert("data".into(), data.clone());
+            if let Some(data) = data {
+                m.insert("data".into(), data.clone());
+            }
         }
         Response::BroadcastClientCount {
             request_id,
@@ -955,7 +958,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, AdapterError> {
     Ok(match m.get("type").and_then(Json::as_u64) {
         Some(6) => Response::ServerSideEmitAck {
             request_id,
-            data: m.get("data").cloned().unwrap_or(Json::Null),
+            data: m.get("data").cloned(),
         },
         Some(8) => Response::BroadcastClientCount {
             request_id,

@@ -13,8 +13,11 @@
 //! * answers their requests from this node's sockets: `fetchSockets`, `allRooms`, `sockets`,
 //!   `socketsJoin`, `socketsLeave`, `disconnectSockets`, broadcasts with acks (a count, then
 //!   each socket's ack), and `serverSideEmit` to the handlers the application registered
-//!   ([`AdapterNode::on_server_side_emit`]; none in the gateway, which like a Node server
-//!   without a listener then answers nothing);
+//!   ([`AdapterNode::on_server_side_emit`]). A `serverSideEmitWithAck` always gets this
+//!   node's answer: the handler's, or an empty one (node's `cb()`) when there is no handler
+//!   (the gateway registers none) or it lets the ack go unanswered ([`ServerSideAck`]). A
+//!   Node server without a listener stays silent instead, and the asker's whole call fails
+//!   at its timeout, every other server's answer lost with it;
 //! * publishes this node's broadcasts for them, and asks them what needs every server's
 //!   sockets ([`Peers`]), waiting for as many answers as `PUBSUB NUMSUB` counts other servers,
 //!   for [`AdapterConfig::request_timeout`] at most.
@@ -84,23 +87,55 @@ impl AdapterConfig {
 }
 
 /// What a server-side emit handler gets to answer with, when the sender waits for answers
-/// (node's `io.serverSideEmitWithAck`): one value, once.
+/// (node's `io.serverSideEmitWithAck`): one value, once. Dropped without an answer, it sends
+/// an empty one (node's `cb()`): the sender waits for one answer from every server, and a
+/// server that stays silent makes its whole call fail at its timeout (`timeout reached`),
+/// the other servers' answers with it.
 pub struct ServerSideAck {
+    /// `None` once answered.
+    to: Option<AckTo>,
+}
+
+/// Where a server-side emit's answer goes.
+struct AckTo {
     node: Weak<Inner>,
     nsp: String,
     request_id: String,
 }
 
 impl ServerSideAck {
+    fn new(node: &Arc<Inner>, nsp: &str, request_id: String) -> Self {
+        ServerSideAck {
+            to: Some(AckTo {
+                node: Arc::downgrade(node),
+                nsp: nsp.to_string(),
+                request_id,
+            }),
+        }
+    }
+
     /// Sends the answer.
-    pub fn send(self, data: Json) {
-        if let Some(node) = self.node.upgrade() {
+    pub fn send(mut self, data: Json) {
+        self.answer(Some(data));
+    }
+
+    fn answer(&mut self, data: Option<Json>) {
+        let Some(to) = self.to.take() else {
+            return;
+        };
+        if let Some(node) = to.node.upgrade() {
             let response = Response::ServerSideEmitAck {
-                request_id: self.request_id,
+                request_id: to.request_id,
                 data,
             };
-            node.respond(&self.nsp, &response);
+            node.respond(&to.nsp, &response);
         }
+    }
+}
+
+impl Drop for ServerSideAck {
+    fn drop(&mut self) {
+        self.answer(None);
     }
 }
 
@@ -180,6 +215,7 @@ impl AdapterNode {
 
     /// Handles the `serverSideEmit`s other servers (or an emitter) send to namespace `nsp`
     /// (replacing an earlier handler). Called on the Redis reading task: it must not block.
+    /// Without a handler, a sender that waits for answers gets an empty one from this node.
     pub fn on_server_side_emit<F>(&self, nsp: &str, handler: F)
     where
         F: Fn(Vec<Json>, Option<ServerSideAck>) + Send + Sync + 'static,
@@ -386,12 +422,9 @@ impl Inner {
                 request_id, data, ..
             } => {
                 let handler = lock(&self.server_side).get(nsp).cloned();
+                let ack = request_id.map(|request_id| ServerSideAck::new(self, nsp, request_id));
+                // Without a handler the ack is dropped here: an empty answer.
                 if let Some(handler) = handler {
-                    let ack = request_id.map(|request_id| ServerSideAck {
-                        node: Arc::downgrade(self),
-                        nsp: nsp.to_string(),
-                        request_id,
-                    });
                     handler(data, ack);
                 }
             }

@@ -271,6 +271,17 @@ const NODE_BROADCAST_ACK_RESPONSE_2: (&str, &[&str]) = (
     ],
 );
 
+/// Node's answers to a `serverSideEmitWithAck`: a listener's `cb("x")`, and its `cb()` (no
+/// argument: JSON leaves `data` out).
+const NODE_SERVER_SIDE_ACK: (&str, &[&str]) = (
+    "socket.io-response#/#",
+    &["7b2274797065223a362c22726571756573744964223a22546f4d474c4b222c2264617461223a2278227d"],
+);
+const NODE_SERVER_SIDE_EMPTY_ACK: (&str, &[&str]) = (
+    "socket.io-response#/#",
+    &["7b2274797065223a362c22726571756573744964223a22546f4d474c4b227d"],
+);
+
 /// `adapter: disconnectSockets` on `socket.io-request#/#`.
 const NODE_DISCONNECT: (&str, &[&str]) = (
     "socket.io-request#/#",
@@ -622,6 +633,21 @@ fn requests_decode() {
             assert_eq!(opts.flags.timeout, Some(1000));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn server_side_acks_with_and_without_an_argument_are_byte_exact() {
+    for (data, bytes_of) in [
+        (Some(json!("x")), NODE_SERVER_SIDE_ACK.1),
+        (None, NODE_SERVER_SIDE_EMPTY_ACK.1),
+    ] {
+        let r = Response::ServerSideEmitAck {
+            request_id: "ToMGLK".into(),
+            data,
+        };
+        assert_eq!(encode_response(&r), bytes(bytes_of));
+        assert_eq!(decode_response(&bytes(bytes_of)), Ok(r));
     }
 }
 

@@ -467,9 +467,13 @@ impl Session {
                 }
             }
             Phase::Draining(_) => {
-                // The close goes last, once everything queued before it is out (it may take
-                // more than one poll when the queue is larger than `maxPayload`).
-                if pull(&mut st.outbox, rx, max) && st.outbox.back() != Some(&Packet::Close) {
+                // The close goes last, in a poll of its own once everything queued before it
+                // is out (node waits for its write buffer's `drain`, then sends `close` on the
+                // next poll). Never in the same payload: socket.io-client handles a decoded
+                // packet on the next tick but a `close` at once, so a `DISCONNECT` sharing a
+                // payload with the `close` would be overtaken by it ("transport close" instead
+                // of "io server disconnect").
+                if pull(&mut st.outbox, rx, max) && st.outbox.is_empty() {
                     st.outbox.push_back(Packet::Close);
                 }
             }

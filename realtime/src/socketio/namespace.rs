@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing, RESERVED_EVENTS};
 use super::error::{AckError, EmitError, RoomError};
-use super::event::Args;
+use super::event::{Args, DisconnectReason};
 use super::fleet_recovery::{fingerprint, offset_count, FleetOffset, FleetSessions, SessionRecord};
 use super::options::SocketIoOptions;
 use super::peers::{PeerSlot, PeersError, Selection};
@@ -22,6 +22,7 @@ use super::rooms::{generate_id, room_topic};
 use super::state::{ConnShared, ConnectHandler, Identity, NsInner, Socket, SocketInner};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
+use crate::engineio::CloseReason;
 use crate::hub::{Hub, JoinOutcome, Payload, Position, Publishing, Subscriber, SubscriberId};
 use crate::sync::lock;
 
@@ -234,6 +235,9 @@ impl NsInner {
         user: access::Identity,
     ) -> Result<Option<Socket>, RoomError> {
         let pid = auth.get("pid").and_then(Value::as_str);
+        if let (Some(_), Some(pid)) = (&self.options.recovery, pid) {
+            self.take_over(pid);
+        }
         let (Some(fleet), Some(pid)) = (self.fleet_sessions(), pid) else {
             return self.try_recover(conn, auth, user);
         };
@@ -243,7 +247,41 @@ impl NsInner {
             Some(record) if here != Some(record.incarnation) => {
                 self.recover_from_fleet(conn, auth, user, pid, record).await
             }
-            _ => self.try_recover(conn, auth, user),
+            // This node's own session: its delivery log serves the resume, from this node's
+            // history, or else from the fleet's (which reaches back further than a process
+            // that started a moment ago: the new one of an upgrade).
+            Some(record) => match self.restore_local(conn, auth, user.clone())? {
+                Restored::Socket(socket) => Ok(Some(socket)),
+                Restored::Nothing | Restored::Failed(_) => {
+                    self.recover_from_fleet(conn, auth, user, pid, record).await
+                }
+            },
+            None => self.try_recover(conn, auth, user),
+        }
+    }
+
+    /// A client coming back with the private id of a socket still connected here: that
+    /// socket's transport is gone without this node having noticed yet (a poll answered by
+    /// another process during an upgrade, a mobile network that changed, a half-open TCP
+    /// connection before the ping timeout). Node refuses to recover such a session, and the
+    /// client starts over; here the stale socket is closed as if its transport had closed
+    /// (`transport close`), which keeps its session, so that the recovery that follows
+    /// restores it. Only the client holds the private id: it is never sent to anyone else.
+    fn take_over(&self, pid: &str) {
+        let stale = {
+            let reg = lock(&self.registry);
+            reg.by_pid
+                .get(pid)
+                .and_then(|sid| reg.sockets.get(sid))
+                .cloned()
+        };
+        if let Some(stale) = stale {
+            tracing::debug!(nsp = %self.path, sid = %stale.id(), "socket.io: a client came back with the private id of a socket still connected; that socket's session is taken over");
+            self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+            stale.close(
+                DisconnectReason::Connection(CloseReason::TransportClose),
+                false,
+            );
         }
     }
 
@@ -351,16 +389,31 @@ impl NsInner {
         auth: &Value,
         user: access::Identity,
     ) -> Result<Option<Socket>, RoomError> {
+        match self.restore_local(conn, auth, user)? {
+            Restored::Socket(socket) => Ok(Some(socket)),
+            Restored::Nothing => Ok(None),
+            Restored::Failed(why) => {
+                self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(nsp = %self.path, why, "socket.io: a session not recovered; the client gets a new one");
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`Self::try_recover`] without the failure's count and log (a fleet may still serve it).
+    fn restore_local(
+        self: &Arc<Self>,
+        conn: &Arc<ConnShared>,
+        auth: &Value,
+        user: access::Identity,
+    ) -> Result<Restored, RoomError> {
         let Some(opts) = &self.options.recovery else {
-            return Ok(None);
+            return Ok(Restored::Nothing);
         };
         let Some(pid) = auth.get("pid").and_then(Value::as_str) else {
-            return Ok(None);
+            return Ok(Restored::Nothing);
         };
-        let failed = || {
-            self.stats.recovery_failures.fetch_add(1, Ordering::Relaxed);
-            Ok(None)
-        };
+        let failed = |why: &'static str| Ok(Restored::Failed(why));
         // Node requires the offset; a client that never received an event
         // has none to send, and "nothing received" is offset 0.
         let offset = match auth.get("offset") {
@@ -370,11 +423,14 @@ impl NsInner {
         };
         let session =
             lock(&self.sessions).take(pid, Instant::now(), opts.max_disconnection_duration);
-        let (Some(mut session), Some(offset)) = (session, offset) else {
-            return failed();
+        let Some(mut session) = session else {
+            return failed("no session kept for this private id (unknown, expired or used)");
+        };
+        let Some(offset) = offset else {
+            return failed("an offset that is not this node's");
         };
         if lock(&self.registry).sockets.contains_key(&session.sid) {
-            return failed();
+            return failed("the socket is connected");
         }
         let mut topics: Vec<Arc<str>> = vec![Arc::clone(&self.topic)];
         topics.extend(
@@ -384,7 +440,7 @@ impl NsInner {
                 .map(|room| Arc::from(room_topic(&self.path, room))),
         );
         let Some(plan) = session.tracker.resume(&topics, offset) else {
-            return failed();
+            return failed("the offset is not in the session's delivery log");
         };
         let sub = Arc::new(self.hub.subscribe()?);
         session.tracker.add_origin(sub.id());
@@ -412,7 +468,7 @@ impl NsInner {
                     Ok(_) | Err(_) => {
                         drop(outbox);
                         socket.inner.shut(false);
-                        return failed();
+                        return failed("a topic's history no longer reaches back to the offset");
                     }
                 }
             }
@@ -424,12 +480,21 @@ impl NsInner {
             self.registry_join(&room, &socket.inner.id);
             lock(&socket.inner.rooms).insert(room);
         }
-        Ok(Some(socket))
+        Ok(Restored::Socket(socket))
     }
 }
 
 /// The count of an offset, the part this node's delivery log numbers (a fleet offset carries
 /// more after it).
+/// What a recovery from this node's memory came to.
+enum Restored {
+    Socket(Socket),
+    /// Recovery is off, or the CONNECT names no session.
+    Nothing,
+    /// Named but not recoverable here, and why.
+    Failed(&'static str),
+}
+
 fn parse_offset(s: &str) -> Option<u64> {
     offset_count(s)
 }

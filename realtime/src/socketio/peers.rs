@@ -4,8 +4,10 @@
 //!
 //! What goes through the peers is what node's adapter carries between servers: a broadcast
 //! sent here is also handed to them (for their sockets; a fleet's own nodes get it from the hub
-//! already), and the operations that need every server's sockets (acks of a broadcast,
-//! `fetchSockets`, `allRooms`, `socketsJoin`, `socketsLeave`, `disconnectSockets`) ask them too
+//! already), as is what the app publishes to a room's topic
+//! ([`SocketIo::publish_to_peers`](super::SocketIo::publish_to_peers)), and the operations
+//! that need every server's sockets (acks of a broadcast, `fetchSockets`, `allRooms`,
+//! `socketsJoin`, `socketsLeave`, `disconnectSockets`) ask them too
 //! ([`super::BroadcastOperator`], [`super::Namespace::all_rooms`]). Without peers (a single
 //! node) those operations are about this server's sockets only.
 

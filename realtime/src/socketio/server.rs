@@ -15,13 +15,13 @@ use super::error::ConnectError;
 use super::event::DisconnectReason;
 use super::namespace::Namespace;
 use super::options::SocketIoOptions;
-use super::peers::{PeerSlot, Peers};
-use super::rooms::normalize_nsp;
+use super::peers::{PeerSlot, Peers, Selection};
+use super::rooms::{normalize_nsp, room_of};
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
 use crate::engineio::{CloseReason, Conn, ConnHandler, Frame};
-use crate::hub::Hub;
+use crate::hub::{Hub, Payload};
 use crate::sync::{read, write};
 
 /// Why a connection was closed as broken.
@@ -160,6 +160,37 @@ impl SocketIo {
     /// were set already.
     pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
         self.inner.peers.set(peers).is_ok()
+    }
+
+    /// Whether other servers share the namespaces ([`SocketIo::set_peers`]).
+    pub fn has_peers(&self) -> bool {
+        self.inner.peers.get().is_some()
+    }
+
+    /// A message the hub took for `topic` from outside Socket.IO (the app's publish API)
+    /// reaches this fleet's sockets in the rooms whose topic it is, through the hub; this hands
+    /// it to the peers for theirs, as a broadcast of the namespace: to every socket for the
+    /// namespace's topic, to the room's for a room's. A topic that is neither (a topic of
+    /// another transport only) is not sent. Socket.IO's own broadcasts hand themselves over
+    /// ([`super::BroadcastOperator::emit`]); this is for the others, once per message, by the
+    /// node that took it.
+    pub fn publish_to_peers(&self, topic: &str, payload: &Payload) {
+        let Some(peers) = self.inner.peers.get() else {
+            return;
+        };
+        for (path, ns) in read(&self.inner.namespaces).iter() {
+            let to = if topic == ns.topic() {
+                Selection::default()
+            } else if let Some(room) = room_of(path, topic) {
+                Selection {
+                    rooms: vec![room.to_string()],
+                    except: Vec::new(),
+                }
+            } else {
+                continue;
+            };
+            peers.broadcast(path, &to, payload);
+        }
     }
 
     /// The paths of the registered namespaces.

@@ -1143,7 +1143,7 @@ async fn recovery_restores_sid_rooms_and_missed_events_in_order() {
     c.expect(r#"42["ev",5,"7"]"#).await;
     assert_eq!(io.stats().recovered.load(Ordering::Relaxed), 1);
 
-    // a session is used once
+    // a session is used once: a second recovery finds nothing kept
     c.t.sender.close(CloseReason::PingTimeout);
     eventually(|| ns.kept_sessions() == 1).await;
     let mut c = Client::open(&io);
@@ -1151,11 +1151,52 @@ async fn recovery_restores_sid_rooms_and_missed_events_in_order() {
         .connect(&format!(r#"40{{"pid":"{pid}","offset":"7"}}"#))
         .await;
     assert_eq!(sid(&again), id);
-    let mut c2 = Client::open(&io);
-    let other = c2
-        .connect(&format!(r#"40{{"pid":"{pid}","offset":"7"}}"#))
+    assert_eq!(ns.kept_sessions(), 0);
+}
+
+/// The client comes back on a new connection while its old one still looks alive here (its
+/// poll went to another process during an upgrade, its network changed before the ping
+/// timeout): node would refuse to recover a connected session; the stale socket is taken over
+/// instead, and the client gets everything after its offset, once.
+#[tokio::test]
+async fn a_client_back_while_its_old_socket_looks_connected_takes_its_session_over() {
+    let hub = Hub::default();
+    let (io, mut rx) = recovery_io(hub.clone());
+    let ns = io.of("/").unwrap();
+    let mut old = Client::open(&io);
+    let reply = old.connect("40").await;
+    let (id, pid) = (sid(&reply), reply["pid"].as_str().unwrap().to_owned());
+    let first = next_socket(&mut rx).await;
+    let room = room_topic("/", "r");
+    hub.publish(&room, "ev", json!([1]), None).unwrap();
+    old.expect(r#"42["ev",1,"1"]"#).await;
+    // Written to the old connection, never read by the client.
+    hub.publish(&room, "ev", json!([2]), None).unwrap();
+    old.expect(r#"42["ev",2,"2"]"#).await;
+
+    let mut c = Client::open(&io);
+    let reply = c
+        .connect(&format!(r#"40{{"pid":"{pid}","offset":"1"}}"#))
         .await;
-    assert_ne!(sid(&other), id);
+    assert_eq!(reply, json!({"sid": id, "pid": pid}));
+    c.expect(r#"42["ev",2,"3"]"#).await;
+    c.quiet().await;
+    let socket = next_socket(&mut rx).await;
+    assert!(socket.recovered());
+    assert!(socket.rooms().contains("r"));
+    assert!(!first.connected());
+    assert_eq!(io.stats().takeovers.load(Ordering::Relaxed), 1);
+    assert_eq!(ns.kept_sessions(), 0);
+    // One socket of that id, on the new connection only.
+    hub.publish(&room, "ev", json!([3]), None).unwrap();
+    c.expect(r#"42["ev",3,"4"]"#).await;
+    old.quiet().await;
+    assert_eq!(ns.sockets().len(), 1);
+    // A wrong private id takes nothing over.
+    let mut stranger = Client::open(&io);
+    let reply = stranger.connect(r#"40{"pid":"guess","offset":"1"}"#).await;
+    assert_ne!(sid(&reply), id);
+    assert!(socket.connected());
 }
 
 #[tokio::test]

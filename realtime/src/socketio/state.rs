@@ -184,6 +184,9 @@ pub(super) type ConnectHandler = Arc<dyn Fn(Socket) -> ConnectFuture + Send + Sy
 pub(super) struct Registry {
     pub(super) sockets: HashMap<Arc<str>, Socket>,
     pub(super) rooms: HashMap<String, HashSet<Arc<str>>>,
+    /// The connected socket of each private id (recovery on), for a client that comes back
+    /// while its old connection still looks alive here ([`NsInner::take_over`]).
+    pub(super) by_pid: HashMap<Arc<str>, Arc<str>>,
 }
 
 pub(super) struct NsInner {
@@ -329,8 +332,12 @@ impl NsInner {
     }
 
     pub(super) fn register(&self, socket: &Socket) {
-        lock(&self.registry)
-            .sockets
+        let mut reg = lock(&self.registry);
+        if let Some(pid) = &socket.inner.pid {
+            reg.by_pid
+                .insert(Arc::clone(pid), Arc::clone(&socket.inner.id));
+        }
+        reg.sockets
             .insert(Arc::clone(&socket.inner.id), socket.clone());
     }
 
@@ -343,6 +350,11 @@ impl NsInner {
             return;
         }
         reg.sockets.remove(id);
+        if let Some(pid) = &socket.inner.pid {
+            if reg.by_pid.get(pid).is_some_and(|sid| &**sid == id) {
+                reg.by_pid.remove(pid);
+            }
+        }
         for room in rooms {
             if let Some(members) = reg.rooms.get_mut(&room) {
                 members.remove(id);

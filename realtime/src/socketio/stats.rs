@@ -28,4 +28,7 @@ pub struct SocketIoStats {
     pub recovery_failures: AtomicU64,
     /// Sessions stored for recovery after a transport loss.
     pub sessions_kept: AtomicU64,
+    /// Connected sockets whose client came back on another connection with their private id:
+    /// closed as a transport loss so that the client resumes their session.
+    pub takeovers: AtomicU64,
 }
