@@ -222,10 +222,10 @@ impl ProxyHttp for Admin {
             | "/sockets/leave"
             | "/sockets/disconnect"
             | "/rooms" => {
-                crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
+                crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?
             }
             p if p.starts_with("/topics/") => {
-                crate::seam::serve(session, self.publish.clone(), None, &self.body).await?
+                crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?
             }
             _ => {
                 json(

@@ -76,9 +76,7 @@ impl Finish<'_> {
         if let Origin::App = origin {
             crate::forwarding::response(resp);
         }
-        if let Some(h) = self.hsts {
-            resp.insert_header(header::STRICT_TRANSPORT_SECURITY, h.clone())?;
-        }
+        stamp(self.hsts, resp)?;
         let mut out = Out(None);
         if let Some(settings) = self.compression {
             match origin {
@@ -381,6 +379,16 @@ pub fn frame(
     Ok(())
 }
 
+/// The headers every answer carries, whoever made it (the app, a file, the gateway's own
+/// answer, a realtime service): `Strict-Transport-Security` when it is on and the request came
+/// over TLS (nginx's `add_header ... always`).
+pub fn stamp(hsts: Option<&HeaderValue>, resp: &mut ResponseHeader) -> Result<()> {
+    if let Some(h) = hsts {
+        resp.insert_header(header::STRICT_TRANSPORT_SECURITY, h.clone())?;
+    }
+    Ok(())
+}
+
 /// Write a short, plain answer with a reason (`hsts`: the header to add, if any).
 pub async fn respond(
     session: &mut Session,
@@ -401,9 +409,7 @@ pub async fn respond(
     if let Some(seconds) = retry_after {
         head.insert_header(header::RETRY_AFTER, seconds.to_string())?;
     }
-    if let Some(h) = hsts {
-        head.insert_header(header::STRICT_TRANSPORT_SECURITY, h.clone())?;
-    }
+    stamp(hsts, &mut head)?;
     let head_only = session.req_header().method == Method::HEAD;
     if status >= 400 && !head_only && !session.is_body_done() {
         // An error in the middle of a request whose body we did not read: do not reuse.

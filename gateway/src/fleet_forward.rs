@@ -431,9 +431,10 @@ impl ProxyHttp for Internal {
         session.req_header_mut().remove_header(SECRET_HEADER);
         if session.is_upgrade_req() {
             let mut frames = Frames::default();
-            crate::seam::serve_counted(session, service, client, &self.body, &mut frames).await?;
+            crate::seam::serve_counted(session, service, client, &self.body, None, &mut frames)
+                .await?;
         } else {
-            crate::seam::serve(session, service, client, &self.body).await?;
+            crate::seam::serve(session, service, client, &self.body, None).await?;
         }
         Ok(true)
     }

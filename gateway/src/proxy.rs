@@ -278,11 +278,12 @@ impl Serving {
         // trusted proxy, not the proxy.
         let client = forwarding::real_client(&self.client(ctx), &req.headers);
         let limits = self.body_limits();
+        let hsts = self.finish(ctx.tls, None).hsts;
         if session.is_upgrade_req() {
             let frames = ctx.frames.insert(Box::default());
-            seam::serve_counted(session, service.clone(), client, &limits, frames).await?;
+            seam::serve_counted(session, service.clone(), client, &limits, hsts, frames).await?;
         } else {
-            seam::serve(session, service.clone(), client, &limits).await?;
+            seam::serve(session, service.clone(), client, &limits, hsts).await?;
         }
         Ok(true)
     }

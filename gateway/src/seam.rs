@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -53,8 +54,17 @@ pub async fn serve(
     service: Arc<dyn Service>,
     client: Option<std::net::IpAddr>,
     limits: &BodyLimits,
+    hsts: Option<&HeaderValue>,
 ) -> Result<()> {
-    serve_counted(session, service, client, limits, &mut Frames::default()).await
+    serve_counted(
+        session,
+        service,
+        client,
+        limits,
+        hsts,
+        &mut Frames::default(),
+    )
+    .await
 }
 
 /// [`serve`], reading the frames of an upgraded session into `frames` for its log line.
@@ -63,6 +73,7 @@ pub async fn serve_counted(
     service: Arc<dyn Service>,
     client: Option<std::net::IpAddr>,
     limits: &BodyLimits,
+    hsts: Option<&HeaderValue>,
     frames: &mut Frames,
 ) -> Result<()> {
     let head = session.req_header().as_owned_parts();
@@ -94,7 +105,7 @@ pub async fn serve_counted(
                 Ok(_) => call.await,
             },
         };
-        return respond(session, response, false, false, frames).await;
+        return respond(session, response, false, false, hsts, frames).await;
     }
     let (tx, body) = if upgrade {
         // After the headers of an upgrade request come the upgraded protocol's bytes, not a
@@ -132,14 +143,14 @@ pub async fn serve_counted(
                     Err(_) => {
                         // `task` is aborted on return: the service stops waiting for the body.
                         tracing::warn!(received, "realtime request body incomplete at the deadline: 408");
-                        return body_refused(session, ClientFailure::Timeout { received }).await;
+                        return body_refused(session, hsts, ClientFailure::Timeout { received }).await;
                     }
                     Ok(Ok(Some(bytes))) => {
                         received += bytes.len() as u64;
                         clock.record(Instant::now() - paused, bytes.len() as u64);
                         if received > limits.max_bytes {
                             tracing::warn!(limit = limits.max_bytes, "realtime request body too large: 413");
-                            return body_refused(session, ClientFailure::TooLarge(limits.max_bytes)).await;
+                            return body_refused(session, hsts, ClientFailure::TooLarge(limits.max_bytes)).await;
                         }
                         // A service that dropped its body no longer wants it: stop feeding.
                         let waiting = Instant::now();
@@ -186,14 +197,18 @@ pub async fn serve_counted(
             format!("realtime service failed: {e}"),
         )
     })?;
-    respond(session, response, upgrade, unread_body, frames).await
+    respond(session, response, upgrade, unread_body, hsts, frames).await
 }
 
 /// Answer a realtime request whose body was refused, with the status and reason every path
 /// gives that fault ([`crate::failure`]).
-async fn body_refused(session: &mut Session, failure: ClientFailure) -> Result<()> {
+async fn body_refused(
+    session: &mut Session,
+    hsts: Option<&HeaderValue>,
+    failure: ClientFailure,
+) -> Result<()> {
     let fault = crate::failure::Fault::from(failure);
-    crate::finish::respond(session, None, fault.status(), fault.public_reason(), None).await
+    crate::finish::respond(session, hsts, fault.status(), fault.public_reason(), None).await
 }
 
 /// Write the service's answer, whatever its shape. `unread_body`: the client is still sending
@@ -203,6 +218,7 @@ async fn respond(
     response: Response,
     upgrade: bool,
     unread_body: bool,
+    hsts: Option<&HeaderValue>,
     frames: &mut Frames,
 ) -> Result<()> {
     match response {
@@ -210,6 +226,7 @@ async fn respond(
             let (parts, body) = resp.into_parts();
             let mut head = ResponseHeader::from(parts);
             head.insert_header("content-length", body.len().to_string())?;
+            crate::finish::stamp(hsts, &mut head)?;
             session.write_response_header(Box::new(head), false).await?;
             session.write_response_body(Some(body), true).await?;
             if unread_body {
@@ -219,6 +236,7 @@ async fn respond(
         }
         Response::Stream { head, mut body } => {
             let mut head = ResponseHeader::from(head);
+            crate::finish::stamp(hsts, &mut head)?;
             if !session.is_http2() && head.headers.get("content-length").is_none() {
                 // Without it an HTTP/1.1 stream is close-delimited and the connection is lost.
                 head.insert_header("transfer-encoding", "chunked")?;

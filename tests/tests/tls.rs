@@ -189,16 +189,37 @@ async fn plain_http_is_redirected_to_https_with_path_and_query() {
     );
 }
 
+/// HSTS on every answer over TLS, as nginx's `add_header ... always`: the app's pages and the
+/// realtime services' answers alike (an SSE stream, a long-poll, an Engine.IO handshake).
 #[tokio::test]
 async fn hsts_is_sent_when_configured() {
     let stub = Stub::start("a");
-    let gw = Gateway::start(&app_config(
-        &stub,
-        "{state_dir: state, hsts: {max_age: 600, include_subdomains: true}}",
-    ));
-    let r = client().get(gw.https("/ping")).send().await.expect("get");
-    assert_eq!(
-        r.headers()["strict-transport-security"],
-        "max-age=600; includeSubDomains"
+    let gw = Gateway::start(
+        &app_config(
+            &stub,
+            "{state_dir: state, hsts: {max_age: 600, include_subdomains: true}}",
+        )
+        .replace(
+            "routes: [{path: /, upstream: app}]",
+            "routes:\n  - {path: /events, realtime: sse}\n  - {path: /s, realtime: longpoll}\n  \
+             - {path: /socket.io/, realtime: socketio}\n  - {path: /, upstream: app}",
+        ),
     );
+    for path in [
+        "/ping",
+        "/events?topic=news",
+        "/s?t=news&since=0",
+        "/socket.io/?EIO=4&transport=polling",
+    ] {
+        let r = client().get(gw.https(path)).send().await.expect("get");
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("max-age=600; includeSubDomains"),
+            "{path}: {} {:?}",
+            r.status(),
+            r.headers()
+        );
+    }
 }
