@@ -11,7 +11,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const base = process.argv[2];
@@ -111,15 +111,7 @@ async function conversation(query, tag, { keep = false } = {}) {
 }
 
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    // --ignore-certificate-errors on top of the contexts' ignoreHTTPSErrors: without it
-    // Chromium still aborts a few TLS handshakes (alert CertificateUnknown, then a retry),
-    // which only litters the gateway's log.
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-      "--ignore-certificate-errors"],
-  });
+  browser = await launch();
   results.browserVersion = browser.version();
 
   // (a) Socket.IO, upgraded to WebSocket; pages kept for the history and app scenarios.

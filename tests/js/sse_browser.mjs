@@ -14,7 +14,7 @@
 // {"error": ..., "partial": {...}} and exits 1. The Rust test asserts on the JSON. Waits are on
 // conditions in the page, never fixed sleeps.
 import net from "node:net";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const base = process.argv[2];
 const admin = process.env.ADMIN_URL;
@@ -151,12 +151,7 @@ const seen = (page) => page.evaluate(() => window.seen);
 const readyState = (page) => page.evaluate(() => window.stream.readyState);
 
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-      "--ignore-certificate-errors"],
-  });
+  browser = await launch();
   results.browserVersion = browser.version();
   link = network(Number(new URL(base).port));
   const via = `https://127.0.0.1:${await link.listen()}`;

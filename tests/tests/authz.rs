@@ -564,6 +564,25 @@ routes:
 const ANN: &str = "private-user.ann";
 
 /// How many of the callbacks `asked` carried exactly `cookie` (`None`: no cookie at all).
+/// How many connect and channel callbacks the app got with each cookie:
+/// `(cookie, connects, channels)`.
+async fn assert_asked(app: &Stub, expected: &[(Option<&str>, usize, usize)]) {
+    let connects = callbacks(app, "/realtime/auth").await;
+    let channels = callbacks(app, "/broadcasting/auth").await;
+    for &(cookie, connect, channel) in expected {
+        assert_eq!(
+            carrying(&connects, cookie),
+            connect,
+            "{cookie:?}: {connects:#?}"
+        );
+        assert_eq!(
+            carrying(&channels, cookie),
+            channel,
+            "{cookie:?}: {channels:#?}"
+        );
+    }
+}
+
 fn carrying(asked: &[Value], cookie: Option<&str>) -> usize {
     asked
         .iter()
@@ -658,25 +677,16 @@ async fn browser_eventsource_hears_and_resumes_with_its_cookie_and_the_refused_h
     // connections (her connect answer names her channel among her rooms, so that is its word on
     // it), each refused browser once; Cy got past the connect callback and was refused the
     // channel; Eve and the cookieless browser never got that far.
-    let connects = callbacks(&app, "/realtime/auth").await;
-    let channels = callbacks(&app, "/broadcasting/auth").await;
-    for (cookie, connect, channel) in [
-        (Some("user=ann"), 2, 0),
-        (Some("user=banned-eve"), 1, 0),
-        (None, 1, 0),
-        (Some("user=cy"), 1, 1),
-    ] {
-        assert_eq!(
-            carrying(&connects, cookie),
-            connect,
-            "{cookie:?}: {connects:#?}"
-        );
-        assert_eq!(
-            carrying(&channels, cookie),
-            channel,
-            "{cookie:?}: {channels:#?}"
-        );
-    }
+    assert_asked(
+        &app,
+        &[
+            (Some("user=ann"), 2, 0),
+            (Some("user=banned-eve"), 1, 0),
+            (None, 1, 0),
+            (Some("user=cy"), 1, 1),
+        ],
+    )
+    .await;
     let logs = app.proc.logs();
     let asked = |status: &str| {
         logs.lines()
@@ -828,23 +838,14 @@ async fn curl_long_polls_with_an_accepted_cookie_and_a_refused_one_gets_only_the
     // The app was asked about every poll with curl's cookie: Ann's three (her channel is among
     // the rooms of her connect answer), each refused one once; only Cy was asked about the
     // channel.
-    let connects = callbacks(&app, "/realtime/auth").await;
-    let channels = callbacks(&app, "/broadcasting/auth").await;
-    for (cookie, connect, channel) in [
-        (Some("user=ann"), 3, 0),
-        (Some("user=banned-eve"), 1, 0),
-        (None, 1, 0),
-        (Some("user=cy"), 1, 1),
-    ] {
-        assert_eq!(
-            carrying(&connects, cookie),
-            connect,
-            "{cookie:?}: {connects:#?}"
-        );
-        assert_eq!(
-            carrying(&channels, cookie),
-            channel,
-            "{cookie:?}: {channels:#?}"
-        );
-    }
+    assert_asked(
+        &app,
+        &[
+            (Some("user=ann"), 3, 0),
+            (Some("user=banned-eve"), 1, 0),
+            (None, 1, 0),
+            (Some("user=cy"), 1, 1),
+        ],
+    )
+    .await;
 }
