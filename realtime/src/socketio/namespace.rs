@@ -282,6 +282,11 @@ impl NsInner {
                 DisconnectReason::Connection(CloseReason::TransportClose),
                 false,
             );
+            // Its connection serves nobody now, unless another namespace is joined on it.
+            stale
+                .inner
+                .conn
+                .close_if_unused(CloseReason::TransportClose);
         }
     }
 

@@ -1185,6 +1185,12 @@ async fn a_client_back_while_its_old_socket_looks_connected_takes_its_session_ov
     assert!(socket.recovered());
     assert!(socket.rooms().contains("r"));
     assert!(!first.connected());
+    // The old connection, with no namespace left on it, is closed rather than kept until its
+    // ping timeout.
+    assert_eq!(
+        old.t.sender.close_reason(),
+        Some(CloseReason::TransportClose)
+    );
     assert_eq!(io.stats().takeovers.load(Ordering::Relaxed), 1);
     assert_eq!(ns.kept_sessions(), 0);
     // One socket of that id, on the new connection only.

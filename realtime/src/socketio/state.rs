@@ -474,6 +474,14 @@ impl ConnShared {
         }
     }
 
+    /// Closes the connection when no namespace is joined on it any more (its last socket was
+    /// taken over by a client that came back on another connection).
+    pub(super) fn close_if_unused(&self, reason: CloseReason) {
+        if lock(&self.sockets).is_empty() {
+            self.sender.close(reason);
+        }
+    }
+
     /// Takes every socket out, for the connection's teardown.
     pub(super) fn take_sockets(&self) -> Vec<Socket> {
         lock(&self.sockets).drain().map(|(_, s)| s).collect()
