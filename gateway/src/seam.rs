@@ -276,7 +276,7 @@ async fn respond(
                 .write_response_header(Box::new(head))
                 .await?;
             let (ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
-            let _service = AbortOnDrop(tokio::spawn(on_upgrade(theirs)));
+            let _service = AbortOnDrop(tokio::spawn(on_upgrade(Box::new(theirs))));
             pump(session, ours, frames).await
         }
     }

@@ -153,7 +153,7 @@ async fn exchange(
                     return;
                 };
                 let (mut ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
-                let service = tokio::spawn(on_upgrade(theirs));
+                let service = tokio::spawn(on_upgrade(Box::new(theirs)));
                 let mut client = TokioIo::new(upgraded);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut ours).await;
                 service.abort();

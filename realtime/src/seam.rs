@@ -15,8 +15,16 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-/// The client's side of an upgraded connection, after the `101` has been written.
-pub type Upgraded = tokio::io::DuplexStream;
+/// A byte stream both ways: what an upgraded connection is to a transport.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The client's side of an upgraded connection, after the `101` has been written. Boxed so the
+/// gateway can hand over the client's own connection (TLS or plain), taken out of its HTTP
+/// server once the `101` is out, and a test a `tokio::io::duplex` end: the transports write
+/// straight into whatever it is.
+pub type Upgraded = Box<dyn Io>;
 
 /// tungstenite allocates its read buffer up front at 128 KiB per connection, which dominated
 /// the memory of an idle WebSocket; messages larger than this are still read (the buffer is

@@ -164,7 +164,7 @@ impl Harness {
         };
         assert_eq!(head.status, StatusCode::SWITCHING_PROTOCOLS);
         let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(on_upgrade(server));
+        tokio::spawn(on_upgrade(Box::new(server)));
         WebSocketStream::from_raw_socket(client, Role::Client, None).await
     }
 
