@@ -72,7 +72,7 @@ impl<S: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<S> {
         let wrapped: Stream = if h2 {
             stream
         } else {
-            Box::new(Deadlined::new(stream, self.timeout))
+            wrap(stream, self.timeout)
         };
         self.inner.process_new(wrapped, shutdown).await
     }
@@ -145,6 +145,26 @@ pub fn request_done(session: &ServerSession) {
 pub fn head_parsed(session: &ServerSession) {
     if let Some(d) = deadlined(session.stream()) {
         d.head_parsed();
+    }
+}
+
+/// `stream` with the deadline around it: what [`HeaderDeadline`] does to each HTTP/1
+/// connection.
+pub fn wrap(stream: Stream, timeout: Duration) -> Stream {
+    Box::new(Deadlined::new(stream, timeout))
+}
+
+/// The stream under the deadline, for a connection that leaves pingora
+/// ([`crate::handoff`]): its head was parsed long ago, so the wrapper has nothing left to do
+/// but cost a check on every read.
+pub fn unwrap(stream: Stream) -> Stream {
+    if !(*stream).as_any().is::<Deadlined>() {
+        return stream;
+    }
+    match IO::into_any(stream).downcast::<Deadlined>() {
+        Ok(d) => d.inner,
+        // Checked just above: a `Box<dyn Any>` could not be made a stream again.
+        Err(_) => unreachable!("the stream was checked to be Deadlined"),
     }
 }
 

@@ -39,6 +39,7 @@ pub mod finish;
 pub mod fleet_forward;
 pub mod forwarding;
 pub mod h2_guard;
+pub mod handoff;
 pub mod header_deadline;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,488 @@
+//! Upgraded connections leave pingora: once a realtime service has answered `101`, the client's
+//! own connection (TLS or plain) is taken out of pingora's HTTP session and given to the
+//! service, which then reads and writes it directly from one task of its own.
+//!
+//! Why: left inside pingora, an upgraded connection keeps pingora's whole per-request
+//! machinery alive for as long as the WebSocket is open (its connection task and request
+//! future, the session and its 64 KiB body-read buffer, the header deadline wrapper), and every
+//! delivery crosses an in-memory pipe and a pump task to reach the socket: three task wake-ups
+//! and three copies per message. Handed off, pingora's task ends at once and a delivery is one
+//! write into the TLS stream.
+//!
+//! How, with pingora 0.9.1's public API (it has no hook for it): the `101` is written through
+//! pingora (so its `Date`, framing and upgraded-mode switch stay pingora's), then the session's
+//! HTTP/1 stream is swapped for a [`StandIn`] with keep-alive off and the real one is taken
+//! with `into_inner` ([`take`]). pingora then logs the request (the gateway's `logging` skips
+//! handed-off requests: the stand-in has no request head) and finishes on the stand-in: its
+//! connection task ends. Bytes the client sent behind its upgrade request, which pingora had
+//! already read, come out of the stream first ([`Conn`]).
+//!
+//! What pingora did for the connection, [`Conn`] now does: the write deadline (`send_timeout`,
+//! armed only while a write waits, so an idle connection has no timer), the bytes and
+//! WebSocket frames each way for the log line ([`Tally`]), the end of the session (its log
+//! line, its gauges: [`OnEnd`]), and the TLS `close_notify` and FIN at the end, which pingora
+//! sent when it finished the session and tungstenite never does.
+//!
+//! HTTP/2 streams cannot leave: they share one connection. pingora 0.9.1 has no WebSocket
+//! over HTTP/2 (RFC 8441), so every upgrade arrives on HTTP/1.1 and can.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::ws_frames::Frames;
+
+/// How long the closing `close_notify` and FIN may take once the service is done: a client
+/// that reads nothing must not keep the closing task (and its file) alive.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Most bytes taken from pingora's buffers at the hand-off. What a client sent behind its
+/// upgrade request is small (a first frame or two); past this the rest stays in the stream.
+const MAX_EARLY: usize = 64 * 1024;
+
+/// What pingora's session keeps once the real stream is taken: reads end at once, writes are
+/// dropped. Zero-sized, so boxing it allocates nothing.
+#[derive(Debug)]
+pub struct StandIn;
+
+impl AsyncRead for StandIn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for StandIn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl Shutdown for StandIn {
+    async fn shutdown(&mut self) {}
+}
+
+impl UniqueID for StandIn {
+    fn id(&self) -> UniqueIDType {
+        -1
+    }
+}
+
+impl Ssl for StandIn {}
+
+impl GetTimingDigest for StandIn {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for StandIn {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for StandIn {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        None
+    }
+}
+
+impl Peek for StandIn {}
+
+/// A client connection taken out of pingora, with what pingora had already read of it.
+pub struct Leaving {
+    stream: Stream,
+    early: Bytes,
+}
+
+impl std::fmt::Debug for Leaving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaving")
+            .field("early", &self.early.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Take the client's connection out of an HTTP/1 session whose answer head is written (a
+/// `101`). `None` for an HTTP/2 stream, which shares its connection and cannot leave. The
+/// session is left with a [`StandIn`] and keep-alive off: pingora finishes it without a
+/// write and ends its connection task.
+pub fn take(downstream: &mut ServerSession) -> Option<Leaving> {
+    downstream.as_http1()?;
+    // What came with the head or behind it (a client that did not wait for the 101): pingora
+    // hands it out first without touching the socket. A read that would wait has consumed
+    // nothing (the bytes stay in the stream's buffers, which travel with it).
+    let mut early = BytesMut::new();
+    while early.len() < MAX_EARLY {
+        match downstream.read_request_body().now_or_never() {
+            Some(Ok(Some(bytes))) => early.extend_from_slice(&bytes),
+            _ => break,
+        }
+    }
+    let mut stand_in = ServerSession::new_http1(Box::new(StandIn));
+    stand_in.set_keepalive(None);
+    match std::mem::replace(downstream, stand_in) {
+        ServerSession::H1(h1) => Some(Leaving {
+            stream: crate::header_deadline::unwrap(h1.into_inner()),
+            early: early.freeze(),
+        }),
+        other => {
+            // Checked above; put it back rather than lose the client.
+            *downstream = other;
+            None
+        }
+    }
+}
+
+impl Leaving {
+    /// The connection as the service will use it. `send_timeout`: how long a write may wait
+    /// for the client to take bytes (nginx `send_timeout`); `on_end` runs when the service
+    /// lets go of it.
+    pub fn into_conn(self, send_timeout: Duration, on_end: Option<OnEnd>) -> Conn {
+        Conn {
+            stream: Some(self.stream),
+            early: self.early,
+            send_timeout,
+            stalled: None,
+            shut_down: false,
+            tally: Tally::default(),
+            on_end,
+        }
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.get_ssl_digest().is_some()
+    }
+}
+
+/// What passed on a handed-off connection, for its log line.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Bytes written to the client.
+    pub sent: u64,
+    /// Bytes read from the client (the early ones included).
+    pub received: u64,
+    /// The WebSocket frames each way.
+    pub frames: Box<Frames>,
+}
+
+impl Tally {
+    fn received(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        self.frames.client_sent(bytes);
+    }
+
+    fn sent(&mut self, bytes: &[u8]) {
+        self.sent += bytes.len() as u64;
+        self.frames.sent_to_client(bytes);
+    }
+}
+
+/// Run once when the service lets go of the connection: count and log the session, free what
+/// it held (its gauges, its per-client slot).
+pub type OnEnd = Box<dyn FnOnce(Tally) + Send>;
+
+/// A handed-off client connection: the service reads and writes the client's (TLS) stream
+/// through it. Dropping it ends the session ([`OnEnd`]) and closes the connection cleanly.
+pub struct Conn {
+    stream: Option<Stream>,
+    early: Bytes,
+    send_timeout: Duration,
+    /// Armed when a write has to wait for the client, dropped as soon as one goes through: an
+    /// idle connection, or one whose client keeps up, has no timer.
+    stalled: Option<Pin<Box<Sleep>>>,
+    shut_down: bool,
+    tally: Tally,
+    on_end: Option<OnEnd>,
+}
+
+impl Conn {
+    /// A write is waiting for the client: past `send_timeout` without progress it fails.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::info!(
+                    ms = timeout.as_millis() as u64,
+                    "client took nothing within send_timeout: upgraded connection closed"
+                );
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took nothing within send_timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            let chunk = this.early.split_to(n);
+            buf.put_slice(&chunk);
+            this.tally.received(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        let r = Pin::new(stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.tally.received(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Err(closed()));
+        };
+        match Pin::new(stream).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                this.stalled = None;
+                this.tally.sent(&data[..n]);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Err(closed()));
+        };
+        match Pin::new(stream).poll_flush(cx) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(stream).poll_shutdown(cx) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                this.shut_down = true;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.stall(cx),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(end) = self.on_end.take() {
+            end(std::mem::take(&mut self.tally));
+        }
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        if self.shut_down {
+            return;
+        }
+        // TLS `close_notify`, then FIN: a clean end the client can tell from a cut. Outside a
+        // runtime (a test's), the socket just closes.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ =
+                    tokio::time::timeout(CLOSE_GRACE, AsyncWriteExt::shutdown(&mut stream)).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    /// An HTTP/1 server session over one end of an in-memory pipe, its request head read; the
+    /// other end is the client, which sent `sent`.
+    async fn session(sent: &[u8]) -> (ServerSession, DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(sent).await.expect("client writes");
+        let mut session = ServerSession::new_http1(Box::new(server));
+        assert!(session.read_request().await.expect("head"));
+        (session, client)
+    }
+
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    async fn switch(session: &mut ServerSession) {
+        let mut head = ResponseHeader::build(101, None).expect("head");
+        head.insert_header("upgrade", "websocket").expect("upgrade");
+        head.insert_header("connection", "Upgrade").expect("conn");
+        session
+            .write_response_header(Box::new(head))
+            .await
+            .expect("101 written");
+    }
+
+    async fn read_head(client: &mut DuplexStream) -> String {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            client.read_exact(&mut b).await.expect("head byte");
+            got.push(b[0]);
+        }
+        String::from_utf8(got).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_behind_the_upgrade_request_come_out_first() {
+        let mut sent = UPGRADE.to_vec();
+        sent.extend_from_slice(b"EARLY");
+        let (mut session, mut client) = session(&sent).await;
+        switch(&mut session).await;
+        assert!(read_head(&mut client).await.starts_with("HTTP/1.1 101"));
+        let leaving = take(&mut session).expect("an HTTP/1 session leaves");
+        let mut conn = leaving.into_conn(Duration::from_secs(5), None);
+        client.write_all(b" LATER").await.expect("client writes");
+        let mut got = [0u8; 11];
+        conn.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"EARLY LATER");
+        conn.write_all(b"back").await.expect("write");
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.expect("client reads");
+        assert_eq!(&back, b"back");
+        assert_eq!((conn.tally.received, conn.tally.sent), (11, 4));
+    }
+
+    #[tokio::test]
+    async fn the_stand_in_finishes_without_writing_or_keeping_the_connection() {
+        let (mut session, mut client) = session(UPGRADE).await;
+        switch(&mut session).await;
+        read_head(&mut client).await;
+        let leaving = take(&mut session).expect("leaves");
+        // What pingora does after the hook: finish the session, reuse the stream if it can.
+        assert!(session.finish().await.expect("finish").is_none());
+        // Nothing was written to the client by the finish, and the connection is still open.
+        let mut conn = leaving.into_conn(Duration::from_secs(5), None);
+        conn.write_all(b"still here").await.expect("write");
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await.expect("client reads");
+        assert_eq!(&got, b"still here");
+    }
+
+    #[tokio::test]
+    async fn the_header_deadline_wrapper_is_left_behind() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(UPGRADE).await.expect("write");
+        let stream: Stream = crate::header_deadline::wrap(Box::new(server), Duration::from_secs(5));
+        let mut session = ServerSession::new_http1(stream);
+        session.read_request().await.expect("head");
+        switch(&mut session).await;
+        let leaving = take(&mut session).expect("leaves");
+        assert!(leaving.stream.as_any().is::<DuplexStream>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_does_not_take_fails_after_send_timeout() {
+        let (client, server) = tokio::io::duplex(16);
+        let leaving = Leaving {
+            stream: Box::new(server),
+            early: Bytes::new(),
+        };
+        let mut conn = leaving.into_conn(Duration::from_secs(3), None);
+        let started = tokio::time::Instant::now();
+        let err = conn
+            .write_all(&[0u8; 1024])
+            .await
+            .expect_err("the client reads nothing");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_connection_ends_the_session_and_closes_it() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let leaving = Leaving {
+            stream: Box::new(server),
+            early: Bytes::from_static(b"\x81\x80abcd"),
+        };
+        let on_end: OnEnd = Box::new(move |tally| {
+            let _ = tx.send(tally);
+        });
+        let mut conn = leaving.into_conn(Duration::from_secs(5), Some(on_end));
+        let mut frame = [0u8; 6];
+        conn.read_exact(&mut frame).await.expect("early bytes");
+        // A server Close frame, 1000.
+        conn.write_all(b"\x88\x02\x03\xe8").await.expect("write");
+        drop(conn);
+        let tally = rx.await.expect("on_end ran");
+        assert_eq!((tally.received, tally.sent), (6, 4));
+        assert_eq!(tally.frames.from_client.messages, 1);
+        assert_eq!(tally.frames.close.as_ref().and_then(|c| c.code), Some(1000));
+        // Then the client reads what was written, and the end of the stream.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("EOF");
+        assert_eq!(got, b"\x88\x02\x03\xe8");
+    }
+}
