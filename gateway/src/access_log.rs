@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Uri, Version};
+use pingora::http::RequestHeader;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::settings::{AccessLogFormat, AccessLogSettings, LogTarget};
@@ -62,6 +63,50 @@ pub struct Entry {
     pub tls: bool,
     /// An upgraded session's WebSocket frames: messages each way and how it closed.
     pub websocket: Option<Box<Frames>>,
+}
+
+/// What a log line says of the request itself, taken from its head.
+pub struct RequestLine {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub host: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+}
+
+impl RequestLine {
+    /// The line of `req`, sharing its buffers (the line is written as the request ends).
+    pub fn of(req: &RequestHeader) -> RequestLine {
+        let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
+        RequestLine {
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            version: req.version,
+            host: header(http::header::HOST),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        }
+    }
+
+    /// The line of `req` in buffers of its own, for a session that outlives the request (an
+    /// upgraded connection): a shared value would pin the whole buffer pingora read the head
+    /// into, for as long as the session lasts.
+    pub fn detached(req: &RequestHeader) -> RequestLine {
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        };
+        RequestLine {
+            method: req.method.clone(),
+            uri: Uri::try_from(req.uri.to_string()).unwrap_or_else(|_| req.uri.clone()),
+            version: req.version,
+            host: header(http::header::HOST),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        }
+    }
 }
 
 /// nginx logs a request whose client left before the answer as 499.

@@ -107,6 +107,18 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The publish API, a realtime service on this listener.
+    async fn publish(&self, session: &mut Session) -> Result<()> {
+        let served =
+            crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?;
+        if let crate::seam::Served::Upgraded(handover) = served {
+            // The publish API answers no upgrade; should it ever, it runs like any other.
+            let limits = &self.current.load().limits;
+            handover.start(limits.send_timeout, None);
+        }
+        Ok(())
+    }
+
     fn health(&self) -> serde_json::Value {
         let serving = self.current.load();
         let upstreams: serde_json::Map<String, serde_json::Value> = serving
@@ -221,12 +233,8 @@ impl ProxyHttp for Admin {
             | "/sockets/join"
             | "/sockets/leave"
             | "/sockets/disconnect"
-            | "/rooms" => {
-                crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?
-            }
-            p if p.starts_with("/topics/") => {
-                crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?
-            }
+            | "/rooms" => self.publish(session).await?,
+            p if p.starts_with("/topics/") => self.publish(session).await?,
             _ => {
                 json(
                     session,

@@ -37,7 +37,6 @@ use tokio::net::TcpStream;
 
 use crate::buffering::BodyLimits;
 use crate::settings::Secret;
-use crate::ws_frames::Frames;
 
 /// Where forwarded Engine.IO requests go on the internal listener (the public path does not
 /// matter to the owner: the Socket.IO service does not look at it). No route of the public
@@ -348,6 +347,8 @@ pub struct Internal {
     pub secret: Secret,
     /// The front door's body limits.
     pub body: BodyLimits,
+    /// The front door's `limits.send_timeout_ms`, for upgraded connections.
+    pub send_timeout: Duration,
 }
 
 /// Why the internal listener refused a request, before serving anything.
@@ -429,12 +430,11 @@ impl ProxyHttp for Internal {
         };
         let client = forwarded_client(session.req_header());
         session.req_header_mut().remove_header(SECRET_HEADER);
-        if session.is_upgrade_req() {
-            let mut frames = Frames::default();
-            crate::seam::serve_counted(session, service, client, &self.body, None, &mut frames)
-                .await?;
-        } else {
-            crate::seam::serve(session, service, client, &self.body, None).await?;
+        let served = crate::seam::serve(session, service, client, &self.body, None).await?;
+        if let crate::seam::Served::Upgraded(handover) = served {
+            // A forwarded WebSocket leaves pingora as a public one does; this listener keeps
+            // no log or gauges of its own (the node that took the client does).
+            handover.start(self.send_timeout, None);
         }
         Ok(true)
     }
@@ -581,6 +581,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 min_rate: 0,
             },
+            send_timeout: Duration::from_secs(60),
         };
         let req = |path: &str, secret: Option<&str>| {
             let mut r = RequestHeader::build("GET", path.as_bytes(), None).expect("req");

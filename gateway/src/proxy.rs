@@ -23,7 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::accel::Internal;
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::{AccessLog, Entry, RequestLine};
 use crate::addr::Addr;
 use crate::attempt::{InFlight, Loop, Picked, Tries};
 use crate::buffering::{self, Body, BodyLimits};
@@ -122,6 +122,8 @@ pub struct Req {
     frames: Option<Box<Frames>>,
     /// This request's slot of `limits.per_client_connections`, freed when it ends.
     _in_progress: Option<crate::client_limits::InProgress>,
+    /// Its connection left pingora ([`crate::handoff`]): the rest of its state went with it.
+    handed_off: bool,
 }
 
 impl Req {
@@ -243,7 +245,7 @@ impl Serving {
     /// A route to a realtime service (`Target::Realtime`): admitted by the per-client limits,
     /// counted, then served by the service.
     async fn realtime(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         ctx: &mut Req,
         route: usize,
@@ -269,7 +271,7 @@ impl Serving {
             }
         }
         let req = session.req_header();
-        let _open = self.routes.realtime_session(
+        let route_gauge = self.routes.realtime_session(
             route,
             session.is_upgrade_req(),
             req.method == http::Method::GET,
@@ -279,13 +281,45 @@ impl Serving {
         let client = forwarding::real_client(&self.client(ctx), &req.headers);
         let limits = self.body_limits();
         let hsts = self.finish(ctx.tls, None).hsts;
-        if session.is_upgrade_req() {
-            let frames = ctx.frames.insert(Box::default());
-            seam::serve_counted(session, service.clone(), client, &limits, hsts, frames).await?;
-        } else {
-            seam::serve(session, service.clone(), client, &limits, hsts).await?;
+        // Copied before the connection may leave with its head: the session's end is logged
+        // from another task, and a copy does not pin pingora's 4 KiB head buffer meanwhile.
+        let line = session
+            .is_upgrade_req()
+            .then(|| RequestLine::detached(session.req_header()));
+        let served = seam::serve(session, service.clone(), client, &limits, hsts).await?;
+        if let (seam::Served::Upgraded(handover), Some(line)) = (served, line) {
+            self.hand_off(handover, ctx, line, route_gauge);
         }
         Ok(true)
+    }
+
+    /// An upgraded realtime connection has left pingora: start its service, with the
+    /// request's state (its per-client slot, its gauges) moved along to be counted, logged and
+    /// freed when the session ends, as [`Serving::logging`] does for every other request.
+    fn hand_off(
+        self: &Arc<Self>,
+        handover: seam::Handover,
+        ctx: &mut Req,
+        line: RequestLine,
+        route_gauge: Option<crate::metrics::OpenGuard>,
+    ) {
+        let mut req = std::mem::take(ctx);
+        ctx.handed_off = true;
+        // pingora's connection task, which counted the connection, ends now.
+        let gauges = (self.metrics.open(Open::Http1), route_gauge);
+        let serving = self.clone();
+        let on_end: crate::handoff::OnEnd = Box::new(move |tally| {
+            let _gauges = gauges;
+            serving.ended(
+                &mut req,
+                101,
+                tally.sent,
+                tally.received,
+                Some(tally.frames),
+                || line,
+            );
+        });
+        handover.start(self.limits.send_timeout, Some(on_end));
     }
 
     /// Read the whole request body, or answer why not (`None`).
@@ -489,7 +523,11 @@ impl Serving {
 /// pingora's hooks that need the configuration, each run by [`Gateway`]'s with the
 /// request's [`Serving`].
 impl Serving {
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Req) -> Result<bool> {
+    async fn request_filter(
+        self: &Arc<Self>,
+        session: &mut Session,
+        ctx: &mut Req,
+    ) -> Result<bool> {
         connection_limits(session, &self.limits);
         ctx.client = session
             .client_addr()
@@ -702,12 +740,36 @@ impl Serving {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Req) {
         crate::header_deadline::request_done(session);
+        if ctx.handed_off {
+            // Its connection left pingora (the session holds a stand-in without a request
+            // head): it is counted and logged when it ends ([`Serving::hand_off`]).
+            return;
+        }
         // Every request ends here, whatever answered it: the one place it is counted and
         // logged.
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let frames = ctx.frames.take().filter(|_| status == 101);
+        let sent = session.body_bytes_sent() as u64;
+        let received = session.body_bytes_read().max(ctx.body_bytes as usize) as u64;
+        self.ended(ctx, status, sent, received, frames, || {
+            RequestLine::of(session.req_header())
+        });
+    }
+
+    /// A request is over: count it, and log it with its request `line` (asked for only when
+    /// there is an access log).
+    fn ended(
+        &self,
+        ctx: &mut Req,
+        status: u16,
+        bytes_sent: u64,
+        bytes_received: u64,
+        websocket: Option<Box<Frames>>,
+        line: impl FnOnce() -> RequestLine,
+    ) {
         let duration = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         let by_pool = ctx.current.is_some();
         self.routes.request(
@@ -720,20 +782,26 @@ impl Serving {
         let Some(log) = &self.access_log else {
             return;
         };
-        let req = session.req_header();
-        let header = |name: http::header::HeaderName| req.headers.get(name).cloned();
+        let RequestLine {
+            method,
+            uri,
+            version,
+            host,
+            referer,
+            user_agent,
+        } = line();
         log.log(Entry {
             time: std::time::SystemTime::now(),
             client: ctx.client,
-            method: req.method.clone(),
-            uri: req.uri.clone(),
-            version: req.version,
-            host: header(http::header::HOST),
+            method,
+            uri,
+            version,
+            host,
             status,
-            bytes_sent: session.body_bytes_sent() as u64,
-            bytes_received: session.body_bytes_read().max(ctx.body_bytes as usize) as u64,
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
+            bytes_sent,
+            bytes_received,
+            referer,
+            user_agent,
             request_id: ctx.request_id.take(),
             route: ctx.route.take(),
             by: ctx.served_by,
@@ -741,7 +809,7 @@ impl Serving {
             duration,
             upstream_duration: ctx.upstream_time,
             tls: ctx.tls,
-            websocket: ctx.frames.take().filter(|_| status == 101),
+            websocket,
         });
     }
 }
@@ -944,7 +1012,7 @@ mod tests {
     /// The size of the future `hook` returns: what is moved into a fresh allocation each time
     /// pingora calls the hook (async_trait boxes every call).
     fn future_size<'a, B: 'a, Fut>(
-        _: impl Fn(&'a Serving, &'a mut Session, &'a mut B) -> Fut,
+        _: impl Fn(&'a Arc<Serving>, &'a mut Session, &'a mut B) -> Fut,
     ) -> usize {
         std::mem::size_of::<Fut>()
     }

@@ -3,7 +3,8 @@
 //! The service sees only plain values; this module feeds it the request body (from its own
 //! task when there is one, inline otherwise), writes whatever shape of answer it returns, and
 //! cancels it as soon as the client goes away, so a held long-poll or a dead SSE stream is
-//! freed at once. The body is read under the same limits as a held body on the other routes
+//! freed at once. An upgrade (`101`) takes the client's connection out of pingora
+//! ([`crate::handoff`]): the caller starts the service on it ([`Served::Upgraded`]). The body is read under the same limits as a held body on the other routes
 //! ([`BodyClock`]: at least `client_body_min_rate` bytes per second over every
 //! `client_body_timeout_ms` window, then 408; `max_body_bytes`, then 413), on HTTP/1.1 and
 //! HTTP/2 alike: pingora has no read
@@ -11,26 +12,25 @@
 //! service's task forever.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
-use realtime::seam::{Body, BodyError, Request, Response, Service};
+use realtime::seam::{Body, BodyError, OnUpgrade, Request, Response, Service};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::buffering::{BodyClock, BodyLimits};
 use crate::failure::ClientFailure;
+use crate::handoff::{self, Leaving, OnEnd};
 use crate::ws_frames::Frames;
 
 /// How many body chunks may wait for a service that reads slowly; the client is then
 /// back-pressured by TCP rather than buffered here.
 const BODY_CHUNKS_IN_FLIGHT: usize = 4;
-/// The in-memory pipe between the client connection and an upgraded service (pingora's
-/// own WebSocket examples use 64 KiB, enough for a frame burst without unbounded buffering).
-const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
 
 /// How long an unread request body is drained after an early answer (nginx
 /// `lingering_timeout` is 5 s between reads; this bounds the whole drain).
@@ -45,37 +45,44 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Run `service` for the request in `session`; returns when the exchange is over. `client` is
-/// the address per-client limits count against when it is not the peer's (one a trusted proxy
-/// forwarded, [`crate::forwarding::real_client`]); `limits` bound the request body as on every
-/// other route.
+/// How a realtime exchange ended for the connection.
+#[must_use = "an upgraded connection must be started, or its client is left hanging"]
+pub enum Served {
+    /// The answer is written; pingora carries on with the connection.
+    Answered,
+    /// The service switched protocols: the client's connection has left pingora
+    /// ([`handoff`]) and is the caller's to [`Handover::start`].
+    Upgraded(Handover),
+}
+
+/// An upgraded connection taken out of pingora, and the service that will run on it.
+pub struct Handover {
+    leaving: Leaving,
+    on_upgrade: OnUpgrade,
+}
+
+impl Handover {
+    /// Run the service on the connection in a task of its own. `send_timeout`: how long a
+    /// write may wait for the client (nginx `send_timeout`, as on every other answer);
+    /// `on_end` runs when the service lets go of the connection (its log line, its gauges).
+    pub fn start(self, send_timeout: Duration, on_end: Option<OnEnd>) {
+        let conn = self.leaving.into_conn(send_timeout, on_end);
+        tokio::spawn((self.on_upgrade)(Box::new(conn)));
+    }
+}
+
+/// Run `service` for the request in `session`; returns when the answer is written, or as soon
+/// as an upgraded connection has left pingora ([`Served::Upgraded`]). `client` is the address
+/// per-client limits count against when it is not the peer's (one a trusted proxy forwarded,
+/// [`crate::forwarding::real_client`]); `limits` bound the request body as on every other
+/// route.
 pub async fn serve(
     session: &mut Session,
     service: Arc<dyn Service>,
     client: Option<std::net::IpAddr>,
     limits: &BodyLimits,
     hsts: Option<&HeaderValue>,
-) -> Result<()> {
-    serve_counted(
-        session,
-        service,
-        client,
-        limits,
-        hsts,
-        &mut Frames::default(),
-    )
-    .await
-}
-
-/// [`serve`], reading the frames of an upgraded session into `frames` for its log line.
-pub async fn serve_counted(
-    session: &mut Session,
-    service: Arc<dyn Service>,
-    client: Option<std::net::IpAddr>,
-    limits: &BodyLimits,
-    hsts: Option<&HeaderValue>,
-    frames: &mut Frames,
-) -> Result<()> {
+) -> Result<Served> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -100,12 +107,12 @@ pub async fn serve_counted(
             idle = session.read_body_or_idle(true) => match idle {
                 // The client hung up while the service was still deciding: dropping the
                 // future cancels it.
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(Served::Answered),
                 // Pipelined bytes, not a hang-up: stop watching and just wait.
                 Ok(_) => call.await,
             },
         };
-        return respond(session, response, false, false, hsts, frames).await;
+        return respond(session, response, false, false, hsts).await;
     }
     let (tx, body) = if upgrade {
         // After the headers of an upgrade request come the upgraded protocol's bytes, not a
@@ -143,14 +150,16 @@ pub async fn serve_counted(
                     Err(_) => {
                         // `task` is aborted on return: the service stops waiting for the body.
                         tracing::warn!(received, "realtime request body incomplete at the deadline: 408");
-                        return body_refused(session, hsts, ClientFailure::Timeout { received }).await;
+                        body_refused(session, hsts, ClientFailure::Timeout { received }).await?;
+                        return Ok(Served::Answered);
                     }
                     Ok(Ok(Some(bytes))) => {
                         received += bytes.len() as u64;
                         clock.record(Instant::now() - paused, bytes.len() as u64);
                         if received > limits.max_bytes {
                             tracing::warn!(limit = limits.max_bytes, "realtime request body too large: 413");
-                            return body_refused(session, hsts, ClientFailure::TooLarge(limits.max_bytes)).await;
+                            body_refused(session, hsts, ClientFailure::TooLarge(limits.max_bytes)).await?;
+                            return Ok(Served::Answered);
                         }
                         // A service that dropped its body no longer wants it: stop feeding.
                         let waiting = Instant::now();
@@ -175,7 +184,7 @@ pub async fn serve_counted(
                 r = &mut task.0 => break r,
                 idle = session.read_body_or_idle(true) => match idle {
                     // The client hung up while the service was still deciding: cancel it.
-                    Err(_) => return Ok(()),
+                    Err(_) => return Ok(Served::Answered),
                     // Pipelined bytes, not a hang-up: stop watching and just wait.
                     Ok(_) => watching_client = false,
                 },
@@ -197,7 +206,7 @@ pub async fn serve_counted(
             format!("realtime service failed: {e}"),
         )
     })?;
-    respond(session, response, upgrade, unread_body, hsts, frames).await
+    respond(session, response, upgrade, unread_body, hsts).await
 }
 
 /// Answer a realtime request whose body was refused, with the status and reason every path
@@ -219,8 +228,7 @@ async fn respond(
     upgrade: bool,
     unread_body: bool,
     hsts: Option<&HeaderValue>,
-    frames: &mut Frames,
-) -> Result<()> {
+) -> Result<Served> {
     match response {
         Response::Full(resp) => {
             let (parts, body) = resp.into_parts();
@@ -232,7 +240,7 @@ async fn respond(
             if unread_body {
                 let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
             }
-            Ok(())
+            Ok(Served::Answered)
         }
         Response::Stream { head, mut body } => {
             let mut head = ResponseHeader::from(head);
@@ -252,13 +260,14 @@ async fn respond(
                     gone = session.read_body_or_idle(true), if client_open => {
                         if gone.is_err() {
                             // Dropping `body` tells the producer at its next send.
-                            return Ok(());
+                            return Ok(Served::Answered);
                         }
                         client_open = false;
                     }
                 }
             }
-            session.write_response_body(None, true).await
+            session.write_response_body(None, true).await?;
+            Ok(Served::Answered)
         }
         Response::Upgrade { head, on_upgrade } => {
             if !upgrade {
@@ -275,9 +284,17 @@ async fn respond(
                 .as_downstream_mut()
                 .write_response_header(Box::new(head))
                 .await?;
-            let (ours, theirs) = tokio::io::duplex(UPGRADE_PIPE_BYTES);
-            let _service = AbortOnDrop(tokio::spawn(on_upgrade(Box::new(theirs))));
-            pump(session, ours, frames).await
+            // The client's connection leaves pingora: the service writes straight into it.
+            match handoff::take(&mut session.downstream_session) {
+                Some(leaving) => Ok(Served::Upgraded(Handover {
+                    leaving,
+                    on_upgrade,
+                })),
+                None => Error::e_explain(
+                    ErrorType::InternalError,
+                    "an upgraded connection that is not HTTP/1 cannot be handed over",
+                ),
+            }
         }
     }
 }
@@ -290,8 +307,8 @@ pub fn is_tls(session: &Session) -> bool {
 }
 
 /// Move bytes both ways between an upgraded client connection and `io` until either side
-/// closes. Shared by the realtime services and the WebSocket tunnel to the app. The WebSocket
-/// frames passing are read into `frames` (messages, the close) for the session's log line.
+/// closes: the WebSocket tunnel to the app. The WebSocket frames passing are read into
+/// `frames` (messages, the close) for the session's log line.
 pub async fn pump<S: AsyncRead + AsyncWrite>(
     session: &mut Session,
     io: S,
@@ -342,4 +359,78 @@ async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std:
     buf.reserve(PUMP_READ_BYTES);
     let mut limited = (&mut *rd).take(PUMP_READ_BYTES as u64);
     limited.read_buf(buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    fn limits() -> BodyLimits {
+        BodyLimits {
+            max_bytes: 1024,
+            memory: 1024,
+            timeout: Duration::from_secs(5),
+            min_rate: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_returns_as_soon_as_an_upgraded_connection_has_left() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await
+            .expect("request");
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session
+            .downstream_session
+            .read_request()
+            .await
+            .expect("head"));
+        let service: Arc<dyn Service> = Arc::new(realtime::diag::SeamTest::default());
+
+        // Before the hand-off, this returned only when the WebSocket closed.
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve(&mut session, service, None, &limits(), None),
+        )
+        .await
+        .expect("serve returns while the WebSocket is open")
+        .expect("served");
+        let Served::Upgraded(handover) = served else {
+            panic!("the upgrade was answered without handing the connection over");
+        };
+        // pingora is left with a stand-in: it finishes without touching the client.
+        assert!(session
+            .downstream_session
+            .finish()
+            .await
+            .expect("finish")
+            .is_none());
+
+        handover.start(Duration::from_secs(5), None);
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            client.read_exact(&mut b).await.expect("head");
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        ws.send(Message::text("over the handed-off connection"))
+            .await
+            .expect("send");
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert!(
+            matches!(&echo, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "over the handed-off connection"),
+            "{echo:?}"
+        );
+    }
 }

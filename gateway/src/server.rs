@@ -681,6 +681,7 @@ pub fn build(
             service: service.map(|s| s as Arc<dyn realtime::seam::Service>),
             secret: internal.secret.clone(),
             body: crate::buffering::BodyLimits::from_limits(limits),
+            send_timeout: limits.send_timeout,
         };
         let mut listener = Service::new(
             "fleet internal".to_string(),

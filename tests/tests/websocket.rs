@@ -228,3 +228,78 @@ async fn the_seam_serves_full_held_streamed_and_upgraded_exchanges() {
     .await
     .expect("seam websocket");
 }
+
+/// A realtime WebSocket is served outside pingora's HTTP session once it is upgraded: the
+/// write deadline it had there (`send_timeout_ms`, nginx's `send_timeout`) still holds. A
+/// client that sends and stops reading is cut off, and the connection's task and file with it.
+#[tokio::test]
+async fn a_realtime_websocket_that_stops_reading_is_cut_off_after_send_timeout() {
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app).replace(
+        "tls: {state_dir: state}",
+        "tls: {state_dir: state}\nlimits: {send_timeout_ms: 1000}",
+    ));
+    let url = format!("wss://127.0.0.1:{}/__seam/ws", gw.ports.https);
+    let (mut ws, _) = websocket(&url, None).await.expect("upgrade");
+    // The echo service sends every message back; this client never reads, so the echoes fill
+    // the socket buffers, the service's write waits, and then this client's own sends wait.
+    let message = Message::binary(vec![7u8; 64 * 1024]);
+    let mut sent = 0;
+    while sent < 2_000 {
+        match tokio::time::timeout(Duration::from_secs(2), ws.send(message.clone())).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        sent < 2_000,
+        "the gateway kept reading a client that reads nothing"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Reading now gets what was already on its way, then the end of the connection.
+    let mut echoed = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_binary() {
+                echoed += 1;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled WebSocket was never closed ({echoed} of {sent} echoes read)"
+    );
+    assert!(echoed < sent, "the stalled client got every echo ({sent})");
+    echo_once(&url, "fresh")
+        .await
+        .expect("a fresh WebSocket works");
+}
+
+/// The gateway ends a realtime WebSocket's TLS connection cleanly (`close_notify`, then FIN),
+/// as it does every other: a client can tell the end of the session from a cut connection.
+#[tokio::test]
+async fn a_realtime_websocket_ends_with_a_tls_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Stub::start("app");
+    let gw = Gateway::start(&config(&app));
+    let mut tls = e2e::tls_connect(gw.https_addr()).await;
+    tls.write_all(
+        b"GET /__seam/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("handshake");
+    // A masked Close frame (1000) right behind it: the echo service stops at once.
+    tls.write_all(b"\x88\x82abcd\x62\x8a")
+        .await
+        .expect("close frame");
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection");
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // rustls reports a close without `close_notify` as an unexpected EOF.
+    assert!(end.is_ok(), "not a clean TLS close: {end:?}");
+}
