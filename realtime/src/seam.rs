@@ -85,6 +85,21 @@ impl Request {
     }
 }
 
+/// `headers` in buffers of their own, for a session that keeps them (a handshake's headers,
+/// which the app is shown later). The values of a request's headers are slices of the one
+/// buffer the gateway read the whole head into: kept as they are, they would keep that buffer
+/// (4 KiB) alive for as long as the connection lasts.
+pub fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy =
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     #[error("request body larger than {limit} bytes")]
@@ -217,4 +232,46 @@ pub fn websocket_accept(
     b.body(())
         .map(|r| r.into_parts().0)
         .map_err(|_| Refusal("invalid WebSocket handshake"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_headers_point_into_no_buffer_of_the_request() {
+        // As the gateway's HTTP/1 parser builds them: every value a slice of the head.
+        let head =
+            Bytes::from_static(b"cookie: a=1\r\nuser-agent: UA\r\nx-custom: 1\r\nx-custom: 2\r\n");
+        let slice = |needle: &[u8]| {
+            let at = head
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .expect("in the head");
+            http::HeaderValue::from_maybe_shared(head.slice(at..at + needle.len())).expect("value")
+        };
+        let mut headers = http::HeaderMap::new();
+        let mut cookie = slice(b"a=1");
+        cookie.set_sensitive(true);
+        headers.insert(http::header::COOKIE, cookie);
+        headers.insert(http::header::USER_AGENT, slice(b"UA"));
+        headers.append("x-custom", slice(b"1"));
+        headers.append("x-custom", slice(b"2"));
+        let inside = |v: &http::HeaderValue| {
+            let p = v.as_bytes().as_ptr() as usize;
+            let start = head.as_ptr() as usize;
+            (start..start + head.len()).contains(&p)
+        };
+        assert!(headers.values().all(inside), "the fixture shares the head");
+
+        let kept = detached_headers(&headers);
+        assert_eq!(kept, headers);
+        assert!(
+            !kept.values().any(inside),
+            "a kept value still points into the head"
+        );
+        assert!(kept[http::header::COOKIE].is_sensitive());
+        let customs: Vec<_> = kept.get_all("x-custom").iter().collect();
+        assert_eq!(customs, ["1", "2"]);
+    }
 }

@@ -428,7 +428,7 @@ impl Service for WsEndpoint {
             client: req.client_ip(),
             access: self.access.clone(),
             // Kept for the app's questions about later subscriptions.
-            info: (mode == Mode::PubSub).then(|| ClientInfo::from_request(&req)),
+            info: (mode == Mode::PubSub).then(|| ClientInfo::kept(&req)),
             identity,
             stays: Mutex::default(),
             to_app: self.to_app(mode, answered),

@@ -64,6 +64,8 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// The client of `req`, for a question asked now (its headers share the request's
+    /// buffer).
     pub fn from_request(req: &Request) -> ClientInfo {
         ClientInfo {
             headers: req.head.headers.clone(),
@@ -71,6 +73,15 @@ impl ClientInfo {
             peer: req.peer,
             local: req.local,
             secure: req.secure,
+        }
+    }
+
+    /// The client of `req`, kept for as long as its connection lasts: in buffers of its own
+    /// ([`crate::seam::detached_headers`]).
+    pub fn kept(req: &Request) -> ClientInfo {
+        ClientInfo {
+            headers: crate::seam::detached_headers(&req.head.headers),
+            ..ClientInfo::from_request(req)
         }
     }
 

@@ -359,7 +359,7 @@ fn new_sid(tag: Option<&str>) -> String {
 
 fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
     HandshakeInfo {
-        headers: req.head.headers.clone(),
+        headers: crate::seam::detached_headers(&req.head.headers),
         query: req.query().to_owned(),
         peer: req.peer,
         client: req.client_ip(),
