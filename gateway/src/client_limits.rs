@@ -140,7 +140,7 @@ pub fn opens_realtime_session(
                     .split('&')
                     .any(|pair| pair.starts_with("sid="))
         }
-        RealtimeKind::Longpoll | RealtimeKind::SeamTest => false,
+        RealtimeKind::Longpoll | RealtimeKind::SeamTest | RealtimeKind::ProtocolSuites => false,
     }
 }
 

@@ -633,6 +633,11 @@ pub enum RealtimeKind {
     /// Socket.IO v4 (Engine.IO v4 polling, WebSocket and upgrade), configured under
     /// `realtime.socketio`.
     Socketio,
+    /// What the official Engine.IO and Socket.IO protocol test suites expect (an Engine.IO
+    /// echo at `/engine.io/`, their reference Socket.IO server at `/socket.io/`), for running
+    /// them against the gateway itself. Only in a gateway built with the `conformance`
+    /// feature.
+    ProtocolSuites,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -416,7 +416,7 @@ impl Metrics {
                     RealtimeKind::Websocket => [None, gauge(Open::Ws)],
                     RealtimeKind::Sse => [gauge(Open::Sse), None],
                     RealtimeKind::Longpoll => [gauge(Open::Longpoll), None],
-                    RealtimeKind::SeamTest => [None, None],
+                    RealtimeKind::SeamTest | RealtimeKind::ProtocolSuites => [None, None],
                 }),
             });
         }
@@ -473,6 +473,7 @@ fn realtime_name(kind: RealtimeKind) -> &'static str {
         RealtimeKind::Sse => "sse",
         RealtimeKind::Websocket => "websocket",
         RealtimeKind::Socketio => "socketio",
+        RealtimeKind::ProtocolSuites => "protocol-suites",
     }
 }
 

@@ -306,6 +306,7 @@ impl Realtime {
             .entry((endpoint.kind(), key))
             .or_insert_with(|| match endpoint {
                 Endpoint::SeamTest => Arc::new(realtime::diag::SeamTest::default()),
+                Endpoint::ProtocolSuites => protocol_suites(),
                 Endpoint::Longpoll => Arc::new(realtime::longpoll::LongPoll::new(
                     self.hub.clone(),
                     realtime::longpoll::LongPollConfig {
@@ -726,4 +727,17 @@ impl Drain {
         self.draining.begin();
         self.rt.drain();
     }
+}
+
+/// The official protocol suites' server (`realtime: protocol-suites`).
+#[cfg(feature = "conformance")]
+fn protocol_suites() -> Arc<dyn realtime::seam::Service> {
+    Arc::new(realtime::diag::ProtocolSuites::new())
+}
+
+/// Never mounted: the settings refuse `protocol-suites` in a gateway built without the
+/// `conformance` feature. Answers like an unknown path of the diagnostic service.
+#[cfg(not(feature = "conformance"))]
+fn protocol_suites() -> Arc<dyn realtime::seam::Service> {
+    Arc::new(realtime::diag::SeamTest::default())
 }

@@ -4,7 +4,8 @@
 //! `/socket.io/` with namespaces `/` and `/custom` (emit `auth` with the handshake auth on
 //! connect, answer `message` with `message-back`, ack `message-with-ack` with the same args);
 //! pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1e6, connectTimeout 1000 ms, CORS `*`,
-//! recovery off. Everything comes from the library API.
+//! recovery off. Everything comes from the library API (`realtime::diag::ProtocolSuites`, which
+//! the gateway also mounts on a route: `realtime: protocol-suites`).
 //!
 //! ```text
 //! cargo run -p realtime --features conformance --example conformance [port]
@@ -17,7 +18,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -26,21 +26,12 @@ use hyper::body::{Frame as BodyFrame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use realtime::engineio::{Conn, ConnHandler, CorsConfig, EngineConfig, EngineServer};
-use realtime::hub::Hub;
+use realtime::diag::ProtocolSuites;
 use realtime::seam::{Body, BodyError, Request, Response, Service};
-use realtime::socketio::{conformance_options, install_conformance, SocketIo};
 use tokio::net::TcpListener;
 
 /// The test suite's fixed URL.
 const DEFAULT_PORT: u16 = 3000;
-/// The suite's expected settings.
-const PING_INTERVAL: Duration = Duration::from_millis(300);
-const PING_TIMEOUT: Duration = Duration::from_millis(200);
-const MAX_PAYLOAD: usize = 1_000_000;
-/// Route prefixes the suites use (node's default `path`s).
-const ENGINE_PATH: &str = "/engine.io/";
-const SOCKETIO_PATH: &str = "/socket.io/";
 /// Request body chunks buffered towards the engine, as the gateway's seam does.
 const BODY_CHUNKS_IN_FLIGHT: usize = 4;
 /// The in-memory pipe between an upgraded connection and the engine (as the gateway's).
@@ -48,53 +39,25 @@ const UPGRADE_PIPE_BYTES: usize = 64 * 1024;
 
 type OutBody = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Sends every message straight back.
-struct Echo;
-
-impl ConnHandler for Echo {
-    fn on_connection(&self, mut conn: Conn) {
-        tokio::spawn(async move {
-            while let Some(frame) = conn.incoming.recv().await {
-                if conn.sender.send(frame).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = match std::env::args().nth(1) {
         Some(arg) => arg.parse()?,
         None => DEFAULT_PORT,
     };
-    let config = EngineConfig {
-        ping_interval: PING_INTERVAL,
-        ping_timeout: PING_TIMEOUT,
-        max_payload: MAX_PAYLOAD,
-        cors: Some(CorsConfig::any()),
-        ..EngineConfig::default()
-    };
-    let engine = Arc::new(EngineServer::new(config.clone(), Arc::new(Echo)));
-    let io = SocketIo::new(Hub::default(), conformance_options());
-    install_conformance(&io);
-    let socketio = Arc::new(EngineServer::new(config, Arc::new(io)));
+    let suites = Arc::new(ProtocolSuites::new());
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("conformance server on http://localhost:{port}{ENGINE_PATH} and {SOCKETIO_PATH}");
+    println!(
+        "conformance server on http://localhost:{port}{} and {}",
+        ProtocolSuites::ENGINE_PATH,
+        ProtocolSuites::SOCKETIO_PATH
+    );
     loop {
         let (stream, peer) = listener.accept().await?;
-        let (engine, socketio) = (engine.clone(), socketio.clone());
+        let suites = suites.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let target = if req.uri().path().starts_with(SOCKETIO_PATH) {
-                    Some(socketio.clone())
-                } else if req.uri().path().starts_with(ENGINE_PATH) {
-                    Some(engine.clone())
-                } else {
-                    None
-                };
-                exchange(target, peer, req)
+                exchange(suites.clone(), peer, req)
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -107,13 +70,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// One HTTP exchange through the seam. hyper drops this future when the client goes away,
 /// as the gateway does.
 async fn exchange(
-    engine: Option<Arc<EngineServer>>,
+    engine: Arc<ProtocolSuites>,
     peer: SocketAddr,
     mut req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<OutBody>, Infallible> {
-    let Some(engine) = engine else {
-        return Ok(full(http::StatusCode::NOT_FOUND, Bytes::new()));
-    };
     let upgrade = req
         .headers()
         .get(http::header::UPGRADE)

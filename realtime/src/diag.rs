@@ -153,3 +153,83 @@ impl Service for SeamTest {
         }
     }
 }
+
+/// `protocol-suites`: what the official protocol test suites (socketio/engine.io-protocol and
+/// socketio/socket.io-protocol, folder `test-suite/`) expect on `http://localhost:3000`, so
+/// they can be run against a real deployment of the transports (the gateway mounts it on a
+/// route; `examples/conformance.rs` serves it alone): a raw Engine.IO echo at `/engine.io/`,
+/// and Socket.IO at `/socket.io/` with the suite's reference namespaces
+/// ([`crate::socketio::install_conformance`]); pingInterval 300 ms, pingTimeout 200 ms,
+/// maxPayload 1e6, CORS `*`.
+#[cfg(feature = "conformance")]
+pub struct ProtocolSuites {
+    engine: Arc<crate::engineio::EngineServer>,
+    socketio: Arc<crate::engineio::EngineServer>,
+}
+
+#[cfg(feature = "conformance")]
+impl ProtocolSuites {
+    /// The suites' fixed settings.
+    const PING_INTERVAL: Duration = Duration::from_millis(300);
+    const PING_TIMEOUT: Duration = Duration::from_millis(200);
+    const MAX_PAYLOAD: usize = 1_000_000;
+    /// node's default `path`s, which the suites use.
+    pub const ENGINE_PATH: &'static str = "/engine.io/";
+    pub const SOCKETIO_PATH: &'static str = "/socket.io/";
+
+    pub fn new() -> ProtocolSuites {
+        use crate::engineio::{CorsConfig, EngineConfig, EngineServer};
+        use crate::socketio::{conformance_options, install_conformance, SocketIo};
+        let config = EngineConfig {
+            ping_interval: Self::PING_INTERVAL,
+            ping_timeout: Self::PING_TIMEOUT,
+            max_payload: Self::MAX_PAYLOAD,
+            cors: Some(CorsConfig::any()),
+            ..EngineConfig::default()
+        };
+        let engine = Arc::new(EngineServer::new(config.clone(), Arc::new(EngineEcho)));
+        let io = SocketIo::new(crate::hub::Hub::default(), conformance_options());
+        install_conformance(&io);
+        let socketio = Arc::new(EngineServer::new(config, Arc::new(io)));
+        ProtocolSuites { engine, socketio }
+    }
+}
+
+#[cfg(feature = "conformance")]
+impl Default for ProtocolSuites {
+    fn default() -> ProtocolSuites {
+        ProtocolSuites::new()
+    }
+}
+
+#[cfg(feature = "conformance")]
+#[async_trait::async_trait]
+impl Service for ProtocolSuites {
+    async fn call(&self, req: Request) -> Response {
+        let path = req.head.uri.path();
+        if path.starts_with(Self::SOCKETIO_PATH) {
+            self.socketio.call(req).await
+        } else if path.starts_with(Self::ENGINE_PATH) {
+            self.engine.call(req).await
+        } else {
+            Response::text(StatusCode::NOT_FOUND, "not a path of the protocol suites\n")
+        }
+    }
+}
+
+/// The engine.io-protocol suite's server: every message straight back.
+#[cfg(feature = "conformance")]
+struct EngineEcho;
+
+#[cfg(feature = "conformance")]
+impl crate::engineio::ConnHandler for EngineEcho {
+    fn on_connection(&self, mut conn: crate::engineio::Conn) {
+        tokio::spawn(async move {
+            while let Some(frame) = conn.incoming.recv().await {
+                if conn.sender.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

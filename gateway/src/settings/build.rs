@@ -1438,6 +1438,15 @@ fn routes(
                 RealtimeKind::Longpoll => Endpoint::Longpoll,
                 RealtimeKind::Sse => Endpoint::Sse,
                 RealtimeKind::Socketio => Endpoint::Socketio,
+                RealtimeKind::ProtocolSuites => {
+                    if !cfg!(feature = "conformance") {
+                        r.bad(
+                            format!("{at}.realtime"),
+                            "`protocol-suites` needs a gateway built with `--features conformance`",
+                        );
+                    }
+                    Endpoint::ProtocolSuites
+                }
                 // A route with no `realtime.websocket` entry gets the defaults.
                 RealtimeKind::Websocket => {
                     Endpoint::Websocket(websockets.get(&rt.path).cloned().unwrap_or_else(|| {

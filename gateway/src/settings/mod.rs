@@ -321,6 +321,7 @@ pub enum Endpoint {
     Sse,
     Websocket(WebSocket),
     Socketio,
+    ProtocolSuites,
 }
 
 impl Endpoint {
@@ -331,6 +332,7 @@ impl Endpoint {
             Endpoint::Sse => RealtimeKind::Sse,
             Endpoint::Websocket(_) => RealtimeKind::Websocket,
             Endpoint::Socketio => RealtimeKind::Socketio,
+            Endpoint::ProtocolSuites => RealtimeKind::ProtocolSuites,
         }
     }
 }

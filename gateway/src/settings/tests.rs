@@ -892,3 +892,17 @@ fn client_limits_are_checked_with_their_place() {
         "the burst is one second's worth, rounded up"
     );
 }
+
+/// The protocol suites' server is a diagnostic: a shipped build says how to get it rather
+/// than serving something else on its route.
+#[test]
+#[cfg(not(feature = "conformance"))]
+fn protocol_suites_need_a_conformance_build() {
+    let p = problems(
+        "listen: {http: 127.0.0.1:3000}\nroutes: [{path: /, realtime: protocol-suites}]\n",
+    );
+    assert_eq!(
+        p,
+        ["routes[0].realtime: `protocol-suites` needs a gateway built with `--features conformance`"]
+    );
+}
