@@ -464,13 +464,16 @@ fn join_cluster(
     ))
 }
 
-/// Read buffer of each client connection, below pingora's 64 KiB default. It is allocated
-/// zeroed when the connection is accepted and lives as long as the connection, so with 10,000
-/// idle WebSockets the default alone is 640 MiB resident. 16 KiB still holds a whole TLS record
-/// (rustls reads records in 4 KiB steps, so each record costs one syscall, not four), and request
-/// headers are read into pingora's own buffer anyway. nginx reads headers into 1 KiB
-/// (`client_header_buffer_size`) and TLS through 16 KiB.
-const LISTENER_READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of each client connection: none (pingora's default is 64 KiB). pingora's buffer
+/// is allocated zeroed when a connection is accepted and lives as long as the connection, so
+/// it is resident memory for every idle WebSocket, SSE stream and held long-poll: 16 KiB each
+/// at the 16 KiB this was before, 640 MiB per 10,000 at the default. Without it nothing is
+/// lost that another buffer does not already do: request heads are read into pingora's own
+/// head buffer, bodies into its body buffer, and TLS records into rustls' own (which reads
+/// from the socket in 4 KiB steps: a 16 KiB record of an upload takes four `read`s instead of
+/// one, a cost only large request bodies over TLS pay). nginx reads headers into 1 KiB
+/// (`client_header_buffer_size`) and allocates its buffers per request, not per connection.
+const LISTENER_READ_BUFFER: usize = 0;
 
 fn listener_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(LISTENER_READ_BUFFER)
