@@ -89,6 +89,19 @@ impl RequestLine {
         }
     }
 
+    /// A request nothing is known of (never logged in practice: every session that leaves
+    /// pingora takes its line along).
+    pub fn unknown() -> RequestLine {
+        RequestLine {
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            host: None,
+            referer: None,
+            user_agent: None,
+        }
+    }
+
     /// The line of `req` in buffers of its own, for a session that outlives the request (an
     /// upgraded connection): a shared value would pin the whole buffer pingora read the head
     /// into, for as long as the session lasts.

@@ -111,7 +111,7 @@ impl Admin {
     async fn publish(&self, session: &mut Session) -> Result<()> {
         let served =
             crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?;
-        if let crate::seam::Served::Upgraded(handover) = served {
+        if let crate::seam::Served::Left(handover) = served {
             // The publish API answers no upgrade; should it ever, it runs like any other.
             let limits = &self.current.load().limits;
             handover.start(limits.send_timeout, None);

@@ -332,6 +332,70 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Most bytes of queued chunks gathered into one write (one TLS record holds 16 KiB).
+const BATCH_BYTES: usize = 16 * 1024;
+
+/// The end of a chunked body (RFC 9112 §7.1): a chunk of size 0, no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Append `data` to `out` as one chunk of a chunked body (RFC 9112 §7.1): its size in hex,
+/// CRLF, the data, CRLF. Empty data appends nothing: a chunk of size 0 would end the body.
+pub fn frame_chunk(data: &[u8], out: &mut BytesMut) {
+    if data.is_empty() {
+        return;
+    }
+    use std::fmt::Write as _;
+    // Writing into a `BytesMut` cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Send a streamed answer's body (Server-Sent Events) on a connection that left pingora, its
+/// head already written: chunked, until the service ends it (then the last chunk) or the
+/// client goes away. Chunks that queued up meanwhile go out in one write. The client's side is
+/// only watched for its end, which stops the stream at once (its receiver is dropped, so the
+/// service's producer stops at its next send), as pingora's `read_body_or_idle` did; anything
+/// it sends (nothing, from an event source) is dropped, and the connection is not reused.
+pub async fn send_chunked(mut conn: Conn, mut body: tokio::sync::mpsc::Receiver<Bytes>) {
+    use tokio::io::AsyncReadExt;
+    // The head may still sit in a buffer below: the client learns at once that the stream is
+    // open (an EventSource fires `open` on the head).
+    if conn.flush().await.is_err() {
+        return;
+    }
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            chunk = body.recv() => {
+                let Some(first) = chunk else {
+                    let _ = conn.write_all(LAST_CHUNK).await;
+                    let _ = conn.flush().await;
+                    return;
+                };
+                let mut out = BytesMut::with_capacity(first.len() + 16);
+                frame_chunk(&first, &mut out);
+                while out.len() < BATCH_BYTES {
+                    match body.try_recv() {
+                        Ok(more) => frame_chunk(&more, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                if out.is_empty() {
+                    continue;
+                }
+                if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
+                    return;
+                }
+            }
+            read = conn.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(end) = self.on_end.take() {
@@ -439,6 +503,63 @@ mod tests {
         switch(&mut session).await;
         let leaving = take(&mut session).expect("leaves");
         assert!(leaving.stream.as_any().is::<DuplexStream>());
+    }
+
+    #[test]
+    fn chunks_are_framed_as_rfc_9112_says() {
+        let mut out = BytesMut::new();
+        frame_chunk(b"data: 1\n\n", &mut out);
+        frame_chunk(b"", &mut out);
+        frame_chunk(&[b'x'; 26], &mut out);
+        let mut want = b"9\r\ndata: 1\n\n\r\n1a\r\n".to_vec();
+        want.extend_from_slice(&[b'x'; 26]);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(LAST_CHUNK, b"0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_left_is_sent_chunked_and_ended_with_the_last_chunk() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let conn = Leaving {
+            stream: Box::new(server),
+            early: Bytes::new(),
+        }
+        .into_conn(Duration::from_secs(5), None);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(send_chunked(conn, rx));
+        tx.send(Bytes::from_static(b"data: a\n\n"))
+            .await
+            .expect("send");
+        tx.send(Bytes::from_static(b"data: bc\n\n"))
+            .await
+            .expect("send");
+        drop(tx);
+        task.await.expect("sender");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(
+            got,
+            b"9\r\ndata: a\n\n\r\na\r\ndata: bc\n\n\r\n0\r\n\r\n".to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_as_soon_as_its_client_goes_away() {
+        let (client, server) = tokio::io::duplex(4096);
+        let conn = Leaving {
+            stream: Box::new(server),
+            early: Bytes::new(),
+        }
+        .into_conn(Duration::from_secs(5), None);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let task = tokio::spawn(send_chunked(conn, rx));
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the stream ended with its client")
+            .expect("sender");
+        assert!(tx.is_closed(), "the producer is told");
     }
 
     #[tokio::test(start_paused = true)]

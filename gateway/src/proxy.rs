@@ -281,26 +281,21 @@ impl Serving {
         let client = forwarding::real_client(&self.client(ctx), &req.headers);
         let limits = self.body_limits();
         let hsts = self.finish(ctx.tls, None).hsts;
-        // Copied before the connection may leave with its head: the session's end is logged
-        // from another task, and a copy does not pin pingora's 4 KiB head buffer meanwhile.
-        let line = session
-            .is_upgrade_req()
-            .then(|| RequestLine::detached(session.req_header()));
         let served = seam::serve(session, service.clone(), client, &limits, hsts).await?;
-        if let (seam::Served::Upgraded(handover), Some(line)) = (served, line) {
-            self.hand_off(handover, ctx, line, route_gauge);
+        if let seam::Served::Left(handover) = served {
+            self.hand_off(handover, ctx, route_gauge);
         }
         Ok(true)
     }
 
-    /// An upgraded realtime connection has left pingora: start its service, with the
-    /// request's state (its per-client slot, its gauges) moved along to be counted, logged and
-    /// freed when the session ends, as [`Serving::logging`] does for every other request.
+    /// A realtime connection has left pingora (an upgrade, an HTTP/1 event stream): start
+    /// what runs on it, with the request's state (its per-client slot, its gauges) moved
+    /// along to be counted, logged and freed when it ends, as [`Serving::logging`] does for
+    /// every other request.
     fn hand_off(
         self: &Arc<Self>,
-        handover: seam::Handover,
+        mut handover: Box<seam::Handover>,
         ctx: &mut Req,
-        line: RequestLine,
         route_gauge: Option<crate::metrics::OpenGuard>,
     ) {
         let mut req = std::mem::take(ctx);
@@ -308,16 +303,13 @@ impl Serving {
         // pingora's connection task, which counted the connection, ends now.
         let gauges = (self.metrics.open(Open::Http1), route_gauge);
         let serving = self.clone();
+        let (status, upgrade, line) =
+            (handover.status, handover.is_upgrade(), handover.line.take());
         let on_end: crate::handoff::OnEnd = Box::new(move |tally| {
             let _gauges = gauges;
-            serving.ended(
-                &mut req,
-                101,
-                tally.sent,
-                tally.received,
-                Some(tally.frames),
-                || line,
-            );
+            let frames = upgrade.then_some(tally.frames);
+            let line = || line.unwrap_or_else(RequestLine::unknown);
+            serving.ended(&mut req, status, tally.sent, tally.received, frames, line);
         });
         handover.start(self.limits.send_timeout, Some(on_end));
     }

@@ -14,15 +14,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use realtime::seam::{Body, BodyError, OnUpgrade, Request, Response, Service};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::access_log::RequestLine;
 use crate::buffering::{BodyClock, BodyLimits};
 use crate::failure::ClientFailure;
 use crate::handoff::{self, Leaving, OnEnd};
@@ -46,28 +48,71 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// How a realtime exchange ended for the connection.
-#[must_use = "an upgraded connection must be started, or its client is left hanging"]
+#[must_use = "a connection that left must be started, or its client is left hanging"]
 pub enum Served {
     /// The answer is written; pingora carries on with the connection.
     Answered,
-    /// The service switched protocols: the client's connection has left pingora
-    /// ([`handoff`]) and is the caller's to [`Handover::start`].
-    Upgraded(Handover),
+    /// The answer goes on for as long as the client stays (an upgrade, an HTTP/1 event
+    /// stream): its head is written, the client's connection has left pingora ([`handoff`])
+    /// and is the caller's to [`Handover::start`].
+    Left(Box<Handover>),
 }
 
-/// An upgraded connection taken out of pingora, and the service that will run on it.
+/// A connection taken out of pingora, with what runs on it and what its log line says of it.
 pub struct Handover {
     leaving: Leaving,
-    on_upgrade: OnUpgrade,
+    then: Then,
+    /// The answer's status (`101`, or the stream's).
+    pub status: u16,
+    /// The request, in buffers of its own (pingora's session no longer has it), for whoever
+    /// logs the session.
+    pub line: Option<RequestLine>,
+}
+
+/// What runs on a connection that left.
+enum Then {
+    /// The service's WebSocket (or other upgraded protocol).
+    Upgrade(OnUpgrade),
+    /// The rest of a streamed answer, chunked.
+    Stream(mpsc::Receiver<Bytes>),
 }
 
 impl Handover {
-    /// Run the service on the connection in a task of its own. `send_timeout`: how long a
-    /// write may wait for the client (nginx `send_timeout`, as on every other answer);
-    /// `on_end` runs when the service lets go of the connection (its log line, its gauges).
+    /// Whether the connection switched protocols (its WebSocket frames are worth logging).
+    pub fn is_upgrade(&self) -> bool {
+        matches!(self.then, Then::Upgrade(_))
+    }
+
+    /// Run it on the connection in a task of its own. `send_timeout`: how long a write may wait
+    /// for the client (nginx `send_timeout`, as on every other answer); `on_end` runs when the
+    /// connection is let go (its log line, its gauges).
     pub fn start(self, send_timeout: Duration, on_end: Option<OnEnd>) {
         let conn = self.leaving.into_conn(send_timeout, on_end);
-        tokio::spawn((self.on_upgrade)(Box::new(conn)));
+        match self.then {
+            Then::Upgrade(on_upgrade) => drop(tokio::spawn(on_upgrade(Box::new(conn)))),
+            Then::Stream(body) => drop(tokio::spawn(handoff::send_chunked(conn, body))),
+        }
+    }
+}
+
+/// Take the client's connection out of `session`, whose answer head is written.
+fn leave(session: &mut Session, then: Then) -> Result<Served> {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    let line = RequestLine::detached(session.req_header());
+    match handoff::take(&mut session.downstream_session) {
+        Some(leaving) => Ok(Served::Left(Box::new(Handover {
+            leaving,
+            then,
+            status,
+            line: Some(line),
+        }))),
+        None => Error::e_explain(
+            ErrorType::InternalError,
+            "a connection that is not HTTP/1 cannot be handed over",
+        ),
     }
 }
 
@@ -245,11 +290,22 @@ async fn respond(
         Response::Stream { head, mut body } => {
             let mut head = ResponseHeader::from(head);
             crate::finish::stamp(hsts, &mut head)?;
+            // On HTTP/1.1 a stream (SSE) leaves pingora once its head is out, as an upgrade does:
+            // it then holds only what it uses. The connection is not reused after it (what is
+            // left of it is ours), so the head says so. HTTP/2 streams share their connection
+            // and stay.
+            let leaves = !session.is_http2() && !unread_body;
             if !session.is_http2() && head.headers.get("content-length").is_none() {
                 // Without it an HTTP/1.1 stream is close-delimited and the connection is lost.
                 head.insert_header("transfer-encoding", "chunked")?;
             }
+            if leaves {
+                session.set_keepalive(None);
+            }
             session.write_response_header(Box::new(head), false).await?;
+            if leaves && session.as_downstream().as_http1().is_some() {
+                return leave(session, Then::Stream(body));
+            }
             let mut client_open = true;
             loop {
                 tokio::select! {
@@ -285,16 +341,7 @@ async fn respond(
                 .write_response_header(Box::new(head))
                 .await?;
             // The client's connection leaves pingora: the service writes straight into it.
-            match handoff::take(&mut session.downstream_session) {
-                Some(leaving) => Ok(Served::Upgraded(Handover {
-                    leaving,
-                    on_upgrade,
-                })),
-                None => Error::e_explain(
-                    ErrorType::InternalError,
-                    "an upgraded connection that is not HTTP/1 cannot be handed over",
-                ),
-            }
+            leave(session, Then::Upgrade(on_upgrade))
         }
     }
 }
@@ -404,7 +451,7 @@ mod tests {
         .await
         .expect("serve returns while the WebSocket is open")
         .expect("served");
-        let Served::Upgraded(handover) = served else {
+        let Served::Left(handover) = served else {
             panic!("the upgrade was answered without handing the connection over");
         };
         // pingora is left with a stand-in: it finishes without touching the client.

@@ -223,37 +223,60 @@ async fn polling_with_since_misses_nothing_and_gets_a_reset_beyond_history() {
         .ends_with(":45"));
 }
 
+/// On HTTP/1.1 an event stream leaves pingora once its head is out (the gateway writes its
+/// chunks on the client's own connection); on HTTP/2 it stays a stream of pingora's. The story
+/// is the same on both.
 #[tokio::test]
 async fn sse_streams_resumes_from_last_event_id_and_signals_a_reset() {
     let gw = Gateway::start(CONFIG);
-    let c = client();
+    let http1 = e2e::client_builder().http1_only().build().expect("client");
+    sse_resume_story(&gw, &http1, "news1", reqwest::Version::HTTP_11).await;
+    sse_resume_story(&gw, &client(), "news2", reqwest::Version::HTTP_2).await;
+}
+
+async fn sse_resume_story(
+    gw: &Gateway,
+    c: &reqwest::Client,
+    topic: &str,
+    version: reqwest::Version,
+) {
     let mut stream = c
-        .get(gw.https("/events?topic=news"))
+        .get(gw.https(&format!("/events?topic={topic}")))
         .send()
         .await
         .expect("sse");
+    assert_eq!(stream.version(), version);
+    if version == reqwest::Version::HTTP_11 {
+        // The connection is the stream's now, and ends with it.
+        assert_eq!(stream.headers()["connection"], "close");
+    }
     assert_eq!(
         stream.headers()["content-type"],
         "text/event-stream; charset=utf-8"
     );
     assert!(stream.headers().get("content-encoding").is_none());
-    assert!(wait_subscribers(&gw, "news", 1).await);
+    assert!(wait_subscribers(gw, topic, 1).await);
     for i in 1..=3 {
-        publish(&gw, "news", json!(format!("n{i}"))).await;
+        publish(gw, topic, json!(format!("n{i}"))).await;
     }
     let events = read_events(&mut stream, 3).await;
     assert_eq!(
         events.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
         ["n1", "n2", "n3"]
     );
-    assert!(events.iter().all(|e| e.1 == "news"));
+    assert!(events.iter().all(|e| e.1 == topic));
     let second_id = events[1].0.clone().expect("id");
     assert!(second_id.ends_with(":2"), "{second_id}");
     drop(stream);
+    // The client went away: its subscription goes at once, not at the next heartbeat.
+    assert!(
+        wait_subscribers(gw, topic, 0).await,
+        "the stream outlived its client"
+    );
 
-    publish(&gw, "news", json!("n4")).await;
+    publish(gw, topic, json!("n4")).await;
     let mut resumed = c
-        .get(gw.https("/events?topic=news"))
+        .get(gw.https(&format!("/events?topic={topic}")))
         .header("last-event-id", &second_id)
         .send()
         .await
@@ -268,7 +291,7 @@ async fn sse_streams_resumes_from_last_event_id_and_signals_a_reset() {
     let epoch = second_id.split(':').next().expect("epoch");
     let mut stale = c
         .get(gw.https(&format!(
-            "/events?topic=news&lastEventId={}:1",
+            "/events?topic={topic}&lastEventId={}:1",
             "f".repeat(epoch.len())
         )))
         .send()
