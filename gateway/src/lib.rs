@@ -3,7 +3,8 @@
 //!
 //! A request flows one way: a listener ([`tls`] terminates HTTPS; [`redirect`] sends plain
 //! HTTP there) -> [`proxy`] applies the limits, asks the [`router`] and dispatches to the
-//! route's target: [`static_files`], a realtime service through the [`seam`], or an
+//! route's target: [`static_files`], a realtime service through the [`seam`] (whose
+//! WebSockets and HTTP/1 event streams then leave pingora: [`handoff`]), or an
 //! [`upstream`] pool by its protocol ([`upstream::Protocol`]): HTTP through pingora's proxy
 //! path, the [`relay`] (request bodies held whole and answers read ahead of slow clients,
 //! [`buffering`]) or the WebSocket [`tunnel`]; FastCGI to php-fpm through [`fastcgi`]. An app

@@ -4,7 +4,7 @@
 //! task when there is one, inline otherwise), writes whatever shape of answer it returns, and
 //! cancels it as soon as the client goes away, so a held long-poll or a dead SSE stream is
 //! freed at once. An upgrade (`101`) takes the client's connection out of pingora
-//! ([`crate::handoff`]): the caller starts the service on it ([`Served::Upgraded`]). The body is read under the same limits as a held body on the other routes
+//! ([`crate::handoff`]): the caller starts the service on it ([`Served::Left`]). The body is read under the same limits as a held body on the other routes
 //! ([`BodyClock`]: at least `client_body_min_rate` bytes per second over every
 //! `client_body_timeout_ms` window, then 408; `max_body_bytes`, then 413), on HTTP/1.1 and
 //! HTTP/2 alike: pingora has no read
@@ -117,7 +117,7 @@ fn leave(session: &mut Session, then: Then) -> Result<Served> {
 }
 
 /// Run `service` for the request in `session`; returns when the answer is written, or as soon
-/// as an upgraded connection has left pingora ([`Served::Upgraded`]). `client` is the address
+/// as an upgraded connection has left pingora ([`Served::Left`]). `client` is the address
 /// per-client limits count against when it is not the peer's (one a trusted proxy forwarded,
 /// [`crate::forwarding::real_client`]); `limits` bound the request body as on every other
 /// route.

@@ -1,6 +1,7 @@
-//! A passive reader of the WebSocket frames (RFC 6455 §5.2) that pass through the gateway's
-//! pump ([`crate::seam::pump`]: the app's WebSockets through the tunnel, the realtime
-//! services' `/ws` and Socket.IO), so the access log can say how a session went: messages each
+//! A passive reader of the WebSocket frames (RFC 6455 §5.2) that pass through the gateway (the
+//! app's WebSockets through the tunnel's pump, [`crate::seam::pump`]; the realtime services'
+//! `/ws` and Socket.IO on connections handed out of pingora, [`crate::handoff::Conn`]), so the
+//! access log can say how a session went: messages each
 //! way and the close code and reason, and who closed. It only reads: bytes are forwarded as
 //! they are, whatever this makes of them; a stream that stops looking like WebSocket frames is
 //! no longer read.
