@@ -3,13 +3,15 @@
 //! The service sees only plain values; this module feeds it the request body (from its own
 //! task when there is one, inline otherwise), writes whatever shape of answer it returns, and
 //! cancels it as soon as the client goes away, so a held long-poll or a dead SSE stream is
-//! freed at once. An upgrade (`101`) takes the client's connection out of pingora
-//! ([`crate::handoff`]): the caller starts the service on it ([`Served::Left`]). The body is read under the same limits as a held body on the other routes
-//! ([`BodyClock`]: at least `client_body_min_rate` bytes per second over every
-//! `client_body_timeout_ms` window, then 408; `max_body_bytes`, then 413), on HTTP/1.1 and
-//! HTTP/2 alike: pingora has no read
-//! timeout at all for an HTTP/2 body, so a stalled one would otherwise hold its stream and the
-//! service's task forever.
+//! freed at once. An upgrade (`101`), and a streamed answer over HTTP/1.1, take the client's
+//! connection out of pingora once the head is written ([`crate::handoff`]): the caller starts
+//! what runs on it ([`Served::Left`]).
+//!
+//! The body is read under the same limits as a held body on the other routes ([`BodyClock`]:
+//! at least `client_body_min_rate` bytes per second over every `client_body_timeout_ms`
+//! window, then 408; `max_body_bytes`, then 413), on HTTP/1.1 and HTTP/2 alike: pingora has no
+//! read timeout at all for an HTTP/2 body, so a stalled one would otherwise hold its stream and
+//! the service's task forever.
 
 use std::sync::Arc;
 use std::time::Duration;
