@@ -357,7 +357,8 @@ pub fn frame_chunk(data: &[u8], out: &mut BytesMut) {
 /// only watched for its end, which stops the stream at once (its receiver is dropped, so the
 /// service's producer stops at its next send), as pingora's `read_body_or_idle` did; anything
 /// it sends (nothing, from an event source) is dropped, and the connection is not reused.
-pub async fn send_chunked(mut conn: Conn, mut body: tokio::sync::mpsc::Receiver<Bytes>) {
+pub async fn send_chunked(mut conn: Conn, mut body: realtime::seam::BodyStream) {
+    use futures_util::StreamExt;
     use tokio::io::AsyncReadExt;
     // The head may still sit in a buffer below: the client learns at once that the stream is
     // open (an EventSource fires `open` on the head).
@@ -367,7 +368,7 @@ pub async fn send_chunked(mut conn: Conn, mut body: tokio::sync::mpsc::Receiver<
     let mut probe = [0u8; 64];
     loop {
         tokio::select! {
-            chunk = body.recv() => {
+            chunk = body.next() => {
                 let Some(first) = chunk else {
                     let _ = conn.write_all(LAST_CHUNK).await;
                     let _ = conn.flush().await;
@@ -375,16 +376,27 @@ pub async fn send_chunked(mut conn: Conn, mut body: tokio::sync::mpsc::Receiver<
                 };
                 let mut out = BytesMut::with_capacity(first.len() + 16);
                 frame_chunk(&first, &mut out);
+                // What is ready now goes in the same write; a chunk that is not is left where
+                // it is (polling a stream's `next` does not lose what it has started). A
+                // stream is not polled again once it has ended.
+                let mut ended = false;
                 while out.len() < BATCH_BYTES {
-                    match body.try_recv() {
-                        Ok(more) => frame_chunk(&more, &mut out),
-                        Err(_) => break,
+                    match body.next().now_or_never() {
+                        Some(Some(more)) => frame_chunk(&more, &mut out),
+                        Some(None) => {
+                            out.extend_from_slice(LAST_CHUNK);
+                            ended = true;
+                            break;
+                        }
+                        None => break,
                     }
                 }
-                if out.is_empty() {
-                    continue;
+                if !out.is_empty()
+                    && (conn.write_all(&out).await.is_err() || conn.flush().await.is_err())
+                {
+                    return;
                 }
-                if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
+                if ended {
                     return;
                 }
             }
@@ -527,7 +539,7 @@ mod tests {
         }
         .into_conn(Duration::from_secs(5), None);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let task = tokio::spawn(send_chunked(conn, rx));
+        let task = tokio::spawn(send_chunked(conn, realtime::seam::channel_body(rx)));
         tx.send(Bytes::from_static(b"data: a\n\n"))
             .await
             .expect("send");
@@ -553,7 +565,7 @@ mod tests {
         }
         .into_conn(Duration::from_secs(5), None);
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let task = tokio::spawn(send_chunked(conn, rx));
+        let task = tokio::spawn(send_chunked(conn, realtime::seam::channel_body(rx)));
         drop(client);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

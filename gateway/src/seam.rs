@@ -16,14 +16,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
-use realtime::seam::{Body, BodyError, OnUpgrade, Request, Response, Service};
+use realtime::seam::{Body, BodyError, BodyStream, OnUpgrade, Request, Response, Service};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::access_log::RequestLine;
@@ -76,7 +76,7 @@ enum Then {
     /// The service's WebSocket (or other upgraded protocol).
     Upgrade(OnUpgrade),
     /// The rest of a streamed answer, chunked.
-    Stream(mpsc::Receiver<Bytes>),
+    Stream(BodyStream),
 }
 
 impl Handover {
@@ -311,7 +311,7 @@ async fn respond(
             let mut client_open = true;
             loop {
                 tokio::select! {
-                    chunk = body.recv() => match chunk {
+                    chunk = body.next() => match chunk {
                         Some(bytes) => session.write_response_body(Some(bytes), false).await?,
                         None => break,
                     },

@@ -98,10 +98,8 @@ async fn exchange(
     Ok(match engine.call(seam_req).await {
         Response::Full(resp) => resp.map(|b| Full::new(b).boxed_unsync()),
         Response::Stream { head, body } => {
-            let chunks = futures_util::stream::unfold(body, |mut rx| async move {
-                let chunk = rx.recv().await?;
-                Some((Ok(BodyFrame::data(chunk)), rx))
-            });
+            use futures_util::StreamExt;
+            let chunks = body.map(|chunk| Ok::<_, Infallible>(BodyFrame::data(chunk)));
             hyper::Response::from_parts(head, StreamBody::new(chunks).boxed_unsync())
         }
         Response::Upgrade { head, on_upgrade } => {

@@ -111,7 +111,10 @@ impl Service for SeamTest {
                     .body(())
                     .map(|r| r.into_parts().0);
                 match head {
-                    Ok(head) => Response::Stream { head, body: rx },
+                    Ok(head) => Response::Stream {
+                        head,
+                        body: crate::seam::channel_body(rx),
+                    },
                     Err(_) => Response::text(StatusCode::INTERNAL_SERVER_ERROR, "no head\n"),
                 }
             }

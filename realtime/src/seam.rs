@@ -33,6 +33,19 @@ pub const WS_READ_BUFFER: usize = 4 * 1024;
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// The chunks of a streamed answer ([`Response::Stream`]).
+pub type BodyStream = Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send + 'static>>;
+
+/// A streamed answer's chunks fed by a task through a channel: the stream ends when every
+/// sender is dropped, and dropping the stream (the client went away) makes `send` fail, so
+/// the producer stops.
+pub fn channel_body(rx: mpsc::Receiver<Bytes>) -> BodyStream {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((chunk, rx))
+    }))
+}
+
 /// Runs on the upgraded stream once the gateway has switched protocols.
 pub type OnUpgrade = Box<dyn FnOnce(Upgraded) -> BoxFuture + Send + 'static>;
 
@@ -154,11 +167,12 @@ impl Body {
 
 pub enum Response {
     Full(http::Response<Bytes>),
-    /// Header now, body chunks as they come; the stream ends when the sender is dropped. When
-    /// the client goes away the receiver is dropped, so `send` fails and the producer stops.
+    /// Header now, body chunks as the stream yields them, until it ends. The stream is polled
+    /// by whatever writes the connection, and dropped when the client goes away: a producer
+    /// with no task of its own wakes only that writer, and stops with its client.
     Stream {
         head: http::response::Parts,
-        body: mpsc::Receiver<Bytes>,
+        body: BodyStream,
     },
     /// `head` must be a `101 Switching Protocols`; `on_upgrade` then owns the connection.
     Upgrade {

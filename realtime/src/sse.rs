@@ -29,7 +29,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
-use tokio::sync::mpsc;
 
 use crate::access::presence::{self, members_json};
 use crate::access::{self, Access, ClientInfo};
@@ -44,9 +43,6 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
 /// Topics one stream may follow.
 pub const MAX_TOPICS: usize = 32;
-/// Events buffered between the stream's task and the connection; the hub's own per-subscriber
-/// queue absorbs bursts beyond this and closes a reader that cannot keep up.
-const WRITE_AHEAD: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct SseConfig {
@@ -169,6 +165,81 @@ fn reset_event(topic: &str, since: Option<Position>, position: Position) -> Stri
     encode_event(None, "reset", &data.to_string())
 }
 
+/// One stream's events, produced as the connection's writer asks for them: no task or
+/// channel of its own, so a message wakes only the task that writes it out. Dropped with the
+/// stream (the client went away): its subscription and its presence go at once.
+struct Events {
+    sub: crate::hub::Subscriber,
+    /// The position of each topic, for the `id:` of the next event.
+    positions: BTreeMap<String, Position>,
+    /// Member of its presence topics until the stream ends, however it ends.
+    _stays: Vec<presence::Stay>,
+    /// What goes first: `retry:`, resets, the replay, the member lists.
+    first: Option<String>,
+    /// Started after the first chunk, so it does not tick at once.
+    tick: Option<tokio::time::Interval>,
+    heartbeat: Duration,
+    /// The hub closed the subscription and its `close` event went out.
+    ended: bool,
+}
+
+impl Events {
+    /// The next chunk of the stream; `None` once it has ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(Bytes::from(first));
+        }
+        if self.ended {
+            return None;
+        }
+        let heartbeat = self.heartbeat;
+        let tick = self.tick.get_or_insert_with(|| {
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat)
+        });
+        let tab = self.sub.id();
+        loop {
+            let chunk = tokio::select! {
+                m = self.sub.recv() => match m {
+                    Ok(m) => emit(&mut self.positions, tab, &m),
+                    Err(closed) => {
+                        self.ended = true;
+                        let data = serde_json::json!({"reason": closed.reason.to_string()});
+                        encode_event(None, "close", &data.to_string())
+                    }
+                },
+                _ = tick.tick() => ": keep-alive\n\n".to_string(),
+            };
+            if !chunk.is_empty() {
+                return Some(Bytes::from(chunk));
+            }
+        }
+    }
+}
+
+/// The event for `m` on the stream of tab `tab`, whose topics are at `positions` (empty:
+/// nothing to send, the tab's own presence news).
+fn emit(
+    positions: &mut BTreeMap<String, Position>,
+    tab: crate::hub::SubscriberId,
+    m: &Message,
+) -> String {
+    positions.insert(m.topic.to_string(), m.position());
+    if m.is_reset() {
+        // Messages were lost to this node (see `Message::reset_from`): said as a reset on
+        // resume is, and the stream goes on from the new position.
+        return reset_event(&m.topic, m.reset_from, m.position());
+    }
+    let id = encode_ids(positions);
+    if presence::is_presence_event(m.event()) {
+        if presence::is_own_news(m, tab) {
+            return String::new();
+        }
+        let data = serde_json::json!({"topic": &*m.topic, "member": m.data()});
+        return encode_event(Some(&id), m.event(), &data.to_string());
+    }
+    encode_event(Some(&id), &m.topic, &text::body(m))
+}
+
 impl Sse {
     pub fn new(hub: Hub, config: SseConfig, access: Access) -> Sse {
         Sse {
@@ -271,60 +342,21 @@ impl Service for Sse {
                 stays.push(presence.stay(&self.hub, t, sub.id()));
             }
         }
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_AHEAD);
-        let heartbeat = self.config.heartbeat;
-        tokio::spawn(async move {
-            // Members until the stream ends, however it ends.
-            let _stays = stays;
-            let mut positions = positions;
-            let tab = sub.id();
-            let mut emit = |m: &Message| {
-                positions.insert(m.topic.to_string(), m.position());
-                if m.is_reset() {
-                    // Messages were lost to this node (see `Message::reset_from`): said as a
-                    // reset on resume is, and the stream goes on from the new position.
-                    return reset_event(&m.topic, m.reset_from, m.position());
-                }
-                let id = encode_ids(&positions);
-                if presence::is_presence_event(m.event()) {
-                    if presence::is_own_news(m, tab) {
-                        return String::new();
-                    }
-                    let data = serde_json::json!({"topic": &*m.topic, "member": m.data()});
-                    return encode_event(Some(&id), m.event(), &data.to_string());
-                }
-                encode_event(Some(&id), &m.topic, &text::body(m))
-            };
-            for m in &replay {
-                first.push_str(&emit(m));
-            }
-            first.push_str(&lists);
-            if tx.send(Bytes::from(first)).await.is_err() {
-                return;
-            }
-            let mut tick = tokio::time::interval(heartbeat);
-            tick.tick().await;
-            loop {
-                let chunk = tokio::select! {
-                    m = sub.recv() => match m {
-                        Ok(m) => match emit(&m) {
-                            nothing if nothing.is_empty() => continue,
-                            event => event,
-                        },
-                        Err(closed) => {
-                            let data = serde_json::json!({"reason": closed.reason.to_string()});
-                            let _ = tx.send(Bytes::from(encode_event(None, "close", &data.to_string()))).await;
-                            return;
-                        }
-                    },
-                    _ = tick.tick() => ": keep-alive\n\n".to_string(),
-                    _ = tx.closed() => return,
-                };
-                if tx.send(Bytes::from(chunk)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let mut events = Events {
+            sub,
+            positions,
+            _stays: stays,
+            first: None,
+            tick: None,
+            heartbeat: self.config.heartbeat,
+            ended: false,
+        };
+        let tab = events.sub.id();
+        for m in &replay {
+            first.push_str(&emit(&mut events.positions, tab, m));
+        }
+        first.push_str(&lists);
+        events.first = Some(first);
         let head = http::Response::builder()
             .status(StatusCode::OK)
             .header("content-type", "text/event-stream; charset=utf-8")
@@ -334,7 +366,16 @@ impl Service for Sse {
             .body(())
             .map(|r| r.into_parts().0);
         match head {
-            Ok(head) => Response::Stream { head, body: rx },
+            Ok(head) => Response::Stream {
+                head,
+                body: Box::pin(futures_util::stream::unfold(
+                    events,
+                    |mut events| async move {
+                        let chunk = events.next().await?;
+                        Some((chunk, events))
+                    },
+                )),
+            },
             Err(_) => Response::text(StatusCode::INTERNAL_SERVER_ERROR, "no head\n"),
         }
     }
@@ -343,6 +384,50 @@ impl Service for Sse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream is produced as its writer asks (no task of its own): the `retry:` first, then
+    /// each message, a heartbeat when nothing happened for `heartbeat`, and dropping it
+    /// (the client went away) unsubscribes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_yields_messages_and_heartbeats_and_unsubscribes_when_dropped() {
+        use futures_util::StreamExt;
+        let hub = Hub::default();
+        let sse = Sse::new(
+            hub.clone(),
+            SseConfig {
+                heartbeat: Duration::from_secs(15),
+                retry: Duration::from_secs(2),
+            },
+            Access::open(),
+        );
+        let head = http::Request::get("/events?topic=news")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let Response::Stream { head, mut body } = sse.call(Request::new(head)).await else {
+            panic!("a stream");
+        };
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(body.next().await.expect("first"), "retry: 2000\n\n");
+        assert_eq!(hub.topic_info("news").map(|i| i.subscribers), Some(1));
+
+        hub.publish("news", "", serde_json::json!("hello"), None)
+            .expect("publish");
+        let event = body.next().await.expect("event");
+        let event = std::str::from_utf8(&event).expect("utf-8");
+        assert!(
+            event.starts_with("id: ") && event.ends_with("data: hello\n\n"),
+            "{event:?}"
+        );
+
+        let started = tokio::time::Instant::now();
+        assert_eq!(body.next().await.expect("heartbeat"), ": keep-alive\n\n");
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+
+        drop(body);
+        assert_eq!(hub.topic_info("news").map(|i| i.subscribers), Some(0));
+    }
 
     fn pos(s: &str) -> Position {
         s.parse().expect("position")
