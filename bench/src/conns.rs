@@ -932,7 +932,6 @@ pub async fn conns(
             published = publish(&net, a).await;
         }
     } else {
-        alive_at_publish = held.alive();
         if aborted.is_none()
             && meet
                 .coordinator("go-publish", Instant::now() + barrier_wait)
@@ -941,6 +940,7 @@ pub async fn conns(
         {
             aborted = Some("no go-publish from the coordinator".into());
         }
+        alive_at_publish = held.alive();
     }
     let until = Instant::now() + Duration::from_secs(a.publish_wait_secs);
     if aborted.is_none() {
@@ -1049,14 +1049,13 @@ pub struct ReportArgs {
     svg: PathBuf,
 }
 
-/// Numbers >= 100 without decimals, smaller ones to 3 significant digits (as bench/lib.sh's
-/// `fmt`); "-" for a missing one.
+/// Whole numbers and numbers >= 100 without decimals, others to 3 significant digits (as
+/// bench/lib.sh's `fmt`); "-" for a missing one.
 fn fmt_num(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(v) if !v.is_finite() => "-".into(),
-        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
-        Some(0.0) => "0".into(),
+        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
         Some(v) => {
             let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
             format!("{v:.digits$}")
@@ -1424,6 +1423,7 @@ mod tests {
         assert_eq!(fmt_num(Some(5.678)), "5.68");
         assert_eq!(fmt_num(Some(0.01234)), "0.0123");
         assert_eq!(fmt_num(Some(0.0)), "0");
+        assert_eq!(fmt_num(Some(3.0)), "3");
         assert_eq!(fmt_num(None), "-");
         assert_eq!(fmt_num(Some(f64::NAN)), "-");
         assert_eq!(nice_ceil(19_800.0), 20_000.0);
@@ -1446,7 +1446,7 @@ mod tests {
         let raw = format!("{run}\n{{\"mode\":\"conns-worker\"}}\nnot json\n");
         let (md, svg) = report(&raw, "plot.svg");
         assert!(
-            md.contains("| sse | 500 | 40.0 | 68.3 | 6.52 GiB | 65.1 GiB | 1000 | 0 of 500 |"),
+            md.contains("| sse | 500 | 40 | 68.3 | 6.52 GiB | 65.1 GiB | 1000 | 0 of 500 |"),
             "{md}"
         );
         assert!(md.contains("| 200 | 200 |"), "{md}");
