@@ -1215,8 +1215,8 @@ fn report(raw: &str, svg_name: &str) -> (String, String) {
         .collect();
     let refs: Vec<&Value> = runs.iter().collect();
     let mut md = String::new();
-    md.push_str("| kind | most connections held | RSS MiB there | KiB/conn (fitted) | RSS at 100k (projected) | RSS at 1M (projected) | connects/s (last step) | publish: lost of expected | latency p50 / p99 / max ms |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|\n");
+    md.push_str("| kind | most connections held | RSS MiB there | KiB/conn (fitted) | RSS at 100k (projected) | RSS at 1M (projected) | connects/s (last step) | connects failed | publish: lost of expected | latency p50 / p99 / max ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for run in &runs {
         let steps = run["steps"].as_array().cloned().unwrap_or_default();
         let last = steps.last().cloned().unwrap_or(Value::Null);
@@ -1227,7 +1227,7 @@ fn report(raw: &str, svg_name: &str) -> (String, String) {
                 .map_or("-".to_string(), |v| format!("{} GiB", fmt_num(Some(v))))
         };
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} of {} | {} / {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} / {} / {} |\n",
             run["kind"].as_str().unwrap_or("?"),
             fmt_num(f(&last, "alive")),
             fmt_num(f(&last, "rss_kib").map(|v| v / 1024.0)),
@@ -1235,6 +1235,7 @@ fn report(raw: &str, svg_name: &str) -> (String, String) {
             gib("rss_gib_at_100k"),
             gib("rss_gib_at_1m"),
             fmt_num(f(&last, "connects_per_s")),
+            fmt_num(f(&run["totals"], "failed")),
             fmt_num(f(p, "lost")),
             fmt_num(f(p, "expected")),
             fmt_num(f(p, "lat_ms_p50")),
@@ -1442,11 +1443,11 @@ mod tests {
                         "request": {"path": "/publish", "status": 200, "answer_ms": 2.0}},
             "fit": {"points": 2, "intercept_kib": 6826.7, "kib_per_conn": 68.27,
                     "rss_gib_at_100k": 6.52, "rss_gib_at_1m": 65.1},
-            "totals": {"opened": 500}, "errors": {}, "aborted": null});
+            "totals": {"opened": 500, "failed": 0}, "errors": {}, "aborted": null});
         let raw = format!("{run}\n{{\"mode\":\"conns-worker\"}}\nnot json\n");
         let (md, svg) = report(&raw, "plot.svg");
         assert!(
-            md.contains("| sse | 500 | 40 | 68.3 | 6.52 GiB | 65.1 GiB | 1000 | 0 of 500 |"),
+            md.contains("| sse | 500 | 40 | 68.3 | 6.52 GiB | 65.1 GiB | 1000 | 0 | 0 of 500 |"),
             "{md}"
         );
         assert!(md.contains("| 200 | 200 |"), "{md}");
