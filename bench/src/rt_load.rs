@@ -16,6 +16,9 @@
 //!   `since=<X-Position>`; nchan: `If-Modified-Since` / `If-None-Match`), so nothing published
 //!   between two polls is lost. Plain HTTP, or HTTPS with `--tls`. Also the server's memory per
 //!   held subscriber.
+//! * `conns`: as many idle connections of one kind (Socket.IO over WebSocket or polling, `/ws`,
+//!   SSE, long-poll) as the machine allows, spread over several processes, with the server's
+//!   memory, connects/s and CPU at each step, then one publish to all of them (src/conns.rs).
 //!
 //! Server CPU is utime+stime of `--pids` and all their descendants from /proc (read by this
 //! process at the exact edges of the measured window); memory is the sum of their Rss and Pss
@@ -45,6 +48,8 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+mod conns;
 
 /// Linux's USER_HZ (sysconf(_SC_CLK_TCK)) on every x86-64 and arm64 kernel.
 const CLK_TCK: f64 = 100.0;
@@ -147,6 +152,11 @@ enum Mode {
         #[arg(long, default_value_t = 180)]
         max_secs: u64,
     },
+    /// As many idle connections of one kind as the machine allows, in steps, then one
+    /// publish to all of them (bench/connections.sh; see src/conns.rs).
+    Conns(conns::ConnsArgs),
+    /// The Markdown report (stdout) and SVG plot of bench/connections.sh's raw results.
+    ConnsReport(conns::ReportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -1556,6 +1566,11 @@ async fn hub_fanout(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A report, not a measurement: Markdown on stdout, no runtime.
+    if let Mode::ConnsReport(args) = &cli.mode {
+        print!("{}", conns::write_report(args)?);
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -1625,6 +1640,10 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Mode::Conns(args) => {
+                conns::conns(&cli.label, &cli.pids, net, cli.connect_concurrency, args).await
+            }
+            Mode::ConnsReport(_) => bail!("conns-report runs before the runtime starts"),
         }
     });
     // Thousands of connections: do not wait for every task's teardown.
