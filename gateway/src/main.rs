@@ -10,6 +10,7 @@ use gateway::settings::{ConfigError, Settings};
 /// HTTPS, 10,000 subscribers): 37% less CPU per long-poll delivery (51 vs 81 us), the same
 /// memory per subscriber, ~5% more per idle WebSocket. mimalloc was dropped earlier: it made
 /// every idle connection 2.5x bigger.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

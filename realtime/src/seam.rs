@@ -26,10 +26,14 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> I
 /// straight into whatever it is.
 pub type Upgraded = Box<dyn Io>;
 
-/// tungstenite allocates its read buffer up front at 128 KiB per connection, which dominated
-/// the memory of an idle WebSocket; messages larger than this are still read (the buffer is
-/// a chunk size, not a limit).
-pub const WS_READ_BUFFER: usize = 4 * 1024;
+/// tungstenite allocates its read buffer up front (128 KiB by default) and keeps it for the
+/// connection's life, zero-filled on the first read, so it is resident for every idle
+/// WebSocket. Messages larger than this are still read whole: it is the size of one read, not
+/// a limit. 1 KiB holds a typical Socket.IO or pub/sub message in one read; a larger one takes
+/// several, which over TLS are copies out of rustls' buffer (rustls reads the socket in 4 KiB
+/// steps whatever this is). It was 4 KiB: 3 KiB of each idle connection (heaptrack, 3,000
+/// idle Socket.IO connections over TLS, BENCHMARKS.md).
+pub const WS_READ_BUFFER: usize = 1024;
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
