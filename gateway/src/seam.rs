@@ -296,11 +296,14 @@ async fn respond(
             // it then holds only what it uses. The connection is not reused after it (what is
             // left of it is ours), so the head says so. HTTP/2 streams share their connection
             // and stay.
-            let leaves = !session.is_http2() && !unread_body;
-            if !session.is_http2() && head.headers.get("content-length").is_none() {
+            let chunked = !session.is_http2() && head.headers.get("content-length").is_none();
+            if chunked {
                 // Without it an HTTP/1.1 stream is close-delimited and the connection is lost.
                 head.insert_header("transfer-encoding", "chunked")?;
             }
+            // What leaves is written chunked ([`handoff::send_chunked`]); a stream of a known
+            // length is pingora's to frame.
+            let leaves = chunked && !unread_body;
             if leaves {
                 session.set_keepalive(None);
             }
