@@ -430,6 +430,55 @@ mod tests {
         }
     }
 
+    /// A streamed answer of a known length (not chunked).
+    struct Sized;
+
+    #[async_trait::async_trait]
+    impl Service for Sized {
+        async fn call(&self, _req: Request) -> Response {
+            let head = http::Response::builder()
+                .header("content-length", "5")
+                .body(())
+                .expect("head")
+                .into_parts()
+                .0;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.try_send(bytes::Bytes::from_static(b"hello"));
+            Response::Stream {
+                head,
+                body: realtime::seam::channel_body(rx),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_a_known_length_is_framed_by_pingora_and_does_not_leave() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session
+            .downstream_session
+            .read_request()
+            .await
+            .expect("head"));
+        let served = serve(&mut session, Arc::new(Sized), None, &limits(), None)
+            .await
+            .expect("served");
+        assert!(matches!(served, Served::Answered));
+        drop(session);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        let got = String::from_utf8(got).expect("utf-8");
+        assert!(got.ends_with("\r\n\r\nhello"), "{got:?}");
+        assert!(
+            !got.to_ascii_lowercase().contains("transfer-encoding"),
+            "{got:?}"
+        );
+    }
+
     #[tokio::test]
     async fn serve_returns_as_soon_as_an_upgraded_connection_has_left() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
