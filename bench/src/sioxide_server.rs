@@ -111,6 +111,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("socketioxide on {addr} ({} threads)", args.threads);
+    axum::serve(listener, app()).await?;
+    Ok(())
+}
+
+/// The HTTP app: Socket.IO on /socket.io, 404 elsewhere.
+fn app() -> axum::Router {
     let (layer, io) = SocketIo::builder()
         .req_path(Cow::Borrowed("/socket.io"))
         .ping_interval(Duration::from_secs(25))
@@ -125,12 +134,83 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     io.ns("/", async |socket: SocketRef| socket.on_fallback(relay));
     // Any other path: 404, as Node's HTTP server answers. (The fallback comes first: a layer
     // wraps only what the router already has.)
-    let app = axum::Router::new()
+    axum::Router::new()
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
-        .layer(layer);
-    let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("socketioxide on {addr} ({} threads)", args.threads);
-    axum::serve(listener, app).await?;
-    Ok(())
+        .layer(layer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    /// The next text frame other than a ping (answered), within 5 s.
+    async fn next_text(ws: &mut Ws) -> String {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("open")
+                .expect("a frame");
+            match m {
+                Message::Text(t) if t.as_str() == "2" => {
+                    ws.send(Message::text("3")).await.expect("pong");
+                }
+                Message::Text(t) => return t.as_str().to_owned(),
+                _ => {}
+            }
+        }
+    }
+
+    /// A WebSocket client connected to namespace "/".
+    async fn join(addr: SocketAddr) -> Ws {
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let open = next_text(&mut ws).await;
+        assert!(open.starts_with("0{"), "{open}");
+        ws.send(Message::text("40")).await.expect("send");
+        let connected = next_text(&mut ws).await;
+        assert!(connected.starts_with("40{"), "{connected}");
+        ws
+    }
+
+    /// What the load client sends comes out at the other sockets byte for byte, every argument
+    /// in place (the Node server's `socket.broadcast.emit(event, ...args)`), and never at the
+    /// sender.
+    #[tokio::test]
+    async fn relays_every_argument_to_the_other_sockets_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app()).await });
+        let mut a = join(addr).await;
+        let mut b = join(addr).await;
+        let chat = r#"42["chat",7,123456,"xxxx"]"#;
+        a.send(Message::text(chat)).await.unwrap();
+        assert_eq!(next_text(&mut b).await, chat);
+        // Had `a` been sent its own event, it would come before this one.
+        b.send(Message::text(r#"42["other",{"k":[1,"2"]}]"#))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut a).await, r#"42["other",{"k":[1,"2"]}]"#);
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_not_found() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app()).await });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = String::new();
+        s.read_to_string(&mut head).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    }
 }
