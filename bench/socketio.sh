@@ -265,6 +265,12 @@ ratio_row() { # figure a b n [op limit [goal]]
     m=$(median <<<"$vs")
     printf '| %s | %s / %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$m" "$(all <<<"$vs")" "$(verdict "$m" "${5:-}" "${6:-}" "${7:-}")"
 }
+# ", N failed" when rt-load failed in N measurements of a case and target (no figures from them).
+failed() { # case target
+    local f
+    f=$(grep "\"case\":\"$1\"" "$RAW" | grep "\"label\":\"$2\"" | grep -c '"failed":1' || true)
+    ((f == 0)) || echo ", $f failed"
+}
 # The fan-out table of one case.
 fanout_table() { # case
     echo "| target | deliveries/s median | all reps | missing (all reps) | closed | p50 ms | p99 ms median (all) | server CPU us/delivery median (all) | server CPU % | client CPU % | others CPU % (all) |"
@@ -272,7 +278,7 @@ fanout_table() { # case
     for t in "${TARGETS[@]}"; do
         printf '| %s | %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n' "$t" \
             "$(vals "$1" "$t" deliveries_per_s | median | fmt)" "$(vals "$1" "$t" deliveries_per_s | all)" \
-            "$(vals "$1" "$t" missing | sum)" "$(vals "$1" "$t" receivers_closed | sum)" \
+            "$(vals "$1" "$t" missing | sum)$(failed "$1" "$t")" "$(vals "$1" "$t" receivers_closed | sum)" \
             "$(vals "$1" "$t" lat_ms_p50 | median | fmt)" \
             "$(vals "$1" "$t" lat_ms_p99 | median | fmt)" "$(vals "$1" "$t" lat_ms_p99 | fmt | all)" \
             "$(vals "$1" "$t" server_us_per_delivery | median | fmt)" "$(vals "$1" "$t" server_us_per_delivery | fmt | all)" \
