@@ -14,7 +14,7 @@
 //!   10 s, connectTimeout 45 s, maxHttpBufferSize 1e6 bytes (also the WebSocket message limit in
 //!   Node's `ws`; socketioxide's own defaults are 100 kB and 64 MiB), polling and WebSocket
 //!   transports, path /socket.io, no client bundle served, no connection state recovery, any
-//!   other path 404;
+//!   other path 404, a listen backlog of 511;
 //! - Node queues outgoing packets without bound, socketioxide drops a packet when a socket's
 //!   queue (128 by default) is full: the queue is raised to 1,024 so that a loss is never this
 //!   setting's (the load client keeps at most `WINDOW` events outstanding; tokio's channel
@@ -33,12 +33,18 @@ use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use socketioxide::extract::{Data, Event, SocketRef};
 use socketioxide::SocketIo;
+use tokio::net::TcpSocket;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Node's `maxHttpBufferSize` default (1e6 bytes).
 const MAX_PAYLOAD: usize = 1_000_000;
+
+/// Node's `server.listen` backlog (511). `TcpListener::bind` listens with 128 here, fewer than
+/// the load client's 200 connects in flight: the accept queue overflowed and the dropped SYNs
+/// came back a second later, so connects/s measured the backlog, not the server.
+const LISTEN_BACKLOG: u32 = 511;
 
 #[derive(Parser)]
 #[command(
@@ -112,7 +118,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     println!("socketioxide on {addr} ({} threads)", args.threads);
     axum::serve(listener, app()).await?;
     Ok(())
