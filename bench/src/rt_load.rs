@@ -6,10 +6,13 @@
 //!   every other socket. At most `window` events are outstanding (sent but not yet received by
 //!   every receiver), so a server is driven at its pace, not buried. Figures: deliveries/s =
 //!   deliveries / (first send -> last receipt), latency p50/p99 (send -> receipt), missing and
-//!   duplicate deliveries, receivers closed during the run, server CPU per delivery.
+//!   duplicate deliveries, receivers closed during the run, server CPU per delivery. With
+//!   `--rate N` the publisher sends N events per second, evenly spaced, whatever is outstanding
+//!   (a quiet room: what one delivery costs when nothing else is going on).
 //! * `sio-idle`: open N Socket.IO connections (WebSocket, connected to "/"), hold them idle
 //!   (pings answered), and read the server's memory before and after: (after - before) / N,
-//!   for each N of `--steps` (cumulative: 1000 then 9000 more for 10000).
+//!   for each N of `--steps` (cumulative: 1000 then 9000 more for 10000), and the connects/s
+//!   reached while opening each step's connections.
 //! * `hub-fanout`: S long-poll or SSE subscribers on one topic of the gateway or of nchan, one
 //!   HTTP publisher publishing K messages ("k send_us pad"), at most `window` messages ahead of
 //!   the slowest subscriber. Long-poll subscribers poll again with their position (gateway:
@@ -101,6 +104,9 @@ enum Mode {
         /// Events outstanding at most (sent, not yet received by every receiver).
         #[arg(long, default_value_t = 32)]
         window: usize,
+        /// Events per second, evenly spaced, instead of as fast as `--window` allows.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Padding string in each event, bytes.
         #[arg(long, default_value_t = 32)]
         payload_bytes: usize,
@@ -603,9 +609,13 @@ async fn sio_fanout(
     clients: usize,
     events: usize,
     window: usize,
+    rate: Option<f64>,
     payload_bytes: usize,
     max_secs: u64,
 ) -> anyhow::Result<serde_json::Value> {
+    if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of events per second");
+    }
     let target = Arc::new(SioTarget::new(url)?);
     let receiver_targets: Vec<Arc<SioTarget>> = if receiver_urls.is_empty() {
         vec![target.clone()]
@@ -712,13 +722,17 @@ async fn sio_fanout(
     let s0 = server_ticks(&cli.pids);
     let c0 = self_ticks();
     let first_send = now_us(tally.base);
+    let paced_from = tokio::time::Instant::now();
     let mut stalls = 0;
     let mut sent = 0;
     for k in 0..events {
         if Instant::now() >= hard {
             break;
         }
-        if k >= window && !tally.wait_complete(k - window, stall, hard).await {
+        if let Some(r) = rate {
+            // Event k at k/rate s from the first: a late send does not shift the ones after it.
+            tokio::time::sleep_until(paced_from + Duration::from_secs_f64(k as f64 / r)).await;
+        } else if k >= window && !tally.wait_complete(k - window, stall, hard).await {
             stalls += 1;
         }
         let ts = now_us(tally.base);
@@ -750,7 +764,8 @@ async fn sio_fanout(
     let client_s = (c1 - c0) as f64 / CLK_TCK;
     Ok(json!({
         "label": cli.label, "mode": "sio-fanout", "url": url, "receiver_urls": receiver_urls,
-        "clients": n_recv, "events_sent": sent, "window": window, "payload_bytes": payload_bytes,
+        "clients": n_recv, "events_sent": sent, "window": window, "rate": rate,
+        "payload_bytes": payload_bytes,
         "open_secs": open_secs, "connect_failed": clients - n_recv,
         "expected": expected, "delivered": delivered, "missing": expected.saturating_sub(delivered),
         "duplicates": tally.duplicates.load(Ordering::Relaxed),
@@ -797,6 +812,7 @@ async fn sio_idle(
         })
         .await;
         opened = n;
+        let before = holders.len();
         for r in res {
             match r {
                 Ok(mut ws) => {
@@ -823,13 +839,15 @@ async fn sio_idle(
             }
         }
         let open_secs = t.elapsed().as_secs_f64();
+        let made = holders.len() - before;
         tokio::time::sleep(Duration::from_secs(hold_secs)).await;
         let (rss, pss) = server_mem(&cli.pids);
         let alive = holders.len() - closed.load(Ordering::Relaxed);
         let per = |a: u64, b: u64| (a as f64 - b as f64) / (alive.max(1) as f64);
         out.push(json!({
             "n": n, "connected": holders.len(), "alive": alive, "failed": errors.len(),
-            "open_secs": open_secs, "rss_kib": rss, "pss_kib": pss,
+            "open_secs": open_secs, "connects_per_s": made as f64 / open_secs.max(1e-9),
+            "rss_kib": rss, "pss_kib": pss,
             "rss_per_conn_kib": per(rss, rss0), "pss_per_conn_kib": per(pss, pss0),
         }));
     }
@@ -1587,6 +1605,7 @@ fn main() -> anyhow::Result<()> {
                 clients,
                 events,
                 window,
+                rate,
                 payload_bytes,
                 max_secs,
             } => {
@@ -1598,6 +1617,7 @@ fn main() -> anyhow::Result<()> {
                     *clients,
                     *events,
                     (*window).max(1),
+                    *rate,
                     *payload_bytes,
                     *max_secs,
                 )
