@@ -430,6 +430,20 @@ mod tests {
         }
     }
 
+    /// A proxy session over one end of an in-memory pipe, with `request`'s head read; the
+    /// other end is the client.
+    async fn session(request: &[u8]) -> (Session, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request).await.expect("request");
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session
+            .downstream_session
+            .read_request()
+            .await
+            .expect("head"));
+        (session, client)
+    }
+
     /// A streamed answer of a known length (not chunked).
     struct Sized;
 
@@ -453,17 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_of_a_known_length_is_framed_by_pingora_and_does_not_leave() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        client
-            .write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("request");
-        let mut session = Session::new_h1(Box::new(server));
-        assert!(session
-            .downstream_session
-            .read_request()
-            .await
-            .expect("head"));
+        let (mut session, mut client) = session(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let served = serve(&mut session, Arc::new(Sized), None, &limits(), None)
             .await
             .expect("served");
@@ -481,20 +485,11 @@ mod tests {
 
     #[tokio::test]
     async fn serve_returns_as_soon_as_an_upgraded_connection_has_left() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        client
-            .write_all(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            )
-            .await
-            .expect("request");
-        let mut session = Session::new_h1(Box::new(server));
-        assert!(session
-            .downstream_session
-            .read_request()
-            .await
-            .expect("head"));
+        let (mut session, mut client) = session(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await;
         let service: Arc<dyn Service> = Arc::new(realtime::diag::SeamTest::default());
 
         // Before the hand-off, this returned only when the WebSocket closed.
