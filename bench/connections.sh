@@ -136,17 +136,6 @@ grace_period_s: 1
 YAML
 "$BIN/gateway" check --config "$T/gw.yaml" >/dev/null || die "gateway check failed for $T/gw.yaml"
 
-stop_gw() {
-    local entry pid keep=() i
-    for entry in "${STARTED[@]}"; do
-        if [[ ${entry%% *} == gw ]]; then pid=${entry#* }; else keep+=("$entry"); fi
-    done
-    STARTED=("${keep[@]}")
-    [[ -n ${pid:-} ]] || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
 PEER_MAX_S=${PEER_MAX_S:-600}
 FACTS=$(machine_facts)
 
@@ -175,7 +164,7 @@ run_kind() { # kind
         ((rc == 0)) || log "$kind: client process $w ended with $rc: $(tail -3 "$T/$kind-$w.err" | paste -sd' ' -)"
     done
     CLIENTS=()
-    stop_gw
+    stop_one gw
     for ((w = 0; w < WORKERS; w++)); do
         out=$(tail -1 "$T/$kind-$w.out")
         if [[ $out != '{'* ]]; then

@@ -82,6 +82,20 @@ stop_all() {
     STARTED=()
 }
 
+# Stop one server `start` started, by its name: its process group, up to 5 s for a graceful exit;
+# the others keep running.
+stop_one() { # name
+    local entry pid keep=() i
+    for entry in "${STARTED[@]}"; do
+        if [[ ${entry%% *} == "$1" ]]; then pid=${entry#* }; else keep+=("$entry"); fi
+    done
+    STARTED=("${keep[@]}")
+    [[ -n ${pid:-} ]] || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
 # Wait (bounded) until a TCP port accepts connections.
 wait_port() { # port [secs]
     local i

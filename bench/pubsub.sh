@@ -163,17 +163,6 @@ start_server() { # gw|nchan -> $SPID
         nchan) start nchan "$T/nchan.out" nginx -p "$T/nchan" -c "$T/nchan.conf"; wait_port $P_NCHAN; SPID=$PID_nchan ;;
     esac
 }
-stop_server() { # name: that server's process group only
-    local entry pid keep=() i
-    for entry in "${STARTED[@]}"; do
-        if [[ ${entry%% *} == "$1" ]]; then pid=${entry#* }; else keep+=("$entry"); fi
-    done
-    STARTED=("${keep[@]}")
-    [[ -n ${pid:-} ]] || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
 record() { printf '%s\n' "${1%\}},\"case\":\"$2\",\"rep\":$3,\"pos\":$4,\"quiet_pct\":$5,\"others\":\"$6\"}" >>"$RAW"; }
 RT="$BIN/rt-load --sources 64 --connect-concurrency 200"
 FACTS=$(machine_facts)
@@ -188,7 +177,7 @@ measure() { # kind server rep pos subs messages -> the client's JSON in $OUT (no
     OUT=$(timeout 400 $RT --label "$kind-$srv" --pids "$SPID" hub-fanout --kind "$kind" "${args[@]}" $RT_TLS \
         --topic "$topic" --subs "$5" --messages "$6" --window "$window" --payload-bytes "$PAYLOAD" \
         --hold-secs "$HOLD" --max-secs 240 | tail -1) || OUT='{"label":"'$kind-$srv'","mode":"hub-fanout","failed":1}'
-    stop_server "$srv"
+    stop_one "$srv"
 }
 
 # Smoke: 50 subscribers, 5 messages, on every case.

@@ -135,17 +135,6 @@ start_target() { # target -> pid in $SPID
     wait_port "${PORT[$t]}"
     eval "SPID=\$PID_$name"
 }
-stop_target() { # target: stop that server only (its process group), wait for its port to free
-    local name=${1//-/_} entry pid keep=() i
-    for entry in "${STARTED[@]}"; do
-        if [[ ${entry%% *} == "$name" ]]; then pid=${entry#* }; else keep+=("$entry"); fi
-    done
-    STARTED=("${keep[@]}")
-    [[ -n ${pid:-} ]] || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
 # Append one measurement (the client's JSON) to the raw file, with rep/pos/quiet/others and its
 # case (firehose, quiet, idle).
 record() { # json rep pos quiet others case
@@ -200,7 +189,7 @@ if ((${#CASES[@]})); then
         done
     done
     FANOUT_S=$((SECONDS - t0))
-    for t in "${TARGETS[@]}"; do stop_target "$t"; done
+    for t in "${TARGETS[@]}"; do stop_one "${t//-/_}"; done
 fi
 
 # --- 2. memory per idle connection ---------------------------------------------------------------
@@ -217,7 +206,7 @@ if [[ -z $SKIP_IDLE ]]; then
             out=$(timeout 300 $RT --label "$t" --pids "$SPID" sio-idle --url "${URL[$t]}" \
                 --steps "$IDLE_STEPS" --hold-secs "$IDLE_HOLD" | tail -1) ||
                 { log "rep $r $t: rt-load failed"; out='{"label":"'$t'","mode":"sio-idle","failed":1}'; }
-            stop_target "$t"
+            stop_one "${t//-/_}"
             record "$out" "$r" "$((k + 1))" "$quiet" "" idle
             log "idle rep $r $t: $(echo "$out" | grep -o '"n":[0-9]*[^}]*"rss_per_conn_kib":[-0-9.]*' | sed 's/"connected.*"connects_per_s":\([0-9]*\)[^"]*".*"rss_per_conn_kib"/ connects\/s \1, rss KiB\/conn/' | paste -sd' ' -)"
         done
