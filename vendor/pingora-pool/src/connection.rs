@@ -19,11 +19,14 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use pingora_timeout::{sleep, timeout};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{oneshot, watch, Notify, OwnedMutexGuard};
+use tokio::time::Instant;
 
 use super::lru::Lru;
 use futures::FutureExt;
@@ -51,23 +54,43 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// The idle watcher of [ConnectionPool::put] to notify on reuse; `None` for
+    /// [ConnectionPool::put_idle], which has no watcher.
+    pub notify_use: Option<oneshot::Sender<bool>>,
+    /// When the connection entered the pool.
+    pub idle_since: Instant,
+    /// After this instant the connection is not handed out ([ConnectionPool::put_idle]).
+    pub deadline: Option<Instant>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
-    pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
+    pub fn new(
+        notify_use: Option<oneshot::Sender<bool>>,
+        idle_timeout: Option<Duration>,
+        connection: S,
+    ) -> Self {
+        let idle_since = Instant::now();
         PoolConnection {
             notify_use,
+            idle_since,
+            deadline: idle_timeout.and_then(|t| idle_since.checked_add(t)),
             connection,
         }
     }
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
+    }
+
+    /// Whether the idle timeout given to [ConnectionPool::put_idle] has passed.
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| now >= deadline)
     }
 }
 
@@ -176,6 +199,40 @@ impl<T> PoolNode<T> {
         None
         // _queue_lock drops here
     }
+
+    /// Remove every item for which `keep` returns `false`, and return them.
+    ///
+    /// Like [Self::remove], this takes both locks and cycles the hot queue, so it is meant for
+    /// a periodic sweep, not the request path. `keep` runs under the locks: it must not call
+    /// back into this node.
+    pub fn retain(&self, mut keep: impl FnMut(&mut T) -> bool) -> Vec<(ID, T)> {
+        let mut removed = Vec::new();
+        {
+            let _queue_lock = self.hot_queue_remove_lock.lock();
+            for _ in 0..self.hot_queue.len() {
+                let Some((id, mut conn)) = self.hot_queue.pop() else {
+                    break; // other threads took the rest
+                };
+                if keep(&mut conn) {
+                    // may land in the table when the queue filled up meanwhile
+                    self.insert(id, conn);
+                } else {
+                    removed.push((id, conn));
+                }
+            }
+        } // _queue_lock drops here
+        let mut connections = self.connections.lock();
+        let gone: Vec<ID> = connections
+            .iter_mut()
+            .filter_map(|(id, conn)| (!keep(conn)).then_some(*id))
+            .collect();
+        for id in gone {
+            if let Some(conn) = connections.remove(&id) {
+                removed.push((id, conn));
+            }
+        }
+        removed
+    }
 }
 
 type Pool<S> = PoolNode<PoolConnection<S>>;
@@ -188,6 +245,8 @@ pub struct ConnectionPool<S> {
     // Concurrent per-key pool index; each value handles per-key connection storage.
     pools: DashMap<GroupKey, Arc<Pool<S>>>,
     lru: Lru<ID, ConnectionMeta>,
+    // Whether the future of [Self::sweeper] exists (one sweep per pool).
+    sweeping: AtomicBool,
 }
 
 impl<S> ConnectionPool<S> {
@@ -199,6 +258,7 @@ impl<S> ConnectionPool<S> {
         ConnectionPool {
             pools: DashMap::with_capacity(size),
             lru: Lru::new(size),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -243,16 +303,16 @@ impl<S> ConnectionPool<S> {
     }
 
     // only remove from the pool because lru already removed it
-    fn pop_evicted(&self, meta: &ConnectionMeta) {
+    fn pop_evicted(&self, meta: &ConnectionMeta) -> Option<PoolConnection<S>> {
         let pool_node = match self.pools.get(&meta.key) {
             Some(v) => v.value().clone(),
             None => {
                 warn!("Fail to get pool node for {meta:?}");
-                return;
+                return None;
             } // nothing to pop, should return error?
         };
 
-        pool_node.remove(meta.id);
+        let evicted = pool_node.remove(meta.id);
         debug!("evict fd: {} from key {}", meta.id, meta.key);
 
         // Clean up the PoolNode entry if it is now empty, to prevent unbounded
@@ -262,6 +322,7 @@ impl<S> ConnectionPool<S> {
         if pool_node.is_empty() {
             self.try_remove_empty_node(meta.key);
         }
+        evicted
     }
 
     pub fn pop_closed(&self, meta: &ConnectionMeta) {
@@ -272,6 +333,12 @@ impl<S> ConnectionPool<S> {
 
     /// Get a connection from this pool under the same group key
     pub fn get(&self, key: &GroupKey) -> Option<S> {
+        self.take_any(key).map(PoolConnection::release)
+    }
+
+    /// Take any connection under `key` out of the pool (the step [Self::get] and
+    /// [Self::get_live] share).
+    fn take_any(&self, key: &GroupKey) -> Option<PoolConnection<S>> {
         let pool_node = self.pools.get(key)?.value().clone();
 
         if let Some((id, connection)) = pool_node.get_any() {
@@ -285,11 +352,30 @@ impl<S> ConnectionPool<S> {
                 self.try_remove_empty_node(*key);
             }
 
-            Some(connection.release())
+            Some(connection)
         } else {
             // The node exists but has no connections. Clean it up.
             self.try_remove_empty_node(*key);
             None
+        }
+    }
+
+    /// Get a connection released with [Self::put_idle] under the same group key, checked on
+    /// the way out: one past its idle timeout, or for which `reusable` returns `false` (e.g.
+    /// the peer closed it, checked with a non-blocking read), is dropped and the next one is
+    /// tried. So the caller's task reuses the connection directly, with no watcher task to
+    /// wake and wait for.
+    pub fn get_live(
+        &self,
+        key: &GroupKey,
+        mut reusable: impl FnMut(&mut S) -> bool,
+    ) -> Option<S> {
+        loop {
+            let mut connection = self.take_any(key)?;
+            if !connection.expired(Instant::now()) && reusable(&mut connection.connection) {
+                return Some(connection.release());
+            }
+            debug!("dropping an idle connection that timed out or is no longer reusable");
         }
     }
 
@@ -302,14 +388,114 @@ impl<S> ConnectionPool<S> {
         meta: &ConnectionMeta,
         connection: S,
     ) -> (Arc<Notify>, oneshot::Receiver<bool>) {
-        let (notify_close, evicted) = self.lru.add(meta.id, meta.clone());
-        for meta in &evicted {
-            self.pop_evicted(meta);
-        }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(notify_use, connection);
-        self.insert_pool_connection(meta.key, meta.id, connection);
+        let (notify_close, _evicted) = self.insert(meta, Some(notify_use), None, connection);
         (notify_close, watch_use)
+    }
+
+    /// Release a connection to this pool for reuse with no task watching it.
+    ///
+    /// Instead of [Self::put] plus a task per connection running [Self::idle_poll] (a spawn,
+    /// a timer and a wake-up of that task when the connection is reused), the connection
+    /// just sits in the pool: [Self::get_live] checks its idle timeout and liveness when it
+    /// is taken, and one task per pool running [Self::sweeper] closes the ones that the peer
+    /// closed or that timed out.
+    ///
+    /// Returns the connections that the LRU evicted to make room, each with how long it was
+    /// idle; they close when dropped.
+    pub fn put_idle(
+        &self,
+        meta: &ConnectionMeta,
+        connection: S,
+        idle_timeout: Option<Duration>,
+    ) -> Vec<(S, Duration)> {
+        self.insert(meta, None, idle_timeout, connection).1
+    }
+
+    /// The step [Self::put] and [Self::put_idle] share: LRU bookkeeping, eviction, insertion.
+    fn insert(
+        &self,
+        meta: &ConnectionMeta,
+        notify_use: Option<oneshot::Sender<bool>>,
+        idle_timeout: Option<Duration>,
+        connection: S,
+    ) -> (Arc<Notify>, Vec<(S, Duration)>) {
+        let (notify_close, evicted_metas) = self.lru.add(meta.id, meta.clone());
+        let mut evicted = Vec::new();
+        for meta in &evicted_metas {
+            if let Some(connection) = self.pop_evicted(meta) {
+                // Not `release()`: the watcher of `put` must see its sender dropped, which
+                // is how `idle_poll` tells an eviction from a reuse.
+                evicted.push((connection.connection, connection.idle_since.elapsed()));
+            }
+        }
+        let connection = PoolConnection::new(notify_use, idle_timeout, connection);
+        self.insert_pool_connection(meta.key, meta.id, connection);
+        (notify_close, evicted)
+    }
+
+    /// Close every idle connection that is past its idle timeout or for which `reusable`
+    /// returns `false`; returns how many were closed. `reusable` must not call into this pool.
+    pub fn sweep(&self, mut reusable: impl FnMut(&mut S) -> bool) -> usize {
+        let now = Instant::now();
+        let nodes: Vec<(GroupKey, Arc<Pool<S>>)> = self
+            .pools
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect();
+        let mut closed = 0;
+        for (key, node) in nodes {
+            let removed = node.retain(|c| !c.expired(now) && reusable(&mut c.connection));
+            for (id, _) in &removed {
+                self.lru.pop(id);
+            }
+            closed += removed.len();
+            // the connections close here, after the LRU no longer lists their ids
+            drop(removed);
+            if node.is_empty() {
+                self.try_remove_empty_node(key);
+            }
+        }
+        closed
+    }
+
+    /// The pool's one sweep task for connections released with [Self::put_idle]: a future
+    /// that runs [Self::sweep] every `period` until the pool is dropped. Returns `None` when
+    /// one already exists, so a caller can ask on every release and spawn what it gets.
+    /// `reusable` builds the liveness check only when a sweep is started. Dropping the future
+    /// (e.g. with its runtime) lets the next call start a new one.
+    pub fn sweeper<F>(
+        self: &Arc<Self>,
+        period: Duration,
+        reusable: impl FnOnce() -> F,
+    ) -> Option<impl Future<Output = ()> + Send + 'static>
+    where
+        F: FnMut(&mut S) -> bool + Send + 'static,
+        S: Send + 'static,
+    {
+        if self.sweeping.load(Ordering::Acquire)
+            || self
+                .sweeping
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return None;
+        }
+        let running = SweepRunning(Arc::downgrade(self));
+        let mut reusable = reusable();
+        Some(async move {
+            let running = running;
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(pool) = running.0.upgrade() else {
+                    return;
+                };
+                let closed = pool.sweep(&mut reusable);
+                if closed > 0 {
+                    debug!("idle sweep closed {closed} connections");
+                }
+            }
+        })
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -434,6 +620,17 @@ impl<S> ConnectionPool<S> {
                 self.pop_closed(meta);
                 false
             }
+        }
+    }
+}
+
+/// Clears [ConnectionPool]'s `sweeping` flag when the sweep future is dropped.
+struct SweepRunning<S>(Weak<ConnectionPool<S>>);
+
+impl<S> Drop for SweepRunning<S> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.sweeping.store(false, Ordering::Release);
         }
     }
 }
@@ -1196,5 +1393,246 @@ mod tests {
             0,
             "node should be cleaned up again after get"
         );
+    }
+
+    // put_idle, get_live, sweep, sweeper: the pool with no task per idle connection, over
+    // real loopback sockets.
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair over loopback: (client side, the one pooled; server side).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn meta_of(key: GroupKey, stream: &TcpStream) -> ConnectionMeta {
+        use std::os::unix::io::AsRawFd;
+        ConnectionMeta::new(key, stream.as_raw_fd())
+    }
+
+    /// The liveness check pingora-core hands the pool (`test_reusable_stream`): a
+    /// non-blocking one-byte read must find nothing: no EOF, no data, no error.
+    fn reusable(stream: &mut TcpStream) -> bool {
+        let mut buf = [0; 1];
+        tokio::task::unconstrained(stream.read(&mut buf[..]))
+            .now_or_never()
+            .is_none()
+    }
+
+    /// Lets the runtime poll its I/O driver, so a FIN or data that arrived is seen.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// The server side sees our end closed, i.e. no socket was left in CLOSE_WAIT: EOF, or a
+    /// reset when the pooled side closed with unread data.
+    async fn assert_closed_by_pool(server: &mut TcpStream) {
+        let mut buf = [0; 16];
+        match tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("the pool closed the connection")
+        {
+            Ok(n) => assert_eq!(n, 0, "EOF from the pooled side"),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+    }
+
+    #[tokio::test]
+    async fn test_put_idle_then_get_live_reuses_the_stream() {
+        let (client, mut server) = tcp_pair().await;
+        let local = client.local_addr().unwrap();
+        let meta = meta_of(101, &client);
+        let cp: ConnectionPool<TcpStream> = ConnectionPool::new(4);
+
+        assert!(cp.put_idle(&meta, client, None).is_empty());
+        let mut taken = cp.get_live(&meta.key, reusable).expect("idle stream reused");
+        assert_eq!(taken.local_addr().unwrap(), local);
+        // still a working connection, and it can go round again
+        taken.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert!(cp.put_idle(&meta, taken, None).is_empty());
+        let again = cp.get_live(&meta.key, reusable).expect("reused again");
+        assert_eq!(again.local_addr().unwrap(), local);
+
+        assert!(cp.get_live(&meta.key, reusable).is_none());
+        assert_eq!(pool_len(&cp), 0, "empty node removed after the take");
+    }
+
+    #[tokio::test]
+    async fn test_get_live_skips_a_stream_closed_by_peer() {
+        let (closed, closed_server) = tcp_pair().await;
+        let (live, _live_server) = tcp_pair().await;
+        let live_addr = live.local_addr().unwrap();
+        let cp: ConnectionPool<TcpStream> = ConnectionPool::new(4);
+        let closed_meta = meta_of(101, &closed);
+        cp.put_idle(&closed_meta, closed, None);
+        cp.put_idle(&meta_of(101, &live), live, None);
+        drop(closed_server); // FIN to the pooled side
+        settle().await;
+
+        let taken = cp.get_live(&closed_meta.key, reusable).expect("the live one");
+        assert_eq!(taken.local_addr().unwrap(), live_addr);
+        assert!(cp.get_live(&closed_meta.key, reusable).is_none());
+    }
+
+    #[tokio::test]
+    async fn test_get_live_drops_a_stream_with_unexpected_data() {
+        let (client, mut server) = tcp_pair().await;
+        let meta = meta_of(101, &client);
+        let cp: ConnectionPool<TcpStream> = ConnectionPool::new(4);
+        cp.put_idle(&meta, client, None);
+        server.write_all(b"HTTP/1.1 408\r\n\r\n").await.unwrap();
+        settle().await;
+
+        assert!(cp.get_live(&meta.key, reusable).is_none());
+        assert_closed_by_pool(&mut server).await;
+    }
+
+    #[tokio::test]
+    async fn test_sweep_closes_what_the_peer_closed_and_keeps_the_rest() {
+        let (closed, mut closed_server) = tcp_pair().await;
+        let (live, _live_server) = tcp_pair().await;
+        let live_addr = live.local_addr().unwrap();
+        let cp: ConnectionPool<TcpStream> = ConnectionPool::new(2);
+        cp.put_idle(&meta_of(101, &closed), closed, None);
+        cp.put_idle(&meta_of(202, &live), live, None);
+        // half-close: the server's FIN arrives, its socket stays open to see ours
+        closed_server.shutdown().await.unwrap();
+        settle().await;
+
+        assert_eq!(cp.sweep(reusable), 1);
+        assert_closed_by_pool(&mut closed_server).await;
+        assert!(!pool_contains(&cp, 101), "its empty node is gone");
+        assert_eq!(cp.sweep(reusable), 0);
+
+        // the LRU no longer counts the swept one: two more fit without evicting the live one
+        let (third, _third_server) = tcp_pair().await;
+        assert!(cp.put_idle(&meta_of(303, &third), third, None).is_empty());
+        let taken = cp.get_live(&202, reusable).expect("the live one stayed");
+        assert_eq!(taken.local_addr().unwrap(), live_addr);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_idle_timeout_is_honoured_on_take_and_by_sweep() {
+        let timeout = Some(Duration::from_secs(5));
+        let cp: ConnectionPool<TcpStream> = ConnectionPool::new(4);
+
+        // taken before its timeout: reused
+        let (client, _server) = tcp_pair().await;
+        let meta = meta_of(101, &client);
+        cp.put_idle(&meta, client, timeout);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let client = cp.get_live(&meta.key, reusable).expect("within the idle timeout");
+
+        // taken after its timeout: closed, not handed out
+        cp.put_idle(&meta, client, timeout);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(cp.get_live(&meta.key, reusable).is_none());
+
+        // never taken: the sweep closes it once it is past its timeout, not before
+        let (client, mut server) = tcp_pair().await;
+        cp.put_idle(&meta_of(101, &client), client, timeout);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(cp.sweep(reusable), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cp.sweep(reusable), 1);
+        assert_closed_by_pool(&mut server).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_one_sweeper_per_pool_reaps_without_a_take() {
+        let cp: Arc<ConnectionPool<TcpStream>> = Arc::new(ConnectionPool::new(4));
+        let sweep = cp
+            .sweeper(Duration::from_secs(1), || reusable)
+            .expect("the first call starts the sweep");
+        assert!(
+            cp.sweeper(Duration::from_secs(1), || reusable).is_none(),
+            "one sweep per pool"
+        );
+        let sweep = tokio::spawn(sweep);
+
+        let (closed, mut closed_server) = tcp_pair().await;
+        let (timed_out, mut timed_out_server) = tcp_pair().await;
+        let (live, _live_server) = tcp_pair().await;
+        let live_addr = live.local_addr().unwrap();
+        cp.put_idle(&meta_of(101, &closed), closed, None);
+        cp.put_idle(
+            &meta_of(101, &timed_out),
+            timed_out,
+            Some(Duration::from_millis(1500)),
+        );
+        cp.put_idle(&meta_of(101, &live), live, None);
+        closed_server.shutdown().await.unwrap();
+
+        // the ticks at 1 s and 2 s close the first one, then the timed-out one
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_closed_by_pool(&mut closed_server).await;
+        assert_closed_by_pool(&mut timed_out_server).await;
+        let taken = cp.get_live(&101, reusable).expect("the live one stayed");
+        assert_eq!(taken.local_addr().unwrap(), live_addr);
+        assert!(cp.get_live(&101, reusable).is_none());
+
+        // the sweep ends with its runtime task; then a new one can start
+        sweep.abort();
+        assert!(sweep.await.unwrap_err().is_cancelled());
+        assert!(cp.sweeper(Duration::from_secs(1), || reusable).is_some());
+    }
+
+    #[tokio::test]
+    async fn test_sweeper_ends_when_the_pool_is_dropped() {
+        let cp: Arc<ConnectionPool<TcpStream>> = Arc::new(ConnectionPool::new(4));
+        let sweep = cp
+            .sweeper(Duration::from_millis(10), || reusable)
+            .unwrap();
+        drop(cp);
+        tokio::time::timeout(Duration::from_secs(5), sweep)
+            .await
+            .expect("the sweep returns once the pool is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_put_idle_returns_lru_evicted_with_idle_time() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(1);
+        let meta1 = ConnectionMeta::new(101, 1);
+        let meta2 = ConnectionMeta::new(202, 2);
+        assert!(cp.put_idle(&meta1, "v1".to_string(), None).is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+
+        let evicted = cp.put_idle(&meta2, "v2".to_string(), None);
+        assert_eq!(evicted, vec![("v1".to_string(), Duration::from_secs(3))]);
+        assert!(!pool_contains(&cp, 101));
+        assert_eq!(cp.get_live(&202, |_| true), Some("v2".to_string()));
+    }
+
+    #[test]
+    fn test_pool_node_retain_over_hot_queue_and_table() {
+        let node: PoolNode<i32> = PoolNode::new();
+        let total = HOT_QUEUE_SIZE as i32 + 8; // 16 in the hot queue, 8 in the table
+        for i in 0..total {
+            node.insert(i, i);
+        }
+        let mut removed: Vec<ID> = node
+            .retain(|v| *v % 2 == 0)
+            .into_iter()
+            .map(|(id, v)| {
+                assert_eq!(id, v);
+                id
+            })
+            .collect();
+        removed.sort();
+        assert_eq!(removed, (0..total).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+        let mut kept = Vec::new();
+        while let Some((_, v)) = node.get_any() {
+            kept.push(v);
+        }
+        kept.sort();
+        assert_eq!(kept, (0..total).filter(|i| i % 2 == 0).collect::<Vec<_>>());
     }
 }

@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -40,7 +40,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +169,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Stream>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -182,6 +181,10 @@ pub struct TransportConnector {
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+/// How often the pool's sweep closes idle upstream connections that the server closed or
+/// that passed their idle timeout (a taken connection is checked at once, whatever this is).
+const IDLE_SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -248,58 +251,34 @@ impl TransportConnector {
     }
 
     /// Try to find a reusable connection to the given server [Peer]
+    ///
+    /// The connection is checked as it is taken (idle timeout, same peer, not closed and no
+    /// unexpected data), in the caller's task: no watcher task is involved.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
+        let reused = self
+            .connection_pool
+            .get_live(&peer.reuse_hash(), |stream: &mut Stream| {
+                #[cfg(unix)]
+                let same_peer = peer.matches_fd(stream.id());
+                #[cfg(windows)]
+                let same_peer = {
+                    use std::os::windows::io::{AsRawSocket, RawSocket};
+                    struct WrappedRawSocket(RawSocket);
+                    impl AsRawSocket for WrappedRawSocket {
+                        fn as_raw_socket(&self) -> RawSocket {
+                            self.0
                         }
                     }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
-                }
-            }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
-            }
+                    peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                };
+                // test_reusable_stream: we assume server would never actively send data
+                // first on an idle stream.
+                same_peer && test_reusable_stream(stream, &self.unexpected_data_conn_count)
+            });
+        if reused.is_none() {
+            debug!("No reusable connection found for {peer}");
         }
+        reused
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
@@ -321,29 +300,22 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
+        // No task per connection: the pool keeps the stream as is, the next
+        // `reused_stream` checks it, and one sweep task per pool closes the idle
+        // connections that the server closed or that timed out.
+        let evicted = self.connection_pool.put_idle(&meta, stream, idle_timeout);
+        if let Some(callback) = &self.keepalive_pool_callback {
+            for (_, idle) in &evicted {
+                callback(*idle);
             }
-        });
+        }
+        drop(evicted);
+        if let Some(sweep) = self.connection_pool.sweeper(IDLE_SWEEP_PERIOD, || {
+            let unexpected_data_conn_count = self.unexpected_data_conn_count.clone();
+            move |stream: &mut Stream| test_reusable_stream(stream, &unexpected_data_conn_count)
+        }) {
+            pingora_runtime::current_handle().spawn(sweep);
+        }
     }
 
     /// Get a stream to the given server [Peer]
