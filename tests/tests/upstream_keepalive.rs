@@ -112,7 +112,7 @@ async fn serve(
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout(idle, stream.read(&mut buf)).await {
-            Err(_) => break, // idle: close our side below
+            Err(_) => break,                  // idle: close our side below
             Ok(Ok(0)) | Ok(Err(_)) => return, // the gateway closed first
             Ok(Ok(read)) => head.extend_from_slice(&buf[..read]),
         }
@@ -148,7 +148,10 @@ async fn serve(
 
 async fn conn_of(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), 200);
-    let conn = resp.headers()["x-conn"].to_str().expect("x-conn").to_string();
+    let conn = resp.headers()["x-conn"]
+        .to_str()
+        .expect("x-conn")
+        .to_string();
     assert_eq!(resp.text().await.expect("body"), "ok");
     conn
 }
@@ -159,12 +162,21 @@ async fn a_connection_the_app_closed_while_idle_is_not_reused() {
     let gw = Gateway::start(&config(app.addr));
     let c = client();
 
-    assert_eq!(conn_of(c.get(gw.https("/a")).send().await.expect("get")).await, "1");
-    assert_eq!(conn_of(c.get(gw.https("/b")).send().await.expect("get")).await, "1");
+    assert_eq!(
+        conn_of(c.get(gw.https("/a")).send().await.expect("get")).await,
+        "1"
+    );
+    assert_eq!(
+        conn_of(c.get(gw.https("/b")).send().await.expect("get")).await,
+        "1"
+    );
     // The app closes connection 1 after 300 ms of idleness; the next request must not be
     // sent into it (that would fail or be retried), it goes over a new one.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(conn_of(c.get(gw.https("/c")).send().await.expect("get")).await, "2");
+    assert_eq!(
+        conn_of(c.get(gw.https("/c")).send().await.expect("get")).await,
+        "2"
+    );
     assert_eq!(app.accepted(), 2);
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -182,7 +194,10 @@ async fn a_connection_the_app_closed_while_idle_is_closed_without_another_reques
     let gw = Gateway::start(&config(app.addr));
     let c = client();
 
-    assert_eq!(conn_of(c.get(gw.https("/a")).send().await.expect("get")).await, "1");
+    assert_eq!(
+        conn_of(c.get(gw.https("/a")).send().await.expect("get")).await,
+        "1"
+    );
     // No further request: the pool's sweep must close the gateway's end (no CLOSE_WAIT
     // socket left until the idle timeout), within its period of 1 s plus slack.
     assert!(

@@ -365,11 +365,7 @@ impl<S> ConnectionPool<S> {
     /// the peer closed it, checked with a non-blocking read), is dropped and the next one is
     /// tried. So the caller's task reuses the connection directly, with no watcher task to
     /// wake and wait for.
-    pub fn get_live(
-        &self,
-        key: &GroupKey,
-        mut reusable: impl FnMut(&mut S) -> bool,
-    ) -> Option<S> {
+    pub fn get_live(&self, key: &GroupKey, mut reusable: impl FnMut(&mut S) -> bool) -> Option<S> {
         loop {
             let mut connection = self.take_any(key)?;
             if !connection.expired(Instant::now()) && reusable(&mut connection.connection) {
@@ -1451,7 +1447,9 @@ mod tests {
         let cp: ConnectionPool<TcpStream> = ConnectionPool::new(4);
 
         assert!(cp.put_idle(&meta, client, None).is_empty());
-        let mut taken = cp.get_live(&meta.key, reusable).expect("idle stream reused");
+        let mut taken = cp
+            .get_live(&meta.key, reusable)
+            .expect("idle stream reused");
         assert_eq!(taken.local_addr().unwrap(), local);
         // still a working connection, and it can go round again
         taken.write_all(b"ping").await.unwrap();
@@ -1477,7 +1475,9 @@ mod tests {
         drop(closed_server); // FIN to the pooled side
         settle().await;
 
-        let taken = cp.get_live(&closed_meta.key, reusable).expect("the live one");
+        let taken = cp
+            .get_live(&closed_meta.key, reusable)
+            .expect("the live one");
         assert_eq!(taken.local_addr().unwrap(), live_addr);
         assert!(cp.get_live(&closed_meta.key, reusable).is_none());
     }
@@ -1529,7 +1529,9 @@ mod tests {
         let meta = meta_of(101, &client);
         cp.put_idle(&meta, client, timeout);
         tokio::time::advance(Duration::from_secs(4)).await;
-        let client = cp.get_live(&meta.key, reusable).expect("within the idle timeout");
+        let client = cp
+            .get_live(&meta.key, reusable)
+            .expect("within the idle timeout");
 
         // taken after its timeout: closed, not handed out
         cp.put_idle(&meta, client, timeout);
@@ -1588,9 +1590,7 @@ mod tests {
     #[tokio::test]
     async fn test_sweeper_ends_when_the_pool_is_dropped() {
         let cp: Arc<ConnectionPool<TcpStream>> = Arc::new(ConnectionPool::new(4));
-        let sweep = cp
-            .sweeper(Duration::from_millis(10), || reusable)
-            .unwrap();
+        let sweep = cp.sweeper(Duration::from_millis(10), || reusable).unwrap();
         drop(cp);
         tokio::time::timeout(Duration::from_secs(5), sweep)
             .await
@@ -1627,7 +1627,10 @@ mod tests {
             })
             .collect();
         removed.sort();
-        assert_eq!(removed, (0..total).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+        assert_eq!(
+            removed,
+            (0..total).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+        );
         let mut kept = Vec::new();
         while let Some((_, v)) = node.get_any() {
             kept.push(v);
