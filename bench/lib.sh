@@ -266,8 +266,10 @@ NGINX
 }
 
 # The bench gateway: one https listener, one pool with the one app server, one route `/`.
-gateway_conf() { # dir name https(addr:port) app(addr:port) threads [with_cable_route]
-    local cable=""
+gateway_conf() { # dir name https(addr:port) app(addr:port) threads[n] [with_cable_route]
+    # threads "2n": 2 threads, each with a runtime of its own (`work_stealing: false`).
+    local cable="" threads=${5%n} stealing=true
+    [[ $5 == *n ]] && stealing=false
     [[ ${6:-} == cable ]] && cable="
   - path: /cable
     upstream: app
@@ -285,9 +287,10 @@ upstreams:
 routes:$cable
   - path: /
     upstream: app
-threads: $5
+threads: $threads
 grace_period_s: 1
 YAML
+    [[ $stealing == true ]] || echo "work_stealing: false" >>"$1/$2.yaml"
     "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
 }
 
