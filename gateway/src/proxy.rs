@@ -366,10 +366,11 @@ impl Serving {
     /// What the app learns about the client and how to hand out files: the one rewrite of a
     /// request to the app, on every path. `upgrade`: a WebSocket handshake for the tunnel.
     fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Req, upgrade: bool) {
+        req.reserve(forwarding::ADDED_AT_MOST);
         forwarding::request(req, &self.client(ctx), upgrade);
         self.internal.tell_the_app(req);
         if let Some(id) = &ctx.request_id {
-            let _ = req.insert_header("x-request-id", id.clone());
+            forwarding::X_REQUEST_ID.set(req, id.clone());
         }
     }
 
