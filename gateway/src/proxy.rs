@@ -822,6 +822,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// No downstream modules. pingora's default adds its response compression module,
+    /// disabled, which still costs every request a module context, its allocations and a
+    /// call in each response filter; the gateway compresses with its own encoder
+    /// (`compression`, which says why), so the module would never do anything here.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         // The first hook pingora calls once its parser has the whole head.
         crate::header_deadline::head_parsed(session);
