@@ -33,9 +33,7 @@ P_HAPROXY=$((18446 + o)) P_NGINX2=$((18447 + o)) P_PINGORA=$((18448 + o))
 
 ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
 build_bins -p gateway -p backend-stub -p bench
-# The stock pingora control is its own Cargo project, built against the registry's pingora crates
-# (the workspace patches pingora-core and pingora-pool: vendor/PATCHES.md).
-build_bins --manifest-path bench/stock-pingora/Cargo.toml
+build_stock_pingora
 for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $P_PINGORA $((P_GW)) $((P_GW + 10)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done

@@ -366,10 +366,11 @@ impl Serving {
     /// What the app learns about the client and how to hand out files: the one rewrite of a
     /// request to the app, on every path. `upgrade`: a WebSocket handshake for the tunnel.
     fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Req, upgrade: bool) {
+        req.reserve(forwarding::ADDED_AT_MOST);
         forwarding::request(req, &self.client(ctx), upgrade);
         self.internal.tell_the_app(req);
         if let Some(id) = &ctx.request_id {
-            let _ = req.insert_header("x-request-id", id.clone());
+            forwarding::X_REQUEST_ID.set(req, id.clone());
         }
     }
 
@@ -820,6 +821,12 @@ impl ProxyHttp for Gateway {
             },
         }
     }
+
+    /// No downstream modules. pingora's default adds its response compression module,
+    /// disabled, which still costs every request a module context, its allocations and a
+    /// call in each response filter; the gateway compresses with its own encoder
+    /// (`compression`, which says why), so the module would never do anything here.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         // The first hook pingora calls once its parser has the whole head.

@@ -492,6 +492,7 @@ pub fn build(
 ) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         upgrade_sock: settings.upgrade_sock().display().to_string(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs()),

@@ -1,6 +1,6 @@
 //! Keep-alive connections to the app: one upstream connection carries a client's sequential
 //! requests, and one the app closes while it sits idle in the gateway's pool is neither reused
-//! nor left half-open (the pool's checks and its sweep, vendor/PATCHES.md).
+//! nor left half-open (the pool's checks and its sweep, vendor/keepalive-pool.patch.md).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Prints what the vendored pingora crates change against the same versions as published on
-# crates.io (as cargo unpacked them under $CARGO_HOME/registry/src), as one patch that applies at
-# the root of the pingora repository with `patch -p1` (a crate's Cargo.toml.orig is its
-# Cargo.toml there). Regenerate the committed copy with:
-#   bash vendor/diff.sh > vendor/keepalive-pool.patch
+# Prints what the keep-alive pool patch (keepalive-pool.patch.md) changes in the vendored
+# pingora-core and pingora-pool against the same versions as published on crates.io (as cargo
+# unpacked them under $CARGO_HOME/registry/src), as one patch that applies at the root of the
+# pingora repository with `patch -p1` (a crate's Cargo.toml.orig is its Cargo.toml there).
+# Regenerate the committed copy with:
+#   bash vendor/keepalive-pool.diff.sh > vendor/keepalive-pool.patch
 set -euo pipefail
 cd "$(dirname "$0")"
 registry=${CARGO_HOME:-$HOME/.cargo}/registry/src
