@@ -29,7 +29,7 @@
 # processes < 25% of a core, at most 60 s, before each kind), PEER_MAX_S (wait for the other
 # bench/*.sh scripts to finish, at most 600 s in all), GATEWAY (the gateway binary measured; default
 # the one built here: an earlier build's, to read a change as before and after), OUT_DIR
-# (bench/results), CARGO_TARGET_DIR.
+# (bench/results), PORT_OFFSET (0: every port moved by it), CARGO_TARGET_DIR.
 # Writes OUT_DIR/connections-<stamp>.{jsonl,md,svg}.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,7 +45,8 @@ STEP_SECS=${STEP_SECS:-300}
 PUBLISH_WAIT=${PUBLISH_WAIT:-60}
 GW_THREADS=${GW_THREADS:-2}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
-P_GW=19501 P_ADM=19511
+o=${PORT_OFFSET:-0}
+P_GW=$((19501 + o)) P_ADM=$((19511 + o))
 RUN_START=$SECONDS
 
 for k in $KINDS; do
