@@ -55,6 +55,8 @@ pub type RealtimeServices =
 
 /// What outlives one configuration: shared by every generation of [`Serving`].
 pub struct Shared {
+    /// Where connections that left pingora for a while come back ([`crate::handoff::Reentry`]).
+    pub reentry: Arc<crate::handoff::Reentry>,
     pub metrics: Arc<Metrics>,
     pub access_log: Option<Arc<AccessLog>>,
     pub temp_dir: Arc<PathBuf>,
@@ -97,6 +99,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             client_limits: self.client_limits.clone(),
+            reentry: self.reentry.clone(),
         })
     }
 }
