@@ -561,6 +561,17 @@ mod tests {
         (session, client)
     }
 
+    /// What a connection that left pingora leaves behind: a stand-in that finishes without
+    /// touching the client and is not kept alive.
+    async fn stand_in_finishes(session: Session) {
+        assert!(session
+            .downstream_session
+            .finish()
+            .await
+            .expect("finish")
+            .is_none());
+    }
+
     /// A streamed answer of a known length (not chunked).
     struct Sized;
 
@@ -623,13 +634,7 @@ mod tests {
         let Served::Held(held) = served else {
             panic!("a waiting answer was held inside pingora");
         };
-        // pingora is left with a stand-in: it finishes without touching the client.
-        assert!(session
-            .downstream_session
-            .finish()
-            .await
-            .expect("finish")
-            .is_none());
+        stand_in_finishes(session).await;
 
         let answer = tokio::spawn(held.answer());
         tx.send("news").expect("the held call waits");
@@ -707,13 +712,7 @@ mod tests {
         let Served::Left(handover) = served else {
             panic!("the upgrade was answered without handing the connection over");
         };
-        // pingora is left with a stand-in: it finishes without touching the client.
-        assert!(session
-            .downstream_session
-            .finish()
-            .await
-            .expect("finish")
-            .is_none());
+        stand_in_finishes(session).await;
 
         handover.start(Duration::from_secs(5), None);
         let mut head = Vec::new();
