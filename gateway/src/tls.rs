@@ -139,6 +139,18 @@ impl ResolvesServerCert for Certificates {
 mod tests {
     use super::*;
 
+    /// What every TLS connection carries for as long as it lives (vendor/tls-stream.patch.md):
+    /// pingora 0.9.1's stream kept its accept and connect futures inline, each the size of a
+    /// whole TLS stream, so a server connection held two empty stream-sized slots.
+    #[test]
+    fn a_tls_stream_does_not_keep_room_for_its_handshakes() {
+        use pingora::protocols::l4::stream::Stream;
+        let tls = std::mem::size_of::<pingora::protocols::tls::TlsStream<Stream>>();
+        let rustls = std::mem::size_of::<tokio_rustls::server::TlsStream<Stream>>();
+        eprintln!("pingora TlsStream {tls} B, tokio-rustls server stream {rustls} B");
+        assert!(tls < rustls + 512, "{tls} B for a {rustls} B stream");
+    }
+
     #[test]
     fn dev_certificate_is_created_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("gw-devcert-{}", std::process::id()));
