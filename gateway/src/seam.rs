@@ -227,8 +227,15 @@ pub async fn serve(
     hsts: Option<&HeaderValue>,
     may_hold: bool,
 ) -> Result<Served> {
-    let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
+    if may_hold && !upgrade && session.is_body_done() {
+        // A poll that waits keeps its head for minutes: in a copy of the head's size, not in
+        // the 4 KiB buffer it was read into (the service's copy below shares it).
+        if let ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.shrink_head_buffer();
+        }
+    }
+    let head = session.req_header().as_owned_parts();
     let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
     let local = session.server_addr().and_then(|a| a.as_inet()).copied();
     let secure = is_tls(session);
@@ -657,6 +664,54 @@ mod tests {
         let mut next = [0u8; 9];
         stream.read_exact(&mut next).await.expect("read");
         assert_eq!(&next, b"GET /next");
+    }
+
+    /// A long-poll that notes where the bytes of its request's headers are.
+    struct NotesHead(std::sync::Mutex<Vec<(usize, usize)>>);
+
+    #[async_trait::async_trait]
+    impl Service for NotesHead {
+        async fn call(&self, req: Request) -> Response {
+            let spans = req.head.headers.values().map(|v| span(v.as_bytes()));
+            self.0.lock().expect("lock").extend(spans);
+            std::future::pending().await
+        }
+    }
+
+    fn span(bytes: &[u8]) -> (usize, usize) {
+        let start = bytes.as_ptr() as usize;
+        (start, start + bytes.len())
+    }
+
+    #[tokio::test]
+    async fn a_held_poll_keeps_its_head_in_a_copy_of_the_heads_size_not_the_read_buffer() {
+        let request = b"GET /s?t=news HTTP/1.1\r\nHost: x\r\nCookie: session=abc\r\n\r\n";
+        let (mut session, _client) = session(request).await;
+        let read_buffer = span(&session.downstream_session.to_h1_raw());
+        let service = Arc::new(NotesHead(std::sync::Mutex::new(Vec::new())));
+        let served = serve(&mut session, service.clone(), None, &limits(), None, true)
+            .await
+            .expect("served");
+        let Served::Held(held) = served else {
+            panic!("a waiting answer was held inside pingora");
+        };
+        let head = held.session.to_h1_raw();
+        assert_eq!(&head[..], &request[..]);
+        let copy = span(&head);
+        assert_ne!(copy.0, read_buffer.0, "the head was not copied");
+        let inside = |(start, end): (usize, usize)| start >= copy.0 && end <= copy.1;
+        // What pingora keeps of the request, and what the service was given, point into the
+        // copy: nothing of the held request keeps the read buffer alive.
+        let kept: Vec<_> = held
+            .session
+            .req_header()
+            .headers
+            .values()
+            .map(|v| span(v.as_bytes()))
+            .collect();
+        let given = service.0.lock().expect("lock").clone();
+        assert_eq!((kept.len(), given.len()), (2, 2));
+        assert!(kept.into_iter().chain(given).all(inside));
     }
 
     #[tokio::test]

@@ -34,6 +34,11 @@ impl CaseHeaderName {
         CaseHeaderName(Bytes::copy_from_slice(buf))
     }
 
+    /// A name already in a `Bytes` of its own (no copy).
+    pub fn from_bytes(name: Bytes) -> Self {
+        CaseHeaderName(name)
+    }
+
     /// A name known at compile time, kept without a copy (`const`, like
     /// [HeaderName::from_static]).
     pub const fn from_static(name: &'static str) -> Self {

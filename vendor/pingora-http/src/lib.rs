@@ -272,6 +272,40 @@ impl RequestHeader {
         }
     }
 
+    /// Point every header value and header-name spelling that is a slice of `from` at the same
+    /// bytes of `to`, a copy of `from`, so that `from`'s allocation can be let go.
+    ///
+    /// The HTTP/1 reader parses a head into slices of its read buffer, without copies; a
+    /// request that lives on after its head was read (a long-poll held open for minutes) would
+    /// keep that whole buffer alive for a head of a few hundred bytes. Anything not inside
+    /// `from` (headers added since) is left as it is; so is a value whose bytes would not be a
+    /// valid `HeaderValue` on their own (none that the reader accepts).
+    pub fn rebase(&mut self, from: &bytes::Bytes, to: &bytes::Bytes) {
+        if from.len() != to.len() {
+            return;
+        }
+        let moved = |bytes: &[u8]| -> Option<bytes::Bytes> {
+            let start = (bytes.as_ptr() as usize).checked_sub(from.as_ptr() as usize)?;
+            let end = start.checked_add(bytes.len())?;
+            (end <= from.len() && !bytes.is_empty()).then(|| to.slice(start..end))
+        };
+        for value in self.base.headers.values_mut() {
+            if let Some(bytes) = moved(value.as_bytes()) {
+                if let Ok(mut copy) = HeaderValue::from_maybe_shared(bytes) {
+                    copy.set_sensitive(value.is_sensitive());
+                    *value = copy;
+                }
+            }
+        }
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            for name in name_map.values_mut() {
+                if let Some(bytes) = moved(name.as_slice()) {
+                    *name = CaseHeaderName::from_bytes(bytes);
+                }
+            }
+        }
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -2037,5 +2071,64 @@ mod tests {
             "{wire}"
         );
         assert_eq!(wire.lines().count(), 9);
+    }
+
+    #[test]
+    fn rebase_moves_what_was_read_and_leaves_the_rest() {
+        // A head read into a buffer: names and values are slices of it, as the H1 reader makes.
+        let from = bytes::Bytes::from_static(b"Host: example.com\r\nX-Token: s3cret\r\n");
+        let mut req = RequestHeader::build("GET", b"/s?t=a", Some(3)).unwrap();
+        req.append_header(
+            CaseHeaderName::from_bytes(from.slice(0..4)),
+            HeaderValue::from_maybe_shared(from.slice(6..17)).unwrap(),
+        )
+        .unwrap();
+        let mut token = HeaderValue::from_maybe_shared(from.slice(28..34)).unwrap();
+        token.set_sensitive(true);
+        req.append_header(CaseHeaderName::from_bytes(from.slice(19..26)), token)
+            .unwrap();
+        req.insert_header("X-Added", "by the proxy").unwrap();
+        let mut before = vec![];
+        req.header_to_h1_wire(&mut before);
+
+        let to = bytes::Bytes::copy_from_slice(&from);
+        req.rebase(&from, &to);
+
+        let inside = |b: &[u8], buf: &bytes::Bytes| {
+            let (p, base) = (b.as_ptr() as usize, buf.as_ptr() as usize);
+            p >= base && p + b.len() <= base + buf.len()
+        };
+        for name in ["host", "x-token"] {
+            assert!(inside(req.headers[name].as_bytes(), &to), "{name}");
+        }
+        for (case, _) in req.case_header_iter().take(2) {
+            assert!(inside(case.as_slice(), &to), "{case:?}");
+        }
+        for (_, value) in req.headers.iter() {
+            assert!(!inside(value.as_bytes(), &from), "{value:?}");
+        }
+        // What was not read from `from` is untouched; so are sensitivity and the wire.
+        assert!(!inside(req.headers["x-added"].as_bytes(), &to));
+        assert!(req.headers["x-token"].is_sensitive());
+        let mut after = vec![];
+        req.header_to_h1_wire(&mut after);
+        assert_eq!(after, before);
+        assert_eq!(
+            String::from_utf8(after).unwrap(),
+            "Host: example.com\r\nX-Token: s3cret\r\nX-Added: by the proxy\r\n"
+        );
+    }
+
+    #[test]
+    fn rebase_onto_a_buffer_of_another_length_changes_nothing() {
+        let from = bytes::Bytes::from_static(b"Host: example.com");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header(
+            "Host",
+            HeaderValue::from_maybe_shared(from.slice(6..)).unwrap(),
+        )
+        .unwrap();
+        req.rebase(&from, &bytes::Bytes::from_static(b"short"));
+        assert_eq!(req.headers["host"].as_bytes().as_ptr(), from[6..].as_ptr());
     }
 }

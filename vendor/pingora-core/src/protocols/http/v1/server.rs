@@ -1308,6 +1308,25 @@ impl HttpSession {
         self.raw_header.as_ref().unwrap().get_bytes(&self.buf)
     }
 
+    /// Let go of the buffer the request head was read into, keeping the head (its raw bytes
+    /// and the parsed header) in an allocation of the head's own size.
+    ///
+    /// The head is parsed into slices of a read buffer of at least `INIT_HEADER_BUF_SIZE`
+    /// (4 KiB) that lives as long as the request. A request that waits long after its head was
+    /// read (a long-poll held open for minutes) keeps several times its head's size for the
+    /// whole wait. Costs one copy of the head. Bytes read past the head (a body, a pipelined
+    /// request) keep the buffer alive wherever they are held; nothing changes for them.
+    pub fn shrink_head_buffer(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let head = Bytes::copy_from_slice(&self.buf);
+        if let Some(req) = self.request_header.as_mut() {
+            req.rebase(&self.buf, &head);
+        }
+        self.buf = head;
+    }
+
     /// Close the connection abruptly. This allows to signal the client that the connection is closed
     /// before dropping [`HttpSession`]
     pub async fn shutdown(&mut self) {
