@@ -1,0 +1,137 @@
+//! A TLS connection that is waiting for its peer holds no read buffer (vendor/rustls.patch.md).
+//! rustls 0.23 kept a 4 KiB buffer for the next record on every connection, also while the peer
+//! sent nothing: for a realtime server, whose connections mostly wait, 4 KiB each. A test
+//! binary of its own: it counts the process's live heap with a global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+/// The system allocator, counting the bytes it has handed out and not had back.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::SeqCst);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// A socket with nothing to read yet, as a non-blocking one is while its peer is quiet.
+struct Quiet;
+
+impl Read for Quiet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// Move every pending TLS record from one side to the other until neither has any left.
+fn exchange(client: &mut ClientConnection, server: &mut ServerConnection) {
+    loop {
+        let mut wire = Vec::new();
+        let mut moved = false;
+        while client.wants_write() {
+            client.write_tls(&mut wire).expect("client writes");
+        }
+        if !wire.is_empty() {
+            moved = true;
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).expect("server reads");
+                server.process_new_packets().expect("server accepts");
+            }
+        }
+        wire.clear();
+        while server.wants_write() {
+            server.write_tls(&mut wire).expect("server writes");
+        }
+        if !wire.is_empty() {
+            moved = true;
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).expect("client reads");
+                client.process_new_packets().expect("client accepts");
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let server_config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .expect("server config");
+    let mut roots = RootCertStore::empty();
+    roots.add(der).expect("root");
+    let client_config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut server = ServerConnection::new(Arc::new(server_config)).expect("server");
+    let mut client = ClientConnection::new(
+        Arc::new(client_config),
+        ServerName::try_from("localhost").expect("name"),
+    )
+    .expect("client");
+    exchange(&mut client, &mut server);
+    assert!(!server.is_handshaking() && !client.is_handshaking());
+
+    // A first message, read and taken: the server's read buffer held it.
+    io::Write::write_all(&mut client.writer(), b"hello").expect("written");
+    exchange(&mut client, &mut server);
+    let mut got = [0u8; 5];
+    server.reader().read_exact(&mut got).expect("plaintext");
+    assert_eq!(&got, b"hello");
+
+    // Then the client is quiet: the server looks for more, as tokio-rustls does on every poll.
+    let before = LIVE.load(Ordering::SeqCst);
+    let quiet = server.read_tls(&mut Quiet).expect_err("nothing to read");
+    let after = LIVE.load(Ordering::SeqCst);
+    assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock);
+    assert!(
+        before - after >= 4096,
+        "a waiting connection still holds {} bytes it could let go (live heap {before} -> {after})",
+        before - after
+    );
+
+    // And it reads on when the client speaks again.
+    io::Write::write_all(&mut client.writer(), b"again").expect("written");
+    exchange(&mut client, &mut server);
+    let mut got = [0u8; 5];
+    server.reader().read_exact(&mut got).expect("plaintext");
+    assert_eq!(&got, b"again");
+}
