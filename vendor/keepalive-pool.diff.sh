@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Prints what the keep-alive pool patch (keepalive-pool.patch.md) changes in the vendored
-# pingora-core and pingora-pool against the same versions as published on crates.io, as one
-# patch that applies at the root of the pingora repository with `patch -p1`.
-# Regenerate the committed copy with:
+# Prints the keep-alive pool patch (keepalive-pool.patch.md): its file of the vendored
+# pingora-core (which carries other patches too) and all of pingora-pool's changes.
 #   bash vendor/keepalive-pool.diff.sh > vendor/keepalive-pool.patch
-set -euo pipefail
-cd "$(dirname "$0")"
-# pingora-core carries another patch too (held-head.patch.md): only this patch's file.
-bash diff.sh pingora-core src/connectors/mod.rs
-bash diff.sh pingora-pool
+exec bash "$(dirname "$0")/diff.sh" pingora-core/src/connectors/mod.rs pingora-pool
