@@ -143,10 +143,43 @@ pub fn request_id(client: &Client<'_>, headers: &http::HeaderMap) -> http::Heade
             .get("x-request-id")
             .filter(|v| usable_request_id(v.as_bytes()))
         {
-            return id.clone();
+            // A copy: the id lives as long as its request, minutes for a held poll, and a
+            // slice of the client's head would keep the whole buffer the head was read into.
+            return shared_value(Small::<MAX_REQUEST_ID>::of(id.as_bytes()))
+                .unwrap_or_else(|| id.clone());
         }
     }
     new_request_id(fastrand::u128(..))
+}
+
+/// Up to `N` bytes of a header value the gateway makes, kept inline.
+struct Small<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Small<N> {
+    /// `bytes`, cut at `N` (every caller's value is shorter).
+    fn of(bytes: &[u8]) -> Small<N> {
+        let len = bytes.len().min(N);
+        let mut small = Small { bytes: [0; N], len };
+        small.bytes[..len].copy_from_slice(&bytes[..len]);
+        small
+    }
+}
+
+impl<const N: usize> AsRef<[u8]> for Small<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A header value in one allocation that holds its bytes and its reference count, so the
+/// copies the request makes of it (the app's request, the answer, the log) share it without
+/// another: a value made from a slice is promoted to shared storage, a second allocation, on its
+/// first clone. `None`: not a valid header value.
+fn shared_value<T: AsRef<[u8]> + Send + 'static>(bytes: T) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes)).ok()
 }
 
 /// The longest `X-Request-Id` kept from a trusted proxy (a UUID is 36, AWS's trace ids 40).
@@ -167,7 +200,7 @@ fn new_request_id(n: u128) -> http::HeaderValue {
         let nibble = (n >> (124 - 4 * i)) & 0xf;
         *d = b"0123456789abcdef"[nibble as usize];
     }
-    http::HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+    shared_value(hex).expect("hex digits are a valid header value")
 }
 
 /// The client's address for per-client limits of the realtime services: the peer, or, when
@@ -330,14 +363,34 @@ fn is_host(v: &[u8]) -> bool {
     std::str::from_utf8(v).is_ok_and(|v| authority_host(v).is_some())
 }
 
-/// An address as a header value, written without an intermediate `String`.
+/// An address as a header value, written without an intermediate `String`. The last one made
+/// on this thread is kept: a keep-alive connection's requests come from one address, and
+/// mostly run on one thread, so most requests reuse the value of the one before (no
+/// allocation); another address costs what it would without the cache.
 fn ip_value(ip: IpAddr) -> http::HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, value)) = last.as_ref().filter(|(seen, _)| *seen == ip) {
+            debug_assert_eq!(*seen, ip);
+            return value.clone();
+        }
+        let value = write_ip(ip);
+        *last = Some((ip, value.clone()));
+        value
+    })
+}
+
+fn write_ip(ip: IpAddr) -> http::HeaderValue {
     use std::io::Write as _;
     // The longest address, `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`, is 45 bytes.
     let mut w = std::io::Cursor::new([0u8; 48]);
     let _ = write!(w, "{ip}");
     let len = w.position() as usize;
-    http::HeaderValue::from_bytes(&w.get_ref()[..len]).expect("an address is a valid header value")
+    shared_value(Small::<48>::of(&w.get_ref()[..len])).expect("an address is a valid header value")
 }
 
 /// An address as a `Forwarded` node (RFC 7239 §6: IPv6 in quotes and brackets).
@@ -628,6 +681,58 @@ mod tests {
         assert_eq!(
             new_request_id(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             "0123456789abcdef0011223344556677"
+        );
+    }
+
+    #[test]
+    fn a_kept_request_id_is_a_copy_not_a_slice_of_the_clients_head() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let client = Client {
+            ip: Some("10.1.2.3".parse().unwrap()),
+            tls: true,
+            port: Some(443),
+            trusted: &trusted,
+        };
+        let head = bytes::Bytes::from_static(b"X-Request-Id: abc-123");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-request-id",
+            http::HeaderValue::from_maybe_shared(head.slice(14..)).unwrap(),
+        );
+        let id = request_id(&client, &h);
+        assert_eq!(id, "abc-123");
+        let (p, base) = (id.as_bytes().as_ptr() as usize, head.as_ptr() as usize);
+        assert!(
+            !(base..base + head.len()).contains(&p),
+            "the id points into the head"
+        );
+    }
+
+    #[test]
+    fn an_address_value_is_made_once_per_address_in_a_row() {
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let first = ip_value(a);
+        let again = ip_value(a);
+        assert_eq!(first, "192.0.2.7");
+        assert_eq!(again, "192.0.2.7");
+        assert_eq!(
+            first.as_bytes().as_ptr(),
+            again.as_bytes().as_ptr(),
+            "not reused"
+        );
+        assert_eq!(ip_value(b), "2001:db8::1");
+        // One address is kept per thread: after another, it is written again.
+        let third = ip_value(a);
+        assert_eq!(third, "192.0.2.7");
+        assert_ne!(third.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        assert_eq!(
+            write_ip(
+                "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                    .parse()
+                    .unwrap()
+            ),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
         );
     }
 
