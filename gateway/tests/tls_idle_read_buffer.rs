@@ -15,6 +15,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
 
 // SAFETY: every call is passed to the system allocator unchanged; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
@@ -22,6 +23,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
         }
         p
     }
@@ -34,6 +36,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
             LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::SeqCst);
         }
         p
@@ -127,6 +130,14 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
         "a waiting connection still holds {} bytes it could let go (live heap {before} -> {after})",
         before - after
     );
+
+    // Looking again while the client is still quiet (a task polls its quiet side at every
+    // wake-up) allocates nothing.
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+    let quiet = server.read_tls(&mut Quiet).expect_err("nothing to read");
+    assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), allocations, "a quiet read allocated");
+    assert_eq!(LIVE.load(Ordering::SeqCst), after);
 
     // And it reads on when the client speaks again.
     io::Write::write_all(&mut client.writer(), b"again").expect("written");

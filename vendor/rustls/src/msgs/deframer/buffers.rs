@@ -197,6 +197,22 @@ impl DeframerVecBuffer {
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
     pub(crate) fn read(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+        if self.buf.is_empty() && self.used == 0 {
+            // The buffer was given back (see below): look with one on the stack first, as large
+            // as a read into the buffer would be. Most such reads find nothing (a task polls
+            // its quiet side at every wake-up) and need no heap buffer for that.
+            let mut probe = [0u8; 4096];
+            let new_bytes = rd.read(&mut probe)?;
+            if new_bytes == 0 {
+                return Ok(0);
+            }
+            if let Err(err) = self.prepare_read(in_handshake) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+            }
+            self.buf[..new_bytes].copy_from_slice(&probe[..new_bytes]);
+            self.used = new_bytes;
+            return Ok(new_bytes);
+        }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
         }
