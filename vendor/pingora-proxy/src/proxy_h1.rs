@@ -18,12 +18,19 @@ use futures::StreamExt;
 use super::*;
 use crate::proxy_cache::{range_filter::RangeBodyFilter, ServeFromCache};
 use crate::proxy_common::*;
+use crate::task_pipe::{PipePermit, PipeReceiver, PipeSender, TaskPipe};
 use pingora_cache::CachePhase;
 use pingora_core::protocols::http::{
     authority::{raw_target_authority, validate_request_authority},
     custom::CUSTOM_MESSAGE_QUEUE_SIZE,
     v1::common::is_upgrade_req as is_h1_upgrade_req,
 };
+
+/// The queue of [HttpTask]s between the two halves of `proxy_1to1`.
+type H1TaskPipe = TaskPipe<HttpTask, TASK_BUFFER_SIZE>;
+type H1TaskSender<'a> = PipeSender<'a, HttpTask, TASK_BUFFER_SIZE>;
+type H1TaskReceiver<'a> = PipeReceiver<'a, HttpTask, TASK_BUFFER_SIZE>;
+type H1TaskPermit<'a> = PipePermit<'a, HttpTask, TASK_BUFFER_SIZE>;
 
 impl<SV, C> HttpProxy<SV, C>
 where
@@ -139,14 +146,19 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
-        let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-        let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
+        // Both halves run in this task (try_join! below), so the pipes between them and the
+        // state they share live in this future: no channel or reference count to allocate per
+        // request.
+        let upstream_pipe = H1TaskPipe::new();
+        let downstream_pipe = H1TaskPipe::new();
+        let (tx_upstream, rx_upstream) = upstream_pipe.split();
+        let (tx_downstream, rx_downstream) = downstream_pipe.split();
 
         session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
-        let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
+        let pipe_state = AtomicU8::new(PipeState::Active as u8);
 
         // start bi-directional streaming
         let ret = tokio::try_join!(
@@ -157,9 +169,9 @@ where
                 ctx,
                 &mut downstream_custom_message_writer,
                 &mut downstream_custom_message_reader,
-                pipe_state.clone(),
+                &pipe_state,
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, &pipe_state),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -248,9 +260,9 @@ where
     async fn proxy_handle_upstream(
         &self,
         client_session: &mut HttpSessionV1,
-        tx: mpsc::Sender<HttpTask>,
-        mut rx: mpsc::Receiver<HttpTask>,
-        pipe_state: Arc<AtomicU8>,
+        tx: H1TaskSender<'_>,
+        mut rx: H1TaskReceiver<'_>,
+        pipe_state: &AtomicU8,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -365,7 +377,7 @@ where
         session: &mut Session,
         ctx: &mut SV::CTX,
         initial_task: HttpTask,
-        rx: &mut mpsc::Receiver<HttpTask>,
+        rx: &mut H1TaskReceiver<'_>,
         serve_from_cache: &mut ServeFromCache,
         range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
         response_state: &mut ResponseStateMachine,
@@ -381,26 +393,24 @@ where
             return Ok(None);
         }
 
-        // Batch: pull as many tasks as we can from rx
-        let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        tasks.push(initial_task);
-        // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-        while let Some(maybe_task) = tokio::task::unconstrained(rx.recv()).now_or_never() {
-            debug!("upstream event now: {:?}", maybe_task);
-            if let Some(t) = maybe_task {
-                tasks.push(t);
-            } else {
-                break; // upstream closed
-            }
-        }
+        // Batch: the tasks queued in rx now join this one. They are taken from rx one at a
+        // time as the loop below reaches them rather than collected into a Vec first; the
+        // batch is the same (what was queued when it started: later tasks wait for the next
+        // batch) and the pipe holds them meanwhile.
+        let mut batch_rest = rx.len();
+        let mut next_task = Some(initial_task);
 
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
+        while let Some(mut t) = next_task.take() {
             if self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
-                // skip downstream filtering entirely as the 304 will not be sent
+                // skip downstream filtering entirely as the 304 will not be sent; the rest of
+                // the batch is dropped with it
+                for _ in 0..batch_rest {
+                    drop(rx.try_recv());
+                }
                 break;
             }
             #[cfg(feature = "upstream_modules")]
@@ -426,6 +436,11 @@ where
                 }
             }
             filtered_tasks.push(task);
+            if batch_rest > 0 {
+                batch_rest -= 1;
+                next_task = rx.try_recv();
+                debug!("upstream event now: {:?}", next_task);
+            }
         }
 
         if !serve_from_cache.should_send_to_downstream() {
@@ -444,14 +459,14 @@ where
     async fn proxy_handle_downstream(
         &self,
         session: &mut Session,
-        tx: mpsc::Sender<HttpTask>,
-        mut rx: mpsc::Receiver<HttpTask>,
+        tx: H1TaskSender<'_>,
+        mut rx: H1TaskReceiver<'_>,
         ctx: &mut SV::CTX,
         downstream_custom_message_writer: &mut Option<Box<dyn CustomMessageWrite>>,
         downstream_custom_message_reader: &mut Option<
             Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
         >,
-        pipe_state: Arc<AtomicU8>,
+        pipe_state: &AtomicU8,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -1022,7 +1037,7 @@ where
         session: &mut Session,
         mut data: Option<Bytes>,
         end_of_body: bool,
-        tx: mpsc::Permit<'_, HttpTask>,
+        tx: H1TaskPermit<'_>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
     where
