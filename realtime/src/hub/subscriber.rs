@@ -111,7 +111,10 @@ pub(super) struct SubShared {
     pub(super) id: SubscriberId,
     capacity: usize,
     pub(super) state: Mutex<SubState>,
-    notify: Notify,
+    /// Woken when the queue becomes non-empty or the subscriber closes. Shared by the
+    /// subscribers of one connection ([`super::Hub::subscribe_waking`]), so that a push to any
+    /// of them wakes the one task that reads them all, once.
+    notify: Arc<Notify>,
 }
 
 pub(super) enum Push {
@@ -124,7 +127,7 @@ pub(super) enum Push {
 }
 
 impl SubShared {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, notify: Arc<Notify>) -> Self {
         SubShared {
             id: SubscriberId::next(),
             capacity: capacity.max(1),
@@ -133,7 +136,7 @@ impl SubShared {
                 life: Life::Open,
                 topics: HashSet::new(),
             }),
-            notify: Notify::new(),
+            notify,
         }
     }
 

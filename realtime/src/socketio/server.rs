@@ -1,5 +1,6 @@
 //! The Socket.IO server: one task per Engine.IO connection that decodes
-//! packets, multiplexes namespaces and enforces the protocol's state rules.
+//! packets, multiplexes namespaces and enforces the protocol's state rules,
+//! and delivers what the hub queued for the connection's sockets.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -243,6 +244,7 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
         tokio::select! {
             biased;
             reason = shared.sender.closed() => break reason,
+            () = shared.wake.notified() => shared.deliver_queued(),
             _ = &mut connect_timeout, if !joined_once => {
                 io.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
                 shared.sender.close(CloseReason::ServerClose);
@@ -257,7 +259,9 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
                     Frame::Binary(bytes) => decoder.decode_binary(bytes),
                 };
                 let result = match decoded {
-                    Ok(Some(msg)) => dispatch(&io, &shared, msg, &mut joined_once).await,
+                    Ok(Some(msg)) => {
+                        delivering(&shared, dispatch(&io, &shared, msg, &mut joined_once)).await
+                    }
                     Ok(None) => Ok(()),
                     Err(e) => Err(e.into()),
                 };
@@ -273,6 +277,19 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
         socket.close(DisconnectReason::Connection(reason.clone()), false);
     }
     io.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs `work` (a packet's dispatch, which may wait: the app's word on a CONNECT, a connect
+/// handler) while the hub's messages for the connection's other sockets keep going out.
+async fn delivering<F: Future>(shared: &ConnShared, work: F) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = shared.wake.notified() => shared.deliver_queued(),
+        }
+    }
 }
 
 async fn dispatch(

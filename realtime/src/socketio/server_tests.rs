@@ -250,6 +250,58 @@ async fn namespaces_are_multiplexed_and_left_one_by_one() {
     assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
 }
 
+/// Tasks alive on the test's runtime (the test's own included).
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+#[tokio::test]
+async fn a_connection_in_two_namespaces_is_served_by_one_task_that_delivers_both() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let mut chat = capture(&io, "/chat");
+    let before = alive_tasks();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.connect("40/chat").await;
+    let (main, chat) = (next_socket(&mut main).await, next_socket(&mut chat).await);
+    assert_eq!(
+        alive_tasks() - before,
+        1,
+        "the connection's packets and both sockets' hub messages: one task"
+    );
+    // A burst to both namespaces, queued while the connection's task waits, goes out in order
+    // per socket.
+    let hub = io.hub().clone();
+    for i in 0..3 {
+        hub.publish(&room_topic("/", main.id()), "m", json!(i), None)
+            .unwrap();
+        hub.publish(&room_topic("/chat", chat.id()), "c", json!(i), None)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(c.text().await);
+    }
+    let of = |prefix: &str| -> Vec<String> {
+        got.iter()
+            .filter(|t| t.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("42["), [r#"42["m",0]"#, r#"42["m",1]"#, r#"42["m",2]"#]);
+    assert_eq!(
+        of("42/chat,"),
+        [
+            r#"42/chat,["c",0]"#,
+            r#"42/chat,["c",1]"#,
+            r#"42/chat,["c",2]"#
+        ]
+    );
+}
+
 // ---- events and acks ----
 
 #[tokio::test]

@@ -172,7 +172,33 @@ impl SocketInner {
         except.iter().any(|room| rooms.contains(room))
     }
 
-    /// A live message from the hub reader.
+    /// Delivers up to `budget` messages the hub queued for the socket; false when more are
+    /// left. Called by the connection's task when the hub wakes it
+    /// ([`super::state::ConnShared::deliver_queued`]).
+    pub(super) fn deliver_queued(&self, budget: usize) -> bool {
+        let Some(sub) = self.subscriber() else {
+            return true;
+        };
+        for _ in 0..budget {
+            match sub.try_recv() {
+                Ok(Some(msg)) => self.deliver_live(&sub, &msg),
+                Ok(None) => return true,
+                Err(closed) => {
+                    // The hub dropped this subscriber: its queue filled up (or the hub shut
+                    // down). The socket cannot be kept consistent without it, so the
+                    // connection goes.
+                    match closed.reason {
+                        crate::hub::CloseReason::SlowConsumer => self.conn.slow_consumer(),
+                        _ => self.conn.sender.close(CloseReason::ServerShutdown),
+                    }
+                    return true;
+                }
+            }
+        }
+        sub.queued() == 0
+    }
+
+    /// A live message from the socket's hub queue.
     fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
         let changed = {
             let mut outbox = lock(&self.outbox);
@@ -272,9 +298,8 @@ impl SocketInner {
             let tracker = std::mem::replace(&mut outbox.tracker, Tracker::new(None));
             (was == Phase::Connected).then_some(tracker)
         };
-        self.stop.send_replace(true);
         if let Some(sub) = lock(&self.sub).take() {
-            // Detach now rather than when the reader task drops its clone.
+            // Detach now rather than when a delivery under way drops its clone.
             for topic in sub.topics() {
                 sub.leave(&topic);
             }
@@ -456,7 +481,7 @@ impl Socket {
     ///
     /// With recovery on it goes through the socket's own room (as node does)
     /// so it gets an offset and is replayed if the client misses it; it is
-    /// then delivered by the socket's hub reader, shortly after this returns.
+    /// then delivered by the connection's task, shortly after this returns.
     pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<(), EmitError> {
         check_name(name)?;
         let args = args.into();
@@ -684,29 +709,6 @@ impl Socket {
             values,
             binaries: msg.binaries,
         });
-    }
-
-    /// Reads the socket's hub queue until the socket ends.
-    pub(super) async fn run_reader(self, sub: Arc<Subscriber>) {
-        let mut stop = self.inner.stop.subscribe();
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                next = sub.recv() => match next {
-                    Ok(msg) => self.inner.deliver_live(&sub, &msg),
-                    Err(closed) => {
-                        // The hub dropped this subscriber: its queue filled
-                        // up (or the hub shut down). The socket cannot be
-                        // kept consistent without it, so the connection goes.
-                        match closed.reason {
-                            crate::hub::CloseReason::SlowConsumer => self.inner.conn.slow_consumer(),
-                            _ => self.inner.conn.sender.close(CloseReason::ServerShutdown),
-                        }
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 

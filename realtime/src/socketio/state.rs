@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing};
@@ -90,7 +90,6 @@ pub(super) struct SocketInner {
     pub(super) handlers: Mutex<Handlers>,
     pub(super) acks: Mutex<Acks>,
     pub(super) rooms: Mutex<BTreeSet<String>>,
-    pub(super) stop: watch::Sender<bool>,
 }
 
 impl SocketInner {
@@ -120,7 +119,6 @@ impl SocketInner {
             handlers: Mutex::default(),
             acks: Mutex::default(),
             rooms: Mutex::default(),
-            stop: watch::channel(false).0,
         }
     }
 }
@@ -389,12 +387,21 @@ impl NsInner {
 
 // --- Connections ---
 
+/// How many hub messages of one socket a connection's task delivers before it looks at its
+/// other work (the client's packets, the close).
+pub(super) const DELIVERY_BUDGET: usize = 256;
+
 /// The connection as its sockets see it: the sender, serialized so the
 /// frames of one packet (text, then its binaries) are never interleaved
 /// with another packet's, and its socket in each namespace joined.
 pub(super) struct ConnShared {
     pub(super) sender: ConnSender,
     pub(super) info: Arc<HandshakeInfo>,
+    /// What the hub subscribers of the connection's sockets wake ([`Hub::subscribe_waking`]):
+    /// the connection's task waits on it and delivers whatever any of them queued
+    /// ([`ConnShared::deliver_queued`]), so a fan-out wakes the connection once, not once per
+    /// socket or per message.
+    pub(super) wake: Arc<Notify>,
     write_lock: Mutex<()>,
     sockets: Mutex<HashMap<String, Socket>>,
     stats: Arc<SocketIoStats>,
@@ -409,6 +416,7 @@ impl ConnShared {
         ConnShared {
             sender,
             info,
+            wake: Arc::default(),
             write_lock: Mutex::new(()),
             sockets: Mutex::default(),
             stats,
@@ -460,8 +468,26 @@ impl ConnShared {
         lock(&self.sockets).get(nsp).cloned()
     }
 
+    /// Adds the connection's socket in `nsp`. Its subscriber may have had messages queued
+    /// (and the wake taken by a delivery that did not see the socket yet): the connection's
+    /// task is woken to look.
     pub(super) fn insert(&self, nsp: String, socket: Socket) {
         lock(&self.sockets).insert(nsp, socket);
+        self.wake.notify_one();
+    }
+
+    /// Delivers what the hub queued for the connection's sockets, up to [`DELIVERY_BUDGET`]
+    /// messages a socket; the connection's task wakes itself again when more is left, so a
+    /// firehose on one namespace does not starve the client's own packets.
+    pub(super) fn deliver_queued(&self) {
+        let sockets: Vec<Socket> = lock(&self.sockets).values().cloned().collect();
+        let mut more = false;
+        for socket in sockets {
+            more |= !socket.inner.deliver_queued(DELIVERY_BUDGET);
+        }
+        if more {
+            self.wake.notify_one();
+        }
     }
 
     /// Drops `socket` from the connection's namespaces (if it is still the
