@@ -197,10 +197,18 @@ pub fn pair(
     )
 }
 
-/// The layer above an Engine.IO server: told of each new connection, it owns it from then on
-/// (typically by spawning a task that reads `incoming`).
+/// What the layer above runs for one connection: typically a loop over `incoming`.
+pub type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// The layer above an Engine.IO server: told of each new connection, it owns it from then on.
+///
+/// It answers with the future that serves the connection rather than spawning it: the
+/// session's own task polls it beside the heartbeat and, on a WebSocket, the socket's reads
+/// and writes, so a connection is one task, and a message the layer above queues is written
+/// by the task that queued it, in the same wake-up. The future should end once the connection
+/// is closed ([`ConnSender::closed`], or `incoming` ending); the session's task ends with it.
 pub trait ConnHandler: Send + Sync + 'static {
-    fn on_connection(&self, conn: Conn);
+    fn on_connection(&self, conn: Conn) -> ConnFuture;
 }
 
 #[cfg(test)]

@@ -4,8 +4,14 @@
 //! `outgoing` queue until a transport is actually writing them: a long-poll takes them inside
 //! the same poll that builds its response (so a poll abandoned by its client loses nothing), a
 //! WebSocket writer takes them as it sends. Heartbeats, `noop`s and messages a poll could not
-//! fit wait in `outbox`, which holds a handful of packets at most. One task per session
-//! ([`Session::drive`]) runs the heartbeat and the orderly close.
+//! fit wait in `outbox`, which holds a handful of packets at most.
+//!
+//! One task per session (`task::SessionTask`) does everything that is the session's own: the
+//! heartbeat and the orderly close ([`Session::drive`], a timer in tokio's shared wheel, not a
+//! task of its own), the layer above's future ([`crate::engineio::ConnHandler`]), and the
+//! WebSocket that carries the session, when one does: the one it was opened with, or the one a
+//! polling session upgrades to, handed over by the upgrade request once the client sent `5`.
+//! Polling requests are served by their own request's task.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -14,11 +20,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use crate::sync::lock;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::conn::ConnTransport;
+use crate::seam::Upgraded;
+
+/// A WebSocket carrying a session.
+pub(super) type Ws = tokio_tungstenite::WebSocketStream<Upgraded>;
 use super::{
     encode_payload_capped, CloseReason, ConnSender, EngineConfig, Frame, Packet, Transport,
 };
@@ -198,6 +208,9 @@ pub(super) struct Session {
     registry: Weak<Registry>,
     /// The client address the session counts against ([`crate::topics::client_key`]).
     pub(super) client: Option<IpAddr>,
+    /// Where an upgrade hands its WebSocket to the session's task: a polling session's that
+    /// may upgrade, until it does or closes (dropped at close, which ends the task's wait).
+    upgrade_to: Mutex<Option<oneshot::Sender<Ws>>>,
 }
 
 impl Session {
@@ -244,6 +257,7 @@ impl Session {
             pong: Notify::new(),
             registry,
             client,
+            upgrade_to: Mutex::new(None),
         })
     }
 
@@ -337,6 +351,7 @@ impl Session {
     /// layer above sees the end.
     fn finish(&self, reason: CloseReason) {
         lock(&self.incoming).take();
+        lock(&self.upgrade_to).take();
         if self.state().linger_until.is_none() {
             self.unregister();
         }
@@ -633,6 +648,27 @@ impl Session {
         true
     }
 
+    /// Where a polling session that may upgrade receives its WebSocket
+    /// ([`Session::hand_over`]); `None` for a session that cannot upgrade. Made before the
+    /// handshake is answered, so that no upgrade can come before it.
+    pub(super) fn upgrade_point(&self) -> Option<oneshot::Receiver<Ws>> {
+        let polling = self.state().transport == Transport::Polling;
+        (polling && self.config.allow_upgrades).then(|| {
+            let (tx, rx) = oneshot::channel();
+            *lock(&self.upgrade_to) = Some(tx);
+            rx
+        })
+    }
+
+    /// Hands the WebSocket of a completed upgrade to the session's task, which carries the
+    /// session on it from now on; gives it back if the session is gone.
+    pub(super) fn hand_over(&self, ws: Ws) -> Option<Ws> {
+        match lock(&self.upgrade_to).take() {
+            Some(tx) => tx.send(ws).err(),
+            None => Some(ws),
+        }
+    }
+
     /// The probe WebSocket went away without completing the upgrade.
     pub(super) fn abort_probe(&self) {
         {
@@ -647,10 +683,10 @@ impl Session {
         self.notify();
     }
 
-    /// The session's own task: pings every `pingInterval`, closes when no pong comes within
-    /// `pingTimeout`, and runs the orderly close when the layer above closes. Ends when the
-    /// session is closed (and forgotten), so it never outlives it.
-    pub(super) async fn drive(self: Arc<Self>) {
+    /// The heartbeat, in the session's task: pings every `pingInterval`, closes when no pong
+    /// comes within `pingTimeout`, and runs the orderly close when the layer above closes.
+    /// Ends when the session is closed (and forgotten), so it never outlives it.
+    pub(super) async fn drive(&self) {
         let interval = self.config.ping_interval;
         let timeout = self.config.ping_timeout;
         let mut next_ping = self.opened + interval;

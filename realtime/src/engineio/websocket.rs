@@ -26,7 +26,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// keeping the time before the first one reaches the client short.
 const WRITE_BATCH: usize = 64;
 
-pub(super) type Ws = WebSocketStream<Upgraded>;
+pub(super) use super::session::Ws;
 
 /// The WebSocket over an upgraded connection. Frames and messages above `maxPayload` are
 /// refused by tungstenite before they are buffered (node's `ws` has the same limit).
@@ -92,11 +92,16 @@ pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
                 }
                 session.probe_answered();
             }
-            // node upgrades on `5` even without a probe before it.
+            // node upgrades on `5` even without a probe before it. The session's own task
+            // carries it on this WebSocket from now on; this one ends.
             Ok(Packet::Upgrade) => {
                 if session.complete_upgrade() {
                     drop(probe);
-                    return run(session, ws).await;
+                    if let Some(back) = session.hand_over(ws) {
+                        // The session closed meanwhile.
+                        refuse(back).await;
+                    }
+                    return;
                 }
                 break;
             }
@@ -108,8 +113,8 @@ pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
     refuse(ws).await;
 }
 
-/// Closes the session when the WebSocket carrying it ends, including when the gateway drops
-/// this task because the client connection is gone.
+/// Closes the session when the WebSocket carrying it ends, including when the task running it
+/// is dropped (the runtime shutting down).
 struct CloseOnDrop<'a>(&'a Session);
 
 impl Drop for CloseOnDrop<'_> {
@@ -118,12 +123,12 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Carries `session` over `ws` until either ends.
-pub(super) async fn run(session: Arc<Session>, ws: Ws) {
-    let _close = CloseOnDrop(&session);
+/// Carries `session` over `ws` until either ends (in the session's task).
+pub(super) async fn run(session: &Session, ws: Ws) {
+    let _close = CloseOnDrop(session);
     let (mut sink, mut stream) = ws.split();
-    let reader = read_loop(&session, &mut stream);
-    let writer = write_loop(&session, &mut sink);
+    let reader = read_loop(session, &mut stream);
+    let writer = write_loop(session, &mut sink);
     tokio::pin!(reader, writer);
     tokio::select! {
         // We sent a close frame: let the client's answer come in.

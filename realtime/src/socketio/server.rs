@@ -1,6 +1,7 @@
-//! The Socket.IO server: one task per Engine.IO connection that decodes
-//! packets, multiplexes namespaces and enforces the protocol's state rules,
-//! and delivers what the hub queued for the connection's sockets.
+//! The Socket.IO server: one future per Engine.IO connection (polled by the
+//! Engine.IO session's task) that decodes packets, multiplexes namespaces and
+//! enforces the protocol's state rules, and delivers what the hub queued for
+//! the connection's sockets.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +22,7 @@ use super::rooms::{normalize_nsp, room_of};
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::engineio::{CloseReason, Conn, ConnHandler, Frame};
+use crate::engineio::{CloseReason, Conn, ConnFuture, ConnHandler, Frame};
 use crate::hub::{Hub, Payload};
 use crate::sync::{read, write};
 
@@ -212,16 +213,8 @@ impl IoInner {
 }
 
 impl ConnHandler for SocketIo {
-    fn on_connection(&self, conn: Conn) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(run_connection(Arc::clone(&self.inner), conn));
-            }
-            Err(_) => {
-                tracing::error!("socket.io: on_connection called outside a tokio runtime");
-                conn.sender.close(CloseReason::ServerShutdown);
-            }
-        }
+    fn on_connection(&self, conn: Conn) -> ConnFuture {
+        Box::pin(run_connection(Arc::clone(&self.inner), conn))
     }
 }
 
