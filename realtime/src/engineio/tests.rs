@@ -766,6 +766,100 @@ async fn websocket_session_carries_text_and_binary() {
     assert_eq!(error_code(&h.post(&sid, "4x").await), 3);
 }
 
+/// The server's end of a WebSocket, recording the size of each write the transport makes.
+struct CountingIo {
+    inner: DuplexStream,
+    writes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl tokio::io::AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            self.writes.lock().unwrap().push(*n);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_messages_go_out_in_one_write_and_no_write_exceeds_a_tls_record() {
+    let mut h = Harness::default();
+    let Response::Upgrade { on_upgrade, .. } =
+        h.call(ws_request("EIO=4&transport=websocket")).await
+    else {
+        panic!("expected an upgrade");
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let io = CountingIo {
+        inner: server,
+        writes: Arc::clone(&writes),
+    };
+    tokio::spawn(on_upgrade(Box::new(io)));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    assert!(next_text(&mut ws).await.starts_with("0{"));
+    let conn = h.conns.recv().await.expect("connection handed over");
+    settle().await;
+    writes.lock().unwrap().clear();
+
+    // A burst queued while the session's task waits: one write.
+    for i in 0..20 {
+        conn.sender.try_send(Frame::Text(format!("m{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(next_text(&mut ws).await, format!("4m{i}"));
+    }
+    // Frames of 2 header bytes and "4m0".."4m19".
+    let burst = 10 * (2 + 3) + 10 * (2 + 4);
+    assert_eq!(*writes.lock().unwrap(), [burst], "one write for the burst");
+    writes.lock().unwrap().clear();
+
+    // A burst larger than a TLS record's 16 KiB of plaintext: written in pieces of at most a
+    // record and a frame, not in one buffer as large as the burst (which tungstenite keeps).
+    let big = "x".repeat(1000);
+    for _ in 0..64 {
+        conn.sender.try_send(Frame::Text(big.clone())).unwrap();
+    }
+    for _ in 0..64 {
+        assert_eq!(next_text(&mut ws).await.len(), 1001);
+    }
+    let sizes = writes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().all(|n| *n <= 16 * 1024 + 1010),
+        "writes of {sizes:?}"
+    );
+    assert!(sizes.len() <= 5, "writes of {sizes:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn websocket_message_over_max_payload_is_1009() {
     let mut h = Harness::new(EngineConfig {

@@ -25,6 +25,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Messages written between two flushes: batches a burst into few socket writes while
 /// keeping the time before the first one reaches the client short.
 const WRITE_BATCH: usize = 64;
+/// How many bytes of frames tungstenite gathers before it writes them to the connection: the
+/// plaintext of one TLS record, so a burst goes out in writes that each make one record (the
+/// last one at the flush). tungstenite's default (128 KiB) wrote a whole burst at once, and
+/// its buffer keeps the capacity of the largest burst for the connection's life.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub(super) use super::session::Ws;
 
@@ -33,6 +38,7 @@ pub(super) use super::session::Ws;
 pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
     let config = WebSocketConfig::default()
         .read_buffer_size(crate::seam::WS_READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload));
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
