@@ -283,7 +283,7 @@ impl Session {
         }
     }
 
-    /// Closes the session if its pong is overdue, and says whether it did. The heartbeat task
+    /// Closes the session if its pong is overdue, and says whether it did. The heartbeat
     /// does this too, but a timer may fire a little late: a request must never find alive a
     /// session that is past its deadline.
     pub(super) fn expire_if_due(&self) -> bool {

@@ -56,7 +56,7 @@ pub(super) enum Phase {
 }
 
 /// The socket's single outgoing path and its delivery bookkeeping, under one
-/// lock: whoever holds it (the hub reader, an emit, a join with replay)
+/// lock: whoever holds it (the connection's delivery, an emit, a join with replay)
 /// writes complete packets in an order the tracker agrees with.
 pub(super) struct Outbox {
     pub(super) phase: Phase,
@@ -210,8 +210,8 @@ pub(super) struct NsInner {
 
 /// Broadcasts encoded recently, so a message fanned out to thousands of
 /// sockets is serialized once, not once per socket (node encodes a
-/// broadcast once too). A few slots, because each socket's reader works
-/// through its queue on its own: readers of two interleaved broadcasts
+/// broadcast once too). A few slots, because each connection works
+/// through its sockets' queues on its own: connections at two interleaved broadcasts
 /// would evict a single slot at every message.
 const ENCODE_CACHE_SLOTS: usize = 8;
 
