@@ -200,15 +200,36 @@ pub fn pair(
 /// What the layer above runs for one connection: typically a loop over `incoming`.
 pub type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
+/// What the layer above runs for one connection, in at most two futures that the session's
+/// task polls apart, each only when something woke it.
+pub struct ConnWork {
+    /// Serves what the client sends: typically a loop over [`Conn::incoming`].
+    pub incoming: ConnFuture,
+    /// Sends what comes from elsewhere (a hub's messages), apart from `incoming` so that a
+    /// delivery's wake-up does not poll the client's side (its queue, its close watch): a
+    /// delivery is the common wake-up of an idle client.
+    pub outgoing: Option<ConnFuture>,
+}
+
+impl ConnWork {
+    /// Work that is all in one future.
+    pub fn one(incoming: ConnFuture) -> ConnWork {
+        ConnWork {
+            incoming,
+            outgoing: None,
+        }
+    }
+}
+
 /// The layer above an Engine.IO server: told of each new connection, it owns it from then on.
 ///
-/// It answers with the future that serves the connection rather than spawning it: the
-/// session's own task polls it beside the heartbeat and, on a WebSocket, the socket's reads
+/// It answers with the futures that serve the connection rather than spawning them: the
+/// session's own task polls them beside the heartbeat and, on a WebSocket, the socket's reads
 /// and writes, so a connection is one task, and a message the layer above queues is written
-/// by the task that queued it, in the same wake-up. The future should end once the connection
-/// is closed ([`ConnSender::closed`], or `incoming` ending); the session's task ends with it.
+/// by the task that queued it, in the same wake-up. The futures should end once the connection
+/// is closed ([`ConnSender::closed`], or `incoming` ending); the session's task ends with them.
 pub trait ConnHandler: Send + Sync + 'static {
-    fn on_connection(&self, conn: Conn) -> ConnFuture;
+    fn on_connection(&self, conn: Conn) -> ConnWork;
 }
 
 #[cfg(test)]

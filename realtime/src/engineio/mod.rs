@@ -35,6 +35,7 @@ pub use config::{
     DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
 };
 pub use conn::{
-    CloseReason, Conn, ConnFuture, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError,
+    CloseReason, Conn, ConnFuture, ConnHandler, ConnSender, ConnWork, Frame, HandshakeInfo,
+    SendError,
 };
 pub use server::EngineServer;

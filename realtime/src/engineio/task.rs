@@ -10,14 +10,14 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 
-use super::conn::ConnFuture;
+use super::conn::ConnWork;
 use super::session::{Session, Ws};
 use super::websocket;
 
 /// Everything a session runs, in one task: see the module's doc.
 pub(super) struct SessionTask {
     session: Arc<Session>,
-    handler: ConnFuture,
+    handler: ConnWork,
     /// A polling session's: the WebSocket it may upgrade to.
     upgrade: Option<oneshot::Receiver<Ws>>,
 }
@@ -25,7 +25,7 @@ pub(super) struct SessionTask {
 impl SessionTask {
     /// The session's task for `handler` (the layer above's future). A polling session that
     /// may upgrade gets its hand-over point now, before its handshake is answered.
-    pub(super) fn new(session: Arc<Session>, handler: ConnFuture) -> SessionTask {
+    pub(super) fn new(session: Arc<Session>, handler: ConnWork) -> SessionTask {
         let upgrade = session.upgrade_point();
         SessionTask {
             session,
@@ -37,9 +37,10 @@ impl SessionTask {
     /// Runs the session until it is closed and the layer above's future has ended: `ws` for a
     /// session opened on a WebSocket, else the WebSocket an upgrade hands over, if any.
     ///
-    /// The three parts are polled in a fixed order, each when it was woken ([`Parts`]): the
-    /// layer above first (what the hub queued for it goes into the outgoing queue), then the
-    /// WebSocket (which writes all of it with one flush), then the heartbeat. A part that ends
+    /// The four parts are polled in a fixed order, each when it was woken ([`Parts`]): the
+    /// layer above's two first (what the hub queued goes into the outgoing queue; the client's
+    /// messages), then the WebSocket (which writes all of it with one flush), then the
+    /// heartbeat. A part that ends
     /// is dropped at once (the WebSocket's connection closes then, not when the others end).
     pub(super) async fn run(self, ws: Option<Ws>) {
         let SessionTask {
@@ -58,14 +59,17 @@ impl SessionTask {
             };
             websocket::run(&session, ws).await;
         };
-        let mut handler = pin!(Some(handler));
+        let ConnWork { incoming, outgoing } = handler;
+        let mut outgoing = pin!(outgoing);
+        let mut incoming = pin!(Some(incoming));
         let mut transport = pin!(Some(transport));
         let mut heartbeat = pin!(Some(session.drive()));
-        let mut parts = Parts::<3>::new();
+        let mut parts = Parts::<4>::new();
         std::future::poll_fn(|cx| {
             parts.poll(cx, |part, cx| match part {
-                0 => poll_slot(handler.as_mut(), cx),
-                1 => poll_slot(transport.as_mut(), cx),
+                0 => poll_slot(outgoing.as_mut(), cx),
+                1 => poll_slot(incoming.as_mut(), cx),
+                2 => poll_slot(transport.as_mut(), cx),
                 _ => poll_slot(heartbeat.as_mut(), cx),
             })
         })

@@ -29,9 +29,9 @@ const SHORT: Duration = Duration::from_millis(10);
 struct Collect(mpsc::UnboundedSender<Conn>);
 
 impl ConnHandler for Collect {
-    fn on_connection(&self, conn: Conn) -> ConnFuture {
+    fn on_connection(&self, conn: Conn) -> ConnWork {
         let _ = self.0.send(conn);
-        Box::pin(std::future::ready(()))
+        ConnWork::one(Box::pin(std::future::ready(())))
     }
 }
 

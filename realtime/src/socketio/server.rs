@@ -1,13 +1,15 @@
-//! The Socket.IO server: one future per Engine.IO connection (polled by the
+//! The Socket.IO server: per Engine.IO connection, a future (polled by the
 //! Engine.IO session's task) that decodes packets, multiplexes namespaces and
-//! enforces the protocol's state rules, and delivers what the hub queued for
-//! the connection's sockets.
+//! enforces the protocol's state rules, and one that delivers what the hub
+//! queued for the connection's sockets.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc::Receiver;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -22,7 +24,7 @@ use super::rooms::{normalize_nsp, room_of};
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::engineio::{CloseReason, Conn, ConnFuture, ConnHandler, Frame};
+use crate::engineio::{CloseReason, Conn, ConnHandler, ConnWork, Frame};
 use crate::hub::{Hub, Payload};
 use crate::sync::{read, write};
 
@@ -213,20 +215,45 @@ impl IoInner {
 }
 
 impl ConnHandler for SocketIo {
-    fn on_connection(&self, conn: Conn) -> ConnFuture {
-        Box::pin(run_connection(Arc::clone(&self.inner), conn))
+    fn on_connection(&self, conn: Conn) -> ConnWork {
+        let shared = Arc::new(ConnShared::new(
+            conn.sender.clone(),
+            Arc::clone(&conn.info),
+            Arc::clone(&self.inner.stats),
+        ));
+        ConnWork {
+            incoming: Box::pin(run_connection(
+                Arc::clone(&self.inner),
+                conn.incoming,
+                Arc::clone(&shared),
+            )),
+            outgoing: Some(Box::pin(deliver(shared))),
+        }
     }
 }
 
-/// Serves one connection until it closes, then ends its sockets.
-async fn run_connection(io: Arc<IoInner>, conn: Conn) {
-    let Conn {
-        info,
-        mut incoming,
-        sender,
-        ..
-    } = conn;
-    let shared = Arc::new(ConnShared::new(sender, info, Arc::clone(&io.stats)));
+/// Delivers what the hub queues for the connection's sockets, until the connection closes: one
+/// wake-up for all of them, whichever namespaces a fan-out reaches.
+async fn deliver(shared: Arc<ConnShared>) {
+    let closed = shared.sender.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.wake.notified() => {
+                if !shared.deliver_queued() {
+                    // More than the budget: the rest after the connection's other work.
+                    shared.wake.notify_one();
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = &mut closed => return,
+        }
+    }
+}
+
+/// Serves one connection's packets until it closes, then ends its sockets.
+async fn run_connection(io: Arc<IoInner>, mut incoming: Receiver<Frame>, shared: Arc<ConnShared>) {
     io.stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut decoder = SioDecoder::new(io.options.max_attachments);
     let connect_timeout = tokio::time::sleep(io.options.connect_timeout);
@@ -237,7 +264,6 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
         tokio::select! {
             biased;
             reason = shared.sender.closed() => break reason,
-            () = shared.wake.notified() => shared.deliver_queued(),
             _ = &mut connect_timeout, if !joined_once => {
                 io.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
                 shared.sender.close(CloseReason::ServerClose);
@@ -252,9 +278,7 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
                     Frame::Binary(bytes) => decoder.decode_binary(bytes),
                 };
                 let result = match decoded {
-                    Ok(Some(msg)) => {
-                        delivering(&shared, dispatch(&io, &shared, msg, &mut joined_once)).await
-                    }
+                    Ok(Some(msg)) => dispatch(&io, &shared, msg, &mut joined_once).await,
                     Ok(None) => Ok(()),
                     Err(e) => Err(e.into()),
                 };
@@ -270,19 +294,6 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
         socket.close(DisconnectReason::Connection(reason.clone()), false);
     }
     io.stats.connections.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Runs `work` (a packet's dispatch, which may wait: the app's word on a CONNECT, a connect
-/// handler) while the hub's messages for the connection's other sockets keep going out.
-async fn delivering<F: Future>(shared: &ConnShared, work: F) -> F::Output {
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            () = shared.wake.notified() => shared.deliver_queued(),
-        }
-    }
 }
 
 async fn dispatch(

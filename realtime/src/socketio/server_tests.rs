@@ -50,7 +50,16 @@ impl Client {
 
     fn open_with(io: &SocketIo, out_capacity: usize) -> Client {
         let (conn, t) = pair(Arc::from("engine-sid"), info(), out_capacity, 64);
-        tokio::spawn(io.on_connection(conn));
+        let work = io.on_connection(conn);
+        // One task, as the session's runs them.
+        tokio::spawn(async move {
+            let outgoing = async {
+                if let Some(outgoing) = work.outgoing {
+                    outgoing.await;
+                }
+            };
+            futures_util::future::join(work.incoming, outgoing).await;
+        });
         Client { t }
     }
 
@@ -303,6 +312,27 @@ async fn a_connection_in_two_namespaces_is_served_by_one_task_that_delivers_both
             r#"42/chat,["c",2]"#
         ]
     );
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_delivery_budget_all_goes_out_in_order() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let mut c = Client::open_with(&io, 4096);
+    c.connect("40").await;
+    let socket = next_socket(&mut main).await;
+    let n = 3 * super::state::DELIVERY_BUDGET + 7;
+    for i in 0..n {
+        io.hub()
+            .publish(&room_topic("/", socket.id()), "m", json!(i), None)
+            .unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(c.text().await, format!(r#"42["m",{i}]"#));
+    }
+    // and the connection still answers its client afterwards
+    c.send(r#"42["nothing",1]"#).await;
+    c.quiet().await;
 }
 
 /// A request to an Engine.IO server, as the gateway hands it over.

@@ -477,17 +477,24 @@ impl ConnShared {
     }
 
     /// Delivers what the hub queued for the connection's sockets, up to [`DELIVERY_BUDGET`]
-    /// messages a socket; the connection's task wakes itself again when more is left, so a
-    /// firehose on one namespace does not starve the client's own packets.
-    pub(super) fn deliver_queued(&self) {
-        let sockets: Vec<Socket> = lock(&self.sockets).values().cloned().collect();
-        let mut more = false;
+    /// messages a socket; false when more is left (the caller comes back for it after the
+    /// client's packets, so a firehose on one namespace does not starve them).
+    pub(super) fn deliver_queued(&self) -> bool {
+        let sockets = lock(&self.sockets);
+        // One namespace is the common case: no list to make.
+        if sockets.len() == 1 {
+            let Some(socket) = sockets.values().next().cloned() else {
+                return true;
+            };
+            drop(sockets);
+            return socket.inner.deliver_queued(DELIVERY_BUDGET);
+        }
+        let sockets: Vec<Socket> = sockets.values().cloned().collect();
+        let mut all = true;
         for socket in sockets {
-            more |= !socket.inner.deliver_queued(DELIVERY_BUDGET);
+            all &= socket.inner.deliver_queued(DELIVERY_BUDGET);
         }
-        if more {
-            self.wake.notify_one();
-        }
+        all
     }
 
     /// Drops `socket` from the connection's namespaces (if it is still the
