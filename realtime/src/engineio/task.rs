@@ -37,9 +37,10 @@ impl SessionTask {
     /// Runs the session until it is closed and the layer above's future has ended: `ws` for a
     /// session opened on a WebSocket, else the WebSocket an upgrade hands over, if any.
     ///
-    /// The four parts are polled in a fixed order, each when it was woken ([`Parts`]): the
-    /// layer above's two first (what the hub queued goes into the outgoing queue; the client's
-    /// messages), then the WebSocket (which writes all of it with one flush), then the
+    /// The four parts are polled in a fixed order: the layer above's outgoing future first, at
+    /// every wake-up and with the task's own waker (a hub delivery is the common wake-up: it
+    /// wakes the task directly), then, each only when it was woken ([`Parts`]), the client's
+    /// messages, the WebSocket (which writes what the first queued with one flush), the
     /// heartbeat. A part that ends
     /// is dropped at once (the WebSocket's connection closes then, not when the others end).
     pub(super) async fn run(self, ws: Option<Ws>) {
@@ -64,14 +65,17 @@ impl SessionTask {
         let mut incoming = pin!(Some(incoming));
         let mut transport = pin!(Some(transport));
         let mut heartbeat = pin!(Some(session.drive()));
-        let mut parts = Parts::<4>::new();
+        let mut parts = Parts::<3>::new();
         std::future::poll_fn(|cx| {
-            parts.poll(cx, |part, cx| match part {
-                0 => poll_slot(outgoing.as_mut(), cx),
-                1 => poll_slot(incoming.as_mut(), cx),
-                2 => poll_slot(transport.as_mut(), cx),
-                _ => poll_slot(heartbeat.as_mut(), cx),
-            })
+            parts.poll(
+                cx,
+                |cx| poll_slot(outgoing.as_mut(), cx),
+                |part, cx| match part {
+                    0 => poll_slot(incoming.as_mut(), cx),
+                    1 => poll_slot(transport.as_mut(), cx),
+                    _ => poll_slot(heartbeat.as_mut(), cx),
+                },
+            )
         })
         .await;
     }
@@ -106,6 +110,7 @@ pub(super) struct Parts<const N: usize> {
     shared: Arc<Shared>,
     wakers: [Waker; N],
     done: u8,
+    lead_done: bool,
 }
 
 struct Shared {
@@ -157,20 +162,26 @@ impl<const N: usize> Parts<N> {
             shared,
             wakers,
             done: 0,
+            lead_done: false,
         }
     }
 
-    /// Polls, in order, each part (`poll_part(index, cx)`) woken since it was last polled
-    /// (every part at the first call), again while parts are woken meanwhile; ready once
-    /// every part has been ready once (a part that was is not polled again).
+    /// Polls `lead` with the task's own waker (once a poll, until it is ready), then, in order,
+    /// each part (`poll_part(index, cx)`) woken since it was last polled (every part at the
+    /// first call), again while parts are woken meanwhile; ready once `lead` and every part
+    /// have been ready once (one that was is not polled again).
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
+        mut lead: impl FnMut(&mut Context<'_>) -> Poll<()>,
         mut poll_part: impl FnMut(usize, &mut Context<'_>) -> Poll<()>,
     ) -> Poll<()> {
         self.shared.task.register(cx.waker());
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
             self.shared.polling.store(true, SeqCst);
+            if round == 0 && !self.lead_done && lead(cx).is_ready() {
+                self.lead_done = true;
+            }
             for (i, waker) in self.wakers.iter().enumerate() {
                 let bit = 1u8 << i;
                 let due = self.shared.due.fetch_and(!bit, SeqCst) & bit != 0;
@@ -182,7 +193,7 @@ impl<const N: usize> Parts<N> {
                 }
             }
             self.shared.polling.store(false, SeqCst);
-            if self.done == Self::ALL {
+            if self.done == Self::ALL && self.lead_done {
                 return Poll::Ready(());
             }
             if self.shared.due.load(SeqCst) & !self.done == 0 {
@@ -239,7 +250,10 @@ mod tests {
                 }
             }
         };
-        assert_eq!(parts.poll(&mut cx, &mut step), Poll::Ready(()));
+        assert_eq!(
+            parts.poll(&mut cx, |_| Poll::Ready(()), &mut step),
+            Poll::Ready(())
+        );
         assert_eq!(got, [7]);
         assert_eq!(
             polls,
@@ -263,14 +277,49 @@ mod tests {
             part_wakers.borrow_mut()[part] = Some(cx.waker().clone());
             Poll::Pending
         };
-        assert_eq!(parts.poll(&mut cx, step), Poll::Pending);
+        assert_eq!(
+            parts.poll(&mut cx, |_| Poll::Ready(()), step),
+            Poll::Pending
+        );
         assert_eq!(*polls.borrow(), [1, 1, 1]);
         let wake_1 = part_wakers.borrow()[1].clone().expect("registered");
         wake_1.wake_by_ref();
         wake_1.wake_by_ref();
         assert_eq!(count.0.load(SeqCst), 1);
-        assert_eq!(parts.poll(&mut cx, step), Poll::Pending);
+        assert_eq!(
+            parts.poll(&mut cx, |_| Poll::Ready(()), step),
+            Poll::Pending
+        );
         assert_eq!(*polls.borrow(), [1, 2, 1]);
+    }
+
+    #[test]
+    fn what_the_lead_queues_is_written_by_the_part_it_wakes_in_the_same_poll() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
+        let got = std::cell::RefCell::new(Vec::new());
+        let mut parts = Parts::<1>::new();
+        let mut part = |_: usize, cx: &mut Context<'_>| {
+            while let Poll::Ready(Some(v)) = rx.poll_recv(cx) {
+                got.borrow_mut().push(v);
+            }
+            Poll::Pending
+        };
+        let mut sends = 0;
+        let mut lead = |_: &mut Context<'_>| {
+            // The first poll only registers the part; the second is a delivery.
+            if sends == 1 {
+                tx.send(7).expect("receiver alive");
+            }
+            sends += 1;
+            Poll::Pending
+        };
+        assert_eq!(parts.poll(&mut cx, &mut lead, &mut part), Poll::Pending);
+        assert_eq!(parts.poll(&mut cx, &mut lead, &mut part), Poll::Pending);
+        assert_eq!(*got.borrow(), [7]);
+        assert_eq!(count.0.load(SeqCst), 0, "the task was not woken again");
     }
 
     #[test]
@@ -285,7 +334,10 @@ mod tests {
             cx.waker().wake_by_ref();
             Poll::Pending
         };
-        assert_eq!(parts.poll(&mut cx, &mut step), Poll::Pending);
+        assert_eq!(
+            parts.poll(&mut cx, |_| Poll::Ready(()), &mut step),
+            Poll::Pending
+        );
         assert_eq!(polls, ROUNDS);
         assert_eq!(count.0.load(SeqCst), 1);
     }
