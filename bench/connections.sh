@@ -27,7 +27,9 @@
 # process), STEP_SECS (300: hard limit for opening one step), PUBLISH_WAIT (60 s for every
 # connection to receive the publish), GW_THREADS (2), QUIET_PCT / QUIET_MAX_S (wait for other
 # processes < 25% of a core, at most 60 s, before each kind), PEER_MAX_S (wait for the other
-# bench/*.sh scripts to finish, at most 600 s in all), OUT_DIR (bench/results), CARGO_TARGET_DIR.
+# bench/*.sh scripts to finish, at most 600 s in all), GATEWAY (the gateway binary measured; default
+# the one built here: an earlier build's, to read a change as before and after), OUT_DIR
+# (bench/results), PORT_OFFSET (0: every port moved by it), CARGO_TARGET_DIR.
 # Writes OUT_DIR/connections-<stamp>.{jsonl,md,svg}.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -43,7 +45,8 @@ STEP_SECS=${STEP_SECS:-300}
 PUBLISH_WAIT=${PUBLISH_WAIT:-60}
 GW_THREADS=${GW_THREADS:-2}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
-P_GW=19501 P_ADM=19511
+o=${PORT_OFFSET:-0}
+P_GW=$((19501 + o)) P_ADM=$((19511 + o))
 RUN_START=$SECONDS
 
 for k in $KINDS; do
@@ -80,6 +83,7 @@ log "fd limit $LIMIT (hard $HARD): up to $MAX connections per kind in steps $STE
 
 ensure_pkgs openssl:openssl
 build_bins -p gateway -p backend-stub -p bench # the set the other scripts build: no rebuild from feature unification
+GATEWAY=${GATEWAY:-$BIN/gateway}
 for p in $P_GW $P_ADM; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
@@ -134,7 +138,7 @@ routes:
 threads: $GW_THREADS
 grace_period_s: 1
 YAML
-"$BIN/gateway" check --config "$T/gw.yaml" >/dev/null || die "gateway check failed for $T/gw.yaml"
+"$GATEWAY" check --config "$T/gw.yaml" >/dev/null || die "gateway check failed for $T/gw.yaml"
 
 PEER_MAX_S=${PEER_MAX_S:-600}
 FACTS=$(machine_facts)
@@ -145,7 +149,7 @@ run_kind() { # kind
     local kind=$1 w sync=$T/sync-$1 quiet others out rc
     mkdir -p "$sync"
     wait_peers 'bench/(http|ws_passthrough|socketio|php|pubsub)\.sh'
-    RUST_LOG=warn start gw "$T/gw-$kind.log" "$BIN/gateway" run --config "$T/gw.yaml"
+    RUST_LOG=warn start gw "$T/gw-$kind.log" "$GATEWAY" run --config "$T/gw.yaml"
     wait_port $P_GW
     wait_port $P_ADM
     quiet=$(wait_quiet "$PID_gw")
@@ -192,7 +196,7 @@ BODY=$("$BIN/rt-load" conns-report --raw "$RAW" --svg "$SVG") || die "rt-load co
     echo "$FACTS"
     echo "- command: \`bash bench/connections.sh\` (KINDS=\"$KINDS\" STEPS=$STEPS MAX=$MAX MARGIN=$MARGIN PER_CLIENT=$PER_CLIENT HOLD=$HOLD SOURCES=$SOURCES CONC=$CONC GW_THREADS=$GW_THREADS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
     echo "- limits: \`ulimit -Hn\` $HARD (soft raised to $LIMIT), so one server process holds at most $SERVER_CAP connections (MARGIN $MARGIN descriptors kept); $WORKERS \`rt-load conns\` client processes of at most $PER connections each; $SOURCES loopback source addresses; fs.file-max $FILE_MAX"
-    echo "- server: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes') \`threads: $GW_THREADS\`, HTTPS (TLS 1.3, ECDSA P-256), a fresh process per kind; client: \`rt-load conns\` (bench/src/conns.rs: tokio + rustls, certificate not verified)"
+    echo "- server: $([[ $GATEWAY == "$BIN/gateway" ]] && echo "gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')" || echo "$GATEWAY") \`threads: $GW_THREADS\`, HTTPS (TLS 1.3, ECDSA P-256), a fresh process per kind; client: \`rt-load conns\` (bench/src/conns.rs: tokio + rustls, certificate not verified)"
     echo "- memory: Rss and Pss of the gateway from /proc/PID/smaps_rollup after each step's ${HOLD} s hold; KiB/conn = (RSS - RSS of the empty server) / connections; CPU: utime+stime of the gateway from /proc, per connect while a step opens, then per connection per minute over the hold; connects/s = the step's new connections / (the step's start -> every client process's share open and the gateway counting them in \`gateway_open_connections\`)"
     echo "- other processes before each kind: $(sed -n 's/.*"mode":"conns","kind":"\([^"]*\)".*"quiet_pct":\([0-9]*\),"others":"\([^"]*\)".*/\1: \2% of a core [\3]/p' "$RAW" | paste -sd';' - | sed 's/;/; /g')"
     echo

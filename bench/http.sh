@@ -33,6 +33,7 @@ P_HAPROXY=$((18446 + o)) P_NGINX2=$((18447 + o)) P_PINGORA=$((18448 + o))
 
 ensure_pkgs nginx:nginx stunnel4:stunnel4 haproxy:haproxy wrk:wrk curl:curl openssl:openssl
 build_bins -p gateway -p backend-stub -p bench
+build_stock_pingora
 for p in $P_APP $P_NGINX $P_STUNNEL $P_HAPROXY $P_NGINX2 $P_PINGORA $((P_GW)) $((P_GW + 10)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
@@ -77,7 +78,7 @@ if [[ -n ${BASE_GATEWAY:-} ]]; then
     eval "PROXY_PIDS[base-t$n]=\$PID_base_t$n"
 fi
 
-# Stock pingora: the smallest ProxyHttp (bench/src/stock_pingora.rs), threads as the first gw-tN.
+# Stock pingora: the smallest ProxyHttp (bench/stock-pingora), threads as the first gw-tN.
 n=${GW_THREADS%% *}
 start pingora "$T/pingora.log" "$BIN/stock-pingora" --listen 127.0.0.1:$P_PINGORA --upstream 127.0.0.1:$P_APP \
     --cert "$T/cert.pem" --key "$T/key.pem" --threads "$n"
@@ -234,7 +235,7 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
     echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
     echo "- versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(stunnel -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2), gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')"
     [[ -n ${BASE_GATEWAY:-} ]] && echo "- base-tN = BASE_GATEWAY ($BASE_GATEWAY, $("$BASE_GATEWAY" --version 2>/dev/null || echo 'version unknown')), same config as gw-tN"
-    echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; pingora = stock pingora 0.9.1, the smallest ProxyHttp (bench/src/stock_pingora.rs; rustls, jemalloc, threads ${GW_THREADS%% *}) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
+    echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; pingora = stock pingora 0.9.1, the smallest ProxyHttp (bench/stock-pingora, registry crates unpatched; rustls, jemalloc, threads ${GW_THREADS%% *}) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
     echo "- proxy CPU = utime+stime of the proxy processes (gateway | nginx master+workers | stunnel+HAProxy+nginx), per request; app CPU = backend-stub's, per request"
     echo
     echo "| target | req/s median | req/s all | p50 ms | p99 ms | proxy CPU us/req | app CPU us/req | errors |"

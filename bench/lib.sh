@@ -42,6 +42,13 @@ build_bins() { # -p crate ...
     die "release build failed"
 }
 
+# The stock pingora control (bench/stock-pingora, binary $BIN/stock-pingora): a Cargo project of
+# its own, built against the registry's pingora crates as published (the workspace patches some
+# of them: vendor/*.patch.md).
+build_stock_pingora() {
+    build_bins --manifest-path "$REPO/bench/stock-pingora/Cargo.toml"
+}
+
 # One self-signed ECDSA P-256 certificate for every TLS terminator (localhost, 127.0.0.1).
 make_cert() { # dir
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -266,8 +273,10 @@ NGINX
 }
 
 # The bench gateway: one https listener, one pool with the one app server, one route `/`.
-gateway_conf() { # dir name https(addr:port) app(addr:port) threads [with_cable_route]
-    local cable=""
+gateway_conf() { # dir name https(addr:port) app(addr:port) threads[n] [with_cable_route]
+    # threads "2n": 2 threads, each with a runtime of its own (`work_stealing: false`).
+    local cable="" threads=${5%n} stealing=true
+    [[ $5 == *n ]] && stealing=false
     [[ ${6:-} == cable ]] && cable="
   - path: /cable
     upstream: app
@@ -285,9 +294,10 @@ upstreams:
 routes:$cable
   - path: /
     upstream: app
-threads: $5
+threads: $threads
 grace_period_s: 1
 YAML
+    [[ $stealing == true ]] || echo "work_stealing: false" >>"$1/$2.yaml"
     "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
 }
 

@@ -110,7 +110,8 @@ impl Admin {
     /// The publish API, a realtime service on this listener.
     async fn publish(&self, session: &mut Session) -> Result<()> {
         let served =
-            crate::seam::serve(session, self.publish.clone(), None, &self.body, None).await?;
+            crate::seam::serve(session, self.publish.clone(), None, &self.body, None, false)
+                .await?;
         if let crate::seam::Served::Left(handover) = served {
             // The publish API answers no upgrade; should it ever, it runs like any other.
             let limits = &self.current.load().limits;

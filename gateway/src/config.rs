@@ -27,6 +27,11 @@ pub mod defaults {
     /// pingora's graceful shutdown sleeps this long before stopping; 300 s is pingora's default
     /// and far too long for a front door restarted by a deploy script.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
+    /// pingora's default: one multi-threaded tokio runtime for the HTTPS service, whose idle
+    /// workers steal queued tasks from busy ones. `false` gives each thread a runtime of its
+    /// own (nginx's worker-per-core shape): a connection stays on the thread it was spawned on,
+    /// and nothing is stolen. BENCHMARKS.md ("Runtime shape") has both measured.
+    pub const WORK_STEALING: bool = true;
     /// A year (31,536,000 s): the minimum the HSTS preload list accepts, and what Mozilla's
     /// server-side TLS guidelines recommend; HSTS is off unless `tls.hsts` is set.
     pub const HSTS_MAX_AGE: u64 = 31_536_000;
@@ -299,6 +304,9 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// Worker threads of the HTTPS service (pingora `threads`). Absent: one per core.
     pub threads: Option<usize>,
+    /// Whether the HTTPS service's threads share one work-stealing runtime (pingora
+    /// `work_stealing`). Absent: [`defaults::WORK_STEALING`].
+    pub work_stealing: Option<bool>,
     /// Seconds to let in-flight requests finish on SIGTERM.
     pub grace_period_s: Option<u64>,
     /// Where the running gateway writes its process id, for `gateway reload` (nginx `pid`).

@@ -430,7 +430,7 @@ impl ProxyHttp for Internal {
         };
         let client = forwarded_client(session.req_header());
         session.req_header_mut().remove_header(SECRET_HEADER);
-        let served = crate::seam::serve(session, service, client, &self.body, None).await?;
+        let served = crate::seam::serve(session, service, client, &self.body, None, false).await?;
         if let crate::seam::Served::Left(handover) = served {
             // A forwarded WebSocket leaves pingora as a public one does; this listener keeps
             // no log or gauges of its own (the node that took the client does).

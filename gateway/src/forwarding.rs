@@ -10,7 +10,8 @@
 
 use std::net::IpAddr;
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::HeaderName;
+use pingora::http::{CaseHeaderName, RequestHeader, ResponseHeader};
 
 use crate::settings::Cidr;
 
@@ -347,6 +348,41 @@ fn forwarded_node(ip: IpAddr) -> String {
     }
 }
 
+/// A header the gateway writes on requests to the app: parsed once, spelled as nginx setups
+/// spell it (`proxy_set_header X-Forwarded-For ...`), and added without allocating for its
+/// name (see vendor/pingora-http.patch.md).
+pub struct Added {
+    name: HeaderName,
+    case: CaseHeaderName,
+}
+
+impl Added {
+    /// `lower` and `case` are the same name; `lower` in lower case, as [`HeaderName`] keeps it.
+    const fn new(lower: &'static str, case: &'static str) -> Added {
+        Added {
+            name: HeaderName::from_static(lower),
+            case: CaseHeaderName::from_static(case),
+        }
+    }
+
+    /// Sets the header on `req`, replacing whatever was under its name.
+    pub fn set(&self, req: &mut RequestHeader, value: http::HeaderValue) {
+        let _ = req.insert_header_with_case(self.name.clone(), self.case.clone(), value);
+    }
+}
+
+pub const X_FORWARDED_FOR: Added = Added::new("x-forwarded-for", "X-Forwarded-For");
+pub const X_REAL_IP: Added = Added::new("x-real-ip", "X-Real-IP");
+pub const X_FORWARDED_PROTO: Added = Added::new("x-forwarded-proto", "X-Forwarded-Proto");
+pub const X_FORWARDED_PORT: Added = Added::new("x-forwarded-port", "X-Forwarded-Port");
+pub const X_FORWARDED_HOST: Added = Added::new("x-forwarded-host", "X-Forwarded-Host");
+pub const X_REQUEST_ID: Added = Added::new("x-request-id", "X-Request-Id");
+
+/// The headers a request to the app gets on its way: `Connection` for a tunnel, the five of
+/// [`request`] and the request id. Reserved at once, so the upstream copy of the client's head
+/// (which has room for exactly the client's headers) grows once, not once per header.
+pub const ADDED_AT_MOST: usize = 7;
+
 /// Rewrite a request for the app. With `keep_upgrade` (a WebSocket handshake, see
 /// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade` survive for the tunnel.
 pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool) {
@@ -402,9 +438,9 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
         (Some(peer.clone()), peer)
     };
     if let Some(xff) = xff {
-        let _ = req.insert_header("x-forwarded-for", xff);
+        X_FORWARDED_FOR.set(req, xff);
     }
-    let _ = req.insert_header("x-real-ip", real_ip);
+    X_REAL_IP.set(req, real_ip);
     // A trusted proxy's `Forwarded` gets this hop too, so it agrees with X-Forwarded-For.
     if let (true, Some(ip)) = (req.headers.contains_key("forwarded"), client.ip) {
         let _ = req.append_header("forwarded", format!("for={}", forwarded_node(ip)));
@@ -414,14 +450,14 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     let keep = |req: &RequestHeader, name: &str| trusted && req.headers.get(name).is_some();
     if !keep(req, "x-forwarded-proto") {
         let proto = if client.tls { "https" } else { "http" };
-        let _ = req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto));
+        X_FORWARDED_PROTO.set(req, http::HeaderValue::from_static(proto));
     }
     // The listener's port, next to the scheme (nginx setups send `$server_port`): Symfony,
     // Laravel and Rack build absolute URLs from it behind a trusted proxy.
     if !keep(req, "x-forwarded-port") {
         match client.port {
             Some(port) => {
-                let _ = req.insert_header("x-forwarded-port", http::HeaderValue::from(port));
+                X_FORWARDED_PORT.set(req, http::HeaderValue::from(port));
             }
             None => {
                 req.remove_header("x-forwarded-port");
@@ -436,7 +472,7 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
             .or_else(|| req.uri.authority().and_then(|a| a.as_str().parse().ok()))
         {
             Some(host) => {
-                let _ = req.insert_header("x-forwarded-host", host);
+                X_FORWARDED_HOST.set(req, host);
             }
             None => {
                 req.remove_header("x-forwarded-host");
@@ -675,6 +711,35 @@ mod tests {
         );
         assert_eq!(get(&r, "x-forwarded-port"), Some("8443"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[test]
+    fn the_added_headers_are_written_as_nginx_setups_spell_them_and_replace_the_clients() {
+        let mut r = req(&[
+            ("Host", "shop.example"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        r.reserve(ADDED_AT_MOST);
+        request(&mut r, &untrusted("203.0.113.9"), false);
+        X_REQUEST_ID.set(&mut r, http::HeaderValue::from_static("abc"));
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).expect("ascii");
+        let mut lines: Vec<&str> = wire.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "Host: shop.example",
+                "X-Forwarded-For: 203.0.113.9",
+                "X-Forwarded-Host: shop.example",
+                "X-Forwarded-Port: 8443",
+                "X-Forwarded-Proto: https",
+                "X-Real-IP: 203.0.113.9",
+                "X-Request-Id: abc",
+            ]
+        );
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub fn header_list_limit(max_header_bytes: usize) -> u32 {
 /// protocol and TLS version.
 pub struct H2Guard<A> {
     pub inner: Arc<A>,
+    /// Offered `inner`, for HTTP/1 connections that leave pingora for a while (a held
+    /// long-poll) and come back ([`crate::handoff::Reentry`]): they come back here, past the
+    /// handshake count, still inside their header deadline wrapper.
+    pub reentry: Arc<crate::handoff::Reentry>,
     pub limits: H2Limits,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -129,6 +133,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for H2Guard<A> {
             self.metrics.tls_handshake(&tls.version);
         }
         if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.reentry.offer(&self.inner, shutdown);
             let _open = self.metrics.open(crate::metrics::Open::Http1);
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }

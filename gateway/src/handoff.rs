@@ -165,6 +165,63 @@ pub fn take(downstream: &mut ServerSession) -> Option<Leaving> {
     }
 }
 
+/// Take the whole HTTP/1 session out of `downstream` (a held long-poll: its answer is still to
+/// come, and pingora's own writer will write it), leaving the same stand-in as [`take`].
+/// `None` (and `downstream` untouched) for an HTTP/2 stream, which cannot leave.
+pub fn take_session(downstream: &mut ServerSession) -> Option<ServerSession> {
+    downstream.as_http1()?;
+    let mut stand_in = ServerSession::new_http1(Box::new(StandIn));
+    stand_in.set_keepalive(None);
+    Some(std::mem::replace(downstream, stand_in))
+}
+
+/// Serves the rest of a kept-alive connection that left pingora for a while: a connection
+/// comes back through here, the way the listener gives pingora every new connection.
+type Reenter = Box<dyn Fn(Stream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Where a connection comes back to pingora once what held it outside is done (a held
+/// long-poll, answered): pingora's HTTP app, with the listener's shutdown signal, as the
+/// front door's own apps call it for each connection. Offered by [`crate::h2_guard::H2Guard`]
+/// on its first HTTP/1 connection ([`Reentry::offer`]); until then nothing is held outside.
+#[derive(Default)]
+pub struct Reentry(std::sync::OnceLock<Reenter>);
+
+impl Reentry {
+    /// Remember `app` (the listener's app) and `shutdown` for connections coming back. Only
+    /// the first offer counts: every connection of the listener offers the same.
+    pub fn offer<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+        &self,
+        app: &Arc<A>,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) {
+        if self.0.get().is_some() {
+            return;
+        }
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        let _ = self.0.set(Box::new(move |stream| {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            Box::pin(async move {
+                // What it hands back is a connection it is done with: dropping it closes it.
+                drop(app.process_new(stream, &shutdown).await);
+            })
+        }));
+    }
+
+    /// Whether a connection can come back (the listener has offered its app).
+    pub fn ready(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// Serve `stream` (a connection whose last answer is written and which may be kept alive)
+    /// from its next request on, as pingora serves any connection. Closed if nothing was
+    /// offered.
+    pub async fn serve(&self, stream: Stream) {
+        if let Some(reenter) = self.0.get() {
+            reenter(stream).await;
+        }
+    }
+}
+
 impl Leaving {
     /// The connection as the service will use it. `send_timeout`: how long a write may wait
     /// for the client to take bytes (nginx `send_timeout`); `on_end` runs when the service

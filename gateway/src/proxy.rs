@@ -71,6 +71,8 @@ pub struct Serving {
     pub access_log: Option<Arc<AccessLog>>,
     /// Per-client limits' state ([`crate::client_limits`]).
     pub client_limits: Arc<crate::client_limits::ClientLimits>,
+    /// Where a held long-poll's connection comes back to pingora once answered.
+    pub reentry: Arc<crate::handoff::Reentry>,
 }
 
 /// Per-request state: the configuration the request is served with, and the rest.
@@ -281,11 +283,62 @@ impl Serving {
         let client = forwarding::real_client(&self.client(ctx), &req.headers);
         let limits = self.body_limits();
         let hsts = self.finish(ctx.tls, None).hsts;
-        let served = seam::serve(session, service.clone(), client, &limits, hsts).await?;
-        if let seam::Served::Left(handover) = served {
-            self.hand_off(handover, ctx, route_gauge);
+        let may_hold = self.reentry.ready();
+        let served = seam::serve(session, service.clone(), client, &limits, hsts, may_hold).await?;
+        match served {
+            seam::Served::Answered => {}
+            seam::Served::Left(handover) => self.hand_off(handover, ctx, route_gauge),
+            seam::Served::Held(held) => self.hold(held, ctx, route_gauge),
         }
         Ok(true)
+    }
+
+    /// A held answer (a long-poll) waits outside pingora ([`seam::Held`]): in a task of its
+    /// own with the request's state, which is counted and logged once the answer is written,
+    /// as [`Serving::hand_off`] does. A connection that may be kept alive then goes back to
+    /// pingora for its next request.
+    fn hold(
+        self: &Arc<Self>,
+        held: Box<seam::Held>,
+        ctx: &mut Req,
+        route_gauge: Option<crate::metrics::OpenGuard>,
+    ) {
+        let mut req = std::mem::take(ctx);
+        ctx.handed_off = true;
+        let serving = self.clone();
+        tokio::spawn(async move {
+            // pingora's connection task, which counted the connection, ends now.
+            let gauges = (serving.metrics.open(Open::Http1), route_gauge);
+            let end = held.answer().await;
+            let seam::HeldEnd {
+                status,
+                sent,
+                line,
+                then,
+            } = end;
+            let (open, route_gauge) = gauges;
+            match then {
+                seam::AfterHeld::Left(handover) => {
+                    // Counted and logged when the stream ends, like any stream that left.
+                    drop(open);
+                    serving.hand_off(handover, &mut req, route_gauge);
+                }
+                seam::AfterHeld::Closed => {
+                    serving.ended(&mut req, status, sent, 0, None, || line);
+                }
+                seam::AfterHeld::KeptAlive(stream) => {
+                    serving.ended(&mut req, status, sent, 0, None, || line);
+                    drop((req, route_gauge));
+                    // Back in pingora for its next request, counted as open meanwhile (as
+                    // `H2Guard` counts every HTTP/1 connection); this configuration is not
+                    // kept alive by it.
+                    let reentry = serving.reentry.clone();
+                    drop(serving);
+                    reentry.serve(stream).await;
+                    drop(open);
+                }
+            }
+        });
     }
 
     /// A realtime connection has left pingora (an upgrade, an HTTP/1 event stream): start
@@ -366,10 +419,11 @@ impl Serving {
     /// What the app learns about the client and how to hand out files: the one rewrite of a
     /// request to the app, on every path. `upgrade`: a WebSocket handshake for the tunnel.
     fn tell_the_app(&self, req: &mut RequestHeader, ctx: &Req, upgrade: bool) {
+        req.reserve(forwarding::ADDED_AT_MOST);
         forwarding::request(req, &self.client(ctx), upgrade);
         self.internal.tell_the_app(req);
         if let Some(id) = &ctx.request_id {
-            let _ = req.insert_header("x-request-id", id.clone());
+            forwarding::X_REQUEST_ID.set(req, id.clone());
         }
     }
 
@@ -820,6 +874,12 @@ impl ProxyHttp for Gateway {
             },
         }
     }
+
+    /// No downstream modules. pingora's default adds its response compression module,
+    /// disabled, which still costs every request a module context, its allocations and a
+    /// call in each response filter; the gateway compresses with its own encoder
+    /// (`compression`, which says why), so the module would never do anything here.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         // The first hook pingora calls once its parser has the whole head.

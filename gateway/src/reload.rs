@@ -55,6 +55,8 @@ pub type RealtimeServices =
 
 /// What outlives one configuration: shared by every generation of [`Serving`].
 pub struct Shared {
+    /// Where connections that left pingora for a while come back ([`crate::handoff::Reentry`]).
+    pub reentry: Arc<crate::handoff::Reentry>,
     pub metrics: Arc<Metrics>,
     pub access_log: Option<Arc<AccessLog>>,
     pub temp_dir: Arc<PathBuf>,
@@ -97,6 +99,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             client_limits: self.client_limits.clone(),
+            reentry: self.reentry.clone(),
         })
     }
 }
@@ -449,6 +452,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     };
     restart("listen", old.listen != new.listen);
     restart("threads", old.threads != new.threads);
+    restart("work_stealing", old.work_stealing != new.work_stealing);
     restart("grace_period_s", old.grace_period_s != new.grace_period_s);
     restart("pid_file", old.pid_file != new.pid_file);
     restart("tls.state_dir", old.tls.state_dir != new.tls.state_dir);
@@ -519,11 +523,17 @@ mod tests {
     fn listen_threads_and_realtime_changes_are_named_for_a_restart() {
         let old = parse(BASE);
         let new = parse(
-            "listen: {https: 127.0.0.1:9443}\nthreads: 3\nrealtime: {sse: {heartbeat_ms: 5000}}\nlimits: {header_timeout_ms: 1000, max_body_bytes: 5}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
+            "listen: {https: 127.0.0.1:9443}\nthreads: 3\nwork_stealing: false\nrealtime: {sse: {heartbeat_ms: 5000}}\nlimits: {header_timeout_ms: 1000, max_body_bytes: 5}\nupstreams: {app: {servers: [127.0.0.1:3000]}}\nroutes: [{path: /, upstream: app}]\n",
         );
         assert_eq!(
             restart_needed(&old, &new),
-            ["listen", "threads", "realtime", "limits.header_timeout_ms"]
+            [
+                "listen",
+                "threads",
+                "work_stealing",
+                "realtime",
+                "limits.header_timeout_ms"
+            ]
         );
         assert_eq!(applied(&old, &new), ["limits"]);
     }

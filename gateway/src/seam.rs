@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use realtime::seam::{Body, BodyError, BodyStream, OnUpgrade, Request, Response, Service};
@@ -58,6 +59,101 @@ pub enum Served {
     /// stream): its head is written, the client's connection has left pingora ([`handoff`])
     /// and is the caller's to [`Handover::start`].
     Left(Box<Handover>),
+    /// The service holds its answer (a long-poll waiting for a message): the whole HTTP/1
+    /// session has left pingora to wait outside it ([`Held`]), and is the caller's to
+    /// [`Held::answer`].
+    Held(Box<Held>),
+}
+
+/// A bodiless request whose service is holding its answer, with its HTTP/1 session taken out
+/// of pingora ([`handoff::take_session`]): while it waits, the connection holds only the
+/// session and the service's future, not pingora's connection task and request machinery.
+/// The answer is written through the same session (pingora's writer), after which the
+/// connection goes back to pingora ([`handoff::Reentry`]) when it may be kept alive.
+pub struct Held {
+    session: ServerSession,
+    call: Call,
+    hsts: Option<HeaderValue>,
+}
+
+/// A held request's end, for whoever logs it and serves the connection on.
+pub struct HeldEnd {
+    /// The answer's status; 0 when the client left first.
+    pub status: u16,
+    pub sent: u64,
+    pub line: RequestLine,
+    pub then: AfterHeld,
+}
+
+/// What becomes of the connection after a held answer.
+pub enum AfterHeld {
+    /// Closed: the client left, the answer failed, or the connection may not be kept alive.
+    Closed,
+    /// Kept alive: serve its next request ([`handoff::Reentry::serve`]).
+    KeptAlive(pingora::protocols::Stream),
+    /// The answer turned out to be a stream (an event stream whose subscription waited on the
+    /// app): it goes on outside pingora as [`Served::Left`] does.
+    Left(Box<Handover>),
+}
+
+/// The service's future for one request, owning what it needs.
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+
+impl Held {
+    /// Wait for the answer (or for the client to leave), and write it.
+    pub async fn answer(self) -> HeldEnd {
+        let Held {
+            mut session,
+            mut call,
+            hsts,
+        } = self;
+        let response = tokio::select! {
+            r = &mut call => Some(r),
+            idle = session.read_body_or_idle(true) => match idle {
+                Err(_) => None,
+                Ok(_) => Some(call.await),
+            },
+        };
+        let line = RequestLine::of(session.req_header());
+        let Some(response) = response else {
+            // The client hung up: dropping the future cancelled the service's wait.
+            return HeldEnd {
+                status: 0,
+                sent: 0,
+                line,
+                then: AfterHeld::Closed,
+            };
+        };
+        // The next request on this connection gets its own header deadline, as pingora's
+        // `logging` hook arranges for every other request.
+        crate::header_deadline::request_done(&session);
+        let written = respond(&mut session, response, false, false, hsts.as_ref()).await;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let sent = session.body_bytes_sent() as u64;
+        let then = match written {
+            Ok(Served::Left(handover)) => AfterHeld::Left(handover),
+            Ok(_) => match session.finish().await {
+                Ok(Some(reusable)) => match reusable.into_parts() {
+                    (stream, None) => AfterHeld::KeptAlive(stream),
+                    // Bytes of a next request pipelined behind this one: pingora's app takes
+                    // a connection with none, so this one is closed (browsers never pipeline).
+                    (_, Some(prefix)) if !prefix.is_empty() => AfterHeld::Closed,
+                    (stream, Some(_)) => AfterHeld::KeptAlive(stream),
+                },
+                _ => AfterHeld::Closed,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "held realtime answer not written");
+                AfterHeld::Closed
+            }
+        };
+        HeldEnd {
+            status,
+            sent,
+            line,
+            then,
+        }
+    }
 }
 
 /// A connection taken out of pingora, with what runs on it and what its log line says of it.
@@ -98,13 +194,13 @@ impl Handover {
 }
 
 /// Take the client's connection out of `session`, whose answer head is written.
-fn leave(session: &mut Session, then: Then) -> Result<Served> {
+fn leave(session: &mut ServerSession, then: Then) -> Result<Served> {
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
     let line = RequestLine::detached(session.req_header());
-    match handoff::take(&mut session.downstream_session) {
+    match handoff::take(session) {
         Some(leaving) => Ok(Served::Left(Box::new(Handover {
             leaving,
             then,
@@ -129,6 +225,7 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
     limits: &BodyLimits,
     hsts: Option<&HeaderValue>,
+    may_hold: bool,
 ) -> Result<Served> {
     let head = session.req_header().as_owned_parts();
     let upgrade = session.is_upgrade_req();
@@ -147,8 +244,22 @@ pub async fn serve(
             secure,
             body: Body::empty(),
         };
-        let call = service.call(req);
-        tokio::pin!(call);
+        let mut call: Call = Box::pin(async move { service.call(req).await });
+        // Most answers are ready at once (a poll with messages waiting, an event stream's
+        // head): written right here. One that will wait (a held long-poll) waits outside
+        // pingora, when it can come back ([`Held`]).
+        if let std::task::Poll::Ready(response) = futures_util::poll!(&mut call) {
+            return respond(session.as_downstream_mut(), response, false, false, hsts).await;
+        }
+        if may_hold {
+            if let Some(held) = handoff::take_session(session.as_downstream_mut()) {
+                return Ok(Served::Held(Box::new(Held {
+                    session: held,
+                    call,
+                    hsts: hsts.cloned(),
+                })));
+            }
+        }
         let response = tokio::select! {
             r = &mut call => r,
             idle = session.read_body_or_idle(true) => match idle {
@@ -159,7 +270,7 @@ pub async fn serve(
                 Ok(_) => call.await,
             },
         };
-        return respond(session, response, false, false, hsts).await;
+        return respond(session.as_downstream_mut(), response, false, false, hsts).await;
     }
     let (tx, body) = if upgrade {
         // After the headers of an upgrade request come the upgraded protocol's bytes, not a
@@ -253,7 +364,14 @@ pub async fn serve(
             format!("realtime service failed: {e}"),
         )
     })?;
-    respond(session, response, upgrade, unread_body, hsts).await
+    respond(
+        session.as_downstream_mut(),
+        response,
+        upgrade,
+        unread_body,
+        hsts,
+    )
+    .await
 }
 
 /// Answer a realtime request whose body was refused, with the status and reason every path
@@ -270,7 +388,7 @@ async fn body_refused(
 /// Write the service's answer, whatever its shape. `unread_body`: the client is still sending
 /// a body nobody will read (drained briefly after the answer, never reused).
 async fn respond(
-    session: &mut Session,
+    session: &mut ServerSession,
     response: Response,
     upgrade: bool,
     unread_body: bool,
@@ -282,8 +400,8 @@ async fn respond(
             let mut head = ResponseHeader::from(parts);
             head.insert_header("content-length", body.len().to_string())?;
             crate::finish::stamp(hsts, &mut head)?;
-            session.write_response_header(Box::new(head), false).await?;
-            session.write_response_body(Some(body), true).await?;
+            session.write_response_header(Box::new(head)).await?;
+            session.write_response_body(body, true).await?;
             if unread_body {
                 let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
             }
@@ -307,15 +425,15 @@ async fn respond(
             if leaves {
                 session.set_keepalive(None);
             }
-            session.write_response_header(Box::new(head), false).await?;
-            if leaves && session.as_downstream().as_http1().is_some() {
+            session.write_response_header(Box::new(head)).await?;
+            if leaves && session.as_http1().is_some() {
                 return leave(session, Then::Stream(body));
             }
             let mut client_open = true;
             loop {
                 tokio::select! {
                     chunk = body.next() => match chunk {
-                        Some(bytes) => session.write_response_body(Some(bytes), false).await?,
+                        Some(bytes) => session.write_response_body(bytes, false).await?,
                         None => break,
                     },
                     gone = session.read_body_or_idle(true), if client_open => {
@@ -327,7 +445,9 @@ async fn respond(
                     }
                 }
             }
-            session.write_response_body(None, true).await?;
+            session
+                .write_response_body(bytes::Bytes::new(), true)
+                .await?;
             Ok(Served::Answered)
         }
         Response::Upgrade { head, on_upgrade } => {
@@ -341,10 +461,7 @@ async fn respond(
             // An upgraded connection is idle for as long as its users are: pingora's 60 s
             // per-read timeout would kill every quiet WebSocket.
             session.set_read_timeout(None);
-            session
-                .as_downstream_mut()
-                .write_response_header(Box::new(head))
-                .await?;
+            session.write_response_header(Box::new(head)).await?;
             // The client's connection leaves pingora: the service writes straight into it.
             leave(session, Then::Upgrade(on_upgrade))
         }
@@ -444,6 +561,17 @@ mod tests {
         (session, client)
     }
 
+    /// What a connection that left pingora leaves behind: a stand-in that finishes without
+    /// touching the client and is not kept alive.
+    async fn stand_in_finishes(session: Session) {
+        assert!(session
+            .downstream_session
+            .finish()
+            .await
+            .expect("finish")
+            .is_none());
+    }
+
     /// A streamed answer of a known length (not chunked).
     struct Sized;
 
@@ -468,7 +596,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_of_a_known_length_is_framed_by_pingora_and_does_not_leave() {
         let (mut session, mut client) = session(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        let served = serve(&mut session, Arc::new(Sized), None, &limits(), None)
+        let served = serve(&mut session, Arc::new(Sized), None, &limits(), None, true)
             .await
             .expect("served");
         assert!(matches!(served, Served::Answered));
@@ -480,6 +608,87 @@ mod tests {
         assert!(
             !got.to_ascii_lowercase().contains("transfer-encoding"),
             "{got:?}"
+        );
+    }
+
+    /// A long-poll: answers when told to.
+    struct Waits(std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<&'static str>>>);
+
+    #[async_trait::async_trait]
+    impl Service for Waits {
+        async fn call(&self, _req: Request) -> Response {
+            let rx = self.0.lock().expect("lock").take().expect("one call");
+            let text = rx.await.unwrap_or("gone");
+            Response::text(http::StatusCode::OK, text.to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_waits_outside_pingora_and_the_connection_is_kept_alive() {
+        let (mut session, mut client) = session(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let service = Arc::new(Waits(std::sync::Mutex::new(Some(rx))));
+        let served = serve(&mut session, service, None, &limits(), None, true)
+            .await
+            .expect("served");
+        let Served::Held(held) = served else {
+            panic!("a waiting answer was held inside pingora");
+        };
+        stand_in_finishes(session).await;
+
+        let answer = tokio::spawn(held.answer());
+        tx.send("news").expect("the held call waits");
+        let end = answer.await.expect("answered");
+        assert_eq!((end.status, end.line.uri.path()), (200, "/s"));
+        let AfterHeld::KeptAlive(mut stream) = end.then else {
+            panic!("the connection was not kept alive");
+        };
+        drop(stream.flush().await);
+        let mut got = vec![0u8; 1024];
+        let n = client.read(&mut got).await.expect("read");
+        let got = String::from_utf8_lossy(&got[..n]).into_owned();
+        assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+        assert!(got.ends_with("\r\n\r\nnews"), "{got:?}");
+        // The same connection carries the next request, for whoever serves it next.
+        client
+            .write_all(b"GET /next HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut next = [0u8; 9];
+        stream.read_exact(&mut next).await.expect("read");
+        assert_eq!(&next, b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn an_answer_ready_at_once_is_written_in_place_and_one_not_allowed_to_leave_waits_inside()
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send("ready").expect("send");
+        let (mut ready, _client) = session(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let service = Arc::new(Waits(std::sync::Mutex::new(Some(rx))));
+        let served = serve(&mut ready, service, None, &limits(), None, true)
+            .await
+            .expect("served");
+        assert!(matches!(served, Served::Answered));
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (mut session, _client) = session(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let service = Arc::new(Waits(std::sync::Mutex::new(Some(rx))));
+        let serving = tokio::spawn(async move {
+            let served = serve(&mut session, service, None, &limits(), None, false).await;
+            (served.map(|s| matches!(s, Served::Answered)), session)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !serving.is_finished(),
+            "not allowed to leave: it waits inside"
+        );
+        tx.send("late").expect("send");
+        let (answered, session) = serving.await.expect("joined");
+        assert!(answered.expect("served"));
+        assert_eq!(
+            session.response_written().map(|r| r.status.as_u16()),
+            Some(200)
         );
     }
 
@@ -495,7 +704,7 @@ mod tests {
         // Before the hand-off, this returned only when the WebSocket closed.
         let served = tokio::time::timeout(
             Duration::from_secs(5),
-            serve(&mut session, service, None, &limits(), None),
+            serve(&mut session, service, None, &limits(), None, true),
         )
         .await
         .expect("serve returns while the WebSocket is open")
@@ -503,13 +712,7 @@ mod tests {
         let Served::Left(handover) = served else {
             panic!("the upgrade was answered without handing the connection over");
         };
-        // pingora is left with a stand-in: it finishes without touching the client.
-        assert!(session
-            .downstream_session
-            .finish()
-            .await
-            .expect("finish")
-            .is_none());
+        stand_in_finishes(session).await;
 
         handover.start(Duration::from_secs(5), None);
         let mut head = Vec::new();

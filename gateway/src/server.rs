@@ -492,6 +492,7 @@ pub fn build(
 ) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         upgrade_sock: settings.upgrade_sock().display().to_string(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs()),
@@ -549,7 +550,11 @@ pub fn build(
     let limits = &settings.limits;
     let metrics = Arc::new(Metrics::new(rt.hub.clone()));
     let access_log = AccessLog::start(&settings.access_log, metrics.access_log_dropped.clone())?;
+    // Where a held long-poll's connection comes back once answered: the front door's app,
+    // offered by it on its first connection.
+    let reentry = Arc::new(crate::handoff::Reentry::default());
     let shared = Shared {
+        reentry: reentry.clone(),
         metrics: metrics.clone(),
         access_log,
         temp_dir,
@@ -612,6 +617,7 @@ pub fn build(
                 // (`header_deadline::request_done`), not by a `PerRequest` wrapper.
                 inner: Arc::new(H2Guard {
                     inner: Arc::new(http),
+                    reentry: reentry.clone(),
                     limits: H2Limits::from_limits(limits),
                     metrics: metrics.clone(),
                 }),

@@ -337,11 +337,17 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Three distinct free ports: held bound together while chosen, because one at a time the
+    /// kernel may hand the same ephemeral port out twice (a gateway then refuses its own
+    /// configuration: "listen.admin ... is already used by listen.https").
     pub fn new() -> Ports {
+        let bind = || TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let (https, http, admin) = (bind(), bind(), bind());
+        let port = |l: &TcpListener| l.local_addr().expect("a bound address").port();
         Ports {
-            https: free_port(),
-            http: free_port(),
-            admin: free_port(),
+            https: port(&https),
+            http: port(&http),
+            admin: port(&admin),
         }
     }
 }
@@ -736,5 +742,24 @@ impl PhpFpm {
 impl Drop for PhpFpm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ports;
+
+    #[test]
+    fn the_ports_of_one_gateway_are_distinct() {
+        for _ in 0..2000 {
+            let p = Ports::new();
+            assert!(
+                p.https != p.http && p.http != p.admin && p.https != p.admin,
+                "{} {} {}",
+                p.https,
+                p.http,
+                p.admin
+            );
+        }
     }
 }

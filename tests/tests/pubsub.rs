@@ -130,6 +130,107 @@ async fn an_idle_poll_gets_204_and_a_poller_that_leaves_is_removed_at_once() {
     assert!(removed_at.elapsed() < Duration::from_millis(1000));
 }
 
+/// Reads from `tls` until `n` whole responses have come (or `wait` passes).
+async fn read_responses(
+    tls: &mut e2e::TlsClient,
+    bytes: &mut Vec<u8>,
+    n: usize,
+    wait: Duration,
+) -> Vec<e2e::raw::Response> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    loop {
+        let answer = e2e::raw::Answer {
+            bytes: bytes.clone(),
+            closed: false,
+            elapsed: Duration::ZERO,
+        };
+        let responses = answer.responses();
+        if responses.len() >= n {
+            return responses;
+        }
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(read)) if read > 0 => bytes.extend_from_slice(&buf[..read]),
+            _ => return responses,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_held_a_long_poll_serves_its_next_requests() {
+    use tokio::io::AsyncWriteExt;
+    // A held poll waits outside pingora's request loop and comes back to it once answered:
+    // the client's connection goes on as any kept-alive one, poll after poll, and each poll is
+    // logged with the status it got.
+    let gw = Gateway::start(&CONFIG.replace(
+        "tls: {state_dir: state}",
+        "tls: {state_dir: state}\naccess_log: {path: access.log, format: json}",
+    ));
+    let mut tls = e2e::tls_connect(gw.https_addr()).await;
+    let mut bytes = Vec::new();
+    let poll = b"GET /s?t=again HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for round in 1..=3u64 {
+        tls.write_all(poll).await.expect("write");
+        assert!(
+            wait_subscribers(&gw, "again", 1).await,
+            "poll {round} never waited"
+        );
+        publish(&gw, "again", json!({"round": round})).await;
+        let responses =
+            read_responses(&mut tls, &mut bytes, round as usize, Duration::from_secs(5)).await;
+        let last = responses.last().expect("an answer");
+        assert_eq!(
+            responses.len() as u64,
+            round,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(last.status, 200, "{}", last.head);
+        assert_eq!(
+            last.header("x-seq"),
+            Some(round.to_string()),
+            "{}",
+            last.head
+        );
+        assert_eq!(last.body_text(), json!({"round": round}).to_string());
+    }
+    // One that is not held (a publish on the same connection) still goes through pingora.
+    tls.write_all(b"POST /p?t=again HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .expect("write");
+    let responses = read_responses(&mut tls, &mut bytes, 4, Duration::from_secs(5)).await;
+    assert_eq!(responses.len(), 4, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(responses[3].status, 200, "{}", responses[3].head);
+
+    // A poller that hangs up while held is gone at once, and logged without an answer.
+    let mut leaving = e2e::tls_connect(gw.https_addr()).await;
+    leaving
+        .write_all(b"GET /s?t=gone HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(wait_subscribers(&gw, "gone", 1).await);
+    drop(leaving);
+    assert!(
+        wait_subscribers(&gw, "gone", 0).await,
+        "a dead poller stayed"
+    );
+
+    let log = gw.dir.path().join("access.log");
+    let logged = eventually(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().filter(|l| l.contains("/s?t=again")).count() == 3
+            && text.lines().any(|l| l.contains("/s?t=gone"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged, "{text}");
+    for line in text.lines().filter(|l| l.contains("/s?t=again")) {
+        let entry: Value = serde_json::from_str(line).expect("json line");
+        assert_eq!(entry["status"], 200, "{line}");
+    }
+}
+
 #[tokio::test]
 async fn long_poll_requests_are_checked() {
     let gw = Gateway::start(CONFIG);

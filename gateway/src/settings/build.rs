@@ -135,6 +135,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
             .map(|n| n.get())
             .unwrap_or(2)
     });
+    let work_stealing = c.work_stealing.unwrap_or(defaults::WORK_STEALING);
     let grace_period = c
         .grace_period_s
         .map(Duration::from_secs)
@@ -166,6 +167,7 @@ pub(super) fn build(c: Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         compression,
         cluster,
         threads,
+        work_stealing,
         grace_period,
         access_log,
         pid_file,

@@ -49,6 +49,8 @@ pub struct Settings {
     pub cluster: Option<Cluster>,
     /// Worker threads of the HTTPS service.
     pub threads: usize,
+    /// Whether those threads share one work-stealing runtime.
+    pub work_stealing: bool,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub grace_period: Duration,
     pub access_log: AccessLogSettings,

@@ -257,6 +257,7 @@ fn value(s: &Settings, key: &str) -> Option<Value> {
         "cluster.laravel.channels" => None,
         "cluster.laravel.prefix" => text(&s.cluster.as_ref()?.laravel.as_ref()?.prefix),
         "grace_period_s" => num(s.grace_period.as_secs()),
+        "work_stealing" => flag(s.work_stealing),
         "access_log.path" => text(match &s.access_log.target {
             LogTarget::Off => "off".to_string(),
             LogTarget::Stdout => "stdout".to_string(),

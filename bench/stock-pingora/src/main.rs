@@ -6,6 +6,10 @@
 //! gateway uses, and the thread count given. Whatever the gateway costs above this is ours;
 //! what this costs above nginx is pingora's.
 //!
+//! A Cargo project of its own (its own workspace and Cargo.lock): it builds against the
+//! pingora crates exactly as published, while the main workspace patches some of them
+//! (vendor/*.patch.md), so the control stays stock.
+//!
 //! `stock-pingora --listen 127.0.0.1:18448 --upstream 127.0.0.1:18080 --cert c.pem --key k.pem --threads 2`
 
 use async_trait::async_trait;
