@@ -16,6 +16,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use crate::sync::lock;
 use std::time::Duration;
@@ -204,6 +207,10 @@ pub(super) struct Session {
     state: Mutex<State>,
     /// Bumped on every change a waiting transport may care about.
     changed: watch::Sender<()>,
+    /// The WebSocket writer's wake-up on a change ([`Session::poll_ws_change`]): registered
+    /// once and kept between messages, where waiting on `changed` registered a waiter anew
+    /// (under the watch's lock) at every message written.
+    ws_writer: AtomicWaker,
     pong: Notify,
     registry: Weak<Registry>,
     /// The client address the session counts against ([`crate::topics::client_key`]).
@@ -254,6 +261,7 @@ impl Session {
                 },
             }),
             changed: watch::channel(()).0,
+            ws_writer: AtomicWaker::new(),
             pong: Notify::new(),
             registry,
             client,
@@ -271,6 +279,24 @@ impl Session {
 
     fn notify(&self) {
         self.changed.send_replace(());
+        self.ws_writer.wake();
+    }
+
+    /// Whether the session changed since `changes` last looked (`Err` once nobody can change
+    /// it any more); pending otherwise, and the WebSocket writer polling it is woken at the
+    /// next change. For the one writer of the session.
+    pub(super) fn poll_ws_change(
+        &self,
+        changes: &watch::Receiver<()>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ()>> {
+        // Registered before looking: a change made in between is seen now or wakes the writer.
+        self.ws_writer.register(cx.waker());
+        match changes.has_changed() {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 
     /// The transport requests must use, `None` once closed (the sid is then unknown).

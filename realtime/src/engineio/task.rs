@@ -82,7 +82,7 @@ impl SessionTask {
 }
 
 /// Polls the future in `slot` unless it has ended; drops it when it ends.
-fn poll_slot<F: Future<Output = ()>>(
+pub(super) fn poll_slot<F: Future<Output = ()>>(
     mut slot: Pin<&mut Option<F>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {

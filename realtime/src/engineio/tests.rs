@@ -766,10 +766,12 @@ async fn websocket_session_carries_text_and_binary() {
     assert_eq!(error_code(&h.post(&sid, "4x").await), 3);
 }
 
-/// The server's end of a WebSocket, recording the size of each write the transport makes.
+/// The server's end of a WebSocket, recording the size of each write the transport makes and
+/// counting the times its reads are polled.
 struct CountingIo {
     inner: DuplexStream,
     writes: Arc<Mutex<Vec<usize>>>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl tokio::io::AsyncRead for CountingIo {
@@ -778,6 +780,8 @@ impl tokio::io::AsyncRead for CountingIo {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -823,6 +827,7 @@ async fn queued_messages_go_out_in_one_write_and_no_write_exceeds_a_tls_record()
     let io = CountingIo {
         inner: server,
         writes: Arc::clone(&writes),
+        reads: Arc::default(),
     };
     tokio::spawn(on_upgrade(Box::new(io)));
     let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
@@ -1365,4 +1370,40 @@ async fn handshakes_over_the_session_caps_are_refused_with_a_readable_error() {
     assert_eq!(h.server.session_count(), 5);
     // Requests of existing sessions are not handshakes: never refused by the caps.
     h.server.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
+async fn writing_messages_does_not_poll_the_websockets_reads() {
+    let mut h = Harness::default();
+    let Response::Upgrade { on_upgrade, .. } =
+        h.call(ws_request("EIO=4&transport=websocket")).await
+    else {
+        panic!("expected an upgrade");
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = CountingIo {
+        inner: server,
+        writes: Arc::default(),
+        reads: Arc::clone(&reads),
+    };
+    tokio::spawn(on_upgrade(Box::new(io)));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    assert!(next_text(&mut ws).await.starts_with("0{"));
+    let mut conn = h.conns.recv().await.expect("connection handed over");
+    settle().await;
+    let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+    // Messages written one at a time, each a wake-up of the session's task of its own.
+    for i in 0..20 {
+        conn.sender.try_send(Frame::Text(format!("m{i}"))).unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("4m{i}"));
+    }
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "the reads were not polled"
+    );
+    // And the reads still work when the client writes.
+    send_text(&mut ws, "4up").await;
+    assert_eq!(conn.incoming.recv().await, Some(Frame::Text("up".into())));
 }
