@@ -232,22 +232,20 @@ impl ConnHandler for SocketIo {
     }
 }
 
-/// Delivers what the hub queues for the connection's sockets, until the connection closes: one
-/// wake-up for all of them, whichever namespaces a fan-out reaches.
+/// Delivers what the hub queues for the connection's sockets, until the connection's packets
+/// are done with ([`ConnShared::end`]): one wake-up for all of them, whichever namespaces a
+/// fan-out reaches. It waits on that wake-up alone: the connection's close, a second thing to
+/// poll at every delivery, reaches it through the end of `run_connection`.
 async fn deliver(shared: Arc<ConnShared>) {
-    let closed = shared.sender.closed();
-    tokio::pin!(closed);
     loop {
-        tokio::select! {
-            biased;
-            () = shared.wake.notified() => {
-                if !shared.deliver_queued() {
-                    // More than the budget: the rest after the connection's other work.
-                    shared.wake.notify_one();
-                    tokio::task::yield_now().await;
-                }
-            }
-            _ = &mut closed => return,
+        shared.wake.notified().await;
+        if shared.ended() {
+            return;
+        }
+        if !shared.deliver_queued() {
+            // More than the budget: the rest after the connection's other work.
+            shared.wake.notify_one();
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -293,6 +291,7 @@ async fn run_connection(io: Arc<IoInner>, mut incoming: Receiver<Frame>, shared:
     for socket in shared.take_sockets() {
         socket.close(DisconnectReason::Connection(reason.clone()), false);
     }
+    shared.end();
     io.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 

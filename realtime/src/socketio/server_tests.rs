@@ -314,6 +314,32 @@ async fn a_connection_in_two_namespaces_is_served_by_one_task_that_delivers_both
     );
 }
 
+/// The deliveries' future ends with the connection (it does not wait on the close itself: the
+/// packets' future tells it, once the sockets are gone), so the connection's task ends.
+#[tokio::test]
+async fn a_closed_connections_task_ends_with_its_deliveries() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let before = alive_tasks();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    let socket = next_socket(&mut main).await;
+    io.hub()
+        .publish(&room_topic("/", socket.id()), "m", json!(1), None)
+        .unwrap();
+    c.expect(r#"42["m",1]"#).await;
+    assert_eq!(alive_tasks() - before, 1);
+    c.t.sender.close(CloseReason::TransportClose);
+    tokio::time::timeout(WAIT, async {
+        while alive_tasks() > before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the connection's task ended");
+    assert!(!socket.connected());
+}
+
 #[tokio::test]
 async fn a_backlog_larger_than_the_delivery_budget_all_goes_out_in_order() {
     let io = SocketIo::new(Hub::default(), SocketIoOptions::default());

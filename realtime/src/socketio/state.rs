@@ -402,6 +402,8 @@ pub(super) struct ConnShared {
     /// ([`ConnShared::deliver_queued`]), so a fan-out wakes the connection once, not once per
     /// socket or per message.
     pub(super) wake: Arc<Notify>,
+    /// Set once the connection is closed and its sockets are gone ([`ConnShared::end`]).
+    ended: AtomicBool,
     write_lock: Mutex<()>,
     sockets: Mutex<HashMap<String, Socket>>,
     stats: Arc<SocketIoStats>,
@@ -417,6 +419,7 @@ impl ConnShared {
             sender,
             info,
             wake: Arc::default(),
+            ended: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             sockets: Mutex::default(),
             stats,
@@ -513,6 +516,16 @@ impl ConnShared {
         if lock(&self.sockets).is_empty() {
             self.sender.close(reason);
         }
+    }
+
+    /// The connection's teardown is over: its deliveries end too.
+    pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Takes every socket out, for the connection's teardown.
