@@ -287,6 +287,28 @@ impl Subscriber {
         }
     }
 
+    /// [`try_recv`](Self::try_recv), and whether the subscriber is still in the message's
+    /// topic ([`is_joined`](Self::is_joined)), under one lock: a transport that delivers
+    /// only what is still joined asks both of every message. In one topic, the common case,
+    /// the topic is compared without hashing it.
+    pub fn try_recv_joined(&self) -> Result<Option<(Arc<Message>, bool)>, Closed> {
+        let mut st = lock(&self.shared.state);
+        match st.life {
+            Life::Open => Ok(st.queue.pop_front().map(|msg| {
+                let joined = if st.topics.len() == 1 {
+                    st.topics.iter().any(|t| **t == *msg.topic)
+                } else {
+                    st.topics.contains(&msg.topic)
+                };
+                (msg, joined)
+            })),
+            Life::Closed(reason) => Err(Closed { reason }),
+            Life::Dropped => Err(Closed {
+                reason: CloseReason::Shutdown,
+            }),
+        }
+    }
+
     /// The next queued message without waiting (`Ok(None)` if the queue is
     /// empty); for draining a batch, e.g. into one long-poll response.
     pub fn try_recv(&self) -> Result<Option<Arc<Message>>, Closed> {

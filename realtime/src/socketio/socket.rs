@@ -180,10 +180,14 @@ impl SocketInner {
             return true;
         };
         for _ in 0..budget {
-            match sub.try_recv() {
-                Ok(Some(msg)) => self.deliver_live(&sub, &msg),
+            // Whether the socket is still in the message's topic is read under the outbox lock,
+            // which `leave` holds while it leaves: nothing of a room left is sent after.
+            let outbox = lock(&self.outbox);
+            match sub.try_recv_joined() {
+                Ok(Some((msg, joined))) => self.deliver_live(outbox, &msg, joined),
                 Ok(None) => return true,
                 Err(closed) => {
+                    drop(outbox);
                     // The hub dropped this subscriber: its queue filled up (or the hub shut
                     // down). The socket cannot be kept consistent without it, so the
                     // connection goes.
@@ -198,20 +202,25 @@ impl SocketInner {
         sub.queued() == 0
     }
 
-    /// A live message from the socket's hub queue.
-    fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
+    /// A live message from the socket's hub queue, taken under `outbox`; `joined`: the
+    /// socket was still in its topic then (one queued before a leave is no longer for it).
+    fn deliver_live(
+        &self,
+        mut outbox: std::sync::MutexGuard<'_, Outbox>,
+        msg: &Message,
+        joined: bool,
+    ) {
         let changed = {
-            let mut outbox = lock(&self.outbox);
-            // Queued before a leave: no longer for this socket. Checked under
-            // the outbox lock, which `leave` holds while it leaves.
-            if sub.is_joined(&msg.topic) {
+            if joined {
                 if msg.is_reset() {
                     outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
                 } else {
                     self.deliver_locked(&mut outbox, msg);
                 }
             }
-            outbox.tracker.take_changed()
+            let changed = outbox.tracker.take_changed();
+            drop(outbox);
+            changed
         };
         if changed {
             // A topic's epoch changed (the fleet lost its history): the record says so.
