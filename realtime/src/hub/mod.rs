@@ -59,7 +59,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::sync::{lock, read, try_lock, write};
 use std::time::{Duration, Instant};
@@ -920,6 +920,7 @@ impl Inner {
                 remote: false,
                 reset_from: None,
                 size,
+                encoded: OnceLock::new(),
             });
             let position = msg.position();
             let mut out = FanOut::default();

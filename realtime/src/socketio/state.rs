@@ -4,6 +4,7 @@
 //! modules with the behaviour depend one way: `server` (connections) -> `namespace` ->
 //! `socket` -> this module, never back.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
@@ -26,7 +27,7 @@ use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
-use crate::hub::{Hub, Message, MessageId, Subscriber, SubscriberId};
+use crate::hub::{Hub, Message, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 // --- Sockets ---
@@ -205,24 +206,6 @@ pub(super) struct NsInner {
     pub(super) echo: AtomicBool,
     pub(super) registry: Mutex<Registry>,
     pub(super) sessions: Mutex<Sessions>,
-    encoded: Mutex<EncodeCache>,
-}
-
-/// Broadcasts encoded recently, so a message fanned out to thousands of
-/// sockets is serialized once, not once per socket (node encodes a
-/// broadcast once too). A few slots, because each connection works
-/// through its sockets' queues on its own: connections at two interleaved broadcasts
-/// would evict a single slot at every message.
-const ENCODE_CACHE_SLOTS: usize = 8;
-
-/// A slot: the message, the topic it came from (which a room's head in Echo's shape names),
-/// and the head.
-type Encoded = (MessageId, Arc<str>, Arc<str>);
-
-#[derive(Default)]
-struct EncodeCache {
-    slots: [Option<Encoded>; ENCODE_CACHE_SLOTS],
-    next: usize,
 }
 
 impl NsInner {
@@ -248,54 +231,47 @@ impl NsInner {
             echo: AtomicBool::new(false),
             registry: Mutex::default(),
             sessions: Mutex::default(),
-            encoded: Mutex::default(),
         }
     }
 
-    /// The shared part of the event packet for hub message `msg` (see
-    /// [`event_head`]). A message id names one payload wherever it was
-    /// published, so it is the cache key; in a namespace that speaks Echo a
-    /// room's head also names the room, so the topic is part of the key there.
-    pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
-        let channel = if self.echo.load(Ordering::Relaxed) {
-            room_of(&self.path, &msg.topic)
-        } else {
-            None
-        };
-        {
-            let cache = lock(&self.encoded);
-            let hit =
-                cache.slots.iter().flatten().find(|(id, topic, _)| {
-                    *id == msg.id && (channel.is_none() || *topic == msg.topic)
-                });
-            if let Some((_, _, head)) = hit {
-                return Arc::clone(head);
+    /// The shared part of the event packet for hub message `msg` (see [`event_head`]):
+    /// encoded once per message, by the first socket that delivers it, and read by every
+    /// other socket it reaches ([`Message::encoded`]), as node encodes a broadcast once. The
+    /// message keeps it: no lock and no reference count shared by the sockets of a fan-out,
+    /// which deliver from every thread at once. In a namespace that speaks Echo, a room's head
+    /// also names the room (the message's topic).
+    pub(super) fn event_head<'m>(&self, msg: &'m Message, name: &str) -> Cow<'m, str> {
+        let echo = self.echo.load(Ordering::Relaxed);
+        let encode = || {
+            let channel = if echo {
+                room_of(&self.path, &msg.topic)
+            } else {
+                None
+            };
+            let attachments = msg.attachments().len();
+            match (channel, msg.data()) {
+                (Some(channel), data) => event_head(
+                    &self.path,
+                    name,
+                    &echo_shape::args(channel, data),
+                    None,
+                    attachments,
+                ),
+                (None, Value::Array(args)) => event_head(&self.path, name, args, None, attachments),
+                (None, one) => event_head(
+                    &self.path,
+                    name,
+                    std::slice::from_ref(one),
+                    None,
+                    attachments,
+                ),
             }
+        };
+        match msg.encoded((&self.path, echo), encode) {
+            Some(head) => Cow::Borrowed(head),
+            // Encoded for another namespace, or before Echo was switched: not shared.
+            None => Cow::Owned(encode()),
         }
-        let attachments = msg.attachments().len();
-        let head: Arc<str> = match (channel, msg.data()) {
-            (Some(channel), data) => event_head(
-                &self.path,
-                name,
-                &echo_shape::args(channel, data),
-                None,
-                attachments,
-            ),
-            (None, Value::Array(args)) => event_head(&self.path, name, args, None, attachments),
-            (None, one) => event_head(
-                &self.path,
-                name,
-                std::slice::from_ref(one),
-                None,
-                attachments,
-            ),
-        }
-        .into();
-        let mut cache = lock(&self.encoded);
-        let slot = cache.next;
-        cache.slots[slot] = Some((msg.id, Arc::clone(&msg.topic), Arc::clone(&head)));
-        cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
-        head
     }
 
     /// The other servers of the namespace, if the server has any.
