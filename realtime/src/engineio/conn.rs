@@ -3,6 +3,7 @@
 //! (polling, WebSocket, or polling upgraded to WebSocket mid-way).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -85,6 +86,9 @@ pub enum SendError {
 #[derive(Debug)]
 struct Shared {
     close: watch::Sender<Option<CloseReason>>,
+    /// Whether `close` holds a reason: read at every message queued, where reading the watch
+    /// takes its lock.
+    closed: AtomicBool,
 }
 
 /// Sends to one connection. Cheap to clone; every clone talks to the same connection.
@@ -120,6 +124,8 @@ impl ConnSender {
         self.shared.close.send_if_modified(|r| {
             if r.is_none() {
                 *r = Some(reason);
+                // Under the watch's lock: whoever sees the flag sees the reason.
+                self.shared.closed.store(true, Ordering::Release);
                 true
             } else {
                 false
@@ -128,7 +134,7 @@ impl ConnSender {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.close.borrow().is_some()
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -180,7 +186,10 @@ pub fn pair(
     let (close, _) = watch::channel(None);
     let sender = ConnSender {
         tx: out_tx,
-        shared: Arc::new(Shared { close }),
+        shared: Arc::new(Shared {
+            close,
+            closed: AtomicBool::new(false),
+        }),
     };
     (
         Conn {
