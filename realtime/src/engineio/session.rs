@@ -623,10 +623,20 @@ impl Session {
         let Some(tx) = lock(&self.incoming).clone() else {
             return false;
         };
-        tokio::select! {
-            sent = tx.send(frame) => sent.is_ok(),
-            () = self.wait_not_open() => false,
-        }
+        // The wait for room is boxed: the session's task holds its largest state for life, and
+        // only a client that outruns the layer above waits here.
+        let frame = match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        Box::pin(async move {
+            tokio::select! {
+                sent = tx.send(frame) => sent.is_ok(),
+                () = self.wait_not_open() => false,
+            }
+        })
+        .await
     }
 
     /// A probe WebSocket arrived; `false` if this session cannot upgrade now.
@@ -719,7 +729,7 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                reason = self.sender.closed() => return self.on_closed(reason).await,
+                reason = self.sender.closed() => return Box::pin(self.on_closed(reason)).await,
                 // A pong nobody asked for still restarts the interval, as node's `refresh()`.
                 () = self.pong.notified() => {
                     next_ping = Instant::now() + interval;
@@ -748,7 +758,7 @@ impl Session {
             if !open {
                 // Closing: the close signal follows the phase change at once.
                 let reason = self.sender.closed().await;
-                return self.on_closed(reason).await;
+                return Box::pin(self.on_closed(reason)).await;
             }
             self.notify();
             loop {
@@ -760,7 +770,7 @@ impl Session {
                 };
                 tokio::select! {
                     biased;
-                    reason = self.sender.closed() => return self.on_closed(reason).await,
+                    reason = self.sender.closed() => return Box::pin(self.on_closed(reason)).await,
                     () = self.pong.notified() => {
                         next_ping = Instant::now() + interval;
                         break;

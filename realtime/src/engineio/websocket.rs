@@ -175,7 +175,8 @@ pub(super) async fn run(session: &Session, ws: Ws) {
             _ => None,
         };
     if let Some(rest) = rest {
-        let _ = timeout(CLOSE_GRACE, rest).await;
+        // Boxed: the task's future keeps its largest state for life, and this runs once.
+        let _ = Box::pin(timeout(CLOSE_GRACE, rest)).await;
     }
 }
 
@@ -243,7 +244,8 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
                         code,
                         reason: "".into(),
                     };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    // Boxed, as the close of `run`: once per connection.
+                    let _ = Box::pin(sink.send(Message::Close(Some(frame)))).await;
                     if batch.drained {
                         session.ws_drained();
                     }

@@ -39,7 +39,7 @@ enum ProtocolError {
     InvalidState { kind: SioKind, nsp: String },
 }
 
-struct IoInner {
+pub(super) struct IoInner {
     hub: Hub,
     options: Arc<SocketIoOptions>,
     stats: Arc<SocketIoStats>,
@@ -70,7 +70,7 @@ struct IoInner {
 /// ```
 #[derive(Clone)]
 pub struct SocketIo {
-    inner: Arc<IoInner>,
+    pub(super) inner: Arc<IoInner>,
 }
 
 impl fmt::Debug for SocketIo {
@@ -251,7 +251,11 @@ async fn deliver(shared: Arc<ConnShared>) {
 }
 
 /// Serves one connection's packets until it closes, then ends its sockets.
-async fn run_connection(io: Arc<IoInner>, mut incoming: Receiver<Frame>, shared: Arc<ConnShared>) {
+pub(super) async fn run_connection(
+    io: Arc<IoInner>,
+    mut incoming: Receiver<Frame>,
+    shared: Arc<ConnShared>,
+) {
     io.stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut decoder = SioDecoder::new(io.options.max_attachments);
     let connect_timeout = tokio::time::sleep(io.options.connect_timeout);
@@ -305,7 +309,9 @@ async fn dispatch(
     match (msg.packet.kind, socket) {
         (SioKind::Connect, None) => {
             let SioPacket { nsp, data, .. } = msg.packet;
-            if connect(io, shared, nsp, data).await {
+            // Boxed: the connection's future holds its largest state for life, and only a
+            // CONNECT needs this much (the app's check, the socket's creation, its handler).
+            if Box::pin(connect(io, shared, nsp, data)).await {
                 *joined_once = true;
             }
             Ok(())

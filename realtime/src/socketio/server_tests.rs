@@ -2217,3 +2217,20 @@ async fn a_generic_join_of_a_presence_room_lists_its_members_and_tells_the_room_
     let news = watcher.try_recv().unwrap().expect("leaving");
     assert_eq!(news.event(), "presence:leaving");
 }
+
+/// The connection's packets future is boxed for the connection's life, at its largest state's
+/// size: a CONNECT's (the app's check, the socket's creation, its handler) is boxed apart, so
+/// an idle connection does not keep room for one (3.9 KiB in a debug build before).
+#[tokio::test]
+async fn an_idle_connections_packets_future_is_small() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let (conn, _t) = pair(Arc::from("engine-sid"), info(), 8, 8);
+    let shared = Arc::new(super::state::ConnShared::new(
+        conn.sender.clone(),
+        Arc::clone(&conn.info),
+        Arc::default(),
+    ));
+    let packets = super::server::run_connection(Arc::clone(&io.inner), conn.incoming, shared);
+    let size = std::mem::size_of_val(&packets);
+    assert!(size <= 1024, "{size} bytes");
+}
