@@ -16,6 +16,7 @@
 mod codec;
 mod config;
 pub mod conn;
+mod parts;
 mod polling;
 mod server;
 mod session;

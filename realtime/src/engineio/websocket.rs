@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::parts::{poll_slot, Parts};
 use super::session::{frame_packet, Inbound, Session};
-use super::task::{poll_slot, Parts};
 use super::{CloseReason, Frame, Packet, WsFrame, PROBE};
 use crate::seam::Upgraded;
 
