@@ -136,7 +136,11 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
     let allocations = ALLOCATIONS.load(Ordering::SeqCst);
     let quiet = server.read_tls(&mut Quiet).expect_err("nothing to read");
     assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock);
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), allocations, "a quiet read allocated");
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        allocations,
+        "a quiet read allocated"
+    );
     assert_eq!(LIVE.load(Ordering::SeqCst), after);
 
     // And it reads on when the client speaks again.

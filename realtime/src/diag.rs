@@ -226,13 +226,13 @@ struct EngineEcho;
 
 #[cfg(feature = "conformance")]
 impl crate::engineio::ConnHandler for EngineEcho {
-    fn on_connection(&self, mut conn: crate::engineio::Conn) {
-        tokio::spawn(async move {
+    fn on_connection(&self, mut conn: crate::engineio::Conn) -> crate::engineio::ConnWork {
+        crate::engineio::ConnWork::one(Box::pin(async move {
             while let Some(frame) = conn.incoming.recv().await {
                 if conn.sender.send(frame).await.is_err() {
                     break;
                 }
             }
-        });
+        }))
     }
 }

@@ -31,7 +31,7 @@ pub const DEFAULT_IN_QUEUE: usize = 128;
 /// browser holds one per tab (socket.io multiplexes namespaces), so 256 covers an office
 /// behind one NAT address, while a script's flood of handshakes stops there.
 pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 256;
-/// Engine.IO sessions the server holds at once: each costs a heartbeat task and two bounded
+/// Engine.IO sessions the server holds at once: each costs a task and two bounded
 /// queues, and each Socket.IO socket a reserved hub topic (the hub keeps 50 000 for them).
 pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
 

@@ -3,6 +3,7 @@
 //! (polling, WebSocket, or polling upgraded to WebSocket mid-way).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -85,6 +86,9 @@ pub enum SendError {
 #[derive(Debug)]
 struct Shared {
     close: watch::Sender<Option<CloseReason>>,
+    /// Whether `close` holds a reason: read at every message queued, where reading the watch
+    /// takes its lock.
+    closed: AtomicBool,
 }
 
 /// Sends to one connection. Cheap to clone; every clone talks to the same connection.
@@ -120,6 +124,8 @@ impl ConnSender {
         self.shared.close.send_if_modified(|r| {
             if r.is_none() {
                 *r = Some(reason);
+                // Under the watch's lock: whoever sees the flag sees the reason.
+                self.shared.closed.store(true, Ordering::Release);
                 true
             } else {
                 false
@@ -128,7 +134,7 @@ impl ConnSender {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.close.borrow().is_some()
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -180,7 +186,10 @@ pub fn pair(
     let (close, _) = watch::channel(None);
     let sender = ConnSender {
         tx: out_tx,
-        shared: Arc::new(Shared { close }),
+        shared: Arc::new(Shared {
+            close,
+            closed: AtomicBool::new(false),
+        }),
     };
     (
         Conn {
@@ -197,10 +206,39 @@ pub fn pair(
     )
 }
 
-/// The layer above an Engine.IO server: told of each new connection, it owns it from then on
-/// (typically by spawning a task that reads `incoming`).
+/// What the layer above runs for one connection: typically a loop over `incoming`.
+pub type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// What the layer above runs for one connection, in at most two futures that the session's
+/// task polls apart, each only when something woke it.
+pub struct ConnWork {
+    /// Serves what the client sends: typically a loop over [`Conn::incoming`].
+    pub incoming: ConnFuture,
+    /// Sends what comes from elsewhere (a hub's messages), apart from `incoming` so that a
+    /// delivery's wake-up does not poll the client's side (its queue, its close watch): a
+    /// delivery is the common wake-up of an idle client.
+    pub outgoing: Option<ConnFuture>,
+}
+
+impl ConnWork {
+    /// Work that is all in one future.
+    pub fn one(incoming: ConnFuture) -> ConnWork {
+        ConnWork {
+            incoming,
+            outgoing: None,
+        }
+    }
+}
+
+/// The layer above an Engine.IO server: told of each new connection, it owns it from then on.
+///
+/// It answers with the futures that serve the connection rather than spawning them: the
+/// session's own task polls them beside the heartbeat and, on a WebSocket, the socket's reads
+/// and writes, so a connection is one task, and a message the layer above queues is written
+/// by the task that queued it, in the same wake-up. The futures should end once the connection
+/// is closed ([`ConnSender::closed`], or `incoming` ending); the session's task ends with them.
 pub trait ConnHandler: Send + Sync + 'static {
-    fn on_connection(&self, conn: Conn);
+    fn on_connection(&self, conn: Conn) -> ConnWork;
 }
 
 #[cfg(test)]

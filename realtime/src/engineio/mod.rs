@@ -16,9 +16,11 @@
 mod codec;
 mod config;
 pub mod conn;
+mod parts;
 mod polling;
 mod server;
 mod session;
+mod task;
 #[cfg(test)]
 mod tests;
 mod websocket;
@@ -33,5 +35,8 @@ pub use config::{
     DEFAULT_IN_QUEUE, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_CLIENT,
     DEFAULT_OUT_QUEUE, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
 };
-pub use conn::{CloseReason, Conn, ConnHandler, ConnSender, Frame, HandshakeInfo, SendError};
+pub use conn::{
+    CloseReason, Conn, ConnFuture, ConnHandler, ConnSender, ConnWork, Frame, HandshakeInfo,
+    SendError,
+};
 pub use server::EngineServer;

@@ -17,6 +17,7 @@ use rand::RngCore;
 use super::config::{CorsConfig, CorsOrigin, HandshakeRequest};
 use super::polling::{self, error_response};
 use super::session::{Registry, Session};
+use super::task::SessionTask;
 use super::websocket;
 use super::{
     conn, verify_request, CloseReason, ConnHandler, EngineConfig, EngineError, Handshake,
@@ -214,7 +215,8 @@ impl Inner {
     }
 
     fn polling_handshake(self: &Arc<Inner>, req: &Request) -> Response {
-        let session = self.create_session(handshake_info(req, Transport::Polling), None);
+        let (session, task) = self.create_session(handshake_info(req, Transport::Polling));
+        tokio::spawn(task.run(None));
         let open = self.open_packet(&session.sid, self.config.polling_upgrades());
         polling::payload_response(req, open.encode_text())
     }
@@ -247,9 +249,11 @@ impl Inner {
                     if inner.shutting_down() {
                         return websocket::refuse(ws).await;
                     }
-                    let session = inner.create_session(info, None);
+                    let (session, task) = inner.create_session(info);
                     session.push(inner.open_packet(&session.sid, Vec::new()));
-                    websocket::run(session, ws).await;
+                    // The connection's task becomes the session's: one task for all of it.
+                    drop(session);
+                    task.run(Some(ws)).await;
                 })
             }),
         }
@@ -286,12 +290,9 @@ impl Inner {
         }
     }
 
-    /// Registers a new session, starts its heartbeat and hands it to the layer above.
-    fn create_session(
-        self: &Arc<Inner>,
-        info: HandshakeInfo,
-        first: Option<Packet>,
-    ) -> Arc<Session> {
+    /// Registers a new session and hands it to the layer above; returns it with its task,
+    /// for the caller to run.
+    fn create_session(self: &Arc<Inner>, info: HandshakeInfo) -> (Arc<Session>, SessionTask) {
         let transport = info.transport;
         let mut registry = lock(&self.registry);
         let sid: Arc<str> = loop {
@@ -315,18 +316,14 @@ impl Inner {
             Arc::downgrade(&self.registry),
             client,
         );
-        if let Some(packet) = first {
-            session.push(packet);
-        }
         registry.insert(session.clone());
         drop(registry);
-        tokio::spawn(session.clone().drive());
-        self.handler.on_connection(conn);
+        let task = SessionTask::new(session.clone(), self.handler.on_connection(conn));
         // A shutdown that ran between the check and the insert did not see this session.
         if self.shutting_down() {
             session.close(CloseReason::ServerShutdown);
         }
-        session
+        (session, task)
     }
 
     fn open_packet(&self, sid: &str, upgrades: Vec<String>) -> Packet {

@@ -4,21 +4,34 @@
 //! `outgoing` queue until a transport is actually writing them: a long-poll takes them inside
 //! the same poll that builds its response (so a poll abandoned by its client loses nothing), a
 //! WebSocket writer takes them as it sends. Heartbeats, `noop`s and messages a poll could not
-//! fit wait in `outbox`, which holds a handful of packets at most. One task per session
-//! ([`Session::drive`]) runs the heartbeat and the orderly close.
+//! fit wait in `outbox`, which holds a handful of packets at most.
+//!
+//! One task per session (`task::SessionTask`) does everything that is the session's own: the
+//! heartbeat and the orderly close ([`Session::drive`], a timer in tokio's shared wheel, not a
+//! task of its own), the layer above's future ([`crate::engineio::ConnHandler`]), and the
+//! WebSocket that carries the session, when one does: the one it was opened with, or the one a
+//! polling session upgrades to, handed over by the upgrade request once the client sent `5`.
+//! Polling requests are served by their own request's task.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use crate::sync::lock;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::conn::ConnTransport;
+use crate::seam::Upgraded;
+
+/// A WebSocket carrying a session.
+pub(super) type Ws = tokio_tungstenite::WebSocketStream<Upgraded>;
 use super::{
     encode_payload_capped, CloseReason, ConnSender, EngineConfig, Frame, Packet, Transport,
 };
@@ -194,10 +207,17 @@ pub(super) struct Session {
     state: Mutex<State>,
     /// Bumped on every change a waiting transport may care about.
     changed: watch::Sender<()>,
+    /// The WebSocket writer's wake-up on a change ([`Session::poll_ws_change`]): registered
+    /// once and kept between messages, where waiting on `changed` registered a waiter anew
+    /// (under the watch's lock) at every message written.
+    ws_writer: AtomicWaker,
     pong: Notify,
     registry: Weak<Registry>,
     /// The client address the session counts against ([`crate::topics::client_key`]).
     pub(super) client: Option<IpAddr>,
+    /// Where an upgrade hands its WebSocket to the session's task: a polling session's that
+    /// may upgrade, until it does or closes (dropped at close, which ends the task's wait).
+    upgrade_to: Mutex<Option<oneshot::Sender<Ws>>>,
 }
 
 impl Session {
@@ -241,9 +261,11 @@ impl Session {
                 },
             }),
             changed: watch::channel(()).0,
+            ws_writer: AtomicWaker::new(),
             pong: Notify::new(),
             registry,
             client,
+            upgrade_to: Mutex::new(None),
         })
     }
 
@@ -257,6 +279,24 @@ impl Session {
 
     fn notify(&self) {
         self.changed.send_replace(());
+        self.ws_writer.wake();
+    }
+
+    /// Whether the session changed since `changes` last looked (`Err` once nobody can change
+    /// it any more); pending otherwise, and the WebSocket writer polling it is woken at the
+    /// next change. For the one writer of the session.
+    pub(super) fn poll_ws_change(
+        &self,
+        changes: &watch::Receiver<()>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ()>> {
+        // Registered before looking: a change made in between is seen now or wakes the writer.
+        self.ws_writer.register(cx.waker());
+        match changes.has_changed() {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 
     /// The transport requests must use, `None` once closed (the sid is then unknown).
@@ -269,7 +309,7 @@ impl Session {
         }
     }
 
-    /// Closes the session if its pong is overdue, and says whether it did. The heartbeat task
+    /// Closes the session if its pong is overdue, and says whether it did. The heartbeat
     /// does this too, but a timer may fire a little late: a request must never find alive a
     /// session that is past its deadline.
     pub(super) fn expire_if_due(&self) -> bool {
@@ -337,6 +377,7 @@ impl Session {
     /// layer above sees the end.
     fn finish(&self, reason: CloseReason) {
         lock(&self.incoming).take();
+        lock(&self.upgrade_to).take();
         if self.state().linger_until.is_none() {
             self.unregister();
         }
@@ -582,10 +623,20 @@ impl Session {
         let Some(tx) = lock(&self.incoming).clone() else {
             return false;
         };
-        tokio::select! {
-            sent = tx.send(frame) => sent.is_ok(),
-            () = self.wait_not_open() => false,
-        }
+        // The wait for room is boxed: the session's task holds its largest state for life, and
+        // only a client that outruns the layer above waits here.
+        let frame = match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        Box::pin(async move {
+            tokio::select! {
+                sent = tx.send(frame) => sent.is_ok(),
+                () = self.wait_not_open() => false,
+            }
+        })
+        .await
     }
 
     /// A probe WebSocket arrived; `false` if this session cannot upgrade now.
@@ -633,6 +684,27 @@ impl Session {
         true
     }
 
+    /// Where a polling session that may upgrade receives its WebSocket
+    /// ([`Session::hand_over`]); `None` for a session that cannot upgrade. Made before the
+    /// handshake is answered, so that no upgrade can come before it.
+    pub(super) fn upgrade_point(&self) -> Option<oneshot::Receiver<Ws>> {
+        let polling = self.state().transport == Transport::Polling;
+        (polling && self.config.allow_upgrades).then(|| {
+            let (tx, rx) = oneshot::channel();
+            *lock(&self.upgrade_to) = Some(tx);
+            rx
+        })
+    }
+
+    /// Hands the WebSocket of a completed upgrade to the session's task, which carries the
+    /// session on it from now on; gives it back if the session is gone.
+    pub(super) fn hand_over(&self, ws: Ws) -> Option<Ws> {
+        match lock(&self.upgrade_to).take() {
+            Some(tx) => tx.send(ws).err(),
+            None => Some(ws),
+        }
+    }
+
     /// The probe WebSocket went away without completing the upgrade.
     pub(super) fn abort_probe(&self) {
         {
@@ -647,17 +719,17 @@ impl Session {
         self.notify();
     }
 
-    /// The session's own task: pings every `pingInterval`, closes when no pong comes within
-    /// `pingTimeout`, and runs the orderly close when the layer above closes. Ends when the
-    /// session is closed (and forgotten), so it never outlives it.
-    pub(super) async fn drive(self: Arc<Self>) {
+    /// The heartbeat, in the session's task: pings every `pingInterval`, closes when no pong
+    /// comes within `pingTimeout`, and runs the orderly close when the layer above closes.
+    /// Ends when the session is closed (and forgotten), so it never outlives it.
+    pub(super) async fn drive(&self) {
         let interval = self.config.ping_interval;
         let timeout = self.config.ping_timeout;
         let mut next_ping = self.opened + interval;
         loop {
             tokio::select! {
                 biased;
-                reason = self.sender.closed() => return self.on_closed(reason).await,
+                reason = self.sender.closed() => return Box::pin(self.on_closed(reason)).await,
                 // A pong nobody asked for still restarts the interval, as node's `refresh()`.
                 () = self.pong.notified() => {
                     next_ping = Instant::now() + interval;
@@ -686,7 +758,7 @@ impl Session {
             if !open {
                 // Closing: the close signal follows the phase change at once.
                 let reason = self.sender.closed().await;
-                return self.on_closed(reason).await;
+                return Box::pin(self.on_closed(reason)).await;
             }
             self.notify();
             loop {
@@ -698,7 +770,7 @@ impl Session {
                 };
                 tokio::select! {
                     biased;
-                    reason = self.sender.closed() => return self.on_closed(reason).await,
+                    reason = self.sender.closed() => return Box::pin(self.on_closed(reason)).await,
                     () = self.pong.notified() => {
                         next_ping = Instant::now() + interval;
                         break;

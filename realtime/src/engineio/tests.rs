@@ -29,8 +29,9 @@ const SHORT: Duration = Duration::from_millis(10);
 struct Collect(mpsc::UnboundedSender<Conn>);
 
 impl ConnHandler for Collect {
-    fn on_connection(&self, conn: Conn) {
+    fn on_connection(&self, conn: Conn) -> ConnWork {
         let _ = self.0.send(conn);
+        ConnWork::one(Box::pin(std::future::ready(())))
     }
 }
 
@@ -765,6 +766,105 @@ async fn websocket_session_carries_text_and_binary() {
     assert_eq!(error_code(&h.post(&sid, "4x").await), 3);
 }
 
+/// The server's end of a WebSocket, recording the size of each write the transport makes and
+/// counting the times its reads are polled.
+struct CountingIo {
+    inner: DuplexStream,
+    writes: Arc<Mutex<Vec<usize>>>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            self.writes.lock().unwrap().push(*n);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_messages_go_out_in_one_write_and_no_write_exceeds_a_tls_record() {
+    let mut h = Harness::default();
+    let Response::Upgrade { on_upgrade, .. } =
+        h.call(ws_request("EIO=4&transport=websocket")).await
+    else {
+        panic!("expected an upgrade");
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let io = CountingIo {
+        inner: server,
+        writes: Arc::clone(&writes),
+        reads: Arc::default(),
+    };
+    tokio::spawn(on_upgrade(Box::new(io)));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    assert!(next_text(&mut ws).await.starts_with("0{"));
+    let conn = h.conns.recv().await.expect("connection handed over");
+    settle().await;
+    writes.lock().unwrap().clear();
+
+    // A burst queued while the session's task waits: one write.
+    for i in 0..20 {
+        conn.sender.try_send(Frame::Text(format!("m{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(next_text(&mut ws).await, format!("4m{i}"));
+    }
+    // Frames of 2 header bytes and "4m0".."4m19".
+    let burst = 10 * (2 + 3) + 10 * (2 + 4);
+    assert_eq!(*writes.lock().unwrap(), [burst], "one write for the burst");
+    writes.lock().unwrap().clear();
+
+    // A burst larger than a TLS record's 16 KiB of plaintext: written in pieces of at most a
+    // record and a frame, not in one buffer as large as the burst (which tungstenite keeps).
+    let big = "x".repeat(1000);
+    for _ in 0..64 {
+        conn.sender.try_send(Frame::Text(big.clone())).unwrap();
+    }
+    for _ in 0..64 {
+        assert_eq!(next_text(&mut ws).await.len(), 1001);
+    }
+    let sizes = writes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().all(|n| *n <= 16 * 1024 + 1010),
+        "writes of {sizes:?}"
+    );
+    assert!(sizes.len() <= 5, "writes of {sizes:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn websocket_message_over_max_payload_is_1009() {
     let mut h = Harness::new(EngineConfig {
@@ -1270,4 +1370,40 @@ async fn handshakes_over_the_session_caps_are_refused_with_a_readable_error() {
     assert_eq!(h.server.session_count(), 5);
     // Requests of existing sessions are not handshakes: never refused by the caps.
     h.server.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
+async fn writing_messages_does_not_poll_the_websockets_reads() {
+    let mut h = Harness::default();
+    let Response::Upgrade { on_upgrade, .. } =
+        h.call(ws_request("EIO=4&transport=websocket")).await
+    else {
+        panic!("expected an upgrade");
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = CountingIo {
+        inner: server,
+        writes: Arc::default(),
+        reads: Arc::clone(&reads),
+    };
+    tokio::spawn(on_upgrade(Box::new(io)));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    assert!(next_text(&mut ws).await.starts_with("0{"));
+    let mut conn = h.conns.recv().await.expect("connection handed over");
+    settle().await;
+    let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+    // Messages written one at a time, each a wake-up of the session's task of its own.
+    for i in 0..20 {
+        conn.sender.try_send(Frame::Text(format!("m{i}"))).unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("4m{i}"));
+    }
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "the reads were not polled"
+    );
+    // And the reads still work when the client writes.
+    send_text(&mut ws, "4up").await;
+    assert_eq!(conn.incoming.recv().await, Some(Frame::Text("up".into())));
 }

@@ -3,7 +3,10 @@
 //! A session reaches it either directly (WebSocket handshake) or from polling through the
 //! probe: `2probe`/`3probe`, then `5` hands the session over ([`upgrade`]).
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -15,8 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::parts::{poll_slot, Parts};
 use super::session::{frame_packet, Inbound, Session};
-use super::{CloseReason, Packet, WsFrame, PROBE};
+use super::{CloseReason, Frame, Packet, WsFrame, PROBE};
 use crate::seam::Upgraded;
 
 /// After a close frame, how long the other side gets to finish the closing handshake before
@@ -25,14 +29,20 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Messages written between two flushes: batches a burst into few socket writes while
 /// keeping the time before the first one reaches the client short.
 const WRITE_BATCH: usize = 64;
+/// How many bytes of frames tungstenite gathers before it writes them to the connection: the
+/// plaintext of one TLS record, so a burst goes out in writes that each make one record (the
+/// last one at the flush). tungstenite's default (128 KiB) wrote a whole burst at once, and
+/// its buffer keeps the capacity of the largest burst for the connection's life.
+const WRITE_BUFFER: usize = 16 * 1024;
 
-pub(super) type Ws = WebSocketStream<Upgraded>;
+pub(super) use super::session::Ws;
 
 /// The WebSocket over an upgraded connection. Frames and messages above `maxPayload` are
 /// refused by tungstenite before they are buffered (node's `ws` has the same limit).
 pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
     let config = WebSocketConfig::default()
         .read_buffer_size(crate::seam::WS_READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload));
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
@@ -92,11 +102,16 @@ pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
                 }
                 session.probe_answered();
             }
-            // node upgrades on `5` even without a probe before it.
+            // node upgrades on `5` even without a probe before it. The session's own task
+            // carries it on this WebSocket from now on; this one ends.
             Ok(Packet::Upgrade) => {
                 if session.complete_upgrade() {
                     drop(probe);
-                    return run(session, ws).await;
+                    if let Some(back) = session.hand_over(ws) {
+                        // The session closed meanwhile.
+                        refuse(back).await;
+                    }
+                    return;
                 }
                 break;
             }
@@ -108,8 +123,8 @@ pub(super) async fn upgrade(probe: Probe, mut ws: Ws) {
     refuse(ws).await;
 }
 
-/// Closes the session when the WebSocket carrying it ends, including when the gateway drops
-/// this task because the client connection is gone.
+/// Closes the session when the WebSocket carrying it ends, including when the task running it
+/// is dropped (the runtime shutting down).
 struct CloseOnDrop<'a>(&'a Session);
 
 impl Drop for CloseOnDrop<'_> {
@@ -118,18 +133,50 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Carries `session` over `ws` until either ends.
-pub(super) async fn run(session: Arc<Session>, ws: Ws) {
-    let _close = CloseOnDrop(&session);
+/// Carries `session` over `ws` until either ends (in the session's task).
+///
+/// The reads and the writes are polled apart, each only when woken ([`Parts`]): a message
+/// to write does not poll the reads (down through the WebSocket, TLS and the socket's
+/// readiness), nor a message read the writes.
+pub(super) async fn run(session: &Session, ws: Ws) {
+    let _close = CloseOnDrop(session);
     let (mut sink, mut stream) = ws.split();
-    let reader = read_loop(&session, &mut stream);
-    let writer = write_loop(&session, &mut sink);
-    tokio::pin!(reader, writer);
-    tokio::select! {
-        // We sent a close frame: let the client's answer come in.
-        () = &mut writer => { let _ = timeout(CLOSE_GRACE, &mut reader).await; }
-        // The client is gone or broke the protocol: the session is closed, write the frame.
-        () = &mut reader => { let _ = timeout(CLOSE_GRACE, &mut writer).await; }
+    let mut writer = pin!(Some(write_loop(session, &mut sink)));
+    let mut reader = pin!(Some(read_loop(session, &mut stream)));
+    let mut parts = Parts::<2>::new();
+    // Until one of them ends.
+    std::future::poll_fn(|cx| {
+        let mut ended = false;
+        let _ = parts.poll(
+            cx,
+            |_| Poll::Ready(()),
+            |part, cx| {
+                let polled = match part {
+                    0 => poll_slot(writer.as_mut(), cx),
+                    _ => poll_slot(reader.as_mut(), cx),
+                };
+                ended |= polled.is_ready();
+                polled
+            },
+        );
+        if ended {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    // We sent a close frame: let the client's answer come in. Or the client is gone or broke
+    // the protocol: the session is closed, write the frame.
+    let rest: Option<Pin<&mut (dyn Future<Output = ()> + Send)>> =
+        match (writer.as_mut().as_pin_mut(), reader.as_mut().as_pin_mut()) {
+            (Some(writer), None) => Some(writer),
+            (None, Some(reader)) => Some(reader),
+            _ => None,
+        };
+    if let Some(rest) = rest {
+        // Boxed: the task's future keeps its largest state for life, and this runs once.
+        let _ = Box::pin(timeout(CLOSE_GRACE, rest)).await;
     }
 }
 
@@ -168,49 +215,74 @@ async fn read_loop(session: &Session, stream: &mut SplitStream<Ws>) {
     session.close(CloseReason::TransportClose);
 }
 
+/// What the WebSocket writer does next.
+enum Next {
+    /// The session changed: look at its state (control packets, a close).
+    Changed,
+    Frame(Frame),
+    /// The layer above dropped its sender.
+    QueueClosed,
+    /// Nobody can change the session any more.
+    Gone,
+}
+
 async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
     let mut changes = session.subscribe();
     let mut rx = session.outgoing.lock().await;
     let mut queue_open = true;
+    let mut next = Next::Changed;
     loop {
-        changes.borrow_and_update();
-        let batch = session.take_for_ws(&mut rx);
-        if !write_all(sink, batch.packets.iter()).await {
-            return session.close(CloseReason::TransportError("write error".into()));
-        }
-        if let Some(code) = batch.close {
-            let frame = CloseFrame {
-                code,
-                reason: "".into(),
-            };
-            let _ = sink.send(Message::Close(Some(frame))).await;
-            if batch.drained {
-                session.ws_drained();
-            }
-            return;
-        }
-        tokio::select! {
-            frame = rx.recv(), if queue_open => match frame {
-                Some(frame) => {
-                    let mut packets = vec![frame_packet(frame)];
-                    while packets.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(frame) => packets.push(frame_packet(frame)),
-                            Err(_) => break,
-                        }
-                    }
-                    if !write_all(sink, packets.iter()).await {
-                        return session.close(CloseReason::TransportError("write error".into()));
-                    }
+        match next {
+            Next::Changed => {
+                changes.borrow_and_update();
+                let batch = session.take_for_ws(&mut rx);
+                if !write_all(sink, batch.packets.iter()).await {
+                    return session.close(CloseReason::TransportError("write error".into()));
                 }
-                None => queue_open = false,
-            },
-            changed = changes.changed() => {
-                if changed.is_err() {
+                if let Some(code) = batch.close {
+                    let frame = CloseFrame {
+                        code,
+                        reason: "".into(),
+                    };
+                    // Boxed, as the close of `run`: once per connection.
+                    let _ = Box::pin(sink.send(Message::Close(Some(frame)))).await;
+                    if batch.drained {
+                        session.ws_drained();
+                    }
                     return;
                 }
             }
+            Next::Frame(frame) => {
+                let mut packets = vec![frame_packet(frame)];
+                while packets.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(frame) => packets.push(frame_packet(frame)),
+                        Err(_) => break,
+                    }
+                }
+                if !write_all(sink, packets.iter()).await {
+                    return session.close(CloseReason::TransportError("write error".into()));
+                }
+            }
+            Next::QueueClosed => queue_open = false,
+            Next::Gone => return,
         }
+        // A change first: it may be a close, after which nothing queued is sent.
+        next = std::future::poll_fn(|cx| {
+            match session.poll_ws_change(&changes, cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Next::Changed),
+                Poll::Ready(Err(())) => return Poll::Ready(Next::Gone),
+                Poll::Pending => {}
+            }
+            if !queue_open {
+                return Poll::Pending;
+            }
+            rx.poll_recv(cx).map(|frame| match frame {
+                Some(frame) => Next::Frame(frame),
+                None => Next::QueueClosed,
+            })
+        })
+        .await;
     }
 }
 

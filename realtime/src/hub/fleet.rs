@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -411,6 +411,7 @@ fn message(topic: &Arc<str>, m: FleetMessage) -> Arc<Message> {
         origin: m.origin,
         remote: m.remote,
         reset_from: None,
+        encoded: OnceLock::new(),
     })
 }
 
@@ -474,6 +475,7 @@ impl Inner {
             remote: true,
             reset_from: Some(from),
             size: 0,
+            encoded: OnceLock::new(),
         });
         Self::fan_out(st, &notice, out);
     }

@@ -183,6 +183,17 @@ pub struct Message {
     /// a replay; only hubs in a fleet send them.
     pub reset_from: Option<Position>,
     pub(super) size: usize,
+    /// A transport's encoding of the message, made by the first of its subscribers that
+    /// delivers it and read by the others ([`Message::encoded`]).
+    pub(super) encoded: OnceLock<Encoded>,
+}
+
+/// What [`Message::encoded`] keeps: `text`, made for `scope` (whose meaning is the
+/// transport's: Socket.IO's is the namespace and whether it speaks Echo).
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) scope: (Box<str>, bool),
+    pub(crate) text: Box<str>,
 }
 
 impl Message {
@@ -210,6 +221,21 @@ impl Message {
     /// Whether `id` published this message.
     pub fn is_from(&self, id: SubscriberId) -> bool {
         self.origin == Some(id)
+    }
+
+    /// The message encoded for `scope`: made by `encode` at the first call, then read by every
+    /// later one (a fan-out's other subscribers, on any thread), without a lock or a
+    /// reference count to share. A call for another scope than the first's gets `None`.
+    pub(crate) fn encoded(
+        &self,
+        scope: (&str, bool),
+        encode: impl FnOnce() -> String,
+    ) -> Option<&str> {
+        let kept = self.encoded.get_or_init(|| Encoded {
+            scope: (scope.0.into(), scope.1),
+            text: encode().into_boxed_str(),
+        });
+        (&*kept.scope.0 == scope.0 && kept.scope.1 == scope.1).then_some(&*kept.text)
     }
 
     /// Whether this is a live reset ([`Message::reset_from`]) rather than a message.

@@ -59,7 +59,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::sync::{lock, read, try_lock, write};
 use std::time::{Duration, Instant};
@@ -476,7 +476,26 @@ impl Hub {
     /// A new subscriber with its own queue capacity (at least 1), e.g. a
     /// small one for a single long-poll request.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Result<Subscriber, HubError> {
-        let shared = Arc::new(SubShared::new(capacity));
+        self.new_subscriber(capacity, Arc::default())
+    }
+
+    /// A new subscriber (default capacity) that wakes `wake` instead of a `Notify` of its own
+    /// when a message arrives for it or it closes: a connection with a subscriber per
+    /// namespace waits on that one `Notify` and drains every subscriber that has something
+    /// with [`Subscriber::try_recv`], so a push wakes its task once whichever subscriber it
+    /// went to. The waker of `wake` is told once per empty-to-non-empty change of a queue (a
+    /// permit is kept when nobody waits), so whoever waits must drain each queue empty (or
+    /// wake itself again) before waiting.
+    pub fn subscribe_waking(&self, wake: Arc<tokio::sync::Notify>) -> Result<Subscriber, HubError> {
+        self.new_subscriber(self.inner.config.queue_capacity, wake)
+    }
+
+    fn new_subscriber(
+        &self,
+        capacity: usize,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<Subscriber, HubError> {
+        let shared = Arc::new(SubShared::new(capacity, wake));
         let mut registry = lock(&self.inner.registry);
         // Checked under the registry lock, which shutdown also takes, so no
         // subscriber escapes shutdown.
@@ -901,6 +920,7 @@ impl Inner {
                 remote: false,
                 reset_from: None,
                 size,
+                encoded: OnceLock::new(),
             });
             let position = msg.position();
             let mut out = FanOut::default();

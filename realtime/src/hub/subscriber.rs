@@ -111,7 +111,10 @@ pub(super) struct SubShared {
     pub(super) id: SubscriberId,
     capacity: usize,
     pub(super) state: Mutex<SubState>,
-    notify: Notify,
+    /// Woken when the queue becomes non-empty or the subscriber closes. Shared by the
+    /// subscribers of one connection ([`super::Hub::subscribe_waking`]), so that a push to any
+    /// of them wakes the one task that reads them all, once.
+    notify: Arc<Notify>,
 }
 
 pub(super) enum Push {
@@ -124,7 +127,7 @@ pub(super) enum Push {
 }
 
 impl SubShared {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, notify: Arc<Notify>) -> Self {
         SubShared {
             id: SubscriberId::next(),
             capacity: capacity.max(1),
@@ -133,7 +136,7 @@ impl SubShared {
                 life: Life::Open,
                 topics: HashSet::new(),
             }),
-            notify: Notify::new(),
+            notify,
         }
     }
 
@@ -281,6 +284,28 @@ impl Subscriber {
                 return Ok(msg);
             }
             self.shared.notify.notified().await;
+        }
+    }
+
+    /// [`try_recv`](Self::try_recv), and whether the subscriber is still in the message's
+    /// topic ([`is_joined`](Self::is_joined)), under one lock: a transport that delivers
+    /// only what is still joined asks both of every message. In one topic, the common case,
+    /// the topic is compared without hashing it.
+    pub fn try_recv_joined(&self) -> Result<Option<(Arc<Message>, bool)>, Closed> {
+        let mut st = lock(&self.shared.state);
+        match st.life {
+            Life::Open => Ok(st.queue.pop_front().map(|msg| {
+                let joined = if st.topics.len() == 1 {
+                    st.topics.iter().any(|t| **t == *msg.topic)
+                } else {
+                    st.topics.contains(&msg.topic)
+                };
+                (msg, joined)
+            })),
+            Life::Closed(reason) => Err(Closed { reason }),
+            Life::Dropped => Err(Closed {
+                reason: CloseReason::Shutdown,
+            }),
         }
     }
 

@@ -1011,3 +1011,45 @@ fn clients_are_held_to_names_and_a_new_topic_budget() {
     assert!(hub.check_topic_name("sio:/chat").is_err());
     assert_eq!(hub.check_topic_name("t4"), Ok(()));
 }
+
+#[test]
+fn try_recv_joined_says_whether_the_topic_is_still_joined() {
+    let hub = Hub::default();
+    let sub = hub.subscribe().unwrap();
+    sub.join("a", None).unwrap();
+    hub.publish("a", "e", json!(1), None).unwrap();
+    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
+    assert_eq!((&*msg.topic, joined), ("a", true), "one topic");
+    sub.join("b", None).unwrap();
+    hub.publish("a", "e", json!(2), None).unwrap();
+    hub.publish("b", "e", json!(3), None).unwrap();
+    sub.leave("a");
+    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
+    assert_eq!(
+        (&*msg.topic, joined),
+        ("a", false),
+        "left after it was queued"
+    );
+    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
+    assert_eq!((&*msg.topic, joined), ("b", true), "the one topic left");
+    assert!(sub.try_recv_joined().unwrap().is_none());
+}
+
+#[test]
+fn a_message_is_encoded_once_for_its_first_scope_only() {
+    let hub = Hub::default();
+    let sub = hub.subscribe().unwrap();
+    sub.join("a", None).unwrap();
+    hub.publish("a", "e", json!(1), None).unwrap();
+    let msg = sub.try_recv().unwrap().expect("queued");
+    let mut made = 0;
+    let mut encode = |text: &str| {
+        made += 1;
+        text.to_owned()
+    };
+    assert_eq!(msg.encoded(("/", false), || encode("x")), Some("x"));
+    assert_eq!(msg.encoded(("/", false), || encode("y")), Some("x"));
+    assert_eq!(msg.encoded(("/", true), || encode("z")), None);
+    assert_eq!(msg.encoded(("/chat", false), || encode("z")), None);
+    assert_eq!(made, 1);
+}

@@ -23,8 +23,9 @@
 //!   (Laravel Echo's protocol) and `app_events` (events to the app) below
 //!   `behaviour`, and `client_rooms` (the rooms clients choose, and
 //!   presence) below them;
-//! * `server`: [`SocketIo`] and one task per connection, which decodes
-//!   packets and dispatches them to namespaces and sockets;
+//! * `server`: [`SocketIo`] and one future per connection (polled by the
+//!   Engine.IO session's task), which decodes packets and dispatches them to
+//!   namespaces and sockets, and delivers what the hub queued for them;
 //! * `namespace`: [`Namespace`], socket creation and recovery, broadcasts;
 //! * `socket`: one socket's events, acks, rooms and ordered delivery;
 //! * `state`: the connection, namespace and socket state they share, which
@@ -38,7 +39,8 @@
 //!
 //! Messages flow one way through them: client events come in through
 //! `server` to a socket's handlers, which publish to the hub; what the hub
-//! delivers goes out through each socket's reader to its connection.
+//! queues for a socket goes out through its connection's future, woken once
+//! for all of the connection's sockets.
 //!
 //! # Rooms are hub topics
 //!

@@ -164,7 +164,7 @@ impl NsInner {
             }
         }
         socket.inner.settle_in_fleet().await;
-        self.start(&socket);
+        self.register(&socket);
         Ok(socket)
     }
 
@@ -180,7 +180,7 @@ impl NsInner {
             .recovery
             .as_ref()
             .map(|_| Arc::from(generate_id()));
-        let sub = Arc::new(self.hub.subscribe()?);
+        let sub = Arc::new(self.hub.subscribe_waking(Arc::clone(&conn.wake))?);
         let mut tracker = Tracker::new(self.options.recovery.as_ref().map(|r| r.tracked_events));
         if self.fleet_sessions().is_some() {
             tracker = tracker.in_fleet();
@@ -209,13 +209,6 @@ impl NsInner {
             return Err(e);
         }
         Ok(socket)
-    }
-
-    fn start(&self, socket: &Socket) {
-        self.register(socket);
-        if let Some(sub) = lock(&socket.inner.sub).clone() {
-            tokio::spawn(socket.clone().run_reader(sub));
-        }
     }
 
     /// Where the fleet keeps its sessions, when recovery spans the fleet.
@@ -339,7 +332,7 @@ impl NsInner {
         {
             return failed("the offset does not describe the record's topics");
         }
-        let sub = Arc::new(self.hub.subscribe()?);
+        let sub = Arc::new(self.hub.subscribe_waking(Arc::clone(&conn.wake))?);
         let mut tracker = Tracker::new(Some(opts.tracked_events)).in_fleet();
         tracker.resumed_at(offset.count);
         tracker.add_origin(sub.id());
@@ -447,7 +440,7 @@ impl NsInner {
         let Some(plan) = session.tracker.resume(&topics, offset) else {
             return failed("the offset is not in the session's delivery log");
         };
-        let sub = Arc::new(self.hub.subscribe()?);
+        let sub = Arc::new(self.hub.subscribe_waking(Arc::clone(&conn.wake))?);
         session.tracker.add_origin(sub.id());
         let who = Identity {
             id: session.sid,

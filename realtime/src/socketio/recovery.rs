@@ -133,9 +133,21 @@ pub(crate) struct Tracker {
     /// stale (queued before a replay that already covered it). Sorted, as a
     /// fleet offset lists the topics ([`super::fleet_recovery`]).
     positions: BTreeMap<Arc<str>, Position>,
-    recent: VecDeque<MessageId>,
-    /// Recent delivered ids → offset they went out with (0 without recovery).
-    recent_offsets: HashMap<MessageId, u64>,
+    /// The last [`DEDUPE_WINDOW`] ids delivered, with the offset each went out with (0 without
+    /// recovery), oldest first.
+    recent: VecDeque<(MessageId, u64)>,
+    /// `recent` by id, made only once a copy of a delivered message can come again
+    /// (`may_repeat`): a socket that only ever had one topic never looks an id up, and a
+    /// firehose spent a fifth of its CPU hashing ids into this map (and kept a map of 2,048
+    /// buckets per socket).
+    recent_offsets: Option<HashMap<MessageId, u64>>,
+    /// Whether a message already delivered can come again under the same id: true once a
+    /// second topic was placed (a broadcast to several rooms shares one id across their
+    /// topics), or an id was reported seen on another node. A socket in one topic gets each
+    /// id once from it, and a repeat within that topic is stale by its position.
+    may_repeat: bool,
+    /// Whether a topic was ever placed: the next new one makes `may_repeat` true.
+    placed_any: bool,
     origins: VecDeque<SubscriberId>,
     log: Option<DeliveryLog>,
     /// In a fleet, what another node needs to recover the session.
@@ -166,7 +178,9 @@ impl Tracker {
         Tracker {
             positions: BTreeMap::new(),
             recent: VecDeque::new(),
-            recent_offsets: HashMap::new(),
+            recent_offsets: None,
+            may_repeat: false,
+            placed_any: false,
             origins: VecDeque::new(),
             log: tracked.map(|cap| DeliveryLog {
                 sent: 0,
@@ -222,6 +236,7 @@ impl Tracker {
     /// Message `id` reached the client before (on another node): a copy of it from another
     /// topic is a duplicate.
     pub(crate) fn seen(&mut self, id: MessageId) {
+        self.may_repeat = true;
         self.remember(id, 0);
     }
 
@@ -263,10 +278,19 @@ impl Tracker {
     /// Records where the socket stands in `topic`; a topic or an epoch the fleet offsets do
     /// not name yet changes the session record.
     fn place(&mut self, topic: Arc<str>, position: Position) {
-        let before = self.positions.insert(topic, position);
-        if before.is_none_or(|b| b.epoch != position.epoch) {
-            self.fleet_changed();
+        // A topic already placed is updated in place: inserting would clone the topic's `Arc`
+        // (shared by every socket a broadcast reaches) only to drop the clone again.
+        if let Some(p) = self.positions.get_mut(&topic) {
+            let before = std::mem::replace(p, position);
+            if before.epoch != position.epoch {
+                self.fleet_changed();
+            }
+            return;
         }
+        self.positions.insert(topic, position);
+        self.may_repeat |= self.placed_any;
+        self.placed_any = true;
+        self.fleet_changed();
     }
 
     fn fleet_changed(&mut self) {
@@ -312,16 +336,15 @@ impl Tracker {
     /// per-topic order). `deliverable` is false for payloads that can never
     /// be sent (a reserved event name).
     pub(crate) fn decide(&mut self, msg: &Message, deliverable: bool) -> Decision {
-        if let Some(p) = self.positions.get(&*msg.topic) {
-            if p.epoch == msg.epoch && msg.seq <= p.seq {
-                return Decision::Skip;
-            }
+        match self.positions.get_mut(&*msg.topic) {
+            Some(p) if p.epoch == msg.epoch && msg.seq <= p.seq => return Decision::Skip,
+            Some(p) if p.epoch == msg.epoch => *p = msg.position(),
+            _ => self.place(Arc::clone(&msg.topic), msg.position()),
         }
-        self.place(Arc::clone(&msg.topic), msg.position());
         let own = msg.origin.is_some_and(|o| self.origins.contains(&o));
         let (status, decision) = if own || !deliverable {
             (Status::Skipped, Decision::Skip)
-        } else if let Some(&first) = self.recent_offsets.get(&msg.id) {
+        } else if let Some(first) = self.delivered_before(msg.id) {
             (Status::Dup(first), Decision::Skip)
         } else {
             let offset = self.log.as_mut().map(|log| {
@@ -345,12 +368,29 @@ impl Tracker {
         decision
     }
 
+    /// The offset message `id` went out with, if it was delivered within the window and a
+    /// copy of it can come again at all (`may_repeat`).
+    fn delivered_before(&mut self, id: MessageId) -> Option<u64> {
+        if !self.may_repeat {
+            return None;
+        }
+        let recent = &self.recent;
+        self.recent_offsets
+            .get_or_insert_with(|| recent.iter().copied().collect())
+            .get(&id)
+            .copied()
+    }
+
     fn remember(&mut self, id: MessageId, offset: u64) {
-        self.recent.push_back(id);
-        self.recent_offsets.insert(id, offset);
+        self.recent.push_back((id, offset));
+        if let Some(map) = self.recent_offsets.as_mut() {
+            map.insert(id, offset);
+        }
         while self.recent.len() > DEDUPE_WINDOW {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_offsets.remove(&old);
+            if let Some((old, _)) = self.recent.pop_front() {
+                if let Some(map) = self.recent_offsets.as_mut() {
+                    map.remove(&old);
+                }
             }
         }
     }
@@ -395,9 +435,9 @@ impl Tracker {
         for (topic, p) in &since {
             self.place(Arc::clone(topic), *p);
         }
-        self.recent_offsets.retain(|_, c| *c <= offset);
-        let offsets = &self.recent_offsets;
-        self.recent.retain(|id| offsets.contains_key(id));
+        self.recent.retain(|&(_, c)| c <= offset);
+        // Made again from `recent` when next needed.
+        self.recent_offsets = None;
         Some(ResumePlan { since, order })
     }
 }
@@ -559,6 +599,52 @@ mod tests {
             t.decide(&got[0], true),
             Decision::Deliver { offset: Some(2) }
         );
+    }
+
+    #[test]
+    fn a_socket_in_one_topic_looks_no_id_up() {
+        let hub = Hub::new(HubConfig::default());
+        let sub = hub.subscribe().unwrap();
+        let mut t = Tracker::new(None);
+        let out = sub.join("a", None).unwrap();
+        t.set_position(Arc::from("a"), out.position());
+        for i in 0..DEDUPE_WINDOW + 10 {
+            hub.publish("a", "x", json!(i), None).unwrap();
+            for m in drain(&sub) {
+                assert_eq!(t.decide(&m, true), Decision::Deliver { offset: None });
+            }
+        }
+        assert!(t.recent_offsets.is_none(), "no id map for one topic");
+        assert_eq!(t.recent.len(), DEDUPE_WINDOW);
+    }
+
+    /// A broadcast delivered while the socket had one topic is still known by its id once a
+    /// second topic replays it: the ids are kept even while nothing looks them up.
+    #[test]
+    fn a_copy_from_a_topic_joined_later_is_a_duplicate() {
+        let hub = Hub::new(HubConfig::default());
+        let sub = hub.subscribe().unwrap();
+        let mut t = Tracker::new(Some(16));
+        let out = sub.join("a", None).unwrap();
+        t.set_position(Arc::from("a"), out.position());
+        let other = hub.subscribe().unwrap();
+        let since = other.join("b", None).unwrap().position();
+        hub.publish_many(["a", "b"], Payload::new("x", json!(1)), None)
+            .unwrap();
+        let got = drain(&sub);
+        assert_eq!(got.len(), 1, "only `a` is joined");
+        assert_eq!(
+            t.decide(&got[0], true),
+            Decision::Deliver { offset: Some(1) }
+        );
+        assert!(t.recent_offsets.is_none());
+        // Joining `b` from before the broadcast replays its copy.
+        let out = sub.join("b", Some(since)).unwrap();
+        t.set_position(Arc::from("b"), since);
+        let replay = out.replay().to_vec();
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0].id, got[0].id);
+        assert_eq!(t.decide(&replay[0], true), Decision::Skip);
     }
 
     /// Messages a fleet lost to this node cannot be told to a Socket.IO client: no recovery

@@ -1,11 +1,15 @@
-//! The Socket.IO server: one task per Engine.IO connection that decodes
-//! packets, multiplexes namespaces and enforces the protocol's state rules.
+//! The Socket.IO server: per Engine.IO connection, a future (polled by the
+//! Engine.IO session's task) that decodes packets, multiplexes namespaces and
+//! enforces the protocol's state rules, and one that delivers what the hub
+//! queued for the connection's sockets.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc::Receiver;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -20,7 +24,7 @@ use super::rooms::{normalize_nsp, room_of};
 use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
-use crate::engineio::{CloseReason, Conn, ConnHandler, Frame};
+use crate::engineio::{CloseReason, Conn, ConnHandler, ConnWork, Frame};
 use crate::hub::{Hub, Payload};
 use crate::sync::{read, write};
 
@@ -35,7 +39,7 @@ enum ProtocolError {
     InvalidState { kind: SioKind, nsp: String },
 }
 
-struct IoInner {
+pub(super) struct IoInner {
     hub: Hub,
     options: Arc<SocketIoOptions>,
     stats: Arc<SocketIoStats>,
@@ -66,7 +70,7 @@ struct IoInner {
 /// ```
 #[derive(Clone)]
 pub struct SocketIo {
-    inner: Arc<IoInner>,
+    pub(super) inner: Arc<IoInner>,
 }
 
 impl fmt::Debug for SocketIo {
@@ -211,28 +215,47 @@ impl IoInner {
 }
 
 impl ConnHandler for SocketIo {
-    fn on_connection(&self, conn: Conn) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(run_connection(Arc::clone(&self.inner), conn));
-            }
-            Err(_) => {
-                tracing::error!("socket.io: on_connection called outside a tokio runtime");
-                conn.sender.close(CloseReason::ServerShutdown);
-            }
+    fn on_connection(&self, conn: Conn) -> ConnWork {
+        let shared = Arc::new(ConnShared::new(
+            conn.sender.clone(),
+            Arc::clone(&conn.info),
+            Arc::clone(&self.inner.stats),
+        ));
+        ConnWork {
+            incoming: Box::pin(run_connection(
+                Arc::clone(&self.inner),
+                conn.incoming,
+                Arc::clone(&shared),
+            )),
+            outgoing: Some(Box::pin(deliver(shared))),
         }
     }
 }
 
-/// Serves one connection until it closes, then ends its sockets.
-async fn run_connection(io: Arc<IoInner>, conn: Conn) {
-    let Conn {
-        info,
-        mut incoming,
-        sender,
-        ..
-    } = conn;
-    let shared = Arc::new(ConnShared::new(sender, info, Arc::clone(&io.stats)));
+/// Delivers what the hub queues for the connection's sockets, until the connection's packets
+/// are done with ([`ConnShared::end`]): one wake-up for all of them, whichever namespaces a
+/// fan-out reaches. It waits on that wake-up alone: the connection's close, a second thing to
+/// poll at every delivery, reaches it through the end of `run_connection`.
+async fn deliver(shared: Arc<ConnShared>) {
+    loop {
+        shared.wake.notified().await;
+        if shared.ended() {
+            return;
+        }
+        if !shared.deliver_queued() {
+            // More than the budget: the rest after the connection's other work.
+            shared.wake.notify_one();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Serves one connection's packets until it closes, then ends its sockets.
+pub(super) async fn run_connection(
+    io: Arc<IoInner>,
+    mut incoming: Receiver<Frame>,
+    shared: Arc<ConnShared>,
+) {
     io.stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut decoder = SioDecoder::new(io.options.max_attachments);
     let connect_timeout = tokio::time::sleep(io.options.connect_timeout);
@@ -272,6 +295,7 @@ async fn run_connection(io: Arc<IoInner>, conn: Conn) {
     for socket in shared.take_sockets() {
         socket.close(DisconnectReason::Connection(reason.clone()), false);
     }
+    shared.end();
     io.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -285,7 +309,9 @@ async fn dispatch(
     match (msg.packet.kind, socket) {
         (SioKind::Connect, None) => {
             let SioPacket { nsp, data, .. } = msg.packet;
-            if connect(io, shared, nsp, data).await {
+            // Boxed: the connection's future holds its largest state for life, and only a
+            // CONNECT needs this much (the app's check, the socket's creation, its handler).
+            if Box::pin(connect(io, shared, nsp, data)).await {
                 *joined_once = true;
             }
             Ok(())

@@ -12,8 +12,11 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::engineio::conn::{pair, ConnTransport};
-use crate::engineio::{CloseReason, ConnHandler, Frame, HandshakeInfo, Transport};
+use crate::engineio::{
+    CloseReason, ConnHandler, EngineConfig, EngineServer, Frame, HandshakeInfo, Transport,
+};
 use crate::hub::{Hub, HubConfig, Payload};
+use crate::seam::Service;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -47,7 +50,16 @@ impl Client {
 
     fn open_with(io: &SocketIo, out_capacity: usize) -> Client {
         let (conn, t) = pair(Arc::from("engine-sid"), info(), out_capacity, 64);
-        io.on_connection(conn);
+        let work = io.on_connection(conn);
+        // One task, as the session's runs them.
+        tokio::spawn(async move {
+            let outgoing = async {
+                if let Some(outgoing) = work.outgoing {
+                    outgoing.await;
+                }
+            };
+            futures_util::future::join(work.incoming, outgoing).await;
+        });
         Client { t }
     }
 
@@ -248,6 +260,233 @@ async fn namespaces_are_multiplexed_and_left_one_by_one() {
     // /custom is left: an event for it is a protocol violation
     c.send(r#"42/custom,["message","x"]"#).await;
     assert!(matches!(c.closed().await, CloseReason::ParseError(_)));
+}
+
+/// Tasks alive on the test's runtime (the test's own included).
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+#[tokio::test]
+async fn a_connection_in_two_namespaces_is_served_by_one_task_that_delivers_both() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let mut chat = capture(&io, "/chat");
+    let before = alive_tasks();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    c.connect("40/chat").await;
+    let (main, chat) = (next_socket(&mut main).await, next_socket(&mut chat).await);
+    assert_eq!(
+        alive_tasks() - before,
+        1,
+        "the connection's packets and both sockets' hub messages: one task"
+    );
+    // A burst to both namespaces, queued while the connection's task waits, goes out in order
+    // per socket.
+    let hub = io.hub().clone();
+    for i in 0..3 {
+        hub.publish(&room_topic("/", main.id()), "m", json!(i), None)
+            .unwrap();
+        hub.publish(&room_topic("/chat", chat.id()), "c", json!(i), None)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(c.text().await);
+    }
+    let of = |prefix: &str| -> Vec<String> {
+        got.iter()
+            .filter(|t| t.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("42["), [r#"42["m",0]"#, r#"42["m",1]"#, r#"42["m",2]"#]);
+    assert_eq!(
+        of("42/chat,"),
+        [
+            r#"42/chat,["c",0]"#,
+            r#"42/chat,["c",1]"#,
+            r#"42/chat,["c",2]"#
+        ]
+    );
+}
+
+/// The deliveries' future ends with the connection (it does not wait on the close itself: the
+/// packets' future tells it, once the sockets are gone), so the connection's task ends.
+#[tokio::test]
+async fn a_closed_connections_task_ends_with_its_deliveries() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let before = alive_tasks();
+    let mut c = Client::open(&io);
+    c.connect("40").await;
+    let socket = next_socket(&mut main).await;
+    io.hub()
+        .publish(&room_topic("/", socket.id()), "m", json!(1), None)
+        .unwrap();
+    c.expect(r#"42["m",1]"#).await;
+    assert_eq!(alive_tasks() - before, 1);
+    c.t.sender.close(CloseReason::TransportClose);
+    tokio::time::timeout(WAIT, async {
+        while alive_tasks() > before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the connection's task ended");
+    assert!(!socket.connected());
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_delivery_budget_all_goes_out_in_order() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let mut c = Client::open_with(&io, 4096);
+    c.connect("40").await;
+    let socket = next_socket(&mut main).await;
+    let n = 3 * super::state::DELIVERY_BUDGET + 7;
+    for i in 0..n {
+        io.hub()
+            .publish(&room_topic("/", socket.id()), "m", json!(i), None)
+            .unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(c.text().await, format!(r#"42["m",{i}]"#));
+    }
+    // and the connection still answers its client afterwards
+    c.send(r#"42["nothing",1]"#).await;
+    c.quiet().await;
+}
+
+/// A request to an Engine.IO server, as the gateway hands it over.
+fn engine_request(
+    method: http::Method,
+    query: &str,
+    body: &str,
+    upgrade: bool,
+) -> crate::seam::Request {
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("/socket.io/?{query}"));
+    if upgrade {
+        builder = builder
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+    let (head, ()) = builder.body(()).expect("valid request").into_parts();
+    let mut req = crate::seam::Request::new(head);
+    req.body = crate::seam::Body::from_bytes(Bytes::from(body.to_owned()));
+    req
+}
+
+async fn engine_text(
+    engine: &EngineServer,
+    method: http::Method,
+    query: &str,
+    body: &str,
+) -> String {
+    match engine
+        .call(engine_request(method, query, body, false))
+        .await
+    {
+        crate::seam::Response::Full(resp) => {
+            String::from_utf8(resp.into_body().to_vec()).expect("utf-8 body")
+        }
+        _ => panic!("expected a full response"),
+    }
+}
+
+type EngineWs = tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>;
+
+/// A WebSocket to `engine`, its server side run in a task of its own as the gateway runs it.
+async fn engine_ws(engine: &EngineServer, query: &str) -> EngineWs {
+    let crate::seam::Response::Upgrade { on_upgrade, .. } = engine
+        .call(engine_request(http::Method::GET, query, "", true))
+        .await
+    else {
+        panic!("expected an upgrade");
+    };
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(on_upgrade(Box::new(server)));
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        client,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+async fn ws_text(ws: &mut EngineWs) -> String {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no text frame: {other:?}"),
+        }
+    }
+}
+
+async fn ws_send(ws: &mut EngineWs, text: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .expect("sent");
+}
+
+#[tokio::test]
+async fn an_engine_io_session_is_one_task_on_websocket_on_polling_and_once_upgraded() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let mut main = capture(&io, "/");
+    let engine = EngineServer::new(EngineConfig::default(), Arc::new(io.clone()));
+    let hub = io.hub().clone();
+    let base = alive_tasks();
+
+    // On a WebSocket: the connection's task (the gateway's, here the test's spawn) is all.
+    let mut ws = engine_ws(&engine, "EIO=4&transport=websocket").await;
+    assert!(ws_text(&mut ws).await.starts_with("0{"));
+    ws_send(&mut ws, "40").await;
+    assert!(ws_text(&mut ws).await.starts_with("40{"));
+    let socket = next_socket(&mut main).await;
+    eventually(|| alive_tasks() - base == 1).await;
+    hub.publish(&room_topic("/", socket.id()), "hi", json!(1), None)
+        .unwrap();
+    assert_eq!(ws_text(&mut ws).await, r#"42["hi",1]"#);
+    drop(ws);
+    eventually(|| alive_tasks() == base).await;
+
+    // On polling: the session's task; each request runs in its caller's.
+    let open = engine_text(&engine, http::Method::GET, "EIO=4&transport=polling", "").await;
+    let open: Value = serde_json::from_str(&open[1..]).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let polling = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        engine_text(&engine, http::Method::POST, &polling, "40").await,
+        "ok"
+    );
+    assert!(engine_text(&engine, http::Method::GET, &polling, "")
+        .await
+        .starts_with("40{"));
+    let socket = next_socket(&mut main).await;
+    assert_eq!(alive_tasks() - base, 1);
+
+    // Upgraded: the WebSocket is handed to the session's task; the upgrade's own task ends.
+    let mut ws = engine_ws(&engine, &format!("EIO=4&transport=websocket&sid={sid}")).await;
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await, "3probe");
+    ws_send(&mut ws, "5").await;
+    eventually(|| alive_tasks() - base == 1).await;
+    hub.publish(&room_topic("/", socket.id()), "up", json!(2), None)
+        .unwrap();
+    assert_eq!(ws_text(&mut ws).await, r#"42["up",2]"#);
+    assert_eq!(alive_tasks() - base, 1);
+    drop(ws);
+    eventually(|| alive_tasks() == base).await;
 }
 
 // ---- events and acks ----
@@ -1977,4 +2216,21 @@ async fn a_generic_join_of_a_presence_room_lists_its_members_and_tells_the_room_
     eventually(|| presence.count("presence-ok") == (0, 0)).await;
     let news = watcher.try_recv().unwrap().expect("leaving");
     assert_eq!(news.event(), "presence:leaving");
+}
+
+/// The connection's packets future is boxed for the connection's life, at its largest state's
+/// size: a CONNECT's (the app's check, the socket's creation, its handler) is boxed apart, so
+/// an idle connection does not keep room for one (3.9 KiB in a debug build before).
+#[tokio::test]
+async fn an_idle_connections_packets_future_is_small() {
+    let io = SocketIo::new(Hub::default(), SocketIoOptions::default());
+    let (conn, _t) = pair(Arc::from("engine-sid"), info(), 8, 8);
+    let shared = Arc::new(super::state::ConnShared::new(
+        conn.sender.clone(),
+        Arc::clone(&conn.info),
+        Arc::default(),
+    ));
+    let packets = super::server::run_connection(Arc::clone(&io.inner), conn.incoming, shared);
+    let size = std::mem::size_of_val(&packets);
+    assert!(size <= 1024, "{size} bytes");
 }

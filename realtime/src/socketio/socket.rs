@@ -172,20 +172,55 @@ impl SocketInner {
         except.iter().any(|room| rooms.contains(room))
     }
 
-    /// A live message from the hub reader.
-    fn deliver_live(&self, sub: &Subscriber, msg: &Message) {
+    /// Delivers up to `budget` messages the hub queued for the socket; false when more are
+    /// left. Called by the connection's task when the hub wakes it
+    /// ([`super::state::ConnShared::deliver_queued`]).
+    pub(super) fn deliver_queued(&self, budget: usize) -> bool {
+        let Some(sub) = self.subscriber() else {
+            return true;
+        };
+        for _ in 0..budget {
+            // Whether the socket is still in the message's topic is read under the outbox lock,
+            // which `leave` holds while it leaves: nothing of a room left is sent after.
+            let outbox = lock(&self.outbox);
+            match sub.try_recv_joined() {
+                Ok(Some((msg, joined))) => self.deliver_live(outbox, &msg, joined),
+                Ok(None) => return true,
+                Err(closed) => {
+                    drop(outbox);
+                    // The hub dropped this subscriber: its queue filled up (or the hub shut
+                    // down). The socket cannot be kept consistent without it, so the
+                    // connection goes.
+                    match closed.reason {
+                        crate::hub::CloseReason::SlowConsumer => self.conn.slow_consumer(),
+                        _ => self.conn.sender.close(CloseReason::ServerShutdown),
+                    }
+                    return true;
+                }
+            }
+        }
+        sub.queued() == 0
+    }
+
+    /// A live message from the socket's hub queue, taken under `outbox`; `joined`: the
+    /// socket was still in its topic then (one queued before a leave is no longer for it).
+    fn deliver_live(
+        &self,
+        mut outbox: std::sync::MutexGuard<'_, Outbox>,
+        msg: &Message,
+        joined: bool,
+    ) {
         let changed = {
-            let mut outbox = lock(&self.outbox);
-            // Queued before a leave: no longer for this socket. Checked under
-            // the outbox lock, which `leave` holds while it leaves.
-            if sub.is_joined(&msg.topic) {
+            if joined {
                 if msg.is_reset() {
                     outbox.tracker.reset(Arc::clone(&msg.topic), msg.position());
                 } else {
                     self.deliver_locked(&mut outbox, msg);
                 }
             }
-            outbox.tracker.take_changed()
+            let changed = outbox.tracker.take_changed();
+            drop(outbox);
+            changed
         };
         if changed {
             // A topic's epoch changed (the fleet lost its history): the record says so.
@@ -272,9 +307,8 @@ impl SocketInner {
             let tracker = std::mem::replace(&mut outbox.tracker, Tracker::new(None));
             (was == Phase::Connected).then_some(tracker)
         };
-        self.stop.send_replace(true);
         if let Some(sub) = lock(&self.sub).take() {
-            // Detach now rather than when the reader task drops its clone.
+            // Detach now rather than when a delivery under way drops its clone.
             for topic in sub.topics() {
                 sub.leave(&topic);
             }
@@ -456,7 +490,7 @@ impl Socket {
     ///
     /// With recovery on it goes through the socket's own room (as node does)
     /// so it gets an offset and is replayed if the client misses it; it is
-    /// then delivered by the socket's hub reader, shortly after this returns.
+    /// then delivered by the connection's task, shortly after this returns.
     pub fn emit(&self, name: &str, args: impl Into<Args>) -> Result<(), EmitError> {
         check_name(name)?;
         let args = args.into();
@@ -684,29 +718,6 @@ impl Socket {
             values,
             binaries: msg.binaries,
         });
-    }
-
-    /// Reads the socket's hub queue until the socket ends.
-    pub(super) async fn run_reader(self, sub: Arc<Subscriber>) {
-        let mut stop = self.inner.stop.subscribe();
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                next = sub.recv() => match next {
-                    Ok(msg) => self.inner.deliver_live(&sub, &msg),
-                    Err(closed) => {
-                        // The hub dropped this subscriber: its queue filled
-                        // up (or the hub shut down). The socket cannot be
-                        // kept consistent without it, so the connection goes.
-                        match closed.reason {
-                            crate::hub::CloseReason::SlowConsumer => self.inner.conn.slow_consumer(),
-                            _ => self.inner.conn.sender.close(CloseReason::ServerShutdown),
-                        }
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! modules with the behaviour depend one way: `server` (connections) -> `namespace` ->
 //! `socket` -> this module, never back.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing};
@@ -26,7 +27,7 @@ use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
-use crate::hub::{Hub, Message, MessageId, Subscriber, SubscriberId};
+use crate::hub::{Hub, Message, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 // --- Sockets ---
@@ -56,7 +57,7 @@ pub(super) enum Phase {
 }
 
 /// The socket's single outgoing path and its delivery bookkeeping, under one
-/// lock: whoever holds it (the hub reader, an emit, a join with replay)
+/// lock: whoever holds it (the connection's delivery, an emit, a join with replay)
 /// writes complete packets in an order the tracker agrees with.
 pub(super) struct Outbox {
     pub(super) phase: Phase,
@@ -90,7 +91,6 @@ pub(super) struct SocketInner {
     pub(super) handlers: Mutex<Handlers>,
     pub(super) acks: Mutex<Acks>,
     pub(super) rooms: Mutex<BTreeSet<String>>,
-    pub(super) stop: watch::Sender<bool>,
 }
 
 impl SocketInner {
@@ -120,7 +120,6 @@ impl SocketInner {
             handlers: Mutex::default(),
             acks: Mutex::default(),
             rooms: Mutex::default(),
-            stop: watch::channel(false).0,
         }
     }
 }
@@ -207,24 +206,6 @@ pub(super) struct NsInner {
     pub(super) echo: AtomicBool,
     pub(super) registry: Mutex<Registry>,
     pub(super) sessions: Mutex<Sessions>,
-    encoded: Mutex<EncodeCache>,
-}
-
-/// Broadcasts encoded recently, so a message fanned out to thousands of
-/// sockets is serialized once, not once per socket (node encodes a
-/// broadcast once too). A few slots, because each socket's reader works
-/// through its queue on its own: readers of two interleaved broadcasts
-/// would evict a single slot at every message.
-const ENCODE_CACHE_SLOTS: usize = 8;
-
-/// A slot: the message, the topic it came from (which a room's head in Echo's shape names),
-/// and the head.
-type Encoded = (MessageId, Arc<str>, Arc<str>);
-
-#[derive(Default)]
-struct EncodeCache {
-    slots: [Option<Encoded>; ENCODE_CACHE_SLOTS],
-    next: usize,
 }
 
 impl NsInner {
@@ -250,54 +231,47 @@ impl NsInner {
             echo: AtomicBool::new(false),
             registry: Mutex::default(),
             sessions: Mutex::default(),
-            encoded: Mutex::default(),
         }
     }
 
-    /// The shared part of the event packet for hub message `msg` (see
-    /// [`event_head`]). A message id names one payload wherever it was
-    /// published, so it is the cache key; in a namespace that speaks Echo a
-    /// room's head also names the room, so the topic is part of the key there.
-    pub(super) fn event_head(&self, msg: &Message, name: &str) -> Arc<str> {
-        let channel = if self.echo.load(Ordering::Relaxed) {
-            room_of(&self.path, &msg.topic)
-        } else {
-            None
-        };
-        {
-            let cache = lock(&self.encoded);
-            let hit =
-                cache.slots.iter().flatten().find(|(id, topic, _)| {
-                    *id == msg.id && (channel.is_none() || *topic == msg.topic)
-                });
-            if let Some((_, _, head)) = hit {
-                return Arc::clone(head);
+    /// The shared part of the event packet for hub message `msg` (see [`event_head`]):
+    /// encoded once per message, by the first socket that delivers it, and read by every
+    /// other socket it reaches ([`Message::encoded`]), as node encodes a broadcast once. The
+    /// message keeps it: no lock and no reference count shared by the sockets of a fan-out,
+    /// which deliver from every thread at once. In a namespace that speaks Echo, a room's head
+    /// also names the room (the message's topic).
+    pub(super) fn event_head<'m>(&self, msg: &'m Message, name: &str) -> Cow<'m, str> {
+        let echo = self.echo.load(Ordering::Relaxed);
+        let encode = || {
+            let channel = if echo {
+                room_of(&self.path, &msg.topic)
+            } else {
+                None
+            };
+            let attachments = msg.attachments().len();
+            match (channel, msg.data()) {
+                (Some(channel), data) => event_head(
+                    &self.path,
+                    name,
+                    &echo_shape::args(channel, data),
+                    None,
+                    attachments,
+                ),
+                (None, Value::Array(args)) => event_head(&self.path, name, args, None, attachments),
+                (None, one) => event_head(
+                    &self.path,
+                    name,
+                    std::slice::from_ref(one),
+                    None,
+                    attachments,
+                ),
             }
+        };
+        match msg.encoded((&self.path, echo), encode) {
+            Some(head) => Cow::Borrowed(head),
+            // Encoded for another namespace, or before Echo was switched: not shared.
+            None => Cow::Owned(encode()),
         }
-        let attachments = msg.attachments().len();
-        let head: Arc<str> = match (channel, msg.data()) {
-            (Some(channel), data) => event_head(
-                &self.path,
-                name,
-                &echo_shape::args(channel, data),
-                None,
-                attachments,
-            ),
-            (None, Value::Array(args)) => event_head(&self.path, name, args, None, attachments),
-            (None, one) => event_head(
-                &self.path,
-                name,
-                std::slice::from_ref(one),
-                None,
-                attachments,
-            ),
-        }
-        .into();
-        let mut cache = lock(&self.encoded);
-        let slot = cache.next;
-        cache.slots[slot] = Some((msg.id, Arc::clone(&msg.topic), Arc::clone(&head)));
-        cache.next = (slot + 1) % ENCODE_CACHE_SLOTS;
-        head
     }
 
     /// The other servers of the namespace, if the server has any.
@@ -389,12 +363,23 @@ impl NsInner {
 
 // --- Connections ---
 
+/// How many hub messages of one socket a connection's task delivers before it looks at its
+/// other work (the client's packets, the close).
+pub(super) const DELIVERY_BUDGET: usize = 256;
+
 /// The connection as its sockets see it: the sender, serialized so the
 /// frames of one packet (text, then its binaries) are never interleaved
 /// with another packet's, and its socket in each namespace joined.
 pub(super) struct ConnShared {
     pub(super) sender: ConnSender,
     pub(super) info: Arc<HandshakeInfo>,
+    /// What the hub subscribers of the connection's sockets wake ([`Hub::subscribe_waking`]):
+    /// the connection's task waits on it and delivers whatever any of them queued
+    /// ([`ConnShared::deliver_queued`]), so a fan-out wakes the connection once, not once per
+    /// socket or per message.
+    pub(super) wake: Arc<Notify>,
+    /// Set once the connection is closed and its sockets are gone ([`ConnShared::end`]).
+    ended: AtomicBool,
     write_lock: Mutex<()>,
     sockets: Mutex<HashMap<String, Socket>>,
     stats: Arc<SocketIoStats>,
@@ -409,6 +394,8 @@ impl ConnShared {
         ConnShared {
             sender,
             info,
+            wake: Arc::default(),
+            ended: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             sockets: Mutex::default(),
             stats,
@@ -460,8 +447,33 @@ impl ConnShared {
         lock(&self.sockets).get(nsp).cloned()
     }
 
+    /// Adds the connection's socket in `nsp`. Its subscriber may have had messages queued
+    /// (and the wake taken by a delivery that did not see the socket yet): the connection's
+    /// task is woken to look.
     pub(super) fn insert(&self, nsp: String, socket: Socket) {
         lock(&self.sockets).insert(nsp, socket);
+        self.wake.notify_one();
+    }
+
+    /// Delivers what the hub queued for the connection's sockets, up to [`DELIVERY_BUDGET`]
+    /// messages a socket; false when more is left (the caller comes back for it after the
+    /// client's packets, so a firehose on one namespace does not starve them).
+    pub(super) fn deliver_queued(&self) -> bool {
+        let sockets = lock(&self.sockets);
+        // One namespace is the common case: no list to make.
+        if sockets.len() == 1 {
+            let Some(socket) = sockets.values().next().cloned() else {
+                return true;
+            };
+            drop(sockets);
+            return socket.inner.deliver_queued(DELIVERY_BUDGET);
+        }
+        let sockets: Vec<Socket> = sockets.values().cloned().collect();
+        let mut all = true;
+        for socket in sockets {
+            all &= socket.inner.deliver_queued(DELIVERY_BUDGET);
+        }
+        all
     }
 
     /// Drops `socket` from the connection's namespaces (if it is still the
@@ -480,6 +492,16 @@ impl ConnShared {
         if lock(&self.sockets).is_empty() {
             self.sender.close(reason);
         }
+    }
+
+    /// The connection's teardown is over: its deliveries end too.
+    pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Takes every socket out, for the connection's teardown.
