@@ -47,7 +47,7 @@ pub async fn connect(addr: SocketAddr) -> TlsClient {
         Some(&b"h2"[..]),
         "the gateway must offer h2 by ALPN"
     );
-    tls
+    tls.into()
 }
 
 /// One frame: 9-byte header (24-bit length, type, flags, 31-bit stream id) and its payload.

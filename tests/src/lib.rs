@@ -499,9 +499,78 @@ pub async fn tls_connect(addr: SocketAddr) -> TlsClient {
         )
         .await
         .expect("tls handshake")
+        .into()
 }
 
-pub type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+/// A test's TLS connection to the gateway, which pushes out what its writes left behind
+/// before each read.
+///
+/// tokio-rustls' `poll_write` takes the plaintext and answers `Ok` even when the socket would
+/// block: the encrypted record then waits in rustls for the next write or a flush. A test that
+/// writes a request and then only reads (as most here do) would wait forever for the answer
+/// to bytes that never left it; on one keep-alive connection this happened to the 1-byte body
+/// of a POST sent right after a 2 MB answer (the gateway got the head, never the body, and
+/// answered 504 when the app gave up). A real HTTP client flushes each request; this one
+/// flushes at its next read, best effort: a flush that cannot finish yet (a server that has
+/// stopped reading an upload) does not hold the read back, and the write wake-up it registers
+/// brings the read back to try again.
+pub struct TlsClient(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl From<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> for TlsClient {
+    fn from(tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> TlsClient {
+        TlsClient(tls)
+    }
+}
+
+impl std::ops::Deref for TlsClient {
+    type Target = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TlsClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl tokio::io::AsyncRead for TlsClient {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // Whatever the flush says (done, not yet, failed), the read goes ahead: it reports
+        // what the server sent or did, which is what the test asks about.
+        let _ = tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.0), cx);
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsClient {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
 
 /// A client that asks for `path` and then reads only the first 64 KiB of the answer: returns
 /// the connection (still open, unread) and the answer's head.

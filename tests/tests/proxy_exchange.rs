@@ -143,7 +143,7 @@ async fn many_keep_alive_requests_with_bodies_both_ways_on_one_client_connection
     let app = Stub::start("a");
     let gw = Gateway::start(&config(app.addr));
     let mut conn = connect(&gw).await;
-    let sizes = [0, 1, 1000, 70_000, 300_000];
+    let sizes = [0, 1, 1000, 70_000, 300_000, 2_000_000];
     let deadline = Duration::from_secs(60);
     tokio::time::timeout(deadline, async {
         for round in 0..5 {
@@ -161,7 +161,7 @@ async fn many_keep_alive_requests_with_bodies_both_ways_on_one_client_connection
         }
     })
     .await
-    .expect("75 exchanges on one connection within the deadline");
+    .expect("90 exchanges on one connection within the deadline");
     let posts = app
         .received()
         .await
