@@ -707,3 +707,83 @@ async fn a_broken_chunked_body_streamed_to_php_is_a_400() {
         .expect("get");
     assert_eq!(r.status(), 200);
 }
+
+/// A FastCGI server that answers each request with `answer` (raw bytes, one write) and
+/// closes: for answers php-fpm never gives, which only a stand-in can send. Returns its
+/// `servers:` entry.
+async fn fake_fpm(dir: &std::path::Path, answer: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = dir.join("fake-fpm.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind the fake php-fpm");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                // The gateway sends BEGIN_REQUEST, the parameters and an empty STDIN in one
+                // write; its end is an empty STDIN record (type 5, length 0).
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while !got.ends_with(&[1, 5, 0, 1, 0, 0, 0, 0]) {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(&answer).await;
+            });
+        }
+    });
+    format!("unix:{}", socket.display())
+}
+
+fn fcgi_record(kind: u8, content: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(content.len()).expect("a short record");
+    let mut r = vec![1, kind, 0, 1];
+    r.extend_from_slice(&len.to_be_bytes());
+    r.extend_from_slice(&[0, 0]);
+    r.extend_from_slice(content);
+    r
+}
+
+#[tokio::test]
+async fn a_broken_record_right_after_a_whole_head_is_a_502_not_a_cut_answer() {
+    // What arrives in one read: a STDOUT record with the whole head and a body, then a
+    // record of an unknown protocol version. Nothing of it has reached the client yet (the
+    // records that arrive together go out together), so the client gets a clean 502 rather
+    // than a 200 head on a connection that is then cut.
+    let dir = Scratch::new("fake-fpm");
+    let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nhalf an answer");
+    answer.extend_from_slice(&[9, 6, 0, 1, 0, 0, 0, 0]);
+    let server = fake_fpm(dir.path(), answer).await;
+    let root = Scratch::new("fake-fpm-root");
+    std::fs::write(root.path().join("index.php"), "<?php").expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+routes:
+  - path: /
+    upstream: php
+"#,
+        root = root.path().display(),
+    ));
+    for attempt in ["first", "second"] {
+        let r = client()
+            .get(gw.https(&format!("/{attempt}")))
+            .send()
+            .await
+            .expect("an answer, not a cut connection");
+        assert_eq!(r.status(), 502, "{attempt}");
+        let body = r.text().await.expect("the 502's body");
+        assert!(!body.contains("half an answer"), "{attempt}: {body}");
+    }
+    assert!(
+        gw.proc.logs().contains("unknown FastCGI version 9"),
+        "the gateway says what was wrong"
+    );
+}
