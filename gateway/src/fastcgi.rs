@@ -1131,6 +1131,7 @@ pub async fn serve(
                     if !head_only {
                         outbox.push(HttpTask::Body(out.finish()?, true));
                     }
+                    length_when_whole(&mut outbox);
                     session.write_response_tasks(outbox).await?;
                     if protocol_status == 0 && decoder.pending() == 0 {
                         keep(backend, i, io);
@@ -1164,6 +1165,41 @@ pub async fn serve(
             return Err(failure.into_error());
         }
         return Ok(Err(failure.into()));
+    }
+}
+
+/// When a whole answer is in hand at once (its head has not gone out yet and its end is in
+/// the same batch: most PHP answers, read in one piece), it goes out with its length rather
+/// than chunked. pingora writes a head without a length, and then each chunk and the last
+/// chunk, with a flush each (so a streamed answer is not held back): three writes to the
+/// client per small answer, where this is one, and the client learns the size up front.
+fn length_when_whole(outbox: &mut [HttpTask]) {
+    let Some((HttpTask::Header(head, false), body)) = outbox.split_first_mut() else {
+        return;
+    };
+    // `Transfer-Encoding: chunked` here is the finisher's framing for a body of unknown
+    // length (`finish::frame`; a CGI answer's body is never chunk-encoded by PHP): the
+    // length, now known, replaces it.
+    if head.headers.contains_key(http::header::CONTENT_LENGTH)
+        || head.status.is_informational()
+        || matches!(head.status.as_u16(), 204 | 304)
+    {
+        return;
+    }
+    let length: usize = body
+        .iter()
+        .map(|task| match task {
+            HttpTask::Body(Some(piece), _) => piece.len(),
+            _ => 0,
+        })
+        .sum();
+    match head.insert_header(http::header::CONTENT_LENGTH, length) {
+        Ok(()) => {
+            head.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "fastcgi: the answer's length could not be set; sent as framed");
+        }
     }
 }
 
@@ -1372,6 +1408,68 @@ mod tests {
         let mut d = Decoder::default();
         d.push(&[2, 6, 0, 1, 0, 0, 0, 0]);
         assert!(d.next_record().is_err());
+    }
+
+    fn whole(status: u16, head_only: bool, te: bool, pieces: &[&'static [u8]]) -> ResponseHeader {
+        let mut head = ResponseHeader::build(status, None).unwrap();
+        if te {
+            head.insert_header("transfer-encoding", "chunked").unwrap();
+        }
+        let mut outbox = vec![HttpTask::Header(Box::new(head), head_only)];
+        for piece in pieces {
+            outbox.push(HttpTask::Body(Some(Bytes::from_static(piece)), false));
+        }
+        outbox.push(HttpTask::Body(None, true));
+        length_when_whole(&mut outbox);
+        match outbox.swap_remove(0) {
+            HttpTask::Header(head, _) => *head,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_whole_answer_goes_out_with_its_length_instead_of_chunked() {
+        let head = whole(200, false, true, &[b"Hello ", b"from PHP"]);
+        assert_eq!(head.headers["content-length"], "14");
+        assert!(head.headers.get("transfer-encoding").is_none());
+        // HTTP/1.0 and HTTP/2 answers have no chunked framing to replace.
+        assert_eq!(
+            whole(201, false, false, &[b"x"]).headers["content-length"],
+            "1"
+        );
+        assert_eq!(whole(200, false, true, &[]).headers["content-length"], "0");
+        // No body to measure: a HEAD answer, a 304, a 204.
+        for head in [
+            whole(200, true, true, &[b"x"]),
+            whole(304, false, false, &[]),
+            whole(204, false, false, &[]),
+        ] {
+            assert!(head.headers.get("content-length").is_none());
+        }
+    }
+
+    #[test]
+    fn an_answer_whose_head_went_out_is_left_as_framed() {
+        let mut outbox = vec![
+            HttpTask::Body(Some(Bytes::from_static(b"rest")), false),
+            HttpTask::Body(None, true),
+        ];
+        length_when_whole(&mut outbox);
+        assert_eq!(outbox.len(), 2);
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header("content-length", "9").unwrap();
+        let mut outbox = vec![
+            HttpTask::Header(Box::new(head), false),
+            HttpTask::Body(Some(Bytes::from_static(b"123456789")), true),
+        ];
+        length_when_whole(&mut outbox);
+        let HttpTask::Header(head, _) = &outbox[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            head.headers["content-length"], "9",
+            "the app's own length stays"
+        );
     }
 
     #[test]

@@ -30,6 +30,16 @@ case '/slow':
     sleep(3);
     echo "late";
     break;
+case '/pieces':
+    header('Content-Type: text/plain');
+    while (ob_get_level()) {
+        ob_end_flush();
+    }
+    echo "first piece\n";
+    flush();
+    usleep(100000);
+    echo "second piece\n";
+    break;
 case '/pid':
     echo getmypid();
     break;
@@ -316,37 +326,71 @@ async fn connections_to_php_fpm_are_reused() {
 #[tokio::test]
 async fn answers_without_a_length_keep_the_http_1_1_connection() {
     // PHP sends no Content-Length for an `echo`. Over HTTP/1.1 the gateway must frame the body
-    // itself (chunked, as nginx does) so that the same connection serves the next request:
-    // browsers and wrk rely on it, and a close-delimited body under `Connection: keep-alive`
-    // costs a new TLS handshake per request (wrk counts every one as a read error).
+    // itself so that the same connection serves the next request: browsers and wrk rely on
+    // it, and a close-delimited body under `Connection: keep-alive` costs a new TLS handshake
+    // per request (wrk counts every one as a read error). An answer that PHP flushes in
+    // pieces goes out chunked, as nginx does, each piece when it comes.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = site("");
     let mut tls = e2e::tls_connect(s.gw.https_addr()).await;
     for round in 1..=3 {
-        tls.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: the connection was not kept: {e}"));
-        // One answer: up to the last chunk, or whatever came before the gateway closed.
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !answer.ends_with(b"0\r\n\r\n") {
-            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
-                _ => break,
+        for (path, whole) in [("/hello", true), ("/pieces", false)] {
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("round {round} {path}: the connection was not kept: {e}")
+                });
+            // One answer: up to its length or its last chunk, or whatever came before the
+            // gateway closed.
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let complete = |a: &[u8]| {
+                let text = String::from_utf8_lossy(a).to_ascii_lowercase();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    return false;
+                };
+                match head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                {
+                    Some(n) => body.len() >= n,
+                    None => body.ends_with("0\r\n\r\n"),
+                }
+            };
+            while !complete(&answer) {
+                match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            let at = format!("round {round} {path}: {answer}");
+            assert!(answer.starts_with("http/1.1 200"), "{at}");
+            if whole {
+                // With its length when php-fpm's end came in the same read as the rest
+                // (usual under load), chunked when it came just after.
+                assert!(
+                    answer.contains("\r\ncontent-length: 14\r\n")
+                        || answer.contains("\r\ntransfer-encoding: chunked\r\n"),
+                    "{at}"
+                );
+                assert!(
+                    answer.contains("\r\n\r\nhello from php")
+                        || answer.contains("\r\nhello from php\r\n0\r\n\r\n"),
+                    "{at}"
+                );
+            } else {
+                assert!(
+                    answer.contains("\r\ntransfer-encoding: chunked\r\n"),
+                    "{at}"
+                );
+                assert!(answer.contains("first piece"), "{at}");
+                assert!(answer.contains("second piece"), "{at}");
+                assert!(answer.ends_with("0\r\n\r\n"), "{at}");
             }
         }
-        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-        assert!(
-            answer.starts_with("http/1.1 200"),
-            "round {round}: {answer}"
-        );
-        assert!(
-            answer.contains("\r\ntransfer-encoding: chunked\r\n"),
-            "round {round}: {answer}"
-        );
-        assert!(answer.contains("hello from php"), "round {round}: {answer}");
-        assert!(answer.ends_with("0\r\n\r\n"), "round {round}: {answer}");
     }
 }
 
@@ -786,4 +830,57 @@ routes:
         gw.proc.logs().contains("unknown FastCGI version 9"),
         "the gateway says what was wrong"
     );
+}
+
+#[tokio::test]
+async fn an_answer_php_fpm_sends_whole_goes_out_with_its_length() {
+    // The head, the body and the end of the request in one write, as php-fpm sends a small
+    // answer under load: the gateway has it all before writing anything, so it sends it with
+    // a Content-Length in one piece instead of chunked (three flushed writes), and the
+    // connection serves the next request.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Scratch::new("fake-fpm");
+    let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nall of it at once");
+    answer.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    let server = fake_fpm(dir.path(), answer).await;
+    let root = Scratch::new("fake-fpm-root");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+routes:
+  - path: /
+    upstream: php
+"#,
+        root = root.path().display(),
+    ));
+    let mut tls = e2e::tls_connect(gw.https_addr()).await;
+    for round in 1..=2 {
+        tls.write_all(b"GET /whole HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the connection was not kept: {e}"));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"all of it at once") {
+            match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!(
+                    "round {round}: {other:?} after {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "round {round}: {text}");
+        assert!(
+            text.contains("\r\ncontent-length: 17\r\n"),
+            "round {round}: {text}"
+        );
+        assert!(!text.contains("transfer-encoding"), "round {round}: {text}");
+    }
 }
