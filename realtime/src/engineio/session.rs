@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::conn::ConnTransport;
+use super::conn::{ConnTransport, OutQueue};
 use crate::seam::Upgraded;
 
 /// A WebSocket carrying a session.
@@ -203,7 +203,7 @@ pub(super) struct Session {
     /// Towards the layer above; dropped at close so that its `Conn.incoming` ends.
     incoming: Mutex<Option<mpsc::Sender<Frame>>>,
     /// Messages from the layer above. Held (async lock) by the one transport writing them.
-    pub outgoing: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    pub outgoing: tokio::sync::Mutex<OutQueue>,
     state: Mutex<State>,
     /// Bumped on every change a waiting transport may care about.
     changed: watch::Sender<()>,
@@ -486,11 +486,7 @@ impl Session {
     ///
     /// Called from the poll's own future, which returns the response in the same step: the
     /// packets leave the session only when the response is handed to the gateway.
-    pub(super) fn take_for_poll(
-        &self,
-        rx: &mut mpsc::Receiver<Frame>,
-        noop_due: bool,
-    ) -> Option<PollAnswer> {
+    pub(super) fn take_for_poll(&self, rx: &mut OutQueue, noop_due: bool) -> Option<PollAnswer> {
         let max = self.config.max_payload;
         let mut st = self.state();
         match st.phase.clone() {
@@ -542,7 +538,7 @@ impl Session {
 
     /// What a WebSocket writer sends next: queued control packets first, and everything left
     /// in the queue when the layer above closed.
-    pub(super) fn take_for_ws(&self, rx: &mut mpsc::Receiver<Frame>) -> WsBatch {
+    pub(super) fn take_for_ws(&self, rx: &mut OutQueue) -> WsBatch {
         let mut st = self.state();
         let mut packets: Vec<Packet> = st.outbox.drain(..).collect();
         if packets.iter().any(|p| matches!(p, Packet::Ping(_))) {
@@ -827,7 +823,7 @@ impl Session {
 
 /// Moves messages from the queue to `outbox` until about `max` bytes are waiting (a poll
 /// answer is capped there anyway). True when the queue is empty.
-fn pull(outbox: &mut VecDeque<Packet>, rx: &mut mpsc::Receiver<Frame>, max: usize) -> bool {
+fn pull(outbox: &mut VecDeque<Packet>, rx: &mut OutQueue, max: usize) -> bool {
     let mut size: usize = outbox.iter().map(|p| p.encoded_len() + 1).sum();
     while size <= max {
         match rx.try_recv() {
