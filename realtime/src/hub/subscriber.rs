@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::message::{Message, SubscriberId};
 use super::position::Position;
+use super::signal::Signal;
 use super::{HubError, Inner};
 use crate::sync::lock;
 
@@ -111,10 +112,18 @@ pub(super) struct SubShared {
     pub(super) id: SubscriberId,
     capacity: usize,
     pub(super) state: Mutex<SubState>,
-    /// Woken when the queue becomes non-empty or the subscriber closes. Shared by the
-    /// subscribers of one connection ([`super::Hub::subscribe_waking`]), so that a push to any
-    /// of them wakes the one task that reads them all, once.
-    notify: Arc<Notify>,
+    /// Woken when the queue becomes non-empty or the subscriber closes.
+    wakes: Wakes,
+}
+
+/// Whom a subscriber wakes.
+pub(super) enum Wakes {
+    /// Its own `Notify`, which [`Subscriber::recv`] waits on.
+    Own(Notify),
+    /// The signal shared by the subscribers of one connection
+    /// ([`super::Hub::subscribe_waking`]), so that a push to any of them wakes the one task
+    /// that reads them all, once.
+    Shared(Arc<Signal>),
 }
 
 pub(super) enum Push {
@@ -127,7 +136,7 @@ pub(super) enum Push {
 }
 
 impl SubShared {
-    pub(super) fn new(capacity: usize, notify: Arc<Notify>) -> Self {
+    pub(super) fn new(capacity: usize, wakes: Wakes) -> Self {
         SubShared {
             id: SubscriberId::next(),
             capacity: capacity.max(1),
@@ -136,7 +145,7 @@ impl SubShared {
                 life: Life::Open,
                 topics: HashSet::new(),
             }),
-            notify,
+            wakes,
         }
     }
 
@@ -165,7 +174,10 @@ impl SubShared {
         // The receiver only sleeps after seeing an empty queue, so only the
         // empty → non-empty transition needs a wake-up.
         if was_empty {
-            self.notify.notify_one();
+            match &self.wakes {
+                Wakes::Own(notify) => notify.notify_one(),
+                Wakes::Shared(signal) => signal.raise(),
+            }
         }
         Push::Delivered
     }
@@ -195,10 +207,15 @@ impl SubShared {
     }
 
     fn wake(&self) {
-        self.notify.notify_waiters();
-        // Also leave a permit for a receiver that is between its check and
-        // its wait.
-        self.notify.notify_one();
+        match &self.wakes {
+            Wakes::Own(notify) => {
+                notify.notify_waiters();
+                // Also leave a permit for a receiver that is between its check and
+                // its wait.
+                notify.notify_one();
+            }
+            Wakes::Shared(signal) => signal.raise(),
+        }
     }
 }
 
@@ -283,7 +300,10 @@ impl Subscriber {
             if let Some(msg) = self.try_recv()? {
                 return Ok(msg);
             }
-            self.shared.notify.notified().await;
+            match &self.shared.wakes {
+                Wakes::Own(notify) => notify.notified().await,
+                Wakes::Shared(signal) => signal.raised().await,
+            }
         }
     }
 

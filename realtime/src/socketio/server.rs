@@ -238,13 +238,13 @@ impl ConnHandler for SocketIo {
 /// poll at every delivery, reaches it through the end of `run_connection`.
 async fn deliver(shared: Arc<ConnShared>) {
     loop {
-        shared.wake.notified().await;
+        shared.wake.raised().await;
         if shared.ended() {
             return;
         }
         if !shared.deliver_queued() {
             // More than the budget: the rest after the connection's other work.
-            shared.wake.notify_one();
+            shared.wake.raise();
             tokio::task::yield_now().await;
         }
     }

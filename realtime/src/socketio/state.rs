@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing};
@@ -27,7 +27,7 @@ use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
-use crate::hub::{Hub, Message, Subscriber, SubscriberId};
+use crate::hub::{Hub, Message, Signal, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 // --- Sockets ---
@@ -377,7 +377,7 @@ pub(super) struct ConnShared {
     /// the connection's task waits on it and delivers whatever any of them queued
     /// ([`ConnShared::deliver_queued`]), so a fan-out wakes the connection once, not once per
     /// socket or per message.
-    pub(super) wake: Arc<Notify>,
+    pub(super) wake: Arc<Signal>,
     /// Set once the connection is closed and its sockets are gone ([`ConnShared::end`]).
     ended: AtomicBool,
     write_lock: Mutex<()>,
@@ -452,7 +452,7 @@ impl ConnShared {
     /// task is woken to look.
     pub(super) fn insert(&self, nsp: String, socket: Socket) {
         lock(&self.sockets).insert(nsp, socket);
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     /// Delivers what the hub queued for the connection's sockets, up to [`DELIVERY_BUDGET`]
@@ -497,7 +497,7 @@ impl ConnShared {
     /// The connection's teardown is over: its deliveries end too.
     pub(super) fn end(&self) {
         self.ended.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     pub(super) fn ended(&self) -> bool {
