@@ -75,7 +75,7 @@ pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
 pub use message::{Message, MessageId, Payload, SubscriberId};
 pub use position::{Epoch, Position, PositionParseError};
 pub use signal::Signal;
-pub use subscriber::{CloseReason, Closed, JoinOutcome, Subscriber};
+pub use subscriber::{CloseReason, Closed, JoinOutcome, Queued, Subscriber};
 
 use idempotency::{IdemShard, Outcome};
 use subscriber::{Push, SubShared, Wakes};

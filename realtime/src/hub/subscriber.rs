@@ -34,6 +34,16 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// A message taken by [`Subscriber::try_recv_joined`].
+#[derive(Debug)]
+pub struct Queued {
+    pub msg: Arc<Message>,
+    /// The subscriber was still in the message's topic.
+    pub joined: bool,
+    /// The queue was empty after it: a push from then on raises the wake-up again.
+    pub last: bool,
+}
+
 /// The final thing a subscriber's receiver yields (and keeps yielding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[error("subscriber closed: {reason}")]
@@ -307,11 +317,12 @@ impl Subscriber {
         }
     }
 
-    /// [`try_recv`](Self::try_recv), and whether the subscriber is still in the message's
-    /// topic ([`is_joined`](Self::is_joined)), under one lock: a transport that delivers
-    /// only what is still joined asks both of every message. In one topic, the common case,
-    /// the topic is compared without hashing it.
-    pub fn try_recv_joined(&self) -> Result<Option<(Arc<Message>, bool)>, Closed> {
+    /// [`try_recv`](Self::try_recv), whether the subscriber is still in the message's topic
+    /// ([`is_joined`](Self::is_joined)) and whether it was the last one queued, under one
+    /// lock: a transport that delivers only what is still joined asks both of every message,
+    /// and one that drains the queue need not lock it again to find it empty. In one topic,
+    /// the common case, the topic is compared without hashing it.
+    pub fn try_recv_joined(&self) -> Result<Option<Queued>, Closed> {
         let mut st = lock(&self.shared.state);
         match st.life {
             Life::Open => Ok(st.queue.pop_front().map(|msg| {
@@ -320,7 +331,11 @@ impl Subscriber {
                 } else {
                     st.topics.contains(&msg.topic)
                 };
-                (msg, joined)
+                Queued {
+                    msg,
+                    joined,
+                    last: st.queue.is_empty(),
+                }
             })),
             Life::Closed(reason) => Err(Closed { reason }),
             Life::Dropped => Err(Closed {
