@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -173,26 +173,54 @@ impl ConnSender {
         }
     }
 
+    /// Queues `frames` one after the other with nothing between them (a packet's text and
+    /// its binary attachments), or none of them; as [`ConnSender::try_send`] otherwise.
+    pub fn try_send_all<I>(&self, frames: I) -> Result<(), SendError>
+    where
+        I: IntoIterator<Item = Frame>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let frames = frames.into_iter();
+        let mut queue = self.room_for(frames.len())?;
+        queue.frames.extend(frames);
+        self.queued(queue);
+        Ok(())
+    }
+
     /// [`ConnSender::try_send`], giving the message back when it was not queued.
     fn try_send_back(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
-        if self.is_closed() {
-            return Err((SendError::Closed, frame));
+        match self.room_for(1) {
+            Ok(mut queue) => {
+                queue.frames.push_back(frame);
+                self.queued(queue);
+                Ok(())
+            }
+            Err(e) => Err((e, frame)),
         }
-        let waker = {
-            let mut queue = lock(&self.shared.queue);
-            if !queue.receiver {
-                return Err((SendError::Closed, frame));
-            }
-            if queue.frames.len() >= self.shared.capacity {
-                return Err((SendError::Full, frame));
-            }
-            queue.frames.push_back(frame);
-            queue.waker.take()
-        };
+    }
+
+    /// The queue, locked, when it is open and has room for `n` more messages.
+    fn room_for(&self, n: usize) -> Result<MutexGuard<'_, Queue>, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let queue = lock(&self.shared.queue);
+        if !queue.receiver {
+            return Err(SendError::Closed);
+        }
+        if queue.frames.len() + n > self.shared.capacity {
+            return Err(SendError::Full);
+        }
+        Ok(queue)
+    }
+
+    /// Messages were pushed on `queue`: its receiver is woken, if it waits.
+    fn queued(&self, mut queue: MutexGuard<'_, Queue>) {
+        let waker = queue.waker.take();
+        drop(queue);
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
     }
 
     /// Close the connection (the first reason given wins).
@@ -504,5 +532,27 @@ mod tests {
             conn.sender.send(Frame::Text("a".into())).await,
             Err(SendError::Closed)
         );
+    }
+
+    #[test]
+    fn a_packet_s_frames_are_queued_together_or_not_at_all() {
+        let (conn, mut transport) = pair("s".into(), info(), 3, 1);
+        conn.sender
+            .try_send(Frame::Text("a".into()))
+            .expect("queued");
+        let bin = Frame::Binary(Bytes::from_static(b"1"));
+        assert_eq!(
+            conn.sender
+                .try_send_all([Frame::Text("b".into()), bin.clone(), bin.clone()]),
+            Err(SendError::Full),
+            "three do not fit in the two places left"
+        );
+        assert_eq!(
+            conn.sender
+                .try_send_all([Frame::Text("b".into()), bin.clone()]),
+            Ok(())
+        );
+        let got: Vec<Frame> = std::iter::from_fn(|| transport.outgoing.try_recv().ok()).collect();
+        assert_eq!(got, [Frame::Text("a".into()), Frame::Text("b".into()), bin]);
     }
 }

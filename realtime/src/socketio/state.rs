@@ -367,9 +367,9 @@ impl NsInner {
 /// other work (the client's packets, the close).
 pub(super) const DELIVERY_BUDGET: usize = 256;
 
-/// The connection as its sockets see it: the sender, serialized so the
-/// frames of one packet (text, then its binaries) are never interleaved
-/// with another packet's, and its socket in each namespace joined.
+/// The connection as its sockets see it: the sender (which queues the frames of one packet,
+/// text then binaries, together, never interleaved with another packet's), and its socket in
+/// each namespace joined.
 pub(super) struct ConnShared {
     pub(super) sender: ConnSender,
     pub(super) info: Arc<HandshakeInfo>,
@@ -380,7 +380,6 @@ pub(super) struct ConnShared {
     pub(super) wake: Arc<Signal>,
     /// Set once the connection is closed and its sockets are gone ([`ConnShared::end`]).
     ended: AtomicBool,
-    write_lock: Mutex<()>,
     sockets: Mutex<HashMap<String, Socket>>,
     /// Bumped at every change of `sockets`, under its lock ([`ConnShared::deliver_queued`]).
     generation: AtomicU64,
@@ -406,7 +405,6 @@ impl ConnShared {
             info,
             wake: Arc::default(),
             ended: AtomicBool::new(false),
-            write_lock: Mutex::new(()),
             sockets: Mutex::default(),
             generation: AtomicU64::new(0),
             stats,
@@ -417,20 +415,25 @@ impl ConnShared {
     /// not read: the connection is closed as a slow consumer rather than
     /// buffered without bound.
     pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
-        let _guard = lock(&self.write_lock);
-        let frames = std::iter::once(Frame::Text(out.text))
-            .chain(out.binaries.into_iter().map(Frame::Binary));
-        for frame in frames {
-            match self.sender.try_send(frame) {
-                Ok(()) => {}
-                Err(SendError::Full) => {
-                    self.slow_consumer();
-                    return Err(EmitError::SlowConsumer);
-                }
-                Err(SendError::Closed) => return Err(EmitError::Disconnected),
+        let text = Frame::Text(out.text);
+        // A packet's frames go in together (the queue's one lock), so no other packet's come
+        // between its text and its attachments.
+        let queued = if out.binaries.is_empty() {
+            self.sender.try_send(text)
+        } else {
+            let frames: Vec<Frame> = std::iter::once(text)
+                .chain(out.binaries.into_iter().map(Frame::Binary))
+                .collect();
+            self.sender.try_send_all(frames)
+        };
+        match queued {
+            Ok(()) => Ok(()),
+            Err(SendError::Full) => {
+                self.slow_consumer();
+                Err(EmitError::SlowConsumer)
             }
+            Err(SendError::Closed) => Err(EmitError::Disconnected),
         }
-        Ok(())
     }
 
     pub(super) fn slow_consumer(&self) {
