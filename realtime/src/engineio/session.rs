@@ -16,9 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
-
-use futures_util::task::AtomicWaker;
+use std::task::{Context, Poll, Waker};
 
 use crate::sync::lock;
 use std::time::Duration;
@@ -28,6 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::conn::{ConnTransport, OutQueue};
+use super::parts::KeptWaker;
 use crate::seam::Upgraded;
 
 /// A WebSocket carrying a session.
@@ -210,7 +209,7 @@ pub(super) struct Session {
     /// The WebSocket writer's wake-up on a change ([`Session::poll_ws_change`]): registered
     /// once and kept between messages, where waiting on `changed` registered a waiter anew
     /// (under the watch's lock) at every message written.
-    ws_writer: AtomicWaker,
+    ws_writer: KeptWaker,
     pong: Notify,
     registry: Weak<Registry>,
     /// The client address the session counts against ([`crate::topics::client_key`]).
@@ -261,7 +260,7 @@ impl Session {
                 },
             }),
             changed: watch::channel(()).0,
-            ws_writer: AtomicWaker::new(),
+            ws_writer: KeptWaker::default(),
             pong: Notify::new(),
             registry,
             client,
@@ -284,14 +283,16 @@ impl Session {
 
     /// Whether the session changed since `changes` last looked (`Err` once nobody can change
     /// it any more); pending otherwise, and the WebSocket writer polling it is woken at the
-    /// next change. For the one writer of the session.
+    /// next change. For the one writer of the session; `registered`: its copy of the waker it
+    /// registered ([`KeptWaker::register`]).
     pub(super) fn poll_ws_change(
         &self,
         changes: &watch::Receiver<()>,
+        registered: &mut Option<Waker>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ()>> {
         // Registered before looking: a change made in between is seen now or wakes the writer.
-        self.ws_writer.register(cx.waker());
+        self.ws_writer.register(registered, cx.waker());
         match changes.has_changed() {
             Ok(true) => Poll::Ready(Ok(())),
             Ok(false) => Poll::Pending,

@@ -233,6 +233,7 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
     let mut next = Next::Changed;
     // Kept between batches: a quiet room's one message a wake-up allocated a list each time.
     let mut packets: Vec<Packet> = Vec::new();
+    let mut registered = None;
     loop {
         match next {
             Next::Changed => {
@@ -271,7 +272,7 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
         }
         // A change first: it may be a close, after which nothing queued is sent.
         next = std::future::poll_fn(|cx| {
-            match session.poll_ws_change(&changes, cx) {
+            match session.poll_ws_change(&changes, &mut registered, cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Next::Changed),
                 Poll::Ready(Err(())) => return Poll::Ready(Next::Gone),
                 Poll::Pending => {}
