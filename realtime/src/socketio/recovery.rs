@@ -148,7 +148,10 @@ pub(crate) struct Tracker {
     may_repeat: bool,
     /// Whether a topic was ever placed: the next new one makes `may_repeat` true.
     placed_any: bool,
-    origins: VecDeque<SubscriberId>,
+    /// The socket's own subscriber ids, the newest last ([`ORIGINS_KEPT`] at most): held in
+    /// place, as every delivery reads them, where a `VecDeque`'s buffer was one more cold
+    /// cache line per delivery in a quiet room.
+    origins: [Option<SubscriberId>; ORIGINS_KEPT],
     log: Option<DeliveryLog>,
     /// In a fleet, what another node needs to recover the session.
     fleet: Option<FleetMark>,
@@ -181,7 +184,7 @@ impl Tracker {
             recent_offsets: None,
             may_repeat: false,
             placed_any: false,
-            origins: VecDeque::new(),
+            origins: [None; ORIGINS_KEPT],
             log: tracked.map(|cap| DeliveryLog {
                 sent: 0,
                 floor: 0,
@@ -303,10 +306,8 @@ impl Tracker {
     /// Messages published by `id` are this socket's own and never come back
     /// to it (a relay's "excluding the sender").
     pub(crate) fn add_origin(&mut self, id: SubscriberId) {
-        self.origins.push_back(id);
-        while self.origins.len() > ORIGINS_KEPT {
-            self.origins.pop_front();
-        }
+        self.origins.rotate_left(1);
+        self.origins[ORIGINS_KEPT - 1] = Some(id);
     }
 
     /// The socket's topic is now at `position` as far as it is concerned.
@@ -341,7 +342,7 @@ impl Tracker {
             Some(p) if p.epoch == msg.epoch => *p = msg.position(),
             _ => self.place(Arc::clone(&msg.topic), msg.position()),
         }
-        let own = msg.origin.is_some_and(|o| self.origins.contains(&o));
+        let own = msg.origin.is_some() && self.origins.contains(&msg.origin);
         let (status, decision) = if own || !deliverable {
             (Status::Skipped, Decision::Skip)
         } else if let Some(first) = self.delivered_before(msg.id) {
@@ -683,6 +684,29 @@ mod tests {
         let got = drain(&sub);
         assert_eq!(t.decide(&got[0], true), Decision::Skip);
         assert_eq!(t.decide(&got[1], false), Decision::Skip);
+    }
+
+    #[test]
+    fn the_newest_origins_are_kept_and_the_oldest_forgotten() {
+        let (hub, sub, mut t) = setup(16);
+        let ids: Vec<SubscriberId> = (0..=ORIGINS_KEPT)
+            .map(|_| hub.subscribe().unwrap().id())
+            .collect();
+        for id in &ids {
+            t.add_origin(*id);
+        }
+        for id in &ids {
+            hub.publish("a", "x", json!(1), Some(*id)).unwrap();
+        }
+        hub.publish("a", "x", json!(2), None).unwrap();
+        let decided: Vec<Decision> = drain(&sub).iter().map(|m| t.decide(m, true)).collect();
+        let mut want = vec![Decision::Deliver { offset: Some(1) }];
+        want.extend([Decision::Skip; ORIGINS_KEPT]);
+        want.push(Decision::Deliver { offset: Some(2) });
+        assert_eq!(
+            decided, want,
+            "the first origin forgotten, the next four its own"
+        );
     }
 
     #[test]
