@@ -541,6 +541,7 @@ impl Hub {
             size,
             MessageId::generate(),
             origin,
+            true,
         )
     }
 
@@ -565,6 +566,7 @@ impl Hub {
         let size = payload.approx_size();
         let payload = Arc::new(payload);
         let id = MessageId::generate();
+        let one_topic = topics.len() == 1;
         let mut done: HashMap<&str, Position> = HashMap::with_capacity(topics.len());
         let mut positions = Vec::with_capacity(topics.len());
         for topic in &topics {
@@ -572,7 +574,9 @@ impl Hub {
             let position = match done.get(topic) {
                 Some(p) => *p,
                 None => {
-                    let p = self.inner.publish(topic, &payload, size, id, origin)?;
+                    let p = self
+                        .inner
+                        .publish(topic, &payload, size, id, origin, one_topic)?;
                     done.insert(topic, p);
                     p
                 }
@@ -896,6 +900,7 @@ impl Inner {
         size: usize,
         id: MessageId,
         origin: Option<SubscriberId>,
+        one_topic: bool,
     ) -> Result<Position, HubError> {
         self.check_open()?;
         if self.fleet.is_some() {
@@ -917,6 +922,7 @@ impl Inner {
                 payload: Arc::clone(payload),
                 origin,
                 remote: false,
+                one_topic,
                 reset_from: None,
                 size,
                 encoded: OnceLock::new(),

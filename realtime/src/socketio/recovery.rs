@@ -385,14 +385,18 @@ impl Tracker {
         let own = msg.origin.is_some() && self.origins.contains(&msg.origin);
         let (status, decision) = if own || !deliverable {
             (Status::Skipped, Decision::Skip)
-        } else if let Some(first) = self.delivered_before(msg.id) {
+        } else if let Some(first) = self.delivered_before(msg) {
             (Status::Dup(first), Decision::Skip)
         } else {
             let offset = self.log.as_mut().map(|log| {
                 log.sent += 1;
                 log.sent
             });
-            self.remember(msg.id, offset.unwrap_or(0));
+            // A message of one topic can come again only from that topic, where it is stale
+            // by its position: its id is not kept (nor looked up, above).
+            if !msg.one_topic {
+                self.remember(msg.id, offset.unwrap_or(0));
+            }
             (
                 Status::Sent(offset.unwrap_or(0)),
                 Decision::Deliver { offset },
@@ -409,12 +413,13 @@ impl Tracker {
         decision
     }
 
-    /// The offset message `id` went out with, if it was delivered within the window and a
-    /// copy of it can come again at all (`may_repeat`).
-    fn delivered_before(&mut self, id: MessageId) -> Option<u64> {
-        if !self.may_repeat {
+    /// The offset `msg`'s id went out with, if it was delivered within the window and a copy
+    /// of it can come again at all (`may_repeat`, and `msg` is not of one topic only).
+    fn delivered_before(&mut self, msg: &Message) -> Option<u64> {
+        if !self.may_repeat || msg.one_topic {
             return None;
         }
+        let id = msg.id;
         let recent = &self.recent;
         self.recent_offsets
             .get_or_insert_with(|| {
@@ -660,7 +665,7 @@ mod tests {
             }
         }
         assert!(t.recent_offsets.is_none(), "no id map for one topic");
-        assert_eq!(t.recent.len(), DEDUPE_WINDOW);
+        assert!(t.recent.is_empty(), "no id kept of a message of one topic");
     }
 
     /// A broadcast delivered while the socket had one topic is still known by its id once a
@@ -728,6 +733,36 @@ mod tests {
         let got = drain(&sub);
         assert_eq!(t.decide(&got[0], true), Decision::Skip);
         assert_eq!(t.decide(&got[1], false), Decision::Skip);
+    }
+
+    /// A socket in two topics (its own room and its namespace, every Socket.IO socket) keeps
+    /// and looks up only the ids of broadcasts to several topics: a chat room's messages,
+    /// published to one topic, cost no map.
+    #[test]
+    fn only_a_broadcast_to_several_topics_is_kept_by_id() {
+        let (hub, sub, mut t) = setup(64);
+        for i in 0..10 {
+            hub.publish("a", "x", json!(i), None).unwrap();
+        }
+        for (i, m) in drain(&sub).iter().enumerate() {
+            assert_eq!(
+                t.decide(m, true),
+                Decision::Deliver {
+                    offset: Some(i as u64 + 1)
+                }
+            );
+        }
+        assert!(t.recent.is_empty());
+        assert!(t.recent_offsets.is_none());
+        hub.publish_many(["a", "b"], Payload::new("y", json!(1)), None)
+            .unwrap();
+        let got = drain(&sub);
+        assert_eq!(
+            t.decide(&got[0], true),
+            Decision::Deliver { offset: Some(11) }
+        );
+        assert_eq!(t.decide(&got[1], true), Decision::Skip, "its copy");
+        assert_eq!(t.recent.len(), 1);
     }
 
     #[test]
