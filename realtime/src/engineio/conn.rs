@@ -2,12 +2,17 @@
 //! incoming messages and a handle to send messages or close, whatever the transport underneath
 //! (polling, WebSocket, or polling upgraded to WebSocket mid-way).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::sync::lock;
 
 use super::Transport;
 
@@ -89,34 +94,133 @@ struct Shared {
     /// Whether `close` holds a reason: read at every message queued, where reading the watch
     /// takes its lock.
     closed: AtomicBool,
+    /// The messages waiting to be written, at most `capacity`.
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Woken when a full queue gives room ([`ConnSender::send`]).
+    room: Notify,
+}
+
+/// The outgoing queue: one lock and one buffer, where tokio's bounded channel took a
+/// semaphore permit, a slot in a linked block and a waker of its own for every message (each
+/// a cache line of the connection's that a quiet room finds cold), and kept about 1.5 KiB per
+/// connection for it.
+#[derive(Debug)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    /// The transport's, while it waits for a message.
+    waker: Option<Waker>,
+    /// Sender handles alive: the receiver sees the end once none is left.
+    senders: usize,
+    /// Whether the receiver is alive: a sender sees the end once it is gone.
+    receiver: bool,
 }
 
 /// Sends to one connection. Cheap to clone; every clone talks to the same connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnSender {
-    tx: mpsc::Sender<Frame>,
     shared: Arc<Shared>,
+}
+
+impl Clone for ConnSender {
+    fn clone(&self) -> ConnSender {
+        lock(&self.shared.queue).senders += 1;
+        ConnSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for ConnSender {
+    fn drop(&mut self) {
+        let waker = {
+            let mut queue = lock(&self.shared.queue);
+            queue.senders -= 1;
+            if queue.senders > 0 {
+                return;
+            }
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 impl ConnSender {
     /// Queue a message without waiting. A full queue means the client is not keeping up;
     /// the caller decides (the Socket.IO layer closes the connection as a slow consumer).
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed);
-        }
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        self.try_send_back(frame).map_err(|(e, _)| e)
     }
 
     /// Queue a message, waiting for room in the queue.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        let mut frame = Some(frame);
+        loop {
+            // Listening before the attempt: room made in between is not missed.
+            let mut room = pin!(self.shared.room.notified());
+            room.as_mut().enable();
+            let Some(next) = frame.take() else {
+                return Err(SendError::Closed);
+            };
+            match self.try_send_back(next) {
+                Ok(()) => return Ok(()),
+                Err((SendError::Full, back)) => frame = Some(back),
+                Err((e, _)) => return Err(e),
+            }
+            room.await;
+        }
+    }
+
+    /// Queues `frames` one after the other with nothing between them (a packet's text and
+    /// its binary attachments), or none of them; as [`ConnSender::try_send`] otherwise.
+    pub fn try_send_all<I>(&self, frames: I) -> Result<(), SendError>
+    where
+        I: IntoIterator<Item = Frame>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let frames = frames.into_iter();
+        let mut queue = self.room_for(frames.len())?;
+        queue.frames.extend(frames);
+        self.queued(queue);
+        Ok(())
+    }
+
+    /// [`ConnSender::try_send`], giving the message back when it was not queued.
+    fn try_send_back(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
+        match self.room_for(1) {
+            Ok(mut queue) => {
+                queue.frames.push_back(frame);
+                self.queued(queue);
+                Ok(())
+            }
+            Err(e) => Err((e, frame)),
+        }
+    }
+
+    /// The queue, locked, when it is open and has room for `n` more messages.
+    fn room_for(&self, n: usize) -> Result<MutexGuard<'_, Queue>, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        self.tx.send(frame).await.map_err(|_| SendError::Closed)
+        let queue = lock(&self.shared.queue);
+        if !queue.receiver {
+            return Err(SendError::Closed);
+        }
+        if queue.frames.len() + n > self.shared.capacity {
+            return Err(SendError::Full);
+        }
+        Ok(queue)
+    }
+
+    /// Messages were pushed on `queue`: its receiver is woken, if it waits.
+    fn queued(&self, mut queue: MutexGuard<'_, Queue>) {
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Close the connection (the first reason given wins).
@@ -155,6 +259,77 @@ impl ConnSender {
     }
 }
 
+/// Why [`OutQueue::try_recv`] found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    Empty,
+    /// Empty, and every sender is gone.
+    Disconnected,
+}
+
+/// The receiving end of a connection's outgoing queue: the transport writing to the client.
+#[derive(Debug)]
+pub struct OutQueue {
+    shared: Arc<Shared>,
+}
+
+impl OutQueue {
+    /// The next message, without waiting.
+    pub fn try_recv(&mut self) -> Result<Frame, TryRecvError> {
+        let mut queue = lock(&self.shared.queue);
+        self.pop(&mut queue).ok_or(if queue.senders == 0 {
+            TryRecvError::Disconnected
+        } else {
+            TryRecvError::Empty
+        })
+    }
+
+    /// The next message; `None` once the queue is empty and every sender is gone. When
+    /// pending, `cx`'s waker is woken by the next message (or the last sender's end).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut queue = lock(&self.shared.queue);
+        if let Some(frame) = self.pop(&mut queue) {
+            return Poll::Ready(Some(frame));
+        }
+        if queue.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut queue.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The next message, waiting for one; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.shared.queue).frames.is_empty()
+    }
+
+    fn pop(&self, queue: &mut Queue) -> Option<Frame> {
+        let was_full = queue.frames.len() >= self.shared.capacity;
+        let frame = queue.frames.pop_front()?;
+        if was_full {
+            self.shared.room.notify_waiters();
+        }
+        Some(frame)
+    }
+}
+
+impl Drop for OutQueue {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.shared.queue);
+        queue.receiver = false;
+        queue.frames.clear();
+        drop(queue);
+        self.shared.room.notify_waiters();
+    }
+}
+
 /// The connection as handed to the layer above.
 pub struct Conn {
     pub sid: Arc<str>,
@@ -167,7 +342,7 @@ pub struct Conn {
 /// The transport side of a connection: what the Engine.IO server keeps.
 pub struct ConnTransport {
     /// Messages from the layer above, to be written to the client.
-    pub outgoing: mpsc::Receiver<Frame>,
+    pub outgoing: OutQueue,
     /// Where to put messages received from the client.
     pub incoming: mpsc::Sender<Frame>,
     pub sender: ConnSender,
@@ -181,16 +356,24 @@ pub fn pair(
     out_capacity: usize,
     in_capacity: usize,
 ) -> (Conn, ConnTransport) {
-    let (out_tx, out_rx) = mpsc::channel(out_capacity.max(1));
     let (in_tx, in_rx) = mpsc::channel(in_capacity.max(1));
     let (close, _) = watch::channel(None);
-    let sender = ConnSender {
-        tx: out_tx,
-        shared: Arc::new(Shared {
-            close,
-            closed: AtomicBool::new(false),
+    let shared = Arc::new(Shared {
+        close,
+        closed: AtomicBool::new(false),
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            waker: None,
+            senders: 1,
+            receiver: true,
         }),
+        capacity: out_capacity.max(1),
+        room: Notify::new(),
+    });
+    let out_rx = OutQueue {
+        shared: Arc::clone(&shared),
     };
+    let sender = ConnSender { shared };
     (
         Conn {
             sid,
@@ -287,5 +470,89 @@ mod tests {
             conn.sender.try_send(Frame::Text("b".into())),
             Err(SendError::Full)
         );
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_gets_it_when_a_message_is_taken() {
+        let (conn, mut transport) = pair("s".into(), info(), 1, 1);
+        conn.sender
+            .send(Frame::Text("a".into()))
+            .await
+            .expect("room");
+        let sender = conn.sender.clone();
+        let waiting = tokio::spawn(async move { sender.send(Frame::Text("b".into())).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the queue is full: the send waits");
+        assert_eq!(
+            transport.outgoing.recv().await,
+            Some(Frame::Text("a".into()))
+        );
+        assert_eq!(waiting.await.expect("no panic"), Ok(()));
+        assert_eq!(
+            transport.outgoing.recv().await,
+            Some(Frame::Text("b".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_ends_with_its_last_sender_and_sends_end_with_the_receiver() {
+        let (conn, mut transport) = pair("s".into(), info(), 4, 1);
+        conn.sender
+            .try_send(Frame::Text("a".into()))
+            .expect("queued");
+        let sender = transport.sender.clone();
+        drop(conn);
+        drop(std::mem::replace(&mut transport.sender, sender));
+        assert_eq!(transport.outgoing.try_recv(), Ok(Frame::Text("a".into())));
+        assert_eq!(transport.outgoing.try_recv(), Err(TryRecvError::Empty));
+        let ConnTransport {
+            mut outgoing,
+            sender,
+            ..
+        } = transport;
+        let last = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(sender);
+        });
+        assert_eq!(
+            outgoing.recv().await,
+            None,
+            "woken by the last sender's end"
+        );
+        last.await.expect("no panic");
+        assert_eq!(outgoing.try_recv(), Err(TryRecvError::Disconnected));
+
+        let (conn, transport) = pair("s".into(), info(), 4, 1);
+        drop(transport);
+        assert_eq!(
+            conn.sender.try_send(Frame::Text("a".into())),
+            Err(SendError::Closed)
+        );
+        assert_eq!(
+            conn.sender.send(Frame::Text("a".into())).await,
+            Err(SendError::Closed)
+        );
+    }
+
+    #[test]
+    fn a_packet_s_frames_are_queued_together_or_not_at_all() {
+        let (conn, mut transport) = pair("s".into(), info(), 3, 1);
+        conn.sender
+            .try_send(Frame::Text("a".into()))
+            .expect("queued");
+        let bin = Frame::Binary(Bytes::from_static(b"1"));
+        assert_eq!(
+            conn.sender
+                .try_send_all([Frame::Text("b".into()), bin.clone(), bin.clone()]),
+            Err(SendError::Full),
+            "three do not fit in the two places left"
+        );
+        assert_eq!(
+            conn.sender
+                .try_send_all([Frame::Text("b".into()), bin.clone()]),
+            Ok(())
+        );
+        let got: Vec<Frame> = std::iter::from_fn(|| transport.outgoing.try_recv().ok()).collect();
+        assert_eq!(got, [Frame::Text("a".into()), Frame::Text("b".into()), bin]);
     }
 }

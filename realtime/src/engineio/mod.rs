@@ -5,7 +5,7 @@
 //!
 //! Transports own the I/O: a WebSocket feeds each frame to
 //! [`Packet::decode_text`] / [`Packet::decode_binary`] and sends
-//! [`Packet::to_ws_frame`]; polling decodes POST bodies with
+//! [`Packet::into_ws_frame`]; polling decodes POST bodies with
 //! [`decode_payload`] and answers GETs with [`encode_payload`]. Sizes are
 //! bounded by the caller (`maxHttpBufferSize`) before anything is decoded.
 //!

@@ -5,10 +5,38 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
+
+use crate::sync::lock;
+
+/// A waker slot for one waiter that waits with the same waker every time (a part of a task):
+/// it registers once and is woken by reference, keeping the waker, where an `AtomicWaker`
+/// gave its waker up at every wake-up and was registered again at every wait (two atomic
+/// swaps each time, on a line of the connection's that a quiet room finds cold otherwise).
+#[derive(Debug, Default)]
+pub(super) struct KeptWaker(Mutex<Option<Waker>>);
+
+impl KeptWaker {
+    /// Makes `waker` the one woken; `mine` is the waiter's own copy of what it registered last,
+    /// so that waiting again with the same waker touches nothing shared. For one waiter only.
+    pub(super) fn register(&self, mine: &mut Option<Waker>, waker: &Waker) {
+        if mine.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        *lock(&self.0) = Some(waker.clone());
+        *mine = Some(waker.clone());
+    }
+
+    /// Wakes the waker registered, if any, and keeps it.
+    pub(super) fn wake(&self) {
+        if let Some(waker) = lock(&self.0).as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
 
 /// Polls the future in `slot` unless it has ended; drops it when it ends.
 pub(super) fn poll_slot<F: Future<Output = ()>>(
@@ -269,5 +297,21 @@ mod tests {
         );
         assert_eq!(polls, ROUNDS);
         assert_eq!(count.0.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn a_kept_waker_is_registered_once_and_woken_every_time() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let kept = KeptWaker::default();
+        let mut mine = None;
+        kept.register(&mut mine, &waker);
+        let registered = Arc::strong_count(&count);
+        for round in 1..=3 {
+            kept.wake();
+            assert_eq!(count.0.load(SeqCst), round);
+            kept.register(&mut mine, &waker);
+            assert_eq!(Arc::strong_count(&count), registered, "not cloned again");
+        }
     }
 }

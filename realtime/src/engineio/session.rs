@@ -16,9 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
-
-use futures_util::task::AtomicWaker;
+use std::task::{Context, Poll, Waker};
 
 use crate::sync::lock;
 use std::time::Duration;
@@ -27,7 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::conn::ConnTransport;
+use super::conn::{ConnTransport, OutQueue};
+use super::parts::KeptWaker;
 use crate::seam::Upgraded;
 
 /// A WebSocket carrying a session.
@@ -203,14 +202,14 @@ pub(super) struct Session {
     /// Towards the layer above; dropped at close so that its `Conn.incoming` ends.
     incoming: Mutex<Option<mpsc::Sender<Frame>>>,
     /// Messages from the layer above. Held (async lock) by the one transport writing them.
-    pub outgoing: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    pub outgoing: tokio::sync::Mutex<OutQueue>,
     state: Mutex<State>,
     /// Bumped on every change a waiting transport may care about.
     changed: watch::Sender<()>,
     /// The WebSocket writer's wake-up on a change ([`Session::poll_ws_change`]): registered
     /// once and kept between messages, where waiting on `changed` registered a waiter anew
     /// (under the watch's lock) at every message written.
-    ws_writer: AtomicWaker,
+    ws_writer: KeptWaker,
     pong: Notify,
     registry: Weak<Registry>,
     /// The client address the session counts against ([`crate::topics::client_key`]).
@@ -261,7 +260,7 @@ impl Session {
                 },
             }),
             changed: watch::channel(()).0,
-            ws_writer: AtomicWaker::new(),
+            ws_writer: KeptWaker::default(),
             pong: Notify::new(),
             registry,
             client,
@@ -284,14 +283,16 @@ impl Session {
 
     /// Whether the session changed since `changes` last looked (`Err` once nobody can change
     /// it any more); pending otherwise, and the WebSocket writer polling it is woken at the
-    /// next change. For the one writer of the session.
+    /// next change. For the one writer of the session; `registered`: its copy of the waker it
+    /// registered ([`KeptWaker::register`]).
     pub(super) fn poll_ws_change(
         &self,
         changes: &watch::Receiver<()>,
+        registered: &mut Option<Waker>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ()>> {
         // Registered before looking: a change made in between is seen now or wakes the writer.
-        self.ws_writer.register(cx.waker());
+        self.ws_writer.register(registered, cx.waker());
         match changes.has_changed() {
             Ok(true) => Poll::Ready(Ok(())),
             Ok(false) => Poll::Pending,
@@ -486,11 +487,7 @@ impl Session {
     ///
     /// Called from the poll's own future, which returns the response in the same step: the
     /// packets leave the session only when the response is handed to the gateway.
-    pub(super) fn take_for_poll(
-        &self,
-        rx: &mut mpsc::Receiver<Frame>,
-        noop_due: bool,
-    ) -> Option<PollAnswer> {
+    pub(super) fn take_for_poll(&self, rx: &mut OutQueue, noop_due: bool) -> Option<PollAnswer> {
         let max = self.config.max_payload;
         let mut st = self.state();
         match st.phase.clone() {
@@ -542,7 +539,7 @@ impl Session {
 
     /// What a WebSocket writer sends next: queued control packets first, and everything left
     /// in the queue when the layer above closed.
-    pub(super) fn take_for_ws(&self, rx: &mut mpsc::Receiver<Frame>) -> WsBatch {
+    pub(super) fn take_for_ws(&self, rx: &mut OutQueue) -> WsBatch {
         let mut st = self.state();
         let mut packets: Vec<Packet> = st.outbox.drain(..).collect();
         if packets.iter().any(|p| matches!(p, Packet::Ping(_))) {
@@ -827,7 +824,7 @@ impl Session {
 
 /// Moves messages from the queue to `outbox` until about `max` bytes are waiting (a poll
 /// answer is capped there anyway). True when the queue is empty.
-fn pull(outbox: &mut VecDeque<Packet>, rx: &mut mpsc::Receiver<Frame>, max: usize) -> bool {
+fn pull(outbox: &mut VecDeque<Packet>, rx: &mut OutQueue, max: usize) -> bool {
     let mut size: usize = outbox.iter().map(|p| p.encoded_len() + 1).sum();
     while size <= max {
         match rx.try_recv() {

@@ -231,12 +231,15 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
     let mut rx = session.outgoing.lock().await;
     let mut queue_open = true;
     let mut next = Next::Changed;
+    // Kept between batches: a quiet room's one message a wake-up allocated a list each time.
+    let mut packets: Vec<Packet> = Vec::new();
+    let mut registered = None;
     loop {
         match next {
             Next::Changed => {
                 changes.borrow_and_update();
                 let batch = session.take_for_ws(&mut rx);
-                if !write_all(sink, batch.packets.iter()).await {
+                if !write_all(sink, batch.packets.into_iter()).await {
                     return session.close(CloseReason::TransportError("write error".into()));
                 }
                 if let Some(code) = batch.close {
@@ -253,14 +256,14 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
                 }
             }
             Next::Frame(frame) => {
-                let mut packets = vec![frame_packet(frame)];
+                packets.push(frame_packet(frame));
                 while packets.len() < WRITE_BATCH {
                     match rx.try_recv() {
                         Ok(frame) => packets.push(frame_packet(frame)),
                         Err(_) => break,
                     }
                 }
-                if !write_all(sink, packets.iter()).await {
+                if !write_all(sink, packets.drain(..)).await {
                     return session.close(CloseReason::TransportError("write error".into()));
                 }
             }
@@ -269,7 +272,7 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
         }
         // A change first: it may be a close, after which nothing queued is sent.
         next = std::future::poll_fn(|cx| {
-            match session.poll_ws_change(&changes, cx) {
+            match session.poll_ws_change(&changes, &mut registered, cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Next::Changed),
                 Poll::Ready(Err(())) => return Poll::Ready(Next::Gone),
                 Poll::Pending => {}
@@ -287,15 +290,15 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
 }
 
 /// Writes packets as frames with one flush at the end; `false` when the connection failed.
-async fn write_all<'a>(
+async fn write_all(
     sink: &mut SplitSink<Ws, Message>,
-    packets: impl ExactSizeIterator<Item = &'a Packet>,
+    packets: impl ExactSizeIterator<Item = Packet>,
 ) -> bool {
     if packets.len() == 0 {
         return true;
     }
     for packet in packets {
-        let msg = match packet.to_ws_frame() {
+        let msg = match packet.into_ws_frame() {
             WsFrame::Text(text) => Message::text(text),
             WsFrame::Binary(bytes) => Message::binary(bytes),
         };

@@ -410,6 +410,7 @@ fn message(topic: &Arc<str>, m: FleetMessage) -> Arc<Message> {
         payload: m.payload,
         origin: m.origin,
         remote: m.remote,
+        one_topic: false,
         reset_from: None,
         encoded: OnceLock::new(),
     })
@@ -473,6 +474,7 @@ impl Inner {
             payload: Arc::new(Payload::default()),
             origin: None,
             remote: true,
+            one_topic: false,
             reset_from: Some(from),
             size: 0,
             encoded: OnceLock::new(),

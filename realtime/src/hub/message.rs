@@ -176,6 +176,15 @@ pub struct Message {
     pub origin: Option<SubscriberId>,
     /// True if another node of the fleet published it.
     pub remote: bool,
+    /// Published on this node to this one topic only ([`Hub::publish_payload`], or
+    /// [`Hub::publish_many`] with one topic): no other topic carries its id, so a subscriber
+    /// in several topics cannot get it twice, and a transport that dedupes broadcasts by id
+    /// need not look it up nor remember it. False whenever that is not known (a broadcast
+    /// to several topics, whatever came through the fleet).
+    ///
+    /// [`Hub::publish_payload`]: super::Hub::publish_payload
+    /// [`Hub::publish_many`]: super::Hub::publish_many
+    pub one_topic: bool,
     /// `Some(from)`: not a message but a live reset. The topic went from `from` to this
     /// message's position and what was published in between will never reach this
     /// subscriber (the fleet lost it, or it could not be read back after a lost link).

@@ -49,6 +49,7 @@ mod fleet;
 mod idempotency;
 mod message;
 mod position;
+mod signal;
 mod subscriber;
 mod topic;
 
@@ -66,16 +67,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 pub use crate::topics::TopicError;
 pub use fleet::{Fleet, FleetDelivery, FleetMessage, FleetResume, Publishing, WeakHub};
 pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
 pub use message::{Message, MessageId, Payload, SubscriberId};
 pub use position::{Epoch, Position, PositionParseError};
-pub use subscriber::{CloseReason, Closed, JoinOutcome, Subscriber};
+pub use signal::Signal;
+pub use subscriber::{CloseReason, Closed, JoinOutcome, Queued, Subscriber};
 
 use idempotency::{IdemShard, Outcome};
-use subscriber::{Push, SubShared};
+use subscriber::{Push, SubShared, Wakes};
 use topic::{Origin, ResetReason, Topic, TopicState};
 
 /// Shards of the topic map and the idempotency store: lookups from many
@@ -476,26 +479,22 @@ impl Hub {
     /// A new subscriber with its own queue capacity (at least 1), e.g. a
     /// small one for a single long-poll request.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Result<Subscriber, HubError> {
-        self.new_subscriber(capacity, Arc::default())
+        self.new_subscriber(capacity, Wakes::Own(Notify::new()))
     }
 
-    /// A new subscriber (default capacity) that wakes `wake` instead of a `Notify` of its own
-    /// when a message arrives for it or it closes: a connection with a subscriber per
-    /// namespace waits on that one `Notify` and drains every subscriber that has something
+    /// A new subscriber (default capacity) that raises `wake` instead of waking a `Notify` of
+    /// its own when a message arrives for it or it closes: a connection with a subscriber per
+    /// namespace waits on that one [`Signal`] and drains every subscriber that has something
     /// with [`Subscriber::try_recv`], so a push wakes its task once whichever subscriber it
-    /// went to. The waker of `wake` is told once per empty-to-non-empty change of a queue (a
-    /// permit is kept when nobody waits), so whoever waits must drain each queue empty (or
-    /// wake itself again) before waiting.
-    pub fn subscribe_waking(&self, wake: Arc<tokio::sync::Notify>) -> Result<Subscriber, HubError> {
-        self.new_subscriber(self.inner.config.queue_capacity, wake)
+    /// went to. `wake` is raised once per empty-to-non-empty change of a queue (it stays
+    /// raised when nobody waits), so whoever waits must drain each queue empty (or raise it
+    /// again) before waiting.
+    pub fn subscribe_waking(&self, wake: Arc<Signal>) -> Result<Subscriber, HubError> {
+        self.new_subscriber(self.inner.config.queue_capacity, Wakes::Shared(wake))
     }
 
-    fn new_subscriber(
-        &self,
-        capacity: usize,
-        wake: Arc<tokio::sync::Notify>,
-    ) -> Result<Subscriber, HubError> {
-        let shared = Arc::new(SubShared::new(capacity, wake));
+    fn new_subscriber(&self, capacity: usize, wakes: Wakes) -> Result<Subscriber, HubError> {
+        let shared = Arc::new(SubShared::new(capacity, wakes));
         let mut registry = lock(&self.inner.registry);
         // Checked under the registry lock, which shutdown also takes, so no
         // subscriber escapes shutdown.
@@ -542,6 +541,7 @@ impl Hub {
             size,
             MessageId::generate(),
             origin,
+            true,
         )
     }
 
@@ -566,6 +566,7 @@ impl Hub {
         let size = payload.approx_size();
         let payload = Arc::new(payload);
         let id = MessageId::generate();
+        let one_topic = topics.len() == 1;
         let mut done: HashMap<&str, Position> = HashMap::with_capacity(topics.len());
         let mut positions = Vec::with_capacity(topics.len());
         for topic in &topics {
@@ -573,7 +574,9 @@ impl Hub {
             let position = match done.get(topic) {
                 Some(p) => *p,
                 None => {
-                    let p = self.inner.publish(topic, &payload, size, id, origin)?;
+                    let p = self
+                        .inner
+                        .publish(topic, &payload, size, id, origin, one_topic)?;
                     done.insert(topic, p);
                     p
                 }
@@ -897,6 +900,7 @@ impl Inner {
         size: usize,
         id: MessageId,
         origin: Option<SubscriberId>,
+        one_topic: bool,
     ) -> Result<Position, HubError> {
         self.check_open()?;
         if self.fleet.is_some() {
@@ -918,6 +922,7 @@ impl Inner {
                 payload: Arc::clone(payload),
                 origin,
                 remote: false,
+                one_topic,
                 reset_from: None,
                 size,
                 encoded: OnceLock::new(),

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::message::{Message, SubscriberId};
 use super::position::Position;
+use super::signal::Signal;
 use super::{HubError, Inner};
 use crate::sync::lock;
 
@@ -31,6 +32,16 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => "shutdown",
         })
     }
+}
+
+/// A message taken by [`Subscriber::try_recv_joined`].
+#[derive(Debug)]
+pub struct Queued {
+    pub msg: Arc<Message>,
+    /// The subscriber was still in the message's topic.
+    pub joined: bool,
+    /// The queue was empty after it: a push from then on raises the wake-up again.
+    pub last: bool,
 }
 
 /// The final thing a subscriber's receiver yields (and keeps yielding).
@@ -111,10 +122,18 @@ pub(super) struct SubShared {
     pub(super) id: SubscriberId,
     capacity: usize,
     pub(super) state: Mutex<SubState>,
-    /// Woken when the queue becomes non-empty or the subscriber closes. Shared by the
-    /// subscribers of one connection ([`super::Hub::subscribe_waking`]), so that a push to any
-    /// of them wakes the one task that reads them all, once.
-    notify: Arc<Notify>,
+    /// Woken when the queue becomes non-empty or the subscriber closes.
+    wakes: Wakes,
+}
+
+/// Whom a subscriber wakes.
+pub(super) enum Wakes {
+    /// Its own `Notify`, which [`Subscriber::recv`] waits on.
+    Own(Notify),
+    /// The signal shared by the subscribers of one connection
+    /// ([`super::Hub::subscribe_waking`]), so that a push to any of them wakes the one task
+    /// that reads them all, once.
+    Shared(Arc<Signal>),
 }
 
 pub(super) enum Push {
@@ -127,7 +146,7 @@ pub(super) enum Push {
 }
 
 impl SubShared {
-    pub(super) fn new(capacity: usize, notify: Arc<Notify>) -> Self {
+    pub(super) fn new(capacity: usize, wakes: Wakes) -> Self {
         SubShared {
             id: SubscriberId::next(),
             capacity: capacity.max(1),
@@ -136,7 +155,7 @@ impl SubShared {
                 life: Life::Open,
                 topics: HashSet::new(),
             }),
-            notify,
+            wakes,
         }
     }
 
@@ -165,7 +184,10 @@ impl SubShared {
         // The receiver only sleeps after seeing an empty queue, so only the
         // empty → non-empty transition needs a wake-up.
         if was_empty {
-            self.notify.notify_one();
+            match &self.wakes {
+                Wakes::Own(notify) => notify.notify_one(),
+                Wakes::Shared(signal) => signal.raise(),
+            }
         }
         Push::Delivered
     }
@@ -195,10 +217,15 @@ impl SubShared {
     }
 
     fn wake(&self) {
-        self.notify.notify_waiters();
-        // Also leave a permit for a receiver that is between its check and
-        // its wait.
-        self.notify.notify_one();
+        match &self.wakes {
+            Wakes::Own(notify) => {
+                notify.notify_waiters();
+                // Also leave a permit for a receiver that is between its check and
+                // its wait.
+                notify.notify_one();
+            }
+            Wakes::Shared(signal) => signal.raise(),
+        }
     }
 }
 
@@ -283,15 +310,19 @@ impl Subscriber {
             if let Some(msg) = self.try_recv()? {
                 return Ok(msg);
             }
-            self.shared.notify.notified().await;
+            match &self.shared.wakes {
+                Wakes::Own(notify) => notify.notified().await,
+                Wakes::Shared(signal) => signal.raised().await,
+            }
         }
     }
 
-    /// [`try_recv`](Self::try_recv), and whether the subscriber is still in the message's
-    /// topic ([`is_joined`](Self::is_joined)), under one lock: a transport that delivers
-    /// only what is still joined asks both of every message. In one topic, the common case,
-    /// the topic is compared without hashing it.
-    pub fn try_recv_joined(&self) -> Result<Option<(Arc<Message>, bool)>, Closed> {
+    /// [`try_recv`](Self::try_recv), whether the subscriber is still in the message's topic
+    /// ([`is_joined`](Self::is_joined)) and whether it was the last one queued, under one
+    /// lock: a transport that delivers only what is still joined asks both of every message,
+    /// and one that drains the queue need not lock it again to find it empty. In one topic,
+    /// the common case, the topic is compared without hashing it.
+    pub fn try_recv_joined(&self) -> Result<Option<Queued>, Closed> {
         let mut st = lock(&self.shared.state);
         match st.life {
             Life::Open => Ok(st.queue.pop_front().map(|msg| {
@@ -300,7 +331,11 @@ impl Subscriber {
                 } else {
                     st.topics.contains(&msg.topic)
                 };
-                (msg, joined)
+                Queued {
+                    msg,
+                    joined,
+                    last: st.queue.is_empty(),
+                }
             })),
             Life::Closed(reason) => Err(Closed { reason }),
             Life::Dropped => Err(Closed {

@@ -1013,25 +1013,33 @@ fn clients_are_held_to_names_and_a_new_topic_budget() {
 }
 
 #[test]
-fn try_recv_joined_says_whether_the_topic_is_still_joined() {
+fn try_recv_joined_says_whether_the_topic_is_still_joined_and_the_queue_emptied() {
     let hub = Hub::default();
     let sub = hub.subscribe().unwrap();
     sub.join("a", None).unwrap();
     hub.publish("a", "e", json!(1), None).unwrap();
-    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
-    assert_eq!((&*msg.topic, joined), ("a", true), "one topic");
+    let q = sub.try_recv_joined().unwrap().expect("queued");
+    assert_eq!(
+        (&*q.msg.topic, q.joined, q.last),
+        ("a", true, true),
+        "one topic"
+    );
     sub.join("b", None).unwrap();
     hub.publish("a", "e", json!(2), None).unwrap();
     hub.publish("b", "e", json!(3), None).unwrap();
     sub.leave("a");
-    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
+    let q = sub.try_recv_joined().unwrap().expect("queued");
     assert_eq!(
-        (&*msg.topic, joined),
-        ("a", false),
-        "left after it was queued"
+        (&*q.msg.topic, q.joined, q.last),
+        ("a", false, false),
+        "left after it was queued, one more behind it"
     );
-    let (msg, joined) = sub.try_recv_joined().unwrap().expect("queued");
-    assert_eq!((&*msg.topic, joined), ("b", true), "the one topic left");
+    let q = sub.try_recv_joined().unwrap().expect("queued");
+    assert_eq!(
+        (&*q.msg.topic, q.joined, q.last),
+        ("b", true, true),
+        "the one topic left"
+    );
     assert!(sub.try_recv_joined().unwrap().is_none());
 }
 

@@ -21,7 +21,7 @@ use super::namespace::Namespace;
 use super::options::SocketIoOptions;
 use super::peers::{PeerSlot, Peers, Selection};
 use super::rooms::{normalize_nsp, room_of};
-use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket};
+use super::state::{ConnShared, ConnectFuture, ConnectHandler, Socket, SocketList};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access};
 use crate::engineio::{CloseReason, Conn, ConnHandler, ConnWork, Frame};
@@ -237,14 +237,15 @@ impl ConnHandler for SocketIo {
 /// fan-out reaches. It waits on that wake-up alone: the connection's close, a second thing to
 /// poll at every delivery, reaches it through the end of `run_connection`.
 async fn deliver(shared: Arc<ConnShared>) {
+    let mut sockets = SocketList::default();
     loop {
-        shared.wake.notified().await;
+        shared.wake.raised().await;
         if shared.ended() {
             return;
         }
-        if !shared.deliver_queued() {
+        if !shared.deliver_queued(&mut sockets) {
             // More than the budget: the rest after the connection's other work.
-            shared.wake.notify_one();
+            shared.wake.raise();
             tokio::task::yield_now().await;
         }
     }

@@ -184,7 +184,12 @@ impl SocketInner {
             // which `leave` holds while it leaves: nothing of a room left is sent after.
             let outbox = lock(&self.outbox);
             match sub.try_recv_joined() {
-                Ok(Some((msg, joined))) => self.deliver_live(outbox, &msg, joined),
+                Ok(Some(queued)) => {
+                    self.deliver_live(outbox, &queued.msg, queued.joined);
+                    if queued.last {
+                        return true;
+                    }
+                }
                 Ok(None) => return true,
                 Err(closed) => {
                     drop(outbox);

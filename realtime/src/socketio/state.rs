@@ -9,11 +9,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::codec::{event_head, Outgoing};
@@ -27,7 +27,7 @@ use super::rooms::{namespace_topic, room_of};
 use super::stats::SocketIoStats;
 use crate::access::{self, Access, ClientInfo, Grant};
 use crate::engineio::{CloseReason, ConnSender, Frame, HandshakeInfo, SendError};
-use crate::hub::{Hub, Message, Subscriber, SubscriberId};
+use crate::hub::{Hub, Message, Signal, Subscriber, SubscriberId};
 use crate::sync::lock;
 
 // --- Sockets ---
@@ -367,9 +367,9 @@ impl NsInner {
 /// other work (the client's packets, the close).
 pub(super) const DELIVERY_BUDGET: usize = 256;
 
-/// The connection as its sockets see it: the sender, serialized so the
-/// frames of one packet (text, then its binaries) are never interleaved
-/// with another packet's, and its socket in each namespace joined.
+/// The connection as its sockets see it: the sender (which queues the frames of one packet,
+/// text then binaries, together, never interleaved with another packet's), and its socket in
+/// each namespace joined.
 pub(super) struct ConnShared {
     pub(super) sender: ConnSender,
     pub(super) info: Arc<HandshakeInfo>,
@@ -377,12 +377,21 @@ pub(super) struct ConnShared {
     /// the connection's task waits on it and delivers whatever any of them queued
     /// ([`ConnShared::deliver_queued`]), so a fan-out wakes the connection once, not once per
     /// socket or per message.
-    pub(super) wake: Arc<Notify>,
+    pub(super) wake: Arc<Signal>,
     /// Set once the connection is closed and its sockets are gone ([`ConnShared::end`]).
     ended: AtomicBool,
-    write_lock: Mutex<()>,
     sockets: Mutex<HashMap<String, Socket>>,
+    /// Bumped at every change of `sockets`, under its lock ([`ConnShared::deliver_queued`]).
+    generation: AtomicU64,
     stats: Arc<SocketIoStats>,
+}
+
+/// The connection's sockets as its deliveries last read them ([`ConnShared::deliver_queued`]):
+/// kept by the deliveries' future between wake-ups, read again when the list changed.
+#[derive(Default)]
+pub(super) struct SocketList {
+    generation: u64,
+    sockets: Vec<Socket>,
 }
 
 impl ConnShared {
@@ -396,8 +405,8 @@ impl ConnShared {
             info,
             wake: Arc::default(),
             ended: AtomicBool::new(false),
-            write_lock: Mutex::new(()),
             sockets: Mutex::default(),
+            generation: AtomicU64::new(0),
             stats,
         }
     }
@@ -406,20 +415,25 @@ impl ConnShared {
     /// not read: the connection is closed as a slow consumer rather than
     /// buffered without bound.
     pub(super) fn write(&self, out: Outgoing) -> Result<(), EmitError> {
-        let _guard = lock(&self.write_lock);
-        let frames = std::iter::once(Frame::Text(out.text))
-            .chain(out.binaries.into_iter().map(Frame::Binary));
-        for frame in frames {
-            match self.sender.try_send(frame) {
-                Ok(()) => {}
-                Err(SendError::Full) => {
-                    self.slow_consumer();
-                    return Err(EmitError::SlowConsumer);
-                }
-                Err(SendError::Closed) => return Err(EmitError::Disconnected),
+        let text = Frame::Text(out.text);
+        // A packet's frames go in together (the queue's one lock), so no other packet's come
+        // between its text and its attachments.
+        let queued = if out.binaries.is_empty() {
+            self.sender.try_send(text)
+        } else {
+            let frames: Vec<Frame> = std::iter::once(text)
+                .chain(out.binaries.into_iter().map(Frame::Binary))
+                .collect();
+            self.sender.try_send_all(frames)
+        };
+        match queued {
+            Ok(()) => Ok(()),
+            Err(SendError::Full) => {
+                self.slow_consumer();
+                Err(EmitError::SlowConsumer)
             }
+            Err(SendError::Closed) => Err(EmitError::Disconnected),
         }
-        Ok(())
     }
 
     pub(super) fn slow_consumer(&self) {
@@ -451,26 +465,32 @@ impl ConnShared {
     /// (and the wake taken by a delivery that did not see the socket yet): the connection's
     /// task is woken to look.
     pub(super) fn insert(&self, nsp: String, socket: Socket) {
-        lock(&self.sockets).insert(nsp, socket);
-        self.wake.notify_one();
+        let mut sockets = lock(&self.sockets);
+        sockets.insert(nsp, socket);
+        self.changed_sockets();
+        drop(sockets);
+        self.wake.raise();
+    }
+
+    /// The sockets changed (under their lock): the deliveries' copy of the list is stale.
+    fn changed_sockets(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Delivers what the hub queued for the connection's sockets, up to [`DELIVERY_BUDGET`]
     /// messages a socket; false when more is left (the caller comes back for it after the
     /// client's packets, so a firehose on one namespace does not starve them).
-    pub(super) fn deliver_queued(&self) -> bool {
-        let sockets = lock(&self.sockets);
-        // One namespace is the common case: no list to make.
-        if sockets.len() == 1 {
-            let Some(socket) = sockets.values().next().cloned() else {
-                return true;
-            };
-            drop(sockets);
-            return socket.inner.deliver_queued(DELIVERY_BUDGET);
+    pub(super) fn deliver_queued(&self, seen: &mut SocketList) -> bool {
+        // The list as the deliveries last saw it, while it is the same: no lock, no map and
+        // no reference count per wake-up (each a cache miss in a quiet room).
+        if self.generation.load(Ordering::Acquire) != seen.generation {
+            let sockets = lock(&self.sockets);
+            seen.generation = self.generation.load(Ordering::Acquire);
+            seen.sockets.clear();
+            seen.sockets.extend(sockets.values().cloned());
         }
-        let sockets: Vec<Socket> = sockets.values().cloned().collect();
         let mut all = true;
-        for socket in sockets {
+        for socket in &seen.sockets {
             all &= socket.inner.deliver_queued(DELIVERY_BUDGET);
         }
         all
@@ -483,6 +503,10 @@ impl ConnShared {
         let mut sockets = lock(&self.sockets);
         if sockets.get(nsp).is_some_and(|s| s.same(socket)) {
             sockets.remove(nsp);
+            self.changed_sockets();
+            drop(sockets);
+            // The deliveries let go of their copy of it.
+            self.wake.raise();
         }
     }
 
@@ -497,7 +521,7 @@ impl ConnShared {
     /// The connection's teardown is over: its deliveries end too.
     pub(super) fn end(&self) {
         self.ended.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     pub(super) fn ended(&self) -> bool {
@@ -506,6 +530,11 @@ impl ConnShared {
 
     /// Takes every socket out, for the connection's teardown.
     pub(super) fn take_sockets(&self) -> Vec<Socket> {
-        lock(&self.sockets).drain().map(|(_, s)| s).collect()
+        let mut sockets = lock(&self.sockets);
+        let taken = sockets.drain().map(|(_, s)| s).collect();
+        self.changed_sockets();
+        drop(sockets);
+        self.wake.raise();
+        taken
     }
 }

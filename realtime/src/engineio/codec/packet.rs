@@ -107,10 +107,16 @@ impl Packet {
         out
     }
 
-    /// Frame for the WebSocket transport, where binary goes out raw.
-    pub fn to_ws_frame(&self) -> WsFrame {
+    /// Frame for the WebSocket transport, where binary goes out raw. A message's text becomes
+    /// the frame's in place (its `4` put in front, in the room the Socket.IO encoder leaves),
+    /// where encoding it anew allocated and copied it once more per delivery.
+    pub fn into_ws_frame(self) -> WsFrame {
         match self {
-            Packet::MessageBinary(bytes) => WsFrame::Binary(bytes.clone()),
+            Packet::MessageBinary(bytes) => WsFrame::Binary(bytes),
+            Packet::Message(mut text) => {
+                text.insert(0, '4');
+                WsFrame::Text(text)
+            }
             other => WsFrame::Text(other.encode_text()),
         }
     }
@@ -193,7 +199,7 @@ pub(crate) mod tests {
         );
         assert_eq!(Packet::Pong(Some(PROBE.into())).encode_text(), "3probe");
         assert_eq!(
-            Packet::Ping(Some(PROBE.into())).to_ws_frame(),
+            Packet::Ping(Some(PROBE.into())).into_ws_frame(),
             WsFrame::Text("2probe".into())
         );
         assert_eq!(
@@ -228,7 +234,7 @@ pub(crate) mod tests {
     fn ws_frames_carry_binary_raw() {
         let bin = Bytes::from_static(&[0, 255, 4]);
         assert_eq!(
-            Packet::MessageBinary(bin.clone()).to_ws_frame(),
+            Packet::MessageBinary(bin.clone()).into_ws_frame(),
             WsFrame::Binary(bin.clone())
         );
         assert_eq!(
@@ -236,9 +242,23 @@ pub(crate) mod tests {
             Packet::MessageBinary(bin)
         );
         assert_eq!(
-            Packet::Message("4".into()).to_ws_frame(),
+            Packet::Message("4".into()).into_ws_frame(),
             WsFrame::Text("44".into())
         );
+    }
+
+    #[test]
+    fn a_message_becomes_its_frame_in_place() {
+        let mut text = String::with_capacity(32);
+        text.push_str(r#"2["chat","x"]"#);
+        let at = text.as_ptr();
+        match Packet::Message(text).into_ws_frame() {
+            WsFrame::Text(frame) => {
+                assert_eq!(frame, r#"42["chat","x"]"#);
+                assert_eq!(frame.as_ptr(), at, "the message's own buffer, not a copy");
+            }
+            WsFrame::Binary(_) => panic!("a text message makes a text frame"),
+        }
     }
 
     #[test]
@@ -305,7 +325,7 @@ pub(crate) mod tests {
 
         #[test]
         fn ws_roundtrip(p in arb_packet()) {
-            let back = match p.to_ws_frame() {
+            let back = match p.clone().into_ws_frame() {
                 WsFrame::Text(t) => Packet::decode_text(&t).unwrap(),
                 WsFrame::Binary(b) => Packet::decode_binary(b),
             };

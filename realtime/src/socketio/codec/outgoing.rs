@@ -92,8 +92,14 @@ pub(crate) fn event_head(
 }
 
 /// Completes an [`event_head`], with the offset as last argument if any.
+///
+/// Without an offset the text is made with room for exactly one byte more: the `4` Engine.IO
+/// puts in front on a WebSocket ([`crate::engineio::Packet::into_ws_frame`]), in place, which
+/// leaves the frame's buffer full, so it becomes the WebSocket message's bytes without an
+/// allocation of its own.
 fn close_event(head: &str, offset: Option<impl std::fmt::Display>) -> String {
-    let mut text = String::with_capacity(head.len() + 24);
+    let room = if offset.is_some() { 24 } else { 1 };
+    let mut text = String::with_capacity(head.len() + 1 + room);
     text.push_str(head);
     if let Some(offset) = offset {
         // Writing to a String cannot fail.
@@ -115,6 +121,16 @@ mod tests {
 
     /// Socket.IO packets as they travel inside an Engine.IO `message` (its `4` is not part of
     /// them).
+    #[test]
+    fn an_event_without_offset_leaves_room_for_engine_io_s_4_and_no_more() {
+        let out = Outgoing::event("/", "hi", &[json!(1)], None, None, vec![]);
+        assert_eq!(out.text, r#"2["hi",1]"#);
+        assert_eq!(out.text.capacity(), out.text.len() + 1);
+        let head = event_head("/", "hi", &[], None, 0);
+        let out = Outgoing::event_from_head(&head, None::<u64>, vec![]);
+        assert_eq!(out.text.capacity(), out.text.len() + 1);
+    }
+
     #[test]
     fn events_are_byte_exact() {
         let args = [json!(1), json!("x")];
