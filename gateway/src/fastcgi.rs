@@ -83,6 +83,18 @@ pub fn begin_request(out: &mut Vec<u8>, keep_conn: bool) {
     record(out, BEGIN_REQUEST, &body);
 }
 
+/// Where `FCGI_KEEP_CONN` sits in records that start with [`begin_request`]'s: after the
+/// 8-byte header and the 2-byte role.
+const KEEP_CONN_AT: usize = 10;
+
+/// Sets `FCGI_KEEP_CONN` in records made by [`begin_request`] and what follows it, for the
+/// connection they are about to be sent on.
+pub fn set_keep_conn(records: &mut [u8], keep_conn: bool) {
+    if let Some(flags) = records.get_mut(KEEP_CONN_AT) {
+        *flags = if keep_conn { FLAG_KEEP_CONN } else { 0 };
+    }
+}
+
 fn nv_length(out: &mut Vec<u8>, n: usize) {
     if n < 128 {
         out.push(n as u8);
@@ -632,8 +644,9 @@ struct Php<'a, 's> {
     /// whose body is in `records`).
     session: Option<&'s mut Session>,
     backend: &'a Backend,
-    /// `FCGI_BEGIN_REQUEST` and the parameters (and a body read whole here).
-    records: &'a [u8],
+    /// `FCGI_BEGIN_REQUEST` and the parameters (and a body read whole here); its
+    /// `FCGI_KEEP_CONN` flag is set for each attempt's connection.
+    records: Vec<u8>,
     body: PhpBody<'a>,
     max_body: u64,
     /// A request that may be sent twice: one that a kept connection answered with nothing at
@@ -645,6 +658,8 @@ struct Php<'a, 's> {
 struct Started {
     io: Stream,
     decoder: Decoder,
+    /// php-fpm was asked to keep the connection open after this request: it may be kept.
+    keep_conn: bool,
 }
 
 impl Exchange for Php<'_, '_> {
@@ -670,7 +685,18 @@ impl Exchange for Php<'_, '_> {
                 Err(_) => return Attempt::NotSent(Failure::ConnectTimeout(addr.to_string())),
             },
         };
-        match tokio::time::timeout(timeout, io.write_all(self.records)).await {
+        // While requests wait for a worker the connection will be closed at the end (see
+        // `Backend::waiting`), so php-fpm is told so and closes it itself right after its
+        // answer: the worker goes straight back to `accept` instead of sleeping on a
+        // connection the gateway then closes (a wake-up and a context switch more per
+        // request for php-fpm under load). nginx without `fastcgi_keep_conn` never asks.
+        let keep_conn = self
+            .backend
+            .waiting
+            .get(to.index)
+            .is_some_and(|w| w.load(Ordering::Relaxed) == 0);
+        set_keep_conn(&mut self.records, keep_conn);
+        match tokio::time::timeout(timeout, io.write_all(&self.records)).await {
             Ok(Ok(())) => {}
             _ if reused => return Attempt::Stale,
             Ok(Err(e)) => return Attempt::NotSent(Failure::connect(addr, &e)),
@@ -696,7 +722,11 @@ impl Exchange for Php<'_, '_> {
             ),
             Ok(Ok(_)) => {
                 waiting.done();
-                Attempt::Answered(Started { io, decoder })
+                Attempt::Answered(Started {
+                    io,
+                    decoder,
+                    keep_conn,
+                })
             }
             Ok(Err(e)) => {
                 Attempt::Failed(Failure::BadAnswer(addr.to_string(), e.to_string()).into())
@@ -866,11 +896,10 @@ pub async fn ask(
         server: q.server,
         content_length: (!q.body.is_empty()).then_some(q.body.len() as u64),
     });
-    let records = request_records(&params, Some(q.body));
     let mut exchange = Php {
         session: None,
         backend: q.backend,
-        records: &records,
+        records: request_records(&params, Some(q.body)),
         body: PhpBody::Sent,
         max_body: q.body.len() as u64,
         idempotent: q.req.method.is_idempotent(),
@@ -880,6 +909,7 @@ pub async fn ask(
     let Started {
         mut io,
         mut decoder,
+        keep_conn,
     } = won.conn;
     let bad = |why: String| Fault::from(Failure::BadAnswer(addr.to_string(), why));
     let mut stdout: Vec<u8> = Vec::new();
@@ -903,7 +933,7 @@ pub async fn ask(
                         )));
                     };
                     if protocol_status == 0 && decoder.pending() == 0 {
-                        keep(q.backend, i, io);
+                        keep(q.backend, i, io, keep_conn);
                     }
                     return Ok((head, Bytes::copy_from_slice(&stdout[used..])));
                 }
@@ -992,7 +1022,7 @@ pub async fn serve(
     let mut exchange = Php {
         session: Some(&mut *session),
         backend,
-        records: &records,
+        records,
         body,
         max_body: call.max_body,
         idempotent: call.req.method.is_idempotent(),
@@ -1005,6 +1035,7 @@ pub async fn serve(
     let Started {
         mut io,
         mut decoder,
+        keep_conn,
     } = won.conn;
 
     // Relay the answer.
@@ -1067,7 +1098,7 @@ pub async fn serve(
                                 }
                             }
                             if ended {
-                                keep(backend, i, io);
+                                keep(backend, i, io, keep_conn);
                             }
                             return Ok(Ok(Answer::NamesAFile(Box::new(head))));
                         }
@@ -1096,6 +1127,7 @@ pub async fn serve(
                                 let mut tail = Tail {
                                     feeder: Feeder::new(session, fifo),
                                     io,
+                                    keep_conn,
                                     decoder,
                                     out,
                                     timeout,
@@ -1134,7 +1166,7 @@ pub async fn serve(
                     length_when_whole(&mut outbox);
                     session.write_response_tasks(outbox).await?;
                     if protocol_status == 0 && decoder.pending() == 0 {
-                        keep(backend, i, io);
+                        keep(backend, i, io, keep_conn);
                     } else {
                         tracing::debug!(upstream, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
                     }
@@ -1209,6 +1241,7 @@ fn length_when_whole(outbox: &mut [HttpTask]) {
 struct Tail<'a, 's> {
     feeder: Feeder<'s>,
     io: Stream,
+    keep_conn: bool,
     decoder: Decoder,
     out: Out,
     timeout: Duration,
@@ -1274,6 +1307,7 @@ impl Tail<'_, '_> {
         let Tail {
             feeder,
             io,
+            keep_conn,
             decoder,
             upstream,
             backend,
@@ -1283,7 +1317,7 @@ impl Tail<'_, '_> {
             ..
         } = self;
         if protocol_status == 0 && decoder.pending() == 0 {
-            keep(backend, server, io);
+            keep(backend, server, io, keep_conn);
         } else {
             tracing::debug!(upstream, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
         }
@@ -1300,8 +1334,12 @@ impl Tail<'_, '_> {
     }
 }
 
-/// Keep a connection whose request ended cleanly for the next request.
-fn keep(backend: &Arc<Backend>, i: usize, io: Stream) {
+/// Keep a connection whose request ended cleanly for the next request, if php-fpm was asked
+/// to keep it (otherwise it closes it after its answer).
+fn keep(backend: &Arc<Backend>, i: usize, io: Stream, keep_conn: bool) {
+    if !keep_conn {
+        return;
+    }
     backend.put_idle(i, io);
     // Once traffic stops, nothing would take or prune the list: the timer frees the workers
     // those connections hold.
@@ -1315,6 +1353,21 @@ fn keep(backend: &Arc<Backend>, i: usize, io: Stream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_conn_is_set_per_connection_in_the_begin_request_record() {
+        let mut records = request_records(&[("A".into(), b"bc".to_vec())], Some(b""));
+        let before = records.clone();
+        set_keep_conn(&mut records, false);
+        assert_eq!(
+            records[..16],
+            [1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(records[16..], before[16..], "only the flag changes");
+        set_keep_conn(&mut records, true);
+        assert_eq!(records, before);
+        set_keep_conn(&mut [0u8; 4], true); // too short to be records: left alone
+    }
 
     #[test]
     fn records_are_byte_exact() {

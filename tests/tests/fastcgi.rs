@@ -752,16 +752,23 @@ async fn a_broken_chunked_body_streamed_to_php_is_a_400() {
     assert_eq!(r.status(), 200);
 }
 
-/// A FastCGI server that answers each request with `answer` (raw bytes, one write) and
-/// closes: for answers php-fpm never gives, which only a stand-in can send. Returns its
-/// `servers:` entry.
-async fn fake_fpm(dir: &std::path::Path, answer: Vec<u8>) -> String {
+/// A FastCGI server that answers each request with `answer` (raw bytes, one write) after
+/// `delay`, and closes: for answers php-fpm never gives, and for what php-fpm does not show,
+/// which only a stand-in can do. Returns its `servers:` entry and the `FCGI_BEGIN_REQUEST`
+/// flags of the requests it got, in order.
+async fn fake_fpm(
+    dir: &std::path::Path,
+    answer: Vec<u8>,
+    delay: Duration,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = dir.join("fake-fpm.sock");
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind the fake php-fpm");
+    let flags = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = flags.clone();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let answer = answer.clone();
+            let (answer, log) = (answer.clone(), log.clone());
             tokio::spawn(async move {
                 // The gateway sends BEGIN_REQUEST, the parameters and an empty STDIN in one
                 // write; its end is an empty STDIN record (type 5, length 0).
@@ -773,11 +780,15 @@ async fn fake_fpm(dir: &std::path::Path, answer: Vec<u8>) -> String {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                if let Some(&f) = got.get(10) {
+                    log.lock().expect("the flags").push(f);
+                }
+                tokio::time::sleep(delay).await;
                 let _ = conn.write_all(&answer).await;
             });
         }
     });
-    format!("unix:{}", socket.display())
+    (format!("unix:{}", socket.display()), flags)
 }
 
 fn fcgi_record(kind: u8, content: &[u8]) -> Vec<u8> {
@@ -798,7 +809,7 @@ async fn a_broken_record_right_after_a_whole_head_is_a_502_not_a_cut_answer() {
     let dir = Scratch::new("fake-fpm");
     let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nhalf an answer");
     answer.extend_from_slice(&[9, 6, 0, 1, 0, 0, 0, 0]);
-    let server = fake_fpm(dir.path(), answer).await;
+    let (server, _) = fake_fpm(dir.path(), answer, Duration::ZERO).await;
     let root = Scratch::new("fake-fpm-root");
     std::fs::write(root.path().join("index.php"), "<?php").expect("write");
     let gw = Gateway::start(&format!(
@@ -842,7 +853,7 @@ async fn an_answer_php_fpm_sends_whole_goes_out_with_its_length() {
     let dir = Scratch::new("fake-fpm");
     let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nall of it at once");
     answer.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
-    let server = fake_fpm(dir.path(), answer).await;
+    let (server, _) = fake_fpm(dir.path(), answer, Duration::ZERO).await;
     let root = Scratch::new("fake-fpm-root");
     let gw = Gateway::start(&format!(
         r#"
@@ -883,4 +894,52 @@ routes:
         );
         assert!(!text.contains("transfer-encoding"), "round {round}: {text}");
     }
+}
+
+#[tokio::test]
+async fn while_requests_wait_php_fpm_is_told_not_to_keep_the_connection() {
+    // A request sent while another waits for its answer is on a connection the gateway will
+    // close at the end (to free the worker for waiting requests), so it asks php-fpm to close
+    // it itself (no FCGI_KEEP_CONN): php-fpm's worker then goes straight back to accept.
+    // Alone, a request asks to keep its connection, for the next one.
+    let dir = Scratch::new("fake-fpm");
+    let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nok");
+    answer.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    let (server, flags) = fake_fpm(dir.path(), answer, Duration::from_millis(400)).await;
+    let root = Scratch::new("fake-fpm-root");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+routes:
+  - path: /
+    upstream: php
+"#,
+        root = root.path().display(),
+    ));
+    let first = tokio::spawn(client().get(gw.https("/first")).send());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = client()
+        .get(gw.https("/second"))
+        .send()
+        .await
+        .expect("second");
+    assert_eq!(second.status(), 200);
+    assert_eq!(first.await.expect("task").expect("first").status(), 200);
+    let third = client()
+        .get(gw.https("/third"))
+        .send()
+        .await
+        .expect("third");
+    assert_eq!(third.status(), 200);
+    assert_eq!(
+        *flags.lock().expect("the flags"),
+        [1, 0, 1],
+        "FCGI_KEEP_CONN: alone, while one waits, alone again"
+    );
 }
