@@ -19,7 +19,9 @@
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PEER_MAX_S (wait
 # for the other bench/*.sh scripts to finish before each measurement, at most 600 s in
 # all), RETRIES (2: a measurement disturbed by other processes, > QUIET_PCT % of a core during it, is
-# taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results), CARGO_TARGET_DIR.
+# taken again, at most RETRIES_MAX (4) times per run), OUT_DIR (bench/results), CARGO_TARGET_DIR,
+# BASE_GATEWAY (a gateway binary of an earlier commit, measured as `<kind>-base` beside `<kind>-gw`
+# with the same config, in the same interleaved repetitions).
 # Needs: cargo; installs nginx and libnginx-mod-nchan with apt-get when missing.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -52,6 +54,9 @@ if [[ ! -f $NCHAN_SO ]]; then
         die "cannot install libnginx-mod-nchan"
 fi
 build_bins -p gateway -p backend-stub -p bench # the set bench/http.sh builds: no rebuild from feature unification between scripts
+if [[ -n ${BASE_GATEWAY:-} ]]; then
+    [[ -x $BASE_GATEWAY ]] || die "BASE_GATEWAY=$BASE_GATEWAY is not an executable"
+fi
 for p in $P_GW $P_ADM $P_NCHAN; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done
@@ -160,6 +165,7 @@ nginx -t -q -p "$T/nchan" -c "$T/nchan.conf" 2>&1 | grep -v 'could not open erro
 start_server() { # gw|nchan -> $SPID
     case $1 in
         gw) RUST_LOG=warn start gw "$T/gw.log" "$BIN/gateway" run --config "$T/gw.yaml"; wait_port $P_GW; wait_port $P_ADM; SPID=$PID_gw ;;
+        base) RUST_LOG=warn start base "$T/base.log" "$BASE_GATEWAY" run --config "$T/gw.yaml"; wait_port $P_GW; wait_port $P_ADM; SPID=$PID_base ;;
         nchan) start nchan "$T/nchan.out" nginx -p "$T/nchan" -c "$T/nchan.conf"; wait_port $P_NCHAN; SPID=$PID_nchan ;;
     esac
 }
@@ -174,6 +180,7 @@ measure() { # kind server rep pos subs messages -> the client's JSON in $OUT (no
     start_server "$srv"
     local args=(--server gateway --addr 127.0.0.1:$P_GW --admin 127.0.0.1:$P_ADM)
     [[ $srv == nchan ]] && args=(--server nchan --addr 127.0.0.1:$P_NCHAN)
+    [[ $srv == base ]] && args=(--server gateway --addr 127.0.0.1:$P_GW --admin 127.0.0.1:$P_ADM)
     OUT=$(timeout 400 $RT --label "$kind-$srv" --pids "$SPID" hub-fanout --kind "$kind" "${args[@]}" $RT_TLS \
         --topic "$topic" --subs "$5" --messages "$6" --window "$window" --payload-bytes "$PAYLOAD" \
         --hold-secs "$HOLD" --max-secs 240 | tail -1) || OUT='{"label":"'$kind-$srv'","mode":"hub-fanout","failed":1}'
@@ -182,7 +189,11 @@ measure() { # kind server rep pos subs messages -> the client's JSON in $OUT (no
 
 # Smoke: 50 subscribers, 5 messages, on every case.
 CASES=()
-for kind in $KINDS; do CASES+=("$kind-gw" "$kind-nchan"); done
+for kind in $KINDS; do
+    CASES+=("$kind-gw")
+    [[ -n ${BASE_GATEWAY:-} ]] && CASES+=("$kind-base")
+    CASES+=("$kind-nchan")
+done
 for c in "${CASES[@]}"; do
     measure "${c%-*}" "${c##*-}" 0 0 50 5
     [[ $(jnum "$OUT" missing) == 0 ]] || die "$c: smoke test lost deliveries: $OUT"
@@ -225,6 +236,7 @@ hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
     echo "$FACTS"
     echo "- command: \`bash bench/pubsub.sh\` (TLS=$TLS REPS=$REPS SUBS=$SUBS MESSAGES=$MESSAGES LP_WINDOW=$LP_WINDOW SSE_WINDOW=$SSE_WINDOW PAYLOAD=$PAYLOAD HOLD=$HOLD GW_THREADS=$GW_THREADS NGINX_WORKERS=$NGINX_WORKERS); measurements ${MEASURE_S} s, whole script ${ELAPSED} s"
     echo "- client: \`rt-load hub-fanout\` (bench/src/rt_load.rs: raw HTTP/1.1 on tokio, 64 loopback source addresses); servers: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes') \`threads: $GW_THREADS\`, $TRANSPORT; $(nginx -v 2>&1 | sed 's/.*: //') + nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), \`worker_processes $NGINX_WORKERS\`, $TRANSPORT; a fresh server per measurement"
+    [[ -n ${BASE_GATEWAY:-} ]] && echo "- base = BASE_GATEWAY ($BASE_GATEWAY), same config as gw"
     echo
     echo "| case | deliveries/s median | all reps | missing (all reps) | reconnects | p50 ms | p99 ms | server CPU us/delivery median (all) | server CPU % | client CPU % | others CPU % (all) | KiB/subscriber RSS median (all) | PSS median |"
     echo "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|---:|"
@@ -247,6 +259,11 @@ hit() { awk -v t="$2" '{ print ($1 + 0 >= t ? "hit" : "missed") }' <<<"$1"; }
         printf '| %s deliveries/s | %s | %s | >= 1.0x: %s |\n' "$kind" "$m" "$(ratios "$kind-gw" "$kind-nchan" deliveries_per_s | all)" "$(hit "$m" 1)"
         printf '| %s nchan CPU / gateway CPU per delivery | %s | %s | |\n' "$kind" "$(ratios "$kind-gw" "$kind-nchan" server_us_per_delivery 1 | median)" "$(ratios "$kind-gw" "$kind-nchan" server_us_per_delivery 1 | all)"
         printf '| %s nchan memory / gateway memory per subscriber (RSS) | %s | %s | |\n' "$kind" "$(ratios "$kind-gw" "$kind-nchan" rss_per_sub_kib 1 | median)" "$(ratios "$kind-gw" "$kind-nchan" rss_per_sub_kib 1 | all)"
+        if [[ -n ${BASE_GATEWAY:-} ]]; then
+            printf '| %s deliveries/s, gw / base (this tree / BASE_GATEWAY) | %s | %s | |\n' "$kind" "$(ratios "$kind-gw" "$kind-base" deliveries_per_s | median)" "$(ratios "$kind-gw" "$kind-base" deliveries_per_s | all)"
+            printf '| %s CPU per delivery, gw / base | %s | %s | |\n' "$kind" "$(ratios "$kind-gw" "$kind-base" server_us_per_delivery | median)" "$(ratios "$kind-gw" "$kind-base" server_us_per_delivery | all)"
+            printf '| %s base deliveries/s / nchan | %s | %s | |\n' "$kind" "$(ratios "$kind-base" "$kind-nchan" deliveries_per_s | median)" "$(ratios "$kind-base" "$kind-nchan" deliveries_per_s | all)"
+        fi
     done
     echo
     echo "Other processes: during each counted measurement (% of a core, from /proc), and the busiest over 1 s just before it; attempts > 1 = taken again after a disturbed one: $(sed -n 's/.*"others_cpu_pct":\([0-9.]*\).*"attempts":\([0-9]*\),"case":"\([^"]*\)","rep":\([0-9]*\),"pos":[0-9]*,"quiet_pct":\([0-9]*\),"others":"\([^"]*\)".*/rep \4 \3: \1% (attempts \2, before: \5% [\6])/p' "$RAW" | awk '{ $4 = sprintf("%.0f%%", $4) } 1' | paste -sd';' - | sed 's/;/; /g')"

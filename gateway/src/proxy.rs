@@ -293,10 +293,11 @@ impl Serving {
         Ok(true)
     }
 
-    /// A held answer (a long-poll) waits outside pingora ([`seam::Held`]): in a task of its
-    /// own with the request's state, which is counted and logged once the answer is written,
-    /// as [`Serving::hand_off`] does. A connection that may be kept alive then goes back to
-    /// pingora for its next request.
+    /// A held answer (a long-poll) waits outside pingora ([`seam::Held`]): with the request's
+    /// state, which is counted and logged once the answer is written, as
+    /// [`Serving::hand_off`] does. A connection that may be kept alive then goes back to
+    /// pingora for its next request; when that one is held too, the same task carries it
+    /// ([`crate::handoff::run_held`]).
     fn hold(
         self: &Arc<Self>,
         held: Box<seam::Held>,
@@ -306,8 +307,8 @@ impl Serving {
         let mut req = std::mem::take(ctx);
         ctx.handed_off = true;
         let serving = self.clone();
-        tokio::spawn(async move {
-            // pingora's connection task, which counted the connection, ends now.
+        crate::handoff::run_held(Box::pin(async move {
+            // pingora's connection task, which counted the connection, has ended.
             let gauges = (serving.metrics.open(Open::Http1), route_gauge);
             let end = held.answer().await;
             let seam::HeldEnd {
@@ -338,7 +339,7 @@ impl Serving {
                     drop(open);
                 }
             }
-        });
+        }));
     }
 
     /// A realtime connection has left pingora (an upgrade, an HTTP/1 event stream): start
