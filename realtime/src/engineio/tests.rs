@@ -993,6 +993,28 @@ async fn second_probe_while_upgrading_is_closed() {
     assert_eq!(next_text(&mut first).await, "3probe");
 }
 
+/// The official suite's "ignores WebSocket connection with same sid after upgrade", with the
+/// second WebSocket arriving while the first one's probe is under way: refusing the second
+/// dropped a `Probe` made for it anyway (`then_some` builds its value first), and that drop
+/// aborted the first one's upgrade, so its `5` was refused and the session lost.
+#[tokio::test(start_paused = true)]
+async fn a_second_websocket_during_the_probe_does_not_abort_the_upgrade() {
+    let mut h = Harness::default();
+    let (sid, conn) = h.open_polling().await;
+    let query = format!("EIO=4&transport=websocket&sid={sid}");
+    let mut first = h.websocket(&query).await;
+    send_text(&mut first, "2probe").await;
+    assert_eq!(next_text(&mut first).await, "3probe");
+    let mut second = h.websocket(&query).await;
+    assert_eq!(close_code(&mut second).await, None);
+    send_text(&mut first, "5").await;
+    conn.sender.try_send(Frame::Text("a".into())).unwrap();
+    assert_eq!(next_text(&mut first).await, "4a");
+    send_text(&mut first, "4hello").await;
+    let mut incoming = conn.incoming;
+    assert_eq!(incoming.recv().await, Some(Frame::Text("hello".into())));
+}
+
 #[tokio::test(start_paused = true)]
 async fn unfinished_probe_times_out_and_polling_goes_on() {
     let mut h = Harness::default();

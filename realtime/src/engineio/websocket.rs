@@ -66,7 +66,9 @@ pub(super) struct Probe(Arc<Session>);
 
 impl Probe {
     pub(super) fn begin(session: Arc<Session>) -> Option<Probe> {
-        (session.config.allow_upgrades && session.begin_probe()).then_some(Probe(session))
+        // `then`, not `then_some`: a `Probe` made and dropped for a refused WebSocket would
+        // abort the probe under way on another one (its `Drop` is `abort_probe`).
+        (session.config.allow_upgrades && session.begin_probe()).then(|| Probe(session))
     }
 }
 
