@@ -791,6 +791,29 @@ async fn fake_fpm(
     (format!("unix:{}", socket.display()), flags)
 }
 
+/// The gateway in front of a FastCGI stand-in at `server`, every path to it, with a document
+/// root holding an `index.php` (the stand-in never reads it).
+fn fake_site(server: &str) -> (Gateway, Scratch) {
+    let root = Scratch::new("fake-fpm-root");
+    std::fs::write(root.path().join("index.php"), "<?php").expect("write");
+    let gw = Gateway::start(&format!(
+        r#"
+listen: {{https: "{{https}}"}}
+tls: {{state_dir: state}}
+upstreams:
+  php:
+    protocol: fastcgi
+    servers: ["{server}"]
+    fastcgi: {{root: {root}}}
+routes:
+  - path: /
+    upstream: php
+"#,
+        root = root.path().display(),
+    ));
+    (gw, root)
+}
+
 fn fcgi_record(kind: u8, content: &[u8]) -> Vec<u8> {
     let len = u16::try_from(content.len()).expect("a short record");
     let mut r = vec![1, kind, 0, 1];
@@ -810,23 +833,7 @@ async fn a_broken_record_right_after_a_whole_head_is_a_502_not_a_cut_answer() {
     let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nhalf an answer");
     answer.extend_from_slice(&[9, 6, 0, 1, 0, 0, 0, 0]);
     let (server, _) = fake_fpm(dir.path(), answer, Duration::ZERO).await;
-    let root = Scratch::new("fake-fpm-root");
-    std::fs::write(root.path().join("index.php"), "<?php").expect("write");
-    let gw = Gateway::start(&format!(
-        r#"
-listen: {{https: "{{https}}"}}
-tls: {{state_dir: state}}
-upstreams:
-  php:
-    protocol: fastcgi
-    servers: ["{server}"]
-    fastcgi: {{root: {root}}}
-routes:
-  - path: /
-    upstream: php
-"#,
-        root = root.path().display(),
-    ));
+    let (gw, _root) = fake_site(&server);
     for attempt in ["first", "second"] {
         let r = client()
             .get(gw.https(&format!("/{attempt}")))
@@ -854,22 +861,7 @@ async fn an_answer_php_fpm_sends_whole_goes_out_with_its_length() {
     let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nall of it at once");
     answer.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
     let (server, _) = fake_fpm(dir.path(), answer, Duration::ZERO).await;
-    let root = Scratch::new("fake-fpm-root");
-    let gw = Gateway::start(&format!(
-        r#"
-listen: {{https: "{{https}}"}}
-tls: {{state_dir: state}}
-upstreams:
-  php:
-    protocol: fastcgi
-    servers: ["{server}"]
-    fastcgi: {{root: {root}}}
-routes:
-  - path: /
-    upstream: php
-"#,
-        root = root.path().display(),
-    ));
+    let (gw, _root) = fake_site(&server);
     let mut tls = e2e::tls_connect(gw.https_addr()).await;
     for round in 1..=2 {
         tls.write_all(b"GET /whole HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -906,22 +898,7 @@ async fn while_requests_wait_php_fpm_is_told_not_to_keep_the_connection() {
     let mut answer = fcgi_record(6, b"Content-Type: text/plain\r\n\r\nok");
     answer.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
     let (server, flags) = fake_fpm(dir.path(), answer, Duration::from_millis(400)).await;
-    let root = Scratch::new("fake-fpm-root");
-    let gw = Gateway::start(&format!(
-        r#"
-listen: {{https: "{{https}}"}}
-tls: {{state_dir: state}}
-upstreams:
-  php:
-    protocol: fastcgi
-    servers: ["{server}"]
-    fastcgi: {{root: {root}}}
-routes:
-  - path: /
-    upstream: php
-"#,
-        root = root.path().display(),
-    ));
+    let (gw, _root) = fake_site(&server);
     let first = tokio::spawn(client().get(gw.https("/first")).send());
     tokio::time::sleep(Duration::from_millis(150)).await;
     let second = client()
