@@ -1,4 +1,4 @@
-//! Poison-tolerant locks, one helper for the whole crate.
+//! Poison-tolerant locks, one helper for the whole crate (and, for tests, a waker that counts).
 //!
 //! Every critical section in this crate leaves its state consistent before anything that can
 //! panic (a service callback at worst), so a lock whose holder panicked still guards valid
@@ -71,5 +71,17 @@ mod tests {
         assert!(try_lock(&m).is_none());
         drop(held);
         assert!(try_lock(&m).is_some());
+    }
+}
+
+/// A task waker that counts its wake-ups, for the tests of hand-written futures and wake-ups.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct CountingWaker(pub(crate) std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

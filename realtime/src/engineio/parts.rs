@@ -164,19 +164,8 @@ impl<const N: usize> Parts<N> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
-
-    /// A task waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, SeqCst);
-        }
-    }
+    use crate::sync::CountingWaker as Count;
 
     #[test]
     fn a_part_woken_by_another_is_polled_in_the_same_poll_without_waking_the_task() {

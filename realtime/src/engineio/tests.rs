@@ -774,6 +774,42 @@ struct CountingIo {
     reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// A WebSocket session opened over a [`CountingIo`], its handshake read: the client's end,
+/// the connection handed to the layer above, and the server end's write sizes and read count.
+struct Counted {
+    ws: ClientWs,
+    conn: Conn,
+    writes: Arc<Mutex<Vec<usize>>>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Harness {
+    async fn open_counted_websocket(&mut self) -> Counted {
+        let Response::Upgrade { on_upgrade, .. } =
+            self.call(ws_request("EIO=4&transport=websocket")).await
+        else {
+            panic!("expected an upgrade");
+        };
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (writes, reads) = (Arc::default(), Arc::default());
+        let io = CountingIo {
+            inner: server,
+            writes: Arc::clone(&writes),
+            reads: Arc::clone(&reads),
+        };
+        tokio::spawn(on_upgrade(Box::new(io)));
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        assert!(next_text(&mut ws).await.starts_with("0{"));
+        let conn = self.conns.recv().await.expect("connection handed over");
+        Counted {
+            ws,
+            conn,
+            writes,
+            reads,
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for CountingIo {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
@@ -817,22 +853,12 @@ impl tokio::io::AsyncWrite for CountingIo {
 #[tokio::test(start_paused = true)]
 async fn queued_messages_go_out_in_one_write_and_no_write_exceeds_a_tls_record() {
     let mut h = Harness::default();
-    let Response::Upgrade { on_upgrade, .. } =
-        h.call(ws_request("EIO=4&transport=websocket")).await
-    else {
-        panic!("expected an upgrade");
-    };
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let io = CountingIo {
-        inner: server,
-        writes: Arc::clone(&writes),
-        reads: Arc::default(),
-    };
-    tokio::spawn(on_upgrade(Box::new(io)));
-    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-    assert!(next_text(&mut ws).await.starts_with("0{"));
-    let conn = h.conns.recv().await.expect("connection handed over");
+    let Counted {
+        mut ws,
+        conn,
+        writes,
+        ..
+    } = h.open_counted_websocket().await;
     settle().await;
     writes.lock().unwrap().clear();
 
@@ -1397,22 +1423,12 @@ async fn handshakes_over_the_session_caps_are_refused_with_a_readable_error() {
 #[tokio::test(start_paused = true)]
 async fn writing_messages_does_not_poll_the_websockets_reads() {
     let mut h = Harness::default();
-    let Response::Upgrade { on_upgrade, .. } =
-        h.call(ws_request("EIO=4&transport=websocket")).await
-    else {
-        panic!("expected an upgrade");
-    };
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let io = CountingIo {
-        inner: server,
-        writes: Arc::default(),
-        reads: Arc::clone(&reads),
-    };
-    tokio::spawn(on_upgrade(Box::new(io)));
-    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-    assert!(next_text(&mut ws).await.starts_with("0{"));
-    let mut conn = h.conns.recv().await.expect("connection handed over");
+    let Counted {
+        mut ws,
+        mut conn,
+        reads,
+        ..
+    } = h.open_counted_websocket().await;
     settle().await;
     let before = reads.load(std::sync::atomic::Ordering::Relaxed);
     // Messages written one at a time, each a wake-up of the session's task of its own.

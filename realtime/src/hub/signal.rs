@@ -61,20 +61,10 @@ impl Signal {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
-    use std::task::Wake;
 
     use super::*;
-
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::sync::CountingWaker as Count;
 
     #[test]
     fn a_raise_wakes_the_waiter_once_and_its_waker_stays_registered_without_a_clone_per_wait() {
