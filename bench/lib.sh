@@ -138,6 +138,20 @@ tree_ticks() { # pid ...
         }'
 }
 
+# Context switches (voluntary + involuntary, every thread) of the given processes and all their
+# descendants: a process woken for nothing (a spurious wake-up inside one blocking call) shows
+# here and not in its system calls.
+tree_csw() { # pid ...
+    local pids p sum=0 n
+    pids=$(tree_pids "$@" | tr ',' ' ')
+    for p in $pids; do
+        n=$({ cat /proc/"$p"/task/*/status 2>/dev/null || true; } |
+            awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }')
+        sum=$((sum + n))
+    done
+    echo "$sum"
+}
+
 # The given processes and all their descendants, comma-separated (for `perf stat -p`).
 tree_pids() { # pid ...
     { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '

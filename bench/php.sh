@@ -198,14 +198,16 @@ run_wrk() { # url seconds outfile -> prints wrk's CPU ticks
         "$1" "$3" | awk '{ l = $0; sub(/^.*\) /, "", l); split(l, f, " "); print f[14] + f[15] }'
 }
 
-printf 'rep\tpos\ttarget\trps\tp50_ms\tp99_ms\terrors\trequests\tproxy_ticks\tphp_ticks\twrk_ticks\tother_ticks\tquiet_pct\n' >"$RAW"
+printf 'rep\tpos\ttarget\trps\tp50_ms\tp99_ms\terrors\trequests\tproxy_ticks\tphp_ticks\twrk_ticks\tother_ticks\tquiet_pct\tphp_csw\n' >"$RAW"
 
 measure() { # target rep pos
-    local t=$1 out="$T/wrk-$1-$2.txt" quiet b0 b1 p0 p1 a0 a1 w rps req p50 p99 errs non2xx
+    local t=$1 out="$T/wrk-$1-$2.txt" quiet b0 b1 p0 p1 a0 a1 c0 c1 w rps req p50 p99 errs non2xx
     quiet=$(wait_quiet $ALL_PIDS)
+    c0=$(tree_csw "$PID_fpm")
     b0=$(machine_busy); a0=$(tree_ticks "$PID_fpm"); p0=$(tree_ticks ${PROXY_PIDS[$t]})
     w=$(run_wrk "${URL[$t]}" "$DURATION" "$out")
     p1=$(tree_ticks ${PROXY_PIDS[$t]}); a1=$(tree_ticks "$PID_fpm"); b1=$(machine_busy)
+    c1=$(tree_csw "$PID_fpm")
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     req=$(awk '/requests in/ { print $1 }' "$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
@@ -214,9 +216,9 @@ measure() { # target rep pos
     non2xx=$(awk '/Non-2xx/ { print $NF }' "$out")
     errs=$((${errs:-0} + ${non2xx:-0}))
     [[ -n $rps && -n $req ]] || { cat "$out" >&2; die "wrk failed on $t"; }
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$t" "$rps" "$p50" "$p99" \
-        "$errs" "$req" $((p1 - p0)) $((a1 - a0)) "$w" $(((b1 - b0) - (p1 - p0) - (a1 - a0) - w)) "$quiet" >>"$RAW"
-    log "rep $2 #$3 $t: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs, proxy CPU $(((p1 - p0) * 1000000 / CLK_TCK / (req > 0 ? req : 1))) us/req, php-fpm $(((a1 - a0) * 1000000 / CLK_TCK / (req > 0 ? req : 1))) us/req"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$t" "$rps" "$p50" "$p99" \
+        "$errs" "$req" $((p1 - p0)) $((a1 - a0)) "$w" $(((b1 - b0) - (p1 - p0) - (a1 - a0) - w)) "$quiet" $((c1 - c0)) >>"$RAW"
+    log "rep $2 #$3 $t: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errs, proxy CPU $(((p1 - p0) * 1000000 / CLK_TCK / (req > 0 ? req : 1))) us/req, php-fpm $(((a1 - a0) * 1000000 / CLK_TCK / (req > 0 ? req : 1))) us/req, $(awk -v c=$((c1 - c0)) -v r="$req" 'BEGIN { printf "%.2f", c / (r > 0 ? r : 1) }') context switches/req"
 }
 
 FACTS=$(machine_facts)
@@ -240,6 +242,10 @@ us_per_req() { # target ticks-column
     awk -F'\t' -v t="$1" -v c="$2" -v hz="$CLK_TCK" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
         $3 == t { printf "%.1f\n", $k * 1000000 / hz / ($8 > 0 ? $8 : 1) }' "$RAW"
 }
+per_req() { # target column -> that count per request, in rep order
+    awk -F'\t' -v t="$1" -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
+        $3 == t { printf "%.2f\n", $k / ($8 > 0 ? $8 : 1) }' "$RAW"
+}
 all() { paste -sd' ' - | sed 's/ /, /g'; }
 ratio_per_rep() { # a b column -> a/b per rep (for CPU: b/a, i.e. how many times less CPU a uses)
     awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
@@ -259,14 +265,15 @@ hit() { awk -v v="$1" 'BEGIN { print (v + 0 >= 1.0 ? "hit" : "missed") }'; }
     echo "- php-fpm: one pool for both fronts, \`pm = static\`, \`pm.max_children = $PM_CHILDREN\`, Unix socket; gateway: \`protocol: fastcgi\` pool (kept connections), route \`/\` = static file from public/ else PHP, TLS; nginx: \`worker_processes auto\` ($NPROC), \`try_files \$uri \$uri/ /index.php?\$query_string\` + \`fastcgi_pass unix:\` (no fastcgi_keep_conn, the stock site), TLS 1.2/1.3, same certificate (ECDSA P-256), access log off on both"
     echo "- proxy CPU = utime+stime of the gateway | nginx master+workers, per request; php-fpm CPU = the pool's master + workers, per request"
     echo
-    echo "| target | req/s median | req/s all | p50 ms | p99 ms median (all) | proxy CPU us/req median (all) | php-fpm CPU us/req | errors |"
-    echo "|---|---:|---|---:|---|---|---:|---:|"
+    echo "| target | req/s median | req/s all | p50 ms | p99 ms median (all) | proxy CPU us/req median (all) | php-fpm CPU us/req | php-fpm context switches/req median (all) | errors |"
+    echo "|---|---:|---|---:|---|---|---:|---|---:|"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s (%s) | %s |\n' "$t" \
             "$(col "$t" rps | median)" "$(col "$t" rps | all)" \
             "$(col "$t" p50_ms | median)" "$(col "$t" p99_ms | median)" "$(col "$t" p99_ms | all)" \
             "$(us_per_req "$t" proxy_ticks | median)" "$(us_per_req "$t" proxy_ticks | all)" \
             "$(us_per_req "$t" php_ticks | median)" \
+            "$(per_req "$t" php_csw | median)" "$(per_req "$t" php_csw | all)" \
             "$(col "$t" errors | awk '{ s += $1 } END { print s }')"
     done
     echo
