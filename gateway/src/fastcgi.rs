@@ -104,18 +104,109 @@ fn nv_length(out: &mut Vec<u8>, n: usize) {
 }
 
 /// The parameters as `FCGI_PARAMS` records, then the empty record that ends them.
-pub fn params(out: &mut Vec<u8>, pairs: &[(String, Vec<u8>)]) {
-    let mut stream = Vec::new();
-    for (name, value) in pairs {
-        nv_length(&mut stream, name.len());
-        nv_length(&mut stream, value.len());
-        stream.extend_from_slice(name.as_bytes());
-        stream.extend_from_slice(value);
-    }
-    for chunk in stream.chunks(MAX_CONTENT) {
+pub fn params(out: &mut Vec<u8>, params: &Params) {
+    for chunk in params.stream.chunks(MAX_CONTENT) {
         record(out, PARAMS, chunk);
     }
     record(out, PARAMS, &[]);
+}
+
+/// The name-value pairs of a request, encoded as they are added into the one byte stream that
+/// `FCGI_PARAMS` records carry (each pair: the name's length, the value's length, the name, the
+/// value). Why not a list of pairs: about 20 parameters and one per header made a `String` and
+/// a `Vec` each, about 50 allocations per PHP request, then were copied into this stream
+/// anyway.
+#[derive(Debug, Default)]
+pub struct Params {
+    stream: Vec<u8>,
+}
+
+/// Most bytes a value written through [`Params::add_display`] takes (an IPv6 address with a
+/// zone is at most 46 bytes; a `u64` 20).
+const DISPLAY_MAX: usize = 64;
+
+impl Params {
+    /// Room for a typical request's parameters (nginx's `fastcgi_params` and a browser's
+    /// headers come to about 1 KiB).
+    fn new() -> Params {
+        Params {
+            stream: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.lengths(name.len(), value.len());
+        self.stream.extend_from_slice(name);
+        self.stream.extend_from_slice(value);
+    }
+
+    /// A value written by its `Display` (a port, an address, a length), without a `String`.
+    fn add_display(&mut self, name: &[u8], value: impl std::fmt::Display) {
+        use std::io::Write as _;
+        let mut buf = [0u8; DISPLAY_MAX];
+        let mut cursor = &mut buf[..];
+        // Every value given here fits; one that did not would be cut, never overflow.
+        let _ = write!(cursor, "{value}");
+        let len = DISPLAY_MAX - cursor.len();
+        self.add(name, &buf[..len]);
+    }
+
+    /// `HTTP_` and the header's name in capitals with `-` as `_`, its values joined by `sep`
+    /// (CGI/1.1 §4.1.18: one meta-variable per header name).
+    fn add_header(
+        &mut self,
+        name: &str,
+        values: http::header::GetAll<'_, http::HeaderValue>,
+        sep: &[u8],
+    ) {
+        let (count, bytes) = values
+            .iter()
+            .fold((0usize, 0usize), |(n, len), v| (n + 1, len + v.len()));
+        let len = bytes + sep.len() * count.saturating_sub(1);
+        self.lengths(5 + name.len(), len);
+        self.stream.extend_from_slice(b"HTTP_");
+        self.stream.extend(name.bytes().map(|b| match b {
+            b'-' => b'_',
+            b => b.to_ascii_uppercase(),
+        }));
+        for (k, v) in values.iter().enumerate() {
+            if k > 0 {
+                self.stream.extend_from_slice(sep);
+            }
+            self.stream.extend_from_slice(v.as_bytes());
+        }
+    }
+
+    fn lengths(&mut self, name: usize, value: usize) {
+        nv_length(&mut self.stream, name);
+        nv_length(&mut self.stream, value);
+    }
+
+    /// The pairs back, in order (for tests and logs: the wire form is what is kept).
+    #[cfg(test)]
+    pub fn pairs(&self) -> Vec<(String, Vec<u8>)> {
+        fn length(s: &[u8], at: &mut usize) -> usize {
+            if s[*at] < 128 {
+                *at += 1;
+                s[*at - 1] as usize
+            } else {
+                let n = u32::from_be_bytes([s[*at], s[*at + 1], s[*at + 2], s[*at + 3]]);
+                *at += 4;
+                (n & 0x7fff_ffff) as usize
+            }
+        }
+        let s = &self.stream;
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < s.len() {
+            let n = length(s, &mut at);
+            let v = length(s, &mut at);
+            let name = String::from_utf8_lossy(&s[at..at + n]).into_owned();
+            out.push((name, s[at + n..at + n + v].to_vec()));
+            at += n + v;
+        }
+        out
+    }
 }
 
 /// Request body bytes as `FCGI_STDIN` records; an empty `data` is the end of the body.
@@ -141,9 +232,27 @@ pub enum Record {
 }
 
 /// Splits php-fpm's byte stream into records.
-#[derive(Default)]
 pub struct Decoder {
     buf: BytesMut,
+    /// Room offered to the next read: [`FIRST_READ`], doubled at each read up to
+    /// [`READ_CHUNK`].
+    room: usize,
+}
+
+/// Room for the first read of an answer: most PHP answers (head, a page, the end record)
+/// arrive in one read of this, and 8 KiB is still one of the allocator's small sizes. 64 KiB
+/// up front was a large allocation on every request (jemalloc's extent bookkeeping: about 3%
+/// of the gateway's CPU per PHP request, profiled). nginx reads the head into
+/// `fastcgi_buffer_size`, one page (4 or 8 KiB).
+const FIRST_READ: usize = 8 * 1024;
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder {
+            buf: BytesMut::new(),
+            room: FIRST_READ,
+        }
+    }
 }
 
 impl Decoder {
@@ -151,10 +260,13 @@ impl Decoder {
         self.buf.extend_from_slice(data);
     }
 
-    /// Where the I/O shell reads php-fpm's bytes to, with at least `room` bytes free: no copy,
+    /// Where the I/O shell reads php-fpm's bytes to, with room for the next read: no copy,
     /// and nothing zeroed up front (a zeroed 64 KiB buffer per request cost a page-fault
-    /// round trip to the kernel each time).
-    pub fn spare(&mut self, room: usize) -> &mut BytesMut {
+    /// round trip to the kernel each time). The room starts at [`FIRST_READ`] and doubles at
+    /// each read, up to [`READ_CHUNK`]: a large answer soon reads in large steps.
+    pub fn spare(&mut self) -> &mut BytesMut {
+        let room = self.room;
+        self.room = (room * 2).min(READ_CHUNK);
         self.buf.reserve(room);
         &mut self.buf
     }
@@ -373,96 +485,90 @@ pub struct RequestInfo<'a> {
 
 /// nginx's `fastcgi_params` plus `SCRIPT_FILENAME` and `PATH_INFO`, and `HTTP_*` for each
 /// header.
-pub fn build_params(i: &RequestInfo<'_>) -> Vec<(String, Vec<u8>)> {
+pub fn build_params(i: &RequestInfo<'_>) -> Params {
     let req = i.req;
-    let h = |name: &str| {
-        req.headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default()
-    };
+    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes()).unwrap_or(b"");
     let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let host = req
+    let host: Option<&[u8]> = req
         .headers
         .get("host")
-        .map(|v| v.as_bytes().to_vec())
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()));
-    let server_name = host
-        .as_deref()
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+    let server_name: Option<&str> = host
         .and_then(|h| std::str::from_utf8(h).ok())
         .map(|h| match h.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6).to_string(),
-            None => h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h).to_string(),
-        })
-        .or_else(|| i.server.map(|s| s.ip().to_string()))
-        .unwrap_or_default();
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h),
+        });
     let remote = req
         .headers
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<IpAddr>().ok())
         .or(i.peer.map(|p| p.ip()));
-    let protocol = match req.version {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
+    let protocol: &[u8] = match req.version {
+        http::Version::HTTP_10 => b"HTTP/1.0",
+        http::Version::HTTP_2 => b"HTTP/2.0",
+        _ => b"HTTP/1.1",
     };
-    let s = |v: &str| v.as_bytes().to_vec();
-    let mut p: Vec<(String, Vec<u8>)> = vec![
-        ("SCRIPT_FILENAME".into(), s(&i.script.1.to_string_lossy())),
-        ("QUERY_STRING".into(), s(req.uri.query().unwrap_or(""))),
-        ("REQUEST_METHOD".into(), s(req.method.as_str())),
-        ("CONTENT_TYPE".into(), h("content-type")),
-        (
-            "CONTENT_LENGTH".into(),
-            i.content_length
-                .map(|n| s(&n.to_string()))
-                .unwrap_or_default(),
-        ),
-        ("SCRIPT_NAME".into(), s(i.script.0)),
-        ("PATH_INFO".into(), Vec::new()),
-        ("REQUEST_URI".into(), s(target)),
-        ("DOCUMENT_URI".into(), s(i.script.0)),
-        (
-            "DOCUMENT_ROOT".into(),
-            s(&i.document_root.to_string_lossy()),
-        ),
-        ("SERVER_PROTOCOL".into(), s(protocol)),
-        (
-            "REQUEST_SCHEME".into(),
-            s(if i.tls { "https" } else { "http" }),
-        ),
-        ("GATEWAY_INTERFACE".into(), s("CGI/1.1")),
-        (
-            "SERVER_SOFTWARE".into(),
-            s(concat!("gateway/", env!("CARGO_PKG_VERSION"))),
-        ),
-        (
-            "REMOTE_ADDR".into(),
-            s(&remote.map(|a| a.to_string()).unwrap_or_default()),
-        ),
-        (
-            "REMOTE_PORT".into(),
-            s(&i.peer.map(|a| a.port().to_string()).unwrap_or_default()),
-        ),
-        (
-            "SERVER_ADDR".into(),
-            s(&i.server.map(|a| a.ip().to_string()).unwrap_or_default()),
-        ),
-        (
-            "SERVER_PORT".into(),
-            s(&i.server.map(|a| a.port().to_string()).unwrap_or_default()),
-        ),
-        ("SERVER_NAME".into(), s(&server_name)),
-        // PHP built with --enable-force-cgi-redirect wants it (nginx's fastcgi_params).
-        ("REDIRECT_STATUS".into(), s("200")),
-    ];
+    let mut p = Params::new();
+    p.add(
+        b"SCRIPT_FILENAME",
+        i.script.1.as_os_str().as_encoded_bytes(),
+    );
+    p.add(b"QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
+    p.add(b"REQUEST_METHOD", req.method.as_str().as_bytes());
+    p.add(b"CONTENT_TYPE", header("content-type"));
+    match i.content_length {
+        Some(n) => p.add_display(b"CONTENT_LENGTH", n),
+        None => p.add(b"CONTENT_LENGTH", b""),
+    }
+    p.add(b"SCRIPT_NAME", i.script.0.as_bytes());
+    p.add(b"PATH_INFO", b"");
+    p.add(b"REQUEST_URI", target.as_bytes());
+    p.add(b"DOCUMENT_URI", i.script.0.as_bytes());
+    p.add(
+        b"DOCUMENT_ROOT",
+        i.document_root.as_os_str().as_encoded_bytes(),
+    );
+    p.add(b"SERVER_PROTOCOL", protocol);
+    p.add(b"REQUEST_SCHEME", if i.tls { b"https" } else { b"http" });
+    p.add(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    p.add(
+        b"SERVER_SOFTWARE",
+        concat!("gateway/", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    match remote {
+        Some(a) => p.add_display(b"REMOTE_ADDR", a),
+        None => p.add(b"REMOTE_ADDR", b""),
+    }
+    match i.peer {
+        Some(a) => p.add_display(b"REMOTE_PORT", a.port()),
+        None => p.add(b"REMOTE_PORT", b""),
+    }
+    match i.server {
+        Some(a) => {
+            p.add_display(b"SERVER_ADDR", a.ip());
+            p.add_display(b"SERVER_PORT", a.port());
+        }
+        None => {
+            p.add(b"SERVER_ADDR", b"");
+            p.add(b"SERVER_PORT", b"");
+        }
+    }
+    match (server_name, i.server) {
+        (Some(name), _) => p.add(b"SERVER_NAME", name.as_bytes()),
+        (None, Some(a)) => p.add_display(b"SERVER_NAME", a.ip()),
+        (None, None) => p.add(b"SERVER_NAME", b""),
+    }
+    // PHP built with --enable-force-cgi-redirect wants it (nginx's fastcgi_params).
+    p.add(b"REDIRECT_STATUS", b"200");
     if i.tls {
-        p.push(("HTTPS".into(), s("on")));
+        p.add(b"HTTPS", b"on");
     }
     if req.headers.get("host").is_none() {
         if let Some(host) = host {
-            p.push(("HTTP_HOST".into(), host));
+            p.add(b"HTTP_HOST", host);
         }
     }
     for name in req.headers.keys() {
@@ -473,17 +579,7 @@ pub fn build_params(i: &RequestInfo<'_>) -> Vec<(String, Vec<u8>)> {
             continue;
         }
         let sep: &[u8] = if n == "cookie" { b"; " } else { b", " };
-        let mut value = Vec::new();
-        for (k, v) in req.headers.get_all(name).iter().enumerate() {
-            if k > 0 {
-                value.extend_from_slice(sep);
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
-        p.push((
-            format!("HTTP_{}", n.to_ascii_uppercase().replace('-', "_")),
-            value,
-        ));
+        p.add_header(n, req.headers.get_all(name), sep);
     }
     p
 }
@@ -710,7 +806,7 @@ impl Exchange for Php<'_, '_> {
             return Attempt::Failed(fault);
         }
         let mut decoder = Decoder::default();
-        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        let read = io.read_buf(decoder.spare());
         match tokio::time::timeout(timeout, read).await {
             Ok(Ok(0)) | Ok(Err(_)) if reused && self.idempotent => Attempt::Stale,
             Ok(Ok(0)) => Attempt::Failed(
@@ -849,8 +945,11 @@ fn script(backend: &Backend, path: &str) -> std::result::Result<(String, PathBuf
 
 /// `FCGI_BEGIN_REQUEST`, the parameters, and a body that is already whole (`None`: it follows
 /// separately).
-fn request_records(params: &[(String, Vec<u8>)], body: Option<&[u8]>) -> Vec<u8> {
-    let mut records = Vec::with_capacity(4096);
+fn request_records(params: &Params, body: Option<&[u8]>) -> Vec<u8> {
+    // Room for all of it: each record adds an 8-byte header and at most 7 bytes of padding.
+    let framed = |n: usize| n + 16 * (2 + n / MAX_CONTENT);
+    let mut records =
+        Vec::with_capacity(16 + framed(params.stream.len()) + body.map_or(0, |b| framed(b.len())));
     begin_request(&mut records, true);
     self::params(&mut records, params);
     if let Some(body) = body {
@@ -939,7 +1038,7 @@ pub async fn ask(
                 }
             }
         }
-        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        let read = io.read_buf(decoder.spare());
         match tokio::time::timeout(timeout, read).await {
             Ok(Ok(0)) => {
                 return Err(bad(
@@ -1070,8 +1169,19 @@ pub async fn serve(
                     }
                 }
                 Record::Stdout(data) => {
-                    stdout_head.extend_from_slice(&data);
-                    match parse_head(&stdout_head) {
+                    // The usual answer's head is whole in its first record: parsed there,
+                    // and the body after it is a slice of the record, not a copy. A head
+                    // split over records is gathered first.
+                    let first = stdout_head.is_empty();
+                    if !first {
+                        stdout_head.extend_from_slice(&data);
+                    }
+                    let seen: &[u8] = if first { &data } else { &stdout_head };
+                    let parsed = parse_head(seen);
+                    if first && matches!(parsed, Ok(None)) {
+                        stdout_head.extend_from_slice(&data);
+                    }
+                    match parsed {
                         Ok(None) if stdout_head.len() > MAX_HEAD => {
                             return Ok(Err(bad("response head too large".into()).into()))
                         }
@@ -1117,7 +1227,11 @@ pub async fn serve(
                             )?;
                             outbox.push(HttpTask::Header(Box::new(head), head_only));
                             head_parsed = true;
-                            let rest = Bytes::copy_from_slice(&stdout_head[used..]);
+                            let rest = if first {
+                                data.slice(used..)
+                            } else {
+                                Bytes::copy_from_slice(&stdout_head[used..])
+                            };
                             stdout_head = Vec::new();
                             if let Some(b) = buffer {
                                 session
@@ -1186,7 +1300,7 @@ pub async fn serve(
                 .await?;
             head_written = head_parsed;
         }
-        let read = io.read_buf(decoder.spare(READ_CHUNK));
+        let read = io.read_buf(decoder.spare());
         let failure = match tokio::time::timeout(timeout, read).await {
             Ok(Ok(0)) => bad("closed the connection before the end of the answer".into()),
             Ok(Ok(_)) => continue,
@@ -1283,9 +1397,8 @@ impl Tail<'_, '_> {
             let (io, decoder, timeout) = (&mut self.io, &mut self.decoder, self.timeout);
             // Lazy: the timeout starts when the read does, not while a full queue waits for
             // the client.
-            let read = async move {
-                tokio::time::timeout(timeout, io.read_buf(decoder.spare(READ_CHUNK))).await
-            };
+            let read =
+                async move { tokio::time::timeout(timeout, io.read_buf(decoder.spare())).await };
             let failure = match self.feeder.read(read).await? {
                 Ok(Ok(0)) => Failure::BadAnswer(
                     self.addr.to_string(),
@@ -1354,9 +1467,15 @@ fn keep(backend: &Arc<Backend>, i: usize, io: Stream, keep_conn: bool) {
 mod tests {
     use super::*;
 
+    fn one_pair(name: &[u8], value: &[u8]) -> Params {
+        let mut p = Params::default();
+        p.add(name, value);
+        p
+    }
+
     #[test]
     fn keep_conn_is_set_per_connection_in_the_begin_request_record() {
-        let mut records = request_records(&[("A".into(), b"bc".to_vec())], Some(b""));
+        let mut records = request_records(&one_pair(b"A", b"bc"), Some(b""));
         let before = records.clone();
         set_keep_conn(&mut records, false);
         assert_eq!(
@@ -1376,7 +1495,7 @@ mod tests {
         assert_eq!(out, [1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]);
 
         let mut out = Vec::new();
-        params(&mut out, &[("A".into(), b"bc".to_vec())]);
+        params(&mut out, &one_pair(b"A", b"bc"));
         // header, content "\x01\x02Abc" (5 bytes) padded to 8, then the empty PARAMS record.
         assert_eq!(
             out,
@@ -1402,7 +1521,7 @@ mod tests {
     fn long_names_and_values_use_four_byte_lengths() {
         let value = vec![b'x'; 200];
         let mut out = Vec::new();
-        params(&mut out, &[("N".into(), value.clone())]);
+        params(&mut out, &one_pair(b"N", &value));
         assert_eq!(&out[8..14], &[1, 0x80, 0, 0, 200, b'N']);
         assert_eq!(&out[14..214], &value[..]);
         let len = u16::from_be_bytes([out[4], out[5]]) as usize;
@@ -1430,6 +1549,27 @@ mod tests {
                 0
             ]
         );
+    }
+
+    #[test]
+    fn an_answers_first_read_gets_a_small_buffer_and_later_reads_larger_ones() {
+        let mut decoder = Decoder::default();
+        let first = decoder.spare().capacity();
+        assert!(
+            (FIRST_READ..16 * 1024).contains(&first),
+            "first read offered {first} bytes"
+        );
+        let rooms: Vec<usize> = (0..4)
+            .map(|_| {
+                let buf = decoder.spare();
+                let room = buf.capacity() - buf.len();
+                // As if the read had filled it.
+                buf.resize(buf.capacity(), 0);
+                room
+            })
+            .collect();
+        assert!(rooms.windows(2).all(|w| w[1] >= w[0]), "{rooms:?}");
+        assert!(rooms[3] >= READ_CHUNK, "{rooms:?}");
     }
 
     #[test]
@@ -1617,6 +1757,7 @@ mod tests {
             server: Some("127.0.0.1:8443".parse().unwrap()),
             content_length: Some(3),
         });
+        let p = p.pairs();
         let get = |k: &str| {
             p.iter()
                 .find(|(n, _)| n == k)

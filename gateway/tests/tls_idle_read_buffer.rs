@@ -3,48 +3,15 @@
 //! sent nothing: for a realtime server, whose connections mostly wait, 4 KiB each. A test
 //! binary of its own: it counts the process's live heap with a global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-/// The system allocator, counting the bytes it has handed out and not had back.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is passed to the system allocator unchanged; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
-            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::SeqCst);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod support;
+use support::counting_alloc::{ALLOCATIONS, LIVE};
 
 /// A socket with nothing to read yet, as a non-blocking one is while its peer is quiet.
 struct Quiet;
