@@ -279,6 +279,7 @@ impl Leaving {
             send_timeout,
             stalled: None,
             shut_down: false,
+            write_buffer: true,
             tally: Tally::default(),
             on_end,
         }
@@ -327,6 +328,9 @@ pub struct Conn {
     /// idle connection, or one whose client keeps up, has no timer.
     stalled: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
+    /// pingora's L4 write buffer is still there: given back at the first flush that empties
+    /// it ([`release_write_buffer`]).
+    write_buffer: bool,
     tally: Tally,
     on_end: Option<OnEnd>,
 }
@@ -413,6 +417,10 @@ impl AsyncWrite for Conn {
         match Pin::new(stream).poll_flush(cx) {
             Poll::Ready(r) => {
                 this.stalled = None;
+                if r.is_ok() && this.write_buffer {
+                    this.write_buffer = false;
+                    this.stream = this.stream.take().map(release_write_buffer);
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => this.stall(cx),
@@ -433,6 +441,35 @@ impl AsyncWrite for Conn {
             Poll::Pending => this.stall(cx),
         }
     }
+}
+
+/// Give back pingora's L4 write buffer under a connection that left it (1,460 bytes, allocated
+/// when the connection was accepted and kept for its life): the service gathers its own writes
+/// (a WebSocket's frames, an event stream's chunks) into one write each, which the TLS layer
+/// encrypts and sends in one system call, so the buffer only batched what was batched already.
+/// Called once the buffer is flushed empty (the `101` or the stream's head went through it);
+/// a stream that is neither plain TCP nor TLS over it (a test's pipe) is left as it is.
+fn release_write_buffer(stream: Stream) -> Stream {
+    use pingora::protocols::l4::stream::Stream as L4;
+    use pingora::protocols::tls::TlsStream;
+    use pingora::protocols::IO;
+    if (*stream).as_any().is::<L4>() {
+        if let Ok(mut l4) = IO::into_any(stream).downcast::<L4>() {
+            l4.release_write_buffer();
+            return l4;
+        }
+        unreachable!("the stream was checked to be an L4 stream");
+    }
+    if (*stream).as_any().is::<TlsStream<L4>>() {
+        if let Ok(mut tls) = IO::into_any(stream).downcast::<TlsStream<L4>>() {
+            if let Some(l4) = tls.transport_mut() {
+                l4.release_write_buffer();
+            }
+            return tls;
+        }
+        unreachable!("the stream was checked to be a TLS stream");
+    }
+    stream
 }
 
 /// Most bytes of queued chunks gathered into one write (one TLS record holds 16 KiB).
@@ -570,6 +607,52 @@ mod tests {
             got.push(b[0]);
         }
         String::from_utf8(got).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_left_gives_back_its_write_buffer_once_flushed() {
+        use pingora::listeners::L4BufferSettings;
+        use pingora::protocols::l4::stream::Stream as L4;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // As the gateway's listeners make them: no read buffer, pingora's write buffer.
+        let mut l4 = L4::from(server);
+        l4.set_buffer(L4BufferSettings::default().read(0));
+        assert_eq!(l4.buffers().write_capacity(), 1460);
+        client.write_all(UPGRADE).await.expect("request");
+        let mut session = ServerSession::new_http1(Box::new(l4));
+        assert!(session.read_request().await.expect("head"));
+        switch(&mut session).await;
+        let mut conn = take(&mut session)
+            .expect("HTTP/1 leaves")
+            .into_conn(Duration::from_secs(5), None);
+        conn.write_all(b"first frame").await.expect("write");
+        conn.flush().await.expect("flush");
+
+        let stream = conn.stream.as_ref().expect("open");
+        let l4 = (**stream)
+            .as_any()
+            .downcast_ref::<L4>()
+            .expect("the L4 stream itself");
+        assert_eq!(l4.buffers().write_capacity(), 0, "write buffer given back");
+        // Nothing was lost or reordered on the way.
+        let mut got = vec![0u8; 4096];
+        let mut n = 0;
+        while !got[..n].ends_with(b"first frame") {
+            n += client.read(&mut got[n..]).await.expect("read");
+        }
+        assert!(got[..n].starts_with(b"HTTP/1.1 101"));
+        // Writes go on, straight to the socket.
+        conn.write_all(b"second").await.expect("write");
+        conn.flush().await.expect("flush");
+        let mut second = [0u8; 6];
+        client.read_exact(&mut second).await.expect("read");
+        assert_eq!(&second, b"second");
     }
 
     #[tokio::test]

@@ -528,6 +528,8 @@ pub struct Stream {
     // the data put back at the front of the read buffer, in order to replay the read
     rewind_read_buf: Vec<Vec<u8>>,
     buffer_write: bool,
+    /// The sizes `stream`'s buffers were made with (tokio's buffers do not tell).
+    buffers: L4BufferSettings,
     proxy_digest: Option<Arc<ProxyDigest>>,
     socket_digest: Option<Arc<SocketDigest>>,
     /// When this connection is established
@@ -623,9 +625,36 @@ impl Stream {
         }
     }
 
+    /// Give the write buffer back: from now on writes go straight to the socket. For a
+    /// connection whose writer gathers its own writes (one taken out of pingora's HTTP session
+    /// to carry a WebSocket or an event stream): there the buffer is only memory, held for as
+    /// long as the connection lives. Nothing changes, and `false` is returned, while either
+    /// buffer holds bytes (flush first); the read buffer keeps its size.
+    pub fn release_write_buffer(&mut self) -> bool {
+        let read = match self.stream() {
+            BufferedStream::UnbufferedRead(writer) if writer.buffer().is_empty() => 0,
+            BufferedStream::BufferedRead(reader)
+                if reader.buffer().is_empty() && reader.get_ref().buffer().is_empty() =>
+            {
+                self.buffers.read_capacity()
+            }
+            _ => return false,
+        };
+        self.set_buffer(L4BufferSettings::new(read, 0));
+        true
+    }
+
+    /// The L4 buffers' sizes in force.
+    pub fn buffers(&self) -> L4BufferSettings {
+        self.buffers
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
-    pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
+    /// (Public in this copy: a test of the code that gives the write buffer back needs a
+    /// stream that has one.)
+    pub fn set_buffer(&mut self, buffer: L4BufferSettings) {
+        self.buffers = L4BufferSettings::new(buffer.read_capacity(), buffer.write_capacity());
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
@@ -651,6 +680,7 @@ impl From<TcpStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            buffers: L4BufferSettings::unbuffered(),
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -674,6 +704,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            buffers: L4BufferSettings::unbuffered(),
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -698,6 +729,7 @@ impl From<UnixStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            buffers: L4BufferSettings::unbuffered(),
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,

@@ -137,6 +137,11 @@ where
 }
 
 impl<T> TlsStream<T> {
+    /// The transport under the TLS connection, once the handshake is done.
+    pub fn transport_mut(&mut self) -> Option<&mut T> {
+        self.tls.stream.as_mut().map(|s| s.get_mut().0)
+    }
+
     pub fn ssl_digest(&self) -> Option<Arc<SslDigest>> {
         self.digest.clone()
     }
