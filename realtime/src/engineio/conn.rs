@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::sync::lock;
 
@@ -94,17 +94,24 @@ struct Shared {
     /// Whether `close` holds a reason: read at every message queued, where reading the watch
     /// takes its lock.
     closed: AtomicBool,
-    /// The messages waiting to be written, at most `capacity`.
+    /// The messages waiting to be written.
+    out: Bounded,
+}
+
+/// A connection's queue of messages, one each way: one lock and one buffer, where tokio's
+/// bounded channel took a semaphore permit, a slot in a linked block and a waker of its own
+/// for every message (each a cache line of the connection's that a quiet room finds cold), and
+/// kept about 1.5 KiB per connection and direction (its cache-padded state and a first block
+/// of 32 slots) while the queue was empty. An empty queue here allocates nothing.
+#[derive(Debug)]
+struct Bounded {
     queue: Mutex<Queue>,
+    /// At most this many messages wait.
     capacity: usize,
-    /// Woken when a full queue gives room ([`ConnSender::send`]).
+    /// Woken when a full queue gives room.
     room: Notify,
 }
 
-/// The outgoing queue: one lock and one buffer, where tokio's bounded channel took a
-/// semaphore permit, a slot in a linked block and a waker of its own for every message (each
-/// a cache line of the connection's that a quiet room finds cold), and kept about 1.5 KiB per
-/// connection for it.
 #[derive(Debug)]
 struct Queue {
     frames: VecDeque<Frame>,
@@ -116,99 +123,27 @@ struct Queue {
     receiver: bool,
 }
 
-/// Sends to one connection. Cheap to clone; every clone talks to the same connection.
-#[derive(Debug)]
-pub struct ConnSender {
-    shared: Arc<Shared>,
-}
-
-impl Clone for ConnSender {
-    fn clone(&self) -> ConnSender {
-        lock(&self.shared.queue).senders += 1;
-        ConnSender {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl Drop for ConnSender {
-    fn drop(&mut self) {
-        let waker = {
-            let mut queue = lock(&self.shared.queue);
-            queue.senders -= 1;
-            if queue.senders > 0 {
-                return;
-            }
-            queue.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-impl ConnSender {
-    /// Queue a message without waiting. A full queue means the client is not keeping up;
-    /// the caller decides (the Socket.IO layer closes the connection as a slow consumer).
-    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        self.try_send_back(frame).map_err(|(e, _)| e)
-    }
-
-    /// Queue a message, waiting for room in the queue.
-    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        let mut frame = Some(frame);
-        loop {
-            // Listening before the attempt: room made in between is not missed.
-            let mut room = pin!(self.shared.room.notified());
-            room.as_mut().enable();
-            let Some(next) = frame.take() else {
-                return Err(SendError::Closed);
-            };
-            match self.try_send_back(next) {
-                Ok(()) => return Ok(()),
-                Err((SendError::Full, back)) => frame = Some(back),
-                Err((e, _)) => return Err(e),
-            }
-            room.await;
+impl Bounded {
+    fn new(capacity: usize) -> Bounded {
+        Bounded {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                waker: None,
+                senders: 1,
+                receiver: true,
+            }),
+            capacity: capacity.max(1),
+            room: Notify::new(),
         }
     }
 
-    /// Queues `frames` one after the other with nothing between them (a packet's text and
-    /// its binary attachments), or none of them; as [`ConnSender::try_send`] otherwise.
-    pub fn try_send_all<I>(&self, frames: I) -> Result<(), SendError>
-    where
-        I: IntoIterator<Item = Frame>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        let frames = frames.into_iter();
-        let mut queue = self.room_for(frames.len())?;
-        queue.frames.extend(frames);
-        self.queued(queue);
-        Ok(())
-    }
-
-    /// [`ConnSender::try_send`], giving the message back when it was not queued.
-    fn try_send_back(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
-        match self.room_for(1) {
-            Ok(mut queue) => {
-                queue.frames.push_back(frame);
-                self.queued(queue);
-                Ok(())
-            }
-            Err(e) => Err((e, frame)),
-        }
-    }
-
-    /// The queue, locked, when it is open and has room for `n` more messages.
+    /// The queue, locked, when its receiver is alive and it has room for `n` more messages.
     fn room_for(&self, n: usize) -> Result<MutexGuard<'_, Queue>, SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed);
-        }
-        let queue = lock(&self.shared.queue);
+        let queue = lock(&self.queue);
         if !queue.receiver {
             return Err(SendError::Closed);
         }
-        if queue.frames.len() + n > self.shared.capacity {
+        if queue.frames.len() + n > self.capacity {
             return Err(SendError::Full);
         }
         Ok(queue)
@@ -221,6 +156,155 @@ impl ConnSender {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Queue `frame` if there is room, with `open` checked first; gives it back otherwise.
+    fn try_push(&self, frame: Frame, open: bool) -> Result<(), (SendError, Frame)> {
+        if !open {
+            return Err((SendError::Closed, frame));
+        }
+        match self.room_for(1) {
+            Ok(mut queue) => {
+                queue.frames.push_back(frame);
+                self.queued(queue);
+                Ok(())
+            }
+            Err(e) => Err((e, frame)),
+        }
+    }
+
+    /// Queue `frame`, waiting for room while `open()` holds.
+    async fn push(&self, frame: Frame, open: impl Fn() -> bool) -> Result<(), (SendError, Frame)> {
+        let mut frame = frame;
+        loop {
+            // Listening before the attempt: room made in between is not missed.
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            match self.try_push(frame, open()) {
+                Err((SendError::Full, back)) => frame = back,
+                done => return done,
+            }
+            room.await;
+        }
+    }
+
+    fn pop(&self, queue: &mut Queue) -> Option<Frame> {
+        let was_full = queue.frames.len() >= self.capacity;
+        let frame = queue.frames.pop_front()?;
+        if was_full {
+            self.room.notify_waiters();
+        }
+        Some(frame)
+    }
+
+    /// The next message; `None` once the queue is empty and every sender is gone. When
+    /// pending, `cx`'s waker is woken by the next message (or the last sender's end).
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut queue = lock(&self.queue);
+        if let Some(frame) = self.pop(&mut queue) {
+            return Poll::Ready(Some(frame));
+        }
+        if queue.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut queue.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn sender_added(&self) {
+        lock(&self.queue).senders += 1;
+    }
+
+    /// A sender is gone; the last one's end wakes the receiver (it sees the end).
+    fn sender_dropped(&self) {
+        let waker = {
+            let mut queue = lock(&self.queue);
+            queue.senders -= 1;
+            if queue.senders > 0 {
+                return;
+            }
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The receiver is gone: what waits is dropped, and senders waiting for room see the end.
+    fn receiver_dropped(&self) {
+        let mut queue = lock(&self.queue);
+        queue.receiver = false;
+        queue.frames.clear();
+        drop(queue);
+        self.room.notify_waiters();
+    }
+}
+
+/// Sends to one connection. Cheap to clone; every clone talks to the same connection.
+#[derive(Debug)]
+pub struct ConnSender {
+    shared: Arc<Shared>,
+}
+
+impl Clone for ConnSender {
+    fn clone(&self) -> ConnSender {
+        self.shared.out.sender_added();
+        ConnSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for ConnSender {
+    fn drop(&mut self) {
+        self.shared.out.sender_dropped();
+    }
+}
+
+impl ConnSender {
+    /// Queue a message without waiting. A full queue means the client is not keeping up;
+    /// the caller decides (the Socket.IO layer closes the connection as a slow consumer).
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        self.try_send_back(frame).map_err(|(e, _)| e)
+    }
+
+    /// Queue a message, waiting for room in the queue.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.shared
+            .out
+            .push(frame, || !self.is_closed())
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Queues `frames` one after the other with nothing between them (a packet's text and
+    /// its binary attachments), or none of them; as [`ConnSender::try_send`] otherwise.
+    pub fn try_send_all<I>(&self, frames: I) -> Result<(), SendError>
+    where
+        I: IntoIterator<Item = Frame>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let frames = frames.into_iter();
+        let mut queue = self.room_for(frames.len())?;
+        queue.frames.extend(frames);
+        self.shared.out.queued(queue);
+        Ok(())
+    }
+
+    /// [`ConnSender::try_send`], giving the message back when it was not queued.
+    fn try_send_back(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
+        self.shared.out.try_push(frame, !self.is_closed())
+    }
+
+    /// The queue, locked, when it is open and has room for `n` more messages.
+    fn room_for(&self, n: usize) -> Result<MutexGuard<'_, Queue>, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        self.shared.out.room_for(n)
     }
 
     /// Close the connection (the first reason given wins).
@@ -276,8 +360,9 @@ pub struct OutQueue {
 impl OutQueue {
     /// The next message, without waiting.
     pub fn try_recv(&mut self) -> Result<Frame, TryRecvError> {
-        let mut queue = lock(&self.shared.queue);
-        self.pop(&mut queue).ok_or(if queue.senders == 0 {
+        let out = &self.shared.out;
+        let mut queue = lock(&out.queue);
+        out.pop(&mut queue).ok_or(if queue.senders == 0 {
             TryRecvError::Disconnected
         } else {
             TryRecvError::Empty
@@ -287,18 +372,7 @@ impl OutQueue {
     /// The next message; `None` once the queue is empty and every sender is gone. When
     /// pending, `cx`'s waker is woken by the next message (or the last sender's end).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        let mut queue = lock(&self.shared.queue);
-        if let Some(frame) = self.pop(&mut queue) {
-            return Poll::Ready(Some(frame));
-        }
-        if queue.senders == 0 {
-            return Poll::Ready(None);
-        }
-        match &mut queue.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.shared.out.poll_pop(cx)
     }
 
     /// The next message, waiting for one; `None` once every sender is gone.
@@ -307,26 +381,73 @@ impl OutQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        lock(&self.shared.queue).frames.is_empty()
-    }
-
-    fn pop(&self, queue: &mut Queue) -> Option<Frame> {
-        let was_full = queue.frames.len() >= self.shared.capacity;
-        let frame = queue.frames.pop_front()?;
-        if was_full {
-            self.shared.room.notify_waiters();
-        }
-        Some(frame)
+        lock(&self.shared.out.queue).frames.is_empty()
     }
 }
 
 impl Drop for OutQueue {
     fn drop(&mut self) {
-        let mut queue = lock(&self.shared.queue);
-        queue.receiver = false;
-        queue.frames.clear();
-        drop(queue);
-        self.shared.room.notify_waiters();
+        self.shared.out.receiver_dropped();
+    }
+}
+
+/// The client's messages towards the layer above, in order: the receiving end of the
+/// connection's incoming queue. `None` once the queue is empty and the session let go of it
+/// (the connection closed).
+#[derive(Debug)]
+pub struct Incoming {
+    shared: Arc<Bounded>,
+}
+
+impl Incoming {
+    /// The next message, waiting for one. Cancel-safe: a message is taken only when returned.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| self.shared.poll_pop(cx)).await
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.shared.receiver_dropped();
+    }
+}
+
+/// Where the session puts the client's messages for the layer above. Cheap to clone.
+#[derive(Debug)]
+pub struct IncomingSender {
+    shared: Arc<Bounded>,
+}
+
+impl Clone for IncomingSender {
+    fn clone(&self) -> IncomingSender {
+        self.shared.sender_added();
+        IncomingSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for IncomingSender {
+    fn drop(&mut self) {
+        self.shared.sender_dropped();
+    }
+}
+
+impl IncomingSender {
+    /// Queue a message without waiting; given back when the queue is full or the layer above
+    /// is gone.
+    pub fn try_send(&self, frame: Frame) -> Result<(), (SendError, Frame)> {
+        self.shared.try_push(frame, true)
+    }
+
+    /// Queue a message, waiting for room; `Err` when the layer above is gone.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.shared.push(frame, || true).await.map_err(|(e, _)| e)
+    }
+
+    /// Whether the layer above dropped its end ([`Incoming`]).
+    pub fn is_closed(&self) -> bool {
+        !lock(&self.shared.queue).receiver
     }
 }
 
@@ -335,7 +456,7 @@ pub struct Conn {
     pub sid: Arc<str>,
     pub info: Arc<HandshakeInfo>,
     /// Messages from the client, in order. `None` once the connection is closed.
-    pub incoming: mpsc::Receiver<Frame>,
+    pub incoming: Incoming,
     pub sender: ConnSender,
 }
 
@@ -344,7 +465,7 @@ pub struct ConnTransport {
     /// Messages from the layer above, to be written to the client.
     pub outgoing: OutQueue,
     /// Where to put messages received from the client.
-    pub incoming: mpsc::Sender<Frame>,
+    pub incoming: IncomingSender,
     pub sender: ConnSender,
 }
 
@@ -356,19 +477,18 @@ pub fn pair(
     out_capacity: usize,
     in_capacity: usize,
 ) -> (Conn, ConnTransport) {
-    let (in_tx, in_rx) = mpsc::channel(in_capacity.max(1));
+    let inbound = Arc::new(Bounded::new(in_capacity));
+    let (in_tx, in_rx) = (
+        IncomingSender {
+            shared: Arc::clone(&inbound),
+        },
+        Incoming { shared: inbound },
+    );
     let (close, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         close,
         closed: AtomicBool::new(false),
-        queue: Mutex::new(Queue {
-            frames: VecDeque::new(),
-            waker: None,
-            senders: 1,
-            receiver: true,
-        }),
-        capacity: out_capacity.max(1),
-        room: Notify::new(),
+        out: Bounded::new(out_capacity),
     });
     let out_rx = OutQueue {
         shared: Arc::clone(&shared),

@@ -37,6 +37,6 @@ pub use config::{
 };
 pub use conn::{
     CloseReason, Conn, ConnFuture, ConnHandler, ConnSender, ConnWork, Frame, HandshakeInfo,
-    SendError,
+    Incoming, SendError,
 };
 pub use server::EngineServer;

@@ -21,11 +21,11 @@ use std::task::{Context, Poll, Waker};
 use crate::sync::lock;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::conn::{ConnTransport, OutQueue};
+use super::conn::{ConnTransport, IncomingSender, OutQueue, SendError};
 use super::parts::KeptWaker;
 use crate::seam::Upgraded;
 
@@ -200,7 +200,7 @@ pub(super) struct Session {
     pub config: Arc<EngineConfig>,
     sender: ConnSender,
     /// Towards the layer above; dropped at close so that its `Conn.incoming` ends.
-    incoming: Mutex<Option<mpsc::Sender<Frame>>>,
+    incoming: Mutex<Option<IncomingSender>>,
     /// Messages from the layer above. Held (async lock) by the one transport writing them.
     pub outgoing: tokio::sync::Mutex<OutQueue>,
     state: Mutex<State>,
@@ -624,8 +624,8 @@ impl Session {
         // only a client that outruns the layer above waits here.
         let frame = match tx.try_send(frame) {
             Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+            Err((SendError::Closed, _)) => return false,
+            Err((SendError::Full, frame)) => frame,
         };
         Box::pin(async move {
             tokio::select! {

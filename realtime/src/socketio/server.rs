@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 
+use crate::engineio::Incoming;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc::Receiver;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -254,7 +254,7 @@ async fn deliver(shared: Arc<ConnShared>) {
 /// Serves one connection's packets until it closes, then ends its sockets.
 pub(super) async fn run_connection(
     io: Arc<IoInner>,
-    mut incoming: Receiver<Frame>,
+    mut incoming: Incoming,
     shared: Arc<ConnShared>,
 ) {
     io.stats.connections.fetch_add(1, Ordering::Relaxed);
