@@ -90,7 +90,7 @@ pub enum AfterHeld {
     /// Closed: the client left, the answer failed, or the connection may not be kept alive.
     Closed,
     /// Kept alive: serve its next request ([`handoff::Reentry::serve`]).
-    KeptAlive(pingora::protocols::Stream),
+    KeptAlive(pingora::apps::ReusedHttpStream),
     /// The answer turned out to be a stream (an event stream whose subscription waited on the
     /// app): it goes on outside pingora as [`Served::Left`] does.
     Left(Box<Handover>),
@@ -132,15 +132,9 @@ impl Held {
         let sent = session.body_bytes_sent() as u64;
         let then = match written {
             Ok(Served::Left(handover)) => AfterHeld::Left(handover),
-            Ok(_) => match session.finish().await {
-                Ok(Some(reusable)) => match reusable.into_parts() {
-                    (stream, None) => AfterHeld::KeptAlive(stream),
-                    // Bytes of a next request pipelined behind this one: pingora's app takes
-                    // a connection with none, so this one is closed (browsers never pipeline).
-                    (_, Some(prefix)) if !prefix.is_empty() => AfterHeld::Closed,
-                    (stream, Some(_)) => AfterHeld::KeptAlive(stream),
-                },
-                _ => AfterHeld::Closed,
+            Ok(_) => match handoff::reusable(session).await {
+                Some(reused) => AfterHeld::KeptAlive(reused),
+                None => AfterHeld::Closed,
             },
             Err(e) => {
                 tracing::debug!(error = %e, "held realtime answer not written");
@@ -647,9 +641,10 @@ mod tests {
         tx.send("news").expect("the held call waits");
         let end = answer.await.expect("answered");
         assert_eq!((end.status, end.line.uri.path()), (200, "/s"));
-        let AfterHeld::KeptAlive(mut stream) = end.then else {
+        let AfterHeld::KeptAlive(reused) = end.then else {
             panic!("the connection was not kept alive");
         };
+        let (mut stream, _) = reused.consume();
         drop(stream.flush().await);
         let mut got = vec![0u8; 1024];
         let n = client.read(&mut got).await.expect("read");
