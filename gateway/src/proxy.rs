@@ -327,7 +327,7 @@ impl Serving {
                 seam::AfterHeld::Closed => {
                     serving.ended(&mut req, status, sent, 0, None, || line);
                 }
-                seam::AfterHeld::KeptAlive(stream) => {
+                seam::AfterHeld::KeptAlive(reused) => {
                     serving.ended(&mut req, status, sent, 0, None, || line);
                     drop((req, route_gauge));
                     // Back in pingora for its next request, counted as open meanwhile (as
@@ -335,7 +335,7 @@ impl Serving {
                     // kept alive by it.
                     let reentry = serving.reentry.clone();
                     drop(serving);
-                    reentry.serve(stream).await;
+                    reentry.serve(reused).await;
                     drop(open);
                 }
             }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::access::{self, Access, ClientInfo};
 use crate::hub::{Hub, JoinOutcome, Message, Payload, Position};
@@ -80,9 +80,11 @@ pub enum FramingError {
 /// A batch: for each message, a header line `<epoch>:<seq> <byte length>\n`, then the body and
 /// a `\n`. Length-prefixed so bodies may contain anything, newlines included.
 pub fn encode_batch(messages: &[(Position, String)]) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for (pos, body) in messages {
-        out.push_str(&format!("{pos} {}\n", body.len()));
+        // Writing into a `String` cannot fail.
+        let _ = writeln!(out, "{pos} {}", body.len());
         out.push_str(body);
         out.push('\n');
     }
@@ -108,21 +110,42 @@ pub fn decode_batch(mut s: &str) -> Result<Vec<(Position, String)>, FramingError
     Ok(out)
 }
 
+/// `X-Position`, and its two halves `X-Epoch` and `X-Seq`: on every answer with a position.
+const X_POSITION: HeaderName = HeaderName::from_static("x-position");
+const X_EPOCH: HeaderName = HeaderName::from_static("x-epoch");
+const X_SEQ: HeaderName = HeaderName::from_static("x-seq");
+const X_TOPIC: HeaderName = HeaderName::from_static("x-topic");
+
+/// The values of `X-Position` (`<epoch>:<seq>`), `X-Epoch` and `X-Seq`, as three views of one
+/// buffer the position is written into once. Every delivered poll carries them: written as
+/// three strings, each copied again into a value of its own, they were 2.1% of the gateway's
+/// CPU per long-poll delivery (issue 17's profile).
+fn position_values(pos: Position) -> Option<[HeaderValue; 3]> {
+    let text = Bytes::from(pos.to_string());
+    let colon = text.iter().position(|&b| b == b':')?;
+    let value = |b: Bytes| HeaderValue::from_maybe_shared(b).ok();
+    Some([
+        value(text.slice(..colon))?,
+        value(text.slice(colon + 1..))?,
+        value(text)?,
+    ])
+}
+
 fn with_position(mut resp: Response, topic: &str, pos: Position) -> Response {
     if let Response::Full(r) = &mut resp {
         let h = r.headers_mut();
-        let set = |h: &mut http::HeaderMap, k: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(k, v);
-            }
-        };
-        set(h, "x-position", pos.to_string());
-        set(h, "x-epoch", pos.epoch.to_string());
-        set(h, "x-seq", pos.seq.to_string());
-        if let Ok(t) = HeaderValue::from_str(topic) {
-            h.insert("x-topic", t);
+        if let Some([epoch, seq, position]) = position_values(pos) {
+            h.insert(X_POSITION, position);
+            h.insert(X_EPOCH, epoch);
+            h.insert(X_SEQ, seq);
         }
-        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        if let Ok(t) = HeaderValue::from_str(topic) {
+            h.insert(X_TOPIC, t);
+        }
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
     }
     resp
 }
@@ -297,15 +320,8 @@ impl LongPoll {
 #[async_trait::async_trait]
 impl Service for LongPoll {
     async fn call(&self, req: Request) -> Response {
-        let last = req
-            .head
-            .uri
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        match (last.as_str(), &req.head.method) {
+        let last = req.head.uri.path().rsplit('/').next().unwrap_or("");
+        match (last, &req.head.method) {
             ("s", &http::Method::GET) => self.subscribe(&req).await,
             ("p", &http::Method::POST) => self.publish(req).await,
             ("s", _) | ("p", _) => Response::text(
@@ -365,6 +381,25 @@ mod tests {
         assert_eq!(
             decode_batch(&format!("{p} 2\nabc\n")),
             Err(FramingError::Truncated)
+        );
+    }
+
+    #[test]
+    fn an_answer_carries_its_position_and_its_two_halves() {
+        let p = pos("00000000000000ab:42");
+        let resp = with_position(Response::text(StatusCode::OK, "m"), "news", p);
+        let Response::Full(r) = resp else {
+            panic!("a full answer");
+        };
+        let h = r.headers();
+        assert_eq!(h["x-position"], "00000000000000ab:42");
+        assert_eq!(h["x-epoch"], "00000000000000ab");
+        assert_eq!(h["x-seq"], "42");
+        assert_eq!(h["x-topic"], "news");
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(
+            h["x-position"].to_str().ok().map(|v| v.parse()),
+            Some(Ok(p))
         );
     }
 }

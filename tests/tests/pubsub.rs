@@ -231,6 +231,54 @@ async fn a_connection_that_held_a_long_poll_serves_its_next_requests() {
     }
 }
 
+/// `keepalive_requests` holds on a connection whose polls are held: a held poll leaves
+/// pingora and comes back once answered, and the connection's count of requests comes back
+/// with it (it started again at every held poll, so a client polling in a loop was never
+/// closed), as does its idle timeout.
+#[tokio::test]
+async fn a_connection_of_held_polls_serves_at_most_keepalive_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&CONFIG.replace(
+        "tls: {state_dir: state}",
+        "tls: {state_dir: state}\nlimits: {keepalive_requests: 3}",
+    ));
+    let mut tls = e2e::tls_connect(gw.https_addr()).await;
+    let mut bytes = Vec::new();
+    for round in 1..=3u64 {
+        tls.write_all(b"GET /s?t=counted HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(
+            wait_subscribers(&gw, "counted", 1).await,
+            "poll {round} never waited"
+        );
+        publish(&gw, "counted", json!({"round": round})).await;
+        let responses =
+            read_responses(&mut tls, &mut bytes, round as usize, Duration::from_secs(5)).await;
+        assert_eq!(
+            responses.len() as u64,
+            round,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let last = responses.last().expect("an answer");
+        assert_eq!(last.status, 200, "{}", last.head);
+        assert_eq!(last.body_text(), json!({"round": round}).to_string());
+        let closing = last
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        assert_eq!(closing, round == 3, "answer {round}: {}", last.head);
+    }
+    // The third request was the connection's last: it is closed, not kept for a fourth.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was kept after its last request"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
 #[tokio::test]
 async fn long_poll_requests_are_checked() {
     let gw = Gateway::start(CONFIG);
