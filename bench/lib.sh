@@ -347,7 +347,10 @@ all() { awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($1 ~ /^-?[0-9.]+$/ && $1 + 
 PEER_WAITED=0
 wait_peers() { # pgrep -f pattern, e.g. 'bench/(http|socketio)\.sh'
     local t0=$SECONDS
-    while pgrep -f "$1" >/dev/null; do
+    # Only a script that runs counts: its command line starts with bash. A `flock LOCK bash
+    # bench/x.sh` still waiting for the lock names the script too, and matching it made a run
+    # that holds the lock wait out PEER_MAX_S for a script that cannot start before it ends.
+    while pgrep -f "^([^ ]*/)?bash .*($1)" >/dev/null; do
         if ((PEER_WAITED + SECONDS - t0 >= ${PEER_MAX_S:-600})); then
             log "another bench/*.sh still running (waited ${PEER_MAX_S:-600} s in all): measuring anyway"
             break
