@@ -113,16 +113,16 @@ pub fn params(out: &mut Vec<u8>, params: &Params) {
 
 /// The name-value pairs of a request, encoded as they are added into the one byte stream that
 /// `FCGI_PARAMS` records carry (each pair: the name's length, the value's length, the name, the
-/// value). Why not a list of pairs: about 20 parameters and one per header made a `String` and
-/// a `Vec` each, about 50 allocations per PHP request, then were copied into this stream
-/// anyway.
+/// value). Why not a list of pairs: about 20 parameters and one per header name made a
+/// `String` and a `Vec` each (108 allocations for a browser's request, measured), then were
+/// copied into this stream anyway.
 #[derive(Debug, Default)]
 pub struct Params {
     stream: Vec<u8>,
 }
 
-/// Most bytes a value written through [`Params::add_display`] takes (an IPv6 address with a
-/// zone is at most 46 bytes; a `u64` 20).
+/// Most bytes a value written through [`Params::add_display`] takes (an IPv6 address is at most
+/// 39 bytes, a `u64` 20).
 const DISPLAY_MAX: usize = 64;
 
 impl Params {
@@ -182,7 +182,7 @@ impl Params {
         nv_length(&mut self.stream, value);
     }
 
-    /// The pairs back, in order (for tests and logs: the wire form is what is kept).
+    /// The pairs back, in order (for tests: the wire form is what is kept).
     #[cfg(test)]
     pub fn pairs(&self) -> Vec<(String, Vec<u8>)> {
         fn length(s: &[u8], at: &mut usize) -> usize {
@@ -1515,6 +1515,22 @@ mod tests {
                 0, 0, 0, 0
             ]
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parameters_come_back_as_they_were_added(
+            pairs in proptest::collection::vec(
+                ("[A-Z_]{1,200}", proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..20,
+            )
+        ) {
+            let mut p = Params::default();
+            for (name, value) in &pairs {
+                p.add(name.as_bytes(), value);
+            }
+            proptest::prop_assert_eq!(p.pairs(), pairs);
+        }
     }
 
     #[test]
