@@ -67,12 +67,33 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and that this test process has not handed out before.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    fresh_ports(1)[0]
+}
+
+/// `n` distinct free ports, none handed out before by this test process. The kernel may give
+/// the same free port to two `bind(0)`s once the first is closed, and a test binary's tests run
+/// in parallel: two servers configured on one port, the second fails to bind, and its test,
+/// waiting for the port, finds the first's listener instead and goes on (a request then
+/// refused once the other test ended: seen once in CI). Ports are never given twice: the
+/// listeners of ports already given are held while more are bound, so the kernel cannot hand
+/// them back in the same call.
+fn fresh_ports(n: usize) -> Vec<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("a bound address").port();
+        if given.insert(port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    ports
 }
 
 /// A fresh scratch directory under `target/e2e/`, removed when dropped (kept if the test fails).
@@ -337,17 +358,15 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Three distinct free ports: held bound together while chosen, because one at a time the
-    /// kernel may hand the same ephemeral port out twice (a gateway then refuses its own
-    /// configuration: "listen.admin ... is already used by listen.https").
+    /// Three distinct free ports ([`fresh_ports`]: held bound together while chosen, because
+    /// one at a time the kernel may hand the same ephemeral port out twice, and a gateway then
+    /// refuses its own configuration: "listen.admin ... is already used by listen.https").
     pub fn new() -> Ports {
-        let bind = || TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let (https, http, admin) = (bind(), bind(), bind());
-        let port = |l: &TcpListener| l.local_addr().expect("a bound address").port();
+        let p = fresh_ports(3);
         Ports {
-            https: port(&https),
-            http: port(&http),
-            admin: port(&admin),
+            https: p[0],
+            http: p[1],
+            admin: p[2],
         }
     }
 
