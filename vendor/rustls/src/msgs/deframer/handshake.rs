@@ -339,6 +339,13 @@ impl<'b> Iterator for HandshakeIter<'_, 'b> {
 impl Drop for HandshakeIter<'_, '_> {
     fn drop(&mut self) {
         self.deframer.spans.drain(..self.index);
+        // Patched: with no handshake message pending, give the spans back. A connection
+        // spends almost all of its life past its handshake, where handshake messages are
+        // rare (a key update, a ticket): the 16 spans reserved for the handshake's flights
+        // (640 bytes) were kept for its whole life. A later message allocates again.
+        if self.deframer.spans.is_empty() {
+            self.deframer.spans = Vec::new();
+        }
     }
 }
 
@@ -438,6 +445,21 @@ mod tests {
 
         input.drain(..discard);
         assert_eq!(input, &[0]);
+    }
+
+    #[test]
+    fn spans_are_given_back_once_every_message_is_read() {
+        // Patched (see `HandshakeIter`'s drop).
+        let input = vec![0x21, 0x00, 0x00, 0x01, 0xff];
+        let mut hs = HandshakeDeframer::default();
+        add_bytes(&mut hs, &input[..], &input);
+        assert!(hs.spans.capacity() > 0);
+        assert!(hs.iter(&input).next().is_some());
+        assert_eq!(hs.spans.capacity(), 0);
+        // A later message is deframed as before.
+        add_bytes(&mut hs, &input[..], &input);
+        let (msg, _) = hs.iter(&input).next().unwrap();
+        assert_eq!(msg.payload, &input[..]);
     }
 
     #[test]
