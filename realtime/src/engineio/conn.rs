@@ -473,7 +473,7 @@ pub struct ConnTransport {
 /// a client; `in_capacity` bounds those waiting for the layer above.
 pub fn pair(
     sid: Arc<str>,
-    info: HandshakeInfo,
+    info: impl Into<Arc<HandshakeInfo>>,
     out_capacity: usize,
     in_capacity: usize,
 ) -> (Conn, ConnTransport) {
@@ -497,7 +497,7 @@ pub fn pair(
     (
         Conn {
             sid,
-            info: Arc::new(info),
+            info: info.into(),
             incoming: in_rx,
             sender: sender.clone(),
         },

@@ -292,7 +292,10 @@ impl Inner {
 
     /// Registers a new session and hands it to the layer above; returns it with its task,
     /// for the caller to run.
-    fn create_session(self: &Arc<Inner>, info: HandshakeInfo) -> (Arc<Session>, SessionTask) {
+    fn create_session(
+        self: &Arc<Inner>,
+        info: Arc<HandshakeInfo>,
+    ) -> (Arc<Session>, SessionTask) {
         let transport = info.transport;
         let mut registry = lock(&self.registry);
         let sid: Arc<str> = loop {
@@ -354,8 +357,10 @@ fn new_sid(tag: Option<&str>) -> String {
     }
 }
 
-fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
-    HandshakeInfo {
+/// Shared from the start: a WebSocket's task carries it until the session exists, and an
+/// async block keeps the slot of what it carries for its whole life (8 bytes, not 232).
+fn handshake_info(req: &Request, transport: Transport) -> Arc<HandshakeInfo> {
+    Arc::new(HandshakeInfo {
         headers: crate::seam::detached_headers(&req.head.headers),
         query: req.query().to_owned(),
         peer: req.peer,
@@ -364,7 +369,7 @@ fn handshake_info(req: &Request, transport: Transport) -> HandshakeInfo {
         authority: req.head.uri.authority().map(|a| a.as_str().to_string()),
         secure: req.secure,
         transport,
-    }
+    })
 }
 
 /// node's `ws` accepts the first subprotocol a client offers; a browser that offered some

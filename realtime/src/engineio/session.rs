@@ -29,8 +29,10 @@ use super::conn::{ConnTransport, IncomingSender, OutQueue, SendError};
 use super::parts::KeptWaker;
 use crate::seam::Upgraded;
 
-/// A WebSocket carrying a session.
-pub(super) type Ws = tokio_tungstenite::WebSocketStream<Upgraded>;
+/// A WebSocket carrying a session. Boxed: it is passed down through the session's task, whose
+/// every async layer keeps a slot of the size of what it was passed for the connection's life
+/// (about 300 bytes each, four times over, while the stream was passed by value).
+pub(super) type Ws = Box<tokio_tungstenite::WebSocketStream<Upgraded>>;
 use super::{
     encode_payload_capped, CloseReason, ConnSender, EngineConfig, Frame, Packet, Transport,
 };

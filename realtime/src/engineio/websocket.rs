@@ -45,13 +45,13 @@ pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload));
-    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    Box::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
 }
 
 /// Closes a WebSocket that was accepted but cannot be used (node accepts, then closes: an
 /// upgrade for an upgraded sid, a probe while another is under way, `transport=polling`).
 pub(super) async fn refuse(mut ws: Ws) {
-    let _ = ws.close(None).await;
+    let _ = (*ws).close(None).await;
     let _ = timeout(CLOSE_GRACE, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
