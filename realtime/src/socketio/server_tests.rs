@@ -2234,3 +2234,15 @@ async fn an_idle_connections_packets_future_is_small() {
     let size = std::mem::size_of_val(&packets);
     assert!(size <= 1024, "{size} bytes");
 }
+
+/// A connection's future (the loop over its packets) is allocated for its life at its largest
+/// state's size: 976 bytes while it laid out the decoded packet, its dispatch and the connect
+/// timer in itself, 488 since.
+#[test]
+fn a_connections_packet_loop_stays_small() {
+    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let size = future_size(super::server::run_connection);
+    assert!(size <= 512, "a connection's packet loop is {size} bytes");
+}
