@@ -2,9 +2,11 @@
 //! which is what most connections' queues are most of the time: every idle connection of a
 //! realtime server holds them. tokio's bounded channel, which carried the client's messages,
 //! kept its cache-padded state and a first block of 32 message slots for an empty queue: both
-//! ends of a connection held 2,328 bytes with it, 888 without (the close watch and the
-//! handshake's details are most of the rest). A test binary of its own: it counts the process's live heap with a global
-//! allocator.
+//! ends of a connection held 2,328 bytes with it, 888 without; the close, a tokio watch
+//! channel (a value behind a lock, a version and eight `Notify`s in an allocation of their
+//! own), 304 more of them: 584 since it is a flag, a lock and one `Notify` inline (most of the
+//! rest is the handshake's details). A test binary of its own: it counts the process's live
+//! heap with a global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -56,8 +58,5 @@ fn both_ends_of_an_idle_connection_take_under_a_kilobyte() {
     let held = LIVE.load(Ordering::SeqCst) - before;
     drop((conn, transport));
     eprintln!("both ends of an idle connection: {held} bytes");
-    assert!(
-        held <= 1024,
-        "an idle connection's queues hold {held} bytes"
-    );
+    assert!(held <= 640, "an idle connection's queues hold {held} bytes");
 }

@@ -5,14 +5,13 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-use crate::sync::lock;
+use crate::sync::{lock, SetOnce};
 
 use super::Transport;
 
@@ -90,10 +89,8 @@ pub enum SendError {
 /// Shared state between the connection's sender handles and its transport task.
 #[derive(Debug)]
 struct Shared {
-    close: watch::Sender<Option<CloseReason>>,
-    /// Whether `close` holds a reason: read at every message queued, where reading the watch
-    /// takes its lock.
-    closed: AtomicBool,
+    /// Why the connection closed, once it has: its flag is read at every message queued.
+    close: SetOnce<CloseReason>,
     /// The messages waiting to be written.
     out: Bounded,
 }
@@ -309,37 +306,20 @@ impl ConnSender {
 
     /// Close the connection (the first reason given wins).
     pub fn close(&self, reason: CloseReason) {
-        self.shared.close.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                // Under the watch's lock: whoever sees the flag sees the reason.
-                self.shared.closed.store(true, Ordering::Release);
-                true
-            } else {
-                false
-            }
-        });
+        self.shared.close.set(reason);
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.close.is_set()
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.close.borrow().clone()
+        self.shared.close.get()
     }
 
     /// Resolves when the connection is closed, with the reason.
     pub async fn closed(&self) -> CloseReason {
-        let mut rx = self.shared.close.subscribe();
-        loop {
-            if let Some(r) = rx.borrow_and_update().clone() {
-                return r;
-            }
-            if rx.changed().await.is_err() {
-                return CloseReason::TransportClose;
-            }
-        }
+        self.shared.close.wait().await
     }
 }
 
@@ -484,10 +464,8 @@ pub fn pair(
         },
         Incoming { shared: inbound },
     );
-    let (close, _) = watch::channel(None);
     let shared = Arc::new(Shared {
-        close,
-        closed: AtomicBool::new(false),
+        close: SetOnce::default(),
         out: Bounded::new(out_capacity),
     });
     let out_rx = OutQueue {

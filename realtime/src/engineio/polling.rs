@@ -34,12 +34,12 @@ pub(super) async fn get(session: Arc<Session>, req: &Request) -> Response {
     // Frees the slot even when the gateway drops this future (client gone); whatever was
     // queued stays queued for the next poll.
     let _slot = Slot(&session, Session::release_get);
-    let mut changes = session.subscribe();
+    let mut seen: u64;
     let mut rx = session.outgoing.lock().await;
     let mut queue_open = true;
     let mut noop_at: Option<Instant> = None;
     loop {
-        changes.borrow_and_update();
+        seen = session.changes_now();
         let noop_due = noop_at.is_some_and(|at| at <= Instant::now());
         if let Some(answer) = session.take_for_poll(&mut rx, noop_due) {
             return match answer {
@@ -50,12 +50,7 @@ pub(super) async fn get(session: Arc<Session>, req: &Request) -> Response {
         }
         noop_at = session.next_noop_tick(UPGRADE_NOOP_INTERVAL);
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    // Cannot happen while we hold the session; never spin if it did.
-                    return error_response(&EngineError::UnknownSid);
-                }
-            }
+            () = session.changed(&mut seen) => {}
             frame = rx.recv(), if queue_open => match frame {
                 Some(frame) => session.push_message(frame),
                 None => queue_open = false,

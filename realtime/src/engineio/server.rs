@@ -292,10 +292,7 @@ impl Inner {
 
     /// Registers a new session and hands it to the layer above; returns it with its task,
     /// for the caller to run.
-    fn create_session(
-        self: &Arc<Inner>,
-        info: Arc<HandshakeInfo>,
-    ) -> (Arc<Session>, SessionTask) {
+    fn create_session(self: &Arc<Inner>, info: Arc<HandshakeInfo>) -> (Arc<Session>, SessionTask) {
         let transport = info.transport;
         let mut registry = lock(&self.registry);
         let sid: Arc<str> = loop {

@@ -18,10 +18,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::lock;
+use crate::sync::{lock, Changes};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -207,10 +207,10 @@ pub(super) struct Session {
     pub outgoing: tokio::sync::Mutex<OutQueue>,
     state: Mutex<State>,
     /// Bumped on every change a waiting transport may care about.
-    changed: watch::Sender<()>,
+    changed: Changes,
     /// The WebSocket writer's wake-up on a change ([`Session::poll_ws_change`]): registered
     /// once and kept between messages, where waiting on `changed` registered a waiter anew
-    /// (under the watch's lock) at every message written.
+    /// (under a lock) at every message written.
     ws_writer: KeptWaker,
     pong: Notify,
     registry: Weak<Registry>,
@@ -261,7 +261,7 @@ impl Session {
                     ping_delivered: false,
                 },
             }),
-            changed: watch::channel(()).0,
+            changed: Changes::default(),
             ws_writer: KeptWaker::default(),
             pong: Notify::new(),
             registry,
@@ -274,31 +274,36 @@ impl Session {
         lock(&self.state)
     }
 
-    pub(super) fn subscribe(&self) -> watch::Receiver<()> {
-        self.changed.subscribe()
+    /// The session's changes so far: what a waiter has seen when it looks at the session now.
+    pub(super) fn changes_now(&self) -> u64 {
+        self.changed.now()
+    }
+
+    /// Resolves at the first change after `seen` (moved to the count then).
+    pub(super) async fn changed(&self, seen: &mut u64) {
+        self.changed.changed(seen).await;
     }
 
     fn notify(&self) {
-        self.changed.send_replace(());
+        self.changed.bump();
         self.ws_writer.wake();
     }
 
-    /// Whether the session changed since `changes` last looked (`Err` once nobody can change
-    /// it any more); pending otherwise, and the WebSocket writer polling it is woken at the
-    /// next change. For the one writer of the session; `registered`: its copy of the waker it
-    /// registered ([`KeptWaker::register`]).
+    /// Ready when the session changed since `seen`; pending otherwise, and the WebSocket writer
+    /// polling it is woken at the next change. For the one writer of the session;
+    /// `registered`: its copy of the waker it registered ([`KeptWaker::register`]).
     pub(super) fn poll_ws_change(
         &self,
-        changes: &watch::Receiver<()>,
+        seen: u64,
         registered: &mut Option<Waker>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), ()>> {
+    ) -> Poll<()> {
         // Registered before looking: a change made in between is seen now or wakes the writer.
         self.ws_writer.register(registered, cx.waker());
-        match changes.has_changed() {
-            Ok(true) => Poll::Ready(Ok(())),
-            Ok(false) => Poll::Pending,
-            Err(_) => Poll::Ready(Err(())),
+        if self.changed.since(seen) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -427,15 +432,12 @@ impl Session {
     }
 
     async fn wait_until(&self, done: impl Fn(&State) -> bool) {
-        let mut changes = self.subscribe();
+        let mut seen = self.changes_now();
         loop {
-            changes.borrow_and_update();
             if done(&self.state()) {
                 return;
             }
-            if changes.changed().await.is_err() {
-                return;
-            }
+            self.changed(&mut seen).await;
         }
     }
 

@@ -1454,12 +1454,16 @@ async fn writing_messages_does_not_poll_the_websockets_reads() {
 #[tokio::test]
 async fn a_websocket_sessions_task_stays_small() {
     let h = Harness::default();
-    let Response::Upgrade { on_upgrade, .. } = h.call(ws_request("EIO=4&transport=websocket")).await
+    let Response::Upgrade { on_upgrade, .. } =
+        h.call(ws_request("EIO=4&transport=websocket")).await
     else {
         panic!("expected an upgrade");
     };
     let (_client, server) = tokio::io::duplex(1024);
     let task = on_upgrade(Box::new(server));
     let size = std::mem::size_of_val(&*task);
-    assert!(size <= 2048, "a WebSocket session's task future is {size} bytes");
+    assert!(
+        size <= 2048,
+        "a WebSocket session's task future is {size} bytes"
+    );
 }

@@ -224,12 +224,10 @@ enum Next {
     Frame(Frame),
     /// The layer above dropped its sender.
     QueueClosed,
-    /// Nobody can change the session any more.
-    Gone,
 }
 
 async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
-    let mut changes = session.subscribe();
+    let mut seen = session.changes_now();
     let mut rx = session.outgoing.lock().await;
     let mut queue_open = true;
     let mut next = Next::Changed;
@@ -239,7 +237,7 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
     loop {
         match next {
             Next::Changed => {
-                changes.borrow_and_update();
+                seen = session.changes_now();
                 let batch = session.take_for_ws(&mut rx);
                 if !write_all(sink, batch.packets.into_iter()).await {
                     return session.close(CloseReason::TransportError("write error".into()));
@@ -270,14 +268,11 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
                 }
             }
             Next::QueueClosed => queue_open = false,
-            Next::Gone => return,
         }
         // A change first: it may be a close, after which nothing queued is sent.
         next = std::future::poll_fn(|cx| {
-            match session.poll_ws_change(&changes, &mut registered, cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Next::Changed),
-                Poll::Ready(Err(())) => return Poll::Ready(Next::Gone),
-                Poll::Pending => {}
+            if session.poll_ws_change(seen, &mut registered, cx).is_ready() {
+                return Poll::Ready(Next::Changed);
             }
             if !queue_open {
                 return Poll::Pending;
