@@ -128,7 +128,49 @@ pub struct Req {
     handed_off: bool,
 }
 
+/// What a request's end needs of its state: its log line's fields, its metrics' labels and its
+/// per-client slot ([`Serving::ended`]). A connection that left pingora keeps this until it
+/// ends, where it kept the whole [`Req`] (compression and retry state, faults, frames).
+#[derive(Default)]
+struct Ending {
+    route: Option<Arc<str>>,
+    route_index: Option<usize>,
+    request_id: Option<HeaderValue>,
+    pool: Option<Arc<Pool>>,
+    current: Option<usize>,
+    client: Option<IpAddr>,
+    tls: bool,
+    served_by: &'static str,
+    started: Option<Instant>,
+    upstream_time: Option<Duration>,
+    /// Freed when the request ends.
+    _in_progress: Option<crate::client_limits::InProgress>,
+}
+
 impl Req {
+    /// What the request's end needs, taken out of it.
+    fn ending(&mut self) -> Ending {
+        Ending {
+            route: self.route.take(),
+            route_index: self.route_index,
+            request_id: self.request_id.take(),
+            pool: self.pool.take(),
+            current: self.current,
+            client: self.client,
+            tls: self.tls,
+            served_by: self.served_by,
+            started: self.started,
+            upstream_time: self.upstream_time,
+            _in_progress: self._in_progress.take(),
+        }
+    }
+
+    /// Its connection leaves pingora: the rest of its state goes with it ([`Ending`]).
+    fn leave(&mut self) -> Ending {
+        self.handed_off = true;
+        self.ending()
+    }
+
     fn upstream_name(&self) -> &str {
         self.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-")
     }
@@ -287,8 +329,8 @@ impl Serving {
         let served = seam::serve(session, service.clone(), client, &limits, hsts, may_hold).await?;
         match served {
             seam::Served::Answered => {}
-            seam::Served::Left(handover) => self.hand_off(handover, ctx, route_gauge),
-            seam::Served::Held(held) => self.hold(held, ctx, route_gauge),
+            seam::Served::Left(handover) => self.hand_off(handover, ctx.leave(), route_gauge),
+            seam::Served::Held(held) => self.hold(held, ctx.leave(), route_gauge),
         }
         Ok(true)
     }
@@ -301,11 +343,9 @@ impl Serving {
     fn hold(
         self: &Arc<Self>,
         held: Box<seam::Held>,
-        ctx: &mut Req,
+        req: Ending,
         route_gauge: Option<crate::metrics::OpenGuard>,
     ) {
-        let mut req = std::mem::take(ctx);
-        ctx.handed_off = true;
         let serving = self.clone();
         crate::handoff::run_held(Box::pin(async move {
             // pingora's connection task, which counted the connection, has ended.
@@ -322,14 +362,14 @@ impl Serving {
                 seam::AfterHeld::Left(handover) => {
                     // Counted and logged when the stream ends, like any stream that left.
                     drop(open);
-                    serving.hand_off(handover, &mut req, route_gauge);
+                    serving.hand_off(handover, req, route_gauge);
                 }
                 seam::AfterHeld::Closed => {
-                    serving.ended(&mut req, status, sent, 0, None, || line);
+                    serving.ended(req, status, sent, 0, None, || line);
                 }
                 seam::AfterHeld::KeptAlive(reused) => {
-                    serving.ended(&mut req, status, sent, 0, None, || line);
-                    drop((req, route_gauge));
+                    serving.ended(req, status, sent, 0, None, || line);
+                    drop(route_gauge);
                     // Back in pingora for its next request, counted as open meanwhile (as
                     // `H2Guard` counts every HTTP/1 connection); this configuration is not
                     // kept alive by it.
@@ -349,11 +389,9 @@ impl Serving {
     fn hand_off(
         self: &Arc<Self>,
         mut handover: Box<seam::Handover>,
-        ctx: &mut Req,
+        req: Ending,
         route_gauge: Option<crate::metrics::OpenGuard>,
     ) {
-        let mut req = std::mem::take(ctx);
-        ctx.handed_off = true;
         // pingora's connection task, which counted the connection, ends now.
         let gauges = (self.metrics.open(Open::Http1), route_gauge);
         let serving = self.clone();
@@ -363,7 +401,7 @@ impl Serving {
             let _gauges = gauges;
             let frames = upgrade.then_some(tally.frames);
             let line = || line.unwrap_or_else(RequestLine::unknown);
-            serving.ended(&mut req, status, tally.sent, tally.received, frames, line);
+            serving.ended(req, status, tally.sent, tally.received, frames, line);
         });
         handover.start(self.limits.send_timeout, Some(on_end));
     }
@@ -801,7 +839,7 @@ impl Serving {
         let frames = ctx.frames.take().filter(|_| status == 101);
         let sent = session.body_bytes_sent() as u64;
         let received = session.body_bytes_read().max(ctx.body_bytes as usize) as u64;
-        self.ended(ctx, status, sent, received, frames, || {
+        self.ended(ctx.ending(), status, sent, received, frames, || {
             RequestLine::of(session.req_header())
         });
     }
@@ -810,7 +848,7 @@ impl Serving {
     /// there is an access log).
     fn ended(
         &self,
-        ctx: &mut Req,
+        ctx: Ending,
         status: u16,
         bytes_sent: u64,
         bytes_received: u64,
@@ -849,10 +887,10 @@ impl Serving {
             bytes_received,
             referer,
             user_agent,
-            request_id: ctx.request_id.take(),
-            route: ctx.route.take(),
+            request_id: ctx.request_id,
+            route: ctx.route,
             by: ctx.served_by,
-            upstream: ctx.pool.take().map(|p| (p, ctx.current)),
+            upstream: ctx.pool.map(|p| (p, ctx.current)),
             duration,
             upstream_duration: ctx.upstream_time,
             tls: ctx.tls,
@@ -1044,6 +1082,35 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection that left pingora (a WebSocket, an event stream, a held long-poll) keeps
+    /// what its end needs of its request's state until it ends: the whole `Req` before.
+    #[test]
+    fn a_connection_that_left_keeps_only_what_its_end_needs() {
+        let mut req = Req {
+            route: Some("live".into()),
+            route_index: Some(3),
+            client: Some(IpAddr::from([192, 0, 2, 7])),
+            tls: true,
+            served_by: "realtime",
+            started: Some(Instant::now()),
+            ..Req::default()
+        };
+        let end = req.leave();
+        assert!(req.handed_off);
+        assert_eq!(end.route.as_deref(), Some("live"));
+        assert_eq!(end.route_index, Some(3));
+        assert_eq!(end.client, Some(IpAddr::from([192, 0, 2, 7])));
+        assert!(end.tls && end.started.is_some());
+        assert_eq!(end.served_by, "realtime");
+        // 200 of 352 bytes here.
+        assert!(
+            std::mem::size_of::<Ending>() * 3 / 2 <= std::mem::size_of::<Req>(),
+            "what a connection keeps: {} of {} bytes",
+            std::mem::size_of::<Ending>(),
+            std::mem::size_of::<Req>()
+        );
+    }
 
     #[test]
     fn uri_len_is_the_length_of_the_written_uri() {
