@@ -2246,3 +2246,12 @@ fn a_connections_packet_loop_stays_small() {
     let size = future_size(super::server::run_connection);
     assert!(size <= 512, "a connection's packet loop is {size} bytes");
 }
+
+/// A socket's state is one allocation for its life: 864 bytes while it kept an identity, a
+/// CONNECT payload, three maps and the recovery and fleet bookkeeping inline, whether the
+/// socket had them or not (an anonymous socket without handlers, acks or recovery has none).
+#[test]
+fn a_sockets_state_stays_small() {
+    let size = std::mem::size_of::<super::state::SocketInner>();
+    assert!(size <= 448, "a socket's state is {size} bytes");
+}

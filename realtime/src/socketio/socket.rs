@@ -351,7 +351,9 @@ impl Socket {
     /// The CONNECT packet's payload (`{}` when it had none), node's
     /// `socket.handshake.auth`. With recovery it includes `pid`/`offset`.
     pub fn auth(&self) -> &Value {
-        &self.inner.auth
+        static EMPTY: std::sync::LazyLock<Value> =
+            std::sync::LazyLock::new(|| Value::Object(serde_json::Map::new()));
+        self.inner.auth.as_deref().unwrap_or(&EMPTY)
     }
 
     /// The Engine.IO handshake request (headers, query, peer).
@@ -368,7 +370,12 @@ impl Socket {
     /// Who the app's connect callback said the client is (anonymous without
     /// one).
     pub fn user(&self) -> &access::Identity {
-        &self.inner.user
+        static ANONYMOUS: access::Identity = access::Identity {
+            user_id: None,
+            user_info: Value::Null,
+            rooms: Vec::new(),
+        };
+        self.inner.user.as_deref().unwrap_or(&ANONYMOUS)
     }
 
     /// Who may join which room and relay into it.
@@ -419,7 +426,7 @@ impl Socket {
 
     fn who(&self) -> Who<'_> {
         Who {
-            identity: &self.inner.user,
+            identity: self.user(),
             socket_id: &self.inner.id,
             client_ip: self.inner.conn.info.client,
             transport: "socketio",

@@ -32,12 +32,58 @@ use crate::sync::lock;
 
 // --- Sockets ---
 
+/// A map most sockets never fill (event handlers of their own, acks waiting, the app's
+/// grants): empty, it is one pointer, where a `HashMap` is 48 bytes inline in every socket.
+pub(super) struct Sparse<K, V>(Option<Box<HashMap<K, V>>>);
+
+impl<K, V> Default for Sparse<K, V> {
+    fn default() -> Self {
+        Sparse(None)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Sparse<K, V> {
+    pub(super) fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_ref()?.get(key)
+    }
+
+    pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.0.get_or_insert_with(Box::default).insert(key, value)
+    }
+
+    /// Removes `key`'s entry; the map goes once it is empty.
+    pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.0.as_mut()?;
+        let removed = map.remove(key);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |map| map.len())
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 pub(super) type EventHandler = Arc<dyn Fn(&Socket, Event, Option<AckSender>) + Send + Sync>;
 pub(super) type DisconnectHandler = Arc<dyn Fn(&Socket, &DisconnectReason) + Send + Sync>;
 
 #[derive(Default)]
 pub(super) struct Handlers {
-    pub(super) events: HashMap<String, EventHandler>,
+    pub(super) events: Sparse<String, EventHandler>,
     pub(super) fallback: Option<EventHandler>,
     pub(super) disconnect: Vec<DisconnectHandler>,
 }
@@ -45,7 +91,7 @@ pub(super) struct Handlers {
 #[derive(Default)]
 pub(super) struct Acks {
     pub(super) next_id: u64,
-    pub(super) waiting: HashMap<u64, oneshot::Sender<Args>>,
+    pub(super) waiting: Sparse<u64, oneshot::Sender<Args>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +126,15 @@ pub(super) struct SocketInner {
     pub(super) pid: Option<Arc<str>>,
     pub(super) ns: Arc<NsInner>,
     pub(super) conn: Arc<ConnShared>,
-    pub(super) auth: Value,
+    /// The CONNECT's payload; `None` for `{}` (most sockets': the 72 bytes of a `Value` kept
+    /// inline in every socket only for them).
+    pub(super) auth: Option<Box<Value>>,
     pub(super) recovered: bool,
-    pub(super) user: access::Identity,
+    /// `None` for an anonymous client (every client without a connect callback): an identity
+    /// is 168 bytes.
+    pub(super) user: Option<Box<access::Identity>>,
     /// The app's word on each room that needed it (a presence answer names the member).
-    pub(super) grants: Mutex<HashMap<String, Grant>>,
+    pub(super) grants: Mutex<Sparse<String, Grant>>,
     pub(super) sub_id: SubscriberId,
     pub(super) sub: Mutex<Option<Arc<Subscriber>>>,
     pub(super) outbox: Mutex<Outbox>,
@@ -106,9 +156,10 @@ impl SocketInner {
             pid: who.pid,
             ns,
             conn,
-            auth: who.auth,
+            auth: (!matches!(&who.auth, Value::Object(map) if map.is_empty()))
+                .then(|| Box::new(who.auth)),
             recovered: who.recovered,
-            user: who.user,
+            user: (who.user != access::Identity::default()).then(|| Box::new(who.user)),
             grants: Mutex::default(),
             sub_id: sub.id(),
             sub: Mutex::new(Some(sub)),
