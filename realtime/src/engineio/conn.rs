@@ -211,6 +211,16 @@ impl Bounded {
         Poll::Pending
     }
 
+    /// Gives back the queue's buffer if it is empty. It grows with the messages queued and
+    /// stays at its largest: on a connection that has gone quiet, room for messages that are
+    /// not coming.
+    fn release_if_empty(&self) {
+        let mut queue = lock(&self.queue);
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            queue.frames = VecDeque::new();
+        }
+    }
+
     fn sender_added(&self) {
         lock(&self.queue).senders += 1;
     }
@@ -302,6 +312,13 @@ impl ConnSender {
             return Err(SendError::Closed);
         }
         self.shared.out.room_for(n)
+    }
+
+    /// The outgoing queue gives back its buffer if it is empty: the session's heartbeat calls
+    /// this at every ping, so a connection that went quiet keeps no room for messages, and one
+    /// that is busy does not allocate it again at every message.
+    pub fn release_idle(&self) {
+        self.shared.out.release_if_empty();
     }
 
     /// Close the connection (the first reason given wins).
@@ -555,6 +572,36 @@ mod tests {
         assert_eq!(
             transport.sender.try_send(Frame::Text("b".into())),
             Err(SendError::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_gives_back_its_buffer_and_queues_on() {
+        let (conn, mut transport) = pair("s".into(), info(), 8, 1);
+        let capacity = |sender: &ConnSender| lock(&sender.shared.out.queue).frames.capacity();
+        for text in ["a", "b"] {
+            conn.sender
+                .try_send(Frame::Text(text.into()))
+                .expect("queued");
+        }
+        // Not while a message waits.
+        conn.sender.release_idle();
+        assert!(capacity(&conn.sender) > 0);
+        for text in ["a", "b"] {
+            assert_eq!(
+                transport.outgoing.recv().await,
+                Some(Frame::Text(text.into()))
+            );
+        }
+        assert!(capacity(&conn.sender) > 0, "kept while busy");
+        conn.sender.release_idle();
+        assert_eq!(capacity(&conn.sender), 0);
+        conn.sender
+            .try_send(Frame::Text("c".into()))
+            .expect("queued");
+        assert_eq!(
+            transport.outgoing.recv().await,
+            Some(Frame::Text("c".into()))
         );
     }
 

@@ -545,7 +545,9 @@ impl Session {
     /// in the queue when the layer above closed.
     pub(super) fn take_for_ws(&self, rx: &mut OutQueue) -> WsBatch {
         let mut st = self.state();
-        let mut packets: Vec<Packet> = st.outbox.drain(..).collect();
+        // The outbox's buffer goes with its packets: control packets are rare on a WebSocket
+        // (a ping every interval), and a buffer kept stayed allocated on every idle connection.
+        let mut packets: Vec<Packet> = std::mem::take(&mut st.outbox).into();
         if packets.iter().any(|p| matches!(p, Packet::Ping(_))) {
             st.heartbeat.ping_delivered = true;
         }
@@ -761,6 +763,7 @@ impl Session {
                 let reason = self.sender.closed().await;
                 return Box::pin(self.on_closed(reason)).await;
             }
+            self.sender.release_idle();
             self.notify();
             loop {
                 let deadline = self.state().heartbeat.deadline(timeout);

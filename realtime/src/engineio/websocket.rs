@@ -231,8 +231,6 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
     let mut rx = session.outgoing.lock().await;
     let mut queue_open = true;
     let mut next = Next::Changed;
-    // Kept between batches: a quiet room's one message a wake-up allocated a list each time.
-    let mut packets: Vec<Packet> = Vec::new();
     let mut registered = None;
     loop {
         match next {
@@ -256,14 +254,19 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
                 }
             }
             Next::Frame(frame) => {
-                packets.push(frame_packet(frame));
-                while packets.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(frame) => packets.push(frame_packet(frame)),
-                        Err(_) => break,
+                // The messages queued behind it go out in the same write, taken from the queue
+                // as they are written: no list of them is made (a list kept between batches
+                // stayed allocated on every idle connection).
+                let mut first = Some(frame);
+                let mut taken = 0;
+                let batch = std::iter::from_fn(|| {
+                    if taken == WRITE_BATCH {
+                        return None;
                     }
-                }
-                if !write_all(sink, packets.drain(..)).await {
+                    taken += 1;
+                    first.take().or_else(|| rx.try_recv().ok())
+                });
+                if !write_all(sink, batch.map(frame_packet)).await {
                     return session.close(CloseReason::TransportError("write error".into()));
                 }
             }
@@ -289,12 +292,11 @@ async fn write_loop(session: &Session, sink: &mut SplitSink<Ws, Message>) {
 /// Writes packets as frames with one flush at the end; `false` when the connection failed.
 async fn write_all(
     sink: &mut SplitSink<Ws, Message>,
-    packets: impl ExactSizeIterator<Item = Packet>,
+    packets: impl Iterator<Item = Packet>,
 ) -> bool {
-    if packets.len() == 0 {
-        return true;
-    }
+    let mut any = false;
     for packet in packets {
+        any = true;
         let msg = match packet.into_ws_frame() {
             WsFrame::Text(text) => Message::text(text),
             WsFrame::Binary(bytes) => Message::binary(bytes),
@@ -303,5 +305,5 @@ async fn write_all(
             return false;
         }
     }
-    sink.flush().await.is_ok()
+    !any || sink.flush().await.is_ok()
 }
