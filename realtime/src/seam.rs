@@ -102,15 +102,25 @@ impl Request {
     }
 }
 
-/// `headers` in buffers of their own, for a session that keeps them (a handshake's headers,
+/// `headers` in a buffer of their own, for a session that keeps them (a handshake's headers,
 /// which the app is shown later). The values of a request's headers are slices of the one
 /// buffer the gateway read the whole head into: kept as they are, they would keep that buffer
-/// (4 KiB) alive for as long as the connection lasts.
+/// (4 KiB) alive for as long as the connection lasts. The values are copied into one buffer
+/// together, each a slice of it, where a buffer each was an allocation per header kept for the
+/// connection's life.
 pub fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let total = headers.values().map(|v| v.len()).sum();
+    let mut values = BytesMut::with_capacity(total);
+    for value in headers.values() {
+        values.extend_from_slice(value.as_bytes());
+    }
+    let mut values = values.freeze();
     let mut out = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
+        let bytes = values.split_to(value.len());
+        // The bytes of a valid value, so valid: the original is kept if that ever failed.
         let mut copy =
-            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            http::HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
         out.append(name.clone(), copy);
     }
@@ -291,5 +301,14 @@ mod tests {
         assert!(kept[http::header::COOKIE].is_sensitive());
         let customs: Vec<_> = kept.get_all("x-custom").iter().collect();
         assert_eq!(customs, ["1", "2"]);
+        // One buffer for all of them: each value starts where the one before it ends.
+        let spans: Vec<(usize, usize)> = kept
+            .values()
+            .map(|v| (v.as_bytes().as_ptr() as usize, v.len()))
+            .collect();
+        assert!(
+            spans.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0),
+            "the kept values are not one buffer: {spans:?}"
+        );
     }
 }
