@@ -360,8 +360,8 @@ pub struct Conn {
     /// idle connection, or one whose client keeps up, has no timer.
     stalled: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
-    /// pingora's L4 write buffer is still there: given back at the first flush that empties
-    /// it ([`release_write_buffer`]).
+    /// pingora's L4 write buffer and its digests are still there: given back at the first
+    /// flush that empties the buffer ([`release_left_behind`]).
     write_buffer: bool,
     tally: Tally,
     on_end: Option<OnEnd>,
@@ -451,7 +451,7 @@ impl AsyncWrite for Conn {
                 this.stalled = None;
                 if r.is_ok() && this.write_buffer {
                     this.write_buffer = false;
-                    this.stream = this.stream.take().map(release_write_buffer);
+                    this.stream = this.stream.take().map(release_left_behind);
                 }
                 Poll::Ready(r)
             }
@@ -475,27 +475,36 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Give back pingora's L4 write buffer under a connection that left it (1,460 bytes, allocated
-/// when the connection was accepted and kept for its life): the service gathers its own writes
-/// (a WebSocket's frames, an event stream's chunks) into one write each, which the TLS layer
-/// encrypts and sends in one system call, so the buffer only batched what was batched already.
+/// Give back what pingora kept under a connection that left it and that nothing reads any
+/// more, all allocated when the connection was accepted and kept for its life:
+/// - its L4 write buffer (1,460 bytes): the service gathers its own writes (a WebSocket's
+///   frames, an event stream's chunks) into one write each, which the TLS layer encrypts and
+///   sends in one system call, so the buffer only batched what was batched already;
+/// - its socket's and its TLS session's digests (addresses, cipher, about 550 bytes): read by
+///   pingora's HTTP session, which is gone; what the log line needs was taken before.
+///
 /// Called once the buffer is flushed empty (the `101` or the stream's head went through it);
 /// a stream that is neither plain TCP nor TLS over it (a test's pipe) is left as it is.
-fn release_write_buffer(stream: Stream) -> Stream {
+fn release_left_behind(stream: Stream) -> Stream {
     use pingora::protocols::l4::stream::Stream as L4;
     use pingora::protocols::tls::TlsStream;
     use pingora::protocols::IO;
+    let release = |l4: &mut L4| {
+        l4.release_write_buffer();
+        l4.release_socket_digest();
+    };
     if (*stream).as_any().is::<L4>() {
         if let Ok(mut l4) = IO::into_any(stream).downcast::<L4>() {
-            l4.release_write_buffer();
+            release(&mut l4);
             return l4;
         }
         unreachable!("the stream was checked to be an L4 stream");
     }
     if (*stream).as_any().is::<TlsStream<L4>>() {
         if let Ok(mut tls) = IO::into_any(stream).downcast::<TlsStream<L4>>() {
+            tls.release_digest();
             if let Some(l4) = tls.transport_mut() {
-                l4.release_write_buffer();
+                release(l4);
             }
             return tls;
         }
@@ -642,9 +651,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_that_left_gives_back_its_write_buffer_once_flushed() {
+    async fn a_connection_that_left_gives_back_its_write_buffer_and_digest_once_flushed() {
         use pingora::listeners::L4BufferSettings;
         use pingora::protocols::l4::stream::Stream as L4;
+        use pingora::protocols::GetSocketDigest;
+        use pingora::protocols::SocketDigest;
+        use std::os::fd::AsRawFd;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -653,8 +665,10 @@ mod tests {
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
         // As the gateway's listeners make them: no read buffer, pingora's write buffer.
+        let fd = server.as_raw_fd();
         let mut l4 = L4::from(server);
         l4.set_buffer(L4BufferSettings::default().read(0));
+        l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
         assert_eq!(l4.buffers().write_capacity(), 1460);
         client.write_all(UPGRADE).await.expect("request");
         let mut session = ServerSession::new_http1(Box::new(l4));
@@ -672,6 +686,7 @@ mod tests {
             .downcast_ref::<L4>()
             .expect("the L4 stream itself");
         assert_eq!(l4.buffers().write_capacity(), 0, "write buffer given back");
+        assert!(l4.get_socket_digest().is_none(), "digest given back");
         // Nothing was lost or reordered on the way.
         let mut got = vec![0u8; 4096];
         let mut n = 0;

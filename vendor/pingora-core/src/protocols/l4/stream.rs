@@ -625,6 +625,13 @@ impl Stream {
         }
     }
 
+    /// Drop the socket's digest (its addresses, looked up and kept: a few hundred bytes). For a
+    /// connection taken out of pingora's HTTP session, whose new owner keeps what it needs of
+    /// them; `get_socket_digest` answers `None` from then on.
+    pub fn release_socket_digest(&mut self) {
+        self.socket_digest = None;
+    }
+
     /// Give the write buffer back: from now on writes go straight to the socket. For a
     /// connection whose writer gathers its own writes (one taken out of pingora's HTTP session
     /// to carry a WebSocket or an event stream): there the buffer is only memory, held for as

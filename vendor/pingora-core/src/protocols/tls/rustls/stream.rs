@@ -146,6 +146,12 @@ impl<T> TlsStream<T> {
         self.digest.clone()
     }
 
+    /// Drop the TLS digest (cipher, version, certificate digest): for a connection taken out
+    /// of pingora's HTTP session, whose new owner keeps what it needs of it.
+    pub fn release_digest(&mut self) {
+        self.digest = None;
+    }
+
     /// Attempts to obtain a mutable reference to the SslDigest.
     /// This method returns `None` if the SslDigest is currently held by other references.
     pub(crate) fn ssl_digest_mut(&mut self) -> Option<&mut SslDigest> {
