@@ -35,6 +35,17 @@ pub type Upgraded = Box<dyn Io>;
 /// idle Socket.IO connections over TLS, BENCHMARKS.md).
 pub const WS_READ_BUFFER: usize = 1024;
 
+/// How every server-side WebSocket of the realtime services starts: reads of
+/// [`WS_READ_BUFFER`], and both of tungstenite's buffers given back while the connection waits
+/// for its peer (the read buffer when a read finds nothing and no frame is partly read, the
+/// write buffer once written out: vendor/tungstenite.patch.md), so an idle connection holds
+/// neither.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .release_buffers_when_idle(true)
+}
+
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// The chunks of a streamed answer ([`Response::Stream`]).

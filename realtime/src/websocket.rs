@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
@@ -475,8 +475,7 @@ enum End {
 
 impl Connection {
     async fn run(self, io: Upgraded, mut answers: UnboundedReceiver<Answered>) {
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(crate::seam::WS_READ_BUFFER)
+        let ws_config = crate::seam::ws_config()
             .max_message_size(Some(self.config.max_message))
             .max_frame_size(Some(self.config.max_message));
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;

@@ -1,4 +1,5 @@
-//! A WebSocket waiting for its peer holds no read or write buffer (vendor/tungstenite.patch.md).
+//! A WebSocket waiting for its peer holds no read or write buffer (vendor/tungstenite.patch.md,
+//! switched on by `realtime::seam::ws_config`, which every server-side WebSocket starts from).
 //! tungstenite kept its read buffer (1 KiB here, `WS_READ_BUFFER`) from the start and its write
 //! buffer at the largest batch of frames it wrote, both for the connection's life: on a
 //! realtime server, whose connections mostly wait, memory on every one of them. A test binary
@@ -8,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -50,9 +51,7 @@ fn live() -> isize {
 #[tokio::test(flavor = "current_thread")]
 async fn a_websocket_waiting_for_its_peer_holds_no_read_or_write_buffer() {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(realtime::seam::WS_READ_BUFFER)
-        .write_buffer_size(16 * 1024);
+    let config = realtime::seam::ws_config().write_buffer_size(16 * 1024);
     let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let made = live();
     let mut server = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -40,8 +40,7 @@ pub(super) use super::session::Ws;
 /// The WebSocket over an upgraded connection. Frames and messages above `maxPayload` are
 /// refused by tungstenite before they are buffered (node's `ws` has the same limit).
 pub(super) async fn accept(io: Upgraded, max_payload: usize) -> Ws {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(crate::seam::WS_READ_BUFFER)
+    let config = crate::seam::ws_config()
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload));

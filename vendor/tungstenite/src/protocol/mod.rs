@@ -90,6 +90,12 @@ pub struct WebSocketConfig {
     /// some popular libraries that are sending unmasked frames, ignoring the RFC.
     /// By default this option is set to `false`, i.e. according to RFC 6455.
     pub accept_unmasked_frames: bool,
+    /// Patched: when `true`, the read buffer is allocated by the first read and given back
+    /// when a read would block with no frame partly read, and the write buffer is given back
+    /// once written out: a connection that waits for its peer holds neither. For servers of
+    /// many mostly idle connections with a small `read_buffer_size`; the price is an
+    /// allocation per burst of reads and per batch of writes. `false` by default.
+    pub release_buffers_when_idle: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -101,11 +107,18 @@ impl Default for WebSocketConfig {
             max_message_size: Some(64 << 20),
             max_frame_size: Some(16 << 20),
             accept_unmasked_frames: false,
+            release_buffers_when_idle: false,
         }
     }
 }
 
 impl WebSocketConfig {
+    /// Set [`Self::release_buffers_when_idle`] (patched).
+    pub fn release_buffers_when_idle(mut self, release: bool) -> Self {
+        self.release_buffers_when_idle = release;
+        self
+    }
+
     /// Set [`Self::read_buffer_size`].
     pub fn read_buffer_size(mut self, read_buffer_size: usize) -> Self {
         self.read_buffer_size = read_buffer_size;
@@ -400,6 +413,7 @@ impl WebSocketContext {
         config.assert_valid();
         frame.set_max_out_buffer_len(config.max_write_buffer_size);
         frame.set_out_buffer_write_len(config.write_buffer_size);
+        frame.set_release_when_idle(config.release_buffers_when_idle);
         Self {
             role,
             frame,
@@ -420,6 +434,7 @@ impl WebSocketContext {
         self.config.assert_valid();
         self.frame.set_max_out_buffer_len(self.config.max_write_buffer_size);
         self.frame.set_out_buffer_write_len(self.config.write_buffer_size);
+        self.frame.set_release_when_idle(self.config.release_buffers_when_idle);
     }
 
     /// Read the configuration.

@@ -117,19 +117,21 @@ pub(super) struct FrameCodec {
     out_buffer_write_len: usize,
     /// Header and remaining size of the incoming packet being processed.
     header: Option<(FrameHeader, u64)>,
+    /// Patched: give the buffers back while idle (`WebSocketConfig::release_buffers_when_idle`).
+    release_when_idle: bool,
 }
 
 impl FrameCodec {
     /// Create a new frame codec.
     pub(super) fn new(in_buf_len: usize) -> Self {
         Self {
-            // Patched: allocated by the first read (`read_in`), not up front.
-            in_buffer: BytesMut::new(),
+            in_buffer: BytesMut::with_capacity(in_buf_len),
             in_buf_max_read: in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
+            release_when_idle: false,
         }
     }
 
@@ -144,6 +146,16 @@ impl FrameCodec {
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
+            release_when_idle: false,
+        }
+    }
+
+    /// Patched: give the buffers back while idle (see `WebSocketConfig`); the read buffer is
+    /// then allocated by the first read, not kept from the start.
+    pub(super) fn set_release_when_idle(&mut self, release: bool) {
+        self.release_when_idle = release;
+        if release && self.in_buffer.is_empty() {
+            self.in_buffer = BytesMut::new();
         }
     }
 
@@ -212,7 +224,8 @@ impl FrameCodec {
                     // Patched: a read that would wait, with nothing of a frame in hand, gives
                     // the read buffer back; the next read allocates it again. A connection
                     // mostly waits for its peer, and the buffer was kept for its whole life.
-                    if e.kind() == IoErrorKind::WouldBlock
+                    if self.release_when_idle
+                        && e.kind() == IoErrorKind::WouldBlock
                         && self.header.is_none()
                         && self.in_buffer.is_empty()
                     {
@@ -249,7 +262,7 @@ impl FrameCodec {
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
         let len = self.in_buffer.len();
         // Patched: a buffer given back (or never allocated) gets a whole read's room again.
-        if len == 0 && self.in_buffer.capacity() < self.in_buf_max_read {
+        if self.release_when_idle && len == 0 && self.in_buffer.capacity() < self.in_buf_max_read {
             self.in_buffer.reserve(self.in_buf_max_read);
         }
         debug_assert!(self.in_buffer.capacity() > len);
@@ -307,7 +320,7 @@ impl FrameCodec {
         }
         // Patched: the buffer, written out, is given back (it grows to the largest batch of
         // frames written at once and was kept at that size for the connection's life).
-        if self.out_buffer.capacity() > 0 {
+        if self.release_when_idle && self.out_buffer.capacity() > 0 {
             self.out_buffer = Vec::new();
         }
 
