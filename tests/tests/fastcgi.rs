@@ -1038,3 +1038,48 @@ async fn a_kept_connection_serves_the_next_request_while_the_client_still_takes_
     assert!(raw::send(&mut h2, &more).await, "the window update");
     assert_eq!(h2_body(&mut h2).await, b"the first answer");
 }
+
+#[tokio::test]
+async fn php_fpm_sees_the_end_of_a_connection_it_is_told_to_close_once_the_request_is_sent() {
+    // php-fpm, told not to keep a connection, shuts it down after its answer and reads it to
+    // its end before it takes the next connection. The gateway has nothing more to send once
+    // the request is written, so it shuts its sending side then: php-fpm finds the end at once
+    // instead of sleeping until the gateway has read the answer and closed the connection.
+    // Here the stand-in checks for the end before it answers (before: it never came).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Scratch::new("fake-fpm");
+    let (listener, gw, _root) = fake_listener(&dir);
+    // A first request waits for its answer, so the second is on a connection php-fpm is told
+    // to close (while_requests_wait_php_fpm_is_told_not_to_keep_the_connection).
+    let first = tokio::spawn(client().get(gw.https("/first")).send());
+    let (mut first_conn, request) = next_request(&listener).await;
+    assert_eq!(request.get(10), Some(&1), "FCGI_KEEP_CONN asked when alone");
+    let second = tokio::spawn(client().get(gw.https("/second")).send());
+    let (mut conn, request) = next_request(&listener).await;
+    assert_eq!(
+        request.get(10),
+        Some(&0),
+        "FCGI_KEEP_CONN off while one waits"
+    );
+
+    let mut rest = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(0))),
+        "php-fpm would wait for the end of the connection after its answer: {end:?}"
+    );
+    // The answer still goes through whole, and the first request's too.
+    conn.write_all(&fcgi_answer(b"second"))
+        .await
+        .expect("second answer");
+    conn.shutdown().await.expect("shutdown, as php-fpm does");
+    first_conn
+        .write_all(&fcgi_answer(b"first"))
+        .await
+        .expect("first answer");
+    for (task, body) in [(second, "second"), (first, "first")] {
+        let r = task.await.expect("task").expect(body);
+        assert_eq!(r.status(), 200, "{body}");
+        assert_eq!(r.text().await.expect("body"), body);
+    }
+}
