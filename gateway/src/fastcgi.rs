@@ -913,6 +913,12 @@ impl Php<'_, '_> {
 /// before, 1.13 behind nginx), all the workers' context switches 0.57 and 0.72 (1.96 and 1.89
 /// before, 1.45 behind nginx). The answer is still read in full: only the gateway's sending
 /// side is shut.
+///
+/// This fits php-fpm, which reads a request's records and nothing more until the script has
+/// answered. A FastCGI server that takes the end of its input as the end of the connection
+/// would cut its answer (Go's `net/http/fcgi` closes the connection when a read finds the end,
+/// whatever its handler is still writing); this pool only runs `.php` scripts found under
+/// `fastcgi.root`, that is php-fpm.
 async fn finish_sending(io: &mut Stream) {
     // A failure here is a connection php-fpm has closed already: the read of its answer that
     // follows reports it (and a kept connection found closed is retried, as before).
