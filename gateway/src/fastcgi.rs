@@ -904,10 +904,10 @@ impl Php<'_, '_> {
 ///
 /// Why: after its answer, php-fpm `shutdown`s such a connection and reads it to its end before
 /// it takes the next connection (`fcgi_close`: "read any remaining data"). Left open, that
-/// read slept until the gateway had read the answer and closed the connection, a wake-up and
-/// two context switches per request for the worker, often three (reading the answer frees the
-/// worker's send buffer, which wakes its `recv` for nothing first), and the worker waited for
-/// the gateway's turn to come. Shut, the read finds the end at once. nginx does not do this.
+/// read slept until the gateway had read the answer and closed the connection: a sleep and a
+/// wake-up per request for the worker, often two (reading the answer frees the worker's send
+/// buffer, which wakes its `recv` for nothing first), and the worker waited for the gateway's
+/// turn to come. Shut, the read finds the end at once. nginx does not do this.
 /// Measured with `perf record -e sched:sched_switch` on the workers under bench/php.sh's load,
 /// per request: sleeps in `recvfrom` 0.04 and 0.08 in two runs (1.26 and 1.37 for the build
 /// before, 1.13 behind nginx), all the workers' context switches 0.57 and 0.72 (1.96 and 1.89
