@@ -761,7 +761,7 @@ async fn fake_fpm(
     answer: Vec<u8>,
     delay: Duration,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let socket = dir.join("fake-fpm.sock");
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind the fake php-fpm");
     let flags = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -770,16 +770,9 @@ async fn fake_fpm(
         while let Ok((mut conn, _)) = listener.accept().await {
             let (answer, log) = (answer.clone(), log.clone());
             tokio::spawn(async move {
-                // The gateway sends BEGIN_REQUEST, the parameters and an empty STDIN in one
-                // write; its end is an empty STDIN record (type 5, length 0).
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                while !got.ends_with(&[1, 5, 0, 1, 0, 0, 0, 0]) {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(got) = fcgi_request(&mut conn).await else {
+                    return;
+                };
                 if let Some(&f) = got.get(10) {
                     log.lock().expect("the flags").push(f);
                 }
@@ -789,6 +782,22 @@ async fn fake_fpm(
         }
     });
     (format!("unix:{}", socket.display()), flags)
+}
+
+/// A request's records as a FastCGI stand-in reads them: the gateway sends
+/// `FCGI_BEGIN_REQUEST`, the parameters and an empty `FCGI_STDIN` in one write, and the end is
+/// that empty `FCGI_STDIN` record (type 5, length 0). `None`: closed before the end.
+async fn fcgi_request(conn: &mut tokio::net::UnixStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !got.ends_with(&[1, 5, 0, 1, 0, 0, 0, 0]) {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(got)
 }
 
 /// The gateway in front of a FastCGI stand-in at `server`, every path to it, with a document
@@ -919,4 +928,158 @@ async fn while_requests_wait_php_fpm_is_told_not_to_keep_the_connection() {
         [1, 0, 1],
         "FCGI_KEEP_CONN: alone, while one waits, alone again"
     );
+}
+
+/// A FastCGI stand-in whose connections the test takes one by one: bound at `dir`, with the
+/// gateway in front of it.
+fn fake_listener(dir: &Scratch) -> (tokio::net::UnixListener, Gateway, Scratch) {
+    let socket = dir.path().join("fake-fpm.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind the fake php-fpm");
+    let (gw, root) = fake_site(&format!("unix:{}", socket.display()));
+    (listener, gw, root)
+}
+
+/// The next connection from the gateway and the request on it.
+async fn next_request(listener: &tokio::net::UnixListener) -> (tokio::net::UnixStream, Vec<u8>) {
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the gateway connects in time")
+        .expect("accept");
+    let request = fcgi_request(&mut conn).await.expect("a whole request");
+    (conn, request)
+}
+
+/// A whole answer with this body, in the records php-fpm writes at once.
+fn fcgi_answer(body: &[u8]) -> Vec<u8> {
+    let mut head = b"Content-Type: text/plain\r\n\r\n".to_vec();
+    head.extend_from_slice(body);
+    let mut a = fcgi_record(6, &head);
+    a.extend_from_slice(&fcgi_record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    a
+}
+
+/// Read stream 1's answer body on a raw HTTP/2 connection to its end.
+async fn h2_body(h2: &mut e2e::TlsClient) -> Vec<u8> {
+    use e2e::h2 as raw;
+    let mut body = Vec::new();
+    loop {
+        match raw::read_frame(h2, Duration::from_secs(10)).await {
+            raw::Read::Frame(f) if f.kind == raw::DATA && f.stream == 1 => {
+                body.extend_from_slice(&f.payload);
+                if f.flags & raw::END_STREAM != 0 {
+                    return body;
+                }
+            }
+            raw::Read::Frame(f) if f.kind == raw::RST_STREAM || f.kind == raw::GOAWAY => {
+                panic!("the answer was cut: {f:?}")
+            }
+            raw::Read::Frame(_) => {}
+            other => panic!("no whole answer: {other:?}, got {body:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_the_next_request_while_the_client_still_takes_the_answer() {
+    // Once FCGI_END_REQUEST is read the gateway holds the whole answer, so php-fpm's
+    // connection goes back to the idle list then, not after the client took the answer (a
+    // worker on a kept connection is held until then). Here an HTTP/2 client that gives no
+    // flow-control window holds the first answer's body back, and the next request is sent on
+    // the same connection all the same (before: on a new one, the kept one still held).
+    use e2e::h2 as raw;
+    use tokio::io::AsyncWriteExt;
+    let dir = Scratch::new("fake-fpm");
+    let (listener, gw, _root) = fake_listener(&dir);
+
+    let mut h2 = raw::connect(gw.https_addr()).await;
+    let mut opening = raw::PREFACE.to_vec();
+    opening.extend_from_slice(&raw::settings(&[(raw::INITIAL_WINDOW_SIZE, 0)]));
+    opening.extend_from_slice(&raw::get(1, "/first"));
+    assert!(raw::send(&mut h2, &opening).await, "the h2 request");
+    let (mut conn, request) = next_request(&listener).await;
+    assert_eq!(request.get(10), Some(&1), "FCGI_KEEP_CONN asked when alone");
+    conn.write_all(&fcgi_answer(b"the first answer"))
+        .await
+        .expect("first answer");
+    // The head has gone out: the gateway is done with php-fpm's answer, only the body waits.
+    loop {
+        match raw::read_frame(&mut h2, Duration::from_secs(10)).await {
+            raw::Read::Frame(f) if f.kind == raw::HEADERS && f.stream == 1 => break,
+            raw::Read::Frame(_) => {}
+            other => panic!("no head: {other:?}"),
+        }
+    }
+
+    let second = tokio::spawn(client().get(gw.https("/second")).send());
+    tokio::select! {
+        request = fcgi_request(&mut conn) => {
+            assert!(request.is_some(), "the kept connection was closed");
+            conn.write_all(&fcgi_answer(b"second")).await.expect("second answer");
+        }
+        accepted = listener.accept() => panic!(
+            "the next request came on a new connection ({:?}): the kept one was held while \
+             the client had no room for the first answer",
+            accepted.map(|_| ())
+        ),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("no second request"),
+    }
+    let second = second.await.expect("task").expect("second");
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.text().await.expect("body"), "second");
+
+    // The first client makes room and gets its whole answer.
+    let mut more = raw::frame(raw::SETTINGS, raw::ACK, 0, &[]);
+    more.extend_from_slice(&raw::frame(
+        raw::WINDOW_UPDATE,
+        0,
+        1,
+        &65_535u32.to_be_bytes(),
+    ));
+    assert!(raw::send(&mut h2, &more).await, "the window update");
+    assert_eq!(h2_body(&mut h2).await, b"the first answer");
+}
+
+#[tokio::test]
+async fn php_fpm_sees_the_end_of_a_connection_it_is_told_to_close_once_the_request_is_sent() {
+    // php-fpm, told not to keep a connection, shuts it down after its answer and reads it to
+    // its end before it takes the next connection. The gateway has nothing more to send once
+    // the request is written, so it shuts its sending side then: php-fpm finds the end at once
+    // instead of sleeping until the gateway has read the answer and closed the connection.
+    // Here the stand-in checks for the end before it answers (before: it never came).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Scratch::new("fake-fpm");
+    let (listener, gw, _root) = fake_listener(&dir);
+    // A first request waits for its answer, so the second is on a connection php-fpm is told
+    // to close (while_requests_wait_php_fpm_is_told_not_to_keep_the_connection).
+    let first = tokio::spawn(client().get(gw.https("/first")).send());
+    let (mut first_conn, request) = next_request(&listener).await;
+    assert_eq!(request.get(10), Some(&1), "FCGI_KEEP_CONN asked when alone");
+    let second = tokio::spawn(client().get(gw.https("/second")).send());
+    let (mut conn, request) = next_request(&listener).await;
+    assert_eq!(
+        request.get(10),
+        Some(&0),
+        "FCGI_KEEP_CONN off while one waits"
+    );
+
+    let mut rest = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(0))),
+        "php-fpm would wait for the end of the connection after its answer: {end:?}"
+    );
+    // The answer still goes through whole, and the first request's too.
+    conn.write_all(&fcgi_answer(b"second"))
+        .await
+        .expect("second answer");
+    conn.shutdown().await.expect("shutdown, as php-fpm does");
+    first_conn
+        .write_all(&fcgi_answer(b"first"))
+        .await
+        .expect("first answer");
+    for (task, body) in [(second, "second"), (first, "first")] {
+        let r = task.await.expect("task").expect(body);
+        assert_eq!(r.status(), 200, "{body}");
+        assert_eq!(r.text().await.expect("body"), body);
+    }
 }
