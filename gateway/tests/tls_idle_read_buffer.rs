@@ -57,6 +57,15 @@ fn exchange(client: &mut ClientConnection, server: &mut ServerConnection) {
     }
 }
 
+/// The client sends `message`; the server reads it whole.
+fn say(client: &mut ClientConnection, server: &mut ServerConnection, message: &[u8; 5]) {
+    io::Write::write_all(&mut client.writer(), message).expect("written");
+    exchange(client, server);
+    let mut got = [0u8; 5];
+    server.reader().read_exact(&mut got).expect("plaintext");
+    assert_eq!(&got, message);
+}
+
 /// The heap counters are the process's: one test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -92,11 +101,7 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
     let (mut client, mut server) = handshaken();
 
     // A first message, read and taken: the server's read buffer held it.
-    io::Write::write_all(&mut client.writer(), b"hello").expect("written");
-    exchange(&mut client, &mut server);
-    let mut got = [0u8; 5];
-    server.reader().read_exact(&mut got).expect("plaintext");
-    assert_eq!(&got, b"hello");
+    say(&mut client, &mut server, b"hello");
 
     // Then the client is quiet: the server looks for more, as tokio-rustls does on every poll.
     let before = LIVE.load(Ordering::SeqCst);
@@ -122,11 +127,7 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
     assert_eq!(LIVE.load(Ordering::SeqCst), after);
 
     // And it reads on when the client speaks again.
-    io::Write::write_all(&mut client.writer(), b"again").expect("written");
-    exchange(&mut client, &mut server);
-    let mut got = [0u8; 5];
-    server.reader().read_exact(&mut got).expect("plaintext");
-    assert_eq!(&got, b"again");
+    say(&mut client, &mut server, b"again");
 }
 
 /// What a server connection past its handshake holds, in bytes of live heap: freed when it
@@ -146,18 +147,12 @@ fn held_by(server: ServerConnection) -> isize {
 fn a_connection_past_its_handshake_keeps_no_room_for_handshake_messages() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (mut client, mut server) = handshaken();
-    io::Write::write_all(&mut client.writer(), b"hello").expect("written");
-    exchange(&mut client, &mut server);
-    let mut got = [0u8; 5];
-    server.reader().read_exact(&mut got).expect("plaintext");
+    say(&mut client, &mut server, b"hello");
 
     // A handshake message past the handshake (the client updates its keys) is still read,
     // and what it needed is given back after it.
     client.refresh_traffic_keys().expect("key update");
-    io::Write::write_all(&mut client.writer(), b"again").expect("written");
-    exchange(&mut client, &mut server);
-    server.reader().read_exact(&mut got).expect("plaintext");
-    assert_eq!(&got, b"again");
+    say(&mut client, &mut server, b"again");
 
     let _ = server.read_tls(&mut Quiet);
     let held = held_by(server);
