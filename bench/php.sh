@@ -276,7 +276,7 @@ hit() { awk -v v="$1" 'BEGIN { print (v + 0 >= 1.0 ? "hit" : "missed") }'; }
     echo
     echo "$FACTS"
     echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency, https://localhost:PORT/hello; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
-    echo "- versions: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes'), $(nginx -v 2>&1 | sed 's/.*: //'), $("$FPM" -v | head -1 | cut -d' ' -f1-2) (opcache $("$FPM" -i 2>/dev/null | awk -F' => ' '/^opcache.enable =>/ { print $2; exit }'))"
+    echo "- versions: gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes'), $(nginx -v 2>&1 | sed 's/.*: //'), $("$FPM" -v | awk 'NR == 1 { print $1, $2 }') (opcache $("$FPM" -i 2>/dev/null | awk -F' => ' '/^opcache.enable =>/ && !seen { print $2; seen = 1 }'))"
     echo "- php-fpm: one pool for both fronts, \`pm = static\`, \`pm.max_children = $PM_CHILDREN\`, Unix socket; gateway: \`protocol: fastcgi\` pool (kept connections), route \`/\` = static file from public/ else PHP, TLS; nginx: \`worker_processes auto\` ($NPROC), \`try_files \$uri \$uri/ /index.php?\$query_string\` + \`fastcgi_pass unix:\` (no fastcgi_keep_conn, the stock site), TLS 1.2/1.3, same certificate (ECDSA P-256), access log off on both"
     echo "- proxy CPU = utime+stime of the gateway | nginx master+workers, per request; php-fpm CPU = the pool's master + workers, per request"
     echo
