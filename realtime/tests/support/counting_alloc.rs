@@ -1,6 +1,5 @@
 //! A global allocator that counts, for the test binaries that measure what code allocates (the
-//! gateway crate has its own copy in gateway/tests/support: test helpers are not shared across
-//! crates).
+//! gateway's include this file too: gateway/tests/support/mod.rs).
 //! Each such test is a binary of its own (`tests/NAME.rs` with `mod support;`): the counters
 //! are the whole process's.
 
