@@ -193,25 +193,34 @@ impl DeframerVecBuffer {
     }
 }
 
+/// As large as one read into the buffer (`prepare_read`'s `READ_SIZE`).
+#[cfg(feature = "std")]
+const PROBE_SIZE: usize = 4096;
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// Patched: where a connection whose buffer was given back reads first (see `read`).
+    static PROBE: core::cell::RefCell<[u8; PROBE_SIZE]> =
+        const { core::cell::RefCell::new([0u8; PROBE_SIZE]) };
+}
+
 #[cfg(feature = "std")]
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
     pub(crate) fn read(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
-        if self.buf.is_empty() && self.used == 0 {
-            // The buffer was given back (see below): look with one on the stack first, as large
-            // as a read into the buffer would be. Most such reads find nothing (a task polls
-            // its quiet side at every wake-up) and need no heap buffer for that.
-            let mut probe = [0u8; 4096];
-            let new_bytes = rd.read(&mut probe)?;
-            if new_bytes == 0 {
-                return Ok(0);
-            }
-            if let Err(err) = self.prepare_read(in_handshake) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, err));
-            }
-            self.buf[..new_bytes].copy_from_slice(&probe[..new_bytes]);
-            self.used = new_bytes;
-            return Ok(new_bytes);
+        if self.used == 0 {
+            // Patched: no record is pending, so read through this thread's probe (as large as
+            // a read into the buffer would be) and keep only the bytes that came. Most such
+            // reads find nothing (a task polls its quiet side at every wake-up): then the
+            // buffer is given back, and a connection that mostly waits (a realtime server's)
+            // does not keep 4 KiB for nothing. When bytes came, the buffer holds exactly
+            // them: no 4 KiB to zero per record (`prepare_read` grows it if the record needs
+            // more). The probe is zeroed once per thread, not per read.
+            return PROBE.with(|probe| match probe.try_borrow_mut() {
+                Ok(mut probe) => self.read_via(rd, &mut probe[..]),
+                // Only if a reader read another connection from inside its own `read`.
+                Err(_) => self.read_via(rd, &mut [0u8; PROBE_SIZE]),
+            });
         }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
@@ -221,20 +230,28 @@ impl DeframerVecBuffer {
         // we get a message with a length field out of range here,
         // we do a zero length read.  That looks like an EOF to
         // the next layer up, which is fine.
-        let new_bytes = match rd.read(&mut self.buf[self.used..]) {
+        let new_bytes = rd.read(&mut self.buf[self.used..])?;
+        self.used += new_bytes;
+        Ok(new_bytes)
+    }
+
+    /// Patched: a read through `probe` with no record pending (see `read`).
+    fn read_via(&mut self, rd: &mut dyn io::Read, probe: &mut [u8]) -> io::Result<usize> {
+        let new_bytes = match rd.read(probe) {
             Ok(new_bytes) => new_bytes,
             Err(err) => {
-                // Nothing arrived (in practice `WouldBlock`) and no record is pending: the
-                // buffer is not needed until the peer sends again, and `prepare_read` sizes it
-                // anew then. A connection that mostly waits (a realtime server's) does not
-                // keep 4 KiB for it meanwhile.
-                if self.used == 0 {
-                    self.buf = Vec::new();
-                }
+                // Nothing arrived (in practice `WouldBlock`): the buffer is not needed until
+                // the peer sends again.
+                self.buf = Vec::new();
                 return Err(err);
             }
         };
-        self.used += new_bytes;
+        if new_bytes > 0 {
+            self.buf.clear();
+            self.buf
+                .extend_from_slice(&probe[..new_bytes]);
+            self.used = new_bytes;
+        }
         Ok(new_bytes)
     }
 
