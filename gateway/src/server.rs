@@ -490,6 +490,7 @@ pub fn build(
     config_path: &std::path::Path,
     upgrade: bool,
 ) -> Result<Built, StartError> {
+    crate::addr::keep_connections_per_thread(!settings.work_stealing);
     let conf = ServerConf {
         threads: settings.threads,
         work_stealing: settings.work_stealing,
