@@ -416,7 +416,12 @@ pub fn response_head(
 
 /// Whether an app's answer names a file (either header).
 pub fn names_a_file(app: &ResponseHeader) -> bool {
-    app.headers.contains_key(X_ACCEL_REDIRECT) || app.headers.contains_key(X_SENDFILE)
+    // Names, not strings: every answer from the app is asked (a lookup by string parses it).
+    static NAMES: [http::HeaderName; 2] = [
+        http::HeaderName::from_static(X_ACCEL_REDIRECT),
+        http::HeaderName::from_static(X_SENDFILE),
+    ];
+    NAMES.iter().any(|name| app.headers.contains_key(name))
 }
 
 #[cfg(test)]

@@ -19,15 +19,22 @@ use crate::settings::Cidr;
 /// and `HTTP2-Settings` (RFC 7540 §3.2.1: connection-specific, only meaningful with an h2c
 /// upgrade, which is never passed on). `Transfer-Encoding` is left to pingora, which reframes
 /// bodies itself.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
+/// Names, not strings: every request and every answer is looked up for each of them, and a
+/// lookup by string parses the name first.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// Whether `name` (lowercase) is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.as_str() == name)
+}
 
 /// Every header a proxy uses to tell the app about the client or the original request, as
 /// frameworks read them: RFC 7239 `Forwarded` (Rack, Spring), `X-Forwarded-*` (Rack reads
@@ -140,7 +147,7 @@ impl Client<'_> {
 pub fn request_id(client: &Client<'_>, headers: &http::HeaderMap) -> http::HeaderValue {
     if client.peer_trusted() {
         if let Some(id) = headers
-            .get("x-request-id")
+            .get(&X_REQUEST_ID.name)
             .filter(|v| usable_request_id(v.as_bytes()))
         {
             // A copy: the id lives as long as its request, minutes for a held poll, and a
@@ -439,20 +446,27 @@ pub const ADDED_AT_MOST: usize = 7;
 /// Rewrite a request for the app. With `keep_upgrade` (a WebSocket handshake, see
 /// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade` survive for the tunnel.
 pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool) {
-    let listed = connection_listed(req.headers.get("connection"));
+    let listed = connection_listed(req.headers.get(http::header::CONNECTION));
     // Most requests carry none of these: look before removing (a removal also rewrites
     // pingora's case map), and never allocate a name per request.
-    let hop_by_hop = HOP_BY_HOP.iter().copied();
-    for name in hop_by_hop.chain(listed.iter().map(String::as_str)) {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
             continue;
         }
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
     }
+    for name in &listed {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        if req.headers.contains_key(name.as_str()) {
+            req.remove_header(name.as_str());
+        }
+    }
     if keep_upgrade {
-        let _ = req.insert_header("connection", "upgrade");
+        let _ = req.insert_header(http::header::CONNECTION, "upgrade");
     }
 
     let trusted = client.peer_trusted();
@@ -495,8 +509,11 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     }
     X_REAL_IP.set(req, real_ip);
     // A trusted proxy's `Forwarded` gets this hop too, so it agrees with X-Forwarded-For.
-    if let (true, Some(ip)) = (req.headers.contains_key("forwarded"), client.ip) {
-        let _ = req.append_header("forwarded", format!("for={}", forwarded_node(ip)));
+    if let (true, Some(ip)) = (req.headers.contains_key(http::header::FORWARDED), client.ip) {
+        let _ = req.append_header(
+            http::header::FORWARDED,
+            format!("for={}", forwarded_node(ip)),
+        );
     }
 
     // What a trusted proxy said stands; otherwise (and when it said nothing) the gateway's.
@@ -520,7 +537,7 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     if !keep(req, "x-forwarded-host") {
         match req
             .headers
-            .get("host")
+            .get(http::header::HOST)
             .cloned()
             .or_else(|| req.uri.authority().and_then(|a| a.as_str().parse().ok()))
         {
@@ -537,13 +554,13 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
 /// nginx's instructions from the app to the proxy (`proxy_hide_header` defaults, and the
 /// `X-Sendfile` of Apache and lighttpd): never for the client. A file the app names is acted
 /// upon before this (see `accel`).
-const PROXY_CONTROL: &[&str] = &[
-    "x-accel-redirect",
-    "x-sendfile",
-    "x-accel-buffering",
-    "x-accel-charset",
-    "x-accel-expires",
-    "x-accel-limit-rate",
+static PROXY_CONTROL: [HeaderName; 6] = [
+    HeaderName::from_static("x-accel-redirect"),
+    HeaderName::from_static("x-sendfile"),
+    HeaderName::from_static("x-accel-buffering"),
+    HeaderName::from_static("x-accel-charset"),
+    HeaderName::from_static("x-accel-expires"),
+    HeaderName::from_static("x-accel-limit-rate"),
 ];
 
 /// Drop hop-by-hop headers and nginx's proxy controls from the app's answer (except on a
@@ -569,13 +586,13 @@ pub fn response(resp: &mut ResponseHeader) {
                     .keys()
                     .find(|k| k.as_str().eq_ignore_ascii_case(t))
             })
-            .filter(|k| !end_to_end(k.as_str()) && !HOP_BY_HOP.contains(&k.as_str()))
+            .filter(|k| !end_to_end(k.as_str()) && !is_hop_by_hop(k.as_str()))
             .cloned()
             .collect(),
     };
-    for name in HOP_BY_HOP.iter().chain(PROXY_CONTROL) {
-        if resp.headers.contains_key(*name) {
-            resp.remove_header(*name);
+    for name in HOP_BY_HOP.iter().chain(&PROXY_CONTROL) {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
         }
     }
     for name in &listed {

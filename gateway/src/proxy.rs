@@ -225,7 +225,7 @@ fn uri_len(uri: &http::Uri) -> usize {
 fn host_of(req: &RequestHeader) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers
-        .get("host")
+        .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host())?;
     let host = match raw.strip_prefix('[') {
@@ -686,7 +686,7 @@ impl Serving {
         let req = session.req_header();
         if let Some(len) = req
             .headers
-            .get("content-length")
+            .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
         {
