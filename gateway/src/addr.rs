@@ -33,7 +33,7 @@ pub fn keep_connections_per_thread(on: bool) {
 /// The key that keeps this thread's kept-alive connections apart from other threads': 0 (one
 /// pool) unless [`keep_connections_per_thread`], else a number given to each thread at its
 /// first use.
-fn pool_group() -> u64 {
+pub(crate) fn pool_group() -> u64 {
     thread_group(PER_THREAD_POOLS.load(Ordering::Relaxed))
 }
 

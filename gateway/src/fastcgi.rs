@@ -598,6 +598,9 @@ const READ_CHUNK: usize = 64 * 1024;
 struct Idle {
     io: Stream,
     since: Instant,
+    /// The worker thread that kept it ([`crate::addr::pool_group`]: 0 with one shared
+    /// runtime): taken by that thread first, whose runtime reports its readiness.
+    group: u64,
 }
 
 /// A FastCGI pool's script rules and idle connections (one list per server).
@@ -659,13 +662,21 @@ impl Backend {
         }
     }
 
+    /// The most recently kept live connection, this thread's own first: each one holds a
+    /// php-fpm worker, so another thread's is taken rather than a new one opened.
     fn take_idle(&self, server: usize) -> Option<Stream> {
         let mut list = self
             .idle
             .get(server)?
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = list.pop() {
+        let group = crate::addr::pool_group();
+        while !list.is_empty() {
+            let at = list
+                .iter()
+                .rposition(|c| c.group == group)
+                .unwrap_or(list.len() - 1);
+            let c = list.remove(at);
             if c.since.elapsed() < IDLE_TIMEOUT && c.io.still_open() {
                 return Some(c.io);
             }
@@ -698,6 +709,7 @@ impl Backend {
                 list.push(Idle {
                     io,
                     since: Instant::now(),
+                    group: crate::addr::pool_group(),
                 });
             }
         }
@@ -1551,6 +1563,51 @@ fn keep(backend: &Arc<Backend>, i: usize, io: Stream, keep_conn: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept php-fpm connection goes back to the worker thread that kept it, whose runtime
+    /// reports its readiness; another thread's is taken rather than a new one opened (each
+    /// kept connection holds a php-fpm worker).
+    #[tokio::test]
+    async fn a_kept_connection_is_taken_by_its_own_thread_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let mine = tokio::net::TcpStream::connect(at).await.unwrap();
+        let _mine_peer = listener.accept().await.unwrap();
+        let theirs = tokio::net::TcpStream::connect(at).await.unwrap();
+        let _theirs_peer = listener.accept().await.unwrap();
+        let (mine_port, theirs_port) = (
+            mine.local_addr().unwrap().port(),
+            theirs.local_addr().unwrap().port(),
+        );
+        let cfg = crate::settings::FastCgi {
+            root: PathBuf::from("/nonexistent"),
+            index: "index.php".into(),
+            front_controller: "/index.php".into(),
+        };
+        let backend = Backend::new(&cfg, 1);
+        let here = crate::addr::pool_group();
+        {
+            let mut list = backend.idle[0].lock().unwrap();
+            // This thread's kept first, another's after it (the most recent).
+            list.push(Idle {
+                io: Stream::Tcp(mine),
+                since: Instant::now(),
+                group: here,
+            });
+            list.push(Idle {
+                io: Stream::Tcp(theirs),
+                since: Instant::now(),
+                group: here + 1,
+            });
+        }
+        let port = |s: Option<Stream>| match s {
+            Some(Stream::Tcp(s)) => s.local_addr().unwrap().port(),
+            other => panic!("expected a kept TCP connection, got {other:?}"),
+        };
+        assert_eq!(port(backend.take_idle(0)), mine_port, "its own first");
+        assert_eq!(port(backend.take_idle(0)), theirs_port, "then another's");
+        assert!(backend.take_idle(0).is_none());
+    }
 
     fn one_pair(name: &[u8], value: &[u8]) -> Params {
         let mut p = Params::default();
