@@ -27,11 +27,14 @@ pub mod defaults {
     /// pingora's graceful shutdown sleeps this long before stopping; 300 s is pingora's default
     /// and far too long for a front door restarted by a deploy script.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
-    /// pingora's default: one multi-threaded tokio runtime for the HTTPS service, whose idle
-    /// workers steal queued tasks from busy ones. `false` gives each thread a runtime of its
-    /// own (nginx's worker-per-core shape): a connection stays on the thread it was spawned on,
-    /// and nothing is stolen. BENCHMARKS.md ("Runtime shape") has both measured.
-    pub const WORK_STEALING: bool = true;
+    /// Each thread a runtime of its own, nginx's worker-per-core shape (pingora's default is
+    /// one multi-threaded runtime whose idle workers steal queued tasks from busy ones): a
+    /// connection stays on the thread it was spawned on, with its own kept-alive app
+    /// connections, and no worker is woken to steal. Measured here: 14% less CPU per small
+    /// proxied request than stealing, Socket.IO deliveries within the noise of either
+    /// (BENCHMARKS.md, "Issue 17, the night's cuts"). `true` suits a few long, busy
+    /// connections that would otherwise share one thread.
+    pub const WORK_STEALING: bool = false;
     /// A year (31,536,000 s): the minimum the HSTS preload list accepts, and what Mozilla's
     /// server-side TLS guidelines recommend; HSTS is off unless `tls.hsts` is set.
     pub const HSTS_MAX_AGE: u64 = 31_536_000;

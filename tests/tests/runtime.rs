@@ -1,6 +1,7 @@
-//! The runtime's shape (`threads`, `work_stealing`): an operator who gives each thread a
-//! runtime of its own, nginx's one worker per core, gets the same gateway: the app behind it,
-//! keep-alive, the realtime services and a clean stop.
+//! The runtime's shape (`threads`, `work_stealing`): whether each thread has a runtime of its
+//! own (nginx's one worker per core, the default) or the threads share one that steals work
+//! (pingora's default), an operator gets the same gateway: the app behind it, keep-alive, the
+//! realtime services and a clean stop.
 
 use std::time::Duration;
 
@@ -8,13 +9,13 @@ use e2e::fleet::{publish_api, pubsub, ws_next, ws_subscribe};
 use e2e::{client_builder, Gateway, Stub};
 use serde_json::json;
 
-fn config(app: &Stub) -> String {
+fn config(app: &Stub, work_stealing: bool) -> String {
     format!(
         r#"
 listen: {{https: "{{https}}", admin: "{{admin}}"}}
 tls: {{state_dir: state}}
 threads: 2
-work_stealing: false
+work_stealing: {work_stealing}
 upstreams:
   app: {{servers: ["{}"]}}
 routes:
@@ -27,8 +28,17 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_runtime_per_thread_serves_the_app_and_the_realtime_services() {
+    serves_the_app_and_the_realtime_services(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shared_work_stealing_runtime_serves_the_app_and_the_realtime_services() {
+    serves_the_app_and_the_realtime_services(true).await;
+}
+
+async fn serves_the_app_and_the_realtime_services(work_stealing: bool) {
     let app = Stub::start("app");
-    let mut gw = Gateway::start(&config(&app));
+    let mut gw = Gateway::start(&config(&app, work_stealing));
 
     // Many clients at once, each on its own kept-alive connection: whichever thread took a
     // connection serves all of its requests.
