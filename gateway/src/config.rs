@@ -30,7 +30,7 @@ pub mod defaults {
     /// Each thread a runtime of its own, nginx's worker-per-core shape (pingora's default is
     /// one multi-threaded runtime whose idle workers steal queued tasks from busy ones): a
     /// connection stays on the thread it was spawned on, with its own kept-alive app
-    /// connections, and no worker is woken to steal. Measured here: 14% less CPU per small
+    /// connections, and no worker is woken to steal. Measured here: 13% less CPU per small
     /// proxied request than stealing, Socket.IO deliveries within the noise of either
     /// (BENCHMARKS.md, "Issue 17, the night's cuts"). `true` suits a few long, busy
     /// connections that would otherwise share one thread.
