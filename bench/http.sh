@@ -7,7 +7,8 @@
 #   REPS=3 DURATION=5 bash bench/http.sh     # quicker look
 #
 # Settings (environment): REPS (5), DURATION s per measurement (10), CONNS wrk connections (64),
-# WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2 1"),
+# WRK_THREADS (2), GW_THREADS gateway `threads:` variants measured side by side ("2 1"; "2s" is
+# `threads: 2` with `work_stealing: true`, "2n" with `false`, a bare number the binary's default),
 # BASE_GATEWAY (a gateway binary of an earlier commit, measured as `base-tN` beside `gw-tN` with
 # the first GW_THREADS value: "is this change slower?" read within one run),
 # COUNT_S (seconds of the extra pass per target that counts syscalls and context switches under
@@ -80,6 +81,7 @@ fi
 
 # Stock pingora: the smallest ProxyHttp (bench/stock-pingora), threads as the first gw-tN.
 n=${GW_THREADS%% *}
+n=${n%[ns]}
 start pingora "$T/pingora.log" "$BIN/stock-pingora" --listen 127.0.0.1:$P_PINGORA --upstream 127.0.0.1:$P_APP \
     --cert "$T/cert.pem" --key "$T/key.pem" --threads "$n"
 wait_port $P_PINGORA

@@ -287,10 +287,13 @@ NGINX
 }
 
 # The bench gateway: one https listener, one pool with the one app server, one route `/`.
-gateway_conf() { # dir name https(addr:port) app(addr:port) threads[n] [with_cable_route]
-    # threads "2n": 2 threads, each with a runtime of its own (`work_stealing: false`).
-    local cable="" threads=${5%n} stealing=true
+gateway_conf() { # dir name https(addr:port) app(addr:port) threads[n|s] [with_cable_route]
+    # threads "2n": 2 threads, each with a runtime of its own (`work_stealing: false`, the
+    # default since 2026-12-05); "2s": 2 threads sharing one runtime that steals work
+    # (`work_stealing: true`); "2": the binary's default.
+    local cable="" threads=${5%[ns]} stealing=""
     [[ $5 == *n ]] && stealing=false
+    [[ $5 == *s ]] && stealing=true
     [[ ${6:-} == cable ]] && cable="
   - path: /cable
     upstream: app
@@ -311,7 +314,7 @@ routes:$cable
 threads: $threads
 grace_period_s: 1
 YAML
-    [[ $stealing == true ]] || echo "work_stealing: false" >>"$1/$2.yaml"
+    [[ -z $stealing ]] || echo "work_stealing: $stealing" >>"$1/$2.yaml"
     "$BIN/gateway" check --config "$1/$2.yaml" >/dev/null || die "gateway check failed for $1/$2.yaml"
 }
 
