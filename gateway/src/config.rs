@@ -30,10 +30,12 @@ pub mod defaults {
     /// Each thread a runtime of its own, nginx's worker-per-core shape (pingora's default is
     /// one multi-threaded runtime whose idle workers steal queued tasks from busy ones): a
     /// connection stays on the thread it was spawned on, with its own kept-alive app
-    /// connections, and no worker is woken to steal. Measured here: 13% less CPU per small
-    /// proxied request than stealing, Socket.IO deliveries within the noise of either
-    /// (BENCHMARKS.md, "Issue 17, the night's cuts"). `true` suits a few long, busy
-    /// connections that would otherwise share one thread.
+    /// connections, and no worker is woken to steal. Measured here: 13-17% less CPU per small
+    /// proxied request than stealing and 19% less per PHP request, Socket.IO deliveries within
+    /// the noise of either, long-poll fan-out 7% more CPU per delivery (a publish signals the
+    /// other thread's runtime for each of its polls) (BENCHMARKS.md, "Issue 17, the night's
+    /// cuts"). `true` suits a few long, busy connections that would otherwise share one
+    /// thread, or a node that mostly fans out long-polls.
     pub const WORK_STEALING: bool = false;
     /// A year (31,536,000 s): the minimum the HSTS preload list accepts, and what Mozilla's
     /// server-side TLS guidelines recommend; HSTS is off unless `tls.hsts` is set.
