@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -297,6 +297,7 @@ impl TransportStack {
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
+            accepted_on: std::thread::current().id(),
         })
     }
 
@@ -310,10 +311,24 @@ pub(crate) struct UninitializedStream {
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
+    /// Patched: the thread whose runtime accepted the socket (and registered it).
+    accepted_on: std::thread::ThreadId,
 }
 
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
+        // Patched: a connection accepted by one single-threaded runtime and spawned on
+        // another (pingora's `NoStealRuntime` spawns on a random thread) moves its socket to
+        // the runtime it runs on (see `L4Stream::register_with_this_runtime`).
+        if std::thread::current().id() != self.accepted_on
+            && tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+            })
+        {
+            self.l4
+                .register_with_this_runtime()
+                .or_err(AcceptError, "moving the accepted socket to its runtime")?;
+        }
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)

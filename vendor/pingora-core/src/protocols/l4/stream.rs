@@ -677,6 +677,36 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Patched: registers the socket with the reactor of the runtime this is called on. A
+    /// socket's readiness is reported by the runtime it was registered with (the one that
+    /// accepted it); pingora's runtime of one single-threaded runtime per thread
+    /// (`work_stealing: false`) runs an accepted connection on a random thread, and then every
+    /// read and write readiness of that connection woke the accepting thread, which in turn
+    /// signalled the connection's thread through its event fd: two threads and a system call
+    /// for each event. For a connection fresh from `accept`, before anything was read or
+    /// written (its buffers are empty and are rebuilt as they were). A socket that cannot be
+    /// moved (it is then closed) is an error for this connection only.
+    pub fn register_with_this_runtime(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let mut raw = buffered.into_inner();
+        raw.stream = match raw.stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            virtual_stream => virtual_stream,
+        };
+        self.stream = Some(BufferedStream::with_capacity(
+            self.buffers.read_capacity(),
+            self.buffers.write_capacity(),
+            raw,
+        ));
+        Ok(())
+    }
+}
+
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         Stream {
