@@ -1075,16 +1075,13 @@ pub async fn ask(
                             "ended (status {protocol_status}, app status {app_status}) without a response head"
                         )));
                     };
-                    release(
-                        q.backend,
-                        i,
-                        io,
-                        keep_conn,
-                        protocol_status,
-                        &decoder,
+                    let server = Server {
+                        backend: q.backend,
+                        index: i,
                         upstream,
                         addr,
-                    );
+                    };
+                    server.release(io, keep_conn, protocol_status, &decoder);
                     return Ok((head, Bytes::copy_from_slice(&stdout[used..])));
                 }
             }
@@ -1182,6 +1179,12 @@ pub async fn serve(
         Err(fault) => return Ok(Err(fault)),
     };
     let (i, addr, in_flight) = (won.server, won.addr, won.in_flight);
+    let server = Server {
+        backend,
+        index: i,
+        upstream,
+        addr,
+    };
     let Started {
         mut io,
         mut decoder,
@@ -1243,13 +1246,13 @@ pub async fn serve(
                             // end of the request came with the head (the usual case for a
                             // header-only answer); otherwise it is closed, which is what
                             // nginx does to the upstream after an X-Accel-Redirect.
-                            let mut ended = false;
+                            let mut ended = None;
                             while let Ok(Some(r)) = decoder.next_record() {
                                 match r {
                                     Record::End {
                                         protocol_status, ..
                                     } => {
-                                        ended = protocol_status == 0 && decoder.pending() == 0;
+                                        ended = Some(protocol_status);
                                         break;
                                     }
                                     Record::Stderr(text) => {
@@ -1258,8 +1261,8 @@ pub async fn serve(
                                     Record::Stdout(_) => {}
                                 }
                             }
-                            if ended {
-                                keep(backend, i, io, keep_conn);
+                            if let Some(protocol_status) = ended {
+                                server.release(io, keep_conn, protocol_status, &decoder);
                             }
                             return Ok(Ok(Answer::NamesAFile(Box::new(head))));
                         }
@@ -1296,10 +1299,7 @@ pub async fn serve(
                                     decoder,
                                     out,
                                     timeout,
-                                    addr,
-                                    upstream,
-                                    backend,
-                                    server: i,
+                                    server,
                                     in_flight,
                                     path: &call.req.uri,
                                 };
@@ -1325,17 +1325,8 @@ pub async fn serve(
                         ))
                         .into()));
                     }
-                    // php-fpm is done before the client is written to: see `release`.
-                    release(
-                        backend,
-                        i,
-                        io,
-                        keep_conn,
-                        protocol_status,
-                        &decoder,
-                        upstream,
-                        addr,
-                    );
+                    // php-fpm is done before the client is written to: see `Server::release`.
+                    server.release(io, keep_conn, protocol_status, &decoder);
                     drop(in_flight);
                     if !head_only {
                         outbox.push(HttpTask::Body(out.finish()?, true));
@@ -1417,10 +1408,7 @@ struct Tail<'a, 's> {
     decoder: Decoder,
     out: Out,
     timeout: Duration,
-    addr: &'a Addr,
-    upstream: &'a str,
-    backend: &'a Arc<Backend>,
-    server: usize,
+    server: Server<'a>,
     in_flight: InFlight,
     path: &'a http::Uri,
 }
@@ -1439,10 +1427,12 @@ impl Tail<'_, '_> {
             while let Some(record) = self
                 .decoder
                 .next_record()
-                .map_err(|e| Failure::BadAnswer(self.addr.to_string(), e).into_error())?
+                .map_err(|e| Failure::BadAnswer(self.server.addr.to_string(), e).into_error())?
             {
                 match record {
-                    Record::Stderr(text) => log_stderr(self.upstream, self.addr, self.path, &text),
+                    Record::Stderr(text) => {
+                        log_stderr(self.server.upstream, self.server.addr, self.path, &text)
+                    }
                     Record::Stdout(data) => self.push(data).await?,
                     Record::End {
                         protocol_status, ..
@@ -1459,18 +1449,18 @@ impl Tail<'_, '_> {
                 async move { tokio::time::timeout(timeout, io.read_buf(decoder.spare())).await };
             let failure = match self.feeder.read(read).await? {
                 Ok(Ok(0)) => Failure::BadAnswer(
-                    self.addr.to_string(),
+                    self.server.addr.to_string(),
                     "closed the connection before the end of the answer".into(),
                 ),
                 Ok(Ok(_)) => continue,
-                Ok(Err(e)) => Failure::BadAnswer(self.addr.to_string(), e.to_string()),
-                Err(_) => Failure::Timeout(self.addr.to_string()),
+                Ok(Err(e)) => Failure::BadAnswer(self.server.addr.to_string(), e.to_string()),
+                Err(_) => Failure::Timeout(self.server.addr.to_string()),
             };
             return Err(failure.into_error());
         }
     }
 
-    /// php-fpm is done: its connection is kept or closed now (see [`release`]), then the
+    /// php-fpm is done: its connection is kept or closed now (see [`Server::release`]), then the
     /// client gets the rest.
     async fn end(self, protocol_status: u8) -> Result<()> {
         let Tail {
@@ -1479,23 +1469,11 @@ impl Tail<'_, '_> {
             keep_conn,
             decoder,
             mut out,
-            upstream,
-            backend,
             server,
             in_flight,
-            addr,
             ..
         } = self;
-        release(
-            backend,
-            server,
-            io,
-            keep_conn,
-            protocol_status,
-            &decoder,
-            upstream,
-            addr,
-        );
+        server.release(io, keep_conn, protocol_status, &decoder);
         drop(in_flight);
         if let Some(end) = out.finish()? {
             feeder.push(end).await?;
@@ -1503,7 +1481,7 @@ impl Tail<'_, '_> {
         let peak = feeder.finish().await?;
         if peak > 0 {
             tracing::debug!(
-                upstream,
+                upstream = server.upstream,
                 on_disk = peak,
                 "answer buffered through a temporary file"
             );
@@ -1512,35 +1490,36 @@ impl Tail<'_, '_> {
     }
 }
 
-/// php-fpm has sent `FCGI_END_REQUEST`: its connection is kept for the next request (when the
-/// request ended cleanly and php-fpm was asked to keep it) or closed, right away and before
-/// anything more is written to the client.
-///
-/// Why before: a php-fpm worker that was not asked to keep the connection `shutdown`s it and
-/// then sleeps in `recv` until the gateway closes it, and only then takes the next connection.
-/// Reading its answer frees the worker's send buffer, and that wakes its `recv` too (write
-/// space and data share the socket's wait queue): closed at once, the worker wakes once and
-/// finds the end; closed after the answer was encrypted and written to the client, the worker
-/// woke, found nothing, slept again and was woken a second time, and stayed held for the
-/// client's write. Measured with `perf record -e sched:sched_switch` on the workers under
-/// bench/php.sh's load, sleeps in `recvfrom` per request: 1.48 and 1.72 in two runs before,
-/// 1.35 and 1.29 after, 1.37 behind nginx, which closes as soon as it has read
-/// `FCGI_END_REQUEST`. A kept connection is back in the idle list sooner, too.
-#[allow(clippy::too_many_arguments)]
-fn release(
-    backend: &Arc<Backend>,
-    server: usize,
-    io: Stream,
-    keep_conn: bool,
-    protocol_status: u8,
-    decoder: &Decoder,
-    upstream: &str,
-    addr: &Addr,
-) {
-    if protocol_status == 0 && decoder.pending() == 0 {
-        keep(backend, server, io, keep_conn);
-    } else {
-        tracing::debug!(upstream, server = %addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+/// The php-fpm server an exchange won: what [`Server::release`] needs besides the connection.
+#[derive(Clone, Copy)]
+struct Server<'a> {
+    backend: &'a Arc<Backend>,
+    index: usize,
+    upstream: &'a str,
+    addr: &'a Addr,
+}
+
+impl Server<'_> {
+    /// php-fpm has sent `FCGI_END_REQUEST`: its connection is kept for the next request (when the
+    /// request ended cleanly and php-fpm was asked to keep it) or closed, right away and before
+    /// anything more is written to the client.
+    ///
+    /// Why before: a php-fpm worker that was not asked to keep the connection `shutdown`s it and
+    /// then sleeps in `recv` until the gateway closes it, and only then takes the next connection.
+    /// Reading its answer frees the worker's send buffer, and that wakes its `recv` too (write
+    /// space and data share the socket's wait queue): closed at once, the worker wakes once and
+    /// finds the end; closed after the answer was encrypted and written to the client, the worker
+    /// woke, found nothing, slept again and was woken a second time, and stayed held for the
+    /// client's write. Measured with `perf record -e sched:sched_switch` on the workers under
+    /// bench/php.sh's load, sleeps in `recvfrom` per request: 1.48 and 1.72 in two runs before,
+    /// 1.35 and 1.29 after, 1.37 behind nginx, which closes as soon as it has read
+    /// `FCGI_END_REQUEST`. A kept connection is back in the idle list sooner, too.
+    fn release(&self, io: Stream, keep_conn: bool, protocol_status: u8, decoder: &Decoder) {
+        if protocol_status == 0 && decoder.pending() == 0 {
+            keep(self.backend, self.index, io, keep_conn);
+        } else {
+            tracing::debug!(upstream = self.upstream, server = %self.addr, protocol_status, pending = decoder.pending(), "fastcgi: connection not kept");
+        }
     }
 }
 
