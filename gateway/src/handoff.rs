@@ -179,8 +179,7 @@ pub fn take_session(downstream: &mut ServerSession) -> Option<ServerSession> {
 /// Serves the rest of a kept-alive connection that left pingora for a while: a connection
 /// comes back through here, the way pingora's own keep-alive loop gives its HTTP app each
 /// next request.
-type Reenter =
-    Box<dyn Fn(ReusedHttpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type Reenter = Box<dyn Fn(Reused) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Where a connection comes back to pingora once what held it outside is done (a held
 /// long-poll, answered): pingora's HTTP app, with the listener's shutdown signal. Offered by
@@ -203,7 +202,7 @@ impl Reentry {
         let (app, shutdown) = (app.clone(), shutdown.clone());
         let _ = self.0.set(Box::new(move |reused| {
             let (app, shutdown) = (app.clone(), shutdown.clone());
-            Box::pin(async move { keep_serving(&app, Some(reused), &shutdown).await })
+            Box::pin(async move { keep_serving(&app, reused, &shutdown).await })
         }));
     }
 
@@ -215,42 +214,130 @@ impl Reentry {
     /// Serve `reused` (a connection whose last answer is written and which may be kept alive,
     /// with what its session carries over: [`reusable`]) from its next request on, as pingora
     /// serves any kept-alive connection. Closed if nothing was offered.
-    pub async fn serve(&self, reused: ReusedHttpStream) {
+    pub async fn serve(&self, reused: Reused) {
         if let Some(reenter) = self.0.get() {
             reenter(reused).await;
         }
     }
 }
 
+/// A connection whose held answer is written, on its way back to pingora ([`reusable`]).
+pub struct Reused {
+    stream: ReusedHttpStream,
+    /// The connection's keep-alive timeout as its session had it, in pingora's terms
+    /// (`ServerSession::get_keepalive`): `None` off, `Some(0)` no limit, else seconds.
+    keepalive: Option<u64>,
+}
+
+impl Reused {
+    /// The stream and what its next session carries over.
+    pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
+        self.stream.consume()
+    }
+}
+
 /// The connection of `session`, whose answer is written, as pingora's keep-alive loop carries
 /// it to the next request: with what the session had left of the connection's keep-alive
-/// (`keepalive_requests`: the requests it may still serve, its idle timeout) and the bytes of a
-/// next request already read. `None` when the connection may not be reused. Taken apart, as
-/// before this, the connection came back as a new one: its count of requests started again
-/// at every held poll, so a client polling in a loop was never held to `keepalive_requests`.
+/// (`keepalive_requests`: the requests it may still serve, its idle timeout). `None` when the
+/// connection may not be reused. Taken apart, as before this, the connection came back as a
+/// new one: its count of requests started again at every held poll, so a client polling in a
+/// loop was never held to `keepalive_requests`.
 ///
 /// pingora's `finish` future is boxed: at 4.5 KiB it was most of the size of every held poll's
 /// future (5.8 KiB in all), which is copied whole into the box of each held poll's turn.
-pub async fn reusable(session: ServerSession) -> Option<ReusedHttpStream> {
+pub async fn reusable(session: ServerSession) -> Option<Reused> {
     let settings = HttpPersistentSettings::for_session(&session);
+    let keepalive = session.get_keepalive();
     let reusable = Box::pin(session.finish()).await.ok()??;
-    Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    Some(Reused {
+        stream: ReusedHttpStream::from_reusable_stream(reusable, settings),
+        keepalive,
+    })
 }
 
 /// pingora's keep-alive loop over an HTTP/1 connection (what its `ServerApp::process_new` runs
 /// once it has found a connection to be HTTP/1): each next request gets a session carrying the
 /// previous one's settings (one reuse fewer), until the app does not give the connection back.
+///
+/// Unlike pingora's loop, the wait for the next request's first bytes is this function's own
+/// ([`next_request`]), and pingora's request future (11.6 KiB: every path of pingora-proxy's
+/// request handling) is made and boxed only once they are here. Made up front, as before,
+/// it waited in every connection between a held answer and the client's next poll: in a
+/// fan-out, thousands at once per thread, each a fresh 12 KiB allocation that jemalloc could
+/// not serve from its thread caches, and about 1.3 page faults per long-poll delivery (72% of
+/// them in the copy into that box).
 async fn keep_serving<A: HttpServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
-    mut next: Option<ReusedHttpStream>,
+    first: Reused,
     shutdown: &pingora::server::ShutdownWatch,
 ) {
-    while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
+    let keepalive = first.keepalive;
+    let mut next = Some(first.stream);
+    while let Some((mut stream, settings)) = next.map(ReusedHttpStream::consume) {
+        let ahead = next_request(&mut stream, keepalive, shutdown).await;
         let mut session = ServerSession::new_http1(stream);
         if let Some(settings) = settings {
             settings.apply_to_session(&mut session);
         }
-        next = app.process_new_http(session, shutdown).await;
+        match ahead {
+            Ahead::Bytes(bytes) => session.set_pipelined_prefix(bytes),
+            Ahead::Closed => return,
+            Ahead::Unread => {}
+        }
+        next = Box::pin(app.process_new_http(session, shutdown)).await;
+    }
+}
+
+/// How the wait for a kept-alive connection's next request ended.
+#[derive(Debug)]
+enum Ahead {
+    /// Its first bytes, for pingora to parse as if it had read them (its pipelined prefix:
+    /// pingora carries one over only for sessions with pipelining on, which the gateway never
+    /// turns on, so this is the only one).
+    Bytes(BytesMut),
+    /// The client closed, the read failed, or the keep-alive timeout passed: the connection
+    /// ends, as pingora ends it in each of those cases.
+    Closed,
+    /// Nothing read: the server is shutting down, or keep-alive is off. pingora's own read
+    /// takes over, with its own handling of both.
+    Unread,
+}
+
+/// pingora's first read of the next request on a kept-alive connection
+/// (`HttpSession::read_request`: a read into a buffer of its initial header size, bounded by
+/// the keep-alive timeout, given up at shutdown), done before pingora's request future exists.
+async fn next_request(
+    stream: &mut Stream,
+    keepalive: Option<u64>,
+    shutdown: &pingora::server::ShutdownWatch,
+) -> Ahead {
+    use tokio::io::AsyncReadExt;
+    /// pingora's `INIT_HEADER_BUF_SIZE`: the buffer it would have read the head into.
+    const HEAD_BUFFER: usize = 4096;
+    let Some(keepalive) = keepalive else {
+        return Ahead::Unread;
+    };
+    let mut watch = shutdown.clone();
+    if *watch.borrow_and_update() {
+        return Ahead::Unread;
+    }
+    let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+    let read = async {
+        match keepalive {
+            0 => stream.read_buf(&mut buf).await.ok(),
+            secs => pingora::time::timeout(Duration::from_secs(secs), stream.read_buf(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }
+    };
+    tokio::select! {
+        biased;
+        read = read => match read {
+            Some(n) if n > 0 => Ahead::Bytes(buf),
+            _ => Ahead::Closed,
+        },
+        _ = watch.changed() => Ahead::Unread,
     }
 }
 
@@ -629,6 +716,81 @@ mod tests {
 
     const UPGRADE: &[u8] =
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    /// The server end of an in-memory pipe as a pingora stream, and the client end.
+    fn pipe() -> (Stream, DuplexStream) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        (Box::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn the_next_requests_first_bytes_become_the_head_pingora_parses() {
+        let (mut stream, mut client) = pipe();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        client
+            .write_all(b"GET /s?t=news HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("client writes");
+        let Ahead::Bytes(bytes) = next_request(&mut stream, Some(60), &shutdown).await else {
+            panic!("the bytes that came were not read");
+        };
+        // pingora parses them as the request, without reading the stream again.
+        let mut session = ServerSession::new_http1(stream);
+        session.set_pipelined_prefix(bytes);
+        assert!(session.read_request().await.expect("head"));
+        assert_eq!(session.req_header().uri.path(), "/s");
+        assert_eq!(session.req_header().uri.query(), Some("t=news"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_instead_of_asking_again_ends_the_connection() {
+        let (mut stream, client) = pipe();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        drop(client);
+        assert!(matches!(
+            next_request(&mut stream, Some(60), &shutdown).await,
+            Ahead::Closed
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_ends_at_its_keepalive_timeout() {
+        let (mut stream, _client) = pipe();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            next_request(&mut stream, Some(1), &shutdown).await,
+            Ahead::Closed
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_or_without_keepalive_the_wait_is_left_to_pingora_with_nothing_read() {
+        let (mut stream, mut client) = pipe();
+        let (tx, shutdown) = tokio::sync::watch::channel(false);
+        let wait = tokio::spawn(async move {
+            let ahead = next_request(&mut stream, Some(60), &shutdown).await;
+            (ahead, stream)
+        });
+        tokio::task::yield_now().await;
+        tx.send(true).expect("watched");
+        let (ahead, mut stream) = wait.await.expect("no panic");
+        assert!(matches!(ahead, Ahead::Unread), "{ahead:?}");
+        // Keep-alive off: nothing is read either; what comes later is still the stream's.
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        assert!(matches!(
+            next_request(&mut stream, None, &shutdown).await,
+            Ahead::Unread
+        ));
+        let mut got = [0u8; 3];
+        stream.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"GET");
+    }
 
     async fn switch(session: &mut ServerSession) {
         let mut head = ResponseHeader::build(101, None).expect("head");

@@ -90,7 +90,7 @@ pub enum AfterHeld {
     /// Closed: the client left, the answer failed, or the connection may not be kept alive.
     Closed,
     /// Kept alive: serve its next request ([`handoff::Reentry::serve`]).
-    KeptAlive(pingora::apps::ReusedHttpStream),
+    KeptAlive(handoff::Reused),
     /// The answer turned out to be a stream (an event stream whose subscription waited on the
     /// app): it goes on outside pingora as [`Served::Left`] does.
     Left(Box<Handover>),
