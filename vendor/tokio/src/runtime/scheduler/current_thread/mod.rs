@@ -707,7 +707,10 @@ impl Handle {
     /// Signals the driver if the worker is blocked in it (or about to be), after a task was
     /// pushed to the inject queue or the `block_on` future was woken from outside the
     /// runtime. The first such wake clears `parked`, so a burst of them signals once; a worker
-    /// that is running takes the task at its next look at the inject queue.
+    /// that is running takes the task at its next look at the inject queue. Kept out of line:
+    /// it is the rare path of `schedule`, which every local wake-up goes through.
+    #[cold]
+    #[inline(never)]
     fn unpark_if_parked(&self) {
         fence(SeqCst);
         if self.shared.parked.load(Relaxed) && self.shared.parked.swap(false, Relaxed) {
