@@ -259,7 +259,12 @@ impl TransportConnector {
             .connection_pool
             .get_live(&peer.reuse_hash(), |stream: &mut Stream| {
                 #[cfg(unix)]
-                let same_peer = peer.matches_fd(stream.id());
+                let same_peer = match peer.get_proxy() {
+                    // What the stream's socket digest recorded: no system call per reuse.
+                    None => crate::protocols::stream_connected_to(stream, peer.address())
+                        .unwrap_or_else(|| peer.matches_fd(stream.id())),
+                    Some(_) => peer.matches_fd(stream.id()),
+                };
                 #[cfg(windows)]
                 let same_peer = {
                     use std::os::windows::io::{AsRawSocket, RawSocket};

@@ -371,6 +371,33 @@ impl ConnFdReusable for InetSocketAddr {
     }
 }
 
+/// Whether a pooled `stream` is still the connection to `addr`, decided from the peer address its
+/// socket digest recorded (one `getpeername` in the connection's life, made the first time it is
+/// asked) instead of a `getpeername` each time the connection is taken from the pool.
+///
+/// The answer is the same: a connected socket's peer never changes, and the [Stream] owns its
+/// descriptor, so the descriptor cannot have been closed and given to another connection while
+/// the stream sat in the pool. (The per-reuse `getpeername` also failed on a connection the server
+/// had reset; such a connection is readable, so `test_reusable_stream` refuses it as well, and a
+/// reset that lands after the check fails the request on a reused connection, which pingora
+/// retries, as before.) An unspecified `0.0.0.0` peer matches any connection, as in
+/// [ConnFdReusable]. `None` when the stream has no socket digest or its address is unknown: the
+/// caller then checks the descriptor.
+pub(crate) fn stream_connected_to(stream: &Stream, addr: &SocketAddr) -> Option<bool> {
+    const ZERO: IpAddr = IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0));
+    if addr.as_inet().is_some_and(|a| a.ip() == ZERO) {
+        return Some(true);
+    }
+    let digest = stream.get_socket_digest()?;
+    let connected = digest.peer_addr()?;
+    if connected == addr {
+        Some(true)
+    } else {
+        error!("Crit: pooled connection to {connected} found under the key of {addr}");
+        Some(false)
+    }
+}
+
 #[cfg(windows)]
 impl ConnSockReusable for InetSocketAddr {
     fn check_sock_match<V: AsRawSocket>(&self, sock: V) -> bool {
