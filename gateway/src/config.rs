@@ -129,9 +129,10 @@ pub mod defaults {
     pub const ACCESS_LOG_PATH: &str = "stdout";
     /// nginx's default format, which every log tool reads.
     pub const ACCESS_LOG_FORMAT: AccessLogFormat = AccessLogFormat::Combined;
-    /// A line waits here while the disk or the pipe is slow: 8192 lines is under half a second
-    /// at the HTTPS benchmark's request rate, and about 3 MiB of queue; a longer stall drops
-    /// lines (counted) rather than holding requests up.
+    /// Lines wait in their thread's buffer while the disk or the pipe is slow: 8192 lines per
+    /// thread is about half a second at the HTTPS benchmark's request rate, and at most about
+    /// 1.2 MiB of text per thread (a buffer grows only as far as lines wait); a longer stall
+    /// drops lines (counted) rather than holding requests up.
     pub const ACCESS_LOG_QUEUE_LINES: usize = 8192;
 
     /// The hub's own defaults (see `realtime::hub::HubConfig` for the reasoning).
@@ -327,7 +328,8 @@ pub struct AccessLog {
     /// `stdout`, `stderr`, `off`, or a file (appended to; reopened on `SIGUSR1`).
     pub path: Option<String>,
     pub format: Option<AccessLogFormat>,
-    /// Lines that may wait for the writer; past it lines are dropped and counted.
+    /// Lines that may wait for the writer, per worker thread; past it lines are dropped and
+    /// counted.
     pub queue_lines: Option<usize>,
 }
 

@@ -43,7 +43,10 @@ fn refuse_getpeername_on_this_thread() {
         stmt(BPF_LD | BPF_W | BPF_ABS, 0),
         jump(libc::SYS_getpeername as u32, 1, 0),
         stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(
+            BPF_RET | BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
     ];
     let program = sock_fprog {
         len: filter.len() as u16,
@@ -52,7 +55,11 @@ fn refuse_getpeername_on_this_thread() {
     // SAFETY: plain prctl calls; `program` and `filter` outlive them (the kernel copies the
     // filter).
     unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0, "no_new_privs");
+        assert_eq!(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            0,
+            "no_new_privs"
+        );
         assert_eq!(
             libc::prctl(
                 libc::PR_SET_SECCOMP,
