@@ -201,11 +201,52 @@ fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     )
 }
 
-/// nginx's `$time_local`, in UTC: `10/Oct/2000:13:55:36 +0000`.
+/// nginx's `$time_local`, in UTC: `10/Oct/2000:13:55:36 +0000`. Made once per second per
+/// thread, as nginx caches its time strings: a busy thread's lines share their second.
 fn time_local(out: &mut String, t: SystemTime) {
+    thread_local! {
+        static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let second = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let cached = STAMP.try_with(|stamp| {
+        let mut stamp = stamp.borrow_mut();
+        if stamp.0 != second {
+            stamp.1.clear();
+            format_time_local(&mut stamp.1, t);
+            stamp.0 = second;
+        }
+        out.push_str(&stamp.1);
+    });
+    if cached.is_err() {
+        format_time_local(out, t);
+    }
+}
+
+fn format_time_local(out: &mut String, t: SystemTime) {
     let (y, mo, d, h, mi, s, _) = civil(t);
     let month = MONTHS[(mo as usize).saturating_sub(1) % 12];
     let _ = write!(out, "{d:02}/{month}/{y}:{h:02}:{mi:02}:{s:02} +0000");
+}
+
+/// `n` in decimal, without `core::fmt`.
+fn decimal(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// A duration in seconds with millisecond resolution (`0.012`), truncated as nginx's
+/// `$request_time` is and as the JSON line's `request_time` is.
+fn seconds_ms(out: &mut String, d: Duration) {
+    let ms = d.as_millis();
+    decimal(out, ms / 1000);
+    let frac = (ms % 1000) as u16;
+    out.push('.');
+    if frac < 100 {
+        out.push('0');
+    }
+    if frac < 10 {
+        out.push('0');
+    }
+    decimal(out, frac);
 }
 
 /// ISO 8601 with milliseconds, UTC (nginx's `$time_iso8601` plus the milliseconds).
@@ -223,6 +264,14 @@ fn time_iso(t: SystemTime) -> String {
 /// "$http_referer" "$http_user_agent" "$request_id" $request_time`
 pub fn combined(e: &Entry, out: &mut String) {
     match e.client {
+        Some(IpAddr::V4(ip)) => {
+            let [a, b, c, d] = ip.octets();
+            decimal(out, a);
+            for octet in [b, c, d] {
+                out.push('.');
+                decimal(out, octet);
+            }
+        }
         Some(ip) => {
             let _ = write!(out, "{ip}");
         }
@@ -236,13 +285,18 @@ pub fn combined(e: &Entry, out: &mut String) {
     escaped(out, e.target().as_bytes());
     out.push(' ');
     out.push_str(e.protocol());
-    let _ = write!(out, "\" {} {} \"", e.status(), e.bytes_sent);
+    out.push_str("\" ");
+    decimal(out, e.status());
+    out.push(' ');
+    decimal(out, e.bytes_sent);
+    out.push_str(" \"");
     header_or_dash(out, &e.referer);
     out.push_str("\" \"");
     header_or_dash(out, &e.user_agent);
     out.push_str("\" \"");
     header_or_dash(out, &e.request_id);
-    let _ = write!(out, "\" {:.3}", e.duration.as_secs_f64());
+    out.push_str("\" ");
+    seconds_ms(out, e.duration);
     out.push('\n');
 }
 
@@ -792,6 +846,88 @@ mod tests {
         assert_eq!(dropped.get(), 6);
         write_turn(&log.shared, &mut sink, &mut spare);
         assert_eq!(ids_in(&path), [0, 1, 2, 3, 10, 11]);
+    }
+
+    #[test]
+    fn request_times_are_milliseconds_truncated() {
+        let at = |d: Duration| {
+            let mut out = String::new();
+            seconds_ms(&mut out, d);
+            out
+        };
+        assert_eq!(at(Duration::ZERO), "0.000");
+        assert_eq!(at(Duration::from_micros(999)), "0.000");
+        assert_eq!(at(Duration::from_micros(12_999)), "0.012");
+        assert_eq!(at(Duration::from_millis(1_005)), "1.005");
+        assert_eq!(at(Duration::from_millis(60_250)), "60.250");
+        assert_eq!(at(Duration::from_secs(86_400)), "86400.000");
+    }
+
+    #[test]
+    fn the_cached_time_of_a_second_is_the_time_of_that_second() {
+        let at = |secs: u64, ms: u64| {
+            let mut out = String::new();
+            time_local(
+                &mut out,
+                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms),
+            );
+            out
+        };
+        assert_eq!(at(971_186_136, 0), "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(at(971_186_136, 999), "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(at(971_186_137, 1), "10/Oct/2000:13:55:37 +0000");
+        assert_eq!(at(0, 0), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(at(971_186_137, 500), "10/Oct/2000:13:55:37 +0000");
+    }
+
+    #[test]
+    fn client_addresses_as_nginx_writes_them() {
+        for (ip, text) in [
+            ("0.0.0.0", "0.0.0.0"),
+            ("203.0.113.9", "203.0.113.9"),
+            ("255.255.255.255", "255.255.255.255"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("::ffff:192.0.2.1", "::ffff:192.0.2.1"),
+        ] {
+            let mut e = entry();
+            e.client = Some(ip.parse().unwrap());
+            let mut out = String::new();
+            combined(&e, &mut out);
+            assert!(out.starts_with(&format!("{text} - - [")), "{out}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The hand-made fields read as `core::fmt` would write them.
+        #[test]
+        fn combined_numbers_read_as_fmt_writes_them(
+            v4 in proptest::prelude::any::<[u8; 4]>(),
+            v6 in proptest::prelude::any::<[u16; 8]>(),
+            six in proptest::prelude::any::<bool>(),
+            status in 100u16..1000,
+            sent in proptest::prelude::any::<u64>(),
+            micros in 0u64..10_000_000_000,
+            secs in 0u64..8_000_000_000,
+        ) {
+            let mut e = entry();
+            let ip: IpAddr = if six { std::net::Ipv6Addr::from(v6).into() } else { std::net::Ipv4Addr::from(v4).into() };
+            e.client = Some(ip);
+            e.status = status;
+            e.bytes_sent = sent;
+            e.duration = Duration::from_micros(micros);
+            e.time = UNIX_EPOCH + Duration::from_secs(secs);
+            let mut out = String::new();
+            combined(&e, &mut out);
+            let (y, mo, d, h, mi, s, _) = civil(e.time);
+            let ms = micros / 1000;
+            let expected = format!(
+                "{ip} - - [{d:02}/{}/{y}:{h:02}:{mi:02}:{s:02} +0000] \"GET /apache_pb.gif?x=1 HTTP/1.1\" {status} {sent} \"http://www.example.com/start.html\" \"Mozilla/4.08 [en] (Win98; I ;Nav)\" \"0123456789abcdef0123456789abcdef\" {}.{:03}\n",
+                MONTHS[mo as usize - 1],
+                ms / 1000,
+                ms % 1000,
+            );
+            proptest::prop_assert_eq!(out, expected);
+        }
     }
 
     #[test]
