@@ -140,21 +140,31 @@ async fn app() -> (SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
     (addr, rx)
 }
 
+/// A new connection to the app, its address looked up once (as the gateway's log and
+/// forwarding headers do), then put in the pool: its descriptor, and the app's end of it.
+async fn one_pooled_connection(
+    connector: &TransportConnector,
+    peer: &BasicPeer,
+    addr: SocketAddr,
+    accepted: &mut tokio::sync::mpsc::Receiver<TcpStream>,
+) -> (i32, TcpStream) {
+    let (stream, reused) = connector.get_stream(peer).await.expect("connect");
+    assert!(!reused);
+    let app_side = accepted.recv().await.expect("accepted");
+    let id = stream.id();
+    let digest = stream.get_socket_digest().expect("a socket digest");
+    assert_eq!(digest.peer_addr().and_then(|a| a.as_inet()), Some(&addr));
+    connector.release_stream(stream, peer.reuse_hash(), None);
+    (id, app_side)
+}
+
 #[test]
 fn a_pooled_connection_is_reused_without_asking_the_kernel_for_its_peer() {
     on_a_thread_of_its_own(|| async {
         let (addr, mut accepted) = app().await;
         let connector = TransportConnector::new(None);
         let peer = BasicPeer::new(&addr.to_string());
-
-        let (stream, reused) = connector.get_stream(&peer).await.expect("connect");
-        assert!(!reused);
-        let _app_side = accepted.recv().await.expect("accepted");
-        let id = stream.id();
-        // The connection's address is known from here on (its first lookup).
-        let digest = stream.get_socket_digest().expect("a socket digest");
-        assert_eq!(digest.peer_addr().and_then(|a| a.as_inet()), Some(&addr));
-        connector.release_stream(stream, peer.reuse_hash(), None);
+        let (id, _app_side) = one_pooled_connection(&connector, &peer, addr, &mut accepted).await;
 
         refuse_getpeername_on_this_thread();
         for round in 0..3 {
@@ -179,11 +189,7 @@ fn a_pooled_connection_the_app_reset_is_not_reused() {
         let connector = TransportConnector::new(None);
         let peer = BasicPeer::new(&addr.to_string());
 
-        let (stream, _) = connector.get_stream(&peer).await.expect("connect");
-        let app_side = accepted.recv().await.expect("accepted");
-        let digest = stream.get_socket_digest().expect("a socket digest");
-        assert!(digest.peer_addr().is_some());
-        connector.release_stream(stream, peer.reuse_hash(), None);
+        let (_, app_side) = one_pooled_connection(&connector, &peer, addr, &mut accepted).await;
 
         refuse_getpeername_on_this_thread();
         // The app resets the idle connection (SO_LINGER 0, then close).
