@@ -27,12 +27,18 @@
 use std::path::{Component, Path};
 
 use http::header::{HeaderMap, HeaderName};
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 use pingora::http::ResponseHeader;
 
+use crate::forwarding::Added;
 use crate::settings::InternalLocation;
 use crate::static_files::{Plan, StaticError, StaticFiles, StaticOptions, StaticResponse};
+
+/// What Rack::Sendfile and Symfony read to learn that the proxy serves `X-Accel-Redirect`, and
+/// under which roots (nginx setups send them with `proxy_set_header`).
+const X_SENDFILE_TYPE: Added = Added::new("x-sendfile-type", "X-Sendfile-Type");
+const X_ACCEL_MAPPING: Added = Added::new("x-accel-mapping", "X-Accel-Mapping");
 
 pub const X_ACCEL_REDIRECT: &str = "x-accel-redirect";
 pub const X_SENDFILE: &str = "x-sendfile";
@@ -169,11 +175,15 @@ impl Internal {
     /// a mapped root (other files are sent as before). A client's own values are always
     /// dropped: a forged mapping would let it choose which internal file the app names.
     pub fn tell_the_app(&self, req: &mut pingora::http::RequestHeader) {
-        req.remove_header("x-accel-mapping");
-        req.remove_header("x-sendfile-type");
-        if let Some(m) = &self.mapping {
-            let _ = req.insert_header("x-sendfile-type", "X-Accel-Redirect");
-            let _ = req.insert_header("x-accel-mapping", m.clone());
+        match &self.mapping {
+            Some(m) => {
+                X_SENDFILE_TYPE.set(req, HeaderValue::from_static("X-Accel-Redirect"));
+                X_ACCEL_MAPPING.set(req, m.clone());
+            }
+            None => {
+                req.remove_header(&X_SENDFILE_TYPE.name);
+                req.remove_header(&X_ACCEL_MAPPING.name);
+            }
         }
     }
 

@@ -370,25 +370,53 @@ fn is_host(v: &[u8]) -> bool {
     std::str::from_utf8(v).is_ok_and(|v| authority_host(v).is_some())
 }
 
+/// Header values made recently on this thread, by key: a value the requests of a connection
+/// (or of a listener) repeat is made once and cloned after (a reference count), not written
+/// and allocated again per request. At most `N` are kept, the newest first; a key not among
+/// them costs what it would without the cache.
+struct Recent<K, const N: usize>(std::cell::RefCell<Vec<(K, http::HeaderValue)>>);
+
+impl<K: PartialEq + Copy, const N: usize> Recent<K, N> {
+    const fn new() -> Self {
+        Recent(std::cell::RefCell::new(Vec::new()))
+    }
+
+    fn get(&self, key: K, make: impl FnOnce(K) -> http::HeaderValue) -> http::HeaderValue {
+        let mut recent = self.0.borrow_mut();
+        if let Some(at) = recent.iter().position(|(seen, _)| *seen == key) {
+            let value = recent[at].1.clone();
+            if at > 0 {
+                let hit = recent.remove(at);
+                recent.insert(0, hit);
+            }
+            return value;
+        }
+        let value = make(key);
+        recent.truncate(N.saturating_sub(1));
+        recent.insert(0, (key, value.clone()));
+        value
+    }
+}
+
 /// An address as a header value, written without an intermediate `String`. The last one made
 /// on this thread is kept: a keep-alive connection's requests come from one address, and
 /// mostly run on one thread, so most requests reuse the value of the one before (no
 /// allocation); another address costs what it would without the cache.
 fn ip_value(ip: IpAddr) -> http::HeaderValue {
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, http::HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
+        static LAST: Recent<IpAddr, 1> = const { Recent::new() };
     }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((seen, value)) = last.as_ref().filter(|(seen, _)| *seen == ip) {
-            debug_assert_eq!(*seen, ip);
-            return value.clone();
-        }
-        let value = write_ip(ip);
-        *last = Some((ip, value.clone()));
-        value
-    })
+    LAST.with(|last| last.get(ip, write_ip))
+}
+
+/// A listener's port as a header value (`X-Forwarded-Port`). A gateway has a few listeners,
+/// and every request of one repeats its port: each thread keeps the values of the last four
+/// ports it wrote, so a request allocates none (`HeaderValue::from(u16)` allocates every time).
+fn port_value(port: u16) -> http::HeaderValue {
+    thread_local! {
+        static PORTS: Recent<u16, 4> = const { Recent::new() };
+    }
+    PORTS.with(|ports| ports.get(port, http::HeaderValue::from))
 }
 
 fn write_ip(ip: IpAddr) -> http::HeaderValue {
@@ -412,13 +440,13 @@ fn forwarded_node(ip: IpAddr) -> String {
 /// spell it (`proxy_set_header X-Forwarded-For ...`), and added without allocating for its
 /// name (see vendor/pingora-http.patch.md).
 pub struct Added {
-    name: HeaderName,
+    pub(crate) name: HeaderName,
     case: CaseHeaderName,
 }
 
 impl Added {
     /// `lower` and `case` are the same name; `lower` in lower case, as [`HeaderName`] keeps it.
-    const fn new(lower: &'static str, case: &'static str) -> Added {
+    pub(crate) const fn new(lower: &'static str, case: &'static str) -> Added {
         Added {
             name: HeaderName::from_static(lower),
             case: CaseHeaderName::from_static(case),
@@ -439,9 +467,11 @@ pub const X_FORWARDED_HOST: Added = Added::new("x-forwarded-host", "X-Forwarded-
 pub const X_REQUEST_ID: Added = Added::new("x-request-id", "X-Request-Id");
 
 /// The headers a request to the app gets on its way: `Connection` for a tunnel, the five of
-/// [`request`] and the request id. Reserved at once, so the upstream copy of the client's head
-/// (which has room for exactly the client's headers) grows once, not once per header.
-pub const ADDED_AT_MOST: usize = 7;
+/// [`request`], the request id and the two of `accel::Internal::tell_the_app`. pingora's
+/// copy of the client's head for the app is made with room for them
+/// (`upstream_request_headers_added`), and every path reserves it before adding them, so
+/// neither header map grows once per header (nor at all on pingora's proxy path).
+pub const ADDED_AT_MOST: usize = 9;
 
 /// Rewrite a request for the app. With `keep_upgrade` (a WebSocket handshake, see
 /// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade` survive for the tunnel.
@@ -527,7 +557,7 @@ pub fn request(req: &mut RequestHeader, client: &Client<'_>, keep_upgrade: bool)
     if !keep(req, "x-forwarded-port") {
         match client.port {
             Some(port) => {
-                X_FORWARDED_PORT.set(req, http::HeaderValue::from(port));
+                X_FORWARDED_PORT.set(req, port_value(port));
             }
             None => {
                 req.remove_header("x-forwarded-port");
@@ -723,6 +753,34 @@ mod tests {
             !(base..base + head.len()).contains(&p),
             "the id points into the head"
         );
+    }
+
+    #[test]
+    fn a_port_value_is_made_once_per_listener_port() {
+        let first = port_value(8443);
+        assert_eq!(first, "8443");
+        // Four ports in turn (a gateway's listeners) are all kept: none is written again.
+        let others: Vec<_> = [80, 443, 8080].into_iter().map(port_value).collect();
+        assert_eq!(others, ["80", "443", "8080"]);
+        for (port, before) in [8443, 80, 443, 8080]
+            .into_iter()
+            .zip([&first, &others[0], &others[1], &others[2]])
+        {
+            let again = port_value(port);
+            assert_eq!(again, before);
+            assert_eq!(
+                again.as_bytes().as_ptr(),
+                before.as_bytes().as_ptr(),
+                "{port} not reused"
+            );
+        }
+        // A fifth pushes out the one used longest ago (8443), which is then written anew.
+        assert_eq!(port_value(9000), "9000");
+        let anew = port_value(8443);
+        assert_eq!(anew, "8443");
+        assert_ne!(anew.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        assert_eq!(port_value(0), "0");
+        assert_eq!(port_value(65535), "65535");
     }
 
     #[test]

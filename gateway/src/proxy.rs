@@ -1022,6 +1022,13 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// The copy of the client's head pingora makes for the app has room for what
+    /// [`Serving::tell_the_app`] adds, so adding it grows nothing (its `reserve` then finds the
+    /// room there).
+    fn upstream_request_headers_added(&self) -> usize {
+        forwarding::ADDED_AT_MOST
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

@@ -272,6 +272,31 @@ impl RequestHeader {
         }
     }
 
+    /// A clone with room for `additional` more headers in the value map and in the case map,
+    /// so that adding them does not grow either.
+    ///
+    /// `clone` then [`Self::reserve`] allocates each map twice: a clone of an `http::HeaderMap`
+    /// has room for exactly the headers it holds, and the reservation reallocates its entries
+    /// and its index. Here each map is allocated once, at its final size, and filled in the
+    /// original's order (names and values are shared, not copied); the two maps stay in step.
+    /// `clone_with_room(0)` is `clone()`.
+    pub fn clone_with_room(&self, additional: usize) -> Self {
+        if additional == 0 {
+            return self.clone();
+        }
+        let mut base = clone_req_parts_without_headers(&self.base);
+        base.headers = map_with_room(&self.base.headers, additional);
+        Self {
+            base,
+            header_name_map: self
+                .header_name_map
+                .as_ref()
+                .map(|names| map_with_room(names, additional)),
+            raw_target: self.raw_target.clone(),
+            send_end_stream: self.send_end_stream,
+        }
+    }
+
     /// Point every header value and header-name spelling that is a slice of `from` at the same
     /// bytes of `to`, a copy of `from`, so that `from`'s allocation can be let go.
     ///
@@ -871,6 +896,13 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
 }
 
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
+    let mut parts = clone_req_parts_without_headers(me);
+    parts.headers = me.headers.clone();
+    parts
+}
+
+/// Everything of `me` but its headers (left empty, unallocated).
+fn clone_req_parts_without_headers(me: &ReqParts) -> ReqParts {
     let mut parts = ReqBuilder::new()
         .method(me.method.clone())
         .uri(me.uri.clone())
@@ -879,9 +911,19 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
         .unwrap()
         .into_parts()
         .0;
-    parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
+}
+
+/// A copy of `map` allocated once with room for `additional` more values, filled in `map`'s
+/// iteration order: the copy iterates as `map` does, so two maps that iterated in step
+/// (the value map and the case map) still do.
+fn map_with_room<T: Clone>(map: &HMap<T>, additional: usize) -> HMap<T> {
+    let mut copy = HMap::with_capacity(map.len().saturating_add(additional));
+    for (name, value) in map {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
@@ -2071,6 +2113,64 @@ mod tests {
             "{wire}"
         );
         assert_eq!(wire.lines().count(), 9);
+    }
+
+    #[test]
+    fn clone_with_room_is_a_clone_that_adding_does_not_grow() {
+        let mut req = RequestHeader::build("POST", b"/a%2Fb?q=1", Some(4)).unwrap();
+        req.append_header("Host", "example.com").unwrap();
+        req.append_header("x-Mixed-CASE", "1").unwrap();
+        let mut secret = HeaderValue::from_static("s3cret");
+        secret.set_sensitive(true);
+        req.append_header("Cookie", secret).unwrap();
+        req.append_header("X-MIXED-case", "2").unwrap();
+        req.set_send_end_stream(false);
+        let wire = |r: &RequestHeader| {
+            let mut w = vec![];
+            r.header_to_h1_wire(&mut w);
+            String::from_utf8(w).unwrap()
+        };
+
+        let mut upstream = req.clone_with_room(8);
+        assert_eq!(wire(&upstream), wire(&req.clone()));
+        assert_eq!(upstream.method, req.method);
+        assert_eq!(upstream.uri, req.uri);
+        assert_eq!(upstream.raw_path(), req.raw_path());
+        assert_eq!(upstream.version, req.version);
+        assert_eq!(upstream.send_end_stream(), req.send_end_stream());
+        assert!(upstream.headers.get("cookie").unwrap().is_sensitive());
+        let capacity = (
+            upstream.headers.capacity(),
+            upstream.header_name_map.as_ref().unwrap().capacity(),
+        );
+        assert!(capacity.0 >= 12 && capacity.1 >= 12, "{capacity:?}");
+        for i in 0..8 {
+            upstream.insert_header(format!("X-Added-{i}"), "1").unwrap();
+        }
+        assert_eq!(
+            (
+                upstream.headers.capacity(),
+                upstream.header_name_map.as_ref().unwrap().capacity()
+            ),
+            capacity,
+            "a map grew"
+        );
+        let wire = wire(&upstream);
+        assert!(
+            wire.starts_with(
+                "Host: example.com\r\nx-Mixed-CASE: 1\r\nX-MIXED-case: 2\r\nCookie: s3cret\r\nX-Added-0: 1\r\n"
+            ),
+            "{wire}"
+        );
+        assert_eq!(wire.lines().count(), 12);
+
+        // Without case (an HTTP/2 head), and with no room asked for.
+        let mut h2 = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        h2.insert_header("host", "example.com").unwrap();
+        let copy = h2.clone_with_room(3);
+        assert!(copy.header_name_map.is_none());
+        assert_eq!(copy.headers, h2.headers);
+        assert_eq!(req.clone_with_room(0).headers, req.headers);
     }
 
     #[test]

@@ -87,7 +87,9 @@ where
         client_session.set_read_timeout(peer.options.read_timeout);
         client_session.set_write_timeout(peer.options.write_timeout);
 
-        let mut req = session.req_header().clone();
+        let mut req = session
+            .req_header()
+            .clone_with_room(self.inner.upstream_request_headers_added());
 
         if session.cache.enabled() {
             pingora_cache::filters::upstream::request_filter(

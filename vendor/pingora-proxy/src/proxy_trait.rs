@@ -310,6 +310,16 @@ pub trait ProxyHttp {
         )
     }
 
+    /// How many headers [Self::upstream_request_filter()] may add to the request it is given.
+    ///
+    /// That request is a copy of the downstream one, made with room for this many more headers
+    /// ([RequestHeader::clone_with_room()]), so that adding them does not grow its header maps
+    /// (each growth reallocates a map's entries and its index). The default, 0, makes a plain
+    /// copy: room for exactly the downstream's headers.
+    fn upstream_request_headers_added(&self) -> usize {
+        0
+    }
+
     /// Modify the request before it is sent to the upstream.
     ///
     /// Unlike [Self::request_filter()], this filter allows changing the request headers sent to
