@@ -154,14 +154,36 @@ impl Entry {
 
 /// Write `bytes` as nginx's default log escaping does: `"`, `\` and bytes outside printable
 /// ASCII as `\xHH`, so a header cannot end its field or forge a line.
+///
+/// The bytes between two escapes are copied as one run: most fields (a user agent, a URL)
+/// have no byte to escape and are one copy.
 fn escaped(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(char::from(b));
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut rest = bytes;
+    loop {
+        let at = rest
+            .iter()
+            .position(|&b| needs_escape(b))
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(at);
+        // Printable ASCII only (`needs_escape` stops at everything else): valid UTF-8.
+        if let Ok(run) = std::str::from_utf8(run) {
+            out.push_str(run);
         }
+        let Some((&b, tail)) = tail.split_first() else {
+            return;
+        };
+        out.push_str("\\x");
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        rest = tail;
     }
+}
+
+/// What nginx's default log escaping writes as `\xHH`: `"`, `\` and bytes outside printable
+/// ASCII.
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b)
 }
 
 fn header_or_dash(out: &mut String, v: &Option<HeaderValue>) {
@@ -894,6 +916,29 @@ mod tests {
             let mut out = String::new();
             combined(&e, &mut out);
             assert!(out.starts_with(&format!("{text} - - [")), "{out}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Escaping in runs writes what escaping byte by byte with `core::fmt` wrote.
+        #[test]
+        fn escaped_runs_read_as_byte_by_byte_escaping(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            plain in "[ -~]{0,40}",
+        ) {
+            for input in [bytes.as_slice(), plain.as_bytes()] {
+                let mut expected = String::new();
+                for &b in input {
+                    if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                        let _ = write!(expected, "\\x{b:02X}");
+                    } else {
+                        expected.push(char::from(b));
+                    }
+                }
+                let mut out = String::from("before ");
+                escaped(&mut out, input);
+                proptest::prop_assert_eq!(out, format!("before {expected}"));
+            }
         }
     }
 
