@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTPS keep-alive GET /ping: the gateway vs nginx alone vs the classic chain
 # (stunnel -> HAProxy -> nginx), with the app (backend-stub, plain HTTP) as the ceiling.
+# Also large answers (REQ_PATH=/bytes/1048576) and a full TLS handshake per request (NEW_CONN=yes).
 # All measured in ONE run, interleaved repetitions with a rotated order; medians + all values.
 #
 #   bash bench/http.sh                       # from the repo root; ~8 min once built (cold build ~6-11 min)
@@ -14,7 +15,10 @@
 # COUNT_S (seconds of the extra pass per target that counts syscalls and context switches under
 # `perf stat`, kept apart so its overhead is not in the CPU figures; 0 skips it; default 5),
 # QUIET_PCT / QUIET_MAX_S (wait for other processes < 25% of a core, at most 60 s), PORT_OFFSET (0),
-# OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there).
+# OUT_DIR (bench/results), CARGO_TARGET_DIR (release binaries are built there), REQ_PATH (the app
+# path asked for; default /ping, a 10-byte answer; /bytes/N answers N bytes), NEW_CONN (yes: every
+# request on a new connection, `Connection: close`, so each costs a full TLS handshake: wrk
+# resumes no session; default no, keep-alive).
 # Needs: cargo; installs nginx, stunnel4, haproxy, wrk with apt-get when missing.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,6 +31,11 @@ WRK_THREADS=${WRK_THREADS:-2}
 GW_THREADS=${GW_THREADS:-"2 1"}
 OUT_DIR=${OUT_DIR:-$REPO/bench/results}
 COUNT_S=${COUNT_S:-5}
+REQ_PATH=${REQ_PATH:-/ping}
+NEW_CONN=${NEW_CONN:-no}
+[[ $REQ_PATH == /* ]] || die "REQ_PATH must start with /"
+WRK_HEADER=()
+[[ $NEW_CONN == yes ]] && WRK_HEADER=(-H "Connection: close")
 # PORT_OFFSET moves every port (e.g. 1000) when something else holds these.
 o=${PORT_OFFSET:-0}
 P_APP=$((18080 + o)) P_GW=$((18443 + o)) P_NGINX=$((18444 + o)) P_STUNNEL=$((18445 + o))
@@ -55,7 +64,7 @@ wait_port $P_APP
 # Gateway variants: `threads: N` each on its own port (18443, 18453, ...), all -> the same app.
 declare -A URL PROXY_PIDS
 TARGETS=(direct)
-URL[direct]=http://127.0.0.1:$P_APP/ping
+URL[direct]=http://127.0.0.1:$P_APP$REQ_PATH
 i=0
 for n in $GW_THREADS; do
     port=$((P_GW + 10 * i))
@@ -63,7 +72,7 @@ for n in $GW_THREADS; do
     RUST_LOG=warn start "gw_t$n" "$T/gw-t$n.log" "$BIN/gateway" run --config "$T/gw-t$n.yaml"
     wait_port $port
     TARGETS+=("gw-t$n")
-    URL[gw-t$n]=https://localhost:$port/ping
+    URL[gw-t$n]=https://localhost:$port$REQ_PATH
     eval "PROXY_PIDS[gw-t$n]=\$PID_gw_t$n"
     i=$((i + 1))
 done
@@ -75,7 +84,7 @@ if [[ -n ${BASE_GATEWAY:-} ]]; then
     RUST_LOG=warn start "base_t$n" "$T/base-t$n.log" "$BASE_GATEWAY" run --config "$T/base-t$n.yaml"
     wait_port $port
     TARGETS+=("base-t$n")
-    URL[base-t$n]=https://localhost:$port/ping
+    URL[base-t$n]=https://localhost:$port$REQ_PATH
     eval "PROXY_PIDS[base-t$n]=\$PID_base_t$n"
 fi
 
@@ -86,14 +95,14 @@ start pingora "$T/pingora.log" "$BIN/stock-pingora" --listen 127.0.0.1:$P_PINGOR
     --cert "$T/cert.pem" --key "$T/key.pem" --threads "$n"
 wait_port $P_PINGORA
 TARGETS+=(pingora)
-URL[pingora]=https://localhost:$P_PINGORA/ping
+URL[pingora]=https://localhost:$P_PINGORA$REQ_PATH
 PROXY_PIDS[pingora]=$PID_pingora
 
 nginx_conf "$T" nginx 127.0.0.1:$P_NGINX 127.0.0.1:$P_APP yes
 start nginx "$T/nginx.out" nginx -p "$T/nginx" -c "$T/nginx.conf"
 wait_port $P_NGINX
 TARGETS+=(nginx)
-URL[nginx]=https://localhost:$P_NGINX/ping
+URL[nginx]=https://localhost:$P_NGINX$REQ_PATH
 PROXY_PIDS[nginx]=$PID_nginx
 
 # The classic chain: stunnel (TLS) -> HAProxy (http mode) -> nginx (proxy) -> app.
@@ -131,14 +140,19 @@ EOF
 start stunnel "$T/stunnel.log" stunnel "$T/stunnel.conf"
 wait_port $P_NGINX2; wait_port $P_HAPROXY; wait_port $P_STUNNEL
 TARGETS+=(chain)
-URL[chain]=https://localhost:$P_STUNNEL/ping
+URL[chain]=https://localhost:$P_STUNNEL$REQ_PATH
 PROXY_PIDS[chain]="$PID_stunnel $PID_haproxy $PID_nginx2"
 PROXY_PIDS[direct]=""
 
 ALL_PIDS=$(for e in "${STARTED[@]}"; do printf '%s ' "${e#* }"; done)
+# Every front must answer what the app answers (for /ping, "PONG. EOM."), byte for byte.
+answer() { curl -sk --max-time 10 "$1" | sha256sum | cut -d' ' -f1; }
+expected=$(answer "${URL[direct]}")
+[[ $REQ_PATH != /ping || $(curl -s --max-time 5 "${URL[direct]}") == "PONG. EOM." ]] ||
+    die "the app answered /ping with something else than 'PONG. EOM.'"
 for t in "${TARGETS[@]}"; do
-    body=$(curl -sk --max-time 5 "${URL[$t]}" || true)
-    [[ $body == "PONG. EOM." ]] || die "$t (${URL[$t]}) answered '$body', not 'PONG. EOM.'"
+    [[ $(answer "${URL[$t]}") == "$expected" ]] ||
+        die "$t (${URL[$t]}) answered $(curl -sk --max-time 10 "${URL[$t]}" | wc -c) bytes that are not the app's answer"
 done
 log "all ${#TARGETS[@]} targets answer: ${TARGETS[*]}"
 
@@ -149,8 +163,9 @@ to_ms() { # wrk latency like 612.00us / 1.23ms / 1.01s
 }
 
 run_wrk() { # url seconds outfile -> prints wrk's CPU ticks
-    sh -c 'timeout '"$(($2 + 30))"' wrk -t'"$WRK_THREADS"' -c'"$CONNS"' -d'"$2"'s --latency "$0" >"$1" 2>&1; cat /proc/$$/stat' \
-        "$1" "$3" | awk '{ l = $0; sub(/^.*\) /, "", l); split(l, f, " "); print f[14] + f[15] }'
+    # sh's own stat gives its waited-for child's CPU (wrk's); arguments after the outfile go to wrk.
+    sh -c 'out=$1; shift; timeout '"$(($2 + 30))"' wrk -t'"$WRK_THREADS"' -c'"$CONNS"' -d'"$2"'s --latency "$@" "$0" >"$out" 2>&1; cat /proc/$$/stat' \
+        "$1" "$3" "${WRK_HEADER[@]}" | awk '{ l = $0; sub(/^.*\) /, "", l); split(l, f, " "); print f[14] + f[15] }'
 }
 
 printf 'rep\tpos\ttarget\trps\tp50_ms\tp99_ms\terrors\trequests\tproxy_ticks\tapp_ticks\twrk_ticks\tother_ticks\tquiet_pct\n' >"$RAW"
@@ -231,10 +246,11 @@ ratio_per_rep() { # a b column -> a/b per rep (for cpu: b/a, i.e. how many times
         sort -n | awk '{ print $2 }'
 }
 {
-    echo "# HTTPS keep-alive GET /ping — $(date -u +%Y-%m-%dT%H:%MZ)"
+    if [[ $NEW_CONN == yes ]]; then mode="GET $REQ_PATH, a new connection (full TLS handshake) per request"; else mode="keep-alive GET $REQ_PATH"; fi
+    echo "# HTTPS $mode — $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "$FACTS"
-    echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
+    echo "- client: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency${WRK_HEADER[*]:+ -H \"${WRK_HEADER[1]}\"}; $REPS repetitions, order rotated each repetition; measured part took ${ELAPSED} s"
     echo "- versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(stunnel -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2), gateway $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet 2>/dev/null || echo '+uncommitted changes')"
     [[ -n ${BASE_GATEWAY:-} ]] && echo "- base-tN = BASE_GATEWAY ($BASE_GATEWAY, $("$BASE_GATEWAY" --version 2>/dev/null || echo 'version unknown')), same config as gw-tN"
     echo "- targets: direct = backend-stub plain HTTP (the ceiling); gw-tN = gateway \`threads: N\` (TLS) -> app; pingora = stock pingora 0.9.1, the smallest ProxyHttp (bench/stock-pingora, registry crates unpatched; rustls, jemalloc, threads ${GW_THREADS%% *}) -> app; nginx = nginx alone (TLS) -> app; chain = stunnel (TLS) -> HAProxy -> nginx -> app"
