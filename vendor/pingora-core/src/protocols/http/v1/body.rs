@@ -151,7 +151,16 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    /// The last read left only body bytes in `body_buf`, from its start (a content-length or
+    /// read-until-close body): [`Self::take_body`] may hand the buffer itself out.
+    whole_buf: bool,
 }
+
+/// A read of at least this much of `body_buf_size` is handed out by [`BodyReader::take_body`]
+/// as the buffer itself: the buffer it pins is at most twice what it holds. Smaller reads are
+/// copied out, so that many small pieces of a body held in memory do not each pin a whole
+/// read buffer.
+const TAKE_AT_LEAST_DIVISOR: usize = 2;
 
 impl BodyReader {
     pub fn new(upstream: bool) -> Self {
@@ -162,6 +171,25 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            whole_buf: false,
+        }
+    }
+
+    /// The body bytes of `buf_ref` (what the last read returned) as `Bytes` of their own.
+    ///
+    /// After a large read of a content-length or read-until-close body, whose buffer then
+    /// holds nothing but those bytes, the buffer itself is split off and frozen, without a copy
+    /// (the next read gets a new buffer); otherwise (a chunked body, whose buffer keeps parsing
+    /// state around the chunk, or a small read) the bytes are copied, as `read_body_bytes`
+    /// always did. For a 1 MiB answer over TLS that copy was 7% of a proxy's CPU.
+    pub fn take_body(&mut self, buf_ref: &BufRef) -> Bytes {
+        let whole = std::mem::take(&mut self.whole_buf);
+        let large = buf_ref.len() >= self.body_buf_size / TAKE_AT_LEAST_DIVISOR;
+        match self.body_buf.as_mut() {
+            Some(buf) if whole && large && buf_ref.0 == 0 && buf_ref.1 == buf.len() => {
+                buf.split().freeze()
+            }
+            _ => Bytes::copy_from_slice(self.get_body(buf_ref)),
         }
     }
 
@@ -382,6 +410,7 @@ impl BodyReader {
     where
         S: AsyncRead + Unpin + Send,
     {
+        self.whole_buf = false;
         match self.body_state {
             PS::Complete(_) => Ok(None),
             PS::Done(_) => Ok(None),
@@ -444,9 +473,11 @@ impl BodyReader {
                     }
                     self.body_state = PS::Complete(read + to_read);
                     self.finish_body_buf(to_read, n);
+                    self.whole_buf = true;
                     Ok(Some(BufRef::new(0, to_read)))
                 } else {
                     self.body_state = PS::Partial(read + n, to_read - n);
+                    self.whole_buf = true;
                     Ok(Some(BufRef::new(0, n)))
                 }
             }
@@ -477,6 +508,7 @@ impl BodyReader {
                     Ok(None)
                 } else {
                     self.body_state = PS::UntilClose(read + n);
+                    self.whole_buf = true;
                     Ok(Some(BufRef::new(0, n)))
                 }
             }
